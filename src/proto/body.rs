@@ -1,0 +1,339 @@
+//! Message content encoding: CRLF normalisation, dot-stuffing and the DATA terminator.
+//!
+//! Every line ending becomes CRLF (a bare LF or bare CR is never sent: that is what SMTP
+//! smuggling exploits), a final CRLF is ensured, and for DATA a leading `.` is doubled and
+//! `.<CRLF>` appended. The encoder accepts input in chunks split anywhere, even between CR and
+//! LF, and copies clean input in runs found with `memchr2` rather than byte by byte.
+
+use std::sync::Arc;
+
+use memchr::memchr2;
+
+/// How the content is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// For DATA: dot-stuffed and terminated by `.<CRLF>`.
+    Data,
+    /// For BDAT: CRLF-normalised only; its length travels in the command.
+    Raw,
+}
+
+/// A streaming encoder. Feed chunks with [`push`](Self::push), end with [`finish`](Self::finish).
+#[derive(Debug, Clone)]
+pub struct BodyEncoder {
+    framing: Framing,
+    line_start: bool,
+    pending_cr: bool,
+    dot_lines: bool,
+    eight_bit: bool,
+}
+
+impl BodyEncoder {
+    pub fn new(framing: Framing) -> Self {
+        BodyEncoder { framing, line_start: true, pending_cr: false, dot_lines: false, eight_bit: false }
+    }
+
+    /// Encodes `input`, appending to `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let len = input.len();
+        let mut i = 0;
+        if self.pending_cr && len > 0 {
+            // The previous chunk ended in CR: this one decides whether it was CRLF or a bare CR.
+            self.pending_cr = false;
+            out.extend_from_slice(b"\r\n");
+            if input[0] == b'\n' {
+                i = 1;
+            }
+            self.line_start = true;
+        }
+        if !self.eight_bit {
+            self.eight_bit = !input.is_ascii();
+        }
+        let stuff = self.framing == Framing::Data;
+        // input[run..i] is verbatim output not yet copied.
+        let mut run = i;
+        loop {
+            if self.line_start {
+                if i == len {
+                    break;
+                }
+                if input[i] == b'.' {
+                    self.dot_lines = true;
+                    if stuff {
+                        out.extend_from_slice(&input[run..i]);
+                        out.push(b'.');
+                        run = i;
+                    }
+                }
+                self.line_start = false;
+            }
+            let Some(off) = memchr2(b'\r', b'\n', &input[i..]) else { break };
+            let p = i + off;
+            if input[p] == b'\n' {
+                out.extend_from_slice(&input[run..p]);
+                out.extend_from_slice(b"\r\n");
+                i = p + 1;
+                run = i;
+            } else if p + 1 == len {
+                out.extend_from_slice(&input[run..p]);
+                self.pending_cr = true;
+                return;
+            } else if input[p + 1] == b'\n' {
+                i = p + 2;
+            } else {
+                out.extend_from_slice(&input[run..p]);
+                out.extend_from_slice(b"\r\n");
+                i = p + 1;
+                run = i;
+            }
+            self.line_start = true;
+        }
+        out.extend_from_slice(&input[run..]);
+    }
+
+    /// Ends the content: the final line gets its CRLF, and DATA framing its terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.framing == Framing::Data {
+            out.extend_from_slice(b".\r\n");
+        }
+        self.pending_cr = false;
+        self.line_start = true;
+    }
+
+    /// Whether any line seen so far starts with a dot.
+    pub fn saw_dot_lines(&self) -> bool {
+        self.dot_lines
+    }
+
+    /// Whether any octet seen so far is outside 7-bit ASCII.
+    pub fn saw_eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+}
+
+/// Encodes a whole body at once.
+pub fn encode(framing: Framing, input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 8);
+    let mut enc = BodyEncoder::new(framing);
+    enc.push(input, &mut out);
+    enc.finish(&mut out);
+    out
+}
+
+/// A message body prepared once and shared by every send of it: CRLF-normalised, ending in CRLF.
+///
+/// The DATA form is the same bytes followed by `.<CRLF>` unless a line starts with a dot, so in
+/// the common case both framings send the shared bytes without copying them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    bytes: Arc<[u8]>,
+    /// The DATA form, kept only when it is not `bytes` + `.<CRLF>` (a line starts with a dot).
+    stuffed: Option<Arc<[u8]>>,
+    eight_bit: bool,
+}
+
+impl Body {
+    pub fn new(raw: &[u8]) -> Body {
+        let mut out = Vec::with_capacity(raw.len() + 2);
+        let mut enc = BodyEncoder::new(Framing::Raw);
+        enc.push(raw, &mut out);
+        enc.finish(&mut out);
+        let stuffed = enc.saw_dot_lines().then(|| encode(Framing::Data, &out).into());
+        Body { bytes: out.into(), stuffed, eight_bit: enc.saw_eight_bit() }
+    }
+
+    /// The CRLF-normalised content: what BDAT sends and what the receiver stores.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn needs_dot_stuffing(&self) -> bool {
+        self.stuffed.is_some()
+    }
+
+    pub fn is_eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// The DATA wire form, terminator included, when it differs from `bytes()` + `.<CRLF>`.
+    pub fn stuffed(&self) -> Option<&Arc<[u8]>> {
+        self.stuffed.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Reference normalisation, byte at a time: the obviously-correct version of what the fast
+    /// encoder does for Raw framing.
+    fn normalise(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            match input[i] {
+                b'\r' if input.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    /// Reference decoding of DATA framing, as a receiver does it.
+    fn unstuff(wire: &[u8]) -> Vec<u8> {
+        let body = wire.strip_suffix(b".\r\n").expect("terminator");
+        let mut out = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        out
+    }
+
+    fn encode_chunked(framing: Framing, input: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = BodyEncoder::new(framing);
+        let mut start = 0;
+        for &c in cuts {
+            let c = c.clamp(start, input.len());
+            enc.push(&input[start..c], &mut out);
+            start = c;
+        }
+        enc.push(&input[start..], &mut out);
+        enc.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn data_framing_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b".\r\n"),
+            (b"a", b"a\r\n.\r\n"),
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b"a\nb\n", b"a\r\nb\r\n.\r\n"),
+            (b"a\rb\r", b"a\r\nb\r\n.\r\n"),
+            (b"a\r\r\nb", b"a\r\n\r\nb\r\n.\r\n"),
+            (b"a\n\rb", b"a\r\n\r\nb\r\n.\r\n"),
+            (b".", b"..\r\n.\r\n"),
+            (b".\r\n", b"..\r\n.\r\n"),
+            (b"a\r\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"a\n.\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"a\r.\rb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"..x\r\n", b"...x\r\n.\r\n"),
+            (b"x.y\r\n", b"x.y\r\n.\r\n"),
+            (b"\r\n", b"\r\n.\r\n"),
+            (b"\n", b"\r\n.\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(encode(Framing::Data, input), *want, "{:?}", String::from_utf8_lossy(input));
+            // Every split point gives the same bytes.
+            for cut in 0..=input.len() {
+                assert_eq!(encode_chunked(Framing::Data, input, &[cut]), *want, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_framing_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b"a", b"a\r\n"),
+            (b".\n", b".\r\n"),
+            (b"a\rb", b"a\r\nb\r\n"),
+            (b"a\r", b"a\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(encode(Framing::Raw, input), *want);
+        }
+    }
+
+    #[test]
+    fn prepared_body() {
+        let b = Body::new(b"Subject: x\n\nhello\n");
+        assert_eq!(&b.bytes()[..], b"Subject: x\r\n\r\nhello\r\n");
+        assert!(!b.needs_dot_stuffing() && !b.is_eight_bit());
+        assert_eq!(b.stuffed(), None);
+
+        let b = Body::new(b"a\n.b\n\xc3\xa9\n");
+        assert!(b.needs_dot_stuffing() && b.is_eight_bit());
+        assert_eq!(&b.stuffed().unwrap()[..], b"a\r\n..b\r\n\xc3\xa9\r\n.\r\n");
+    }
+
+    fn body_bytes() -> impl Strategy<Value = Vec<u8>> {
+        // Bias towards the interesting octets so line-structure cases come up often.
+        prop::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a'), any::<u8>()],
+            0..300,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn data_decodes_to_normalised_input(input in body_bytes()) {
+            prop_assert_eq!(unstuff(&encode(Framing::Data, &input)), normalise(&input));
+        }
+
+        #[test]
+        fn raw_is_normalised_input(input in body_bytes()) {
+            prop_assert_eq!(encode(Framing::Raw, &input), normalise(&input));
+        }
+
+        #[test]
+        fn terminator_appears_only_at_the_end(input in body_bytes()) {
+            let wire = encode(Framing::Data, &input);
+            // The receiver is at a line start when DATA content begins.
+            let mut framed = b"\r\n".to_vec();
+            framed.extend_from_slice(&wire);
+            let first = memchr::memmem::find(&framed, b"\r\n.\r\n");
+            prop_assert_eq!(first, Some(framed.len() - 5));
+        }
+
+        #[test]
+        fn no_bare_cr_or_lf(input in body_bytes()) {
+            let wire = encode(Framing::Data, &input);
+            for (i, &b) in wire.iter().enumerate() {
+                if b == b'\r' { prop_assert_eq!(wire.get(i + 1), Some(&b'\n')); }
+                if b == b'\n' { prop_assert!(i > 0 && wire[i - 1] == b'\r'); }
+            }
+        }
+
+        #[test]
+        fn chunk_boundaries_do_not_matter(
+            input in body_bytes(),
+            mut cuts in prop::collection::vec(0usize..300, 0..8),
+        ) {
+            cuts.sort_unstable();
+            for framing in [Framing::Data, Framing::Raw] {
+                prop_assert_eq!(encode_chunked(framing, &input, &cuts), encode(framing, &input));
+            }
+        }
+
+        #[test]
+        fn prepared_body_matches_streaming(input in body_bytes()) {
+            let body = Body::new(&input);
+            let mut data_form = body.bytes().to_vec();
+            data_form.extend_from_slice(b".\r\n");
+            let data_form = body.stuffed().map(|s| s.to_vec()).unwrap_or(data_form);
+            prop_assert_eq!(data_form, encode(Framing::Data, &input));
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! What happened to a transaction, the typed session errors, and the one classifier that maps
+//! all of them to delivered / deferred / bounced.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::proto::command::Command;
+use crate::proto::reply::{Reply, ReplyClass, ReplyError};
+
+/// Why a session ended early. Every transaction without a final reply then reports
+/// [`TxnResult::Aborted`] with a clone of this.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SessionError {
+    #[error("connect failed after {waited:?}: {message}")]
+    Connect { waited: Duration, message: String },
+    #[error("greeting refused: {0}")]
+    Greeting(Reply),
+    #[error("{command} refused: {reply}")]
+    Handshake { command: Command, reply: Reply },
+    #[error("server closing the session after {command}: {reply}")]
+    ServiceClosing { command: Command, reply: Reply },
+    #[error("no reply to {command} within {waited:?}")]
+    Timeout { command: Command, waited: Duration },
+    #[error("malformed reply to {command}: {error}")]
+    Malformed { command: Command, error: ReplyError },
+    #[error("reply {reply} does not fit {command}")]
+    Unexpected { command: Command, reply: Reply },
+    #[error("unsolicited reply from server: {0}")]
+    Unsolicited(Reply),
+    #[error("connection closed by server{}", awaiting(command))]
+    Closed { command: Option<Command> },
+    #[error("connection lost{}: {message}", awaiting(command))]
+    Transport { command: Option<Command>, message: String },
+    #[error("session abandoned: {0}")]
+    Abandoned(&'static str),
+}
+
+fn awaiting(command: &Option<Command>) -> String {
+    command.map(|c| format!(" while waiting for the reply to {c}")).unwrap_or_default()
+}
+
+/// Refusals decided locally, before anything is sent, because this server cannot take the message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LocalError {
+    #[error("message of {size} octets exceeds the server's SIZE limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("address needs SMTPUTF8, which the server does not offer")]
+    Utf8NotSupported,
+    #[error("transaction has no recipients")]
+    NoRecipients,
+}
+
+/// How a transaction ended, as far as the protocol can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnResult {
+    /// The final reply (to the end of data or BDAT LAST) was positive.
+    Accepted(Reply),
+    /// A negative reply ended it: to MAIL, DATA, the end of data or BDAT.
+    Rejected { command: Command, reply: Reply },
+    /// Every RCPT was refused; the individual replies are in [`Completed::rejected`].
+    NoValidRecipients,
+    /// The session ended before a final reply.
+    Aborted(SessionError),
+    /// Never sent: this server cannot take it.
+    NotAttempted(LocalError),
+}
+
+/// The three final states of a message or recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    Delivered,
+    Deferred,
+    Bounced,
+}
+
+impl fmt::Display for Disposition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Disposition::Delivered => "delivered",
+            Disposition::Deferred => "deferred",
+            Disposition::Bounced => "bounced",
+        })
+    }
+}
+
+/// A finished transaction, handed back with the caller's token.
+#[derive(Debug)]
+pub struct Completed<T> {
+    pub user: T,
+    pub message: super::Message,
+    pub result: TxnResult,
+    /// Recipients refused at RCPT: index into the envelope's recipients, and the reply.
+    pub rejected: Vec<(usize, Reply)>,
+}
+
+impl<T> Completed<T> {
+    /// The message-level disposition (what a load test counts).
+    pub fn disposition(&self) -> Disposition {
+        match &self.result {
+            TxnResult::NoValidRecipients => {
+                if self.rejected.iter().all(|(_, r)| r.class() == ReplyClass::Permanent) {
+                    Disposition::Bounced
+                } else {
+                    Disposition::Deferred
+                }
+            }
+            other => classify(other),
+        }
+    }
+
+    /// The disposition of recipient `index`, and the reply that decided it if there was one.
+    pub fn recipient(&self, index: usize) -> (Disposition, Option<&Reply>) {
+        let own = self.rejected.iter().find(|(i, _)| *i == index).map(|(_, r)| r);
+        match (&self.result, own) {
+            // A refused MAIL, a lost session or a local refusal decides for everyone.
+            (TxnResult::Rejected { command: Command::MailFrom, reply }, _) => {
+                (classify(&self.result), Some(reply))
+            }
+            // A recipient's own refusal is final even if the session died later.
+            (_, Some(reply)) => (classify_reply(Command::RcptTo, reply), Some(reply)),
+            (TxnResult::Aborted(_) | TxnResult::NotAttempted(_), None) => (classify(&self.result), None),
+            (TxnResult::Accepted(reply) | TxnResult::Rejected { reply, .. }, None) => {
+                (classify(&self.result), Some(reply))
+            }
+            // Cannot happen (every recipient was refused), but a recipient without a refusal
+            // was not delivered either: retry it.
+            (TxnResult::NoValidRecipients, None) => (Disposition::Deferred, None),
+        }
+    }
+}
+
+/// The classifier. Exhaustive over [`TxnResult`], so a new variant cannot go unclassified.
+pub fn classify(result: &TxnResult) -> Disposition {
+    match result {
+        TxnResult::Accepted(_) => Disposition::Delivered,
+        TxnResult::Rejected { command, reply } => classify_reply(*command, reply),
+        // Without per-recipient detail, all-refused is only final if nothing says "try later";
+        // `Completed::disposition` refines this with the recipients' replies.
+        TxnResult::NoValidRecipients => Disposition::Bounced,
+        // Nothing final was said about the message: it may be retried.
+        TxnResult::Aborted(_) => Disposition::Deferred,
+        TxnResult::NotAttempted(_) => Disposition::Bounced,
+    }
+}
+
+/// A negative reply's disposition: 4xx defers, 5xx bounces, with one exception: 503 to MAIL
+/// means the session was out of step (a transaction pipelined behind a failed one), which says
+/// nothing about the message itself.
+pub fn classify_reply(command: Command, reply: &Reply) -> Disposition {
+    match reply.class() {
+        ReplyClass::Positive => Disposition::Delivered,
+        ReplyClass::Transient => Disposition::Deferred,
+        ReplyClass::Permanent if command == Command::MailFrom && reply.code == 503 => Disposition::Deferred,
+        ReplyClass::Permanent => Disposition::Bounced,
+        // A 3xx never ends a transaction; the state machine turns it into a protocol error.
+        ReplyClass::Intermediate => Disposition::Deferred,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::body::Body;
+    use crate::proto::client::{Envelope, Message};
+    use crate::proto::Address;
+    use std::sync::Arc;
+
+    fn r(code: u16) -> Reply {
+        Reply::new(code, None, "x")
+    }
+
+    fn completed(result: TxnResult, rejected: Vec<(usize, Reply)>) -> Completed<()> {
+        let rcpts = (0..3).map(|i| Address::new(&format!("r{i}@x")).unwrap()).collect();
+        let envelope = Arc::new(Envelope { sender: None, recipients: rcpts });
+        Completed { user: (), message: Message { envelope, body: Body::new(b"x") }, result, rejected }
+    }
+
+    #[test]
+    fn classifier_table() {
+        use Disposition::*;
+        let cases = [
+            (TxnResult::Accepted(r(250)), Delivered),
+            (TxnResult::Rejected { command: Command::MailFrom, reply: r(451) }, Deferred),
+            (TxnResult::Rejected { command: Command::MailFrom, reply: r(550) }, Bounced),
+            (TxnResult::Rejected { command: Command::MailFrom, reply: r(503) }, Deferred),
+            (TxnResult::Rejected { command: Command::Data, reply: r(503) }, Bounced),
+            (TxnResult::Rejected { command: Command::Data, reply: r(451) }, Deferred),
+            (TxnResult::Rejected { command: Command::EndOfData, reply: r(554) }, Bounced),
+            (TxnResult::Rejected { command: Command::Bdat, reply: r(452) }, Deferred),
+            (TxnResult::Aborted(SessionError::Closed { command: Some(Command::EndOfData) }), Deferred),
+            (TxnResult::Aborted(SessionError::Abandoned("test")), Deferred),
+            (TxnResult::NotAttempted(LocalError::Utf8NotSupported), Bounced),
+        ];
+        for (result, want) in cases {
+            assert_eq!(classify(&result), want, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn all_recipients_refused() {
+        let c = completed(TxnResult::NoValidRecipients, vec![(0, r(550)), (1, r(551)), (2, r(553))]);
+        assert_eq!(c.disposition(), Disposition::Bounced);
+        let c = completed(TxnResult::NoValidRecipients, vec![(0, r(550)), (1, r(450)), (2, r(553))]);
+        assert_eq!(c.disposition(), Disposition::Deferred);
+        assert_eq!(c.recipient(1), (Disposition::Deferred, Some(&r(450))));
+        assert_eq!(c.recipient(2), (Disposition::Bounced, Some(&r(553))));
+    }
+
+    #[test]
+    fn per_recipient_dispositions() {
+        let c = completed(TxnResult::Accepted(r(250)), vec![(1, r(550)), (2, r(452))]);
+        assert_eq!(c.disposition(), Disposition::Delivered);
+        assert_eq!(c.recipient(0), (Disposition::Delivered, Some(&r(250))));
+        assert_eq!(c.recipient(1), (Disposition::Bounced, Some(&r(550))));
+        assert_eq!(c.recipient(2), (Disposition::Deferred, Some(&r(452))));
+
+        // MAIL refused: the RCPT 503s that follow say nothing; MAIL's reply decides.
+        let mail = TxnResult::Rejected { command: Command::MailFrom, reply: r(550) };
+        let c = completed(mail, vec![(0, r(503))]);
+        assert_eq!(c.recipient(0), (Disposition::Bounced, Some(&r(550))));
+
+        let aborted = TxnResult::Aborted(SessionError::Closed { command: Some(Command::RcptTo) });
+        let c = completed(aborted, vec![(0, r(550))]);
+        assert_eq!(c.recipient(0), (Disposition::Bounced, Some(&r(550))));
+        assert_eq!(c.recipient(1), (Disposition::Deferred, None));
+        assert_eq!(c.recipient(2), (Disposition::Deferred, None));
+
+        let data = TxnResult::Rejected { command: Command::EndOfData, reply: r(451) };
+        let c = completed(data, vec![]);
+        assert_eq!(c.recipient(0), (Disposition::Deferred, Some(&r(451))));
+    }
+}

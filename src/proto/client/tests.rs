@@ -1,0 +1,716 @@
+//! State-machine tests in the style of quinn-proto's `Pair`: the client talks to a scripted
+//! in-memory server whose replies are chosen per command.
+
+use super::*;
+use crate::proto::Address;
+
+const FULL_CAPS: &str = "PIPELINING\nCHUNKING\nSIZE 100000\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES";
+const PIPE_CAPS: &str = "PIPELINING\nSIZE 100000\n8BITMIME";
+
+#[derive(Clone, Debug)]
+enum Action {
+    Reply(&'static str),
+    Raw(&'static [u8]),
+    /// Hang up without replying.
+    Close,
+    /// Never answer.
+    Silent,
+}
+
+struct Rule {
+    prefix: &'static str,
+    nth: Option<usize>,
+    action: Action,
+}
+
+#[derive(PartialEq)]
+enum Reading {
+    Commands,
+    Data,
+    Bdat(usize),
+}
+
+/// A server that frames the client's bytes like a real one (commands, DATA content up to the
+/// dot, BDAT chunks by length) and answers from a script.
+struct Server {
+    caps: &'static str,
+    rules: Vec<Rule>,
+    seen: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+    inbuf: Vec<u8>,
+    reading: Reading,
+    out: Vec<u8>,
+    closed: bool,
+    silent: bool,
+}
+
+impl Server {
+    fn new(caps: &'static str) -> Self {
+        Server {
+            caps,
+            rules: Vec::new(),
+            seen: Vec::new(),
+            bodies: Vec::new(),
+            inbuf: Vec::new(),
+            reading: Reading::Commands,
+            out: Vec::new(),
+            closed: false,
+            silent: false,
+        }
+    }
+
+    fn rule(mut self, prefix: &'static str, action: Action) -> Self {
+        self.rules.push(Rule { prefix, nth: None, action });
+        self
+    }
+
+    fn rule_nth(mut self, prefix: &'static str, nth: usize, action: Action) -> Self {
+        self.rules.push(Rule { prefix, nth: Some(nth), action });
+        self
+    }
+
+    fn answer(&mut self, cmd: &str, default: &str) {
+        let nth = self.seen.iter().filter(|c| c.starts_with(cmd_key(cmd))).count();
+        self.seen.push(cmd.to_owned());
+        if self.closed || self.silent {
+            return;
+        }
+        let rule = self.rules.iter().find(|r| cmd.starts_with(r.prefix) && r.nth.is_none_or(|n| n == nth));
+        match rule.map(|r| r.action.clone()) {
+            Some(Action::Reply(text)) => self.push_reply(text),
+            Some(Action::Raw(bytes)) => self.out.extend_from_slice(bytes),
+            Some(Action::Close) => self.closed = true,
+            Some(Action::Silent) => self.silent = true,
+            None if cmd.starts_with("EHLO") => {
+                let mut text = String::from("250 test");
+                for cap in self.caps.lines().filter(|l| !l.is_empty()) {
+                    text.push('\n');
+                    text.push_str("250 ");
+                    text.push_str(cap);
+                }
+                let multi = text.lines().count() > 1;
+                let lines: Vec<&str> = text.lines().collect();
+                for (i, l) in lines.iter().enumerate() {
+                    let sep = if multi && i + 1 < lines.len() { "-" } else { " " };
+                    self.out.extend_from_slice(format!("250{sep}{}\r\n", &l[4..]).as_bytes());
+                }
+            }
+            None => self.push_reply(default),
+        }
+    }
+
+    fn push_reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn receive(&mut self, bytes: &[u8]) {
+        self.inbuf.extend_from_slice(bytes);
+        loop {
+            match self.reading {
+                Reading::Commands => {
+                    let Some(lf) = self.inbuf.iter().position(|&b| b == b'\n') else { return };
+                    let line: Vec<u8> = self.inbuf.drain(..=lf).collect();
+                    let line = String::from_utf8(line).unwrap();
+                    let cmd = line.trim_end_matches("\r\n").to_owned();
+                    assert!(line.ends_with("\r\n"), "client sent a bare LF: {line:?}");
+                    self.on_command(&cmd);
+                }
+                Reading::Data => {
+                    let end = if self.inbuf.starts_with(b".\r\n") { Some(usize::MAX) } else { find(&self.inbuf, b"\r\n.\r\n") };
+                    let Some(end) = end else { return };
+                    let (content, used) = if end == usize::MAX { (Vec::new(), 3) } else { (self.inbuf[..end + 2].to_vec(), end + 5) };
+                    self.inbuf.drain(..used);
+                    self.bodies.push(content);
+                    self.reading = Reading::Commands;
+                    self.answer(".", "250 2.0.0 queued");
+                }
+                Reading::Bdat(n) => {
+                    if self.inbuf.len() < n {
+                        return;
+                    }
+                    self.bodies.push(self.inbuf.drain(..n).collect());
+                    self.reading = Reading::Commands;
+                    self.answer("BDAT", "250 2.0.0 queued");
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: &str) {
+        let verb = cmd.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" | "HELO" => self.answer(cmd, "250 test"),
+            "MAIL" | "RCPT" | "RSET" | "NOOP" => self.answer(cmd, "250 2.0.0 ok"),
+            "DATA" => {
+                let before = self.out.len();
+                self.answer(cmd, "354 go ahead");
+                if self.out[before..].starts_with(b"354") {
+                    self.reading = Reading::Data;
+                }
+            }
+            "BDAT" => {
+                let n: usize = cmd.split(' ').nth(1).unwrap().parse().unwrap();
+                self.reading = Reading::Bdat(n);
+                // The reply comes after the chunk; record the command itself separately.
+                self.seen.push(format!("<bdat> {cmd}"));
+            }
+            "QUIT" => {
+                self.answer(cmd, "221 bye");
+                self.closed = true;
+            }
+            _ => self.answer(cmd, "500 what"),
+        }
+    }
+}
+
+fn cmd_key(cmd: &str) -> &str {
+    cmd.split([' ', ':']).next().unwrap_or(cmd)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+struct Pair {
+    client: Client<u32>,
+    server: Server,
+    now: Instant,
+    writes: Vec<Vec<u8>>,
+    done: Vec<Completed<u32>>,
+    ready: bool,
+    closed: Option<Option<SessionError>>,
+    /// Feed the client one byte at a time.
+    trickle: bool,
+    inbuf: Vec<u8>,
+}
+
+impl Pair {
+    fn new(server: Server, config: ClientConfig) -> Self {
+        let now = Instant::now();
+        let mut p = Pair {
+            client: Client::new(config, now),
+            server,
+            now,
+            writes: Vec::new(),
+            done: Vec::new(),
+            ready: false,
+            closed: None,
+            trickle: false,
+            inbuf: Vec::new(),
+        };
+        p.server.answer("<greeting>", "220 test ESMTP");
+        p.server.seen.clear();
+        p
+    }
+
+    fn with(server: Server) -> Self {
+        Self::new(server, config())
+    }
+
+    /// Runs until neither side has anything to say, pushing from `queue` whenever the client
+    /// wants a transaction.
+    fn run(&mut self, queue: &mut VecDeque<(Message, u32)>) {
+        for _ in 0..10_000 {
+            self.collect();
+            while self.client.wants_transaction() {
+                let Some((m, id)) = queue.pop_front() else { break };
+                assert!(self.client.push(m, id).is_ok());
+                self.collect();
+            }
+            let mut progress = false;
+            if let Some(t) = self.client.poll_transmit(self.now) {
+                let bytes = t.to_vec();
+                self.client.recycle(t);
+                self.server.receive(&bytes);
+                self.writes.push(bytes);
+                progress = true;
+            }
+            let out = std::mem::take(&mut self.server.out);
+            if !out.is_empty() {
+                progress = true;
+                if self.trickle {
+                    for &b in &out {
+                        self.inbuf.push(b);
+                        let n = self.client.handle_input(self.now, &self.inbuf);
+                        self.inbuf.drain(..n);
+                    }
+                } else {
+                    self.inbuf.extend_from_slice(&out);
+                    let n = self.client.handle_input(self.now, &self.inbuf);
+                    self.inbuf.drain(..n);
+                }
+            } else if self.server.closed && !self.client.is_closed() {
+                self.client.handle_eof();
+                progress = true;
+            }
+            if !progress {
+                self.collect();
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    fn collect(&mut self) {
+        while let Some(e) = self.client.poll_event() {
+            match e {
+                Event::Ready => self.ready = true,
+                Event::Done(c) => self.done.push(c),
+                Event::Closed(reason) => {
+                    assert!(self.closed.is_none(), "closed twice");
+                    self.closed = Some(reason);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        let mut q: VecDeque<_> = messages.into_iter().zip(0u32..).collect();
+        self.run(&mut q);
+        assert!(q.is_empty() || self.client.is_closed(), "client stopped taking messages");
+    }
+
+    fn results(&self) -> Vec<(u32, Disposition)> {
+        self.done.iter().map(|c| (c.user, c.disposition())).collect()
+    }
+
+    fn written(&self) -> Vec<String> {
+        self.writes.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+    }
+}
+
+fn config() -> ClientConfig {
+    let mut c = ClientConfig::new(Domain::new("client.test").unwrap());
+    c.depth = 8;
+    c
+}
+
+fn msg(rcpts: &[&str], body: &[u8]) -> Message {
+    let recipients = rcpts.iter().map(|r| Address::new(r).unwrap()).collect();
+    let envelope = Arc::new(Envelope { sender: Some(Address::new("from@test").unwrap()), recipients });
+    Message { envelope, body: Body::new(body) }
+}
+
+fn msgs(n: usize) -> Vec<Message> {
+    (0..n).map(|_| msg(&["to@test"], b"hello\n")).collect()
+}
+
+use Disposition::{Bounced, Deferred, Delivered};
+
+#[test]
+fn sequential_without_pipelining_sends_one_command_per_write() {
+    let mut p = Pair::with(Server::new("8BITMIME"));
+    p.send(msgs(2));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)]);
+    for w in &p.written()[..p.writes.len() - 1] {
+        // Each write is one command, or one body with its terminator.
+        let commands = w.matches("\r\n").count();
+        assert!(commands == 1 || w.ends_with("\r\n.\r\n"), "{w:?}");
+    }
+    assert_eq!(p.server.bodies, vec![b"hello\r\n".to_vec(), b"hello\r\n".to_vec()]);
+    assert_eq!(p.closed, None, "session still open");
+    assert!(!p.client.is_pipelining());
+}
+
+#[test]
+fn pipelining_groups_commands_and_sends_next_group_with_body() {
+    let mut p = Pair::with(Server::new(PIPE_CAPS));
+    p.send(msgs(3));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered), (2, Delivered)]);
+    let w = p.written();
+    assert_eq!(w[0], "EHLO client.test\r\n");
+    assert_eq!(w[1], "MAIL FROM:<from@test> SIZE=7\r\nRCPT TO:<to@test>\r\nDATA\r\n");
+    assert_eq!(w[2], "hello\r\n.\r\nMAIL FROM:<from@test> SIZE=7\r\nRCPT TO:<to@test>\r\nDATA\r\n");
+    assert_eq!(w[3], w[2]);
+    assert_eq!(w[4], "hello\r\n.\r\n");
+    assert_eq!(w.len(), 5);
+}
+
+#[test]
+fn chunking_puts_depth_transactions_in_one_write() {
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(msgs(3));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered), (2, Delivered)]);
+    let w = p.written();
+    let group = "MAIL FROM:<from@test> SIZE=7\r\nRCPT TO:<to@test>\r\nBDAT 7 LAST\r\nhello\r\n";
+    assert_eq!(w[1], group.repeat(3));
+    assert_eq!(w.len(), 2);
+}
+
+#[test]
+fn depth_limits_transactions_in_flight() {
+    let mut c = config();
+    c.depth = 2;
+    let mut p = Pair::new(Server::new(FULL_CAPS), c);
+    p.run(&mut VecDeque::new());
+    assert!(p.ready);
+    assert!(p.client.push(msgs(1).remove(0), 0).is_ok());
+    assert!(p.client.push(msgs(1).remove(0), 1).is_ok());
+    assert!(!p.client.wants_transaction());
+    assert!(p.client.push(msgs(1).remove(0), 2).is_err());
+    p.run(&mut VecDeque::new());
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)]);
+    assert!(p.client.wants_transaction());
+}
+
+#[test]
+fn max_messages_per_connection_then_quit() {
+    let mut c = config();
+    c.max_messages = 2;
+    let mut p = Pair::new(Server::new(FULL_CAPS), c);
+    let mut q: VecDeque<_> = msgs(5).into_iter().zip(0u32..).collect();
+    p.run(&mut q);
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)]);
+    assert_eq!(q.len(), 3, "the rest stay with the caller");
+    assert!(p.written().last().unwrap().ends_with("QUIT\r\n"));
+    assert_eq!(p.closed, Some(None));
+}
+
+#[test]
+fn mail_refused() {
+    for caps in ["", PIPE_CAPS, FULL_CAPS] {
+        for (reply, want) in [("451 4.3.0 later", Deferred), ("550 5.7.1 no", Bounced)] {
+            let mut server = Server::new(caps).rule_nth("MAIL", 0, Action::Reply(reply));
+            if !caps.is_empty() {
+                // Pipelined: the refused MAIL's RCPT and DATA/BDAT were sent anyway.
+                server = server
+                    .rule_nth("RCPT", 0, Action::Reply("503 5.5.1 need MAIL"))
+                    .rule_nth("DATA", 0, Action::Reply("503 5.5.1 need RCPT"))
+                    .rule_nth("BDAT", 0, Action::Reply("503 5.5.1 need RCPT"));
+            }
+            let mut p = Pair::with(server);
+            p.send(msgs(2));
+            assert_eq!(p.results(), vec![(0, want), (1, Delivered)], "caps {caps:?} reply {reply}");
+            assert!(matches!(&p.done[0].result, TxnResult::Rejected { command: Command::MailFrom, .. }));
+            assert_eq!(p.server.bodies.len(), 1 + usize::from(caps == FULL_CAPS), "no body after a refused DATA");
+            assert!(!p.server.seen.iter().any(|c| c == "RSET"), "no transaction was open");
+        }
+    }
+}
+
+#[test]
+fn one_of_several_recipients_refused() {
+    for caps in ["", PIPE_CAPS, FULL_CAPS] {
+        let server = Server::new(caps).rule("RCPT TO:<bad@test>", Action::Reply("550 5.1.1 unknown"));
+        let mut p = Pair::with(server);
+        p.send(vec![msg(&["a@test", "bad@test", "c@test"], b"x")]);
+        let c = &p.done[0];
+        assert_eq!(c.disposition(), Delivered);
+        assert_eq!(c.rejected.len(), 1);
+        assert_eq!(c.rejected[0].0, 1);
+        assert_eq!(c.recipient(0).0, Delivered);
+        assert_eq!(c.recipient(1).0, Bounced);
+        assert_eq!(c.recipient(2).0, Delivered);
+    }
+}
+
+#[test]
+fn all_recipients_refused_but_data_accepted_sends_empty_body_then_rset() {
+    let server = Server::new(PIPE_CAPS).rule_nth("RCPT", 0, Action::Reply("550 5.1.1 unknown"));
+    let mut p = Pair::with(server);
+    p.send(msgs(2));
+    assert_eq!(p.results(), vec![(0, Bounced), (1, Delivered)]);
+    assert_eq!(p.done[0].result, TxnResult::NoValidRecipients);
+    assert_eq!(p.server.bodies[0], b"", "empty message after 354 with no recipients");
+    let w = p.written();
+    assert!(w[2].starts_with(".\r\nRSET\r\nMAIL FROM:"), "{:?}", w[2]);
+}
+
+#[test]
+fn all_recipients_refused_and_data_refused_then_rset() {
+    for caps in ["", PIPE_CAPS] {
+        let mut server = Server::new(caps).rule_nth("RCPT", 0, Action::Reply("450 4.2.0 busy"));
+        if !caps.is_empty() {
+            server = server.rule_nth("DATA", 0, Action::Reply("554 5.5.1 no valid recipients"));
+        }
+        let mut p = Pair::with(server);
+        p.send(msgs(2));
+        assert_eq!(p.results(), vec![(0, Deferred), (1, Delivered)], "caps {caps:?}");
+        assert_eq!(p.server.bodies.len(), 1);
+        let seen = &p.server.seen;
+        let rset = seen.iter().position(|c| c == "RSET").expect("RSET sent");
+        let second_mail = seen.iter().rposition(|c| c.starts_with("MAIL")).unwrap();
+        assert!(rset < second_mail);
+        if caps.is_empty() {
+            assert_eq!(seen.iter().filter(|c| *c == "DATA").count(), 1, "no DATA without a recipient");
+        }
+    }
+}
+
+#[test]
+fn data_refused_then_rset() {
+    let server = Server::new(PIPE_CAPS).rule_nth("DATA", 0, Action::Reply("451 4.3.0 try later"));
+    let mut p = Pair::with(server);
+    p.send(msgs(2));
+    assert_eq!(p.results(), vec![(0, Deferred), (1, Delivered)]);
+    assert!(matches!(p.done[0].result, TxnResult::Rejected { command: Command::Data, .. }));
+    assert!(p.written()[2].starts_with("RSET\r\nMAIL"));
+}
+
+#[test]
+fn final_dot_refused() {
+    for (reply, want) in [("554 5.7.1 spam", Bounced), ("452 4.3.1 full", Deferred)] {
+        let server = Server::new(PIPE_CAPS).rule_nth(".", 0, Action::Reply(reply));
+        let mut p = Pair::with(server);
+        p.send(msgs(2));
+        assert_eq!(p.results(), vec![(0, want), (1, Delivered)]);
+        assert!(matches!(p.done[0].result, TxnResult::Rejected { command: Command::EndOfData, .. }));
+    }
+}
+
+#[test]
+fn bdat_failure_and_pipelined_mail_503_is_deferred_not_bounced() {
+    let server = Server::new(FULL_CAPS)
+        .rule_nth("BDAT", 0, Action::Reply("554 5.7.1 rejected"))
+        .rule_nth("MAIL", 1, Action::Reply("503 5.5.1 nested MAIL"))
+        .rule_nth("RCPT", 1, Action::Reply("503 5.5.1 need MAIL"))
+        .rule_nth("BDAT", 1, Action::Reply("503 5.5.1 need MAIL"));
+    let mut c = config();
+    c.depth = 3;
+    let mut p = Pair::new(server, c);
+    p.send(msgs(4));
+    assert_eq!(p.results(), vec![(0, Bounced), (1, Deferred), (2, Delivered), (3, Delivered)]);
+    // The fourth transaction starts after the failure is known: RSET first.
+    let seen = &p.server.seen;
+    let rset = seen.iter().position(|c| c == "RSET").expect("RSET after a failed BDAT");
+    assert!(rset < seen.iter().rposition(|c| c.starts_with("MAIL")).unwrap());
+}
+
+#[test]
+fn service_closing_mid_pipeline_aborts_everything_unanswered() {
+    let server = Server::new(FULL_CAPS).rule_nth("RCPT", 1, Action::Reply("421 4.3.2 shutting down"));
+    let mut p = Pair::with(server);
+    p.send(msgs(3));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Deferred), (2, Deferred)]);
+    for c in &p.done[1..] {
+        assert!(matches!(c.result, TxnResult::Aborted(SessionError::ServiceClosing { command: Command::RcptTo, .. })));
+    }
+    assert!(matches!(p.closed, Some(Some(SessionError::ServiceClosing { .. }))));
+}
+
+#[test]
+fn service_closing_at_mail_and_at_dot() {
+    for prefix in ["MAIL", "."] {
+        let server = Server::new(PIPE_CAPS).rule_nth(prefix, 0, Action::Reply("421 4.4.2 bye"));
+        let mut p = Pair::with(server);
+        p.send(msgs(1));
+        assert_eq!(p.results(), vec![(0, Deferred)], "421 at {prefix}");
+        assert!(p.closed.as_ref().unwrap().is_some());
+    }
+}
+
+#[test]
+fn garbage_reply_fails_the_connection() {
+    for garbage in [&b"250 ok\n"[..], b"hello\r\n", b"250-a\r\n550 b\r\n", b"2\x00\x01\r\n"] {
+        let server = Server::new(PIPE_CAPS).rule_nth("DATA", 0, Action::Raw(garbage));
+        let mut p = Pair::with(server);
+        p.send(msgs(1));
+        assert_eq!(p.results(), vec![(0, Deferred)]);
+        assert!(matches!(p.done[0].result, TxnResult::Aborted(SessionError::Malformed { command: Command::Data, .. })));
+    }
+}
+
+#[test]
+fn reply_that_does_not_fit_the_state_is_a_protocol_error() {
+    let cases: &[(&str, &str, Command)] = &[
+        ("RCPT", "354 go ahead", Command::RcptTo),
+        ("MAIL", "354 go ahead", Command::MailFrom),
+        ("DATA", "250 ok", Command::Data),
+        (".", "354 more", Command::EndOfData),
+        ("RSET", "550 no", Command::Rset),
+    ];
+    for &(prefix, reply, command) in cases {
+        let server = Server::new(PIPE_CAPS)
+            .rule_nth("DATA", 0, Action::Reply("554 no"))
+            .rule(prefix, Action::Reply(reply));
+        let mut p = Pair::with(server);
+        p.send(msgs(2));
+        assert!(p.done.iter().all(|c| c.disposition() != Delivered), "{prefix}: nothing delivered");
+        let err = p.closed.clone().unwrap().unwrap();
+        assert!(matches!(err, SessionError::Unexpected { command: c, .. } if c == command), "{prefix}: {err:?}");
+    }
+}
+
+#[test]
+fn ehlo_refused_falls_back_to_helo() {
+    let server = Server::new(FULL_CAPS).rule("EHLO", Action::Reply("502 5.5.2 what"));
+    let mut p = Pair::with(server);
+    p.send(msgs(2));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)]);
+    assert!(p.server.seen.iter().any(|c| c == "HELO client.test"));
+    assert!(!p.client.is_pipelining() && !p.client.is_chunking());
+}
+
+#[test]
+fn handshake_failures() {
+    let cases: Vec<(Server, fn(&SessionError) -> bool)> = vec![
+        (Server::new("").rule("<greeting>", Action::Reply("554 5.7.1 go away")), |e| matches!(e, SessionError::Greeting(_))),
+        (Server::new("").rule("<greeting>", Action::Reply("421 busy")), |e| matches!(e, SessionError::Greeting(_))),
+        (Server::new("").rule("<greeting>", Action::Reply("250 odd")), |e| matches!(e, SessionError::Unexpected { .. })),
+        (Server::new("").rule("EHLO", Action::Reply("451 later")), |e| matches!(e, SessionError::Handshake { command: Command::Ehlo, .. })),
+        (
+            Server::new("").rule("EHLO", Action::Reply("500 no")).rule("HELO", Action::Reply("550 no")),
+            |e| matches!(e, SessionError::Handshake { command: Command::Helo, .. }),
+        ),
+        (Server::new("").rule("EHLO", Action::Close), |e| matches!(e, SessionError::Closed { command: Some(Command::Ehlo) })),
+    ];
+    for (server, check) in cases {
+        // The greeting rule applies to the first answer, given in Pair::new.
+        let mut p = Pair::with(server);
+        p.send(msgs(1));
+        assert!(!p.ready);
+        let err = p.closed.clone().expect("closed").expect("with an error");
+        assert!(check(&err), "{err:?}");
+    }
+}
+
+#[test]
+fn connection_lost_mid_transaction() {
+    let server = Server::new(FULL_CAPS).rule_nth("BDAT", 1, Action::Close);
+    let mut p = Pair::with(server);
+    p.send(msgs(3));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Deferred), (2, Deferred)]);
+    assert!(matches!(p.done[1].result, TxnResult::Aborted(SessionError::Closed { command: Some(Command::Bdat) })));
+}
+
+#[test]
+fn transport_error_aborts() {
+    let mut p = Pair::with(Server::new(PIPE_CAPS).rule("DATA", Action::Silent));
+    p.send(msgs(1));
+    assert!(p.done.is_empty());
+    p.client.handle_transport_error("connection reset by peer");
+    p.collect();
+    assert_eq!(p.results(), vec![(0, Deferred)]);
+    assert!(matches!(&p.done[0].result, TxnResult::Aborted(SessionError::Transport { command: Some(Command::Data), .. })));
+}
+
+#[test]
+fn per_phase_timeouts() {
+    let mut c = config();
+    c.timeouts.data = Duration::from_secs(7);
+    let mut p = Pair::new(Server::new(PIPE_CAPS).rule("DATA", Action::Silent), c);
+    p.send(msgs(1));
+    let deadline = p.client.poll_timeout().unwrap();
+    // MAIL and RCPT were answered at `now`; DATA's reply is the one awaited.
+    assert_eq!(deadline, p.now + Duration::from_secs(7));
+    p.client.handle_timeout(p.now + Duration::from_secs(6));
+    assert!(!p.client.is_closed(), "not yet");
+    p.client.handle_timeout(deadline);
+    p.collect();
+    assert_eq!(p.results(), vec![(0, Deferred)]);
+    assert_eq!(
+        p.done[0].result,
+        TxnResult::Aborted(SessionError::Timeout { command: Command::Data, waited: Duration::from_secs(7) })
+    );
+}
+
+#[test]
+fn greeting_timeout() {
+    let mut c = config();
+    c.timeouts.greeting = Duration::from_secs(3);
+    let now = Instant::now();
+    let mut client: Client<u32> = Client::new(c, now);
+    assert_eq!(client.poll_timeout(), Some(now + Duration::from_secs(3)));
+    client.handle_timeout(now + Duration::from_secs(3));
+    assert!(matches!(client.poll_event(), Some(Event::Closed(Some(SessionError::Timeout { .. })))));
+}
+
+#[test]
+fn idle_session_quits() {
+    let mut c = config();
+    c.timeouts.idle = Duration::from_secs(5);
+    let mut p = Pair::new(Server::new(FULL_CAPS), c);
+    p.send(msgs(1));
+    assert_eq!(p.client.poll_timeout(), Some(p.now + Duration::from_secs(5)));
+    p.now += Duration::from_secs(5);
+    p.client.handle_timeout(p.now);
+    p.run(&mut VecDeque::new());
+    assert_eq!(p.written().last().unwrap(), "QUIT\r\n");
+    assert_eq!(p.closed, Some(None));
+}
+
+#[test]
+fn server_closing_idle_session_is_clean() {
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(msgs(1));
+    p.client.handle_eof();
+    p.collect();
+    assert_eq!(p.closed, Some(None));
+}
+
+#[test]
+fn unsolicited_reply_fails_session() {
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(msgs(1));
+    p.client.handle_input(p.now, b"421 4.4.2 idle timeout\r\n");
+    p.collect();
+    assert!(matches!(p.closed, Some(Some(SessionError::Unsolicited(_)))));
+}
+
+#[test]
+fn local_refusals() {
+    let mut p = Pair::with(Server::new("PIPELINING\nSIZE 10"));
+    p.send(vec![
+        msg(&["a@test"], &[b'x'; 20]),
+        msg(&["j\u{f6}rg@test"], b"x"),
+        msg(&[], b"x"),
+        msg(&["a@test"], b"small"),
+    ]);
+    let results: Vec<_> = p.done.iter().map(|c| c.result.clone()).collect();
+    assert_eq!(results[0], TxnResult::NotAttempted(LocalError::TooLarge { size: 22, limit: 10 }));
+    assert_eq!(results[1], TxnResult::NotAttempted(LocalError::Utf8NotSupported));
+    assert_eq!(results[2], TxnResult::NotAttempted(LocalError::NoRecipients));
+    assert!(matches!(results[3], TxnResult::Accepted(_)));
+    assert_eq!(p.server.seen.iter().filter(|c| c.starts_with("MAIL")).count(), 1);
+}
+
+#[test]
+fn mail_parameters_follow_capabilities() {
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(vec![msg(&["j\u{f6}rg@test"], "caf\u{e9}\n".as_bytes())]);
+    let mail = p.server.seen.iter().find(|c| c.starts_with("MAIL")).unwrap();
+    assert_eq!(mail, "MAIL FROM:<from@test> SIZE=7 BODY=8BITMIME SMTPUTF8");
+}
+
+#[test]
+fn dot_stuffed_bodies_arrive_intact() {
+    for caps in ["", PIPE_CAPS, FULL_CAPS] {
+        let mut p = Pair::with(Server::new(caps));
+        p.send(vec![msg(&["a@test"], b".leading\n..two\nmid.dle\n.\n")]);
+        let body = &p.server.bodies[0];
+        let want: &[u8] = if caps == FULL_CAPS { b".leading\r\n..two\r\nmid.dle\r\n.\r\n" } else { b"..leading\r\n...two\r\nmid.dle\r\n..\r\n" };
+        assert_eq!(body, want, "caps {caps:?} (DATA bodies are seen before unstuffing)");
+        assert_eq!(p.results(), vec![(0, Delivered)]);
+    }
+}
+
+#[test]
+fn byte_at_a_time_replies_give_the_same_outcomes() {
+    for caps in ["", PIPE_CAPS, FULL_CAPS] {
+        let server = || {
+            Server::new(caps)
+                .rule("RCPT TO:<bad@test>", Action::Reply("550-5.1.1 no\n550 5.1.1 really"))
+                .rule_nth(".", 1, Action::Reply("451 4.3.0 later"))
+        };
+        let batch = || vec![msg(&["a@test", "bad@test"], b"x"), msg(&["a@test"], b"y"), msg(&["a@test"], b"z")];
+        let mut whole = Pair::with(server());
+        whole.send(batch());
+        let mut trickle = Pair::with(server());
+        trickle.trickle = true;
+        trickle.send(batch());
+        assert_eq!(whole.results(), trickle.results(), "caps {caps:?}");
+        assert_eq!(whole.written(), trickle.written());
+    }
+}
+
+#[test]
+fn abandon_reports_everything_in_flight() {
+    let mut p = Pair::with(Server::new(FULL_CAPS).rule("BDAT", Action::Silent));
+    p.send(msgs(3));
+    assert!(p.done.is_empty());
+    p.client.abandon("shutting down");
+    p.collect();
+    assert_eq!(p.results(), vec![(0, Deferred), (1, Deferred), (2, Deferred)]);
+    assert!(p.client.poll_transmit(p.now).is_none(), "nothing written after abandon");
+}
