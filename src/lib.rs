@@ -1,1 +1,11 @@
+//! volley: a high-throughput bulk SMTP sending engine.
+//!
+//! - [`proto`]: the SMTP protocol, sans-IO (parsers, encoders, client and server state).
+//! - [`rt`]: thread-per-core runtime plumbing (monoio, io_uring or epoll).
+//! - [`sink`]: the built-in receiving server, with fault injection.
+
 pub mod proto;
+pub mod report;
+pub mod rng;
+pub mod rt;
+pub mod sink;

@@ -254,13 +254,8 @@ mod tests {
 
     #[test]
     fn raw_framing_table() {
-        let cases: &[(&[u8], &[u8])] = &[
-            (b"", b""),
-            (b"a", b"a\r\n"),
-            (b".\n", b".\r\n"),
-            (b"a\rb", b"a\r\nb\r\n"),
-            (b"a\r", b"a\r\n"),
-        ];
+        let cases: &[(&[u8], &[u8])] =
+            &[(b"", b""), (b"a", b"a\r\n"), (b".\n", b".\r\n"), (b"a\rb", b"a\r\nb\r\n"), (b"a\r", b"a\r\n")];
         for (input, want) in cases {
             assert_eq!(encode(Framing::Raw, input), *want);
         }

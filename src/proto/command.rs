@@ -206,13 +206,24 @@ mod tests {
             (enc(|o| helo(o, &d)), "HELO client.example\r\n"),
             (enc(|o| mail_from(o, Some(&a), &MailParams::default())), "MAIL FROM:<a@example.com>\r\n"),
             (enc(|o| mail_from(o, None, &MailParams::default())), "MAIL FROM:<>\r\n"),
-            (enc(|o| mail_from(o, Some(&a), &full)), "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n"),
             (
-                enc(|o| mail_from(o, None, &MailParams { body: Some(BodyType::BinaryMime), ..Default::default() })),
+                enc(|o| mail_from(o, Some(&a), &full)),
+                "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n",
+            ),
+            (
+                enc(|o| {
+                    mail_from(o, None, &MailParams { body: Some(BodyType::BinaryMime), ..Default::default() })
+                }),
                 "MAIL FROM:<> BODY=BINARYMIME\r\n",
             ),
             (
-                enc(|o| mail_from(o, None, &MailParams { body: Some(BodyType::SevenBit), size: Some(0), ..Default::default() })),
+                enc(|o| {
+                    mail_from(
+                        o,
+                        None,
+                        &MailParams { body: Some(BodyType::SevenBit), size: Some(0), ..Default::default() },
+                    )
+                }),
                 "MAIL FROM:<> SIZE=0 BODY=7BIT\r\n",
             ),
             (enc(|o| rcpt_to(o, &a)), "RCPT TO:<a@example.com>\r\n"),

@@ -9,10 +9,13 @@ pub mod client;
 pub mod command;
 pub mod ehlo;
 pub mod reply;
+pub mod server;
 
 pub use address::{Address, AddressError, Domain};
 pub use body::{Body, BodyEncoder, Framing};
-pub use client::{Client, ClientConfig, Completed, Disposition, Envelope, Event, Message, SessionError, Timeouts, TxnResult};
+pub use client::{
+    Client, ClientConfig, Completed, Disposition, Envelope, Event, Message, SessionError, Timeouts, TxnResult,
+};
 pub use command::Command;
 pub use ehlo::Capabilities;
 pub use reply::{EnhancedCode, Reply, ReplyClass, ReplyError, ReplyParser, ReplyRef};

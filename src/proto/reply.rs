@@ -139,19 +139,16 @@ impl<'a> ReplyRef<'a> {
     /// line carries the same one as the first line. The parser has checked it is UTF-8.
     pub fn lines(&self) -> impl Iterator<Item = &'a str> + 'a {
         let enhanced = self.enhanced;
-        self.raw
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(move |line| {
-                let line = &line[..line.len() - 1]; // the parser guarantees "\r\n" endings
-                let mut text = line.get(4..).unwrap_or(&[]);
-                if let Some((code, n)) = EnhancedCode::parse_prefix(text) {
-                    if Some(code) == enhanced {
-                        text = &text[n..];
-                    }
+        self.raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(move |line| {
+            let line = &line[..line.len() - 1]; // the parser guarantees "\r\n" endings
+            let mut text = line.get(4..).unwrap_or(&[]);
+            if let Some((code, n)) = EnhancedCode::parse_prefix(text) {
+                if Some(code) == enhanced {
+                    text = &text[n..];
                 }
-                std::str::from_utf8(text).unwrap_or("")
-            })
+            }
+            std::str::from_utf8(text).unwrap_or("")
+        })
     }
 
     /// Copies the reply into an owned [`Reply`], lines joined with `\n`.

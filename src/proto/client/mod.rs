@@ -594,7 +594,9 @@ impl<T> Client<T> {
             (None, Some(err)) => TxnResult::Aborted(err.clone()),
             // Every path that finishes sending sets a result before the last reply; if one did
             // not, the message must not count as delivered.
-            (None, None) => TxnResult::Aborted(SessionError::Abandoned("transaction ended without a final reply")),
+            (None, None) => {
+                TxnResult::Aborted(SessionError::Abandoned("transaction ended without a final reply"))
+            }
         };
         self.events.push_back(Event::Done(Completed {
             user: t.user,
@@ -689,7 +691,11 @@ impl<T> Client<T> {
                 Step::Rcpt(k) => {
                     let t = &mut self.txns[i];
                     command::rcpt_to(self.out.commands(), &t.message.envelope.recipients[k]);
-                    t.step = if k + 1 < t.message.envelope.recipients.len() { Step::Rcpt(k + 1) } else { Step::Data };
+                    t.step = if k + 1 < t.message.envelope.recipients.len() {
+                        Step::Rcpt(k + 1)
+                    } else {
+                        Step::Data
+                    };
                     t.outstanding += 1;
                     let seq = t.seq;
                     self.expect(Command::RcptTo, seq, k);

@@ -162,9 +162,9 @@ pub fn classify_reply(command: Command, reply: &Reply) -> Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Address;
     use crate::proto::body::Body;
     use crate::proto::client::{Envelope, Message};
-    use crate::proto::Address;
     use std::sync::Arc;
 
     fn r(code: u16) -> Reply {

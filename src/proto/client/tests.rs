@@ -117,9 +117,17 @@ impl Server {
                     self.on_command(&cmd);
                 }
                 Reading::Data => {
-                    let end = if self.inbuf.starts_with(b".\r\n") { Some(usize::MAX) } else { find(&self.inbuf, b"\r\n.\r\n") };
+                    let end = if self.inbuf.starts_with(b".\r\n") {
+                        Some(usize::MAX)
+                    } else {
+                        find(&self.inbuf, b"\r\n.\r\n")
+                    };
                     let Some(end) = end else { return };
-                    let (content, used) = if end == usize::MAX { (Vec::new(), 3) } else { (self.inbuf[..end + 2].to_vec(), end + 5) };
+                    let (content, used) = if end == usize::MAX {
+                        (Vec::new(), 3)
+                    } else {
+                        (self.inbuf[..end + 2].to_vec(), end + 5)
+                    };
                     self.inbuf.drain(..used);
                     self.bodies.push(content);
                     self.reading = Reading::Commands;
@@ -383,7 +391,11 @@ fn mail_refused() {
             p.send(msgs(2));
             assert_eq!(p.results(), vec![(0, want), (1, Delivered)], "caps {caps:?} reply {reply}");
             assert!(matches!(&p.done[0].result, TxnResult::Rejected { command: Command::MailFrom, .. }));
-            assert_eq!(p.server.bodies.len(), 1 + usize::from(caps == FULL_CAPS), "no body after a refused DATA");
+            assert_eq!(
+                p.server.bodies.len(),
+                1 + usize::from(caps == FULL_CAPS),
+                "no body after a refused DATA"
+            );
             assert!(!p.server.seen.iter().any(|c| c == "RSET"), "no transaction was open");
         }
     }
@@ -484,7 +496,10 @@ fn service_closing_mid_pipeline_aborts_everything_unanswered() {
     p.send(msgs(3));
     assert_eq!(p.results(), vec![(0, Delivered), (1, Deferred), (2, Deferred)]);
     for c in &p.done[1..] {
-        assert!(matches!(c.result, TxnResult::Aborted(SessionError::ServiceClosing { command: Command::RcptTo, .. })));
+        assert!(matches!(
+            c.result,
+            TxnResult::Aborted(SessionError::ServiceClosing { command: Command::RcptTo, .. })
+        ));
     }
     assert!(matches!(p.closed, Some(Some(SessionError::ServiceClosing { .. }))));
 }
@@ -507,7 +522,10 @@ fn garbage_reply_fails_the_connection() {
         let mut p = Pair::with(server);
         p.send(msgs(1));
         assert_eq!(p.results(), vec![(0, Deferred)]);
-        assert!(matches!(p.done[0].result, TxnResult::Aborted(SessionError::Malformed { command: Command::Data, .. })));
+        assert!(matches!(
+            p.done[0].result,
+            TxnResult::Aborted(SessionError::Malformed { command: Command::Data, .. })
+        ));
     }
 }
 
@@ -528,7 +546,10 @@ fn reply_that_does_not_fit_the_state_is_a_protocol_error() {
         p.send(msgs(2));
         assert!(p.done.iter().all(|c| c.disposition() != Delivered), "{prefix}: nothing delivered");
         let err = p.closed.clone().unwrap().unwrap();
-        assert!(matches!(err, SessionError::Unexpected { command: c, .. } if c == command), "{prefix}: {err:?}");
+        assert!(
+            matches!(err, SessionError::Unexpected { command: c, .. } if c == command),
+            "{prefix}: {err:?}"
+        );
     }
 }
 
@@ -545,15 +566,24 @@ fn ehlo_refused_falls_back_to_helo() {
 #[test]
 fn handshake_failures() {
     let cases: Vec<(Server, fn(&SessionError) -> bool)> = vec![
-        (Server::new("").rule("<greeting>", Action::Reply("554 5.7.1 go away")), |e| matches!(e, SessionError::Greeting(_))),
-        (Server::new("").rule("<greeting>", Action::Reply("421 busy")), |e| matches!(e, SessionError::Greeting(_))),
-        (Server::new("").rule("<greeting>", Action::Reply("250 odd")), |e| matches!(e, SessionError::Unexpected { .. })),
-        (Server::new("").rule("EHLO", Action::Reply("451 later")), |e| matches!(e, SessionError::Handshake { command: Command::Ehlo, .. })),
-        (
-            Server::new("").rule("EHLO", Action::Reply("500 no")).rule("HELO", Action::Reply("550 no")),
-            |e| matches!(e, SessionError::Handshake { command: Command::Helo, .. }),
-        ),
-        (Server::new("").rule("EHLO", Action::Close), |e| matches!(e, SessionError::Closed { command: Some(Command::Ehlo) })),
+        (Server::new("").rule("<greeting>", Action::Reply("554 5.7.1 go away")), |e| {
+            matches!(e, SessionError::Greeting(_))
+        }),
+        (Server::new("").rule("<greeting>", Action::Reply("421 busy")), |e| {
+            matches!(e, SessionError::Greeting(_))
+        }),
+        (Server::new("").rule("<greeting>", Action::Reply("250 odd")), |e| {
+            matches!(e, SessionError::Unexpected { .. })
+        }),
+        (Server::new("").rule("EHLO", Action::Reply("451 later")), |e| {
+            matches!(e, SessionError::Handshake { command: Command::Ehlo, .. })
+        }),
+        (Server::new("").rule("EHLO", Action::Reply("500 no")).rule("HELO", Action::Reply("550 no")), |e| {
+            matches!(e, SessionError::Handshake { command: Command::Helo, .. })
+        }),
+        (Server::new("").rule("EHLO", Action::Close), |e| {
+            matches!(e, SessionError::Closed { command: Some(Command::Ehlo) })
+        }),
     ];
     for (server, check) in cases {
         // The greeting rule applies to the first answer, given in Pair::new.
@@ -571,7 +601,10 @@ fn connection_lost_mid_transaction() {
     let mut p = Pair::with(server);
     p.send(msgs(3));
     assert_eq!(p.results(), vec![(0, Delivered), (1, Deferred), (2, Deferred)]);
-    assert!(matches!(p.done[1].result, TxnResult::Aborted(SessionError::Closed { command: Some(Command::Bdat) })));
+    assert!(matches!(
+        p.done[1].result,
+        TxnResult::Aborted(SessionError::Closed { command: Some(Command::Bdat) })
+    ));
 }
 
 #[test]
@@ -582,7 +615,10 @@ fn transport_error_aborts() {
     p.client.handle_transport_error("connection reset by peer");
     p.collect();
     assert_eq!(p.results(), vec![(0, Deferred)]);
-    assert!(matches!(&p.done[0].result, TxnResult::Aborted(SessionError::Transport { command: Some(Command::Data), .. })));
+    assert!(matches!(
+        &p.done[0].result,
+        TxnResult::Aborted(SessionError::Transport { command: Some(Command::Data), .. })
+    ));
 }
 
 #[test]
@@ -679,7 +715,11 @@ fn dot_stuffed_bodies_arrive_intact() {
         let mut p = Pair::with(Server::new(caps));
         p.send(vec![msg(&["a@test"], b".leading\n..two\nmid.dle\n.\n")]);
         let body = &p.server.bodies[0];
-        let want: &[u8] = if caps == FULL_CAPS { b".leading\r\n..two\r\nmid.dle\r\n.\r\n" } else { b"..leading\r\n...two\r\nmid.dle\r\n..\r\n" };
+        let want: &[u8] = if caps == FULL_CAPS {
+            b".leading\r\n..two\r\nmid.dle\r\n.\r\n"
+        } else {
+            b"..leading\r\n...two\r\nmid.dle\r\n..\r\n"
+        };
         assert_eq!(body, want, "caps {caps:?} (DATA bodies are seen before unstuffing)");
         assert_eq!(p.results(), vec![(0, Delivered)]);
     }
@@ -693,7 +733,8 @@ fn byte_at_a_time_replies_give_the_same_outcomes() {
                 .rule("RCPT TO:<bad@test>", Action::Reply("550-5.1.1 no\n550 5.1.1 really"))
                 .rule_nth(".", 1, Action::Reply("451 4.3.0 later"))
         };
-        let batch = || vec![msg(&["a@test", "bad@test"], b"x"), msg(&["a@test"], b"y"), msg(&["a@test"], b"z")];
+        let batch =
+            || vec![msg(&["a@test", "bad@test"], b"x"), msg(&["a@test"], b"y"), msg(&["a@test"], b"z")];
         let mut whole = Pair::with(server());
         whole.send(batch());
         let mut trickle = Pair::with(server());

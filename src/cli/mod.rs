@@ -1,0 +1,44 @@
+//! The command line: argument parsing and the glue from flags to library configuration.
+//! `anyhow` lives here and nowhere else.
+
+mod sink;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// volley: bulk SMTP sending, load testing and benchmarking.
+#[derive(Debug, Parser)]
+#[command(name = "volley", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
+    Sink(sink::SinkArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sink(args) => sink::run(args),
+    }
+}
+
+/// Parses "10s", "250ms", "5m".
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A flag set by Ctrl-C (and SIGTERM), so commands can stop cleanly and still report.
+pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&flag);
+    ctrlc::set_handler(move || f.store(true, Ordering::Relaxed))?;
+    Ok(flag)
+}

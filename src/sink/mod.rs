@@ -1,0 +1,102 @@
+//! `volley sink`: a thread-per-core SMTP server that accepts everything as fast as it can, or
+//! misbehaves on purpose. Benchmarks and volley's own tests run it in-process.
+
+mod counters;
+pub mod faults;
+mod server;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use counters::Counters;
+pub use faults::Faults;
+pub use server::{SinkHandle, start};
+
+use crate::rng::Rng;
+use crate::rt::Driver;
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub driver: Driver,
+    pub hostname: String,
+    pub pipelining: bool,
+    pub chunking: bool,
+    /// Advertised SIZE; larger messages get 552.
+    pub max_size: u64,
+    pub idle_timeout: Duration,
+    pub max_messages_per_connection: Option<u64>,
+    /// Across all threads; more get 421 at greeting.
+    pub max_connections: Option<usize>,
+    pub faults: Faults,
+    pub seed: u64,
+    pub dump: Option<PathBuf>,
+    /// Stop once this many messages were accepted, across all threads.
+    pub exit_after_messages: Option<u64>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            threads: crate::rt::default_threads(),
+            driver: Driver::Auto,
+            hostname: "volley-sink".into(),
+            pipelining: true,
+            chunking: true,
+            max_size: 50 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            max_messages_per_connection: None,
+            max_connections: None,
+            faults: Faults::default(),
+            seed: 0,
+            dump: None,
+            exit_after_messages: None,
+        }
+    }
+}
+
+/// The little that is shared across cores: a stop flag and connection-level counts. Nothing here
+/// is touched per message unless `exit_after_messages` is set.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub accepted: AtomicU64,
+    pub active_connections: AtomicUsize,
+}
+
+/// One thread's state, owned by that thread alone.
+pub struct Core {
+    pub config: Arc<SinkConfig>,
+    pub rng: Rng,
+    pub counters: Counters,
+    shared: Arc<Shared>,
+    thread: u64,
+    next_id: u64,
+}
+
+impl Core {
+    pub fn new(config: Arc<SinkConfig>, shared: Arc<Shared>, thread: usize) -> Self {
+        let rng = Rng::new(config.seed ^ (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Core { config, rng, counters: Counters::default(), shared, thread: thread as u64, next_id: 0 }
+    }
+
+    /// A queue id unique across threads.
+    fn next_message_id(&mut self) -> u64 {
+        self.next_id += 1;
+        (self.thread << 48) | self.next_id
+    }
+
+    fn message_accepted(&self) {
+        if let Some(limit) = self.config.exit_after_messages {
+            if self.shared.accepted.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+                self.shared.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}

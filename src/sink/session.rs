@@ -1,0 +1,454 @@
+//! One sink connection's protocol logic, without I/O: fed the client's bytes, it appends replies
+//! to an output buffer and tells the driver what to do next. Everything about the sink's
+//! behaviour (replies, limits, faults, counters, dumps) is decided here and tested in memory.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use memchr::memchr;
+
+use super::Core;
+use super::faults::{Stage, Verdict, failure_reply};
+use crate::proto::Address;
+use crate::proto::server::{DataReceiver, Line, ServerCommand, next_line, parse_command};
+
+/// Most recipients in one transaction; more get 452 (RFC 5321 §4.5.3.1.8 requires 100).
+pub const MAX_RECIPIENTS: usize = 1000;
+
+/// What the driver does after [`Session::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Write the output, read more.
+    Continue,
+    /// Write `out[..at]`, wait, then go on: the reply at `at` is delayed.
+    Delay { at: usize, by: Duration },
+    /// Write the output and close.
+    Close,
+}
+
+#[derive(Debug)]
+enum Reading {
+    Commands,
+    /// Discarding an overlong command line up to its LF.
+    Overlong,
+    Data(DataReceiver),
+    Bdat {
+        remaining: u64,
+        last: bool,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Txn {
+    sender: Option<Option<Address>>,
+    recipients: Vec<Address>,
+    size: u64,
+    /// BDAT content has started (DATA is then out of sequence).
+    chunked: bool,
+    /// The content is kept only when dumping.
+    body: Vec<u8>,
+}
+
+pub struct Session {
+    conn: u64,
+    reading: Reading,
+    greeted: bool,
+    txn: Txn,
+    messages: u64,
+}
+
+impl Session {
+    pub fn new(conn: u64) -> Self {
+        Session { conn, reading: Reading::Commands, greeted: false, txn: Txn::default(), messages: 0 }
+    }
+
+    /// Whether a transaction is open (the client vanishing now aborts it).
+    pub fn in_transaction(&self) -> bool {
+        self.txn.sender.is_some()
+    }
+
+    /// The greeting. `active` is the number of connections open, this one included.
+    pub fn greet(&mut self, core: &mut Core, active: usize, out: &mut Vec<u8>) -> Action {
+        core.counters.connections += 1;
+        let host = &core.config.hostname;
+        if core.config.max_connections.is_some_and(|max| active > max) {
+            core.counters.connections_refused += 1;
+            reply(core, out, 421, &format!("4.7.0 {host} Too many connections, try later"));
+            return Action::Close;
+        }
+        let at = out.len();
+        match core.config.faults.decide(Stage::Greeting, &mut core.rng) {
+            Verdict::Disconnect => {
+                core.counters.injected_disconnects += 1;
+                return Action::Close;
+            }
+            Verdict::Fail(code) => {
+                raw_reply(core, out, code, &failure_reply(code, Stage::Greeting));
+                return Action::Close;
+            }
+            Verdict::Normal => {}
+        }
+        let text = format!("{host} ESMTP volley sink");
+        reply(core, out, 220, &text);
+        self.delayed(core, Stage::Greeting, at)
+    }
+
+    /// Consumes as much of `input` as it can, appending replies to `out`. Returns the bytes
+    /// consumed and what to do; on `Delay` call again with the rest of the input.
+    pub fn process(&mut self, core: &mut Core, input: &[u8], out: &mut Vec<u8>) -> (usize, Action) {
+        let mut pos = 0;
+        while pos < input.len() {
+            let rest = &input[pos..];
+            match &mut self.reading {
+                Reading::Commands => match next_line(rest) {
+                    Line::Incomplete => break,
+                    Line::TooLong => {
+                        core.counters.protocol_errors += 1;
+                        reply(core, out, 500, "5.5.2 Line too long");
+                        self.reading = Reading::Overlong;
+                        pos += rest.len();
+                    }
+                    Line::Complete { len, text_len } => {
+                        pos += len;
+                        let action = self.command(core, &rest[..text_len], out);
+                        if action != Action::Continue {
+                            return (pos, action);
+                        }
+                    }
+                },
+                Reading::Overlong => match memchr(b'\n', rest) {
+                    Some(lf) => {
+                        pos += lf + 1;
+                        self.reading = Reading::Commands;
+                    }
+                    None => pos += rest.len(),
+                },
+                Reading::Data(receiver) => {
+                    let keep = core.config.dump.is_some().then_some(&mut self.txn.body);
+                    let end = receiver.feed(rest, keep);
+                    let Some(n) = end else {
+                        pos += rest.len();
+                        continue;
+                    };
+                    pos += n;
+                    let (size, bare_lf) = (receiver.size(), receiver.bare_lf());
+                    self.reading = Reading::Commands;
+                    core.counters.bare_lf += bare_lf;
+                    self.txn.size = size;
+                    let action = self.end_of_message(core, out);
+                    if action != Action::Continue {
+                        return (pos, action);
+                    }
+                }
+                Reading::Bdat { remaining, last } => {
+                    let take = (*remaining).min(rest.len() as u64) as usize;
+                    *remaining -= take as u64;
+                    let (done, last) = (*remaining == 0, *last);
+                    let valid = self.txn.sender.is_some() && !self.txn.recipients.is_empty();
+                    if valid && core.config.dump.is_some() {
+                        self.txn.body.extend_from_slice(&rest[..take]);
+                    }
+                    self.txn.size += take as u64;
+                    pos += take;
+                    if done {
+                        self.reading = Reading::Commands;
+                        let action = self.chunk_done(core, last, valid, out);
+                        if action != Action::Continue {
+                            return (pos, action);
+                        }
+                    }
+                }
+            }
+        }
+        (pos, Action::Continue)
+    }
+
+    fn command(&mut self, core: &mut Core, line: &[u8], out: &mut Vec<u8>) -> Action {
+        let cmd = match parse_command(line) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                core.counters.protocol_errors += 1;
+                raw_reply(core, out, e.code(), &format!("{e}\r\n"));
+                return Action::Continue;
+            }
+        };
+        match cmd {
+            ServerCommand::Ehlo(_) | ServerCommand::Helo(_) => {
+                self.txn = Txn::default();
+                let at = out.len();
+                if let Some(action) = self.fault(core, Stage::Ehlo, out) {
+                    return action;
+                }
+                self.greeted = true;
+                if matches!(cmd, ServerCommand::Helo(_)) {
+                    let text = core.config.hostname.clone();
+                    reply(core, out, 250, &text);
+                } else {
+                    let ehlo = ehlo_reply(core);
+                    raw_reply(core, out, 250, &ehlo);
+                }
+                self.delayed(core, Stage::Ehlo, at)
+            }
+            ServerCommand::Mail { from, params } => {
+                if !self.greeted {
+                    return self.bad_sequence(core, out, "5.5.1 Send EHLO or HELO first");
+                }
+                if self.txn.sender.is_some() {
+                    return self.bad_sequence(core, out, "5.5.1 Nested MAIL command");
+                }
+                if core.config.max_messages_per_connection.is_some_and(|max| self.messages >= max) {
+                    reply(core, out, 421, "4.7.0 Too many messages on this connection, closing");
+                    return Action::Close;
+                }
+                if params.size.is_some_and(|s| s > core.config.max_size) {
+                    reply(core, out, 552, "5.3.4 Message size exceeds fixed maximum message size");
+                    return Action::Continue;
+                }
+                let at = out.len();
+                if let Some(action) = self.fault(core, Stage::Mail, out) {
+                    return action;
+                }
+                self.txn.sender = Some(from);
+                core.counters.transactions += 1;
+                reply(core, out, 250, "2.1.0 Ok");
+                self.delayed(core, Stage::Mail, at)
+            }
+            ServerCommand::Rcpt { to } => {
+                if self.txn.sender.is_none() {
+                    return self.bad_sequence(core, out, "5.5.1 Need MAIL before RCPT");
+                }
+                if self.txn.recipients.len() >= MAX_RECIPIENTS {
+                    reply(core, out, 452, "4.5.3 Too many recipients");
+                    return Action::Continue;
+                }
+                let at = out.len();
+                if let Some(action) = self.fault(core, Stage::Rcpt, out) {
+                    return action;
+                }
+                self.txn.recipients.push(to);
+                reply(core, out, 250, "2.1.5 Ok");
+                self.delayed(core, Stage::Rcpt, at)
+            }
+            ServerCommand::Data => {
+                if self.txn.sender.is_none() || self.txn.chunked {
+                    return self.bad_sequence(core, out, "5.5.1 Need MAIL before DATA");
+                }
+                if self.txn.recipients.is_empty() {
+                    reply(core, out, 554, "5.5.1 No valid recipients");
+                    return Action::Continue;
+                }
+                self.reading = Reading::Data(DataReceiver::new());
+                reply(core, out, 354, "End data with <CR><LF>.<CR><LF>");
+                Action::Continue
+            }
+            ServerCommand::Bdat { size, last } => {
+                // The chunk is read whatever happens: it is not a command.
+                self.reading = Reading::Bdat { remaining: size, last };
+                if self.txn.sender.is_some() {
+                    self.txn.chunked = true;
+                }
+                if size == 0 {
+                    self.reading = Reading::Commands;
+                    let valid = self.txn.sender.is_some() && !self.txn.recipients.is_empty();
+                    return self.chunk_done(core, last, valid, out);
+                }
+                Action::Continue
+            }
+            ServerCommand::Rset => {
+                self.txn = Txn::default();
+                let at = out.len();
+                if let Some(action) = self.fault(core, Stage::Rset, out) {
+                    return action;
+                }
+                reply(core, out, 250, "2.0.0 Ok");
+                self.delayed(core, Stage::Rset, at)
+            }
+            ServerCommand::Noop => {
+                reply(core, out, 250, "2.0.0 Ok");
+                Action::Continue
+            }
+            ServerCommand::Vrfy => {
+                reply(core, out, 252, "2.5.2 Cannot VRFY user, but will accept message");
+                Action::Continue
+            }
+            ServerCommand::Help => {
+                reply(core, out, 214, "2.0.0 volley sink: see RFC 5321");
+                Action::Continue
+            }
+            ServerCommand::NotImplemented(_) => {
+                reply(core, out, 502, "5.5.1 Command not implemented");
+                Action::Continue
+            }
+            ServerCommand::Quit => {
+                if let Some(action) = self.fault(core, Stage::Quit, out) {
+                    return action;
+                }
+                reply(core, out, 221, "2.0.0 Bye");
+                Action::Close
+            }
+        }
+    }
+
+    fn bad_sequence(&mut self, core: &mut Core, out: &mut Vec<u8>, text: &str) -> Action {
+        core.counters.protocol_errors += 1;
+        reply(core, out, 503, text);
+        Action::Continue
+    }
+
+    /// Applies a failure or disconnect fault: `Some` means the stage's normal reply is replaced.
+    fn fault(&mut self, core: &mut Core, stage: Stage, out: &mut Vec<u8>) -> Option<Action> {
+        match core.config.faults.decide(stage, &mut core.rng) {
+            Verdict::Normal => None,
+            Verdict::Disconnect => {
+                core.counters.injected_disconnects += 1;
+                Some(Action::Close)
+            }
+            Verdict::Fail(code) => {
+                raw_reply(core, out, code, &failure_reply(code, stage));
+                // 421 closes the connection, as real servers do.
+                Some(if code == 421 { Action::Close } else { Action::Continue })
+            }
+        }
+    }
+
+    fn delayed(&self, core: &mut Core, stage: Stage, at: usize) -> Action {
+        match core.config.faults.delay(stage, &mut core.rng) {
+            Some(by) if !by.is_zero() => Action::Delay { at, by },
+            _ => Action::Continue,
+        }
+    }
+
+    fn chunk_done(&mut self, core: &mut Core, last: bool, valid: bool, out: &mut Vec<u8>) -> Action {
+        if !valid {
+            self.txn.body.clear();
+            return self.bad_sequence(core, out, "5.5.1 No valid transaction for BDAT");
+        }
+        if !last {
+            if self.txn.size > core.config.max_size {
+                return self.reject_message(
+                    core,
+                    out,
+                    552,
+                    "5.3.4 Message size exceeds fixed maximum message size",
+                );
+            }
+            let text = format!("2.0.0 {} octets received", self.txn.size);
+            reply(core, out, 250, &text);
+            return Action::Continue;
+        }
+        self.end_of_message(core, out)
+    }
+
+    fn end_of_message(&mut self, core: &mut Core, out: &mut Vec<u8>) -> Action {
+        core.counters.bytes += self.txn.size;
+        if self.txn.size > core.config.max_size {
+            return self.reject_message(
+                core,
+                out,
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            );
+        }
+        let at = out.len();
+        match core.config.faults.decide(Stage::Data, &mut core.rng) {
+            Verdict::Normal => {}
+            Verdict::Disconnect => {
+                core.counters.injected_disconnects += 1;
+                core.counters.transactions_aborted += 1;
+                self.txn = Txn::default();
+                return Action::Close;
+            }
+            Verdict::Fail(code) => {
+                let text = failure_reply(code, Stage::Data);
+                core.counters.messages_rejected += 1;
+                raw_reply(core, out, code, &text);
+                self.txn = Txn::default();
+                return if code == 421 { Action::Close } else { Action::Continue };
+            }
+        }
+        let id = core.next_message_id();
+        if let Some(dir) = core.config.dump.clone() {
+            if let Err(e) = self.dump(&dir, id) {
+                core.counters.dump_errors += 1;
+                let text = format!("4.3.0 Could not store message: {}", e.kind());
+                return self.reject_message(core, out, 451, &text);
+            }
+        }
+        self.txn = Txn::default();
+        self.messages += 1;
+        core.counters.messages_accepted += 1;
+        core.message_accepted();
+        let text = format!("2.0.0 Ok: queued as {id:X}");
+        reply(core, out, 250, &text);
+        self.delayed(core, Stage::Data, at)
+    }
+
+    fn reject_message(&mut self, core: &mut Core, out: &mut Vec<u8>, code: u16, text: &str) -> Action {
+        core.counters.messages_rejected += 1;
+        self.txn = Txn::default();
+        reply(core, out, code, text);
+        Action::Continue
+    }
+
+    /// Writes the envelope, a blank line, and the content exactly as received.
+    fn dump(&self, dir: &Path, id: u64) -> std::io::Result<()> {
+        let mut data = Vec::with_capacity(self.txn.body.len() + 256);
+        let sender = self.txn.sender.as_ref().and_then(|s| s.as_ref()).map_or("", |a| a.as_str());
+        write!(data, "MAIL FROM:<{sender}>\r\n")?;
+        for r in &self.txn.recipients {
+            write!(data, "RCPT TO:<{r}>\r\n")?;
+        }
+        data.extend_from_slice(b"\r\n");
+        data.extend_from_slice(&self.txn.body);
+        let name = dir.join(format!("{:016X}-{}.msg", id, self.conn));
+        let tmp = name.with_extension("tmp");
+        std::fs::write(&tmp, &data)?;
+        // Rename so a reader never sees a half-written message.
+        std::fs::rename(&tmp, &name)
+    }
+
+    /// The client went away: an open transaction is aborted.
+    pub fn closed(&mut self, core: &mut Core) {
+        if self.in_transaction() {
+            core.counters.transactions_aborted += 1;
+            self.txn = Txn::default();
+        }
+    }
+}
+
+fn ehlo_reply(core: &Core) -> String {
+    let c = &core.config;
+    let mut lines = vec![c.hostname.clone()];
+    if c.pipelining {
+        lines.push("PIPELINING".into());
+    }
+    if c.chunking {
+        lines.push("CHUNKING".into());
+    }
+    lines.push(format!("SIZE {}", c.max_size));
+    lines.extend(["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"].map(String::from));
+    let mut s = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+        s.push_str(&format!("250{sep}{l}\r\n"));
+    }
+    s
+}
+
+fn reply(core: &mut Core, out: &mut Vec<u8>, code: u16, text: &str) {
+    core.counters.reply(code);
+    crate::proto::command::push_decimal(out, u64::from(code));
+    out.push(b' ');
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn raw_reply(core: &mut Core, out: &mut Vec<u8>, code: u16, text: &str) {
+    core.counters.reply(code);
+    out.extend_from_slice(text.as_bytes());
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
