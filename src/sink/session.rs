@@ -11,7 +11,7 @@ use memchr::memchr;
 use super::Core;
 use super::faults::{Stage, Verdict, failure_reply};
 use crate::proto::Address;
-use crate::proto::server::{DataReceiver, Line, ServerCommand, next_line, parse_command};
+use crate::proto::server::{DataReceiver, Line, MAX_COMMAND_LINE, ServerCommand, next_line, parse_command};
 
 /// Most recipients in one transaction; more get 452 (RFC 5321 §4.5.3.1.8 requires 100).
 pub const MAX_RECIPIENTS: usize = 1000;
@@ -107,7 +107,8 @@ impl Session {
                         core.counters.protocol_errors += 1;
                         reply(core, out, 500, "5.5.2 Line too long");
                         self.reading = Reading::Overlong;
-                        pos += rest.len();
+                        // Only the scanned part: its LF may be in this same read.
+                        pos += MAX_COMMAND_LINE;
                     }
                     Line::Complete { len, text_len } => {
                         pos += len;

@@ -1,1 +1,64 @@
+//! The session's rules in memory, without sockets.
 
+use std::sync::Arc;
+
+use super::*;
+use crate::sink::{Core, Shared, SinkConfig};
+
+fn core() -> Core {
+    Core::new(Arc::new(SinkConfig::default()), Arc::new(Shared::default()), 0)
+}
+
+/// Feeds `input` in pieces of `step` bytes, as reads would deliver it; returns the replies.
+fn run(input: &[u8], step: usize) -> (String, Core) {
+    let mut core = core();
+    let mut s = Session::new(1);
+    let mut out = Vec::new();
+    s.greet(&mut core, 1, &mut out);
+    let mut pending: Vec<u8> = Vec::new();
+    for piece in input.chunks(step.max(1)) {
+        pending.extend_from_slice(piece);
+        let (n, action) = s.process(&mut core, &pending, &mut out);
+        pending.drain(..n);
+        if action == Action::Close {
+            break;
+        }
+        assert_eq!(action, Action::Continue);
+    }
+    (String::from_utf8(out).unwrap(), core)
+}
+
+fn codes(replies: &str) -> Vec<&str> {
+    replies.lines().filter(|l| l.as_bytes().get(3) != Some(&b'-')).map(|l| &l[..3]).collect()
+}
+
+#[test]
+fn overlong_line_with_its_end_in_the_same_read_regression() {
+    // The LF ending an overlong line arrived in the same read as the next command; the whole
+    // read was discarded once, swallowing that command.
+    let mut input = format!("NOOP {}\r\n", "x".repeat(600)).into_bytes();
+    input.extend_from_slice(b"NOOP\r\n");
+    for step in [1, 7, 512, 4096] {
+        let (replies, core) = run(&input, step);
+        assert_eq!(codes(&replies), vec!["220", "500", "250"], "step {step}");
+        assert_eq!(core.counters.protocol_errors, 1);
+    }
+}
+
+#[test]
+fn same_replies_whatever_the_read_boundaries() {
+    let script = b"EHLO t\r\nMAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nDATA\r\n..x\r\n.\r\n\
+                   MAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nBDAT 3\r\nabcBDAT 2 LAST\r\nde\
+                   RSET\r\nQUIT\r\n";
+    let (whole, _) = run(script, script.len());
+    for step in [1, 2, 3, 5, 64] {
+        let (replies, core) = run(script, step);
+        assert_eq!(codes(&replies), codes(&whole), "step {step}");
+        assert_eq!(core.counters.messages_accepted, 2);
+        assert_eq!(core.counters.bytes, 4 + 5, ".x CRLF, then abc + de");
+    }
+    assert_eq!(
+        codes(&whole),
+        vec!["220", "250", "250", "250", "354", "250", "250", "250", "250", "250", "250", "221"]
+    );
+}

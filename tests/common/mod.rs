@@ -1,0 +1,130 @@
+//! Helpers shared by the integration tests: an in-process sink and a raw scripted client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use mailvolley::proto::{Reply, ReplyParser};
+use mailvolley::sink::{self, SinkConfig, SinkHandle};
+
+/// A sink on an ephemeral loopback port.
+pub fn sink(configure: impl FnOnce(&mut SinkConfig)) -> SinkHandle {
+    let mut config = SinkConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        threads: 1,
+        idle_timeout: Duration::from_secs(30),
+        ..SinkConfig::default()
+    };
+    configure(&mut config);
+    sink::start(config).expect("sink starts")
+}
+
+/// A client that writes exactly the bytes it is given and parses replies with volley's parser.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    parser: ReplyParser,
+    /// How many reads returned data.
+    pub reads: usize,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream, buf: Vec::new(), parser: ReplyParser::new(), reads: 0 }
+    }
+
+    /// Connects and consumes the greeting.
+    pub fn greeted(addr: SocketAddr) -> Raw {
+        let mut c = Raw::connect(addr);
+        assert_eq!(c.reply().code, 220);
+        c
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).expect("write");
+    }
+
+    /// The next reply; panics on a timeout or a closed connection.
+    pub fn reply(&mut self) -> Reply {
+        self.try_reply().expect("a reply before the connection closed")
+    }
+
+    /// The next reply, or `None` if the server closed the connection first.
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        loop {
+            if let Some((r, n)) = self.parser.parse(&self.buf).expect("well-formed reply") {
+                let reply = r.to_owned();
+                self.buf.drain(..n);
+                return Some(reply);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    self.reads += 1;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    pub fn codes(&mut self, n: usize) -> Vec<u16> {
+        (0..n).map(|_| self.reply().code).collect()
+    }
+
+    /// Sends one command and returns the reply code.
+    pub fn cmd(&mut self, line: &str) -> u16 {
+        self.send(format!("{line}\r\n"));
+        self.reply().code
+    }
+
+    /// Whether the server has closed the connection (reads EOF with nothing pending).
+    pub fn closed(&mut self) -> bool {
+        self.try_reply().is_none()
+    }
+
+    pub fn ehlo(&mut self) {
+        self.send("EHLO tester\r\n");
+        assert_eq!(self.reply().code, 250);
+    }
+}
+
+/// Runs `body` (raw DATA content, terminator included) through one transaction.
+pub fn data_transaction(c: &mut Raw, content: &[u8]) -> Reply {
+    c.send("MAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nDATA\r\n");
+    assert_eq!(c.codes(3), vec![250, 250, 354]);
+    c.send(content);
+    c.reply()
+}
+
+/// The files `--dump` wrote, sorted by name, split into envelope and content.
+pub fn dumped(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            let split = data.windows(4).position(|w| w == b"\r\n\r\n").expect("envelope separator");
+            (String::from_utf8(data[..split].to_vec()).unwrap(), data[split + 4..].to_vec())
+        })
+        .collect()
+}
+
+/// A fresh empty directory under the target dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("volley-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
