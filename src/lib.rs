@@ -2,8 +2,11 @@
 //!
 //! - [`proto`]: the SMTP protocol, sans-IO (parsers, encoders, client and server state).
 //! - [`rt`]: thread-per-core runtime plumbing (monoio, io_uring or epoll).
+//! - [`engine`]: the sending engine fed by job sources.
 //! - [`sink`]: the built-in receiving server, with fault injection.
 
+pub mod bench;
+pub mod engine;
 pub mod proto;
 pub mod report;
 pub mod rng;

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and the glue from flags to library configuration.
 //! `anyhow` lives here and nowhere else.
 
+mod bench;
 mod sink;
 
 use std::process::ExitCode;
@@ -20,12 +21,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Load-test an SMTP server (or volley's own sink) and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Sink(args) => sink::run(args),
     }
 }

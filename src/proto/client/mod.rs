@@ -136,10 +136,19 @@ impl ClientConfig {
     }
 }
 
+/// How long the session's opening took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    /// From the connection to the greeting.
+    pub greeting: Duration,
+    /// From sending EHLO (or HELO) to its positive reply.
+    pub ehlo: Duration,
+}
+
 #[derive(Debug)]
 pub enum Event<T> {
     /// Greeting and EHLO/HELO done: transactions can be pushed.
-    Ready,
+    Ready(Handshake),
     Done(Completed<T>),
     /// The session is over: `None` after a clean QUIT or a server closing an idle session.
     Closed(Option<SessionError>),
@@ -211,6 +220,11 @@ pub struct Client<T> {
     started: u64,
     needs_rset: bool,
     quit_requested: bool,
+    opened: Instant,
+    greeting_took: Duration,
+    ehlo_sent: Instant,
+    /// The `now` of the input being handled.
+    input_at: Instant,
     out: Transmit,
     spare: Option<Transmit>,
     events: VecDeque<Event<T>>,
@@ -236,6 +250,10 @@ impl<T> Client<T> {
             started: 0,
             needs_rset: false,
             quit_requested: false,
+            opened: now,
+            greeting_took: Duration::ZERO,
+            ehlo_sent: now,
+            input_at: now,
             out: Transmit::default(),
             spare: None,
             events: VecDeque::new(),
@@ -256,6 +274,11 @@ impl<T> Client<T> {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// Whether a reply is owed by the server (so the driver should read).
+    pub fn awaiting_reply(&self) -> bool {
+        !self.expect.is_empty()
     }
 
     /// Transactions pushed and not yet completed.
@@ -352,6 +375,9 @@ impl<T> Client<T> {
     /// The bytes to write next, if any. `now` starts the reply timers of what it contains.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let was_waiting = !self.expect.is_empty();
+        if matches!(self.phase, Phase::SendEhlo | Phase::SendHelo) {
+            self.ehlo_sent = now;
+        }
         self.fill();
         self.out.close_own();
         if self.out.is_empty() {
@@ -402,6 +428,7 @@ impl<T> Client<T> {
     /// Feeds bytes read from the server. Returns how many were consumed; the caller keeps the
     /// rest (a partial reply) at the front of its buffer and passes it again with more.
     pub fn handle_input(&mut self, now: Instant, buf: &[u8]) -> usize {
+        self.input_at = now;
         let mut consumed = 0;
         while self.phase != Phase::Closed {
             match self.parser.parse(&buf[consumed..]) {
@@ -465,6 +492,7 @@ impl<T> Client<T> {
         let Some(command) = expect.command else {
             return match reply.code {
                 220 => {
+                    self.greeting_took = self.input_at.saturating_duration_since(self.opened);
                     self.phase = Phase::SendEhlo;
                     Ok(())
                 }
@@ -584,7 +612,8 @@ impl<T> Client<T> {
         self.chunking = caps.chunking && self.config.chunking;
         self.caps = Some(caps);
         self.phase = Phase::Ready;
-        self.events.push_back(Event::Ready);
+        let ehlo = self.input_at.saturating_duration_since(self.ehlo_sent);
+        self.events.push_back(Event::Ready(Handshake { greeting: self.greeting_took, ehlo }));
         self.maybe_quit();
     }
 

@@ -37,6 +37,25 @@ pub enum SessionError {
     Abandoned(&'static str),
 }
 
+impl SessionError {
+    /// A short stable name for counting failures by kind in reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionError::Connect { .. } => "connect failed",
+            SessionError::Greeting(_) => "greeting refused",
+            SessionError::Handshake { .. } => "EHLO/HELO refused",
+            SessionError::ServiceClosing { .. } => "421 service closing",
+            SessionError::Timeout { .. } => "timeout",
+            SessionError::Malformed { .. } => "malformed reply",
+            SessionError::Unexpected { .. } => "unexpected reply",
+            SessionError::Unsolicited(_) => "unsolicited reply",
+            SessionError::Closed { .. } => "closed by server",
+            SessionError::Transport { .. } => "connection lost",
+            SessionError::Abandoned(_) => "abandoned",
+        }
+    }
+}
+
 fn awaiting(command: &Option<Command>) -> String {
     command.map(|c| format!(" while waiting for the reply to {c}")).unwrap_or_default()
 }

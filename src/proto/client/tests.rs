@@ -263,7 +263,7 @@ impl Pair {
     fn collect(&mut self) {
         while let Some(e) = self.client.poll_event() {
             match e {
-                Event::Ready => self.ready = true,
+                Event::Ready(_) => self.ready = true,
                 Event::Done(c) => self.done.push(c),
                 Event::Closed(reason) => {
                     assert!(self.closed.is_none(), "closed twice");

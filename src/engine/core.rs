@@ -1,0 +1,423 @@
+//! One core's share of the engine: a dispatcher that moves jobs from the core's queue into
+//! per-destination pools, and for each pool as many connection slots as the core's share of the
+//! destination's connection limit. Everything here is owned by one thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
+use monoio::net::TcpStream;
+
+use super::job::{Destination, Job};
+use super::signal::Signal;
+use super::stats::{Metric, Stats};
+use super::{EngineConfig, Progress, RunState, session};
+use crate::proto::client::{Completed, Disposition, Envelope, Message, SessionError};
+
+/// How long an idle dispatcher sleeps before looking at its queue again. Queues are polled:
+/// crossbeam's are not async, and monoio has no cross-thread wake-up without its sync feature.
+const QUEUE_POLL: Duration = Duration::from_micros(200);
+/// How often a core publishes its progress counters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Bookkeeping that travels with a message through a session and comes back with its outcome.
+#[derive(Debug)]
+pub struct Meta {
+    pub id: u64,
+    pub destination: Arc<Destination>,
+    pub due: Instant,
+    pub attempts: u32,
+    /// A retry of some recipients of an already-counted message: only recipient totals change.
+    pub partial: bool,
+}
+
+/// This core's view of one destination.
+pub struct Pool {
+    pub destination: Arc<Destination>,
+    pending: RefCell<VecDeque<Job>>,
+    /// Jobs arrived, or the run is draining.
+    pub signal: Signal,
+    /// Connections open (or being opened) by this core's slots.
+    open: Cell<usize>,
+}
+
+impl Pool {
+    fn new(destination: Arc<Destination>) -> Self {
+        Pool { destination, pending: RefCell::default(), signal: Signal::default(), open: Cell::new(0) }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.borrow().is_empty()
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// The next job for connection `conn`, preferring one whose last attempt was elsewhere.
+    pub fn pop_for(&self, conn: u64) -> Option<Job> {
+        let mut pending = self.pending.borrow_mut();
+        if self.open.get() > 1 {
+            if let Some(i) = pending.iter().take(8).position(|j| j.attempts == 0 || j.last_conn != conn) {
+                return pending.remove(i);
+            }
+        }
+        pending.pop_front()
+    }
+
+    pub fn push(&self, job: Job) {
+        self.pending.borrow_mut().push_back(job);
+        self.signal.notify();
+    }
+
+    fn take_all(&self) -> Vec<Job> {
+        self.pending.borrow_mut().drain(..).collect()
+    }
+}
+
+pub struct Core {
+    pub index: usize,
+    pub config: Arc<EngineConfig>,
+    pub run: Arc<RunState>,
+    pub stats: RefCell<Stats>,
+    /// Message latency since the last progress publication.
+    interval: RefCell<Histogram<u64>>,
+    pools: RefCell<Vec<Option<Rc<Pool>>>>,
+    in_flight: Cell<u64>,
+    conn_seq: Cell<u64>,
+    /// Set once the producer is done and this core's queue is empty: idle sessions quit.
+    pub draining: Cell<bool>,
+    progress: Arc<Progress>,
+}
+
+impl Core {
+    pub fn new(
+        index: usize,
+        config: Arc<EngineConfig>,
+        run: Arc<RunState>,
+        progress: Arc<Progress>,
+    ) -> Rc<Core> {
+        Rc::new(Core {
+            index,
+            config,
+            run,
+            stats: RefCell::default(),
+            interval: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")),
+            pools: RefCell::default(),
+            in_flight: Cell::new(0),
+            conn_seq: Cell::new((index as u64) << 40),
+            draining: Cell::new(false),
+            progress,
+        })
+    }
+
+    /// Whether the run is being cut short: sessions abandon what they have.
+    pub fn aborting(&self) -> bool {
+        self.run.abort.load(Ordering::Relaxed)
+    }
+
+    pub fn next_conn(&self) -> u64 {
+        self.conn_seq.set(self.conn_seq.get() + 1);
+        self.conn_seq.get()
+    }
+
+    /// The core's share of a destination's connection limit: split evenly, the remainder going
+    /// to consecutive cores starting at one chosen by the destination, so small limits spread.
+    pub fn share(limit: usize, cores: usize, core: usize, destination: usize) -> usize {
+        let base = limit / cores;
+        let extra = limit % cores;
+        let offset = (core + cores - destination % cores) % cores;
+        base + usize::from(offset < extra)
+    }
+
+    fn pool(self: &Rc<Self>, destination: &Arc<Destination>) -> Rc<Pool> {
+        let mut pools = self.pools.borrow_mut();
+        let i = destination.index;
+        if pools.len() <= i {
+            pools.resize_with(i + 1, || None);
+        }
+        if let Some(p) = &pools[i] {
+            return Rc::clone(p);
+        }
+        let limit = Core::share(destination.max_connections, self.config.threads, self.index, i);
+        let pool = Rc::new(Pool::new(Arc::clone(destination)));
+        for _ in 0..limit {
+            monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
+        }
+        pools[i] = Some(Rc::clone(&pool));
+        pool
+    }
+
+    /// A message finished an attempt: count it, or queue what should be retried.
+    pub fn complete(&self, pool: &Pool, done: Completed<Meta>, conn: u64) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        let now = Instant::now();
+        let attempts = done.user.attempts + 1;
+        let can_retry = attempts <= self.config.retries && !self.aborting();
+        let recipients = done.message.envelope.recipients.len();
+        let mut retry = Vec::new();
+        {
+            let mut stats = self.stats.borrow_mut();
+            for i in 0..recipients {
+                match done.recipient(i).0 {
+                    Disposition::Deferred if can_retry => retry.push(i),
+                    Disposition::Delivered => stats.recipients.delivered += 1,
+                    Disposition::Deferred => stats.recipients.deferred += 1,
+                    Disposition::Bounced => stats.recipients.bounced += 1,
+                }
+            }
+        }
+        let disposition = done.disposition();
+        let whole_message_retried = disposition == Disposition::Deferred && can_retry;
+        if !retry.is_empty() {
+            self.stats.borrow_mut().retries += 1;
+            let envelope = if retry.len() == recipients {
+                Arc::clone(&done.message.envelope)
+            } else {
+                let rcpts = retry.iter().map(|&i| done.message.envelope.recipients[i].clone()).collect();
+                Arc::new(Envelope { sender: done.message.envelope.sender.clone(), recipients: rcpts })
+            };
+            pool.push(Job {
+                id: done.user.id,
+                destination: Arc::clone(&done.user.destination),
+                message: Message { envelope, body: done.message.body.clone() },
+                due: done.user.due,
+                attempts,
+                last_conn: conn,
+                partial: done.user.partial || !whole_message_retried,
+            });
+        }
+        if done.user.partial || whole_message_retried {
+            return;
+        }
+        let latency = now.saturating_duration_since(done.user.due);
+        let mut stats = self.stats.borrow_mut();
+        stats.finish(&done, disposition);
+        stats.record(Metric::Message, latency);
+        self.interval.borrow_mut().saturating_record(latency.as_micros().max(1) as u64);
+    }
+
+    pub fn dispatched(&self, job: &Job) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        if job.attempts == 0 {
+            self.stats.borrow_mut().record(Metric::Queue, job.due.elapsed());
+        }
+    }
+
+    /// Counts jobs that never got a session (connect failures) as an attempt each.
+    pub fn fail_pending(&self, pool: &Pool, error: &SessionError) {
+        for job in pool.take_all() {
+            let meta = Meta {
+                id: job.id,
+                destination: Arc::clone(&job.destination),
+                due: job.due,
+                attempts: job.attempts,
+                partial: job.partial,
+            };
+            self.in_flight.set(self.in_flight.get() + 1);
+            let done = Completed {
+                user: meta,
+                message: job.message,
+                result: crate::proto::client::TxnResult::Aborted(error.clone()),
+                rejected: Vec::new(),
+            };
+            self.complete(pool, done, 0);
+        }
+    }
+
+    fn publish(&self) {
+        let stats = self.stats.borrow();
+        let p = &self.progress;
+        p.delivered.store(stats.delivered, Ordering::Relaxed);
+        p.deferred.store(stats.deferred, Ordering::Relaxed);
+        p.bounced.store(stats.bounced, Ordering::Relaxed);
+        p.in_flight.store(self.in_flight.get(), Ordering::Relaxed);
+        p.connect_failures.store(stats.connect_failures, Ordering::Relaxed);
+        let mut interval = self.interval.borrow_mut();
+        let p99 = if interval.is_empty() { 0 } else { interval.value_at_quantile(0.99) };
+        p.p99_micros.store(p99, Ordering::Relaxed);
+        interval.reset();
+    }
+
+    fn pools_idle(&self) -> bool {
+        self.in_flight.get() == 0 && self.pools.borrow().iter().flatten().all(|p| !p.has_pending())
+    }
+
+    fn notify_all(&self) {
+        for p in self.pools.borrow().iter().flatten() {
+            p.signal.notify();
+        }
+    }
+}
+
+/// The core's main task: moves jobs from its queue into pools until the producer is done and
+/// everything sent has an outcome, then lets the sessions quit.
+pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
+    let cap = core.config.pool_backlog.max(1);
+    let mut held: Option<Job> = None;
+    let mut last_publish = Instant::now();
+    loop {
+        if core.aborting() {
+            break;
+        }
+        let mut moved = false;
+        loop {
+            let Some(job) = held.take().or_else(|| queue.pop()) else { break };
+            let pool = core.pool(&job.destination);
+            if pool.pending_len() >= cap {
+                held = Some(job);
+                break;
+            }
+            pool.pending.borrow_mut().push_back(job);
+            moved = true;
+        }
+        if moved {
+            core.notify_all();
+        }
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            core.publish();
+            last_publish = Instant::now();
+        }
+        let producer_done = core.run.producer_done.load(Ordering::Acquire);
+        if producer_done && held.is_none() && queue.is_empty() && core.pools_idle() {
+            break;
+        }
+        monoio::time::sleep(QUEUE_POLL).await;
+    }
+    // Quit idle sessions (or abandon busy ones, when aborting) and wait for every slot to end.
+    core.draining.set(true);
+    core.notify_all();
+    while core.pools.borrow().iter().flatten().any(|p| p.open.get() > 0) {
+        core.notify_all();
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Jobs still queued when the run was cut short were never attempted.
+    let unsent = queue.len() as u64
+        + u64::from(held.is_some())
+        + core.pools.borrow().iter().flatten().map(|p| p.pending_len() as u64).sum::<u64>();
+    core.publish();
+    let mut stats = core.stats.borrow().clone();
+    stats.unsent += unsent;
+    stats
+}
+
+/// One connection's worth of a pool: connects when there is work, runs a session, reconnects
+/// with backoff after failures, and ends when the core drains.
+async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
+    let mut backoff = Backoff::new(core.config.reconnect_backoff);
+    loop {
+        while !pool.has_pending() {
+            if core.draining.get() || core.aborting() {
+                return;
+            }
+            pool.signal.wait().await;
+        }
+        if core.aborting() {
+            return;
+        }
+        pool.open.set(pool.open.get() + 1);
+        let ok = connect_and_run(&core, &pool).await;
+        pool.open.set(pool.open.get() - 1);
+        if ok {
+            backoff.reset();
+        } else {
+            let wait = backoff.next();
+            monoio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Returns whether the session delivered anything (a reason to reset the backoff).
+async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> bool {
+    let started = Instant::now();
+    let mut last_error = None;
+    for &addr in &pool.destination.addrs {
+        let attempt = monoio::time::timeout(core.config.connect_timeout, TcpStream::connect_addr(addr)).await;
+        match attempt {
+            Ok(Ok(mut stream)) => {
+                let _ = stream.set_nodelay(true);
+                {
+                    let mut stats = core.stats.borrow_mut();
+                    stats.connections += 1;
+                    stats.record(Metric::Connect, started.elapsed());
+                }
+                let conn = core.next_conn();
+                return session::run(&mut stream, core, pool, conn).await;
+            }
+            Ok(Err(e)) => last_error = Some(format!("{addr}: {e}")),
+            Err(_) => {
+                last_error = Some(format!("{addr}: no answer within {:?}", core.config.connect_timeout))
+            }
+        }
+    }
+    let message = last_error.unwrap_or_else(|| "destination has no addresses".into());
+    let error = SessionError::Connect { waited: started.elapsed(), message };
+    {
+        let mut stats = core.stats.borrow_mut();
+        stats.connect_failures += 1;
+        *stats.session_errors.entry(error.kind()).or_default() += 1;
+        stats.last_connect_error = Some(error.to_string());
+    }
+    core.fail_pending(pool, &error);
+    false
+}
+
+/// Exponential backoff between failed connection attempts, with an upper bound.
+struct Backoff {
+    base: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new(base: Duration) -> Self {
+        Backoff { base, current: base }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(Self::MAX);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limit_split_holds_globally() {
+        for cores in 1..=8 {
+            for limit in 0..=20 {
+                for dest in 0..5 {
+                    let shares: Vec<usize> = (0..cores).map(|c| Core::share(limit, cores, c, dest)).collect();
+                    assert_eq!(shares.iter().sum::<usize>(), limit, "cores {cores} limit {limit}");
+                    let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+                    assert!(max - min <= 1, "even split: {shares:?}");
+                }
+            }
+        }
+        // Limit 1 on 4 cores: different destinations land on different cores.
+        let owner = |dest| (0..4).find(|&c| Core::share(1, 4, c, dest) == 1).unwrap();
+        assert_ne!(owner(0), owner(1));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_bound() {
+        let mut b = Backoff::new(Duration::from_millis(100));
+        let seq: Vec<_> = (0..8).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seq, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,312 @@
+//! The sending engine: thread-per-core, pooled, pipelined. Job sources (`bench`, later `send`)
+//! feed it through bounded lock-free queues; each core owns its sessions, pools and statistics.
+//!
+//! Connection limits per destination hold across cores by splitting: a destination with limit
+//! L gets `L / cores` connections on each core, the remainder spread from a core chosen by the
+//! destination. The producer routes a destination's jobs only to cores holding part of its
+//! budget, so no core needs to ask another for anything while sending.
+
+mod core;
+pub mod job;
+mod session;
+mod signal;
+pub mod stats;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+pub use job::{Destination, Job, JobSource, Next};
+pub use stats::{METRICS, Metric, Stats};
+
+use crate::proto::ClientConfig;
+use crate::rt::{self, Driver};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub threads: usize,
+    pub driver: Driver,
+    /// Session settings: EHLO name, pipeline depth, messages per connection, timeouts.
+    pub client: ClientConfig,
+    pub connect_timeout: Duration,
+    /// Further attempts for a deferred message or recipient.
+    pub retries: u32,
+    /// Jobs each core's input queue holds before the producer is held back.
+    pub queue_capacity: usize,
+    /// Jobs a core takes from its queue into one destination's pool ahead of sending.
+    pub pool_backlog: usize,
+    /// First wait before reconnecting after a failed connection; doubles up to 5 s.
+    pub reconnect_backoff: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(client: ClientConfig) -> Self {
+        EngineConfig {
+            threads: rt::default_threads(),
+            driver: Driver::Auto,
+            client,
+            connect_timeout: Duration::from_secs(30),
+            retries: 3,
+            queue_capacity: 4096,
+            pool_backlog: 1024,
+            reconnect_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Run-wide flags, written rarely (start, end), read by every core.
+#[derive(Debug, Default)]
+pub struct RunState {
+    pub producer_done: AtomicBool,
+    pub abort: AtomicBool,
+    pub produced: AtomicU64,
+}
+
+/// What one core publishes for live progress, a few times a second. Padded so cores do not
+/// share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Progress {
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// p99 message latency over the core's last publication interval.
+    pub p99_micros: AtomicU64,
+}
+
+/// A point-in-time view across cores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    pub elapsed: Duration,
+    pub produced: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub in_flight: u64,
+    pub connect_failures: u64,
+    /// The highest of the cores' recent p99s.
+    pub p99_micros: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub stats: Stats,
+    pub produced: u64,
+    pub elapsed: Duration,
+    pub threads: usize,
+    pub driver: Driver,
+}
+
+/// A running engine.
+pub struct Running {
+    run: Arc<RunState>,
+    progress: Vec<Arc<Progress>>,
+    cores: Vec<JoinHandle<io::Result<Stats>>>,
+    producer: Option<JoinHandle<()>>,
+    started: Instant,
+    threads: usize,
+    driver: Driver,
+}
+
+impl Running {
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot {
+            elapsed: self.started.elapsed(),
+            produced: self.run.produced.load(Ordering::Relaxed),
+            ..Snapshot::default()
+        };
+        for p in &self.progress {
+            s.delivered += p.delivered.load(Ordering::Relaxed);
+            s.deferred += p.deferred.load(Ordering::Relaxed);
+            s.bounced += p.bounced.load(Ordering::Relaxed);
+            s.in_flight += p.in_flight.load(Ordering::Relaxed);
+            s.connect_failures += p.connect_failures.load(Ordering::Relaxed);
+            s.p99_micros = s.p99_micros.max(p.p99_micros.load(Ordering::Relaxed));
+        }
+        s
+    }
+
+    /// Whether every core has finished.
+    pub fn is_finished(&self) -> bool {
+        self.cores.iter().all(|c| c.is_finished())
+    }
+
+    pub fn producer_done(&self) -> bool {
+        self.run.producer_done.load(Ordering::Acquire)
+    }
+
+    /// Cuts the run short: no more jobs, sessions abandon what they have (counted deferred).
+    pub fn abort(&self) {
+        self.run.abort.store(true, Ordering::Relaxed);
+    }
+
+    pub fn join(mut self) -> io::Result<Report> {
+        if let Some(p) = self.producer.take() {
+            p.join().map_err(|_| io::Error::other("producer thread panicked"))?;
+        }
+        let mut stats = Stats::default();
+        for c in self.cores.drain(..) {
+            let core_stats = c.join().map_err(|_| io::Error::other("engine thread panicked"))??;
+            stats.merge(&core_stats);
+        }
+        Ok(Report {
+            stats,
+            produced: self.run.produced.load(Ordering::Relaxed),
+            elapsed: self.started.elapsed(),
+            threads: self.threads,
+            driver: self.driver,
+        })
+    }
+}
+
+/// Starts the cores and the producer. `destinations` lists every destination the source will
+/// use, indexed by `Destination::index`.
+pub fn start(
+    config: EngineConfig,
+    destinations: Vec<Arc<Destination>>,
+    source: Box<dyn JobSource>,
+) -> io::Result<Running> {
+    let threads = config.threads.max(1);
+    let config = Arc::new(EngineConfig { threads, ..config });
+    let run = Arc::new(RunState::default());
+    let queues: Vec<Arc<ArrayQueue<Job>>> =
+        (0..threads).map(|_| Arc::new(ArrayQueue::new(config.queue_capacity.max(1)))).collect();
+    let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
+    let mut cores = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let (config, run, queue, progress) =
+            (Arc::clone(&config), Arc::clone(&run), Arc::clone(&queues[index]), Arc::clone(&progress[index]));
+        cores.push(rt::spawn_pinned("engine", index, move || {
+            let driver = config.driver;
+            rt::block_on(driver, async move {
+                let core = core::Core::new(index, config, run, progress);
+                core::run(core, queue).await
+            })
+        })?);
+    }
+    let router = Router::new(&destinations, threads);
+    let producer_run = Arc::clone(&run);
+    let producer = std::thread::Builder::new()
+        .name("producer".into())
+        .spawn(move || produce(source, router, queues, producer_run))?;
+    Ok(Running {
+        run,
+        progress,
+        cores,
+        producer: Some(producer),
+        started: Instant::now(),
+        threads,
+        driver: config.driver,
+    })
+}
+
+/// Which cores take a destination's jobs: those holding part of its connection budget.
+struct Router {
+    eligible: Vec<Vec<usize>>,
+    next: Vec<usize>,
+}
+
+impl Router {
+    fn new(destinations: &[Arc<Destination>], cores: usize) -> Self {
+        let mut eligible = Vec::new();
+        for d in destinations {
+            if eligible.len() <= d.index {
+                eligible.resize(d.index + 1, Vec::new());
+            }
+            eligible[d.index] = (0..cores)
+                .filter(|&c| core::Core::share(d.max_connections.max(1), cores, c, d.index) > 0)
+                .collect();
+        }
+        let next = vec![0; eligible.len()];
+        Router { eligible, next }
+    }
+
+    /// The cores to offer a job to, in order of preference (round robin).
+    fn candidates(&mut self, destination: usize) -> impl Iterator<Item = usize> + '_ {
+        let cores = &self.eligible[destination];
+        let start = self.next[destination];
+        self.next[destination] = (start + 1) % cores.len().max(1);
+        (0..cores.len()).map(move |k| cores[(start + k) % cores.len()])
+    }
+}
+
+fn produce(
+    mut source: Box<dyn JobSource>,
+    mut router: Router,
+    queues: Vec<Arc<ArrayQueue<Job>>>,
+    run: Arc<RunState>,
+) {
+    let mut idle_spins = 0u32;
+    'jobs: loop {
+        if run.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        let job = match source.next(Instant::now()) {
+            Next::Job(job) => job,
+            Next::Done => break,
+            Next::Wait(until) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                if wait > Duration::from_micros(200) {
+                    std::thread::sleep(wait.min(Duration::from_millis(10)));
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+        };
+        let destination = job.destination.index;
+        let mut job = Some(job);
+        // Full queues hold the producer back: that is the backpressure.
+        loop {
+            for core in router.candidates(destination) {
+                match queues[core].push(job.take().expect("job present until pushed")) {
+                    Ok(()) => {
+                        run.produced.fetch_add(1, Ordering::Relaxed);
+                        idle_spins = 0;
+                        continue 'jobs;
+                    }
+                    Err(back) => job = Some(back),
+                }
+            }
+            if run.abort.load(Ordering::Relaxed) {
+                break 'jobs;
+            }
+            idle_spins += 1;
+            if idle_spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+    run.producer_done.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(index: usize, max_connections: usize) -> Arc<Destination> {
+        Arc::new(Destination { index, name: format!("d{index}"), addrs: vec![], max_connections })
+    }
+
+    #[test]
+    fn router_only_offers_cores_with_a_share() {
+        let dests = vec![dest(0, 1), dest(1, 1), dest(2, 8)];
+        let mut r = Router::new(&dests, 4);
+        for d in 0..2 {
+            let cores: Vec<usize> = r.candidates(d).collect();
+            assert_eq!(cores.len(), 1, "limit 1: one core");
+            assert_eq!(core::Core::share(1, 4, cores[0], d), 1);
+        }
+        let firsts: Vec<usize> = (0..4).map(|_| r.candidates(2).next().unwrap()).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 3], "round robin over every core");
+    }
+}

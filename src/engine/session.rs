@@ -1,0 +1,124 @@
+//! Drives one connection: the sans-IO client does the protocol, this loop only moves bytes,
+//! jobs and outcomes. Generic over the stream so TLS reuses it unchanged.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+
+use super::core::{Core, Meta, Pool};
+use super::stats::Metric;
+use crate::proto::client::{Client, Event};
+use crate::rt::{ReadOutcome, TransmitBuf, read_until};
+
+/// Longest a read waits before the loop looks at the run's state again (abort, drain).
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// Runs a session until it closes. Returns whether it delivered anything.
+pub async fn run<S>(stream: &mut S, core: &Rc<Core>, pool: &Rc<Pool>, conn: u64) -> bool
+where
+    S: AsyncWriteRent + CancelableAsyncReadRent,
+{
+    let mut client: Client<Meta> = Client::new(core.config.client.clone(), Instant::now());
+    let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut iovecs = Vec::new();
+    let mut delivered_any = false;
+    loop {
+        while let Some(event) = client.poll_event() {
+            match event {
+                Event::Ready(h) => {
+                    let mut stats = core.stats.borrow_mut();
+                    stats.record(Metric::Greeting, h.greeting);
+                    stats.record(Metric::Ehlo, h.ehlo);
+                }
+                Event::Done(done) => {
+                    delivered_any |= matches!(done.result, crate::proto::TxnResult::Accepted(_));
+                    core.complete(pool, done, conn);
+                }
+                Event::Closed(reason) => {
+                    if let Some(e) = reason {
+                        *core.stats.borrow_mut().session_errors.entry(e.kind()).or_default() += 1;
+                    }
+                    return delivered_any;
+                }
+            }
+        }
+        if core.aborting() {
+            client.abandon("run stopped");
+            continue;
+        }
+        while client.wants_transaction() {
+            let Some(job) = pool.pop_for(conn) else { break };
+            core.dispatched(&job);
+            let meta = Meta {
+                id: job.id,
+                destination: job.destination,
+                due: job.due,
+                attempts: job.attempts,
+                partial: job.partial,
+            };
+            if let Err((message, meta)) = client.push(job.message, meta) {
+                // Cannot happen (wants_transaction said yes); never drop a job on the floor.
+                pool.push(super::job::Job {
+                    id: meta.id,
+                    destination: meta.destination,
+                    message,
+                    due: meta.due,
+                    attempts: meta.attempts,
+                    last_conn: conn,
+                    partial: meta.partial,
+                });
+                break;
+            }
+        }
+        if let Some(transmit) = client.poll_transmit(Instant::now()) {
+            let buf = TransmitBuf::new(transmit, std::mem::take(&mut iovecs));
+            let (res, buf) = stream.write_vectored_all(buf).await;
+            let (transmit, v) = buf.into_parts();
+            iovecs = v;
+            client.recycle(transmit);
+            if let Err(e) = res {
+                client.handle_transport_error(&e.to_string());
+            }
+            continue;
+        }
+        if client.is_closed() {
+            continue; // the Closed event is queued
+        }
+        if !client.awaiting_reply() {
+            if pool.has_pending() && client.wants_transaction() {
+                continue;
+            }
+            if client.in_flight() == 0 && core.draining.get() {
+                client.close();
+                continue;
+            }
+            // Idle: wait for work, or for the idle timeout to send QUIT.
+            let idle_deadline = client.poll_timeout();
+            let wake = pool.signal.wait();
+            let sleep = monoio::time::sleep(RECHECK.min(until(idle_deadline)));
+            monoio::select! {
+                _ = wake => {},
+                _ = sleep => client.handle_timeout(Instant::now()),
+            }
+            continue;
+        }
+        let deadline = client.poll_timeout().map(|d| d.min(Instant::now() + RECHECK));
+        let (res, b) = read_until(stream, rbuf, deadline).await;
+        rbuf = b;
+        let now = Instant::now();
+        match res {
+            Ok(ReadOutcome::Data(_)) => {
+                let used = client.handle_input(now, &rbuf);
+                rbuf.drain(..used);
+            }
+            Ok(ReadOutcome::Deadline) => client.handle_timeout(now),
+            Ok(ReadOutcome::Eof) => client.handle_eof(),
+            Err(e) => client.handle_transport_error(&e.to_string()),
+        }
+    }
+}
+
+fn until(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(RECHECK, |d| d.saturating_duration_since(Instant::now()))
+}
