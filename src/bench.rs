@@ -239,7 +239,9 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         h.stdev() / 1000.0
     );
     let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", ms(h.max()), h.len());
-    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values());
+    // HdrHistogram's sub-bucket count: the power of two covering 2 * 10^significant digits.
+    let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
+    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), sub_buckets);
     out
 }
 
@@ -310,7 +312,9 @@ mod tests {
         }
         let text = hgrm(&h);
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
-        assert!(text.contains("#[Max     =       10.000, Total count    =         1000]"), "{text}");
+        // Values print at the histogram's precision (3 significant digits).
+        assert!(text.contains("#[Max     =       10.007, Total count    =         1000]"), "{text}");
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
         let last_value_line =
             text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).last().unwrap();
         assert!(last_value_line.contains("1.000000000000"), "{last_value_line}");

@@ -31,9 +31,24 @@ pub struct Meta {
     pub id: u64,
     pub destination: Arc<Destination>,
     pub due: Instant,
+    /// When this attempt was handed to a session.
+    pub dispatched: Instant,
     pub attempts: u32,
     /// A retry of some recipients of an already-counted message: only recipient totals change.
     pub partial: bool,
+}
+
+impl Meta {
+    pub fn attempt(job: &Job, now: Instant) -> Meta {
+        Meta {
+            id: job.id,
+            destination: Arc::clone(&job.destination),
+            due: job.due,
+            dispatched: now,
+            attempts: job.attempts,
+            partial: job.partial,
+        }
+    }
 }
 
 /// This core's view of one destination.
@@ -199,6 +214,7 @@ impl Core {
         let mut stats = self.stats.borrow_mut();
         stats.finish(&done, disposition);
         stats.record(Metric::Message, latency);
+        stats.record(Metric::Transaction, now.saturating_duration_since(done.user.dispatched));
         self.interval.borrow_mut().saturating_record(latency.as_micros().max(1) as u64);
     }
 
@@ -212,13 +228,7 @@ impl Core {
     /// Counts jobs that never got a session (connect failures) as an attempt each.
     pub fn fail_pending(&self, pool: &Pool, error: &SessionError) {
         for job in pool.take_all() {
-            let meta = Meta {
-                id: job.id,
-                destination: Arc::clone(&job.destination),
-                due: job.due,
-                attempts: job.attempts,
-                partial: job.partial,
-            };
+            let meta = Meta::attempt(&job, Instant::now());
             self.in_flight.set(self.in_flight.get() + 1);
             let done = Completed {
                 user: meta,

@@ -50,13 +50,7 @@ where
         while client.wants_transaction() {
             let Some(job) = pool.pop_for(conn) else { break };
             core.dispatched(&job);
-            let meta = Meta {
-                id: job.id,
-                destination: job.destination,
-                due: job.due,
-                attempts: job.attempts,
-                partial: job.partial,
-            };
+            let meta = Meta::attempt(&job, Instant::now());
             if let Err((message, meta)) = client.push(job.message, meta) {
                 // Cannot happen (wants_transaction said yes); never drop a job on the floor.
                 pool.push(super::job::Job {

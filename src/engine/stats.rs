@@ -24,14 +24,17 @@ pub enum Metric {
     Message,
     /// Job due to handed to a session.
     Queue,
+    /// Handed to a session to its final reply: the server's share of the message latency.
+    Transaction,
 }
 
-pub const METRICS: [(Metric, &str); 5] = [
+pub const METRICS: [(Metric, &str); 6] = [
     (Metric::Connect, "connect"),
     (Metric::Greeting, "greeting"),
     (Metric::Ehlo, "ehlo"),
     (Metric::Message, "message"),
     (Metric::Queue, "queue"),
+    (Metric::Transaction, "transaction"),
 ];
 
 /// Final states of recipients (a message may be delivered to some and not others).

@@ -191,6 +191,8 @@ struct Txn<T> {
     rcpts_ok: usize,
     rejected: Vec<(usize, Reply)>,
     result: Option<TxnResult>,
+    /// A RSET went out ahead of this transaction's MAIL.
+    reset: bool,
 }
 
 /// A reply we are waiting for. `seq` names the transaction, if any.
@@ -333,6 +335,7 @@ impl<T> Client<T> {
             rcpts_ok: 0,
             rejected: Vec::new(),
             result: None,
+            reset: false,
         });
         Ok(())
     }
@@ -564,14 +567,20 @@ impl<T> Client<T> {
                     t.step = Step::Done;
                 }
             }
+            // Accepting a recipient after refusing MAIL: the server is adding to some other
+            // transaction. Continuing could deliver this message with a stale envelope.
+            (Command::RcptTo, ReplyClass::Positive) if !t.mail_ok => return Err(unexpected(command, reply)),
             (Command::RcptTo, ReplyClass::Positive) => {
                 t.rcpts_answered += 1;
-                // A RCPT accepted after a refused MAIL (pipelined) accepts nothing.
-                t.rcpts_ok += usize::from(t.mail_ok);
+                t.rcpts_ok += 1;
             }
             (Command::RcptTo, _) if negative => {
                 t.rcpts_answered += 1;
                 t.rejected.push((expect.rcpt, reply.to_owned()));
+            }
+            // 354 after a refused MAIL: any content we sent now would land in a stale transaction.
+            (Command::Data, ReplyClass::Intermediate) if reply.code == 354 && !t.mail_ok => {
+                return Err(unexpected(command, reply));
             }
             (Command::Data, ReplyClass::Intermediate) if reply.code == 354 => t.step = Step::Body,
             (Command::Data, _) if negative => {
@@ -702,8 +711,14 @@ impl<T> Client<T> {
             let pipelining = self.pipelining;
             match self.txns[i].step {
                 Step::AwaitData | Step::Done => return,
-                Step::Mail if self.needs_rset => {
+                // With BDAT in flight, an earlier transaction may fail in a way that leaves the
+                // server's transaction open (every RCPT refused): a MAIL behind it would get 503
+                // and its RCPT and BDAT would join the stale transaction. RSET first.
+                Step::Mail
+                    if !self.txns[i].reset && (self.needs_rset || (self.chunking && pipelining && i > 0)) =>
+                {
                     self.needs_rset = false;
+                    self.txns[i].reset = true;
                     command::rset(self.out.commands());
                     self.expect(Command::Rset, NO_TXN, 0);
                     continue;
@@ -750,7 +765,7 @@ impl<T> Client<T> {
                 }
                 Step::Body => {
                     let t = &mut self.txns[i];
-                    if t.mail_ok && t.rcpts_ok > 0 {
+                    if t.rcpts_ok > 0 {
                         match t.message.body.stuffed() {
                             Some(stuffed) => self.out.push_shared(stuffed),
                             None => {

@@ -342,7 +342,8 @@ fn chunking_puts_depth_transactions_in_one_write() {
     assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered), (2, Delivered)]);
     let w = p.written();
     let group = "MAIL FROM:<from@test> SIZE=7\r\nRCPT TO:<to@test>\r\nBDAT 7 LAST\r\nhello\r\n";
-    assert_eq!(w[1], group.repeat(3));
+    // Transactions behind an unanswered one are preceded by RSET.
+    assert_eq!(w[1], format!("{group}RSET\r\n{group}RSET\r\n{group}"));
     assert_eq!(w.len(), 2);
 }
 
@@ -396,7 +397,10 @@ fn mail_refused() {
                 1 + usize::from(caps == FULL_CAPS),
                 "no body after a refused DATA"
             );
-            assert!(!p.server.seen.iter().any(|c| c == "RSET"), "no transaction was open");
+            if caps != FULL_CAPS {
+                // (With BDAT in flight, later transactions get a RSET regardless.)
+                assert!(!p.server.seen.iter().any(|c| c == "RSET"), "no transaction was open");
+            }
         }
     }
 }
@@ -754,4 +758,35 @@ fn abandon_reports_everything_in_flight() {
     p.collect();
     assert_eq!(p.results(), vec![(0, Deferred), (1, Deferred), (2, Deferred)]);
     assert!(p.client.poll_transmit(p.now).is_none(), "nothing written after abandon");
+}
+
+#[test]
+fn stale_transaction_cannot_capture_a_pipelined_message_regression() {
+    // Found by the engine's accounting test: every RCPT of the first transaction refused, the
+    // server kept its transaction open, the next pipelined MAIL got 503 but its RCPT and BDAT
+    // were accepted into the stale transaction, and the client retried a delivered message.
+    let server = Server::new(FULL_CAPS).rule_nth("RCPT", 0, Action::Reply("451 4.3.0 later"));
+    let mut p = Pair::with(server);
+    p.send(msgs(3));
+    assert_eq!(p.results(), vec![(0, Deferred), (1, Delivered), (2, Delivered)]);
+    let seen = &p.server.seen;
+    let mails: Vec<usize> =
+        seen.iter().enumerate().filter(|(_, c)| c.starts_with("MAIL")).map(|(i, _)| i).collect();
+    for &m in &mails[1..] {
+        assert_eq!(seen[m - 1], "RSET", "every later MAIL follows a RSET: {seen:?}");
+    }
+}
+
+#[test]
+fn positive_rcpt_or_354_after_refused_mail_fails_the_session() {
+    for (rule, reply) in [("RCPT", "250 ok"), ("DATA", "354 go")] {
+        let server = Server::new(PIPE_CAPS)
+            .rule_nth("MAIL", 0, Action::Reply("503 5.5.1 nested MAIL"))
+            .rule_nth(rule, 0, Action::Reply(reply));
+        let mut p = Pair::with(server);
+        p.send(msgs(1));
+        assert_eq!(p.results(), vec![(0, Deferred)], "{rule}");
+        assert!(matches!(p.closed, Some(Some(SessionError::Unexpected { .. }))), "{rule}: {:?}", p.closed);
+        assert!(p.server.bodies.is_empty(), "{rule}: no content into a stale transaction");
+    }
 }

@@ -1,0 +1,280 @@
+//! The engine end to end against volley's own sink: every message accounted for, under every
+//! server feature set and under injected faults.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailvolley::bench::{self, BenchSource, Plan};
+use mailvolley::engine::{self, Destination, EngineConfig, Report};
+use mailvolley::proto::{ClientConfig, Domain, Timeouts};
+use mailvolley::sink::{Counters, Faults, SinkConfig};
+
+struct Run {
+    connections: usize,
+    recipients: usize,
+    plan: Plan,
+    configure: fn(&mut EngineConfig),
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run {
+            connections: 4,
+            recipients: 1,
+            plan: Plan { messages: Some(2000), duration: None, rate: None },
+            configure: |_| {},
+        }
+    }
+}
+
+fn engine_config() -> EngineConfig {
+    let mut client = ClientConfig::new(Domain::new("test.invalid").unwrap());
+    client.depth = 16;
+    client.timeouts = Timeouts::uniform(Duration::from_secs(10), Duration::from_secs(10));
+    let mut config = EngineConfig::new(client);
+    config.threads = 2;
+    config.reconnect_backoff = Duration::from_millis(10);
+    config
+}
+
+fn bench_against(addr: SocketAddr, run: &Run) -> Report {
+    let mut config = engine_config();
+    (run.configure)(&mut config);
+    let destination = Arc::new(Destination {
+        index: 0,
+        name: "sink".into(),
+        addrs: vec![addr],
+        max_connections: run.connections,
+    });
+    let source = BenchSource::new(run.plan, Arc::clone(&destination), bench::message(1000, run.recipients));
+    let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !running.is_finished() {
+        assert!(Instant::now() < deadline, "run did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    running.join().unwrap()
+}
+
+fn bench(sink: impl FnOnce(&mut SinkConfig), run: Run) -> (Report, Counters) {
+    let s = common::sink(|c| {
+        c.threads = 2;
+        sink(c);
+    });
+    let report = bench_against(s.local_addr(), &run);
+    std::thread::sleep(Duration::from_millis(50));
+    (report, s.stop().unwrap())
+}
+
+fn accounted(report: &Report, produced: u64) {
+    let s = &report.stats;
+    assert_eq!(report.produced, produced);
+    assert_eq!(s.delivered + s.deferred + s.bounced + s.unsent, produced, "{s:?}");
+}
+
+#[test]
+fn every_message_accounted_for_with_every_feature_set() {
+    for (pipelining, chunking) in [(true, true), (true, false), (false, false), (false, true)] {
+        let (report, sink) = bench(
+            |c| {
+                c.pipelining = pipelining;
+                c.chunking = chunking;
+            },
+            Run::default(),
+        );
+        let s = &report.stats;
+        accounted(&report, 2000);
+        assert_eq!(s.delivered, 2000, "pipelining {pipelining} chunking {chunking}: {s:?}");
+        assert_eq!(sink.messages_accepted, s.delivered, "sink and client agree");
+        assert_eq!(sink.bytes, 2000 * 1000);
+        assert_eq!(s.histogram(engine::Metric::Message).len(), 2000);
+        assert_eq!(s.connections, 4);
+    }
+}
+
+#[test]
+fn faults_retry_transient_and_bounce_permanent() {
+    let (report, sink) = bench(
+        |c| {
+            let mut f = Faults::default();
+            f.add_fail("rcpt=451:0.1").unwrap();
+            f.add_fail("data=554:0.05").unwrap();
+            f.add_fail("data=452:0.05").unwrap();
+            c.faults = f;
+            c.seed = 11;
+        },
+        Run { configure: |c| c.retries = 6, ..Run::default() },
+    );
+    let s = &report.stats;
+    accounted(&report, 2000);
+    assert_eq!(sink.messages_accepted, s.delivered, "delivered only with a 2xx");
+    assert!(s.bounced > 40 && s.bounced < 200, "about 5% bounced: {s:?}");
+    assert!(s.retries > 200, "4xx were retried: {s:?}");
+    assert_eq!(s.deferred, 0, "six retries are plenty at these rates: {s:?}");
+    assert_eq!(s.delivered + s.bounced, 2000);
+}
+
+#[test]
+fn service_closing_and_disconnects_mid_pipeline_lose_nothing() {
+    let (report, sink) = bench(
+        |c| {
+            let mut f = Faults::default();
+            f.add_fail("mail=421:0.01").unwrap();
+            f.add_disconnect("rcpt=0.01").unwrap();
+            f.add_disconnect("data=0.01").unwrap();
+            c.faults = f;
+            c.seed = 5;
+        },
+        Run { configure: |c| c.retries = 8, ..Run::default() },
+    );
+    let s = &report.stats;
+    accounted(&report, 2000);
+    assert_eq!(s.delivered, 2000, "all eventually delivered: {s:?}");
+    assert_eq!(sink.messages_accepted, 2000, "and none twice: {sink:?}");
+    assert!(sink.injected_disconnects > 0 && s.connections > 4, "sessions were cut and reopened");
+    assert!(s.session_errors.contains_key("421 service closing"), "{:?}", s.session_errors);
+}
+
+#[test]
+fn partial_recipient_failures_retry_only_those_recipients() {
+    let (report, sink) = bench(
+        |c| {
+            let mut f = Faults::default();
+            f.add_fail("rcpt=450:0.2").unwrap();
+            c.faults = f;
+            c.seed = 3;
+        },
+        Run {
+            recipients: 3,
+            plan: Plan { messages: Some(500), duration: None, rate: None },
+            configure: |c| c.retries = 10,
+            ..Run::default()
+        },
+    );
+    let s = &report.stats;
+    accounted(&report, 500);
+    assert_eq!(s.recipients.delivered, 1500, "every recipient delivered once: {s:?}");
+    assert_eq!(s.recipients.deferred + s.recipients.bounced, 0);
+    assert!(sink.messages_accepted > 500, "retries of deferred recipients are extra transactions");
+}
+
+#[test]
+fn unreachable_target_defers_everything() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let run = Run {
+        plan: Plan { messages: Some(50), duration: None, rate: None },
+        configure: |c| c.retries = 1,
+        ..Run::default()
+    };
+    let report = bench_against(port, &run);
+    let s = &report.stats;
+    accounted(&report, 50);
+    assert_eq!((s.delivered, s.deferred), (0, 50), "{s:?}");
+    assert!(s.connect_failures > 0);
+    assert!(s.last_connect_error.as_deref().unwrap_or("").contains("refused"), "{s:?}");
+}
+
+#[test]
+fn reply_timeouts_defer() {
+    let (report, _sink) = bench(
+        |c| {
+            let mut f = Faults::default();
+            f.add_delay("data=400ms").unwrap();
+            c.faults = f;
+        },
+        Run {
+            plan: Plan { messages: Some(20), duration: None, rate: None },
+            configure: |c| {
+                c.retries = 0;
+                c.client.timeouts.end_of_data = Duration::from_millis(100);
+            },
+            ..Run::default()
+        },
+    );
+    let s = &report.stats;
+    accounted(&report, 20);
+    assert_eq!(s.delivered, 0, "{s:?}");
+    assert_eq!(s.failures.get("timeout").copied().unwrap_or(0), s.deferred, "{s:?}");
+}
+
+#[test]
+fn max_messages_per_connection_reconnects() {
+    let (report, sink) = bench(
+        |_| {},
+        Run {
+            connections: 2,
+            plan: Plan { messages: Some(100), duration: None, rate: None },
+            configure: |c| c.client.max_messages = 10,
+            ..Run::default()
+        },
+    );
+    assert_eq!(report.stats.delivered, 100);
+    assert!(sink.connections >= 10, "{sink:?}");
+}
+
+#[test]
+fn open_loop_holds_the_rate() {
+    let rate = 2000.0;
+    let started = Instant::now();
+    let (report, sink) = bench(
+        |_| {},
+        Run {
+            plan: Plan { messages: None, duration: Some(Duration::from_secs(2)), rate: Some(rate) },
+            ..Run::default()
+        },
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    accounted(&report, 4000);
+    assert_eq!(report.stats.delivered, 4000);
+    assert_eq!(sink.messages_accepted, 4000);
+    // Every message was due on the schedule; the run takes the schedule's length, not less.
+    assert!(elapsed >= 2.0, "{elapsed}");
+    let achieved = 4000.0 / elapsed;
+    assert!(achieved > rate * 0.85, "achieved {achieved:.0} msg/s for {rate}");
+}
+
+fn volley(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_volley")).args(args).output().expect("run volley")
+}
+
+#[test]
+fn cli_bench_against_own_sink_reports_json() {
+    let out =
+        volley(&["bench", "--messages", "3000", "--connections", "4", "--json", "--quiet", "--threads", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(json.contains("\"delivered\":3000"), "{json}");
+    assert!(json.contains("\"messages_accepted\":3000"), "sink agrees: {json}");
+}
+
+#[test]
+fn cli_bench_unreachable_target_fails_clearly() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let target = format!("127.0.0.1:{port}");
+    let out = volley(&["bench", "--target", &target, "--messages", "10", "--quiet"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("target unreachable") && err.contains(&target), "{err}");
+}
+
+#[test]
+fn cli_bench_writes_hgrm() {
+    let dir = common::temp_dir("hgrm");
+    let file = dir.join("latency.hgrm");
+    let out = volley(&["bench", "--messages", "500", "--quiet", "--hgrm", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("Total count    =          500"), "{text}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("delivered 500"), "{stdout}");
+}
