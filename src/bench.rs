@@ -315,8 +315,7 @@ mod tests {
         // Values print at the histogram's precision (3 significant digits).
         assert!(text.contains("#[Max     =       10.007, Total count    =         1000]"), "{text}");
         assert!(text.contains("SubBuckets     =         2048]"), "{text}");
-        let last_value_line =
-            text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).last().unwrap();
+        let last_value_line = text.lines().rfind(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
         assert!(last_value_line.contains("1.000000000000"), "{last_value_line}");
     }
 }

@@ -276,8 +276,7 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             break;
         }
         let mut moved = false;
-        loop {
-            let Some(job) = held.take().or_else(|| queue.pop()) else { break };
+        while let Some(job) = held.take().or_else(|| queue.pop()) {
             let pool = core.pool(&job.destination);
             if pool.pending_len() >= cap {
                 held = Some(job);

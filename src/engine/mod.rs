@@ -278,11 +278,13 @@ fn produce(
             if run.abort.load(Ordering::Relaxed) {
                 break 'jobs;
             }
+            // Queues full: the engine is behind by a whole queue (thousands of jobs), so a
+            // short sleep costs nothing, while spinning would steal a core from it.
             idle_spins += 1;
-            if idle_spins < 64 {
+            if idle_spins < 4 {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(Duration::from_micros(100));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }

@@ -569,7 +569,8 @@ fn ehlo_refused_falls_back_to_helo() {
 
 #[test]
 fn handshake_failures() {
-    let cases: Vec<(Server, fn(&SessionError) -> bool)> = vec![
+    type Check = fn(&SessionError) -> bool;
+    let cases: Vec<(Server, Check)> = vec![
         (Server::new("").rule("<greeting>", Action::Reply("554 5.7.1 go away")), |e| {
             matches!(e, SessionError::Greeting(_))
         }),

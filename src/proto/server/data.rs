@@ -155,7 +155,9 @@ mod tests {
 
     #[test]
     fn end_detection_and_unstuffing() {
-        let cases: &[(&[u8], Option<usize>, &[u8], u64)] = &[
+        // (wire, end offset, content, bare LFs)
+        type Case<'a> = (&'a [u8], Option<usize>, &'a [u8], u64);
+        let cases: &[Case<'_>] = &[
             (b".\r\n", Some(3), b"", 0),
             (b"a\r\n.\r\n", Some(6), b"a\r\n", 0),
             (b"a\r\n.\r\nMAIL", Some(6), b"a\r\n", 0),
