@@ -127,12 +127,23 @@ pub fn encode(framing: Framing, input: &[u8]) -> Vec<u8> {
 ///
 /// The DATA form is the same bytes followed by `.<CRLF>` unless a line starts with a dot, so in
 /// the common case both framings send the shared bytes without copying them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Body {
     bytes: Arc<[u8]>,
     /// The DATA form, kept only when it is not `bytes` + `.<CRLF>` (a line starts with a dot).
     stuffed: Option<Arc<[u8]>>,
     eight_bit: bool,
+}
+
+/// Bodies can be megabytes: show their shape, not their bytes.
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("len", &self.bytes.len())
+            .field("dot_stuffed", &self.stuffed.is_some())
+            .field("eight_bit", &self.eight_bit)
+            .finish()
+    }
 }
 
 impl Body {
