@@ -351,3 +351,25 @@ fn dump_write_failure_defers_instead_of_losing_the_message() {
     let counters = s.stop().unwrap();
     assert_eq!((counters.dump_errors, counters.messages_accepted), (1, 0));
 }
+
+#[test]
+fn closing_with_unread_input_delivers_every_reply_regression() {
+    // The sink used to close at once after a 421, with the client's pipelined commands still
+    // unread: the kernel then sends RST, which can destroy replies in flight, so a client lost
+    // the 250 of an accepted message and sent it again.
+    let s = sink(|c| c.max_messages_per_connection = Some(1));
+    let mut trailing = String::new();
+    for _ in 0..2000 {
+        trailing.push_str("RCPT TO:<more@test>\r\n");
+    }
+    for round in 0..30 {
+        let mut c = Raw::greeted(s.local_addr());
+        c.send(format!(
+            "EHLO t\r\nMAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nBDAT 3 LAST\r\nabcMAIL FROM:<a@test>\r\n{trailing}"
+        ));
+        assert_eq!(c.codes(5), vec![250, 250, 250, 250, 421], "round {round}");
+        assert!(c.closed_cleanly(), "round {round}");
+    }
+    let counters = s.stop().unwrap();
+    assert_eq!(counters.messages_accepted, 30);
+}

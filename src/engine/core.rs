@@ -18,12 +18,15 @@ use super::signal::Signal;
 use super::stats::{Metric, Stats};
 use super::{EngineConfig, Progress, RunState, session};
 use crate::proto::client::{Completed, Disposition, Envelope, Message, SessionError};
+use crate::rt::Watchdog;
 
 /// How long an idle dispatcher sleeps before looking at its queue again. Queues are polled:
 /// crossbeam's are not async, and monoio has no cross-thread wake-up without its sync feature.
 const QUEUE_POLL: Duration = Duration::from_micros(200);
 /// How often a core publishes its progress counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// Precision of reply timeouts: how often the watchdog looks for expired reads.
+const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
 /// Bookkeeping that travels with a message through a session and comes back with its outcome.
 #[derive(Debug)]
@@ -108,6 +111,8 @@ pub struct Core {
     /// Set once the producer is done and this core's queue is empty: idle sessions quit.
     pub draining: Cell<bool>,
     progress: Arc<Progress>,
+    pub watchdog: Rc<Watchdog>,
+    finished: Rc<Cell<bool>>,
 }
 
 impl Core {
@@ -128,6 +133,8 @@ impl Core {
             conn_seq: Cell::new((index as u64) << 40),
             draining: Cell::new(false),
             progress,
+            watchdog: Watchdog::new(),
+            finished: Rc::new(Cell::new(false)),
         })
     }
 
@@ -268,11 +275,14 @@ impl Core {
 /// The core's main task: moves jobs from its queue into pools until the producer is done and
 /// everything sent has an outcome, then lets the sessions quit.
 pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
+    let finished = Rc::clone(&core.finished);
+    monoio::spawn(Rc::clone(&core.watchdog).run(WATCHDOG_TICK, move || finished.get()));
     let cap = core.config.pool_backlog.max(1);
     let mut held: Option<Job> = None;
     let mut last_publish = Instant::now();
     loop {
         if core.aborting() {
+            core.watchdog.shut_down();
             break;
         }
         let mut moved = false;
@@ -310,6 +320,7 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
         + u64::from(held.is_some())
         + core.pools.borrow().iter().flatten().map(|p| p.pending_len() as u64).sum::<u64>();
     core.publish();
+    core.finished.set(true);
     let mut stats = core.stats.borrow().clone();
     stats.unsent += unsent;
     stats

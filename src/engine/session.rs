@@ -9,10 +9,14 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 use super::core::{Core, Meta, Pool};
 use super::stats::Metric;
 use crate::proto::client::{Client, Event};
-use crate::rt::{ReadOutcome, TransmitBuf, read_until};
+use crate::rt::{ReadOutcome, TransmitBuf};
 
-/// Longest a read waits before the loop looks at the run's state again (abort, drain).
+/// Longest an idle session waits before looking at the run's state again.
 const RECHECK: Duration = Duration::from_millis(200);
+/// Free space each read gets.
+const READ_SPARE: usize = 16 * 1024;
+/// How long replies are collected after a failed write.
+const SALVAGE: Duration = Duration::from_millis(100);
 
 /// Runs a session until it closes. Returns whether it delivered anything.
 pub async fn run<S>(stream: &mut S, core: &Rc<Core>, pool: &Rc<Pool>, conn: u64) -> bool
@@ -20,6 +24,7 @@ where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
     let mut client: Client<Meta> = Client::new(core.config.client.clone(), Instant::now());
+    let watch = core.watchdog.watch();
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut iovecs = Vec::new();
     let mut delivered_any = false;
@@ -72,7 +77,12 @@ where
             iovecs = v;
             client.recycle(transmit);
             if let Err(e) = res {
-                client.handle_transport_error(&e.to_string());
+                // Replies may have arrived before the failure (a server that resets after its
+                // 421): read them first, so a 250 already sent is not mistaken for a loss.
+                rbuf = salvage(stream, &watch, &mut client, rbuf).await;
+                if !client.is_closed() {
+                    client.handle_transport_error(&e.to_string());
+                }
             }
             continue;
         }
@@ -97,8 +107,8 @@ where
             }
             continue;
         }
-        let deadline = client.poll_timeout().map(|d| d.min(Instant::now() + RECHECK));
-        let (res, b) = read_until(stream, rbuf, deadline).await;
+        // The core's watchdog interrupts this read at the client's deadline, or on abort.
+        let (res, b) = watch.read(stream, rbuf, READ_SPARE, client.poll_timeout()).await;
         rbuf = b;
         let now = Instant::now();
         match res {
@@ -111,6 +121,24 @@ where
             Err(e) => client.handle_transport_error(&e.to_string()),
         }
     }
+}
+
+/// Feeds the client whatever the server still has for us, briefly, after a failed write.
+async fn salvage<S: CancelableAsyncReadRent>(
+    stream: &mut S,
+    watch: &crate::rt::Watch,
+    client: &mut Client<Meta>,
+    mut rbuf: Vec<u8>,
+) -> Vec<u8> {
+    let deadline = Instant::now() + SALVAGE;
+    while !client.is_closed() {
+        let (res, b) = watch.read(stream, rbuf, READ_SPARE, Some(deadline)).await;
+        rbuf = b;
+        let Ok(ReadOutcome::Data(_)) = res else { break };
+        let used = client.handle_input(Instant::now(), &rbuf);
+        rbuf.drain(..used);
+    }
+    rbuf
 }
 
 fn until(deadline: Option<Instant>) -> Duration {

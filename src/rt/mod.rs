@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 pub use iovec::TransmitBuf;
-pub use read::{ReadOutcome, read_until};
+pub use read::{ReadOutcome, Watch, Watchdog};
 
 /// Which monoio I/O driver to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

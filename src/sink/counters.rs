@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::report::json_object;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Counters {
     pub connections: u64,
     /// Turned away with 421 at greeting (`--max-connections`).
@@ -45,6 +45,17 @@ impl Default for Counters {
             dump_errors: 0,
             replies: vec![0; 600],
         }
+    }
+}
+
+/// Shows only the reply codes that were sent, not 600 zeros.
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Counters");
+        for (name, v) in self.scalars() {
+            d.field(name, &v);
+        }
+        d.field("replies", &self.reply_counts().collect::<Vec<_>>()).finish()
     }
 }
 

@@ -11,15 +11,21 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, Canceller};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Canceller};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use super::session::{Action, Session};
 use super::{Core, Counters, Shared, SinkConfig};
-use crate::rt::{self, ReadOutcome};
+use crate::rt::{self, ReadOutcome, Watch, Watchdog};
 
 /// How often an idle accept loop looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// A connection's first read buffer: enough for a pipelined group of commands. It doubles each
+/// time a read fills it (bulk content), so idle connections stay small.
+const FIRST_READ: usize = 1024;
+const MAX_READ: usize = 64 * 1024;
+/// How long a closing connection's input is drained (see [`close_gracefully`]).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// A running sink.
 pub struct SinkHandle {
@@ -115,7 +121,12 @@ async fn run_thread(
             return Err(e);
         }
     };
+    let idle = config.idle_timeout;
     let core = Rc::new(RefCell::new(Core::new(config, Arc::clone(&shared), index)));
+    let watchdog = Watchdog::new();
+    let tick = (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let sweeper_stop = Arc::clone(&shared);
+    monoio::spawn(Rc::clone(&watchdog).run(tick, move || sweeper_stop.stop.load(Ordering::Relaxed)));
     let mut conn_seq = (index as u64) << 40;
     while !shared.stop.load(Ordering::Relaxed) {
         let canceller = Canceller::new();
@@ -135,7 +146,8 @@ async fn run_thread(
         match accepted {
             Ok((stream, _peer)) => {
                 conn_seq += 1;
-                monoio::spawn(serve(stream, Rc::clone(&core), Arc::clone(&shared), conn_seq));
+                let watch = watchdog.watch();
+                monoio::spawn(serve(stream, Rc::clone(&core), Arc::clone(&shared), watch, conn_seq));
             }
             Err(e) if e.raw_os_error() == Some(125) => {}
             // Out of descriptors and the like: back off rather than spin.
@@ -155,18 +167,25 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn serve(mut stream: TcpStream, core: Rc<RefCell<Core>>, shared: Arc<Shared>, conn: u64) {
+async fn serve(
+    mut stream: TcpStream,
+    core: Rc<RefCell<Core>>,
+    shared: Arc<Shared>,
+    watch: Rc<Watch>,
+    conn: u64,
+) {
     let _ = stream.set_nodelay(true);
     let active = shared.active_connections.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = ActiveGuard(shared);
     let mut session = Session::new(conn);
     let idle = core.borrow().config.idle_timeout;
-    let mut out = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(256);
     let mut action = session.greet(&mut core.borrow_mut(), active, &mut out);
     loop {
         let (ok, o) = act(&mut stream, out, action).await;
         out = o;
         if !ok {
+            close_gracefully(&mut stream, &watch).await;
             return;
         }
         if action == Action::Continue {
@@ -175,19 +194,26 @@ async fn serve(mut stream: TcpStream, core: Rc<RefCell<Core>>, shared: Arc<Share
         // A delayed greeting: the wait is over, now send it.
         action = Action::Continue;
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut read_size = FIRST_READ;
     let mut start = 0;
     loop {
-        let (res, b) = rt::read_until(&mut stream, buf, Some(Instant::now() + idle)).await;
+        let spare = buf.capacity() - buf.len();
+        let (res, b) = watch.read(&mut stream, buf, read_size, Some(Instant::now() + idle)).await;
         buf = b;
         match res {
-            Ok(ReadOutcome::Data(_)) => {}
+            Ok(ReadOutcome::Data(n)) => {
+                if n >= spare.max(read_size) && read_size < MAX_READ {
+                    read_size *= 2;
+                }
+            }
             Ok(ReadOutcome::Deadline) => {
                 core.borrow_mut().counters.idle_timeouts += 1;
                 out.clear();
                 out.extend_from_slice(b"421 4.4.2 Idle timeout, closing connection\r\n");
                 core.borrow_mut().counters.reply(421);
                 let _ = stream.write_all(out).await;
+                close_gracefully(&mut stream, &watch).await;
                 break;
             }
             Ok(ReadOutcome::Eof) | Err(_) => break,
@@ -199,6 +225,7 @@ async fn serve(mut stream: TcpStream, core: Rc<RefCell<Core>>, shared: Arc<Share
             out = o;
             if !ok {
                 session.closed(&mut core.borrow_mut());
+                close_gracefully(&mut stream, &watch).await;
                 return;
             }
             if !matches!(action, Action::Delay { .. }) {
@@ -214,6 +241,26 @@ async fn serve(mut stream: TcpStream, core: Rc<RefCell<Core>>, shared: Arc<Share
         start = 0;
     }
     session.closed(&mut core.borrow_mut());
+}
+
+/// Closes the way a careful server does: FIN after the last reply, then input drained for a
+/// while. Closing with unread input (a client pipelines past our 421) makes the kernel send RST,
+/// and an RST can destroy replies still in flight to the client: a 250 it never reads becomes a
+/// retry, and a duplicate message.
+async fn close_gracefully(stream: &mut TcpStream, watch: &Watch) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut sink = Vec::with_capacity(FIRST_READ);
+    loop {
+        sink.clear();
+        let (res, b) = watch.read(stream, sink, FIRST_READ, Some(deadline)).await;
+        sink = b;
+        if !matches!(res, Ok(ReadOutcome::Data(_))) {
+            return;
+        }
+    }
 }
 
 /// Carries out an [`Action`]: writes what is due, waits for a delay. Returns whether the

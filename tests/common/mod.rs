@@ -89,6 +89,18 @@ impl Raw {
         self.try_reply().is_none()
     }
 
+    /// The server closed with FIN (EOF), not with a reset. Panics on a reset.
+    pub fn closed_cleanly(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended with {e} instead of a clean close"),
+            }
+        }
+    }
+
     pub fn ehlo(&mut self) {
         self.send("EHLO tester\r\n");
         assert_eq!(self.reply().code, 250);
