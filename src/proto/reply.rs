@@ -426,6 +426,67 @@ mod tests {
         }
     }
 
+    /// Parses `stream` delivered in pieces split at `cuts`: the replies (code, enhanced code,
+    /// text) and whether it ended in an error.
+    fn parse_split(stream: &[u8], cuts: &[usize]) -> (Vec<Reply>, Option<ReplyError>) {
+        let mut p = ReplyParser::new();
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([stream.len()]) {
+            let end = end.clamp(start, stream.len());
+            buf.extend_from_slice(&stream[start..end]);
+            start = end;
+            loop {
+                match p.parse(&buf) {
+                    Ok(Some((r, n))) => {
+                        out.push(r.to_owned());
+                        buf.drain(..n);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    fn reply_line() -> impl Strategy<Value = Vec<u8>> {
+        let code = prop_oneof![Just(b"250".to_vec()), Just(b"354".to_vec()), Just(b"451".to_vec()), Just(b"550".to_vec())];
+        let text = prop_oneof![
+            Just(b"Ok".to_vec()),
+            Just(b"2.1.5 Ok".to_vec()),
+            Just(b"5.1.1 no such user".to_vec()),
+            prop::collection::vec(0x20u8..0x7f, 0..40),
+            // Occasionally garbage, so error paths are split too.
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        (code, prop::collection::vec(text, 1..4)).prop_map(|(code, lines)| {
+            let mut v = Vec::new();
+            for (i, t) in lines.iter().enumerate() {
+                v.extend_from_slice(&code);
+                v.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+                v.extend_from_slice(t);
+                v.extend_from_slice(b"\r\n");
+            }
+            v
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn same_result_whatever_the_read_boundaries(
+            replies in prop::collection::vec(reply_line(), 1..10),
+            mut cuts in prop::collection::vec(0usize..2000, 0..12),
+        ) {
+            let stream = replies.concat();
+            cuts.sort_unstable();
+            prop_assert_eq!(parse_split(&stream, &cuts), parse_split(&stream, &[]));
+        }
+    }
+
     #[test]
     fn display() {
         let r = Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "no\nsuch user");
