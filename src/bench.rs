@@ -145,12 +145,12 @@ pub fn text(report: &Report, target: &str) -> String {
     if let Some(e) = &s.last_connect_error {
         let _ = writeln!(out, "last connect error: {e}");
     }
-    let _ = writeln!(out, "latency (ms)     p50       p90       p99     p99.9       max     count");
+    let _ = writeln!(out, "latency (ms)       p50       p90       p99     p99.9       max     count");
     for (metric, name) in METRICS {
         let p = percentiles(s.histogram(metric));
         let _ = writeln!(
             out,
-            "  {name:<9}{:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9}",
+            "  {name:<11}{:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9}",
             ms(p[0].1),
             ms(p[1].1),
             ms(p[2].1),

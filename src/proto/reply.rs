@@ -452,7 +452,12 @@ mod tests {
     }
 
     fn reply_line() -> impl Strategy<Value = Vec<u8>> {
-        let code = prop_oneof![Just(b"250".to_vec()), Just(b"354".to_vec()), Just(b"451".to_vec()), Just(b"550".to_vec())];
+        let code = prop_oneof![
+            Just(b"250".to_vec()),
+            Just(b"354".to_vec()),
+            Just(b"451".to_vec()),
+            Just(b"550".to_vec())
+        ];
         let text = prop_oneof![
             Just(b"Ok".to_vec()),
             Just(b"2.1.5 Ok".to_vec()),
