@@ -35,6 +35,17 @@ pub enum AddressError {
 }
 
 /// A validated mailbox (`local@domain`). Cheap to clone: recipients of a bulk job share text.
+///
+/// ```
+/// use mailvolley::proto::{Address, AddressError};
+///
+/// assert_eq!(Address::new("user@example.com").unwrap().domain(), "example.com");
+/// // What would end the command line early is refused, so it can never reach the wire.
+/// assert!(matches!(
+///     Address::new("a@b>\r\nRCPT TO:<victim@x"),
+///     Err(AddressError::ForbiddenCharacter { .. })
+/// ));
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Address {
     text: Arc<str>,

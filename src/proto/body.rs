@@ -115,6 +115,14 @@ impl BodyEncoder {
 }
 
 /// Encodes a whole body at once.
+///
+/// ```
+/// use mailvolley::proto::body::{Framing, encode};
+///
+/// // Bare LF and CR become CRLF, a leading dot is doubled, the terminator is appended.
+/// assert_eq!(encode(Framing::Data, b"hi\n.hidden\rend"), b"hi\r\n..hidden\r\nend\r\n.\r\n");
+/// assert_eq!(encode(Framing::Raw, b"hi\n.x"), b"hi\r\n.x\r\n");
+/// ```
 pub fn encode(framing: Framing, input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 8);
     let mut enc = BodyEncoder::new(framing);

@@ -197,6 +197,21 @@ impl fmt::Display for Reply {
 
 /// Incremental reply parser. See the module documentation for the buffer contract: the caller
 /// passes the same growing buffer until a reply completes, then drops the consumed bytes.
+///
+/// ```
+/// use mailvolley::proto::{ReplyClass, ReplyParser};
+///
+/// let mut parser = ReplyParser::new();
+/// let mut buf = b"250-mx.example\r\n250 PIPE".to_vec();
+/// assert!(parser.parse(&buf).unwrap().is_none()); // needs more data
+/// buf.extend_from_slice(b"LINING\r\n550 5.1.1 no such user\r\n");
+/// let (reply, used) = parser.parse(&buf).unwrap().unwrap();
+/// assert_eq!((reply.code, reply.lines().count()), (250, 2));
+/// buf.drain(..used);
+/// let (reply, _) = parser.parse(&buf).unwrap().unwrap();
+/// assert_eq!(reply.class(), ReplyClass::Permanent);
+/// assert_eq!(reply.enhanced.unwrap().to_string(), "5.1.1");
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct ReplyParser {
     /// Bytes of the current reply already validated (always at a line start).
