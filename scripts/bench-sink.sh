@@ -17,13 +17,9 @@ SINK_THREADS="${SINK_THREADS:-$(nproc)}"
 PORT_POSTFIX=2625
 PORT_VOLLEY=2626
 PORT_IDLE=2627
-export PATH="$PATH:/usr/sbin:/sbin"
 
-if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
-    echo "installing postfix (for smtp-sink and smtp-source)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
+source scripts/common.sh
+ensure_postfix
 cargo build --release --quiet
 VOLLEY=target/release/volley
 ulimit -n $((IDLE + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -18,13 +18,9 @@ MESSAGES="${MESSAGES:-100000}"
 LETTRE="${LETTRE:-1}"
 LETTRE_MESSAGES="${LETTRE_MESSAGES:-2000}"
 PORT=2625
-export PATH="$PATH:/usr/sbin:/sbin"
 
-if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
-    echo "installing postfix (for smtp-sink and smtp-source)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
+source scripts/common.sh
+ensure_postfix
 cargo build --release --quiet
 VOLLEY=target/release/volley
 LETTRE_BIN=scripts/peers/lettre-bench/target/release/lettre-bench

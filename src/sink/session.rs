@@ -326,13 +326,8 @@ impl Session {
             return self.bad_sequence(core, out, "5.5.1 No valid transaction for BDAT");
         }
         if !last {
-            if self.txn.size > core.config.max_size {
-                return self.reject_message(
-                    core,
-                    out,
-                    552,
-                    "5.3.4 Message size exceeds fixed maximum message size",
-                );
+            if let Some(action) = self.over_size(core, out) {
+                return action;
             }
             let text = format!("2.0.0 {} octets received", self.txn.size);
             reply(core, out, 250, &text);
@@ -343,13 +338,8 @@ impl Session {
 
     fn end_of_message(&mut self, core: &mut Core, out: &mut Vec<u8>) -> Action {
         core.counters.bytes += self.txn.size;
-        if self.txn.size > core.config.max_size {
-            return self.reject_message(
-                core,
-                out,
-                552,
-                "5.3.4 Message size exceeds fixed maximum message size",
-            );
+        if let Some(action) = self.over_size(core, out) {
+            return action;
         }
         let at = out.len();
         match core.config.faults.decide(Stage::Data, &mut core.rng) {
@@ -383,6 +373,13 @@ impl Session {
         let text = format!("2.0.0 Ok: queued as {id:X}");
         reply(core, out, 250, &text);
         self.delayed(core, Stage::Data, at)
+    }
+
+    /// 552 once the content has outgrown the advertised SIZE.
+    fn over_size(&mut self, core: &mut Core, out: &mut Vec<u8>) -> Option<Action> {
+        (self.txn.size > core.config.max_size).then(|| {
+            self.reject_message(core, out, 552, "5.3.4 Message size exceeds fixed maximum message size")
+        })
     }
 
     fn reject_message(&mut self, core: &mut Core, out: &mut Vec<u8>, code: u16, text: &str) -> Action {
