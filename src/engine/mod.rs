@@ -254,12 +254,11 @@ fn produce(
             Next::Job(job) => job,
             Next::Done => break,
             Next::Wait(until) => {
+                // Sleep rather than spin even for tiny waits: a job released a little late still
+                // counts its latency from its scheduled time, while a spinning producer would
+                // take a core from the engine at high rates.
                 let wait = until.saturating_duration_since(Instant::now());
-                if wait > Duration::from_micros(200) {
-                    std::thread::sleep(wait.min(Duration::from_millis(10)));
-                } else {
-                    std::thread::yield_now();
-                }
+                std::thread::sleep(wait.clamp(Duration::from_micros(50), Duration::from_millis(10)));
                 continue;
             }
         };
