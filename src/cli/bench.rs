@@ -83,21 +83,28 @@ pub struct BenchArgs {
 /// Per-phase limits. `--reply-timeout` sets every reply phase; the others override one.
 #[derive(Debug, Args)]
 pub struct TimeoutArgs {
+    /// Waiting for a TCP connection.
     #[arg(long, value_parser = super::duration, default_value = "10s")]
     connect_timeout: Duration,
+    /// Waiting for any reply, unless a phase below says otherwise.
     #[arg(long, value_parser = super::duration, default_value = "30s")]
     reply_timeout: Duration,
+    /// Waiting for the greeting [default: --reply-timeout].
     #[arg(long, value_parser = super::duration)]
     greeting_timeout: Option<Duration>,
+    /// Waiting for the reply to EHLO or HELO [default: --reply-timeout].
     #[arg(long, value_parser = super::duration)]
     ehlo_timeout: Option<Duration>,
+    /// Waiting for the reply to MAIL FROM [default: --reply-timeout].
     #[arg(long, value_parser = super::duration)]
     mail_timeout: Option<Duration>,
+    /// Waiting for the reply to RCPT TO [default: --reply-timeout].
     #[arg(long, value_parser = super::duration)]
     rcpt_timeout: Option<Duration>,
+    /// Waiting for the reply to DATA (354) [default: --reply-timeout].
     #[arg(long, value_parser = super::duration)]
     data_timeout: Option<Duration>,
-    /// Waiting for the reply to the end of data (or BDAT LAST).
+    /// Waiting for the reply to the end of data or BDAT LAST [default: --reply-timeout].
     #[arg(long, value_parser = super::duration)]
     eod_timeout: Option<Duration>,
     /// Quit connections idle this long.

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// volley: bulk SMTP sending, load testing and benchmarking.
+/// volley: a high-throughput SMTP sender for load tests and benchmarks.
+///
+/// `volley bench` without --target starts volley's own sink on loopback and blasts it.
 #[derive(Debug, Parser)]
-#[command(name = "volley", version, about, long_about = None)]
+#[command(name = "volley", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
