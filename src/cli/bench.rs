@@ -130,7 +130,8 @@ impl TimeoutArgs {
     }
 }
 
-/// After sending stops (a --duration run), how long messages in flight get to finish.
+/// After sending stops (a --duration run, or a first Ctrl-C), how long messages in flight get
+/// to finish before they are abandoned (and counted deferred).
 const GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -148,7 +149,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (_, d) => d,
     };
     let threads = args.threads.unwrap_or_else(rt::default_threads).max(1);
-    let interrupted = super::interrupt_flag()?;
+    let interrupts = super::interrupts()?;
 
     // The target: given, or our own sink on an ephemeral loopback port.
     let own_sink = match &args.target {
@@ -210,12 +211,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut producer_done_at: Option<Instant> = None;
     while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
-        if interrupted.load(Ordering::Relaxed) {
-            running.abort();
+        // First Ctrl-C: stop sending, let what is in flight finish. Second: stop now.
+        match interrupts.load(Ordering::Relaxed) {
+            0 => {}
+            1 => running.stop_producing(),
+            _ => running.abort(),
         }
         if running.producer_done() {
             let since = *producer_done_at.get_or_insert_with(Instant::now);
-            if duration.is_some() && since.elapsed() > GRACE {
+            let interrupted = interrupts.load(Ordering::Relaxed) > 0;
+            if (duration.is_some() || interrupted) && since.elapsed() > GRACE {
                 running.abort();
             }
         }

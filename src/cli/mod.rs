@@ -6,7 +6,7 @@ mod sink;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -41,10 +41,13 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// A flag set by Ctrl-C (and SIGTERM), so commands can stop cleanly and still report.
-pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = Arc::clone(&flag);
-    ctrlc::set_handler(move || f.store(true, Ordering::Relaxed))?;
-    Ok(flag)
+/// Counts Ctrl-C presses, so commands can stop cleanly (first) or at once (second), and still
+/// report.
+pub fn interrupts() -> anyhow::Result<Arc<AtomicUsize>> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    ctrlc::set_handler(move || {
+        c.fetch_add(1, Ordering::Relaxed);
+    })?;
+    Ok(count)
 }

@@ -108,11 +108,11 @@ impl SinkArgs {
 pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let (threads, driver) = (config.threads, config.driver);
-    let interrupted = super::interrupt_flag()?;
+    let interrupts = super::interrupts()?;
     let handle = sink::start(config).context("starting the sink")?;
     eprintln!("volley sink listening on {} ({threads} threads, {})", handle.local_addr(), driver.name());
     let started = Instant::now();
-    while !handle.stop_requested() && !interrupted.load(Ordering::Relaxed) {
+    while !handle.stop_requested() && interrupts.load(Ordering::Relaxed) == 0 {
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }

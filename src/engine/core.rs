@@ -315,9 +315,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
         core.notify_all();
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Jobs still queued when the run was cut short were never attempted.
-    let unsent = queue.len() as u64
-        + u64::from(held.is_some())
+    // Jobs taken from the queue but never attempted because the run was cut short (what is
+    // left in the queue itself is counted once every thread has stopped).
+    let unsent = u64::from(held.is_some())
         + core.pools.borrow().iter().flatten().map(|p| p.pending_len() as u64).sum::<u64>();
     core.publish();
     core.finished.set(true);

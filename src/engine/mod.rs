@@ -64,6 +64,8 @@ impl EngineConfig {
 #[derive(Debug, Default)]
 pub struct RunState {
     pub producer_done: AtomicBool,
+    /// Stop producing; what was produced is still sent.
+    pub stop_producing: AtomicBool,
     pub abort: AtomicBool,
     pub produced: AtomicU64,
 }
@@ -110,6 +112,7 @@ pub struct Report {
 pub struct Running {
     run: Arc<RunState>,
     progress: Vec<Arc<Progress>>,
+    queues: Vec<Arc<ArrayQueue<Job>>>,
     cores: Vec<JoinHandle<io::Result<Stats>>>,
     producer: Option<JoinHandle<()>>,
     started: Instant,
@@ -144,6 +147,11 @@ impl Running {
         self.run.producer_done.load(Ordering::Acquire)
     }
 
+    /// Ends the run gracefully: no more jobs are produced, those already produced are sent.
+    pub fn stop_producing(&self) {
+        self.run.stop_producing.store(true, Ordering::Relaxed);
+    }
+
     /// Cuts the run short: no more jobs, sessions abandon what they have (counted deferred).
     pub fn abort(&self) {
         self.run.abort.store(true, Ordering::Relaxed);
@@ -158,6 +166,9 @@ impl Running {
             let core_stats = c.join().map_err(|_| io::Error::other("engine thread panicked"))??;
             stats.merge(&core_stats);
         }
+        // Counted only now that nothing can push or pop: a job the producer pushed after its
+        // core had finished is still accounted for.
+        stats.unsent += self.queues.iter().map(|q| q.len() as u64).sum::<u64>();
         Ok(Report {
             stats,
             produced: self.run.produced.load(Ordering::Relaxed),
@@ -195,12 +206,14 @@ pub fn start(
     }
     let router = Router::new(&destinations, threads);
     let producer_run = Arc::clone(&run);
+    let producer_queues = queues.clone();
     let producer = std::thread::Builder::new()
         .name("producer".into())
-        .spawn(move || produce(source, router, queues, producer_run))?;
+        .spawn(move || produce(source, router, producer_queues, producer_run))?;
     Ok(Running {
         run,
         progress,
+        queues,
         cores,
         producer: Some(producer),
         started: Instant::now(),
@@ -247,7 +260,7 @@ fn produce(
 ) {
     let mut idle_spins = 0u32;
     'jobs: loop {
-        if run.abort.load(Ordering::Relaxed) {
+        if run.abort.load(Ordering::Relaxed) || run.stop_producing.load(Ordering::Relaxed) {
             break;
         }
         let job = match source.next(Instant::now()) {
