@@ -76,6 +76,7 @@ fn smuggling_attempts_do_not_end_data() {
     let counters = s.stop().unwrap();
     assert_eq!(counters.messages_accepted, 1);
     assert_eq!(counters.bare_lf, 3);
+    assert_eq!(counters.bare_cr, 2);
 }
 
 #[test]

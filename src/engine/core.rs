@@ -225,10 +225,10 @@ impl Core {
         self.interval.borrow_mut().saturating_record(latency.as_micros().max(1) as u64);
     }
 
-    pub fn dispatched(&self, job: &Job) {
+    pub fn dispatched(&self, job: &Job, now: Instant) {
         self.in_flight.set(self.in_flight.get() + 1);
         if job.attempts == 0 {
-            self.stats.borrow_mut().record(Metric::Queue, job.due.elapsed());
+            self.stats.borrow_mut().record(Metric::Queue, now.saturating_duration_since(job.due));
         }
     }
 

@@ -54,8 +54,9 @@ where
         }
         while client.wants_transaction() {
             let Some(job) = pool.pop_for(conn) else { break };
-            core.dispatched(&job);
-            let meta = Meta::attempt(&job, Instant::now());
+            let now = Instant::now();
+            core.dispatched(&job, now);
+            let meta = Meta::attempt(&job, now);
             if let Err((message, meta)) = client.push(job.message, meta) {
                 // Cannot happen (wants_transaction said yes); never drop a job on the floor.
                 pool.push(super::job::Job {

@@ -20,14 +20,6 @@ impl TransmitBuf {
         TransmitBuf { transmit, iovecs }
     }
 
-    pub fn len(&self) -> usize {
-        self.iovecs.iter().map(|v| v.iov_len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Gives back the transmit and the iovec vector for reuse.
     pub fn into_parts(self) -> (Transmit, Vec<libc::iovec>) {
         (self.transmit, self.iovecs)

@@ -21,6 +21,8 @@ pub struct Counters {
     /// Syntax errors, bad sequences, overlong lines.
     pub protocol_errors: u64,
     pub bare_lf: u64,
+    /// CRs in DATA content not followed by LF (with bare LFs, what smuggling attempts look like).
+    pub bare_cr: u64,
     pub injected_disconnects: u64,
     pub idle_timeouts: u64,
     pub dump_errors: u64,
@@ -40,6 +42,7 @@ impl Default for Counters {
             bytes: 0,
             protocol_errors: 0,
             bare_lf: 0,
+            bare_cr: 0,
             injected_disconnects: 0,
             idle_timeouts: 0,
             dump_errors: 0,
@@ -76,6 +79,7 @@ impl Counters {
         self.bytes += o.bytes;
         self.protocol_errors += o.protocol_errors;
         self.bare_lf += o.bare_lf;
+        self.bare_cr += o.bare_cr;
         self.injected_disconnects += o.injected_disconnects;
         self.idle_timeouts += o.idle_timeouts;
         self.dump_errors += o.dump_errors;
@@ -84,7 +88,7 @@ impl Counters {
         }
     }
 
-    fn scalars(&self) -> [(&'static str, u64); 12] {
+    fn scalars(&self) -> [(&'static str, u64); 13] {
         [
             ("connections", self.connections),
             ("connections_refused", self.connections_refused),
@@ -95,6 +99,7 @@ impl Counters {
             ("bytes", self.bytes),
             ("protocol_errors", self.protocol_errors),
             ("bare_lf", self.bare_lf),
+            ("bare_cr", self.bare_cr),
             ("injected_disconnects", self.injected_disconnects),
             ("idle_timeouts", self.idle_timeouts),
             ("dump_errors", self.dump_errors),

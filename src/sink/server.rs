@@ -32,7 +32,6 @@ pub struct SinkHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<Counters>>>,
-    started: Instant,
 }
 
 impl SinkHandle {
@@ -47,10 +46,6 @@ impl SinkHandle {
 
     pub fn request_stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 
     /// Stops accepting, ends every thread and returns the merged counters.
@@ -100,7 +95,7 @@ pub fn start(config: SinkConfig) -> io::Result<SinkHandle> {
             }
         }
     }
-    Ok(SinkHandle { addr, shared, threads, started: Instant::now() })
+    Ok(SinkHandle { addr, shared, threads })
 }
 
 async fn run_thread(

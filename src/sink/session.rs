@@ -133,9 +133,10 @@ impl Session {
                         continue;
                     };
                     pos += n;
-                    let (size, bare_lf) = (receiver.size(), receiver.bare_lf());
+                    let (size, bare_lf, bare_cr) = (receiver.size(), receiver.bare_lf(), receiver.bare_cr());
                     self.reading = Reading::Commands;
                     core.counters.bare_lf += bare_lf;
+                    core.counters.bare_cr += bare_cr;
                     self.txn.size = size;
                     let action = self.end_of_message(core, out);
                     if action != Action::Continue {

@@ -4,7 +4,7 @@ use memchr::memchr;
 use thiserror::Error;
 
 use crate::proto::address::Address;
-use crate::proto::command::BodyType;
+use crate::proto::command::{BodyType, MailParams};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets, CRLF included.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -41,7 +41,7 @@ pub enum ServerCommand<'a> {
     /// `None` is the null reverse-path.
     Mail {
         from: Option<Address>,
-        params: MailParamsIn,
+        params: MailParams,
     },
     Rcpt {
         to: Address,
@@ -58,14 +58,6 @@ pub enum ServerCommand<'a> {
     Help,
     /// Known commands this server does not offer (STARTTLS, AUTH, EXPN, ...).
     NotImplemented(&'a str),
-}
-
-/// MAIL FROM parameters a sink cares about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MailParamsIn {
-    pub size: Option<u64>,
-    pub body: Option<BodyType>,
-    pub smtputf8: bool,
 }
 
 /// Why a command line was refused; each maps to one reply.
@@ -183,8 +175,8 @@ fn split_path(s: &str) -> Option<(&str, &str)> {
     Some((&rest[..close], &rest[close + 1..]))
 }
 
-fn parse_mail_params(params: &str) -> Result<MailParamsIn, CommandError> {
-    let mut out = MailParamsIn::default();
+fn parse_mail_params(params: &str) -> Result<MailParams, CommandError> {
+    let mut out = MailParams::default();
     for p in params.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
         if key.eq_ignore_ascii_case("SIZE") {
@@ -238,18 +230,18 @@ mod tests {
             ("EHLO", Err(CommandError::BadArguments)),
             (
                 "MAIL FROM:<a@b>",
-                Ok(ServerCommand::Mail { from: Some(a("a@b")), params: MailParamsIn::default() }),
+                Ok(ServerCommand::Mail { from: Some(a("a@b")), params: MailParams::default() }),
             ),
             (
                 "mail from: <a@b>",
-                Ok(ServerCommand::Mail { from: Some(a("a@b")), params: MailParamsIn::default() }),
+                Ok(ServerCommand::Mail { from: Some(a("a@b")), params: MailParams::default() }),
             ),
-            ("MAIL FROM:<>", Ok(ServerCommand::Mail { from: None, params: MailParamsIn::default() })),
+            ("MAIL FROM:<>", Ok(ServerCommand::Mail { from: None, params: MailParams::default() })),
             (
                 "MAIL FROM:<a@b> SIZE=100 BODY=8BITMIME SMTPUTF8",
                 Ok(ServerCommand::Mail {
                     from: Some(a("a@b")),
-                    params: MailParamsIn {
+                    params: MailParams {
                         size: Some(100),
                         body: Some(BodyType::EightBitMime),
                         smtputf8: true,

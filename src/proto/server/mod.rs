@@ -4,7 +4,5 @@
 pub mod command;
 pub mod data;
 
-pub use command::{
-    CommandError, Line, MAX_COMMAND_LINE, MailParamsIn, ServerCommand, next_line, parse_command,
-};
+pub use command::{CommandError, Line, MAX_COMMAND_LINE, ServerCommand, next_line, parse_command};
 pub use data::DataReceiver;
