@@ -341,3 +341,65 @@ fn abort_accounts_for_every_job() {
         s.stop().unwrap();
     }
 }
+
+#[test]
+fn connection_limits_hold_across_cores_for_every_destination() {
+    // Three destinations, limits 1, 2 and 3, on two cores: each sink refuses (421) any
+    // connection beyond the limit, so a single refusal would mean the limit was exceeded.
+    let limits = [1usize, 2, 3];
+    let sinks: Vec<_> = limits
+        .iter()
+        .map(|&limit| {
+            common::sink(|c| {
+                c.threads = 2;
+                c.max_connections = Some(limit);
+            })
+        })
+        .collect();
+    let destinations: Vec<Arc<Destination>> = sinks
+        .iter()
+        .zip(limits)
+        .enumerate()
+        .map(|(index, (s, limit))| {
+            Arc::new(Destination {
+                index,
+                name: format!("d{index}"),
+                addrs: vec![s.local_addr()],
+                max_connections: limit,
+            })
+        })
+        .collect();
+    struct RoundRobin {
+        destinations: Vec<Arc<Destination>>,
+        message: mailvolley::proto::Message,
+        next: u64,
+    }
+    impl engine::JobSource for RoundRobin {
+        fn next(&mut self, now: Instant) -> engine::Next {
+            if self.next == 3000 {
+                return engine::Next::Done;
+            }
+            self.next += 1;
+            engine::Next::Job(engine::Job {
+                id: self.next,
+                destination: Arc::clone(&self.destinations[(self.next % 3) as usize]),
+                message: self.message.clone(),
+                due: now,
+                attempts: 0,
+                last_conn: 0,
+                partial: false,
+            })
+        }
+    }
+    let source = RoundRobin { destinations: destinations.clone(), message: bench::message(1000, 1), next: 0 };
+    let running = engine::start(engine_config(), destinations, Box::new(source)).unwrap();
+    let report = join_within(running, Duration::from_secs(30));
+    accounted(&report, 3000);
+    assert_eq!(report.stats.delivered, 3000, "{:?}", report.stats);
+    for (s, limit) in sinks.into_iter().zip(limits) {
+        let c = s.stop().unwrap();
+        assert_eq!(c.connections_refused, 0, "limit {limit} exceeded: {c:?}");
+        assert_eq!(c.messages_accepted, 1000);
+        assert_eq!(c.connections, limit as u64, "every allowed connection used, no more");
+    }
+}
