@@ -248,6 +248,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let _ = std::io::stdout().flush();
+    if let Some(c) = &sink_counters {
+        // Equal unless the run was cut short while the sink was accepting messages whose replies
+        // the client then abandoned (they count as deferred: the client never saw the 250).
+        if c.messages_accepted != report.stats.delivered {
+            eprintln!(
+                "volley bench: the built-in sink accepted {} messages, {} were confirmed delivered",
+                c.messages_accepted, report.stats.delivered
+            );
+        }
+    }
     if report.stats.delivered == 0 {
         eprintln!("volley bench: nothing was delivered");
         if let Some(e) = &report.stats.last_connect_error {
