@@ -403,3 +403,31 @@ fn connection_limits_hold_across_cores_for_every_destination() {
         assert_eq!(c.connections, limit as u64, "every allowed connection used, no more");
     }
 }
+
+#[test]
+fn messages_over_the_size_limit_bounce_without_being_sent() {
+    let (report, sink) = bench(
+        |c| c.max_size = 500,
+        Run { plan: Plan { messages: Some(40), duration: None, rate: None }, ..Run::default() },
+    );
+    let s = &report.stats;
+    accounted(&report, 40);
+    assert_eq!((s.delivered, s.bounced), (0, 40), "{s:?}");
+    assert_eq!(s.failures.get("refused locally"), Some(&40));
+    assert_eq!(sink.transactions, 0, "nothing was sent");
+}
+
+#[test]
+fn cli_bench_exits_1_when_nothing_is_delivered() {
+    let s = common::sink(|c| {
+        let mut f = Faults::default();
+        f.add_fail("mail=550").unwrap();
+        c.faults = f;
+    });
+    let target = s.local_addr().to_string();
+    let out = volley(&["bench", "--target", &target, "--messages", "50", "--quiet", "--threads", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bounced 50"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was delivered"));
+}
