@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use memchr::memchr;
 
-use super::Core;
 use super::faults::{Stage, Verdict, failure_reply};
+use super::{Core, SinkConfig};
 use crate::proto::Address;
 use crate::proto::server::{DataReceiver, Line, MAX_COMMAND_LINE, ServerCommand, next_line, parse_command};
 
@@ -48,6 +48,14 @@ struct Txn {
     chunked: bool,
     /// The content is kept only when dumping.
     body: Vec<u8>,
+}
+
+impl Txn {
+    /// Content is kept only to dump it, and only while it may still be accepted: past the SIZE
+    /// limit the message will get 552, so a hostile client cannot make the sink buffer gigabytes.
+    fn keeps_content(&self, config: &SinkConfig) -> bool {
+        config.dump.is_some() && self.body.len() as u64 <= config.max_size
+    }
 }
 
 pub struct Session {
@@ -126,7 +134,7 @@ impl Session {
                     None => pos += rest.len(),
                 },
                 Reading::Data(receiver) => {
-                    let keep = core.config.dump.is_some().then_some(&mut self.txn.body);
+                    let keep = self.txn.keeps_content(&core.config).then_some(&mut self.txn.body);
                     let end = receiver.feed(rest, keep);
                     let Some(n) = end else {
                         pos += rest.len();
@@ -148,7 +156,7 @@ impl Session {
                     *remaining -= take as u64;
                     let (done, last) = (*remaining == 0, *last);
                     let valid = self.txn.sender.is_some() && !self.txn.recipients.is_empty();
-                    if valid && core.config.dump.is_some() {
+                    if valid && self.txn.keeps_content(&core.config) {
                         self.txn.body.extend_from_slice(&rest[..take]);
                     }
                     self.txn.size += take as u64;

@@ -62,3 +62,31 @@ fn same_replies_whatever_the_read_boundaries() {
         vec!["220", "250", "250", "250", "354", "250", "250", "250", "250", "250", "250", "221"]
     );
 }
+
+#[test]
+fn dumping_sink_does_not_buffer_content_past_the_size_limit() {
+    let config = SinkConfig { dump: Some(std::env::temp_dir()), max_size: 10_000, ..SinkConfig::default() };
+    let mut core = Core::new(Arc::new(config), Arc::new(Shared::default()), 0);
+    for (open, chunked) in [(&b"DATA\r\n"[..], false), (&b"BDAT 4000000 LAST\r\n"[..], true)] {
+        let mut s = Session::new(1);
+        let mut out = Vec::new();
+        s.greet(&mut core, 1, &mut out);
+        s.process(&mut core, b"EHLO t\r\nMAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\n", &mut out);
+        s.process(&mut core, open, &mut out);
+        let line = [b'x'; 4094];
+        let mut chunk = line.to_vec();
+        chunk.extend_from_slice(b"\r\n");
+        for _ in 0..1000 {
+            let (n, _) = s.process(&mut core, &chunk, &mut out);
+            assert_eq!(n, chunk.len());
+            assert!(s.txn.body.len() <= 10_000 + chunk.len(), "chunked {chunked}: {}", s.txn.body.len());
+        }
+        if !chunked {
+            s.process(&mut core, b".\r\n", &mut out);
+            assert!(
+                String::from_utf8_lossy(&out)
+                    .ends_with("552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+            );
+        }
+    }
+}
