@@ -431,3 +431,27 @@ fn cli_bench_exits_1_when_nothing_is_delivered() {
     assert!(stdout.contains("bounced 50"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was delivered"));
 }
+
+#[test]
+fn a_server_refusing_every_session_does_not_hang_the_run_regression() {
+    // Jobs are handed to a session only once it is ready; a server refusing every greeting
+    // used to leave them pending while the slot reconnected forever.
+    for stage in ["greeting=554", "ehlo=421"] {
+        let (report, sink) = bench(
+            |c| {
+                let mut f = Faults::default();
+                f.add_fail(stage).unwrap();
+                c.faults = f;
+            },
+            Run {
+                plan: Plan { messages: Some(30), duration: None, rate: None },
+                configure: |c| c.retries = 2,
+                ..Run::default()
+            },
+        );
+        let s = &report.stats;
+        accounted(&report, 30);
+        assert_eq!((s.delivered, s.deferred), (0, 30), "{stage}: {s:?}");
+        assert_eq!(sink.transactions, 0);
+    }
+}

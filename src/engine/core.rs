@@ -367,7 +367,15 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> bool {
                     stats.record(Metric::Connect, started.elapsed());
                 }
                 let conn = core.next_conn();
-                return session::run(&mut stream, core, pool, conn).await;
+                return match session::run(&mut stream, core, pool, conn).await {
+                    session::End::Served { delivered } => delivered,
+                    // A server that refuses every session would otherwise keep the jobs waiting
+                    // forever: charge each an attempt, as for a failed connect.
+                    session::End::Refused(error) => {
+                        core.fail_pending(pool, &error);
+                        false
+                    }
+                };
             }
             Ok(Err(e)) => last_error = Some(format!("{addr}: {e}")),
             Err(_) => {

@@ -8,7 +8,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
 use super::core::{Core, Meta, Pool};
 use super::stats::Metric;
-use crate::proto::client::{Client, Event};
+use crate::proto::client::{Client, Event, SessionError};
 use crate::rt::{ReadOutcome, TransmitBuf};
 
 /// Longest an idle session waits before looking at the run's state again.
@@ -18,8 +18,16 @@ const READ_SPARE: usize = 16 * 1024;
 /// How long replies are collected after a failed write.
 const SALVAGE: Duration = Duration::from_millis(100);
 
-/// Runs a session until it closes. Returns whether it delivered anything.
-pub async fn run<S>(stream: &mut S, core: &Rc<Core>, pool: &Rc<Pool>, conn: u64) -> bool
+/// How a session ended, as far as its slot cares.
+pub enum End {
+    /// It got as far as taking transactions; `delivered` says whether any was accepted.
+    Served { delivered: bool },
+    /// It failed before it could take any (greeting or EHLO refused, closed, timed out).
+    Refused(SessionError),
+}
+
+/// Runs a session until it closes.
+pub async fn run<S>(stream: &mut S, core: &Rc<Core>, pool: &Rc<Pool>, conn: u64) -> End
 where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
@@ -28,10 +36,12 @@ where
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut iovecs = Vec::new();
     let mut delivered_any = false;
+    let mut ready = false;
     loop {
         while let Some(event) = client.poll_event() {
             match event {
                 Event::Ready(h) => {
+                    ready = true;
                     let mut stats = core.stats.borrow_mut();
                     stats.record(Metric::Greeting, h.greeting);
                     stats.record(Metric::Ehlo, h.ehlo);
@@ -41,10 +51,13 @@ where
                     core.complete(pool, done, conn);
                 }
                 Event::Closed(reason) => {
-                    if let Some(e) = reason {
+                    if let Some(e) = &reason {
                         *core.stats.borrow_mut().session_errors.entry(e.kind()).or_default() += 1;
                     }
-                    return delivered_any;
+                    return match reason {
+                        Some(e) if !ready => End::Refused(e),
+                        _ => End::Served { delivered: delivered_any },
+                    };
                 }
             }
         }
