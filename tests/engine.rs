@@ -455,3 +455,45 @@ fn a_server_refusing_every_session_does_not_hang_the_run_regression() {
         assert_eq!(sink.transactions, 0);
     }
 }
+
+#[test]
+fn a_server_that_hangs_up_right_after_ehlo_does_not_hang_the_run() {
+    // A scripted misbehaving server: greets, answers EHLO and, in the same packet, says 421.
+    // Sessions become ready and fail before carrying a transaction.
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server_stop = Arc::clone(&stop);
+    let server = std::thread::spawn(move || {
+        let mut sessions = 0;
+        while !server_stop.load(std::sync::atomic::Ordering::Relaxed) && sessions < 1000 {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            sessions += 1;
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = conn.write_all(b"220 flaky ESMTP\r\n");
+            let mut buf = [0u8; 512];
+            if matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+                let _ = conn.write_all(b"250 flaky\r\n421 4.3.2 going away\r\n");
+            }
+        }
+        sessions
+    });
+    let run = Run {
+        plan: Plan { messages: Some(20), duration: None, rate: None },
+        configure: |c| c.retries = 2,
+        ..Run::default()
+    };
+    let report = bench_against(addr, &run);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sessions = server.join().unwrap();
+    let s = &report.stats;
+    accounted(&report, 20);
+    assert_eq!((s.delivered, s.deferred), (0, 20), "{s:?}");
+    assert!(sessions >= 3, "each attempt was a session: {sessions}");
+}

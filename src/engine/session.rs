@@ -20,9 +20,10 @@ const SALVAGE: Duration = Duration::from_millis(100);
 
 /// How a session ended, as far as its slot cares.
 pub enum End {
-    /// It got as far as taking transactions; `delivered` says whether any was accepted.
+    /// It ended cleanly, or after carrying transactions (whose outcomes are already counted);
+    /// `delivered` says whether any was accepted.
     Served { delivered: bool },
-    /// It failed before it could take any (greeting or EHLO refused, closed, timed out).
+    /// It failed before carrying any transaction (greeting or EHLO refused, closed, timed out).
     Refused(SessionError),
 }
 
@@ -36,12 +37,11 @@ where
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut iovecs = Vec::new();
     let mut delivered_any = false;
-    let mut ready = false;
+    let mut carried = false;
     loop {
         while let Some(event) = client.poll_event() {
             match event {
                 Event::Ready(h) => {
-                    ready = true;
                     let mut stats = core.stats.borrow_mut();
                     stats.record(Metric::Greeting, h.greeting);
                     stats.record(Metric::Ehlo, h.ehlo);
@@ -55,7 +55,7 @@ where
                         *core.stats.borrow_mut().session_errors.entry(e.kind()).or_default() += 1;
                     }
                     return match reason {
-                        Some(e) if !ready => End::Refused(e),
+                        Some(e) if !carried => End::Refused(e),
                         _ => End::Served { delivered: delivered_any },
                     };
                 }
@@ -70,7 +70,9 @@ where
             let now = Instant::now();
             core.dispatched(&job, now);
             let meta = Meta::attempt(&job, now);
-            if let Err((message, meta)) = client.push(job.message, meta) {
+            let pushed = client.push(job.message, meta);
+            carried |= pushed.is_ok();
+            if let Err((message, meta)) = pushed {
                 // Cannot happen (wants_transaction said yes); never drop a job on the floor.
                 pool.push(super::job::Job {
                     id: meta.id,
