@@ -166,7 +166,8 @@ impl Core {
         if let Some(p) = &pools[i] {
             return Rc::clone(p);
         }
-        let limit = Core::share(destination.max_connections, self.config.threads, self.index, i);
+        // At least one connection, as the router assumes when it picks cores.
+        let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
         let pool = Rc::new(Pool::new(Arc::clone(destination)));
         for _ in 0..limit {
             monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
