@@ -226,10 +226,11 @@ impl Core {
         self.interval.borrow_mut().saturating_record(latency.as_micros().max(1) as u64);
     }
 
-    pub fn dispatched(&self, job: &Job, now: Instant) {
+    /// A job was handed to a session at `now`.
+    pub fn dispatched(&self, due: Instant, first_attempt: bool, now: Instant) {
         self.in_flight.set(self.in_flight.get() + 1);
-        if job.attempts == 0 {
-            self.stats.borrow_mut().record(Metric::Queue, now.saturating_duration_since(job.due));
+        if first_attempt {
+            self.stats.borrow_mut().record(Metric::Queue, now.saturating_duration_since(due));
         }
     }
 

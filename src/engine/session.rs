@@ -68,10 +68,15 @@ where
         while client.wants_transaction() {
             let Some(job) = pool.pop_for(conn) else { break };
             let now = Instant::now();
-            core.dispatched(&job, now);
+            let (due, first_attempt) = (job.due, job.attempts == 0);
             let meta = Meta::attempt(&job, now);
             let pushed = client.push(job.message, meta);
-            carried |= pushed.is_ok();
+            if pushed.is_ok() {
+                // Counted only once the session holds it, so in-flight never counts a job
+                // that is back in the pool.
+                carried = true;
+                core.dispatched(due, first_attempt, now);
+            }
             if let Err((message, meta)) = pushed {
                 // Cannot happen (wants_transaction said yes); never drop a job on the floor.
                 pool.push(super::job::Job {
