@@ -255,7 +255,7 @@ mod tests {
     use super::*;
 
     fn dest() -> Arc<Destination> {
-        Arc::new(Destination { index: 0, name: "t".into(), addrs: vec![], max_connections: 1 })
+        Arc::new(Destination::new(0, "t", vec![], 1))
     }
 
     #[test]

@@ -44,12 +44,7 @@ fn engine_config() -> EngineConfig {
 fn bench_against(addr: SocketAddr, run: &Run) -> Report {
     let mut config = engine_config();
     (run.configure)(&mut config);
-    let destination = Arc::new(Destination {
-        index: 0,
-        name: "sink".into(),
-        addrs: vec![addr],
-        max_connections: run.connections,
-    });
+    let destination = Arc::new(Destination::new(0, "sink", vec![addr], run.connections));
     let source = BenchSource::new(run.plan, Arc::clone(&destination), bench::message(1000, run.recipients));
     let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -281,8 +276,7 @@ fn cli_bench_writes_hgrm() {
 
 /// Starts an endless closed-loop run against a sink that holds each message `delay`.
 fn endless_run(addr: SocketAddr) -> engine::Running {
-    let destination =
-        Arc::new(Destination { index: 0, name: "sink".into(), addrs: vec![addr], max_connections: 4 });
+    let destination = Arc::new(Destination::new(0, "sink", vec![addr], 4));
     let plan = Plan { messages: None, duration: Some(Duration::from_secs(60)), rate: None };
     let source = BenchSource::new(plan, Arc::clone(&destination), bench::message(1000, 1));
     let mut config = engine_config();
@@ -361,12 +355,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
         .zip(limits)
         .enumerate()
         .map(|(index, (s, limit))| {
-            Arc::new(Destination {
-                index,
-                name: format!("d{index}"),
-                addrs: vec![s.local_addr()],
-                max_connections: limit,
-            })
+            Arc::new(Destination::new(index, format!("d{index}"), vec![s.local_addr()], limit))
         })
         .collect();
     struct RoundRobin {

@@ -184,12 +184,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     config.connect_timeout = args.timeouts.connect_timeout;
     config.retries = args.retries;
 
-    let destination = Arc::new(Destination {
-        index: 0,
-        name: target_name.clone(),
-        addrs,
-        max_connections: args.connections,
-    });
+    let destination = Arc::new(Destination::new(0, target_name.clone(), addrs, args.connections));
     let plan = Plan { messages: args.messages, duration, rate: args.rate };
     let message = bench::message(args.size, args.recipients);
     let source = BenchSource::new(plan, Arc::clone(&destination), message);

@@ -62,11 +62,45 @@ pub struct Pool {
     pub signal: Signal,
     /// Connections open (or being opened) by this core's slots.
     open: Cell<usize>,
+    /// This core's share of the destination's connection limit (its number of slots).
+    share: usize,
+    /// Connections this core may open now: the share, lowered when the server refuses a
+    /// connection while others are open, raised by one per probe interval since.
+    target: Cell<usize>,
+    target_changed: Cell<Instant>,
 }
 
 impl Pool {
-    fn new(destination: Arc<Destination>) -> Self {
-        Pool { destination, pending: RefCell::default(), signal: Signal::default(), open: Cell::new(0) }
+    fn new(destination: Arc<Destination>, share: usize) -> Self {
+        Pool {
+            destination,
+            pending: RefCell::default(),
+            signal: Signal::default(),
+            open: Cell::new(0),
+            share,
+            target: Cell::new(share),
+            target_changed: Cell::new(Instant::now()),
+        }
+    }
+
+    /// The connection target now: probes one higher every `probe` since the last change.
+    fn target(&self, now: Instant, probe: Duration) -> usize {
+        let target = self.target.get();
+        if target < self.share && now.saturating_duration_since(self.target_changed.get()) >= probe {
+            self.target.set(target + 1);
+            self.target_changed.set(now);
+        }
+        self.target.get()
+    }
+
+    /// The server refused a connection while `others` of this core's were open: it allows no
+    /// more than that (at least one is kept trying).
+    fn capped(&self, others: usize, now: Instant) {
+        let target = others.max(1);
+        if target < self.target.get() {
+            self.target.set(target);
+        }
+        self.target_changed.set(now);
     }
 
     pub fn has_pending(&self) -> bool {
@@ -168,7 +202,7 @@ impl Core {
         }
         // At least one connection, as the router assumes when it picks cores.
         let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
-        let pool = Rc::new(Pool::new(Arc::clone(destination)));
+        let pool = Rc::new(Pool::new(Arc::clone(destination), limit));
         for _ in 0..limit {
             monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
         }
@@ -179,7 +213,9 @@ impl Core {
     /// A message finished an attempt: count it, or queue what should be retried.
     pub fn complete(&self, pool: &Pool, done: Completed<Meta>, conn: u64) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
-        let now = Instant::now();
+        // When the outcome was decided: it may be reported later, once the session is proven
+        // in step.
+        let now = done.at;
         let attempts = done.user.attempts + 1;
         let can_retry = attempts <= self.config.retries && !self.aborting();
         let recipients = done.message.envelope.recipients.len();
@@ -192,6 +228,8 @@ impl Core {
                     Disposition::Delivered => stats.recipients.delivered += 1,
                     Disposition::Deferred => stats.recipients.deferred += 1,
                     Disposition::Bounced => stats.recipients.bounced += 1,
+                    // Never retried: the server may have the message already.
+                    Disposition::Uncertain => stats.recipients.uncertain += 1,
                 }
             }
         }
@@ -226,6 +264,16 @@ impl Core {
         self.interval.borrow_mut().saturating_record(latency.as_micros().max(1) as u64);
     }
 
+    /// Records the reply latencies a session's client measured.
+    pub fn record_latencies<T>(&self, client: &mut crate::proto::Client<T>) {
+        let mut stats = self.stats.borrow_mut();
+        for (command, latency) in client.take_latencies() {
+            if let Some(metric) = Metric::for_reply_to(command) {
+                stats.record(metric, latency);
+            }
+        }
+    }
+
     /// A job was handed to a session at `now`.
     pub fn dispatched(&self, due: Instant, first_attempt: bool, now: Instant) {
         self.in_flight.set(self.in_flight.get() + 1);
@@ -244,6 +292,7 @@ impl Core {
                 message: job.message,
                 result: crate::proto::client::TxnResult::Aborted(error.clone()),
                 rejected: Vec::new(),
+                at: Instant::now(),
             };
             self.complete(pool, done, 0);
         }
@@ -257,6 +306,8 @@ impl Core {
         p.bounced.store(stats.bounced, Ordering::Relaxed);
         p.in_flight.store(self.in_flight.get(), Ordering::Relaxed);
         p.connect_failures.store(stats.connect_failures, Ordering::Relaxed);
+        p.session_errors.store(stats.session_errors.values().sum(), Ordering::Relaxed);
+        p.uncertain.store(stats.uncertain, Ordering::Relaxed);
         let mut interval = self.interval.borrow_mut();
         let p99 = if interval.is_empty() { 0 } else { interval.value_at_quantile(0.99) };
         p.p99_micros.store(p99, Ordering::Relaxed);
@@ -328,34 +379,76 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     stats
 }
 
-/// One connection's worth of a pool: connects when there is work, runs a session, reconnects
-/// with backoff after failures, and ends when the core drains.
+/// One connection's worth of a pool: connects when there is work and the pool's connection
+/// target allows, runs a session, and after one that carried no transaction reconnects with
+/// backoff. Ends when the core drains.
 async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
-    let mut backoff = Backoff::new(core.config.reconnect_backoff);
+    let config = &core.config;
+    let mut backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
     loop {
-        while !pool.has_pending() {
+        while !pool.has_pending() || pool.open.get() >= pool.target(Instant::now(), config.probe_interval) {
             if core.draining.get() || core.aborting() {
                 return;
             }
-            pool.signal.wait().await;
+            if pool.has_pending() {
+                // Over the target: look again when a probe may be due.
+                monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
+            } else {
+                pool.signal.wait().await;
+            }
         }
         if core.aborting() {
             return;
         }
         pool.open.set(pool.open.get() + 1);
-        let ok = connect_and_run(&core, &pool).await;
+        let attempt = connect_and_run(&core, &pool).await;
         pool.open.set(pool.open.get() - 1);
-        if ok {
+        if attempt.answered {
+            pool.destination.health.succeeded();
+        }
+        if attempt.carried {
             backoff.reset();
-        } else {
-            let wait = backoff.next();
-            monoio::time::sleep(wait).await;
+            continue;
+        }
+        if let Some(error) = attempt.failure.filter(|_| pool.has_pending()) {
+            core.session_failed_early(&pool, &error);
+        }
+        monoio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// What a connection attempt came to.
+struct Attempt {
+    /// The session took at least one job.
+    carried: bool,
+    /// A transaction got a final reply (the destination works).
+    answered: bool,
+    /// Why it ended without carrying anything, if it did.
+    failure: Option<SessionError>,
+}
+
+impl Core {
+    /// A connection or session failed before carrying a transaction while jobs were waiting.
+    /// While other sessions to the destination are open this is the server capping
+    /// connections: lower the target, charge nobody. Otherwise jobs are charged an attempt only
+    /// once the destination as a whole has been failing for `failing_after`.
+    fn session_failed_early(&self, pool: &Pool, error: &SessionError) {
+        let now = Instant::now();
+        let established = pool.destination.health.established();
+        if established > 0 {
+            pool.capped(pool.open.get(), now);
+            let mut stats = self.stats.borrow_mut();
+            stats.cap_refusals += 1;
+            stats.connection_cap = stats.connection_cap.max(established as u64);
+            return;
+        }
+        if pool.destination.health.failed(now) >= self.config.failing_after {
+            self.fail_pending(pool, error);
         }
     }
 }
 
-/// Returns whether the session delivered anything (a reason to reset the backoff).
-async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> bool {
+async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
     let started = Instant::now();
     let mut last_error = None;
     for &addr in &pool.destination.addrs {
@@ -369,15 +462,13 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> bool {
                     stats.record(Metric::Connect, started.elapsed());
                 }
                 let conn = core.next_conn();
-                return match session::run(&mut stream, core, pool, conn).await {
-                    session::End::Served { delivered } => delivered,
-                    // A server that refuses every session would otherwise keep the jobs waiting
-                    // forever: charge each an attempt, as for a failed connect.
-                    session::End::Refused(error) => {
-                        core.fail_pending(pool, &error);
-                        false
-                    }
-                };
+                let end = session::run(&mut stream, core, pool, conn).await;
+                let failure = (!end.carried).then(|| {
+                    // A server closing before we could hand it anything (a 421 right after
+                    // EHLO) has not served us either.
+                    end.error.unwrap_or(SessionError::Closed { command: None })
+                });
+                return Attempt { carried: end.carried, answered: end.answered, failure };
             }
             Ok(Err(e)) => last_error = Some(format!("{addr}: {e}")),
             Err(_) => {
@@ -393,26 +484,24 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> bool {
         *stats.session_errors.entry(error.kind()).or_default() += 1;
         stats.last_connect_error = Some(error.to_string());
     }
-    core.fail_pending(pool, &error);
-    false
+    Attempt { carried: false, answered: false, failure: Some(error) }
 }
 
-/// Exponential backoff between failed connection attempts, with an upper bound.
+/// Exponential backoff between connection attempts that carried nothing, with an upper bound.
 struct Backoff {
     base: Duration,
+    max: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new(base: Duration) -> Self {
-        Backoff { base, current: base }
+    fn new(base: Duration, max: Duration) -> Self {
+        Backoff { base, max: max.max(base), current: base }
     }
 
     fn next(&mut self) -> Duration {
         let d = self.current;
-        self.current = (self.current * 2).min(Self::MAX);
+        self.current = (self.current * 2).min(self.max);
         d
     }
 
@@ -444,10 +533,32 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_a_bound() {
-        let mut b = Backoff::new(Duration::from_millis(100));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let seq: Vec<_> = (0..8).map(|_| b.next().as_millis()).collect();
         assert_eq!(seq, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn connection_target_drops_to_what_the_server_allowed_and_probes_back_up() {
+        let d = Arc::new(Destination::new(0, "d", vec![], 10));
+        let pool = Pool::new(d, 5);
+        let t0 = Instant::now();
+        let probe = Duration::from_secs(5);
+        assert_eq!(pool.target(t0, probe), 5);
+        pool.capped(2, t0);
+        assert_eq!(pool.target(t0 + Duration::from_secs(1), probe), 2);
+        pool.capped(3, t0 + Duration::from_secs(1));
+        assert_eq!(pool.target(t0 + Duration::from_secs(2), probe), 2, "never raised by a refusal");
+        assert_eq!(pool.target(t0 + Duration::from_secs(6), probe), 3, "one more after a quiet interval");
+        assert_eq!(pool.target(t0 + Duration::from_secs(7), probe), 3);
+        pool.capped(0, t0 + Duration::from_secs(8));
+        assert_eq!(pool.target(t0 + Duration::from_secs(8), probe), 1, "at least one keeps trying");
+        let later = t0 + Duration::from_secs(100);
+        for _ in 0..10 {
+            pool.target(later, probe);
+        }
+        assert!(pool.target(later + Duration::from_secs(50), probe) <= 5, "never above the share");
     }
 }

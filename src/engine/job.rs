@@ -1,8 +1,9 @@
 //! What flows into the engine: jobs (a message for a destination) from a job source.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::proto::Message;
 
@@ -16,6 +17,82 @@ pub struct Destination {
     pub addrs: Vec<SocketAddr>,
     /// Connections open at once to this destination, across all cores.
     pub max_connections: usize,
+    /// How this destination's sessions are going, across cores (written per session, never per
+    /// message).
+    pub health: Health,
+}
+
+impl Destination {
+    pub fn new(
+        index: usize,
+        name: impl Into<String>,
+        addrs: Vec<SocketAddr>,
+        max_connections: usize,
+    ) -> Self {
+        Destination { index, name: name.into(), addrs, max_connections, health: Health::new() }
+    }
+}
+
+/// Shared session state of one destination: what the "destination as a whole is failing" rule
+/// and the connection-cap detection need to know about other cores' sessions.
+#[derive(Debug)]
+pub struct Health {
+    /// Sessions past EHLO, on every core.
+    established: AtomicUsize,
+    /// When sessions started failing with none succeeding since (nanoseconds after `EPOCH`,
+    /// plus one so that zero means "not failing").
+    failing_since: AtomicU64,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        // Fix the epoch before any instant this destination will see.
+        EPOCH.get_or_init(Instant::now);
+        Health { established: AtomicUsize::new(0), failing_since: AtomicU64::new(0) }
+    }
+
+    pub fn established(&self) -> usize {
+        self.established.load(Ordering::Relaxed)
+    }
+
+    pub fn session_ready(&self) {
+        self.established.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_ended(&self) {
+        self.established.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A transaction got a final reply: the destination works.
+    pub fn succeeded(&self) {
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// A connection or session failed before carrying a transaction. Returns how long sessions
+    /// have been failing with none succeeding.
+    pub fn failed(&self, now: Instant) -> Duration {
+        let stamp = nanos_since_epoch(now) + 1;
+        let since = match self.failing_since.compare_exchange(0, stamp, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => stamp,
+            Err(earlier) => earlier,
+        };
+        Duration::from_nanos(stamp.saturating_sub(since))
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new()
+    }
+}
+
+/// The reference point for instants stored in atomics.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn nanos_since_epoch(now: Instant) -> u64 {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 /// One message to deliver, with its bookkeeping.
@@ -48,4 +125,20 @@ pub enum Next {
 /// A producer of jobs: `bench` generates them, `send` will read them from input.
 pub trait JobSource: Send {
     fn next(&mut self, now: Instant) -> Next;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_counts_from_the_first_failure_since_a_success() {
+        let h = Health::new();
+        let t0 = Instant::now();
+        assert_eq!(h.failed(t0), Duration::ZERO);
+        assert_eq!(h.failed(t0 + Duration::from_secs(3)), Duration::from_secs(3));
+        h.succeeded();
+        assert_eq!(h.failed(t0 + Duration::from_secs(5)), Duration::ZERO, "a success resets it");
+        assert_eq!(h.failed(t0 + Duration::from_secs(6)), Duration::from_secs(1));
+    }
 }

@@ -39,8 +39,18 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Jobs a core takes from its queue into one destination's pool ahead of sending.
     pub pool_backlog: usize,
-    /// First wait before reconnecting after a failed connection; doubles up to 5 s.
+    /// First wait before reconnecting after a session that carried no transaction; doubles up
+    /// to `reconnect_backoff_max`, and starts over after a session that carried one.
     pub reconnect_backoff: Duration,
+    pub reconnect_backoff_max: Duration,
+    /// A destination is failing once its sessions have failed for this long with none getting
+    /// a final reply to a transaction. Only then does a failed connection or session charge an
+    /// attempt to every job waiting for the destination; until then only a job's own
+    /// transactions do.
+    pub failing_after: Duration,
+    /// After the server refused a connection while others were open, how long a core waits
+    /// before trying one more (additive increase; the decrease is to what the server allowed).
+    pub probe_interval: Duration,
 }
 
 impl EngineConfig {
@@ -56,6 +66,9 @@ impl EngineConfig {
             queue_capacity: 2048,
             pool_backlog: 512,
             reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            failing_after: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -80,6 +93,8 @@ pub struct Progress {
     pub bounced: AtomicU64,
     pub in_flight: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub session_errors: AtomicU64,
+    pub uncertain: AtomicU64,
     /// p99 message latency over the core's last publication interval.
     pub p99_micros: AtomicU64,
 }
@@ -94,6 +109,8 @@ pub struct Snapshot {
     pub bounced: u64,
     pub in_flight: u64,
     pub connect_failures: u64,
+    pub session_errors: u64,
+    pub uncertain: u64,
     /// The highest of the cores' recent p99s.
     pub p99_micros: u64,
 }
@@ -133,6 +150,8 @@ impl Running {
             s.bounced += p.bounced.load(Ordering::Relaxed);
             s.in_flight += p.in_flight.load(Ordering::Relaxed);
             s.connect_failures += p.connect_failures.load(Ordering::Relaxed);
+            s.session_errors += p.session_errors.load(Ordering::Relaxed);
+            s.uncertain += p.uncertain.load(Ordering::Relaxed);
             s.p99_micros = s.p99_micros.max(p.p99_micros.load(Ordering::Relaxed));
         }
         s
@@ -310,7 +329,7 @@ mod tests {
     use super::*;
 
     fn dest(index: usize, max_connections: usize) -> Arc<Destination> {
-        Arc::new(Destination { index, name: format!("d{index}"), addrs: vec![], max_connections })
+        Arc::new(Destination::new(index, format!("d{index}"), vec![], max_connections))
     }
 
     #[test]

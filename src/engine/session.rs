@@ -8,7 +8,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
 use super::core::{Core, Meta, Pool};
 use super::stats::Metric;
-use crate::proto::client::{Client, Event, SessionError};
+use crate::proto::client::{Client, Event, SessionError, TxnResult};
 use crate::rt::{ReadOutcome, TransmitBuf};
 
 /// Longest an idle session waits before looking at the run's state again.
@@ -19,12 +19,12 @@ const READ_SPARE: usize = 16 * 1024;
 const SALVAGE: Duration = Duration::from_millis(100);
 
 /// How a session ended, as far as its slot cares.
-pub enum End {
-    /// It ended cleanly, or after carrying transactions (whose outcomes are already counted);
-    /// `delivered` says whether any was accepted.
-    Served { delivered: bool },
-    /// It failed before carrying any transaction (greeting or EHLO refused, closed, timed out).
-    Refused(SessionError),
+pub struct End {
+    /// It took at least one job (whose outcome is already counted).
+    pub carried: bool,
+    /// A transaction got a final reply, accepted or refused: the destination works.
+    pub answered: bool,
+    pub error: Option<SessionError>,
 }
 
 /// Runs a session until it closes.
@@ -36,28 +36,37 @@ where
     let watch = core.watchdog.watch();
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut iovecs = Vec::new();
-    let mut delivered_any = false;
+    let mut answered = false;
     let mut carried = false;
+    let mut ready = false;
     loop {
         while let Some(event) = client.poll_event() {
             match event {
                 Event::Ready(h) => {
+                    ready = true;
+                    pool.destination.health.session_ready();
                     let mut stats = core.stats.borrow_mut();
                     stats.record(Metric::Greeting, h.greeting);
                     stats.record(Metric::Ehlo, h.ehlo);
+                    if client.capabilities().is_some_and(|c| c.starttls) {
+                        stats.starttls_offered += 1;
+                    }
                 }
                 Event::Done(done) => {
-                    delivered_any |= matches!(done.result, crate::proto::TxnResult::Accepted(_));
+                    answered |= matches!(
+                        done.result,
+                        TxnResult::Accepted(_) | TxnResult::Rejected { .. } | TxnResult::NoValidRecipients
+                    );
                     core.complete(pool, done, conn);
                 }
-                Event::Closed(reason) => {
-                    if let Some(e) = &reason {
-                        *core.stats.borrow_mut().session_errors.entry(e.kind()).or_default() += 1;
+                Event::Closed(error) => {
+                    if ready {
+                        pool.destination.health.session_ended();
                     }
-                    return match reason {
-                        Some(e) if !carried => End::Refused(e),
-                        _ => End::Served { delivered: delivered_any },
-                    };
+                    if let Some(e) = &error {
+                        core.stats.borrow_mut().session_failed(e);
+                    }
+                    return End { carried, answered, error };
                 }
             }
         }
@@ -136,6 +145,7 @@ where
             Ok(ReadOutcome::Data(_)) => {
                 let used = client.handle_input(now, &rbuf);
                 rbuf.drain(..used);
+                core.record_latencies(&mut client);
             }
             Ok(ReadOutcome::Deadline) => client.handle_timeout(now),
             Ok(ReadOutcome::Eof) => client.handle_eof(),

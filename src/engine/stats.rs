@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::proto::Command;
 use crate::proto::client::{Completed, Disposition, TxnResult};
 
 /// Highest latency recorded exactly: one hour, in microseconds. Longer values saturate.
@@ -20,6 +21,14 @@ pub enum Metric {
     Greeting,
     /// EHLO (or HELO) sent to its reply.
     Ehlo,
+    /// MAIL FROM sent to its reply.
+    Mail,
+    /// Each RCPT TO sent to its reply.
+    Rcpt,
+    /// DATA sent to its reply (354).
+    Data,
+    /// End of data (the dot, or BDAT LAST with the content) sent to the final reply.
+    EndOfData,
     /// Job due (created, or scheduled in open loop) to its final reply: what a user waits.
     Message,
     /// Job due to handed to a session.
@@ -28,14 +37,31 @@ pub enum Metric {
     Transaction,
 }
 
-pub const METRICS: [(Metric, &str); 6] = [
+pub const METRICS: [(Metric, &str); 10] = [
     (Metric::Connect, "connect"),
     (Metric::Greeting, "greeting"),
     (Metric::Ehlo, "ehlo"),
-    (Metric::Message, "message"),
-    (Metric::Queue, "queue"),
+    (Metric::Mail, "mail"),
+    (Metric::Rcpt, "rcpt"),
+    (Metric::Data, "data"),
+    (Metric::EndOfData, "end-of-data"),
     (Metric::Transaction, "transaction"),
+    (Metric::Queue, "queue"),
+    (Metric::Message, "message"),
 ];
+
+impl Metric {
+    /// The histogram for a reply to `command`, if it has one.
+    pub fn for_reply_to(command: Command) -> Option<Metric> {
+        match command {
+            Command::MailFrom => Some(Metric::Mail),
+            Command::RcptTo => Some(Metric::Rcpt),
+            Command::Data => Some(Metric::Data),
+            Command::EndOfData | Command::Bdat => Some(Metric::EndOfData),
+            _ => None,
+        }
+    }
+}
 
 /// Final states of recipients (a message may be delivered to some and not others).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +69,7 @@ pub struct RecipientTotals {
     pub delivered: u64,
     pub deferred: u64,
     pub bounced: u64,
+    pub uncertain: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +78,8 @@ pub struct Stats {
     pub delivered: u64,
     pub deferred: u64,
     pub bounced: u64,
+    /// Messages whose outcome came from a session proven out of step (never retried).
+    pub uncertain: u64,
     /// Jobs never attempted because the run was cut short.
     pub unsent: u64,
     pub recipients: RecipientTotals,
@@ -60,12 +89,21 @@ pub struct Stats {
     pub bytes: u64,
     pub connections: u64,
     pub connect_failures: u64,
+    /// Connections or sessions refused while others to the same destination were open, and the
+    /// most sessions that were open at such a refusal: the server's connection cap.
+    pub cap_refusals: u64,
+    pub connection_cap: u64,
     /// Final reply codes of finished messages.
     pub codes: BTreeMap<u16, u64>,
     /// Messages finished without a reply, by failure kind.
     pub failures: BTreeMap<&'static str, u64>,
     /// Sessions that ended with an error, by kind.
     pub session_errors: BTreeMap<&'static str, u64>,
+    /// Sessions proven out of step with the server (a protocol violation), and the last one.
+    pub violations: u64,
+    pub last_violation: Option<String>,
+    /// Sessions whose server offered STARTTLS (volley bench sends in plaintext for now).
+    pub starttls_offered: u64,
     pub last_connect_error: Option<String>,
 }
 
@@ -77,15 +115,21 @@ impl Default for Stats {
             delivered: 0,
             deferred: 0,
             bounced: 0,
+            uncertain: 0,
             unsent: 0,
             recipients: RecipientTotals::default(),
             retries: 0,
             bytes: 0,
             connections: 0,
             connect_failures: 0,
+            cap_refusals: 0,
+            connection_cap: 0,
             codes: BTreeMap::new(),
             failures: BTreeMap::new(),
             session_errors: BTreeMap::new(),
+            violations: 0,
+            last_violation: None,
+            starttls_offered: 0,
             last_connect_error: None,
         }
     }
@@ -110,6 +154,7 @@ impl Stats {
             }
             Disposition::Deferred => self.deferred += 1,
             Disposition::Bounced => self.bounced += 1,
+            Disposition::Uncertain => self.uncertain += 1,
         }
         match &done.result {
             TxnResult::Accepted(r) | TxnResult::Rejected { reply: r, .. } => {
@@ -122,11 +167,23 @@ impl Stats {
             }
             TxnResult::Aborted(e) => *self.failures.entry(e.kind()).or_default() += 1,
             TxnResult::NotAttempted(_) => *self.failures.entry("refused locally").or_default() += 1,
+            // Its reply (if any) is not to be believed, so it is not counted among the codes.
+            TxnResult::Uncertain { .. } => {}
         }
     }
 
     pub fn finished(&self) -> u64 {
-        self.delivered + self.deferred + self.bounced
+        self.delivered + self.deferred + self.bounced + self.uncertain
+    }
+
+    /// A session ended with `error`: counted by kind, and as a violation when it proves the
+    /// server out of step.
+    pub fn session_failed(&mut self, error: &crate::proto::SessionError) {
+        *self.session_errors.entry(error.kind()).or_default() += 1;
+        if error.is_violation() {
+            self.violations += 1;
+            self.last_violation = Some(error.to_string());
+        }
     }
 
     pub fn merge(&mut self, o: &Stats) {
@@ -137,17 +194,26 @@ impl Stats {
         self.delivered += o.delivered;
         self.deferred += o.deferred;
         self.bounced += o.bounced;
+        self.uncertain += o.uncertain;
         self.retries += o.retries;
         self.unsent += o.unsent;
         self.recipients.delivered += o.recipients.delivered;
         self.recipients.deferred += o.recipients.deferred;
         self.recipients.bounced += o.recipients.bounced;
+        self.recipients.uncertain += o.recipients.uncertain;
+        self.violations += o.violations;
+        self.starttls_offered += o.starttls_offered;
+        if o.last_violation.is_some() {
+            self.last_violation.clone_from(&o.last_violation);
+        }
         if o.last_connect_error.is_some() {
             self.last_connect_error.clone_from(&o.last_connect_error);
         }
         self.bytes += o.bytes;
         self.connections += o.connections;
         self.connect_failures += o.connect_failures;
+        self.cap_refusals += o.cap_refusals;
+        self.connection_cap = self.connection_cap.max(o.connection_cap);
         for (k, v) in &o.codes {
             *self.codes.entry(*k).or_default() += v;
         }

@@ -135,6 +135,11 @@ impl<'a> ReplyRef<'a> {
         self.raw
     }
 
+    /// Whether the reply has more than one line (its first separator is `-`).
+    pub fn is_multiline(&self) -> bool {
+        self.raw.get(3) == Some(&b'-')
+    }
+
     /// Text of each line: after the code and separator, with the enhanced code stripped where a
     /// line carries the same one as the first line. The parser has checked it is UTF-8.
     pub fn lines(&self) -> impl Iterator<Item = &'a str> + 'a {

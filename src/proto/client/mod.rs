@@ -11,7 +11,29 @@
 //! - Neither: one command, one reply.
 //!
 //! Transactions carry a caller's token `T`, returned with the outcome.
+//!
+//! **Nothing is reported on the word of a stream that may be out of step.** A server that sends
+//! one reply too many shifts every later reply onto the wrong command, so an outcome is held
+//! until a *checkpoint*: a reply that only its own command can get, in its place, which proves
+//! every reply before it was matched to the right command. The checkpoints are DATA's `354`, the
+//! multi-line `250` of an EHLO, and `221` to QUIT followed by the server closing with nothing
+//! more. With CHUNKING there is no `354`, so after [`ClientConfig::sync_every`] held outcomes,
+//! or when the session falls idle with outcomes held, the client sends a second EHLO (RFC 5321
+//! §4.1.4 allows it; it resets like RSET) and waits for it. A reply that cannot answer its
+//! command ([`fit`]), one nobody asked for, or bytes that are no reply prove the session out of
+//! step: held outcomes become [`TxnResult::Uncertain`], and so does every transaction whose
+//! content had been sent. Any other end of a session (a timeout, a hang-up, 421) proves nothing
+//! either way, and held outcomes are reported as they stand.
+//!
+//! What a checkpoint proves: no SMTP reply is unique to one position, so a server that inserts
+//! extra replies could in principle shift a genuine `354` (or EHLO reply) onto a later DATA (or
+//! EHLO). That needs at least as many extra replies, since the previous checkpoint, as there
+//! were commands between the two (four or more). Fewer (one stray, a duplicated line, a short
+//! burst) are always caught; `221` followed by the close is proof whatever the server did. A
+//! server that drops a reply shows up as a timeout, which proves nothing.
 
+mod config;
+mod fit;
 mod outcome;
 mod transmit;
 
@@ -19,10 +41,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use config::{ClientConfig, Timeouts};
 pub use outcome::{Completed, Disposition, LocalError, SessionError, TxnResult, classify, classify_reply};
 pub use transmit::{Segment, Transmit};
 
-use super::address::{Address, Domain};
+use super::address::Address;
 use super::body::Body;
 use super::command::{self, BodyType, Command, MailParams};
 use super::ehlo::Capabilities;
@@ -50,92 +73,6 @@ pub struct Message {
     pub body: Body,
 }
 
-/// How long to wait for each reply. Defaults are RFC 5321 §4.5.3.2's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub greeting: Duration,
-    pub ehlo: Duration,
-    pub mail: Duration,
-    pub rcpt: Duration,
-    pub data: Duration,
-    pub end_of_data: Duration,
-    /// RSET, QUIT, NOOP and anything else.
-    pub command: Duration,
-    /// A session with nothing to do sends QUIT after this long.
-    pub idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        let min = |m: u64| Duration::from_secs(60 * m);
-        Timeouts {
-            greeting: min(5),
-            ehlo: min(5),
-            mail: min(5),
-            rcpt: min(5),
-            data: min(2),
-            end_of_data: min(10),
-            command: min(5),
-            idle: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Timeouts {
-    /// The same limit for every reply (load tests want one knob), idle left as is.
-    pub fn uniform(reply: Duration, idle: Duration) -> Self {
-        Timeouts {
-            greeting: reply,
-            ehlo: reply,
-            mail: reply,
-            rcpt: reply,
-            data: reply,
-            end_of_data: reply,
-            command: reply,
-            idle,
-        }
-    }
-
-    fn for_reply_to(&self, command: Option<Command>) -> Duration {
-        match command {
-            None => self.greeting,
-            Some(Command::Ehlo | Command::Helo) => self.ehlo,
-            Some(Command::MailFrom) => self.mail,
-            Some(Command::RcptTo) => self.rcpt,
-            Some(Command::Data) => self.data,
-            Some(Command::EndOfData | Command::Bdat) => self.end_of_data,
-            Some(_) => self.command,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    pub helo_domain: Domain,
-    /// Most transactions in flight on this connection (with CHUNKING; DATA allows two).
-    pub depth: usize,
-    /// Transactions after which the session quits.
-    pub max_messages: u64,
-    /// Use PIPELINING when offered.
-    pub pipelining: bool,
-    /// Use CHUNKING (BDAT) when offered.
-    pub chunking: bool,
-    pub timeouts: Timeouts,
-}
-
-impl ClientConfig {
-    pub fn new(helo_domain: Domain) -> Self {
-        ClientConfig {
-            helo_domain,
-            depth: 32,
-            max_messages: u64::MAX,
-            pipelining: true,
-            chunking: true,
-            timeouts: Timeouts::default(),
-        }
-    }
-}
-
 /// How long the session's opening took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handshake {
@@ -154,6 +91,10 @@ pub enum Event<T> {
     Closed(Option<SessionError>),
 }
 
+/// Longest wait, after `221`, for the server to close: anything it sends meanwhile proves the
+/// session was out of step.
+const QUIT_LINGER: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Greeting,
@@ -164,6 +105,8 @@ enum Phase {
     Ready,
     SendQuit,
     Quit,
+    /// `221` received: waiting for the server to close, with nothing more said.
+    Linger,
     Closed,
 }
 
@@ -190,9 +133,20 @@ struct Txn<T> {
     rcpts_answered: usize,
     rcpts_ok: usize,
     rejected: Vec<(usize, Reply)>,
+    /// For each entry of `rejected`, the number of the reply that refused it.
+    rejected_at: Vec<u64>,
     result: Option<TxnResult>,
     /// A RSET went out ahead of this transaction's MAIL.
     reset: bool,
+    /// The content went out (BDAT LAST, or the body and its dot): the server may have it.
+    content_sent: bool,
+}
+
+/// An outcome waiting for a checkpoint.
+struct Held<T> {
+    done: Completed<T>,
+    rejected_at: Vec<u64>,
+    content_sent: bool,
 }
 
 /// A reply we are waiting for. `seq` names the transaction, if any.
@@ -201,6 +155,8 @@ struct Expect {
     command: Option<Command>, // None: the greeting
     seq: u64,
     rcpt: usize,
+    /// When the command went out.
+    sent: Instant,
 }
 
 const NO_TXN: u64 = u64::MAX;
@@ -227,6 +183,22 @@ pub struct Client<T> {
     ehlo_sent: Instant,
     /// The `now` of the input being handled.
     input_at: Instant,
+    /// The `now` of the output being prepared.
+    output_at: Instant,
+    /// Replies received so far, and the number of the last one that was a checkpoint.
+    replies: u64,
+    checkpoint: u64,
+    /// Outcomes decided by replies after the last checkpoint.
+    held: VecDeque<Held<T>>,
+    /// A second EHLO can serve as a checkpoint: the first reply was multi-line and a repeat
+    /// has not been refused.
+    ehlo_marks: bool,
+    /// A checkpoint EHLO is awaiting its reply; nothing may follow it (RFC 2920 §3.1).
+    syncing: bool,
+    /// After `221`: when to stop waiting for the server to close.
+    linger_until: Instant,
+    /// Reply latencies of transaction commands since the driver last took them.
+    latencies: Vec<(Command, Duration)>,
     out: Transmit,
     spare: Option<Transmit>,
     events: VecDeque<Event<T>>,
@@ -236,7 +208,7 @@ impl<T> Client<T> {
     /// A session on a connection established at `now`; the greeting is awaited first.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
         let mut expect = VecDeque::with_capacity(64);
-        expect.push_back(Expect { command: None, seq: NO_TXN, rcpt: 0 });
+        expect.push_back(Expect { command: None, seq: NO_TXN, rcpt: 0, sent: now });
         Client {
             config,
             phase: Phase::Greeting,
@@ -256,6 +228,14 @@ impl<T> Client<T> {
             greeting_took: Duration::ZERO,
             ehlo_sent: now,
             input_at: now,
+            output_at: now,
+            replies: 0,
+            checkpoint: 0,
+            held: VecDeque::new(),
+            ehlo_marks: false,
+            syncing: false,
+            linger_until: now,
+            latencies: Vec::with_capacity(64),
             out: Transmit::default(),
             spare: None,
             events: VecDeque::new(),
@@ -278,14 +258,14 @@ impl<T> Client<T> {
         self.phase == Phase::Closed
     }
 
-    /// Whether a reply is owed by the server (so the driver should read).
+    /// Whether the server owes a reply, or its close after `221` (so the driver should read).
     pub fn awaiting_reply(&self) -> bool {
-        !self.expect.is_empty()
+        !self.expect.is_empty() || self.phase == Phase::Linger
     }
 
-    /// Transactions pushed and not yet completed.
+    /// Transactions pushed whose outcome has not been reported yet.
     pub fn in_flight(&self) -> usize {
-        self.txns.len()
+        self.txns.len() + self.held.len()
     }
 
     fn capacity(&self) -> usize {
@@ -313,11 +293,13 @@ impl<T> Client<T> {
         }
         self.started += 1;
         if let Some(err) = self.local_refusal(&message) {
+            // Decided here, not by the server: nothing to wait for.
             self.events.push_back(Event::Done(Completed {
                 user,
                 message,
                 result: TxnResult::NotAttempted(err),
                 rejected: Vec::new(),
+                at: self.output_at,
             }));
             self.after_completion();
             return Ok(());
@@ -334,8 +316,10 @@ impl<T> Client<T> {
             rcpts_answered: 0,
             rcpts_ok: 0,
             rejected: Vec::new(),
+            rejected_at: Vec::new(),
             result: None,
             reset: false,
+            content_sent: false,
         });
         Ok(())
     }
@@ -375,9 +359,16 @@ impl<T> Client<T> {
         self.events.pop_front()
     }
 
+    /// How long each transaction command waited for its reply (MAIL, RCPT, DATA, end of data,
+    /// BDAT), since the last call.
+    pub fn take_latencies(&mut self) -> std::vec::Drain<'_, (Command, Duration)> {
+        self.latencies.drain(..)
+    }
+
     /// The bytes to write next, if any. `now` starts the reply timers of what it contains.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let was_waiting = !self.expect.is_empty();
+        self.output_at = now;
         if matches!(self.phase, Phase::SendEhlo | Phase::SendHelo) {
             self.ehlo_sent = now;
         }
@@ -403,6 +394,7 @@ impl<T> Client<T> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.expect.front() {
             Some(head) => Some(self.head_since + self.config.timeouts.for_reply_to(head.command)),
+            None if self.phase == Phase::Linger => Some(self.linger_until),
             None if self.phase == Phase::Ready && self.txns.is_empty() => {
                 Some(self.idle_since + self.config.timeouts.idle)
             }
@@ -421,6 +413,8 @@ impl<T> Client<T> {
                 let command = head.command.unwrap_or(Command::Noop);
                 self.fail(SessionError::Timeout { command, waited });
             }
+            // The server said 221 and nothing after it: as in step as a session can be shown.
+            None if self.phase == Phase::Linger => self.close_cleanly(),
             None => {
                 self.quit_requested = true;
                 self.maybe_quit();
@@ -438,6 +432,7 @@ impl<T> Client<T> {
                 Ok(None) => return consumed,
                 Ok(Some((reply, len))) => {
                     consumed += len;
+                    self.replies += 1;
                     let Some(expect) = self.expect.pop_front() else {
                         self.unsolicited(&reply);
                         break;
@@ -476,7 +471,7 @@ impl<T> Client<T> {
     fn connection_ended(&mut self, error: impl FnOnce(Option<Command>) -> SessionError) {
         match self.phase {
             Phase::Closed => {}
-            Phase::Quit | Phase::SendQuit => self.close_cleanly(),
+            Phase::Quit | Phase::SendQuit | Phase::Linger => self.close_cleanly(),
             Phase::Ready if self.expect.is_empty() && self.txns.is_empty() => self.close_cleanly(),
             _ => {
                 let command = self.expect.front().and_then(|e| e.command);
@@ -486,8 +481,13 @@ impl<T> Client<T> {
     }
 
     fn unsolicited(&mut self, reply: &ReplyRef<'_>) {
-        // A server may say 421 and hang up on an idle session; anything else is a broken peer.
-        self.fail(SessionError::Unsolicited(reply.to_owned()));
+        // A server may say 421 and hang up on an idle session. Anything else, or a 421 while
+        // outcomes await a checkpoint, means replies and commands no longer line up.
+        if reply.code == 421 && self.phase == Phase::Ready && self.held.is_empty() {
+            self.close_cleanly();
+        } else {
+            self.fail(SessionError::Unsolicited(reply.to_owned()));
+        }
     }
 
     fn on_reply(&mut self, expect: Expect, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
@@ -502,21 +502,32 @@ impl<T> Client<T> {
                 _ if class == ReplyClass::Transient || class == ReplyClass::Permanent => {
                     Err(SessionError::Greeting(reply.to_owned()))
                 }
-                _ => Err(unexpected(Command::Noop, reply)),
+                _ => Err(unexpected(Command::Noop, reply, "not a greeting")),
             };
         };
         if reply.code == 421 && command != Command::Quit {
             return Err(SessionError::ServiceClosing { command, reply: reply.to_owned() });
         }
+        if matches!(
+            command,
+            Command::MailFrom | Command::RcptTo | Command::Data | Command::EndOfData | Command::Bdat
+        ) {
+            self.latencies.push((command, self.input_at.saturating_duration_since(expect.sent)));
+        }
+        if command == Command::Ehlo && self.phase == Phase::Ready {
+            return self.on_sync_reply(reply);
+        }
+        let enhanced = self.caps.as_ref().is_some_and(|c| c.enhanced_status_codes);
+        fit::fits(command, reply, enhanced).map_err(|why| unexpected(command, reply, why))?;
         match command {
             Command::Ehlo => match class {
-                ReplyClass::Positive => self.ready(Capabilities::from_ehlo(reply)),
+                ReplyClass::Positive => {
+                    self.ehlo_marks = reply.is_multiline();
+                    self.ready(Capabilities::from_ehlo(reply));
+                }
                 // Not an ESMTP server (500/502) or EHLO refused: try HELO once.
                 ReplyClass::Permanent => self.phase = Phase::SendHelo,
-                ReplyClass::Transient => {
-                    return Err(SessionError::Handshake { command, reply: reply.to_owned() });
-                }
-                ReplyClass::Intermediate => return Err(unexpected(command, reply)),
+                _ => return Err(SessionError::Handshake { command, reply: reply.to_owned() }),
             },
             Command::Helo => match class {
                 ReplyClass::Positive => {
@@ -524,25 +535,43 @@ impl<T> Client<T> {
                     let domain = domain.split_ascii_whitespace().next().unwrap_or("");
                     self.ready(Capabilities::helo_only(domain));
                 }
-                ReplyClass::Transient | ReplyClass::Permanent => {
-                    return Err(SessionError::Handshake { command, reply: reply.to_owned() });
-                }
-                ReplyClass::Intermediate => return Err(unexpected(command, reply)),
+                _ => return Err(SessionError::Handshake { command, reply: reply.to_owned() }),
             },
-            Command::Rset | Command::Noop => {
-                if class != ReplyClass::Positive {
-                    return Err(unexpected(command, reply));
-                }
-            }
+            Command::Rset | Command::Noop => {}
+            // 221 (the only reply that fits): the server will close, and anything it says
+            // before that is one reply too many.
             Command::Quit => {
-                self.close_cleanly();
+                self.phase = Phase::Linger;
+                self.linger_until = self.input_at + QUIT_LINGER.min(self.config.timeouts.command);
             }
             Command::MailFrom | Command::RcptTo | Command::Data | Command::EndOfData | Command::Bdat => {
                 self.on_transaction_reply(command, expect, reply)?;
             }
-            Command::StartTls | Command::Auth => return Err(unexpected(command, reply)),
+            Command::StartTls | Command::Auth => return Err(unexpected(command, reply, "not sent")),
         }
         Ok(())
+    }
+
+    /// The reply to a checkpoint EHLO. Only EHLO gets a multi-line 250; a shifted reply to any
+    /// other command would be single-line.
+    fn on_sync_reply(&mut self, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
+        self.syncing = false;
+        match reply.class() {
+            ReplyClass::Positive if reply.code == 250 && reply.is_multiline() => {
+                // EHLO resets the server's transaction state, as RSET does.
+                self.needs_rset = false;
+                self.release();
+                Ok(())
+            }
+            // RFC 5321 §4.1.4 lets a server refuse a repeated EHLO (and stay as it was). This
+            // could also be a shifted refusal: either way no checkpoint; QUIT will be one.
+            ReplyClass::Transient | ReplyClass::Permanent => {
+                self.ehlo_marks = false;
+                self.close();
+                Ok(())
+            }
+            _ => Err(unexpected(Command::Ehlo, reply, "only EHLO's multi-line 250 answers EHLO")),
+        }
     }
 
     fn on_transaction_reply(
@@ -556,6 +585,7 @@ impl<T> Client<T> {
         let Some(index) = self.txns.iter().position(|t| t.seq == expect.seq) else {
             return Err(SessionError::Abandoned("reply matched to a transaction no longer tracked"));
         };
+        let mut checkpoint = false;
         let t = &mut self.txns[index];
         t.outstanding -= 1;
         let negative = matches!(class, ReplyClass::Transient | ReplyClass::Permanent);
@@ -569,7 +599,9 @@ impl<T> Client<T> {
             }
             // Accepting a recipient after refusing MAIL: the server is adding to some other
             // transaction. Continuing could deliver this message with a stale envelope.
-            (Command::RcptTo, ReplyClass::Positive) if !t.mail_ok => return Err(unexpected(command, reply)),
+            (Command::RcptTo, ReplyClass::Positive) if !t.mail_ok => {
+                return Err(unexpected(command, reply, "recipient accepted after MAIL was refused"));
+            }
             (Command::RcptTo, ReplyClass::Positive) => {
                 t.rcpts_answered += 1;
                 t.rcpts_ok += 1;
@@ -577,12 +609,17 @@ impl<T> Client<T> {
             (Command::RcptTo, _) if negative => {
                 t.rcpts_answered += 1;
                 t.rejected.push((expect.rcpt, reply.to_owned()));
+                t.rejected_at.push(self.replies);
             }
             // 354 after a refused MAIL: any content we sent now would land in a stale transaction.
-            (Command::Data, ReplyClass::Intermediate) if reply.code == 354 && !t.mail_ok => {
-                return Err(unexpected(command, reply));
+            (Command::Data, ReplyClass::Intermediate) if !t.mail_ok => {
+                return Err(unexpected(command, reply, "354 after MAIL was refused"));
             }
-            (Command::Data, ReplyClass::Intermediate) if reply.code == 354 => t.step = Step::Body,
+            (Command::Data, ReplyClass::Intermediate) => {
+                t.step = Step::Body;
+                // Only DATA gets 354: every reply before it was matched to its own command.
+                checkpoint = true;
+            }
             (Command::Data, _) if negative => {
                 t.result.get_or_insert_with(|| TxnResult::Rejected { command, reply: reply.to_owned() });
                 t.step = Step::Done;
@@ -596,7 +633,7 @@ impl<T> Client<T> {
                 // RFC 3030 §2: after a failed BDAT the transaction should be reset.
                 self.needs_rset |= command == Command::Bdat && t.mail_ok;
             }
-            _ => return Err(unexpected(command, reply)),
+            _ => return Err(unexpected(command, reply, "does not fit the transaction's state")),
         }
         if command == Command::RcptTo
             && t.rcpts_answered == t.message.envelope.recipients.len()
@@ -608,7 +645,10 @@ impl<T> Client<T> {
                 t.step = Step::Done;
             }
         }
-        if t.outstanding == 0 && t.step == Step::Done {
+        if checkpoint {
+            self.release();
+        }
+        if t_done(&self.txns[index]) {
             if let Some(t) = self.txns.remove(index) {
                 self.complete(t, None);
             }
@@ -626,23 +666,69 @@ impl<T> Client<T> {
         self.maybe_quit();
     }
 
-    fn complete(&mut self, t: Txn<T>, aborted: Option<&SessionError>) {
-        let result = match (t.result, aborted) {
-            (Some(result), _) => result,
-            (None, Some(err)) => TxnResult::Aborted(err.clone()),
+    /// A transaction is over. Outcomes the server decided wait for a checkpoint; outcomes of a
+    /// failed session are reported at once.
+    fn complete(&mut self, t: Txn<T>, failed: Option<&SessionError>) {
+        let Some(error) = failed else {
             // Every path that finishes sending sets a result before the last reply; if one did
             // not, the message must not count as delivered.
-            (None, None) => {
-                TxnResult::Aborted(SessionError::Abandoned("transaction ended without a final reply"))
-            }
+            let result = t.result.unwrap_or(TxnResult::Aborted(SessionError::Abandoned(
+                "transaction ended without a final reply",
+            )));
+            let done = Completed {
+                user: t.user,
+                message: t.message,
+                result,
+                rejected: t.rejected,
+                at: self.input_at,
+            };
+            self.held.push_back(Held { done, rejected_at: t.rejected_at, content_sent: t.content_sent });
+            self.after_completion();
+            return;
         };
-        self.events.push_back(Event::Done(Completed {
-            user: t.user,
-            message: t.message,
-            result,
-            rejected: t.rejected,
-        }));
+        let done = if error.is_violation() {
+            let done = Completed {
+                user: t.user,
+                message: t.message,
+                result: TxnResult::Aborted(error.clone()),
+                rejected: t.rejected,
+                at: self.input_at,
+            };
+            self.distrust(Held { done, rejected_at: t.rejected_at, content_sent: t.content_sent }, error)
+        } else {
+            let result = t.result.unwrap_or_else(|| TxnResult::Aborted(error.clone()));
+            Completed { user: t.user, message: t.message, result, rejected: t.rejected, at: self.input_at }
+        };
+        self.events.push_back(Event::Done(done));
         self.after_completion();
+    }
+
+    /// What is left of an outcome decided after the last checkpoint, once the session is proven
+    /// out of step: refusals from before the checkpoint stand; content that went out is
+    /// uncertain; a transaction whose content never went out can safely be tried again.
+    fn distrust(&self, held: Held<T>, error: &SessionError) -> Completed<T> {
+        let Held { mut done, rejected_at, content_sent } = held;
+        let checkpoint = self.checkpoint;
+        let mut at = rejected_at.iter();
+        done.rejected.retain(|_| at.next().is_some_and(|&n| n <= checkpoint));
+        done.result = if content_sent {
+            let reply = match &done.result {
+                TxnResult::Accepted(r) | TxnResult::Rejected { reply: r, .. } => Some(r.clone()),
+                _ => None,
+            };
+            TxnResult::Uncertain { error: error.clone(), reply }
+        } else {
+            TxnResult::Aborted(error.clone())
+        };
+        done
+    }
+
+    /// A checkpoint: every outcome held so far was decided by replies now proven in step.
+    fn release(&mut self) {
+        self.checkpoint = self.replies;
+        while let Some(h) = self.held.pop_front() {
+            self.events.push_back(Event::Done(h.done));
+        }
     }
 
     fn after_completion(&mut self) {
@@ -653,14 +739,16 @@ impl<T> Client<T> {
     }
 
     fn maybe_quit(&mut self) {
-        if self.quit_requested && self.phase == Phase::Ready && self.txns.is_empty() {
+        if self.quit_requested && self.phase == Phase::Ready && self.txns.is_empty() && !self.syncing {
             self.phase = Phase::SendQuit;
         }
     }
 
+    /// The session ended without proof that it was out of step: held outcomes stand.
     fn close_cleanly(&mut self) {
         self.phase = Phase::Closed;
         self.expect.clear();
+        self.release();
         self.events.push_back(Event::Closed(None));
     }
 
@@ -669,6 +757,14 @@ impl<T> Client<T> {
         self.phase = Phase::Closed;
         self.expect.clear();
         self.out.clear();
+        if error.is_violation() {
+            while let Some(h) = self.held.pop_front() {
+                let done = self.distrust(h, &error);
+                self.events.push_back(Event::Done(done));
+            }
+        } else {
+            self.release();
+        }
         while let Some(t) = self.txns.pop_front() {
             self.complete(t, Some(&error));
         }
@@ -676,7 +772,18 @@ impl<T> Client<T> {
     }
 
     fn expect(&mut self, command: Command, seq: u64, rcpt: usize) {
-        self.expect.push_back(Expect { command: Some(command), seq, rcpt });
+        self.expect.push_back(Expect { command: Some(command), seq, rcpt, sent: self.output_at });
+    }
+
+    /// Whether held outcomes call for a checkpoint now: too many are held, or the session has
+    /// nothing else to do. A checkpoint EHLO may only follow complete transactions.
+    fn wants_checkpoint(&self) -> bool {
+        if self.held.is_empty() || self.syncing {
+            return false;
+        }
+        let idle = self.txns.is_empty() && self.expect.is_empty();
+        let between = self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done));
+        idle || (between && self.held.len() >= self.config.sync_every.max(1))
     }
 
     /// Writes whatever the current state allows into `out`.
@@ -692,13 +799,35 @@ impl<T> Client<T> {
                 self.expect(Command::Helo, NO_TXN, 0);
                 self.phase = Phase::Helo;
             }
-            Phase::Ready => self.fill_transactions(),
+            Phase::Ready if self.ehlo_marks && self.wants_checkpoint() => {
+                command::ehlo(self.out.commands(), &self.config.helo_domain);
+                self.expect(Command::Ehlo, NO_TXN, 0);
+                self.syncing = true;
+            }
+            Phase::Ready if !self.syncing => {
+                if self.wants_checkpoint() {
+                    // No second EHLO to rely on (a HELO-only server, or one that refused a
+                    // repeat): QUIT, whose 221 and close are the checkpoint; the caller reconnects.
+                    self.close();
+                }
+                if self.phase == Phase::SendQuit {
+                    self.fill();
+                } else {
+                    self.fill_transactions();
+                }
+            }
             Phase::SendQuit => {
                 command::quit(self.out.commands());
                 self.expect(Command::Quit, NO_TXN, 0);
                 self.phase = Phase::Quit;
             }
-            Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::Quit | Phase::Closed => {}
+            Phase::Greeting
+            | Phase::Ehlo
+            | Phase::Helo
+            | Phase::Ready
+            | Phase::Quit
+            | Phase::Linger
+            | Phase::Closed => {}
         }
     }
 
@@ -752,6 +881,7 @@ impl<T> Client<T> {
                     self.out.push_shared(body);
                     t.step = Step::Done;
                     t.outstanding += 1;
+                    t.content_sent = true;
                     let seq = t.seq;
                     self.expect(Command::Bdat, seq, 0);
                 }
@@ -779,6 +909,7 @@ impl<T> Client<T> {
                     }
                     t.step = Step::Done;
                     t.outstanding += 1;
+                    t.content_sent = true;
                     let seq = t.seq;
                     self.expect(Command::EndOfData, seq, 0);
                 }
@@ -799,8 +930,13 @@ impl<T> Client<T> {
     }
 }
 
-fn unexpected(command: Command, reply: &ReplyRef<'_>) -> SessionError {
-    SessionError::Unexpected { command, reply: reply.to_owned() }
+/// Whether a transaction has nothing more to send or hear.
+fn t_done<T>(t: &Txn<T>) -> bool {
+    t.outstanding == 0 && t.step == Step::Done
+}
+
+fn unexpected(command: Command, reply: &ReplyRef<'_>, why: &'static str) -> SessionError {
+    SessionError::Unexpected { command, reply: reply.to_owned(), why }
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! What happened to a transaction, the typed session errors, and the one classifier that maps
-//! all of them to delivered / deferred / bounced.
+//! all of them to delivered / deferred / bounced / uncertain.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -25,8 +25,8 @@ pub enum SessionError {
     Timeout { command: Command, waited: Duration },
     #[error("malformed reply to {command}: {error}")]
     Malformed { command: Command, error: ReplyError },
-    #[error("reply {reply} does not fit {command}")]
-    Unexpected { command: Command, reply: Reply },
+    #[error("reply {reply} does not fit {command} ({why})")]
+    Unexpected { command: Command, reply: Reply, why: &'static str },
     #[error("unsolicited reply from server: {0}")]
     Unsolicited(Reply),
     #[error("connection closed by server{}", awaiting(command))]
@@ -53,6 +53,16 @@ impl SessionError {
             SessionError::Transport { .. } => "connection lost",
             SessionError::Abandoned(_) => "abandoned",
         }
+    }
+
+    /// Whether this error proves the server out of step with the commands: a reply that cannot
+    /// answer the command it lines up with, a reply nothing asked for, or bytes that are not
+    /// replies. Replies since the last checkpoint can then not be trusted.
+    pub fn is_violation(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Unexpected { .. } | SessionError::Unsolicited(_) | SessionError::Malformed { .. }
+        )
     }
 }
 
@@ -82,16 +92,23 @@ pub enum TxnResult {
     NoValidRecipients,
     /// The session ended before a final reply.
     Aborted(SessionError),
+    /// The session was proven out of step after the last point where it was provably in step,
+    /// and this transaction's final command had been sent: the server may or may not have
+    /// taken it. `reply` is what the unverified stream seemed to answer, if anything. Not
+    /// retried (that could deliver twice) and never counted delivered.
+    Uncertain { error: SessionError, reply: Option<Reply> },
     /// Never sent: this server cannot take it.
     NotAttempted(LocalError),
 }
 
-/// The three final states of a message or recipient.
+/// The final states of a message or recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Disposition {
     Delivered,
     Deferred,
     Bounced,
+    /// The server's answer cannot be trusted (see [`TxnResult::Uncertain`]).
+    Uncertain,
 }
 
 impl fmt::Display for Disposition {
@@ -100,6 +117,7 @@ impl fmt::Display for Disposition {
             Disposition::Delivered => "delivered",
             Disposition::Deferred => "deferred",
             Disposition::Bounced => "bounced",
+            Disposition::Uncertain => "uncertain",
         })
     }
 }
@@ -110,8 +128,12 @@ pub struct Completed<T> {
     pub user: T,
     pub message: super::Message,
     pub result: TxnResult,
-    /// Recipients refused at RCPT: index into the envelope's recipients, and the reply.
+    /// Recipients refused at RCPT: index into the envelope's recipients, and the reply. For an
+    /// uncertain transaction, only refusals the session had proven in step.
     pub rejected: Vec<(usize, Reply)>,
+    /// When the outcome was decided (its final reply, or the session's end), which can be
+    /// earlier than when it is reported: outcomes wait for proof that the session is in step.
+    pub at: Instant,
 }
 
 impl<T> Completed<T> {
@@ -140,6 +162,7 @@ impl<T> Completed<T> {
             // A recipient's own refusal is final even if the session died later.
             (_, Some(reply)) => (classify_reply(Command::RcptTo, reply), Some(reply)),
             (TxnResult::Aborted(_) | TxnResult::NotAttempted(_), None) => (classify(&self.result), None),
+            (TxnResult::Uncertain { reply, .. }, None) => (Disposition::Uncertain, reply.as_ref()),
             (TxnResult::Accepted(reply) | TxnResult::Rejected { reply, .. }, None) => {
                 (classify(&self.result), Some(reply))
             }
@@ -161,6 +184,7 @@ pub fn classify(result: &TxnResult) -> Disposition {
         // Nothing final was said about the message: it may be retried.
         TxnResult::Aborted(_) => Disposition::Deferred,
         TxnResult::NotAttempted(_) => Disposition::Bounced,
+        TxnResult::Uncertain { .. } => Disposition::Uncertain,
     }
 }
 
@@ -193,7 +217,8 @@ mod tests {
     fn completed(result: TxnResult, rejected: Vec<(usize, Reply)>) -> Completed<()> {
         let rcpts = (0..3).map(|i| Address::new(&format!("r{i}@x")).unwrap()).collect();
         let envelope = Arc::new(Envelope { sender: None, recipients: rcpts });
-        Completed { user: (), message: Message { envelope, body: Body::new(b"x") }, result, rejected }
+        let message = Message { envelope, body: Body::new(b"x") };
+        Completed { user: (), message, result, rejected, at: std::time::Instant::now() }
     }
 
     #[test]
@@ -211,6 +236,14 @@ mod tests {
             (TxnResult::Aborted(SessionError::Closed { command: Some(Command::EndOfData) }), Deferred),
             (TxnResult::Aborted(SessionError::Abandoned("test")), Deferred),
             (TxnResult::NotAttempted(LocalError::Utf8NotSupported), Bounced),
+            (
+                TxnResult::Uncertain { error: SessionError::Unsolicited(r(250)), reply: Some(r(250)) },
+                Uncertain,
+            ),
+            (
+                TxnResult::Uncertain { error: SessionError::Unsolicited(r(554)), reply: Some(r(554)) },
+                Uncertain,
+            ),
         ];
         for (result, want) in cases {
             assert_eq!(classify(&result), want, "{result:?}");
@@ -249,5 +282,13 @@ mod tests {
         let data = TxnResult::Rejected { command: Command::EndOfData, reply: r(451) };
         let c = completed(data, vec![]);
         assert_eq!(c.recipient(0), (Disposition::Deferred, Some(&r(451))));
+
+        // Out of step: a refusal proven before the last checkpoint stands; the rest is unknown.
+        let uncertain =
+            TxnResult::Uncertain { error: SessionError::Unsolicited(r(250)), reply: Some(r(250)) };
+        let c = completed(uncertain, vec![(1, r(550))]);
+        assert_eq!(c.disposition(), Disposition::Uncertain);
+        assert_eq!(c.recipient(0), (Disposition::Uncertain, Some(&r(250))));
+        assert_eq!(c.recipient(1), (Disposition::Bounced, Some(&r(550))));
     }
 }

@@ -2,7 +2,7 @@
 //! in-memory server whose replies are chosen per command.
 
 use super::*;
-use crate::proto::Address;
+use crate::proto::{Address, Domain};
 
 const FULL_CAPS: &str = "PIPELINING\nCHUNKING\nSIZE 100000\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES";
 const PIPE_CAPS: &str = "PIPELINING\nSIZE 100000\n8BITMIME";
@@ -15,6 +15,8 @@ enum Action {
     Close,
     /// Never answer.
     Silent,
+    /// Answer as usual, then send this reply too: one reply too many.
+    Then(&'static str),
 }
 
 struct Rule {
@@ -42,6 +44,10 @@ struct Server {
     out: Vec<u8>,
     closed: bool,
     silent: bool,
+    /// Send every reply twice.
+    duplicate: bool,
+    /// Keep the connection open after answering QUIT.
+    linger: bool,
 }
 
 impl Server {
@@ -56,7 +62,14 @@ impl Server {
             out: Vec::new(),
             closed: false,
             silent: false,
+            duplicate: false,
+            linger: false,
         }
+    }
+
+    fn duplicating(mut self) -> Self {
+        self.duplicate = true;
+        self
     }
 
     fn rule(mut self, prefix: &'static str, action: Action) -> Self {
@@ -75,27 +88,34 @@ impl Server {
         if self.closed || self.silent {
             return;
         }
+        let before = self.out.len();
         let rule = self.rules.iter().find(|r| cmd.starts_with(r.prefix) && r.nth.is_none_or(|n| n == nth));
         match rule.map(|r| r.action.clone()) {
             Some(Action::Reply(text)) => self.push_reply(text),
             Some(Action::Raw(bytes)) => self.out.extend_from_slice(bytes),
             Some(Action::Close) => self.closed = true,
             Some(Action::Silent) => self.silent = true,
-            None if cmd.starts_with("EHLO") => {
-                let mut text = String::from("250 test");
-                for cap in self.caps.lines().filter(|l| !l.is_empty()) {
-                    text.push('\n');
-                    text.push_str("250 ");
-                    text.push_str(cap);
-                }
-                let multi = text.lines().count() > 1;
-                let lines: Vec<&str> = text.lines().collect();
-                for (i, l) in lines.iter().enumerate() {
-                    let sep = if multi && i + 1 < lines.len() { "-" } else { " " };
-                    self.out.extend_from_slice(format!("250{sep}{}\r\n", &l[4..]).as_bytes());
-                }
+            Some(Action::Then(extra)) => {
+                self.default_reply(cmd, default);
+                self.push_reply(extra);
             }
-            None => self.push_reply(default),
+            None => self.default_reply(cmd, default),
+        }
+        if self.duplicate {
+            let again = self.out[before..].to_vec();
+            self.out.extend_from_slice(&again);
+        }
+    }
+
+    fn default_reply(&mut self, cmd: &str, default: &str) {
+        if !cmd.starts_with("EHLO") {
+            return self.push_reply(default);
+        }
+        let mut lines = vec!["test"];
+        lines.extend(self.caps.lines().filter(|l| !l.is_empty()));
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 < lines.len() { "-" } else { " " };
+            self.out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
         }
     }
 
@@ -149,7 +169,9 @@ impl Server {
         let verb = cmd.split(' ').next().unwrap_or("").to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" | "HELO" => self.answer(cmd, "250 test"),
-            "MAIL" | "RCPT" | "RSET" | "NOOP" => self.answer(cmd, "250 2.0.0 ok"),
+            "MAIL" => self.answer(cmd, "250 2.1.0 Ok"),
+            "RCPT" => self.answer(cmd, "250 2.1.5 Ok"),
+            "RSET" | "NOOP" => self.answer(cmd, "250 2.0.0 Ok"),
             "DATA" => {
                 let before = self.out.len();
                 self.answer(cmd, "354 go ahead");
@@ -165,7 +187,7 @@ impl Server {
             }
             "QUIT" => {
                 self.answer(cmd, "221 bye");
-                self.closed = true;
+                self.closed = !self.linger;
             }
             _ => self.answer(cmd, "500 what"),
         }
@@ -332,7 +354,9 @@ fn pipelining_groups_commands_and_sends_next_group_with_body() {
     assert_eq!(w[2], "hello\r\n.\r\nMAIL FROM:<from@test> SIZE=7\r\nRCPT TO:<to@test>\r\nDATA\r\n");
     assert_eq!(w[3], w[2]);
     assert_eq!(w[4], "hello\r\n.\r\n");
-    assert_eq!(w.len(), 5);
+    // Idle with the last outcome held: a second EHLO is the checkpoint that releases it.
+    assert_eq!(w[5], "EHLO client.test\r\n");
+    assert_eq!(w.len(), 6);
 }
 
 #[test]
@@ -344,7 +368,8 @@ fn chunking_puts_depth_transactions_in_one_write() {
     let group = "MAIL FROM:<from@test> SIZE=7\r\nRCPT TO:<to@test>\r\nBDAT 7 LAST\r\nhello\r\n";
     // Transactions behind an unanswered one are preceded by RSET.
     assert_eq!(w[1], format!("{group}RSET\r\n{group}RSET\r\n{group}"));
-    assert_eq!(w.len(), 2);
+    assert_eq!(w[2], "EHLO client.test\r\n", "the checkpoint");
+    assert_eq!(w.len(), 3);
 }
 
 #[test]
@@ -684,9 +709,19 @@ fn server_closing_idle_session_is_clean() {
 fn unsolicited_reply_fails_session() {
     let mut p = Pair::with(Server::new(FULL_CAPS));
     p.send(msgs(1));
-    p.client.handle_input(p.now, b"421 4.4.2 idle timeout\r\n");
+    p.client.handle_input(p.now, b"250 2.0.0 stray\r\n");
     p.collect();
     assert!(matches!(p.closed, Some(Some(SessionError::Unsolicited(_)))));
+    assert_eq!(p.results(), vec![(0, Delivered)], "released at the checkpoint before the stray");
+}
+
+#[test]
+fn service_closing_an_idle_session_is_clean() {
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(msgs(1));
+    p.client.handle_input(p.now, b"421 4.4.2 idle timeout\r\n");
+    p.collect();
+    assert_eq!(p.closed, Some(None));
 }
 
 #[test]
@@ -789,5 +824,212 @@ fn positive_rcpt_or_354_after_refused_mail_fails_the_session() {
         assert_eq!(p.results(), vec![(0, Deferred)], "{rule}");
         assert!(matches!(p.closed, Some(Some(SessionError::Unexpected { .. }))), "{rule}: {:?}", p.closed);
         assert!(p.server.bodies.is_empty(), "{rule}: no content into a stale transaction");
+    }
+}
+
+/// The server feature sets: PIPELINING+CHUNKING (with and without enhanced status codes),
+/// PIPELINING+DATA, and neither (with a multi-line and with a one-line EHLO reply).
+const MODES: [&str; 5] = [
+    "PIPELINING\nCHUNKING\nENHANCEDSTATUSCODES",
+    "PIPELINING\nCHUNKING",
+    "PIPELINING\nENHANCEDSTATUSCODES",
+    "8BITMIME",
+    "",
+];
+
+/// Refuses every message at its end (the dot, or BDAT LAST).
+fn refusing(caps: &'static str) -> Server {
+    Server::new(caps)
+        .rule(".", Action::Reply("554 5.7.1 refused"))
+        .rule("BDAT", Action::Reply("554 5.7.1 refused"))
+}
+
+type Fault = (&'static str, fn(Server) -> Server);
+
+const FAULTS: [Fault; 5] = [
+    ("every reply twice", |s| s.duplicating()),
+    ("a stray 250 after EHLO", |s| s.rule_nth("EHLO", 0, Action::Then("250 2.0.0 Ok"))),
+    ("a stray 250 after the greeting", |s| s.rule("<greeting>", Action::Then("250 Ok"))),
+    ("a stray 250 mid-pipeline", |s| s.rule_nth("RCPT", 1, Action::Then("250 2.1.5 Ok"))),
+    ("a stray 250 after a refusal", |s| {
+        Server { rules: Vec::new(), ..s }
+            .rule_nth(".", 1, Action::Then("250 2.0.0 Ok"))
+            .rule_nth("BDAT", 1, Action::Then("250 2.0.0 Ok"))
+            .rule(".", Action::Reply("554 5.7.1 refused"))
+            .rule("BDAT", Action::Reply("554 5.7.1 refused"))
+    }),
+];
+
+#[test]
+fn a_server_out_of_step_never_gets_a_refused_message_counted_delivered() {
+    for caps in MODES {
+        for (fault, make) in FAULTS {
+            let mut p = Pair::with(make(refusing(caps)));
+            p.send(msgs(6));
+            let what = format!("{fault}, caps {caps:?}");
+            assert!(p.done.iter().all(|c| c.disposition() != Delivered), "{what}: {:?}", p.results());
+            let error = p.closed.clone().flatten();
+            assert!(error.as_ref().is_some_and(SessionError::is_violation), "{what}: detected: {error:?}");
+        }
+    }
+}
+
+#[test]
+fn outcomes_after_the_last_checkpoint_become_uncertain() {
+    // An accepting server with a stray reply after the first MAIL's: every later 250 is shifted
+    // by one, so each "accepted" outcome is unproven. Nothing is delivered; what went out is
+    // uncertain. (A stray arriving with the EHLO reply is caught before any transaction.)
+    let server = Server::new("PIPELINING\nCHUNKING").rule_nth("MAIL", 0, Action::Then("250 Ok"));
+    let mut p = Pair::with(server);
+    p.send(msgs(3));
+    assert_eq!(p.done.len(), 3, "every transaction has an outcome");
+    for c in &p.done {
+        assert_eq!(c.disposition(), Disposition::Uncertain, "{:?}", c.result);
+        assert!(matches!(&c.result, TxnResult::Uncertain { reply: Some(r), .. } if r.code == 250));
+    }
+    // With DATA, the stray lands on DATA, before any content went out: safe to try again.
+    let server = Server::new(PIPE_CAPS).rule_nth("MAIL", 0, Action::Then("250 Ok"));
+    let mut p = Pair::with(server);
+    p.send(msgs(2));
+    assert!(p.results().iter().all(|&(_, d)| d == Deferred), "{:?}", p.results());
+    assert!(matches!(p.closed, Some(Some(SessionError::Unexpected { command: Command::Data, .. }))));
+}
+
+#[test]
+fn refusals_proven_before_the_checkpoint_stand() {
+    // DATA mode: the RCPT refusal is followed by 354 (a checkpoint); then the stray arrives.
+    let server = Server::new(PIPE_CAPS)
+        .rule("RCPT TO:<bad@test>", Action::Reply("550 5.1.1 unknown"))
+        .rule_nth(".", 0, Action::Then("250 2.0.0 Ok"));
+    let mut p = Pair::with(server);
+    p.send(vec![msg(&["good@test", "bad@test"], b"hi\n"), msg(&["good@test"], b"hi\n")]);
+    let first = &p.done[0];
+    assert_eq!(first.disposition(), Disposition::Uncertain);
+    assert_eq!(first.recipient(1).0, Bounced, "refused before the checkpoint: proven");
+    assert_eq!(first.recipient(0).0, Disposition::Uncertain);
+}
+
+#[test]
+fn outcomes_wait_for_a_checkpoint() {
+    // DATA mode: the next transaction's 354 releases the previous outcome.
+    let server = Server::new(PIPE_CAPS).rule_nth(".", 1, Action::Silent);
+    let mut p = Pair::with(server);
+    p.send(msgs(2));
+    assert_eq!(p.results(), vec![(0, Delivered)], "released by the second 354");
+
+    // CHUNKING: nothing is reported until the checkpoint EHLO is answered.
+    let server = Server::new(FULL_CAPS).rule_nth("EHLO", 1, Action::Silent);
+    let mut p = Pair::with(server);
+    p.send(msgs(3));
+    assert!(p.done.is_empty(), "held: {:?}", p.results());
+    assert_eq!(p.written().last().unwrap(), "EHLO client.test\r\n");
+    // A timeout proves nothing either way: the outcomes stand.
+    let deadline = p.client.poll_timeout().unwrap();
+    p.client.handle_timeout(deadline);
+    p.collect();
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered), (2, Delivered)]);
+}
+
+#[test]
+fn a_checkpoint_every_sync_every_transactions() {
+    let mut c = config();
+    c.sync_every = 4;
+    c.depth = 3;
+    let mut p = Pair::new(Server::new(FULL_CAPS), c);
+    p.send(msgs(10));
+    assert_eq!(p.results().len(), 10);
+    assert!(p.results().iter().all(|&(_, d)| d == Delivered));
+    let ehlos = p.server.seen.iter().filter(|c| c.starts_with("EHLO")).count();
+    // The first EHLO, one after 4 and 8 held (the depth lets at most 3+3 pass), one when idle.
+    assert!((3..=5).contains(&ehlos), "{ehlos} EHLOs: {:?}", p.server.seen);
+    for w in p.written() {
+        // EHLO ends its group: nothing is pipelined behind it.
+        if let Some(at) = w.find("EHLO") {
+            assert!(w[at..].matches("\r\n").count() == 1, "{w:?}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_repeat_ehlo_falls_back_to_quit() {
+    let server = Server::new(FULL_CAPS).rule_nth("EHLO", 1, Action::Reply("503 5.5.1 Duplicate HELO/EHLO"));
+    let mut p = Pair::with(server);
+    p.send(msgs(2));
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)], "221 and the close are the checkpoint");
+    assert_eq!(p.written().last().unwrap(), "QUIT\r\n");
+    assert_eq!(p.closed, Some(None));
+}
+
+#[test]
+fn anything_after_221_proves_the_session_out_of_step() {
+    let mut c = config();
+    c.max_messages = 1;
+    let server = Server::new(FULL_CAPS).rule("QUIT", Action::Raw(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"));
+    let mut p = Pair::new(server, c.clone());
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Disposition::Uncertain)], "QUIT got 250");
+
+    let server = Server::new(FULL_CAPS).rule("QUIT", Action::Raw(b"221 2.0.0 Bye\r\n221 2.0.0 Bye\r\n"));
+    let mut p = Pair::new(server, c.clone());
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Disposition::Uncertain)], "a reply after 221");
+    assert!(matches!(p.closed, Some(Some(SessionError::Unsolicited(_)))));
+
+    // 221, then the server closes: the last outcome is proven.
+    let mut p = Pair::new(Server::new(FULL_CAPS), c.clone());
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Delivered)]);
+    assert_eq!(p.closed, Some(None));
+
+    // 221 and a server that keeps the connection open: after the linger, as proven as it gets.
+    let server = Server { linger: true, ..Server::new(FULL_CAPS) };
+    let mut p = Pair::new(server, c);
+    p.send(msgs(1));
+    assert!(p.done.is_empty() && p.client.awaiting_reply(), "waiting for the close");
+    let deadline = p.client.poll_timeout().unwrap();
+    p.client.handle_timeout(deadline);
+    p.collect();
+    assert_eq!(p.results(), vec![(0, Delivered)]);
+}
+
+#[test]
+fn reply_latencies_are_measured_per_command() {
+    let mut p = Pair::with(Server::new(PIPE_CAPS));
+    p.send(msgs(1));
+    let commands: Vec<Command> = p.client.take_latencies().map(|(c, _)| c).collect();
+    assert_eq!(commands, vec![Command::MailFrom, Command::RcptTo, Command::Data, Command::EndOfData]);
+    assert_eq!(p.client.take_latencies().count(), 0, "taken once");
+}
+
+#[test]
+fn enhanced_codes_catch_a_shift_at_the_first_misplaced_reply() {
+    // A stray 2.0.0 after MAIL's reply: RCPT takes the stray, BDAT takes RCPT's 2.1.5, which
+    // cannot answer the end of data. Without ENHANCEDSTATUSCODES the same shift is caught only
+    // later, by the reply left over.
+    for (caps, enhanced) in [(FULL_CAPS, true), ("PIPELINING\nCHUNKING", false)] {
+        let server = Server::new(caps).rule_nth("MAIL", 0, Action::Then("250 2.0.0 Ok"));
+        let mut p = Pair::with(server);
+        p.send(msgs(1));
+        assert_eq!(p.results(), vec![(0, Disposition::Uncertain)]);
+        let err = p.closed.clone().flatten().expect("failed");
+        assert!(err.is_violation());
+        let at_bdat = matches!(err, SessionError::Unexpected { command: Command::Bdat, .. });
+        assert_eq!(at_bdat, enhanced, "{caps:?}: {err:?}");
+    }
+}
+
+#[test]
+fn a_duplicated_greeting_fails_the_handshake() {
+    // Whether the second 220 comes with the first or after EHLO went out, it is caught.
+    for action in [Action::Then("220 test ESMTP"), Action::Reply("220 test ESMTP")] {
+        let server = Server::new(FULL_CAPS).rule("<greeting>", Action::Then("220 test ESMTP"));
+        let server = match action {
+            Action::Reply(r) => Server::new(FULL_CAPS).rule("EHLO", Action::Reply(r)),
+            _ => server,
+        };
+        let mut p = Pair::with(server);
+        p.send(msgs(1));
+        assert!(!p.ready);
+        assert!(p.closed.clone().flatten().is_some_and(|e| e.is_violation()), "{:?}", p.closed);
     }
 }

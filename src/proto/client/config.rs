@@ -1,0 +1,97 @@
+//! Session settings: EHLO name, pipeline depth, extensions to use, per-phase timeouts.
+
+use std::time::Duration;
+
+use crate::proto::address::Domain;
+use crate::proto::command::Command;
+
+/// How long to wait for each reply. Defaults are RFC 5321 §4.5.3.2's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub greeting: Duration,
+    pub ehlo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data: Duration,
+    pub end_of_data: Duration,
+    /// RSET, QUIT, NOOP and anything else.
+    pub command: Duration,
+    /// A session with nothing to do sends QUIT after this long.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Timeouts {
+            greeting: min(5),
+            ehlo: min(5),
+            mail: min(5),
+            rcpt: min(5),
+            data: min(2),
+            end_of_data: min(10),
+            command: min(5),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same limit for every reply (load tests want one knob), idle left as is.
+    pub fn uniform(reply: Duration, idle: Duration) -> Self {
+        Timeouts {
+            greeting: reply,
+            ehlo: reply,
+            mail: reply,
+            rcpt: reply,
+            data: reply,
+            end_of_data: reply,
+            command: reply,
+            idle,
+        }
+    }
+
+    pub(super) fn for_reply_to(&self, command: Option<Command>) -> Duration {
+        match command {
+            None => self.greeting,
+            Some(Command::Ehlo | Command::Helo) => self.ehlo,
+            Some(Command::MailFrom) => self.mail,
+            Some(Command::RcptTo) => self.rcpt,
+            Some(Command::Data) => self.data,
+            Some(Command::EndOfData | Command::Bdat) => self.end_of_data,
+            Some(_) => self.command,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub helo_domain: Domain,
+    /// Most transactions in flight on this connection (with CHUNKING; DATA allows two).
+    pub depth: usize,
+    /// Transactions after which the session quits.
+    pub max_messages: u64,
+    /// Use PIPELINING when offered.
+    pub pipelining: bool,
+    /// Use CHUNKING (BDAT) when offered.
+    pub chunking: bool,
+    /// Most transactions whose outcome may wait for proof that the session is in step. With
+    /// CHUNKING no reply marks the stream (DATA's 354 does), so after this many the client
+    /// sends a second EHLO, whose multi-line reply only EHLO gets, and waits for it.
+    pub sync_every: usize,
+    pub timeouts: Timeouts,
+}
+
+impl ClientConfig {
+    pub fn new(helo_domain: Domain) -> Self {
+        ClientConfig {
+            helo_domain,
+            depth: 32,
+            max_messages: u64::MAX,
+            pipelining: true,
+            chunking: true,
+            sync_every: 256,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
