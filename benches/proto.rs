@@ -91,7 +91,7 @@ fn client(c: &mut Criterion) {
         sender: Some(Address::new("bench@volley.invalid").unwrap()),
         recipients: vec![Address::new("rcpt@sink.invalid").unwrap()],
     });
-    let message = Message { envelope, body: Body::new(&body(1000)) };
+    let message = Message::new(envelope, Body::new(&body(1000)));
     let mut g = c.benchmark_group("client");
     for (name, caps, replies) in [
         (

@@ -4,13 +4,16 @@
 #   scripts/bench.sh                 # MESSAGES=100000, connections 10 and 50
 #   LETTRE=0 scripts/bench.sh        # skip the lettre peer (its first build takes minutes)
 #   PROFILE=1 scripts/bench.sh       # also: perf profile of volley against its own sink
+#   BASELINE=/path/to/old/volley scripts/bench.sh   # also run an older build, for before/after
 #
 # Against Postfix's smtp-sink (no CHUNKING: volley pipelines DATA), 1000-octet messages:
 #   smtp-source -d -s C -m MESSAGES -l 1000      the reference
-#   volley bench --threads 1, io_uring and epoll (one core is left to smtp-sink)
+#   volley bench --threads 1, io_uring and epoll; also with --same-content (no per-message
+#   Message-ID and Date: one shared body, the cheapest path)
 #   lettre 0.11 pooled (tokio), fewer messages: it is slow
 # then volley against its own sink (CHUNKING, pipelined BDAT), io_uring versus epoll.
-# Prints messages/s, client CPU per 100k messages, and ratios to smtp-source.
+# Prints messages/s, client CPU per 100k messages, and ratios to smtp-source. The sink is pinned
+# to core 1 and every client to core 0, so each one's figure is its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +35,7 @@ fi
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
-smtp-sink -u nobody "127.0.0.1:$PORT" 1000 >/dev/null 2>&1 &
+taskset -c 1 smtp-sink -u nobody "127.0.0.1:$PORT" 1000 >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
 
@@ -49,16 +52,19 @@ measure() {
 smtp_source() {
     local start end
     start=$(date +%s.%N)
-    smtp-source -d -s "$1" -m "$MESSAGES" -l 1000 "127.0.0.1:$PORT" >/dev/null
+    taskset -c 0 smtp-source -d -s "$1" -m "$MESSAGES" -l 1000 "127.0.0.1:$PORT" >/dev/null
     end=$(date +%s.%N)
     echo "$MESSAGES / ($end - $start)" | bc -l
 }
 
 volley_json_rate() { sed -E 's/.*"messages_per_second":([0-9.]+).*/\1/'; }
 
+# volley_vs_sink BINARY CONNECTIONS DRIVER [FLAGS...]
 volley_vs_sink() {
-    "$VOLLEY" bench --target "127.0.0.1:$PORT" --messages "$MESSAGES" --connections "$1" \
-        --threads 1 --driver "$2" --quiet --json | volley_json_rate
+    local bin=$1 conns=$2 driver=$3
+    shift 3
+    taskset -c 0 "$bin" bench --target "127.0.0.1:$PORT" --messages "$MESSAGES" --connections "$conns" \
+        --threads 1 --driver "$driver" --quiet --json "$@" | volley_json_rate
 }
 
 echo "== $MESSAGES messages of 1000 octets to smtp-sink on loopback ($(nproc) cores)"
@@ -68,9 +74,16 @@ export MESSAGES PORT VOLLEY
 for conns in 10 50; do
     read -r ref_rate ref_cpu < <(measure "$MESSAGES" bash -c "smtp_source $conns")
     printf "%-26s %5d %12.0f %16.2f %10s %10s\n" "smtp-source -d" "$conns" "$ref_rate" "$ref_cpu" "1.00" "1.00"
-    for driver in uring epoll; do
-        read -r rate cpu < <(measure "$MESSAGES" bash -c "volley_vs_sink $conns $driver")
-        printf "%-26s %5d %12.0f %16.2f %10.2f %10.2f\n" "volley bench ($driver)" "$conns" "$rate" "$cpu" \
+    # label|binary|driver|extra flags
+    rows=("volley bench (uring)|$VOLLEY|uring|" "volley bench (epoll)|$VOLLEY|epoll|"
+          "volley --same-content|$VOLLEY|uring|--same-content")
+    if [[ -n ${BASELINE:-} ]]; then
+        rows+=("baseline (uring)|$BASELINE|uring|" "baseline (epoll)|$BASELINE|epoll|")
+    fi
+    for row in "${rows[@]}"; do
+        IFS='|' read -r label bin driver flags <<<"$row"
+        read -r rate cpu < <(measure "$MESSAGES" bash -c "volley_vs_sink $bin $conns $driver $flags")
+        printf "%-26s %5d %12.0f %16.2f %10.2f %10.2f\n" "$label" "$conns" "$rate" "$cpu" \
             "$(echo "$rate / $ref_rate" | bc -l)" "$(echo "$ref_cpu / $cpu" | bc -l)"
     done
     if [[ $LETTRE == 1 ]]; then

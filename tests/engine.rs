@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailvolley::bench::{self, BenchSource, Plan};
+use mailvolley::bench::{self, BenchSource, Content, Plan};
 use mailvolley::engine::{self, Destination, EngineConfig, Report};
 use mailvolley::proto::{ClientConfig, Domain, Timeouts};
 use mailvolley::sink::{Counters, Faults, SinkConfig};
@@ -25,10 +25,14 @@ impl Default for Run {
         Run {
             connections: 4,
             recipients: 1,
-            plan: Plan { messages: Some(2000), duration: None, rate: None },
+            plan: Plan { messages: Some(2000), ..Plan::default() },
             configure: |_| {},
         }
     }
+}
+
+fn content(size: usize, recipients: usize) -> Content {
+    Content::new(bench::default_content(size, recipients)).unwrap()
 }
 
 fn engine_config() -> EngineConfig {
@@ -38,6 +42,7 @@ fn engine_config() -> EngineConfig {
     let mut config = EngineConfig::new(client);
     config.threads = 2;
     config.reconnect_backoff = Duration::from_millis(10);
+    config.failing_after = Duration::from_millis(200);
     config
 }
 
@@ -45,7 +50,7 @@ fn bench_against(addr: SocketAddr, run: &Run) -> Report {
     let mut config = engine_config();
     (run.configure)(&mut config);
     let destination = Arc::new(Destination::new(0, "sink", vec![addr], run.connections));
-    let source = BenchSource::new(run.plan, Arc::clone(&destination), bench::message(1000, run.recipients));
+    let source = BenchSource::new(run.plan, Arc::clone(&destination), content(1000, run.recipients));
     let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !running.is_finished() {
@@ -145,7 +150,7 @@ fn partial_recipient_failures_retry_only_those_recipients() {
         },
         Run {
             recipients: 3,
-            plan: Plan { messages: Some(500), duration: None, rate: None },
+            plan: Plan { messages: Some(500), ..Plan::default() },
             configure: |c| c.retries = 10,
             ..Run::default()
         },
@@ -164,7 +169,7 @@ fn unreachable_target_defers_everything() {
         l.local_addr().unwrap()
     };
     let run = Run {
-        plan: Plan { messages: Some(50), duration: None, rate: None },
+        plan: Plan { messages: Some(50), ..Plan::default() },
         configure: |c| c.retries = 1,
         ..Run::default()
     };
@@ -185,7 +190,7 @@ fn reply_timeouts_defer() {
             c.faults = f;
         },
         Run {
-            plan: Plan { messages: Some(20), duration: None, rate: None },
+            plan: Plan { messages: Some(20), ..Plan::default() },
             configure: |c| {
                 c.retries = 0;
                 c.client.timeouts.end_of_data = Duration::from_millis(100);
@@ -205,7 +210,7 @@ fn max_messages_per_connection_reconnects() {
         |_| {},
         Run {
             connections: 2,
-            plan: Plan { messages: Some(100), duration: None, rate: None },
+            plan: Plan { messages: Some(100), ..Plan::default() },
             configure: |c| c.client.max_messages = 10,
             ..Run::default()
         },
@@ -221,7 +226,7 @@ fn open_loop_holds_the_rate() {
     let (report, sink) = bench(
         |_| {},
         Run {
-            plan: Plan { messages: None, duration: Some(Duration::from_secs(2)), rate: Some(rate) },
+            plan: Plan { duration: Some(Duration::from_secs(2)), rate: Some(rate), ..Plan::default() },
             ..Run::default()
         },
     );
@@ -277,8 +282,8 @@ fn cli_bench_writes_hgrm() {
 /// Starts an endless closed-loop run against a sink that holds each message `delay`.
 fn endless_run(addr: SocketAddr) -> engine::Running {
     let destination = Arc::new(Destination::new(0, "sink", vec![addr], 4));
-    let plan = Plan { messages: None, duration: Some(Duration::from_secs(60)), rate: None };
-    let source = BenchSource::new(plan, Arc::clone(&destination), bench::message(1000, 1));
+    let plan = Plan { duration: Some(Duration::from_secs(60)), ..Plan::default() };
+    let source = BenchSource::new(plan, Arc::clone(&destination), content(1000, 1));
     let mut config = engine_config();
     // Small queues: what is queued when the run stops must drain through a slow sink quickly.
     config.queue_capacity = 64;
@@ -360,7 +365,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
         .collect();
     struct RoundRobin {
         destinations: Vec<Arc<Destination>>,
-        message: mailvolley::proto::Message,
+        content: Content,
         next: u64,
     }
     impl engine::JobSource for RoundRobin {
@@ -372,7 +377,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
             engine::Next::Job(engine::Job {
                 id: self.next,
                 destination: Arc::clone(&self.destinations[(self.next % 3) as usize]),
-                message: self.message.clone(),
+                message: self.content.next_message(),
                 due: now,
                 attempts: 0,
                 last_conn: 0,
@@ -380,7 +385,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
             })
         }
     }
-    let source = RoundRobin { destinations: destinations.clone(), message: bench::message(1000, 1), next: 0 };
+    let source = RoundRobin { destinations: destinations.clone(), content: content(1000, 1), next: 0 };
     let running = engine::start(engine_config(), destinations, Box::new(source)).unwrap();
     let report = join_within(running, Duration::from_secs(30));
     accounted(&report, 3000);
@@ -397,7 +402,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
 fn messages_over_the_size_limit_bounce_without_being_sent() {
     let (report, sink) = bench(
         |c| c.max_size = 500,
-        Run { plan: Plan { messages: Some(40), duration: None, rate: None }, ..Run::default() },
+        Run { plan: Plan { messages: Some(40), ..Plan::default() }, ..Run::default() },
     );
     let s = &report.stats;
     accounted(&report, 40);
@@ -433,7 +438,7 @@ fn a_server_refusing_every_session_does_not_hang_the_run_regression() {
                 c.faults = f;
             },
             Run {
-                plan: Plan { messages: Some(30), duration: None, rate: None },
+                plan: Plan { messages: Some(30), ..Plan::default() },
                 configure: |c| c.retries = 2,
                 ..Run::default()
             },
@@ -474,7 +479,7 @@ fn a_server_that_hangs_up_right_after_ehlo_does_not_hang_the_run() {
         sessions
     });
     let run = Run {
-        plan: Plan { messages: Some(20), duration: None, rate: None },
+        plan: Plan { messages: Some(20), ..Plan::default() },
         configure: |c| c.retries = 2,
         ..Run::default()
     };

@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let client: Client<u32> = Client::new(config, now);
     let rcpts = vec![Address::new("a@x").unwrap(), Address::new("b@x").unwrap()];
     let envelope = Arc::new(Envelope { sender: Some(Address::new("s@x").unwrap()), recipients: rcpts });
-    let message = Message { envelope, body: Body::new(b"hello\n.dot\n") };
+    let message = Message::new(envelope, Body::new(b"hello\n.dot\n"));
     if mode & 1 == 0 {
         raw(client, message, flags, data, now);
     } else {

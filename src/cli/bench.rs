@@ -1,7 +1,8 @@
 //! `volley bench`.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,53 +12,90 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use mailvolley::bench::{self, BenchSource, Plan};
+use mailvolley::bench::{self, BenchSource, BodySpec, Content, Plan, Recipients, Sizes};
 use mailvolley::engine::{self, Destination, EngineConfig};
-use mailvolley::proto::{ClientConfig, Domain, Timeouts};
+use mailvolley::proto::{Address, ClientConfig, Domain, Timeouts};
 use mailvolley::rt::{self, Driver};
 use mailvolley::sink::{self, SinkConfig};
 
+/// Exit codes of `volley bench` (also in `--help` and the README).
+pub const EXIT_DOC: &str = "Exit codes: 0 at least one message delivered and no protocol violation; \
+1 the target is unreachable or nothing was delivered; 2 usage error or failure to start; \
+3 protocol violation: the server was out of step with the commands (see the report).";
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server to load, HOST:PORT. Without it, volley starts its own sink on a loopback port.
+    /// Server to load: HOST[:PORT] (port 25 when left out). Without it, volley starts its own
+    /// sink on a loopback port.
     #[arg(long)]
     target: Option<String>,
     /// Messages to send [default: run for --duration].
     #[arg(long)]
-    messages: Option<u64>,
+    messages: Option<NonZeroU64>,
     /// How long to send [default: 10s, unless --messages is given].
     #[arg(long, value_parser = super::duration)]
     duration: Option<Duration>,
     /// Connections to the target, across all threads.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Message size in octets, headers included.
-    #[arg(long, default_value_t = 1000)]
-    size: usize,
-    /// Recipients per message.
-    #[arg(long, default_value_t = 1)]
-    recipients: usize,
+    #[arg(long, default_value = "16")]
+    connections: NonZeroUsize,
+    /// Message size in octets, headers included: N, or a range MIN..MAX drawn uniformly
+    /// (k = 1000, m = 1000000; e.g. 1k..100k).
+    #[arg(long, default_value = "1000", value_parser = parse_sizes, conflicts_with = "message")]
+    size: Sizes,
+    /// Send this RFC 5322 message (headers and body) instead of a generated one; each copy gets
+    /// its own Message-ID and Date.
+    #[arg(long, value_name = "FILE")]
+    message: Option<PathBuf>,
+    /// Envelope sender (and From of the generated message).
+    #[arg(long, default_value = "bench@volley.invalid")]
+    from: String,
+    /// Recipients: an address, a pattern such as 'user{1..1000}@example.test' (cycled), or a
+    /// file with one address per line [default: rcpt0@sink.invalid, rcpt1@... one per
+    /// --recipients].
+    #[arg(long, value_name = "ADDRESS|PATTERN|FILE")]
+    to: Option<String>,
+    /// Recipients per message, taken in turn from --to.
+    #[arg(long, default_value = "1")]
+    recipients: NonZeroUsize,
+    /// Send one identical message every time: no per-message Message-ID and Date.
+    #[arg(long)]
+    same_content: bool,
     /// Open loop: messages per second on a fixed schedule; latency counts from the schedule.
     #[arg(long)]
     rate: Option<f64>,
+    /// Grow linearly to full load over this long: the rate in an open loop, the connections in
+    /// a closed one.
+    #[arg(long, value_parser = super::duration)]
+    ramp_up: Option<Duration>,
+    /// Leave messages due in the first D out of the latency figures and the rate (they are still
+    /// sent and counted).
+    #[arg(long, value_parser = super::duration, default_value = "0s")]
+    warmup: Duration,
     /// Transactions in flight per connection when the server offers CHUNKING (max 256).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pipeline_depth: u16,
+    /// With CHUNKING, after this many transactions the session proves it is in step with the
+    /// server (a second EHLO) before counting their outcomes.
+    #[arg(long, default_value = "256")]
+    checkpoint_every: NonZeroUsize,
     /// Engine threads, one runtime each, pinned to cores [default: all cores].
     #[arg(long)]
-    threads: Option<usize>,
+    threads: Option<NonZeroUsize>,
     /// I/O driver.
     #[arg(long, value_enum, default_value_t = Driver::Auto)]
     driver: Driver,
     /// Threads of the built-in sink (when no --target) [default: all cores].
     #[arg(long)]
-    sink_threads: Option<usize>,
+    sink_threads: Option<NonZeroUsize>,
     /// Close a connection after this many messages and open a new one.
     #[arg(long)]
-    max_messages_per_connection: Option<u64>,
+    max_messages_per_connection: Option<NonZeroU64>,
     /// Further attempts for deferred messages (on another connection where possible).
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// Local address to connect from.
+    #[arg(long, value_name = "IP")]
+    source_addr: Option<IpAddr>,
     /// Do not use PIPELINING even when offered.
     #[arg(long)]
     no_pipelining: bool,
@@ -66,6 +104,8 @@ pub struct BenchArgs {
     no_chunking: bool,
     #[command(flatten)]
     timeouts: TimeoutArgs,
+    #[command(flatten)]
+    reconnect: ReconnectArgs,
     /// Name sent in EHLO.
     #[arg(long, default_value = "volley.invalid")]
     helo: String,
@@ -130,25 +170,89 @@ impl TimeoutArgs {
     }
 }
 
+/// What happens when connections or sessions fail.
+#[derive(Debug, Args)]
+pub struct ReconnectArgs {
+    /// First wait before reconnecting after a connection that carried no message; doubles up
+    /// to --reconnect-backoff-max, and starts over after a connection that carried one.
+    #[arg(long, value_parser = super::duration, default_value = "100ms")]
+    reconnect_backoff: Duration,
+    /// Longest wait between reconnection attempts.
+    #[arg(long, value_parser = super::duration, default_value = "5s")]
+    reconnect_backoff_max: Duration,
+    /// A target whose connections have all failed for this long (none getting a reply to a
+    /// message) is failing: from then on each failed connection counts as an attempt for every
+    /// waiting message. Before that, and while any connection works, only a message's own
+    /// transactions count.
+    #[arg(long, value_parser = super::duration, default_value = "10s")]
+    failing_after: Duration,
+}
+
 /// After sending stops (a --duration run, or a first Ctrl-C), how long messages in flight get
 /// to finish before they are abandoned (and counted deferred).
 const GRACE: Duration = Duration::from_secs(10);
+
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    let sizes = Sizes::parse(s).map_err(|e| e.to_string())?;
+    if sizes.min < bench::content::MIN_SIZE {
+        return Err(format!("messages are at least {} octets (the headers)", bench::content::MIN_SIZE));
+    }
+    Ok(sizes)
+}
+
+/// `host:port`, `host` (port 25), `[v6]:port`, `[v6]` or a bare IPv6 address.
+fn resolve_target(target: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = target.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, 25)]);
+    }
+    let with_port = match target.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => target.to_owned(),
+        _ => format!("{target}:25"),
+    };
+    let addrs: Vec<SocketAddr> =
+        with_port.to_socket_addrs().with_context(|| format!("resolving --target {target}"))?.collect();
+    if addrs.is_empty() {
+        bail!("--target {target} has no addresses");
+    }
+    Ok(addrs)
+}
+
+fn content(args: &BenchArgs) -> anyhow::Result<Content> {
+    let mut spec = bench::default_content(args.size.min, args.recipients.get());
+    spec.sender = Some(Address::new(&args.from).with_context(|| format!("--from {}", args.from))?);
+    spec.body = match &args.message {
+        Some(path) => {
+            BodySpec::File(std::fs::read(path).with_context(|| format!("--message {}", path.display()))?)
+        }
+        None => BodySpec::Generated(args.size),
+    };
+    spec.unique = !args.same_content;
+    if let Some(to) = &args.to {
+        let looks_like_address = to.contains('@') && !std::path::Path::new(to).is_file();
+        spec.recipients = if to.contains('{') || looks_like_address {
+            Recipients::parse(to).with_context(|| format!("--to {to}"))?
+        } else {
+            let text = std::fs::read_to_string(to)
+                .with_context(|| format!("--to {to}: reading the address file"))?;
+            Recipients::from_lines(&text).with_context(|| format!("--to {to}"))?
+        };
+    }
+    Content::new(spec).context("building the message")
+}
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of messages per second");
     }
-    if args.connections == 0 {
-        bail!("--connections must be at least 1");
-    }
-    if args.size < 200 {
-        bail!("--size must be at least 200 octets (the message headers)");
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        bail!("--duration must be more than zero");
     }
     let duration = match (args.messages, args.duration) {
         (None, None) => Some(Duration::from_secs(10)),
         (_, d) => d,
     };
-    let threads = args.threads.unwrap_or_else(rt::default_threads).max(1);
+    let content = content(&args)?;
+    let threads = args.threads.map_or_else(rt::default_threads, NonZeroUsize::get);
     let interrupts = super::interrupts()?;
 
     // The target: given, or our own sink on an ephemeral loopback port.
@@ -157,7 +261,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         None => Some(
             sink::start(SinkConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                threads: args.sink_threads.unwrap_or_else(rt::default_threads).max(1),
+                threads: args.sink_threads.map_or_else(rt::default_threads, NonZeroUsize::get),
                 driver: args.driver,
                 ..SinkConfig::default()
             })
@@ -165,37 +269,52 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let addrs: Vec<SocketAddr> = match (&args.target, &own_sink) {
-        (Some(t), _) => t.to_socket_addrs().with_context(|| format!("resolving --target {t}"))?.collect(),
+        (Some(t), _) => resolve_target(t)?,
         (None, Some(s)) => vec![s.local_addr()],
         (None, None) => unreachable!("a sink is started when there is no target"),
     };
     let target_name = args.target.clone().unwrap_or_else(|| format!("volley sink on {}", addrs[0]));
-    probe(&addrs, args.timeouts.connect_timeout)?;
+    if let Err(e) = probe(&addrs, args.timeouts.connect_timeout, args.source_addr) {
+        eprintln!("volley bench: target unreachable: {e}");
+        return Ok(ExitCode::from(1));
+    }
 
     let mut client = ClientConfig::new(Domain::new(&args.helo).context("--helo")?);
     client.depth = usize::from(args.pipeline_depth);
-    client.max_messages = args.max_messages_per_connection.unwrap_or(u64::MAX);
+    client.max_messages = args.max_messages_per_connection.map_or(u64::MAX, NonZeroU64::get);
     client.pipelining = !args.no_pipelining;
     client.chunking = !args.no_chunking;
+    client.sync_every = args.checkpoint_every.get();
     client.timeouts = args.timeouts.timeouts();
     let mut config = EngineConfig::new(client);
     config.threads = threads;
     config.driver = args.driver;
     config.connect_timeout = args.timeouts.connect_timeout;
     config.retries = args.retries;
+    config.reconnect_backoff = args.reconnect.reconnect_backoff;
+    config.reconnect_backoff_max = args.reconnect.reconnect_backoff_max;
+    config.failing_after = args.reconnect.failing_after;
+    config.warmup = args.warmup;
+    config.source_addr = args.source_addr;
+    // An open loop ramps its rate; a closed one its connections.
+    config.ramp_up = args.ramp_up.filter(|_| args.rate.is_none());
 
-    let destination = Arc::new(Destination::new(0, target_name.clone(), addrs, args.connections));
-    let plan = Plan { messages: args.messages, duration, rate: args.rate };
-    let message = bench::message(args.size, args.recipients);
-    let source = BenchSource::new(plan, Arc::clone(&destination), message);
+    let destination = Arc::new(Destination::new(0, target_name.clone(), addrs, args.connections.get()));
+    let plan = Plan {
+        messages: args.messages.map(NonZeroU64::get),
+        duration,
+        rate: args.rate,
+        ramp_up: args.ramp_up,
+    };
+    let sizes = content.sizes();
+    let source = BenchSource::new(plan, Arc::clone(&destination), content);
     if !args.quiet {
         let mode = args.rate.map_or("closed loop".to_owned(), |r| format!("open loop at {r} msg/s"));
+        let size = if sizes.0 == sizes.1 { sizes.0.to_string() } else { format!("{}..{}", sizes.0, sizes.1) };
         eprintln!(
-            "volley bench: {target_name}, {} connections, {} threads ({}), {} octets, {mode}",
+            "volley bench: {target_name}, {} connections, {threads} threads ({}), {size} octets, {mode}",
             args.connections,
-            threads,
             args.driver.name(),
-            args.size
         );
     }
     let running =
@@ -206,7 +325,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut producer_done_at: Option<Instant> = None;
     while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
-        // First Ctrl-C: stop sending, let what is in flight finish. Second: stop now.
+        // First Ctrl-C (or SIGTERM, SIGHUP): stop sending, let what is in flight finish.
+        // Second: stop now.
         match interrupts.load(Ordering::Relaxed) {
             0 => {}
             1 => running.stop_producing(),
@@ -235,7 +355,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.json {
         let sink_json = sink_counters.as_ref().map(|c| c.json(report.elapsed.as_secs_f64()));
-        println!("{}", bench::json(&report, args.size, &target_name, sink_json));
+        println!("{}", bench::json(&report, sizes, &target_name, sink_json));
     } else {
         print!("{}", bench::text(&report, &target_name));
         if let Some(c) = &sink_counters {
@@ -253,6 +373,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    for warning in bench::warnings(&report) {
+        eprintln!("volley bench: {warning}");
+    }
+    if report.stats.violations > 0 {
+        return Ok(ExitCode::from(3));
+    }
     if report.stats.delivered == 0 {
         eprintln!("volley bench: nothing was delivered");
         if let Some(e) = &report.stats.last_connect_error {
@@ -263,23 +389,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Fails fast, with the reason, when the target does not accept connections at all.
-fn probe(addrs: &[SocketAddr], timeout: Duration) -> anyhow::Result<()> {
+/// Whether the target accepts connections at all (the reason when it does not), so a wrong
+/// address fails fast.
+fn probe(addrs: &[SocketAddr], timeout: Duration, source: Option<IpAddr>) -> Result<(), String> {
     let mut last = None;
     for addr in addrs {
+        if source.is_some() {
+            // The engine binds the source address itself; a plain probe would not.
+            return Ok(());
+        }
         match std::net::TcpStream::connect_timeout(addr, timeout) {
             Ok(_) => return Ok(()),
             Err(e) => last = Some(format!("{addr}: {e}")),
         }
     }
-    bail!("target unreachable: {}", last.unwrap_or_else(|| "no address".into()))
+    Err(last.unwrap_or_else(|| "no address".into()))
 }
 
 fn progress_line(last: &engine::Snapshot, now: &engine::Snapshot) {
     let secs = (now.elapsed - last.elapsed).as_secs_f64().max(1e-9);
     let rate = (now.delivered - last.delivered) as f64 / secs;
+    let uncertain = if now.uncertain > 0 { format!("  UNCERTAIN {}", now.uncertain) } else { String::new() };
     eprintln!(
-        "[{:>4.0}s] {:>9.0} msg/s  delivered {:>10}  deferred {:>7}  bounced {:>7}  in flight {:>5}  p99 {:>8.3} ms  connect errors {}",
+        "[{:>4.0}s] {:>9.0} msg/s  delivered {:>10}  deferred {:>7}  bounced {:>7}  in flight {:>5}  p99 {:>8.3} ms  errors: connect {}, session {}{uncertain}",
         now.elapsed.as_secs_f64(),
         rate,
         now.delivered,
@@ -287,6 +419,30 @@ fn progress_line(last: &engine::Snapshot, now: &engine::Snapshot) {
         now.bounced,
         now.in_flight,
         now.p99_micros as f64 / 1000.0,
-        now.connect_failures
+        now.connect_failures,
+        now.session_errors.saturating_sub(now.connect_failures),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_default_to_port_25() {
+        let cases = [
+            ("127.0.0.1:2525", "127.0.0.1:2525"),
+            ("127.0.0.1", "127.0.0.1:25"),
+            ("localhost", "127.0.0.1:25"),
+            ("localhost:26", "127.0.0.1:26"),
+            ("[::1]:2525", "[::1]:2525"),
+            ("[::1]", "[::1]:25"),
+            ("::1", "[::1]:25"),
+        ];
+        for (target, want) in cases {
+            let got = resolve_target(target).unwrap();
+            assert!(got.iter().any(|a| a.to_string() == want), "{target}: {got:?}");
+        }
+        assert!(resolve_target("no-such-host.invalid").is_err());
+    }
 }

@@ -21,9 +21,12 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load-test an SMTP server (or volley's own sink) and report throughput and latency.
+    #[command(after_help = bench::EXIT_DOC)]
     Bench(bench::BenchArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
@@ -41,8 +44,8 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// Counts Ctrl-C presses, so commands can stop cleanly (first) or at once (second), and still
-/// report.
+/// Counts Ctrl-C presses (and SIGTERM, SIGHUP), so commands can stop cleanly (first) or at once
+/// (second), and still report.
 pub fn interrupts() -> anyhow::Result<Arc<AtomicUsize>> {
     let count = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&count);

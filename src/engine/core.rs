@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
-use monoio::net::TcpStream;
 
 use super::job::{Destination, Job};
 use super::signal::Signal;
@@ -147,6 +146,9 @@ pub struct Core {
     progress: Arc<Progress>,
     pub watchdog: Rc<Watchdog>,
     finished: Rc<Cell<bool>>,
+    /// When the engine started, and when the warmup ends.
+    started: Instant,
+    measure_from: Instant,
 }
 
 impl Core {
@@ -155,12 +157,16 @@ impl Core {
         config: Arc<EngineConfig>,
         run: Arc<RunState>,
         progress: Arc<Progress>,
+        started: Instant,
     ) -> Rc<Core> {
+        let measure_from = started + config.warmup;
+        let mut stats = Stats::default();
+        stats.measuring = config.warmup.is_zero();
         Rc::new(Core {
             index,
             config,
             run,
-            stats: RefCell::default(),
+            stats: RefCell::new(stats),
             interval: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")),
             pools: RefCell::default(),
             in_flight: Cell::new(0),
@@ -169,6 +175,8 @@ impl Core {
             progress,
             watchdog: Watchdog::new(),
             finished: Rc::new(Cell::new(false)),
+            started,
+            measure_from,
         })
     }
 
@@ -246,7 +254,7 @@ impl Core {
             pool.push(Job {
                 id: done.user.id,
                 destination: Arc::clone(&done.user.destination),
-                message: Message { envelope, body: done.message.body.clone() },
+                message: Message { envelope, ..done.message.clone() },
                 due: done.user.due,
                 attempts,
                 last_conn: conn,
@@ -259,8 +267,14 @@ impl Core {
         let latency = now.saturating_duration_since(done.user.due);
         let mut stats = self.stats.borrow_mut();
         stats.finish(&done, disposition);
-        stats.record(Metric::Message, latency);
-        stats.record(Metric::Transaction, now.saturating_duration_since(done.user.dispatched));
+        if done.user.due >= self.measure_from {
+            if disposition == Disposition::Delivered {
+                stats.measured += 1;
+                stats.measured_bytes += done.message.len() as u64;
+            }
+            stats.record_always(Metric::Message, latency);
+            stats.record_always(Metric::Transaction, now.saturating_duration_since(done.user.dispatched));
+        }
         self.interval.borrow_mut().saturating_record(latency.as_micros().max(1) as u64);
     }
 
@@ -277,8 +291,8 @@ impl Core {
     /// A job was handed to a session at `now`.
     pub fn dispatched(&self, due: Instant, first_attempt: bool, now: Instant) {
         self.in_flight.set(self.in_flight.get() + 1);
-        if first_attempt {
-            self.stats.borrow_mut().record(Metric::Queue, now.saturating_duration_since(due));
+        if first_attempt && due >= self.measure_from {
+            self.stats.borrow_mut().record_always(Metric::Queue, now.saturating_duration_since(due));
         }
     }
 
@@ -354,6 +368,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
         if last_publish.elapsed() >= PUBLISH_EVERY {
             core.publish();
             last_publish = Instant::now();
+            if !core.stats.borrow().measuring && last_publish >= core.measure_from {
+                core.stats.borrow_mut().measuring = true;
+            }
         }
         let producer_done = core.run.producer_done.load(Ordering::Acquire);
         if producer_done && held.is_none() && queue.is_empty() && core.pools_idle() {
@@ -386,7 +403,7 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
     let config = &core.config;
     let mut backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
     loop {
-        while !pool.has_pending() || pool.open.get() >= pool.target(Instant::now(), config.probe_interval) {
+        while !pool.has_pending() || pool.open.get() >= core.connection_target(&pool, Instant::now()) {
             if core.draining.get() || core.aborting() {
                 return;
             }
@@ -428,6 +445,16 @@ struct Attempt {
 }
 
 impl Core {
+    /// How many connections this core may have open to the pool's destination now: the
+    /// adaptive target, and during a ramp-up a share growing linearly from one.
+    fn connection_target(&self, pool: &Pool, now: Instant) -> usize {
+        let target = pool.target(now, self.config.probe_interval);
+        let Some(ramp) = self.config.ramp_up.filter(|r| !r.is_zero()) else { return target };
+        let done = now.saturating_duration_since(self.started).as_secs_f64() / ramp.as_secs_f64();
+        let ramped = (pool.share as f64 * done).ceil() as usize;
+        target.min(ramped.max(1))
+    }
+
     /// A connection or session failed before carrying a transaction while jobs were waiting.
     /// While other sessions to the destination are open this is the server capping
     /// connections: lower the target, charge nobody. Otherwise jobs are charged an attempt only
@@ -452,7 +479,8 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
     let started = Instant::now();
     let mut last_error = None;
     for &addr in &pool.destination.addrs {
-        let attempt = monoio::time::timeout(core.config.connect_timeout, TcpStream::connect_addr(addr)).await;
+        let connecting = crate::rt::connect(addr, core.config.source_addr);
+        let attempt = monoio::time::timeout(core.config.connect_timeout, connecting).await;
         match attempt {
             Ok(Ok(mut stream)) => {
                 let _ = stream.set_nodelay(true);

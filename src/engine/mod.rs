@@ -51,6 +51,13 @@ pub struct EngineConfig {
     /// After the server refused a connection while others were open, how long a core waits
     /// before trying one more (additive increase; the decrease is to what the server allowed).
     pub probe_interval: Duration,
+    /// Connections grow linearly to their limit over this long (a closed-loop ramp).
+    pub ramp_up: Option<Duration>,
+    /// Jobs due, and sessions and replies measured, this long after the start are left out of
+    /// the latency histograms and the rate (they still count as outcomes).
+    pub warmup: Duration,
+    /// Local address to connect from.
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 impl EngineConfig {
@@ -69,6 +76,9 @@ impl EngineConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             failing_after: Duration::from_secs(10),
             probe_interval: Duration::from_secs(5),
+            ramp_up: None,
+            warmup: Duration::ZERO,
+            source_addr: None,
         }
     }
 }
@@ -123,6 +133,15 @@ pub struct Report {
     pub elapsed: Duration,
     pub threads: usize,
     pub driver: Driver,
+    pub warmup: Duration,
+}
+
+impl Report {
+    /// Delivered messages per second and megabytes per second, over the time after the warmup.
+    pub fn rates(&self) -> (f64, f64) {
+        let secs = self.elapsed.saturating_sub(self.warmup).as_secs_f64().max(1e-9);
+        (self.stats.measured as f64 / secs, self.stats.measured_bytes as f64 / secs / 1e6)
+    }
 }
 
 /// A running engine.
@@ -135,6 +154,7 @@ pub struct Running {
     started: Instant,
     threads: usize,
     driver: Driver,
+    warmup: Duration,
 }
 
 impl Running {
@@ -194,6 +214,7 @@ impl Running {
             elapsed: self.started.elapsed(),
             threads: self.threads,
             driver: self.driver,
+            warmup: self.warmup,
         })
     }
 }
@@ -212,13 +233,14 @@ pub fn start(
         (0..threads).map(|_| Arc::new(ArrayQueue::new(config.queue_capacity.max(1)))).collect();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
     let mut cores = Vec::with_capacity(threads);
+    let started = Instant::now();
     for index in 0..threads {
         let (config, run, queue, progress) =
             (Arc::clone(&config), Arc::clone(&run), Arc::clone(&queues[index]), Arc::clone(&progress[index]));
         cores.push(rt::spawn_pinned("engine", index, move || {
             let driver = config.driver;
             rt::block_on(driver, async move {
-                let core = core::Core::new(index, config, run, progress);
+                let core = core::Core::new(index, config, run, progress, started);
                 core::run(core, queue).await
             })
         })?);
@@ -235,9 +257,10 @@ pub fn start(
         queues,
         cores,
         producer: Some(producer),
-        started: Instant::now(),
+        started,
         threads,
         driver: config.driver,
+        warmup: config.warmup,
     })
 }
 

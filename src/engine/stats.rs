@@ -87,6 +87,11 @@ pub struct Stats {
     pub retries: u64,
     /// Content octets of delivered messages.
     pub bytes: u64,
+    /// Delivered messages due after the warmup, and their octets: what the rate counts.
+    pub measured: u64,
+    pub measured_bytes: u64,
+    /// Whether the warmup is over: session and reply latencies are recorded only then.
+    pub measuring: bool,
     pub connections: u64,
     pub connect_failures: u64,
     /// Connections or sessions refused while others to the same destination were open, and the
@@ -120,6 +125,9 @@ impl Default for Stats {
             recipients: RecipientTotals::default(),
             retries: 0,
             bytes: 0,
+            measured: 0,
+            measured_bytes: 0,
+            measuring: true,
             connections: 0,
             connect_failures: 0,
             cap_refusals: 0,
@@ -136,8 +144,18 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Records a latency measured now: nothing during the warmup.
     pub fn record(&mut self, metric: Metric, d: Duration) {
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        if self.measuring {
+            self.record_always(metric, d);
+        }
+    }
+
+    /// Records a latency whose message the caller has judged to be measured.
+    pub fn record_always(&mut self, metric: Metric, d: Duration) {
+        // u64 arithmetic: as_micros() works in u128, and this runs several times per message.
+        let micros =
+            d.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(d.subsec_micros())).max(1);
         self.histograms[metric as usize].saturating_record(micros);
     }
 
@@ -150,7 +168,7 @@ impl Stats {
         match disposition {
             Disposition::Delivered => {
                 self.delivered += 1;
-                self.bytes += done.message.body.len() as u64;
+                self.bytes += done.message.len() as u64;
             }
             Disposition::Deferred => self.deferred += 1,
             Disposition::Bounced => self.bounced += 1,
@@ -210,6 +228,8 @@ impl Stats {
             self.last_connect_error.clone_from(&o.last_connect_error);
         }
         self.bytes += o.bytes;
+        self.measured += o.measured;
+        self.measured_bytes += o.measured_bytes;
         self.connections += o.connections;
         self.connect_failures += o.connect_failures;
         self.cap_refusals += o.cap_refusals;

@@ -191,6 +191,67 @@ impl Body {
     }
 }
 
+/// Header lines sent ahead of a shared [`Body`], different for each message (a unique
+/// Message-ID, a Date): complete CRLF-terminated lines, none empty (that would end the header
+/// section) and none starting with a dot, so DATA and BDAT both send them unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head(Arc<[u8]>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("header lines must each end with CRLF, with no bare CR or LF")]
+    LineEnding,
+    #[error("an empty line would end the header section")]
+    EmptyLine,
+    #[error("a header line cannot start with a dot")]
+    Dot,
+}
+
+impl Head {
+    pub fn new(lines: &[u8]) -> Result<Head, HeadError> {
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let Some(lf) = memchr::memchr(b'\n', rest) else { return Err(HeadError::LineEnding) };
+            let line = &rest[..lf];
+            if !line.ends_with(b"\r") || memchr::memchr2(b'\r', b'\n', &line[..line.len() - 1]).is_some() {
+                return Err(HeadError::LineEnding);
+            }
+            match line.first() {
+                Some(b'\r') => return Err(HeadError::EmptyLine),
+                Some(b'.') => return Err(HeadError::Dot),
+                _ => {}
+            }
+            rest = &rest[lf + 1..];
+        }
+        Ok(Head(lines.into()))
+    }
+
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn is_eight_bit(&self) -> bool {
+        self.0.iter().any(|&b| b >= 0x80)
+    }
+}
+
+/// What is sent as a message's content: optional per-message header lines, then the body.
+pub(crate) fn content_len(head: Option<&Head>, body: &Body) -> usize {
+    head.map_or(0, Head::len) + body.len()
+}
+
+pub(crate) fn content_is_eight_bit(head: Option<&Head>, body: &Body) -> bool {
+    body.is_eight_bit() || head.is_some_and(Head::is_eight_bit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +409,23 @@ mod tests {
             data_form.extend_from_slice(b".\r\n");
             let data_form = body.stuffed().map(|s| s.to_vec()).unwrap_or(data_form);
             prop_assert_eq!(data_form, encode(Framing::Data, &input));
+        }
+    }
+
+    #[test]
+    fn heads_are_checked() {
+        assert!(Head::new(b"Message-ID: <1@x>\r\nDate: Mon, 23 Nov 2026 07:00:00 +0000\r\n").is_ok());
+        assert!(Head::new(b"").is_ok());
+        let cases: [(&[u8], HeadError); 6] = [
+            (b"X: 1\n", HeadError::LineEnding),
+            (b"X: 1\r\nY: 2", HeadError::LineEnding),
+            (b"X: 1\rY: 2\r\n", HeadError::LineEnding),
+            (b"X: 1\r\n\r\n", HeadError::EmptyLine),
+            (b".X: 1\r\n", HeadError::Dot),
+            (b"X: 1\r\n.\r\n", HeadError::Dot),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Head::new(input), Err(want), "{:?}", String::from_utf8_lossy(input));
         }
     }
 }

@@ -12,7 +12,7 @@ pub mod reply;
 pub mod server;
 
 pub use address::{Address, AddressError, Domain};
-pub use body::{Body, BodyEncoder, Framing};
+pub use body::{Body, BodyEncoder, Framing, Head, HeadError};
 pub use client::{
     Client, ClientConfig, Completed, Disposition, Envelope, Event, Message, SessionError, Timeouts, TxnResult,
 };

@@ -1,6 +1,7 @@
 //! Thread-per-core plumbing shared by the sink and the engine: one monoio runtime per thread,
 //! pinned to a core, io_uring or epoll.
 
+mod connect;
 mod iovec;
 mod read;
 
@@ -10,6 +11,7 @@ use std::thread::JoinHandle;
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+pub use connect::connect;
 pub use iovec::TransmitBuf;
 pub use read::{ReadOutcome, Watch, Watchdog};
 

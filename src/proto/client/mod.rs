@@ -46,7 +46,7 @@ pub use outcome::{Completed, Disposition, LocalError, SessionError, TxnResult, c
 pub use transmit::{Segment, Transmit};
 
 use super::address::Address;
-use super::body::Body;
+use super::body::{self, Body, Head};
 use super::command::{self, BodyType, Command, MailParams};
 use super::ehlo::Capabilities;
 use super::reply::{Reply, ReplyClass, ReplyParser, ReplyRef};
@@ -70,7 +70,28 @@ impl Envelope {
 #[derive(Debug, Clone)]
 pub struct Message {
     pub envelope: Arc<Envelope>,
+    /// Header lines of this message only, sent ahead of the shared body.
+    pub head: Option<Head>,
     pub body: Body,
+}
+
+impl Message {
+    pub fn new(envelope: Arc<Envelope>, body: Body) -> Self {
+        Message { envelope, head: None, body }
+    }
+
+    /// Octets of content: the head and the body, CRLF-normalised.
+    pub fn len(&self) -> usize {
+        body::content_len(self.head.as_ref(), &self.body)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn is_eight_bit(&self) -> bool {
+        body::content_is_eight_bit(self.head.as_ref(), &self.body)
+    }
 }
 
 /// How long the session's opening took.
@@ -330,7 +351,7 @@ impl<T> Client<T> {
         }
         let caps = self.caps.as_ref()?;
         if let Some(limit) = caps.size.filter(|&l| l > 0) {
-            let size = message.body.len() as u64;
+            let size = message.len() as u64;
             if size > limit {
                 return Some(LocalError::TooLarge { size, limit });
             }
@@ -781,9 +802,12 @@ impl<T> Client<T> {
         if self.held.is_empty() || self.syncing {
             return false;
         }
-        let idle = self.txns.is_empty() && self.expect.is_empty();
-        let between = self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done));
-        idle || (between && self.held.len() >= self.config.sync_every.max(1))
+        if self.txns.is_empty() && self.expect.is_empty() {
+            return true; // idle
+        }
+        // Called for every write: the scan only once enough outcomes are held.
+        self.held.len() >= self.config.sync_every.max(1)
+            && self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done))
     }
 
     /// Writes whatever the current state allows into `out`.
@@ -875,10 +899,12 @@ impl<T> Client<T> {
                 }
                 Step::Data if self.chunking => {
                     let t = &mut self.txns[i];
-                    let body = t.message.body.bytes();
                     // Cannot fail: LAST is set.
-                    let _ = command::bdat(self.out.commands(), body.len() as u64, true);
-                    self.out.push_shared(body);
+                    let _ = command::bdat(self.out.commands(), t.message.len() as u64, true);
+                    if let Some(head) = &t.message.head {
+                        self.out.commands().extend_from_slice(head.bytes());
+                    }
+                    self.out.push_shared(t.message.body.bytes());
                     t.step = Step::Done;
                     t.outstanding += 1;
                     t.content_sent = true;
@@ -896,6 +922,10 @@ impl<T> Client<T> {
                 Step::Body => {
                     let t = &mut self.txns[i];
                     if t.rcpts_ok > 0 {
+                        if let Some(head) = &t.message.head {
+                            // No line of a head starts with a dot: sent as is in both framings.
+                            self.out.commands().extend_from_slice(head.bytes());
+                        }
                         match t.message.body.stuffed() {
                             Some(stuffed) => self.out.push_shared(stuffed),
                             None => {
@@ -923,8 +953,8 @@ impl<T> Client<T> {
     fn mail_params(&self, message: &Message) -> MailParams {
         let Some(caps) = &self.caps else { return MailParams::default() };
         MailParams {
-            size: caps.size.map(|_| message.body.len() as u64),
-            body: (message.body.is_eight_bit() && caps.eight_bit_mime).then_some(BodyType::EightBitMime),
+            size: caps.size.map(|_| message.len() as u64),
+            body: (message.is_eight_bit() && caps.eight_bit_mime).then_some(BodyType::EightBitMime),
             smtputf8: caps.smtputf8 && message.envelope.needs_smtputf8(),
         }
     }

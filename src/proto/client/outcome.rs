@@ -217,7 +217,7 @@ mod tests {
     fn completed(result: TxnResult, rejected: Vec<(usize, Reply)>) -> Completed<()> {
         let rcpts = (0..3).map(|i| Address::new(&format!("r{i}@x")).unwrap()).collect();
         let envelope = Arc::new(Envelope { sender: None, recipients: rcpts });
-        let message = Message { envelope, body: Body::new(b"x") };
+        let message = Message::new(envelope, Body::new(b"x"));
         Completed { user: (), message, result, rejected, at: std::time::Instant::now() }
     }
 

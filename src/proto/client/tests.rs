@@ -319,7 +319,7 @@ fn config() -> ClientConfig {
 fn msg(rcpts: &[&str], body: &[u8]) -> Message {
     let recipients = rcpts.iter().map(|r| Address::new(r).unwrap()).collect();
     let envelope = Arc::new(Envelope { sender: Some(Address::new("from@test").unwrap()), recipients });
-    Message { envelope, body: Body::new(body) }
+    Message::new(envelope, Body::new(body))
 }
 
 fn msgs(n: usize) -> Vec<Message> {
