@@ -262,7 +262,7 @@ fn cli_bench_unreachable_target_fails_clearly() {
     };
     let target = format!("127.0.0.1:{port}");
     let out = volley(&["bench", "--target", &target, "--messages", "10", "--quiet"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "unreachable is exit code 1, as documented (regression: was 2)");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("target unreachable") && err.contains(&target), "{err}");
 }

@@ -393,6 +393,12 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     core.finished.set(true);
     let mut stats = core.stats.borrow().clone();
     stats.unsent += unsent;
+    if stats.cap_refusals > 0 {
+        // What the server allowed: the most sessions it kept at once. (At a refusal, sessions it
+        // had just accepted may still be in their greeting, so the count then is too low.)
+        let peak = core.pools.borrow().iter().flatten().map(|p| p.destination.health.peak()).max();
+        stats.connection_cap = peak.unwrap_or(0) as u64;
+    }
     stats
 }
 
@@ -464,9 +470,7 @@ impl Core {
         let established = pool.destination.health.established();
         if established > 0 {
             pool.capped(pool.open.get(), now);
-            let mut stats = self.stats.borrow_mut();
-            stats.cap_refusals += 1;
-            stats.connection_cap = stats.connection_cap.max(established as u64);
+            self.stats.borrow_mut().cap_refusals += 1;
             return;
         }
         if pool.destination.health.failed(now) >= self.config.failing_after {

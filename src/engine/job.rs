@@ -37,8 +37,9 @@ impl Destination {
 /// and the connection-cap detection need to know about other cores' sessions.
 #[derive(Debug)]
 pub struct Health {
-    /// Sessions past EHLO, on every core.
+    /// Sessions past EHLO, on every core, and the most there have been at once.
     established: AtomicUsize,
+    peak: AtomicUsize,
     /// When sessions started failing with none succeeding since (nanoseconds after `EPOCH`,
     /// plus one so that zero means "not failing").
     failing_since: AtomicU64,
@@ -48,7 +49,11 @@ impl Health {
     pub fn new() -> Self {
         // Fix the epoch before any instant this destination will see.
         EPOCH.get_or_init(Instant::now);
-        Health { established: AtomicUsize::new(0), failing_since: AtomicU64::new(0) }
+        Health {
+            established: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            failing_since: AtomicU64::new(0),
+        }
     }
 
     pub fn established(&self) -> usize {
@@ -56,7 +61,13 @@ impl Health {
     }
 
     pub fn session_ready(&self) {
-        self.established.fetch_add(1, Ordering::Relaxed);
+        let now = self.established.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The most sessions that were past EHLO at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
     }
 
     pub fn session_ended(&self) {

@@ -95,7 +95,7 @@ pub struct Stats {
     pub connections: u64,
     pub connect_failures: u64,
     /// Connections or sessions refused while others to the same destination were open, and the
-    /// most sessions that were open at such a refusal: the server's connection cap.
+    /// most sessions the server kept open at once: its connection cap.
     pub cap_refusals: u64,
     pub connection_cap: u64,
     /// Final reply codes of finished messages.

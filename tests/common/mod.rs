@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: an in-process sink and a raw scripted client.
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
