@@ -180,3 +180,34 @@ fn a_server_refusing_every_ehlo_defers_each_message_after_its_retries_no_sooner(
     let counters = sink.stop().unwrap();
     assert_eq!(counters.transactions, 0);
 }
+
+#[test]
+fn jobs_of_a_core_the_server_refuses_are_carried_by_the_others() {
+    // One connection allowed, two cores: one core can never connect. Its jobs must go to the
+    // other core's session, not wait for the end of the run (regression: they waited).
+    let sink = common::sink(|c| {
+        c.threads = 2;
+        c.max_connections = Some(1);
+    });
+    let destination = Arc::new(Destination::new(0, "capped", vec![sink.local_addr()], 8));
+    let content = Content::new(bench::default_content(1000, 1)).unwrap();
+    let plan = Plan { duration: Some(Duration::from_secs(2)), ..Plan::default() };
+    let running = engine::start(
+        config(3),
+        vec![Arc::clone(&destination)],
+        Box::new(BenchSource::new(plan, destination, content)),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running.is_finished() {
+        assert!(Instant::now() < deadline, "run did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = running.join().unwrap();
+    let s = &report.stats;
+    assert!(s.delivered > 1000 && s.deferred == 0 && s.uncertain == 0, "{}", brief(&report));
+    assert_eq!(s.delivered + s.unsent, report.produced, "{}", brief(&report));
+    let worst = s.histogram(engine::Metric::Message).max();
+    assert!(worst < 1_000_000, "no job waited for the end of the run: worst {worst} µs");
+    assert_eq!(sink.stop().unwrap().messages_accepted, s.delivered);
+}

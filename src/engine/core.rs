@@ -67,6 +67,9 @@ pub struct Pool {
     /// connection while others are open, raised by one per probe interval since.
     target: Cell<usize>,
     target_changed: Cell<Instant>,
+    /// The server gives this core no connection while other cores hold its sessions: jobs go
+    /// back to the producer for the other cores (see `Core::return_jobs`).
+    pub blocked: Cell<bool>,
 }
 
 impl Pool {
@@ -79,6 +82,7 @@ impl Pool {
             share,
             target: Cell::new(share),
             target_changed: Cell::new(Instant::now()),
+            blocked: Cell::new(false),
         }
     }
 
@@ -92,12 +96,11 @@ impl Pool {
         self.target.get()
     }
 
-    /// The server refused a connection while `others` of this core's were open: it allows no
-    /// more than that (at least one is kept trying).
+    /// The server refused a connection while `others` of this core's were open (and other
+    /// sessions to it elsewhere): it allows no more than that. Zero waits for the next probe.
     fn capped(&self, others: usize, now: Instant) {
-        let target = others.max(1);
-        if target < self.target.get() {
-            self.target.set(target);
+        if others < self.target.get() {
+            self.target.set(others);
         }
         self.target_changed.set(now);
     }
@@ -360,6 +363,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
                 break;
             }
             pool.pending.borrow_mut().push_back(job);
+            if pool.blocked.get() {
+                core.return_jobs(&pool);
+            }
             moved = true;
         }
         if moved {
@@ -461,6 +467,32 @@ impl Core {
         target.min(ramped.max(1))
     }
 
+    /// Hands a blocked pool's jobs back to the producer, which routes them to other cores.
+    /// Only while the producer still reads them: it sets `closing`, then waits for `returning`
+    /// to drop to zero before its last look, so no job can be handed to a producer that is gone
+    /// (those stay here, sent when this core gets a connection).
+    pub fn return_jobs(&self, pool: &Pool) {
+        let run = &self.run;
+        run.returning.fetch_add(1, Ordering::SeqCst);
+        if !run.closing.load(Ordering::SeqCst) {
+            let mut pending = pool.pending.borrow_mut();
+            while let Some(job) = pending.pop_front() {
+                if let Err(job) = run.returns.push(job) {
+                    pending.push_front(job);
+                    break;
+                }
+            }
+        }
+        run.returning.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A session of this core to the pool's destination got through: it is not blocked.
+    pub fn unblock(&self, pool: &Pool) {
+        if pool.blocked.replace(false) {
+            pool.destination.health.set_blocked(self.index, false);
+        }
+    }
+
     /// A connection or session failed before carrying a transaction while jobs were waiting.
     /// While other sessions to the destination are open this is the server capping
     /// connections: lower the target, charge nobody. Otherwise jobs are charged an attempt only
@@ -469,8 +501,15 @@ impl Core {
         let now = Instant::now();
         let established = pool.destination.health.established();
         if established > 0 {
-            pool.capped(pool.open.get(), now);
+            let others = pool.open.get();
+            pool.capped(others, now);
             self.stats.borrow_mut().cap_refusals += 1;
+            if others == 0 {
+                // Every session the server allows is on other cores: let them carry our jobs.
+                pool.blocked.set(true);
+                pool.destination.health.set_blocked(self.index, true);
+                self.return_jobs(pool);
+            }
             return;
         }
         if pool.destination.health.failed(now) >= self.config.failing_after {
@@ -586,7 +625,8 @@ mod tests {
         assert_eq!(pool.target(t0 + Duration::from_secs(6), probe), 3, "one more after a quiet interval");
         assert_eq!(pool.target(t0 + Duration::from_secs(7), probe), 3);
         pool.capped(0, t0 + Duration::from_secs(8));
-        assert_eq!(pool.target(t0 + Duration::from_secs(8), probe), 1, "at least one keeps trying");
+        assert_eq!(pool.target(t0 + Duration::from_secs(8), probe), 0, "every allowed session is elsewhere");
+        assert_eq!(pool.target(t0 + Duration::from_secs(13), probe), 1, "probed again");
         let later = t0 + Duration::from_secs(100);
         for _ in 0..10 {
             pool.target(later, probe);

@@ -43,6 +43,9 @@ pub struct Health {
     /// When sessions started failing with none succeeding since (nanoseconds after `EPOCH`,
     /// plus one so that zero means "not failing").
     failing_since: AtomicU64,
+    /// Cores the server has capped to no connection while other cores hold its sessions (one
+    /// bit per core, the first 64): the producer routes the destination's jobs elsewhere.
+    blocked: AtomicU64,
 }
 
 impl Health {
@@ -53,6 +56,7 @@ impl Health {
             established: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             failing_since: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
         }
     }
 
@@ -72,6 +76,20 @@ impl Health {
 
     pub fn session_ended(&self) {
         self.established.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Marks whether `core` is capped to no connection.
+    pub fn set_blocked(&self, core: usize, blocked: bool) {
+        let bit = 1u64.checked_shl(core as u32).unwrap_or(0);
+        if blocked {
+            self.blocked.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.blocked.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_blocked(&self, core: usize) -> bool {
+        self.blocked.load(Ordering::Relaxed) & 1u64.checked_shl(core as u32).unwrap_or(0) != 0
     }
 
     /// A transaction got a final reply: the destination works.

@@ -14,7 +14,7 @@ pub mod stats;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,9 +84,15 @@ impl EngineConfig {
 }
 
 /// Run-wide flags, written rarely (start, end), read by every core.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunState {
     pub producer_done: AtomicBool,
+    /// Jobs a core hands back because the server allows its connections only to other cores'
+    /// sessions; the producer routes them again. A core may return jobs only while `returning`
+    /// counts it and the producer is not `closing` (see `Core::return_jobs`).
+    pub returns: ArrayQueue<Job>,
+    pub returning: AtomicUsize,
+    pub closing: AtomicBool,
     /// Stop producing; what was produced is still sent.
     pub stop_producing: AtomicBool,
     pub abort: AtomicBool,
@@ -207,7 +213,8 @@ impl Running {
         }
         // Counted only now that nothing can push or pop: a job the producer pushed after its
         // core had finished is still accounted for.
-        stats.unsent += self.queues.iter().map(|q| q.len() as u64).sum::<u64>();
+        stats.unsent +=
+            self.queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.run.returns.len() as u64;
         Ok(Report {
             stats,
             produced: self.run.produced.load(Ordering::Relaxed),
@@ -228,7 +235,15 @@ pub fn start(
 ) -> io::Result<Running> {
     let threads = config.threads.max(1);
     let config = Arc::new(EngineConfig { threads, ..config });
-    let run = Arc::new(RunState::default());
+    let run = Arc::new(RunState {
+        producer_done: AtomicBool::new(false),
+        returns: ArrayQueue::new(config.queue_capacity.max(1)),
+        returning: AtomicUsize::new(0),
+        closing: AtomicBool::new(false),
+        stop_producing: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        produced: AtomicU64::new(0),
+    });
     let queues: Vec<Arc<ArrayQueue<Job>>> =
         (0..threads).map(|_| Arc::new(ArrayQueue::new(config.queue_capacity.max(1)))).collect();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
@@ -264,8 +279,10 @@ pub fn start(
     })
 }
 
-/// Which cores take a destination's jobs: those holding part of its connection budget.
+/// Which cores take a destination's jobs: those holding part of its connection budget, less
+/// any the server has capped to no connection.
 struct Router {
+    destinations: Vec<Option<Arc<Destination>>>,
     eligible: Vec<Vec<usize>>,
     next: Vec<usize>,
 }
@@ -273,24 +290,77 @@ struct Router {
 impl Router {
     fn new(destinations: &[Arc<Destination>], cores: usize) -> Self {
         let mut eligible = Vec::new();
+        let mut by_index = Vec::new();
         for d in destinations {
             if eligible.len() <= d.index {
                 eligible.resize(d.index + 1, Vec::new());
+                by_index.resize(d.index + 1, None);
             }
+            by_index[d.index] = Some(Arc::clone(d));
             eligible[d.index] = (0..cores)
                 .filter(|&c| core::Core::share(d.max_connections.max(1), cores, c, d.index) > 0)
                 .collect();
         }
         let next = vec![0; eligible.len()];
-        Router { eligible, next }
+        Router { destinations: by_index, eligible, next }
     }
 
-    /// The cores to offer a job to, in order of preference (round robin).
+    /// The cores to offer a job to, in order of preference (round robin). Blocked cores only
+    /// when every core is blocked: a full queue elsewhere is backpressure, not a reason to park
+    /// a job where no connection can take it.
     fn candidates(&mut self, destination: usize) -> impl Iterator<Item = usize> + '_ {
         let cores = &self.eligible[destination];
         let start = self.next[destination];
         self.next[destination] = (start + 1) % cores.len().max(1);
-        (0..cores.len()).map(move |k| cores[(start + k) % cores.len()])
+        let health = self.destinations[destination].as_ref().map(|d| &d.health);
+        let all_blocked = cores.iter().all(|&c| health.is_some_and(|h| h.is_blocked(c)));
+        let usable = move |c: &usize| all_blocked || !health.is_some_and(|h| h.is_blocked(*c));
+        (0..cores.len()).map(move |k| cores[(start + k) % cores.len()]).filter(usable)
+    }
+}
+
+/// Routes the jobs cores handed back. False when the run is aborted meanwhile; a job that could
+/// not be placed then stays in `returns` (counted unsent).
+fn reroute_returns(router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &RunState) -> bool {
+    while let Some(job) = run.returns.pop() {
+        if let Err(job) = push_routed(job, router, queues, run) {
+            // Room is certain: the job was just taken from there and only the producer pops.
+            let _ = run.returns.push(job);
+            return false;
+        }
+    }
+    true
+}
+
+/// Pushes a job to the first core that takes it, waiting while every queue is full: that is the
+/// backpressure. Gives the job back when the run is aborted meanwhile.
+fn push_routed(
+    job: Job,
+    router: &mut Router,
+    queues: &[Arc<ArrayQueue<Job>>],
+    run: &RunState,
+) -> Result<(), Job> {
+    let destination = job.destination.index;
+    let mut job = job;
+    let mut idle_spins = 0u32;
+    loop {
+        for core in router.candidates(destination) {
+            match queues[core].push(job) {
+                Ok(()) => return Ok(()),
+                Err(back) => job = back,
+            }
+        }
+        if run.abort.load(Ordering::Relaxed) {
+            return Err(job);
+        }
+        // Queues full: the engine is behind by a whole queue (thousands of jobs), so a short
+        // sleep costs nothing, while spinning would steal a core from it.
+        idle_spins += 1;
+        if idle_spins < 4 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -300,9 +370,11 @@ fn produce(
     queues: Vec<Arc<ArrayQueue<Job>>>,
     run: Arc<RunState>,
 ) {
-    let mut idle_spins = 0u32;
-    'jobs: loop {
+    loop {
         if run.abort.load(Ordering::Relaxed) || run.stop_producing.load(Ordering::Relaxed) {
+            break;
+        }
+        if !reroute_returns(&mut router, &queues, &run) {
             break;
         }
         let job = match source.next(Instant::now()) {
@@ -317,33 +389,20 @@ fn produce(
                 continue;
             }
         };
-        let destination = job.destination.index;
-        let mut job = Some(job);
-        // Full queues hold the producer back: that is the backpressure.
-        loop {
-            for core in router.candidates(destination) {
-                match queues[core].push(job.take().expect("job present until pushed")) {
-                    Ok(()) => {
-                        run.produced.fetch_add(1, Ordering::Relaxed);
-                        idle_spins = 0;
-                        continue 'jobs;
-                    }
-                    Err(back) => job = Some(back),
-                }
-            }
-            if run.abort.load(Ordering::Relaxed) {
-                break 'jobs;
-            }
-            // Queues full: the engine is behind by a whole queue (thousands of jobs), so a
-            // short sleep costs nothing, while spinning would steal a core from it.
-            idle_spins += 1;
-            if idle_spins < 4 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        // Full queues hold the producer back: that is the backpressure. A job not placed before
+        // an abort was never produced.
+        if push_routed(job, &mut router, &queues, &run).is_err() {
+            break;
         }
+        run.produced.fetch_add(1, Ordering::Relaxed);
     }
+    // No core may hand jobs back once nobody reads them: close, wait for any core in the middle
+    // of returning, then route what came back.
+    run.closing.store(true, Ordering::SeqCst);
+    while run.returning.load(Ordering::SeqCst) > 0 {
+        std::thread::yield_now();
+    }
+    reroute_returns(&mut router, &queues, &run);
     run.producer_done.store(true, Ordering::Release);
 }
 
@@ -366,5 +425,23 @@ mod tests {
         }
         let firsts: Vec<usize> = (0..4).map(|_| r.candidates(2).next().unwrap()).collect();
         assert_eq!(firsts, vec![0, 1, 2, 3], "round robin over every core");
+    }
+
+    #[test]
+    fn router_skips_blocked_cores_unless_all_are() {
+        let d = dest(0, 8);
+        let mut r = Router::new(std::slice::from_ref(&d), 4);
+        d.health.set_blocked(1, true);
+        d.health.set_blocked(3, true);
+        for _ in 0..4 {
+            let cores: Vec<usize> = r.candidates(0).collect();
+            assert!(cores.len() == 2 && cores.iter().all(|c| c % 2 == 0), "{cores:?}");
+        }
+        for c in [0, 2] {
+            d.health.set_blocked(c, true);
+        }
+        assert_eq!(r.candidates(0).count(), 4, "all blocked: every core again");
+        d.health.set_blocked(2, false);
+        assert_eq!(r.candidates(0).collect::<Vec<_>>(), vec![2]);
     }
 }

@@ -45,6 +45,7 @@ where
                 Event::Ready(h) => {
                     ready = true;
                     pool.destination.health.session_ready();
+                    core.unblock(pool);
                     let mut stats = core.stats.borrow_mut();
                     stats.record(Metric::Greeting, h.greeting);
                     stats.record(Metric::Ehlo, h.ehlo);
