@@ -27,10 +27,10 @@ fn config(retries: u32) -> EngineConfig {
     config
 }
 
-fn run(addr: SocketAddr, connections: usize, messages: u64, config: EngineConfig) -> Report {
+/// Runs the engine with `plan` against one destination, within a minute.
+fn run_plan(addr: SocketAddr, connections: usize, plan: Plan, config: EngineConfig) -> Report {
     let destination = Arc::new(Destination::new(0, "target", vec![addr], connections));
     let content = Content::new(bench::default_content(1000, 1)).unwrap();
-    let plan = Plan { messages: Some(messages), ..Plan::default() };
     let source = BenchSource::new(plan, Arc::clone(&destination), content);
     let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -38,7 +38,12 @@ fn run(addr: SocketAddr, connections: usize, messages: u64, config: EngineConfig
         assert!(Instant::now() < deadline, "run did not finish");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let report = running.join().unwrap();
+    running.join().unwrap()
+}
+
+/// Sends `messages` and checks each has exactly one outcome.
+fn run(addr: SocketAddr, connections: usize, messages: u64, config: EngineConfig) -> Report {
+    let report = run_plan(addr, connections, Plan { messages: Some(messages), ..Plan::default() }, config);
     let s = &report.stats;
     assert_eq!(
         s.delivered + s.deferred + s.bounced + s.uncertain + s.unsent,
@@ -189,21 +194,8 @@ fn jobs_of_a_core_the_server_refuses_are_carried_by_the_others() {
         c.threads = 2;
         c.max_connections = Some(1);
     });
-    let destination = Arc::new(Destination::new(0, "capped", vec![sink.local_addr()], 8));
-    let content = Content::new(bench::default_content(1000, 1)).unwrap();
     let plan = Plan { duration: Some(Duration::from_secs(2)), ..Plan::default() };
-    let running = engine::start(
-        config(3),
-        vec![Arc::clone(&destination)],
-        Box::new(BenchSource::new(plan, destination, content)),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !running.is_finished() {
-        assert!(Instant::now() < deadline, "run did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let report = running.join().unwrap();
+    let report = run_plan(sink.local_addr(), 8, plan, config(3));
     let s = &report.stats;
     assert!(s.delivered > 1000 && s.deferred == 0 && s.uncertain == 0, "{}", brief(&report));
     assert_eq!(s.delivered + s.unsent, report.produced, "{}", brief(&report));

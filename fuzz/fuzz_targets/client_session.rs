@@ -89,6 +89,8 @@ fn model(mut client: Client<u32>, message: Message, mode: u8, script: &[u8], now
     let mut pushed = 0u32;
     let mut finished = 0u32;
     let mut inbuf = Vec::new();
+    // FUZZ_TRACE=1 prints the conversation when replaying a crash.
+    let trace = std::env::var_os("FUZZ_TRACE").is_some();
     for step in 0..2000u64 {
         let now = now + Duration::from_millis(step);
         while client.wants_transaction() && pushed < 24 {
@@ -97,7 +99,7 @@ fn model(mut client: Client<u32>, message: Message, mode: u8, script: &[u8], now
         }
         let mut progress = false;
         while let Some(t) = client.poll_transmit(now) {
-            if std::env::var_os("FUZZ_TRACE").is_some() {
+            if trace {
                 eprintln!("C: {:?}", String::from_utf8_lossy(&t.to_vec()));
             }
             server.receive(&t.to_vec());
@@ -107,7 +109,7 @@ fn model(mut client: Client<u32>, message: Message, mode: u8, script: &[u8], now
         if !server.out.is_empty() {
             // Hand the replies over in fuzz-sized pieces.
             let n = server.out.len().min(usize::from(server.byte()) % 64 + 1);
-            if std::env::var_os("FUZZ_TRACE").is_some() {
+            if trace {
                 eprintln!("S: {:?}", String::from_utf8_lossy(&server.out[..n]));
             }
             inbuf.extend(server.out.drain(..n));

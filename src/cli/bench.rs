@@ -392,12 +392,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Whether the target accepts connections at all (the reason when it does not), so a wrong
 /// address fails fast.
 fn probe(addrs: &[SocketAddr], timeout: Duration, source: Option<IpAddr>) -> Result<(), String> {
+    if source.is_some() {
+        // The engine binds the source address itself; a plain probe would connect from
+        // elsewhere and prove nothing.
+        return Ok(());
+    }
     let mut last = None;
     for addr in addrs {
-        if source.is_some() {
-            // The engine binds the source address itself; a plain probe would not.
-            return Ok(());
-        }
         match std::net::TcpStream::connect_timeout(addr, timeout) {
             Ok(_) => return Ok(()),
             Err(e) => last = Some(format!("{addr}: {e}")),
