@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::join_within;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -52,12 +54,7 @@ fn bench_against(addr: SocketAddr, run: &Run) -> Report {
     let destination = Arc::new(Destination::new(0, "sink", vec![addr], run.connections));
     let source = BenchSource::new(run.plan, Arc::clone(&destination), content(1000, run.recipients));
     let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !running.is_finished() {
-        assert!(Instant::now() < deadline, "run did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    running.join().unwrap()
+    join_within(running, Duration::from_secs(60))
 }
 
 fn bench(sink: impl FnOnce(&mut SinkConfig), run: Run) -> (Report, Counters) {
@@ -289,15 +286,6 @@ fn endless_run(addr: SocketAddr) -> engine::Running {
     config.queue_capacity = 64;
     config.pool_backlog = 16;
     engine::start(config, vec![destination], Box::new(source)).unwrap()
-}
-
-fn join_within(running: engine::Running, limit: Duration) -> Report {
-    let deadline = Instant::now() + limit;
-    while !running.is_finished() {
-        assert!(Instant::now() < deadline, "run did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    running.join().unwrap()
 }
 
 #[test]

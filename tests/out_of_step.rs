@@ -33,12 +33,7 @@ fn run_plan(addr: SocketAddr, connections: usize, plan: Plan, config: EngineConf
     let content = Content::new(bench::default_content(1000, 1)).unwrap();
     let source = BenchSource::new(plan, Arc::clone(&destination), content);
     let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !running.is_finished() {
-        assert!(Instant::now() < deadline, "run did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    running.join().unwrap()
+    common::join_within(running, Duration::from_secs(60))
 }
 
 /// Sends `messages` and checks each has exactly one outcome.

@@ -135,6 +135,19 @@ pub fn dumped(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Waits for an engine run to end (failing the test past `limit`) and returns its report.
+pub fn join_within(
+    running: mailvolley::engine::Running,
+    limit: std::time::Duration,
+) -> mailvolley::engine::Report {
+    let deadline = std::time::Instant::now() + limit;
+    while !running.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "run did not finish within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    running.join().unwrap()
+}
+
 /// A fresh empty directory under the target dir.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("volley-test-{}-{name}", std::process::id()));
