@@ -169,9 +169,9 @@ pub struct Content {
     /// Shared by every message when the recipients do not change.
     fixed: Option<Arc<Envelope>>,
     bodies: Vec<Body>,
-    /// Per-message Message-ID and Date.
+    /// Per-message Message-ID and Date, and their length.
     unique: bool,
-    id_domain: String,
+    head_len: usize,
     next: u64,
     rng: Rng,
     heads: HeadTemplate,
@@ -249,7 +249,7 @@ impl Content {
             fixed,
             bodies,
             unique: spec.unique,
-            id_domain,
+            head_len,
             next: 0,
             rng,
             heads,
@@ -280,8 +280,7 @@ impl Content {
 
     /// Octets per message: (smallest, largest).
     pub fn sizes(&self) -> (usize, usize) {
-        let head = if self.unique { HEAD_LEN + self.id_domain.len() } else { 0 };
-        let lens = self.bodies.iter().map(|b| b.len() + head);
+        let lens = self.bodies.iter().map(|b| b.len() + self.head_len);
         (lens.clone().min().unwrap_or(0), lens.max().unwrap_or(0))
     }
 }

@@ -552,7 +552,7 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
     {
         let mut stats = core.stats.borrow_mut();
         stats.connect_failures += 1;
-        *stats.session_errors.entry(error.kind()).or_default() += 1;
+        stats.session_failed(&error);
         stats.last_connect_error = Some(error.to_string());
     }
     Attempt { carried: false, answered: false, failure: Some(error) }

@@ -8,7 +8,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
 use super::core::{Core, Meta, Pool};
 use super::stats::Metric;
-use crate::proto::client::{Client, Event, SessionError, TxnResult};
+use crate::proto::client::{Client, Event, SessionError};
 use crate::rt::{ReadOutcome, TransmitBuf};
 
 /// Longest an idle session waits before looking at the run's state again.
@@ -54,10 +54,7 @@ where
                     }
                 }
                 Event::Done(done) => {
-                    answered |= matches!(
-                        done.result,
-                        TxnResult::Accepted(_) | TxnResult::Rejected { .. } | TxnResult::NoValidRecipients
-                    );
+                    answered |= done.result.was_answered();
                     core.complete(pool, done, conn);
                 }
                 Event::Closed(error) => {

@@ -529,12 +529,6 @@ impl<T> Client<T> {
         if reply.code == 421 && command != Command::Quit {
             return Err(SessionError::ServiceClosing { command, reply: reply.to_owned() });
         }
-        if matches!(
-            command,
-            Command::MailFrom | Command::RcptTo | Command::Data | Command::EndOfData | Command::Bdat
-        ) {
-            self.latencies.push((command, self.input_at.saturating_duration_since(expect.sent)));
-        }
         if command == Command::Ehlo && self.phase == Phase::Ready {
             return self.on_sync_reply(reply);
         }
@@ -601,6 +595,7 @@ impl<T> Client<T> {
         expect: Expect,
         reply: &ReplyRef<'_>,
     ) -> Result<(), SessionError> {
+        self.latencies.push((command, self.input_at.saturating_duration_since(expect.sent)));
         let class = reply.class();
         let sequential = !self.pipelining;
         let Some(index) = self.txns.iter().position(|t| t.seq == expect.seq) else {
@@ -689,38 +684,29 @@ impl<T> Client<T> {
 
     /// A transaction is over. Outcomes the server decided wait for a checkpoint; outcomes of a
     /// failed session are reported at once.
-    fn complete(&mut self, t: Txn<T>, failed: Option<&SessionError>) {
-        let Some(error) = failed else {
-            // Every path that finishes sending sets a result before the last reply; if one did
-            // not, the message must not count as delivered.
-            let result = t.result.unwrap_or(TxnResult::Aborted(SessionError::Abandoned(
-                "transaction ended without a final reply",
-            )));
-            let done = Completed {
-                user: t.user,
-                message: t.message,
-                result,
-                rejected: t.rejected,
-                at: self.input_at,
-            };
-            self.held.push_back(Held { done, rejected_at: t.rejected_at, content_sent: t.content_sent });
-            self.after_completion();
-            return;
-        };
-        let done = if error.is_violation() {
-            let done = Completed {
-                user: t.user,
-                message: t.message,
-                result: TxnResult::Aborted(error.clone()),
-                rejected: t.rejected,
-                at: self.input_at,
-            };
-            self.distrust(Held { done, rejected_at: t.rejected_at, content_sent: t.content_sent }, error)
-        } else {
-            let result = t.result.unwrap_or_else(|| TxnResult::Aborted(error.clone()));
-            Completed { user: t.user, message: t.message, result, rejected: t.rejected, at: self.input_at }
-        };
-        self.events.push_back(Event::Done(done));
+    fn complete(&mut self, mut t: Txn<T>, failed: Option<&SessionError>) {
+        if failed.is_some_and(SessionError::is_violation) {
+            // What the stream said of this transaction so far is not to be believed.
+            t.result = None;
+        }
+        // Every path that finishes sending sets a result before the last reply; if one did not,
+        // the message must not count as delivered.
+        let result = t.result.unwrap_or_else(|| {
+            TxnResult::Aborted(
+                failed.cloned().unwrap_or(SessionError::Abandoned("transaction ended without a final reply")),
+            )
+        });
+        let done =
+            Completed { user: t.user, message: t.message, result, rejected: t.rejected, at: self.input_at };
+        let held = Held { done, rejected_at: t.rejected_at, content_sent: t.content_sent };
+        match failed {
+            None => self.held.push_back(held),
+            Some(error) if error.is_violation() => {
+                let done = self.distrust(held, error);
+                self.events.push_back(Event::Done(done));
+            }
+            Some(_) => self.events.push_back(Event::Done(held.done)),
+        }
         self.after_completion();
     }
 

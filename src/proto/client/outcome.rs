@@ -101,6 +101,14 @@ pub enum TxnResult {
     NotAttempted(LocalError),
 }
 
+impl TxnResult {
+    /// Whether the server gave the transaction a final answer, accepted or refused: the
+    /// destination is working, whatever it thought of the message.
+    pub fn was_answered(&self) -> bool {
+        matches!(self, TxnResult::Accepted(_) | TxnResult::Rejected { .. } | TxnResult::NoValidRecipients)
+    }
+}
+
 /// The final states of a message or recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Disposition {
