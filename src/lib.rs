@@ -4,6 +4,7 @@
 //! - [`rt`]: thread-per-core runtime plumbing (monoio, io_uring or epoll).
 //! - [`engine`]: the sending engine fed by job sources.
 //! - [`sink`]: the built-in receiving server, with fault injection.
+//! - [`tls`]: TLS on rustls, sans-IO, with a thin async adapter.
 
 pub mod bench;
 pub mod engine;
@@ -12,3 +13,4 @@ pub mod report;
 pub mod rng;
 pub mod rt;
 pub mod sink;
+pub mod tls;
