@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::engine::stats::TlsStats;
 use crate::engine::{METRICS, Metric, Report};
 use crate::report::{json_object, json_string};
 
@@ -49,10 +50,8 @@ fn notes(report: &Report) -> Vec<String> {
             s.connection_cap, s.cap_refusals
         ));
     }
-    if s.starttls_offered > 0 {
-        out.push(
-            "the server offers STARTTLS; volley bench sent in plaintext (TLS is not supported yet)".into(),
-        );
+    if s.starttls_offered > 0 && s.tls.full + s.tls.resumed == 0 {
+        out.push("the server offers STARTTLS; volley bench sent in plaintext (see --starttls)".into());
     }
     if !report.warmup.is_zero() {
         out.push(format!(
@@ -104,6 +103,15 @@ pub fn text(report: &Report, target: &str) -> String {
     if let Some(e) = &s.last_connect_error {
         let _ = writeln!(out, "last connect error: {e}");
     }
+    if let Some(e) = s.last_session_error.as_ref().filter(|_| !s.session_errors.is_empty()) {
+        let _ = writeln!(out, "last session error: {e}");
+    }
+    if let Some(line) = tls_line(&s.tls) {
+        let _ = writeln!(out, "tls         {line}");
+    }
+    if s.authenticated > 0 {
+        let _ = writeln!(out, "auth        {} sessions authenticated", s.authenticated);
+    }
     for note in notes(report) {
         let _ = writeln!(out, "note        {note}");
     }
@@ -112,6 +120,9 @@ pub fn text(report: &Report, target: &str) -> String {
     }
     let _ = writeln!(out, "latency (ms)       p50       p90       p99     p99.9       max     count");
     for (metric, name) in METRICS {
+        if matches!(metric, Metric::Tls | Metric::Auth) && s.histogram(metric).is_empty() {
+            continue; // a plaintext or unauthenticated run: nothing to show
+        }
         let p = percentiles(s.histogram(metric));
         let _ = writeln!(
             out,
@@ -125,6 +136,23 @@ pub fn text(report: &Report, target: &str) -> String {
         );
     }
     out
+}
+
+/// TLS sessions in a line, if there were any (or any attempts).
+fn tls_line(t: &TlsStats) -> Option<String> {
+    if t.full + t.resumed + t.failed + t.plaintext == 0 {
+        return None;
+    }
+    let negotiated: Vec<String> = t.negotiated.iter().map(|((v, c), n)| format!("{v} {c} {n}")).collect();
+    Some(format!(
+        "{} sessions (full handshakes {}, resumed {}): {}; handshakes failed {}, plaintext sessions {}",
+        t.full + t.resumed,
+        t.full,
+        t.resumed,
+        if negotiated.is_empty() { "none".into() } else { negotiated.join(", ") },
+        t.failed,
+        t.plaintext
+    ))
 }
 
 /// The machine-readable report.
@@ -178,6 +206,23 @@ pub fn json(report: &Report, sizes: (usize, usize), target: &str, sink: Option<S
         ),
         ("cap_refusals".into(), s.cap_refusals.to_string()),
         ("starttls_offered".into(), (s.starttls_offered > 0).to_string()),
+        (
+            "tls".into(),
+            json_object([
+                ("full_handshakes", s.tls.full.to_string()),
+                ("resumed_handshakes", s.tls.resumed.to_string()),
+                ("failed_handshakes", s.tls.failed.to_string()),
+                ("plaintext_sessions", s.tls.plaintext.to_string()),
+                (
+                    "negotiated",
+                    json_object(
+                        s.tls.negotiated.iter().map(|((v, c), n)| (format!("{v} {c}"), n.to_string())),
+                    ),
+                ),
+            ]),
+        ),
+        ("authenticated_sessions".into(), s.authenticated.to_string()),
+        ("last_session_error".into(), s.last_session_error.as_deref().map_or("null".into(), json_string)),
         ("protocol_violations".into(), s.violations.to_string()),
         ("last_violation".into(), s.last_violation.as_deref().map_or("null".into(), json_string)),
         ("final_reply_codes".into(), codes),

@@ -14,7 +14,12 @@ use clap::Args;
 
 use mailvolley::bench::{self, BenchSource, BodySpec, Content, Plan, Recipients, Sizes};
 use mailvolley::engine::{self, Destination, EngineConfig};
+use mailvolley::proto::client::Credentials;
 use mailvolley::proto::{Address, ClientConfig, Domain, Timeouts};
+use mailvolley::sink::auth::Users;
+use mailvolley::tls::{ClientTls, ServerTls};
+
+use super::secure::{AuthArgs, TlsArgs};
 use mailvolley::rt::{self, Driver};
 use mailvolley::sink::{self, SinkConfig};
 
@@ -106,6 +111,10 @@ pub struct BenchArgs {
     timeouts: TimeoutArgs,
     #[command(flatten)]
     reconnect: ReconnectArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Name sent in EHLO.
     #[arg(long, default_value = "volley.invalid")]
     helo: String,
@@ -253,24 +262,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let content = content(&args)?;
     let threads = args.threads.map_or_else(rt::default_threads, NonZeroUsize::get);
+    let tls = args.tls.client_tls()?;
+    let credentials = args.auth.credentials()?;
     let interrupts = super::interrupts()?;
 
-    // The target: given, or our own sink on an ephemeral loopback port.
+    // The target: given, or our own sink on an ephemeral loopback port, speaking TLS and AUTH
+    // when asked to (with a self-signed certificate, and the credentials given).
     let own_sink = match &args.target {
         Some(_) => None,
-        None => Some(
-            sink::start(SinkConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                threads: args.sink_threads.map_or_else(rt::default_threads, NonZeroUsize::get),
-                driver: args.driver,
-                ..SinkConfig::default()
-            })
-            .context("starting the built-in sink")?,
-        ),
+        None => Some(built_in_sink(&args, tls.as_ref(), credentials.as_deref())?),
     };
     let addrs: Vec<SocketAddr> = match (&args.target, &own_sink) {
         (Some(t), _) => resolve_target(t)?,
-        (None, Some(s)) => vec![s.local_addr()],
+        (None, Some(s)) => vec![s.tls_addr().unwrap_or(s.local_addr())],
         (None, None) => unreachable!("a sink is started when there is no target"),
     };
     let target_name = args.target.clone().unwrap_or_else(|| format!("volley sink on {}", addrs[0]));
@@ -286,6 +290,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     client.chunking = !args.no_chunking;
     client.sync_every = args.checkpoint_every.get();
     client.timeouts = args.timeouts.timeouts();
+    client.auth = credentials;
     let mut config = EngineConfig::new(client);
     config.threads = threads;
     config.driver = args.driver;
@@ -298,8 +303,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     config.source_addr = args.source_addr;
     // An open loop ramps its rate; a closed one its connections.
     config.ramp_up = args.ramp_up.filter(|_| args.rate.is_none());
+    let tls_name = match &args.target {
+        Some(t) if tls.is_some() => Some(ClientTls::server_name(target_host(t))?),
+        _ => None,
+    };
+    config.tls = tls;
 
-    let destination = Arc::new(Destination::new(0, target_name.clone(), addrs, args.connections.get()));
+    let mut destination = Destination::new(0, target_name.clone(), addrs, args.connections.get());
+    if let Some(name) = tls_name {
+        destination = destination.with_tls_name(name);
+    }
+    let destination = Arc::new(destination);
     let plan = Plan {
         messages: args.messages.map(NonZeroU64::get),
         duration,
@@ -387,6 +401,42 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host part of a target: what its certificate is checked against.
+fn target_host(target: &str) -> &str {
+    if let Some(v6) = target.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    if target.matches(':').count() > 1 {
+        return target; // a bare IPv6 address
+    }
+    target.split(':').next().unwrap_or(target)
+}
+
+/// Volley's own sink, for a run without --target: STARTTLS (and an implicit-TLS listener with
+/// --tls) on a self-signed certificate when TLS is asked for, AUTH for the given user.
+fn built_in_sink(
+    args: &BenchArgs,
+    tls: Option<&ClientTls>,
+    credentials: Option<&Credentials>,
+) -> anyhow::Result<sink::SinkHandle> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = SinkConfig {
+        listen: loopback,
+        threads: args.sink_threads.map_or_else(rt::default_threads, NonZeroUsize::get),
+        driver: args.driver,
+        ..SinkConfig::default()
+    };
+    if let Some(tls) = tls {
+        config.tls = Some(ServerTls::self_signed(&["localhost".into(), "127.0.0.1".into()])?);
+        config.starttls = !tls.implicit;
+        config.tls_listen = tls.implicit.then_some(loopback);
+    }
+    if let Some(c) = credentials {
+        config.auth = Some(Arc::new(Users::single(&c.user, c.secret.expose())));
+    }
+    sink::start(config).context("starting the built-in sink")
 }
 
 /// Whether the target accepts connections at all (the reason when it does not), so a wrong

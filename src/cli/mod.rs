@@ -2,6 +2,7 @@
 //! `anyhow` lives here and nowhere else.
 
 mod bench;
+mod secure;
 mod sink;
 
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use mailvolley::rt::Driver;
+use mailvolley::sink::auth::Users;
 use mailvolley::sink::{self, Faults, SinkConfig};
+use mailvolley::tls::ServerTls;
 
 #[derive(Debug, Args)]
 pub struct SinkArgs {
@@ -69,6 +72,26 @@ pub struct SinkArgs {
     /// Print the counters as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Advertise STARTTLS.
+    #[arg(long)]
+    starttls: bool,
+    /// Also listen here for implicit TLS (as on port 465).
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for TLS [default: a self-signed certificate made at start for
+    /// --hostname, localhost and the listening addresses].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Answer MAIL (and AUTH) with 530 5.7.0 until the session is encrypted.
+    #[arg(long)]
+    require_tls: bool,
+    /// Offer AUTH PLAIN and LOGIN for the users in FILE (`user:password` lines) and require it
+    /// before MAIL (530 5.7.0); bad credentials get 535 5.7.8.
+    #[arg(long, value_name = "FILE")]
+    auth: Option<PathBuf>,
 }
 
 impl SinkArgs {
@@ -83,6 +106,27 @@ impl SinkArgs {
         for spec in &self.disconnect {
             faults.add_disconnect(spec).with_context(|| format!("--disconnect {spec}"))?;
         }
+        let wants_tls = self.starttls || self.tls_listen.is_some() || self.tls_cert.is_some();
+        if self.require_tls && !self.starttls && self.tls_listen.is_none() {
+            anyhow::bail!(
+                "--require-tls needs --starttls or --tls-listen: otherwise no session could send mail"
+            );
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::from_files(cert, key)?),
+            _ if wants_tls => {
+                let mut names =
+                    vec![self.hostname.clone(), "localhost".to_owned(), self.listen.ip().to_string()];
+                names.extend(self.tls_listen.map(|a| a.ip().to_string()));
+                names.dedup();
+                Some(ServerTls::self_signed(&names)?)
+            }
+            _ => None,
+        };
+        let auth = match &self.auth {
+            Some(path) => Some(Arc::new(Users::load(path).map_err(anyhow::Error::msg).context("--auth")?)),
+            None => None,
+        };
         if let Some(dir) = &self.dump {
             std::fs::create_dir_all(dir).with_context(|| format!("--dump {}", dir.display()))?;
         }
@@ -101,6 +145,11 @@ impl SinkArgs {
             seed: self.seed,
             dump: self.dump.clone(),
             exit_after_messages: self.exit_after_messages,
+            tls,
+            starttls: self.starttls,
+            tls_listen: self.tls_listen,
+            require_tls: self.require_tls,
+            auth,
         })
     }
 }
@@ -111,6 +160,9 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     let interrupts = super::interrupts()?;
     let handle = sink::start(config).context("starting the sink")?;
     eprintln!("volley sink listening on {} ({threads} threads, {})", handle.local_addr(), driver.name());
+    if let Some(addr) = handle.tls_addr() {
+        eprintln!("volley sink listening for implicit TLS on {addr}");
+    }
     let started = Instant::now();
     while !handle.stop_requested() && interrupts.load(Ordering::Relaxed) == 0 {
         if args.duration.is_some_and(|d| started.elapsed() >= d) {

@@ -18,6 +18,7 @@ use super::stats::{Metric, Stats};
 use super::{EngineConfig, Progress, RunState, session};
 use crate::proto::client::{Completed, Disposition, Envelope, Message, SessionError};
 use crate::rt::Watchdog;
+use crate::tls::{Conn, TlsPolicy};
 
 /// How long an idle dispatcher sleeps before looking at its queue again. Queues are polled:
 /// crossbeam's are not async, and monoio has no cross-thread wake-up without its sync feature.
@@ -26,6 +27,8 @@ const QUEUE_POLL: Duration = Duration::from_micros(200);
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// Precision of reply timeouts: how often the watchdog looks for expired reads.
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+/// Longest wait to hand close_notify to the kernel at the end of a TLS session.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 /// Bookkeeping that travels with a message through a session and comes back with its outcome.
 #[derive(Debug)]
@@ -70,6 +73,9 @@ pub struct Pool {
     /// The server gives this core no connection while other cores hold its sessions: jobs go
     /// back to the producer for the other cores (see `Core::return_jobs`).
     pub blocked: Cell<bool>,
+    /// A TLS handshake with this destination failed under the opportunistic policy: later
+    /// connections go on in plaintext rather than fail the same way.
+    pub plaintext_fallback: Cell<bool>,
 }
 
 impl Pool {
@@ -83,6 +89,7 @@ impl Pool {
             target: Cell::new(share),
             target_changed: Cell::new(Instant::now()),
             blocked: Cell::new(false),
+            plaintext_fallback: Cell::new(false),
         }
     }
 
@@ -228,7 +235,9 @@ impl Core {
         // in step.
         let now = done.at;
         let attempts = done.user.attempts + 1;
-        let can_retry = attempts <= self.config.retries && !self.aborting();
+        let can_retry = attempts <= self.config.retries
+            && !self.aborting()
+            && pool.destination.health.given_up().is_none();
         let recipients = done.message.envelope.recipients.len();
         let mut retry = Vec::new();
         {
@@ -429,6 +438,12 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
         if core.aborting() {
             return;
         }
+        if let Some(error) = pool.destination.health.given_up() {
+            // Jobs that arrive after the destination was given up end without a connection.
+            let error = error.clone();
+            core.fail_pending(&pool, &error);
+            continue;
+        }
         pool.open.set(pool.open.get() + 1);
         let attempt = connect_and_run(&core, &pool).await;
         pool.open.set(pool.open.get() - 1);
@@ -497,10 +512,25 @@ impl Core {
     /// While other sessions to the destination are open this is the server capping
     /// connections: lower the target, charge nobody. Otherwise jobs are charged an attempt only
     /// once the destination as a whole has been failing for `failing_after`.
+    /// TLS and AUTH failures are not the server capping connections: an opportunistic
+    /// handshake failure falls back to plaintext on the next connection, and a failure a new
+    /// connection would only repeat (a refused certificate or password, TLS not offered under a
+    /// policy that requires it) ends the wait for the destination at once.
     fn session_failed_early(&self, pool: &Pool, error: &SessionError) {
+        let opportunistic =
+            self.config.tls.as_ref().is_some_and(|t| t.policy == TlsPolicy::Opportunistic && !t.implicit);
+        if opportunistic && matches!(error, SessionError::Tls(_) | SessionError::TlsCertificate(_)) {
+            pool.plaintext_fallback.set(true);
+            return;
+        }
+        if error.is_persistent() {
+            pool.destination.health.give_up(error);
+            self.fail_pending(pool, error);
+            return;
+        }
         let now = Instant::now();
         let established = pool.destination.health.established();
-        if established > 0 {
+        if established > 0 && !error.is_tls_or_auth() {
             let others = pool.open.get();
             pool.capped(others, now);
             self.stats.borrow_mut().cap_refusals += 1;
@@ -525,15 +555,27 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
         let connecting = crate::rt::connect(addr, core.config.source_addr);
         let attempt = monoio::time::timeout(core.config.connect_timeout, connecting).await;
         match attempt {
-            Ok(Ok(mut stream)) => {
+            Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 {
                     let mut stats = core.stats.borrow_mut();
                     stats.connections += 1;
                     stats.record(Metric::Connect, started.elapsed());
                 }
-                let conn = core.next_conn();
-                let end = session::run(&mut stream, core, pool, conn).await;
+                let id = core.next_conn();
+                let mut conn = Conn::new(stream);
+                if core.config.tls.as_ref().is_some_and(|t| t.implicit) {
+                    let watch = core.watchdog.watch();
+                    if let Err(error) = session::handshake(&mut conn, core, pool, addr, &watch).await {
+                        core.stats.borrow_mut().session_failed(&error);
+                        return Attempt { carried: false, answered: false, failure: Some(error) };
+                    }
+                }
+                let end = session::run(&mut conn, core, pool, addr, id).await;
+                if conn.tls().is_some() && end.error.is_none() {
+                    // close_notify, so the server sees a clean end; best effort, never waited on long.
+                    let _ = monoio::time::timeout(CLOSE_NOTIFY_WAIT, conn.shutdown()).await;
+                }
                 let failure = (!end.carried).then(|| {
                     // A server closing before we could hand it anything (a 421 right after
                     // EHLO) has not served us either.

@@ -17,6 +17,9 @@ pub struct Destination {
     pub addrs: Vec<SocketAddr>,
     /// Connections open at once to this destination, across all cores.
     pub max_connections: usize,
+    /// The name a TLS session checks the certificate against and sends as SNI; without it,
+    /// the address connected to.
+    pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
     /// How this destination's sessions are going, across cores (written per session, never per
     /// message).
     pub health: Health,
@@ -29,7 +32,19 @@ impl Destination {
         addrs: Vec<SocketAddr>,
         max_connections: usize,
     ) -> Self {
-        Destination { index, name: name.into(), addrs, max_connections, health: Health::new() }
+        Destination {
+            index,
+            name: name.into(),
+            addrs,
+            max_connections,
+            tls_name: None,
+            health: Health::new(),
+        }
+    }
+
+    pub fn with_tls_name(mut self, name: rustls::pki_types::ServerName<'static>) -> Self {
+        self.tls_name = Some(name);
+        self
     }
 }
 
@@ -46,6 +61,9 @@ pub struct Health {
     /// Cores the server has capped to no connection while other cores hold its sessions (one
     /// bit per core, the first 64): the producer routes the destination's jobs elsewhere.
     blocked: AtomicU64,
+    /// A failure every new session would repeat (refused credentials, a refused certificate,
+    /// TLS required and not offered): the run stops trying this destination.
+    given_up: OnceLock<crate::proto::SessionError>,
 }
 
 impl Health {
@@ -57,6 +75,7 @@ impl Health {
             peak: AtomicUsize::new(0),
             failing_since: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
+            given_up: OnceLock::new(),
         }
     }
 
@@ -90,6 +109,15 @@ impl Health {
 
     pub fn is_blocked(&self, core: usize) -> bool {
         self.blocked.load(Ordering::Relaxed) & 1u64.checked_shl(core as u32).unwrap_or(0) != 0
+    }
+
+    /// Stops trying the destination, for `error` (the first such error stands).
+    pub fn give_up(&self, error: &crate::proto::SessionError) {
+        let _ = self.given_up.set(error.clone());
+    }
+
+    pub fn given_up(&self) -> Option<&crate::proto::SessionError> {
+        self.given_up.get()
     }
 
     /// A transaction got a final reply: the destination works.

@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub warmup: Duration,
     /// Local address to connect from.
     pub source_addr: Option<std::net::IpAddr>,
+    /// TLS: policy, implicit or STARTTLS, and the client configuration every core shares (so
+    /// sessions resume across cores). `None`: plaintext.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl EngineConfig {
@@ -79,6 +82,7 @@ impl EngineConfig {
             ramp_up: None,
             warmup: Duration::ZERO,
             source_addr: None,
+            tls: None,
         }
     }
 }

@@ -1,15 +1,17 @@
 //! Drives one connection: the sans-IO client does the protocol, this loop only moves bytes,
-//! jobs and outcomes. Generic over the stream so TLS reuses it unchanged.
+//! jobs and outcomes. Plaintext and TLS are the same path: the [`Conn`] encrypts or not, and
+//! STARTTLS is one event in the loop.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent};
 
 use super::core::{Core, Meta, Pool};
 use super::stats::Metric;
-use crate::proto::client::{Client, Event, SessionError};
-use crate::rt::{ReadOutcome, TransmitBuf};
+use crate::proto::client::{Client, ClientConfig, Event, SessionError, StartTls};
+use crate::rt::ReadOutcome;
+use crate::tls::{Conn, TlsError, TlsLayer, TlsPolicy};
 
 /// Longest an idle session waits before looking at the run's state again.
 const RECHECK: Duration = Duration::from_millis(200);
@@ -27,15 +29,78 @@ pub struct End {
     pub error: Option<SessionError>,
 }
 
-/// Runs a session until it closes.
-pub async fn run<S>(stream: &mut S, core: &Rc<Core>, pool: &Rc<Pool>, conn: u64) -> End
+/// The session settings for a new connection to `pool`: whether to ask for STARTTLS follows
+/// the run's TLS policy, and the pool's memory of a failed handshake.
+fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
+    let mut config = core.config.client.clone();
+    config.starttls = match &core.config.tls {
+        None => StartTls::Off,
+        Some(tls) if tls.implicit => StartTls::Off,
+        Some(tls) => match tls.policy {
+            TlsPolicy::None => StartTls::Off,
+            TlsPolicy::Opportunistic if pool.plaintext_fallback.get() => StartTls::Off,
+            TlsPolicy::Opportunistic => StartTls::IfOffered,
+            TlsPolicy::Required | TlsPolicy::Verify => StartTls::Required,
+        },
+    };
+    config
+}
+
+/// Runs a TLS handshake on `conn` for `pool`'s destination (to the address connected to):
+/// counted and timed.
+pub async fn handshake<S>(
+    conn: &mut Conn<S>,
+    core: &Core,
+    pool: &Pool,
+    addr: std::net::SocketAddr,
+    watch: &crate::rt::Watch,
+) -> Result<(), SessionError>
 where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
-    let mut client: Client<Meta> = Client::new(core.config.client.clone(), Instant::now());
+    let Some(tls) = &core.config.tls else { return Err(SessionError::Tls("TLS is not configured".into())) };
+    let name = pool.destination.tls_name.clone().unwrap_or_else(|| addr.ip().into());
+    let started = Instant::now();
+    let result = match TlsLayer::client(std::sync::Arc::clone(&tls.config), name) {
+        Ok(layer) => conn.start_tls(layer, watch, started + core.config.client.timeouts.ehlo).await,
+        Err(e) => Err(e),
+    };
+    let mut stats = core.stats.borrow_mut();
+    let info = conn.tls().and_then(TlsLayer::info);
+    match (result, info) {
+        (Ok(()), Some(info)) => {
+            stats.record(Metric::Tls, started.elapsed());
+            stats.tls.established(&info);
+            Ok(())
+        }
+        (Ok(()), None) => Err(SessionError::Tls("handshake ended without a session".into())),
+        (Err(e), _) => {
+            stats.tls.failed += 1;
+            Err(match e {
+                TlsError::Certificate(why) => SessionError::TlsCertificate(why),
+                other => SessionError::Tls(other.to_string()),
+            })
+        }
+    }
+}
+
+/// Runs a session until it closes.
+pub async fn run<S>(
+    conn: &mut Conn<S>,
+    core: &Rc<Core>,
+    pool: &Rc<Pool>,
+    addr: std::net::SocketAddr,
+    id: u64,
+) -> End
+where
+    S: AsyncWriteRent + CancelableAsyncReadRent,
+{
+    let mut client: Client<Meta> = Client::new(client_config(core, pool), Instant::now());
+    if conn.tls().is_some() {
+        client.tls_established(Instant::now());
+    }
     let watch = core.watchdog.watch();
     let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut iovecs = Vec::new();
     let mut answered = false;
     let mut carried = false;
     let mut ready = false;
@@ -49,13 +114,31 @@ where
                     let mut stats = core.stats.borrow_mut();
                     stats.record(Metric::Greeting, h.greeting);
                     stats.record(Metric::Ehlo, h.ehlo);
+                    if let Some(auth) = h.auth {
+                        stats.record(Metric::Auth, auth);
+                        stats.authenticated += 1;
+                    }
                     if client.capabilities().is_some_and(|c| c.starttls) {
                         stats.starttls_offered += 1;
+                    }
+                    if core.config.tls.as_ref().is_some_and(|t| t.policy != TlsPolicy::None)
+                        && !client.is_secure()
+                    {
+                        stats.tls.plaintext += 1;
+                    }
+                }
+                Event::StartTls => {
+                    // The client has consumed every byte read (anything after the 220 failed
+                    // it as an injection), so the handshake starts on a clean stream.
+                    rbuf.clear();
+                    match handshake(conn, core, pool, addr, &watch).await {
+                        Ok(()) => client.tls_established(Instant::now()),
+                        Err(e) => client.handle_tls_error(e),
                     }
                 }
                 Event::Done(done) => {
                     answered |= done.result.was_answered();
-                    core.complete(pool, done, conn);
+                    core.complete(pool, done, id);
                 }
                 Event::Closed(error) => {
                     if ready {
@@ -73,7 +156,7 @@ where
             continue;
         }
         while client.wants_transaction() {
-            let Some(job) = pool.pop_for(conn) else { break };
+            let Some(job) = pool.pop_for(id) else { break };
             let now = Instant::now();
             let (due, first_attempt) = (job.due, job.attempts == 0);
             let meta = Meta::attempt(&job, now);
@@ -92,22 +175,19 @@ where
                     message,
                     due: meta.due,
                     attempts: meta.attempts,
-                    last_conn: conn,
+                    last_conn: id,
                     partial: meta.partial,
                 });
                 break;
             }
         }
         if let Some(transmit) = client.poll_transmit(Instant::now()) {
-            let buf = TransmitBuf::new(transmit, std::mem::take(&mut iovecs));
-            let (res, buf) = stream.write_vectored_all(buf).await;
-            let (transmit, v) = buf.into_parts();
-            iovecs = v;
+            let (res, transmit) = conn.write_transmit(transmit).await;
             client.recycle(transmit);
             if let Err(e) = res {
                 // Replies may have arrived before the failure (a server that resets after its
                 // 421): read them first, so a 250 already sent is not mistaken for a loss.
-                rbuf = salvage(stream, &watch, &mut client, rbuf).await;
+                rbuf = salvage(conn, &watch, &mut client, rbuf).await;
                 if !client.is_closed() {
                     client.handle_transport_error(&e.to_string());
                 }
@@ -136,7 +216,7 @@ where
             continue;
         }
         // The core's watchdog interrupts this read at the client's deadline, or on abort.
-        let (res, b) = watch.read(stream, rbuf, READ_SPARE, client.poll_timeout()).await;
+        let (res, b) = conn.read(&watch, rbuf, READ_SPARE, client.poll_timeout()).await;
         rbuf = b;
         let now = Instant::now();
         match res {
@@ -153,15 +233,15 @@ where
 }
 
 /// Feeds the client whatever the server still has for us, briefly, after a failed write.
-async fn salvage<S: CancelableAsyncReadRent>(
-    stream: &mut S,
+async fn salvage<S: AsyncWriteRent + CancelableAsyncReadRent>(
+    conn: &mut Conn<S>,
     watch: &crate::rt::Watch,
     client: &mut Client<Meta>,
     mut rbuf: Vec<u8>,
 ) -> Vec<u8> {
     let deadline = Instant::now() + SALVAGE;
     while !client.is_closed() {
-        let (res, b) = watch.read(stream, rbuf, READ_SPARE, Some(deadline)).await;
+        let (res, b) = conn.read(watch, rbuf, READ_SPARE, Some(deadline)).await;
         rbuf = b;
         let Ok(ReadOutcome::Data(_)) = res else { break };
         let used = client.handle_input(Instant::now(), &rbuf);

@@ -21,6 +21,10 @@ pub enum Metric {
     Greeting,
     /// EHLO (or HELO) sent to its reply.
     Ehlo,
+    /// TLS handshake (after STARTTLS's 220, or right after connecting for implicit TLS).
+    Tls,
+    /// AUTH sent to its 235.
+    Auth,
     /// MAIL FROM sent to its reply.
     Mail,
     /// Each RCPT TO sent to its reply.
@@ -37,10 +41,12 @@ pub enum Metric {
     Transaction,
 }
 
-pub const METRICS: [(Metric, &str); 10] = [
+pub const METRICS: [(Metric, &str); 12] = [
     (Metric::Connect, "connect"),
     (Metric::Greeting, "greeting"),
     (Metric::Ehlo, "ehlo"),
+    (Metric::Tls, "tls"),
+    (Metric::Auth, "auth"),
     (Metric::Mail, "mail"),
     (Metric::Rcpt, "rcpt"),
     (Metric::Data, "data"),
@@ -70,6 +76,39 @@ pub struct RecipientTotals {
     pub deferred: u64,
     pub bounced: u64,
     pub uncertain: u64,
+}
+
+/// TLS sessions: how they were set up and what they negotiated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    pub full: u64,
+    pub resumed: u64,
+    /// Sessions by protocol version and cipher suite.
+    pub negotiated: BTreeMap<(&'static str, &'static str), u64>,
+    /// Handshakes that failed, and connections that went on in plaintext under the
+    /// opportunistic policy (STARTTLS not offered, refused, or its handshake failed earlier).
+    pub failed: u64,
+    pub plaintext: u64,
+}
+
+impl TlsStats {
+    pub fn established(&mut self, info: &crate::tls::TlsInfo) {
+        match info.kind {
+            crate::tls::HandshakeKind::Full => self.full += 1,
+            crate::tls::HandshakeKind::Resumed => self.resumed += 1,
+        }
+        *self.negotiated.entry((info.version, info.cipher_suite)).or_default() += 1;
+    }
+
+    fn merge(&mut self, o: &TlsStats) {
+        self.full += o.full;
+        self.resumed += o.resumed;
+        self.failed += o.failed;
+        self.plaintext += o.plaintext;
+        for (k, v) in &o.negotiated {
+            *self.negotiated.entry(*k).or_default() += v;
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,8 +146,13 @@ pub struct Stats {
     /// Sessions proven out of step with the server (a protocol violation), and the last one.
     pub violations: u64,
     pub last_violation: Option<String>,
-    /// Sessions whose server offered STARTTLS (volley bench sends in plaintext for now).
+    /// Sessions whose server offered STARTTLS.
     pub starttls_offered: u64,
+    pub tls: TlsStats,
+    /// Sessions that authenticated.
+    pub authenticated: u64,
+    /// The last session error, in full (a refused AUTH, a failed handshake).
+    pub last_session_error: Option<String>,
     pub last_connect_error: Option<String>,
 }
 
@@ -138,6 +182,9 @@ impl Default for Stats {
             violations: 0,
             last_violation: None,
             starttls_offered: 0,
+            tls: TlsStats::default(),
+            authenticated: 0,
+            last_session_error: None,
             last_connect_error: None,
         }
     }
@@ -198,6 +245,7 @@ impl Stats {
     /// server out of step.
     pub fn session_failed(&mut self, error: &crate::proto::SessionError) {
         *self.session_errors.entry(error.kind()).or_default() += 1;
+        self.last_session_error = Some(error.to_string());
         if error.is_violation() {
             self.violations += 1;
             self.last_violation = Some(error.to_string());
@@ -221,6 +269,11 @@ impl Stats {
         self.recipients.uncertain += o.recipients.uncertain;
         self.violations += o.violations;
         self.starttls_offered += o.starttls_offered;
+        self.tls.merge(&o.tls);
+        self.authenticated += o.authenticated;
+        if o.last_session_error.is_some() {
+            self.last_session_error.clone_from(&o.last_session_error);
+        }
         if o.last_violation.is_some() {
             self.last_violation.clone_from(&o.last_violation);
         }

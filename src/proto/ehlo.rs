@@ -16,17 +16,18 @@ impl AuthMechanisms {
     pub const SCRAM_SHA_1: AuthMechanisms = AuthMechanisms(1 << 5);
     pub const SCRAM_SHA_256: AuthMechanisms = AuthMechanisms(1 << 6);
 
+    const NAMES: [(&str, AuthMechanisms); 7] = [
+        ("PLAIN", AuthMechanisms::PLAIN),
+        ("LOGIN", AuthMechanisms::LOGIN),
+        ("CRAM-MD5", AuthMechanisms::CRAM_MD5),
+        ("XOAUTH2", AuthMechanisms::XOAUTH2),
+        ("OAUTHBEARER", AuthMechanisms::OAUTHBEARER),
+        ("SCRAM-SHA-1", AuthMechanisms::SCRAM_SHA_1),
+        ("SCRAM-SHA-256", AuthMechanisms::SCRAM_SHA_256),
+    ];
+
     fn from_name(name: &str) -> Option<AuthMechanisms> {
-        const NAMES: [(&str, AuthMechanisms); 7] = [
-            ("PLAIN", AuthMechanisms::PLAIN),
-            ("LOGIN", AuthMechanisms::LOGIN),
-            ("CRAM-MD5", AuthMechanisms::CRAM_MD5),
-            ("XOAUTH2", AuthMechanisms::XOAUTH2),
-            ("OAUTHBEARER", AuthMechanisms::OAUTHBEARER),
-            ("SCRAM-SHA-1", AuthMechanisms::SCRAM_SHA_1),
-            ("SCRAM-SHA-256", AuthMechanisms::SCRAM_SHA_256),
-        ];
-        NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, m)| m)
+        Self::NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, m)| m)
     }
 
     pub fn contains(self, other: AuthMechanisms) -> bool {
@@ -35,6 +36,22 @@ impl AuthMechanisms {
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for AuthMechanisms {
+    type Output = AuthMechanisms;
+
+    fn bitor(self, other: AuthMechanisms) -> AuthMechanisms {
+        AuthMechanisms(self.0 | other.0)
+    }
+}
+
+impl std::fmt::Display for AuthMechanisms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> =
+            Self::NAMES.iter().filter(|(_, m)| self.contains(*m)).map(|&(n, _)| n).collect();
+        if names.is_empty() { f.write_str("nothing") } else { f.write_str(&names.join(" ")) }
     }
 }
 

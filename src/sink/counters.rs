@@ -1,5 +1,6 @@
 //! What the sink saw. One `Counters` per core, updated without sharing, merged at exit.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::report::json_object;
@@ -26,6 +27,15 @@ pub struct Counters {
     pub injected_disconnects: u64,
     pub idle_timeouts: u64,
     pub dump_errors: u64,
+    /// TLS sessions set up (after STARTTLS or on the implicit-TLS listener), handshakes that
+    /// failed, and plaintext octets a client sent behind STARTTLS, discarded unread.
+    pub tls_sessions: u64,
+    pub tls_failures: u64,
+    pub tls_discarded: u64,
+    pub auth_successes: u64,
+    pub auth_failures: u64,
+    /// Successful authentications per user.
+    pub auth_users: BTreeMap<String, u64>,
     /// Replies sent, by code.
     pub replies: Vec<u64>,
 }
@@ -46,6 +56,12 @@ impl Default for Counters {
             injected_disconnects: 0,
             idle_timeouts: 0,
             dump_errors: 0,
+            tls_sessions: 0,
+            tls_failures: 0,
+            tls_discarded: 0,
+            auth_successes: 0,
+            auth_failures: 0,
+            auth_users: BTreeMap::new(),
             replies: vec![0; 600],
         }
     }
@@ -86,9 +102,17 @@ impl Counters {
         for (a, b) in self.replies.iter_mut().zip(&o.replies) {
             *a += b;
         }
+        self.tls_sessions += o.tls_sessions;
+        self.tls_failures += o.tls_failures;
+        self.tls_discarded += o.tls_discarded;
+        self.auth_successes += o.auth_successes;
+        self.auth_failures += o.auth_failures;
+        for (user, n) in &o.auth_users {
+            *self.auth_users.entry(user.clone()).or_default() += n;
+        }
     }
 
-    fn scalars(&self) -> [(&'static str, u64); 13] {
+    fn scalars(&self) -> [(&'static str, u64); 18] {
         [
             ("connections", self.connections),
             ("connections_refused", self.connections_refused),
@@ -103,6 +127,11 @@ impl Counters {
             ("injected_disconnects", self.injected_disconnects),
             ("idle_timeouts", self.idle_timeouts),
             ("dump_errors", self.dump_errors),
+            ("tls_sessions", self.tls_sessions),
+            ("tls_failures", self.tls_failures),
+            ("tls_discarded", self.tls_discarded),
+            ("auth_successes", self.auth_successes),
+            ("auth_failures", self.auth_failures),
         ]
     }
 
@@ -123,6 +152,12 @@ impl Counters {
                 self.messages_accepted as f64 / seconds
             );
         }
+        if !self.auth_users.is_empty() {
+            let _ = writeln!(s, "authenticated by user:");
+            for (user, n) in &self.auth_users {
+                let _ = writeln!(s, "  {user:<20} {n:>14}");
+            }
+        }
         let _ = writeln!(s, "replies by code:");
         for (code, n) in self.reply_counts() {
             let _ = writeln!(s, "  {code:<20} {n:>14}");
@@ -136,6 +171,8 @@ impl Counters {
             self.scalars().iter().map(|(k, v)| ((*k).to_owned(), v.to_string())).collect();
         fields.push(("seconds".into(), format!("{seconds:.3}")));
         fields.push(("replies".into(), replies));
+        let users = json_object(self.auth_users.iter().map(|(u, n)| (u.clone(), n.to_string())));
+        fields.push(("auth_users".into(), users));
         json_object(fields)
     }
 }

@@ -1,6 +1,7 @@
 //! `volley sink`: a thread-per-core SMTP server that accepts everything as fast as it can, or
 //! misbehaves on purpose. Benchmarks and volley's own tests run it in-process.
 
+pub mod auth;
 mod counters;
 pub mod faults;
 mod server;
@@ -38,6 +39,16 @@ pub struct SinkConfig {
     pub dump: Option<PathBuf>,
     /// Stop once this many messages were accepted, across all threads.
     pub exit_after_messages: Option<u64>,
+    /// Certificate and key for STARTTLS and the implicit-TLS listener.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Advertise STARTTLS (needs `tls`).
+    pub starttls: bool,
+    /// Also listen here for implicit TLS (port 465 style; needs `tls`).
+    pub tls_listen: Option<SocketAddr>,
+    /// Answer MAIL with 530 until the session is encrypted.
+    pub require_tls: bool,
+    /// Offer AUTH PLAIN and LOGIN against these users, and require it before MAIL.
+    pub auth: Option<Arc<auth::Users>>,
 }
 
 impl Default for SinkConfig {
@@ -57,6 +68,11 @@ impl Default for SinkConfig {
             seed: 0,
             dump: None,
             exit_after_messages: None,
+            tls: None,
+            starttls: false,
+            tls_listen: None,
+            require_tls: false,
+            auth: None,
         }
     }
 }

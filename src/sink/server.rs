@@ -1,7 +1,7 @@
 //! The sink's I/O driver: a listener per thread on one address (SO_REUSEPORT), a task per
 //! connection running [`Session`]. Thin on purpose: all decisions are the session's.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,12 +11,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Canceller};
+use monoio::io::Canceller;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use super::session::{Action, Session};
 use super::{Core, Counters, Shared, SinkConfig};
 use crate::rt::{self, ReadOutcome, Watch, Watchdog};
+use crate::tls::{Conn, TlsLayer};
 
 /// How often an idle accept loop looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -30,6 +31,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// A running sink.
 pub struct SinkHandle {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<Counters>>>,
 }
@@ -38,6 +40,11 @@ impl SinkHandle {
     /// The address it listens on (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The implicit-TLS listener's address, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn stop_requested(&self) -> bool {
@@ -67,20 +74,26 @@ impl SinkHandle {
 
 /// Starts the sink's threads and returns once every one of them is listening.
 pub fn start(config: SinkConfig) -> io::Result<SinkHandle> {
+    if (config.starttls || config.tls_listen.is_some()) && config.tls.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "STARTTLS or a TLS listener needs a certificate",
+        ));
+    }
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
     let mut threads = Vec::new();
-    let mut addr = config.listen;
+    let mut addrs = Addrs { plain: config.listen, tls: config.tls_listen };
     for index in 0..config.threads.max(1) {
         let (tx, rx) = mpsc::channel();
         let (thread_config, thread_shared) = (Arc::clone(&config), Arc::clone(&shared));
         threads.push(rt::spawn_pinned("sink", index, move || {
             let driver = thread_config.driver;
-            rt::block_on(driver, run_thread(thread_config, thread_shared, index, addr, tx))?
+            rt::block_on(driver, run_thread(thread_config, thread_shared, index, addrs, tx))?
         })?);
-        // Thread 0 learns the port; the others bind the same one.
+        // Thread 0 learns the ports; the others bind the same ones.
         match rx.recv() {
-            Ok(Ok(bound)) => addr = bound,
+            Ok(Ok(bound)) => addrs = bound,
             Ok(Err(e)) => {
                 shared.stop.store(true, Ordering::Relaxed);
                 return Err(e);
@@ -95,34 +108,77 @@ pub fn start(config: SinkConfig) -> io::Result<SinkHandle> {
             }
         }
     }
-    Ok(SinkHandle { addr, shared, threads })
+    Ok(SinkHandle { addr: addrs.plain, tls_addr: addrs.tls, shared, threads })
+}
+
+/// Where a thread listens: the plain listener, and the implicit-TLS one if asked for.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    plain: SocketAddr,
+    tls: Option<SocketAddr>,
+}
+
+fn listen(addr: SocketAddr) -> io::Result<(SocketAddr, TcpListener)> {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    TcpListener::bind_with_config(addr, &opts)
+        .and_then(|l| Ok((l.local_addr()?, l)))
+        .map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))
 }
 
 async fn run_thread(
     config: Arc<SinkConfig>,
     shared: Arc<Shared>,
     index: usize,
-    addr: SocketAddr,
-    ready: mpsc::Sender<io::Result<SocketAddr>>,
+    addrs: Addrs,
+    ready: mpsc::Sender<io::Result<Addrs>>,
 ) -> io::Result<Counters> {
-    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
-    let listener = match TcpListener::bind_with_config(addr, &opts).and_then(|l| Ok((l.local_addr()?, l))) {
-        Ok((bound, l)) => {
-            let _ = ready.send(Ok(bound));
-            l
-        }
+    let bound = listen(addrs.plain).and_then(|plain| {
+        let tls = addrs.tls.map(listen).transpose()?;
+        Ok((plain, tls))
+    });
+    let (plain, tls) = match bound {
+        Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(e.kind(), format!("listen on {addr}: {e}"))));
+            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
             return Err(e);
         }
     };
+    let _ = ready.send(Ok(Addrs { plain: plain.0, tls: tls.as_ref().map(|t| t.0) }));
     let idle = config.idle_timeout;
     let core = Rc::new(RefCell::new(Core::new(config, Arc::clone(&shared), index)));
     let watchdog = Watchdog::new();
     let tick = (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let sweeper_stop = Arc::clone(&shared);
     monoio::spawn(Rc::clone(&watchdog).run(tick, move || sweeper_stop.stop.load(Ordering::Relaxed)));
-    let mut conn_seq = (index as u64) << 40;
+    let seq = Rc::new(Cell::new((index as u64) << 40));
+    let tls_loop = tls.map(|(_, listener)| {
+        let accepting = accept_loop(
+            listener,
+            true,
+            Rc::clone(&core),
+            Arc::clone(&shared),
+            Rc::clone(&watchdog),
+            Rc::clone(&seq),
+        );
+        monoio::spawn(accepting)
+    });
+    accept_loop(plain.1, false, Rc::clone(&core), Arc::clone(&shared), watchdog, seq).await;
+    if let Some(task) = tls_loop {
+        task.await;
+    }
+    let counters = core.borrow().counters.clone();
+    Ok(counters)
+}
+
+/// Accepts connections until the sink stops; `implicit`: each starts with a TLS handshake.
+async fn accept_loop(
+    listener: TcpListener,
+    implicit: bool,
+    core: Rc<RefCell<Core>>,
+    shared: Arc<Shared>,
+    watchdog: Rc<Watchdog>,
+    seq: Rc<Cell<u64>>,
+) {
     while !shared.stop.load(Ordering::Relaxed) {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -140,17 +196,41 @@ async fn run_thread(
         };
         match accepted {
             Ok((stream, _peer)) => {
-                conn_seq += 1;
+                seq.set(seq.get() + 1);
                 let watch = watchdog.watch();
-                monoio::spawn(serve(stream, Rc::clone(&core), Arc::clone(&shared), watch, conn_seq));
+                monoio::spawn(serve(
+                    stream,
+                    implicit,
+                    Rc::clone(&core),
+                    Arc::clone(&shared),
+                    watch,
+                    seq.get(),
+                ));
             }
             Err(e) if e.raw_os_error() == Some(125) => {}
             // Out of descriptors and the like: back off rather than spin.
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
         }
     }
-    let counters = core.borrow().counters.clone();
-    Ok(counters)
+}
+
+/// Runs the server side of a TLS handshake; counted either way.
+async fn handshake(conn: &mut Conn<TcpStream>, core: &RefCell<Core>, watch: &Watch) -> bool {
+    let (config, idle) = {
+        let core = core.borrow();
+        (core.config.tls.as_ref().map(|t| Arc::clone(&t.config)), core.config.idle_timeout)
+    };
+    let result = match config.map(TlsLayer::server) {
+        Some(Ok(layer)) => conn.start_tls(layer, watch, Instant::now() + idle).await.is_ok(),
+        _ => false,
+    };
+    let mut core = core.borrow_mut();
+    if result {
+        core.counters.tls_sessions += 1;
+    } else {
+        core.counters.tls_failures += 1;
+    }
+    result
 }
 
 /// Decrements the active-connection count however the task ends.
@@ -163,16 +243,21 @@ impl Drop for ActiveGuard {
 }
 
 async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    implicit: bool,
     core: Rc<RefCell<Core>>,
     shared: Arc<Shared>,
     watch: Rc<Watch>,
-    conn: u64,
+    id: u64,
 ) {
     let _ = stream.set_nodelay(true);
     let active = shared.active_connections.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = ActiveGuard(shared);
-    let mut session = Session::new(conn);
+    let mut stream = Conn::new(stream);
+    if implicit && !handshake(&mut stream, &core, &watch).await {
+        return;
+    }
+    let mut session = Session::new(id, implicit);
     let idle = core.borrow().config.idle_timeout;
     let mut out = Vec::with_capacity(256);
     let mut action = session.greet(&mut core.borrow_mut(), active, &mut out);
@@ -194,7 +279,7 @@ async fn serve(
     let mut start = 0;
     loop {
         let spare = buf.capacity() - buf.len();
-        let (res, b) = watch.read(&mut stream, buf, read_size, Some(Instant::now() + idle)).await;
+        let (res, b) = stream.read(&watch, buf, read_size, Some(Instant::now() + idle)).await;
         buf = b;
         match res {
             Ok(ReadOutcome::Data(n)) => {
@@ -223,6 +308,18 @@ async fn serve(
                 close_gracefully(&mut stream, &watch).await;
                 return;
             }
+            if action == Action::StartTls {
+                // Whatever the client sent behind STARTTLS was sent in plaintext: it is
+                // dropped, never read as if it had come over TLS.
+                let discarded = buf.len() - start;
+                core.borrow_mut().counters.tls_discarded += discarded as u64;
+                start = buf.len();
+                if !handshake(&mut stream, &core, &watch).await {
+                    session.closed(&mut core.borrow_mut());
+                    return;
+                }
+                session.tls_started();
+            }
             if !matches!(action, Action::Delay { .. }) {
                 break;
             }
@@ -242,7 +339,7 @@ async fn serve(
 /// while. Closing with unread input (a client pipelines past our 421) makes the kernel send RST,
 /// and an RST can destroy replies still in flight to the client: a 250 it never reads becomes a
 /// retry, and a duplicate message.
-async fn close_gracefully(stream: &mut TcpStream, watch: &Watch) {
+async fn close_gracefully(stream: &mut Conn<TcpStream>, watch: &Watch) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -250,7 +347,7 @@ async fn close_gracefully(stream: &mut TcpStream, watch: &Watch) {
     let mut sink = Vec::with_capacity(FIRST_READ);
     loop {
         sink.clear();
-        let (res, b) = watch.read(stream, sink, FIRST_READ, Some(deadline)).await;
+        let (res, b) = stream.read(watch, sink, FIRST_READ, Some(deadline)).await;
         sink = b;
         if !matches!(res, Ok(ReadOutcome::Data(_))) {
             return;
@@ -260,9 +357,9 @@ async fn close_gracefully(stream: &mut TcpStream, watch: &Watch) {
 
 /// Carries out an [`Action`]: writes what is due, waits for a delay. Returns whether the
 /// connection stays open, and the output buffer (emptied of what was written).
-async fn act(stream: &mut TcpStream, mut out: Vec<u8>, action: Action) -> (bool, Vec<u8>) {
+async fn act(stream: &mut Conn<TcpStream>, mut out: Vec<u8>, action: Action) -> (bool, Vec<u8>) {
     match action {
-        Action::Continue | Action::Close => {
+        Action::Continue | Action::Close | Action::StartTls => {
             if !out.is_empty() {
                 let (res, o) = stream.write_all(out).await;
                 out = o;
@@ -271,7 +368,7 @@ async fn act(stream: &mut TcpStream, mut out: Vec<u8>, action: Action) -> (bool,
                     return (false, out);
                 }
             }
-            (action == Action::Continue, out)
+            (action != Action::Close, out)
         }
         Action::Delay { at, by } => {
             if at > 0 {

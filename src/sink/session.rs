@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use memchr::memchr;
 
+use super::auth;
 use super::faults::{Stage, Verdict, failure_reply};
 use super::{Core, SinkConfig};
 use crate::proto::Address;
@@ -25,6 +26,9 @@ pub enum Action {
     Delay { at: usize, by: Duration },
     /// Write the output and close.
     Close,
+    /// Write the output (the 220 to STARTTLS), discard any input left unread, run the TLS
+    /// handshake, then call [`Session::tls_started`].
+    StartTls,
 }
 
 #[derive(Debug)]
@@ -37,6 +41,8 @@ enum Reading {
         remaining: u64,
         last: bool,
     },
+    /// An AUTH exchange: the next line answers our 334.
+    Auth(auth::Exchange),
 }
 
 #[derive(Debug, Default)]
@@ -64,11 +70,32 @@ pub struct Session {
     greeted: bool,
     txn: Txn,
     messages: u64,
+    /// Encrypted: implicit TLS, or after STARTTLS.
+    secure: bool,
+    authenticated: bool,
 }
 
 impl Session {
-    pub fn new(conn: u64) -> Self {
-        Session { conn, reading: Reading::Commands, greeted: false, txn: Txn::default(), messages: 0 }
+    /// A session on a new connection; `secure` when it is TLS from the start.
+    pub fn new(conn: u64, secure: bool) -> Self {
+        Session {
+            conn,
+            reading: Reading::Commands,
+            greeted: false,
+            txn: Txn::default(),
+            messages: 0,
+            secure,
+            authenticated: false,
+        }
+    }
+
+    /// The STARTTLS handshake succeeded: the session starts over (RFC 3207 §4.2), encrypted.
+    pub fn tls_started(&mut self) {
+        self.secure = true;
+        self.greeted = false;
+        self.authenticated = false;
+        self.txn = Txn::default();
+        self.reading = Reading::Commands;
     }
 
     /// Whether a transaction is open (the client vanishing now aborts it).
@@ -124,6 +151,28 @@ impl Session {
                         if action != Action::Continue {
                             return (pos, action);
                         }
+                    }
+                },
+                Reading::Auth(_) => match next_line(rest) {
+                    Line::Incomplete => break,
+                    Line::TooLong => {
+                        core.counters.protocol_errors += 1;
+                        reply(core, out, 500, "5.5.2 Line too long");
+                        self.reading = Reading::Overlong;
+                        pos += MAX_COMMAND_LINE;
+                    }
+                    Line::Complete { len, text_len } => {
+                        pos += len;
+                        let Reading::Auth(exchange) = std::mem::replace(&mut self.reading, Reading::Commands)
+                        else {
+                            continue;
+                        };
+                        let line = String::from_utf8_lossy(&rest[..text_len]);
+                        let step = match &core.config.auth {
+                            Some(users) => auth::respond(users, exchange, &line),
+                            None => auth::Step::Failure(502, "5.5.1 AUTH not offered", None),
+                        };
+                        self.auth_step(core, step, out);
                     }
                 },
                 Reading::Overlong => match memchr(b'\n', rest) {
@@ -195,7 +244,7 @@ impl Session {
                     let text = core.config.hostname.clone();
                     reply(core, out, 250, &text);
                 } else {
-                    let ehlo = ehlo_reply(core);
+                    let ehlo = ehlo_reply(core, self);
                     raw_reply(core, out, 250, &ehlo);
                 }
                 self.delayed(core, Stage::Ehlo, at)
@@ -203,6 +252,14 @@ impl Session {
             ServerCommand::Mail { from, params } => {
                 if !self.greeted {
                     return self.bad_sequence(core, out, "5.5.1 Send EHLO or HELO first");
+                }
+                if core.config.require_tls && !self.secure {
+                    reply(core, out, 530, "5.7.0 Must issue a STARTTLS command first");
+                    return Action::Continue;
+                }
+                if core.config.auth.is_some() && !self.authenticated {
+                    reply(core, out, 530, "5.7.0 Authentication required");
+                    return Action::Continue;
                 }
                 if self.txn.sender.is_some() {
                     return self.bad_sequence(core, out, "5.5.1 Nested MAIL command");
@@ -286,6 +343,36 @@ impl Session {
                 reply(core, out, 214, "2.0.0 volley sink: see RFC 5321");
                 Action::Continue
             }
+            ServerCommand::StartTls => {
+                if !self.offers_starttls(core) {
+                    reply(core, out, 502, "5.5.1 STARTTLS not offered");
+                    return Action::Continue;
+                }
+                if self.txn.sender.is_some() {
+                    return self.bad_sequence(core, out, "5.5.1 STARTTLS inside a transaction");
+                }
+                reply(core, out, 220, "2.0.0 Ready to start TLS");
+                Action::StartTls
+            }
+            ServerCommand::Auth { mechanism, initial } => {
+                let Some(users) = core.config.auth.clone() else {
+                    reply(core, out, 502, "5.5.1 AUTH not offered");
+                    return Action::Continue;
+                };
+                if !self.greeted {
+                    return self.bad_sequence(core, out, "5.5.1 Send EHLO first");
+                }
+                if self.authenticated || self.txn.sender.is_some() {
+                    return self.bad_sequence(core, out, "5.5.1 Already authenticated or in a transaction");
+                }
+                if core.config.require_tls && !self.secure {
+                    reply(core, out, 530, "5.7.0 Must issue a STARTTLS command first");
+                    return Action::Continue;
+                }
+                let step = auth::start(&users, mechanism, initial);
+                self.auth_step(core, step, out);
+                Action::Continue
+            }
             ServerCommand::NotImplemented(_) => {
                 reply(core, out, 502, "5.5.1 Command not implemented");
                 Action::Continue
@@ -296,6 +383,30 @@ impl Session {
                 }
                 reply(core, out, 221, "2.0.0 Bye");
                 Action::Close
+            }
+        }
+    }
+
+    fn offers_starttls(&self, core: &Core) -> bool {
+        core.config.starttls && core.config.tls.is_some() && !self.secure
+    }
+
+    /// Answers one step of an AUTH exchange.
+    fn auth_step(&mut self, core: &mut Core, step: auth::Step, out: &mut Vec<u8>) {
+        match step {
+            auth::Step::Challenge(exchange, challenge) => {
+                self.reading = Reading::Auth(exchange);
+                reply(core, out, 334, challenge);
+            }
+            auth::Step::Success(user) => {
+                self.authenticated = true;
+                core.counters.auth_successes += 1;
+                *core.counters.auth_users.entry(user).or_default() += 1;
+                reply(core, out, 235, "2.7.0 Authentication successful");
+            }
+            auth::Step::Failure(code, text, _user) => {
+                core.counters.auth_failures += 1;
+                reply(core, out, code, text);
             }
         }
     }
@@ -424,9 +535,15 @@ impl Session {
     }
 }
 
-fn ehlo_reply(core: &Core) -> String {
+fn ehlo_reply(core: &Core, session: &Session) -> String {
     let c = &core.config;
     let mut lines = vec![c.hostname.clone()];
+    if session.offers_starttls(core) {
+        lines.push("STARTTLS".into());
+    }
+    if c.auth.is_some() && !session.authenticated && (session.secure || !c.require_tls) {
+        lines.push("AUTH PLAIN LOGIN".into());
+    }
     if c.pipelining {
         lines.push("PIPELINING".into());
     }

@@ -12,7 +12,7 @@ fn core() -> Core {
 /// Feeds `input` in pieces of `step` bytes, as reads would deliver it; returns the replies.
 fn run(input: &[u8], step: usize) -> (String, Core) {
     let mut core = core();
-    let mut s = Session::new(1);
+    let mut s = Session::new(1, false);
     let mut out = Vec::new();
     s.greet(&mut core, 1, &mut out);
     let mut pending: Vec<u8> = Vec::new();
@@ -68,7 +68,7 @@ fn dumping_sink_does_not_buffer_content_past_the_size_limit() {
     let config = SinkConfig { dump: Some(std::env::temp_dir()), max_size: 10_000, ..SinkConfig::default() };
     let mut core = Core::new(Arc::new(config), Arc::new(Shared::default()), 0);
     for (open, chunked) in [(&b"DATA\r\n"[..], false), (&b"BDAT 4000000 LAST\r\n"[..], true)] {
-        let mut s = Session::new(1);
+        let mut s = Session::new(1, false);
         let mut out = Vec::new();
         s.greet(&mut core, 1, &mut out);
         s.process(&mut core, b"EHLO t\r\nMAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\n", &mut out);
@@ -89,4 +89,82 @@ fn dumping_sink_does_not_buffer_content_past_the_size_limit() {
             );
         }
     }
+}
+
+/// A session under `config`, fed `input` whole; returns the replies and the last action.
+fn run_with(config: SinkConfig, secure: bool, input: &[u8]) -> (String, Action, Session, Core) {
+    let mut core = Core::new(Arc::new(config), Arc::new(Shared::default()), 0);
+    let mut s = Session::new(1, secure);
+    let mut out = Vec::new();
+    s.greet(&mut core, 1, &mut out);
+    let mut pos = 0;
+    let mut action = Action::Continue;
+    while pos < input.len() {
+        let (n, a) = s.process(&mut core, &input[pos..], &mut out);
+        pos += n;
+        action = a;
+        if a != Action::Continue {
+            break;
+        }
+    }
+    (String::from_utf8(out).unwrap(), action, s, core)
+}
+
+fn tls_config() -> SinkConfig {
+    let tls = crate::tls::ServerTls::self_signed(&["localhost".into()]).unwrap();
+    SinkConfig { tls: Some(tls), starttls: true, ..SinkConfig::default() }
+}
+
+fn auth_config() -> SinkConfig {
+    let users = super::auth::Users::parse("alice:s3cret\n").unwrap();
+    SinkConfig { auth: Some(Arc::new(users)), ..tls_config() }
+}
+
+#[test]
+fn starttls_stops_reading_and_the_session_starts_over() {
+    // Everything after STARTTLS in the same read is left unconsumed: the driver discards it.
+    let input = b"EHLO t\r\nSTARTTLS\r\nMAIL FROM:<a@test>\r\n";
+    let (replies, action, mut s, mut core) = run_with(tls_config(), false, input);
+    assert!(replies.contains("250-STARTTLS\r\n"), "{replies}");
+    assert_eq!(codes(&replies), vec!["220", "250", "220"]);
+    assert_eq!(action, Action::StartTls);
+    s.tls_started();
+    let mut out = Vec::new();
+    // RFC 3207: EHLO again; STARTTLS is no longer offered, and a second one is refused.
+    s.process(&mut core, b"MAIL FROM:<a@test>\r\nEHLO t\r\nSTARTTLS\r\n", &mut out);
+    let replies = String::from_utf8(out).unwrap();
+    assert!(!replies.contains("250-STARTTLS") && !replies.contains("250 STARTTLS"), "{replies}");
+    assert_eq!(codes(&replies), vec!["503", "250", "502"]);
+    // Not offered without --starttls.
+    let (replies, _, _, _) = run_with(SinkConfig::default(), false, b"EHLO t\r\nSTARTTLS\r\n");
+    assert!(!replies.contains("250-STARTTLS") && codes(&replies).ends_with(&["502"]));
+}
+
+#[test]
+fn require_tls_refuses_mail_in_plaintext() {
+    let config = || SinkConfig { require_tls: true, ..tls_config() };
+    let (replies, _, _, _) = run_with(config(), false, b"EHLO t\r\nMAIL FROM:<a@test>\r\n");
+    assert!(replies.ends_with("530 5.7.0 Must issue a STARTTLS command first\r\n"), "{replies}");
+    let (replies, _, _, _) = run_with(config(), true, b"EHLO t\r\nMAIL FROM:<a@test>\r\n");
+    assert!(replies.ends_with("250 2.1.0 Ok\r\n"), "{replies}");
+}
+
+#[test]
+fn auth_is_required_before_mail_and_counted_per_user() {
+    let plain_ok = b"EHLO t\r\nMAIL FROM:<a@test>\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@test>\r\n";
+    let (replies, _, _, core) = run_with(auth_config(), true, plain_ok);
+    assert!(replies.contains("250-AUTH PLAIN LOGIN\r\n"), "{replies}");
+    assert_eq!(codes(&replies), vec!["220", "250", "530", "235", "250"]);
+    assert_eq!(core.counters.auth_users.get("alice"), Some(&1));
+
+    let login = b"EHLO t\r\nAUTH LOGIN\r\nYWxpY2U=\r\nd3Jvbmc=\r\nAUTH LOGIN\r\nYWxpY2U=\r\nczNjcmV0\r\n";
+    let (replies, _, _, core) = run_with(auth_config(), true, login);
+    assert_eq!(codes(&replies), vec!["220", "250", "334", "334", "535", "334", "334", "235"]);
+    assert!(replies.contains("535 5.7.8"), "{replies}");
+    assert_eq!((core.counters.auth_failures, core.counters.auth_successes), (1, 1));
+
+    // Unknown mechanism, cancelled exchange, AUTH twice.
+    let odd = b"EHLO t\r\nAUTH CRAM-MD5\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN x\r\n";
+    let (replies, _, _, _) = run_with(auth_config(), true, odd);
+    assert_eq!(codes(&replies), vec!["220", "250", "504", "334", "501", "235", "503"]);
 }

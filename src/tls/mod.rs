@@ -19,9 +19,12 @@ pub use stream::Conn;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TlsError {
-    /// The peer broke the TLS protocol, or its certificate was refused.
+    /// The peer broke the TLS protocol.
     #[error("TLS: {0}")]
     Protocol(String),
+    /// The server's certificate was refused (policy `verify`).
+    #[error("certificate refused: {0}")]
+    Certificate(String),
     /// Certificates or keys could not be loaded or made.
     #[error("TLS setup: {0}")]
     Setup(String),
@@ -32,6 +35,9 @@ pub enum TlsError {
 
 impl From<rustls::Error> for TlsError {
     fn from(e: rustls::Error) -> Self {
-        TlsError::Protocol(e.to_string())
+        match e {
+            rustls::Error::InvalidCertificate(_) => TlsError::Certificate(e.to_string()),
+            e => TlsError::Protocol(e.to_string()),
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 
+use super::TlsError;
 use super::layer::TlsLayer;
 use crate::proto::client::Transmit;
 use crate::rt::{ReadOutcome, TransmitBuf, Watch};
@@ -47,22 +48,33 @@ impl<S: AsyncWriteRent + CancelableAsyncReadRent> Conn<S> {
 
     /// Runs a TLS handshake over the connection, until `deadline`. From then on reads and
     /// writes go through `layer`. The caller has checked that no plaintext is left unread.
-    pub async fn start_tls(&mut self, layer: TlsLayer, watch: &Watch, deadline: Instant) -> io::Result<()> {
+    pub async fn start_tls(
+        &mut self,
+        layer: TlsLayer,
+        watch: &Watch,
+        deadline: Instant,
+    ) -> Result<(), TlsError> {
+        let io_error = |e: io::Error| TlsError::Handshake(e.to_string());
         self.tls = Some(Box::new(layer));
         loop {
-            self.flush_tls().await?;
-            let Some(tls) = self.tls.as_deref() else { return Err(io::Error::other("TLS layer gone")) };
+            self.flush_tls().await.map_err(io_error)?;
+            let Some(tls) = self.tls.as_deref() else {
+                return Err(TlsError::Handshake("no TLS layer".into()));
+            };
             if !tls.is_handshaking() {
                 return Ok(());
             }
             let buf = std::mem::take(&mut self.cipher_in);
             let (res, mut buf) = watch.read(&mut self.io, buf, CIPHER_READ, Some(deadline)).await;
-            let received = match res? {
-                ReadOutcome::Data(_) => self.receive_into_early(&buf),
-                ReadOutcome::Eof => {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the handshake"))
+            let received = match res {
+                Ok(ReadOutcome::Data(_)) => self.receive_into_early(&buf),
+                Ok(ReadOutcome::Eof) => {
+                    Err(TlsError::Handshake("connection closed during the handshake".into()))
                 }
-                ReadOutcome::Deadline => Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")),
+                Ok(ReadOutcome::Deadline) => {
+                    Err(TlsError::Handshake("no answer within the time limit".into()))
+                }
+                Err(e) => Err(io_error(e)),
             };
             buf.clear();
             self.cipher_in = buf;
@@ -74,9 +86,9 @@ impl<S: AsyncWriteRent + CancelableAsyncReadRent> Conn<S> {
         }
     }
 
-    fn receive_into_early(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn receive_into_early(&mut self, buf: &[u8]) -> Result<(), TlsError> {
         let Some(tls) = self.tls.as_deref_mut() else { return Ok(()) };
-        tls.receive(buf, &mut self.early).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        tls.receive(buf, &mut self.early)
     }
 
     /// Reads plaintext, appended to `buf`, until data, EOF, an error or `deadline`.

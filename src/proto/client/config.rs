@@ -1,7 +1,9 @@
 //! Session settings: EHLO name, pipeline depth, extensions to use, per-phase timeouts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::auth::Credentials;
 use crate::proto::address::Domain;
 use crate::proto::command::Command;
 
@@ -64,6 +66,18 @@ impl Timeouts {
     }
 }
 
+/// Whether the session upgrades to TLS with STARTTLS (RFC 3207).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartTls {
+    /// Never (plaintext, or the connection is TLS from its first byte).
+    #[default]
+    Off,
+    /// When the server offers it; plaintext otherwise.
+    IfOffered,
+    /// The session fails if the server does not offer it or refuses it.
+    Required,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub helo_domain: Domain,
@@ -80,6 +94,9 @@ pub struct ClientConfig {
     /// sends a second EHLO, whose multi-line reply only EHLO gets, and waits for it.
     pub sync_every: usize,
     pub timeouts: Timeouts,
+    pub starttls: StartTls,
+    /// Authenticate after the (encrypted) EHLO, before any transaction.
+    pub auth: Option<Arc<Credentials>>,
 }
 
 impl ClientConfig {
@@ -92,6 +109,8 @@ impl ClientConfig {
             chunking: true,
             sync_every: 256,
             timeouts: Timeouts::default(),
+            starttls: StartTls::Off,
+            auth: None,
         }
     }
 }

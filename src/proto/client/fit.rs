@@ -38,6 +38,9 @@ pub(super) fn fits(command: Command, reply: &ReplyRef<'_>, enhanced: bool) -> Re
     }
     let expected = match command {
         Command::Data => 354,
+        Command::StartTls => 220,
+        Command::Auth if reply.code == 334 => 334,
+        Command::Auth => 235,
         Command::RcptTo if reply.code == 251 => 251,
         Command::Quit => 221,
         _ => 250,
@@ -45,6 +48,8 @@ pub(super) fn fits(command: Command, reply: &ReplyRef<'_>, enhanced: bool) -> Re
     if reply.code != expected {
         return Err(match expected {
             354 => "only 354 or a refusal answers DATA",
+            220 => "only 220 or a refusal answers STARTTLS",
+            235 => "only 235, 334 or a refusal answers AUTH",
             221 => "only 221 answers QUIT",
             _ => "wrong positive code for this command",
         });

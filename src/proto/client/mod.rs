@@ -32,6 +32,7 @@
 //! burst) are always caught; `221` followed by the close is proof whatever the server did. A
 //! server that drops a reply shows up as a timeout, which proves nothing.
 
+mod auth;
 mod config;
 mod fit;
 mod outcome;
@@ -41,7 +42,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use config::{ClientConfig, Timeouts};
+pub use auth::{Credentials, Mechanism, Secret};
+pub use config::{ClientConfig, StartTls, Timeouts};
 pub use outcome::{Completed, Disposition, LocalError, SessionError, TxnResult, classify, classify_reply};
 pub use transmit::{Segment, Transmit};
 
@@ -99,13 +101,18 @@ impl Message {
 pub struct Handshake {
     /// From the connection to the greeting.
     pub greeting: Duration,
-    /// From sending EHLO (or HELO) to its positive reply.
+    /// From sending the last EHLO (or HELO) to its positive reply.
     pub ehlo: Duration,
+    /// From sending AUTH to its 235, when the session authenticated.
+    pub auth: Option<Duration>,
 }
 
 #[derive(Debug)]
 pub enum Event<T> {
-    /// Greeting and EHLO/HELO done: transactions can be pushed.
+    /// The server said 220 to STARTTLS: the driver runs the TLS handshake, then calls
+    /// [`Client::tls_established`] or [`Client::handle_tls_error`].
+    StartTls,
+    /// Greeting, EHLO/HELO, TLS and AUTH done: transactions can be pushed.
     Ready(Handshake),
     Done(Completed<T>),
     /// The session is over: `None` after a clean QUIT or a server closing an idle session.
@@ -123,6 +130,13 @@ enum Phase {
     Ehlo,
     SendHelo,
     Helo,
+    SendStartTls,
+    StartTls,
+    /// The driver is running the TLS handshake.
+    TlsHandshake,
+    /// An AUTH line is due (the command, or the answer to a 334).
+    SendAuth,
+    Auth,
     Ready,
     SendQuit,
     Quit,
@@ -220,6 +234,18 @@ pub struct Client<T> {
     linger_until: Instant,
     /// Reply latencies of transaction commands since the driver last took them.
     latencies: Vec<(Command, Duration)>,
+    /// The connection is encrypted (implicit TLS, or after STARTTLS).
+    secure: bool,
+    /// The server refused STARTTLS and the policy allows going on in plaintext.
+    tls_declined: bool,
+    /// AUTH succeeded (or none is configured); the mechanism and where its exchange stands.
+    authenticated: bool,
+    auth_mechanism: Option<Mechanism>,
+    auth_step: auth::AuthStep,
+    auth_sent: Instant,
+    ehlo_took: Duration,
+    auth_started: bool,
+    ready_after_auth: Option<Duration>,
     out: Transmit,
     spare: Option<Transmit>,
     events: VecDeque<Event<T>>,
@@ -257,6 +283,15 @@ impl<T> Client<T> {
             syncing: false,
             linger_until: now,
             latencies: Vec::with_capacity(64),
+            secure: false,
+            tls_declined: false,
+            authenticated: false,
+            auth_mechanism: None,
+            auth_step: auth::AuthStep::Sent,
+            auth_sent: now,
+            ehlo_took: Duration::ZERO,
+            auth_started: false,
+            ready_after_auth: None,
             out: Transmit::default(),
             spare: None,
             events: VecDeque::new(),
@@ -277,6 +312,32 @@ impl<T> Client<T> {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The connection is now encrypted: at the start (implicit TLS), or after the handshake
+    /// that [`Event::StartTls`] asked for. After STARTTLS everything learnt in plaintext is
+    /// forgotten (RFC 3207 §4.2) and EHLO is sent again.
+    pub fn tls_established(&mut self, now: Instant) {
+        self.secure = true;
+        if self.phase == Phase::TlsHandshake {
+            self.caps = None;
+            self.ehlo_marks = false;
+            self.parser = ReplyParser::new();
+            self.output_at = now;
+            self.phase = Phase::SendEhlo;
+        }
+    }
+
+    /// The TLS handshake failed.
+    pub fn handle_tls_error(&mut self, error: SessionError) {
+        if self.phase != Phase::Closed {
+            self.fail(error);
+        }
     }
 
     /// Whether the server owes a reply, or its close after `221` (so the driver should read).
@@ -390,8 +451,10 @@ impl<T> Client<T> {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let was_waiting = !self.expect.is_empty();
         self.output_at = now;
-        if matches!(self.phase, Phase::SendEhlo | Phase::SendHelo) {
-            self.ehlo_sent = now;
+        match self.phase {
+            Phase::SendEhlo | Phase::SendHelo => self.ehlo_sent = now,
+            Phase::SendAuth if !self.auth_started => self.auth_sent = now,
+            _ => {}
         }
         self.fill();
         self.out.close_own();
@@ -465,6 +528,17 @@ impl<T> Client<T> {
                         self.fail(e);
                         break;
                     }
+                    if self.phase == Phase::TlsHandshake {
+                        // Whatever follows the 220 in the same stream was sent before TLS and
+                        // would be read as if it came over it.
+                        let extra = buf.len() - consumed;
+                        if extra > 0 {
+                            self.fail(SessionError::TlsInjection(extra));
+                            break;
+                        }
+                        self.events.push_back(Event::StartTls);
+                        return consumed;
+                    }
                     if self.expect.is_empty() && self.phase == Phase::Ready && self.txns.is_empty() {
                         self.idle_since = now;
                     }
@@ -537,8 +611,10 @@ impl<T> Client<T> {
         match command {
             Command::Ehlo => match class {
                 ReplyClass::Positive => {
+                    self.ehlo_took = self.input_at.saturating_duration_since(self.ehlo_sent);
                     self.ehlo_marks = reply.is_multiline();
-                    self.ready(Capabilities::from_ehlo(reply));
+                    self.caps = Some(Capabilities::from_ehlo(reply));
+                    self.proceed()?;
                 }
                 // Not an ESMTP server (500/502) or EHLO refused: try HELO once.
                 ReplyClass::Permanent => self.phase = Phase::SendHelo,
@@ -546,9 +622,11 @@ impl<T> Client<T> {
             },
             Command::Helo => match class {
                 ReplyClass::Positive => {
+                    self.ehlo_took = self.input_at.saturating_duration_since(self.ehlo_sent);
                     let domain = reply.lines().next().unwrap_or("");
                     let domain = domain.split_ascii_whitespace().next().unwrap_or("");
-                    self.ready(Capabilities::helo_only(domain));
+                    self.caps = Some(Capabilities::helo_only(domain));
+                    self.proceed()?;
                 }
                 _ => return Err(SessionError::Handshake { command, reply: reply.to_owned() }),
             },
@@ -562,9 +640,72 @@ impl<T> Client<T> {
             Command::MailFrom | Command::RcptTo | Command::Data | Command::EndOfData | Command::Bdat => {
                 self.on_transaction_reply(command, expect, reply)?;
             }
-            Command::StartTls | Command::Auth => return Err(unexpected(command, reply, "not sent")),
+            Command::StartTls => match class {
+                // The driver is told once the 220 is known to end the input (`handle_input`).
+                ReplyClass::Positive => self.phase = Phase::TlsHandshake,
+                _ if self.config.starttls == StartTls::Required => {
+                    return Err(SessionError::TlsUnavailable { reply: Some(reply.to_owned()) });
+                }
+                // Opportunistic: go on in plaintext, on this same session.
+                _ => {
+                    self.tls_declined = true;
+                    self.proceed()?;
+                }
+            },
+            Command::Auth => self.on_auth_reply(reply)?,
         }
         Ok(())
+    }
+
+    /// After EHLO (or a refused STARTTLS): upgrade to TLS, authenticate, or start work, as
+    /// the settings and the server's capabilities say.
+    fn proceed(&mut self) -> Result<(), SessionError> {
+        let Some(caps) = &self.caps else { return Err(SessionError::Abandoned("no capabilities")) };
+        if !self.secure && !self.tls_declined {
+            match (self.config.starttls, caps.starttls) {
+                (StartTls::Off, _) => {}
+                (_, true) => {
+                    self.phase = Phase::SendStartTls;
+                    return Ok(());
+                }
+                (StartTls::IfOffered, false) => {}
+                (StartTls::Required, false) => return Err(SessionError::TlsUnavailable { reply: None }),
+            }
+        }
+        if let Some(credentials) = self.config.auth.as_deref().filter(|_| !self.authenticated) {
+            if !self.secure && !credentials.allow_plaintext {
+                return Err(SessionError::AuthImpossible(
+                    "the connection is not encrypted (use TLS, or allow plaintext AUTH explicitly)".into(),
+                ));
+            }
+            let mechanism = credentials.choose(caps.auth).map_err(SessionError::AuthImpossible)?;
+            self.auth_mechanism = Some(mechanism);
+            self.phase = Phase::SendAuth;
+            return Ok(());
+        }
+        self.ready();
+        Ok(())
+    }
+
+    /// A reply during AUTH: 235 is the only success; 334 asks for the next line; anything
+    /// negative ends the session with the server's words.
+    fn on_auth_reply(&mut self, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
+        let mechanism = self.auth_mechanism.map_or("", Mechanism::name);
+        match reply.class() {
+            ReplyClass::Positive => {
+                self.authenticated = true;
+                let took = self.input_at.saturating_duration_since(self.auth_sent);
+                self.ready_after_auth = Some(took);
+                self.ready();
+                Ok(())
+            }
+            // The answer goes out with the next transmit.
+            ReplyClass::Intermediate => {
+                self.phase = Phase::SendAuth;
+                Ok(())
+            }
+            _ => Err(SessionError::Auth { mechanism, reply: reply.to_owned() }),
+        }
     }
 
     /// The reply to a checkpoint EHLO. Only EHLO gets a multi-line 250; a shifted reply to any
@@ -672,13 +813,14 @@ impl<T> Client<T> {
         Ok(())
     }
 
-    fn ready(&mut self, caps: Capabilities) {
-        self.pipelining = caps.pipelining && self.config.pipelining;
-        self.chunking = caps.chunking && self.config.chunking;
-        self.caps = Some(caps);
+    fn ready(&mut self) {
+        let caps = self.caps.as_ref();
+        self.pipelining = caps.is_some_and(|c| c.pipelining) && self.config.pipelining;
+        self.chunking = caps.is_some_and(|c| c.chunking) && self.config.chunking;
         self.phase = Phase::Ready;
-        let ehlo = self.input_at.saturating_duration_since(self.ehlo_sent);
-        self.events.push_back(Event::Ready(Handshake { greeting: self.greeting_took, ehlo }));
+        let ehlo = self.ehlo_took;
+        let auth = self.ready_after_auth;
+        self.events.push_back(Event::Ready(Handshake { greeting: self.greeting_took, ehlo, auth }));
         self.maybe_quit();
     }
 
@@ -826,6 +968,24 @@ impl<T> Client<T> {
                     self.fill_transactions();
                 }
             }
+            Phase::SendStartTls => {
+                command::starttls(self.out.commands());
+                self.expect(Command::StartTls, NO_TXN, 0);
+                self.phase = Phase::StartTls;
+            }
+            Phase::SendAuth => {
+                if let (Some(credentials), Some(mechanism)) = (self.config.auth.clone(), self.auth_mechanism)
+                {
+                    self.auth_step = if self.auth_started {
+                        auth::respond(self.out.commands(), &credentials, mechanism, self.auth_step)
+                    } else {
+                        self.auth_started = true;
+                        auth::start(self.out.commands(), &credentials, mechanism)
+                    };
+                    self.expect(Command::Auth, NO_TXN, 0);
+                }
+                self.phase = Phase::Auth;
+            }
             Phase::SendQuit => {
                 command::quit(self.out.commands());
                 self.expect(Command::Quit, NO_TXN, 0);
@@ -834,6 +994,9 @@ impl<T> Client<T> {
             Phase::Greeting
             | Phase::Ehlo
             | Phase::Helo
+            | Phase::StartTls
+            | Phase::TlsHandshake
+            | Phase::Auth
             | Phase::Ready
             | Phase::Quit
             | Phase::Linger

@@ -35,6 +35,23 @@ pub enum SessionError {
     Transport { command: Option<Command>, message: String },
     #[error("session abandoned: {0}")]
     Abandoned(&'static str),
+    /// TLS is required and the server does not offer STARTTLS (`reply: None`) or refused it.
+    #[error("TLS required, but {}", match reply { Some(r) => format!("STARTTLS was refused: {r}"), None => "the server does not offer STARTTLS".to_owned() })]
+    TlsUnavailable { reply: Option<Reply> },
+    /// Bytes followed the server's 220 to STARTTLS before the handshake: someone is injecting
+    /// plaintext to be read as if it came over TLS (CVE-2011-0411 and kin).
+    #[error("{0} octets followed the 220 to STARTTLS before the TLS handshake (injection attempt)")]
+    TlsInjection(usize),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// Policy `verify` refused the server's certificate.
+    #[error("TLS certificate refused: {0}")]
+    TlsCertificate(String),
+    #[error("AUTH {mechanism} refused: {reply}")]
+    Auth { mechanism: &'static str, reply: Reply },
+    /// Authentication is configured and cannot be attempted with this server.
+    #[error("cannot authenticate: {0}")]
+    AuthImpossible(String),
 }
 
 impl SessionError {
@@ -52,6 +69,40 @@ impl SessionError {
             SessionError::Closed { .. } => "closed by server",
             SessionError::Transport { .. } => "connection lost",
             SessionError::Abandoned(_) => "abandoned",
+            SessionError::TlsUnavailable { .. } => "TLS unavailable",
+            SessionError::TlsInjection(_) => "TLS injection",
+            SessionError::Tls(_) => "TLS handshake failed",
+            SessionError::TlsCertificate(_) => "TLS certificate refused",
+            SessionError::Auth { .. } => "AUTH refused",
+            SessionError::AuthImpossible(_) => "AUTH impossible",
+        }
+    }
+
+    /// A failure of TLS or AUTH (rather than of the connection or the server's capacity).
+    pub fn is_tls_or_auth(&self) -> bool {
+        matches!(
+            self,
+            SessionError::TlsUnavailable { .. }
+                | SessionError::TlsInjection(_)
+                | SessionError::Tls(_)
+                | SessionError::TlsCertificate(_)
+                | SessionError::Auth { .. }
+                | SessionError::AuthImpossible(_)
+        )
+    }
+
+    /// Whether a new connection to the same server would meet the same failure: a setting of
+    /// ours the server cannot satisfy, or credentials it refused for good. The engine stops
+    /// trying such a destination at once rather than after its failing window (retrying bad
+    /// credentials gets accounts locked).
+    pub fn is_persistent(&self) -> bool {
+        match self {
+            SessionError::TlsUnavailable { reply } => {
+                reply.as_ref().is_none_or(|r| r.class() == ReplyClass::Permanent)
+            }
+            SessionError::Auth { reply, .. } => reply.class() == ReplyClass::Permanent,
+            SessionError::AuthImpossible(_) | SessionError::TlsCertificate(_) => true,
+            _ => false,
         }
     }
 

@@ -48,6 +48,8 @@ struct Server {
     duplicate: bool,
     /// Keep the connection open after answering QUIT.
     linger: bool,
+    /// What EHLO advertises once STARTTLS is done.
+    caps_after_tls: &'static str,
 }
 
 impl Server {
@@ -64,6 +66,7 @@ impl Server {
             silent: false,
             duplicate: false,
             linger: false,
+            caps_after_tls: caps,
         }
     }
 
@@ -185,6 +188,8 @@ impl Server {
                 // The reply comes after the chunk; record the command itself separately.
                 self.seen.push(format!("<bdat> {cmd}"));
             }
+            "STARTTLS" => self.answer(cmd, "220 2.0.0 ready"),
+            "AUTH" => self.answer(cmd, "235 2.7.0 ok"),
             "QUIT" => {
                 self.answer(cmd, "221 bye");
                 self.closed = !self.linger;
@@ -213,6 +218,8 @@ struct Pair {
     /// Feed the client one byte at a time.
     trickle: bool,
     inbuf: Vec<u8>,
+    handshake: Option<Handshake>,
+    tls_handshakes: u32,
 }
 
 impl Pair {
@@ -228,6 +235,8 @@ impl Pair {
             closed: None,
             trickle: false,
             inbuf: Vec::new(),
+            handshake: None,
+            tls_handshakes: 0,
         };
         p.server.answer("<greeting>", "220 test ESMTP");
         p.server.seen.clear();
@@ -285,7 +294,16 @@ impl Pair {
     fn collect(&mut self) {
         while let Some(e) = self.client.poll_event() {
             match e {
-                Event::Ready(_) => self.ready = true,
+                Event::Ready(h) => {
+                    self.ready = true;
+                    self.handshake = Some(h);
+                }
+                // The scripted server speaks plaintext throughout: the handshake is pretended.
+                Event::StartTls => {
+                    self.tls_handshakes += 1;
+                    self.server.caps = self.server.caps_after_tls;
+                    self.client.tls_established(self.now);
+                }
                 Event::Done(c) => self.done.push(c),
                 Event::Closed(reason) => {
                     assert!(self.closed.is_none(), "closed twice");
@@ -1033,3 +1051,6 @@ fn a_duplicated_greeting_fails_the_handshake() {
         assert!(p.closed.clone().flatten().is_some_and(|e| e.is_violation()), "{:?}", p.closed);
     }
 }
+
+#[path = "tests_tls_auth.rs"]
+mod tls_auth;

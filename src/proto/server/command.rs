@@ -56,7 +56,13 @@ pub enum ServerCommand<'a> {
     Quit,
     Vrfy,
     Help,
-    /// Known commands this server does not offer (STARTTLS, AUTH, EXPN, ...).
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        mechanism: &'a str,
+        initial: Option<&'a str>,
+    },
+    /// Known commands this server does not offer (EXPN, ETRN, TURN).
     NotImplemented(&'a str),
 }
 
@@ -154,7 +160,19 @@ pub fn parse_command(line: &[u8]) -> Result<ServerCommand<'_>, CommandError> {
     if is("HELP") {
         return Ok(ServerCommand::Help);
     }
-    for known in ["STARTTLS", "AUTH", "EXPN", "ETRN", "TURN"] {
+    if is("STARTTLS") {
+        return no_args(ServerCommand::StartTls);
+    }
+    if is("AUTH") {
+        let mut words = args.split(' ').filter(|w| !w.is_empty());
+        let mechanism = words.next().ok_or(CommandError::BadArguments)?;
+        let initial = words.next();
+        if words.next().is_some() {
+            return Err(CommandError::BadArguments);
+        }
+        return Ok(ServerCommand::Auth { mechanism, initial });
+    }
+    for known in ["EXPN", "ETRN", "TURN"] {
         if is(known) {
             return Ok(ServerCommand::NotImplemented(known));
         }
@@ -271,7 +289,15 @@ mod tests {
             ("QUIT", Ok(ServerCommand::Quit)),
             ("VRFY user", Ok(ServerCommand::Vrfy)),
             ("HELP", Ok(ServerCommand::Help)),
-            ("STARTTLS", Ok(ServerCommand::NotImplemented("STARTTLS"))),
+            ("STARTTLS", Ok(ServerCommand::StartTls)),
+            ("STARTTLS now", Err(CommandError::BadArguments)),
+            (
+                "AUTH PLAIN AGEAYg==",
+                Ok(ServerCommand::Auth { mechanism: "PLAIN", initial: Some("AGEAYg==") }),
+            ),
+            ("auth login", Ok(ServerCommand::Auth { mechanism: "login", initial: None })),
+            ("AUTH", Err(CommandError::BadArguments)),
+            ("ETRN x", Ok(ServerCommand::NotImplemented("ETRN"))),
             ("FOO", Err(CommandError::Unrecognized)),
             ("", Err(CommandError::Unrecognized)),
         ];
