@@ -33,6 +33,16 @@ fn nonsense_gets_a_usage_error() {
         (&["--message", "/no/such/file"], "--message"),
         (&["--size", "2k", "--message", "Cargo.toml"], "--message"),
         (&["--pipeline-depth", "0"], "--pipeline-depth"),
+        (&["--starttls", "sometimes"], "--starttls"),
+        (&["--tls", "--starttls", "opportunistic"], "--tls"),
+        (&["--insecure"], "--insecure"),
+        (&["--ca-file", "Cargo.toml"], "--ca-file"),
+        (&["--starttls", "verify", "--ca-file", "/no/such/ca.pem"], "/no/such/ca.pem"),
+        (&["--auth-user", "bob"], "VOLLEY_AUTH_PASSWORD"),
+        (&["--auth-user", "bob", "--auth-password-file", "/no/such/file"], "--auth-password-file"),
+        (&["--auth-mech", "PLAIN"], "--auth-user"),
+        // There is no way to put a password on the command line.
+        (&["--auth-user", "bob", "--auth-password", "x"], "--auth-password"),
     ];
     for (args, mentions) in cases {
         let mut all = vec!["bench", "--quiet"];
@@ -216,4 +226,64 @@ fn a_server_offering_starttls_is_noted() {
     let out = volley(&["bench", "--target", &target, "--messages", "5", "--quiet"]);
     let (stdout, _) = text(&out);
     assert!(stdout.contains("the server offers STARTTLS"), "{stdout}");
+}
+
+#[test]
+fn tls_and_auth_against_the_built_in_sink() {
+    let runs: &[&[&str]] = &[
+        &["--starttls", "required"],
+        &["--starttls", "opportunistic"],
+        &["--tls"],
+        &["--starttls", "verify", "--insecure"],
+    ];
+    for args in runs {
+        let mut all = vec!["bench", "--messages", "200", "--quiet"];
+        all.extend_from_slice(args);
+        let out = volley(&all);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}{stderr}");
+        assert!(stdout.contains("delivered 200,"), "{args:?}: {stdout}");
+        assert!(stdout.contains("tls         ") && stdout.contains("TLSv1.3"), "{args:?}: {stdout}");
+        if args.contains(&"--insecure") {
+            assert!(stderr.contains("WARNING: --insecure"), "{stderr}");
+        }
+    }
+    // The built-in sink's certificate is self-signed: `verify` refuses it, loudly, exit 1.
+    let out = volley(&["bench", "--messages", "20", "--quiet", "--starttls", "verify"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("TLS certificate refused"), "{stdout}");
+}
+
+#[test]
+fn auth_secrets_come_from_the_environment_or_a_file_and_are_never_shown() {
+    let dir = common::temp_dir("cli-auth");
+    let file = dir.join("password");
+    std::fs::write(&file, "file-secret\n").unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let base = ["bench", "--messages", "100", "--starttls", "required", "--auth-user", "bob", "--json"];
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(base)
+        .env("VOLLEY_AUTH_PASSWORD", "env-secret")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("\"authenticated_sessions\":"), "{stdout}");
+    assert!(!stdout.contains("env-secret") && !stderr.contains("env-secret"));
+    let mut args = base.to_vec();
+    args.extend(["--auth-password-file", &file]);
+    let out = volley(&args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("file-secret") && !stderr.contains("file-secret"));
+    // Over plaintext the credentials are not sent at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["bench", "--messages", "10", "--quiet", "--auth-user", "bob"])
+        .env("VOLLEY_AUTH_PASSWORD", "env-secret")
+        .output()
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("not encrypted"), "{stdout}");
 }

@@ -19,7 +19,7 @@ pub struct TlsArgs {
     /// plaintext if the handshake fails), required (encrypted, certificate not checked),
     /// verify (encrypted, certificate chain and name checked) [default: none; required with
     /// --tls].
-    #[arg(long, value_enum, value_name = "POLICY")]
+    #[arg(long, value_enum, value_name = "POLICY", ignore_case = true)]
     pub starttls: Option<TlsPolicy>,
     /// Implicit TLS: the handshake comes first, before the greeting (as on port 465).
     #[arg(long)]
@@ -73,7 +73,7 @@ pub struct AuthArgs {
     #[arg(long, value_name = "FILE", requires = "auth_user")]
     pub auth_password_file: Option<PathBuf>,
     /// Use this mechanism only [default: PLAIN, then LOGIN, then XOAUTH2, as offered].
-    #[arg(long, value_enum, value_name = "MECH", requires = "auth_user")]
+    #[arg(long, value_enum, value_name = "MECH", requires = "auth_user", ignore_case = true)]
     pub auth_mech: Option<Mechanism>,
     /// Send credentials over a connection that is not encrypted (otherwise refused).
     #[arg(long, requires = "auth_user")]

@@ -151,7 +151,8 @@ fn require_tls_refuses_mail_in_plaintext() {
 
 #[test]
 fn auth_is_required_before_mail_and_counted_per_user() {
-    let plain_ok = b"EHLO t\r\nMAIL FROM:<a@test>\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@test>\r\n";
+    let plain_ok =
+        b"EHLO t\r\nMAIL FROM:<a@test>\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@test>\r\n";
     let (replies, _, _, core) = run_with(auth_config(), true, plain_ok);
     assert!(replies.contains("250-AUTH PLAIN LOGIN\r\n"), "{replies}");
     assert_eq!(codes(&replies), vec!["220", "250", "530", "235", "250"]);
@@ -164,7 +165,8 @@ fn auth_is_required_before_mail_and_counted_per_user() {
     assert_eq!((core.counters.auth_failures, core.counters.auth_successes), (1, 1));
 
     // Unknown mechanism, cancelled exchange, AUTH twice.
-    let odd = b"EHLO t\r\nAUTH CRAM-MD5\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN x\r\n";
+    let odd =
+        b"EHLO t\r\nAUTH CRAM-MD5\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN x\r\n";
     let (replies, _, _, _) = run_with(auth_config(), true, odd);
     assert_eq!(codes(&replies), vec!["220", "250", "504", "334", "501", "235", "503"]);
 }

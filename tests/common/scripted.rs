@@ -18,6 +18,11 @@ pub enum Fault {
     StrayAfterEhlo,
     /// A stray `250` after the reply to the third RCPT of the session.
     StrayMidPipeline,
+    /// `250` written right behind the `220` to STARTTLS, in the same segment: what a man in
+    /// the middle injects (CVE-2011-0411).
+    InjectAfterStartTls,
+    /// `220` to STARTTLS, then bytes that are no TLS record.
+    BrokenTls,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +154,18 @@ fn serve(conn: TcpStream, script: &Script, counts: &Counts, stop: &AtomicBool) -
                 }
             }
             "RSET" | "NOOP" => reply(&mut out, "250 2.0.0 Ok")?,
+            "STARTTLS" if script.fault == Fault::InjectAfterStartTls => {
+                out.write_all(b"220 2.0.0 Ready to start TLS\r\n250 2.0.0 injected\r\n")?;
+                // Hold the line open: the client must hang up by itself.
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(());
+            }
+            "STARTTLS" if script.fault == Fault::BrokenTls => {
+                reply(&mut out, "220 2.0.0 Ready to start TLS")?;
+                std::thread::sleep(Duration::from_millis(20));
+                out.write_all(b"this is no TLS record\r\n")?;
+                return Ok(());
+            }
             "DATA" => {
                 reply(&mut out, "354 End data with <CR><LF>.<CR><LF>")?;
                 let mut last = String::new();

@@ -102,7 +102,8 @@ fn bytes_behind_the_220_are_an_injection() {
         let server = tls_server(TLS_CAPS).rule("STARTTLS", Action::Reply("220 2.0.0 ready"));
         let mut p = Pair::new(server, tls_config(StartTls::Required));
         // Append the injected bytes to the 220, in the same read.
-        p.server.rules[0].action = Action::Raw(Box::leak(format!("220 2.0.0 ready\r\n{extra}").into_boxed_str()).as_bytes());
+        p.server.rules[0].action =
+            Action::Raw(Box::leak(format!("220 2.0.0 ready\r\n{extra}").into_boxed_str()).as_bytes());
         p.send(msgs(1));
         assert_eq!(p.tls_handshakes, 0, "no handshake is started on a tainted stream");
         assert_eq!(closed_with(&p), SessionError::TlsInjection(extra.len()));
@@ -158,7 +159,9 @@ fn auth_refusals_end_the_session_with_the_servers_words() {
         .rule_nth("", 2, Action::Reply("535 5.7.8 Username and Password not accepted"));
     let mut p = Pair::new(server, with_auth(config(), Some(Mechanism::Xoauth2), true));
     p.send(msgs(1));
-    assert!(matches!(closed_with(&p), SessionError::Auth { mechanism: "XOAUTH2", reply } if reply.code == 535));
+    assert!(
+        matches!(closed_with(&p), SessionError::Auth { mechanism: "XOAUTH2", reply } if reply.code == 535)
+    );
     // 250 is no answer to AUTH: out of step.
     let server = tls_server(SECURE_CAPS).rule("AUTH", Action::Reply("250 2.0.0 ok"));
     let mut p = Pair::new(server, with_auth(config(), None, true));
@@ -175,7 +178,8 @@ fn auth_is_not_attempted_when_it_cannot_be() {
     assert!(matches!(&e, SessionError::AuthImpossible(why) if why.contains("not encrypted")), "{e}");
     assert!(!commands(&p).iter().any(|c| c == "AUTH"), "credentials never went out");
     // A mechanism the server does not offer.
-    let mut p = Pair::new(Server::new("PIPELINING\nAUTH PLAIN"), with_auth(config(), Some(Mechanism::Login), true));
+    let mut p =
+        Pair::new(Server::new("PIPELINING\nAUTH PLAIN"), with_auth(config(), Some(Mechanism::Login), true));
     p.send(msgs(1));
     assert!(matches!(closed_with(&p), SessionError::AuthImpossible(why) if why.contains("LOGIN")));
     // No AUTH at all.
