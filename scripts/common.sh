@@ -10,3 +10,16 @@ ensure_postfix() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
     fi
 }
+
+# swaks and Python's aiosmtpd, for scripts/interop.sh. aiosmtpd goes into the python3 on PATH.
+ensure_interop_peers() {
+    if ! command -v swaks >/dev/null || ! command -v openssl >/dev/null; then
+        echo "installing swaks and openssl"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks openssl >/dev/null
+    fi
+    if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+        echo "installing aiosmtpd (pip)"
+        python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>&1 | grep -v 'as the .root. user' || true
+    fi
+}
