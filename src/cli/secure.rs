@@ -32,6 +32,10 @@ pub struct TlsArgs {
     /// can then read and change the mail.
     #[arg(long)]
     pub insecure: bool,
+    /// Make a full TLS handshake on every connection: no session resumption (to measure what
+    /// a handshake costs).
+    #[arg(long)]
+    pub no_resumption: bool,
 }
 
 impl TlsArgs {
@@ -59,7 +63,7 @@ impl TlsArgs {
         }
         let tls = ClientTls::new(policy, self.tls, self.ca_file.as_deref(), self.insecure)
             .context("setting up TLS")?;
-        Ok(Some(tls))
+        Ok(Some(if self.no_resumption { tls.without_resumption() } else { tls }))
     }
 }
 

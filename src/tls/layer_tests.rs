@@ -61,7 +61,7 @@ fn handshake_then_data_both_ways() {
     let info = c.info().unwrap();
     assert_eq!(info.version, "TLSv1.3");
     assert_eq!(info.kind, HandshakeKind::Full);
-    assert!(info.cipher_suite.starts_with("TLS13_"), "{}", info.cipher_suite);
+    assert_eq!(info.cipher_suite, "TLS13_AES_128_GCM_SHA256");
 
     c.send(&[b"EHLO a\r\n", b"MAIL FROM:<>\r\n"]).unwrap();
     let (_, at_server) = pump(&mut c, &mut s).unwrap();
@@ -163,6 +163,13 @@ fn the_second_connection_resumes() {
     let (c, _, res) = connect(&client, "other.test", &server);
     res.unwrap();
     assert_eq!(c.info().unwrap().kind, HandshakeKind::Full);
+    // And none at all when resumption is off.
+    let full = client.without_resumption();
+    for _ in 0..2 {
+        let (c, _, res) = connect(&full, "mx.test", &server);
+        res.unwrap();
+        assert_eq!(c.info().unwrap().kind, HandshakeKind::Full);
+    }
 }
 
 #[test]
