@@ -35,6 +35,7 @@
 mod auth;
 mod config;
 mod fit;
+mod opening;
 mod outcome;
 mod transmit;
 
@@ -317,27 +318,6 @@ impl<T> Client<T> {
     /// Whether the connection is encrypted.
     pub fn is_secure(&self) -> bool {
         self.secure
-    }
-
-    /// The connection is now encrypted: at the start (implicit TLS), or after the handshake
-    /// that [`Event::StartTls`] asked for. After STARTTLS everything learnt in plaintext is
-    /// forgotten (RFC 3207 §4.2) and EHLO is sent again.
-    pub fn tls_established(&mut self, now: Instant) {
-        self.secure = true;
-        if self.phase == Phase::TlsHandshake {
-            self.caps = None;
-            self.ehlo_marks = false;
-            self.parser = ReplyParser::new();
-            self.output_at = now;
-            self.phase = Phase::SendEhlo;
-        }
-    }
-
-    /// The TLS handshake failed.
-    pub fn handle_tls_error(&mut self, error: SessionError) {
-        if self.phase != Phase::Closed {
-            self.fail(error);
-        }
     }
 
     /// Whether the server owes a reply, or its close after `221` (so the driver should read).
@@ -657,57 +637,6 @@ impl<T> Client<T> {
         Ok(())
     }
 
-    /// After EHLO (or a refused STARTTLS): upgrade to TLS, authenticate, or start work, as
-    /// the settings and the server's capabilities say.
-    fn proceed(&mut self) -> Result<(), SessionError> {
-        let Some(caps) = &self.caps else { return Err(SessionError::Abandoned("no capabilities")) };
-        if !self.secure && !self.tls_declined {
-            match (self.config.starttls, caps.starttls) {
-                (StartTls::Off, _) => {}
-                (_, true) => {
-                    self.phase = Phase::SendStartTls;
-                    return Ok(());
-                }
-                (StartTls::IfOffered, false) => {}
-                (StartTls::Required, false) => return Err(SessionError::TlsUnavailable { reply: None }),
-            }
-        }
-        if let Some(credentials) = self.config.auth.as_deref().filter(|_| !self.authenticated) {
-            if !self.secure && !credentials.allow_plaintext {
-                return Err(SessionError::AuthImpossible(
-                    "the connection is not encrypted (use TLS, or allow plaintext AUTH explicitly)".into(),
-                ));
-            }
-            let mechanism = credentials.choose(caps.auth).map_err(SessionError::AuthImpossible)?;
-            self.auth_mechanism = Some(mechanism);
-            self.phase = Phase::SendAuth;
-            return Ok(());
-        }
-        self.ready();
-        Ok(())
-    }
-
-    /// A reply during AUTH: 235 is the only success; 334 asks for the next line; anything
-    /// negative ends the session with the server's words.
-    fn on_auth_reply(&mut self, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
-        let mechanism = self.auth_mechanism.map_or("", Mechanism::name);
-        match reply.class() {
-            ReplyClass::Positive => {
-                self.authenticated = true;
-                let took = self.input_at.saturating_duration_since(self.auth_sent);
-                self.ready_after_auth = Some(took);
-                self.ready();
-                Ok(())
-            }
-            // The answer goes out with the next transmit.
-            ReplyClass::Intermediate => {
-                self.phase = Phase::SendAuth;
-                Ok(())
-            }
-            _ => Err(SessionError::Auth { mechanism, reply: reply.to_owned() }),
-        }
-    }
-
     /// The reply to a checkpoint EHLO. Only EHLO gets a multi-line 250; a shifted reply to any
     /// other command would be single-line.
     fn on_sync_reply(&mut self, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
@@ -811,17 +740,6 @@ impl<T> Client<T> {
             }
         }
         Ok(())
-    }
-
-    fn ready(&mut self) {
-        let caps = self.caps.as_ref();
-        self.pipelining = caps.is_some_and(|c| c.pipelining) && self.config.pipelining;
-        self.chunking = caps.is_some_and(|c| c.chunking) && self.config.chunking;
-        self.phase = Phase::Ready;
-        let ehlo = self.ehlo_took;
-        let auth = self.ready_after_auth;
-        self.events.push_back(Event::Ready(Handshake { greeting: self.greeting_took, ehlo, auth }));
-        self.maybe_quit();
     }
 
     /// A transaction is over. Outcomes the server decided wait for a checkpoint; outcomes of a
