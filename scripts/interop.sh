@@ -109,12 +109,16 @@ echo "$report" | sed 's/^/  /' | head -n 12
 grep -q "outcomes    delivered $MESSAGES, deferred 0, bounced 0, uncertain 0, unsent 0" <<<"$report" \
     || fail "volley did not deliver all $MESSAGES messages"
 
-# Postfix logs through postlogd: wait until every message has been discarded (delivered).
-for _ in $(seq 300); do
-    sent=$(grep -c 'status=sent' "$work/maillog" 2>/dev/null || true)
-    [[ ${sent:-0} -ge $MESSAGES ]] && break
-    sleep 0.2
-done
+# Postfix logs through postlogd: waits until N messages in all have been discarded (delivered).
+wait_for_sent() {
+    local sent
+    for _ in $(seq 300); do
+        sent=$(grep -c 'status=sent' "$work/maillog" 2>/dev/null || true)
+        [[ ${sent:-0} -ge $1 ]] && return 0
+        sleep 0.2
+    done
+}
+wait_for_sent "$MESSAGES"
 sleep 0.5
 ids=$(grep -o 'cleanup\[[0-9]*\]: [0-9A-Za-z]*: message-id=<[^>]*>' "$work/maillog" | sed 's/.*message-id=//')
 total=$(grep -c . <<<"$ids" || true)
@@ -143,11 +147,7 @@ echo "$report" | sed 's/^/  /' | head -n 8
 [[ $status == 0 ]] || fail "volley bench --starttls required exited $status"
 grep -q "outcomes    delivered $TLS_MESSAGES, deferred 0, bounced 0, uncertain 0, unsent 0" <<<"$report" \
     || fail "volley did not deliver all $TLS_MESSAGES messages over TLS"
-for _ in $(seq 300); do
-    sent=$(grep -c 'status=sent' "$work/maillog" || true)
-    [[ $((sent - before)) -ge $TLS_MESSAGES ]] && break
-    sleep 0.2
-done
+wait_for_sent $((before + TLS_MESSAGES))
 sent=$(( $(grep -c 'status=sent' "$work/maillog" || true) - before ))
 tls_sessions=$(grep -c 'TLS connection established from' "$work/maillog" || true)
 echo "  postfix: $sent delivered, $tls_sessions TLS sessions logged"

@@ -136,7 +136,8 @@ impl Session {
         while pos < input.len() {
             let rest = &input[pos..];
             match &mut self.reading {
-                Reading::Commands => match next_line(rest) {
+                // Commands and the lines of an AUTH exchange share the framing and its limit.
+                Reading::Commands | Reading::Auth(_) => match next_line(rest) {
                     Line::Incomplete => break,
                     Line::TooLong => {
                         core.counters.protocol_errors += 1;
@@ -147,32 +148,14 @@ impl Session {
                     }
                     Line::Complete { len, text_len } => {
                         pos += len;
-                        let action = self.command(core, &rest[..text_len], out);
+                        let line = &rest[..text_len];
+                        let action = match std::mem::replace(&mut self.reading, Reading::Commands) {
+                            Reading::Auth(exchange) => self.auth_response(core, exchange, line, out),
+                            _ => self.command(core, line, out),
+                        };
                         if action != Action::Continue {
                             return (pos, action);
                         }
-                    }
-                },
-                Reading::Auth(_) => match next_line(rest) {
-                    Line::Incomplete => break,
-                    Line::TooLong => {
-                        core.counters.protocol_errors += 1;
-                        reply(core, out, 500, "5.5.2 Line too long");
-                        self.reading = Reading::Overlong;
-                        pos += MAX_COMMAND_LINE;
-                    }
-                    Line::Complete { len, text_len } => {
-                        pos += len;
-                        let Reading::Auth(exchange) = std::mem::replace(&mut self.reading, Reading::Commands)
-                        else {
-                            continue;
-                        };
-                        let line = String::from_utf8_lossy(&rest[..text_len]);
-                        let step = match &core.config.auth {
-                            Some(users) => auth::respond(users, exchange, &line),
-                            None => auth::Step::Failure(502, "5.5.1 AUTH not offered", None),
-                        };
-                        self.auth_step(core, step, out);
                     }
                 },
                 Reading::Overlong => match memchr(b'\n', rest) {
@@ -389,6 +372,23 @@ impl Session {
 
     fn offers_starttls(&self, core: &Core) -> bool {
         core.config.starttls && core.config.tls.is_some() && !self.secure
+    }
+
+    /// The client's answer to our 334.
+    fn auth_response(
+        &mut self,
+        core: &mut Core,
+        exchange: auth::Exchange,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Action {
+        let line = String::from_utf8_lossy(line);
+        let step = match &core.config.auth {
+            Some(users) => auth::respond(users, exchange, &line),
+            None => auth::Step::Failure(502, "5.5.1 AUTH not offered", None),
+        };
+        self.auth_step(core, step, out);
+        Action::Continue
     }
 
     /// Answers one step of an AUTH exchange.
