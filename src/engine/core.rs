@@ -13,6 +13,7 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
 use super::job::{Destination, Job};
+use super::outcome::{self, Outcome, Via};
 use super::signal::Signal;
 use super::stats::{Metric, Stats};
 use super::{EngineConfig, Progress, RunState, session};
@@ -154,6 +155,10 @@ pub struct Core {
     /// Set once the producer is done and this core's queue is empty: idle sessions quit.
     pub draining: Cell<bool>,
     progress: Arc<Progress>,
+    /// Where per-recipient outcomes go, when the job source keeps its own books; outcomes the
+    /// queue had no room for wait in `held_outcomes` (and hold back new jobs meanwhile).
+    outcomes: Option<Arc<ArrayQueue<Outcome>>>,
+    held_outcomes: RefCell<VecDeque<Outcome>>,
     pub watchdog: Rc<Watchdog>,
     finished: Rc<Cell<bool>>,
     /// When the engine started, and when the warmup ends.
@@ -167,6 +172,7 @@ impl Core {
         config: Arc<EngineConfig>,
         run: Arc<RunState>,
         progress: Arc<Progress>,
+        outcomes: Option<Arc<ArrayQueue<Outcome>>>,
         started: Instant,
     ) -> Rc<Core> {
         let measure_from = started + config.warmup;
@@ -183,6 +189,8 @@ impl Core {
             conn_seq: Cell::new((index as u64) << 40),
             draining: Cell::new(false),
             progress,
+            outcomes,
+            held_outcomes: RefCell::default(),
             watchdog: Watchdog::new(),
             finished: Rc::new(Cell::new(false)),
             started,
@@ -229,7 +237,7 @@ impl Core {
     }
 
     /// A message finished an attempt: count it, or queue what should be retried.
-    pub fn complete(&self, pool: &Pool, done: Completed<Meta>, conn: u64) {
+    pub fn complete(&self, pool: &Pool, done: Completed<Meta>, conn: u64, via: Option<&Via>) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         // When the outcome was decided: it may be reported later, once the session is proven
         // in step.
@@ -243,16 +251,31 @@ impl Core {
         {
             let mut stats = self.stats.borrow_mut();
             for i in 0..recipients {
-                match done.recipient(i).0 {
-                    Disposition::Deferred if can_retry => retry.push(i),
+                let disposition = done.recipient(i).0;
+                match disposition {
+                    Disposition::Deferred if can_retry => {
+                        retry.push(i);
+                        continue;
+                    }
                     Disposition::Delivered => stats.recipients.delivered += 1,
                     Disposition::Deferred => stats.recipients.deferred += 1,
                     Disposition::Bounced => stats.recipients.bounced += 1,
                     // Never retried: the server may have the message already.
                     Disposition::Uncertain => stats.recipients.uncertain += 1,
                 }
+                if self.outcomes.is_some() {
+                    let head = outcome::Head {
+                        id: done.user.id,
+                        destination: &done.user.destination,
+                        via,
+                        attempts,
+                        due: done.user.due,
+                    };
+                    self.held_outcomes.borrow_mut().push_back(Outcome::of(&done, i, head));
+                }
             }
         }
+        self.flush_outcomes();
         let disposition = done.disposition();
         let whole_message_retried = disposition == Disposition::Deferred && can_retry;
         if !retry.is_empty() {
@@ -320,7 +343,7 @@ impl Core {
                 rejected: Vec::new(),
                 at: Instant::now(),
             };
-            self.complete(pool, done, 0);
+            self.complete(pool, done, 0, None);
         }
     }
 
@@ -338,6 +361,19 @@ impl Core {
         let p99 = if interval.is_empty() { 0 } else { interval.value_at_quantile(0.99) };
         p.p99_micros.store(p99, Ordering::Relaxed);
         interval.reset();
+    }
+
+    /// Hands held outcomes to the queue, as many as it takes. True when none are left held.
+    fn flush_outcomes(&self) -> bool {
+        let Some(queue) = &self.outcomes else { return true };
+        let mut held = self.held_outcomes.borrow_mut();
+        while let Some(o) = held.pop_front() {
+            if let Err(o) = queue.push(o) {
+                held.push_front(o);
+                return false;
+            }
+        }
+        true
     }
 
     fn pools_idle(&self) -> bool {
@@ -365,7 +401,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             break;
         }
         let mut moved = false;
-        while let Some(job) = held.take().or_else(|| queue.pop()) {
+        // Outcomes the reader has not taken hold new jobs back: backpressure from the log.
+        let outcomes_flowing = core.flush_outcomes();
+        while let Some(job) = held.take().or_else(|| outcomes_flowing.then(|| queue.pop()).flatten()) {
             let pool = core.pool(&job.destination);
             if pool.pending_len() >= cap {
                 held = Some(job);
@@ -388,7 +426,7 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             }
         }
         let producer_done = core.run.producer_done.load(Ordering::Acquire);
-        if producer_done && held.is_none() && queue.is_empty() && core.pools_idle() {
+        if producer_done && held.is_none() && queue.is_empty() && core.pools_idle() && outcomes_flowing {
             break;
         }
         monoio::time::sleep(QUEUE_POLL).await;
@@ -399,6 +437,11 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     while core.pools.borrow().iter().flatten().any(|p| p.open.get() > 0) {
         core.notify_all();
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every outcome reaches the reader, however long it takes: the reader drains until the
+    // engine has finished, even after a failure of its own.
+    while !core.flush_outcomes() {
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
     // Jobs taken from the queue but never attempted because the run was cut short (what is
     // left in the queue itself is counted once every thread has stopped).
@@ -575,6 +618,13 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
                 if conn.tls().is_some() && end.error.is_none() {
                     // close_notify, so the server sees a clean end; best effort, never waited on long.
                     let _ = monoio::time::timeout(CLOSE_NOTIFY_WAIT, conn.shutdown()).await;
+                }
+                if !end.carried && end.error.as_ref().is_some_and(SessionError::refused_service) {
+                    // A server that refuses service at the greeting (or hangs up before it) is
+                    // one host of several: try the next address, as RFC 5321 §5 asks of MX
+                    // hosts, before counting the destination as failing.
+                    last_error = end.error.map(|e| format!("{addr}: {e}"));
+                    continue;
                 }
                 let failure = (!end.carried).then(|| {
                     // A server closing before we could hand it anything (a 421 right after

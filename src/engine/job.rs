@@ -15,6 +15,9 @@ pub struct Destination {
     /// A domain, a relay, or a load-test target: used in reports.
     pub name: String,
     pub addrs: Vec<SocketAddr>,
+    /// The host name each address belongs to (an MX host, a relay), in the order of `addrs`;
+    /// empty when addresses were given directly. Used for SNI and in the delivery log.
+    pub hosts: Vec<Arc<str>>,
     /// Connections open at once to this destination, across all cores.
     pub max_connections: usize,
     /// The name a TLS session checks the certificate against and sends as SNI; without it,
@@ -36,10 +39,23 @@ impl Destination {
             index,
             name: name.into(),
             addrs,
+            hosts: Vec::new(),
             max_connections,
             tls_name: None,
             health: Health::new(),
         }
+    }
+
+    /// Names the host of each address (same order and length as `addrs`).
+    pub fn with_hosts(mut self, hosts: Vec<Arc<str>>) -> Self {
+        debug_assert_eq!(hosts.len(), self.addrs.len());
+        self.hosts = hosts;
+        self
+    }
+
+    /// The host name of `addr`, if the destination names its hosts.
+    pub fn host_of(&self, addr: SocketAddr) -> Option<&Arc<str>> {
+        self.addrs.iter().position(|a| *a == addr).and_then(|i| self.hosts.get(i))
     }
 
     pub fn with_tls_name(mut self, name: rustls::pki_types::ServerName<'static>) -> Self {

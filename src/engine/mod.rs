@@ -8,6 +8,7 @@
 
 mod core;
 pub mod job;
+pub mod outcome;
 mod session;
 mod signal;
 pub mod stats;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 pub use job::{Destination, Job, JobSource, Next};
+pub use outcome::{Outcome, Via};
 pub use stats::{METRICS, Metric, Stats};
 
 use crate::proto::ClientConfig;
@@ -61,6 +63,10 @@ pub struct EngineConfig {
     /// TLS: policy, implicit or STARTTLS, and the client configuration every core shares (so
     /// sessions resume across cores). `None`: plaintext.
     pub tls: Option<crate::tls::ClientTls>,
+    /// Hand every recipient's final outcome (and, with `retries` at zero, every deferral) to
+    /// the caller through per-core queues (see [`Running::outcomes`]), for a source that keeps
+    /// its own books and schedules its own retries.
+    pub outcomes: bool,
 }
 
 impl EngineConfig {
@@ -83,9 +89,13 @@ impl EngineConfig {
             warmup: Duration::ZERO,
             source_addr: None,
             tls: None,
+            outcomes: false,
         }
     }
 }
+
+/// Outcomes each core's queue holds before the core holds back new jobs.
+const OUTCOME_QUEUE: usize = 8192;
 
 /// Run-wide flags, written rarely (start, end), read by every core.
 #[derive(Debug)]
@@ -159,6 +169,7 @@ pub struct Running {
     run: Arc<RunState>,
     progress: Vec<Arc<Progress>>,
     queues: Vec<Arc<ArrayQueue<Job>>>,
+    outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
     cores: Vec<JoinHandle<io::Result<Stats>>>,
     producer: Option<JoinHandle<()>>,
     started: Instant,
@@ -190,6 +201,13 @@ impl Running {
     /// Whether every core has finished.
     pub fn is_finished(&self) -> bool {
         self.cores.iter().all(|c| c.is_finished())
+    }
+
+    /// Each core's outcome queue (empty unless `EngineConfig::outcomes`). The reader must keep
+    /// draining them until the engine has finished: a core with outcomes it cannot hand over
+    /// takes no new jobs and does not finish.
+    pub fn outcomes(&self) -> &[Arc<ArrayQueue<Outcome>>] {
+        &self.outcomes
     }
 
     pub fn producer_done(&self) -> bool {
@@ -251,15 +269,21 @@ pub fn start(
     let queues: Vec<Arc<ArrayQueue<Job>>> =
         (0..threads).map(|_| Arc::new(ArrayQueue::new(config.queue_capacity.max(1)))).collect();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
+    let outcomes: Vec<Arc<ArrayQueue<Outcome>>> = if config.outcomes {
+        (0..threads).map(|_| Arc::new(ArrayQueue::new(OUTCOME_QUEUE))).collect()
+    } else {
+        Vec::new()
+    };
     let mut cores = Vec::with_capacity(threads);
     let started = Instant::now();
     for index in 0..threads {
         let (config, run, queue, progress) =
             (Arc::clone(&config), Arc::clone(&run), Arc::clone(&queues[index]), Arc::clone(&progress[index]));
+        let outcome_queue = outcomes.get(index).cloned();
         cores.push(rt::spawn_pinned("engine", index, move || {
             let driver = config.driver;
             rt::block_on(driver, async move {
-                let core = core::Core::new(index, config, run, progress, started);
+                let core = core::Core::new(index, config, run, progress, outcome_queue, started);
                 core::run(core, queue).await
             })
         })?);
@@ -274,6 +298,7 @@ pub fn start(
         run,
         progress,
         queues,
+        outcomes,
         cores,
         producer: Some(producer),
         started,
@@ -289,24 +314,33 @@ struct Router {
     destinations: Vec<Option<Arc<Destination>>>,
     eligible: Vec<Vec<usize>>,
     next: Vec<usize>,
+    cores: usize,
 }
 
 impl Router {
     fn new(destinations: &[Arc<Destination>], cores: usize) -> Self {
-        let mut eligible = Vec::new();
-        let mut by_index = Vec::new();
+        let mut router = Router { destinations: Vec::new(), eligible: Vec::new(), next: Vec::new(), cores };
         for d in destinations {
-            if eligible.len() <= d.index {
-                eligible.resize(d.index + 1, Vec::new());
-                by_index.resize(d.index + 1, None);
-            }
-            by_index[d.index] = Some(Arc::clone(d));
-            eligible[d.index] = (0..cores)
-                .filter(|&c| core::Core::share(d.max_connections.max(1), cores, c, d.index) > 0)
-                .collect();
+            router.register(d);
         }
-        let next = vec![0; eligible.len()];
-        Router { destinations: by_index, eligible, next }
+        router
+    }
+
+    /// Learns a destination (a source may create them as it goes, e.g. as domains resolve).
+    fn register(&mut self, d: &Arc<Destination>) {
+        if self.eligible.len() <= d.index {
+            self.eligible.resize(d.index + 1, Vec::new());
+            self.destinations.resize(d.index + 1, None);
+            self.next.resize(d.index + 1, 0);
+        }
+        if self.destinations[d.index].is_some() {
+            return;
+        }
+        self.destinations[d.index] = Some(Arc::clone(d));
+        let cores = self.cores;
+        self.eligible[d.index] = (0..cores)
+            .filter(|&c| core::Core::share(d.max_connections.max(1), cores, c, d.index) > 0)
+            .collect();
     }
 
     /// The cores to offer a job to, in order of preference (round robin). Blocked cores only
@@ -345,6 +379,9 @@ fn push_routed(
     run: &RunState,
 ) -> Result<(), Job> {
     let destination = job.destination.index;
+    if router.destinations.get(destination).is_none_or(Option::is_none) {
+        router.register(&job.destination);
+    }
     let mut job = job;
     let mut idle_spins = 0u32;
     loop {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent};
 
 use super::core::{Core, Meta, Pool};
+use super::outcome::Via;
 use super::stats::Metric;
 use crate::proto::client::{Client, ClientConfig, Event, SessionError, StartTls};
 use crate::rt::ReadOutcome;
@@ -59,7 +60,13 @@ where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
     let Some(tls) = &core.config.tls else { return Err(SessionError::Tls("TLS is not configured".into())) };
-    let name = pool.destination.tls_name.clone().unwrap_or_else(|| addr.ip().into());
+    // The destination's name, else the name of the host this address belongs to (an MX
+    // host's certificate names the host, not the domain), else the address.
+    let host_name = || {
+        let host = pool.destination.host_of(addr)?;
+        rustls::pki_types::ServerName::try_from(host.to_string()).ok()
+    };
+    let name = pool.destination.tls_name.clone().or_else(host_name).unwrap_or_else(|| addr.ip().into());
     let started = Instant::now();
     let result = match TlsLayer::client(std::sync::Arc::clone(&tls.config), name) {
         Ok(layer) => conn.start_tls(layer, watch, started + core.config.client.timeouts.ehlo).await,
@@ -104,11 +111,13 @@ where
     let mut answered = false;
     let mut carried = false;
     let mut ready = false;
+    let mut via = Via { addr, host: pool.destination.host_of(addr).cloned(), tls: None };
     loop {
         while let Some(event) = client.poll_event() {
             match event {
                 Event::Ready(h) => {
                     ready = true;
+                    via.tls = conn.tls().and_then(TlsLayer::info).map(|i| i.version);
                     pool.destination.health.session_ready();
                     core.unblock(pool);
                     let mut stats = core.stats.borrow_mut();
@@ -138,7 +147,7 @@ where
                 }
                 Event::Done(done) => {
                     answered |= done.result.was_answered();
-                    core.complete(pool, done, id);
+                    core.complete(pool, done, id, Some(&via));
                 }
                 Event::Closed(error) => {
                     if ready {

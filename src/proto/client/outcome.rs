@@ -78,6 +78,16 @@ impl SessionError {
         }
     }
 
+    /// The server refused service before the session began: a 4xx/5xx greeting, or it closed
+    /// (or the connection broke) before greeting us. Another host of the destination may serve.
+    pub fn refused_service(&self) -> bool {
+        match self {
+            SessionError::Greeting(_) => true,
+            SessionError::Closed { command: None } | SessionError::Transport { command: None, .. } => true,
+            _ => false,
+        }
+    }
+
     /// A failure of TLS or AUTH (rather than of the connection or the server's capacity).
     pub fn is_tls_or_auth(&self) -> bool {
         matches!(

@@ -1,0 +1,99 @@
+//! Per-recipient outcomes leaving the cores, for a job source that keeps its own books (the
+//! delivery log of `send`). Each core pushes to its own bounded lock-free queue; when that is
+//! full the core holds outcomes locally and stops taking new jobs until the reader catches up,
+//! so a slow reader slows sending instead of growing memory.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::job::Destination;
+use crate::proto::client::{Completed, Disposition, Message, TxnResult};
+use crate::proto::{Address, Reply};
+
+/// Where an attempt went: the address connected to, its host name, and TLS if any.
+#[derive(Debug, Clone)]
+pub struct Via {
+    pub addr: SocketAddr,
+    /// The MX host (or relay) name the address belongs to, when the destination has names.
+    pub host: Option<Arc<str>>,
+    /// The TLS protocol version (`TLSv1_3`), or `None` for plaintext.
+    pub tls: Option<&'static str>,
+}
+
+/// What became of one recipient of one attempt.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The job's id (for `send`, the recipient's input line).
+    pub id: u64,
+    pub recipient: Address,
+    pub disposition: Disposition,
+    /// The reply that decided it, if a server gave one.
+    pub reply: Option<Reply>,
+    /// Why there was no deciding reply (a lost session, a local refusal), if so.
+    pub error: Option<String>,
+    pub destination: Arc<Destination>,
+    /// `None` when no session got that far (every connection failed).
+    pub via: Option<Via>,
+    /// Octets of content.
+    pub size: usize,
+    /// Attempts made, this one included (counting the source's own, carried in `Job::attempts`).
+    pub attempts: u32,
+    /// When the job was first due, and when this attempt's outcome was decided.
+    pub due: Instant,
+    pub at: Instant,
+    /// For a deferred recipient: the message again, addressed to it alone, to retry later.
+    pub retry: Option<Message>,
+}
+
+impl Outcome {
+    /// The outcomes of recipient `index` of a finished transaction.
+    pub(super) fn of<T>(done: &Completed<T>, index: usize, head: Head<'_>) -> Outcome {
+        let (disposition, reply) = done.recipient(index);
+        let error = if reply.is_some() {
+            None
+        } else {
+            match &done.result {
+                TxnResult::Aborted(e) | TxnResult::Uncertain { error: e, .. } => Some(e.to_string()),
+                TxnResult::NotAttempted(e) => Some(e.to_string()),
+                TxnResult::NoValidRecipients => Some("no reply for this recipient".into()),
+                TxnResult::Accepted(_) | TxnResult::Rejected { .. } => None,
+            }
+        };
+        let recipient = done.message.envelope.recipients[index].clone();
+        let retry = (disposition == Disposition::Deferred).then(|| {
+            let envelope = if done.message.envelope.recipients.len() == 1 {
+                Arc::clone(&done.message.envelope)
+            } else {
+                Arc::new(crate::proto::client::Envelope {
+                    sender: done.message.envelope.sender.clone(),
+                    recipients: vec![recipient.clone()],
+                })
+            };
+            Message { envelope, ..done.message.clone() }
+        });
+        Outcome {
+            id: head.id,
+            recipient,
+            disposition,
+            reply: reply.cloned(),
+            error,
+            destination: Arc::clone(head.destination),
+            via: head.via.cloned(),
+            size: done.message.len(),
+            attempts: head.attempts,
+            due: head.due,
+            at: done.at,
+            retry,
+        }
+    }
+}
+
+/// The parts of an outcome common to every recipient of a transaction.
+pub(super) struct Head<'a> {
+    pub id: u64,
+    pub destination: &'a Arc<Destination>,
+    pub via: Option<&'a Via>,
+    pub attempts: u32,
+    pub due: Instant,
+}
