@@ -12,5 +12,6 @@ pub mod proto;
 pub mod report;
 pub mod rng;
 pub mod rt;
+pub mod send;
 pub mod sink;
 pub mod tls;

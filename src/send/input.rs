@@ -1,0 +1,328 @@
+//! Recipient rows, streamed from CSV (a header row, an `email` column) or JSONL (one object per
+//! line, an `email` key). Every other column or key is a template variable. One row at a time:
+//! memory does not grow with the file.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::proto::Address;
+
+/// The longest JSONL line read; longer ones are rejected without being held in memory.
+const MAX_LINE: usize = 1 << 20;
+
+/// One recipient and its variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// 1-based line of the input where the row starts: the recipient's identity in the log.
+    pub line: u64,
+    pub email: Address,
+    pub vars: Map<String, Value>,
+}
+
+/// A row that cannot be sent, and why: logged as `rejected`, never stopping the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    pub line: u64,
+    /// The address, when one could be read.
+    pub email: Option<String>,
+    pub reason: String,
+}
+
+/// The input's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+/// What the input gives next.
+pub type Item = Result<Row, BadRow>;
+
+/// A stream of rows.
+pub struct Rows {
+    inner: Inner,
+}
+
+enum Inner {
+    Csv {
+        reader: csv::Reader<Box<dyn Read + Send>>,
+        headers: Vec<String>,
+        email: usize,
+        record: csv::ByteRecord,
+    },
+    Jsonl {
+        reader: BufReader<Box<dyn Read + Send>>,
+        line: u64,
+        buf: Vec<u8>,
+    },
+}
+
+impl Rows {
+    /// Opens `path` (`-` is stdin). The format follows the extension (`.csv`; `.jsonl`,
+    /// `.ndjson`, `.json`), else the first byte: `{` is JSONL.
+    pub fn open(path: &Path) -> io::Result<Rows> {
+        let reader: Box<dyn Read + Send> =
+            if path == Path::new("-") { Box::new(io::stdin()) } else { Box::new(File::open(path)?) };
+        let by_extension = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase) {
+            Some(e) if e == "csv" => Some(Format::Csv),
+            Some(e) if e == "jsonl" || e == "ndjson" || e == "json" => Some(Format::Jsonl),
+            _ => None,
+        };
+        Rows::new(reader, by_extension)
+    }
+
+    /// Reads rows from `reader`, in `format` or sniffed from the first byte.
+    pub fn new(reader: Box<dyn Read + Send>, format: Option<Format>) -> io::Result<Rows> {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let format = match format {
+            Some(f) => f,
+            None => {
+                let head = reader.fill_buf()?;
+                match head.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') => Format::Jsonl,
+                    _ => Format::Csv,
+                }
+            }
+        };
+        let inner = match format {
+            Format::Jsonl => {
+                Inner::Jsonl { reader: BufReader::new(Box::new(reader)), line: 0, buf: Vec::new() }
+            }
+            Format::Csv => {
+                let boxed: Box<dyn Read + Send> = Box::new(reader);
+                let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(boxed);
+                let headers: Vec<String> = reader
+                    .headers()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("CSV header row: {e}")))?
+                    .iter()
+                    .map(|h| h.trim().to_owned())
+                    .collect();
+                let email =
+                    headers.iter().position(|h| h.eq_ignore_ascii_case("email")).ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "the CSV header row has no `email` column")
+                    })?;
+                Inner::Csv { reader, headers, email, record: csv::ByteRecord::new() }
+            }
+        };
+        Ok(Rows { inner })
+    }
+
+    /// The next row, `None` at the end. An `Err` from the reader itself (not a bad row) ends
+    /// the input.
+    pub fn next_row(&mut self) -> io::Result<Option<Item>> {
+        match &mut self.inner {
+            Inner::Csv { reader, headers, email, record } => next_csv(reader, headers, *email, record),
+            Inner::Jsonl { reader, line, buf } => next_jsonl(reader, line, buf),
+        }
+    }
+}
+
+fn next_csv(
+    reader: &mut csv::Reader<Box<dyn Read + Send>>,
+    headers: &[String],
+    email: usize,
+    record: &mut csv::ByteRecord,
+) -> io::Result<Option<Item>> {
+    let result = reader.read_byte_record(record);
+    let line = record.position().map_or(0, |p| p.line());
+    match result {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(e) => {
+            let line = e.position().map_or(line, |p| p.line());
+            return match e.kind() {
+                csv::ErrorKind::Io(_) => Err(io::Error::other(e.to_string())),
+                _ => Ok(Some(Err(BadRow { line, email: None, reason: format!("unreadable CSV row: {e}") }))),
+            };
+        }
+    }
+    if record.len() != headers.len() {
+        let reason = format!("{} fields where the header has {}", record.len(), headers.len());
+        return Ok(Some(Err(BadRow { line, email: None, reason })));
+    }
+    let mut vars = Map::new();
+    for (name, value) in headers.iter().zip(record.iter()) {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return Ok(Some(Err(BadRow {
+                line,
+                email: None,
+                reason: format!("column `{name}` is not UTF-8"),
+            })));
+        };
+        vars.insert(name.clone(), Value::String(value.to_owned()));
+    }
+    let text = std::str::from_utf8(&record[email]).unwrap_or_default();
+    Ok(Some(row(line, text, vars)))
+}
+
+fn next_jsonl(
+    reader: &mut BufReader<Box<dyn Read + Send>>,
+    line: &mut u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Item>> {
+    loop {
+        buf.clear();
+        let read = (&mut *reader).take(MAX_LINE as u64 + 1).read_until(b'\n', buf)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        *line += 1;
+        let at = *line;
+        if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+            // Skip the rest of the line without holding it.
+            let mut skipped = Vec::new();
+            loop {
+                skipped.clear();
+                let n = (&mut *reader).take(MAX_LINE as u64).read_until(b'\n', &mut skipped)?;
+                if n == 0 || skipped.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            let reason = format!("line longer than {MAX_LINE} octets");
+            return Ok(Some(Err(BadRow { line: at, email: None, reason })));
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let vars = match serde_json::from_slice::<Value>(buf) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Ok(Some(Err(BadRow { line: at, email: None, reason: "not a JSON object".into() })));
+            }
+            Err(e) => {
+                return Ok(Some(Err(BadRow { line: at, email: None, reason: format!("invalid JSON: {e}") })));
+            }
+        };
+        let email = match vars.get("email") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Ok(Some(Err(BadRow {
+                    line: at,
+                    email: None,
+                    reason: "`email` is not a string".into(),
+                })));
+            }
+            None => return Ok(Some(Err(BadRow { line: at, email: None, reason: "no `email` key".into() }))),
+        };
+        return Ok(Some(row(at, &email, vars)));
+    }
+}
+
+fn row(line: u64, email: &str, vars: Map<String, Value>) -> Item {
+    let text = email.trim();
+    let bad = |reason: String| BadRow { line, email: Some(text.to_owned()), reason };
+    if text.is_empty() {
+        return Err(BadRow { line, email: None, reason: "no email address".into() });
+    }
+    let address = Address::new(text).map_err(|e| bad(format!("invalid address: {e}")))?;
+    check_domain(address.domain()).map_err(|why| bad(format!("invalid address: {why}")))?;
+    Ok(Row { line, email: address, vars })
+}
+
+/// A domain mail can be routed to: dot-separated labels of letters, digits and hyphens (or
+/// non-ASCII, for IDNs), none empty, none longer than 63, none starting or ending with `-`.
+pub fn check_domain(domain: &str) -> Result<(), String> {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.starts_with('[') {
+        return Err("address literals are not routed".into());
+    }
+    if !domain.contains('.') {
+        return Err(format!("domain `{domain}` has a single label"));
+    }
+    for label in domain.split('.') {
+        let ok_chars = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+        if label.is_empty() || label.len() > 63 || !ok_chars || label.starts_with('-') || label.ends_with('-')
+        {
+            return Err(format!("domain `{domain}` has an invalid label `{label}`"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: &str, format: Option<Format>) -> Vec<Item> {
+        let mut rows = Rows::new(Box::new(io::Cursor::new(text.as_bytes().to_vec())), format).unwrap();
+        std::iter::from_fn(|| rows.next_row().unwrap()).collect()
+    }
+
+    fn reasons(items: &[Item]) -> Vec<(u64, String)> {
+        items.iter().filter_map(|i| i.as_ref().err().map(|b| (b.line, b.reason.clone()))).collect()
+    }
+
+    #[test]
+    fn csv_rows_carry_every_column_and_their_line() {
+        let items = rows(
+            "email,name,city\na@x.test,Ann,Oslo\n\"b@y.test\",\"Bob, Jr.\",\"multi\nline\"\nc@z.test,Cy,Rome\n",
+            None,
+        );
+        let ok: Vec<&Row> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 3);
+        assert_eq!((ok[0].line, ok[0].email.as_str()), (2, "a@x.test"));
+        assert_eq!(ok[1].vars["name"], "Bob, Jr.");
+        assert_eq!(ok[1].vars["city"], "multi\nline");
+        assert_eq!(ok[2].line, 5, "the quoted newline counts as a line");
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_their_line_and_the_rest_goes_on() {
+        let text = "Email,name\nnot-an-address,A\n,B\nx@y.test\nq@nodots,C\nq@-bad.test,D\nok@fine.test,E\n";
+        let items = rows(text, Some(Format::Csv));
+        let bad = reasons(&items);
+        let lines: Vec<u64> = bad.iter().map(|b| b.0).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6], "{bad:?}");
+        assert!(bad[0].1.contains("no '@'"), "{bad:?}");
+        assert!(bad[1].1.contains("no email"), "{bad:?}");
+        assert!(bad[2].1.contains("1 fields where the header has 2"), "{bad:?}");
+        assert!(bad[3].1.contains("single label"), "{bad:?}");
+        assert!(items.last().unwrap().is_ok());
+    }
+
+    #[test]
+    fn csv_without_an_email_column_is_refused_up_front() {
+        let err = Rows::new(Box::new(io::Cursor::new(b"name\nx\n".to_vec())), None).err().unwrap();
+        assert!(err.to_string().contains("no `email` column"));
+    }
+
+    #[test]
+    fn jsonl_rows_keep_typed_values_and_report_bad_lines() {
+        let text = "{\"email\":\"a@x.test\",\"n\":3,\"tags\":[\"a\"]}\n\n{broken\n[1]\n{\"mail\":\"b@x.test\"}\n{\"email\":7}\n{\"email\":\"c@x.test\"}";
+        let items = rows(text, None);
+        let ok: Vec<&Row> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].vars["n"], 3);
+        assert_eq!(ok[1].line, 7, "blank lines count");
+        let bad = reasons(&items);
+        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+        assert!(bad[0].1.starts_with("invalid JSON"));
+        assert_eq!(bad[1].1, "not a JSON object");
+        assert_eq!(bad[2].1, "no `email` key");
+    }
+
+    #[test]
+    fn an_overlong_jsonl_line_is_skipped_not_held() {
+        let mut text = format!("{{\"email\":\"a@x.test\",\"pad\":\"{}\"}}\n", "x".repeat(MAX_LINE + 10));
+        text.push_str("{\"email\":\"b@x.test\"}\n");
+        let items = rows(&text, Some(Format::Jsonl));
+        assert_eq!(reasons(&items), vec![(1, format!("line longer than {MAX_LINE} octets"))]);
+        assert_eq!(items[1].as_ref().unwrap().line, 2);
+    }
+
+    #[test]
+    fn domains() {
+        for ok in ["example.com", "a-b.example.co.uk", "xn--bcher-kva.example", "bücher.example", "x.test."]
+        {
+            assert!(check_domain(ok).is_ok(), "{ok}");
+        }
+        for bad in
+            ["localhost", "a..b", "-a.b", "a-.b", "[127.0.0.1]", "a_b.c", &format!("{}.com", "a".repeat(64))]
+        {
+            assert!(check_domain(bad).is_err(), "{bad}");
+        }
+    }
+}

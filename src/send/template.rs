@@ -1,0 +1,463 @@
+//! The campaign's message: compiled once, rendered per recipient.
+//!
+//! Either a whole RFC 5322 message that is a template (`--message`), or one built from a
+//! subject, text and HTML parts and attachments (`--subject`, `--text`, `--html`, `--attach`)
+//! with `mail-builder`. Templates are minijinja, strict about undefined variables: a row missing
+//! a variable is rejected, never sent with a hole in it.
+//!
+//! **Header injection.** A value rendered into a header can never add a line: the header
+//! templates' formatter refuses any value holding CR or LF (the row is rejected), and encodes
+//! non-ASCII values as RFC 2047 encoded-words. The rendered header section is then checked line
+//! by line.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde_json::Map;
+use thiserror::Error;
+
+use super::input::Row;
+use crate::proto::Address;
+
+/// Template names: the ones rendered into headers get the header formatter.
+const HEAD: &str = "head";
+const BODY: &str = "body";
+const SUBJECT: &str = "subject";
+const TEXT: &str = "text";
+const HTML: &str = "html";
+const MAIL_FROM: &str = "mail-from";
+
+/// What the message is made of, as given by the user (file contents already read).
+#[derive(Debug, Clone, Default)]
+pub struct MessageSpec {
+    /// A whole message (headers, blank line, body) that is a template.
+    pub message: Option<String>,
+    pub subject: Option<String>,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// The From header: `addr@domain` or `Name <addr@domain>`.
+    pub from: Option<String>,
+    /// The envelope sender, a template (`bounces+{{ id }}@example.com`) [default: From's address].
+    pub mail_from: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A template that cannot be used at all: a start-up error.
+#[derive(Debug, Error)]
+pub enum TemplateError {
+    #[error("template {name}: {error}")]
+    Syntax { name: &'static str, error: String },
+    #[error("--from: {0}")]
+    From(String),
+    #[error("{0}")]
+    Spec(String),
+}
+
+/// The parsed `--from`.
+#[derive(Debug, Clone)]
+struct FromHeader {
+    name: Option<String>,
+    address: Address,
+}
+
+enum Kind {
+    /// `--message`: the header section and the body, as two templates.
+    Raw {
+        has: Present,
+    },
+    Built {
+        attachments: Vec<Attachment>,
+        text: bool,
+        html: bool,
+    },
+}
+
+/// Headers the raw template's header section already has.
+#[derive(Debug, Clone, Copy, Default)]
+struct Present {
+    from: bool,
+    to: bool,
+    date: bool,
+    message_id: bool,
+}
+
+/// A rendered message.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The envelope sender (`None`: the null path, if a template rendered it empty).
+    pub sender: Option<Address>,
+    pub content: Vec<u8>,
+    pub message_id: String,
+}
+
+pub struct MessageTemplate {
+    env: Environment<'static>,
+    kind: Kind,
+    from: Option<FromHeader>,
+    mail_from: bool,
+    campaign: String,
+}
+
+impl MessageTemplate {
+    /// Compiles the templates; `campaign` makes Message-IDs unique across runs.
+    pub fn new(spec: &MessageSpec, campaign: &str) -> Result<MessageTemplate, TemplateError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // A message ends in a newline: keep it (minijinja drops it by default).
+        let syntax = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build();
+        env.set_syntax(syntax.map_err(|e| TemplateError::Spec(e.to_string()))?);
+        env.set_formatter(|out, state, value| {
+            if matches!(state.name(), HEAD | SUBJECT | MAIL_FROM) {
+                header_value(out, value)
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        let mut add = |name: &'static str, source: &str| {
+            env.add_template_owned(name, source.to_owned())
+                .map_err(|e| TemplateError::Syntax { name, error: format!("{e:#}") })
+        };
+        let from = spec.from.as_deref().map(parse_from).transpose().map_err(TemplateError::From)?;
+        let built = spec.subject.is_some()
+            || spec.text.is_some()
+            || spec.html.is_some()
+            || !spec.attachments.is_empty();
+        let kind = match (&spec.message, built) {
+            (Some(_), true) => {
+                return Err(TemplateError::Spec(
+                    "--message is a whole message: it cannot be combined with --subject, --text, --html or --attach".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(TemplateError::Spec(
+                    "no message: give --message, or --subject with --text and/or --html".into(),
+                ));
+            }
+            (Some(message), false) => {
+                let (head, body) = split_message(message);
+                let has = present(head);
+                if !has.from && from.is_none() {
+                    return Err(TemplateError::Spec(
+                        "the message has no From header: add one or give --from".into(),
+                    ));
+                }
+                add(HEAD, head)?;
+                add(BODY, body)?;
+                Kind::Raw { has }
+            }
+            (None, true) => {
+                if from.is_none() {
+                    return Err(TemplateError::Spec("a built message needs --from".into()));
+                }
+                if spec.text.is_none() && spec.html.is_none() {
+                    return Err(TemplateError::Spec("a built message needs --text and/or --html".into()));
+                }
+                add(SUBJECT, spec.subject.as_deref().unwrap_or(""))?;
+                if let Some(text) = &spec.text {
+                    add(TEXT, text)?;
+                }
+                if let Some(html) = &spec.html {
+                    add(HTML, html)?;
+                }
+                Kind::Built {
+                    attachments: spec.attachments.clone(),
+                    text: spec.text.is_some(),
+                    html: spec.html.is_some(),
+                }
+            }
+        };
+        if let Some(mail_from) = &spec.mail_from {
+            add(MAIL_FROM, mail_from)?;
+        }
+        Ok(MessageTemplate {
+            env,
+            kind,
+            from,
+            mail_from: spec.mail_from.is_some(),
+            campaign: campaign.to_owned(),
+        })
+    }
+
+    /// Renders the message for `row`. An `Err` is the reason the row is rejected.
+    pub fn render(&self, row: &Row, now: SystemTime) -> Result<Rendered, String> {
+        let mut vars: Map<String, serde_json::Value> = row.vars.clone();
+        vars.insert("email".into(), row.email.as_str().into());
+        vars.entry("line").or_insert_with(|| row.line.into());
+        vars.entry("campaign").or_insert_with(|| self.campaign.as_str().into());
+        let ctx = Value::from(minijinja::value::Serde(&vars));
+        let render = |name: &str| -> Result<String, String> {
+            let template = self.env.get_template(name).map_err(|e| e.to_string())?;
+            template.render(&ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
+        };
+        let date = mail_builder::headers::date::Date::new(unix_seconds(now));
+        let (content, message_id) = match &self.kind {
+            Kind::Raw { has } => {
+                let head = render(HEAD)?;
+                check_header_section(&head)?;
+                let body = render(BODY)?;
+                // Message-IDs are in the sender's domain: the From header's, else --from's.
+                let from_domain = match &self.from {
+                    Some(f) if !has.from => Some(f.address.domain().to_owned()),
+                    _ => domain_of_header(&head, "from"),
+                };
+                let from_domain = from_domain.ok_or("the From header has no address")?;
+                let message_id = self.message_id(row, &from_domain);
+                let mut content = Vec::with_capacity(head.len() + body.len() + 256);
+                push_header_lines(&mut content, &head);
+                if !has.from {
+                    if let Some(f) = &self.from {
+                        content.extend_from_slice(format!("From: {}\r\n", format_from(f)).as_bytes());
+                    }
+                }
+                if !has.to {
+                    content.extend_from_slice(format!("To: <{}>\r\n", row.email).as_bytes());
+                }
+                if !has.date {
+                    content.extend_from_slice(format!("Date: {}\r\n", date.to_rfc822()).as_bytes());
+                }
+                if !has.message_id {
+                    content.extend_from_slice(format!("Message-ID: {message_id}\r\n").as_bytes());
+                }
+                content.extend_from_slice(b"\r\n");
+                content.extend_from_slice(body.as_bytes());
+                (content, message_id)
+            }
+            Kind::Built { attachments, text, html } => {
+                let from = self.from.as_ref().ok_or("no --from")?;
+                let message_id = self.message_id(row, from.address.domain());
+                let subject = render(SUBJECT)?;
+                let mut builder = mail_builder::MessageBuilder::new()
+                    .from(match &from.name {
+                        Some(n) => mail_builder::headers::address::Address::new_address(
+                            Some(n.clone()),
+                            from.address.as_str().to_owned(),
+                        ),
+                        None => mail_builder::headers::address::Address::new_address(
+                            None::<String>,
+                            from.address.as_str().to_owned(),
+                        ),
+                    })
+                    .to(row.email.as_str().to_owned())
+                    .subject(subject)
+                    .date(date)
+                    .message_id(message_id.trim_start_matches('<').trim_end_matches('>').to_owned());
+                if *text {
+                    builder = builder.text_body(render(TEXT)?);
+                }
+                if *html {
+                    builder = builder.html_body(render(HTML)?);
+                }
+                for a in attachments {
+                    builder = builder.attachment(a.content_type.clone(), a.name.clone(), a.bytes.as_slice());
+                }
+                let content = builder.write_to_vec().map_err(|e| format!("building the message: {e}"))?;
+                (content, message_id)
+            }
+        };
+        let sender = if self.mail_from {
+            let text = render(MAIL_FROM)?;
+            let text = text.trim();
+            if text.is_empty() || text == "<>" {
+                None
+            } else {
+                Some(Address::new(text).map_err(|e| format!("--mail-from rendered `{text}`: {e}"))?)
+            }
+        } else {
+            match &self.from {
+                Some(f) => Some(f.address.clone()),
+                None => {
+                    let head = String::from_utf8_lossy(&content[..content.len().min(16 * 1024)]).into_owned();
+                    let addr = address_of_header(&head, "from").ok_or("the From header has no address")?;
+                    Some(Address::new(&addr).map_err(|e| format!("From address `{addr}`: {e}"))?)
+                }
+            }
+        };
+        Ok(Rendered { sender, content, message_id })
+    }
+
+    /// Unique per recipient of a campaign, the same for its retries (receivers can tell a
+    /// resend by it).
+    fn message_id(&self, row: &Row, domain: &str) -> String {
+        format!("<{}.{}@{}>", self.campaign, row.line, domain)
+    }
+}
+
+/// minijinja's error with its detail (which variable, which line).
+fn describe(e: &minijinja::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(detail) = e.detail() {
+        if !text.contains(detail) {
+            text = format!("{text}: {detail}");
+        }
+    }
+    text
+}
+
+/// The header formatter: a value may not break the line; non-ASCII becomes an encoded-word.
+fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), minijinja::Error> {
+    let text = value.to_string();
+    if text.contains(['\r', '\n']) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "a value rendered into a header contains a line break (header injection refused)",
+        ));
+    }
+    if text.contains(|c: char| c.is_control() && c != '\t') {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "a value rendered into a header contains a control character",
+        ));
+    }
+    let written = if text.is_ascii() {
+        out.write_str(&text)
+    } else {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+        out.write_fmt(format_args!("=?utf-8?B?{encoded}?="))
+    };
+    written.map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "formatting failed"))
+}
+
+/// Splits a message template at its first empty line.
+fn split_message(message: &str) -> (&str, &str) {
+    let bytes = message.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let line = &message[start..end];
+        if line.trim_end_matches('\r').is_empty() {
+            return (&message[..start], message.get(end + 1..).unwrap_or(""));
+        }
+        start = end + 1;
+    }
+    (message, "")
+}
+
+/// Which of the headers volley adds are already in the header section's template.
+fn present(head: &str) -> Present {
+    let mut p = Present::default();
+    for line in head.lines() {
+        let Some((name, _)) = line.split_once(':') else { continue };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "from" => p.from = true,
+            "to" => p.to = true,
+            "date" => p.date = true,
+            "message-id" => p.message_id = true,
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Every rendered header line is a field (`Name: value`) or the continuation of one.
+fn check_header_section(head: &str) -> Result<(), String> {
+    for (i, line) in head.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.contains('\r') {
+            return Err(format!("header line {} has a bare CR", i + 1));
+        }
+        if line.starts_with([' ', '\t']) {
+            if i == 0 {
+                return Err("the header section starts with a continuation line".into());
+            }
+            continue;
+        }
+        let name = line.split_once(':').map(|(n, _)| n).unwrap_or("");
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(format!("header line {} is not `Name: value`: {:?}", i + 1, truncate(line, 60)));
+        }
+    }
+    Ok(())
+}
+
+fn push_header_lines(out: &mut Vec<u8>, head: &str) {
+    for line in head.lines() {
+        out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The address in the first `name:` header of a header section (`Name <a@b>` or `a@b`).
+fn address_of_header(head: &str, name: &str) -> Option<String> {
+    let line = head
+        .lines()
+        .take_while(|l| !l.trim_end_matches('\r').is_empty())
+        .find(|l| l.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name)))?;
+    let value = line.split_once(':')?.1.trim();
+    let addr = match (value.rfind('<'), value.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value,
+    };
+    addr.contains('@').then(|| addr.trim().to_owned())
+}
+
+fn domain_of_header(head: &str, name: &str) -> Option<String> {
+    address_of_header(head, name).and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
+}
+
+fn parse_from(text: &str) -> Result<FromHeader, String> {
+    let text = text.trim();
+    if text.contains(['\r', '\n']) {
+        return Err("contains a line break".into());
+    }
+    let (name, addr) = match (text.rfind('<'), text.ends_with('>')) {
+        (Some(i), true) => {
+            let name = text[..i].trim().trim_matches('"').trim();
+            ((!name.is_empty()).then(|| name.to_owned()), &text[i + 1..text.len() - 1])
+        }
+        _ => (None, text),
+    };
+    let address = Address::new(addr.trim()).map_err(|e| format!("`{addr}`: {e}"))?;
+    Ok(FromHeader { name, address })
+}
+
+fn format_from(f: &FromHeader) -> String {
+    match &f.name {
+        Some(n) if n.is_ascii() => format!("\"{}\" <{}>", n.replace(['"', '\\'], ""), f.address),
+        Some(n) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(n.as_bytes());
+            format!("=?utf-8?B?{encoded}?= <{}>", f.address)
+        }
+        None => format!("<{}>", f.address),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A content type for an attachment, from its file name.
+pub fn content_type_for(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "ics" => "text/calendar",
+        "zip" => "application/zip",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+use super::*;
+use serde_json::json;
+
+fn row(line: u64, email: &str, vars: serde_json::Value) -> Row {
+    let serde_json::Value::Object(vars) = vars else { panic!("vars must be an object") };
+    Row { line, email: Address::new(email).unwrap(), vars }
+}
+
+fn raw(message: &str) -> MessageSpec {
+    MessageSpec { message: Some(message.into()), ..MessageSpec::default() }
+}
+
+fn text(r: &Rendered) -> String {
+    String::from_utf8(r.content.clone()).unwrap()
+}
+
+fn now() -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+}
+
+#[test]
+fn a_raw_template_gets_its_variables_and_the_headers_it_lacks() {
+    let t = MessageTemplate::new(
+        &raw("From: News <news@example.com>\nSubject: Hi {{ name }}\n\nDear {{ name }},\nline 2\n"),
+        "c1",
+    )
+    .unwrap();
+    let r = t.render(&row(7, "ann@x.test", json!({"name": "Ann"})), now()).unwrap();
+    let m = text(&r);
+    assert!(m.starts_with("From: News <news@example.com>\r\nSubject: Hi Ann\r\n"), "{m}");
+    assert!(m.contains("\r\nTo: <ann@x.test>\r\n"), "{m}");
+    assert!(m.contains("\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\n"), "{m}");
+    assert!(m.contains("\r\nMessage-ID: <c1.7@example.com>\r\n\r\nDear Ann,\nline 2\n"), "{m}");
+    assert_eq!(r.message_id, "<c1.7@example.com>");
+    assert_eq!(r.sender.unwrap().as_str(), "news@example.com", "the envelope sender defaults to From");
+}
+
+#[test]
+fn header_injection_is_refused_and_bodies_may_hold_newlines() {
+    let t = MessageTemplate::new(&raw("From: a@example.com\nSubject: {{ s }}\n\n{{ s }}\n"), "c").unwrap();
+    for evil in ["x\r\nBcc: victim@evil.test", "x\nBcc: v@e.test", "x\rBcc: v", "x\r\n\r\nbody"] {
+        let err = t.render(&row(2, "a@x.test", json!({ "s": evil })), now()).unwrap_err();
+        assert!(err.contains("header injection"), "{evil:?}: {err}");
+    }
+    let t = MessageTemplate::new(&raw("From: a@example.com\nSubject: hi\n\n{{ s }}\n"), "c").unwrap();
+    let r = t.render(&row(2, "a@x.test", json!({ "s": "two\nlines" })), now()).unwrap();
+    assert!(text(&r).contains("\r\n\r\ntwo\nlines\n"));
+}
+
+#[test]
+fn non_ascii_header_values_become_encoded_words() {
+    let t = MessageTemplate::new(&raw("From: a@example.com\nSubject: {{ s }}\n\nx\n"), "c").unwrap();
+    let r = t.render(&row(2, "a@x.test", json!({ "s": "Grüße" })), now()).unwrap();
+    assert!(text(&r).contains("Subject: =?utf-8?B?R3LDvMOfZQ==?=\r\n"), "{}", text(&r));
+}
+
+#[test]
+fn undefined_variables_reject_the_row_with_the_name() {
+    let t =
+        MessageTemplate::new(&raw("From: a@example.com\nSubject: x\n\nHi {{ first_name }}\n"), "c").unwrap();
+    let err = t.render(&row(2, "a@x.test", json!({})), now()).unwrap_err();
+    assert!(err.contains("undefined"), "{err}");
+}
+
+#[test]
+fn start_up_errors() {
+    let cases: Vec<(MessageSpec, &str)> = vec![
+        (raw("Subject: x\n\nbody"), "no From header"),
+        (raw("From: a@b.test\n\n{% if %}"), "template body"),
+        (MessageSpec::default(), "no message"),
+        (
+            MessageSpec {
+                subject: Some("x".into()),
+                from: Some("a@b.test".into()),
+                ..MessageSpec::default()
+            },
+            "--text and/or --html",
+        ),
+        (MessageSpec { text: Some("x".into()), ..MessageSpec::default() }, "needs --from"),
+        (
+            MessageSpec { text: Some("x".into()), from: Some("no at sign".into()), ..MessageSpec::default() },
+            "--from",
+        ),
+        (
+            MessageSpec {
+                message: Some("From: a@b.test\n\nx".into()),
+                subject: Some("s".into()),
+                ..MessageSpec::default()
+            },
+            "cannot be combined",
+        ),
+    ];
+    for (spec, want) in cases {
+        let err = MessageTemplate::new(&spec, "c").err().expect(want).to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+#[test]
+fn a_templated_envelope_sender_is_verp() {
+    let spec = MessageSpec {
+        mail_from: Some("bounces+{{ id }}@example.com".into()),
+        ..raw("From: a@example.com\n\nx")
+    };
+    let t = MessageTemplate::new(&spec, "c").unwrap();
+    let r = t.render(&row(2, "a@x.test", json!({ "id": "u42" })), now()).unwrap();
+    assert_eq!(r.sender.unwrap().as_str(), "bounces+u42@example.com");
+    let err = t.render(&row(3, "a@x.test", json!({ "id": "a\r\nRCPT TO:<x@y>" })), now()).unwrap_err();
+    assert!(err.contains("header injection"), "{err}");
+    let err = t.render(&row(3, "a@x.test", json!({ "id": "<evil>" })), now()).unwrap_err();
+    assert!(err.contains("--mail-from"), "{err}");
+}
+
+#[test]
+fn a_built_message_is_mime_with_alternatives_and_attachments() {
+    let spec = MessageSpec {
+        from: Some("News Team <news@example.com>".into()),
+        subject: Some("Hello {{ name }}".into()),
+        text: Some("Hi {{ name }}".into()),
+        html: Some("<p>Hi {{ name }}</p>".into()),
+        attachments: vec![Attachment {
+            name: "a.pdf".into(),
+            content_type: "application/pdf".into(),
+            bytes: vec![0, 1, 2, 255],
+        }],
+        ..MessageSpec::default()
+    };
+    let t = MessageTemplate::new(&spec, "c9").unwrap();
+    let r = t.render(&row(3, "bob@y.test", json!({ "name": "Bob <b>" })), now()).unwrap();
+    let m = text(&r);
+    for want in [
+        "From: \"News Team\" <news@example.com>",
+        "To: <bob@y.test>",
+        "Subject: Hello Bob <b>",
+        "Message-ID: <c9.3@example.com>",
+        "multipart/mixed",
+        "multipart/alternative",
+        "Hi Bob &lt;b&gt;",
+        "application/pdf",
+        "AAEC/w==",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in:\n{m}");
+    }
+    let err = t.render(&row(3, "bob@y.test", json!({ "name": "x\nBcc: v@e.test" })), now()).unwrap_err();
+    assert!(err.contains("header injection"), "{err}");
+}
+
+#[test]
+fn header_sections_are_checked_after_rendering() {
+    assert!(check_header_section("From: a\r\nX-A: b\r\n continued\r\n").is_ok());
+    assert!(check_header_section(" leading\r\n").is_err());
+    assert!(check_header_section("no colon here\r\n").is_err());
+    assert!(check_header_section("Bad Name: x\r\n").is_err());
+    assert_eq!(split_message("A: b\r\nC: d\r\n\r\nbody\r\n"), ("A: b\r\nC: d\r\n", "body\r\n"));
+    assert_eq!(split_message("A: b\n\n"), ("A: b\n", ""));
+}
