@@ -14,4 +14,5 @@ pub mod rng;
 pub mod rt;
 pub mod send;
 pub mod sink;
+pub mod testkit;
 pub mod tls;

@@ -1,0 +1,333 @@
+//! MX resolution on its own thread. hickory-resolver is async on tokio: it runs on a small
+//! current-thread tokio runtime here, and nowhere else. The cores never see DNS at all: the job
+//! source asks, keeps rows for that domain aside, and turns answers into destinations.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
+use hickory_resolver::{ResolveError, TokioResolver};
+
+use crate::rng::Rng;
+
+/// One MX host with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    pub name: String,
+    pub preference: u16,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// What DNS says about delivering to a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Hosts in the order to try: by preference, equal preferences shuffled. Valid until then.
+    Hosts { hosts: Vec<MxHost>, until: Instant },
+    /// A permanent reason the domain takes no mail: null MX (RFC 7505), NXDOMAIN, no MX and
+    /// no address.
+    Undeliverable(String),
+    /// A temporary failure (SERVFAIL, a timeout): try again later.
+    Failed(String),
+}
+
+/// The resolver thread's handle: ask by domain, collect answers without blocking.
+pub struct Resolver {
+    requests: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    answers: mpsc::Receiver<(String, Answer)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How the resolver is set up.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// A resolver to ask (`None`: the system's, from /etc/resolv.conf).
+    pub server: Option<SocketAddr>,
+    /// How long one query waits for an answer, and how many tries it gets.
+    pub timeout: Duration,
+    pub attempts: usize,
+    /// Lookups in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { server: None, timeout: Duration::from_secs(5), attempts: 2, concurrency: 64 }
+    }
+}
+
+impl Resolver {
+    pub fn start(config: DnsConfig) -> std::io::Result<Resolver> {
+        let resolver = build(&config)?;
+        let (requests, mut incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (answer_tx, answers) = mpsc::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        let thread = std::thread::Builder::new().name("dns".into()).spawn(move || {
+            runtime.block_on(async move {
+                let mut seed = Rng::new(0x5eed ^ u64::from(std::process::id()));
+                let mut tasks = tokio::task::JoinSet::new();
+                while let Some(domain) = incoming.recv().await {
+                    let (resolver, tx, limit) = (resolver.clone(), answer_tx.clone(), limit.clone());
+                    let mut rng = seed.fork();
+                    tasks.spawn(async move {
+                        let Ok(_permit) = limit.acquire_owned().await else { return };
+                        let answer = resolve(&resolver, &domain, &mut rng).await;
+                        let _ = tx.send((domain, answer));
+                    });
+                    while tasks.try_join_next().is_some() {}
+                }
+                while tasks.join_next().await.is_some() {}
+            })
+        })?;
+        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread) })
+    }
+
+    /// Starts resolving `domain`; its answer comes out of [`Resolver::try_answer`].
+    pub fn ask(&self, domain: &str) {
+        if let Some(r) = &self.requests {
+            let _ = r.send(domain.to_owned());
+        }
+    }
+
+    pub fn try_answer(&self) -> Option<(String, Answer)> {
+        self.answers.try_recv().ok()
+    }
+
+    /// Waits up to `wait` for an answer.
+    pub fn answer_within(&self, wait: Duration) -> Option<(String, Answer)> {
+        self.answers.recv_timeout(wait).ok()
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread once lookups in flight finish.
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn build(config: &DnsConfig) -> std::io::Result<TokioResolver> {
+    let provider = TokioConnectionProvider::default();
+    let mut builder = match config.server {
+        Some(server) => {
+            let servers = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+            TokioResolver::builder_with_config(ResolverConfig::from_parts(None, vec![], servers), provider)
+        }
+        None => TokioResolver::builder(provider)
+            .map_err(|e| std::io::Error::other(format!("system DNS configuration: {e}")))?,
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = config.timeout;
+    opts.attempts = config.attempts;
+    opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+    // Names are always fully qualified here: no search list.
+    opts.ndots = 0;
+    Ok(builder.build())
+}
+
+/// The delivery route for `domain` (RFC 5321 §5.1).
+async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answer {
+    let fqdn = format!("{}.", domain.trim_end_matches('.'));
+    match resolver.mx_lookup(fqdn.as_str()).await {
+        Ok(mx) => {
+            let mut records: Vec<(u16, String)> = mx
+                .iter()
+                .map(|r| (r.preference(), r.exchange().to_ascii().trim_end_matches('.').to_ascii_lowercase()))
+                .collect();
+            // Null MX: a single record whose exchange is the root (RFC 7505).
+            if records.iter().any(|(_, name)| name.is_empty()) {
+                if records.len() == 1 {
+                    return Answer::Undeliverable(format!("{domain} accepts no mail (null MX, RFC 7505)"));
+                }
+                records.retain(|(_, name)| !name.is_empty());
+            }
+            let mut until = mx.valid_until();
+            order_by_preference(&mut records, rng);
+            let mut hosts = Vec::with_capacity(records.len());
+            let mut failures = Vec::new();
+            for (preference, name) in records {
+                match resolver.lookup_ip(format!("{name}.").as_str()).await {
+                    Ok(ips) => {
+                        until = until.min(ips.valid_until());
+                        hosts.push(MxHost { name, preference, addrs: ips.iter().collect() });
+                    }
+                    Err(e) => failures.push(format!("{name}: {}", describe(&e))),
+                }
+            }
+            if hosts.is_empty() {
+                return Answer::Failed(format!(
+                    "no MX host of {domain} has an address ({})",
+                    failures.join("; ")
+                ));
+            }
+            Answer::Hosts { hosts, until }
+        }
+        Err(e) if no_such_domain(&e) => Answer::Undeliverable(format!("{domain} does not exist (NXDOMAIN)")),
+        Err(e) if no_records(&e) => {
+            // No MX: the domain itself is the implicit MX host, if it has an address.
+            match resolver.lookup_ip(fqdn.as_str()).await {
+                Ok(ips) => {
+                    let host = MxHost { name: domain.to_owned(), preference: 0, addrs: ips.iter().collect() };
+                    Answer::Hosts { hosts: vec![host], until: ips.valid_until() }
+                }
+                Err(e) if no_records(&e) || no_such_domain(&e) => {
+                    Answer::Undeliverable(format!("{domain} has no MX record and no address"))
+                }
+                Err(e) => Answer::Failed(format!("{domain}: address lookup failed: {}", describe(&e))),
+            }
+        }
+        Err(e) => Answer::Failed(format!("{domain}: MX lookup failed: {}", describe(&e))),
+    }
+}
+
+/// Sorts by preference, shuffling hosts of equal preference (RFC 5321 §5.1: spread the load).
+fn order_by_preference(records: &mut [(u16, String)], rng: &mut Rng) {
+    records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut start = 0;
+    while start < records.len() {
+        let end = start + records[start..].iter().take_while(|r| r.0 == records[start].0).count();
+        // Fisher-Yates within the group.
+        for i in (start + 1..end).rev() {
+            let j = start + (rng.next_u64() % (i - start + 1) as u64) as usize;
+            records.swap(i, j);
+        }
+        start = end;
+    }
+}
+
+fn proto(e: &ResolveError) -> Option<&ProtoError> {
+    e.proto()
+}
+
+fn response_code(e: &ResolveError) -> Option<ResponseCode> {
+    match proto(e).map(ProtoError::kind) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => Some(*response_code),
+        _ => None,
+    }
+}
+
+fn no_such_domain(e: &ResolveError) -> bool {
+    response_code(e) == Some(ResponseCode::NXDomain)
+}
+
+fn no_records(e: &ResolveError) -> bool {
+    response_code(e) == Some(ResponseCode::NoError)
+}
+
+fn describe(e: &ResolveError) -> String {
+    match response_code(e) {
+        Some(code) if code != ResponseCode::NoError => format!("{code}"),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preference_order_with_equal_preferences_shuffled() {
+        let base: Vec<(u16, String)> =
+            vec![(20, "c".into()), (10, "a".into()), (10, "b".into()), (30, "d".into()), (10, "e".into())];
+        let mut firsts = std::collections::HashSet::new();
+        let mut rng = Rng::new(1);
+        for _ in 0..50 {
+            let mut r = base.clone();
+            order_by_preference(&mut r, &mut rng);
+            let prefs: Vec<u16> = r.iter().map(|x| x.0).collect();
+            assert_eq!(prefs, vec![10, 10, 10, 20, 30]);
+            assert_eq!((r[3].1.as_str(), r[4].1.as_str()), ("c", "d"));
+            firsts.insert(r[0].1.clone());
+        }
+        assert_eq!(firsts.len(), 3, "each of the preference-10 hosts comes first sometimes: {firsts:?}");
+    }
+
+    /// Every answer kind, against the in-process responder.
+    #[test]
+    fn answers_from_a_local_server() {
+        use crate::testkit::dns::{DnsStub, Zone};
+        let zone: Zone = "
+            two.test MX 10 mx1.two.test
+            two.test MX 20 mx2.two.test
+            mx1.two.test A 127.0.0.2
+            mx2.two.test A 127.0.0.3
+            mx2.two.test AAAA ::1
+            implicit.test A 127.0.0.4
+            null.test MX 0 .
+            nomx.test AAAA ::2
+            nomx.test SERVFAIL
+            broken.test SERVFAIL
+            dangling.test MX 10 nowhere.test
+            slow.test DELAY 1500
+            slow.test A 127.0.0.5
+            empty.test A 127.0.0.6
+            empty.test DROP
+        "
+        .parse()
+        .unwrap();
+        let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+        let config = DnsConfig {
+            server: Some(stub.addr()),
+            timeout: Duration::from_millis(500),
+            attempts: 1,
+            ..DnsConfig::default()
+        };
+        let resolver = Resolver::start(config).unwrap();
+        let domains = [
+            "two.test",
+            "implicit.test",
+            "null.test",
+            "missing.test",
+            "broken.test",
+            "dangling.test",
+            "slow.test",
+            "empty.test",
+        ];
+        for d in domains {
+            resolver.ask(d);
+        }
+        let mut got = std::collections::HashMap::new();
+        while got.len() < domains.len() {
+            let (d, a) = resolver.answer_within(Duration::from_secs(10)).expect("every domain is answered");
+            got.insert(d, a);
+        }
+        let Answer::Hosts { hosts, .. } = &got["two.test"] else { panic!("{:?}", got["two.test"]) };
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["mx1.two.test", "mx2.two.test"]);
+        assert_eq!(hosts[1].addrs.len(), 2, "A and AAAA");
+        let Answer::Hosts { hosts, .. } = &got["implicit.test"] else { panic!("{:?}", got["implicit.test"]) };
+        assert_eq!(
+            (hosts[0].name.as_str(), hosts[0].addrs.as_slice()),
+            ("implicit.test", &[loopback4(4)][..])
+        );
+        let reason = |d: &str| match &got[d] {
+            Answer::Undeliverable(r) => format!("bounce: {r}"),
+            Answer::Failed(r) => format!("defer: {r}"),
+            other => panic!("{d}: {other:?}"),
+        };
+        assert!(reason("null.test").starts_with("bounce") && reason("null.test").contains("null MX"));
+        assert!(reason("missing.test").starts_with("bounce") && reason("missing.test").contains("NXDOMAIN"));
+        assert!(reason("broken.test").starts_with("defer"), "{}", reason("broken.test"));
+        assert!(
+            reason("dangling.test").starts_with("defer") && reason("dangling.test").contains("no MX host")
+        );
+        assert!(
+            reason("slow.test").starts_with("defer"),
+            "a late answer is a timeout: {}",
+            reason("slow.test")
+        );
+        assert!(reason("empty.test").starts_with("defer"), "{}", reason("empty.test"));
+    }
+
+    fn loopback4(x: u8) -> IpAddr {
+        crate::testkit::dns::loopback(x)
+    }
+}

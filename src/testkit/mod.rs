@@ -1,0 +1,3 @@
+//! Peers for tests and benchmarks that are not SMTP: volley's own sink lives in [`crate::sink`].
+
+pub mod dns;
