@@ -3,4 +3,5 @@
 
 pub mod dns;
 pub mod input;
+pub mod log;
 pub mod template;

@@ -1,0 +1,357 @@
+//! The delivery log: JSONL, one record per attempt that did not end a recipient (`deferred`)
+//! and exactly one final record per recipient (`delivered`, `bounced`, `expired`, `rejected`,
+//! `uncertain`). Written by one thread with group commit; read back by `--resume`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::proto::Reply;
+
+/// Sync at least this often while records are waiting...
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+/// ...or once this many are.
+pub const SYNC_RECORDS: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The run's first record: what it is and which campaign (Message-IDs) it belongs to.
+    Run,
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+    Rejected,
+    Uncertain,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Run | Status::Deferred)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Run => "run",
+            Status::Delivered => "delivered",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+            Status::Expired => "expired",
+            Status::Rejected => "rejected",
+            Status::Uncertain => "uncertain",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Run,
+            Status::Delivered,
+            Status::Deferred,
+            Status::Bounced,
+            Status::Expired,
+            Status::Rejected,
+            Status::Uncertain,
+        ]
+        .into_iter()
+        .find(|st| st.name() == s)
+    }
+}
+
+/// One line of the log. Fields that do not apply are left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub time: String,
+    pub status: Status,
+    /// The recipient's input line (its identity for `--resume`); 0 for the run record.
+    pub line: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcpt: Option<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mx: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<String>,
+    /// The server's reply text, or what went wrong without a reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// From the recipient's first admission to this outcome, retries included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_s: Option<u64>,
+    /// Run record only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Record {
+    pub fn new(status: Status, line: u64) -> Record {
+        Record {
+            time: now_rfc3339(),
+            status,
+            line,
+            rcpt: None,
+            attempts: 0,
+            mx: None,
+            ip: None,
+            code: None,
+            enhanced: None,
+            reply: None,
+            reason: None,
+            tls: None,
+            size: None,
+            queue_ms: None,
+            retry_in_s: None,
+            campaign: None,
+            input: None,
+        }
+    }
+
+    pub fn rcpt(mut self, rcpt: impl Into<String>) -> Record {
+        self.rcpt = Some(rcpt.into());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Record {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn reply(mut self, reply: &Reply) -> Record {
+        self.code = Some(reply.code);
+        self.enhanced = reply.enhanced.map(|e| e.to_string());
+        self.reply = Some(reply.text.replace('\n', " / "));
+        self
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The log file, written with group commit: records are buffered and made durable together
+/// (`fdatasync`) every [`SYNC_EVERY`] or [`SYNC_RECORDS`], so no fsync per message.
+pub struct LogFile {
+    out: BufWriter<File>,
+    path: PathBuf,
+    unsynced: usize,
+    last_sync: Instant,
+}
+
+impl LogFile {
+    /// Creates `path`, or with `append` continues it (as `--resume` does), first ending a line
+    /// a killed run left half-written so the next record starts on its own line.
+    pub fn open(path: &Path, append: bool) -> io::Result<LogFile> {
+        let mut file = if append {
+            OpenOptions::new().read(true).append(true).create(true).open(path)?
+        } else {
+            OpenOptions::new().write(true).create_new(true).open(path)?
+        };
+        if append {
+            let len = file.seek(SeekFrom::End(0))?;
+            if len > 0 {
+                let mut last = [0u8];
+                let mut reader = File::open(path)?;
+                reader.seek(SeekFrom::Start(len - 1))?;
+                reader.read_exact(&mut last)?;
+                if last[0] != b'\n' {
+                    file.write_all(b"\n")?;
+                }
+            }
+        }
+        Ok(LogFile {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            path: path.to_owned(),
+            unsynced: 0,
+            last_sync: Instant::now(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record).map_err(io::Error::other)?;
+        self.out.write_all(b"\n")?;
+        self.unsynced += 1;
+        Ok(())
+    }
+
+    /// Whether a group commit is due.
+    pub fn sync_due(&self) -> bool {
+        self.unsynced > 0 && (self.unsynced >= SYNC_RECORDS || self.last_sync.elapsed() >= SYNC_EVERY)
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
+
+/// What an earlier run's log says: its campaign, and the input lines with a final record.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    pub campaign: Option<String>,
+    finals: Vec<u64>,
+    pub final_count: u64,
+    /// Lines that were not JSON records (a line cut short by a kill): skipped.
+    pub unreadable: u64,
+}
+
+impl Resumed {
+    pub fn is_final(&self, line: u64) -> bool {
+        let (word, bit) = ((line / 64) as usize, line % 64);
+        self.finals.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn mark(&mut self, line: u64) {
+        let (word, bit) = ((line / 64) as usize, line % 64);
+        if self.finals.len() <= word {
+            self.finals.resize(word + 1, 0);
+        }
+        if self.finals[word] & (1 << bit) == 0 {
+            self.final_count += 1;
+        }
+        self.finals[word] |= 1 << bit;
+    }
+
+    /// Reads a log. Memory: one bit per input line.
+    pub fn read(path: &Path) -> io::Result<Resumed> {
+        #[derive(serde::Deserialize)]
+        struct Line {
+            status: String,
+            #[serde(default)]
+            line: u64,
+            #[serde(default)]
+            campaign: Option<String>,
+        }
+        let mut resumed = Resumed::default();
+        let mut reader = BufReader::new(File::open(path)?);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            let Ok(record) = serde_json::from_slice::<Line>(&buf) else {
+                if !buf.iter().all(u8::is_ascii_whitespace) {
+                    resumed.unreadable += 1;
+                }
+                continue;
+            };
+            match Status::parse(&record.status) {
+                Some(Status::Run) => {
+                    if resumed.campaign.is_none() {
+                        resumed.campaign = record.campaign;
+                    }
+                }
+                Some(s) if s.is_final() => resumed.mark(record.line),
+                _ => {}
+            }
+        }
+        Ok(resumed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_json_lines_without_empty_fields() {
+        let r = Record::new(Status::Bounced, 12).rcpt("a@x.test").reply(&Reply::new(
+            550,
+            crate::proto::ReplyParser::new().parse(b"550 5.1.1 no\r\n").unwrap().unwrap().0.enhanced,
+            "5.1.1 no\nsuch user",
+        ));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["status"], "bounced");
+        assert_eq!(json["line"], 12);
+        assert_eq!(json["code"], 550);
+        assert_eq!(json["enhanced"], "5.1.1");
+        assert_eq!(json["reply"], "5.1.1 no / such user");
+        assert!(json.get("mx").is_none() && json.get("attempts").is_none());
+    }
+
+    #[test]
+    fn resume_reads_finals_and_the_campaign_and_survives_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("volley-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut log = LogFile::open(&path, false).unwrap();
+        let mut run = Record::new(Status::Run, 0);
+        run.campaign = Some("abc".into());
+        log.write(&run).unwrap();
+        for (status, line) in [
+            (Status::Deferred, 2),
+            (Status::Delivered, 3),
+            (Status::Rejected, 4),
+            (Status::Deferred, 5),
+            (Status::Expired, 200),
+        ] {
+            log.write(&Record::new(status, line)).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        // A kill in the middle of a write leaves half a line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"status\":\"deliv")
+            .unwrap();
+        let r = Resumed::read(&path).unwrap();
+        assert_eq!(r.campaign.as_deref(), Some("abc"));
+        assert_eq!((r.final_count, r.unreadable), (3, 1));
+        assert!(r.is_final(3) && r.is_final(4) && r.is_final(200));
+        assert!(!r.is_final(2) && !r.is_final(5) && !r.is_final(1) && !r.is_final(100_000));
+        // Continuing the log starts a fresh line after the torn one.
+        let mut log = LogFile::open(&path, true).unwrap();
+        log.write(&Record::new(Status::Delivered, 5)).unwrap();
+        log.sync().unwrap();
+        let r = Resumed::read(&path).unwrap();
+        assert!(r.is_final(5));
+        assert_eq!(r.unreadable, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error_not_a_silent_loss() {
+        let Ok(file) = OpenOptions::new().write(true).open("/dev/full") else { return };
+        let mut log = LogFile {
+            out: BufWriter::new(file),
+            path: "/dev/full".into(),
+            unsynced: 0,
+            last_sync: Instant::now(),
+        };
+        log.write(&Record::new(Status::Delivered, 1)).unwrap();
+        assert!(log.sync().is_err(), "ENOSPC surfaces at the commit");
+    }
+}
