@@ -131,10 +131,10 @@ pub struct BenchArgs {
 
 /// Per-phase limits. `--reply-timeout` sets every reply phase; the others override one.
 #[derive(Debug, Args)]
-pub struct TimeoutArgs {
+pub(super) struct TimeoutArgs {
     /// Waiting for a TCP connection.
     #[arg(long, value_parser = super::duration, default_value = "10s")]
-    connect_timeout: Duration,
+    pub(super) connect_timeout: Duration,
     /// Waiting for any reply, unless a phase below says otherwise.
     #[arg(long, value_parser = super::duration, default_value = "30s")]
     reply_timeout: Duration,
@@ -162,7 +162,7 @@ pub struct TimeoutArgs {
 }
 
 impl TimeoutArgs {
-    fn timeouts(&self) -> Timeouts {
+    pub(super) fn timeouts(&self) -> Timeouts {
         let mut t = Timeouts::uniform(self.reply_timeout, self.idle_timeout);
         let set = |slot: &mut Duration, v: Option<Duration>| {
             if let Some(v) = v {
@@ -181,20 +181,20 @@ impl TimeoutArgs {
 
 /// What happens when connections or sessions fail.
 #[derive(Debug, Args)]
-pub struct ReconnectArgs {
+pub(super) struct ReconnectArgs {
     /// First wait before reconnecting after a connection that carried no message; doubles up
     /// to --reconnect-backoff-max, and starts over after a connection that carried one.
     #[arg(long, value_parser = super::duration, default_value = "100ms")]
-    reconnect_backoff: Duration,
+    pub(super) reconnect_backoff: Duration,
     /// Longest wait between reconnection attempts.
     #[arg(long, value_parser = super::duration, default_value = "5s")]
-    reconnect_backoff_max: Duration,
+    pub(super) reconnect_backoff_max: Duration,
     /// A target whose connections have all failed for this long (none getting a reply to a
     /// message) is failing: from then on each failed connection counts as an attempt for every
     /// waiting message. Before that, and while any connection works, only a message's own
     /// transactions count.
     #[arg(long, value_parser = super::duration, default_value = "10s")]
-    failing_after: Duration,
+    pub(super) failing_after: Duration,
 }
 
 /// After sending stops (a --duration run, or a first Ctrl-C), how long messages in flight get
@@ -210,7 +210,7 @@ fn parse_sizes(s: &str) -> Result<Sizes, String> {
 }
 
 /// `host:port`, `host` (port 25), `[v6]:port`, `[v6]` or a bare IPv6 address.
-fn resolve_target(target: &str) -> anyhow::Result<Vec<SocketAddr>> {
+pub(super) fn resolve_target(target: &str) -> anyhow::Result<Vec<SocketAddr>> {
     if let Ok(ip) = target.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, 25)]);
     }

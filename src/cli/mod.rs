@@ -3,6 +3,7 @@
 
 mod bench;
 mod secure;
+mod send;
 mod sink;
 
 use std::process::ExitCode;
@@ -29,6 +30,10 @@ enum Command {
     /// Load-test an SMTP server (or volley's own sink) and report throughput and latency.
     #[command(after_help = bench::EXIT_DOC)]
     Bench(bench::BenchArgs),
+    /// Send a campaign: a message template to every recipient of a CSV or JSONL file, through
+    /// their MX hosts or a relay, with a delivery log that --resume continues.
+    #[command(after_help = send::EXIT_DOC)]
+    Send(send::SendArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
 }
@@ -36,6 +41,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Send(args) => send::run(args),
         Command::Sink(args) => sink::run(args),
     }
 }

@@ -41,8 +41,13 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The run's TLS settings, or `None` for plaintext.
     pub fn client_tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        self.client_tls_or(TlsPolicy::None)
+    }
+
+    /// The run's TLS settings, with `default` as the policy when none is given.
+    pub fn client_tls_or(&self, default: TlsPolicy) -> anyhow::Result<Option<ClientTls>> {
         let policy = match (self.starttls, self.tls) {
-            (None, false) => TlsPolicy::None,
+            (None, false) => default,
             (None, true) => TlsPolicy::Required,
             (Some(p @ (TlsPolicy::None | TlsPolicy::Opportunistic)), true) => {
                 bail!("--tls is encrypted from the first byte: --starttls {} does not apply", p.name())

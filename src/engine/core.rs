@@ -467,11 +467,15 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
     let config = &core.config;
     let mut backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
     loop {
-        while !pool.has_pending() || pool.open.get() >= core.connection_target(&pool, Instant::now()) {
+        // A new connection only for work the open ones do not cover: one message to a domain
+        // opens one connection, not the destination's whole budget.
+        while pool.pending_len() <= pool.open.get()
+            || pool.open.get() >= core.connection_target(&pool, Instant::now())
+        {
             if core.draining.get() || core.aborting() {
                 return;
             }
-            if pool.has_pending() {
+            if pool.has_pending() && pool.pending_len() > pool.open.get() {
                 // Over the target: look again when a probe may be due.
                 monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
             } else {
@@ -490,6 +494,8 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
         pool.open.set(pool.open.get() + 1);
         let attempt = connect_and_run(&core, &pool).await;
         pool.open.set(pool.open.get() - 1);
+        // Slots holding back because this connection covered the pending work look again.
+        pool.signal.notify();
         if attempt.answered {
             pool.destination.health.succeeded();
         }

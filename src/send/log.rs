@@ -266,11 +266,7 @@ impl Resumed {
                 continue;
             };
             match Status::parse(&record.status) {
-                Some(Status::Run) => {
-                    if resumed.campaign.is_none() {
-                        resumed.campaign = record.campaign;
-                    }
-                }
+                Some(Status::Run) if resumed.campaign.is_none() => resumed.campaign = record.campaign,
                 Some(s) if s.is_final() => resumed.mark(record.line),
                 _ => {}
             }

@@ -1,7 +1,256 @@
 //! `volley send`: a campaign from recipient rows and a message template, to each recipient's
 //! MX hosts or a relay, through the same engine as `bench`.
+//!
+//! The flow, one thread each, no locks on the per-message path:
+//! ```text
+//! rows ─▶ source (producer thread: render, dedupe, route) ─▶ engine cores ─▶ outcomes
+//!            ▲   ▲ DNS answers (dns thread)                                   │
+//!            │   └──────────── retries when due ◀── ledger (log thread) ◀─────┘
+//!            └──────────────── rejected/DNS records ──▶ ledger ─▶ delivery log (group commit)
+//! ```
 
 pub mod dns;
+pub mod dry_run;
 pub mod input;
+pub mod ledger;
 pub mod log;
+pub mod retry;
+pub mod route;
+pub mod source;
 pub mod template;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use thiserror::Error;
+
+use crate::engine::{self, EngineConfig};
+use dns::{DnsConfig, Resolver};
+use input::Rows;
+use ledger::{Books, Control, Ledger};
+use log::{LogFile, Record, Resumed, Status};
+use retry::Schedule;
+use route::Routes;
+use source::{SendSource, Shared};
+use template::{MessageSpec, MessageTemplate};
+
+/// Where the mail goes.
+#[derive(Debug, Clone)]
+pub enum Routing {
+    /// Each recipient domain's MX hosts, on `port`.
+    Mx { dns: DnsConfig, port: u16 },
+    /// One smarthost.
+    Relay { name: String, addrs: Vec<SocketAddr> },
+}
+
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// Session, TLS and engine settings. `send` sets `outcomes` and turns the engine's own
+    /// immediate retries off: retries follow `schedule`.
+    pub engine: EngineConfig,
+    pub recipients: PathBuf,
+    pub message: MessageSpec,
+    pub routing: Routing,
+    /// Connections per destination (an MX host set, or the relay), across cores.
+    pub connections: usize,
+    /// Send a duplicate address once.
+    pub dedupe: bool,
+    pub schedule: Schedule,
+    pub log: PathBuf,
+    /// Continue `log`: skip recipients it has a final record for.
+    pub resume: bool,
+    /// Print live progress on stderr.
+    pub progress: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum SendError {
+    #[error("recipients {path}: {error}")]
+    Input { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error("delivery log {path}: {error}")]
+    Log { path: String, error: std::io::Error },
+    #[error("DNS: {0}")]
+    Dns(std::io::Error),
+    #[error("starting the engine: {0}")]
+    Engine(std::io::Error),
+}
+
+/// A campaign under way.
+pub struct Sending {
+    running: engine::Running,
+    ledger: std::thread::JoinHandle<Books>,
+    control: Arc<Control>,
+    shared: Arc<Shared>,
+    started: Instant,
+    campaign: String,
+    resumed: Option<u64>,
+    stopped: bool,
+}
+
+/// How a campaign ended.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    pub campaign: String,
+    pub books: Books,
+    pub elapsed: Duration,
+    /// Rows read and not skipped, and rows skipped as final in the resumed log.
+    pub admitted: u64,
+    pub skipped: u64,
+    /// Final records the resumed log already had.
+    pub resumed_finals: Option<u64>,
+    /// Recipients left without a final record (stopped early): `--resume` sends them.
+    pub unfinished: u64,
+    pub input_error: Option<String>,
+    pub stopped: bool,
+    pub engine: engine::Report,
+}
+
+impl SendReport {
+    /// Every admitted recipient has its final record, in the log.
+    pub fn all_final(&self) -> bool {
+        self.unfinished == 0 && self.books.log_error.is_none() && self.input_error.is_none()
+    }
+}
+
+/// A campaign id: Message-IDs carry it, so each run's are unique and a resumed run keeps them.
+pub fn new_campaign_id() -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = crate::rng::Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
+    format!("{:012x}", rng.next_u64() >> 16)
+}
+
+/// Starts a campaign. Errors here are the user's to fix (bad template, unreadable input, a log
+/// that exists already); nothing has been sent.
+pub fn start(config: SendConfig) -> Result<Sending, SendError> {
+    let path_text = |p: &Path| p.display().to_string();
+    let resumed = if config.resume {
+        Some(
+            Resumed::read(&config.log)
+                .map_err(|error| SendError::Log { path: path_text(&config.log), error })?,
+        )
+    } else {
+        None
+    };
+    let campaign = resumed.as_ref().and_then(|r| r.campaign.clone()).unwrap_or_else(new_campaign_id);
+    let template = Arc::new(MessageTemplate::new(&config.message, &campaign)?);
+    let rows = Rows::open(&config.recipients)
+        .map_err(|error| SendError::Input { path: path_text(&config.recipients), error })?;
+    let routes = match &config.routing {
+        Routing::Mx { dns, port } => {
+            Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, config.connections)
+        }
+        Routing::Relay { name, addrs } => Routes::relay(name, addrs.clone(), config.connections),
+    };
+    let mut log = LogFile::open(&config.log, config.resume)
+        .map_err(|error| SendError::Log { path: path_text(&config.log), error })?;
+    let mut run = Record::new(Status::Run, 0);
+    run.campaign = Some(campaign.clone());
+    run.input = Some(path_text(&config.recipients));
+    log.write(&run)
+        .and_then(|()| log.sync())
+        .map_err(|error| SendError::Log { path: path_text(&config.log), error })?;
+
+    let shared = Arc::new(Shared::default());
+    let (records_tx, records_rx) = mpsc::sync_channel(8192);
+    let (retries_tx, retries_rx) = mpsc::channel();
+    let resumed_finals = resumed.as_ref().map(|r| r.final_count);
+    let source = SendSource::new(
+        rows,
+        template,
+        routes,
+        config.dedupe,
+        resumed,
+        retries_rx,
+        records_tx,
+        Arc::clone(&shared),
+        config.schedule,
+    );
+    let engine_config = EngineConfig { retries: 0, outcomes: true, ..config.engine };
+    let running = engine::start(engine_config, Vec::new(), Box::new(source)).map_err(SendError::Engine)?;
+    let control = Arc::new(Control::default());
+    let ledger = Ledger::new(
+        log,
+        running.outcomes().to_vec(),
+        records_rx,
+        retries_tx,
+        Arc::clone(&shared),
+        config.schedule,
+        config.progress,
+    )
+    .spawn(Arc::clone(&control))
+    .map_err(SendError::Engine)?;
+    Ok(Sending {
+        running,
+        ledger,
+        control,
+        shared,
+        started: Instant::now(),
+        campaign,
+        resumed: resumed_finals,
+        stopped: false,
+    })
+}
+
+impl Sending {
+    /// Stops taking recipients; what is in flight finishes and is logged. Retries not yet due
+    /// are left for `--resume`.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+        self.running.stop_producing();
+    }
+
+    /// Stops at once: sessions abandon what they hold (logged deferred).
+    pub fn abort(&mut self) {
+        self.stopped = true;
+        self.running.stop_producing();
+        self.running.abort();
+    }
+
+    /// The log cannot be written: the caller must stop the run.
+    pub fn log_failed(&self) -> bool {
+        self.control.log_failed.load(Ordering::Acquire)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.running.is_finished()
+    }
+
+    /// Waits for the engine and the log thread, and reports.
+    pub fn finish(self) -> std::io::Result<SendReport> {
+        let report = self.running.join()?;
+        self.control.engine_done.store(true, Ordering::Release);
+        let books = self.ledger.join().map_err(|_| std::io::Error::other("the log thread panicked"))?;
+        let admitted = self.shared.admitted.load(Ordering::Acquire);
+        let unfinished = admitted.saturating_sub(books.tally.finals());
+        let input_error = self.shared.input_error.lock().ok().and_then(|e| e.clone());
+        Ok(SendReport {
+            campaign: self.campaign,
+            elapsed: self.started.elapsed(),
+            admitted,
+            skipped: self.shared.skipped.load(Ordering::Acquire),
+            resumed_finals: self.resumed,
+            unfinished,
+            input_error,
+            stopped: self.stopped || books.log_error.is_some(),
+            books,
+            engine: report,
+        })
+    }
+}
+
+/// The default log path: next to the input, named for the input and the start time
+/// (`list.csv` → `list.volley-20261123T102640Z.jsonl`); for stdin, in the working directory.
+pub fn default_log_path(recipients: &Path) -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace([':', '-'], "");
+    let stem = recipients.file_stem().and_then(|s| s.to_str()).filter(|s| *s != "-").unwrap_or("stdin");
+    let name = format!("{stem}.volley-{stamp}.jsonl");
+    match recipients.parent().filter(|p| !p.as_os_str().is_empty() && recipients != Path::new("-")) {
+        Some(dir) => dir.join(name),
+        None => PathBuf::from(name),
+    }
+}

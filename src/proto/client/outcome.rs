@@ -81,11 +81,12 @@ impl SessionError {
     /// The server refused service before the session began: a 4xx/5xx greeting, or it closed
     /// (or the connection broke) before greeting us. Another host of the destination may serve.
     pub fn refused_service(&self) -> bool {
-        match self {
-            SessionError::Greeting(_) => true,
-            SessionError::Closed { command: None } | SessionError::Transport { command: None, .. } => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            SessionError::Greeting(_)
+                | SessionError::Closed { command: None }
+                | SessionError::Transport { command: None, .. }
+        )
     }
 
     /// A failure of TLS or AUTH (rather than of the connection or the server's capacity).

@@ -1,0 +1,377 @@
+//! `volley send`.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use mailvolley::engine::EngineConfig;
+use mailvolley::proto::{ClientConfig, Domain};
+use mailvolley::rt::Driver;
+use mailvolley::send::dns::DnsConfig;
+use mailvolley::send::retry::Schedule;
+use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
+use mailvolley::send::{self, Routing, SendConfig, SendReport};
+use mailvolley::tls::TlsPolicy;
+
+use super::bench::{ReconnectArgs, TimeoutArgs, resolve_target};
+use super::secure::{AuthArgs, TlsArgs};
+
+/// Exit codes of `volley send` (also in `--help` and the README).
+pub const EXIT_DOC: &str = "Exit codes: 0 every recipient has its final record in the log (delivered, bounced, expired, \
+rejected or uncertain); 1 stopped early (Ctrl-C, SIGTERM, an unreadable input): run again with --resume LOG; \
+2 usage error or failure to start (nothing sent); 3 the delivery log could not be written: sending stopped, and \
+records that could not be written were printed on stderr.";
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Recipients: CSV with a header row and an `email` column, or JSONL (one object per line,
+    /// an `email` key); `-` reads stdin. Every other column or key is a template variable.
+    #[arg(long, value_name = "FILE")]
+    recipients: PathBuf,
+    /// The message: an RFC 5322 message (headers, blank line, body) that is a minijinja
+    /// template. Missing To, Date and Message-ID headers are added (From from --from).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["subject", "text", "html", "attach"])]
+    message: Option<PathBuf>,
+    /// Build the message instead: its Subject (a template).
+    #[arg(long)]
+    subject: Option<String>,
+    /// The text/plain part: a template file.
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// The text/html part: a template file (with --text: multipart/alternative).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Attach FILE (base64), repeatable.
+    #[arg(long, value_name = "FILE")]
+    attach: Vec<PathBuf>,
+    /// The From header: 'addr@domain' or 'Name <addr@domain>'. Message-IDs use its domain.
+    #[arg(long)]
+    from: Option<String>,
+    /// The envelope sender, a template ('bounces+{{ id }}@example.com' for VERP)
+    /// [default: the From address].
+    #[arg(long, value_name = "TEMPLATE")]
+    mail_from: Option<String>,
+    /// Send everything through this smarthost (HOST[:PORT], port 25 when left out) instead of
+    /// each domain's MX hosts.
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// Resolve MX records with this DNS server [default: the system's resolvers].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "relay")]
+    dns_server: Option<SocketAddr>,
+    /// How long one DNS query waits (two tries).
+    #[arg(long, value_parser = super::duration, default_value = "5s")]
+    dns_timeout: Duration,
+    /// The port MX hosts are connected on.
+    #[arg(long, default_value_t = 25, conflicts_with = "relay")]
+    smtp_port: u16,
+    /// Connections per destination (a set of MX hosts, which domains hosted together share, or
+    /// the relay), across all threads. Large providers refuse or throttle more than a few per
+    /// sending IP.
+    #[arg(long, default_value = "10")]
+    connections: NonZeroUsize,
+    /// Messages per connection before it is closed and a new one opened. Providers cap
+    /// transactions per session (often near 100) and close with a 4xx beyond it.
+    #[arg(long, default_value = "100")]
+    messages_per_connection: NonZeroU64,
+    /// First retry of a deferred recipient after this long; the wait doubles per attempt...
+    #[arg(long, value_parser = super::duration, default_value = "1m")]
+    retry_after: Duration,
+    /// ...up to this.
+    #[arg(long, value_parser = super::duration, default_value = "30m")]
+    retry_max: Duration,
+    /// A recipient still deferred this long after it was first tried is expired.
+    #[arg(long, value_parser = super::duration, default_value = "2h")]
+    max_age: Duration,
+    /// The delivery log (JSONL) [default: next to the input, named for the input and the
+    /// start time]. Must not exist (use --resume to continue one).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    log: Option<PathBuf>,
+    /// Continue an interrupted campaign: skip every recipient LOG has a final record for, send
+    /// the rest, and append to LOG. Give the same input and message.
+    #[arg(long, value_name = "LOG")]
+    resume: Option<PathBuf>,
+    /// Send to every row even when an address repeats (by default a repeated address is
+    /// sent once and its later rows are logged rejected; 8 bytes of memory per address).
+    #[arg(long)]
+    allow_duplicates: bool,
+    /// Read, render and resolve, send nothing: show the first rendered message and a summary.
+    #[arg(long)]
+    dry_run: bool,
+    /// Transactions in flight per connection when the server offers CHUNKING (max 256).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pipeline_depth: u16,
+    /// Engine threads, one runtime each, pinned to cores [default: all cores].
+    #[arg(long)]
+    threads: Option<NonZeroUsize>,
+    /// I/O driver.
+    #[arg(long, value_enum, default_value_t = Driver::Auto)]
+    driver: Driver,
+    /// Local address to connect from.
+    #[arg(long, value_name = "IP")]
+    source_addr: Option<IpAddr>,
+    /// Do not use PIPELINING even when offered.
+    #[arg(long)]
+    no_pipelining: bool,
+    /// Do not use CHUNKING (BDAT) even when offered.
+    #[arg(long)]
+    no_chunking: bool,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+    #[command(flatten)]
+    reconnect: ReconnectArgs,
+    /// TLS: --starttls defaults to opportunistic for send (STARTTLS whenever offered).
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Name sent in EHLO: use the sending host's name (receivers check it).
+    #[arg(long, default_value = "volley.invalid")]
+    helo: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No live progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn read_text(path: &PathBuf, flag: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+}
+
+fn message_spec(args: &SendArgs) -> anyhow::Result<MessageSpec> {
+    let mut spec = MessageSpec {
+        message: args.message.as_ref().map(|p| read_text(p, "--message")).transpose()?,
+        subject: args.subject.clone(),
+        text: args.text.as_ref().map(|p| read_text(p, "--text")).transpose()?,
+        html: args.html.as_ref().map(|p| read_text(p, "--html")).transpose()?,
+        from: args.from.clone(),
+        mail_from: args.mail_from.clone(),
+        attachments: Vec::new(),
+    };
+    for path in &args.attach {
+        let bytes = std::fs::read(path).with_context(|| format!("--attach {}", path.display()))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("attachment").to_owned();
+        spec.attachments.push(Attachment { content_type: content_type_for(&name).to_owned(), name, bytes });
+    }
+    Ok(spec)
+}
+
+fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
+    if args.retry_after.is_zero() || args.retry_max < args.retry_after {
+        bail!("--retry-after must be above zero and at most --retry-max");
+    }
+    let tls = args.tls.client_tls_or(TlsPolicy::Opportunistic)?;
+    let credentials = args.auth.credentials()?;
+    if credentials.is_some() && args.relay.is_none() {
+        bail!("--auth-user is for a relay: give --relay (MX hosts take mail without AUTH)");
+    }
+    let mut client = ClientConfig::new(Domain::new(&args.helo).context("--helo")?);
+    client.depth = usize::from(args.pipeline_depth);
+    client.max_messages = args.messages_per_connection.get();
+    client.pipelining = !args.no_pipelining;
+    client.chunking = !args.no_chunking;
+    client.timeouts = args.timeouts.timeouts();
+    client.auth = credentials;
+    let mut engine = EngineConfig::new(client);
+    if let Some(t) = args.threads {
+        engine.threads = t.get();
+    }
+    engine.driver = args.driver;
+    engine.connect_timeout = args.timeouts.connect_timeout;
+    engine.reconnect_backoff = args.reconnect.reconnect_backoff;
+    engine.reconnect_backoff_max = args.reconnect.reconnect_backoff_max;
+    engine.failing_after = args.reconnect.failing_after;
+    engine.source_addr = args.source_addr;
+    engine.tls = tls;
+    let routing = match &args.relay {
+        Some(relay) => Routing::Relay {
+            name: relay
+                .rsplit_once(':')
+                .map_or(relay.as_str(), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned(),
+            addrs: resolve_target(relay).with_context(|| format!("--relay {relay}"))?,
+        },
+        None => Routing::Mx {
+            dns: DnsConfig { server: args.dns_server, timeout: args.dns_timeout, ..DnsConfig::default() },
+            port: args.smtp_port,
+        },
+    };
+    let (log, resume) = match (&args.resume, &args.log) {
+        (Some(path), _) => {
+            if !path.exists() {
+                bail!("--resume {}: no such log", path.display());
+            }
+            (path.clone(), true)
+        }
+        (None, Some(path)) => (path.clone(), false),
+        (None, None) => (send::default_log_path(&args.recipients), false),
+    };
+    if !resume && log.exists() {
+        bail!("the log {} exists: continue it with --resume {0}, or choose another --log", log.display());
+    }
+    Ok(SendConfig {
+        engine,
+        recipients: args.recipients.clone(),
+        message: message_spec(args)?,
+        routing,
+        connections: args.connections.get(),
+        dedupe: !args.allow_duplicates,
+        schedule: Schedule { first: args.retry_after, max: args.retry_max, max_age: args.max_age },
+        log,
+        resume,
+        progress: !args.quiet,
+    })
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let config = config(&args)?;
+    if args.dry_run {
+        let mut out = std::io::stdout().lock();
+        send::dry_run::run(&config, &mut out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A file size limit must surface as an error on the log, not kill the process (SIGXFSZ).
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let interrupts = super::interrupts()?;
+    let log = config.log.clone();
+    if !args.quiet {
+        eprintln!("volley send: logging to {}", log.display());
+    }
+    let mut sending = send::start(config)?;
+    let mut stopping = false;
+    let mut aborted = false;
+    while !sending.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        let presses = interrupts.load(Ordering::Relaxed);
+        if sending.log_failed() && !aborted {
+            sending.abort();
+            aborted = true;
+        } else if presses >= 2 && !aborted {
+            eprintln!("volley: stopping now: transactions in flight are abandoned");
+            sending.abort();
+            aborted = true;
+        } else if presses == 1 && !stopping {
+            eprintln!("volley: stopping: finishing transactions in flight (Ctrl-C again to abandon them)");
+            sending.stop();
+            stopping = true;
+        }
+    }
+    let report = sending.finish().context("finishing the run")?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &json_report(&report, &log))?;
+        writeln!(out)?;
+    } else {
+        print!("{}", text_report(&report, &log));
+    }
+    if let Some(e) = &report.books.log_error {
+        eprintln!("volley: {e}");
+        return Ok(ExitCode::from(3));
+    }
+    if let Some(e) = &report.input_error {
+        eprintln!("volley: {e}");
+    }
+    if !report.all_final() {
+        eprintln!(
+            "volley: {} recipients have no final record yet: continue with --resume {}",
+            report.unfinished,
+            log.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Domains listed in the text report; the JSON report lists them all.
+const TOP_DOMAINS: usize = 20;
+
+fn text_report(r: &SendReport, log: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let t = &r.books.tally;
+    let mut s = String::new();
+    let _ = writeln!(s, "volley send: campaign {} in {:.1}s", r.campaign, r.elapsed.as_secs_f64());
+    let _ = write!(s, "recipients: {} this run", r.admitted);
+    if r.resumed_finals.is_some() {
+        let _ = write!(s, ", {} skipped (final in the resumed log)", r.skipped);
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "  delivered {}  bounced {}  expired {}  rejected {}  uncertain {}  unfinished {}  (deferred attempts {})",
+        t.delivered, t.bounced, t.expired, t.rejected, t.uncertain, r.unfinished, t.deferred
+    );
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let e = &r.engine.stats;
+    let _ = writeln!(
+        s,
+        "rate: {:.0} delivered/s; connections {}, TLS sessions {}, plaintext {}",
+        t.delivered as f64 / secs,
+        e.connections,
+        e.tls.negotiated.values().sum::<u64>(),
+        e.tls.plaintext
+    );
+    if let Some(err) = &e.last_session_error {
+        let _ = writeln!(s, "last session error: {err}");
+    }
+    let _ = writeln!(s, "log: {}", log.display());
+    if !r.books.domains.is_empty() {
+        let _ = writeln!(
+            s,
+            "{:<32} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}",
+            "domain", "delivered", "deferred", "bounced", "expired", "uncertain", "p50", "p99"
+        );
+        for d in r.books.domains.iter().take(TOP_DOMAINS) {
+            let ms = |v: Option<u64>| v.map_or("-".to_owned(), send::ledger::fmt_ms);
+            let _ = writeln!(
+                s,
+                "{:<32} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}",
+                d.domain,
+                d.tally.delivered,
+                d.tally.deferred,
+                d.tally.bounced,
+                d.tally.expired,
+                d.tally.uncertain,
+                ms(d.p50_ms),
+                ms(d.p99_ms)
+            );
+        }
+        if r.books.domains.len() > TOP_DOMAINS {
+            let _ =
+                writeln!(s, "({} more domains: see --json or the log)", r.books.domains.len() - TOP_DOMAINS);
+        }
+    }
+    s
+}
+
+fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
+    let e = &r.engine.stats;
+    serde_json::json!({
+        "campaign": r.campaign,
+        "elapsed_s": r.elapsed.as_secs_f64(),
+        "log": log.display().to_string(),
+        "admitted": r.admitted,
+        "skipped": r.skipped,
+        "unfinished": r.unfinished,
+        "stopped_early": r.stopped,
+        "input_error": r.input_error,
+        "log_error": r.books.log_error,
+        "unrecorded": r.books.unrecorded,
+        "recipients": r.books.tally,
+        "connections": e.connections,
+        "tls_sessions": e.tls.negotiated.values().sum::<u64>(),
+        "plaintext_sessions": e.tls.plaintext,
+        "domains": r.books.domains,
+    })
+}

@@ -1,0 +1,157 @@
+//! `--dry-run`: everything `send` does before the first connection (read, de-duplicate,
+//! render, resolve), reported instead of sent.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::dns::Resolver;
+use super::input::Rows;
+use super::route::{Route, Routes};
+use super::source::fingerprint;
+use super::template::MessageTemplate;
+use super::{Routing, SendConfig, SendError};
+
+/// Problems listed in full; beyond this many, only counted.
+const SHOWN: usize = 10;
+/// The longest part of the first message shown.
+const SHOWN_OCTETS: usize = 64 * 1024;
+
+/// What a dry run found.
+#[derive(Debug, Default, Clone)]
+pub struct DryRun {
+    pub rows: u64,
+    pub sendable: u64,
+    pub rejected: u64,
+    pub domains: usize,
+    pub destinations: usize,
+    pub undeliverable: usize,
+    pub dns_failures: usize,
+}
+
+pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError> {
+    let io_err = |error: std::io::Error| SendError::Log { path: "stdout".into(), error };
+    let template = Arc::new(MessageTemplate::new(&config.message, &super::new_campaign_id())?);
+    let path = config.recipients.display().to_string();
+    let mut rows =
+        Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
+    let mut seen = HashSet::new();
+    let mut per_domain: HashMap<String, u64> = HashMap::new();
+    let mut problems = Vec::new();
+    let mut summary = DryRun::default();
+    let mut first = None;
+    while let Some(item) = rows.next_row().map_err(|error| SendError::Input { path: path.clone(), error })? {
+        summary.rows += 1;
+        let outcome = item.map_err(|bad| (bad.line, bad.reason)).and_then(|row| {
+            if config.dedupe && !seen.insert(fingerprint(row.email.as_str())) {
+                return Err((row.line, format!("{}: duplicate address", row.email)));
+            }
+            let rendered = template
+                .render(&row, SystemTime::now())
+                .map_err(|why| (row.line, format!("{}: {why}", row.email)))?;
+            Ok((row, rendered))
+        });
+        match outcome {
+            Ok((row, rendered)) => {
+                summary.sendable += 1;
+                *per_domain.entry(row.email.domain().to_ascii_lowercase()).or_default() += 1;
+                if first.is_none() {
+                    first = Some((row.email.to_string(), rendered));
+                }
+            }
+            Err(problem) => {
+                summary.rejected += 1;
+                if problems.len() < SHOWN {
+                    problems.push(problem);
+                }
+            }
+        }
+    }
+    summary.domains = per_domain.len();
+    if let Some((to, r)) = &first {
+        let sender = r.sender.as_ref().map_or("<>".to_owned(), |s| format!("<{s}>"));
+        writeln!(out, "--- first message: MAIL FROM:{sender} RCPT TO:<{to}>, {} octets ---", r.content.len())
+            .map_err(io_err)?;
+        out.write_all(&r.content[..r.content.len().min(SHOWN_OCTETS)]).map_err(io_err)?;
+        if r.content.len() > SHOWN_OCTETS {
+            writeln!(out, "\n[... {} more octets]", r.content.len() - SHOWN_OCTETS).map_err(io_err)?;
+        }
+        writeln!(out, "--- end ---").map_err(io_err)?;
+    }
+    writeln!(out, "rows: {}, would send: {}, rejected: {}", summary.rows, summary.sendable, summary.rejected)
+        .map_err(io_err)?;
+    for (line, why) in &problems {
+        writeln!(out, "  line {line}: {why}").map_err(io_err)?;
+    }
+    if summary.rejected as usize > problems.len() {
+        writeln!(out, "  ({} more)", summary.rejected as usize - problems.len()).map_err(io_err)?;
+    }
+    let mut routes = match &config.routing {
+        Routing::Relay { name, addrs } => {
+            writeln!(out, "route: everything through the relay {name} ({} addresses)", addrs.len())
+                .map_err(io_err)?;
+            return Ok(summary);
+        }
+        Routing::Mx { dns, port } => {
+            Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, config.connections)
+        }
+    };
+    let now = Instant::now();
+    for domain in per_domain.keys() {
+        routes.lookup(domain, now);
+    }
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    let limit = (dns_wait(config) * (per_domain.len() as u32 / 64 + 1)).max(Duration::from_secs(1));
+    let deadline = Instant::now() + limit;
+    while answered < per_domain.len() {
+        let Some((domain, result)) = routes.wait(deadline.saturating_duration_since(Instant::now()), now)
+        else {
+            break;
+        };
+        answered += 1;
+        let recipients = per_domain.get(&domain).copied().unwrap_or(0);
+        match result {
+            Ok(Route::Deliver(_)) => {}
+            Ok(Route::Undeliverable(why)) => {
+                summary.undeliverable += 1;
+                failures.push(format!("  bounce {recipients} recipients: {why}"));
+            }
+            Err(why) => {
+                summary.dns_failures += 1;
+                failures.push(format!("  defer {recipients} recipients: {why}"));
+            }
+        }
+    }
+    summary.destinations = routes.destinations();
+    writeln!(
+        out,
+        "domains: {}, destinations after MX rollup: {}, undeliverable: {}, DNS failures: {}{}",
+        summary.domains,
+        summary.destinations,
+        summary.undeliverable,
+        summary.dns_failures,
+        if answered < per_domain.len() {
+            format!(", unanswered: {}", per_domain.len() - answered)
+        } else {
+            String::new()
+        }
+    )
+    .map_err(io_err)?;
+    for f in failures.iter().take(SHOWN) {
+        writeln!(out, "{f}").map_err(io_err)?;
+    }
+    if failures.len() > SHOWN {
+        writeln!(out, "  ({} more)", failures.len() - SHOWN).map_err(io_err)?;
+    }
+    Ok(summary)
+}
+
+/// The longest one domain's resolution can take (MX, then its hosts' addresses).
+fn dns_wait(config: &SendConfig) -> Duration {
+    match &config.routing {
+        Routing::Mx { dns, .. } => dns.timeout * (dns.attempts.max(1) as u32) * 3,
+        Routing::Relay { .. } => Duration::ZERO,
+    }
+}

@@ -1,0 +1,360 @@
+//! The log thread: the one place outcomes become records. It drains the cores' outcome queues
+//! and the source's records, decides retry or expiry for deferrals, keeps the per-domain
+//! books, and writes the delivery log with group commit. The cores never wait on the disk; if
+//! this thread falls behind, their bounded queues fill and they stop taking new jobs.
+//!
+//! If the log cannot be written (a full disk, a file size limit), the run must stop: the
+//! failure is raised for the main thread, which stops sending, and every record that could not
+//! be written goes to stderr instead, so nothing a server accepted goes unrecorded.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
+
+use super::log::{LogFile, Record, Status};
+use super::retry::{Pending, Schedule};
+use super::source::Shared;
+use crate::engine::Outcome;
+use crate::proto::client::Disposition;
+use crate::rng::Rng;
+
+/// Domains that get their own latency histogram (1 significant digit, ~2 KB each); later ones
+/// are counted but share the report's "other domains" latency.
+const MAX_DOMAIN_HISTOGRAMS: usize = 10_000;
+/// How often live progress is printed.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts by final state (and deferrals, which are attempts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub expired: u64,
+    pub rejected: u64,
+    pub uncertain: u64,
+}
+
+impl Tally {
+    fn count(&mut self, status: Status) {
+        match status {
+            Status::Delivered => self.delivered += 1,
+            Status::Deferred => self.deferred += 1,
+            Status::Bounced => self.bounced += 1,
+            Status::Expired => self.expired += 1,
+            Status::Rejected => self.rejected += 1,
+            Status::Uncertain => self.uncertain += 1,
+            Status::Run => {}
+        }
+    }
+
+    pub fn finals(&self) -> u64 {
+        self.delivered + self.bounced + self.expired + self.rejected + self.uncertain
+    }
+}
+
+/// One recipient domain's books.
+#[derive(Debug, Clone)]
+pub struct DomainBook {
+    pub tally: Tally,
+    /// Delivered recipients' queue time (admission to the server's final reply), milliseconds.
+    latency: Option<Histogram<u32>>,
+}
+
+/// What the report shows for a domain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DomainSummary {
+    pub domain: String,
+    #[serde(flatten)]
+    pub tally: Tally,
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+}
+
+/// The ledger's account of the run.
+#[derive(Debug, Clone, Default)]
+pub struct Books {
+    pub tally: Tally,
+    pub domains: Vec<DomainSummary>,
+    /// Records that could not be written to the log (they went to stderr).
+    pub unrecorded: u64,
+    pub log_error: Option<String>,
+}
+
+pub struct Ledger {
+    log: LogFile,
+    outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
+    records: Receiver<Record>,
+    retries: Sender<(Instant, Pending)>,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    rng: Rng,
+    tally: Tally,
+    domains: HashMap<String, DomainBook>,
+    histograms: usize,
+    log_error: Option<String>,
+    unrecorded: u64,
+    started: Instant,
+    progress: bool,
+}
+
+/// Signals between the main thread and the ledger.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set by the main thread once the engine has finished: drain and stop.
+    pub engine_done: AtomicBool,
+    /// Set by the ledger when the log cannot be written: stop sending.
+    pub log_failed: AtomicBool,
+    /// The slowest domains now, for whoever shows progress.
+    pub slowest: Mutex<String>,
+}
+
+impl Ledger {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        log: LogFile,
+        outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
+        records: Receiver<Record>,
+        retries: Sender<(Instant, Pending)>,
+        shared: Arc<Shared>,
+        schedule: Schedule,
+        progress: bool,
+    ) -> Ledger {
+        Ledger {
+            log,
+            outcomes,
+            records,
+            retries,
+            shared,
+            schedule,
+            rng: Rng::new(0x1ed9e7 ^ u64::from(std::process::id())),
+            tally: Tally::default(),
+            domains: HashMap::new(),
+            histograms: 0,
+            log_error: None,
+            unrecorded: 0,
+            started: Instant::now(),
+            progress,
+        }
+    }
+
+    pub fn spawn(self, control: Arc<Control>) -> std::io::Result<JoinHandle<Books>> {
+        std::thread::Builder::new().name("log".into()).spawn(move || self.run(&control))
+    }
+
+    fn run(mut self, control: &Control) -> Books {
+        let mut last_progress = Instant::now();
+        loop {
+            // Read the flag before draining: whatever the engine produced before it finished
+            // is then in the queues for this last round.
+            let engine_done = control.engine_done.load(Ordering::Acquire);
+            let mut got = 0usize;
+            for q in 0..self.outcomes.len() {
+                while let Some(o) = self.outcomes[q].pop() {
+                    self.outcome(o);
+                    got += 1;
+                }
+            }
+            while let Ok(r) = self.records.try_recv() {
+                self.write(r);
+                got += 1;
+            }
+            if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
+                if let Err(e) = self.log.sync() {
+                    self.fail(&e);
+                }
+            }
+            if self.log_error.is_some() {
+                control.log_failed.store(true, Ordering::Release);
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                let slowest = self.slowest(3);
+                if self.progress {
+                    self.print_progress(&slowest);
+                }
+                if let Ok(mut s) = control.slowest.lock() {
+                    *s = slowest;
+                }
+            }
+            if engine_done && got == 0 {
+                break;
+            }
+            if got == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.books()
+    }
+
+    fn outcome(&mut self, o: Outcome) {
+        let now = Instant::now();
+        let retry_at = match o.disposition {
+            Disposition::Deferred => self.schedule.next(o.attempts, o.due, now, &mut self.rng),
+            _ => None,
+        };
+        let status = match o.disposition {
+            Disposition::Delivered => Status::Delivered,
+            Disposition::Bounced => Status::Bounced,
+            Disposition::Uncertain => Status::Uncertain,
+            Disposition::Deferred if retry_at.is_some() && o.retry.is_some() => Status::Deferred,
+            Disposition::Deferred => Status::Expired,
+        };
+        let mut r = Record::new(status, o.id).rcpt(o.recipient.to_string());
+        r.attempts = o.attempts;
+        if let Some(reply) = &o.reply {
+            r = r.reply(reply);
+        }
+        r.reason = o.error.clone();
+        if let Some(via) = &o.via {
+            r.mx = via.host.as_deref().map(str::to_owned);
+            r.ip = Some(via.addr.ip().to_string());
+            r.tls = via.tls;
+        }
+        r.size = Some(o.size);
+        let queued = o.at.saturating_duration_since(o.due);
+        r.queue_ms = Some(queued.as_millis() as u64);
+        if status == Status::Deferred {
+            if let (Some(at), Some(message)) = (retry_at, o.retry) {
+                r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
+                let pending = Pending {
+                    line: o.id,
+                    rcpt: o.recipient.clone(),
+                    message,
+                    born: o.due,
+                    attempts: o.attempts,
+                };
+                // The source reads these until it is done, and it is not done while this
+                // recipient has no final record.
+                let _ = self.retries.send((at, pending));
+            }
+        }
+        if status == Status::Delivered {
+            self.latency(o.recipient.domain(), queued);
+        }
+        self.write(r);
+    }
+
+    fn latency(&mut self, domain: &str, queued: Duration) {
+        let can_add = self.histograms < MAX_DOMAIN_HISTOGRAMS;
+        let book = self.book(domain);
+        if book.latency.is_none() && can_add {
+            book.latency = Histogram::new_with_bounds(1, 86_400_000, 1).ok();
+            self.histograms += 1;
+        }
+        if let Some(h) = &mut self.book(domain).latency {
+            h.saturating_record((queued.as_millis() as u64).max(1));
+        }
+    }
+
+    fn book(&mut self, domain: &str) -> &mut DomainBook {
+        if !self.domains.contains_key(domain) {
+            self.domains.insert(domain.to_owned(), DomainBook { tally: Tally::default(), latency: None });
+        }
+        self.domains.get_mut(domain).expect("inserted above")
+    }
+
+    fn write(&mut self, r: Record) {
+        self.tally.count(r.status);
+        if let Some(domain) =
+            r.rcpt.as_deref().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase())
+        {
+            self.book(&domain).tally.count(r.status);
+        }
+        if r.status.is_final() {
+            self.shared.finalized.fetch_add(1, Ordering::Release);
+        }
+        if self.log_error.is_none() {
+            if let Err(e) = self.log.write(&r) {
+                self.fail(&e);
+            } else {
+                return;
+            }
+        }
+        // The log is broken: the record goes to stderr, so it is not lost.
+        self.unrecorded += 1;
+        if let Ok(json) = serde_json::to_string(&r) {
+            let _ = writeln!(std::io::stderr(), "volley: unrecorded: {json}");
+        }
+    }
+
+    fn fail(&mut self, e: &std::io::Error) {
+        if self.log_error.is_none() {
+            let msg = format!("cannot write the delivery log {}: {e}", self.log.path().display());
+            eprintln!("volley: {msg}; stopping (records that cannot be written follow on stderr)");
+            self.log_error = Some(msg);
+        }
+    }
+
+    fn slowest(&self, n: usize) -> String {
+        let mut ranked: Vec<(u64, &str)> = self
+            .domains
+            .iter()
+            .filter_map(|(d, b)| {
+                b.latency.as_ref().filter(|h| !h.is_empty()).map(|h| (h.value_at_quantile(0.99), d.as_str()))
+            })
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        ranked
+            .iter()
+            .take(n)
+            .map(|(p99, d)| format!("{d} p99 {}", fmt_ms(*p99)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn print_progress(&self, slowest: &str) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let t = &self.tally;
+        let admitted = self.shared.admitted.load(Ordering::Relaxed);
+        let waiting = self.shared.waiting.load(Ordering::Relaxed);
+        let in_flight = admitted.saturating_sub(t.finals()).saturating_sub(waiting);
+        eprintln!(
+            "[{:>5.0}s] {:.0} msg/s | delivered {} deferred {} bounced {} expired {} rejected {} uncertain {} | in flight {} waiting {}{}",
+            secs,
+            t.delivered as f64 / secs,
+            t.delivered,
+            t.deferred,
+            t.bounced,
+            t.expired,
+            t.rejected,
+            t.uncertain,
+            in_flight,
+            waiting,
+            if slowest.is_empty() { String::new() } else { format!(" | slowest: {slowest}") }
+        );
+    }
+
+    fn books(self) -> Books {
+        let mut domains: Vec<DomainSummary> = self
+            .domains
+            .into_iter()
+            .map(|(domain, b)| {
+                let q = |p: f64| b.latency.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(p));
+                DomainSummary { domain, p50_ms: q(0.5), p99_ms: q(0.99), tally: b.tally }
+            })
+            .collect();
+        domains.sort_by(|a, b| {
+            let volume = |d: &DomainSummary| d.tally.finals() + d.tally.deferred;
+            volume(b).cmp(&volume(a)).then_with(|| a.domain.cmp(&b.domain))
+        });
+        Books { tally: self.tally, domains, unrecorded: self.unrecorded, log_error: self.log_error }
+    }
+}
+
+pub fn fmt_ms(ms: u64) -> String {
+    if ms >= 10_000 {
+        format!("{:.0}s", ms as f64 / 1000.0)
+    } else if ms >= 1000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms}ms")
+    }
+}

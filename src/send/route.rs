@@ -1,0 +1,239 @@
+//! Where each recipient domain's mail goes: its MX hosts (resolved on the DNS thread, cached
+//! per TTL) or one relay. Domains whose MX host sets are the same share one destination (MX
+//! rollup): one pool and one connection limit for the thousands of domains a large provider
+//! hosts, as its servers see them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::dns::{Answer, MxHost, Resolver};
+use crate::engine::Destination;
+
+/// A domain's route.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Deliver(Arc<Destination>),
+    /// The domain takes no mail (null MX, NXDOMAIN, no address at all): bounce.
+    Undeliverable(String),
+}
+
+/// What [`Routes::lookup`] knows now.
+#[derive(Debug)]
+pub enum Lookup {
+    Ready(Route),
+    /// Asked; the answer comes through [`Routes::poll`].
+    Pending,
+}
+
+/// A resolution that finished: the route, or a temporary failure to retry later.
+pub type Resolved = (String, Result<Route, String>);
+
+enum Mode {
+    Mx { resolver: Resolver, port: u16 },
+    Relay(Arc<Destination>),
+}
+
+enum State {
+    Resolving,
+    Ready { route: Route, until: Instant },
+}
+
+pub struct Routes {
+    mode: Mode,
+    domains: HashMap<String, State>,
+    /// MX host set (sorted `pref host` pairs) to its destination.
+    rollups: HashMap<String, Arc<Destination>>,
+    next_index: usize,
+    connections: usize,
+}
+
+impl Routes {
+    /// Routes through each domain's MX hosts, connecting to `port`; `connections` per
+    /// destination, across cores.
+    pub fn mx(resolver: Resolver, port: u16, connections: usize) -> Routes {
+        Routes::with(Mode::Mx { resolver, port }, connections)
+    }
+
+    /// Everything through one relay.
+    pub fn relay(name: &str, addrs: Vec<SocketAddr>, connections: usize) -> Routes {
+        let hosts = vec![Arc::<str>::from(name); addrs.len()];
+        let destination = Destination::new(0, name, addrs, connections).with_hosts(hosts);
+        let mut routes = Routes::with(Mode::Relay(Arc::new(destination)), connections);
+        routes.next_index = 1;
+        routes
+    }
+
+    fn with(mode: Mode, connections: usize) -> Routes {
+        Routes { mode, domains: HashMap::new(), rollups: HashMap::new(), next_index: 0, connections }
+    }
+
+    /// Destinations created so far.
+    pub fn destinations(&self) -> usize {
+        self.next_index
+    }
+
+    /// Domains resolved or being resolved.
+    pub fn domains(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// The route for `domain` (lower-case), asking DNS when it is unknown or its answer expired.
+    pub fn lookup(&mut self, domain: &str, now: Instant) -> Lookup {
+        let resolver = match &self.mode {
+            Mode::Relay(d) => return Lookup::Ready(Route::Deliver(Arc::clone(d))),
+            Mode::Mx { resolver, .. } => resolver,
+        };
+        match self.domains.get(domain) {
+            Some(State::Ready { route, until }) if *until > now => Lookup::Ready(route.clone()),
+            Some(State::Resolving) => Lookup::Pending,
+            _ => {
+                resolver.ask(domain);
+                self.domains.insert(domain.to_owned(), State::Resolving);
+                Lookup::Pending
+            }
+        }
+    }
+
+    /// Answers that arrived since the last call.
+    pub fn poll(&mut self, now: Instant) -> Vec<Resolved> {
+        let mut done = Vec::new();
+        while let Some((domain, answer)) = match &self.mode {
+            Mode::Mx { resolver, .. } => resolver.try_answer(),
+            Mode::Relay(_) => None,
+        } {
+            done.push(self.learn(domain, answer, now));
+        }
+        done
+    }
+
+    /// Waits up to `wait` for one answer (for `--dry-run`, which has nothing else to do).
+    pub fn wait(&mut self, wait: std::time::Duration, now: Instant) -> Option<Resolved> {
+        let answer = match &self.mode {
+            Mode::Mx { resolver, .. } => resolver.answer_within(wait),
+            Mode::Relay(_) => None,
+        }?;
+        Some(self.learn(answer.0, answer.1, now))
+    }
+
+    fn learn(&mut self, domain: String, answer: Answer, now: Instant) -> Resolved {
+        let port = match &self.mode {
+            Mode::Mx { port, .. } => *port,
+            Mode::Relay(_) => 25,
+        };
+        match answer {
+            Answer::Hosts { hosts, until } => {
+                let destination = self.rollup(&hosts, port);
+                let route = Route::Deliver(destination);
+                self.domains
+                    .insert(domain.clone(), State::Ready { route: route.clone(), until: until.max(now) });
+                (domain, Ok(route))
+            }
+            Answer::Undeliverable(why) => {
+                let route = Route::Undeliverable(why);
+                // Cached like an answer: every recipient of the domain bounces at once.
+                let until = now + std::time::Duration::from_secs(300);
+                self.domains.insert(domain.clone(), State::Ready { route: route.clone(), until });
+                (domain, Ok(route))
+            }
+            Answer::Failed(why) => {
+                // Not cached: the next attempt asks again.
+                self.domains.remove(&domain);
+                (domain, Err(why))
+            }
+        }
+    }
+
+    /// The destination for an MX host set, shared by every domain with the same set.
+    fn rollup(&mut self, hosts: &[MxHost], port: u16) -> Arc<Destination> {
+        let mut key: Vec<(u16, &str)> = hosts.iter().map(|h| (h.preference, h.name.as_str())).collect();
+        key.sort_unstable();
+        let key = key.iter().map(|(p, h)| format!("{p} {h}")).collect::<Vec<_>>().join(",");
+        if let Some(d) = self.rollups.get(&key) {
+            return Arc::clone(d);
+        }
+        let mut addrs = Vec::new();
+        let mut names = Vec::new();
+        for host in hosts {
+            let name: Arc<str> = host.name.as_str().into();
+            for ip in &host.addrs {
+                addrs.push(SocketAddr::new(*ip, port));
+                names.push(Arc::clone(&name));
+            }
+        }
+        let label = match hosts.len() {
+            1 => hosts[0].name.clone(),
+            n => format!("{} (+{})", hosts[0].name, n - 1),
+        };
+        let destination =
+            Arc::new(Destination::new(self.next_index, label, addrs, self.connections).with_hosts(names));
+        self.next_index += 1;
+        self.rollups.insert(key, Arc::clone(&destination));
+        destination
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::send::dns::DnsConfig;
+    use crate::testkit::dns::{DnsStub, Zone};
+    use std::time::Duration;
+
+    #[test]
+    fn domains_with_the_same_mx_hosts_share_a_destination() {
+        let zone: Zone = "
+            a.test MX 10 mx1.big.test
+            a.test MX 20 mx2.big.test
+            b.test MX 20 mx2.big.test
+            b.test MX 10 mx1.big.test
+            c.test MX 10 mx1.big.test
+            mx1.big.test A 127.0.0.2
+            mx2.big.test A 127.0.0.3
+            null.test MX 0 .
+            bad.test SERVFAIL
+        "
+        .parse()
+        .unwrap();
+        let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+        let resolver = Resolver::start(DnsConfig {
+            server: Some(stub.addr()),
+            timeout: Duration::from_millis(500),
+            attempts: 1,
+            ..DnsConfig::default()
+        })
+        .unwrap();
+        let mut routes = Routes::mx(resolver, 2525, 7);
+        let now = Instant::now();
+        let domains = ["a.test", "b.test", "c.test", "null.test", "bad.test"];
+        for d in domains {
+            assert!(matches!(routes.lookup(d, now), Lookup::Pending));
+            assert!(matches!(routes.lookup(d, now), Lookup::Pending), "asked once");
+        }
+        let mut got = HashMap::new();
+        while got.len() < domains.len() {
+            let (d, r) = routes.wait(Duration::from_secs(5), now).expect("answered");
+            got.insert(d, r);
+        }
+        let dest = |d: &str| match &got[d] {
+            Ok(Route::Deliver(dest)) => Arc::clone(dest),
+            other => panic!("{d}: {other:?}"),
+        };
+        assert!(Arc::ptr_eq(&dest("a.test"), &dest("b.test")), "same MX set, same destination");
+        assert!(!Arc::ptr_eq(&dest("a.test"), &dest("c.test")));
+        let a = dest("a.test");
+        assert_eq!(a.addrs, ["127.0.0.2:2525".parse().unwrap(), "127.0.0.3:2525".parse().unwrap()]);
+        assert_eq!(a.hosts.iter().map(|h| &**h).collect::<Vec<_>>(), ["mx1.big.test", "mx2.big.test"]);
+        assert_eq!(a.max_connections, 7);
+        assert_eq!(routes.destinations(), 2);
+        assert!(matches!(&got["null.test"], Ok(Route::Undeliverable(why)) if why.contains("null MX")));
+        assert!(got["bad.test"].is_err());
+        assert!(matches!(routes.lookup("a.test", now), Lookup::Ready(Route::Deliver(_))), "cached");
+        assert!(matches!(routes.lookup("bad.test", now), Lookup::Pending), "a failure is asked again");
+        assert!(
+            matches!(routes.lookup("a.test", now + Duration::from_secs(301)), Lookup::Pending),
+            "expired with its TTL"
+        );
+    }
+}

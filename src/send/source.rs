@@ -1,0 +1,289 @@
+//! `send`'s job source: reads rows, renders each recipient's message, routes it (waiting for
+//! DNS without blocking: rows for a domain being resolved are set aside), and hands the engine
+//! jobs, including retries when they come due. It runs on the engine's producer thread; every
+//! record it decides itself (rejected rows, DNS bounces and deferrals) goes to the log thread.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::input::{BadRow, Row, Rows};
+use super::log::{Record, Resumed, Status};
+use super::retry::{Pending, Schedule};
+use super::route::{Lookup, Route, Routes};
+use super::template::MessageTemplate;
+use crate::engine::{Job, JobSource, Next};
+use crate::proto::Body;
+use crate::proto::client::{Envelope, Message};
+use crate::rng::Rng;
+
+/// Rows held aside waiting for DNS before reading stops until answers come.
+const MAX_WAITING: usize = 50_000;
+/// Rows read per call at most, so a long run of bad rows does not hold up retries.
+const ROWS_PER_CALL: usize = 256;
+
+/// What the source and the log thread share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Recipients (rows) that have a final record: written by the log thread.
+    pub finalized: AtomicU64,
+    /// Rows admitted (read and not skipped by --resume): written by the source.
+    pub admitted: AtomicU64,
+    /// Rows skipped because the resumed log has their final record.
+    pub skipped: AtomicU64,
+    /// Recipients waiting for a retry or for DNS.
+    pub waiting: AtomicU64,
+    /// Why reading the input stopped early, if it did.
+    pub input_error: Mutex<Option<String>>,
+}
+
+pub struct SendSource {
+    rows: Option<Rows>,
+    template: Arc<MessageTemplate>,
+    routes: Routes,
+    /// Fingerprints of addresses seen (8 bytes each), unless duplicates are allowed.
+    seen: Option<HashSet<u64>>,
+    resume: Option<Resumed>,
+    /// Recipients whose domain is being resolved, by domain.
+    resolving: HashMap<String, Vec<Pending>>,
+    resolving_count: usize,
+    ready: VecDeque<Job>,
+    retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
+    retry_items: HashMap<u64, Pending>,
+    retry_seq: u64,
+    retries: Receiver<(Instant, Pending)>,
+    records: SyncSender<Record>,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    rng: Rng,
+}
+
+impl SendSource {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rows: Rows,
+        template: Arc<MessageTemplate>,
+        routes: Routes,
+        dedupe: bool,
+        resume: Option<Resumed>,
+        retries: Receiver<(Instant, Pending)>,
+        records: SyncSender<Record>,
+        shared: Arc<Shared>,
+        schedule: Schedule,
+    ) -> SendSource {
+        SendSource {
+            rows: Some(rows),
+            template,
+            routes,
+            seen: dedupe.then(HashSet::new),
+            resume,
+            resolving: HashMap::new(),
+            resolving_count: 0,
+            ready: VecDeque::new(),
+            retry_at: BinaryHeap::new(),
+            retry_items: HashMap::new(),
+            retry_seq: 0,
+            retries,
+            records,
+            shared,
+            schedule,
+            rng: Rng::new(0x7e7 ^ u64::from(std::process::id())),
+        }
+    }
+
+    fn record(&self, record: Record) {
+        // The log thread outlives the source; a send error means it is gone, and the run is
+        // being torn down anyway.
+        let _ = self.records.send(record);
+    }
+
+    fn reject(&self, bad: BadRow) {
+        let mut r = Record::new(Status::Rejected, bad.line).reason(bad.reason);
+        r.rcpt = bad.email;
+        self.record(r);
+    }
+
+    /// Reads one row: skipped (resumed), rejected, or routed.
+    fn admit(&mut self, item: Result<Row, BadRow>, now: Instant) {
+        let line = match &item {
+            Ok(row) => row.line,
+            Err(bad) => bad.line,
+        };
+        if self.resume.as_ref().is_some_and(|r| r.is_final(line)) {
+            // Still remembered for de-duplication: a later duplicate stays a duplicate.
+            if let (Ok(row), Some(seen)) = (&item, &mut self.seen) {
+                seen.insert(fingerprint(row.email.as_str()));
+            }
+            self.shared.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.shared.admitted.fetch_add(1, Ordering::Relaxed);
+        let row = match item {
+            Ok(row) => row,
+            Err(bad) => return self.reject(bad),
+        };
+        if let Some(seen) = &mut self.seen {
+            if !seen.insert(fingerprint(row.email.as_str())) {
+                let reason =
+                    "duplicate address: sent once, for its first row (--allow-duplicates to send every row)";
+                return self.reject(BadRow {
+                    line: row.line,
+                    email: Some(row.email.to_string()),
+                    reason: reason.into(),
+                });
+            }
+        }
+        let rendered = match self.template.render(&row, SystemTime::now()) {
+            Ok(r) => r,
+            Err(reason) => {
+                return self.reject(BadRow { line: row.line, email: Some(row.email.to_string()), reason });
+            }
+        };
+        let envelope = Arc::new(Envelope { sender: rendered.sender, recipients: vec![row.email.clone()] });
+        let message = Message::new(envelope, Body::new(&rendered.content));
+        let pending = Pending { line: row.line, rcpt: row.email, message, born: now, attempts: 0 };
+        self.route(pending, now);
+    }
+
+    fn route(&mut self, pending: Pending, now: Instant) {
+        let domain = pending.rcpt.domain().to_ascii_lowercase();
+        match self.routes.lookup(&domain, now) {
+            Lookup::Ready(route) => self.deliver(pending, route, now),
+            Lookup::Pending => {
+                self.resolving.entry(domain).or_default().push(pending);
+                self.resolving_count += 1;
+            }
+        }
+    }
+
+    fn deliver(&mut self, p: Pending, route: Route, now: Instant) {
+        match route {
+            Route::Deliver(destination) => self.ready.push_back(Job {
+                id: p.line,
+                destination,
+                message: p.message,
+                due: p.born,
+                attempts: p.attempts,
+                last_conn: 0,
+                partial: false,
+            }),
+            Route::Undeliverable(why) => {
+                let mut r = Record::new(Status::Bounced, p.line).rcpt(p.rcpt.to_string()).reason(why);
+                r.attempts = p.attempts + 1;
+                r.queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
+                self.record(r);
+            }
+        }
+    }
+
+    /// DNS could not say where `p` goes, for now: an attempt that failed.
+    fn dns_failed(&mut self, mut p: Pending, why: &str, now: Instant) {
+        p.attempts += 1;
+        let queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
+        match self.schedule.next(p.attempts, p.born, now, &mut self.rng) {
+            Some(at) => {
+                let mut r = Record::new(Status::Deferred, p.line).rcpt(p.rcpt.to_string()).reason(why);
+                r.attempts = p.attempts;
+                r.queue_ms = queue_ms;
+                r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
+                self.record(r);
+                self.schedule_retry(at, p);
+            }
+            None => {
+                let mut r = Record::new(Status::Expired, p.line).rcpt(p.rcpt.to_string()).reason(why);
+                r.attempts = p.attempts;
+                r.queue_ms = queue_ms;
+                self.record(r);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, at: Instant, p: Pending) {
+        self.retry_seq += 1;
+        self.retry_at.push(Reverse((at, self.retry_seq)));
+        self.retry_items.insert(self.retry_seq, p);
+    }
+
+    fn take_answers(&mut self, now: Instant) {
+        for (domain, result) in self.routes.poll(now) {
+            let Some(waiting) = self.resolving.remove(&domain) else { continue };
+            self.resolving_count -= waiting.len();
+            for p in waiting {
+                match &result {
+                    Ok(route) => self.deliver(p, route.clone(), now),
+                    Err(why) => self.dns_failed(p, why, now),
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let waiting = self.resolving_count + self.retry_items.len();
+        self.shared.waiting.store(waiting as u64, Ordering::Relaxed);
+    }
+}
+
+impl JobSource for SendSource {
+    fn next(&mut self, now: Instant) -> Next {
+        self.take_answers(now);
+        while let Ok((at, p)) = self.retries.try_recv() {
+            self.schedule_retry(at, p);
+        }
+        let mut read = 0;
+        loop {
+            if let Some(job) = self.ready.pop_front() {
+                self.publish();
+                return Next::Job(job);
+            }
+            if let Some(Reverse((at, seq))) = self.retry_at.peek().copied() {
+                if at <= now {
+                    self.retry_at.pop();
+                    if let Some(p) = self.retry_items.remove(&seq) {
+                        self.route(p, now);
+                    }
+                    continue;
+                }
+            }
+            if read >= ROWS_PER_CALL || self.resolving_count >= MAX_WAITING {
+                break;
+            }
+            let Some(rows) = &mut self.rows else { break };
+            match rows.next_row() {
+                Ok(Some(item)) => {
+                    read += 1;
+                    self.admit(item, now);
+                }
+                Ok(None) => self.rows = None,
+                Err(e) => {
+                    if let Ok(mut slot) = self.shared.input_error.lock() {
+                        *slot = Some(format!("reading the recipients stopped: {e}"));
+                    }
+                    self.rows = None;
+                }
+            }
+        }
+        self.publish();
+        let all_final =
+            self.shared.finalized.load(Ordering::Acquire) == self.shared.admitted.load(Ordering::Acquire);
+        if self.rows.is_none() && self.retry_at.is_empty() && self.resolving_count == 0 && all_final {
+            return Next::Done;
+        }
+        // Nothing to hand out now: look again soon (DNS answers and retries from the log
+        // thread arrive by polling), or when the next retry is due.
+        let soon = now + Duration::from_millis(if read > 0 { 0 } else { 2 });
+        let next_retry = self.retry_at.peek().map(|Reverse((at, _))| *at);
+        Next::Wait(next_retry.map_or(soon, |at| at.min(soon)))
+    }
+}
+
+/// An address's 64-bit fingerprint, case-insensitive. Two different addresses share one with
+/// probability about n²/2⁶⁵ (10 million addresses: 3 in a million runs).
+pub fn fingerprint(address: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    address.to_ascii_lowercase().hash(&mut h);
+    h.finish()
+}
