@@ -215,7 +215,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         (None, Some(path)) => (path.clone(), false),
         (None, None) => (send::default_log_path(&args.recipients), false),
     };
-    if !resume && log.exists() {
+    if !resume && log.is_file() {
         bail!("the log {} exists: continue it with --resume {0}, or choose another --log", log.display());
     }
     Ok(SendConfig {
@@ -249,15 +249,23 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if !args.quiet {
         eprintln!("volley send: logging to {}", log.display());
     }
-    let mut sending = send::start(config)?;
+    let mut sending = match send::start(config) {
+        Ok(s) => s,
+        Err(e @ send::SendError::Log { .. }) if !args.resume.is_some() => {
+            eprintln!("volley: {e}");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut stopping = false;
     let mut aborted = false;
     while !sending.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
         let presses = interrupts.load(Ordering::Relaxed);
-        if sending.log_failed() && !aborted {
-            sending.abort();
-            aborted = true;
+        if sending.log_failed() && !stopping {
+            // Start nothing more; what is in flight finishes, and its records go to stderr.
+            sending.stop();
+            stopping = true;
         } else if presses >= 2 && !aborted {
             eprintln!("volley: stopping now: transactions in flight are abandoned");
             sending.abort();

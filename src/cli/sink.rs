@@ -92,6 +92,9 @@ pub struct SinkArgs {
     /// before MAIL (530 5.7.0); bad credentials get 535 5.7.8.
     #[arg(long, value_name = "FILE")]
     auth: Option<PathBuf>,
+    /// Greylist: refuse each recipient's first RCPT with 451 4.7.1 and accept it afterwards.
+    #[arg(long)]
+    greylist: bool,
 }
 
 impl SinkArgs {
@@ -149,6 +152,7 @@ impl SinkArgs {
             starttls: self.starttls,
             tls_listen: self.tls_listen,
             require_tls: self.require_tls,
+            greylist: self.greylist,
             auth,
         })
     }

@@ -203,6 +203,11 @@ impl Core {
         self.run.abort.load(Ordering::Relaxed)
     }
 
+    /// Whether the run is halting: nothing new starts, what is in flight finishes.
+    pub fn halted(&self) -> bool {
+        self.run.halt.load(Ordering::Relaxed)
+    }
+
     pub fn next_conn(&self) -> u64 {
         self.conn_seq.set(self.conn_seq.get() + 1);
         self.conn_seq.get()
@@ -403,7 +408,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
         let mut moved = false;
         // Outcomes the reader has not taken hold new jobs back: backpressure from the log.
         let outcomes_flowing = core.flush_outcomes();
-        while let Some(job) = held.take().or_else(|| outcomes_flowing.then(|| queue.pop()).flatten()) {
+        let halted = core.halted();
+        let taking = outcomes_flowing && !halted;
+        while let Some(job) = if taking { held.take().or_else(|| queue.pop()) } else { None } {
             let pool = core.pool(&job.destination);
             if pool.pending_len() >= cap {
                 held = Some(job);
@@ -427,6 +434,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
         }
         let producer_done = core.run.producer_done.load(Ordering::Acquire);
         if producer_done && held.is_none() && queue.is_empty() && core.pools_idle() && outcomes_flowing {
+            break;
+        }
+        if halted && core.in_flight.get() == 0 && outcomes_flowing {
             break;
         }
         monoio::time::sleep(QUEUE_POLL).await;
@@ -472,7 +482,7 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
         while pool.pending_len() <= pool.open.get()
             || pool.open.get() >= core.connection_target(&pool, Instant::now())
         {
-            if core.draining.get() || core.aborting() {
+            if core.draining.get() || core.aborting() || core.halted() {
                 return;
             }
             if pool.has_pending() && pool.pending_len() > pool.open.get() {

@@ -109,6 +109,9 @@ pub struct RunState {
     pub closing: AtomicBool,
     /// Stop producing; what was produced is still sent.
     pub stop_producing: AtomicBool,
+    /// Stop producing and start nothing new: transactions in flight finish, queued jobs stay
+    /// unsent.
+    pub halt: AtomicBool,
     pub abort: AtomicBool,
     pub produced: AtomicU64,
 }
@@ -215,6 +218,13 @@ impl Running {
     }
 
     /// Ends the run gracefully: no more jobs are produced, those already produced are sent.
+    /// Ends the run as soon as what is in flight has finished: no more jobs are produced, none
+    /// queued is started (they count as unsent), every transaction already sent gets its reply.
+    pub fn halt(&self) {
+        self.run.stop_producing.store(true, Ordering::Relaxed);
+        self.run.halt.store(true, Ordering::Relaxed);
+    }
+
     pub fn stop_producing(&self) {
         self.run.stop_producing.store(true, Ordering::Relaxed);
     }
@@ -263,6 +273,7 @@ pub fn start(
         returning: AtomicUsize::new(0),
         closing: AtomicBool::new(false),
         stop_producing: AtomicBool::new(false),
+        halt: AtomicBool::new(false),
         abort: AtomicBool::new(false),
         produced: AtomicU64::new(0),
     });
@@ -371,7 +382,7 @@ fn reroute_returns(router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &R
 }
 
 /// Pushes a job to the first core that takes it, waiting while every queue is full: that is the
-/// backpressure. Gives the job back when the run is aborted meanwhile.
+/// backpressure. Gives the job back when the run is aborted or halted meanwhile.
 fn push_routed(
     job: Job,
     router: &mut Router,
@@ -391,7 +402,7 @@ fn push_routed(
                 Err(back) => job = back,
             }
         }
-        if run.abort.load(Ordering::Relaxed) {
+        if run.abort.load(Ordering::Relaxed) || run.halt.load(Ordering::Relaxed) {
             return Err(job);
         }
         // Queues full: the engine is behind by a whole queue (thousands of jobs), so a short

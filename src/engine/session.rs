@@ -164,7 +164,7 @@ where
             client.abandon("run stopped");
             continue;
         }
-        while client.wants_transaction() {
+        while client.wants_transaction() && !core.halted() {
             let Some(job) = pool.pop_for(id) else { break };
             let now = Instant::now();
             let (due, first_attempt) = (job.due, job.attempts == 0);
@@ -207,10 +207,10 @@ where
             continue; // the Closed event is queued
         }
         if !client.awaiting_reply() {
-            if pool.has_pending() && client.wants_transaction() {
+            if pool.has_pending() && client.wants_transaction() && !core.halted() {
                 continue;
             }
-            if client.in_flight() == 0 && core.draining.get() {
+            if client.in_flight() == 0 && (core.draining.get() || core.halted()) {
                 client.close();
                 continue;
             }

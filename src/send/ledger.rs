@@ -168,7 +168,8 @@ impl Ledger {
             }
             if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
                 if let Err(e) = self.log.sync() {
-                    self.fail(&e);
+                    self.fail(&e.error);
+                    self.unrecorded_lines(&e.records);
                 }
             }
             if self.log_error.is_some() {
@@ -272,16 +273,23 @@ impl Ledger {
             self.shared.finalized.fetch_add(1, Ordering::Release);
         }
         if self.log_error.is_none() {
-            if let Err(e) = self.log.write(&r) {
-                self.fail(&e);
-            } else {
-                return;
-            }
+            self.log.write(&r);
+            return;
         }
         // The log is broken: the record goes to stderr, so it is not lost.
-        self.unrecorded += 1;
         if let Ok(json) = serde_json::to_string(&r) {
-            let _ = writeln!(std::io::stderr(), "volley: unrecorded: {json}");
+            self.unrecorded_lines(json.as_bytes());
+        }
+    }
+
+    /// Records the log could not take, one JSON line each, to stderr.
+    fn unrecorded_lines(&mut self, lines: &[u8]) {
+        let mut err = std::io::stderr().lock();
+        for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            self.unrecorded += 1;
+            let _ = err.write_all(b"volley: unrecorded: ");
+            let _ = err.write_all(line);
+            let _ = err.write_all(b"\n");
         }
     }
 

@@ -3,7 +3,7 @@
 //! `uncertain`). Written by one thread with group commit; read back by `--resume`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -152,19 +152,35 @@ pub fn now_rfc3339() -> String {
 
 /// The log file, written with group commit: records are buffered and made durable together
 /// (`fdatasync`) every [`SYNC_EVERY`] or [`SYNC_RECORDS`], so no fsync per message.
+///
+/// Records stay in memory until their commit succeeds, so a failed commit can hand back exactly
+/// the records that may not be durable (see [`CommitError`]).
 pub struct LogFile {
-    out: BufWriter<File>,
+    file: File,
     path: PathBuf,
+    /// Serialised records not yet durable, each ending in a newline.
+    pending: Vec<u8>,
     unsynced: usize,
     last_sync: Instant,
+}
+
+/// A commit that failed, with the records it may not have made durable (JSON lines).
+#[derive(Debug)]
+pub struct CommitError {
+    pub error: io::Error,
+    pub records: Vec<u8>,
 }
 
 impl LogFile {
     /// Creates `path`, or with `append` continues it (as `--resume` does), first ending a line
     /// a killed run left half-written so the next record starts on its own line.
     pub fn open(path: &Path, append: bool) -> io::Result<LogFile> {
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
         let mut file = if append {
             OpenOptions::new().read(true).append(true).create(true).open(path)?
+        } else if special {
+            // A device or pipe (`/dev/full` in tests, a FIFO to another program).
+            OpenOptions::new().write(true).open(path)?
         } else {
             OpenOptions::new().write(true).create_new(true).open(path)?
         };
@@ -181,8 +197,9 @@ impl LogFile {
             }
         }
         Ok(LogFile {
-            out: BufWriter::with_capacity(256 * 1024, file),
+            file,
             path: path.to_owned(),
+            pending: Vec::with_capacity(256 * 1024),
             unsynced: 0,
             last_sync: Instant::now(),
         })
@@ -192,11 +209,12 @@ impl LogFile {
         &self.path
     }
 
-    pub fn write(&mut self, record: &Record) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record).map_err(io::Error::other)?;
-        self.out.write_all(b"\n")?;
+    /// Adds a record to the next commit.
+    pub fn write(&mut self, record: &Record) {
+        // Serialising our own struct to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.pending, record);
+        self.pending.push(b'\n');
         self.unsynced += 1;
-        Ok(())
     }
 
     /// Whether a group commit is due.
@@ -204,13 +222,42 @@ impl LogFile {
         self.unsynced > 0 && (self.unsynced >= SYNC_RECORDS || self.last_sync.elapsed() >= SYNC_EVERY)
     }
 
-    /// Makes every record written so far durable.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+    /// Makes every record written so far durable. On failure the records that may not be (the
+    /// unwritten ones, and if the sync itself failed every one since the last commit) are
+    /// handed back, whole lines, and dropped from the log file's care.
+    pub fn sync(&mut self) -> Result<(), CommitError> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.pending.len() {
+                break self.file.sync_data();
+            }
+            match self.file.write(&self.pending[written..]) {
+                Ok(0) => {
+                    break Err(io::Error::new(io::ErrorKind::WriteZero, "the log file took no more bytes"));
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
         self.unsynced = 0;
         self.last_sync = Instant::now();
-        Ok(())
+        match result {
+            Ok(()) => {
+                self.pending.clear();
+                Ok(())
+            }
+            Err(error) => {
+                let pending = std::mem::take(&mut self.pending);
+                let durable_prefix = if written == pending.len() {
+                    0 // the sync failed: nothing since the last commit is known durable
+                } else {
+                    // Whole lines before the failed write reached the file.
+                    pending[..written].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+                };
+                Err(CommitError { error, records: pending[durable_prefix..].to_vec() })
+            }
+        }
     }
 }
 
@@ -304,7 +351,7 @@ mod tests {
         let mut log = LogFile::open(&path, false).unwrap();
         let mut run = Record::new(Status::Run, 0);
         run.campaign = Some("abc".into());
-        log.write(&run).unwrap();
+        log.write(&run);
         for (status, line) in [
             (Status::Deferred, 2),
             (Status::Delivered, 3),
@@ -312,7 +359,7 @@ mod tests {
             (Status::Deferred, 5),
             (Status::Expired, 200),
         ] {
-            log.write(&Record::new(status, line)).unwrap();
+            log.write(&Record::new(status, line));
         }
         log.sync().unwrap();
         drop(log);
@@ -330,7 +377,7 @@ mod tests {
         assert!(!r.is_final(2) && !r.is_final(5) && !r.is_final(1) && !r.is_final(100_000));
         // Continuing the log starts a fresh line after the torn one.
         let mut log = LogFile::open(&path, true).unwrap();
-        log.write(&Record::new(Status::Delivered, 5)).unwrap();
+        log.write(&Record::new(Status::Delivered, 5));
         log.sync().unwrap();
         let r = Resumed::read(&path).unwrap();
         assert!(r.is_final(5));
@@ -339,15 +386,18 @@ mod tests {
     }
 
     #[test]
-    fn a_full_disk_is_an_error_not_a_silent_loss() {
-        let Ok(file) = OpenOptions::new().write(true).open("/dev/full") else { return };
-        let mut log = LogFile {
-            out: BufWriter::new(file),
-            path: "/dev/full".into(),
-            unsynced: 0,
-            last_sync: Instant::now(),
-        };
-        log.write(&Record::new(Status::Delivered, 1)).unwrap();
-        assert!(log.sync().is_err(), "ENOSPC surfaces at the commit");
+    fn a_full_disk_hands_back_every_record_it_could_not_commit() {
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let mut log = LogFile::open(Path::new("/dev/full"), false).unwrap();
+        log.write(&Record::new(Status::Delivered, 1));
+        log.write(&Record::new(Status::Bounced, 2));
+        let err = log.sync().unwrap_err();
+        assert_eq!(err.error.raw_os_error(), Some(libc::ENOSPC));
+        let count = |b: &[u8]| b.split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
+        assert_eq!(count(&err.records), 2, "both records come back");
+        log.write(&Record::new(Status::Delivered, 3));
+        assert_eq!(count(&log.sync().unwrap_err().records), 1, "then only the new one");
     }
 }

@@ -151,9 +151,8 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let mut run = Record::new(Status::Run, 0);
     run.campaign = Some(campaign.clone());
     run.input = Some(path_text(&config.recipients));
-    log.write(&run)
-        .and_then(|()| log.sync())
-        .map_err(|error| SendError::Log { path: path_text(&config.log), error })?;
+    log.write(&run);
+    log.sync().map_err(|e| SendError::Log { path: path_text(&config.log), error: e.error })?;
 
     let shared = Arc::new(Shared::default());
     let (records_tx, records_rx) = mpsc::sync_channel(8192);
@@ -201,7 +200,7 @@ impl Sending {
     /// are left for `--resume`.
     pub fn stop(&mut self) {
         self.stopped = true;
-        self.running.stop_producing();
+        self.running.halt();
     }
 
     /// Stops at once: sessions abandon what they hold (logged deferred).

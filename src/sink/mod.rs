@@ -49,6 +49,9 @@ pub struct SinkConfig {
     pub require_tls: bool,
     /// Offer AUTH PLAIN and LOGIN against these users, and require it before MAIL.
     pub auth: Option<Arc<auth::Users>>,
+    /// Greylist: refuse each recipient's first RCPT with 451 4.7.1, accept it from then on (as
+    /// many receivers do to strangers), to test a sender's retries.
+    pub greylist: bool,
 }
 
 impl Default for SinkConfig {
@@ -73,6 +76,7 @@ impl Default for SinkConfig {
             tls_listen: None,
             require_tls: false,
             auth: None,
+            greylist: false,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub accepted: AtomicU64,
     pub active_connections: AtomicUsize,
+    /// Recipients seen once (with `greylist`; a lock is fine on a fault path).
+    pub greylisted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One thread's state, owned by that thread alone.
@@ -106,6 +112,12 @@ impl Core {
     fn next_message_id(&mut self) -> u64 {
         self.next_id += 1;
         (self.thread << 48) | self.next_id
+    }
+
+    /// With `greylist`: whether this is the recipient's first try (to be refused).
+    fn greylists(&self, rcpt: &str) -> bool {
+        self.config.greylist
+            && self.shared.greylisted.lock().is_ok_and(|mut seen| seen.insert(rcpt.to_ascii_lowercase()))
     }
 
     fn message_accepted(&self) {

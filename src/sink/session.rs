@@ -276,6 +276,10 @@ impl Session {
                 if let Some(action) = self.fault(core, Stage::Rcpt, out) {
                     return action;
                 }
+                if core.greylists(to.as_str()) {
+                    reply(core, out, 451, "4.7.1 Greylisted, please try again later");
+                    return Action::Continue;
+                }
                 self.txn.recipients.push(to);
                 reply(core, out, 250, "2.1.5 Ok");
                 self.delayed(core, Stage::Rcpt, at)
