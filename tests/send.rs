@@ -16,6 +16,9 @@ use serde_json::Value;
 
 const VOLLEY: &str = env!("CARGO_BIN_EXE_volley");
 
+/// How a test sets up one of its sinks.
+type Configure = Box<dyn FnOnce(&mut SinkConfig)>;
+
 /// A test's world: its DNS server, its sinks (by last octet), its directory, its port.
 struct World {
     dns: DnsStub,
@@ -26,7 +29,7 @@ struct World {
 
 impl World {
     /// Serves `zone` and starts a sink on 127.0.0.x for each `(x, configure)`.
-    fn new(name: &str, zone: &str, sinks: Vec<(u8, Box<dyn FnOnce(&mut SinkConfig)>)>) -> World {
+    fn new(name: &str, zone: &str, sinks: Vec<(u8, Configure)>) -> World {
         let dir = common::temp_dir(name);
         let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
         // A port free on 127.0.0.1 is, in practice, free on the other 127.0.0.x addresses.

@@ -251,7 +251,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     }
     let mut sending = match send::start(config) {
         Ok(s) => s,
-        Err(e @ send::SendError::Log { .. }) if !args.resume.is_some() => {
+        Err(e @ send::SendError::Log { .. }) => {
             eprintln!("volley: {e}");
             return Ok(ExitCode::from(3));
         }
