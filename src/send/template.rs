@@ -198,6 +198,8 @@ impl MessageTemplate {
             template.render(&ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
         };
         let date = mail_builder::headers::date::Date::new(unix_seconds(now));
+        // The rendered From header's address, when the template has one.
+        let mut header_from = None;
         let (content, message_id) = match &self.kind {
             Kind::Raw { has } => {
                 let head = render(HEAD)?;
@@ -205,10 +207,14 @@ impl MessageTemplate {
                 let body = render(BODY)?;
                 // Message-IDs are in the sender's domain: the From header's, else --from's.
                 let from_domain = match &self.from {
-                    Some(f) if !has.from => Some(f.address.domain().to_owned()),
-                    _ => domain_of_header(&head, "from"),
+                    Some(f) if !has.from => f.address.domain().to_owned(),
+                    _ => {
+                        let addr = address_of_header(&head, "from").ok_or("the From header has no address")?;
+                        let domain = addr.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+                        header_from = Some(addr);
+                        domain
+                    }
                 };
-                let from_domain = from_domain.ok_or("the From header has no address")?;
                 let message_id = self.message_id(row, &from_domain);
                 let mut content = Vec::with_capacity(head.len() + body.len() + 256);
                 push_header_lines(&mut content, &head);
@@ -271,13 +277,10 @@ impl MessageTemplate {
                 Some(Address::new(text).map_err(|e| format!("--mail-from rendered `{text}`: {e}"))?)
             }
         } else {
-            match &self.from {
-                Some(f) => Some(f.address.clone()),
-                None => {
-                    let head = String::from_utf8_lossy(&content[..content.len().min(16 * 1024)]).into_owned();
-                    let addr = address_of_header(&head, "from").ok_or("the From header has no address")?;
-                    Some(Address::new(&addr).map_err(|e| format!("From address `{addr}`: {e}"))?)
-                }
+            match (header_from, &self.from) {
+                (Some(addr), _) => Some(Address::new(&addr).map_err(|e| format!("From address `{addr}`: {e}"))?),
+                (None, Some(f)) => Some(f.address.clone()),
+                (None, None) => return Err("the From header has no address".into()),
             }
         };
         Ok(Rendered { sender, content, message_id })
@@ -396,10 +399,6 @@ fn address_of_header(head: &str, name: &str) -> Option<String> {
         _ => value,
     };
     addr.contains('@').then(|| addr.trim().to_owned())
-}
-
-fn domain_of_header(head: &str, name: &str) -> Option<String> {
-    address_of_header(head, name).and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
 }
 
 fn parse_from(text: &str) -> Result<FromHeader, String> {

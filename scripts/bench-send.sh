@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# volley send next to volley bench against the same sink, one run, loopback only: client pinned
+# to core 0, sink to core 1 (one thread each).
+#
+#   scripts/bench-send.sh              # N=1000000 recipients over DOMAINS=1000 domains
+#
+# The recipients' domains all have MX mx.bench.test (127.0.0.2), served by a local DNS stub
+# (examples/dns_stub.rs), so MX rollup puts them on one destination, as a large provider's
+# domains would be. The message is a template with three variables. Prints msg/s, CPU per
+# message (user + system, from /usr/bin/time) and peak RSS for both, and send/bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N="${N:-1000000}"
+DOMAINS="${DOMAINS:-1000}"
+CONNECTIONS="${CONNECTIONS:-16}"
+PORT="${PORT:-2650}"
+DNS_PORT="${DNS_PORT:-5350}"
+
+cargo build --release --quiet
+cargo build --release --quiet --example dns_stub
+VOLLEY=target/release/volley
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+{
+    echo "mx.bench.test A 127.0.0.2"
+    for d in $(seq 0 $((DOMAINS - 1))); do echo "d$d.bench.test MX 10 mx.bench.test"; done
+} >"$work/zone"
+target/release/examples/dns_stub "$work/zone" "127.0.0.1:$DNS_PORT" 2>/dev/null &
+pids+=($!)
+awk -v n="$N" -v d="$DOMAINS" 'BEGIN { print "email,first,city,code"; for (i = 0; i < n; i++) printf "user%d@d%d.bench.test,Name%d,City%d,%x\n", i, i % d, i, i % 97, i * 7919 }' >"$work/list.csv"
+printf 'From: Bench <news@example.com>\nSubject: Hello {{ first }} from {{ city }}\n\nDear {{ first }},\nyour code is {{ code }}.\n%s\n' \
+    "$(head -c 700 /dev/zero | tr '\0' 'x')" >"$work/msg.txt"
+
+taskset -c 1 "$VOLLEY" sink --listen "127.0.0.2:$PORT" --threads 1 >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
+
+# Runs a command under /usr/bin/time on core 0; prints "elapsed_s cpu_s max_rss_kb".
+measure() {
+    /usr/bin/time -f "%e %U %S %M" -o "$work/time" taskset -c 0 "$@" >"$work/out" 2>"$work/err" || {
+        cat "$work/err" >&2
+        return 1
+    }
+    awk '{ printf "%s %.2f %s\n", $1, $2 + $3, $4 }' "$work/time"
+}
+
+read -r b_elapsed b_cpu b_rss < <(measure "$VOLLEY" bench --target "127.0.0.2:$PORT" --threads 1 \
+    --connections "$CONNECTIONS" --messages "$N" --size 1000 --quiet)
+read -r s_elapsed s_cpu s_rss < <(measure "$VOLLEY" send --recipients "$work/list.csv" --message "$work/msg.txt" \
+    --dns-server "127.0.0.1:$DNS_PORT" --smtp-port "$PORT" --threads 1 --connections "$CONNECTIONS" \
+    --pipeline-depth 32 --messages-per-connection 1000000 --log "$work/send.jsonl" --quiet)
+delivered=$(grep -c '"status":"delivered"' "$work/send.jsonl")
+
+awk -v n="$N" -v d="$delivered" -v be="$b_elapsed" -v bc="$b_cpu" -v br="$b_rss" \
+    -v se="$s_elapsed" -v sc="$s_cpu" -v sr="$s_rss" 'BEGIN {
+    printf "%-6s %10s %12s %12s\n", "", "msg/s", "CPU us/msg", "peak RSS MiB"
+    printf "%-6s %10.0f %12.2f %12.1f\n", "bench", n / be, bc * 1e6 / n, br / 1024
+    printf "%-6s %10.0f %12.2f %12.1f   (%d of %d delivered, log written)\n", "send", d / se, sc * 1e6 / d, sr / 1024, d, n
+    printf "send/bench rate: %.2f\n", (d / se) / (n / be)
+}'
