@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// volley: a high-throughput SMTP sender for load tests and benchmarks.
+/// volley: a high-throughput SMTP sender for campaigns, load tests and benchmarks.
 ///
 /// `volley bench` without --target starts volley's own sink on loopback and blasts it.
 #[derive(Debug, Parser)]

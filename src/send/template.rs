@@ -209,7 +209,8 @@ impl MessageTemplate {
                 let from_domain = match &self.from {
                     Some(f) if !has.from => f.address.domain().to_owned(),
                     _ => {
-                        let addr = address_of_header(&head, "from").ok_or("the From header has no address")?;
+                        let addr =
+                            address_of_header(&head, "from").ok_or("the From header has no address")?;
                         let domain = addr.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
                         header_from = Some(addr);
                         domain
@@ -278,7 +279,9 @@ impl MessageTemplate {
             }
         } else {
             match (header_from, &self.from) {
-                (Some(addr), _) => Some(Address::new(&addr).map_err(|e| format!("From address `{addr}`: {e}"))?),
+                (Some(addr), _) => {
+                    Some(Address::new(&addr).map_err(|e| format!("From address `{addr}`: {e}"))?)
+                }
                 (None, Some(f)) => Some(f.address.clone()),
                 (None, None) => return Err("the From header has no address".into()),
             }
