@@ -14,11 +14,12 @@ use clap::Args;
 
 use mailvolley::bench::{self, BenchSource, BodySpec, Content, Plan, Recipients, Sizes};
 use mailvolley::engine::{self, Destination, EngineConfig};
+use mailvolley::proto::Address;
 use mailvolley::proto::client::Credentials;
-use mailvolley::proto::{Address, ClientConfig, Domain, Timeouts};
 use mailvolley::sink::auth::Users;
 use mailvolley::tls::{ClientTls, ServerTls};
 
+use super::connection::ConnectionArgs;
 use super::secure::{AuthArgs, TlsArgs};
 use mailvolley::rt::{self, Driver};
 use mailvolley::sink::{self, SinkConfig};
@@ -98,19 +99,8 @@ pub struct BenchArgs {
     /// Further attempts for deferred messages (on another connection where possible).
     #[arg(long, default_value_t = 3)]
     retries: u32,
-    /// Local address to connect from.
-    #[arg(long, value_name = "IP")]
-    source_addr: Option<IpAddr>,
-    /// Do not use PIPELINING even when offered.
-    #[arg(long)]
-    no_pipelining: bool,
-    /// Do not use CHUNKING (BDAT) even when offered.
-    #[arg(long)]
-    no_chunking: bool,
     #[command(flatten)]
-    timeouts: TimeoutArgs,
-    #[command(flatten)]
-    reconnect: ReconnectArgs,
+    connection: ConnectionArgs,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -127,74 +117,6 @@ pub struct BenchArgs {
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
-}
-
-/// Per-phase limits. `--reply-timeout` sets every reply phase; the others override one.
-#[derive(Debug, Args)]
-pub(super) struct TimeoutArgs {
-    /// Waiting for a TCP connection.
-    #[arg(long, value_parser = super::duration, default_value = "10s")]
-    pub(super) connect_timeout: Duration,
-    /// Waiting for any reply, unless a phase below says otherwise.
-    #[arg(long, value_parser = super::duration, default_value = "30s")]
-    reply_timeout: Duration,
-    /// Waiting for the greeting [default: --reply-timeout].
-    #[arg(long, value_parser = super::duration)]
-    greeting_timeout: Option<Duration>,
-    /// Waiting for the reply to EHLO or HELO [default: --reply-timeout].
-    #[arg(long, value_parser = super::duration)]
-    ehlo_timeout: Option<Duration>,
-    /// Waiting for the reply to MAIL FROM [default: --reply-timeout].
-    #[arg(long, value_parser = super::duration)]
-    mail_timeout: Option<Duration>,
-    /// Waiting for the reply to RCPT TO [default: --reply-timeout].
-    #[arg(long, value_parser = super::duration)]
-    rcpt_timeout: Option<Duration>,
-    /// Waiting for the reply to DATA (354) [default: --reply-timeout].
-    #[arg(long, value_parser = super::duration)]
-    data_timeout: Option<Duration>,
-    /// Waiting for the reply to the end of data or BDAT LAST [default: --reply-timeout].
-    #[arg(long, value_parser = super::duration)]
-    eod_timeout: Option<Duration>,
-    /// Quit connections idle this long.
-    #[arg(long, value_parser = super::duration, default_value = "30s")]
-    idle_timeout: Duration,
-}
-
-impl TimeoutArgs {
-    pub(super) fn timeouts(&self) -> Timeouts {
-        let mut t = Timeouts::uniform(self.reply_timeout, self.idle_timeout);
-        let set = |slot: &mut Duration, v: Option<Duration>| {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        };
-        set(&mut t.greeting, self.greeting_timeout);
-        set(&mut t.ehlo, self.ehlo_timeout);
-        set(&mut t.mail, self.mail_timeout);
-        set(&mut t.rcpt, self.rcpt_timeout);
-        set(&mut t.data, self.data_timeout);
-        set(&mut t.end_of_data, self.eod_timeout);
-        t
-    }
-}
-
-/// What happens when connections or sessions fail.
-#[derive(Debug, Args)]
-pub(super) struct ReconnectArgs {
-    /// First wait before reconnecting after a connection that carried no message; doubles up
-    /// to --reconnect-backoff-max, and starts over after a connection that carried one.
-    #[arg(long, value_parser = super::duration, default_value = "100ms")]
-    pub(super) reconnect_backoff: Duration,
-    /// Longest wait between reconnection attempts.
-    #[arg(long, value_parser = super::duration, default_value = "5s")]
-    pub(super) reconnect_backoff_max: Duration,
-    /// A target whose connections have all failed for this long (none getting a reply to a
-    /// message) is failing: from then on each failed connection counts as an attempt for every
-    /// waiting message. Before that, and while any connection works, only a message's own
-    /// transactions count.
-    #[arg(long, value_parser = super::duration, default_value = "10s")]
-    pub(super) failing_after: Duration,
 }
 
 /// After sending stops (a --duration run, or a first Ctrl-C), how long messages in flight get
@@ -278,29 +200,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("a sink is started when there is no target"),
     };
     let target_name = args.target.clone().unwrap_or_else(|| format!("volley sink on {}", addrs[0]));
-    if let Err(e) = probe(&addrs, args.timeouts.connect_timeout, args.source_addr) {
+    if let Err(e) = probe(&addrs, args.connection.timeouts.connect_timeout, args.connection.source_addr) {
         eprintln!("volley bench: target unreachable: {e}");
         return Ok(ExitCode::from(1));
     }
 
-    let mut client = ClientConfig::new(Domain::new(&args.helo).context("--helo")?);
+    let mut client = args.connection.client(&args.helo)?;
     client.depth = usize::from(args.pipeline_depth);
     client.max_messages = args.max_messages_per_connection.map_or(u64::MAX, NonZeroU64::get);
-    client.pipelining = !args.no_pipelining;
-    client.chunking = !args.no_chunking;
     client.sync_every = args.checkpoint_every.get();
-    client.timeouts = args.timeouts.timeouts();
     client.auth = credentials;
     let mut config = EngineConfig::new(client);
+    args.connection.apply(&mut config);
     config.threads = threads;
     config.driver = args.driver;
-    config.connect_timeout = args.timeouts.connect_timeout;
     config.retries = args.retries;
-    config.reconnect_backoff = args.reconnect.reconnect_backoff;
-    config.reconnect_backoff_max = args.reconnect.reconnect_backoff_max;
-    config.failing_after = args.reconnect.failing_after;
     config.warmup = args.warmup;
-    config.source_addr = args.source_addr;
     // An open loop ramps its rate; a closed one its connections.
     config.ramp_up = args.ramp_up.filter(|_| args.rate.is_none());
     let tls_name = match &args.target {

@@ -2,6 +2,7 @@
 //! `anyhow` lives here and nowhere else.
 
 mod bench;
+mod connection;
 mod secure;
 mod send;
 mod sink;

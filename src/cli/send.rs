@@ -1,7 +1,7 @@
 //! `volley send`.
 
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +12,6 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use mailvolley::engine::EngineConfig;
-use mailvolley::proto::{ClientConfig, Domain};
 use mailvolley::rt::Driver;
 use mailvolley::send::dns::DnsConfig;
 use mailvolley::send::retry::Schedule;
@@ -20,7 +19,8 @@ use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
 use mailvolley::send::{self, Routing, SendConfig, SendReport};
 use mailvolley::tls::TlsPolicy;
 
-use super::bench::{ReconnectArgs, TimeoutArgs, resolve_target};
+use super::bench::resolve_target;
+use super::connection::ConnectionArgs;
 use super::secure::{AuthArgs, TlsArgs};
 
 /// Exit codes of `volley send` (also in `--help` and the README).
@@ -113,19 +113,8 @@ pub struct SendArgs {
     /// I/O driver.
     #[arg(long, value_enum, default_value_t = Driver::Auto)]
     driver: Driver,
-    /// Local address to connect from.
-    #[arg(long, value_name = "IP")]
-    source_addr: Option<IpAddr>,
-    /// Do not use PIPELINING even when offered.
-    #[arg(long)]
-    no_pipelining: bool,
-    /// Do not use CHUNKING (BDAT) even when offered.
-    #[arg(long)]
-    no_chunking: bool,
     #[command(flatten)]
-    timeouts: TimeoutArgs,
-    #[command(flatten)]
-    reconnect: ReconnectArgs,
+    connection: ConnectionArgs,
     /// TLS: --starttls defaults to opportunistic for send (STARTTLS whenever offered).
     #[command(flatten)]
     tls: TlsArgs,
@@ -173,23 +162,16 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
     if credentials.is_some() && args.relay.is_none() {
         bail!("--auth-user is for a relay: give --relay (MX hosts take mail without AUTH)");
     }
-    let mut client = ClientConfig::new(Domain::new(&args.helo).context("--helo")?);
+    let mut client = args.connection.client(&args.helo)?;
     client.depth = usize::from(args.pipeline_depth);
     client.max_messages = args.messages_per_connection.get();
-    client.pipelining = !args.no_pipelining;
-    client.chunking = !args.no_chunking;
-    client.timeouts = args.timeouts.timeouts();
     client.auth = credentials;
     let mut engine = EngineConfig::new(client);
+    args.connection.apply(&mut engine);
     if let Some(t) = args.threads {
         engine.threads = t.get();
     }
     engine.driver = args.driver;
-    engine.connect_timeout = args.timeouts.connect_timeout;
-    engine.reconnect_backoff = args.reconnect.reconnect_backoff;
-    engine.reconnect_backoff_max = args.reconnect.reconnect_backoff_max;
-    engine.failing_after = args.reconnect.failing_after;
-    engine.source_addr = args.source_addr;
     engine.tls = tls;
     let routing = match &args.relay {
         Some(relay) => Routing::Relay {

@@ -31,7 +31,7 @@ pub struct DryRun {
 }
 
 pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError> {
-    let io_err = |error: std::io::Error| SendError::Log { path: "stdout".into(), error };
+    let io_err = SendError::Output;
     let template = Arc::new(MessageTemplate::new(&config.message, &super::new_campaign_id())?);
     let path = config.recipients.display().to_string();
     let mut rows =

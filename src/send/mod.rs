@@ -78,6 +78,8 @@ pub enum SendError {
     Dns(std::io::Error),
     #[error("starting the engine: {0}")]
     Engine(std::io::Error),
+    #[error("writing the dry run's output: {0}")]
+    Output(std::io::Error),
 }
 
 /// A campaign under way.
