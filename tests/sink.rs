@@ -342,6 +342,25 @@ fn exits_after_n_messages() {
 }
 
 #[test]
+fn a_quit_after_the_last_message_is_answered_when_the_sink_exits_regression() {
+    // With `--exit-after-messages`, the sink used to end its threads, dropping every session,
+    // as soon as the last message was accepted: swaks's QUIT then met a closed connection.
+    let s = sink(|c| c.exit_after_messages = Some(1));
+    let mut c = Raw::greeted(s.local_addr());
+    c.ehlo();
+    assert_eq!(data_transaction(&mut c, b"x\r\n.\r\n").code, 250);
+    let waited = Instant::now();
+    while !s.stop_requested() && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Past the accept loop's stop poll: the threads are on their way out.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.cmd("QUIT"), 221);
+    assert!(c.closed_cleanly());
+    assert_eq!(s.join().unwrap().messages_accepted, 1);
+}
+
+#[test]
 fn dump_write_failure_defers_instead_of_losing_the_message() {
     let dir = temp_dir("gone");
     let s = sink(|c| c.dump = Some(dir.join("missing-subdir")));

@@ -27,6 +27,9 @@ const FIRST_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
 /// How long a closing connection's input is drained (see [`close_gracefully`]).
 const LINGER: Duration = Duration::from_secs(2);
+/// How long sessions under way when the sink stops may take to finish: a client that sent QUIT
+/// behind its last message gets its 221 (`--exit-after-messages` stops the sink at that message).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A running sink.
 pub struct SinkHandle {
@@ -165,6 +168,11 @@ async fn run_thread(
     accept_loop(plain.1, false, Rc::clone(&core), Arc::clone(&shared), watchdog, seq).await;
     if let Some(task) = tls_loop {
         task.await;
+    }
+    // Returning drops this thread's sessions: let those under way finish first, for a while.
+    let grace = Instant::now() + SHUTDOWN_GRACE;
+    while shared.active_connections.load(Ordering::Relaxed) > 0 && Instant::now() < grace {
+        monoio::time::sleep(Duration::from_millis(5)).await;
     }
     let counters = core.borrow().counters.clone();
     Ok(counters)
