@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub use content::{BodySpec, Content, ContentError, ContentSpec, Recipients, Sizes};
 pub use report::{hgrm, json, latency, text, warnings};
 
-use crate::engine::{Destination, Job, JobSource, Next};
+use crate::engine::{Destination, Job, JobSource, Next, Payload};
 use crate::proto::Address;
 
 /// How much to send and how fast.
@@ -93,7 +93,7 @@ impl JobSource for BenchSource {
         Next::Job(Job {
             id: self.produced,
             destination: Arc::clone(&self.destination),
-            message: self.content.next_message(),
+            message: Payload::Ready(self.content.next_message()),
             due,
             attempts: 0,
             last_conn: 0,

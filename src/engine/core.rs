@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
-use super::job::{Destination, Job};
+use super::job::{Destination, Job, Payload};
 use super::outcome::{self, Outcome, Via};
 use super::signal::Signal;
 use super::stats::{Metric, Stats};
@@ -294,7 +294,7 @@ impl Core {
             pool.push(Job {
                 id: done.user.id,
                 destination: Arc::clone(&done.user.destination),
-                message: Message { envelope, ..done.message.clone() },
+                message: Payload::Ready(Message { envelope, ..done.message.clone() }),
                 due: done.user.due,
                 attempts,
                 last_conn: conn,
@@ -336,14 +336,41 @@ impl Core {
         }
     }
 
+    /// The message of the attempt `meta`, composed now if its source left that to the cores.
+    /// `None`: it cannot be composed; its recipients' outcomes say why, and it is done.
+    pub fn compose(&self, payload: Payload, meta: &Meta) -> Option<Message> {
+        let failed = match payload.compose() {
+            Ok(message) => return Some(message),
+            Err(failed) => failed,
+        };
+        self.stats.borrow_mut().unsendable += 1;
+        if self.outcomes.is_some() {
+            let at = Instant::now();
+            let mut held = self.held_outcomes.borrow_mut();
+            for recipient in failed.recipients {
+                let head = outcome::Head {
+                    id: meta.id,
+                    destination: &meta.destination,
+                    via: None,
+                    attempts: meta.attempts,
+                    due: meta.due,
+                };
+                held.push_back(Outcome::unsendable(recipient, &failed.reason, head, at));
+            }
+        }
+        self.flush_outcomes();
+        None
+    }
+
     /// Counts jobs that never got a session (connect failures) as an attempt each.
     pub fn fail_pending(&self, pool: &Pool, error: &SessionError) {
         for job in pool.take_all() {
             let meta = Meta::attempt(&job, Instant::now());
+            let Some(message) = self.compose(job.message, &meta) else { continue };
             self.in_flight.set(self.in_flight.get() + 1);
             let done = Completed {
                 user: meta,
-                message: job.message,
+                message,
                 result: crate::proto::client::TxnResult::Aborted(error.clone()),
                 rejected: Vec::new(),
                 at: Instant::now(),

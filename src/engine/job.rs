@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::proto::Message;
+use crate::proto::{Address, Message};
 
 /// Where messages go: a set of addresses to try and the connection budget for them.
 #[derive(Debug)]
@@ -168,12 +168,45 @@ fn nanos_since_epoch(now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
+/// What a job sends: a message ready to go, or the makings of one that the core taking the job
+/// composes just before sending it. Composing on the cores (rendering a template, later
+/// signing) spreads that work over every core instead of one producer thread, and keeps
+/// queued jobs small.
+#[derive(Debug)]
+pub enum Payload {
+    Ready(Message),
+    Compose(Box<dyn Compose>),
+}
+
+/// A message the core composes when it needs it (see [`Payload`]).
+pub trait Compose: Send + std::fmt::Debug {
+    /// Builds the message. An `Err` means it cannot be sent at all: its recipients end as
+    /// unsendable, with nothing sent and no attempt counted.
+    fn compose(self: Box<Self>) -> Result<Message, Unsendable>;
+}
+
+/// A message that could not be composed: whom it was for, and why.
+#[derive(Debug)]
+pub struct Unsendable {
+    pub recipients: Vec<Address>,
+    pub reason: String,
+}
+
+impl Payload {
+    pub fn compose(self) -> Result<Message, Unsendable> {
+        match self {
+            Payload::Ready(message) => Ok(message),
+            Payload::Compose(recipe) => recipe.compose(),
+        }
+    }
+}
+
 /// One message to deliver, with its bookkeeping.
 #[derive(Debug)]
 pub struct Job {
     pub id: u64,
     pub destination: Arc<Destination>,
-    pub message: Message,
+    pub message: Payload,
     /// When the job was due: its creation (closed loop) or its scheduled time (open loop).
     /// Latency is measured from here, so a stalled server cannot hide queueing delay.
     pub due: Instant,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-pub use job::{Destination, Job, JobSource, Next};
+pub use job::{Compose, Destination, Job, JobSource, Next, Payload, Unsendable};
 pub use outcome::{Outcome, Via};
 pub use stats::{METRICS, Metric, Stats};
 

@@ -44,6 +44,9 @@ pub struct Outcome {
     pub at: Instant,
     /// For a deferred recipient: the message again, addressed to it alone, to retry later.
     pub retry: Option<Message>,
+    /// The message could not be composed (`error` says why): nothing was sent, and
+    /// `disposition` is `Bounced`.
+    pub unsendable: bool,
 }
 
 impl Outcome {
@@ -85,6 +88,26 @@ impl Outcome {
             due: head.due,
             at: done.at,
             retry,
+            unsendable: false,
+        }
+    }
+
+    /// The outcome of `recipient` of a message that could not be composed.
+    pub(super) fn unsendable(recipient: Address, reason: &str, head: Head<'_>, at: Instant) -> Outcome {
+        Outcome {
+            id: head.id,
+            recipient,
+            disposition: Disposition::Bounced,
+            reply: None,
+            error: Some(reason.to_owned()),
+            destination: Arc::clone(head.destination),
+            via: None,
+            size: 0,
+            attempts: head.attempts,
+            due: head.due,
+            at,
+            retry: None,
+            unsendable: true,
         }
     }
 }

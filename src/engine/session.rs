@@ -169,7 +169,8 @@ where
             let now = Instant::now();
             let (due, first_attempt) = (job.due, job.attempts == 0);
             let meta = Meta::attempt(&job, now);
-            let pushed = client.push(job.message, meta);
+            let Some(message) = core.compose(job.message, &meta) else { continue };
+            let pushed = client.push(message, meta);
             if pushed.is_ok() {
                 // Counted only once the session holds it, so in-flight never counts a job
                 // that is back in the pool.
@@ -181,7 +182,7 @@ where
                 pool.push(super::job::Job {
                     id: meta.id,
                     destination: meta.destination,
-                    message,
+                    message: super::job::Payload::Ready(message),
                     due: meta.due,
                     attempts: meta.attempts,
                     last_conn: id,

@@ -121,6 +121,8 @@ pub struct Stats {
     pub uncertain: u64,
     /// Jobs never attempted because the run was cut short.
     pub unsent: u64,
+    /// Messages whose composition failed (see `engine::Unsendable`): never sent.
+    pub unsendable: u64,
     pub recipients: RecipientTotals,
     /// Attempts that ended deferred and were tried again.
     pub retries: u64,
@@ -166,6 +168,7 @@ impl Default for Stats {
             bounced: 0,
             uncertain: 0,
             unsent: 0,
+            unsendable: 0,
             recipients: RecipientTotals::default(),
             retries: 0,
             bytes: 0,
@@ -263,6 +266,7 @@ impl Stats {
         self.uncertain += o.uncertain;
         self.retries += o.retries;
         self.unsent += o.unsent;
+        self.unsendable += o.unsendable;
         self.recipients.delivered += o.recipients.delivered;
         self.recipients.deferred += o.recipients.deferred;
         self.recipients.bounced += o.recipients.bounced;

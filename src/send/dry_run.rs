@@ -44,6 +44,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     while let Some(item) = rows.next_row().map_err(|error| SendError::Input { path: path.clone(), error })? {
         summary.rows += 1;
         let outcome = item.map_err(|bad| (bad.line, bad.reason)).and_then(|row| {
+            let row = Arc::new(row);
             if config.dedupe && !seen.insert(fingerprint(row.email.as_str())) {
                 return Err((row.line, format!("{}: duplicate address", row.email)));
             }

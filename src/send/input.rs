@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -19,7 +20,42 @@ pub struct Row {
     /// 1-based line of the input where the row starts: the recipient's identity in the log.
     pub line: u64,
     pub email: Address,
-    pub vars: Map<String, Value>,
+    pub vars: Vars,
+}
+
+/// A row's variables, as read: a CSV row stays one record (two allocations, whatever its
+/// width) beside the header's names, shared by every row; a JSON object keeps its types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Vars {
+    Csv { names: Arc<[String]>, fields: csv::StringRecord },
+    Json(Map<String, Value>),
+}
+
+impl Vars {
+    /// The variable `name`, as text (CSV) or as JSON.
+    pub fn get(&self, name: &str) -> Option<Var<'_>> {
+        match self {
+            Vars::Csv { names, fields } => {
+                names.iter().position(|n| n == name).and_then(|i| fields.get(i)).map(Var::Text)
+            }
+            Vars::Json(map) => map.get(name).map(Var::Json),
+        }
+    }
+
+    /// Every variable's name.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Vars::Csv { names, .. } => names.iter().map(String::as_str).collect(),
+            Vars::Json(map) => map.keys().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// One variable's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Var<'a> {
+    Text(&'a str),
+    Json(&'a Value),
 }
 
 /// A row that cannot be sent, and why: logged as `rejected`, never stopping the run.
@@ -49,7 +85,7 @@ pub struct Rows {
 enum Inner {
     Csv {
         reader: csv::Reader<Box<dyn Read + Send>>,
-        headers: Vec<String>,
+        headers: Arc<[String]>,
         email: usize,
         record: csv::ByteRecord,
     },
@@ -94,7 +130,7 @@ impl Rows {
             Format::Csv => {
                 let boxed: Box<dyn Read + Send> = Box::new(reader);
                 let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(boxed);
-                let headers: Vec<String> = reader
+                let headers: Arc<[String]> = reader
                     .headers()
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("CSV header row: {e}")))?
                     .iter()
@@ -122,7 +158,7 @@ impl Rows {
 
 fn next_csv(
     reader: &mut csv::Reader<Box<dyn Read + Send>>,
-    headers: &[String],
+    headers: &Arc<[String]>,
     email: usize,
     record: &mut csv::ByteRecord,
 ) -> io::Result<Option<Item>> {
@@ -143,19 +179,17 @@ fn next_csv(
         let reason = format!("{} fields where the header has {}", record.len(), headers.len());
         return Ok(Some(Err(BadRow { line, email: None, reason })));
     }
-    let mut vars = Map::new();
-    for (name, value) in headers.iter().zip(record.iter()) {
-        let Ok(value) = std::str::from_utf8(value) else {
-            return Ok(Some(Err(BadRow {
-                line,
-                email: None,
-                reason: format!("column `{name}` is not UTF-8"),
-            })));
-        };
-        vars.insert(name.clone(), Value::String(value.to_owned()));
-    }
-    let text = std::str::from_utf8(&record[email]).unwrap_or_default();
-    Ok(Some(row(line, text, vars)))
+    // The reader's record is reused for the next row; this row keeps a copy of its own.
+    let fields = match csv::StringRecord::from_byte_record(record.clone()) {
+        Ok(fields) => fields,
+        Err(e) => {
+            let name = headers.get(e.utf8_error().field()).map_or("?", String::as_str);
+            let reason = format!("column `{name}` is not UTF-8");
+            return Ok(Some(Err(BadRow { line, email: None, reason })));
+        }
+    };
+    let text = fields.get(email).unwrap_or_default().to_owned();
+    Ok(Some(row(line, &text, Vars::Csv { names: Arc::clone(headers), fields })))
 }
 
 fn next_jsonl(
@@ -207,11 +241,11 @@ fn next_jsonl(
             }
             None => return Ok(Some(Err(BadRow { line: at, email: None, reason: "no `email` key".into() }))),
         };
-        return Ok(Some(row(at, &email, vars)));
+        return Ok(Some(row(at, &email, Vars::Json(vars))));
     }
 }
 
-fn row(line: u64, email: &str, vars: Map<String, Value>) -> Item {
+fn row(line: u64, email: &str, vars: Vars) -> Item {
     let text = email.trim();
     let bad = |reason: String| BadRow { line, email: Some(text.to_owned()), reason };
     if text.is_empty() {
@@ -264,8 +298,9 @@ mod tests {
         let ok: Vec<&Row> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
         assert_eq!(ok.len(), 3);
         assert_eq!((ok[0].line, ok[0].email.as_str()), (2, "a@x.test"));
-        assert_eq!(ok[1].vars["name"], "Bob, Jr.");
-        assert_eq!(ok[1].vars["city"], "multi\nline");
+        assert_eq!(ok[1].vars.get("name"), Some(Var::Text("Bob, Jr.")));
+        assert_eq!(ok[1].vars.get("city"), Some(Var::Text("multi\nline")));
+        assert_eq!(ok[1].vars.get("nope"), None);
         assert_eq!(ok[2].line, 5, "the quoted newline counts as a line");
     }
 
@@ -295,7 +330,7 @@ mod tests {
         let items = rows(text, None);
         let ok: Vec<&Row> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
         assert_eq!(ok.len(), 2);
-        assert_eq!(ok[0].vars["n"], 3);
+        assert_eq!(ok[0].vars.get("n"), Some(Var::Json(&Value::from(3))));
         assert_eq!(ok[1].line, 7, "blank lines count");
         let bad = reasons(&items);
         assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![3, 4, 5, 6]);

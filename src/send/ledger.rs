@@ -196,6 +196,12 @@ impl Ledger {
     }
 
     fn outcome(&mut self, o: Outcome) {
+        if o.unsendable {
+            // Its template refused the row (on the core that was to send it): nothing was sent.
+            let mut r = Record::new(Status::Rejected, o.id).rcpt(o.recipient.to_string());
+            r.reason = o.error;
+            return self.write(r);
+        }
         let now = Instant::now();
         let retry_at = match o.disposition {
             Disposition::Deferred => self.schedule.next(o.attempts, o.due, now, &mut self.rng),
@@ -228,7 +234,7 @@ impl Ledger {
                 let pending = Pending {
                     line: o.id,
                     rcpt: o.recipient.clone(),
-                    message,
+                    message: crate::engine::Payload::Ready(message),
                     born: o.due,
                     attempts: o.attempts,
                 };

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::engine::Payload;
 use crate::proto::Address;
-use crate::proto::client::Message;
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +34,13 @@ impl Schedule {
     }
 }
 
-/// A recipient between attempts: its message (rendered once) and its history.
+/// A recipient between attempts: its message (to be rendered by a core, or rendered by the
+/// first attempt and kept for the rest) and its history.
 #[derive(Debug)]
 pub struct Pending {
     pub line: u64,
     pub rcpt: Address,
-    pub message: Message,
+    pub message: Payload,
     /// When it was first admitted: queue time and maximum age count from here.
     pub born: Instant,
     pub attempts: u32,

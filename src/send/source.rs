@@ -9,16 +9,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::input::{BadRow, Row, Rows};
 use super::log::{Record, Resumed, Status};
 use super::retry::{Pending, Schedule};
 use super::route::{Lookup, Route, Routes};
-use super::template::MessageTemplate;
-use crate::engine::{Job, JobSource, Next};
-use crate::proto::Body;
-use crate::proto::client::{Envelope, Message};
+use super::template::{MessageTemplate, Recipe};
+use crate::engine::{Job, JobSource, Next, Payload};
 use crate::rng::Rng;
 
 /// Rows held aside waiting for DNS before reading stops until answers come.
@@ -137,16 +135,11 @@ impl SendSource {
                 });
             }
         }
-        let rendered = match self.template.render(&row, SystemTime::now()) {
-            Ok(r) => r,
-            Err(reason) => {
-                return self.reject(BadRow { line: row.line, email: Some(row.email.to_string()), reason });
-            }
-        };
-        let envelope = Arc::new(Envelope { sender: rendered.sender, recipients: vec![row.email.clone()] });
-        let message = Message::new(envelope, Body::new(&rendered.content));
-        let pending = Pending { line: row.line, rcpt: row.email, message, born: now, attempts: 0 };
-        self.route(pending, now);
+        // Rendered by the core that sends it; a row its template refuses is rejected there.
+        let (line, rcpt) = (row.line, row.email.clone());
+        let recipe = Recipe { row: Arc::new(row), template: Arc::clone(&self.template) };
+        let message = Payload::Compose(Box::new(recipe));
+        self.route(Pending { line, rcpt, message, born: now, attempts: 0 }, now);
     }
 
     fn route(&mut self, pending: Pending, now: Instant) {

@@ -10,15 +10,18 @@
 //! non-ASCII values as RFC 2047 encoded-words. The rendered header section is then checked line
 //! by line.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use minijinja::value::{Enumerator, Object};
 use minijinja::{Environment, UndefinedBehavior, Value};
-use serde_json::Map;
 use thiserror::Error;
 
-use super::input::Row;
-use crate::proto::Address;
+use super::input::{Row, Var};
+use crate::engine::{Compose, Unsendable};
+use crate::proto::client::{Envelope, Message};
+use crate::proto::{Address, Body};
 
 /// Template names: the ones rendered into headers get the header formatter.
 const HEAD: &str = "head";
@@ -104,6 +107,72 @@ pub struct MessageTemplate {
     from: Option<FromHeader>,
     mail_from: bool,
     campaign: String,
+    /// The campaign id as the templates see it (`{{ campaign }}`), made once.
+    campaign_value: Value,
+}
+
+impl std::fmt::Debug for MessageTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageTemplate").field("campaign", &self.campaign).finish_non_exhaustive()
+    }
+}
+
+/// A row as the templates see it: its variables, `email` (always the parsed address), and
+/// `line` and `campaign` unless the row has variables of those names. Values are looked up in
+/// the row where they lie when a template asks: nothing is converted per row up front.
+#[derive(Debug)]
+struct Context {
+    row: Arc<Row>,
+    campaign: Value,
+}
+
+impl Object for Context {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        if key == "email" {
+            return Some(Value::from(self.row.email.as_str()));
+        }
+        match self.row.vars.get(key) {
+            Some(Var::Text(text)) => Some(Value::from(text)),
+            Some(Var::Json(json)) => Some(Value::from(minijinja::value::Serde(json))),
+            None if key == "line" => Some(Value::from(self.row.line)),
+            None if key == "campaign" => Some(self.campaign.clone()),
+            None => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let mut names = self.row.vars.names();
+        for extra in ["email", "line", "campaign"] {
+            if !names.contains(&extra) {
+                names.push(extra);
+            }
+        }
+        Enumerator::Values(names.into_iter().map(Value::from).collect())
+    }
+}
+
+/// One recipient's message, left for the core that sends it to render (see
+/// [`crate::engine::Payload`]): rendering runs on every core in parallel.
+#[derive(Debug)]
+pub struct Recipe {
+    pub row: Arc<Row>,
+    pub template: Arc<MessageTemplate>,
+}
+
+impl Compose for Recipe {
+    fn compose(self: Box<Self>) -> Result<Message, Unsendable> {
+        match self.template.render(&self.row, SystemTime::now()) {
+            Ok(rendered) => {
+                let envelope = Envelope { sender: rendered.sender, recipients: vec![self.row.email.clone()] };
+                Ok(Message::new(Arc::new(envelope), Body::new(&rendered.content)))
+            }
+            Err(reason) => Err(Unsendable { recipients: vec![self.row.email.clone()], reason }),
+        }
+    }
 }
 
 impl MessageTemplate {
@@ -183,16 +252,13 @@ impl MessageTemplate {
             from,
             mail_from: spec.mail_from.is_some(),
             campaign: campaign.to_owned(),
+            campaign_value: Value::from(campaign),
         })
     }
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
-    pub fn render(&self, row: &Row, now: SystemTime) -> Result<Rendered, String> {
-        let mut vars: Map<String, serde_json::Value> = row.vars.clone();
-        vars.insert("email".into(), row.email.as_str().into());
-        vars.entry("line").or_insert_with(|| row.line.into());
-        vars.entry("campaign").or_insert_with(|| self.campaign.as_str().into());
-        let ctx = Value::from(minijinja::value::Serde(&vars));
+    pub fn render(&self, row: &Arc<Row>, now: SystemTime) -> Result<Rendered, String> {
+        let ctx = Value::from_object(Context { row: Arc::clone(row), campaign: self.campaign_value.clone() });
         let render = |name: &str| -> Result<String, String> {
             let template = self.env.get_template(name).map_err(|e| e.to_string())?;
             template.render(&ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
@@ -309,7 +375,14 @@ fn describe(e: &minijinja::Error) -> String {
 
 /// The header formatter: a value may not break the line; non-ASCII becomes an encoded-word.
 fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), minijinja::Error> {
-    let text = value.to_string();
+    let formatted;
+    let text = match value.as_str() {
+        Some(text) => text,
+        None => {
+            formatted = value.to_string();
+            &formatted
+        }
+    };
     if text.contains(['\r', '\n']) {
         return Err(minijinja::Error::new(
             minijinja::ErrorKind::InvalidOperation,
@@ -323,7 +396,7 @@ fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), miniji
         ));
     }
     let written = if text.is_ascii() {
-        out.write_str(&text)
+        out.write_str(text)
     } else {
         let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
         out.write_fmt(format_args!("=?utf-8?B?{encoded}?="))

@@ -1,9 +1,9 @@
 use super::*;
 use serde_json::json;
 
-fn row(line: u64, email: &str, vars: serde_json::Value) -> Row {
+fn row(line: u64, email: &str, vars: serde_json::Value) -> Arc<Row> {
     let serde_json::Value::Object(vars) = vars else { panic!("vars must be an object") };
-    Row { line, email: Address::new(email).unwrap(), vars }
+    Arc::new(Row { line, email: Address::new(email).unwrap(), vars: crate::send::input::Vars::Json(vars) })
 }
 
 fn raw(message: &str) -> MessageSpec {
