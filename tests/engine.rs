@@ -365,7 +365,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
             engine::Next::Job(engine::Job {
                 id: self.next,
                 destination: Arc::clone(&self.destinations[(self.next % 3) as usize]),
-                message: self.content.next_message(),
+                message: mailvolley::engine::Payload::Ready(self.content.next_message()),
                 due: now,
                 attempts: 0,
                 last_conn: 0,
@@ -478,4 +478,73 @@ fn a_server_that_hangs_up_right_after_ehlo_does_not_hang_the_run() {
     accounted(&report, 20);
     assert_eq!((s.delivered, s.deferred), (0, 20), "{s:?}");
     assert!(sessions >= 3, "each attempt was a session: {sessions}");
+}
+
+#[test]
+fn jobs_composed_on_the_cores_are_sent_or_end_unsendable_without_being_sent() {
+    // Every third job's composition fails: its recipient must come back as an unsendable
+    // outcome with the reason, and nothing of it may reach the server.
+    #[derive(Debug)]
+    struct Recipe {
+        n: u64,
+        message: mailvolley::proto::client::Message,
+    }
+    impl engine::Compose for Recipe {
+        fn compose(self: Box<Self>) -> Result<mailvolley::proto::client::Message, engine::Unsendable> {
+            if self.n % 3 == 0 {
+                let recipients = self.message.envelope.recipients.clone();
+                return Err(engine::Unsendable { recipients, reason: format!("recipe {} refused", self.n) });
+            }
+            Ok(self.message)
+        }
+    }
+    struct Source {
+        destination: Arc<Destination>,
+        content: Content,
+        next: u64,
+    }
+    impl engine::JobSource for Source {
+        fn next(&mut self, now: Instant) -> engine::Next {
+            if self.next == 300 {
+                return engine::Next::Done;
+            }
+            self.next += 1;
+            let recipe = Recipe { n: self.next, message: self.content.next_message() };
+            engine::Next::Job(engine::Job {
+                id: self.next,
+                destination: Arc::clone(&self.destination),
+                message: engine::Payload::Compose(Box::new(recipe)),
+                due: now,
+                attempts: 0,
+                last_conn: 0,
+                partial: false,
+            })
+        }
+    }
+    let s = common::sink(|c| c.threads = 2);
+    let destination = Arc::new(Destination::new(0, "sink", vec![s.local_addr()], 4));
+    let source = Source { destination: Arc::clone(&destination), content: content(500, 1), next: 0 };
+    let mut config = engine_config();
+    config.outcomes = true;
+    let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
+    let queues = running.outcomes().to_vec();
+    let mut outcomes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running.is_finished() && Instant::now() < deadline {
+        queues.iter().for_each(|q| outcomes.extend(std::iter::from_fn(|| q.pop())));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    queues.iter().for_each(|q| outcomes.extend(std::iter::from_fn(|| q.pop())));
+    let report = join_within(running, Duration::from_secs(10));
+    assert_eq!(outcomes.len(), 300);
+    for o in &outcomes {
+        if o.id % 3 == 0 {
+            assert!(o.unsendable && o.via.is_none() && o.reply.is_none(), "{o:?}");
+            assert_eq!(o.error.as_deref(), Some(format!("recipe {} refused", o.id).as_str()));
+        } else {
+            assert!(!o.unsendable && o.reply.as_ref().is_some_and(|r| r.code == 250), "{o:?}");
+        }
+    }
+    assert_eq!((report.stats.delivered, report.stats.unsendable), (200, 100));
+    assert_eq!(s.stop().unwrap().messages_accepted, 200, "nothing unsendable was sent");
 }

@@ -91,7 +91,7 @@ fn start_up_errors() {
         ),
     ];
     for (spec, want) in cases {
-        let err = MessageTemplate::new(&spec, "c").err().expect(want).to_string();
+        let err = MessageTemplate::new(&spec, "c").expect_err(want).to_string();
         assert!(err.contains(want), "{want}: {err}");
     }
 }
@@ -153,4 +153,49 @@ fn header_sections_are_checked_after_rendering() {
     assert!(check_header_section("Bad Name: x\r\n").is_err());
     assert_eq!(split_message("A: b\r\nC: d\r\n\r\nbody\r\n"), ("A: b\r\nC: d\r\n", "body\r\n"));
     assert_eq!(split_message("A: b\n\n"), ("A: b\n", ""));
+}
+
+fn csv_row(header: &str, fields: &str) -> Arc<Row> {
+    let text = format!("{header}\n{fields}\n");
+    let mut rows = crate::send::input::Rows::new(
+        Box::new(std::io::Cursor::new(text.into_bytes())),
+        Some(crate::send::input::Format::Csv),
+    )
+    .unwrap();
+    Arc::new(rows.next_row().unwrap().unwrap().unwrap())
+}
+
+#[test]
+fn csv_rows_are_looked_up_in_place_with_email_line_and_campaign() {
+    let t = MessageTemplate::new(
+        &raw("From: a@example.com\nSubject: {{ first }}\n\n{{ email }} {{ line }} {{ campaign }} {{ first }}\n"),
+        "c9",
+    )
+    .unwrap();
+    let r = t.render(&csv_row("email,first", "Ann@X.test,Ann"), now()).unwrap();
+    assert!(text(&r).contains("Subject: Ann\r\n"), "{}", text(&r));
+    assert!(text(&r).ends_with("\r\n\r\nAnn@X.test 2 c9 Ann\n"), "{}", text(&r));
+    // A column named like a built-in variable wins, except `email`: always the parsed address.
+    let r = t.render(&csv_row("email,first,line,campaign", " b@y.test ,B,L,C"), now()).unwrap();
+    assert!(text(&r).ends_with("\r\n\r\nb@y.test L C B\n"), "{}", text(&r));
+    let err = t.render(&csv_row("email,name", "c@z.test,Cy"), now()).unwrap_err();
+    assert!(err.contains("undefined"), "{err}");
+}
+
+#[test]
+fn a_recipe_composes_the_envelope_and_message_or_says_why_not() {
+    use crate::engine::Compose;
+    let t = Arc::new(
+        MessageTemplate::new(&raw("From: a@example.com\nSubject: {{ s }}\n\nhello\n"), "c").unwrap(),
+    );
+    let ok = Box::new(Recipe { row: row(3, "r@x.test", json!({ "s": "hi" })), template: Arc::clone(&t) });
+    let m = ok.compose().unwrap();
+    assert_eq!(m.envelope.sender.as_ref().unwrap().as_str(), "a@example.com");
+    assert_eq!(m.envelope.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["r@x.test"]);
+    let body = String::from_utf8(m.body.bytes().to_vec()).unwrap();
+    assert!(body.contains("Subject: hi\r\n") && body.ends_with("\r\n\r\nhello\r\n"), "{body}");
+    let bad = Box::new(Recipe { row: row(4, "s@x.test", json!({ "s": "a\nBcc: x@y" })), template: t });
+    let refused = bad.compose().unwrap_err();
+    assert_eq!(refused.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["s@x.test"]);
+    assert!(refused.reason.contains("header injection"), "{}", refused.reason);
 }
