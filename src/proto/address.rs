@@ -91,6 +91,11 @@ impl Address {
         &self.text
     }
 
+    /// The text, shared (a copy costs a reference count, not an allocation).
+    pub fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.text)
+    }
+
     pub fn local_part(&self) -> &str {
         &self.text[..usize::from(self.at)]
     }

@@ -156,9 +156,19 @@ impl std::fmt::Debug for Body {
 
 impl Body {
     pub fn new(raw: &[u8]) -> Body {
-        let mut out = Vec::with_capacity(raw.len() + 2);
+        Body::from_chunks(&[raw])
+    }
+
+    /// A body whose content comes in pieces (a header section, added headers, the text),
+    /// encoded in one pass: the pieces are never joined into a copy first.
+    pub fn from_chunks(chunks: &[&[u8]]) -> Body {
+        let len: usize = chunks.iter().map(|c| c.len()).sum();
+        // Room for LF line endings to become CRLF without growing, at typical line lengths.
+        let mut out = Vec::with_capacity(len + len / 32 + 2);
         let mut enc = BodyEncoder::new(Framing::Raw);
-        enc.push(raw, &mut out);
+        for chunk in chunks {
+            enc.push(chunk, &mut out);
+        }
         enc.finish(&mut out);
         let stuffed = enc.saw_dot_lines().then(|| encode(Framing::Data, &out).into());
         Body { bytes: out.into(), stuffed, eight_bit: enc.saw_eight_bit() }
@@ -409,6 +419,22 @@ mod tests {
             data_form.extend_from_slice(b".\r\n");
             let data_form = body.stuffed().map(|s| s.to_vec()).unwrap_or(data_form);
             prop_assert_eq!(data_form, encode(Framing::Data, &input));
+        }
+
+        #[test]
+        fn a_body_from_chunks_is_the_body_of_their_concatenation(
+            input in body_bytes(),
+            mut cuts in prop::collection::vec(0usize..300, 0..8),
+        ) {
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().map(|c| c.min(input.len())) {
+                chunks.push(&input[start..cut.max(start)]);
+                start = cut.max(start);
+            }
+            chunks.push(&input[start..]);
+            prop_assert_eq!(Body::from_chunks(&chunks), Body::new(&input));
         }
     }
 

@@ -72,11 +72,15 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     summary.domains = per_domain.len();
     if let Some((to, r)) = &first {
         let sender = r.sender.as_ref().map_or("<>".to_owned(), |s| format!("<{s}>"));
-        writeln!(out, "--- first message: MAIL FROM:{sender} RCPT TO:<{to}>, {} octets ---", r.content.len())
-            .map_err(io_err)?;
-        out.write_all(&r.content[..r.content.len().min(SHOWN_OCTETS)]).map_err(io_err)?;
-        if r.content.len() > SHOWN_OCTETS {
-            writeln!(out, "\n[... {} more octets]", r.content.len() - SHOWN_OCTETS).map_err(io_err)?;
+        writeln!(
+            out,
+            "--- first message: MAIL FROM:{sender} RCPT TO:<{to}>, {} octets ---",
+            r.body.bytes().len()
+        )
+        .map_err(io_err)?;
+        out.write_all(&r.body.bytes()[..r.body.bytes().len().min(SHOWN_OCTETS)]).map_err(io_err)?;
+        if r.body.bytes().len() > SHOWN_OCTETS {
+            writeln!(out, "\n[... {} more octets]", r.body.bytes().len() - SHOWN_OCTETS).map_err(io_err)?;
         }
         writeln!(out, "--- end ---").map_err(io_err)?;
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
-use super::log::{LogFile, Record, Status};
+use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
 use crate::engine::Outcome;
@@ -99,6 +99,7 @@ pub struct Ledger {
     tally: Tally,
     domains: HashMap<String, DomainBook>,
     histograms: usize,
+    clock: Clock,
     log_error: Option<String>,
     unrecorded: u64,
     started: Instant,
@@ -138,6 +139,7 @@ impl Ledger {
             tally: Tally::default(),
             domains: HashMap::new(),
             histograms: 0,
+            clock: Clock::default(),
             log_error: None,
             unrecorded: 0,
             started: Instant::now(),
@@ -196,9 +198,10 @@ impl Ledger {
     }
 
     fn outcome(&mut self, o: Outcome) {
+        let stamp = self.clock.now();
         if o.unsendable {
             // Its template refused the row (on the core that was to send it): nothing was sent.
-            let mut r = Record::new(Status::Rejected, o.id).rcpt(o.recipient.to_string());
+            let mut r = Record::at(Status::Rejected, o.id, stamp).rcpt(o.recipient.shared());
             r.reason = o.error;
             return self.write(r);
         }
@@ -214,15 +217,15 @@ impl Ledger {
             Disposition::Deferred if retry_at.is_some() && o.retry.is_some() => Status::Deferred,
             Disposition::Deferred => Status::Expired,
         };
-        let mut r = Record::new(status, o.id).rcpt(o.recipient.to_string());
+        let mut r = Record::at(status, o.id, stamp).rcpt(o.recipient.shared());
         r.attempts = o.attempts;
-        if let Some(reply) = &o.reply {
+        if let Some(reply) = o.reply {
             r = r.reply(reply);
         }
-        r.reason = o.error.clone();
-        if let Some(via) = &o.via {
-            r.mx = via.host.as_deref().map(str::to_owned);
-            r.ip = Some(via.addr.ip().to_string());
+        r.reason = o.error;
+        if let Some(via) = o.via {
+            r.mx = via.host;
+            r.ip = Some(via.addr.ip());
             r.tls = via.tls;
         }
         r.size = Some(o.size);
@@ -233,7 +236,7 @@ impl Ledger {
                 r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
                 let pending = Pending {
                     line: o.id,
-                    rcpt: o.recipient.clone(),
+                    rcpt: o.recipient,
                     message: crate::engine::Payload::Ready(message),
                     born: o.due,
                     attempts: o.attempts,
@@ -243,37 +246,42 @@ impl Ledger {
                 let _ = self.retries.send((at, pending));
             }
         }
-        if status == Status::Delivered {
-            self.latency(o.recipient.domain(), queued);
-        }
-        self.write(r);
-    }
-
-    fn latency(&mut self, domain: &str, queued: Duration) {
-        let can_add = self.histograms < MAX_DOMAIN_HISTOGRAMS;
-        let book = self.book(domain);
-        if book.latency.is_none() && can_add {
-            book.latency = Histogram::new_with_bounds(1, 86_400_000, 1).ok();
-            self.histograms += 1;
-        }
-        if let Some(h) = &mut self.book(domain).latency {
-            h.saturating_record((queued.as_millis() as u64).max(1));
-        }
-    }
-
-    fn book(&mut self, domain: &str) -> &mut DomainBook {
-        if !self.domains.contains_key(domain) {
-            self.domains.insert(domain.to_owned(), DomainBook { tally: Tally::default(), latency: None });
-        }
-        self.domains.get_mut(domain).expect("inserted above")
+        let latency = (status == Status::Delivered).then_some(queued);
+        self.write_timed(r, latency);
     }
 
     fn write(&mut self, r: Record) {
+        self.write_timed(r, None);
+    }
+
+    /// Counts and writes a record; `latency`: a delivered recipient's queue time.
+    fn write_timed(&mut self, r: Record, latency: Option<Duration>) {
         self.tally.count(r.status);
-        if let Some(domain) =
-            r.rcpt.as_deref().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase())
-        {
-            self.book(&domain).tally.count(r.status);
+        if let Some((_, domain)) = r.rcpt.as_deref().and_then(|a| a.rsplit_once('@')) {
+            let lowered;
+            let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+                lowered = domain.to_ascii_lowercase();
+                lowered.as_str()
+            } else {
+                domain
+            };
+            let book = match self.domains.get_mut(domain) {
+                Some(book) => book,
+                None => self
+                    .domains
+                    .entry(domain.to_owned())
+                    .or_insert(DomainBook { tally: Tally::default(), latency: None }),
+            };
+            book.tally.count(r.status);
+            if let Some(queued) = latency {
+                if book.latency.is_none() && self.histograms < MAX_DOMAIN_HISTOGRAMS {
+                    book.latency = Histogram::new_with_bounds(1, 86_400_000, 1).ok();
+                    self.histograms += 1;
+                }
+                if let Some(h) = &mut book.latency {
+                    h.saturating_record((queued.as_millis() as u64).max(1));
+                }
+            }
         }
         if r.status.is_final() {
             self.shared.finalized.fetch_add(1, Ordering::Release);

@@ -4,12 +4,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::proto::Reply;
+use crate::proto::{EnhancedCode, Reply};
 
 /// Sync at least this often while records are waiting...
 pub const SYNC_EVERY: Duration = Duration::from_millis(100);
@@ -61,28 +63,29 @@ impl Status {
     }
 }
 
-/// One line of the log. Fields that do not apply are left out.
+/// One line of the log. Fields that do not apply are left out. Shared and plain values rather
+/// than formatted strings, so making a record allocates little: it is made per recipient.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    pub time: String,
+    pub time: Arc<str>,
     pub status: Status,
     /// The recipient's input line (its identity for `--resume`); 0 for the run record.
     pub line: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rcpt: Option<String>,
+    pub rcpt: Option<Arc<str>>,
     #[serde(skip_serializing_if = "is_zero")]
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mx: Option<String>,
+    pub mx: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display")]
+    pub enhanced: Option<EnhancedCode>,
+    /// The server's reply text (lines joined by ` / `), or what went wrong without a reply.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enhanced: Option<String>,
-    /// The server's reply text, or what went wrong without a reply.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply: Option<String>,
+    pub reply: Option<Box<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,10 +108,22 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn display<S: serde::Serializer>(code: &Option<EnhancedCode>, s: S) -> Result<S::Ok, S::Error> {
+    match code {
+        Some(code) => s.collect_str(code),
+        None => s.serialize_none(),
+    }
+}
+
 impl Record {
     pub fn new(status: Status, line: u64) -> Record {
+        Record::at(status, line, now_rfc3339().into())
+    }
+
+    /// A record stamped `time` (see [`Clock`]).
+    pub fn at(status: Status, line: u64, time: Arc<str>) -> Record {
         Record {
-            time: now_rfc3339(),
+            time,
             status,
             line,
             rcpt: None,
@@ -128,7 +143,7 @@ impl Record {
         }
     }
 
-    pub fn rcpt(mut self, rcpt: impl Into<String>) -> Record {
+    pub fn rcpt(mut self, rcpt: impl Into<Arc<str>>) -> Record {
         self.rcpt = Some(rcpt.into());
         self
     }
@@ -138,16 +153,38 @@ impl Record {
         self
     }
 
-    pub fn reply(mut self, reply: &Reply) -> Record {
+    pub fn reply(mut self, reply: Reply) -> Record {
         self.code = Some(reply.code);
-        self.enhanced = reply.enhanced.map(|e| e.to_string());
-        self.reply = Some(reply.text.replace('\n', " / "));
+        self.enhanced = reply.enhanced;
+        self.reply =
+            Some(if reply.text.contains('\n') { reply.text.replace('\n', " / ").into() } else { reply.text });
         self
     }
 }
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Time stamps for records, formatted once per millisecond rather than once per record.
+#[derive(Debug, Default)]
+pub struct Clock {
+    last: Option<(u128, Arc<str>)>,
+}
+
+impl Clock {
+    pub fn now(&mut self) -> Arc<str> {
+        let now = SystemTime::now();
+        let millis = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        match &self.last {
+            Some((at, stamp)) if *at == millis => Arc::clone(stamp),
+            _ => {
+                let stamp: Arc<str> = humantime::format_rfc3339_millis(now).to_string().into();
+                self.last = Some((millis, Arc::clone(&stamp)));
+                stamp
+            }
+        }
+    }
 }
 
 /// The log file, written with group commit: records are buffered and made durable together
@@ -328,7 +365,7 @@ mod tests {
 
     #[test]
     fn records_are_json_lines_without_empty_fields() {
-        let r = Record::new(Status::Bounced, 12).rcpt("a@x.test").reply(&Reply::new(
+        let r = Record::new(Status::Bounced, 12).rcpt("a@x.test").reply(Reply::new(
             550,
             crate::proto::ReplyParser::new().parse(b"550 5.1.1 no\r\n").unwrap().unwrap().0.enhanced,
             "5.1.1 no\nsuch user",

@@ -101,7 +101,7 @@ impl SendSource {
 
     fn reject(&self, bad: BadRow) {
         let mut r = Record::new(Status::Rejected, bad.line).reason(bad.reason);
-        r.rcpt = bad.email;
+        r.rcpt = bad.email.map(Into::into);
         self.record(r);
     }
 
@@ -165,7 +165,7 @@ impl SendSource {
                 partial: false,
             }),
             Route::Undeliverable(why) => {
-                let mut r = Record::new(Status::Bounced, p.line).rcpt(p.rcpt.to_string()).reason(why);
+                let mut r = Record::new(Status::Bounced, p.line).rcpt(p.rcpt.shared()).reason(why);
                 r.attempts = p.attempts + 1;
                 r.queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
                 self.record(r);
@@ -179,7 +179,7 @@ impl SendSource {
         let queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
         match self.schedule.next(p.attempts, p.born, now, &mut self.rng) {
             Some(at) => {
-                let mut r = Record::new(Status::Deferred, p.line).rcpt(p.rcpt.to_string()).reason(why);
+                let mut r = Record::new(Status::Deferred, p.line).rcpt(p.rcpt.shared()).reason(why);
                 r.attempts = p.attempts;
                 r.queue_ms = queue_ms;
                 r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
@@ -187,7 +187,7 @@ impl SendSource {
                 self.schedule_retry(at, p);
             }
             None => {
-                let mut r = Record::new(Status::Expired, p.line).rcpt(p.rcpt.to_string()).reason(why);
+                let mut r = Record::new(Status::Expired, p.line).rcpt(p.rcpt.shared()).reason(why);
                 r.attempts = p.attempts;
                 r.queue_ms = queue_ms;
                 self.record(r);

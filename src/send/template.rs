@@ -19,6 +19,9 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use thiserror::Error;
 
 use super::input::{Row, Var};
+use simple::Simple;
+
+mod simple;
 use crate::engine::{Compose, Unsendable};
 use crate::proto::client::{Envelope, Message};
 use crate::proto::{Address, Body};
@@ -97,7 +100,8 @@ struct Present {
 pub struct Rendered {
     /// The envelope sender (`None`: the null path, if a template rendered it empty).
     pub sender: Option<Address>,
-    pub content: Vec<u8>,
+    /// The content, CRLF-normalised.
+    pub body: Body,
     pub message_id: String,
 }
 
@@ -109,6 +113,8 @@ pub struct MessageTemplate {
     campaign: String,
     /// The campaign id as the templates see it (`{{ campaign }}`), made once.
     campaign_value: Value,
+    /// The templates that are only text and variables, rendered without minijinja.
+    simple: Vec<(&'static str, Simple)>,
 }
 
 impl std::fmt::Debug for MessageTemplate {
@@ -168,7 +174,7 @@ impl Compose for Recipe {
         match self.template.render(&self.row, SystemTime::now()) {
             Ok(rendered) => {
                 let envelope = Envelope { sender: rendered.sender, recipients: vec![self.row.email.clone()] };
-                Ok(Message::new(Arc::new(envelope), Body::new(&rendered.content)))
+                Ok(Message::new(Arc::new(envelope), rendered.body))
             }
             Err(reason) => Err(Unsendable { recipients: vec![self.row.email.clone()], reason }),
         }
@@ -190,9 +196,16 @@ impl MessageTemplate {
                 minijinja::escape_formatter(out, state, value)
             }
         });
+        let mut simple = Vec::new();
         let mut add = |name: &'static str, source: &str| {
             env.add_template_owned(name, source.to_owned())
-                .map_err(|e| TemplateError::Syntax { name, error: format!("{e:#}") })
+                .map_err(|e| TemplateError::Syntax { name, error: format!("{e:#}") })?;
+            // The HTML part's values are HTML-escaped (minijinja escapes by the name's
+            // "extension"): that one is always minijinja's.
+            if let Some(s) = Simple::parse(source).filter(|_| name != HTML) {
+                simple.push((name, s));
+            }
+            Ok(())
         };
         let from = spec.from.as_deref().map(parse_from).transpose().map_err(TemplateError::From)?;
         let built = spec.subject.is_some()
@@ -253,20 +266,25 @@ impl MessageTemplate {
             mail_from: spec.mail_from.is_some(),
             campaign: campaign.to_owned(),
             campaign_value: Value::from(campaign),
+            simple,
         })
     }
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
     pub fn render(&self, row: &Arc<Row>, now: SystemTime) -> Result<Rendered, String> {
-        let ctx = Value::from_object(Context { row: Arc::clone(row), campaign: self.campaign_value.clone() });
+        let ctx = Arc::new(Context { row: Arc::clone(row), campaign: self.campaign_value.clone() });
         let render = |name: &str| -> Result<String, String> {
+            let header = matches!(name, HEAD | SUBJECT | MAIL_FROM);
+            if let Some(out) = self.simple_of(name).and_then(|s| s.render(&ctx, header)) {
+                return Ok(out);
+            }
+            let ctx = Value::from_dyn_object(Arc::clone(&ctx));
             let template = self.env.get_template(name).map_err(|e| e.to_string())?;
             template.render(&ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
         };
-        let date = mail_builder::headers::date::Date::new(unix_seconds(now));
         // The rendered From header's address, when the template has one.
         let mut header_from = None;
-        let (content, message_id) = match &self.kind {
+        let (body, message_id) = match &self.kind {
             Kind::Raw { has } => {
                 let head = render(HEAD)?;
                 check_header_section(&head)?;
@@ -283,25 +301,36 @@ impl MessageTemplate {
                     }
                 };
                 let message_id = self.message_id(row, &from_domain);
-                let mut content = Vec::with_capacity(head.len() + body.len() + 256);
-                push_header_lines(&mut content, &head);
+                // The headers volley adds, then the empty line that ends the section.
+                let mut added = String::with_capacity(160);
+                if !head.is_empty() && !head.ends_with('\n') {
+                    added.push_str("\r\n");
+                }
+                let mut line = |name: &str, value: &str| {
+                    added.push_str(name);
+                    added.push_str(": ");
+                    added.push_str(value);
+                    added.push_str("\r\n");
+                };
                 if !has.from {
                     if let Some(f) = &self.from {
-                        content.extend_from_slice(format!("From: {}\r\n", format_from(f)).as_bytes());
+                        line("From", &format_from(f));
                     }
                 }
                 if !has.to {
-                    content.extend_from_slice(format!("To: <{}>\r\n", row.email).as_bytes());
+                    line("To", &["<", row.email.as_str(), ">"].concat());
                 }
                 if !has.date {
-                    content.extend_from_slice(format!("Date: {}\r\n", date.to_rfc822()).as_bytes());
+                    with_date(unix_seconds(now), |date| line("Date", date));
                 }
                 if !has.message_id {
-                    content.extend_from_slice(format!("Message-ID: {message_id}\r\n").as_bytes());
+                    line("Message-ID", &message_id);
                 }
-                content.extend_from_slice(b"\r\n");
-                content.extend_from_slice(body.as_bytes());
-                (content, message_id)
+                added.push_str("\r\n");
+                // The encoder makes every line ending CRLF (the header section was checked
+                // above: it has no bare CR).
+                let chunks = [head.as_bytes(), added.as_bytes(), body.as_bytes()];
+                (Body::from_chunks(&chunks), message_id)
             }
             Kind::Built { attachments, text, html } => {
                 let from = self.from.as_ref().ok_or("no --from")?;
@@ -320,7 +349,7 @@ impl MessageTemplate {
                     })
                     .to(row.email.as_str().to_owned())
                     .subject(subject)
-                    .date(date)
+                    .date(mail_builder::headers::date::Date::new(unix_seconds(now)))
                     .message_id(message_id.trim_start_matches('<').trim_end_matches('>').to_owned());
                 if *text {
                     builder = builder.text_body(render(TEXT)?);
@@ -332,7 +361,7 @@ impl MessageTemplate {
                     builder = builder.attachment(a.content_type.clone(), a.name.clone(), a.bytes.as_slice());
                 }
                 let content = builder.write_to_vec().map_err(|e| format!("building the message: {e}"))?;
-                (content, message_id)
+                (Body::new(&content), message_id)
             }
         };
         let sender = if self.mail_from {
@@ -352,13 +381,24 @@ impl MessageTemplate {
                 (None, None) => return Err("the From header has no address".into()),
             }
         };
-        Ok(Rendered { sender, content, message_id })
+        Ok(Rendered { sender, body, message_id })
+    }
+
+    fn simple_of(&self, name: &str) -> Option<&Simple> {
+        self.simple.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
     }
 
     /// Unique per recipient of a campaign, the same for its retries (receivers can tell a
     /// resend by it).
     fn message_id(&self, row: &Row, domain: &str) -> String {
-        format!("<{}.{}@{}>", self.campaign, row.line, domain)
+        // Built by hand: `format!` costs more than the rest of it, once per message.
+        let mut line = [0u8; 20];
+        let line = decimal(row.line, &mut line);
+        let mut id = String::with_capacity(self.campaign.len() + line.len() + domain.len() + 3);
+        for part in ["<", &self.campaign, ".", line, "@", domain, ">"] {
+            id.push_str(part);
+        }
+        id
     }
 }
 
@@ -383,17 +423,29 @@ fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), miniji
             &formatted
         }
     };
+    header_text(text, out).map_err(|refused| match refused {
+        HeaderRefusal::Refused(why) => minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, why),
+        HeaderRefusal::Write => {
+            minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "formatting failed")
+        }
+    })
+}
+
+enum HeaderRefusal {
+    Refused(&'static str),
+    Write,
+}
+
+/// Writes `text` as a header value: refused if it would break the line, an RFC 2047
+/// encoded-word if it is not ASCII.
+fn header_text(text: &str, out: &mut dyn std::fmt::Write) -> Result<(), HeaderRefusal> {
     if text.contains(['\r', '\n']) {
-        return Err(minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
+        return Err(HeaderRefusal::Refused(
             "a value rendered into a header contains a line break (header injection refused)",
         ));
     }
     if text.contains(|c: char| c.is_control() && c != '\t') {
-        return Err(minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            "a value rendered into a header contains a control character",
-        ));
+        return Err(HeaderRefusal::Refused("a value rendered into a header contains a control character"));
     }
     let written = if text.is_ascii() {
         out.write_str(text)
@@ -401,7 +453,7 @@ fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), miniji
         let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
         out.write_fmt(format_args!("=?utf-8?B?{encoded}?="))
     };
-    written.map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "formatting failed"))
+    written.map_err(|_| HeaderRefusal::Write)
 }
 
 /// Splits a message template at its first empty line.
@@ -456,11 +508,19 @@ fn check_header_section(head: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn push_header_lines(out: &mut Vec<u8>, head: &str) {
-    for line in head.lines() {
-        out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
-        out.extend_from_slice(b"\r\n");
+/// Calls `f` with the RFC 5322 date of `secs`, formatted once per second per thread.
+fn with_date<R>(secs: i64, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *text = mail_builder::headers::date::Date::new(secs).to_rfc822();
+            *at = secs;
+        }
+        f(text)
+    })
 }
 
 /// The address in the first `name:` header of a header section (`Name <a@b>` or `a@b`).
@@ -502,6 +562,21 @@ fn format_from(f: &FromHeader) -> String {
         }
         None => format!("<{}>", f.address),
     }
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {

@@ -11,7 +11,7 @@ fn raw(message: &str) -> MessageSpec {
 }
 
 fn text(r: &Rendered) -> String {
-    String::from_utf8(r.content.clone()).unwrap()
+    String::from_utf8(r.body.bytes().to_vec()).unwrap()
 }
 
 fn now() -> SystemTime {
@@ -30,7 +30,7 @@ fn a_raw_template_gets_its_variables_and_the_headers_it_lacks() {
     assert!(m.starts_with("From: News <news@example.com>\r\nSubject: Hi Ann\r\n"), "{m}");
     assert!(m.contains("\r\nTo: <ann@x.test>\r\n"), "{m}");
     assert!(m.contains("\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\n"), "{m}");
-    assert!(m.contains("\r\nMessage-ID: <c1.7@example.com>\r\n\r\nDear Ann,\nline 2\n"), "{m}");
+    assert!(m.contains("\r\nMessage-ID: <c1.7@example.com>\r\n\r\nDear Ann,\r\nline 2\r\n"), "{m}");
     assert_eq!(r.message_id, "<c1.7@example.com>");
     assert_eq!(r.sender.unwrap().as_str(), "news@example.com", "the envelope sender defaults to From");
 }
@@ -44,7 +44,7 @@ fn header_injection_is_refused_and_bodies_may_hold_newlines() {
     }
     let t = MessageTemplate::new(&raw("From: a@example.com\nSubject: hi\n\n{{ s }}\n"), "c").unwrap();
     let r = t.render(&row(2, "a@x.test", json!({ "s": "two\nlines" })), now()).unwrap();
-    assert!(text(&r).contains("\r\n\r\ntwo\nlines\n"));
+    assert!(text(&r).contains("\r\n\r\ntwo\r\nlines\r\n"));
 }
 
 #[test]
@@ -174,10 +174,10 @@ fn csv_rows_are_looked_up_in_place_with_email_line_and_campaign() {
     .unwrap();
     let r = t.render(&csv_row("email,first", "Ann@X.test,Ann"), now()).unwrap();
     assert!(text(&r).contains("Subject: Ann\r\n"), "{}", text(&r));
-    assert!(text(&r).ends_with("\r\n\r\nAnn@X.test 2 c9 Ann\n"), "{}", text(&r));
+    assert!(text(&r).ends_with("\r\n\r\nAnn@X.test 2 c9 Ann\r\n"), "{}", text(&r));
     // A column named like a built-in variable wins, except `email`: always the parsed address.
     let r = t.render(&csv_row("email,first,line,campaign", " b@y.test ,B,L,C"), now()).unwrap();
-    assert!(text(&r).ends_with("\r\n\r\nb@y.test L C B\n"), "{}", text(&r));
+    assert!(text(&r).ends_with("\r\n\r\nb@y.test L C B\r\n"), "{}", text(&r));
     let err = t.render(&csv_row("email,name", "c@z.test,Cy"), now()).unwrap_err();
     assert!(err.contains("undefined"), "{err}");
 }
@@ -198,4 +198,104 @@ fn a_recipe_composes_the_envelope_and_message_or_says_why_not() {
     let refused = bad.compose().unwrap_err();
     assert_eq!(refused.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["s@x.test"]);
     assert!(refused.reason.contains("header injection"), "{}", refused.reason);
+}
+
+#[test]
+fn a_template_of_headers_only_still_gets_a_whole_header_section() {
+    let spec = MessageSpec { from: Some("a@example.com".into()), ..raw("Subject: {{ s }}") };
+    let t = MessageTemplate::new(&spec, "c").unwrap();
+    let m = text(&t.render(&row(2, "r@x.test", json!({ "s": "hi" })), now()).unwrap());
+    assert!(m.starts_with("Subject: hi\r\nFrom: <a@example.com>\r\nTo: <r@x.test>\r\n"), "{m}");
+    assert!(m.ends_with(">\r\n\r\n"), "one empty line ends the header section: {m:?}");
+}
+
+#[test]
+fn decimals() {
+    for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
+        assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
+    }
+}
+
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn csv(first: &str, city: &str) -> Arc<Row> {
+        let names: Arc<[String]> = ["email", "first", "city"].map(String::from).into();
+        let fields = csv::StringRecord::from(vec!["r@x.test", first, city]);
+        let vars = crate::send::input::Vars::Csv { names, fields };
+        Arc::new(Row { line: 42, email: Address::new("r@x.test").unwrap(), vars })
+    }
+
+    /// The fast path's answer and minijinja's, for the template `name` of `t`.
+    fn both(
+        t: &MessageTemplate,
+        name: &str,
+        header: bool,
+        row: &Arc<Row>,
+    ) -> (Option<String>, Result<String, String>) {
+        let ctx = Arc::new(Context { row: Arc::clone(row), campaign: t.campaign_value.clone() });
+        let fast = t.simple_of(name).and_then(|s| s.render(&ctx, header));
+        let template = t.env.get_template(name).unwrap();
+        (fast, template.render(Value::from_dyn_object(ctx)).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn typical_templates_take_it() {
+        let spec = MessageSpec {
+            mail_from: Some("bounces+{{ line }}@example.com".into()),
+            ..raw(
+                "From: a@example.com\nSubject: Hello {{ first }}\n\nDear {{ first }} of {{ city }}, {{ email }}\n",
+            )
+        };
+        let t = MessageTemplate::new(&spec, "c").unwrap();
+        let row = csv("Ann", "Oslo");
+        assert_eq!(
+            both(&t, HEAD, true, &row).0.as_deref(),
+            Some("From: a@example.com\nSubject: Hello Ann\n")
+        );
+        assert_eq!(both(&t, BODY, false, &row).0.as_deref(), Some("Dear Ann of Oslo, r@x.test\n"));
+        assert_eq!(both(&t, MAIL_FROM, true, &row).0.as_deref(), Some("bounces+42@example.com"));
+        // What it does not handle goes to minijinja, which gives the error.
+        let (fast, slow) = both(&t, HEAD, true, &csv("A\r\nBcc: x@y.test", "Oslo"));
+        assert!(fast.is_none() && slow.unwrap_err().contains("header injection"));
+    }
+
+    fn part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z .,:\n\t{}ü]{0,6}",
+            Just("{{ first }}".to_string()),
+            Just("{{city}}".to_string()),
+            Just("{{ email }}".to_string()),
+            Just("{{ line }}".to_string()),
+            Just("{{ campaign }}".to_string()),
+            Just("{{ missing }}".to_string()),
+            Just("{{ first|upper }}".to_string()),
+            Just("{% if city %}[{{ city }}]{% endif %}".to_string()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn whenever_it_answers_it_renders_what_minijinja_renders(
+            parts in prop::collection::vec(part(), 0..8),
+            first in "[ -~\r\nüé\u{1}]{0,8}",
+            city in "[ -~üé]{0,8}",
+        ) {
+            let source = parts.concat();
+            let spec = MessageSpec {
+                mail_from: Some(source.clone()),
+                ..raw(&format!("From: a@example.com\n\n{source}"))
+            };
+            // Random text may not be a valid template at all: nothing to compare then.
+            let Ok(t) = MessageTemplate::new(&spec, "camp") else { return Ok(()) };
+            let row = csv(&first, &city);
+            for (name, header) in [(BODY, false), (MAIL_FROM, true)] {
+                let (fast, slow) = both(&t, name, header, &row);
+                if let Some(fast) = fast {
+                    prop_assert_eq!(Ok(fast), slow, "{:?} as {}", source, name);
+                }
+            }
+        }
+    }
 }
