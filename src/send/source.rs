@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ pub struct SendSource {
     template: Arc<MessageTemplate>,
     routes: Routes,
     /// Fingerprints of addresses seen (8 bytes each), unless duplicates are allowed.
-    seen: Option<HashSet<u64>>,
+    seen: Option<Fingerprints>,
     resume: Option<Resumed>,
     /// Recipients whose domain is being resolved, by domain.
     resolving: HashMap<String, Vec<Pending>>,
@@ -77,7 +77,7 @@ impl SendSource {
             rows: Some(rows),
             template,
             routes,
-            seen: dedupe.then(HashSet::new),
+            seen: dedupe.then(Fingerprints::default),
             resume,
             resolving: HashMap::new(),
             resolving_count: 0,
@@ -143,11 +143,11 @@ impl SendSource {
     }
 
     fn route(&mut self, pending: Pending, now: Instant) {
-        let domain = pending.rcpt.domain().to_ascii_lowercase();
+        let domain = lowercase(pending.rcpt.domain());
         match self.routes.lookup(&domain, now) {
             Lookup::Ready(route) => self.deliver(pending, route, now),
             Lookup::Pending => {
-                self.resolving.entry(domain).or_default().push(pending);
+                self.resolving.entry(domain.into_owned()).or_default().push(pending);
                 self.resolving_count += 1;
             }
         }
@@ -277,6 +277,69 @@ impl JobSource for SendSource {
 /// probability about n²/2⁶⁵ (10 million addresses: 3 in a million runs).
 pub fn fingerprint(address: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    address.to_ascii_lowercase().hash(&mut h);
+    // Lower-cased piece by piece on the stack: no allocation per row.
+    let mut buf = [0u8; 64];
+    for piece in address.as_bytes().chunks(buf.len()) {
+        let lower = &mut buf[..piece.len()];
+        lower.copy_from_slice(piece);
+        lower.make_ascii_lowercase();
+        h.write(lower);
+    }
     h.finish()
+}
+
+/// A set of fingerprints: they are hashes already, so the set does not hash them again.
+pub type Fingerprints = HashSet<u64, BuildHasherDefault<Identity>>;
+
+#[derive(Debug, Default)]
+pub struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64s are hashed here; fold anything else rather than lose it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// `domain` in lower case, copied only if it is not already.
+fn lowercase(domain: &str) -> std::borrow::Cow<'_, str> {
+    if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        domain.to_ascii_lowercase().into()
+    } else {
+        domain.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_ascii_case_only() {
+        let long = format!("{}@example.com", "a".repeat(100));
+        let cases = [
+            ("Ann@Example.COM", "ann@example.com", true),
+            (long.as_str(), &long.to_ascii_uppercase(), true),
+            ("ann@example.com", "ann@example.co", false),
+            ("ann@example.com", "anne@example.com", false),
+            ("Ä@x.test", "ä@x.test", false),
+        ];
+        for (a, b, same) in cases {
+            assert_eq!(fingerprint(a) == fingerprint(b), same, "{a} {b}");
+        }
+        let mut set = Fingerprints::default();
+        assert!(set.insert(fingerprint("a@x.test")) && !set.insert(fingerprint("A@X.TEST")));
+        assert_eq!(lowercase("Mixed.Example"), "mixed.example");
+        assert!(matches!(lowercase("lower.example"), std::borrow::Cow::Borrowed(_)));
+    }
 }

@@ -78,6 +78,9 @@ enum Kind {
     /// `--message`: the header section and the body, as two templates.
     Raw {
         has: Present,
+        /// The From header's address when the template writes it out literally (no variable
+        /// in it, no tag anywhere in the header section): parsed once, not per message.
+        literal_from: Option<Address>,
     },
     Built {
         attachments: Vec<Attachment>,
@@ -233,7 +236,8 @@ impl MessageTemplate {
                 }
                 add(HEAD, head)?;
                 add(BODY, body)?;
-                Kind::Raw { has }
+                let literal_from = literal_from(head);
+                Kind::Raw { has, literal_from }
             }
             (None, true) => {
                 if from.is_none() {
@@ -284,14 +288,19 @@ impl MessageTemplate {
         };
         // The rendered From header's address, when the template has one.
         let mut header_from = None;
+        let mut literal_sender = None;
         let (body, message_id) = match &self.kind {
-            Kind::Raw { has } => {
+            Kind::Raw { has, literal_from } => {
                 let head = render(HEAD)?;
                 check_header_section(&head)?;
                 let body = render(BODY)?;
                 // Message-IDs are in the sender's domain: the From header's, else --from's.
-                let from_domain = match &self.from {
-                    Some(f) if !has.from => f.address.domain().to_owned(),
+                let from_domain = match (&self.from, literal_from) {
+                    (Some(f), _) if !has.from => f.address.domain().to_owned(),
+                    (_, Some(addr)) => {
+                        literal_sender = Some(addr);
+                        addr.domain().to_owned()
+                    }
                     _ => {
                         let addr =
                             address_of_header(&head, "from").ok_or("the From header has no address")?;
@@ -374,6 +383,7 @@ impl MessageTemplate {
             }
         } else {
             match (header_from, &self.from) {
+                _ if literal_sender.is_some() => literal_sender.cloned(),
                 (Some(addr), _) => {
                     Some(Address::new(&addr).map_err(|e| format!("From address `{addr}`: {e}"))?)
                 }
@@ -521,6 +531,19 @@ fn with_date<R>(secs: i64, f: impl FnOnce(&str) -> R) -> R {
         }
         f(text)
     })
+}
+
+/// The From address of a header section template that writes it out literally.
+fn literal_from(head: &str) -> Option<Address> {
+    let from_line = head
+        .lines()
+        .find(|l| l.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("from")))?;
+    let continued =
+        head.lines().skip_while(|l| *l != from_line).nth(1).is_some_and(|next| next.starts_with([' ', '\t']));
+    if head.contains("{%") || head.contains("{#") || from_line.contains('{') || continued {
+        return None;
+    }
+    Address::new(&address_of_header(head, "from")?).ok()
 }
 
 /// The address in the first `name:` header of a header section (`Name <a@b>` or `a@b`).

@@ -299,3 +299,26 @@ mod fast_path {
         }
     }
 }
+
+#[test]
+fn a_literal_from_is_parsed_once_and_only_when_it_is_certain() {
+    let cases = [
+        ("From: News <news@example.com>\nSubject: {{ s }}\n", Some("news@example.com")),
+        ("Subject: x\nfrom: a@example.com\n", Some("a@example.com")),
+        ("From: {{ sender }}\n", None),
+        ("From: News <news@{{ d }}>\n", None),
+        ("{% if x %}From: a@example.com\n{% endif %}Subject: s\n", None),
+        ("{# note #}From: a@example.com\n", None),
+        ("From: News\n <news@example.com>\n", None),
+        ("Subject: no from\n", None),
+    ];
+    for (head, want) in cases {
+        assert_eq!(literal_from(head).as_ref().map(Address::as_str), want, "{head:?}");
+    }
+    // Otherwise the rendered header gives the address, message by message.
+    let t = MessageTemplate::new(&raw("From: {{ f }}\nSubject: s\n\nb\n"), "c").unwrap();
+    let r = t.render(&row(2, "r@x.test", json!({ "f": "A <a@example.com>" })), now()).unwrap();
+    assert_eq!((r.sender.unwrap().as_str(), r.message_id.as_str()), ("a@example.com", "<c.2@example.com>"));
+    let err = t.render(&row(3, "r@x.test", json!({ "f": "nobody" })), now()).unwrap_err();
+    assert!(err.contains("no address"), "{err}");
+}
