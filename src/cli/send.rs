@@ -274,8 +274,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         eprintln!("volley: {e}");
     }
     if !report.all_final() {
+        let unread = if report.input_done { "" } else { ", and the input was not read to its end" };
         eprintln!(
-            "volley: {} recipients have no final record yet: continue with --resume {}",
+            "volley: {} recipients have no final record yet{unread}: continue with --resume {}",
             report.unfinished,
             log.display()
         );
@@ -354,6 +355,7 @@ fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
         "admitted": r.admitted,
         "skipped": r.skipped,
         "unfinished": r.unfinished,
+        "input_read_to_end": r.input_done,
         "stopped_early": r.stopped,
         "input_error": r.input_error,
         "log_error": r.books.log_error,

@@ -107,6 +107,8 @@ pub struct SendReport {
     pub resumed_finals: Option<u64>,
     /// Recipients left without a final record (stopped early): `--resume` sends them.
     pub unfinished: u64,
+    /// Whether every row of the input was read (a run stopped early may not get that far).
+    pub input_done: bool,
     pub input_error: Option<String>,
     pub stopped: bool,
     pub engine: engine::Report,
@@ -115,7 +117,10 @@ pub struct SendReport {
 impl SendReport {
     /// Every admitted recipient has its final record, in the log.
     pub fn all_final(&self) -> bool {
-        self.unfinished == 0 && self.books.log_error.is_none() && self.input_error.is_none()
+        self.unfinished == 0
+            && self.input_done
+            && self.books.log_error.is_none()
+            && self.input_error.is_none()
     }
 }
 
@@ -236,6 +241,7 @@ impl Sending {
             skipped: self.shared.skipped.load(Ordering::Acquire),
             resumed_finals: self.resumed,
             unfinished,
+            input_done: self.shared.input_done.load(Ordering::Acquire),
             input_error,
             stopped: self.stopped || books.log_error.is_some(),
             books,

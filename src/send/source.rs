@@ -37,6 +37,8 @@ pub struct Shared {
     pub waiting: AtomicU64,
     /// Why reading the input stopped early, if it did.
     pub input_error: Mutex<Option<String>>,
+    /// The input was read to its end (a run stopped early may leave rows unread).
+    pub input_done: std::sync::atomic::AtomicBool,
 }
 
 pub struct SendSource {
@@ -250,7 +252,10 @@ impl JobSource for SendSource {
                     read += 1;
                     self.admit(item, now);
                 }
-                Ok(None) => self.rows = None,
+                Ok(None) => {
+                    self.shared.input_done.store(true, Ordering::Release);
+                    self.rows = None;
+                }
                 Err(e) => {
                     if let Ok(mut slot) = self.shared.input_error.lock() {
                         *slot = Some(format!("reading the recipients stopped: {e}"));
