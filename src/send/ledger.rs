@@ -258,18 +258,12 @@ impl Ledger {
     fn write_timed(&mut self, r: Record, latency: Option<Duration>) {
         self.tally.count(r.status);
         if let Some((_, domain)) = r.rcpt.as_deref().and_then(|a| a.rsplit_once('@')) {
-            let lowered;
-            let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-                lowered = domain.to_ascii_lowercase();
-                lowered.as_str()
-            } else {
-                domain
-            };
-            let book = match self.domains.get_mut(domain) {
+            let domain = super::source::lowercase(domain);
+            let book = match self.domains.get_mut(domain.as_ref()) {
                 Some(book) => book,
                 None => self
                     .domains
-                    .entry(domain.to_owned())
+                    .entry(domain.into_owned())
                     .or_insert(DomainBook { tally: Tally::default(), latency: None }),
             };
             book.tally.count(r.status);

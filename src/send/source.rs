@@ -317,7 +317,7 @@ impl Hasher for Identity {
 }
 
 /// `domain` in lower case, copied only if it is not already.
-fn lowercase(domain: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn lowercase(domain: &str) -> std::borrow::Cow<'_, str> {
     if domain.bytes().any(|b| b.is_ascii_uppercase()) {
         domain.to_ascii_lowercase().into()
     } else {

@@ -24,6 +24,7 @@ use simple::Simple;
 mod simple;
 use crate::engine::{Compose, Unsendable};
 use crate::proto::client::{Envelope, Message};
+use crate::proto::command::decimal;
 use crate::proto::{Address, Body};
 
 /// Template names: the ones rendered into headers get the header formatter.
@@ -543,7 +544,7 @@ fn literal_from(head: &str) -> Option<Address> {
     if head.contains("{%") || head.contains("{#") || from_line.contains('{') || continued {
         return None;
     }
-    Address::new(&address_of_header(head, "from")?).ok()
+    Address::new(&address_of_header(from_line, "from")?).ok()
 }
 
 /// The address in the first `name:` header of a header section (`Name <a@b>` or `a@b`).
@@ -585,21 +586,6 @@ fn format_from(f: &FromHeader) -> String {
         }
         None => format!("<{}>", f.address),
     }
-}
-
-/// `n` in decimal, written into `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {

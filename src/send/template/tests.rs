@@ -209,13 +209,6 @@ fn a_template_of_headers_only_still_gets_a_whole_header_section() {
     assert!(m.ends_with(">\r\n\r\n"), "one empty line ends the header section: {m:?}");
 }
 
-#[test]
-fn decimals() {
-    for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
-        assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
-    }
-}
-
 mod fast_path {
     use super::*;
     use proptest::prelude::*;
