@@ -131,6 +131,9 @@ pub fn encode(framing: Framing, input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The largest scratch buffer [`Body::build`] keeps for the thread's next body.
+const SCRATCH_KEEP: usize = 1 << 20;
+
 /// A message body prepared once and shared by every send of it: CRLF-normalised, ending in CRLF.
 ///
 /// The DATA form is the same bytes followed by `.<CRLF>` unless a line starts with a dot, so in
@@ -162,16 +165,42 @@ impl Body {
     /// A body whose content comes in pieces (a header section, added headers, the text),
     /// encoded in one pass: the pieces are never joined into a copy first.
     pub fn from_chunks(chunks: &[&[u8]]) -> Body {
-        let len: usize = chunks.iter().map(|c| c.len()).sum();
-        // Room for LF line endings to become CRLF without growing, at typical line lengths.
-        let mut out = Vec::with_capacity(len + len / 32 + 2);
-        let mut enc = BodyEncoder::new(Framing::Raw);
-        for chunk in chunks {
-            enc.push(chunk, &mut out);
+        let built = Body::build(|push| {
+            chunks.iter().for_each(|c| push(c));
+            Some(())
+        });
+        let Some((body, ())) = built else { unreachable!("this writer never abandons the body") };
+        body
+    }
+
+    /// A body whose content `write` gives piece by piece (a piece may end anywhere, even
+    /// between CR and LF), for content made per message: encoded into a scratch buffer each
+    /// thread reuses, then copied once into an exactly sized shared buffer, so making a body
+    /// costs one allocation whatever the number of pieces. `write` answering `None` abandons it.
+    pub fn build<R>(write: impl FnOnce(&mut dyn FnMut(&[u8])) -> Option<R>) -> Option<(Body, R)> {
+        thread_local! {
+            static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
         }
-        enc.finish(&mut out);
-        let stuffed = enc.saw_dot_lines().then(|| encode(Framing::Data, &out).into());
-        Body { bytes: out.into(), stuffed, eight_bit: enc.saw_eight_bit() }
+        // Taken, not borrowed: a `write` that builds another body meanwhile gets a fresh buffer.
+        let mut out = SCRATCH.take();
+        out.clear();
+        let mut enc = BodyEncoder::new(Framing::Raw);
+        let result = write(&mut |piece| enc.push(piece, &mut out));
+        let built = result.map(|r| {
+            enc.finish(&mut out);
+            (Body::from_encoded(&out, enc.saw_dot_lines(), enc.saw_eight_bit()), r)
+        });
+        // One huge message must not pin its size in every thread for the rest of the run.
+        if out.capacity() <= SCRATCH_KEEP {
+            SCRATCH.set(out);
+        }
+        built
+    }
+
+    /// `bytes` already CRLF-normalised and ending in CRLF, with what the encoder saw of it.
+    fn from_encoded(bytes: &[u8], dot_lines: bool, eight_bit: bool) -> Body {
+        let stuffed = dot_lines.then(|| encode(Framing::Data, bytes).into());
+        Body { bytes: bytes.into(), stuffed, eight_bit }
     }
 
     /// The CRLF-normalised content: what BDAT sends and what the receiver stores.
@@ -436,6 +465,24 @@ mod tests {
             chunks.push(&input[start..]);
             prop_assert_eq!(Body::from_chunks(&chunks), Body::new(&input));
         }
+    }
+
+    #[test]
+    fn an_abandoned_body_leaves_nothing_behind_and_bodies_may_nest() {
+        let abandoned = Body::build(|push| {
+            push(b"half a message\n");
+            None::<()>
+        });
+        assert!(abandoned.is_none());
+        let (outer, inner) = Body::build(|push| {
+            push(b"outer\n");
+            let inner = Body::new(b".inner");
+            push(b"more");
+            Some(inner)
+        })
+        .unwrap();
+        assert_eq!(&outer.bytes()[..], b"outer\r\nmore\r\n");
+        assert_eq!((&inner.bytes()[..], inner.needs_dot_stuffing()), (&b".inner\r\n"[..], true));
     }
 
     #[test]

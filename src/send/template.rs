@@ -82,6 +82,9 @@ enum Kind {
         /// The From header's address when the template writes it out literally (no variable
         /// in it, no tag anywhere in the header section): parsed once, not per message.
         literal_from: Option<Address>,
+        /// Both templates are simple and the header section's lines are fixed (see
+        /// [`MessageTemplate::render_direct`]).
+        direct: bool,
     },
     Built {
         attachments: Vec<Attachment>,
@@ -106,13 +109,14 @@ pub struct Rendered {
     pub sender: Option<Address>,
     /// The content, CRLF-normalised.
     pub body: Body,
-    pub message_id: String,
 }
 
 pub struct MessageTemplate {
     env: Environment<'static>,
     kind: Kind,
     from: Option<FromHeader>,
+    /// `--from` as a header value, made once.
+    from_value: Option<String>,
     mail_from: bool,
     campaign: String,
     /// The campaign id as the templates see it (`{{ campaign }}`), made once.
@@ -238,7 +242,8 @@ impl MessageTemplate {
                 add(HEAD, head)?;
                 add(BODY, body)?;
                 let literal_from = literal_from(head);
-                Kind::Raw { has, literal_from }
+                // Decided below, once every template is compiled.
+                Kind::Raw { has, literal_from, direct: false }
             }
             (None, true) => {
                 if from.is_none() {
@@ -264,83 +269,83 @@ impl MessageTemplate {
         if let Some(mail_from) = &spec.mail_from {
             add(MAIL_FROM, mail_from)?;
         }
-        Ok(MessageTemplate {
+        let mut t = MessageTemplate {
             env,
             kind,
+            from_value: from.as_ref().map(format_from),
             from,
             mail_from: spec.mail_from.is_some(),
             campaign: campaign.to_owned(),
             campaign_value: Value::from(campaign),
             simple,
-        })
+        };
+        if let Kind::Raw { has, literal_from, direct } = &mut t.kind {
+            // The Message-ID's domain must be known without rendering the From header.
+            let knows_domain = literal_from.is_some() || (!has.from && t.from.is_some());
+            let head_fixed = t.simple.iter().find(|(n, _)| *n == HEAD).is_some_and(|(_, head)| {
+                let mut skeleton = String::new();
+                head.header_lines_fixed(&mut skeleton)
+                    && head.ends_lines()
+                    && check_header_section(&skeleton).is_ok()
+            });
+            *direct = knows_domain && head_fixed && t.simple.iter().any(|(n, _)| *n == BODY);
+        }
+        Ok(t)
     }
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
     pub fn render(&self, row: &Arc<Row>, now: SystemTime) -> Result<Rendered, String> {
-        let ctx = Arc::new(Context { row: Arc::clone(row), campaign: self.campaign_value.clone() });
         let render = |name: &str| -> Result<String, String> {
             let header = matches!(name, HEAD | SUBJECT | MAIL_FROM);
-            if let Some(out) = self.simple_of(name).and_then(|s| s.render(&ctx, header)) {
+            if let Some(out) = self.simple_of(name).and_then(|s| s.render(row, &self.campaign_value, header))
+            {
                 return Ok(out);
             }
-            let ctx = Value::from_dyn_object(Arc::clone(&ctx));
+            let ctx = Context { row: Arc::clone(row), campaign: self.campaign_value.clone() };
             let template = self.env.get_template(name).map_err(|e| e.to_string())?;
-            template.render(&ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
+            template.render(Value::from_object(ctx)).map_err(|e| format!("template {name}: {}", describe(&e)))
         };
         // The rendered From header's address, when the template has one.
         let mut header_from = None;
         let mut literal_sender = None;
-        let (body, message_id) = match &self.kind {
-            Kind::Raw { has, literal_from } => {
-                let head = render(HEAD)?;
-                check_header_section(&head)?;
-                let body = render(BODY)?;
+        let body = match &self.kind {
+            Kind::Raw { has, literal_from, direct } => {
                 // Message-IDs are in the sender's domain: the From header's, else --from's.
-                let from_domain = match (&self.from, literal_from) {
-                    (Some(f), _) if !has.from => f.address.domain().to_owned(),
+                let known_domain = match (&self.from, literal_from) {
+                    (Some(f), _) if !has.from => Some(f.address.domain()),
                     (_, Some(addr)) => {
                         literal_sender = Some(addr);
-                        addr.domain().to_owned()
+                        Some(addr.domain())
                     }
-                    _ => {
-                        let addr =
-                            address_of_header(&head, "from").ok_or("the From header has no address")?;
-                        let domain = addr.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
-                        header_from = Some(addr);
-                        domain
-                    }
+                    _ => None,
                 };
-                let message_id = self.message_id(row, &from_domain);
-                // The headers volley adds, then the empty line that ends the section.
-                let mut added = String::with_capacity(160);
-                if !head.is_empty() && !head.ends_with('\n') {
-                    added.push_str("\r\n");
-                }
-                let mut line = |name: &str, value: &str| {
-                    added.push_str(name);
-                    added.push_str(": ");
-                    added.push_str(value);
-                    added.push_str("\r\n");
-                };
-                if !has.from {
-                    if let Some(f) = &self.from {
-                        line("From", &format_from(f));
+                let direct = known_domain
+                    .filter(|_| *direct)
+                    .and_then(|domain| self.render_direct(row, has, domain, now));
+                match direct {
+                    Some(body) => body,
+                    None => {
+                        let head = render(HEAD)?;
+                        check_header_section(&head)?;
+                        let body = render(BODY)?;
+                        let domain = match known_domain {
+                            Some(domain) => domain,
+                            None => {
+                                let addr = address_of_header(&head, "from")
+                                    .ok_or("the From header has no address")?;
+                                header_from.insert(addr).rsplit_once('@').map_or("", |(_, d)| d)
+                            }
+                        };
+                        let mut added = String::with_capacity(160);
+                        if !head.is_empty() && !head.ends_with('\n') {
+                            added.push_str("\r\n");
+                        }
+                        self.added_headers(row, has, domain, now, &mut |s| added.push_str(s));
+                        // The encoder makes every line ending CRLF (the header section was
+                        // checked above: it has no bare CR).
+                        Body::from_chunks(&[head.as_bytes(), added.as_bytes(), body.as_bytes()])
                     }
                 }
-                if !has.to {
-                    line("To", &["<", row.email.as_str(), ">"].concat());
-                }
-                if !has.date {
-                    with_date(unix_seconds(now), |date| line("Date", date));
-                }
-                if !has.message_id {
-                    line("Message-ID", &message_id);
-                }
-                added.push_str("\r\n");
-                // The encoder makes every line ending CRLF (the header section was checked
-                // above: it has no bare CR).
-                let chunks = [head.as_bytes(), added.as_bytes(), body.as_bytes()];
-                (Body::from_chunks(&chunks), message_id)
             }
             Kind::Built { attachments, text, html } => {
                 let from = self.from.as_ref().ok_or("no --from")?;
@@ -371,7 +376,7 @@ impl MessageTemplate {
                     builder = builder.attachment(a.content_type.clone(), a.name.clone(), a.bytes.as_slice());
                 }
                 let content = builder.write_to_vec().map_err(|e| format!("building the message: {e}"))?;
-                (Body::new(&content), message_id)
+                Body::new(&content)
             }
         };
         let sender = if self.mail_from {
@@ -392,7 +397,58 @@ impl MessageTemplate {
                 (None, None) => return Err("the From header has no address".into()),
             }
         };
-        Ok(Rendered { sender, body, message_id })
+        Ok(Rendered { sender, body })
+    }
+
+    /// The fast path for a raw template whose header section and body are both simple and
+    /// whose header lines are fixed ([`Simple::header_lines_fixed`], checked once at start):
+    /// the header section, the headers volley adds and the body are encoded straight into the
+    /// message as they are rendered, nothing joined into a string first, and the rendered
+    /// header section is not checked again: it has the template's lines, already checked.
+    /// `None`: a value it does not handle; the general path renders the row (and says what is
+    /// wrong with it). The same bytes as the general path, which a property test holds it to.
+    fn render_direct(&self, row: &Row, has: &Present, domain: &str, now: SystemTime) -> Option<Body> {
+        let (head, body) = (self.simple_of(HEAD)?, self.simple_of(BODY)?);
+        let campaign = &self.campaign_value;
+        let built = Body::build(|push| {
+            let mut write = |piece: &str| push(piece.as_bytes());
+            head.render_with(row, campaign, true, &mut write)?;
+            self.added_headers(row, has, domain, now, &mut write);
+            body.render_with(row, campaign, false, &mut write)
+        });
+        built.map(|(body, ())| body)
+    }
+
+    /// The headers a raw template lacks (From, To, Date, Message-ID), then the empty line
+    /// that ends the header section.
+    fn added_headers(
+        &self,
+        row: &Row,
+        has: &Present,
+        domain: &str,
+        now: SystemTime,
+        write: &mut dyn FnMut(&str),
+    ) {
+        let mut line = |name: &str, value: &[&str]| {
+            write(name);
+            write(": ");
+            value.iter().for_each(|v| write(v));
+            write("\r\n");
+        };
+        if let Some(from) = self.from_value.as_deref().filter(|_| !has.from) {
+            line("From", &[from]);
+        }
+        if !has.to {
+            line("To", &["<", row.email.as_str(), ">"]);
+        }
+        if !has.date {
+            with_date(unix_seconds(now), |date| line("Date", &[date]));
+        }
+        if !has.message_id {
+            let mut digits = [0u8; 20];
+            line("Message-ID", &self.message_id_parts(row, domain, &mut digits));
+        }
+        write("\r\n");
     }
 
     fn simple_of(&self, name: &str) -> Option<&Simple> {
@@ -402,14 +458,13 @@ impl MessageTemplate {
     /// Unique per recipient of a campaign, the same for its retries (receivers can tell a
     /// resend by it).
     fn message_id(&self, row: &Row, domain: &str) -> String {
-        // Built by hand: `format!` costs more than the rest of it, once per message.
-        let mut line = [0u8; 20];
-        let line = decimal(row.line, &mut line);
-        let mut id = String::with_capacity(self.campaign.len() + line.len() + domain.len() + 3);
-        for part in ["<", &self.campaign, ".", line, "@", domain, ">"] {
-            id.push_str(part);
-        }
-        id
+        let mut digits = [0u8; 20];
+        self.message_id_parts(row, domain, &mut digits).concat()
+    }
+
+    /// The Message-ID in pieces (`format!` would cost more than the rest of it).
+    fn message_id_parts<'a>(&'a self, row: &Row, domain: &'a str, digits: &'a mut [u8; 20]) -> [&'a str; 7] {
+        ["<", &self.campaign, ".", decimal(row.line, digits), "@", domain, ">"]
     }
 }
 
@@ -434,37 +489,26 @@ fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), miniji
             &formatted
         }
     };
-    header_text(text, out).map_err(|refused| match refused {
-        HeaderRefusal::Refused(why) => minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, why),
-        HeaderRefusal::Write => {
-            minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "formatting failed")
-        }
-    })
+    let text = header_text(text)
+        .map_err(|why| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, why))?;
+    out.write_str(&text)
+        .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "formatting failed"))
 }
 
-enum HeaderRefusal {
-    Refused(&'static str),
-    Write,
-}
-
-/// Writes `text` as a header value: refused if it would break the line, an RFC 2047
-/// encoded-word if it is not ASCII.
-fn header_text(text: &str, out: &mut dyn std::fmt::Write) -> Result<(), HeaderRefusal> {
+/// `text` as a header value: refused if it would break the line, an RFC 2047 encoded-word if
+/// it is not ASCII.
+fn header_text(text: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
     if text.contains(['\r', '\n']) {
-        return Err(HeaderRefusal::Refused(
-            "a value rendered into a header contains a line break (header injection refused)",
-        ));
+        return Err("a value rendered into a header contains a line break (header injection refused)");
     }
     if text.contains(|c: char| c.is_control() && c != '\t') {
-        return Err(HeaderRefusal::Refused("a value rendered into a header contains a control character"));
+        return Err("a value rendered into a header contains a control character");
     }
-    let written = if text.is_ascii() {
-        out.write_str(text)
-    } else {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-        out.write_fmt(format_args!("=?utf-8?B?{encoded}?="))
-    };
-    written.map_err(|_| HeaderRefusal::Write)
+    if text.is_ascii() {
+        return Ok(text.into());
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    Ok(["=?utf-8?B?", &encoded, "?="].concat().into())
 }
 
 /// Splits a message template at its first empty line.

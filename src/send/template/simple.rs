@@ -9,8 +9,10 @@
 //! refused) answers `None` and minijinja renders it, errors included. A property test holds
 //! the two to the same output.
 
-use super::{Context, header_text};
-use crate::send::input::Var;
+use minijinja::Value;
+
+use super::header_text;
+use crate::send::input::{Row, Var};
 
 /// A template that is only text and variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,40 +59,92 @@ impl Simple {
         Some(Simple { parts, text_len })
     }
 
-    /// Renders for `ctx`; `header`: values get the header formatter. `None`: leave it to
-    /// minijinja.
-    pub fn render(&self, ctx: &Context, header: bool) -> Option<String> {
+    /// Renders for `row` (`campaign`: the value of `{{ campaign }}`); `header`: values get the
+    /// header formatter. `None`: leave it to minijinja.
+    pub fn render(&self, row: &Row, campaign: &Value, header: bool) -> Option<String> {
         let mut out = String::with_capacity(self.text_len + 64);
+        self.render_with(row, campaign, header, &mut |piece| out.push_str(piece))?;
+        Some(out)
+    }
+
+    /// Renders piece by piece into `write`, joining nothing. `None`: leave it to minijinja
+    /// (what was written is to be discarded).
+    pub fn render_with(
+        &self,
+        row: &Row,
+        campaign: &Value,
+        header: bool,
+        write: &mut dyn FnMut(&str),
+    ) -> Option<()> {
         for part in &self.parts {
             match part {
-                Part::Text(text) => out.push_str(text),
+                Part::Text(text) => write(text),
                 Part::Var(name) => {
                     let mut digits = [0u8; 20];
-                    let value = lookup(ctx, name, &mut digits)?;
+                    let value = lookup(row, campaign, name, &mut digits)?;
                     if header {
-                        header_text(value, &mut out).ok()?;
+                        write(&header_text(value).ok()?);
                     } else {
-                        out.push_str(value);
+                        write(value);
                     }
                 }
             }
         }
-        Some(out)
+        Some(())
+    }
+
+    /// Whether, as a header section, every line of the template is checkable before
+    /// rendering: no variable starts a line or stands in a field's name, so values (which can
+    /// never hold a line break) only ever add to field values, and the rendered section has
+    /// the template's lines with the template's names. `skeleton`: the template with every
+    /// variable as `x`, to check as the rendered section would be.
+    pub fn header_lines_fixed(&self, skeleton: &mut String) -> bool {
+        let (mut line_start, mut in_name) = (true, true);
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => {
+                    skeleton.push_str(text);
+                    for c in text.chars() {
+                        if line_start {
+                            // A continuation line has no name.
+                            in_name = !matches!(c, ' ' | '\t');
+                        }
+                        line_start = c == '\n';
+                        if line_start {
+                            in_name = true;
+                        } else if c == ':' {
+                            in_name = false;
+                        }
+                    }
+                }
+                Part::Var(_) if line_start || in_name => return false,
+                Part::Var(_) => {
+                    skeleton.push('x');
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether the rendered text always ends with a line break (the last part is text that
+    /// does), or is always empty.
+    pub fn ends_lines(&self) -> bool {
+        self.parts.last().is_none_or(|p| matches!(p, Part::Text(t) if t.ends_with('\n')))
     }
 }
 
-/// What minijinja's lookup in [`Context`] gives, as text, for the values whose text form is
-/// certain.
-fn lookup<'a>(ctx: &'a Context, name: &str, digits: &'a mut [u8; 20]) -> Option<&'a str> {
+/// What minijinja's lookup in the template context gives, as text, for the values whose text
+/// form is certain.
+fn lookup<'a>(row: &'a Row, campaign: &'a Value, name: &str, digits: &'a mut [u8; 20]) -> Option<&'a str> {
     if name == "email" {
-        return Some(ctx.row.email.as_str());
+        return Some(row.email.as_str());
     }
-    match ctx.row.vars.get(name) {
+    match row.vars.get(name) {
         Some(Var::Text(text)) => Some(text),
         Some(Var::Json(serde_json::Value::String(text))) => Some(text),
         Some(Var::Json(_)) => None,
-        None if name == "line" => Some(super::decimal(ctx.row.line, digits)),
-        None if name == "campaign" => ctx.campaign.as_str(),
+        None if name == "line" => Some(super::decimal(row.line, digits)),
+        None if name == "campaign" => campaign.as_str(),
         None => None,
     }
 }
