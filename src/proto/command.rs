@@ -173,22 +173,35 @@ fn line2(out: &mut Vec<u8>, verb: &[u8], arg: &[u8]) {
 
 /// Appends `n` in decimal without going through `fmt` (this is on the per-message path).
 pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(decimal(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(decimal_bytes(n, &mut [0; 20]));
 }
 
 /// `n` in decimal, written into `buf`, without going through `fmt`.
-pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &str {
     // Only ASCII digits were written.
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
+    std::str::from_utf8(decimal_bytes(n, buf)).unwrap_or_default()
+}
+
+/// `n`'s decimal digits, written into the end of `buf` two at a time.
+pub fn decimal_bytes(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849\
+        5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    let mut at = buf.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        buf[at] = b'0' + n as u8;
+    }
+    &buf[at..]
 }
 
 #[cfg(test)]
@@ -262,7 +275,8 @@ mod tests {
 
     #[test]
     fn decimal() {
-        for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
+        let edges = [0u64, 7, 9, 10, 11, 99, 100, 101, 999, 1000, 65_535, 1_000_000, u64::MAX - 1, u64::MAX];
+        for n in edges.into_iter().chain(0..1000).chain((1..20).map(|e| 10u64.pow(e) - 1)) {
             let mut out = Vec::new();
             push_decimal(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());

@@ -188,8 +188,8 @@ fn next_csv(
             return Ok(Some(Err(BadRow { line, email: None, reason })));
         }
     };
-    let text = fields.get(email).unwrap_or_default().to_owned();
-    Ok(Some(row(line, &text, Vars::Csv { names: Arc::clone(headers), fields })))
+    let address = address(line, fields.get(email).unwrap_or_default());
+    Ok(Some(address.map(|email| Row { line, email, vars: Vars::Csv { names: Arc::clone(headers), fields } })))
 }
 
 fn next_jsonl(
@@ -231,7 +231,7 @@ fn next_jsonl(
             }
         };
         let email = match vars.get("email") {
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => address(at, s),
             Some(_) => {
                 return Ok(Some(Err(BadRow {
                     line: at,
@@ -241,11 +241,12 @@ fn next_jsonl(
             }
             None => return Ok(Some(Err(BadRow { line: at, email: None, reason: "no `email` key".into() }))),
         };
-        return Ok(Some(row(at, &email, Vars::Json(vars))));
+        return Ok(Some(email.map(|email| Row { line: at, email, vars: Vars::Json(vars) })));
     }
 }
 
-fn row(line: u64, email: &str, vars: Vars) -> Item {
+/// The row's address, checked: one that cannot be routed makes the row bad.
+fn address(line: u64, email: &str) -> Result<Address, BadRow> {
     let text = email.trim();
     let bad = |reason: String| BadRow { line, email: Some(text.to_owned()), reason };
     if text.is_empty() {
@@ -253,7 +254,7 @@ fn row(line: u64, email: &str, vars: Vars) -> Item {
     }
     let address = Address::new(text).map_err(|e| bad(format!("invalid address: {e}")))?;
     check_domain(address.domain()).map_err(|why| bad(format!("invalid address: {why}")))?;
-    Ok(Row { line, email: address, vars })
+    Ok(address)
 }
 
 /// A domain mail can be routed to: dot-separated labels of letters, digits and hyphens (or
@@ -267,7 +268,7 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
         return Err(format!("domain `{domain}` has a single label"));
     }
     for label in domain.split('.') {
-        let ok_chars = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+        let ok_chars = label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || !b.is_ascii());
         if label.is_empty() || label.len() > 63 || !ok_chars || label.starts_with('-') || label.ends_with('-')
         {
             return Err(format!("domain `{domain}` has an invalid label `{label}`"));

@@ -285,9 +285,9 @@ impl Ledger {
             return;
         }
         // The log is broken: the record goes to stderr, so it is not lost.
-        if let Ok(json) = serde_json::to_string(&r) {
-            self.unrecorded_lines(json.as_bytes());
-        }
+        let mut line = Vec::new();
+        r.write_json(&mut line);
+        self.unrecorded_lines(&line);
     }
 
     /// Records the log could not take, one JSON line each, to stderr.

@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use crate::proto::{EnhancedCode, Reply};
 
+mod json;
+
 /// Sync at least this often while records are waiting...
 pub const SYNC_EVERY: Duration = Duration::from_millis(100);
 /// ...or once this many are.
@@ -153,6 +155,11 @@ impl Record {
         self
     }
 
+    /// Appends the record as one line of JSON, without its newline.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        json::write(self, out);
+    }
+
     pub fn reply(mut self, reply: Reply) -> Record {
         self.code = Some(reply.code);
         self.enhanced = reply.enhanced;
@@ -248,8 +255,7 @@ impl LogFile {
 
     /// Adds a record to the next commit.
     pub fn write(&mut self, record: &Record) {
-        // Serialising our own struct to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.pending, record);
+        json::write(record, &mut self.pending);
         self.pending.push(b'\n');
         self.unsynced += 1;
     }

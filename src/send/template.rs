@@ -19,8 +19,10 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use thiserror::Error;
 
 use super::input::{Row, Var};
+use direct::{Direct, Piece};
 use simple::Simple;
 
+mod direct;
 mod simple;
 use crate::engine::{Compose, Unsendable};
 use crate::proto::client::{Envelope, Message};
@@ -82,9 +84,8 @@ enum Kind {
         /// The From header's address when the template writes it out literally (no variable
         /// in it, no tag anywhere in the header section): parsed once, not per message.
         literal_from: Option<Address>,
-        /// Both templates are simple and the header section's lines are fixed (see
-        /// [`MessageTemplate::render_direct`]).
-        direct: bool,
+        /// The fast path's plan, when the template qualifies (see [`direct`]).
+        direct: Option<Direct>,
     },
     Built {
         attachments: Vec<Attachment>,
@@ -243,7 +244,7 @@ impl MessageTemplate {
                 add(BODY, body)?;
                 let literal_from = literal_from(head);
                 // Decided below, once every template is compiled.
-                Kind::Raw { has, literal_from, direct: false }
+                Kind::Raw { has, literal_from, direct: None }
             }
             (None, true) => {
                 if from.is_none() {
@@ -279,16 +280,18 @@ impl MessageTemplate {
             campaign_value: Value::from(campaign),
             simple,
         };
-        if let Kind::Raw { has, literal_from, direct } = &mut t.kind {
+        if let Kind::Raw { has, literal_from, .. } = &t.kind {
             // The Message-ID's domain must be known without rendering the From header.
-            let knows_domain = literal_from.is_some() || (!has.from && t.from.is_some());
-            let head_fixed = t.simple.iter().find(|(n, _)| *n == HEAD).is_some_and(|(_, head)| {
-                let mut skeleton = String::new();
-                head.header_lines_fixed(&mut skeleton)
-                    && head.ends_lines()
-                    && check_header_section(&skeleton).is_ok()
-            });
-            *direct = knows_domain && head_fixed && t.simple.iter().any(|(n, _)| *n == BODY);
+            let domain = t.known_domain(has, literal_from.as_ref());
+            let plan = match (domain, t.simple_of(HEAD), t.simple_of(BODY)) {
+                (Some(domain), Some(head), Some(body)) => {
+                    Direct::new(head, body, |emit| t.added_headers(has, domain, emit))
+                }
+                _ => None,
+            };
+            if let Kind::Raw { direct, .. } = &mut t.kind {
+                *direct = plan;
+            }
         }
         Ok(t)
     }
@@ -310,19 +313,12 @@ impl MessageTemplate {
         let mut literal_sender = None;
         let body = match &self.kind {
             Kind::Raw { has, literal_from, direct } => {
-                // Message-IDs are in the sender's domain: the From header's, else --from's.
-                let known_domain = match (&self.from, literal_from) {
-                    (Some(f), _) if !has.from => Some(f.address.domain()),
-                    (_, Some(addr)) => {
-                        literal_sender = Some(addr);
-                        Some(addr.domain())
-                    }
-                    _ => None,
-                };
-                let direct = known_domain
-                    .filter(|_| *direct)
-                    .and_then(|domain| self.render_direct(row, has, domain, now));
-                match direct {
+                let known_domain = self.known_domain(has, literal_from.as_ref());
+                if has.from {
+                    // The template's own From header gives the envelope sender by default.
+                    literal_sender = literal_from.as_ref();
+                }
+                match direct.as_ref().and_then(|d| d.render(row, &self.campaign_value, now)) {
                     Some(body) => body,
                     None => {
                         let head = render(HEAD)?;
@@ -340,7 +336,7 @@ impl MessageTemplate {
                         if !head.is_empty() && !head.ends_with('\n') {
                             added.push_str("\r\n");
                         }
-                        self.added_headers(row, has, domain, now, &mut |s| added.push_str(s));
+                        self.added_headers(has, domain, &mut |p| Self::piece_text(row, now, p, &mut added));
                         // The encoder makes every line ending CRLF (the header section was
                         // checked above: it has no bare CR).
                         Body::from_chunks(&[head.as_bytes(), added.as_bytes(), body.as_bytes()])
@@ -400,55 +396,45 @@ impl MessageTemplate {
         Ok(Rendered { sender, body })
     }
 
-    /// The fast path for a raw template whose header section and body are both simple and
-    /// whose header lines are fixed ([`Simple::header_lines_fixed`], checked once at start):
-    /// the header section, the headers volley adds and the body are encoded straight into the
-    /// message as they are rendered, nothing joined into a string first, and the rendered
-    /// header section is not checked again: it has the template's lines, already checked.
-    /// `None`: a value it does not handle; the general path renders the row (and says what is
-    /// wrong with it). The same bytes as the general path, which a property test holds it to.
-    fn render_direct(&self, row: &Row, has: &Present, domain: &str, now: SystemTime) -> Option<Body> {
-        let (head, body) = (self.simple_of(HEAD)?, self.simple_of(BODY)?);
-        let campaign = &self.campaign_value;
-        let built = Body::build(|push| {
-            let mut write = |piece: &str| push(piece.as_bytes());
-            head.render_with(row, campaign, true, &mut write)?;
-            self.added_headers(row, has, domain, now, &mut write);
-            body.render_with(row, campaign, false, &mut write)
-        });
-        built.map(|(body, ())| body)
+    /// The domain of a raw template's Message-IDs (the sender's) when it is known without
+    /// rendering: `--from`'s when the template has no From header, else a literal From's.
+    fn known_domain<'a>(&'a self, has: &Present, literal_from: Option<&'a Address>) -> Option<&'a str> {
+        match (&self.from, literal_from) {
+            (Some(f), _) if !has.from => Some(f.address.domain()),
+            (_, Some(addr)) => Some(addr.domain()),
+            _ => None,
+        }
     }
 
     /// The headers a raw template lacks (From, To, Date, Message-ID), then the empty line
-    /// that ends the header section.
-    fn added_headers(
-        &self,
-        row: &Row,
-        has: &Present,
-        domain: &str,
-        now: SystemTime,
-        write: &mut dyn FnMut(&str),
-    ) {
-        let mut line = |name: &str, value: &[&str]| {
-            write(name);
-            write(": ");
-            value.iter().for_each(|v| write(v));
-            write("\r\n");
-        };
+    /// that ends the header section, as fixed text and the message's values (so the fast
+    /// path can prepare the text once).
+    fn added_headers(&self, has: &Present, domain: &str, emit: &mut dyn FnMut(Piece<'_>)) {
         if let Some(from) = self.from_value.as_deref().filter(|_| !has.from) {
-            line("From", &[from]);
+            [Piece::Text("From: "), Piece::Text(from), Piece::Text("\r\n")].into_iter().for_each(&mut *emit);
         }
         if !has.to {
-            line("To", &["<", row.email.as_str(), ">"]);
+            [Piece::Text("To: <"), Piece::Email, Piece::Text(">\r\n")].into_iter().for_each(&mut *emit);
         }
         if !has.date {
-            with_date(unix_seconds(now), |date| line("Date", &[date]));
+            [Piece::Text("Date: "), Piece::Date, Piece::Text("\r\n")].into_iter().for_each(&mut *emit);
         }
         if !has.message_id {
-            let mut digits = [0u8; 20];
-            line("Message-ID", &self.message_id_parts(row, domain, &mut digits));
+            emit(Piece::Text("Message-ID: "));
+            self.message_id_pieces(domain, emit);
+            emit(Piece::Text("\r\n"));
         }
-        write("\r\n");
+        emit(Piece::Text("\r\n"));
+    }
+
+    /// Pieces as text, for `row` at `now`.
+    fn piece_text(row: &Row, now: SystemTime, piece: Piece<'_>, out: &mut String) {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Email => out.push_str(row.email.as_str()),
+            Piece::Date => with_date(unix_seconds(now), |date| out.push_str(date)),
+            Piece::Line => out.push_str(decimal(row.line, &mut [0; 20])),
+        }
     }
 
     fn simple_of(&self, name: &str) -> Option<&Simple> {
@@ -458,13 +444,15 @@ impl MessageTemplate {
     /// Unique per recipient of a campaign, the same for its retries (receivers can tell a
     /// resend by it).
     fn message_id(&self, row: &Row, domain: &str) -> String {
-        let mut digits = [0u8; 20];
-        self.message_id_parts(row, domain, &mut digits).concat()
+        let mut id = String::with_capacity(self.campaign.len() + domain.len() + 24);
+        self.message_id_pieces(domain, &mut |p| Self::piece_text(row, UNIX_EPOCH, p, &mut id));
+        id
     }
 
-    /// The Message-ID in pieces (`format!` would cost more than the rest of it).
-    fn message_id_parts<'a>(&'a self, row: &Row, domain: &'a str, digits: &'a mut [u8; 20]) -> [&'a str; 7] {
-        ["<", &self.campaign, ".", decimal(row.line, digits), "@", domain, ">"]
+    /// `<campaign.line@domain>`.
+    fn message_id_pieces(&self, domain: &str, emit: &mut dyn FnMut(Piece<'_>)) {
+        let pieces = [Piece::Text("<"), Piece::Text(&self.campaign), Piece::Text("."), Piece::Line];
+        pieces.into_iter().chain([Piece::Text("@"), Piece::Text(domain), Piece::Text(">")]).for_each(emit);
     }
 }
 

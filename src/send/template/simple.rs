@@ -23,7 +23,7 @@ pub struct Simple {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(super) enum Part {
     Text(String),
     Var(String),
 }
@@ -126,6 +126,10 @@ impl Simple {
         true
     }
 
+    pub(super) fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
     /// Whether the rendered text always ends with a line break (the last part is text that
     /// does), or is always empty.
     pub fn ends_lines(&self) -> bool {
@@ -135,7 +139,12 @@ impl Simple {
 
 /// What minijinja's lookup in the template context gives, as text, for the values whose text
 /// form is certain.
-fn lookup<'a>(row: &'a Row, campaign: &'a Value, name: &str, digits: &'a mut [u8; 20]) -> Option<&'a str> {
+pub(super) fn lookup<'a>(
+    row: &'a Row,
+    campaign: &'a Value,
+    name: &str,
+    digits: &'a mut [u8; 20],
+) -> Option<&'a str> {
     if name == "email" {
         return Some(row.email.as_str());
     }

@@ -323,7 +323,7 @@ mod direct {
     fn takes_it(message: &str, from: Option<&str>) -> bool {
         let spec = MessageSpec { from: from.map(String::from), ..raw(message) };
         let t = MessageTemplate::new(&spec, "c").unwrap();
-        matches!(t.kind, Kind::Raw { direct: true, .. })
+        matches!(t.kind, Kind::Raw { direct: Some(_), .. })
     }
 
     #[test]
@@ -388,7 +388,7 @@ mod direct {
             let Ok(fast) = MessageTemplate::new(&raw(&message), "camp") else { return Ok(()) };
             let mut general = MessageTemplate::new(&raw(&message), "camp").unwrap();
             if let Kind::Raw { direct, .. } = &mut general.kind {
-                *direct = false;
+                *direct = None;
             }
             let row = csv(&first, &city);
             let (a, b) = (fast.render(&row, now()), general.render(&row, now()));

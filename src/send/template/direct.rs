@@ -1,0 +1,132 @@
+//! The fast path for the commonest whole-message template (`--message`): a header section and
+//! a body that are only text and `{{ name }}`, with header lines no value can change. Such a
+//! message is compiled once into a plan: the fixed text between the values (header section,
+//! the headers volley adds, body) joined and encoded for the wire ahead of time, and the values
+//! each message brings. Rendering a message then copies the prepared text and encodes only the
+//! values, straight into the message's buffer.
+//!
+//! The rendered header section is not checked again line by line: [`Simple::header_lines_fixed`]
+//! proved at start that it has the template's lines, which were checked then. Anything the
+//! plan does not handle as the general path would (a value minijinja must render, a header
+//! value to refuse) makes it answer `None`, and the general path renders that row, errors
+//! included. A property test holds the two to the same bytes.
+
+use std::time::SystemTime;
+
+use minijinja::Value;
+
+use super::simple::{Part, Simple, lookup};
+use super::{header_text, unix_seconds, with_date};
+use crate::proto::Body;
+use crate::proto::body::Prepared;
+use crate::proto::command::decimal_bytes;
+use crate::send::input::Row;
+
+/// A piece of the headers volley adds to a raw template: fixed text, or a value of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Piece<'a> {
+    Text(&'a str),
+    /// The recipient's address.
+    Email,
+    /// The message's Date.
+    Date,
+    /// The recipient's input line (in the Message-ID).
+    Line,
+}
+
+#[derive(Debug)]
+enum Step {
+    Text(Prepared),
+    Var { name: String, header: bool },
+    Email,
+    Date,
+    Line,
+}
+
+/// A raw template compiled for the fast path.
+#[derive(Debug)]
+pub(super) struct Direct {
+    steps: Vec<Step>,
+}
+
+impl Direct {
+    /// The plan for `head` + the added headers (`added` gives them) + `body`, if the header
+    /// section qualifies (see the module's comment).
+    pub(super) fn new(
+        head: &Simple,
+        body: &Simple,
+        added: impl FnOnce(&mut dyn FnMut(Piece<'_>)),
+    ) -> Option<Direct> {
+        let mut skeleton = String::new();
+        if !(head.header_lines_fixed(&mut skeleton)
+            && head.ends_lines()
+            && super::check_header_section(&skeleton).is_ok())
+        {
+            return None;
+        }
+        let mut plan = Plan { steps: Vec::new(), text: String::new() };
+        plan.parts(head.parts(), true);
+        added(&mut |piece| match piece {
+            Piece::Text(text) => plan.text.push_str(text),
+            Piece::Email => plan.step(Step::Email),
+            Piece::Date => plan.step(Step::Date),
+            Piece::Line => plan.step(Step::Line),
+        });
+        plan.parts(body.parts(), false);
+        plan.flush();
+        Some(Direct { steps: plan.steps })
+    }
+
+    /// The message for `row`, or `None`: leave it to the general path.
+    pub(super) fn render(&self, row: &Row, campaign: &Value, now: SystemTime) -> Option<Body> {
+        let built = Body::build(|w| {
+            let mut digits = [0u8; 20];
+            for step in &self.steps {
+                match step {
+                    Step::Text(text) => w.push_prepared(text),
+                    Step::Var { name, header: false } => {
+                        w.push(lookup(row, campaign, name, &mut digits)?.as_bytes());
+                    }
+                    Step::Var { name, header: true } => {
+                        let value = lookup(row, campaign, name, &mut digits)?;
+                        w.push(header_text(value).ok()?.as_bytes());
+                    }
+                    Step::Email => w.push(row.email.as_str().as_bytes()),
+                    Step::Date => with_date(unix_seconds(now), |date| w.push(date.as_bytes())),
+                    Step::Line => w.push(decimal_bytes(row.line, &mut digits)),
+                }
+            }
+            Some(())
+        });
+        built.map(|(body, ())| body)
+    }
+}
+
+/// A plan being made: fixed text is gathered until a value comes, then prepared as one piece.
+struct Plan {
+    steps: Vec<Step>,
+    text: String,
+}
+
+impl Plan {
+    fn parts(&mut self, parts: &[Part], header: bool) {
+        for part in parts {
+            match part {
+                Part::Text(text) => self.text.push_str(text),
+                Part::Var(name) => self.step(Step::Var { name: name.clone(), header }),
+            }
+        }
+    }
+
+    fn step(&mut self, step: Step) {
+        self.flush();
+        self.steps.push(step);
+    }
+
+    fn flush(&mut self) {
+        if !self.text.is_empty() {
+            self.steps.push(Step::Text(Prepared::new(self.text.as_bytes())));
+            self.text.clear();
+        }
+    }
+}
