@@ -486,13 +486,21 @@ fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), miniji
 /// `text` as a header value: refused if it would break the line, an RFC 2047 encoded-word if
 /// it is not ASCII.
 fn header_text(text: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
-    if text.contains(['\r', '\n']) {
+    // One pass over the bytes (this runs for every value of every message); characters are
+    // decoded only for non-ASCII text, whose controls (C1) are not single bytes.
+    let (mut line_break, mut control) = (false, false);
+    for &b in text.as_bytes() {
+        line_break |= b == b'\r' || b == b'\n';
+        control |= (b < 0x20 && b != b'\t') || b == 0x7f;
+    }
+    if line_break {
         return Err("a value rendered into a header contains a line break (header injection refused)");
     }
-    if text.contains(|c: char| c.is_control() && c != '\t') {
+    let ascii = text.is_ascii();
+    if control || (!ascii && text.chars().any(char::is_control)) {
         return Err("a value rendered into a header contains a control character");
     }
-    if text.is_ascii() {
+    if ascii {
         return Ok(text.into());
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());

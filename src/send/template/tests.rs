@@ -397,3 +397,24 @@ mod direct {
         }
     }
 }
+
+#[test]
+fn header_values_refuse_breaks_and_controls_and_encode_non_ascii() {
+    let cases: [(&str, Result<&str, &str>); 8] = [
+        ("Ann", Ok("Ann")),
+        ("tab\there", Ok("tab\there")),
+        ("Grüße", Ok("=?utf-8?B?R3LDvMOfZQ==?=")),
+        ("a\r\nBcc: x@y.test", Err("line break")),
+        ("a\nb", Err("line break")),
+        ("bell\u{7}", Err("control")),
+        ("del\u{7f}", Err("control")),
+        ("next line\u{85}", Err("control")),
+    ];
+    for (value, want) in cases {
+        match (header_text(value), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{value:?}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{value:?}: {got}"),
+            (got, want) => panic!("{value:?}: {got:?}, want {want:?}"),
+        }
+    }
+}
