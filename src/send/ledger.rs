@@ -7,7 +7,7 @@
 //! failure is raised for the main thread, which stops sending, and every record that could not
 //! be written goes to stderr instead, so nothing a server accepted goes unrecorded.
 
-use std::collections::HashMap;
+use crate::send::hashing::DomainMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -97,7 +97,7 @@ pub struct Ledger {
     schedule: Schedule,
     rng: Rng,
     tally: Tally,
-    domains: HashMap<String, DomainBook>,
+    domains: DomainMap<DomainBook>,
     histograms: usize,
     clock: Clock,
     log_error: Option<String>,
@@ -137,7 +137,7 @@ impl Ledger {
             schedule,
             rng: Rng::new(0x1ed9e7 ^ u64::from(std::process::id())),
             tally: Tally::default(),
-            domains: HashMap::new(),
+            domains: DomainMap::default(),
             histograms: 0,
             clock: Clock::default(),
             log_error: None,

@@ -11,6 +11,7 @@
 
 pub mod dns;
 pub mod dry_run;
+pub mod hashing;
 pub mod input;
 pub mod ledger;
 pub mod log;

@@ -3,6 +3,7 @@
 //! rollup): one pool and one connection limit for the thousands of domains a large provider
 //! hosts, as its servers see them.
 
+use crate::send::hashing::DomainMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ enum State {
 
 pub struct Routes {
     mode: Mode,
-    domains: HashMap<String, State>,
+    domains: DomainMap<State>,
     /// MX host set (sorted `pref host` pairs) to its destination.
     rollups: HashMap<String, Arc<Destination>>,
     next_index: usize,
@@ -66,7 +67,7 @@ impl Routes {
     }
 
     fn with(mode: Mode, connections: usize) -> Routes {
-        Routes { mode, domains: HashMap::new(), rollups: HashMap::new(), next_index: 0, connections }
+        Routes { mode, domains: DomainMap::default(), rollups: HashMap::new(), next_index: 0, connections }
     }
 
     /// Destinations created so far.

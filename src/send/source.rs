@@ -4,13 +4,15 @@
 //! record it decides itself (rejected rows, DNS bounces and deferrals) goes to the log thread.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::hashing::DomainMap;
+pub use super::hashing::Fingerprints;
 use super::input::{BadRow, Row, Rows};
 use super::log::{Record, Resumed, Status};
 use super::retry::{Pending, Schedule};
@@ -49,7 +51,7 @@ pub struct SendSource {
     seen: Option<Fingerprints>,
     resume: Option<Resumed>,
     /// Recipients whose domain is being resolved, by domain.
-    resolving: HashMap<String, Vec<Pending>>,
+    resolving: DomainMap<Vec<Pending>>,
     resolving_count: usize,
     ready: VecDeque<Job>,
     retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -81,7 +83,7 @@ impl SendSource {
             routes,
             seen: dedupe.then(Fingerprints::default),
             resume,
-            resolving: HashMap::new(),
+            resolving: DomainMap::default(),
             resolving_count: 0,
             ready: VecDeque::new(),
             retry_at: BinaryHeap::new(),
@@ -291,29 +293,6 @@ pub fn fingerprint(address: &str) -> u64 {
         h.write(lower);
     }
     h.finish()
-}
-
-/// A set of fingerprints: they are hashes already, so the set does not hash them again.
-pub type Fingerprints = HashSet<u64, BuildHasherDefault<Identity>>;
-
-#[derive(Debug, Default)]
-pub struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64s are hashed here; fold anything else rather than lose it.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// `domain` in lower case, copied only if it is not already.
