@@ -369,6 +369,35 @@ fn dry_run_renders_and_resolves_but_sends_nothing() {
 }
 
 #[test]
+fn resume_refuses_a_recipients_file_that_changed_and_sends_nothing() {
+    let zone = "ok.test MX 10 mx.ok.test\nmx.ok.test A 127.0.0.2\n";
+    let w = World::new("resume-changed", zone, vec![(2, Box::new(|_| {}))]);
+    let list = w.file("list.csv", "email,name\na@ok.test,Ann\nb@ok.test,Bob\n");
+    let msg = w.file("msg.txt", MESSAGE);
+    let (list_arg, msg_arg) = (list.to_str().unwrap(), msg.to_str().unwrap());
+    let mut cmd = w.send(&["--recipients", list_arg, "--message", msg_arg]);
+    cmd.args(["--log", w.log().to_str().unwrap()]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run_record = &records(&w.log())[0];
+    assert!(run_record["input_digest"].as_str().is_some_and(|d| d.starts_with("39:")), "{run_record}");
+    // The same file resumes (nothing left to send); one with a row inserted does not: line 2
+    // would now be someone else.
+    let resume = |w: &World| {
+        let mut cmd = w.send(&["--recipients", list_arg, "--message", msg_arg]);
+        cmd.args(["--resume", w.log().to_str().unwrap()]);
+        run(cmd, Duration::from_secs(30))
+    };
+    let out = resume(&w);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(&list, "email,name\nnew@ok.test,Nia\na@ok.test,Ann\nb@ok.test,Bob\n").unwrap();
+    let out = resume(&w);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not the one the campaign started with"), "{}", stderr(&out));
+    assert_eq!(w.dumped()[&2].len(), 2, "nothing more was sent");
+}
+
+#[test]
 fn kill_9_then_resume_sends_every_recipient_once_except_the_measured_window() {
     let zone = "slow.test MX 10 mx.slow.test\nmx.slow.test A 127.0.0.2\n";
     // Slow enough that the kill lands mid-campaign.

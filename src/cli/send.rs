@@ -94,7 +94,8 @@ pub struct SendArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     log: Option<PathBuf>,
     /// Continue an interrupted campaign: skip every recipient LOG has a final record for, send
-    /// the rest, and append to LOG. Give the same input and message.
+    /// the rest, and append to LOG. Give the same input and message: a recipients file that
+    /// changed since the campaign started is refused.
     #[arg(long, value_name = "LOG")]
     resume: Option<PathBuf>,
     /// Send to every row even when an address repeats (by default a repeated address is

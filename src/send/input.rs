@@ -156,6 +156,38 @@ impl Rows {
     }
 }
 
+/// What identifies the recipients file's content: its size and a 64-bit hash of its bytes, as
+/// `size:hash`. `--resume` compares it with the first run's, because rows are known by their line:
+/// in a changed file a line may be someone else. `None` for stdin and other streams, which
+/// cannot be read twice. Costs one pass over the file (a few hundred MB/s).
+pub fn digest(path: &Path) -> io::Result<Option<String>> {
+    if path == Path::new("-") || !std::fs::metadata(path)?.is_file() {
+        return Ok(None);
+    }
+    let mut file = File::open(path)?;
+    let mut hasher = crate::send::hashing::Fx::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        // Whole buffers (only the last is short): the hash must not depend on how reads split.
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        std::hash::Hasher::write(&mut hasher, &buf[..filled]);
+        size += filled as u64;
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok(Some(format!("{size}:{:016x}", std::hash::Hasher::finish(&hasher))))
+}
+
 fn next_csv(
     reader: &mut csv::Reader<Box<dyn Read + Send>>,
     headers: &Arc<[String]>,
@@ -347,6 +379,28 @@ mod tests {
         let items = rows(&text, Some(Format::Jsonl));
         assert_eq!(reasons(&items), vec![(1, format!("line longer than {MAX_LINE} octets"))]);
         assert_eq!(items[1].as_ref().unwrap().line, 2);
+    }
+
+    #[test]
+    fn a_digest_names_the_content_and_streams_have_none() {
+        let dir = std::env::temp_dir().join(format!("volley-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let mut changed = big.clone();
+        changed[400_000] ^= 1;
+        let mut digests = Vec::new();
+        for (name, content) in [("a", &big), ("b", &big), ("c", &changed), ("d", &big[..599_999].to_vec())] {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            digests.push(digest(&path).unwrap().unwrap());
+        }
+        assert_eq!(digests[0], digests[1], "the same bytes");
+        assert!(digests[0].starts_with("600000:"));
+        assert_ne!(digests[0], digests[2], "one bit past the first buffer");
+        assert_ne!(digests[0], digests[3]);
+        assert_eq!(digest(Path::new("-")).unwrap(), None);
+        assert!(digest(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct Record {
     pub campaign: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
+    /// Run record only: the recipients file's size and hash (see `input::digest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_digest: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -142,6 +145,7 @@ impl Record {
             retry_in_s: None,
             campaign: None,
             input: None,
+            input_digest: None,
         }
     }
 
@@ -308,6 +312,8 @@ impl LogFile {
 #[derive(Debug, Default)]
 pub struct Resumed {
     pub campaign: Option<String>,
+    /// The first run's recipients file digest, if it recorded one.
+    pub input_digest: Option<String>,
     finals: Vec<u64>,
     pub final_count: u64,
     /// Lines that were not JSON records (a line cut short by a kill): skipped.
@@ -340,6 +346,8 @@ impl Resumed {
             line: u64,
             #[serde(default)]
             campaign: Option<String>,
+            #[serde(default)]
+            input_digest: Option<String>,
         }
         let mut resumed = Resumed::default();
         let mut reader = BufReader::new(File::open(path)?);
@@ -356,7 +364,10 @@ impl Resumed {
                 continue;
             };
             match Status::parse(&record.status) {
-                Some(Status::Run) if resumed.campaign.is_none() => resumed.campaign = record.campaign,
+                Some(Status::Run) if resumed.campaign.is_none() => {
+                    resumed.campaign = record.campaign;
+                    resumed.input_digest = record.input_digest;
+                }
                 Some(s) if s.is_final() => resumed.mark(record.line),
                 _ => {}
             }

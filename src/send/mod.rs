@@ -81,6 +81,12 @@ pub enum SendError {
     Engine(std::io::Error),
     #[error("writing the dry run's output: {0}")]
     Output(std::io::Error),
+    #[error(
+        "--resume {log}: the recipients file {path} is not the one the campaign started with (its size or \
+         content changed). Rows are known by their line, so resuming would skip or resend the wrong \
+         recipients: restore the original file, or start a new campaign with another --log"
+    )]
+    InputChanged { path: String, log: String },
 }
 
 /// A campaign under way.
@@ -146,8 +152,15 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     };
     let campaign = resumed.as_ref().and_then(|r| r.campaign.clone()).unwrap_or_else(new_campaign_id);
     let template = Arc::new(MessageTemplate::new(&config.message, &campaign)?);
-    let rows = Rows::open(&config.recipients)
-        .map_err(|error| SendError::Input { path: path_text(&config.recipients), error })?;
+    let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
+    let digest = input::digest(&config.recipients).map_err(input_error)?;
+    if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {
+        if was != now {
+            let (path, log) = (path_text(&config.recipients), path_text(&config.log));
+            return Err(SendError::InputChanged { path, log });
+        }
+    }
+    let rows = Rows::open(&config.recipients).map_err(input_error)?;
     let routes = match &config.routing {
         Routing::Mx { dns, port } => {
             Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, config.connections)
@@ -159,6 +172,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let mut run = Record::new(Status::Run, 0);
     run.campaign = Some(campaign.clone());
     run.input = Some(path_text(&config.recipients));
+    run.input_digest = digest;
     log.write(&run);
     log.sync().map_err(|e| SendError::Log { path: path_text(&config.log), error: e.error })?;
 

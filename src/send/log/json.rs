@@ -78,6 +78,9 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
     if let Some(input) = &r.input {
         w.string("input", input);
     }
+    if let Some(digest) = &r.input_digest {
+        w.string("input_digest", digest);
+    }
     w.out.push(b'}');
 }
 
@@ -224,6 +227,7 @@ mod tests {
             r.reason = texts[4].clone();
             r.campaign = texts[5].clone();
             r.input = texts[5].as_ref().map(|t| format!("{t}.csv"));
+            r.input_digest = texts[4].as_ref().map(|t| format!("{t}:0"));
             r.tls = code.map(|_| "TLSv1.3");
             (r.attempts, r.code, r.ip) = (attempts, code, ip);
             r.enhanced = enhanced.map(|(c, s, d)| EnhancedCode::new(c, s, d));
