@@ -8,6 +8,8 @@
 #    missing. `volley bench` sends to it over 10 connections; the script then checks Postfix's
 #    own log against volley's report: every message accepted exactly once (by Message-ID), none
 #    deferred, and the connection limit really refused connections (volley must ride it out).
+#    Then `volley send --relay` runs a campaign from a CSV into the same Postfix: every recipient
+#    delivered once (Postfix's log: one message per Message-ID of the campaign, every address).
 # 2. The same Postfix on a second port with smtpd_tls_security_level = encrypt and a
 #    self-signed certificate: `volley bench --starttls required` gets every message accepted,
 #    and Postfix's log shows the TLS sessions; without TLS every MAIL is refused.
@@ -134,6 +136,37 @@ echo "  postfix: $total messages received ($unique distinct Message-IDs), $sent 
 [[ $refused -gt 0 ]] || fail "the connection limit never refused a connection: the test proved nothing"
 grep -q "server capped connections at 4" <<<"$report" || fail "volley did not report the cap"
 echo "interop: Postfix smtpd OK"
+
+SEND_ROWS=$((MESSAGES / 4))
+echo "== volley send --relay -> Postfix smtpd: a campaign of $SEND_ROWS recipients from CSV, personalised"
+{
+    echo "email,first"
+    for i in $(seq 1 "$SEND_ROWS"); do echo "user$i@d$((i % 7)).interop.test,Name$i"; done
+} >"$work/list.csv"
+printf 'From: News <news@example.com>\nSubject: Hello {{ first }}\n\nDear {{ first }},\nrow {{ line }}.\n' \
+    >"$work/msg.txt"
+before=$(grep -c 'status=sent' "$work/maillog" || true)
+set +e
+"$VOLLEY" send --recipients "$work/list.csv" --message "$work/msg.txt" --relay "127.0.0.1:$PORT" \
+    --connections 3 --log "$work/send.jsonl" --quiet >"$work/send.out" 2>&1
+status=$?
+set -e
+[[ $status == 0 ]] || fail "volley send exited $status: $(tail -n 5 "$work/send.out")"
+delivered=$(grep -c '"status":"delivered"' "$work/send.jsonl" || true)
+[[ $delivered == "$SEND_ROWS" ]] || fail "the log has $delivered delivered of $SEND_ROWS"
+wait_for_sent $((before + SEND_ROWS))
+sleep 0.5
+campaign=$(head -n 1 "$work/send.jsonl" | sed -E 's/.*"campaign":"([^"]*)".*/\1/')
+ids=$(grep -oE "message-id=<$campaign\.[0-9]+@example\.com>" "$work/maillog" || true)
+rcpts=$(grep 'status=sent' "$work/maillog" | grep -oE 'to=<user[0-9]+@d[0-9]\.interop\.test>' || true)
+n_ids=$(grep -c . <<<"$ids" || true)
+n_unique_ids=$(sort -u <<<"$ids" | grep -c . || true)
+n_rcpts=$(sort -u <<<"$rcpts" | grep -c . || true)
+echo "  volley: $delivered delivered in the log; postfix: $n_ids messages of the campaign" \
+    "($n_unique_ids distinct Message-IDs), $n_rcpts distinct recipients delivered"
+[[ $n_ids == "$SEND_ROWS" && $n_unique_ids == "$SEND_ROWS" ]] || fail "Postfix received $n_ids campaign messages"
+[[ $n_rcpts == "$SEND_ROWS" ]] || fail "Postfix delivered to $n_rcpts distinct recipients"
+echo "interop: volley send -> Postfix smtpd OK"
 
 TLS_MESSAGES=$((MESSAGES / 4))
 echo "== volley bench --starttls required -> Postfix smtpd (smtpd_tls_security_level = encrypt), $TLS_MESSAGES messages"
