@@ -1,7 +1,7 @@
 //! `--dry-run`: everything `send` does before the first connection (read, de-duplicate,
 //! render, resolve), reported instead of sent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::dns::Resolver;
 use super::input::Rows;
 use super::route::{Route, Routes};
-use super::source::fingerprint;
+use super::source::{Fingerprints, fingerprint};
 use super::template::MessageTemplate;
 use super::{Routing, SendConfig, SendError};
 
@@ -36,7 +36,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     let path = config.recipients.display().to_string();
     let mut rows =
         Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
-    let mut seen = HashSet::new();
+    let mut seen = Fingerprints::default();
     let mut per_domain: HashMap<String, u64> = HashMap::new();
     let mut problems = Vec::new();
     let mut summary = DryRun::default();
