@@ -80,6 +80,8 @@ pub type Item = Result<Row, BadRow>;
 /// A stream of rows.
 pub struct Rows {
     inner: Inner,
+    /// The input's size, when it is a file.
+    size: Option<u64>,
 }
 
 enum Inner {
@@ -92,6 +94,7 @@ enum Inner {
     Jsonl {
         reader: BufReader<Box<dyn Read + Send>>,
         line: u64,
+        bytes: u64,
         buf: Vec<u8>,
     },
 }
@@ -107,7 +110,8 @@ impl Rows {
             Some(e) if e == "jsonl" || e == "ndjson" || e == "json" => Some(Format::Jsonl),
             _ => None,
         };
-        Rows::new(reader, by_extension)
+        let size = std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len());
+        Ok(Rows { size, ..Rows::new(reader, by_extension)? })
     }
 
     /// Reads rows from `reader`, in `format` or sniffed from the first byte.
@@ -125,7 +129,7 @@ impl Rows {
         };
         let inner = match format {
             Format::Jsonl => {
-                Inner::Jsonl { reader: BufReader::new(Box::new(reader)), line: 0, buf: Vec::new() }
+                Inner::Jsonl { reader: BufReader::new(Box::new(reader)), line: 0, bytes: 0, buf: Vec::new() }
             }
             Format::Csv => {
                 let boxed: Box<dyn Read + Send> = Box::new(reader);
@@ -143,7 +147,26 @@ impl Rows {
                 Inner::Csv { reader, headers, email, record: csv::ByteRecord::new() }
             }
         };
-        Ok(Rows { inner })
+        Ok(Rows { inner, size: None })
+    }
+
+    /// How many rows the whole input holds, estimated from the size of the file and the rows
+    /// read so far; `None` for a stream, or before any row.
+    pub fn estimated_rows(&self, rows_read: u64) -> Option<u64> {
+        let consumed = match &self.inner {
+            Inner::Csv { reader, .. } => reader.position().byte(),
+            Inner::Jsonl { bytes, .. } => *bytes,
+        };
+        let size = self.size.filter(|_| consumed > 0 && rows_read > 0)?;
+        Some((u128::from(size) * u128::from(rows_read) / u128::from(consumed)) as u64)
+    }
+
+    /// A CSV input's column names, shared by its rows; `None` for JSONL.
+    pub fn columns(&self) -> Option<&Arc<[String]>> {
+        match &self.inner {
+            Inner::Csv { headers, .. } => Some(headers),
+            Inner::Jsonl { .. } => None,
+        }
     }
 
     /// The next row, `None` at the end. An `Err` from the reader itself (not a bad row) ends
@@ -151,7 +174,7 @@ impl Rows {
     pub fn next_row(&mut self) -> io::Result<Option<Item>> {
         match &mut self.inner {
             Inner::Csv { reader, headers, email, record } => next_csv(reader, headers, *email, record),
-            Inner::Jsonl { reader, line, buf } => next_jsonl(reader, line, buf),
+            Inner::Jsonl { reader, line, bytes, buf } => next_jsonl(reader, line, bytes, buf),
         }
     }
 }
@@ -227,11 +250,13 @@ fn next_csv(
 fn next_jsonl(
     reader: &mut BufReader<Box<dyn Read + Send>>,
     line: &mut u64,
+    bytes: &mut u64,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<Item>> {
     loop {
         buf.clear();
         let read = (&mut *reader).take(MAX_LINE as u64 + 1).read_until(b'\n', buf)?;
+        *bytes += read as u64;
         if read == 0 {
             return Ok(None);
         }
@@ -400,6 +425,33 @@ mod tests {
         assert_ne!(digests[0], digests[3]);
         assert_eq!(digest(Path::new("-")).unwrap(), None);
         assert!(digest(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_rows_of_a_file_are_estimated_from_its_first_ones_and_streams_are_not() {
+        let dir = std::env::temp_dir().join(format!("volley-estimate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut csv = String::from("email,n\n");
+        let mut jsonl = String::new();
+        for i in 0..10_000 {
+            csv.push_str(&format!("user{i}@x.test,{i}\n"));
+            jsonl.push_str(&format!("{{\"email\":\"user{i}@x.test\",\"n\":{i}}}\n"));
+        }
+        for (name, text) in [("list.csv", &csv), ("list.jsonl", &jsonl)] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let mut rows = Rows::open(&path).unwrap();
+            assert_eq!(rows.estimated_rows(0), None);
+            for _ in 0..100 {
+                rows.next_row().unwrap().unwrap().unwrap();
+            }
+            let estimate = rows.estimated_rows(100).unwrap();
+            // Early rows are shorter here (user0, user1, ...): an estimate, within a third.
+            assert!((7_000..=13_400).contains(&estimate), "{name}: {estimate}");
+        }
+        let stream = Rows::new(Box::new(io::Cursor::new(csv.into_bytes())), None).unwrap();
+        assert_eq!(stream.estimated_rows(100), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -151,7 +151,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         None
     };
     let campaign = resumed.as_ref().and_then(|r| r.campaign.clone()).unwrap_or_else(new_campaign_id);
-    let template = Arc::new(MessageTemplate::new(&config.message, &campaign)?);
+    let mut template = MessageTemplate::new(&config.message, &campaign)?;
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
     let digest = input::digest(&config.recipients).map_err(input_error)?;
     if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {
@@ -161,6 +161,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         }
     }
     let rows = Rows::open(&config.recipients).map_err(input_error)?;
+    if let Some(columns) = rows.columns() {
+        template.bind_columns(columns);
+    }
+    let template = Arc::new(template);
     let routes = match &config.routing {
         Routing::Mx { dns, port } => {
             Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, config.connections)

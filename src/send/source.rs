@@ -23,6 +23,11 @@ use crate::rng::Rng;
 
 /// Rows held aside waiting for DNS before reading stops until answers come.
 const MAX_WAITING: usize = 50_000;
+/// Rows read before the fingerprint set is sized for the whole input (see `SendSource::admit`).
+const SIZE_SET_AFTER: u64 = 4096;
+/// The most fingerprints reserved ahead (8 bytes and a control byte each, at most 7/8 full).
+const MAX_RESERVE: u64 = 50_000_000;
+
 /// Rows read per call at most, so a long run of bad rows does not hold up retries.
 const ROWS_PER_CALL: usize = 256;
 
@@ -49,6 +54,8 @@ pub struct SendSource {
     routes: Routes,
     /// Fingerprints of addresses seen (8 bytes each), unless duplicates are allowed.
     seen: Option<Fingerprints>,
+    /// Rows read so far.
+    rows_read: u64,
     resume: Option<Resumed>,
     /// Recipients whose domain is being resolved, by domain.
     resolving: DomainMap<Vec<Pending>>,
@@ -82,6 +89,7 @@ impl SendSource {
             template,
             routes,
             seen: dedupe.then(Fingerprints::default),
+            rows_read: 0,
             resume,
             resolving: DomainMap::default(),
             resolving_count: 0,
@@ -111,6 +119,15 @@ impl SendSource {
 
     /// Reads one row: skipped (resumed), rejected, or routed.
     fn admit(&mut self, item: Result<Row, BadRow>, now: Instant) {
+        self.rows_read += 1;
+        if self.rows_read == SIZE_SET_AFTER {
+            // Sized once for the whole file, as estimated from its first rows, the set is not
+            // rebuilt (every fingerprint moved) each time it doubles.
+            if let (Some(seen), Some(rows)) = (&mut self.seen, &self.rows) {
+                let estimate = rows.estimated_rows(self.rows_read).unwrap_or(0).min(MAX_RESERVE);
+                seen.reserve(estimate.saturating_sub(seen.len() as u64) as usize);
+            }
+        }
         let line = match &item {
             Ok(row) => row.line,
             Err(bad) => bad.line,

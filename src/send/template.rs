@@ -296,6 +296,14 @@ impl MessageTemplate {
         Ok(t)
     }
 
+    /// Tells the template the CSV input's column names (shared by its rows), so the fast path
+    /// finds each variable by position.
+    pub fn bind_columns(&mut self, columns: &Arc<[String]>) {
+        if let Kind::Raw { direct: Some(direct), .. } = &mut self.kind {
+            direct.bind(columns);
+        }
+    }
+
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
     pub fn render(&self, row: &Arc<Row>, now: SystemTime) -> Result<Rendered, String> {
         let render = |name: &str| -> Result<String, String> {

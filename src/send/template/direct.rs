@@ -11,6 +11,7 @@
 //! value to refuse) makes it answer `None`, and the general path renders that row, errors
 //! included. A property test holds the two to the same bytes.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use minijinja::Value;
@@ -20,7 +21,7 @@ use super::{header_text, unix_seconds, with_date};
 use crate::proto::Body;
 use crate::proto::body::Prepared;
 use crate::proto::command::decimal_bytes;
-use crate::send::input::Row;
+use crate::send::input::{Row, Vars};
 
 /// A piece of the headers volley adds to a raw template: fixed text, or a value of the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,12 @@ pub(super) enum Piece<'a> {
 #[derive(Debug)]
 enum Step {
     Text(Prepared),
-    Var { name: String, header: bool },
+    /// `column`: where the variable is in the rows of the CSV input bound (see [`Direct::bind`]).
+    Var {
+        name: String,
+        header: bool,
+        column: Option<usize>,
+    },
     Email,
     Date,
     Line,
@@ -47,6 +53,9 @@ enum Step {
 #[derive(Debug)]
 pub(super) struct Direct {
     steps: Vec<Step>,
+    /// The CSV input's column names, when bound: rows sharing them have each variable at a
+    /// known column, found without comparing names.
+    columns: Option<Arc<[String]>>,
 }
 
 impl Direct {
@@ -74,7 +83,35 @@ impl Direct {
         });
         plan.parts(body.parts(), false);
         plan.flush();
-        Some(Direct { steps: plan.steps })
+        Some(Direct { steps: plan.steps, columns: None })
+    }
+
+    /// Learns where each variable is in the rows of a CSV input with these column names.
+    /// `email` stays the parsed address, and a name that is not a column is looked up as before.
+    pub(super) fn bind(&mut self, columns: &Arc<[String]>) {
+        for step in &mut self.steps {
+            if let Step::Var { name, column, .. } = step {
+                *column = columns.iter().position(|c| c == name).filter(|_| name != "email");
+            }
+        }
+        self.columns = Some(Arc::clone(columns));
+    }
+
+    /// The value of variable `name` for `row`.
+    fn value<'a>(
+        &self,
+        row: &'a Row,
+        campaign: &'a Value,
+        name: &str,
+        column: Option<usize>,
+        digits: &'a mut [u8; 20],
+    ) -> Option<&'a str> {
+        if let (Some(i), Vars::Csv { names, fields }, Some(bound)) = (column, &row.vars, &self.columns) {
+            if Arc::ptr_eq(names, bound) {
+                return fields.get(i);
+            }
+        }
+        lookup(row, campaign, name, digits)
     }
 
     /// The message for `row`, or `None`: leave it to the general path.
@@ -84,11 +121,11 @@ impl Direct {
             for step in &self.steps {
                 match step {
                     Step::Text(text) => w.push_prepared(text),
-                    Step::Var { name, header: false } => {
-                        w.push(lookup(row, campaign, name, &mut digits)?.as_bytes());
+                    Step::Var { name, header: false, column } => {
+                        w.push(self.value(row, campaign, name, *column, &mut digits)?.as_bytes());
                     }
-                    Step::Var { name, header: true } => {
-                        let value = lookup(row, campaign, name, &mut digits)?;
+                    Step::Var { name, header: true, column } => {
+                        let value = self.value(row, campaign, name, *column, &mut digits)?;
                         w.push(header_text(value).ok()?.as_bytes());
                     }
                     Step::Email => w.push(row.email.as_str().as_bytes()),
@@ -113,7 +150,7 @@ impl Plan {
         for part in parts {
             match part {
                 Part::Text(text) => self.text.push_str(text),
-                Part::Var(name) => self.step(Step::Var { name: name.clone(), header }),
+                Part::Var(name) => self.step(Step::Var { name: name.clone(), header, column: None }),
             }
         }
     }
