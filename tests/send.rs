@@ -449,7 +449,20 @@ fn kill_9_then_resume_sends_every_recipient_once_except_the_measured_window() {
         let rcpt = env.lines().find_map(|l| l.strip_prefix("RCPT TO:")).unwrap_or(env).trim().to_owned();
         *accepted.entry(rcpt).or_default() += 1;
     }
-    assert_eq!(accepted.len(), n, "everyone accepted at least once: {}", accepted.len());
+    if accepted.len() != n {
+        // Seen once under the full suite's load and not reproduced since: say exactly who.
+        let expected: Vec<String> = (0..n).map(|i| format!("<r{i}@slow.test>")).collect();
+        let missing: Vec<&String> = expected.iter().filter(|r| !accepted.contains_key(*r)).collect();
+        let extra: Vec<&String> = accepted.keys().filter(|r| !expected.contains(r)).collect();
+        let logged: Vec<&Value> = missing
+            .iter()
+            .filter_map(|r| all.iter().find(|rec| rec["rcpt"].as_str() == Some(r.trim_matches(['<', '>']))))
+            .collect();
+        panic!(
+            "accepted {} of {n}: missing {missing:?}, extra {extra:?}; their records: {logged:?}",
+            accepted.len()
+        );
+    }
     let twice: Vec<&String> = accepted.iter().filter(|(_, c)| **c > 1).map(|(r, _)| r).collect();
     let line_of = |rcpt: &str| {
         rcpt.trim_matches(['<', '>'])
