@@ -306,15 +306,19 @@ impl MessageTemplate {
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
     pub fn render(&self, row: &Arc<Row>, now: SystemTime) -> Result<Rendered, String> {
+        // minijinja's view of the row, made once if any template needs it.
+        let context = std::cell::OnceCell::new();
         let render = |name: &str| -> Result<String, String> {
             let header = matches!(name, HEAD | SUBJECT | MAIL_FROM);
             if let Some(out) = self.simple_of(name).and_then(|s| s.render(row, &self.campaign_value, header))
             {
                 return Ok(out);
             }
-            let ctx = Context { row: Arc::clone(row), campaign: self.campaign_value.clone() };
+            let ctx = context.get_or_init(|| {
+                Value::from_object(Context { row: Arc::clone(row), campaign: self.campaign_value.clone() })
+            });
             let template = self.env.get_template(name).map_err(|e| e.to_string())?;
-            template.render(Value::from_object(ctx)).map_err(|e| format!("template {name}: {}", describe(&e)))
+            template.render(ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
         };
         // The rendered From header's address, when the template has one.
         let mut header_from = None;
