@@ -34,6 +34,16 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Run,
+        Status::Delivered,
+        Status::Deferred,
+        Status::Bounced,
+        Status::Expired,
+        Status::Rejected,
+        Status::Uncertain,
+    ];
+
     pub fn is_final(self) -> bool {
         !matches!(self, Status::Run | Status::Deferred)
     }
@@ -51,17 +61,7 @@ impl Status {
     }
 
     fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Run,
-            Status::Delivered,
-            Status::Deferred,
-            Status::Bounced,
-            Status::Expired,
-            Status::Rejected,
-            Status::Uncertain,
-        ]
-        .into_iter()
-        .find(|st| st.name() == s)
+        Status::ALL.into_iter().find(|st| st.name() == s)
     }
 }
 

@@ -197,15 +197,7 @@ mod tests {
     }
 
     fn status() -> impl Strategy<Value = Status> {
-        prop::sample::select(vec![
-            Status::Run,
-            Status::Delivered,
-            Status::Deferred,
-            Status::Bounced,
-            Status::Expired,
-            Status::Rejected,
-            Status::Uncertain,
-        ])
+        prop::sample::select(Status::ALL.to_vec())
     }
 
     proptest! {

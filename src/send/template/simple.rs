@@ -63,34 +63,21 @@ impl Simple {
     /// header formatter. `None`: leave it to minijinja.
     pub fn render(&self, row: &Row, campaign: &Value, header: bool) -> Option<String> {
         let mut out = String::with_capacity(self.text_len + 64);
-        self.render_with(row, campaign, header, &mut |piece| out.push_str(piece))?;
-        Some(out)
-    }
-
-    /// Renders piece by piece into `write`, joining nothing. `None`: leave it to minijinja
-    /// (what was written is to be discarded).
-    pub fn render_with(
-        &self,
-        row: &Row,
-        campaign: &Value,
-        header: bool,
-        write: &mut dyn FnMut(&str),
-    ) -> Option<()> {
         for part in &self.parts {
             match part {
-                Part::Text(text) => write(text),
+                Part::Text(text) => out.push_str(text),
                 Part::Var(name) => {
                     let mut digits = [0u8; 20];
                     let value = lookup(row, campaign, name, &mut digits)?;
                     if header {
-                        write(&header_text(value).ok()?);
+                        out.push_str(&header_text(value).ok()?);
                     } else {
-                        write(value);
+                        out.push_str(value);
                     }
                 }
             }
         }
-        Some(())
+        Some(out)
     }
 
     /// Whether, as a header section, every line of the template is checkable before
