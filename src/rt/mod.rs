@@ -73,16 +73,73 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Starts thread `index` of `count`, pinned to a core (round robin), named `name-index`.
+/// Starts thread `index`, named `name-index`, pinned to one of the cores this thread may run on
+/// (round robin over them). Pinning among the *allowed* cores, not core `index` itself, keeps
+/// `taskset -c 1 volley sink` on core 1: pinning to core 0 would put it beside a client given
+/// core 0, and every benchmark would measure both on one core.
 pub fn spawn_pinned<T, F>(name: &str, index: usize, f: F) -> io::Result<JoinHandle<T>>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let cores = default_threads();
+    let core = allowed_cpus().and_then(|cpus| cpus.get(index % cpus.len().max(1)).copied());
     std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
-        // Pinning is an optimisation: where it is refused (containers, cpusets) run unpinned.
-        let _ = monoio::utils::bind_to_cpu_set([index % cores]);
+        // Pinning is an optimisation: where it is refused (containers, cpusets) or the allowed
+        // set is unknown, the thread keeps the affinity it inherited.
+        if let Some(core) = core {
+            let _ = monoio::utils::bind_to_cpu_set([core]);
+        }
         f()
     })
+}
+
+/// The CPUs the calling thread may run on, in order; `None` if the kernel will not say.
+pub fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it, and CPU_ISSET reads within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        let cpus: Vec<usize> =
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+        (!cpus.is_empty()).then_some(cpus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_affinity(cpus: &[usize]) {
+        // SAFETY: as in allowed_cpus; CPU_SET writes within the set for c < CPU_SETSIZE.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        }
+    }
+
+    /// Regression: under `taskset -c 1`, thread 0 was pinned to core 0 (`index % cores`),
+    /// putting the sink on the client's core in every pinned benchmark.
+    #[test]
+    fn pinned_threads_stay_within_the_cores_allowed() {
+        let all = allowed_cpus().expect("sched_getaffinity");
+        // The test runs on its own thread: narrowing its affinity touches no other test.
+        let last = *all.last().expect("a CPU");
+        set_affinity(&[last]);
+        for index in 0..3 {
+            let seen = spawn_pinned("pin-test", index, allowed_cpus).unwrap().join().unwrap();
+            assert_eq!(seen, Some(vec![last]), "thread {index}");
+        }
+        if all.len() > 1 {
+            // Round robin over the allowed cores, in order.
+            set_affinity(&all);
+            let seen = spawn_pinned("pin-test", all.len() + 1, allowed_cpus).unwrap().join().unwrap();
+            assert_eq!(seen, Some(vec![all[1]]));
+        }
+    }
 }
