@@ -13,6 +13,7 @@ use clap::Args;
 
 use mailvolley::engine::EngineConfig;
 use mailvolley::rt::Driver;
+use mailvolley::send::dkim::KeySpec;
 use mailvolley::send::dns::DnsConfig;
 use mailvolley::send::retry::Schedule;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
@@ -58,6 +59,12 @@ pub struct SendArgs {
     /// [default: the From address].
     #[arg(long, value_name = "TEMPLATE")]
     mail_from: Option<String>,
+    /// DKIM-sign every message with this key (repeatable: one signature per key): the signing
+    /// domain, the selector, and a PEM private key file, RSA (2048+ bits) or Ed25519.
+    /// Relaxed/relaxed; signs From, To, Subject, Date, Message-ID, the MIME and
+    /// List-Unsubscribe headers. `--dry-run` prints the TXT record to publish for each key.
+    #[arg(long, value_name = "DOMAIN:SELECTOR:KEYFILE", value_parser = parse_dkim)]
+    dkim: Vec<KeySpec>,
     /// Send everything through this smarthost (HOST[:PORT], port 25 when left out) instead of
     /// each domain's MX hosts.
     #[arg(long, value_name = "HOST:PORT")]
@@ -130,6 +137,10 @@ pub struct SendArgs {
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_dkim(s: &str) -> Result<KeySpec, String> {
+    s.parse().map_err(|e: send::dkim::DkimError| e.to_string())
 }
 
 fn read_text(path: &PathBuf, flag: &str) -> anyhow::Result<String> {
@@ -205,6 +216,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         engine,
         recipients: args.recipients.clone(),
         message: message_spec(args)?,
+        dkim: args.dkim.clone(),
         routing,
         connections: args.connections.get(),
         dedupe: !args.allow_duplicates,

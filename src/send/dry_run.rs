@@ -10,7 +10,6 @@ use super::dns::Resolver;
 use super::input::Rows;
 use super::route::{Route, Routes};
 use super::source::{Fingerprints, fingerprint};
-use super::template::MessageTemplate;
 use super::{Routing, SendConfig, SendError};
 
 /// Problems listed in full; beyond this many, only counted.
@@ -32,7 +31,7 @@ pub struct DryRun {
 
 pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError> {
     let io_err = SendError::Output;
-    let template = Arc::new(MessageTemplate::new(&config.message, &super::new_campaign_id())?);
+    let template = Arc::new(config.template(&super::new_campaign_id())?);
     let path = config.recipients.display().to_string();
     let mut rows =
         Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
@@ -72,17 +71,23 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     summary.domains = per_domain.len();
     if let Some((to, r)) = &first {
         let sender = r.sender.as_ref().map_or("<>".to_owned(), |s| format!("<{s}>"));
+        let head = r.head.as_ref().map_or(&[][..], |h| &h.bytes()[..]);
         writeln!(
             out,
             "--- first message: MAIL FROM:{sender} RCPT TO:<{to}>, {} octets ---",
-            r.body.bytes().len()
+            head.len() + r.body.bytes().len()
         )
         .map_err(io_err)?;
+        out.write_all(head).map_err(io_err)?;
         out.write_all(&r.body.bytes()[..r.body.bytes().len().min(SHOWN_OCTETS)]).map_err(io_err)?;
         if r.body.bytes().len() > SHOWN_OCTETS {
             writeln!(out, "\n[... {} more octets]", r.body.bytes().len() - SHOWN_OCTETS).map_err(io_err)?;
         }
         writeln!(out, "--- end ---").map_err(io_err)?;
+        for (name, record) in template.dkim().into_iter().flat_map(|d| d.records()) {
+            writeln!(out, "DKIM: receivers check it against the TXT record {name}: \"{record}\"")
+                .map_err(io_err)?;
+        }
     }
     writeln!(out, "rows: {}, would send: {}, rejected: {}", summary.rows, summary.sendable, summary.rejected)
         .map_err(io_err)?;

@@ -9,6 +9,7 @@
 //!            └──────────────── rejected/DNS records ──▶ ledger ─▶ delivery log (group commit)
 //! ```
 
+pub mod dkim;
 pub mod dns;
 pub mod dry_run;
 pub mod hashing;
@@ -54,6 +55,8 @@ pub struct SendConfig {
     pub engine: EngineConfig,
     pub recipients: PathBuf,
     pub message: MessageSpec,
+    /// Keys to DKIM-sign every message with (none: unsigned).
+    pub dkim: Vec<dkim::KeySpec>,
     pub routing: Routing,
     /// Connections per destination (an MX host set, or the relay), across cores.
     pub connections: usize,
@@ -73,6 +76,8 @@ pub enum SendError {
     Input { path: String, error: std::io::Error },
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    #[error(transparent)]
+    Dkim(#[from] dkim::DkimError),
     #[error("delivery log {path}: {error}")]
     Log { path: String, error: std::io::Error },
     #[error("DNS: {0}")]
@@ -131,6 +136,17 @@ impl SendReport {
     }
 }
 
+impl SendConfig {
+    /// The message template, with the DKIM keys loaded (a bad key stops the run here).
+    pub fn template(&self, campaign: &str) -> Result<MessageTemplate, SendError> {
+        let mut template = MessageTemplate::new(&self.message, campaign)?;
+        if let Some(dkim) = dkim::Dkim::load(&self.dkim)? {
+            template.sign_with(dkim);
+        }
+        Ok(template)
+    }
+}
+
 /// A campaign id: Message-IDs carry it, so each run's are unique and a resumed run keeps them.
 pub fn new_campaign_id() -> String {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -151,7 +167,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         None
     };
     let campaign = resumed.as_ref().and_then(|r| r.campaign.clone()).unwrap_or_else(new_campaign_id);
-    let mut template = MessageTemplate::new(&config.message, &campaign)?;
+    let mut template = config.template(&campaign)?;
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
     let digest = input::digest(&config.recipients).map_err(input_error)?;
     if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {

@@ -24,7 +24,9 @@ use simple::Simple;
 
 mod direct;
 mod simple;
+use super::dkim::Dkim;
 use crate::engine::{Compose, Unsendable};
+use crate::proto::body::Head;
 use crate::proto::client::{Envelope, Message};
 use crate::proto::command::decimal;
 use crate::proto::{Address, Body};
@@ -108,6 +110,8 @@ struct Present {
 pub struct Rendered {
     /// The envelope sender (`None`: the null path, if a template rendered it empty).
     pub sender: Option<Address>,
+    /// Header lines sent ahead of the content: the DKIM signatures, when signing.
+    pub head: Option<Head>,
     /// The content, CRLF-normalised.
     pub body: Body,
 }
@@ -124,6 +128,8 @@ pub struct MessageTemplate {
     campaign_value: Value,
     /// The templates that are only text and variables, rendered without minijinja.
     simple: Vec<(&'static str, Simple)>,
+    /// Signs every rendered message, when keys were given.
+    dkim: Option<Dkim>,
 }
 
 impl std::fmt::Debug for MessageTemplate {
@@ -183,7 +189,7 @@ impl Compose for Recipe {
         match self.template.render(&self.row, SystemTime::now()) {
             Ok(rendered) => {
                 let envelope = Envelope { sender: rendered.sender, recipients: vec![self.row.email.clone()] };
-                Ok(Message::new(Arc::new(envelope), rendered.body))
+                Ok(Message { envelope: Arc::new(envelope), head: rendered.head, body: rendered.body })
             }
             Err(reason) => Err(Unsendable { recipients: vec![self.row.email.clone()], reason }),
         }
@@ -279,6 +285,7 @@ impl MessageTemplate {
             campaign: campaign.to_owned(),
             campaign_value: Value::from(campaign),
             simple,
+            dkim: None,
         };
         if let Kind::Raw { has, literal_from, .. } = &t.kind {
             // The Message-ID's domain must be known without rendering the From header.
@@ -302,6 +309,15 @@ impl MessageTemplate {
         if let Kind::Raw { direct: Some(direct), .. } = &mut self.kind {
             direct.bind(columns);
         }
+    }
+
+    /// Signs every message rendered from now on with `dkim`'s keys.
+    pub fn sign_with(&mut self, dkim: Dkim) {
+        self.dkim = Some(dkim);
+    }
+
+    pub fn dkim(&self) -> Option<&Dkim> {
+        self.dkim.as_ref()
     }
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
@@ -405,7 +421,9 @@ impl MessageTemplate {
                 (None, None) => return Err("the From header has no address".into()),
             }
         };
-        Ok(Rendered { sender, body })
+        // Signed last, over exactly the content that will be sent.
+        let head = self.dkim.as_ref().map(|d| d.sign(body.bytes())).transpose()?;
+        Ok(Rendered { sender, head, body })
     }
 
     /// The domain of a raw template's Message-IDs (the sender's) when it is known without

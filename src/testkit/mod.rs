@@ -1,3 +1,4 @@
 //! Peers for tests and benchmarks that are not SMTP: volley's own sink lives in [`crate::sink`].
 
+pub mod dkim;
 pub mod dns;

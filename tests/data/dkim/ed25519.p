@@ -1,0 +1,1 @@
+/4e5hteJclxqmCPAbTcUd9S1zbxZJbiX/h4s3Ds5/A8=
