@@ -18,6 +18,12 @@ ensure_interop_peers() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks openssl >/dev/null
     fi
+    # Debian's dkimpy (and PyNaCl for Ed25519) belong to /usr/bin/python3, not the python3 on PATH.
+    if ! /usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null; then
+        echo "installing python3-dkim and python3-nacl"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dkim python3-nacl >/dev/null
+    fi
     if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
         echo "installing aiosmtpd (pip)"
         python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>&1 | grep -v 'as the .root. user' || true
