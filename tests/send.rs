@@ -429,6 +429,58 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
     assert!(!log.exists());
 }
 
+/// `--suppress`: listed addresses (any case) and domains get their one final record,
+/// `suppressed`, and nothing is sent to them; `--resume` leaves them alone; a bad list entry
+/// stops the run before anything is sent.
+#[test]
+fn suppressed_addresses_and_domains_are_logged_and_never_sent_to() {
+    let w = World::new("suppress", "", vec![(2, Box::new(|_| {}))]);
+    let rows: String = (0..12).map(|i| format!("u{i}@d{}.test,N{i}\n", i % 3)).collect();
+    let list = w.file("list.csv", &format!("email,name\n{rows}"));
+    let msg = w.file("msg.txt", MESSAGE);
+    let suppress = w.file("suppress.txt", "# unsubscribed\nU3@D0.TEST\n@d1.test\n");
+    let relay = format!("127.0.0.2:{}", w.port);
+    let send = |extra: &[&str]| {
+        let mut cmd = Command::new(VOLLEY);
+        cmd.args(["send", "--relay", &relay, "--suppress", suppress.to_str().unwrap()])
+            .args(["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()])
+            .args(extra);
+        run(cmd, Duration::from_secs(60))
+    };
+    let out = send(&["--log", w.log().to_str().unwrap(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("suppressed 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let f = finals(&records(&w.log()));
+    assert_eq!(f.len(), 12);
+    for i in 0..12u64 {
+        let want = if i == 3 || i % 3 == 1 { "suppressed" } else { "delivered" };
+        assert_eq!(status_of(&f, i + 2), want, "u{i}: {:?}", f.get(&(i + 2)));
+    }
+    assert!(f[&5]["reason"].as_str().unwrap().contains("address"), "{}", f[&5]);
+    let sent: Vec<_> = w.dumped()[&2].iter().map(|(env, _)| env.clone()).collect();
+    assert_eq!(sent.len(), 7);
+    assert!(sent.iter().all(|e| !e.contains("u3@") && !e.contains("@d1.test")), "{sent:?}");
+
+    // Resumed: every recipient is final, nothing more is sent.
+    let out = send(&["--resume", w.log().to_str().unwrap(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.dumped()[&2].len(), 7);
+    assert_eq!(finals(&records(&w.log())).len(), 12);
+
+    // The dry run counts them; a bad entry stops the run at start (exit 2), naming the line.
+    let out = send(&["--dry-run", "--log", w.dir.join("dry.jsonl").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would send: 7, rejected: 0, suppressed: 5"));
+    std::fs::write(&suppress, "ok@x.test\nnot an address\n").unwrap();
+    let out = send(&["--log", w.dir.join("bad.jsonl").to_str().unwrap(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+    assert_eq!(w.dumped()[&2].len(), 7);
+}
+
 #[test]
 fn dry_run_renders_and_resolves_but_sends_nothing() {
     let zone = "ok.test MX 10 mx.ok.test\nmx.ok.test A 127.0.0.2\nnull.test MX 0 .\n";
@@ -443,7 +495,7 @@ fn dry_run_renders_and_resolves_but_sends_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
         "Subject: Hello Ann",
-        "rows: 3, would send: 2, rejected: 1",
+        "rows: 3, would send: 2, rejected: 1, suppressed: 0",
         "line 4:",
         "undeliverable: 1",
         "null MX",

@@ -26,7 +26,7 @@ use super::secure::{AuthArgs, TlsArgs};
 
 /// Exit codes of `volley send` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 every recipient has its final record in the log (delivered, bounced, expired, \
-rejected or uncertain); 1 stopped early (Ctrl-C, SIGTERM, an unreadable input): run again with --resume LOG; \
+rejected, suppressed or uncertain); 1 stopped early (Ctrl-C, SIGTERM, an unreadable input): run again with --resume LOG; \
 2 usage error or failure to start (nothing sent); 3 the delivery log could not be written: sending stopped, and \
 records that could not be written were printed on stderr.";
 
@@ -109,6 +109,11 @@ pub struct SendArgs {
     /// sent once and its later rows are logged rejected; 8 bytes of memory per address).
     #[arg(long)]
     allow_duplicates: bool,
+    /// Never send to the addresses or domains in FILE (repeatable): one per line
+    /// (`ann@example.com`, `example.com` or `@example.com`; `#` comments), or a CSV whose
+    /// first column is the address. Each such recipient is logged `suppressed`.
+    #[arg(long, value_name = "FILE")]
+    suppress: Vec<PathBuf>,
     /// Read, render and resolve, send nothing: show the first rendered message and a summary.
     #[arg(long)]
     dry_run: bool,
@@ -220,6 +225,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         routing,
         connections: args.connections.get(),
         dedupe: !args.allow_duplicates,
+        suppress: args.suppress.clone(),
         schedule: Schedule { first: args.retry_after, max: args.retry_max, max_age: args.max_age },
         log,
         resume,
@@ -313,8 +319,8 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "  delivered {}  bounced {}  expired {}  rejected {}  uncertain {}  unfinished {}  (deferred attempts {})",
-        t.delivered, t.bounced, t.expired, t.rejected, t.uncertain, r.unfinished, t.deferred
+        "  delivered {}  bounced {}  expired {}  rejected {}  suppressed {}  uncertain {}  unfinished {}  (deferred attempts {})",
+        t.delivered, t.bounced, t.expired, t.rejected, t.suppressed, t.uncertain, r.unfinished, t.deferred
     );
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let e = &r.engine.stats;

@@ -23,6 +23,7 @@ pub struct DryRun {
     pub rows: u64,
     pub sendable: u64,
     pub rejected: u64,
+    pub suppressed: u64,
     pub domains: usize,
     pub destinations: usize,
     pub undeliverable: usize,
@@ -36,12 +37,19 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     let mut rows =
         Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
     let mut seen = Fingerprints::default();
+    let suppress = super::suppress::Suppressions::load(&config.suppress)?;
     let mut per_domain: HashMap<String, u64> = HashMap::new();
     let mut problems = Vec::new();
     let mut summary = DryRun::default();
     let mut first = None;
     while let Some(item) = rows.next_row().map_err(|error| SendError::Input { path: path.clone(), error })? {
         summary.rows += 1;
+        if let Ok(row) = &item {
+            if suppress.check(row.email.as_str(), &row.email.domain().to_ascii_lowercase()).is_some() {
+                summary.suppressed += 1;
+                continue;
+            }
+        }
         let outcome = item.map_err(|bad| (bad.line, bad.reason)).and_then(|row| {
             let row = Arc::new(row);
             if config.dedupe && !seen.insert(fingerprint(row.email.as_str())) {
@@ -89,8 +97,12 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
                 .map_err(io_err)?;
         }
     }
-    writeln!(out, "rows: {}, would send: {}, rejected: {}", summary.rows, summary.sendable, summary.rejected)
-        .map_err(io_err)?;
+    writeln!(
+        out,
+        "rows: {}, would send: {}, rejected: {}, suppressed: {}",
+        summary.rows, summary.sendable, summary.rejected, summary.suppressed
+    )
+    .map_err(io_err)?;
     for (line, why) in &problems {
         writeln!(out, "  line {line}: {why}").map_err(io_err)?;
     }

@@ -39,6 +39,7 @@ pub struct Tally {
     pub bounced: u64,
     pub expired: u64,
     pub rejected: u64,
+    pub suppressed: u64,
     pub uncertain: u64,
 }
 
@@ -50,13 +51,14 @@ impl Tally {
             Status::Bounced => self.bounced += 1,
             Status::Expired => self.expired += 1,
             Status::Rejected => self.rejected += 1,
+            Status::Suppressed => self.suppressed += 1,
             Status::Uncertain => self.uncertain += 1,
             Status::Run => {}
         }
     }
 
     pub fn finals(&self) -> u64 {
-        self.delivered + self.bounced + self.expired + self.rejected + self.uncertain
+        self.delivered + self.bounced + self.expired + self.rejected + self.suppressed + self.uncertain
     }
 }
 

@@ -30,17 +30,20 @@ pub enum Status {
     Bounced,
     Expired,
     Rejected,
+    /// On a `--suppress` list: never sent to.
+    Suppressed,
     Uncertain,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Run,
         Status::Delivered,
         Status::Deferred,
         Status::Bounced,
         Status::Expired,
         Status::Rejected,
+        Status::Suppressed,
         Status::Uncertain,
     ];
 
@@ -56,6 +59,7 @@ impl Status {
             Status::Bounced => "bounced",
             Status::Expired => "expired",
             Status::Rejected => "rejected",
+            Status::Suppressed => "suppressed",
             Status::Uncertain => "uncertain",
         }
     }

@@ -19,6 +19,7 @@ pub mod log;
 pub mod retry;
 pub mod route;
 pub mod source;
+pub mod suppress;
 pub mod template;
 
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct SendConfig {
     pub connections: usize,
     /// Send a duplicate address once.
     pub dedupe: bool,
+    /// Lists of addresses and domains never sent to.
+    pub suppress: Vec<PathBuf>,
     pub schedule: Schedule,
     pub log: PathBuf,
     /// Continue `log`: skip recipients it has a final record for.
@@ -78,6 +81,8 @@ pub enum SendError {
     Template(#[from] template::TemplateError),
     #[error(transparent)]
     Dkim(#[from] dkim::DkimError),
+    #[error(transparent)]
+    Suppress(#[from] suppress::SuppressError),
     #[error("delivery log {path}: {error}")]
     Log { path: String, error: std::io::Error },
     #[error("DNS: {0}")]
@@ -168,6 +173,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     };
     let campaign = resumed.as_ref().and_then(|r| r.campaign.clone()).unwrap_or_else(new_campaign_id);
     let mut template = config.template(&campaign)?;
+    let suppress = suppress::Suppressions::load(&config.suppress)?;
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
     let digest = input::digest(&config.recipients).map_err(input_error)?;
     if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {
@@ -205,6 +211,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         template,
         routes,
         config.dedupe,
+        suppress,
         resumed,
         retries_rx,
         records_tx,

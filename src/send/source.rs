@@ -17,6 +17,7 @@ use super::input::{BadRow, Row, Rows};
 use super::log::{Record, Resumed, Status};
 use super::retry::{Pending, Schedule};
 use super::route::{Lookup, Route, Routes};
+use super::suppress::Suppressions;
 use super::template::{MessageTemplate, Recipe};
 use crate::engine::{Job, JobSource, Next, Payload};
 use crate::rng::Rng;
@@ -54,6 +55,8 @@ pub struct SendSource {
     routes: Routes,
     /// Fingerprints of addresses seen (8 bytes each), unless duplicates are allowed.
     seen: Option<Fingerprints>,
+    /// Addresses and domains never sent to.
+    suppress: Suppressions,
     /// Rows read so far.
     rows_read: u64,
     resume: Option<Resumed>,
@@ -78,6 +81,7 @@ impl SendSource {
         template: Arc<MessageTemplate>,
         routes: Routes,
         dedupe: bool,
+        suppress: Suppressions,
         resume: Option<Resumed>,
         retries: Receiver<(Instant, Pending)>,
         records: SyncSender<Record>,
@@ -89,6 +93,7 @@ impl SendSource {
             template,
             routes,
             seen: dedupe.then(Fingerprints::default),
+            suppress,
             rows_read: 0,
             resume,
             resolving: DomainMap::default(),
@@ -145,6 +150,13 @@ impl SendSource {
             Ok(row) => row,
             Err(bad) => return self.reject(bad),
         };
+        if !self.suppress.is_empty() {
+            if let Some(why) = self.suppress.check(row.email.as_str(), &lowercase(row.email.domain())) {
+                let r =
+                    Record::new(Status::Suppressed, row.line).rcpt(row.email.shared()).reason(why.reason());
+                return self.record(r);
+            }
+        }
         if let Some(seen) = &mut self.seen {
             if !seen.insert(fingerprint(row.email.as_str())) {
                 let reason =
