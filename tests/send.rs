@@ -343,6 +343,17 @@ fn a_relay_with_starttls_and_auth_carries_everything() {
     );
 }
 
+/// A world with one plain sink on 127.0.0.2 to use as the relay, twelve rows (`u0@d0.test`
+/// ... `u11@d2.test`, line = index + 2) and `MESSAGE`: (world, list, message, relay address).
+fn relay_campaign(name: &str) -> (World, PathBuf, PathBuf, String) {
+    let w = World::new(name, "", vec![(2, Box::new(|_| {}))]);
+    let rows: String = (0..12).map(|i| format!("u{i}@d{}.test,N{i}\n", i % 3)).collect();
+    let list = w.file("list.csv", &format!("email,name\n{rows}"));
+    let msg = w.file("msg.txt", MESSAGE);
+    let relay = format!("127.0.0.2:{}", w.port);
+    (w, list, msg, relay)
+}
+
 /// `--dkim` with an RSA and an Ed25519 key: every message the sink received carries two
 /// signatures that mail-auth's verifier passes, for a raw template and a built MIME message
 /// alike; a tampered copy fails; a bad key stops the run before anything is sent.
@@ -350,12 +361,8 @@ fn a_relay_with_starttls_and_auth_carries_everything() {
 fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
     let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dkim");
     let key = |spec: &str, file: &str| format!("{spec}:{}", keys.join(file).display());
-    let w = World::new("dkim", "", vec![(2, Box::new(|_| {}))]);
-    let rows: String = (0..12).map(|i| format!("u{i}@d{}.test,N{i}\n", i % 3)).collect();
-    let list = w.file("list.csv", &format!("email,name\n{rows}"));
-    let msg = w.file("msg.txt", MESSAGE);
+    let (w, list, msg, relay) = relay_campaign("dkim");
     let html = w.file("body.html", "<p>Dear {{ name }}</p>\n");
-    let relay = format!("127.0.0.2:{}", w.port);
     let (rsa, ed) = (key("example.com:rsa", "rsa2048.pem"), key("example.com:ed", "ed25519.pem"));
     // The public keys as openssl printed them, not as volley publishes them.
     let txt: Vec<_> = [("rsa", "rsa", "rsa2048.p"), ("ed", "ed25519", "ed25519.p")]
@@ -434,12 +441,8 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
 /// stops the run before anything is sent.
 #[test]
 fn suppressed_addresses_and_domains_are_logged_and_never_sent_to() {
-    let w = World::new("suppress", "", vec![(2, Box::new(|_| {}))]);
-    let rows: String = (0..12).map(|i| format!("u{i}@d{}.test,N{i}\n", i % 3)).collect();
-    let list = w.file("list.csv", &format!("email,name\n{rows}"));
-    let msg = w.file("msg.txt", MESSAGE);
+    let (w, list, msg, relay) = relay_campaign("suppress");
     let suppress = w.file("suppress.txt", "# unsubscribed\nU3@D0.TEST\n@d1.test\n");
-    let relay = format!("127.0.0.2:{}", w.port);
     let send = |extra: &[&str]| {
         let mut cmd = Command::new(VOLLEY);
         cmd.args(["send", "--relay", &relay, "--suppress", suppress.to_str().unwrap()])
