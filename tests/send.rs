@@ -539,19 +539,26 @@ fn resume_refuses_a_recipients_file_that_changed_and_sends_nothing() {
     assert_eq!(w.dumped()[&2].len(), 2, "nothing more was sent");
 }
 
-#[test]
-fn kill_9_then_resume_sends_every_recipient_once_except_the_measured_window() {
+/// A world whose one MX host (127.0.0.2) answers each DATA after 20 ms, slow enough that a
+/// signal lands mid-campaign, and `n` recipients `r{i}@slow.test` (line = i + 2) with
+/// `MESSAGE`: (world, list, message).
+fn slow_campaign(name: &str, n: usize) -> (World, PathBuf, PathBuf) {
     let zone = "slow.test MX 10 mx.slow.test\nmx.slow.test A 127.0.0.2\n";
-    // Slow enough that the kill lands mid-campaign.
     let w = World::new(
-        "resume",
+        name,
         zone,
         vec![(2, Box::new(|c: &mut SinkConfig| c.faults.add_delay("data=20ms").unwrap()))],
     );
-    let n = 600;
     let rows: String = (0..n).map(|i| format!("r{i}@slow.test,R{i}\n")).collect();
     let list = w.file("list.csv", &format!("email,name\n{rows}"));
     let msg = w.file("msg.txt", MESSAGE);
+    (w, list, msg)
+}
+
+#[test]
+fn kill_9_then_resume_sends_every_recipient_once_except_the_measured_window() {
+    let n = 600;
+    let (w, list, msg) = slow_campaign("resume", n);
     let args =
         ["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap(), "--connections", "4"];
     let mut cmd = w.send(&args);
@@ -631,16 +638,8 @@ fn kill_9_then_resume_sends_every_recipient_once_except_the_measured_window() {
 
 #[test]
 fn sigterm_stops_gracefully_every_accepted_message_is_logged_and_resume_sends_the_rest_once() {
-    let zone = "slow.test MX 10 mx.slow.test\nmx.slow.test A 127.0.0.2\n";
-    let w = World::new(
-        "sigterm",
-        zone,
-        vec![(2, Box::new(|c: &mut SinkConfig| c.faults.add_delay("data=20ms").unwrap()))],
-    );
     let n = 400;
-    let rows: String = (0..n).map(|i| format!("r{i}@slow.test,R{i}\n")).collect();
-    let list = w.file("list.csv", &format!("email,name\n{rows}"));
-    let msg = w.file("msg.txt", MESSAGE);
+    let (w, list, msg) = slow_campaign("sigterm", n);
     // A shallow pipeline, so that far fewer than n are in flight when the signal lands; DATA
     // rather than BDAT, so that each 354 proves the session in step and outcomes reach the log
     // as they happen (under CHUNKING they may wait for a checkpoint, up to 256 transactions).
