@@ -45,7 +45,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     while let Some(item) = rows.next_row().map_err(|error| SendError::Input { path: path.clone(), error })? {
         summary.rows += 1;
         if let Ok(row) = &item {
-            if suppress.check(row.email.as_str(), &row.email.domain().to_ascii_lowercase()).is_some() {
+            if suppress.check(&row.email).is_some() {
                 summary.suppressed += 1;
                 continue;
             }

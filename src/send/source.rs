@@ -150,12 +150,9 @@ impl SendSource {
             Ok(row) => row,
             Err(bad) => return self.reject(bad),
         };
-        if !self.suppress.is_empty() {
-            if let Some(why) = self.suppress.check(row.email.as_str(), &lowercase(row.email.domain())) {
-                let r =
-                    Record::new(Status::Suppressed, row.line).rcpt(row.email.shared()).reason(why.reason());
-                return self.record(r);
-            }
+        if let Some(why) = self.suppress.check(&row.email) {
+            let r = Record::new(Status::Suppressed, row.line).rcpt(row.email.shared()).reason(why.reason());
+            return self.record(r);
         }
         if let Some(seen) = &mut self.seen {
             if !seen.insert(fingerprint(row.email.as_str())) {
