@@ -150,21 +150,17 @@ fn load_key(spec: &KeySpec) -> Result<Key, DkimError> {
     let der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| bad(format!("no PEM private key (PKCS#8 or PKCS#1) in it: {e}")))?;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // An RSA key in either container, with its record.
     let rsa = |der: PrivateKeyDer<'_>| {
-        RsaKey::<Sha256>::from_key_der(der)
-            .map_err(|e| format!("not a usable RSA key ({e}; 2048 to 8192 bits)"))
+        let key = RsaKey::<Sha256>::from_key_der(der)
+            .map_err(|e| format!("not a usable RSA key ({e}; 2048 to 8192 bits)"))?;
+        let record = format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki(&key.public_key())));
+        Ok::<_, String>((Signer::Rsa(signer(key, spec)), record))
     };
     let (signer, record) = match der {
-        PrivateKeyDer::Pkcs1(_) => {
-            let key = rsa(der).map_err(bad)?;
-            let record = format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki(&key.public_key())));
-            (Signer::Rsa(signer(key, spec)), record)
-        }
+        PrivateKeyDer::Pkcs1(_) => rsa(der).map_err(bad)?,
         PrivateKeyDer::Pkcs8(ref pkcs8) => match rsa(der.clone_key()) {
-            Ok(key) => {
-                let record = format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki(&key.public_key())));
-                (Signer::Rsa(signer(key, spec)), record)
-            }
+            Ok(rsa) => rsa,
             Err(rsa_error) => {
                 // OpenSSL writes Ed25519 keys as PKCS#8 v1 (no public key inside): accepted.
                 let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
