@@ -20,6 +20,9 @@
 # 5. DKIM: `volley send --dkim` (an RSA and an Ed25519 key) into `volley sink --dump`; Debian's
 #    python3-dkim (dkimpy) verifies both signatures of every dumped message, with the public keys
 #    as openssl printed them given as the TXT records, and fails a copy with one body byte changed.
+#    The same messages carry RFC 8058 headers (`--unsubscribe-url`): Python's email parser finds
+#    one HTTPS URI and `List-Unsubscribe=One-Click`, both signed, and `volley token verify`
+#    resolves each message's token to its recipient.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -252,7 +255,7 @@ grep -q "AUTH PLAIN refused: 535" <<<"$bad" || fail "the 535 was not reported: $
 ! grep -q "wrong-password-xyz" <<<"$bad" || fail "the password appeared in the report"
 echo "interop: aiosmtpd AUTH OK"
 
-echo "== volley send --dkim (RSA + Ed25519) -> volley sink --dump, verified by python3-dkim (dkimpy)"
+echo "== volley send --dkim (RSA + Ed25519) --unsubscribe-url -> volley sink --dump, verified by python3-dkim (dkimpy)"
 mkdir -p "$work/dkim-dump"
 "$VOLLEY" sink --listen "127.0.0.1:$DKIM_PORT" --threads 1 --dump "$work/dkim-dump" --duration 120s \
     >/dev/null 2>"$work/dkim-sink.err" &
@@ -262,8 +265,11 @@ keys=tests/data/dkim
 awk 'BEGIN { print "email,name"; for (i = 0; i < 100; i++) printf "user%d@d%d.interop.test,Name %d\n", i, i % 5, i }' \
     >"$work/dkim.csv"
 printf 'From: News <news@example.com>\nSubject: Hello {{ name }}\n\nDear {{ name }},\nthis is signed.\n' >"$work/dkim.txt"
+# The unsubscribe secret goes where users should keep it: the environment, not the command line.
+export VOLLEY_UNSUBSCRIBE_SECRET="interop-secret-0123456789abcdef"
 "$VOLLEY" send --quiet --relay "127.0.0.1:$DKIM_PORT" --recipients "$work/dkim.csv" --message "$work/dkim.txt" \
     --dkim "example.com:rsa:$keys/rsa2048.pem" --dkim "example.com:ed:$keys/ed25519.pem" \
+    --unsubscribe-url 'https://example.com/u/{{ token }}' --campaign interop-1 \
     --log "$work/dkim.jsonl" >"$work/dkim.out" 2>&1 || fail "volley send --dkim failed: $(cat "$work/dkim.out")"
 kill -TERM "$dkim_sink"
 wait "$dkim_sink" || true
@@ -272,3 +278,5 @@ wait "$dkim_sink" || true
     "rsa._domainkey.example.com=v=DKIM1; k=rsa; p=$(cat $keys/rsa2048.p)" \
     "ed._domainkey.example.com=v=DKIM1; k=ed25519; p=$(cat $keys/ed25519.p)" || fail "dkimpy did not verify volley's signatures"
 echo "interop: DKIM verified by dkimpy OK"
+/usr/bin/python3 scripts/peers/rfc8058_check.py "$work/dkim-dump" "$VOLLEY" || fail "RFC 8058 headers wrong"
+echo "interop: RFC 8058 one-click headers OK"

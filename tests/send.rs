@@ -16,6 +16,9 @@ use mailvolley::testkit::dns::{DnsStub, Zone};
 use serde_json::Value;
 
 const VOLLEY: &str = env!("CARGO_BIN_EXE_volley");
+/// The unsubscribe secret of the tests' campaigns, given as users should: in the environment.
+const SECRET: &str = "test-secret-0123456789abcdef";
+const SECRET_ENV: &str = mailvolley::send::unsubscribe::SECRET_ENV;
 
 /// How a test sets up one of its sinks.
 type Configure = Box<dyn FnOnce(&mut SinkConfig)>;
@@ -354,9 +357,11 @@ fn relay_campaign(name: &str) -> (World, PathBuf, PathBuf, String) {
     (w, list, msg, relay)
 }
 
-/// `--dkim` with an RSA and an Ed25519 key: every message the sink received carries two
-/// signatures that mail-auth's verifier passes, for a raw template and a built MIME message
-/// alike; a tampered copy fails; a bad key stops the run before anything is sent.
+/// `--dkim` with an RSA and an Ed25519 key and `--unsubscribe-url`: every message the sink
+/// received carries two signatures that mail-auth's verifier passes and RFC 8058 headers whose
+/// token `volley token verify` resolves to that recipient, for a raw template and a built MIME
+/// message alike; a tampered copy fails; the secret shows nowhere; a bad key stops the run
+/// before anything is sent.
 #[test]
 fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
     let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dkim");
@@ -391,10 +396,19 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
         let mut cmd = Command::new(VOLLEY);
         cmd.args(["send", "--quiet", "--relay", &relay, "--dkim", &rsa, "--dkim", &ed])
             .args(["--recipients", list.to_str().unwrap(), "--log", log.to_str().unwrap()])
+            .args(["--campaign", "spring-1", "--unsubscribe-url", "https://example.com/u/{{ token }}"])
+            .args(["--unsubscribe-mailto", "unsub@example.com"])
+            .env(SECRET_ENV, SECRET)
             .args(args);
         let out = run(cmd, Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(finals(&records(&log)).values().all(|r| r["status"] == "delivered"));
+        let shown = [
+            std::fs::read_to_string(&log).unwrap(),
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout).into(),
+        ];
+        assert!(shown.iter().all(|s| !s.contains(SECRET)), "the secret leaked");
     }
     let dumped = common::dumped(&w.dir.join("sink2"));
     assert_eq!(dumped.len(), 24);
@@ -409,7 +423,55 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
         let text = String::from_utf8_lossy(content);
         let tampered = text.replacen("Dear N", "Dear X", 1);
         assert!(verify(tampered.as_bytes()).iter().all(|r| *r != DkimResult::Pass), "{envelope}");
+        // RFC 8058: an HTTPS URI whose token names this recipient, the one-click header, both
+        // signed.
+        let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ");
+        assert!(unfolded.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{text}");
+        let value =
+            unfolded.split("\r\nList-Unsubscribe: <https://example.com/u/").nth(1).expect("List-Unsubscribe");
+        let token = &value[..value.find('>').unwrap()];
+        assert!(
+            value.contains(&format!(", <mailto:unsub@example.com?subject=unsubscribe%20{token}>")),
+            "{value}"
+        );
+        let out = Command::new(VOLLEY)
+            .args(["token", "verify", "--json", token])
+            .env(SECRET_ENV, SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(verified["campaign"], "spring-1");
+        let recipient = verified["recipient"].as_str().unwrap();
+        assert!(envelope.contains(&format!("<{recipient}>")), "{recipient} for {envelope}");
+        let signed = unfolded.split("DKIM-Signature:").skip(1).all(|s| {
+            s.split("h=").nth(1).is_some_and(|h| {
+                let h = h.split(';').next().unwrap().to_ascii_lowercase();
+                h.contains("list-unsubscribe") && h.contains("list-unsubscribe-post")
+            })
+        });
+        assert!(signed, "{text}");
     }
+    // A token altered, or checked with another secret, is refused (exit 1).
+    let good = Command::new(VOLLEY)
+        .args(["token", "make", "--campaign", "spring-1", "--recipient", "a@b.test"])
+        .env(SECRET_ENV, SECRET)
+        .output()
+        .unwrap();
+    let good = String::from_utf8(good.stdout).unwrap();
+    let verify_with = |token: &str, secret: &str| {
+        Command::new(VOLLEY).args(["token", "verify", token.trim()]).env(SECRET_ENV, secret).output().unwrap()
+    };
+    let ok = verify_with(&good, SECRET);
+    assert_eq!(
+        (ok.status.code(), String::from_utf8_lossy(&ok.stdout).into_owned()),
+        (Some(0), "campaign: spring-1\nrecipient: a@b.test\n".into())
+    );
+    assert_eq!(verify_with(&good, "another secret, sixteen+ bytes").status.code(), Some(1));
+    assert_eq!(verify_with(&good.replacen('.', "x.", 1), SECRET).status.code(), Some(1));
+    let no_secret =
+        Command::new(VOLLEY).args(["token", "verify", good.trim()]).env_remove(SECRET_ENV).output().unwrap();
+    assert_eq!(no_secret.status.code(), Some(2), "{}", stderr(&no_secret));
 
     // The dry run shows the signed message and the records to publish.
     let mut cmd = Command::new(VOLLEY);
@@ -434,6 +496,29 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
     assert!(stderr(&out).contains("ec-p256.pem") && stderr(&out).contains("RSA"), "{}", stderr(&out));
     assert_eq!(common::dumped(&w.dir.join("sink2")).len(), 24, "nothing more was sent");
     assert!(!log.exists());
+
+    // --unsubscribe-url without a secret, or with an http:// URL: the same.
+    for (url, secret) in
+        [("https://example.com/u/{{ token }}", None), ("http://example.com/u/{{ token }}", Some(SECRET))]
+    {
+        let mut cmd = Command::new(VOLLEY);
+        cmd.args(["send", "--quiet", "--relay", &relay, "--unsubscribe-url", url])
+            .args(["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()])
+            .args(["--log", log.to_str().unwrap()])
+            .env_remove(SECRET_ENV);
+        if let Some(s) = secret {
+            cmd.env(SECRET_ENV, s);
+        }
+        let out = run(cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(if secret.is_none() { SECRET_ENV } else { "https://" }),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!log.exists());
+    }
+    assert_eq!(common::dumped(&w.dir.join("sink2")).len(), 24, "nothing more was sent");
 }
 
 /// `--suppress`: listed addresses (any case) and domains get their one final record,

@@ -6,6 +6,7 @@ mod connection;
 mod secure;
 mod send;
 mod sink;
+mod token;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ enum Command {
     Send(send::SendArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
+    /// Verify (or make) the unsubscribe tokens of `send --unsubscribe-url`, for the web handler.
+    Token(token::TokenArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Send(args) => send::run(args),
         Command::Sink(args) => sink::run(args),
+        Command::Token(args) => token::run(args),
     }
 }
 

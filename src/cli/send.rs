@@ -17,6 +17,7 @@ use mailvolley::send::dkim::KeySpec;
 use mailvolley::send::dns::DnsConfig;
 use mailvolley::send::retry::Schedule;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
+use mailvolley::send::unsubscribe::{Secret, Unsubscribe, UnsubscribeError};
 use mailvolley::send::{self, Routing, SendConfig, SendReport};
 use mailvolley::tls::TlsPolicy;
 
@@ -65,6 +66,26 @@ pub struct SendArgs {
     /// List-Unsubscribe headers. `--dry-run` prints the TXT record to publish for each key.
     #[arg(long, value_name = "DOMAIN:SELECTOR:KEYFILE", value_parser = parse_dkim)]
     dkim: Vec<KeySpec>,
+    /// One-click unsubscribe (RFC 8058): every message gets `List-Unsubscribe: <URL>` with
+    /// `{{ token }}` replaced by the recipient's token, and `List-Unsubscribe-Post:
+    /// List-Unsubscribe=One-Click`. Must be https:// and hold `{{ token }}`. The body may use
+    /// `{{ unsubscribe_url }}`. Needs a secret (--unsubscribe-secret-file or
+    /// $VOLLEY_UNSUBSCRIBE_SECRET); `volley token verify` checks a token.
+    #[arg(long, value_name = "URL")]
+    unsubscribe_url: Option<String>,
+    /// An address for unsubscribe requests by mail: added to List-Unsubscribe as
+    /// `<mailto:ADDRESS?subject=unsubscribe%20TOKEN>`.
+    #[arg(long, value_name = "ADDRESS")]
+    unsubscribe_mailto: Option<String>,
+    /// The HMAC-SHA256 key of the unsubscribe tokens: a file of at least 16 bytes (a final
+    /// line break is ignored) [default: $VOLLEY_UNSUBSCRIBE_SECRET]. Keep it: tokens are
+    /// checked with it.
+    #[arg(long, value_name = "FILE")]
+    unsubscribe_secret_file: Option<PathBuf>,
+    /// The campaign's id: Message-IDs (`<ID.LINE@domain>`) and unsubscribe tokens carry it.
+    /// Give each campaign its own [default: random; --resume keeps the log's].
+    #[arg(long, value_name = "ID", value_parser = parse_campaign, conflicts_with = "resume")]
+    campaign: Option<String>,
     /// Send everything through this smarthost (HOST[:PORT], port 25 when left out) instead of
     /// each domain's MX hosts.
     #[arg(long, value_name = "HOST:PORT")]
@@ -148,6 +169,10 @@ fn parse_dkim(s: &str) -> Result<KeySpec, String> {
     s.parse().map_err(|e: send::dkim::DkimError| e.to_string())
 }
 
+fn parse_campaign(s: &str) -> Result<String, String> {
+    send::check_campaign_id(s).map(|()| s.to_owned())
+}
+
 fn read_text(path: &PathBuf, flag: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
 }
@@ -161,7 +186,16 @@ fn message_spec(args: &SendArgs) -> anyhow::Result<MessageSpec> {
         from: args.from.clone(),
         mail_from: args.mail_from.clone(),
         attachments: Vec::new(),
+        unsubscribe: None,
     };
+    if args.unsubscribe_url.is_some() || args.unsubscribe_mailto.is_some() {
+        let secret =
+            Secret::load(args.unsubscribe_secret_file.as_deref())?.ok_or(UnsubscribeError::NoSecret)?;
+        let (url, mailto) = (args.unsubscribe_url.as_deref(), args.unsubscribe_mailto.as_deref());
+        spec.unsubscribe = Some(Unsubscribe::new(url, mailto, secret)?);
+    } else if args.unsubscribe_secret_file.is_some() {
+        bail!("--unsubscribe-secret-file is for --unsubscribe-url or --unsubscribe-mailto");
+    }
     for path in &args.attach {
         let bytes = std::fs::read(path).with_context(|| format!("--attach {}", path.display()))?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("attachment").to_owned();
@@ -220,6 +254,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
     Ok(SendConfig {
         engine,
         recipients: args.recipients.clone(),
+        campaign: args.campaign.clone(),
         message: message_spec(args)?,
         dkim: args.dkim.clone(),
         routing,

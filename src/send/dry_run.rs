@@ -32,7 +32,8 @@ pub struct DryRun {
 
 pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError> {
     let io_err = SendError::Output;
-    let template = Arc::new(config.template(&super::new_campaign_id())?);
+    let campaign = config.campaign.clone().unwrap_or_else(super::new_campaign_id);
+    let template = Arc::new(config.template(&campaign)?);
     let path = config.recipients.display().to_string();
     let mut rows =
         Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;

@@ -21,6 +21,7 @@ pub mod route;
 pub mod source;
 pub mod suppress;
 pub mod template;
+pub mod unsubscribe;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ pub struct SendConfig {
     /// immediate retries off: retries follow `schedule`.
     pub engine: EngineConfig,
     pub recipients: PathBuf,
+    /// The campaign's id (Message-IDs and unsubscribe tokens carry it) [default: a random
+    /// one; a resumed run keeps its log's].
+    pub campaign: Option<String>,
     pub message: MessageSpec,
     /// Keys to DKIM-sign every message with (none: unsigned).
     pub dkim: Vec<dkim::KeySpec>,
@@ -152,6 +156,20 @@ impl SendConfig {
     }
 }
 
+/// Checks a campaign id given by the user: it goes into Message-IDs (`<id.line@domain>`).
+pub fn check_campaign_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || id.starts_with('.')
+        || id.ends_with('.')
+    {
+        return Err("may hold letters, digits, `-`, `_` and inner `.` only (it goes into Message-IDs)".into());
+    }
+    Ok(())
+}
+
 /// A campaign id: Message-IDs carry it, so each run's are unique and a resumed run keeps them.
 pub fn new_campaign_id() -> String {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -171,7 +189,11 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     } else {
         None
     };
-    let campaign = resumed.as_ref().and_then(|r| r.campaign.clone()).unwrap_or_else(new_campaign_id);
+    let campaign = resumed
+        .as_ref()
+        .and_then(|r| r.campaign.clone())
+        .or_else(|| config.campaign.clone())
+        .unwrap_or_else(new_campaign_id);
     let mut template = config.template(&campaign)?;
     let suppress = suppress::Suppressions::load(&config.suppress)?;
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::url::URL;
 use minijinja::value::{Enumerator, Object};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use thiserror::Error;
@@ -25,6 +27,7 @@ use simple::Simple;
 mod direct;
 mod simple;
 use super::dkim::Dkim;
+use super::unsubscribe::Unsubscribe;
 use crate::engine::{Compose, Unsendable};
 use crate::proto::body::Head;
 use crate::proto::client::{Envelope, Message};
@@ -38,6 +41,8 @@ const SUBJECT: &str = "subject";
 const TEXT: &str = "text";
 const HTML: &str = "html";
 const MAIL_FROM: &str = "mail-from";
+/// `List-Unsubscribe-Post`'s one value (RFC 8058 §3.1).
+const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
 
 /// What the message is made of, as given by the user (file contents already read).
 #[derive(Debug, Clone, Default)]
@@ -52,6 +57,8 @@ pub struct MessageSpec {
     pub from: Option<String>,
     /// The envelope sender, a template (`bounces+{{ id }}@example.com`) [default: From's address].
     pub mail_from: Option<String>,
+    /// Per-recipient `List-Unsubscribe` (and `-Post`) headers, and `{{ unsubscribe_url }}`.
+    pub unsubscribe: Option<Unsubscribe>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +110,7 @@ struct Present {
     to: bool,
     date: bool,
     message_id: bool,
+    list_unsubscribe: bool,
 }
 
 /// A rendered message.
@@ -130,6 +138,7 @@ pub struct MessageTemplate {
     simple: Vec<(&'static str, Simple)>,
     /// Signs every rendered message, when keys were given.
     dkim: Option<Dkim>,
+    unsubscribe: Option<Arc<Unsubscribe>>,
 }
 
 impl std::fmt::Debug for MessageTemplate {
@@ -145,6 +154,7 @@ impl std::fmt::Debug for MessageTemplate {
 struct Context {
     row: Arc<Row>,
     campaign: Value,
+    unsubscribe: Option<Arc<Unsubscribe>>,
 }
 
 impl Object for Context {
@@ -161,14 +171,19 @@ impl Object for Context {
             Some(Var::Json(json)) => Some(Value::from(minijinja::value::Serde(json))),
             None if key == "line" => Some(Value::from(self.row.line)),
             None if key == "campaign" => Some(self.campaign.clone()),
+            None if key == "unsubscribe_url" => {
+                let url = self.unsubscribe.as_ref()?.url(self.campaign.as_str()?, self.row.email.as_str())?;
+                Some(Value::from(url))
+            }
             None => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         let mut names = self.row.vars.names();
-        for extra in ["email", "line", "campaign"] {
-            if !names.contains(&extra) {
+        let url = self.unsubscribe.as_ref().is_some_and(|u| u.one_click());
+        for extra in ["email", "line", "campaign", "unsubscribe_url"] {
+            if !names.contains(&extra) && (extra != "unsubscribe_url" || url) {
                 names.push(extra);
             }
         }
@@ -241,6 +256,11 @@ impl MessageTemplate {
             (Some(message), false) => {
                 let (head, body) = split_message(message);
                 let has = present(head);
+                if has.list_unsubscribe && spec.unsubscribe.is_some() {
+                    return Err(TemplateError::Spec(
+                        "the message has its own List-Unsubscribe header: remove it, or drop --unsubscribe-url/--unsubscribe-mailto".into(),
+                    ));
+                }
                 if !has.from && from.is_none() {
                     return Err(TemplateError::Spec(
                         "the message has no From header: add one or give --from".into(),
@@ -286,13 +306,14 @@ impl MessageTemplate {
             campaign_value: Value::from(campaign),
             simple,
             dkim: None,
+            unsubscribe: spec.unsubscribe.clone().map(Arc::new),
         };
         if let Kind::Raw { has, literal_from, .. } = &t.kind {
             // The Message-ID's domain must be known without rendering the From header.
             let domain = t.known_domain(has, literal_from.as_ref());
             let plan = match (domain, t.simple_of(HEAD), t.simple_of(BODY)) {
                 (Some(domain), Some(head), Some(body)) => {
-                    Direct::new(head, body, |emit| t.added_headers(has, domain, emit))
+                    Direct::new(head, body, t.unsubscribe.as_ref(), |emit| t.added_headers(has, domain, emit))
                 }
                 _ => None,
             };
@@ -331,7 +352,11 @@ impl MessageTemplate {
                 return Ok(out);
             }
             let ctx = context.get_or_init(|| {
-                Value::from_object(Context { row: Arc::clone(row), campaign: self.campaign_value.clone() })
+                Value::from_object(Context {
+                    row: Arc::clone(row),
+                    campaign: self.campaign_value.clone(),
+                    unsubscribe: self.unsubscribe.clone(),
+                })
             });
             let template = self.env.get_template(name).map_err(|e| e.to_string())?;
             template.render(ctx).map_err(|e| format!("template {name}: {}", describe(&e)))
@@ -364,7 +389,7 @@ impl MessageTemplate {
                         if !head.is_empty() && !head.ends_with('\n') {
                             added.push_str("\r\n");
                         }
-                        self.added_headers(has, domain, &mut |p| Self::piece_text(row, now, p, &mut added));
+                        self.added_headers(has, domain, &mut |p| self.piece_text(row, now, p, &mut added));
                         // The encoder makes every line ending CRLF (the header section was
                         // checked above: it has no bare CR).
                         Body::from_chunks(&[head.as_bytes(), added.as_bytes(), body.as_bytes()])
@@ -390,6 +415,13 @@ impl MessageTemplate {
                     .subject(subject)
                     .date(mail_builder::headers::date::Date::new(unix_seconds(now)))
                     .message_id(message_id.trim_start_matches('<').trim_end_matches('>').to_owned());
+                if let Some(u) = &self.unsubscribe {
+                    let uris = u.uris(&self.campaign, row.email.as_str());
+                    builder = builder.header("List-Unsubscribe", URL::new_list(uris.into_iter()));
+                    if u.one_click() {
+                        builder = builder.header("List-Unsubscribe-Post", Raw::new(ONE_CLICK));
+                    }
+                }
                 if *text {
                     builder = builder.text_body(render(TEXT)?);
                 }
@@ -436,9 +468,9 @@ impl MessageTemplate {
         }
     }
 
-    /// The headers a raw template lacks (From, To, Date, Message-ID), then the empty line
-    /// that ends the header section, as fixed text and the message's values (so the fast
-    /// path can prepare the text once).
+    /// The headers a raw template lacks (From, To, Date, Message-ID), the unsubscribe headers,
+    /// then the empty line that ends the header section, as fixed text and the message's
+    /// values (so the fast path can prepare the text once).
     fn added_headers(&self, has: &Present, domain: &str, emit: &mut dyn FnMut(Piece<'_>)) {
         if let Some(from) = self.from_value.as_deref().filter(|_| !has.from) {
             [Piece::Text("From: "), Piece::Text(from), Piece::Text("\r\n")].into_iter().for_each(&mut *emit);
@@ -454,12 +486,27 @@ impl MessageTemplate {
             self.message_id_pieces(domain, emit);
             emit(Piece::Text("\r\n"));
         }
+        if let Some(u) = &self.unsubscribe {
+            [Piece::Text("List-Unsubscribe: "), Piece::Unsubscribe, Piece::Text("\r\n")]
+                .into_iter()
+                .for_each(&mut *emit);
+            if u.one_click() {
+                [Piece::Text("List-Unsubscribe-Post: "), Piece::Text(ONE_CLICK), Piece::Text("\r\n")]
+                    .into_iter()
+                    .for_each(&mut *emit);
+            }
+        }
         emit(Piece::Text("\r\n"));
     }
 
     /// Pieces as text, for `row` at `now`.
-    fn piece_text(row: &Row, now: SystemTime, piece: Piece<'_>, out: &mut String) {
+    fn piece_text(&self, row: &Row, now: SystemTime, piece: Piece<'_>, out: &mut String) {
         match piece {
+            Piece::Unsubscribe => {
+                if let Some(u) = &self.unsubscribe {
+                    u.write_header_value(&self.campaign, row.email.as_str(), out);
+                }
+            }
             Piece::Text(text) => out.push_str(text),
             Piece::Email => out.push_str(row.email.as_str()),
             Piece::Date => with_date(unix_seconds(now), |date| out.push_str(date)),
@@ -475,7 +522,7 @@ impl MessageTemplate {
     /// resend by it).
     fn message_id(&self, row: &Row, domain: &str) -> String {
         let mut id = String::with_capacity(self.campaign.len() + domain.len() + 24);
-        self.message_id_pieces(domain, &mut |p| Self::piece_text(row, UNIX_EPOCH, p, &mut id));
+        self.message_id_pieces(domain, &mut |p| self.piece_text(row, UNIX_EPOCH, p, &mut id));
         id
     }
 
@@ -562,6 +609,7 @@ fn present(head: &str) -> Present {
             "to" => p.to = true,
             "date" => p.date = true,
             "message-id" => p.message_id = true,
+            "list-unsubscribe" => p.list_unsubscribe = true,
             _ => {}
         }
     }

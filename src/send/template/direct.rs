@@ -22,6 +22,7 @@ use crate::proto::Body;
 use crate::proto::body::Prepared;
 use crate::proto::command::decimal_bytes;
 use crate::send::input::{Row, Vars};
+use crate::send::unsubscribe::Unsubscribe;
 
 /// A piece of the headers volley adds to a raw template: fixed text, or a value of the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub(super) enum Piece<'a> {
     Date,
     /// The recipient's input line (in the Message-ID).
     Line,
+    /// The recipient's `List-Unsubscribe` value.
+    Unsubscribe,
 }
 
 #[derive(Debug)]
@@ -47,6 +50,7 @@ enum Step {
     Email,
     Date,
     Line,
+    Unsubscribe(Arc<Unsubscribe>),
 }
 
 /// A raw template compiled for the fast path.
@@ -64,6 +68,7 @@ impl Direct {
     pub(super) fn new(
         head: &Simple,
         body: &Simple,
+        unsubscribe: Option<&Arc<Unsubscribe>>,
         added: impl FnOnce(&mut dyn FnMut(Piece<'_>)),
     ) -> Option<Direct> {
         let mut skeleton = String::new();
@@ -80,6 +85,11 @@ impl Direct {
             Piece::Email => plan.step(Step::Email),
             Piece::Date => plan.step(Step::Date),
             Piece::Line => plan.step(Step::Line),
+            Piece::Unsubscribe => {
+                if let Some(u) = unsubscribe {
+                    plan.step(Step::Unsubscribe(Arc::clone(u)));
+                }
+            }
         });
         plan.parts(body.parts(), false);
         plan.flush();
@@ -131,6 +141,11 @@ impl Direct {
                     Step::Email => w.push(row.email.as_str().as_bytes()),
                     Step::Date => with_date(unix_seconds(now), |date| w.push(date.as_bytes())),
                     Step::Line => w.push(decimal_bytes(row.line, &mut digits)),
+                    Step::Unsubscribe(u) => {
+                        let mut value = String::with_capacity(256);
+                        u.write_header_value(campaign.as_str()?, row.email.as_str(), &mut value);
+                        w.push(value.as_bytes());
+                    }
                 }
             }
             Some(())

@@ -227,7 +227,7 @@ mod fast_path {
         row: &Arc<Row>,
     ) -> (Option<String>, Result<String, String>) {
         let fast = t.simple_of(name).and_then(|s| s.render(row, &t.campaign_value, header));
-        let ctx = Context { row: Arc::clone(row), campaign: t.campaign_value.clone() };
+        let ctx = Context { row: Arc::clone(row), campaign: t.campaign_value.clone(), unsubscribe: None };
         let template = t.env.get_template(name).unwrap();
         (fast, template.render(Value::from_object(ctx)).map_err(|e| e.to_string()))
     }
@@ -380,6 +380,7 @@ mod direct {
             first in "[ -~\r\n.üé\u{1}]{0,8}",
             city in "[ -~.üé]{0,8}",
             bind in any::<bool>(),
+            unsubscribe in any::<bool>(),
         ) {
             let message = format!(
                 "From: a@example.com\nSubject: {}\n {}\n\n{}",
@@ -387,13 +388,14 @@ mod direct {
                 continued.concat(),
                 body.concat()
             );
-            let Ok(mut fast) = MessageTemplate::new(&raw(&message), "camp") else { return Ok(()) };
+            let spec = MessageSpec { unsubscribe: unsubscribe.then(unsubscribe_spec), ..raw(&message) };
+            let Ok(mut fast) = MessageTemplate::new(&spec, "camp") else { return Ok(()) };
             // Bound to the input's columns when `bind` says so: variables found by position.
             let names: Arc<[String]> = ["email", "first", "city"].map(String::from).into();
             if bind {
                 fast.bind_columns(&names);
             }
-            let mut general = MessageTemplate::new(&raw(&message), "camp").unwrap();
+            let mut general = MessageTemplate::new(&spec, "camp").unwrap();
             if let Kind::Raw { direct, .. } = &mut general.kind {
                 *direct = None;
             }
@@ -424,4 +426,76 @@ fn header_values_refuse_breaks_and_controls_and_encode_non_ascii() {
             (got, want) => panic!("{value:?}: {got:?}, want {want:?}"),
         }
     }
+}
+
+fn unsubscribe_spec() -> crate::send::unsubscribe::Unsubscribe {
+    let secret = crate::send::unsubscribe::Secret::new(b"a secret of at least sixteen bytes").unwrap();
+    crate::send::unsubscribe::Unsubscribe::new(
+        Some("https://example.com/u/{{ token }}"),
+        Some("unsub@example.com"),
+        secret,
+    )
+    .unwrap()
+}
+
+/// The `List-Unsubscribe` value a message for `email` of campaign `c1` must carry.
+fn unsubscribe_value(email: &str) -> String {
+    let token = unsubscribe_spec().secret().token("c1", email);
+    format!("<https://example.com/u/{token}>, <mailto:unsub@example.com?subject=unsubscribe%20{token}>")
+}
+
+#[test]
+fn unsubscribe_headers_are_per_recipient_on_every_path() {
+    let one_click = "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
+    let raw_spec = |message: &str| MessageSpec { unsubscribe: Some(unsubscribe_spec()), ..raw(message) };
+    // The fast path (fixed header lines), the general path (a tag in the header section), and
+    // a body that links to the recipient's URL (minijinja renders that one).
+    for message in [
+        "From: a@example.com\nSubject: hi {{ name }}\n\nHi {{ name }}\n",
+        "From: a@example.com\nSubject: {% if name %}hi{% endif %}\n\nHi\n",
+        "From: a@example.com\nSubject: hi\n\nLeave: {{ unsubscribe_url }}\n",
+    ] {
+        let t = MessageTemplate::new(&raw_spec(message), "c1").unwrap();
+        for email in ["ann@x.test", "bob@y.test"] {
+            let m = text(&t.render(&row(3, email, json!({"name": "N"})), now()).unwrap());
+            let want = format!("\r\nList-Unsubscribe: {}\r\n{one_click}\r\n", unsubscribe_value(email));
+            assert!(m.contains(&want), "{message:?}: {m}");
+            if message.contains("unsubscribe_url") {
+                let token = unsubscribe_spec().secret().token("c1", email);
+                assert!(m.ends_with(&format!("Leave: https://example.com/u/{token}\r\n")), "{m}");
+            }
+        }
+    }
+    // A built message: mail-builder writes the same URIs.
+    let spec = MessageSpec {
+        subject: Some("s".into()),
+        text: Some("t".into()),
+        from: Some("a@example.com".into()),
+        unsubscribe: Some(unsubscribe_spec()),
+        ..MessageSpec::default()
+    };
+    let t = MessageTemplate::new(&spec, "c1").unwrap();
+    let m = text(&t.render(&row(3, "ann@x.test", json!({})), now()).unwrap());
+    let unfolded = m.replace("\r\n ", " ").replace("\r\n\t", " ");
+    assert!(unfolded.contains(&format!("List-Unsubscribe: {}\r\n", unsubscribe_value("ann@x.test"))), "{m}");
+    assert!(m.contains(one_click), "{m}");
+    // A template with its own List-Unsubscribe cannot get a second one.
+    let err = MessageTemplate::new(&raw_spec("From: a@example.com\nList-Unsubscribe: <x>\n\nb\n"), "c")
+        .unwrap_err();
+    assert!(err.to_string().contains("own List-Unsubscribe"), "{err}");
+    // Without a URL (mailto only) there is no one-click header.
+    let mut mailto_only = raw_spec("From: a@example.com\n\nb\n");
+    let secret = crate::send::unsubscribe::Secret::new(b"a secret of at least sixteen bytes").unwrap();
+    mailto_only.unsubscribe =
+        Some(crate::send::unsubscribe::Unsubscribe::new(None, Some("u@example.com"), secret).unwrap());
+    let m = text(
+        &MessageTemplate::new(&mailto_only, "c1")
+            .unwrap()
+            .render(&row(3, "a@x.test", json!({})), now())
+            .unwrap(),
+    );
+    assert!(
+        m.contains("List-Unsubscribe: <mailto:u@example.com?subject=unsubscribe%20") && !m.contains("-Post"),
+        "{m}"
+    );
 }
