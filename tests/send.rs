@@ -837,3 +837,71 @@ fn limit_file_size(cmd: &mut Command, bytes: u64) {
         });
     }
 }
+
+/// Provider-like refusals get their category in the log and the report: RFC 3463 codes first,
+/// then the shipped text rules, then the user's `--bounce-rules` (tried first); deferrals that
+/// run out of time keep theirs; a bad rules file stops the run before anything is sent.
+#[test]
+fn refusals_are_classified_in_the_log_and_the_report() {
+    use common::scripted::{Fault, Script, Scripted};
+    let server = Scripted::start(
+        Script::new(&["PIPELINING"], "250 2.0.0 Ok: queued", Fault::None)
+            .rcpt_reply("unknown", "550 5.1.1 The email account that you tried to reach does not exist.")
+            .rcpt_reply("full", "552 5.2.2 The email account that you tried to reach is over quota.")
+            .rcpt_reply("listed", "550 5.7.1 Part of their network is on our block list (S3150).")
+            .rcpt_reply("unauth", "550 5.7.26 This mail has been blocked because the sender is unauthenticated.")
+            .rcpt_reply("volume", "451 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints")
+            .rcpt_reply("frozen", "550 5.0.0 Mailbox frozen by the administrator"),
+    );
+    let dir = common::temp_dir("bounce-classes");
+    let list = dir.join("list.csv");
+    let rows = ["ok", "unknown", "full", "listed", "unauth", "volume", "frozen"];
+    let csv: String = rows.iter().map(|r| format!("{r}@x.test\n")).collect();
+    std::fs::write(&list, format!("email\n{csv}")).unwrap();
+    let msg = dir.join("msg.txt");
+    std::fs::write(&msg, "From: a@example.com\nSubject: s\n\nbody\n").unwrap();
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\ncategory = \"mailbox_full\"\ntext = [\"mailbox frozen\"]\n").unwrap();
+    let send = |log: &Path, rules: &Path| {
+        let mut cmd = Command::new(VOLLEY);
+        cmd.args(["send", "--quiet", "--json", "--relay", &server.addr.to_string()])
+            .args(["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()])
+            .args(["--log", log.to_str().unwrap(), "--bounce-rules", rules.to_str().unwrap()])
+            .args(["--retry-after", "100ms", "--retry-max", "100ms", "--max-age", "400ms"]);
+        run(cmd, Duration::from_secs(60))
+    };
+    let log = dir.join("log.jsonl");
+    let out = send(&log, &rules);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = records(&log);
+    let f = finals(&all);
+    let want = [
+        ("delivered", None),
+        ("bounced", Some("invalid_recipient")),
+        ("bounced", Some("mailbox_full")),
+        ("bounced", Some("spam_block")),
+        ("bounced", Some("policy")),
+        ("expired", Some("rate_limited")),
+        ("bounced", Some("mailbox_full")),
+    ];
+    for (i, (status, category)) in want.iter().enumerate() {
+        let r = &f[&(i as u64 + 2)];
+        assert_eq!((r["status"].as_str(), r["category"].as_str()), (Some(*status), *category), "{r}");
+    }
+    let deferred: Vec<_> = all.iter().filter(|r| r["status"] == "deferred").collect();
+    assert!(!deferred.is_empty() && deferred.iter().all(|r| r["category"] == "rate_limited"), "{deferred:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &report["categories"];
+    assert_eq!(c["mailbox_full"]["bounced"], 2, "{c}");
+    assert_eq!(c["rate_limited"]["expired"], 1, "{c}");
+    assert_eq!(c["rate_limited"]["deferred"].as_u64(), Some(deferred.len() as u64), "{c}");
+    assert_eq!(c["invalid_recipient"]["bounced"], 1, "{c}");
+
+    // A rules file that does not parse: exit 2, its name and line, nothing sent.
+    std::fs::write(&rules, "[[rule]]\ncategory = \"mailbox_ful\"\n").unwrap();
+    let sessions = server.counts.sessions.load(std::sync::atomic::Ordering::Relaxed);
+    let out = send(&dir.join("bad.jsonl"), &rules);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rules.toml") && stderr(&out).contains("mailbox_ful"), "{}", stderr(&out));
+    assert_eq!(server.counts.sessions.load(std::sync::atomic::Ordering::Relaxed), sessions);
+}

@@ -135,6 +135,11 @@ pub struct SendArgs {
     /// first column is the address. Each such recipient is logged `suppressed`.
     #[arg(long, value_name = "FILE")]
     suppress: Vec<PathBuf>,
+    /// Bounce classification rules (TOML, like the shipped ones: see the README) tried before
+    /// the shipped rules (repeatable). Every deferred, bounced and expired record gets a
+    /// category; the report counts them.
+    #[arg(long, value_name = "FILE")]
+    bounce_rules: Vec<PathBuf>,
     /// Read, render and resolve, send nothing: show the first rendered message and a summary.
     #[arg(long)]
     dry_run: bool,
@@ -261,6 +266,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         connections: args.connections.get(),
         dedupe: !args.allow_duplicates,
         suppress: args.suppress.clone(),
+        bounce_rules: args.bounce_rules.clone(),
         schedule: Schedule { first: args.retry_after, max: args.retry_max, max_age: args.max_age },
         log,
         resume,
@@ -370,6 +376,19 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
     if let Some(err) = &e.last_session_error {
         let _ = writeln!(s, "last session error: {err}");
     }
+    if !r.books.categories.is_empty() {
+        let _ = write!(s, "why:");
+        for (category, n) in &r.books.categories {
+            let parts: Vec<String> =
+                [("bounced", n.bounced), ("expired", n.expired), ("deferred", n.deferred)]
+                    .into_iter()
+                    .filter(|(_, count)| *count > 0)
+                    .map(|(what, count)| format!("{count} {what}"))
+                    .collect();
+            let _ = write!(s, "  {} {}", category.as_str(), parts.join(", "));
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "log: {}", log.display());
     if !r.books.domains.is_empty() {
         let _ = writeln!(
@@ -415,6 +434,7 @@ fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
         "log_error": r.books.log_error,
         "unrecorded": r.books.unrecorded,
         "recipients": r.books.tally,
+        "categories": r.books.categories,
         "connections": e.connections,
         "tls_sessions": e.tls.negotiated.values().sum::<u64>(),
         "plaintext_sessions": e.tls.plaintext,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use mailvolley::send::unsubscribe::{SECRET_ENV, Secret, UnsubscribeError};
+use mailvolley::send::unsubscribe::{SECRET_ENV, Secret};
 
 /// Exit codes of `volley token verify` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 the token is valid (its campaign and recipient are printed); 1 it is not \
@@ -53,9 +53,7 @@ struct SecretArgs {
 impl SecretArgs {
     fn load(&self) -> anyhow::Result<Secret> {
         let secret = Secret::load(self.secret_file.as_deref())?;
-        Ok(secret.ok_or_else(|| {
-            anyhow::anyhow!("{}: give --secret-file FILE or set {SECRET_ENV}", UnsubscribeError::NoSecret)
-        })?)
+        secret.ok_or_else(|| anyhow::anyhow!("no secret: give --secret-file FILE or set {SECRET_ENV}"))
     }
 }
 

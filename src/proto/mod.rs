@@ -8,6 +8,7 @@ pub mod body;
 pub mod client;
 pub mod command;
 pub mod ehlo;
+pub mod pattern;
 pub mod reply;
 pub mod server;
 

@@ -39,6 +39,8 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
         Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
     let mut seen = Fingerprints::default();
     let suppress = super::suppress::Suppressions::load(&config.suppress)?;
+    // Checked now, so a bad rules file fails the dry run as it would the campaign.
+    super::bounce::Classifier::load(&config.bounce_rules)?;
     let mut per_domain: HashMap<String, u64> = HashMap::new();
     let mut problems = Vec::new();
     let mut summary = DryRun::default();

@@ -8,6 +8,7 @@
 //! be written goes to stderr instead, so nothing a server accepted goes unrecorded.
 
 use crate::send::hashing::DomainMap;
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
+use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
@@ -62,6 +64,14 @@ impl Tally {
     }
 }
 
+/// Failures of one category: final ones (bounced, expired) and deferred attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CategoryTally {
+    pub bounced: u64,
+    pub expired: u64,
+    pub deferred: u64,
+}
+
 /// One recipient domain's books.
 #[derive(Debug, Clone)]
 pub struct DomainBook {
@@ -84,6 +94,8 @@ pub struct DomainSummary {
 #[derive(Debug, Clone, Default)]
 pub struct Books {
     pub tally: Tally,
+    /// Failures by category (see [`crate::send::bounce`]).
+    pub categories: BTreeMap<Category, CategoryTally>,
     pub domains: Vec<DomainSummary>,
     /// Records that could not be written to the log (they went to stderr).
     pub unrecorded: u64,
@@ -99,6 +111,8 @@ pub struct Ledger {
     schedule: Schedule,
     rng: Rng,
     tally: Tally,
+    classifier: Classifier,
+    categories: BTreeMap<Category, CategoryTally>,
     domains: DomainMap<DomainBook>,
     histograms: usize,
     clock: Clock,
@@ -128,6 +142,7 @@ impl Ledger {
         retries: Sender<(Instant, Pending)>,
         shared: Arc<Shared>,
         schedule: Schedule,
+        classifier: Classifier,
         progress: bool,
     ) -> Ledger {
         Ledger {
@@ -139,6 +154,8 @@ impl Ledger {
             schedule,
             rng: Rng::new(0x1ed9e7 ^ u64::from(std::process::id())),
             tally: Tally::default(),
+            classifier,
+            categories: BTreeMap::new(),
             domains: DomainMap::default(),
             histograms: 0,
             clock: Clock::default(),
@@ -257,8 +274,20 @@ impl Ledger {
     }
 
     /// Counts and writes a record; `latency`: a delivered recipient's queue time.
-    fn write_timed(&mut self, r: Record, latency: Option<Duration>) {
+    fn write_timed(&mut self, mut r: Record, latency: Option<Duration>) {
         self.tally.count(r.status);
+        if matches!(r.status, Status::Deferred | Status::Bounced | Status::Expired) {
+            let category = *r.category.get_or_insert_with(|| {
+                let text = r.reply.as_deref().or(r.reason.as_deref()).unwrap_or("");
+                self.classifier.classify(Failure { code: r.code, enhanced: r.enhanced, text })
+            });
+            let counts = self.categories.entry(category).or_default();
+            match r.status {
+                Status::Deferred => counts.deferred += 1,
+                Status::Bounced => counts.bounced += 1,
+                _ => counts.expired += 1,
+            }
+        }
         if let Some((_, domain)) = r.rcpt.as_deref().and_then(|a| a.rsplit_once('@')) {
             let domain = super::source::lowercase(domain);
             let book = match self.domains.get_mut(domain.as_ref()) {
@@ -363,7 +392,13 @@ impl Ledger {
             let volume = |d: &DomainSummary| d.tally.finals() + d.tally.deferred;
             volume(b).cmp(&volume(a)).then_with(|| a.domain.cmp(&b.domain))
         });
-        Books { tally: self.tally, domains, unrecorded: self.unrecorded, log_error: self.log_error }
+        Books {
+            tally: self.tally,
+            categories: self.categories,
+            domains,
+            unrecorded: self.unrecorded,
+            log_error: self.log_error,
+        }
     }
 }
 

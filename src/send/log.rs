@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::bounce::Category;
 use crate::proto::{EnhancedCode, Reply};
 
 mod json;
@@ -94,6 +95,9 @@ pub struct Record {
     pub reply: Option<Box<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why a recipient was deferred, bounced or expired (see [`super::bounce`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +147,7 @@ impl Record {
             enhanced: None,
             reply: None,
             reason: None,
+            category: None,
             tls: None,
             size: None,
             queue_ms: None,

@@ -9,6 +9,7 @@
 //!            └──────────────── rejected/DNS records ──▶ ledger ─▶ delivery log (group commit)
 //! ```
 
+pub mod bounce;
 pub mod dkim;
 pub mod dns;
 pub mod dry_run;
@@ -69,6 +70,8 @@ pub struct SendConfig {
     pub dedupe: bool,
     /// Lists of addresses and domains never sent to.
     pub suppress: Vec<PathBuf>,
+    /// Bounce classification rules tried before the shipped ones.
+    pub bounce_rules: Vec<PathBuf>,
     pub schedule: Schedule,
     pub log: PathBuf,
     /// Continue `log`: skip recipients it has a final record for.
@@ -87,6 +90,8 @@ pub enum SendError {
     Dkim(#[from] dkim::DkimError),
     #[error(transparent)]
     Suppress(#[from] suppress::SuppressError),
+    #[error(transparent)]
+    BounceRules(#[from] bounce::RulesError),
     #[error("delivery log {path}: {error}")]
     Log { path: String, error: std::io::Error },
     #[error("DNS: {0}")]
@@ -196,6 +201,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         .unwrap_or_else(new_campaign_id);
     let mut template = config.template(&campaign)?;
     let suppress = suppress::Suppressions::load(&config.suppress)?;
+    let classifier = bounce::Classifier::load(&config.bounce_rules)?;
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
     let digest = input::digest(&config.recipients).map_err(input_error)?;
     if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {
@@ -250,6 +256,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         retries_tx,
         Arc::clone(&shared),
         config.schedule,
+        classifier,
         config.progress,
     )
     .spawn(Arc::clone(&control))

@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::bounce::Category;
 use super::hashing::DomainMap;
 pub use super::hashing::Fingerprints;
 use super::input::{BadRow, Row, Rows};
@@ -196,6 +197,7 @@ impl SendSource {
             }),
             Route::Undeliverable(why) => {
                 let mut r = Record::new(Status::Bounced, p.line).rcpt(p.rcpt.shared()).reason(why);
+                r.category = Some(Category::BadDomain);
                 r.attempts = p.attempts + 1;
                 r.queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
                 self.record(r);
@@ -210,6 +212,7 @@ impl SendSource {
         match self.schedule.next(p.attempts, p.born, now, &mut self.rng) {
             Some(at) => {
                 let mut r = Record::new(Status::Deferred, p.line).rcpt(p.rcpt.shared()).reason(why);
+                r.category = Some(Category::Connection);
                 r.attempts = p.attempts;
                 r.queue_ms = queue_ms;
                 r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
@@ -218,6 +221,7 @@ impl SendSource {
             }
             None => {
                 let mut r = Record::new(Status::Expired, p.line).rcpt(p.rcpt.shared()).reason(why);
+                r.category = Some(Category::Connection);
                 r.attempts = p.attempts;
                 r.queue_ms = queue_ms;
                 self.record(r);

@@ -32,11 +32,20 @@ pub struct Script {
     /// The reply to the end of data (or BDAT LAST).
     pub final_reply: &'static str,
     pub fault: Fault,
+    /// RCPT replies by recipient: the first whose fragment is in the address answers (else
+    /// `250`).
+    pub rcpt_replies: Vec<(&'static str, &'static str)>,
 }
 
 impl Script {
     pub fn new(caps: &[&'static str], final_reply: &'static str, fault: Fault) -> Script {
-        Script { caps: caps.to_vec(), final_reply, fault }
+        Script { caps: caps.to_vec(), final_reply, fault, rcpt_replies: Vec::new() }
+    }
+
+    /// Answers RCPT of an address holding `fragment` with `reply`.
+    pub fn rcpt_reply(mut self, fragment: &'static str, reply: &'static str) -> Script {
+        self.rcpt_replies.push((fragment, reply));
+        self
     }
 }
 
@@ -147,7 +156,11 @@ fn serve(conn: TcpStream, script: &Script, counts: &Counts, stop: &AtomicBool) -
             "HELO" => reply(&mut out, "250 scripted")?,
             "MAIL" => reply(&mut out, "250 2.1.0 Ok")?,
             "RCPT" => {
-                reply(&mut out, "250 2.1.5 Ok")?;
+                let scripted = script
+                    .rcpt_replies
+                    .iter()
+                    .find(|(fragment, _)| cmd.contains(&fragment.to_ascii_uppercase()));
+                reply(&mut out, scripted.map_or("250 2.1.5 Ok", |(_, r)| r))?;
                 rcpts += 1;
                 if script.fault == Fault::StrayMidPipeline && rcpts == 3 {
                     out.write_all(b"250 2.1.5 Ok\r\n")?;

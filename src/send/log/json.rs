@@ -62,6 +62,9 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
     if let Some(reason) = &r.reason {
         w.string("reason", reason);
     }
+    if let Some(category) = r.category {
+        w.raw_string("category", category.as_str());
+    }
     if let Some(tls) = r.tls {
         w.string("tls", tls);
     }
@@ -172,6 +175,7 @@ mod tests {
 
     use super::*;
     use crate::proto::EnhancedCode;
+    use crate::send::bounce::Category;
     use crate::send::log::Status;
 
     fn json(r: &Record) -> serde_json::Value {
@@ -211,12 +215,14 @@ mod tests {
             code in prop::option::of(any::<u16>()),
             enhanced in prop::option::of((any::<u8>(), any::<u16>(), any::<u16>())),
             ip in prop::option::of(any::<IpAddr>()),
+            category in prop::option::of(prop::sample::select(Category::ALL.to_vec())),
         ) {
             let mut r = Record::at(status, line, texts[0].clone().unwrap_or_default().into());
             r.rcpt = texts[1].as_deref().map(Arc::from);
             r.mx = texts[2].as_deref().map(Arc::from);
             r.reply = texts[3].as_deref().map(Box::from);
             r.reason = texts[4].clone();
+            r.category = category;
             r.campaign = texts[5].clone();
             r.input = texts[5].as_ref().map(|t| format!("{t}.csv"));
             r.input_digest = texts[4].as_ref().map(|t| format!("{t}:0"));
