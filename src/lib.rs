@@ -7,6 +7,7 @@
 //! - [`tls`]: TLS on rustls, sans-IO, with a thin async adapter.
 
 pub mod bench;
+pub mod check;
 pub mod engine;
 pub mod proto;
 pub mod report;

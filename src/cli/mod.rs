@@ -2,6 +2,7 @@
 //! `anyhow` lives here and nowhere else.
 
 mod bench;
+mod check;
 mod connection;
 mod secure;
 mod send;
@@ -38,6 +39,10 @@ enum Command {
     Send(send::SendArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
+    /// Pre-flight a campaign against DNS: SPF, DKIM keys, DMARC and alignment, PTR, and RFC 8058
+    /// unsubscribe headers, as the large receivers check them. A pass/warn/fail table with fixes.
+    #[command(after_help = check::EXIT_DOC)]
+    Check(check::CheckArgs),
     /// Verify (or make) the unsubscribe tokens of `send --unsubscribe-url`, for the web handler.
     Token(token::TokenArgs),
 }
@@ -48,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args),
         Command::Sink(args) => sink::run(args),
         Command::Token(args) => token::run(args),
+        Command::Check(args) => check::run(args),
     }
 }
 

@@ -141,6 +141,11 @@ impl Dkim {
             .iter()
             .map(|k| (format!("{}._domainkey.{}", k.spec.selector, k.spec.domain), k.record.as_str()))
     }
+
+    /// The signing domains (`d=`), in `--dkim` order.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.spec.domain.as_str())
+    }
 }
 
 fn load_key(spec: &KeySpec) -> Result<Key, DkimError> {
@@ -226,4 +231,4 @@ fn der_push(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
 
 #[cfg(test)]
 #[path = "dkim_tests.rs"]
-mod tests;
+pub(crate) mod tests;

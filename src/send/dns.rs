@@ -114,7 +114,7 @@ impl Drop for Resolver {
     }
 }
 
-fn build(config: &DnsConfig) -> std::io::Result<TokioResolver> {
+pub(crate) fn build(config: &DnsConfig) -> std::io::Result<TokioResolver> {
     let provider = TokioConnectionProvider::default();
     let mut builder = match config.server {
         Some(server) => {
@@ -214,15 +214,15 @@ fn response_code(e: &ResolveError) -> Option<ResponseCode> {
     }
 }
 
-fn no_such_domain(e: &ResolveError) -> bool {
+pub(crate) fn no_such_domain(e: &ResolveError) -> bool {
     response_code(e) == Some(ResponseCode::NXDomain)
 }
 
-fn no_records(e: &ResolveError) -> bool {
+pub(crate) fn no_records(e: &ResolveError) -> bool {
     response_code(e) == Some(ResponseCode::NoError)
 }
 
-fn describe(e: &ResolveError) -> String {
+pub(crate) fn describe(e: &ResolveError) -> String {
     match response_code(e) {
         Some(code) if code != ResponseCode::NoError => format!("{code}"),
         _ => e.to_string(),

@@ -665,6 +665,21 @@ fn literal_from(head: &str) -> Option<Address> {
     Address::new(&address_of_header(from_line, "from")?).ok()
 }
 
+/// The value of the first `name:` header of a message (template), continuation lines joined;
+/// `None` if it has none.
+pub fn header_of(message: &str, name: &str) -> Option<String> {
+    let (head, _) = split_message(message);
+    let mut lines = head.lines().map(|l| l.trim_end_matches('\r'));
+    let first =
+        lines.find(|l| l.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name)))?;
+    let mut value = first.split_once(':').map_or("", |(_, v)| v).trim().to_owned();
+    for more in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+        value.push(' ');
+        value.push_str(more.trim());
+    }
+    Some(value)
+}
+
 /// The address in the first `name:` header of a header section (`Name <a@b>` or `a@b`).
 fn address_of_header(head: &str, name: &str) -> Option<String> {
     let line = head

@@ -7,6 +7,8 @@
 //! example.test     MX 10 mx1.example.test
 //! mx1.example.test A 127.0.0.2
 //! v6.test          AAAA ::1
+//! example.test     TXT v=spf1 ip4:127.0.0.0/8 -all   # the rest of the line, one string
+//! 2.0.0.127.in-addr.arpa PTR mx1.example.test
 //! null.test        MX 0 .
 //! broken.test      SERVFAIL
 //! slow.test        DELAY 3000      # answers after 3 s (records as usual)
@@ -22,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, MX};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 /// Records' TTL, in seconds.
@@ -33,6 +35,8 @@ struct Entry {
     mx: Vec<(u16, String)>,
     a: Vec<Ipv4Addr>,
     aaaa: Vec<Ipv6Addr>,
+    txt: Vec<String>,
+    ptr: Vec<String>,
     servfail: bool,
     drop: bool,
     delay: Option<Duration>,
@@ -55,6 +59,13 @@ impl FromStr for Zone {
                 continue;
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1).is_some_and(|t| t.eq_ignore_ascii_case("TXT")) {
+                // A TXT record is the rest of the line (comments and all: `#` is cut above).
+                let (name, rest) = (fields[0], line[fields[0].len()..].trim_start());
+                let text = rest[3..].trim();
+                zone.names.entry(normalise(name)).or_default().txt.push(text.to_owned());
+                continue;
+            }
             let bad = || format!("zone line {}: {line:?}", i + 1);
             let name = fields.first().ok_or_else(bad)?;
             let entry = zone.names.entry(normalise(name)).or_default();
@@ -64,6 +75,7 @@ impl FromStr for Zone {
                 }
                 Some("A") if fields.len() == 3 => entry.a.push(fields[2].parse().map_err(|_| bad())?),
                 Some("AAAA") if fields.len() == 3 => entry.aaaa.push(fields[2].parse().map_err(|_| bad())?),
+                Some("PTR") if fields.len() == 3 => entry.ptr.push(normalise(fields[2])),
                 Some("SERVFAIL") => entry.servfail = true,
                 Some("DROP") => entry.drop = true,
                 Some("DELAY") if fields.len() == 3 => {
@@ -188,6 +200,21 @@ fn answers(e: &Entry, kind: RecordType) -> Vec<RData> {
         }
         RecordType::A => e.a.iter().map(|ip| RData::A(A(*ip))).collect(),
         RecordType::AAAA => e.aaaa.iter().map(|ip| RData::AAAA(AAAA(*ip))).collect(),
+        // Long texts are split into strings of 255 octets, as a zone file would have them.
+        RecordType::TXT => e
+            .txt
+            .iter()
+            .map(|t| {
+                let chunks = t.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned());
+                RData::TXT(TXT::new(chunks.collect()))
+            })
+            .collect(),
+        RecordType::PTR => e
+            .ptr
+            .iter()
+            .filter_map(|host| Name::from_ascii(format!("{host}.")).ok())
+            .map(|name| RData::PTR(PTR(name)))
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -1,0 +1,79 @@
+//! The real [`Lookup`]: hickory on a current-thread tokio runtime, blocking per question.
+//! `volley check` asks a few dozen questions once, at the command line: no thread of its own.
+
+use std::net::IpAddr;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
+
+use super::Lookup;
+use crate::send::dns::{DnsConfig, build, describe, no_records, no_such_domain};
+
+pub struct Dns {
+    runtime: tokio::runtime::Runtime,
+    resolver: TokioResolver,
+}
+
+impl Dns {
+    pub fn new(config: &DnsConfig) -> std::io::Result<Dns> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // hickory's resolver must be built inside the runtime that drives it.
+        let resolver = runtime.block_on(async { build(config) })?;
+        Ok(Dns { runtime, resolver })
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}
+
+/// An answer's records, or none for NXDOMAIN and NODATA.
+fn answer<T>(
+    result: Result<hickory_resolver::lookup::Lookup, hickory_resolver::ResolveError>,
+    pick: impl Fn(&RData) -> Option<T>,
+) -> Result<Vec<T>, String> {
+    match result {
+        Ok(lookup) => Ok(lookup.record_iter().filter_map(|r| pick(r.data())).collect()),
+        Err(e) if no_records(&e) || no_such_domain(&e) => Ok(Vec::new()),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+impl Lookup for Dns {
+    fn txt(&mut self, name: &str) -> Result<Vec<String>, String> {
+        let lookup = self.runtime.block_on(self.resolver.txt_lookup(fqdn(name))).map(Into::into);
+        answer(lookup, |data| match data {
+            // A TXT record's strings are one text (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+            RData::TXT(txt) => {
+                Some(txt.txt_data().iter().map(|s| String::from_utf8_lossy(s)).collect::<String>())
+            }
+            _ => None,
+        })
+    }
+
+    fn ips(&mut self, name: &str) -> Result<Vec<IpAddr>, String> {
+        let lookup =
+            self.runtime.block_on(self.resolver.lookup_ip(fqdn(name))).map(|l| l.as_lookup().clone());
+        answer(lookup, |data| match data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+    }
+
+    fn mx(&mut self, name: &str) -> Result<Vec<String>, String> {
+        let lookup = self.runtime.block_on(self.resolver.mx_lookup(fqdn(name))).map(Into::into);
+        answer(lookup, |data| match data {
+            RData::MX(mx) => Some(mx.exchange().to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+            _ => None,
+        })
+    }
+
+    fn ptr(&mut self, ip: IpAddr) -> Result<Vec<String>, String> {
+        let lookup = self.runtime.block_on(self.resolver.reverse_lookup(ip)).map(Into::into);
+        answer(lookup, |data| match data {
+            RData::PTR(name) => Some(name.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+            _ => None,
+        })
+    }
+}
