@@ -130,6 +130,25 @@ fn missing_unsubscribe_headers_fail_bulk_mail_and_the_text_table_shows_fixes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // A message that carries its own headers: both needed, and `send`'s flag would clash.
+    let dir = common::temp_dir("check-own");
+    let own = |post: &str| {
+        let msg = dir.join("own.txt");
+        let text = format!(
+            "From: n@example.com\nList-Unsubscribe: <mailto:u@example.com>,\n <https://example.com/u/1>\n{post}\nhi\n"
+        );
+        std::fs::write(&msg, text).unwrap();
+        let out = Command::new(VOLLEY)
+            .args(["check", "--dns-server", &dns.addr().to_string(), "--message", msg.to_str().unwrap()])
+            .args(["--dkim", &format!("example.com:ed:{}", key("ed25519.pem"))])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        own("List-Unsubscribe-Post: List-Unsubscribe=One-Click\n").contains("pass  One-click unsubscribe")
+    );
+    assert!(own("").contains("fail  One-click unsubscribe"));
     // A bad key is a usage error.
     let out = Command::new(VOLLEY)
         .args(["check", "--dns-server", &dns.addr().to_string(), "--from", "news@example.com"])

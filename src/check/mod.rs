@@ -57,6 +57,11 @@ pub struct Row {
     pub fix: String,
 }
 
+/// A check that could not be made: DNS gave no answer. Receivers would defer or fail it too.
+fn dns_failed(check: String, e: &str) -> Row {
+    row(check, Verdict::Fail, format!("DNS failed: {e}"), "check the DNS server and try again")
+}
+
 fn row(check: impl Into<String>, verdict: Verdict, detail: impl Into<String>, fix: impl Into<String>) -> Row {
     Row { check: check.into(), verdict, detail: detail.into(), fix: fix.into() }
 }
@@ -114,16 +119,15 @@ fn check_spf(c: &Campaign, dns: &mut dyn Lookup, rows: &mut Vec<Row>) -> Option<
             return None;
         }
         Err(Spf::TempError(e)) => {
-            rows.push(row(
-                name,
-                Verdict::Fail,
-                format!("DNS failed: {e}"),
-                "check the DNS server and try again",
-            ));
+            rows.push(dns_failed(name, &e));
             return None;
         }
         Err(e) => {
-            rows.push(row(name, Verdict::Fail, format!("{e:?}"), "keep exactly one v=spf1 record"));
+            let detail = match e {
+                Spf::PermError(why) => why,
+                other => format!("{other:?}"),
+            };
+            rows.push(row(name, Verdict::Fail, detail, "keep exactly one v=spf1 record"));
             return None;
         }
     };
@@ -183,12 +187,7 @@ fn check_dkim(c: &Campaign, dns: &mut dyn Lookup, rows: &mut Vec<Row>) {
         let found = match dns.txt(&name) {
             Ok(found) => found,
             Err(e) => {
-                rows.push(row(
-                    check,
-                    Verdict::Fail,
-                    format!("DNS failed: {e}"),
-                    "check the DNS server and try again",
-                ));
+                rows.push(dns_failed(check, &e));
                 continue;
             }
         };
@@ -227,12 +226,7 @@ fn check_ptr(c: &Campaign, dns: &mut dyn Lookup, rows: &mut Vec<Row>) {
     let names = match dns.ptr(ip) {
         Ok(n) => n,
         Err(e) => {
-            rows.push(row(
-                check,
-                Verdict::Fail,
-                format!("DNS failed: {e}"),
-                "check the DNS server and try again",
-            ));
+            rows.push(dns_failed(check, &e));
             return;
         }
     };

@@ -94,6 +94,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         None => Some(from_domain.clone()),
     };
+    let own_header = message.as_deref().and_then(|m| header_of(m, "list-unsubscribe"));
+    if own_header.is_some() && args.unsubscribe_url.is_some() {
+        bail!("the message has its own List-Unsubscribe header: `send` refuses it with --unsubscribe-url");
+    }
     let one_click = match (&args.unsubscribe_url, &message) {
         (Some(url), _) => {
             // Checked as `send` would (https, one token); the secret plays no part here.
@@ -101,8 +105,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Unsubscribe::new(Some(url), None, secret)?;
             OneClick::Flag
         }
-        (None, Some(m)) if header_of(m, "list-unsubscribe").is_some() => {
-            OneClick::Template(header_of(m, "list-unsubscribe"), header_of(m, "list-unsubscribe-post"))
+        (None, Some(m)) if own_header.is_some() => {
+            OneClick::Template(own_header, header_of(m, "list-unsubscribe-post"))
         }
         _ => OneClick::None,
     };
