@@ -197,14 +197,25 @@ impl Unsubscribe {
         uris
     }
 
-    /// The `List-Unsubscribe` value (`<uri>, <uri>`), appended to `out`.
+    /// The `List-Unsubscribe` value (`<uri>, <uri>`, the URIs of [`Unsubscribe::uris`]),
+    /// appended to `out`. Runs for every message: the token is made once, in place.
     pub fn write_header_value(&self, campaign: &str, recipient: &str, out: &mut String) {
-        for (i, uri) in self.uris(campaign, recipient).iter().enumerate() {
-            if i > 0 {
+        let start = out.len();
+        if let Some((before, after)) = &self.url {
+            out.push('<');
+            out.push_str(before);
+            self.secret.write_token(campaign, recipient, out);
+            out.push_str(after);
+            out.push('>');
+        }
+        if let Some(mailto) = &self.mailto {
+            if out.len() > start {
                 out.push_str(", ");
             }
-            out.push('<');
-            out.push_str(uri);
+            out.push_str("<mailto:");
+            out.push_str(mailto.as_str());
+            out.push_str("?subject=unsubscribe%20");
+            self.secret.write_token(campaign, recipient, out);
             out.push('>');
         }
     }
