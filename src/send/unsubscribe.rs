@@ -142,9 +142,11 @@ impl Secret {
 /// What a campaign's messages offer for unsubscribing, with the key that signs their tokens.
 #[derive(Debug, Clone)]
 pub struct Unsubscribe {
-    /// The HTTPS URL around its token: the text before and after `{{ token }}`.
-    url: Option<(String, String)>,
-    mailto: Option<Address>,
+    /// Each URI of `List-Unsubscribe` as the text before and after its token: the HTTPS URL
+    /// first (when given), then `mailto:ADDRESS?subject=unsubscribe%20`.
+    uris: Vec<(String, String)>,
+    /// The first URI is an HTTPS URL.
+    one_click: bool,
     secret: Secret,
 }
 
@@ -155,15 +157,15 @@ impl Unsubscribe {
         mailto: Option<&str>,
         secret: Secret,
     ) -> Result<Unsubscribe, UnsubscribeError> {
-        let url = url.map(parse_url).transpose()?;
-        let mailto = mailto
-            .map(|m| {
-                let m = m.trim();
-                let m = m.strip_prefix("mailto:").unwrap_or(m);
-                Address::new(m).map_err(|e| UnsubscribeError::Mailto(format!("`{m}`: {e}")))
-            })
-            .transpose()?;
-        Ok(Unsubscribe { url, mailto, secret })
+        let mut uris: Vec<(String, String)> = url.map(parse_url).transpose()?.into_iter().collect();
+        let one_click = !uris.is_empty();
+        if let Some(m) = mailto {
+            let m = m.trim();
+            let m = m.strip_prefix("mailto:").unwrap_or(m);
+            let address = Address::new(m).map_err(|e| UnsubscribeError::Mailto(format!("`{m}`: {e}")))?;
+            uris.push((format!("mailto:{address}?subject=unsubscribe%20"), String::new()));
+        }
+        Ok(Unsubscribe { uris, one_click, secret })
     }
 
     pub fn secret(&self) -> &Secret {
@@ -173,50 +175,32 @@ impl Unsubscribe {
     /// Whether the messages offer one-click (an HTTPS URL): then `List-Unsubscribe-Post` goes
     /// with `List-Unsubscribe`.
     pub fn one_click(&self) -> bool {
-        self.url.is_some()
+        self.one_click
     }
 
     /// The recipient's unsubscribe URL (for `{{ unsubscribe_url }}` in the body).
     pub fn url(&self, campaign: &str, recipient: &str) -> Option<String> {
-        let (before, after) = self.url.as_ref()?;
-        let mut out = String::with_capacity(before.len() + after.len() + 96);
-        out.push_str(before);
-        self.secret.write_token(campaign, recipient, &mut out);
-        out.push_str(after);
-        Some(out)
+        let (before, after) = self.uris.first().filter(|_| self.one_click)?;
+        Some([before, self.secret.token(campaign, recipient).as_str(), after].concat())
     }
 
     /// The URIs of the recipient's `List-Unsubscribe`, HTTPS first (without the angle brackets).
     pub fn uris(&self, campaign: &str, recipient: &str) -> Vec<String> {
-        let mut uris: Vec<String> = self.url(campaign, recipient).into_iter().collect();
-        if let Some(mailto) = &self.mailto {
-            let mut uri = format!("mailto:{mailto}?subject=unsubscribe%20");
-            self.secret.write_token(campaign, recipient, &mut uri);
-            uris.push(uri);
-        }
-        uris
+        let token = self.secret.token(campaign, recipient);
+        self.uris.iter().map(|(before, after)| [before, token.as_str(), after].concat()).collect()
     }
 
     /// The `List-Unsubscribe` value (`<uri>, <uri>`, the URIs of [`Unsubscribe::uris`]),
-    /// appended to `out`. Runs for every message: the token is made once, in place.
+    /// appended to `out`. Runs for every message: the token is made once.
     pub fn write_header_value(&self, campaign: &str, recipient: &str, out: &mut String) {
-        let start = out.len();
-        if let Some((before, after)) = &self.url {
-            out.push('<');
-            out.push_str(before);
-            self.secret.write_token(campaign, recipient, out);
-            out.push_str(after);
-            out.push('>');
-        }
-        if let Some(mailto) = &self.mailto {
-            if out.len() > start {
+        let token = self.secret.token(campaign, recipient);
+        for (i, (before, after)) in self.uris.iter().enumerate() {
+            if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str("<mailto:");
-            out.push_str(mailto.as_str());
-            out.push_str("?subject=unsubscribe%20");
-            self.secret.write_token(campaign, recipient, out);
-            out.push('>');
+            for part in ["<", before, &token, after, ">"] {
+                out.push_str(part);
+            }
         }
     }
 }
