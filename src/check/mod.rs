@@ -141,7 +141,7 @@ fn check_spf(c: &Campaign, dns: &mut dyn Lookup, rows: &mut Vec<Row>) -> Option<
         rows.push(row(name, verdict, format!("\"{record}\""), fix));
         return None;
     };
-    let result = spf::check(dns, ip, domain);
+    let result = spf::evaluate_record(dns, ip, domain, &record);
     let (verdict, detail, fix) = match &result {
         Spf::Pass if open => (
             Verdict::Fail,

@@ -47,15 +47,32 @@ pub fn check(dns: &mut dyn Lookup, ip: IpAddr, domain: &str) -> Spf {
     check_host(dns, ip, domain, &mut lookups, 0)
 }
 
+/// `check_host(ip, domain)` with `domain`'s record already fetched (by [`record`]).
+pub fn evaluate_record(dns: &mut dyn Lookup, ip: IpAddr, domain: &str, record: &str) -> Spf {
+    let mut lookups = 0;
+    evaluate(dns, ip, domain, record, &mut lookups, 0)
+}
+
 fn check_host(dns: &mut dyn Lookup, ip: IpAddr, domain: &str, lookups: &mut u32, depth: u32) -> Spf {
     if depth > LOOKUP_LIMIT {
         return Spf::PermError("include/redirect loop".into());
     }
-    let text = match record(dns, domain) {
-        Ok(Some(text)) => text,
-        Ok(None) => return Spf::None,
-        Err(e) => return e,
-    };
+    match record(dns, domain) {
+        Ok(Some(text)) => evaluate(dns, ip, domain, &text, lookups, depth),
+        Ok(None) => Spf::None,
+        Err(e) => e,
+    }
+}
+
+/// Evaluates `domain`'s record `text` for `ip`.
+fn evaluate(
+    dns: &mut dyn Lookup,
+    ip: IpAddr,
+    domain: &str,
+    text: &str,
+    lookups: &mut u32,
+    depth: u32,
+) -> Spf {
     let mut redirect = None;
     for term in text.split_whitespace().skip(1) {
         let lower = term.to_ascii_lowercase();
