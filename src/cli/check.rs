@@ -12,7 +12,7 @@ use clap::Args;
 use mailvolley::check::{self, Campaign, OneClick, Verdict};
 use mailvolley::send::dkim::{Dkim, KeySpec};
 use mailvolley::send::dns::DnsConfig;
-use mailvolley::send::template::header_of;
+use mailvolley::send::template::{address_in, header_of};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe};
 
 /// Exit codes of `volley check` (also in `--help` and the README).
@@ -61,11 +61,7 @@ fn parse_dkim(s: &str) -> Result<KeySpec, String> {
 
 /// The domain of an address written as `Name <a@b>`, `<a@b>` or `a@b`, if it is literal.
 fn domain_of(text: &str) -> Option<String> {
-    let addr = match (text.rfind('<'), text.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &text[a + 1..b],
-        _ => text,
-    };
-    let (_, domain) = addr.trim().rsplit_once('@')?;
+    let (_, domain) = address_in(text)?.rsplit_once('@')?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     (!domain.is_empty() && !domain.contains(['{', '}', ' '])).then_some(domain)
 }

@@ -654,9 +654,7 @@ fn with_date<R>(secs: i64, f: impl FnOnce(&str) -> R) -> R {
 
 /// The From address of a header section template that writes it out literally.
 fn literal_from(head: &str) -> Option<Address> {
-    let from_line = head
-        .lines()
-        .find(|l| l.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("from")))?;
+    let from_line = head.lines().find(|l| is_field(l, "from"))?;
     let continued =
         head.lines().skip_while(|l| *l != from_line).nth(1).is_some_and(|next| next.starts_with([' ', '\t']));
     if head.contains("{%") || head.contains("{#") || from_line.contains('{') || continued {
@@ -670,8 +668,7 @@ fn literal_from(head: &str) -> Option<Address> {
 pub fn header_of(message: &str, name: &str) -> Option<String> {
     let (head, _) = split_message(message);
     let mut lines = head.lines().map(|l| l.trim_end_matches('\r'));
-    let first =
-        lines.find(|l| l.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name)))?;
+    let first = lines.find(|l| is_field(l, name))?;
     let mut value = first.split_once(':').map_or("", |(_, v)| v).trim().to_owned();
     for more in lines.take_while(|l| l.starts_with([' ', '\t'])) {
         value.push(' ');
@@ -682,16 +679,24 @@ pub fn header_of(message: &str, name: &str) -> Option<String> {
 
 /// The address in the first `name:` header of a header section (`Name <a@b>` or `a@b`).
 fn address_of_header(head: &str, name: &str) -> Option<String> {
-    let line = head
-        .lines()
-        .take_while(|l| !l.trim_end_matches('\r').is_empty())
-        .find(|l| l.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name)))?;
-    let value = line.split_once(':')?.1.trim();
+    let line =
+        head.lines().take_while(|l| !l.trim_end_matches('\r').is_empty()).find(|l| is_field(l, name))?;
+    address_in(line.split_once(':')?.1).map(str::to_owned)
+}
+
+/// Whether a header line is the field `name` (case ignored).
+fn is_field(line: &str, name: &str) -> bool {
+    line.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+}
+
+/// The address in an address header's value (`Name <a@b>`, `<a@b>` or `a@b`), if it has one.
+pub fn address_in(value: &str) -> Option<&str> {
+    let value = value.trim();
     let addr = match (value.rfind('<'), value.rfind('>')) {
         (Some(a), Some(b)) if a < b => &value[a + 1..b],
         _ => value,
     };
-    addr.contains('@').then(|| addr.trim().to_owned())
+    addr.contains('@').then(|| addr.trim())
 }
 
 fn parse_from(text: &str) -> Result<FromHeader, String> {
