@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use mailvolley::engine::EngineConfig;
+use mailvolley::engine::{EngineConfig, Rate};
 use mailvolley::rt::Driver;
 use mailvolley::send::dkim::KeySpec;
 use mailvolley::send::dns::DnsConfig;
@@ -108,6 +108,29 @@ pub struct SendArgs {
     /// transactions per session (often near 100) and close with a 4xx beyond it.
     #[arg(long, default_value = "100")]
     messages_per_connection: NonZeroU64,
+    /// Messages per destination and unit of time, across all threads: `100/s`, `6000/min`,
+    /// `20000/h` (evenly spaced) [default: no limit].
+    #[arg(long, value_name = "RATE")]
+    destination_rate: Option<Rate>,
+    /// New connections per destination and unit of time, across all threads [default: no
+    /// limit].
+    #[arg(long, value_name = "RATE")]
+    connection_rate: Option<Rate>,
+    /// Messages per unit of time for the whole run, across all destinations and threads
+    /// [default: no limit].
+    #[arg(long, value_name = "RATE")]
+    rate: Option<Rate>,
+    /// Traffic shaping rules (TOML, like the shipped ones: see the README), tried before the
+    /// shipped rules (repeatable): limits per destination by MX host suffix or recipient
+    /// domain, in place of --connections, --messages-per-connection, --destination-rate and
+    /// --connection-rate; and reactions that suspend or slow a destination whose replies ask
+    /// for it (`421 4.7.0 [TSS04]`).
+    #[arg(long, value_name = "FILE")]
+    shaping: Vec<PathBuf>,
+    /// Leave out the shipped shaping rules (limits for the large providers, reactions to their
+    /// throttling replies).
+    #[arg(long)]
+    no_shaping_defaults: bool,
     /// First retry of a deferred recipient after this long; the wait doubles per attempt...
     #[arg(long, value_parser = super::duration, default_value = "1m")]
     retry_after: Duration,
@@ -264,6 +287,11 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         dkim: args.dkim.clone(),
         routing,
         connections: args.connections.get(),
+        destination_rate: args.destination_rate,
+        connection_rate: args.connection_rate,
+        rate: args.rate,
+        shaping: args.shaping.clone(),
+        shaping_defaults: !args.no_shaping_defaults,
         dedupe: !args.allow_duplicates,
         suppress: args.suppress.clone(),
         bounce_rules: args.bounce_rules.clone(),
@@ -389,6 +417,20 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
         }
         let _ = writeln!(s);
     }
+    for sh in &r.books.shaping {
+        let times = if sh.times == 1 { String::new() } else { format!(" ({} times)", sh.times) };
+        let _ = writeln!(
+            s,
+            "shaping: {} {} from {} until {}{times} by reaction {}: {}",
+            sh.destination, sh.action, sh.first, sh.until, sh.rule, sh.reply
+        );
+    }
+    if e.suspended > 0 {
+        let _ = writeln!(s, "shaping: {} recipients deferred unattempted while their destination was suspended", e.suspended);
+    }
+    if e.shaping_events_dropped > 0 {
+        let _ = writeln!(s, "shaping: {} events not logged (the log thread fell behind)", e.shaping_events_dropped);
+    }
     let _ = writeln!(s, "log: {}", log.display());
     if !r.books.domains.is_empty() {
         let _ = writeln!(
@@ -435,6 +477,8 @@ fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
         "unrecorded": r.books.unrecorded,
         "recipients": r.books.tally,
         "categories": r.books.categories,
+        "shaping": r.books.shaping,
+        "suspended_unattempted": e.suspended,
         "connections": e.connections,
         "tls_sessions": e.tls.negotiated.values().sum::<u64>(),
         "plaintext_sessions": e.tls.plaintext,

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
-use super::job::{Destination, Job, Payload};
+use super::job::{Destination, Job, Payload, instant_at, nanos_since_epoch};
 use super::outcome::{self, Outcome, Via};
+use super::shaping::ShapingEvent;
 use super::signal::Signal;
 use super::stats::{Metric, Stats};
 use super::{EngineConfig, Progress, RunState, session};
+use crate::proto::Reply;
 use crate::proto::client::{Completed, Disposition, Envelope, Message, SessionError};
 use crate::rt::Watchdog;
 use crate::tls::{Conn, TlsPolicy};
@@ -77,11 +79,19 @@ pub struct Pool {
     /// A TLS handshake with this destination failed under the opportunistic policy: later
     /// connections go on in plaintext rather than fail the same way.
     pub plaintext_fallback: Cell<bool>,
+    /// The core owning the pool, the backlog it holds before it is full, and whether it is
+    /// (published on the destination for the producer; cleared at half the backlog).
+    core: usize,
+    backlog: usize,
+    full: Cell<bool>,
 }
 
 impl Pool {
-    fn new(destination: Arc<Destination>, share: usize) -> Self {
+    fn new(destination: Arc<Destination>, share: usize, core: usize, backlog: usize) -> Self {
         Pool {
+            core,
+            backlog: backlog.max(1),
+            full: Cell::new(false),
             destination,
             pending: RefCell::default(),
             signal: Signal::default(),
@@ -124,12 +134,17 @@ impl Pool {
     /// The next job for connection `conn`, preferring one whose last attempt was elsewhere.
     pub fn pop_for(&self, conn: u64) -> Option<Job> {
         let mut pending = self.pending.borrow_mut();
-        if self.open.get() > 1 {
-            if let Some(i) = pending.iter().take(8).position(|j| j.attempts == 0 || j.last_conn != conn) {
-                return pending.remove(i);
-            }
+        let job = match (self.open.get() > 1)
+            .then(|| pending.iter().take(8).position(|j| j.attempts == 0 || j.last_conn != conn))
+            .flatten()
+        {
+            Some(i) => pending.remove(i),
+            None => pending.pop_front(),
+        };
+        if self.full.get() && pending.len() <= self.backlog / 2 {
+            self.set_full(false);
         }
-        pending.pop_front()
+        job
     }
 
     pub fn push(&self, job: Job) {
@@ -137,7 +152,24 @@ impl Pool {
         self.signal.notify();
     }
 
+    /// Takes a job from the core's queue; past the backlog the pool says it is full.
+    fn take(&self, job: Job) {
+        let mut pending = self.pending.borrow_mut();
+        pending.push_back(job);
+        if !self.full.get() && pending.len() >= self.backlog {
+            self.set_full(true);
+        }
+    }
+
+    fn set_full(&self, full: bool) {
+        self.full.set(full);
+        self.destination.health.set_full(self.core, full);
+    }
+
     fn take_all(&self) -> Vec<Job> {
+        if self.full.get() {
+            self.set_full(false);
+        }
         self.pending.borrow_mut().drain(..).collect()
     }
 }
@@ -233,7 +265,8 @@ impl Core {
         }
         // At least one connection, as the router assumes when it picks cores.
         let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
-        let pool = Rc::new(Pool::new(Arc::clone(destination), limit));
+        let pool =
+            Rc::new(Pool::new(Arc::clone(destination), limit, self.index, self.config.pool_backlog));
         for _ in 0..limit {
             monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
         }
@@ -244,6 +277,7 @@ impl Core {
     /// A message finished an attempt: count it, or queue what should be retried.
     pub fn complete(&self, pool: &Pool, done: Completed<Meta>, conn: u64, via: Option<&Via>) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.react_to(&done, via);
         // When the outcome was decided: it may be reported later, once the session is proven
         // in step.
         let now = done.at;
@@ -362,6 +396,96 @@ impl Core {
         None
     }
 
+    /// Whether a session may start one more message to the pool's destination at `now`: its
+    /// rate, any suspension or slowing, and the run's rate. If not, when to ask again. A
+    /// suspended destination's waiting jobs are handed back at once (see [`Core::suspended`]).
+    pub fn admit(&self, pool: &Pool, now: Instant) -> Result<(), Instant> {
+        let shaping = &pool.destination.shaping;
+        if let Err(at) = shaping.admit_message(now) {
+            self.suspended(pool, now);
+            return Err(at);
+        }
+        if self.run.rate_interval > 0 {
+            if let Err(next) = self.run.rate.take(nanos_since_epoch(now), self.run.rate_interval) {
+                shaping.give_back(now);
+                return Err(instant_at(next));
+            }
+        }
+        Ok(())
+    }
+
+    /// Until when the pool's destination is suspended, if it is. Its waiting jobs are then
+    /// handed back unattempted (deferred until the suspension ends, no attempt counted) when
+    /// the source keeps its own books; otherwise they wait here.
+    pub fn suspended(&self, pool: &Pool, now: Instant) -> Option<Instant> {
+        let until = pool.destination.shaping.suspended(now)?;
+        if self.outcomes.is_none() || !pool.has_pending() {
+            return Some(until);
+        }
+        let reason = format!(
+            "not attempted: {} is suspended for {}s by a shaping reaction",
+            pool.destination.name,
+            until.saturating_duration_since(now).as_secs().max(1)
+        );
+        for job in pool.take_all() {
+            let meta = Meta::attempt(&job, now);
+            let Some(message) = self.compose(job.message, &meta) else { continue };
+            let head = outcome::Head {
+                id: meta.id,
+                destination: &meta.destination,
+                via: None,
+                attempts: meta.attempts,
+                due: meta.due,
+            };
+            self.stats.borrow_mut().suspended += 1;
+            self.held_outcomes.borrow_mut().extend(Outcome::suspended(&message, head, &reason, until));
+        }
+        self.flush_outcomes();
+        Some(until)
+    }
+
+    /// Applies the first reaction matching `reply` (a refusal from the destination's `host`),
+    /// and reports the destination as suspended or slowed when that is new.
+    pub fn react(&self, destination: &Arc<Destination>, reply: &Reply, host: Option<&Arc<str>>) {
+        let shaped_by = destination.shaped_by.as_deref();
+        let Some(rule) = self.config.reactions.as_ref().and_then(|r| r.find(reply, shaped_by)) else { return };
+        let now = Instant::now();
+        let until = now + rule.duration;
+        if !destination.shaping.apply(&rule.action, now, until) {
+            return;
+        }
+        let event = ShapingEvent {
+            destination: Arc::clone(destination),
+            rule: Arc::clone(&rule.name),
+            action: rule.action.clone(),
+            at: now,
+            until,
+            reply: reply.clone(),
+            host: host.cloned(),
+        };
+        if self.run.events.push(event).is_err() {
+            self.run.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reactions to the refusals among a finished transaction's replies (each distinct reply
+    /// once).
+    fn react_to(&self, done: &Completed<Meta>, via: Option<&Via>) {
+        if self.config.reactions.is_none() {
+            return;
+        }
+        let mut last: Option<&Reply> = None;
+        for i in 0..done.message.envelope.recipients.len() {
+            let (disposition, reply) = done.recipient(i);
+            let Some(reply) = reply.filter(|_| disposition != Disposition::Delivered) else { continue };
+            if last.is_some_and(|l| std::ptr::eq(l, reply)) {
+                continue;
+            }
+            last = Some(reply);
+            self.react(&done.user.destination, reply, via.and_then(|v| v.host.as_ref()));
+        }
+    }
+
     /// Counts jobs that never got a session (connect failures) as an attempt each.
     pub fn fail_pending(&self, pool: &Pool, error: &SessionError) {
         for job in pool.take_all() {
@@ -425,6 +549,10 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     let finished = Rc::clone(&core.finished);
     monoio::spawn(Rc::clone(&core.watchdog).run(WATCHDOG_TICK, move || finished.get()));
     let cap = core.config.pool_backlog.max(1);
+    // Without parking, a full pool holds up the queue (a closed loop's backpressure); with it,
+    // the pool takes what is queued already and says it is full, so the producer sets the
+    // destination's further jobs aside and the queue keeps moving for the others.
+    let parking = core.config.park > 0;
     let mut held: Option<Job> = None;
     let mut last_publish = Instant::now();
     loop {
@@ -439,11 +567,11 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
         let taking = outcomes_flowing && !halted;
         while let Some(job) = if taking { held.take().or_else(|| queue.pop()) } else { None } {
             let pool = core.pool(&job.destination);
-            if pool.pending_len() >= cap {
+            if !parking && pool.pending_len() >= cap {
                 held = Some(job);
                 break;
             }
-            pool.pending.borrow_mut().push_back(job);
+            pool.take(job);
             if pool.blocked.get() {
                 core.return_jobs(&pool);
             }
@@ -504,23 +632,48 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
     let config = &core.config;
     let mut backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
     loop {
+        if let Some(until) = core.suspended(&pool, Instant::now()) {
+            // Suspended: jobs arriving meanwhile are handed back as they come.
+            if core.draining.get() || core.aborting() || core.halted() {
+                return;
+            }
+            let rest = until.saturating_duration_since(Instant::now());
+            monoio::select! {
+                _ = pool.signal.wait() => {},
+                _ = monoio::time::sleep(rest) => {},
+            }
+            continue;
+        }
         // A new connection only for work the open ones do not cover: one message to a domain
-        // opens one connection, not the destination's whole budget.
+        // opens one connection, not the destination's whole budget; and while the open ones
+        // are held back by the destination's rate, none.
         while pool.pending_len() <= pool.open.get()
             || pool.open.get() >= core.connection_target(&pool, Instant::now())
+            || (pool.open.get() > 0 && !pool.destination.shaping.message_ready(Instant::now()))
         {
             if core.draining.get() || core.aborting() || core.halted() {
                 return;
             }
             if pool.has_pending() && pool.pending_len() > pool.open.get() {
-                // Over the target: look again when a probe may be due.
+                // Over the target or the rate: look again when a probe may be due.
                 monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
             } else {
                 pool.signal.wait().await;
             }
+            if pool.destination.shaping.suspended(Instant::now()).is_some() {
+                break;
+            }
         }
         if core.aborting() {
             return;
+        }
+        if pool.destination.shaping.suspended(Instant::now()).is_some() {
+            continue;
+        }
+        if let Err(at) = pool.destination.shaping.admit_connection(Instant::now()) {
+            // The destination's connection rate.
+            monoio::time::sleep(at.saturating_duration_since(Instant::now())).await;
+            continue;
         }
         if let Some(error) = pool.destination.health.given_up() {
             // Jobs that arrive after the destination was given up end without a connection.
@@ -561,7 +714,11 @@ impl Core {
     /// How many connections this core may have open to the pool's destination now: the
     /// adaptive target, and during a ramp-up a share growing linearly from one.
     fn connection_target(&self, pool: &Pool, now: Instant) -> usize {
-        let target = pool.target(now, self.config.probe_interval);
+        let mut target = pool.target(now, self.config.probe_interval);
+        if let Some(cap) = pool.destination.shaping.connection_cap(now) {
+            // A reaction's limit, split across cores like the configured one.
+            target = target.min(Core::share(cap, self.config.threads, self.index, pool.destination.index));
+        }
         let Some(ramp) = self.config.ramp_up.filter(|r| !r.is_zero()) else { return target };
         let done = now.saturating_duration_since(self.started).as_secs_f64() / ramp.as_secs_f64();
         let ramped = (pool.share as f64 * done).ceil() as usize;
@@ -658,6 +815,9 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
                     }
                 }
                 let end = session::run(&mut conn, core, pool, addr, id).await;
+                if let Some(reply) = end.error.as_ref().and_then(SessionError::reply) {
+                    core.react(&pool.destination, reply, pool.destination.host_of(addr));
+                }
                 if conn.tls().is_some() && end.error.is_none() {
                     // close_notify, so the server sees a clean end; best effort, never waited on long.
                     let _ = monoio::time::timeout(CLOSE_NOTIFY_WAIT, conn.shutdown()).await;
@@ -749,7 +909,7 @@ mod tests {
     #[test]
     fn connection_target_drops_to_what_the_server_allowed_and_probes_back_up() {
         let d = Arc::new(Destination::new(0, "d", vec![], 10));
-        let pool = Pool::new(d, 5);
+        let pool = Pool::new(d, 5, 0, 512);
         let t0 = Instant::now();
         let probe = Duration::from_secs(5);
         assert_eq!(pool.target(t0, probe), 5);

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::shaping::{Limits, Shaping};
 use crate::proto::{Address, Message};
 
 /// Where messages go: a set of addresses to try and the connection budget for them.
@@ -26,6 +27,12 @@ pub struct Destination {
     /// How this destination's sessions are going, across cores (written per session, never per
     /// message).
     pub health: Health,
+    /// Rates, and what reactions to its replies did to it (see [`super::shaping`]).
+    pub shaping: Shaping,
+    /// Its own limits (what `shaping` enforces, and transactions per connection), if any.
+    pub limits: Limits,
+    /// The shaping rule that set its limits, for reports.
+    pub shaped_by: Option<Arc<str>>,
 }
 
 impl Destination {
@@ -43,7 +50,18 @@ impl Destination {
             max_connections,
             tls_name: None,
             health: Health::new(),
+            shaping: Shaping::default(),
+            limits: Limits::default(),
+            shaped_by: None,
         }
+    }
+
+    /// Gives the destination its own limits, set by the rule named `rule` (if one did).
+    pub fn with_limits(mut self, limits: &Limits, rule: Option<Arc<str>>) -> Self {
+        self.shaping = Shaping::new(limits);
+        self.limits = limits.clone();
+        self.shaped_by = rule;
+        self
     }
 
     /// Names the host of each address (same order and length as `addrs`).
@@ -77,6 +95,10 @@ pub struct Health {
     /// Cores the server has capped to no connection while other cores hold its sessions (one
     /// bit per core, the first 64): the producer routes the destination's jobs elsewhere.
     blocked: AtomicU64,
+    /// Cores whose pool for this destination holds its full backlog (one bit per core, the
+    /// first 64): the producer sends the destination's jobs elsewhere or sets them aside, so a
+    /// slow or rate-limited destination cannot hold up the others' jobs in a core's queue.
+    full: AtomicU64,
     /// A failure every new session would repeat (refused credentials, a refused certificate,
     /// TLS required and not offered): the run stops trying this destination.
     given_up: OnceLock<crate::proto::SessionError>,
@@ -91,6 +113,7 @@ impl Health {
             peak: AtomicUsize::new(0),
             failing_since: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
+            full: AtomicU64::new(0),
             given_up: OnceLock::new(),
         }
     }
@@ -115,16 +138,20 @@ impl Health {
 
     /// Marks whether `core` is capped to no connection.
     pub fn set_blocked(&self, core: usize, blocked: bool) {
-        let bit = 1u64.checked_shl(core as u32).unwrap_or(0);
-        if blocked {
-            self.blocked.fetch_or(bit, Ordering::Relaxed);
-        } else {
-            self.blocked.fetch_and(!bit, Ordering::Relaxed);
-        }
+        set_bit(&self.blocked, core, blocked);
     }
 
     pub fn is_blocked(&self, core: usize) -> bool {
-        self.blocked.load(Ordering::Relaxed) & 1u64.checked_shl(core as u32).unwrap_or(0) != 0
+        bit(&self.blocked, core)
+    }
+
+    /// Marks whether `core`'s pool for the destination holds its whole backlog.
+    pub fn set_full(&self, core: usize, full: bool) {
+        set_bit(&self.full, core, full);
+    }
+
+    pub fn is_full(&self, core: usize) -> bool {
+        bit(&self.full, core)
     }
 
     /// Stops trying the destination, for `error` (the first such error stands).
@@ -160,12 +187,31 @@ impl Default for Health {
     }
 }
 
+fn set_bit(bits: &AtomicU64, core: usize, on: bool) {
+    let bit = 1u64.checked_shl(core as u32).unwrap_or(0);
+    if on {
+        bits.fetch_or(bit, Ordering::Relaxed);
+    } else {
+        bits.fetch_and(!bit, Ordering::Relaxed);
+    }
+}
+
+fn bit(bits: &AtomicU64, core: usize) -> bool {
+    bits.load(Ordering::Relaxed) & 1u64.checked_shl(core as u32).unwrap_or(0) != 0
+}
+
 /// The reference point for instants stored in atomics.
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
-fn nanos_since_epoch(now: Instant) -> u64 {
+pub(super) fn nanos_since_epoch(now: Instant) -> u64 {
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// The instant `nanos` after the epoch (the inverse of [`nanos_since_epoch`]).
+pub(super) fn instant_at(nanos: u64) -> Instant {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch + Duration::from_nanos(nanos)
 }
 
 /// What a job sends: a message ready to go, or the makings of one that the core taking the job

@@ -5,11 +5,16 @@
 //! L gets `L / cores` connections on each core, the remainder spread from a core chosen by the
 //! destination. The producer routes a destination's jobs only to cores holding part of its
 //! budget, so no core needs to ask another for anything while sending.
+//!
+//! A core whose pool for a destination holds its whole backlog (a slow or rate-limited
+//! destination) says so on the destination; the producer then sets that destination's jobs
+//! aside (`park`) instead of letting them queue in front of other destinations' jobs.
 
 mod core;
 pub mod job;
 pub mod outcome;
 mod session;
+pub mod shaping;
 mod signal;
 pub mod stats;
 
@@ -23,6 +28,7 @@ use crossbeam_queue::ArrayQueue;
 
 pub use job::{Compose, Destination, Job, JobSource, Next, Payload, Unsendable};
 pub use outcome::{Outcome, Via};
+pub use shaping::{Action, Limits, Rate, Reaction, Reactions, ShapingEvent};
 pub use stats::{METRICS, Metric, Stats};
 
 use crate::proto::ClientConfig;
@@ -67,6 +73,14 @@ pub struct EngineConfig {
     /// the caller through per-core queues (see [`Running::outcomes`]), for a source that keeps
     /// its own books and schedules its own retries.
     pub outcomes: bool,
+    /// Jobs the producer may set aside for destinations whose pools are full before it stops
+    /// taking jobs from the source. Zero: none; a full pool then holds up its core's queue,
+    /// which is what a closed loop measuring latency wants (no hidden buffer).
+    pub park: usize,
+    /// Messages per unit of time for the whole run, across cores.
+    pub rate: Option<Rate>,
+    /// Replies that suspend or slow their destination (see [`shaping`]).
+    pub reactions: Option<Arc<Reactions>>,
 }
 
 impl EngineConfig {
@@ -90,6 +104,9 @@ impl EngineConfig {
             source_addr: None,
             tls: None,
             outcomes: false,
+            park: 0,
+            rate: None,
+            reactions: None,
         }
     }
 }
@@ -114,6 +131,15 @@ pub struct RunState {
     pub halt: AtomicBool,
     pub abort: AtomicBool,
     pub produced: AtomicU64,
+    /// Jobs the producer still had set aside when it stopped (counted unsent).
+    pub parked: AtomicU64,
+    /// The run-wide message rate's gate, and its interval in nanoseconds (zero: no rate).
+    pub rate: shaping::Gate,
+    pub rate_interval: u64,
+    /// Destinations suspended or slowed, for the caller's log and report; when the queue is
+    /// full, events are dropped and counted.
+    pub events: Arc<ArrayQueue<ShapingEvent>>,
+    pub events_dropped: AtomicU64,
 }
 
 /// What one core publishes for live progress, a few times a second. Padded so cores do not
@@ -213,6 +239,11 @@ impl Running {
         &self.outcomes
     }
 
+    /// Destinations suspended or slowed by a reaction, as it happens.
+    pub fn shaping_events(&self) -> Arc<ArrayQueue<ShapingEvent>> {
+        Arc::clone(&self.run.events)
+    }
+
     pub fn producer_done(&self) -> bool {
         self.run.producer_done.load(Ordering::Acquire)
     }
@@ -245,8 +276,10 @@ impl Running {
         }
         // Counted only now that nothing can push or pop: a job the producer pushed after its
         // core had finished is still accounted for.
-        stats.unsent +=
-            self.queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.run.returns.len() as u64;
+        stats.unsent += self.queues.iter().map(|q| q.len() as u64).sum::<u64>()
+            + self.run.returns.len() as u64
+            + self.run.parked.load(Ordering::Acquire);
+        stats.shaping_events_dropped = self.run.events_dropped.load(Ordering::Relaxed);
         Ok(Report {
             stats,
             produced: self.run.produced.load(Ordering::Relaxed),
@@ -276,6 +309,11 @@ pub fn start(
         halt: AtomicBool::new(false),
         abort: AtomicBool::new(false),
         produced: AtomicU64::new(0),
+        parked: AtomicU64::new(0),
+        rate: shaping::Gate::default(),
+        rate_interval: config.rate.map_or(0, |r| r.interval_nanos()),
+        events: Arc::new(ArrayQueue::new(shaping::EVENT_QUEUE)),
+        events_dropped: AtomicU64::new(0),
     });
     let queues: Vec<Arc<ArrayQueue<Job>>> =
         (0..threads).map(|_| Arc::new(ArrayQueue::new(config.queue_capacity.max(1)))).collect();
@@ -302,9 +340,10 @@ pub fn start(
     let router = Router::new(&destinations, threads);
     let producer_run = Arc::clone(&run);
     let producer_queues = queues.clone();
+    let park = config.park;
     let producer = std::thread::Builder::new()
         .name("producer".into())
-        .spawn(move || produce(source, router, producer_queues, producer_run))?;
+        .spawn(move || produce(source, router, producer_queues, producer_run, park))?;
     Ok(Running {
         run,
         progress,
@@ -356,39 +395,121 @@ impl Router {
 
     /// The cores to offer a job to, in order of preference (round robin). Blocked cores only
     /// when every core is blocked: a full queue elsewhere is backpressure, not a reason to park
-    /// a job where no connection can take it.
-    fn candidates(&mut self, destination: usize) -> impl Iterator<Item = usize> + '_ {
+    /// a job where no connection can take it. With `skip_full`, cores whose pool for the
+    /// destination is full are left out.
+    fn candidates(&mut self, destination: usize, skip_full: bool) -> impl Iterator<Item = usize> + '_ {
         let cores = &self.eligible[destination];
         let start = self.next[destination];
         self.next[destination] = (start + 1) % cores.len().max(1);
         let health = self.destinations[destination].as_ref().map(|d| &d.health);
         let all_blocked = cores.iter().all(|&c| health.is_some_and(|h| h.is_blocked(c)));
-        let usable = move |c: &usize| all_blocked || !health.is_some_and(|h| h.is_blocked(*c));
+        let usable = move |c: &usize| {
+            (all_blocked || !health.is_some_and(|h| h.is_blocked(*c)))
+                && !(skip_full && health.is_some_and(|h| h.is_full(*c)))
+        };
         (0..cores.len()).map(move |k| cores[(start + k) % cores.len()]).filter(usable)
+    }
+
+    /// Whether every core that takes the destination's jobs has a full pool for it.
+    fn all_full(&self, destination: usize) -> bool {
+        let Some(d) = self.destinations.get(destination).and_then(Option::as_ref) else { return false };
+        self.eligible[destination].iter().all(|&c| d.health.is_full(c))
+    }
+}
+
+/// Jobs the producer set aside because every pool that could take them is full, by
+/// destination, in arrival order. Producer-owned: no core touches it.
+#[derive(Default)]
+struct Parking {
+    jobs: Vec<std::collections::VecDeque<Job>>,
+    /// Destinations with jobs set aside.
+    waiting: Vec<usize>,
+    count: usize,
+}
+
+impl Parking {
+    fn has(&self, destination: usize) -> bool {
+        self.jobs.get(destination).is_some_and(|q| !q.is_empty())
+    }
+
+    fn park(&mut self, job: Job) {
+        let d = job.destination.index;
+        if self.jobs.len() <= d {
+            self.jobs.resize_with(d + 1, Default::default);
+        }
+        if self.jobs[d].is_empty() {
+            self.waiting.push(d);
+        }
+        self.jobs[d].push_back(job);
+        self.count += 1;
+    }
+
+    /// Places what it can: the jobs of destinations with a pool that has room again. False
+    /// when the run stopped meanwhile.
+    fn release(&mut self, router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &RunState) -> bool {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let d = self.waiting[i];
+            while !router.all_full(d) {
+                let Some(job) = self.jobs[d].pop_front() else { break };
+                match place(job, router, queues, run, true) {
+                    Place::Placed => self.count -= 1,
+                    Place::Full(job) => {
+                        self.jobs[d].push_front(job);
+                        break;
+                    }
+                    Place::Stopped(job) => {
+                        self.jobs[d].push_front(job);
+                        return false;
+                    }
+                }
+            }
+            if self.jobs[d].is_empty() {
+                self.waiting.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        true
     }
 }
 
 /// Routes the jobs cores handed back. False when the run is aborted meanwhile; a job that could
 /// not be placed then stays in `returns` (counted unsent).
-fn reroute_returns(router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &RunState) -> bool {
+fn reroute_returns(
+    router: &mut Router,
+    parking: &mut Parking,
+    queues: &[Arc<ArrayQueue<Job>>],
+    run: &RunState,
+    park: bool,
+) -> bool {
     while let Some(job) = run.returns.pop() {
-        if let Err(job) = push_routed(job, router, queues, run) {
-            // Room is certain: the job was just taken from there and only the producer pops.
-            let _ = run.returns.push(job);
-            return false;
+        match place(job, router, queues, run, park) {
+            Place::Placed => {}
+            Place::Full(job) => parking.park(job),
+            Place::Stopped(job) => {
+                // Room is certain: the job was just taken from there and only the producer pops.
+                let _ = run.returns.push(job);
+                return false;
+            }
         }
     }
     true
 }
 
+/// Where [`place`] put a job.
+enum Place {
+    Placed,
+    /// Every pool that could take it is full (only when parking).
+    Full(Job),
+    /// The run was aborted or halted meanwhile.
+    Stopped(Job),
+}
+
 /// Pushes a job to the first core that takes it, waiting while every queue is full: that is the
-/// backpressure. Gives the job back when the run is aborted or halted meanwhile.
-fn push_routed(
-    job: Job,
-    router: &mut Router,
-    queues: &[Arc<ArrayQueue<Job>>],
-    run: &RunState,
-) -> Result<(), Job> {
+/// backpressure. With `park`, a job whose destination's pools are all full comes back instead
+/// (and so does any job of a destination with jobs already set aside, to keep their order).
+fn place(job: Job, router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &RunState, park: bool) -> Place {
     let destination = job.destination.index;
     if router.destinations.get(destination).is_none_or(Option::is_none) {
         router.register(&job.destination);
@@ -396,14 +517,17 @@ fn push_routed(
     let mut job = job;
     let mut idle_spins = 0u32;
     loop {
-        for core in router.candidates(destination) {
+        if park && router.all_full(destination) {
+            return Place::Full(job);
+        }
+        for core in router.candidates(destination, park) {
             match queues[core].push(job) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Place::Placed,
                 Err(back) => job = back,
             }
         }
         if run.abort.load(Ordering::Relaxed) || run.halt.load(Ordering::Relaxed) {
-            return Err(job);
+            return Place::Stopped(job);
         }
         // Queues full: the engine is behind by a whole queue (thousands of jobs), so a short
         // sleep costs nothing, while spinning would steal a core from it.
@@ -421,13 +545,27 @@ fn produce(
     mut router: Router,
     queues: Vec<Arc<ArrayQueue<Job>>>,
     run: Arc<RunState>,
+    park: usize,
 ) {
+    let mut parking = Parking::default();
+    let stopped = |run: &RunState| run.abort.load(Ordering::Relaxed) || run.halt.load(Ordering::Relaxed);
     loop {
         if run.abort.load(Ordering::Relaxed) || run.stop_producing.load(Ordering::Relaxed) {
             break;
         }
-        if !reroute_returns(&mut router, &queues, &run) {
+        if !reroute_returns(&mut router, &mut parking, &queues, &run, park > 0) {
             break;
+        }
+        if parking.count > 0 {
+            if !parking.release(&mut router, &queues, &run) {
+                break;
+            }
+            if parking.count >= park {
+                // As many set aside as allowed: the source waits (bounded memory) until a full
+                // destination drains.
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
         }
         let job = match source.next(Instant::now()) {
             Next::Job(job) => job,
@@ -443,18 +581,36 @@ fn produce(
         };
         // Full queues hold the producer back: that is the backpressure. A job not placed before
         // an abort was never produced.
-        if push_routed(job, &mut router, &queues, &run).is_err() {
-            break;
+        if park > 0 && parking.has(job.destination.index) {
+            parking.park(job);
+        } else {
+            match place(job, &mut router, &queues, &run, park > 0) {
+                Place::Placed => {}
+                Place::Full(job) => parking.park(job),
+                Place::Stopped(_) => break,
+            }
         }
         run.produced.fetch_add(1, Ordering::Relaxed);
     }
+    // What was set aside was produced: it is sent unless the run is cut short.
+    while parking.count > 0 && !stopped(&run) {
+        if !reroute_returns(&mut router, &mut parking, &queues, &run, true)
+            || !parking.release(&mut router, &queues, &run)
+        {
+            break;
+        }
+        if parking.count > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    run.parked.store(parking.count as u64, Ordering::Release);
     // No core may hand jobs back once nobody reads them: close, wait for any core in the middle
     // of returning, then route what came back.
     run.closing.store(true, Ordering::SeqCst);
     while run.returning.load(Ordering::SeqCst) > 0 {
         std::thread::yield_now();
     }
-    reroute_returns(&mut router, &queues, &run);
+    reroute_returns(&mut router, &mut parking, &queues, &run, false);
     run.producer_done.store(true, Ordering::Release);
 }
 
@@ -471,11 +627,11 @@ mod tests {
         let dests = vec![dest(0, 1), dest(1, 1), dest(2, 8)];
         let mut r = Router::new(&dests, 4);
         for d in 0..2 {
-            let cores: Vec<usize> = r.candidates(d).collect();
+            let cores: Vec<usize> = r.candidates(d, false).collect();
             assert_eq!(cores.len(), 1, "limit 1: one core");
             assert_eq!(core::Core::share(1, 4, cores[0], d), 1);
         }
-        let firsts: Vec<usize> = (0..4).map(|_| r.candidates(2).next().unwrap()).collect();
+        let firsts: Vec<usize> = (0..4).map(|_| r.candidates(2, false).next().unwrap()).collect();
         assert_eq!(firsts, vec![0, 1, 2, 3], "round robin over every core");
     }
 
@@ -486,14 +642,14 @@ mod tests {
         d.health.set_blocked(1, true);
         d.health.set_blocked(3, true);
         for _ in 0..4 {
-            let cores: Vec<usize> = r.candidates(0).collect();
+            let cores: Vec<usize> = r.candidates(0, false).collect();
             assert!(cores.len() == 2 && cores.iter().all(|c| c % 2 == 0), "{cores:?}");
         }
         for c in [0, 2] {
             d.health.set_blocked(c, true);
         }
-        assert_eq!(r.candidates(0).count(), 4, "all blocked: every core again");
+        assert_eq!(r.candidates(0, false).count(), 4, "all blocked: every core again");
         d.health.set_blocked(2, false);
-        assert_eq!(r.candidates(0).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(r.candidates(0, false).collect::<Vec<_>>(), vec![2]);
     }
 }

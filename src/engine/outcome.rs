@@ -47,6 +47,8 @@ pub struct Outcome {
     /// The message could not be composed (`error` says why): nothing was sent, and
     /// `disposition` is `Bounced`.
     pub unsendable: bool,
+    /// Not to be retried before this (its destination is suspended until then).
+    pub not_before: Option<Instant>,
 }
 
 impl Outcome {
@@ -64,17 +66,7 @@ impl Outcome {
             }
         };
         let recipient = done.message.envelope.recipients[index].clone();
-        let retry = (disposition == Disposition::Deferred).then(|| {
-            let envelope = if done.message.envelope.recipients.len() == 1 {
-                Arc::clone(&done.message.envelope)
-            } else {
-                Arc::new(crate::proto::client::Envelope {
-                    sender: done.message.envelope.sender.clone(),
-                    recipients: vec![recipient.clone()],
-                })
-            };
-            Message { envelope, ..done.message.clone() }
-        });
+        let retry = (disposition == Disposition::Deferred).then(|| alone(&done.message, &recipient));
         Outcome {
             id: head.id,
             recipient,
@@ -89,7 +81,36 @@ impl Outcome {
             at: done.at,
             retry,
             unsendable: false,
+            not_before: None,
         }
+    }
+
+    /// Outcomes for the recipients of a message that was not attempted because its
+    /// destination is suspended until `until`: deferred, no attempt counted, each with its
+    /// message to retry once the suspension ends.
+    pub(super) fn suspended(message: &Message, head: Head<'_>, reason: &str, until: Instant) -> Vec<Outcome> {
+        let at = Instant::now();
+        message
+            .envelope
+            .recipients
+            .iter()
+            .map(|rcpt| Outcome {
+                    id: head.id,
+                    recipient: rcpt.clone(),
+                    disposition: Disposition::Deferred,
+                    reply: None,
+                    error: Some(reason.to_owned()),
+                    destination: Arc::clone(head.destination),
+                    via: None,
+                    size: message.len(),
+                    attempts: head.attempts,
+                    due: head.due,
+                    at,
+                    retry: Some(alone(message, rcpt)),
+                    unsendable: false,
+                    not_before: Some(until),
+            })
+            .collect()
     }
 
     /// The outcome of `recipient` of a message that could not be composed.
@@ -108,8 +129,22 @@ impl Outcome {
             at,
             retry: None,
             unsendable: true,
+            not_before: None,
         }
     }
+}
+
+/// `message` addressed to `recipient` alone (the same message when it is its only one).
+fn alone(message: &Message, recipient: &Address) -> Message {
+    let envelope = if message.envelope.recipients.len() == 1 {
+        Arc::clone(&message.envelope)
+    } else {
+        Arc::new(crate::proto::client::Envelope {
+            sender: message.envelope.sender.clone(),
+            recipients: vec![recipient.clone()],
+        })
+    };
+    Message { envelope, ..message.clone() }
 }
 
 /// The parts of an outcome common to every recipient of a transaction.

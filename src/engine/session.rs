@@ -34,6 +34,9 @@ pub struct End {
 /// the run's TLS policy, and the pool's memory of a failed handshake.
 fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
     let mut config = core.config.client.clone();
+    if let Some(n) = pool.destination.limits.messages_per_connection {
+        config.max_messages = n;
+    }
     config.starttls = match &core.config.tls {
         None => StartTls::Off,
         Some(tls) if tls.implicit => StartTls::Off,
@@ -164,9 +167,15 @@ where
             client.abandon("run stopped");
             continue;
         }
-        while client.wants_transaction() && !core.halted() {
-            let Some(job) = pool.pop_for(id) else { break };
+        // When the destination's (or the run's) rate lets the next message go, if not now.
+        let mut held_until = None;
+        while client.wants_transaction() && !core.halted() && pool.has_pending() {
             let now = Instant::now();
+            if let Err(at) = core.admit(pool, now) {
+                held_until = Some(at);
+                break;
+            }
+            let Some(job) = pool.pop_for(id) else { break };
             let (due, first_attempt) = (job.due, job.attempts == 0);
             let meta = Meta::attempt(&job, now);
             let Some(message) = core.compose(job.message, &meta) else { continue };
@@ -208,17 +217,22 @@ where
             continue; // the Closed event is queued
         }
         if !client.awaiting_reply() {
-            if pool.has_pending() && client.wants_transaction() && !core.halted() {
+            if pool.has_pending() && client.wants_transaction() && !core.halted() && held_until.is_none() {
                 continue;
             }
             if client.in_flight() == 0 && (core.draining.get() || core.halted()) {
                 client.close();
                 continue;
             }
-            // Idle: wait for work, or for the idle timeout to send QUIT.
+            // Idle: wait for work, for the rate to let the next message go, or for the idle
+            // timeout to send QUIT.
             let idle_deadline = client.poll_timeout();
             let wake = pool.signal.wait();
-            let sleep = monoio::time::sleep(RECHECK.min(until(idle_deadline)));
+            let mut nap = RECHECK.min(until(idle_deadline));
+            if let Some(at) = held_until {
+                nap = nap.min(at.saturating_duration_since(Instant::now()));
+            }
+            let sleep = monoio::time::sleep(nap);
             monoio::select! {
                 _ = wake => {},
                 _ = sleep => client.handle_timeout(Instant::now()),

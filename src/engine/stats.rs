@@ -156,6 +156,10 @@ pub struct Stats {
     /// The last session error, in full (a refused AUTH, a failed handshake).
     pub last_session_error: Option<String>,
     pub last_connect_error: Option<String>,
+    /// Jobs handed back unattempted because their destination was suspended.
+    pub suspended: u64,
+    /// Shaping events the reader had no room for (see `RunState::events`).
+    pub shaping_events_dropped: u64,
 }
 
 impl Default for Stats {
@@ -189,6 +193,8 @@ impl Default for Stats {
             authenticated: 0,
             last_session_error: None,
             last_connect_error: None,
+            suspended: 0,
+            shaping_events_dropped: 0,
         }
     }
 }
@@ -290,6 +296,8 @@ impl Stats {
         self.connections += o.connections;
         self.connect_failures += o.connect_failures;
         self.cap_refusals += o.cap_refusals;
+        self.suspended += o.suspended;
+        self.shaping_events_dropped += o.shaping_events_dropped;
         self.connection_cap = self.connection_cap.max(o.connection_cap);
         for (k, v) in &o.codes {
             *self.codes.entry(*k).or_default() += v;

@@ -6,9 +6,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::dns::Resolver;
 use super::input::Rows;
-use super::route::{Route, Routes};
+use super::route::{Lookup, Route};
+use crate::engine::Destination;
 use super::source::{Fingerprints, fingerprint};
 use super::{Routing, SendConfig, SendError};
 
@@ -112,22 +112,22 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     if summary.rejected as usize > problems.len() {
         writeln!(out, "  ({} more)", summary.rejected as usize - problems.len()).map_err(io_err)?;
     }
-    let mut routes = match &config.routing {
-        Routing::Relay { name, addrs } => {
-            writeln!(out, "route: everything through the relay {name} ({} addresses)", addrs.len())
-                .map_err(io_err)?;
-            return Ok(summary);
+    let mut routes = config.routes(config.shaping()?)?;
+    if let Routing::Relay { name, addrs } = &config.routing {
+        writeln!(out, "route: everything through the relay {name} ({} addresses)", addrs.len())
+            .map_err(io_err)?;
+        if let Lookup::Ready(Route::Deliver(d)) = routes.lookup(name, Instant::now()) {
+            writeln!(out, "{}", shaped(&d)).map_err(io_err)?;
         }
-        Routing::Mx { dns, port } => {
-            Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, config.connections)
-        }
-    };
+        return Ok(summary);
+    }
     let now = Instant::now();
     for domain in per_domain.keys() {
         routes.lookup(domain, now);
     }
     let mut answered = 0;
     let mut failures = Vec::new();
+    let mut destinations: Vec<Arc<Destination>> = Vec::new();
     let limit = (dns_wait(config) * (per_domain.len() as u32 / 64 + 1)).max(Duration::from_secs(1));
     let deadline = Instant::now() + limit;
     while answered < per_domain.len() {
@@ -138,7 +138,11 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
         answered += 1;
         let recipients = per_domain.get(&domain).copied().unwrap_or(0);
         match result {
-            Ok(Route::Deliver(_)) => {}
+            Ok(Route::Deliver(d)) => {
+                if !destinations.iter().any(|known| known.index == d.index) {
+                    destinations.push(d);
+                }
+            }
             Ok(Route::Undeliverable(why)) => {
                 summary.undeliverable += 1;
                 failures.push(format!("  bounce {recipients} recipients: {why}"));
@@ -164,6 +168,13 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
         }
     )
     .map_err(io_err)?;
+    destinations.sort_by_key(|d| d.index);
+    for d in destinations.iter().take(SHOWN) {
+        writeln!(out, "{}", shaped(d)).map_err(io_err)?;
+    }
+    if destinations.len() > SHOWN {
+        writeln!(out, "  ({} more destinations)", destinations.len() - SHOWN).map_err(io_err)?;
+    }
     for f in failures.iter().take(SHOWN) {
         writeln!(out, "{f}").map_err(io_err)?;
     }
@@ -171,6 +182,24 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
         writeln!(out, "  ({} more)", failures.len() - SHOWN).map_err(io_err)?;
     }
     Ok(summary)
+}
+
+/// A destination's limits, one line: what `send` will hold it to.
+fn shaped(d: &Destination) -> String {
+    let mut line = format!("  destination {}: {} connections", d.name, d.max_connections);
+    if let Some(n) = d.limits.messages_per_connection {
+        line += &format!(", {n} messages per connection");
+    }
+    if let Some(r) = d.limits.rate {
+        line += &format!(", {r} messages");
+    }
+    if let Some(r) = d.limits.connection_rate {
+        line += &format!(", {r} new connections");
+    }
+    if let Some(rule) = &d.shaped_by {
+        line += &format!(" (shaping rule {rule})");
+    }
+    line
 }
 
 /// The longest one domain's resolution can take (MX, then its hosts' addresses).

@@ -23,7 +23,7 @@ use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
-use crate::engine::Outcome;
+use crate::engine::{Outcome, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
 
@@ -55,7 +55,7 @@ impl Tally {
             Status::Rejected => self.rejected += 1,
             Status::Suppressed => self.suppressed += 1,
             Status::Uncertain => self.uncertain += 1,
-            Status::Run => {}
+            Status::Run | Status::Shaping => {}
         }
     }
 
@@ -90,10 +90,28 @@ pub struct DomainSummary {
     pub p99_ms: Option<u64>,
 }
 
+/// What shaping reactions did to one destination, by rule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShapingSummary {
+    pub destination: String,
+    pub rule: String,
+    /// What the rule did (`suspended`, `slowed to 1/min, 1 connection`).
+    pub action: String,
+    /// How many times it began (a match while it held only extended it).
+    pub times: u64,
+    pub first: String,
+    /// The end of the last one.
+    pub until: String,
+    /// The reply that began the last one.
+    pub reply: String,
+}
+
 /// The ledger's account of the run.
 #[derive(Debug, Clone, Default)]
 pub struct Books {
     pub tally: Tally,
+    /// Destinations suspended or slowed, in the order it first happened.
+    pub shaping: Vec<ShapingSummary>,
     /// Failures by category (see [`crate::send::bounce`]).
     pub categories: BTreeMap<Category, CategoryTally>,
     pub domains: Vec<DomainSummary>,
@@ -105,6 +123,8 @@ pub struct Books {
 pub struct Ledger {
     log: LogFile,
     outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
+    events: Arc<ArrayQueue<ShapingEvent>>,
+    shaping: Vec<ShapingSummary>,
     records: Receiver<Record>,
     retries: Sender<(Instant, Pending)>,
     shared: Arc<Shared>,
@@ -138,6 +158,7 @@ impl Ledger {
     pub fn new(
         log: LogFile,
         outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
+        events: Arc<ArrayQueue<ShapingEvent>>,
         records: Receiver<Record>,
         retries: Sender<(Instant, Pending)>,
         shared: Arc<Shared>,
@@ -148,6 +169,8 @@ impl Ledger {
         Ledger {
             log,
             outcomes,
+            events,
+            shaping: Vec::new(),
             records,
             retries,
             shared,
@@ -185,6 +208,10 @@ impl Ledger {
             }
             while let Ok(r) = self.records.try_recv() {
                 self.write(r);
+                got += 1;
+            }
+            while let Some(event) = self.events.pop() {
+                self.shaping_event(event);
                 got += 1;
             }
             if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
@@ -226,7 +253,12 @@ impl Ledger {
         }
         let now = Instant::now();
         let retry_at = match o.disposition {
-            Disposition::Deferred => self.schedule.next(o.attempts, o.due, now, &mut self.rng),
+            // Not before its destination's suspension ends, which may be past its maximum age.
+            Disposition::Deferred => self
+                .schedule
+                .next(o.attempts, o.due, now, &mut self.rng)
+                .map(|at| o.not_before.map_or(at, |nb| at.max(nb)))
+                .filter(|at| *at <= o.due + self.schedule.max_age),
             _ => None,
         };
         let status = match o.disposition {
@@ -242,6 +274,10 @@ impl Ledger {
             r = r.reply(reply);
         }
         r.reason = o.error;
+        if o.not_before.is_some() {
+            // Held back by a shaping reaction: that is the reason, not the connection.
+            r.category = Some(Category::RateLimited);
+        }
         if let Some(via) = o.via {
             r.mx = via.host;
             r.ip = Some(via.addr.ip());
@@ -267,6 +303,53 @@ impl Ledger {
         }
         let latency = (status == Status::Delivered).then_some(queued);
         self.write_timed(r, latency);
+    }
+
+    /// A destination suspended or slowed: a `shaping` record, and a line in the report.
+    fn shaping_event(&mut self, e: ShapingEvent) {
+        let wall = |at: Instant| {
+            let now = (Instant::now(), std::time::SystemTime::now());
+            let t = if at >= now.0 { now.1 + (at - now.0) } else { now.1 - (now.0 - at) };
+            humantime::format_rfc3339_seconds(t).to_string()
+        };
+        let action = e.action.to_string();
+        let mut r = Record::at(Status::Shaping, 0, self.clock.now()).reply(e.reply);
+        r.mx = e.host;
+        r.destination = Some(e.destination.name.as_str().into());
+        r.rule = Some(Arc::clone(&e.rule));
+        r.action = Some(action.clone());
+        r.until = Some(wall(e.until));
+        r.reason = Some(format!(
+            "{} {action} for {} by shaping reaction {}",
+            e.destination.name,
+            humantime::format_duration(Duration::from_secs(e.until.saturating_duration_since(e.at).as_secs())),
+            e.rule
+        ));
+        let (destination, rule) = (e.destination.name.as_str(), &*e.rule);
+        let reply = r.reply.as_deref().unwrap_or("").to_owned();
+        let reply = match r.code {
+            Some(code) => format!("{code} {reply}"),
+            None => reply,
+        };
+        match self.shaping.iter_mut().find(|s| s.destination == destination && s.rule == rule) {
+            Some(s) => {
+                s.times += 1;
+                if let Some(until) = &r.until {
+                    s.until.clone_from(until);
+                }
+                s.reply = reply;
+            }
+            None => self.shaping.push(ShapingSummary {
+                destination: destination.to_owned(),
+                rule: rule.to_owned(),
+                action,
+                times: 1,
+                first: wall(e.at),
+                until: r.until.clone().unwrap_or_default(),
+                reply,
+            }),
+        }
+        self.write(r);
     }
 
     fn write(&mut self, r: Record) {
@@ -394,6 +477,7 @@ impl Ledger {
         });
         Books {
             tally: self.tally,
+            shaping: self.shaping,
             categories: self.categories,
             domains,
             unrecorded: self.unrecorded,

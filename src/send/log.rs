@@ -34,10 +34,12 @@ pub enum Status {
     /// On a `--suppress` list: never sent to.
     Suppressed,
     Uncertain,
+    /// Not about a recipient: a destination was suspended or slowed by a shaping reaction.
+    Shaping,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Run,
         Status::Delivered,
         Status::Deferred,
@@ -46,10 +48,11 @@ impl Status {
         Status::Rejected,
         Status::Suppressed,
         Status::Uncertain,
+        Status::Shaping,
     ];
 
     pub fn is_final(self) -> bool {
-        !matches!(self, Status::Run | Status::Deferred)
+        !matches!(self, Status::Run | Status::Deferred | Status::Shaping)
     }
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Status {
             Status::Rejected => "rejected",
             Status::Suppressed => "suppressed",
             Status::Uncertain => "uncertain",
+            Status::Shaping => "shaping",
         }
     }
 
@@ -115,6 +119,15 @@ pub struct Record {
     /// Run record only: the recipients file's size and hash (see `input::digest`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_digest: Option<String>,
+    /// Shaping records only: the destination, the reaction rule, what it did and until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -155,6 +168,10 @@ impl Record {
             campaign: None,
             input: None,
             input_digest: None,
+            destination: None,
+            rule: None,
+            action: None,
+            until: None,
         }
     }
 

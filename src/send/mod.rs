@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod log;
 pub mod retry;
 pub mod route;
+pub mod shaping;
 pub mod source;
 pub mod suppress;
 pub mod template;
@@ -64,8 +65,18 @@ pub struct SendConfig {
     /// Keys to DKIM-sign every message with (none: unsigned).
     pub dkim: Vec<dkim::KeySpec>,
     pub routing: Routing,
-    /// Connections per destination (an MX host set, or the relay), across cores.
+    /// Connections per destination (an MX host set, or the relay), across cores, unless a
+    /// shaping rule says otherwise; likewise `destination_rate`, `connection_rate` and the
+    /// engine's messages per connection.
     pub connections: usize,
+    pub destination_rate: Option<engine::Rate>,
+    pub connection_rate: Option<engine::Rate>,
+    /// Messages per unit of time for the whole run.
+    pub rate: Option<engine::Rate>,
+    /// Shaping rules files, tried before the shipped rules (left out when `shaping_defaults`
+    /// is false).
+    pub shaping: Vec<PathBuf>,
+    pub shaping_defaults: bool,
     /// Send a duplicate address once.
     pub dedupe: bool,
     /// Lists of addresses and domains never sent to.
@@ -92,6 +103,8 @@ pub enum SendError {
     Suppress(#[from] suppress::SuppressError),
     #[error(transparent)]
     BounceRules(#[from] bounce::RulesError),
+    #[error(transparent)]
+    Shaping(#[from] shaping::ShapingError),
     #[error("delivery log {path}: {error}")]
     Log { path: String, error: std::io::Error },
     #[error("DNS: {0}")]
@@ -107,6 +120,10 @@ pub enum SendError {
     )]
     InputChanged { path: String, log: String },
 }
+
+/// Jobs the engine may set aside for destinations that cannot take more for now (rate
+/// limited, slow) before reading the input waits: a few megabytes.
+const PARKED_JOBS: usize = 50_000;
 
 /// A campaign under way.
 pub struct Sending {
@@ -151,6 +168,29 @@ impl SendReport {
 }
 
 impl SendConfig {
+    /// The shaping rules, with the command line's limits as their defaults.
+    pub fn shaping(&self) -> Result<shaping::Shaping, SendError> {
+        let defaults = shaping::Defaults {
+            connections: self.connections,
+            limits: engine::Limits {
+                messages_per_connection: Some(self.engine.client.max_messages),
+                rate: self.destination_rate,
+                connection_rate: self.connection_rate,
+            },
+        };
+        Ok(shaping::Shaping::load(&self.shaping, self.shaping_defaults, defaults)?)
+    }
+
+    /// Where the mail goes, resolving MX hosts on the DNS thread (started here).
+    pub fn routes(&self, shaping: shaping::Shaping) -> Result<Routes, SendError> {
+        Ok(match &self.routing {
+            Routing::Mx { dns, port } => {
+                Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, shaping)
+            }
+            Routing::Relay { name, addrs } => Routes::relay(name, addrs.clone(), shaping),
+        })
+    }
+
     /// The message template, with the DKIM keys loaded (a bad key stops the run here).
     pub fn template(&self, campaign: &str) -> Result<MessageTemplate, SendError> {
         let mut template = MessageTemplate::new(&self.message, campaign)?;
@@ -215,12 +255,9 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         template.bind_columns(columns);
     }
     let template = Arc::new(template);
-    let routes = match &config.routing {
-        Routing::Mx { dns, port } => {
-            Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, config.connections)
-        }
-        Routing::Relay { name, addrs } => Routes::relay(name, addrs.clone(), config.connections),
-    };
+    let shaping = config.shaping()?;
+    let reactions = shaping.reactions();
+    let routes = config.routes(shaping)?;
     let mut log = LogFile::open(&config.log, config.resume)
         .map_err(|error| SendError::Log { path: path_text(&config.log), error })?;
     let mut run = Record::new(Status::Run, 0);
@@ -246,12 +283,20 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         Arc::clone(&shared),
         config.schedule,
     );
-    let engine_config = EngineConfig { retries: 0, outcomes: true, ..config.engine };
+    let engine_config = EngineConfig {
+        retries: 0,
+        outcomes: true,
+        park: PARKED_JOBS,
+        rate: config.rate,
+        reactions,
+        ..config.engine
+    };
     let running = engine::start(engine_config, Vec::new(), Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let ledger = Ledger::new(
         log,
         running.outcomes().to_vec(),
+        running.shaping_events(),
         records_rx,
         retries_tx,
         Arc::clone(&shared),

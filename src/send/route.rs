@@ -1,7 +1,8 @@
 //! Where each recipient domain's mail goes: its MX hosts (resolved on the DNS thread, cached
 //! per TTL) or one relay. Domains whose MX host sets are the same share one destination (MX
 //! rollup): one pool and one connection limit for the thousands of domains a large provider
-//! hosts, as its servers see them.
+//! hosts, as its servers see them. Each destination gets the limits of the shaping rule that
+//! matches it (see [`super::shaping`]).
 
 use crate::send::hashing::DomainMap;
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::dns::{Answer, MxHost, Resolver};
+use super::shaping::Shaping;
 use crate::engine::Destination;
 
 /// A domain's route.
@@ -47,27 +49,30 @@ pub struct Routes {
     /// MX host set (sorted `pref host` pairs) to its destination.
     rollups: HashMap<String, Arc<Destination>>,
     next_index: usize,
-    connections: usize,
+    shaping: Shaping,
 }
 
 impl Routes {
-    /// Routes through each domain's MX hosts, connecting to `port`; `connections` per
-    /// destination, across cores.
-    pub fn mx(resolver: Resolver, port: u16, connections: usize) -> Routes {
-        Routes::with(Mode::Mx { resolver, port }, connections)
+    /// Routes through each domain's MX hosts, connecting to `port`, with the limits `shaping`
+    /// gives each destination.
+    pub fn mx(resolver: Resolver, port: u16, shaping: Shaping) -> Routes {
+        Routes::with(Mode::Mx { resolver, port }, shaping)
     }
 
-    /// Everything through one relay.
-    pub fn relay(name: &str, addrs: Vec<SocketAddr>, connections: usize) -> Routes {
+    /// Everything through one relay (shaping rules match its name as they match an MX host's).
+    pub fn relay(name: &str, addrs: Vec<SocketAddr>, shaping: Shaping) -> Routes {
         let hosts = vec![Arc::<str>::from(name); addrs.len()];
-        let destination = Destination::new(0, name, addrs, connections).with_hosts(hosts);
-        let mut routes = Routes::with(Mode::Relay(Arc::new(destination)), connections);
+        let shaped = shaping.limits(None, &[name]);
+        let destination = Destination::new(0, name, addrs, shaped.connections)
+            .with_hosts(hosts)
+            .with_limits(&shaped.limits, shaped.rule);
+        let mut routes = Routes::with(Mode::Relay(Arc::new(destination)), shaping);
         routes.next_index = 1;
         routes
     }
 
-    fn with(mode: Mode, connections: usize) -> Routes {
-        Routes { mode, domains: DomainMap::default(), rollups: HashMap::new(), next_index: 0, connections }
+    fn with(mode: Mode, shaping: Shaping) -> Routes {
+        Routes { mode, domains: DomainMap::default(), rollups: HashMap::new(), next_index: 0, shaping }
     }
 
     /// Destinations created so far.
@@ -125,7 +130,7 @@ impl Routes {
         };
         match answer {
             Answer::Hosts { hosts, until } => {
-                let destination = self.rollup(&hosts, port);
+                let destination = self.rollup(&domain, &hosts, port);
                 let route = Route::Deliver(destination);
                 self.domains
                     .insert(domain.clone(), State::Ready { route: route.clone(), until: until.max(now) });
@@ -146,11 +151,17 @@ impl Routes {
         }
     }
 
-    /// The destination for an MX host set, shared by every domain with the same set.
-    fn rollup(&mut self, hosts: &[MxHost], port: u16) -> Arc<Destination> {
+    /// The destination for an MX host set, shared by every domain with the same set (and, for
+    /// domains a shaping rule names, the same rule).
+    fn rollup(&mut self, domain: &str, hosts: &[MxHost], port: u16) -> Arc<Destination> {
+        let host_names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        let shaped = self.shaping.limits(Some(domain), &host_names);
         let mut key: Vec<(u16, &str)> = hosts.iter().map(|h| (h.preference, h.name.as_str())).collect();
         key.sort_unstable();
-        let key = key.iter().map(|(p, h)| format!("{p} {h}")).collect::<Vec<_>>().join(",");
+        let mut key = key.iter().map(|(p, h)| format!("{p} {h}")).collect::<Vec<_>>().join(",");
+        if let Some(rule) = shaped.rule.as_ref().filter(|_| shaped.by_domain) {
+            key = format!("{rule}|{key}");
+        }
         if let Some(d) = self.rollups.get(&key) {
             return Arc::clone(d);
         }
@@ -167,8 +178,10 @@ impl Routes {
             1 => hosts[0].name.clone(),
             n => format!("{} (+{})", hosts[0].name, n - 1),
         };
-        let destination =
-            Arc::new(Destination::new(self.next_index, label, addrs, self.connections).with_hosts(names));
+        let destination = Destination::new(self.next_index, label, addrs, shaped.connections)
+            .with_hosts(names)
+            .with_limits(&shaped.limits, shaped.rule);
+        let destination = Arc::new(destination);
         self.next_index += 1;
         self.rollups.insert(key, Arc::clone(&destination));
         destination
@@ -178,7 +191,9 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Limits;
     use crate::send::dns::DnsConfig;
+    use crate::send::shaping::{Defaults, Shaping};
     use crate::testkit::dns::{DnsStub, Zone};
     use std::time::Duration;
 
@@ -190,6 +205,8 @@ mod tests {
             b.test MX 20 mx2.big.test
             b.test MX 10 mx1.big.test
             c.test MX 10 mx1.big.test
+            own.test MX 10 mx1.big.test
+            own.test MX 20 mx2.big.test
             mx1.big.test A 127.0.0.2
             mx2.big.test A 127.0.0.3
             null.test MX 0 .
@@ -205,9 +222,14 @@ mod tests {
             ..DnsConfig::default()
         })
         .unwrap();
-        let mut routes = Routes::mx(resolver, 2525, 7);
+        let defaults = Defaults { connections: 7, limits: Limits::default() };
+        let mut shaping = Shaping::load(&[], false, defaults).unwrap();
+        let rules = "[[destination]]\nname = \"own\"\ndomains = [\"own.test\"]\nrate = \"5/s\"\n\n\
+                     [[destination]]\nname = \"big\"\nmx = [\".big.test\"]\nconnections = 3";
+        shaping.add(rules, std::path::Path::new("rules.toml")).unwrap();
+        let mut routes = Routes::mx(resolver, 2525, shaping);
         let now = Instant::now();
-        let domains = ["a.test", "b.test", "c.test", "null.test", "bad.test"];
+        let domains = ["a.test", "b.test", "c.test", "own.test", "null.test", "bad.test"];
         for d in domains {
             assert!(matches!(routes.lookup(d, now), Lookup::Pending));
             assert!(matches!(routes.lookup(d, now), Lookup::Pending), "asked once");
@@ -226,8 +248,11 @@ mod tests {
         let a = dest("a.test");
         assert_eq!(a.addrs, ["127.0.0.2:2525".parse().unwrap(), "127.0.0.3:2525".parse().unwrap()]);
         assert_eq!(a.hosts.iter().map(|h| &**h).collect::<Vec<_>>(), ["mx1.big.test", "mx2.big.test"]);
-        assert_eq!(a.max_connections, 7);
-        assert_eq!(routes.destinations(), 2);
+        assert_eq!((a.max_connections, a.shaped_by.as_deref()), (3, Some("big")), "the MX rule's limits");
+        let own = dest("own.test");
+        assert!(!Arc::ptr_eq(&a, &own), "a domain rule sets its domain apart from the same MX hosts");
+        assert_eq!((own.max_connections, own.shaped_by.as_deref()), (7, Some("own")));
+        assert_eq!(routes.destinations(), 3);
         assert!(matches!(&got["null.test"], Ok(Route::Undeliverable(why)) if why.contains("null MX")));
         assert!(got["bad.test"].is_err());
         assert!(matches!(routes.lookup("a.test", now), Lookup::Ready(Route::Deliver(_))), "cached");

@@ -89,6 +89,17 @@ impl SessionError {
         )
     }
 
+    /// The server's refusal that ended the session, when a reply did: what shaping reactions
+    /// look at (a `421 4.7.0` greeting, a 421 closing the session).
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            SessionError::Greeting(reply)
+            | SessionError::Handshake { reply, .. }
+            | SessionError::ServiceClosing { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
     /// A failure of TLS or AUTH (rather than of the connection or the server's capacity).
     pub fn is_tls_or_auth(&self) -> bool {
         matches!(

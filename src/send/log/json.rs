@@ -84,6 +84,16 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
     if let Some(digest) = &r.input_digest {
         w.string("input_digest", digest);
     }
+    for (name, value) in [
+        ("destination", r.destination.as_deref()),
+        ("rule", r.rule.as_deref()),
+        ("action", r.action.as_deref()),
+        ("until", r.until.as_deref()),
+    ] {
+        if let Some(value) = value {
+            w.string(name, value);
+        }
+    }
     w.out.push(b'}');
 }
 
@@ -226,6 +236,10 @@ mod tests {
             r.campaign = texts[5].clone();
             r.input = texts[5].as_ref().map(|t| format!("{t}.csv"));
             r.input_digest = texts[4].as_ref().map(|t| format!("{t}:0"));
+            r.destination = texts[2].as_deref().map(Arc::from);
+            r.rule = texts[1].as_deref().map(Arc::from);
+            r.action = texts[3].clone();
+            r.until = texts[0].clone();
             r.tls = code.map(|_| "TLSv1.3");
             (r.attempts, r.code, r.ip) = (attempts, code, ip);
             r.enhanced = enhanced.map(|(c, s, d)| EnhancedCode::new(c, s, d));
