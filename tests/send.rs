@@ -4,10 +4,12 @@
 
 mod common;
 
+use common::campaign::{finals, records, run, stderr};
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailvolley::sink::{SinkConfig, SinkHandle};
@@ -92,42 +94,8 @@ impl World {
     }
 }
 
-fn run(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let id = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(watchdog);
-    out
-}
-
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
-/// Each input line's final record; fails if a line has two.
-fn finals(records: &[Value]) -> BTreeMap<u64, Value> {
-    let mut finals = BTreeMap::new();
-    for r in records {
-        let status = r["status"].as_str().unwrap();
-        if status == "run" || status == "deferred" {
-            continue;
-        }
-        let line = r["line"].as_u64().unwrap();
-        assert!(finals.insert(line, r.clone()).is_none(), "line {line} has two final records");
-    }
-    finals
-}
-
 fn status_of(finals: &BTreeMap<u64, Value>, line: u64) -> &str {
     finals.get(&line).and_then(|r| r["status"].as_str()).unwrap_or("none")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 const MESSAGE: &str =

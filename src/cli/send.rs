@@ -426,10 +426,18 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
         );
     }
     if e.suspended > 0 {
-        let _ = writeln!(s, "shaping: {} recipients deferred unattempted while their destination was suspended", e.suspended);
+        let _ = writeln!(
+            s,
+            "shaping: {} recipients deferred unattempted while their destination was suspended",
+            e.suspended
+        );
     }
     if e.shaping_events_dropped > 0 {
-        let _ = writeln!(s, "shaping: {} events not logged (the log thread fell behind)", e.shaping_events_dropped);
+        let _ = writeln!(
+            s,
+            "shaping: {} events not logged (the log thread fell behind)",
+            e.shaping_events_dropped
+        );
     }
     let _ = writeln!(s, "log: {}", log.display());
     if !r.books.domains.is_empty() {

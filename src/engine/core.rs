@@ -265,8 +265,7 @@ impl Core {
         }
         // At least one connection, as the router assumes when it picks cores.
         let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
-        let pool =
-            Rc::new(Pool::new(Arc::clone(destination), limit, self.index, self.config.pool_backlog));
+        let pool = Rc::new(Pool::new(Arc::clone(destination), limit, self.index, self.config.pool_backlog));
         for _ in 0..limit {
             monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
         }
@@ -448,7 +447,9 @@ impl Core {
     /// and reports the destination as suspended or slowed when that is new.
     pub fn react(&self, destination: &Arc<Destination>, reply: &Reply, host: Option<&Arc<str>>) {
         let shaped_by = destination.shaped_by.as_deref();
-        let Some(rule) = self.config.reactions.as_ref().and_then(|r| r.find(reply, shaped_by)) else { return };
+        let Some(rule) = self.config.reactions.as_ref().and_then(|r| r.find(reply, shaped_by)) else {
+            return;
+        };
         let now = Instant::now();
         let until = now + rule.duration;
         if !destination.shaping.apply(&rule.action, now, until) {

@@ -142,6 +142,26 @@ pub struct RunState {
     pub events_dropped: AtomicU64,
 }
 
+impl RunState {
+    fn new(config: &EngineConfig) -> RunState {
+        RunState {
+            producer_done: AtomicBool::new(false),
+            returns: ArrayQueue::new(config.queue_capacity.max(1)),
+            returning: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            stop_producing: AtomicBool::new(false),
+            halt: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            produced: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            rate: shaping::Gate::default(),
+            rate_interval: config.rate.map_or(0, |r| r.interval_nanos()),
+            events: Arc::new(ArrayQueue::new(shaping::EVENT_QUEUE)),
+            events_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
 /// What one core publishes for live progress, a few times a second. Padded so cores do not
 /// share a cache line.
 #[derive(Debug, Default)]
@@ -300,21 +320,7 @@ pub fn start(
 ) -> io::Result<Running> {
     let threads = config.threads.max(1);
     let config = Arc::new(EngineConfig { threads, ..config });
-    let run = Arc::new(RunState {
-        producer_done: AtomicBool::new(false),
-        returns: ArrayQueue::new(config.queue_capacity.max(1)),
-        returning: AtomicUsize::new(0),
-        closing: AtomicBool::new(false),
-        stop_producing: AtomicBool::new(false),
-        halt: AtomicBool::new(false),
-        abort: AtomicBool::new(false),
-        produced: AtomicU64::new(0),
-        parked: AtomicU64::new(0),
-        rate: shaping::Gate::default(),
-        rate_interval: config.rate.map_or(0, |r| r.interval_nanos()),
-        events: Arc::new(ArrayQueue::new(shaping::EVENT_QUEUE)),
-        events_dropped: AtomicU64::new(0),
-    });
+    let run = Arc::new(RunState::new(&config));
     let queues: Vec<Arc<ArrayQueue<Job>>> =
         (0..threads).map(|_| Arc::new(ArrayQueue::new(config.queue_capacity.max(1)))).collect();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
@@ -509,7 +515,13 @@ enum Place {
 /// Pushes a job to the first core that takes it, waiting while every queue is full: that is the
 /// backpressure. With `park`, a job whose destination's pools are all full comes back instead
 /// (and so does any job of a destination with jobs already set aside, to keep their order).
-fn place(job: Job, router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &RunState, park: bool) -> Place {
+fn place(
+    job: Job,
+    router: &mut Router,
+    queues: &[Arc<ArrayQueue<Job>>],
+    run: &RunState,
+    park: bool,
+) -> Place {
     let destination = job.destination.index;
     if router.destinations.get(destination).is_none_or(Option::is_none) {
         router.register(&job.destination);
@@ -633,6 +645,61 @@ mod tests {
         }
         let firsts: Vec<usize> = (0..4).map(|_| r.candidates(2, false).next().unwrap()).collect();
         assert_eq!(firsts, vec![0, 1, 2, 3], "round robin over every core");
+    }
+
+    fn job(id: u64, destination: &Arc<Destination>) -> Job {
+        let rcpt = crate::proto::Address::new("a@x.test").unwrap();
+        let envelope = Arc::new(crate::proto::client::Envelope { sender: None, recipients: vec![rcpt] });
+        let message = crate::proto::client::Message::new(envelope, crate::proto::Body::new(b"x\r\n"));
+        Job {
+            id,
+            destination: Arc::clone(destination),
+            message: Payload::Ready(message),
+            due: Instant::now(),
+            attempts: 0,
+            last_conn: 0,
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn jobs_for_full_pools_are_set_aside_and_released_in_order_when_there_is_room() {
+        let (slow, fast) = (dest(0, 2), dest(1, 2));
+        let mut router = Router::new(&[Arc::clone(&slow), Arc::clone(&fast)], 2);
+        let queues: Vec<Arc<ArrayQueue<Job>>> = (0..2).map(|_| Arc::new(ArrayQueue::new(64))).collect();
+        let run = RunState::new(&EngineConfig::new(crate::proto::ClientConfig::new(
+            crate::proto::Domain::new("t.test").unwrap(),
+        )));
+        let mut parking = Parking::default();
+        slow.health.set_full(0, true);
+        assert!(matches!(place(job(1, &slow), &mut router, &queues, &run, true), Place::Placed));
+        assert_eq!(queues[1].len(), 1, "only the core with room");
+        slow.health.set_full(1, true);
+        for id in 2..5 {
+            match place(job(id, &slow), &mut router, &queues, &run, true) {
+                Place::Full(j) => parking.park(j),
+                _ => panic!("every pool is full: set aside"),
+            }
+        }
+        assert!(
+            matches!(place(job(9, &fast), &mut router, &queues, &run, true), Place::Placed),
+            "others go on"
+        );
+        assert!(parking.has(0) && !parking.has(1) && parking.count == 3);
+        assert!(
+            matches!(place(job(7, &slow), &mut router, &queues, &run, false), Place::Placed),
+            "without parking: queued"
+        );
+        assert!(parking.release(&mut router, &queues, &run));
+        assert_eq!(parking.count, 3, "still full: nothing released");
+        slow.health.set_full(1, false);
+        assert!(parking.release(&mut router, &queues, &run));
+        assert_eq!(parking.count, 0);
+        let ids: Vec<u64> = std::iter::from_fn(|| queues[1].pop())
+            .filter(|j| j.destination.index == 0)
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(ids, vec![1, 7, 2, 3, 4], "in the order they came");
     }
 
     #[test]

@@ -95,20 +95,20 @@ impl Outcome {
             .recipients
             .iter()
             .map(|rcpt| Outcome {
-                    id: head.id,
-                    recipient: rcpt.clone(),
-                    disposition: Disposition::Deferred,
-                    reply: None,
-                    error: Some(reason.to_owned()),
-                    destination: Arc::clone(head.destination),
-                    via: None,
-                    size: message.len(),
-                    attempts: head.attempts,
-                    due: head.due,
-                    at,
-                    retry: Some(alone(message, rcpt)),
-                    unsendable: false,
-                    not_before: Some(until),
+                id: head.id,
+                recipient: rcpt.clone(),
+                disposition: Disposition::Deferred,
+                reply: None,
+                error: Some(reason.to_owned()),
+                destination: Arc::clone(head.destination),
+                via: None,
+                size: message.len(),
+                attempts: head.attempts,
+                due: head.due,
+                at,
+                retry: Some(alone(message, rcpt)),
+                unsendable: false,
+                not_before: Some(until),
             })
             .collect()
     }

@@ -99,7 +99,8 @@ impl Gate {
             if next > now {
                 return Err(next);
             }
-            match self.next.compare_exchange_weak(next, now + interval, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.next.compare_exchange_weak(next, now + interval, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Ok(()),
                 Err(seen) => next = seen,
             }
@@ -147,7 +148,12 @@ impl fmt::Display for Action {
                     write!(f, " {r}")?;
                 }
                 if let Some(c) = connections {
-                    write!(f, "{} {c} connection{}", if rate.is_some() { "," } else { "" }, if *c == 1 { "" } else { "s" })?;
+                    write!(
+                        f,
+                        "{} {c} connection{}",
+                        if rate.is_some() { "," } else { "" },
+                        if *c == 1 { "" } else { "s" }
+                    )?;
                 }
                 Ok(())
             }
@@ -454,7 +460,10 @@ mod tests {
         };
         let reply = |code, text: &str| Reply { code, enhanced: None, text: text.into() };
         let hit = |code, text| r.find(&reply(code, text), None).map(|x| &*x.name);
-        assert_eq!(hit(421, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred, rate"), Some("yahoo"));
+        assert_eq!(
+            hit(421, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred, rate"),
+            Some("yahoo")
+        );
         assert_eq!(hit(451, "Rate limited"), Some("any-rate"));
         assert_eq!(hit(250, "rate [tss04]"), None, "never a positive reply");
         assert_eq!(hit(550, "no such user"), None);

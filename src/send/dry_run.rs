@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::input::Rows;
 use super::route::{Lookup, Route};
-use crate::engine::Destination;
 use super::source::{Fingerprints, fingerprint};
 use super::{Routing, SendConfig, SendError};
+use crate::engine::Destination;
 
 /// Problems listed in full; beyond this many, only counted.
 const SHOWN: usize = 10;

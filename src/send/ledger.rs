@@ -200,6 +200,11 @@ impl Ledger {
             // is then in the queues for this last round.
             let engine_done = control.engine_done.load(Ordering::Acquire);
             let mut got = 0usize;
+            // Shaping events first: a suspension's record comes before the deferrals it caused.
+            while let Some(event) = self.events.pop() {
+                self.shaping_event(event);
+                got += 1;
+            }
             for q in 0..self.outcomes.len() {
                 while let Some(o) = self.outcomes[q].pop() {
                     self.outcome(o);
@@ -208,10 +213,6 @@ impl Ledger {
             }
             while let Ok(r) = self.records.try_recv() {
                 self.write(r);
-                got += 1;
-            }
-            while let Some(event) = self.events.pop() {
-                self.shaping_event(event);
                 got += 1;
             }
             if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
@@ -322,14 +323,16 @@ impl Ledger {
         r.reason = Some(format!(
             "{} {action} for {} by shaping reaction {}",
             e.destination.name,
-            humantime::format_duration(Duration::from_secs(e.until.saturating_duration_since(e.at).as_secs())),
+            humantime::format_duration(Duration::from_secs(
+                e.until.saturating_duration_since(e.at).as_secs()
+            )),
             e.rule
         ));
         let (destination, rule) = (e.destination.name.as_str(), &*e.rule);
-        let reply = r.reply.as_deref().unwrap_or("").to_owned();
-        let reply = match r.code {
-            Some(code) => format!("{code} {reply}"),
-            None => reply,
+        let reply = match (r.code, r.enhanced) {
+            (Some(code), Some(e)) => format!("{code} {e} {}", r.reply.as_deref().unwrap_or("")),
+            (Some(code), None) => format!("{code} {}", r.reply.as_deref().unwrap_or("")),
+            _ => r.reply.as_deref().unwrap_or("").to_owned(),
         };
         match self.shaping.iter_mut().find(|s| s.destination == destination && s.rule == rule) {
             Some(s) => {

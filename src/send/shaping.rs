@@ -132,11 +132,17 @@ impl Shaping {
         for rule in file.reaction {
             let action = match rule.action {
                 ActionName::Suspend if rule.rate.is_some() || rule.connections.is_some() => {
-                    return Err(error(format!("reaction `{}`: `suspend` takes no rate or connections", rule.name)));
+                    return Err(error(format!(
+                        "reaction `{}`: `suspend` takes no rate or connections",
+                        rule.name
+                    )));
                 }
                 ActionName::Suspend => Action::Suspend,
                 ActionName::Slow if rule.rate.is_none() && rule.connections.is_none() => {
-                    return Err(error(format!("reaction `{}`: `slow` needs a rate, connections or both", rule.name)));
+                    return Err(error(format!(
+                        "reaction `{}`: `slow` needs a rate, connections or both",
+                        rule.name
+                    )));
                 }
                 ActionName::Slow => Action::Slow { rate: rule.rate, connections: rule.connections },
             };
@@ -166,9 +172,8 @@ impl Shaping {
 
     /// The limits of the destination for `domain`'s MX hosts (or the relay's name).
     pub fn limits(&self, domain: Option<&str>, hosts: &[&str]) -> Shaped {
-        let by_domain = |r: &DestinationRule| {
-            domain.is_some_and(|d| r.domains.iter().any(|want| matches_name(d, want)))
-        };
+        let by_domain =
+            |r: &DestinationRule| domain.is_some_and(|d| r.domains.iter().any(|want| matches_name(d, want)));
         let by_mx = |r: &DestinationRule| {
             hosts.iter().any(|h| {
                 let h = h.trim_end_matches('.');
@@ -178,7 +183,9 @@ impl Shaping {
         let rule = self.destinations.iter().find(|r| by_domain(r) || by_mx(r));
         let d = &self.defaults;
         match rule {
-            None => Shaped { rule: None, connections: d.connections, limits: d.limits.clone(), by_domain: false },
+            None => {
+                Shaped { rule: None, connections: d.connections, limits: d.limits.clone(), by_domain: false }
+            }
             Some(r) => Shaped {
                 rule: Some(r.name.as_str().into()),
                 connections: r.connections.unwrap_or(d.connections),
@@ -196,10 +203,7 @@ impl Shaping {
 /// `domain` is `want`, or with a leading dot, a subdomain of it.
 fn matches_name(domain: &str, want: &str) -> bool {
     match want.strip_prefix('.') {
-        Some(parent) => {
-            domain.len() > parent.len()
-                && ends_with_ignore_case(domain, want)
-        }
+        Some(parent) => domain.len() > parent.len() && ends_with_ignore_case(domain, want),
         None => domain.eq_ignore_ascii_case(want),
     }
 }
@@ -234,7 +238,9 @@ mod tests {
     #[test]
     fn the_shipped_rules_load_and_match_the_large_providers() {
         let s = Shaping::load(&[], true, defaults()).unwrap();
-        let cases: [(&[&str], Option<&str>, usize, Option<u64>); 6] = [
+        // MX hosts, the rule that should match, its connections and messages per connection.
+        type Case<'a> = (&'a [&'a str], Option<&'a str>, usize, Option<u64>);
+        let cases: [Case; 6] = [
             (&["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com"], Some("google"), 5, Some(50)),
             (&["ASPMX.L.GOOGLE.COM."], Some("google"), 5, Some(50)),
             (&["mta5.am0.yahoodns.net"], Some("yahoo"), 10, Some(20)),
@@ -245,14 +251,26 @@ mod tests {
         for (hosts, rule, connections, per_conn) in cases {
             let got = s.limits(Some("x.test"), hosts);
             assert_eq!(got.rule.as_deref(), rule, "{hosts:?}");
-            assert_eq!((got.connections, got.limits.messages_per_connection), (connections, per_conn), "{hosts:?}");
+            assert_eq!(
+                (got.connections, got.limits.messages_per_connection),
+                (connections, per_conn),
+                "{hosts:?}"
+            );
             assert!(!got.by_domain);
         }
         let reactions = s.reactions().unwrap();
-        let tss04 = Reply::new(421, None, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints");
+        let tss04 = Reply::new(
+            421,
+            None,
+            "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints",
+        );
         let rule = reactions.find(&tss04, Some("yahoo")).unwrap();
         assert_eq!((&*rule.name, &rule.action), ("yahoo-tss04", &Action::Suspend));
-        let ms = Reply::new(451, None, "4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.");
+        let ms = Reply::new(
+            451,
+            None,
+            "4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.",
+        );
         assert_eq!(&*reactions.find(&ms, None).unwrap().name, "reputation-throttle");
         let greylist = Reply::new(451, None, "4.7.1 Greylisted, please try again later");
         assert!(reactions.find(&greylist, None).is_none(), "greylisting is not throttling");
@@ -306,11 +324,17 @@ mod tests {
             ("[[destination]]\nname = \"x\"\nmx = [\".a\"]\nconnections = 0", "at least 1"),
             ("[[destination]]\nname = \"x\"\nmx = [\".a\"]\nspeed = 3", "unknown field"),
             ("[[reaction]]\nname = \"r\"\ntext = [\"a\"]\naction = \"slow\"\nfor = \"1m\"", "needs a rate"),
-            ("[[reaction]]\nname = \"r\"\ntext = [\"a\"]\naction = \"suspend\"\nrate = \"1/s\"\nfor = \"1m\"", "takes no rate"),
+            (
+                "[[reaction]]\nname = \"r\"\ntext = [\"a\"]\naction = \"suspend\"\nrate = \"1/s\"\nfor = \"1m\"",
+                "takes no rate",
+            ),
             ("[[reaction]]\nname = \"r\"\naction = \"suspend\"\nfor = \"1m\"", "give a code"),
             ("[[reaction]]\nname = \"r\"\ncode = 421\naction = \"pause\"\nfor = \"1m\"", "unknown variant"),
             ("[[reaction]]\nname = \"r\"\ncode = 421\naction = \"suspend\"\nfor = \"soon\"", "`soon`"),
-            ("[[reaction]]\nname = \"r\"\ncode = 421\naction = \"suspend\"\nfor = \"0s\"", "longer than zero"),
+            (
+                "[[reaction]]\nname = \"r\"\ncode = 421\naction = \"suspend\"\nfor = \"0s\"",
+                "longer than zero",
+            ),
         ];
         for (text, want) in cases {
             let e = with(text, false).unwrap_err().to_string();

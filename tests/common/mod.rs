@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: an in-process sink and a raw scripted client.
 #![allow(dead_code)]
 
+pub mod campaign;
 pub mod scripted;
 
 use std::io::{Read, Write};

@@ -1,0 +1,43 @@
+//! Running `volley send` from the integration tests and reading its delivery log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Runs `cmd`, killed after `limit` so a hung run fails the test instead of hanging it.
+pub fn run(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let id = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    out
+}
+
+pub fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Each input line's final record; fails if a line has two.
+pub fn finals(records: &[Value]) -> BTreeMap<u64, Value> {
+    let mut finals = BTreeMap::new();
+    for r in records {
+        let status = r["status"].as_str().unwrap();
+        if status == "run" || status == "deferred" || status == "shaping" {
+            continue;
+        }
+        let line = r["line"].as_u64().unwrap();
+        assert!(finals.insert(line, r.clone()).is_none(), "line {line} has two final records");
+    }
+    finals
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
