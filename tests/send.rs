@@ -858,6 +858,14 @@ fn refusals_are_classified_in_the_log_and_the_report() {
     }
     let deferred: Vec<_> = all.iter().filter(|r| r["status"] == "deferred").collect();
     assert!(!deferred.is_empty() && deferred.iter().all(|r| r["category"] == "rate_limited"), "{deferred:?}");
+    // The shipped reaction to Yahoo's [TSS04]: the destination is suspended (for an hour, past
+    // the test's --max-age, so the retry expires at once).
+    let shaping: Vec<_> = all.iter().filter(|r| r["status"] == "shaping").collect();
+    assert_eq!(shaping.len(), 1, "{shaping:?}");
+    assert_eq!(
+        (shaping[0]["rule"].as_str(), shaping[0]["action"].as_str()),
+        (Some("yahoo-tss04"), Some("suspended"))
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &report["categories"];
     assert_eq!(c["mailbox_full"]["bounced"], 2, "{c}");
