@@ -47,6 +47,17 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The outcome head of a job that was never sent: no connection, no attempt counted.
+    fn unsent_head(&self) -> outcome::Head<'_> {
+        outcome::Head {
+            id: self.id,
+            destination: &self.destination,
+            via: None,
+            attempts: self.attempts,
+            due: self.due,
+        }
+    }
+
     pub fn attempt(job: &Job, now: Instant) -> Meta {
         Meta {
             id: job.id,
@@ -381,14 +392,7 @@ impl Core {
             let at = Instant::now();
             let mut held = self.held_outcomes.borrow_mut();
             for recipient in failed.recipients {
-                let head = outcome::Head {
-                    id: meta.id,
-                    destination: &meta.destination,
-                    via: None,
-                    attempts: meta.attempts,
-                    due: meta.due,
-                };
-                held.push_back(Outcome::unsendable(recipient, &failed.reason, head, at));
+                held.push_back(Outcome::unsendable(recipient, &failed.reason, meta.unsent_head(), at));
             }
         }
         self.flush_outcomes();
@@ -429,15 +433,9 @@ impl Core {
         for job in pool.take_all() {
             let meta = Meta::attempt(&job, now);
             let Some(message) = self.compose(job.message, &meta) else { continue };
-            let head = outcome::Head {
-                id: meta.id,
-                destination: &meta.destination,
-                via: None,
-                attempts: meta.attempts,
-                due: meta.due,
-            };
             self.stats.borrow_mut().suspended += 1;
-            self.held_outcomes.borrow_mut().extend(Outcome::suspended(&message, head, &reason, until));
+            let outcomes = Outcome::suspended(&message, meta.unsent_head(), &reason, until);
+            self.held_outcomes.borrow_mut().extend(outcomes);
         }
         self.flush_outcomes();
         Some(until)
