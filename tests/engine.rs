@@ -497,6 +497,10 @@ fn jobs_composed_on_the_cores_are_sent_or_end_unsendable_without_being_sent() {
             }
             Ok(self.message)
         }
+
+        fn recipients(&self) -> Vec<mailvolley::proto::Address> {
+            self.message.envelope.recipients.clone()
+        }
     }
     struct Source {
         destination: Arc<Destination>,

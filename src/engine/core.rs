@@ -432,10 +432,22 @@ impl Core {
         );
         for job in pool.take_all() {
             let meta = Meta::attempt(&job, now);
-            let Some(message) = self.compose(job.message, &meta) else { continue };
             self.stats.borrow_mut().suspended += 1;
-            let outcomes = Outcome::suspended(&message, meta.unsent_head(), &reason, until);
-            self.held_outcomes.borrow_mut().extend(outcomes);
+            let mut recipients = job.message.recipients();
+            if recipients.len() == 1 {
+                // Handed back as it is: rendered and signed only when it is finally sent.
+                let (rcpt, payload) = (recipients.remove(0), job.message);
+                let o = Outcome::suspended(rcpt, payload, meta.unsent_head(), &reason, until);
+                self.held_outcomes.borrow_mut().push_back(o);
+                continue;
+            }
+            // Several recipients are retried one by one: the message is split.
+            let Some(message) = self.compose(job.message, &meta) else { continue };
+            for rcpt in recipients {
+                let retry = Payload::Ready(outcome::alone(&message, &rcpt));
+                let o = Outcome::suspended(rcpt, retry, meta.unsent_head(), &reason, until);
+                self.held_outcomes.borrow_mut().push_back(o);
+            }
         }
         self.flush_outcomes();
         Some(until)

@@ -229,6 +229,9 @@ pub trait Compose: Send + std::fmt::Debug {
     /// Builds the message. An `Err` means it cannot be sent at all: its recipients end as
     /// unsendable, with nothing sent and no attempt counted.
     fn compose(self: Box<Self>) -> Result<Message, Unsendable>;
+
+    /// Whom the message will be for, without building it (a job handed back unsent).
+    fn recipients(&self) -> Vec<Address>;
 }
 
 /// A message that could not be composed: whom it was for, and why.
@@ -243,6 +246,13 @@ impl Payload {
         match self {
             Payload::Ready(message) => Ok(message),
             Payload::Compose(recipe) => recipe.compose(),
+        }
+    }
+
+    pub fn recipients(&self) -> Vec<Address> {
+        match self {
+            Payload::Ready(message) => message.envelope.recipients.clone(),
+            Payload::Compose(recipe) => recipe.recipients(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::job::Destination;
+use super::job::{Destination, Payload};
 use crate::proto::client::{Completed, Disposition, Message, TxnResult};
 use crate::proto::{Address, Reply};
 
@@ -35,15 +35,15 @@ pub struct Outcome {
     pub destination: Arc<Destination>,
     /// `None` when no session got that far (every connection failed).
     pub via: Option<Via>,
-    /// Octets of content.
-    pub size: usize,
+    /// Octets of content (unknown for a message handed back before it was built).
+    pub size: Option<usize>,
     /// Attempts made, this one included (counting the source's own, carried in `Job::attempts`).
     pub attempts: u32,
     /// When the job was first due, and when this attempt's outcome was decided.
     pub due: Instant,
     pub at: Instant,
     /// For a deferred recipient: the message again, addressed to it alone, to retry later.
-    pub retry: Option<Message>,
+    pub retry: Option<Payload>,
     /// The message could not be composed (`error` says why): nothing was sent, and
     /// `disposition` is `Bounced`.
     pub unsendable: bool,
@@ -66,7 +66,8 @@ impl Outcome {
             }
         };
         let recipient = done.message.envelope.recipients[index].clone();
-        let retry = (disposition == Disposition::Deferred).then(|| alone(&done.message, &recipient));
+        let retry =
+            (disposition == Disposition::Deferred).then(|| Payload::Ready(alone(&done.message, &recipient)));
         Outcome {
             id: head.id,
             recipient,
@@ -75,7 +76,7 @@ impl Outcome {
             error,
             destination: Arc::clone(head.destination),
             via: head.via.cloned(),
-            size: done.message.len(),
+            size: Some(done.message.len()),
             attempts: head.attempts,
             due: head.due,
             at: done.at,
@@ -85,32 +86,35 @@ impl Outcome {
         }
     }
 
-    /// Outcomes for the recipients of a message that was not attempted because its
-    /// destination is suspended until `until`: deferred, no attempt counted, each with its
-    /// message to retry once the suspension ends.
-    pub(super) fn suspended(message: &Message, head: Head<'_>, reason: &str, until: Instant) -> Vec<Outcome> {
-        let at = Instant::now();
-        message
-            .envelope
-            .recipients
-            .iter()
-            .map(|rcpt| Outcome {
-                id: head.id,
-                recipient: rcpt.clone(),
-                disposition: Disposition::Deferred,
-                reply: None,
-                error: Some(reason.to_owned()),
-                destination: Arc::clone(head.destination),
-                via: None,
-                size: message.len(),
-                attempts: head.attempts,
-                due: head.due,
-                at,
-                retry: Some(alone(message, rcpt)),
-                unsendable: false,
-                not_before: Some(until),
-            })
-            .collect()
+    /// The outcome of `recipient`, whose message (`retry`, for it alone) was not attempted
+    /// because its destination is suspended until `until`: deferred, no attempt counted.
+    pub(super) fn suspended(
+        recipient: Address,
+        retry: Payload,
+        head: Head<'_>,
+        reason: &str,
+        until: Instant,
+    ) -> Outcome {
+        let size = match &retry {
+            Payload::Ready(message) => Some(message.len()),
+            Payload::Compose(_) => None,
+        };
+        Outcome {
+            id: head.id,
+            recipient,
+            disposition: Disposition::Deferred,
+            reply: None,
+            error: Some(reason.to_owned()),
+            destination: Arc::clone(head.destination),
+            via: None,
+            size,
+            attempts: head.attempts,
+            due: head.due,
+            at: Instant::now(),
+            retry: Some(retry),
+            unsendable: false,
+            not_before: Some(until),
+        }
     }
 
     /// The outcome of `recipient` of a message that could not be composed.
@@ -123,7 +127,7 @@ impl Outcome {
             error: Some(reason.to_owned()),
             destination: Arc::clone(head.destination),
             via: None,
-            size: 0,
+            size: None,
             attempts: head.attempts,
             due: head.due,
             at,
@@ -135,7 +139,7 @@ impl Outcome {
 }
 
 /// `message` addressed to `recipient` alone (the same message when it is its only one).
-fn alone(message: &Message, recipient: &Address) -> Message {
+pub(super) fn alone(message: &Message, recipient: &Address) -> Message {
     let envelope = if message.envelope.recipients.len() == 1 {
         Arc::clone(&message.envelope)
     } else {

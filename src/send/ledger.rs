@@ -284,19 +284,14 @@ impl Ledger {
             r.ip = Some(via.addr.ip());
             r.tls = via.tls;
         }
-        r.size = Some(o.size);
+        r.size = o.size;
         let queued = o.at.saturating_duration_since(o.due);
         r.queue_ms = Some(queued.as_millis() as u64);
         if status == Status::Deferred {
             if let (Some(at), Some(message)) = (retry_at, o.retry) {
                 r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
-                let pending = Pending {
-                    line: o.id,
-                    rcpt: o.recipient,
-                    message: crate::engine::Payload::Ready(message),
-                    born: o.due,
-                    attempts: o.attempts,
-                };
+                let pending =
+                    Pending { line: o.id, rcpt: o.recipient, message, born: o.due, attempts: o.attempts };
                 // The source reads these until it is done, and it is not done while this
                 // recipient has no final record.
                 let _ = self.retries.send((at, pending));

@@ -209,6 +209,10 @@ impl Compose for Recipe {
             Err(reason) => Err(Unsendable { recipients: vec![self.row.email.clone()], reason }),
         }
     }
+
+    fn recipients(&self) -> Vec<crate::proto::Address> {
+        vec![self.row.email.clone()]
+    }
 }
 
 impl MessageTemplate {
