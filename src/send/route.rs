@@ -174,10 +174,14 @@ impl Routes {
                 names.push(Arc::clone(&name));
             }
         }
-        let label = match hosts.len() {
+        let mut label = match hosts.len() {
             1 => hosts[0].name.clone(),
             n => format!("{} (+{})", hosts[0].name, n - 1),
         };
+        if let Some(rule) = shaped.rule.as_ref().filter(|_| shaped.by_domain) {
+            // Set apart from the other domains on the same hosts: say so in reports.
+            label = format!("{label} [{rule}]");
+        }
         let destination = Destination::new(self.next_index, label, addrs, shaped.connections)
             .with_hosts(names)
             .with_limits(&shaped.limits, shaped.rule);
@@ -252,6 +256,7 @@ mod tests {
         let own = dest("own.test");
         assert!(!Arc::ptr_eq(&a, &own), "a domain rule sets its domain apart from the same MX hosts");
         assert_eq!((own.max_connections, own.shaped_by.as_deref()), (7, Some("own")));
+        assert_eq!((a.name.as_str(), own.name.as_str()), ("mx1.big.test (+1)", "mx1.big.test (+1) [own]"));
         assert_eq!(routes.destinations(), 3);
         assert!(matches!(&got["null.test"], Ok(Route::Undeliverable(why)) if why.contains("null MX")));
         assert!(got["bad.test"].is_err());
