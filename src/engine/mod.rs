@@ -143,6 +143,11 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// Aborted or halted: nothing new is placed.
+    fn cut_short(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) || self.halt.load(Ordering::Relaxed)
+    }
+
     fn new(config: &EngineConfig) -> RunState {
         RunState {
             producer_done: AtomicBool::new(false),
@@ -490,17 +495,36 @@ fn reroute_returns(
     park: bool,
 ) -> bool {
     while let Some(job) = run.returns.pop() {
-        match place(job, router, queues, run, park) {
-            Place::Placed => {}
-            Place::Full(job) => parking.park(job),
-            Place::Stopped(job) => {
-                // Room is certain: the job was just taken from there and only the producer pops.
-                let _ = run.returns.push(job);
-                return false;
-            }
+        if let Err(job) = route(job, router, parking, queues, run, park) {
+            // Room is certain: the job was just taken from there and only the producer pops.
+            let _ = run.returns.push(job);
+            return false;
         }
     }
     true
+}
+
+/// Places a job, or with `park` sets it aside when its destination's pools are all full or
+/// it has jobs set aside already (which keep their order). Gives the job back when the run is
+/// aborted or halted meanwhile.
+fn route(
+    job: Job,
+    router: &mut Router,
+    parking: &mut Parking,
+    queues: &[Arc<ArrayQueue<Job>>],
+    run: &RunState,
+    park: bool,
+) -> Result<(), Job> {
+    if park && parking.has(job.destination.index) {
+        parking.park(job);
+        return Ok(());
+    }
+    match place(job, router, queues, run, park) {
+        Place::Placed => {}
+        Place::Full(job) => parking.park(job),
+        Place::Stopped(job) => return Err(job),
+    }
+    Ok(())
 }
 
 /// Where [`place`] put a job.
@@ -513,8 +537,7 @@ enum Place {
 }
 
 /// Pushes a job to the first core that takes it, waiting while every queue is full: that is the
-/// backpressure. With `park`, a job whose destination's pools are all full comes back instead
-/// (and so does any job of a destination with jobs already set aside, to keep their order).
+/// backpressure. With `park`, a job whose destination's pools are all full comes back instead.
 fn place(
     job: Job,
     router: &mut Router,
@@ -538,7 +561,7 @@ fn place(
                 Err(back) => job = back,
             }
         }
-        if run.abort.load(Ordering::Relaxed) || run.halt.load(Ordering::Relaxed) {
+        if run.cut_short() {
             return Place::Stopped(job);
         }
         // Queues full: the engine is behind by a whole queue (thousands of jobs), so a short
@@ -560,7 +583,6 @@ fn produce(
     park: usize,
 ) {
     let mut parking = Parking::default();
-    let stopped = |run: &RunState| run.abort.load(Ordering::Relaxed) || run.halt.load(Ordering::Relaxed);
     loop {
         if run.abort.load(Ordering::Relaxed) || run.stop_producing.load(Ordering::Relaxed) {
             break;
@@ -593,19 +615,13 @@ fn produce(
         };
         // Full queues hold the producer back: that is the backpressure. A job not placed before
         // an abort was never produced.
-        if park > 0 && parking.has(job.destination.index) {
-            parking.park(job);
-        } else {
-            match place(job, &mut router, &queues, &run, park > 0) {
-                Place::Placed => {}
-                Place::Full(job) => parking.park(job),
-                Place::Stopped(_) => break,
-            }
+        if route(job, &mut router, &mut parking, &queues, &run, park > 0).is_err() {
+            break;
         }
         run.produced.fetch_add(1, Ordering::Relaxed);
     }
     // What was set aside was produced: it is sent unless the run is cut short.
-    while parking.count > 0 && !stopped(&run) {
+    while parking.count > 0 && !run.cut_short() {
         if !reroute_returns(&mut router, &mut parking, &queues, &run, true)
             || !parking.release(&mut router, &queues, &run)
         {

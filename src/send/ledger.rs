@@ -309,12 +309,15 @@ impl Ledger {
             humantime::format_rfc3339_seconds(t).to_string()
         };
         let action = e.action.to_string();
+        let until = wall(e.until);
+        // As the report shows a reply: code, enhanced code, text.
+        let reply = e.reply.to_string();
         let mut r = Record::at(Status::Shaping, 0, self.clock.now()).reply(e.reply);
         r.mx = e.host;
         r.destination = Some(e.destination.name.as_str().into());
         r.rule = Some(Arc::clone(&e.rule));
         r.action = Some(action.clone());
-        r.until = Some(wall(e.until));
+        r.until = Some(until.clone());
         r.reason = Some(format!(
             "{} {action} for {} by shaping reaction {}",
             e.destination.name,
@@ -324,17 +327,10 @@ impl Ledger {
             e.rule
         ));
         let (destination, rule) = (e.destination.name.as_str(), &*e.rule);
-        let reply = match (r.code, r.enhanced) {
-            (Some(code), Some(e)) => format!("{code} {e} {}", r.reply.as_deref().unwrap_or("")),
-            (Some(code), None) => format!("{code} {}", r.reply.as_deref().unwrap_or("")),
-            _ => r.reply.as_deref().unwrap_or("").to_owned(),
-        };
         match self.shaping.iter_mut().find(|s| s.destination == destination && s.rule == rule) {
             Some(s) => {
                 s.times += 1;
-                if let Some(until) = &r.until {
-                    s.until.clone_from(until);
-                }
+                s.until = until;
                 s.reply = reply;
             }
             None => self.shaping.push(ShapingSummary {
@@ -343,7 +339,7 @@ impl Ledger {
                 action,
                 times: 1,
                 first: wall(e.at),
-                until: r.until.clone().unwrap_or_default(),
+                until,
                 reply,
             }),
         }
