@@ -158,14 +158,22 @@ impl<'a> ReplyRef<'a> {
 
     /// Copies the reply into an owned [`Reply`], lines joined with `\n`.
     pub fn to_owned(&self) -> Reply {
-        let mut text = String::with_capacity(self.raw.len());
-        for (i, line) in self.lines().enumerate() {
-            if i > 0 {
-                text.push('\n');
+        // One exact allocation: every message's final reply is copied into its outcome, and
+        // nearly all are one line.
+        let text: Box<str> = if self.is_multiline() {
+            let len = self.lines().map(|l| l.len() + 1).sum::<usize>().saturating_sub(1);
+            let mut text = String::with_capacity(len);
+            for (i, line) in self.lines().enumerate() {
+                if i > 0 {
+                    text.push('\n');
+                }
+                text.push_str(line);
             }
-            text.push_str(line);
-        }
-        Reply { code: self.code, enhanced: self.enhanced, text: text.into_boxed_str() }
+            text.into_boxed_str()
+        } else {
+            self.lines().next().unwrap_or("").into()
+        };
+        Reply { code: self.code, enhanced: self.enhanced, text }
     }
 }
 

@@ -324,12 +324,28 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
     if !domain.contains('.') {
         return Err(format!("domain `{domain}` has a single label"));
     }
-    for label in domain.split('.') {
-        let ok_chars = label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || !b.is_ascii());
-        if label.is_empty() || label.len() > 63 || !ok_chars || label.starts_with('-') || label.ends_with('-')
+    // One pass over the bytes (every row's domain is checked): a label ends at each dot and at
+    // the end.
+    let bytes = domain.as_bytes();
+    let (mut start, mut chars_ok) = (0, true);
+    for i in 0..=bytes.len() {
+        let b = bytes.get(i).copied().unwrap_or(b'.');
+        if b != b'.' {
+            chars_ok &= b.is_ascii_alphanumeric() || b == b'-' || !b.is_ascii();
+            continue;
+        }
+        let label = &bytes[start..i];
+        if !chars_ok
+            || label.is_empty()
+            || label.len() > 63
+            || label.first() == Some(&b'-')
+            || label.last() == Some(&b'-')
         {
+            // Dots are ASCII, so the label's ends are character boundaries.
+            let label = domain.get(start..i).unwrap_or(domain);
             return Err(format!("domain `{domain}` has an invalid label `{label}`"));
         }
+        (start, chars_ok) = (i + 1, true);
     }
     Ok(())
 }
@@ -457,14 +473,38 @@ mod tests {
 
     #[test]
     fn domains() {
-        for ok in ["example.com", "a-b.example.co.uk", "xn--bcher-kva.example", "bücher.example", "x.test."]
-        {
+        let longest = format!("{}.com", "a".repeat(63));
+        for ok in [
+            "example.com",
+            "a-b.example.co.uk",
+            "xn--bcher-kva.example",
+            "bücher.example",
+            "x.test.",
+            &longest,
+        ] {
             assert!(check_domain(ok).is_ok(), "{ok}");
         }
-        for bad in
-            ["localhost", "a..b", "-a.b", "a-.b", "[127.0.0.1]", "a_b.c", &format!("{}.com", "a".repeat(64))]
-        {
+        for bad in [
+            "localhost",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "[127.0.0.1]",
+            "a_b.c",
+            &format!("{}.com", "a".repeat(64)),
+            ".a.b",
+            "a.b..",
+            "a.b-",
+            "a.-b",
+            "a b.c",
+            "a.b.c/",
+        ] {
             assert!(check_domain(bad).is_err(), "{bad}");
+        }
+        // The error names the label at fault, wherever it is.
+        for (bad, label) in [("a.b_c.d", "b_c"), ("x.y.-z", "-z"), ("-a.b", "-a"), ("a..b", "")] {
+            let err = check_domain(bad).unwrap_err();
+            assert!(err.ends_with(&format!("invalid label `{label}`")), "{bad}: {err}");
         }
     }
 }

@@ -567,17 +567,32 @@ fn header_value(out: &mut minijinja::Output, value: &Value) -> Result<(), miniji
 /// `text` as a header value: refused if it would break the line, an RFC 2047 encoded-word if
 /// it is not ASCII.
 fn header_text(text: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
-    // One pass over the bytes (this runs for every value of every message); characters are
-    // decoded only for non-ASCII text, whose controls (C1) are not single bytes.
-    let (mut line_break, mut control) = (false, false);
-    for &b in text.as_bytes() {
-        line_break |= b == b'\r' || b == b'\n';
-        control |= (b < 0x20 && b != b'\t') || b == 0x7f;
-    }
+    // One pass over the bytes through a table (this runs for every value of every message, and
+    // values are short: a vectorised scan's set-up cost more); characters are decoded only for
+    // non-ASCII text, whose controls (C1) are not single bytes.
+    const LINE_BREAK: u8 = 1;
+    const CONTROL: u8 = 2;
+    const NON_ASCII: u8 = 4;
+    const CLASS: [u8; 256] = {
+        let mut class = [0u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            class[b] = match b as u8 {
+                b'\r' | b'\n' => LINE_BREAK,
+                b'\t' => 0,
+                0..0x20 | 0x7f => CONTROL,
+                0x80.. => NON_ASCII,
+                _ => 0,
+            };
+            b += 1;
+        }
+        class
+    };
+    let seen = text.bytes().fold(0, |seen, b| seen | CLASS[usize::from(b)]);
+    let (line_break, control, ascii) = (seen & LINE_BREAK != 0, seen & CONTROL != 0, seen & NON_ASCII == 0);
     if line_break {
         return Err("a value rendered into a header contains a line break (header injection refused)");
     }
-    let ascii = text.is_ascii();
     if control || (!ascii && text.chars().any(char::is_control)) {
         return Err("a value rendered into a header contains a control character");
     }

@@ -9,24 +9,34 @@ use std::net::IpAddr;
 use super::Record;
 use crate::proto::command::decimal_bytes;
 
+/// `,"name":`: a key after the first, made at compile time (one copy per field, not four).
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
 /// Appends `r` as JSON (no newline) to `out`.
 pub fn write(r: &Record, out: &mut Vec<u8>) {
-    out.push(b'{');
-    let mut w = Object { out, first: true };
-    w.string("time", &r.time);
-    w.raw_string("status", r.status.name());
-    w.number("line", r.line);
+    // Room for a typical record up front, so the pushes below rarely grow the buffer.
+    out.reserve(512);
+    out.extend_from_slice(b"{\"time\":\"");
+    escape(&r.time, out);
+    out.push(b'"');
+    let w = &mut Object { out };
+    w.raw_string(key!("status"), r.status.name());
+    w.number(key!("line"), r.line);
     if let Some(rcpt) = &r.rcpt {
-        w.string("rcpt", rcpt);
+        w.string(key!("rcpt"), rcpt);
     }
     if r.attempts != 0 {
-        w.number("attempts", r.attempts.into());
+        w.number(key!("attempts"), r.attempts.into());
     }
     if let Some(mx) = &r.mx {
-        w.string("mx", mx);
+        w.string(key!("mx"), mx);
     }
     if let Some(ip) = r.ip {
-        w.key("ip");
+        w.out.extend_from_slice(key!("ip"));
         w.out.push(b'"');
         match ip {
             IpAddr::V4(v4) => {
@@ -45,10 +55,10 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
         w.out.push(b'"');
     }
     if let Some(code) = r.code {
-        w.number("code", code.into());
+        w.number(key!("code"), code.into());
     }
     if let Some(e) = r.enhanced {
-        w.key("enhanced");
+        w.out.extend_from_slice(key!("enhanced"));
         let mut buf = [0; 20];
         for (i, part) in [u64::from(e.class), e.subject.into(), e.detail.into()].into_iter().enumerate() {
             w.out.push(if i == 0 { b'"' } else { b'.' });
@@ -57,38 +67,40 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
         w.out.push(b'"');
     }
     if let Some(reply) = &r.reply {
-        w.string("reply", reply);
+        w.string(key!("reply"), reply);
     }
     if let Some(reason) = &r.reason {
-        w.string("reason", reason);
+        w.string(key!("reason"), reason);
     }
     if let Some(category) = r.category {
-        w.raw_string("category", category.as_str());
+        w.raw_string(key!("category"), category.as_str());
     }
     if let Some(tls) = r.tls {
-        w.string("tls", tls);
+        w.string(key!("tls"), tls);
     }
-    for (name, n) in
-        [("size", r.size.map(|s| s as u64)), ("queue_ms", r.queue_ms), ("retry_in_s", r.retry_in_s)]
-    {
+    for (name, n) in [
+        (key!("size"), r.size.map(|s| s as u64)),
+        (key!("queue_ms"), r.queue_ms),
+        (key!("retry_in_s"), r.retry_in_s),
+    ] {
         if let Some(n) = n {
             w.number(name, n);
         }
     }
     if let Some(campaign) = &r.campaign {
-        w.string("campaign", campaign);
+        w.string(key!("campaign"), campaign);
     }
     if let Some(input) = &r.input {
-        w.string("input", input);
+        w.string(key!("input"), input);
     }
     if let Some(digest) = &r.input_digest {
-        w.string("input_digest", digest);
+        w.string(key!("input_digest"), digest);
     }
     for (name, value) in [
-        ("destination", r.destination.as_deref()),
-        ("rule", r.rule.as_deref()),
-        ("action", r.action.as_deref()),
-        ("until", r.until.as_deref()),
+        (key!("destination"), r.destination.as_deref()),
+        (key!("rule"), r.rule.as_deref()),
+        (key!("action"), r.action.as_deref()),
+        (key!("until"), r.until.as_deref()),
     ] {
         if let Some(value) = value {
             w.string(name, value);
@@ -97,37 +109,27 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
     w.out.push(b'}');
 }
 
+/// The fields after the first (`time`, which every record has); each key comes from [`key!`].
 struct Object<'a> {
     out: &'a mut Vec<u8>,
-    first: bool,
 }
 
 impl Object<'_> {
-    /// `"name":`, after a comma unless it is the first field. Names are ours: no escaping.
-    fn key(&mut self, name: &str) {
-        if !std::mem::take(&mut self.first) {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    fn number(&mut self, name: &str, n: u64) {
-        self.key(name);
+    fn number(&mut self, key: &[u8], n: u64) {
+        self.out.extend_from_slice(key);
         self.out.extend_from_slice(decimal_bytes(n, &mut [0; 20]));
     }
 
     /// A value known to need no escaping.
-    fn raw_string(&mut self, name: &str, value: &str) {
-        self.key(name);
+    fn raw_string(&mut self, key: &[u8], value: &str) {
+        self.out.extend_from_slice(key);
         self.out.push(b'"');
         self.out.extend_from_slice(value.as_bytes());
         self.out.push(b'"');
     }
 
-    fn string(&mut self, name: &str, value: &str) {
-        self.key(name);
+    fn string(&mut self, key: &[u8], value: &str) {
+        self.out.extend_from_slice(key);
         self.out.push(b'"');
         escape(value, self.out);
         self.out.push(b'"');

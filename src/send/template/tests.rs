@@ -409,8 +409,13 @@ mod direct {
 
 #[test]
 fn header_values_refuse_breaks_and_controls_and_encode_non_ascii() {
-    let cases: [(&str, Result<&str, &str>); 8] = [
+    let cases: [(&str, Result<&str, &str>); 12] = [
         ("Ann", Ok("Ann")),
+        ("", Ok("")),
+        ("a\rb", Err("line break")),
+        ("nul\u{0}", Err("control")),
+        // A break and a control: the break is what is reported.
+        ("\u{7}a\nb", Err("line break")),
         ("tab\there", Ok("tab\there")),
         ("Grüße", Ok("=?utf-8?B?R3LDvMOfZQ==?=")),
         ("a\r\nBcc: x@y.test", Err("line break")),
