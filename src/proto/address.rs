@@ -78,7 +78,7 @@ impl Address {
         }
         // Nearly every address has no space or forbidden octet: one pass without early exit
         // (so it vectorises) says so; the loop below finds which and where.
-        let suspect = |b: u8| b <= b' ' || b == 0x7f || b == b'<' || b == b'>';
+        let suspect = |b: u8| forbidden(b) || b == b' ';
         let quoted = local.len() >= 2 && local[0] == b'"' && local[local.len() - 1] == b'"';
         let scan = if bytes.iter().fold(false, |any, &b| any | suspect(b)) { bytes } else { &[] };
         for (offset, &byte) in scan.iter().enumerate() {
