@@ -12,6 +12,50 @@ use memchr::memchr2;
 /// Pieces up to this long are scanned byte by byte (see [`BodyEncoder::push`]).
 const SHORT: usize = 32;
 
+/// What [`scan_short`] finds in a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scan {
+    /// A CR or LF.
+    breaks: bool,
+    /// An octet outside 7-bit ASCII.
+    eight_bit: bool,
+}
+
+/// Looks for line breaks and 8-bit octets eight at a time: a byte-by-byte loop cost more than
+/// the rest of encoding a short value (a name, an address, a date).
+fn scan_short(input: &[u8]) -> Scan {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `v` is zero (exact for "any": a borrow only ever follows a zero).
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let (mut breaks, mut high) = (false, 0u64);
+    let mut check = |v: u64| {
+        high |= v;
+        breaks |= has_zero(v ^ (ONES * u64::from(b'\r'))) || has_zero(v ^ (ONES * u64::from(b'\n')));
+    };
+    // Fixed-size loads only (a variable-length copy would be a call to `memcpy`). Octets may be
+    // looked at twice (overlapping loads) or not at all (NUL padding): neither changes the
+    // answer, which is whether any octet is a break or 8-bit.
+    let n = input.len();
+    let word = |at: usize| input.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_ne_bytes);
+    let half = |at: usize| input.get(at..at + 4).and_then(|w| w.try_into().ok()).map_or(0, u32::from_ne_bytes);
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 <= n {
+            check(word(at));
+            at += 8;
+        }
+        if at < n {
+            check(word(n - 8));
+        }
+    } else if n >= 4 {
+        check(u64::from(half(0)) | u64::from(half(n - 4)) << 32);
+    } else if n > 0 {
+        check(u64::from(input[0]) | u64::from(input[n / 2]) << 8 | u64::from(input[n - 1]) << 16);
+    }
+    Scan { breaks, eight_bit: high & HIGH != 0 }
+}
+
 /// How the content is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -41,7 +85,8 @@ impl BodyEncoder {
         // A message made per recipient comes in many short pieces without line breaks (values,
         // words of a template): those skip the general loop, whose set-up (the vectorised
         // search) costs more than copying them.
-        if input.len() <= SHORT && !self.pending_cr && !input.iter().any(|&b| b == b'\r' || b == b'\n') {
+        let short = (input.len() <= SHORT && !self.pending_cr).then(|| scan_short(input));
+        if let Some(Scan { breaks: false, eight_bit }) = short {
             let Some(&first) = input.first() else { return };
             if self.line_start {
                 self.line_start = false;
@@ -52,7 +97,7 @@ impl BodyEncoder {
                     }
                 }
             }
-            self.eight_bit |= !input.is_ascii();
+            self.eight_bit |= eight_bit;
             out.extend_from_slice(input);
             return;
         }
@@ -489,7 +534,34 @@ mod tests {
         )
     }
 
+    #[test]
+    fn short_scan_table() {
+        let cases: [(&[u8], bool, bool); 9] = [
+            (b"", false, false),
+            (b"Name7", false, false),
+            (b"a\rb", true, false),
+            (b"abcdefg\n", true, false),
+            (b"abcdefgh\n", true, false),
+            (b"\x0c\x0b\x0e\x09", false, false),
+            (b"caf\xc3\xa9", false, true),
+            (b"0123456789abcdef0123456789abcde\x7f", false, false),
+            (b"0123456789abcdef0123456789abcde\x80", false, true),
+        ];
+        for (input, breaks, eight_bit) in cases {
+            assert_eq!(scan_short(input), Scan { breaks, eight_bit }, "{:?}", input.escape_ascii().to_string());
+        }
+    }
+
     proptest! {
+        #[test]
+        fn short_scan_matches_bytewise(input in prop::collection::vec(any::<u8>(), 0..=SHORT)) {
+            let expected = Scan {
+                breaks: input.iter().any(|&b| b == b'\r' || b == b'\n'),
+                eight_bit: !input.is_ascii(),
+            };
+            prop_assert_eq!(scan_short(&input), expected);
+        }
+
         #[test]
         fn data_decodes_to_normalised_input(input in body_bytes()) {
             prop_assert_eq!(unstuff(&encode(Framing::Data, &input)), normalise(&input));
