@@ -37,8 +37,10 @@ fn scan_short(input: &[u8]) -> Scan {
     // looked at twice (overlapping loads) or not at all (NUL padding): neither changes the
     // answer, which is whether any octet is a break or 8-bit.
     let n = input.len();
-    let word = |at: usize| input.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_ne_bytes);
-    let half = |at: usize| input.get(at..at + 4).and_then(|w| w.try_into().ok()).map_or(0, u32::from_ne_bytes);
+    let word =
+        |at: usize| input.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_ne_bytes);
+    let half =
+        |at: usize| input.get(at..at + 4).and_then(|w| w.try_into().ok()).map_or(0, u32::from_ne_bytes);
     if n >= 8 {
         let mut at = 0;
         while at + 8 <= n {
@@ -407,7 +409,9 @@ impl Head {
     }
 
     fn is_eight_bit(&self) -> bool {
-        self.0.iter().any(|&b| b >= 0x80)
+        // Asked per send (for BODY=8BITMIME) of heads of ~400 octets (DKIM signatures):
+        // `is_ascii` goes a word at a time where an early-exit byte loop would not.
+        !self.0.is_ascii()
     }
 }
 
@@ -548,7 +552,12 @@ mod tests {
             (b"0123456789abcdef0123456789abcde\x80", false, true),
         ];
         for (input, breaks, eight_bit) in cases {
-            assert_eq!(scan_short(input), Scan { breaks, eight_bit }, "{:?}", input.escape_ascii().to_string());
+            assert_eq!(
+                scan_short(input),
+                Scan { breaks, eight_bit },
+                "{:?}",
+                input.escape_ascii().to_string()
+            );
         }
     }
 
@@ -687,5 +696,9 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(Head::new(input), Err(want), "{:?}", String::from_utf8_lossy(input));
         }
+        let ascii = Head::new(b"X: caf\x7f\r\n").unwrap();
+        let utf8 = Head::new("X: caf\u{e9}\r\n".as_bytes()).unwrap();
+        let body = Body::new(b"x\r\n");
+        assert!(!content_is_eight_bit(Some(&ascii), &body) && content_is_eight_bit(Some(&utf8), &body));
     }
 }

@@ -10,9 +10,9 @@
 use crate::send::hashing::DomainMap;
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -149,8 +149,6 @@ pub struct Control {
     pub engine_done: AtomicBool,
     /// Set by the ledger when the log cannot be written: stop sending.
     pub log_failed: AtomicBool,
-    /// The slowest domains now, for whoever shows progress.
-    pub slowest: Mutex<String>,
 }
 
 impl Ledger {
@@ -226,12 +224,9 @@ impl Ledger {
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
-                let slowest = self.slowest(3);
+                // Ranking domains takes a percentile of each one's histogram: only when shown.
                 if self.progress {
-                    self.print_progress(&slowest);
-                }
-                if let Ok(mut s) = control.slowest.lock() {
-                    *s = slowest;
+                    self.print_progress(&self.slowest(3));
                 }
             }
             if engine_done && got == 0 {
