@@ -204,6 +204,9 @@ pub struct Core {
     held_outcomes: RefCell<VecDeque<Outcome>>,
     pub watchdog: Rc<Watchdog>,
     finished: Rc<Cell<bool>>,
+    /// A blocked pool kept jobs the producer's return queue had no room for: retried each turn
+    /// of the core's loop until they are all handed back.
+    unreturned: Cell<bool>,
     /// When the engine started, and when the warmup ends.
     started: Instant,
     measure_from: Instant,
@@ -236,6 +239,7 @@ impl Core {
             held_outcomes: RefCell::default(),
             watchdog: Watchdog::new(),
             finished: Rc::new(Cell::new(false)),
+            unreturned: Cell::new(false),
             started,
             measure_from,
         })
@@ -588,6 +592,9 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             }
             moved = true;
         }
+        if core.unreturned.get() {
+            core.return_leftovers();
+        }
         if moved {
             core.notify_all();
         }
@@ -726,6 +733,13 @@ impl Core {
     /// adaptive target, and during a ramp-up a share growing linearly from one.
     fn connection_target(&self, pool: &Pool, now: Instant) -> usize {
         let mut target = pool.target(now, self.config.probe_interval);
+        if target == 0 && pool.has_pending() && self.run.closing.load(Ordering::SeqCst) {
+            // Capped to nothing, with jobs the producer no longer takes back (see
+            // `return_jobs`): they are sent only from here, so try at the reconnect pace (a
+            // refusal backs off) rather than wait out the probe interval (regression: stranded
+            // at the end of a run for the whole interval, 5 s by default).
+            target = 1;
+        }
         if let Some(cap) = pool.destination.shaping.connection_cap(now) {
             // A reaction's limit, split across cores like the configured one.
             target = target.min(Core::share(cap, self.config.threads, self.index, pool.destination.index));
@@ -747,12 +761,26 @@ impl Core {
             let mut pending = pool.pending.borrow_mut();
             while let Some(job) = pending.pop_front() {
                 if let Err(job) = run.returns.push(job) {
+                    // The producer is behind (waiting on a full queue): the rest go later,
+                    // from the core's loop. Nothing else would move them while this pool is
+                    // blocked, as the producer routes no new jobs here (regression: they
+                    // waited for the end of the run).
                     pending.push_front(job);
+                    self.unreturned.set(true);
                     break;
                 }
             }
         }
         run.returning.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Retries handing back what blocked pools kept (see `unreturned`).
+    fn return_leftovers(&self) {
+        self.unreturned.set(false);
+        let pools: Vec<Rc<Pool>> = self.pools.borrow().iter().flatten().cloned().collect();
+        for pool in pools.iter().filter(|p| p.blocked.get() && p.has_pending()) {
+            self.return_jobs(pool);
+        }
     }
 
     /// A session of this core to the pool's destination got through: it is not blocked.
