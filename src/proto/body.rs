@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use memchr::memchr2;
 
-/// Pieces up to this long are scanned byte by byte (see [`BodyEncoder::push`]).
+/// Pieces up to this long skip the general loop, scanned a word at a time (see [`scan_short`]).
 const SHORT: usize = 32;
 
 /// What [`scan_short`] finds in a piece.
