@@ -777,8 +777,8 @@ impl Core {
     /// Retries handing back what blocked pools kept (see `unreturned`).
     fn return_leftovers(&self) {
         self.unreturned.set(false);
-        let pools: Vec<Rc<Pool>> = self.pools.borrow().iter().flatten().cloned().collect();
-        for pool in pools.iter().filter(|p| p.blocked.get() && p.has_pending()) {
+        // `return_jobs` touches only the pool's own jobs, never the list of pools.
+        for pool in self.pools.borrow().iter().flatten().filter(|p| p.blocked.get() && p.has_pending()) {
             self.return_jobs(pool);
         }
     }
