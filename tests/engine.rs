@@ -490,7 +490,10 @@ fn jobs_composed_on_the_cores_are_sent_or_end_unsendable_without_being_sent() {
         message: mailvolley::proto::client::Message,
     }
     impl engine::Compose for Recipe {
-        fn compose(self: Box<Self>) -> Result<mailvolley::proto::client::Message, engine::Unsendable> {
+        fn compose(
+            self: Box<Self>,
+            _at: std::time::SystemTime,
+        ) -> Result<mailvolley::proto::client::Message, engine::Unsendable> {
             if self.n % 3 == 0 {
                 let recipients = self.message.envelope.recipients.clone();
                 return Err(engine::Unsendable { recipients, reason: format!("recipe {} refused", self.n) });

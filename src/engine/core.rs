@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -32,6 +32,8 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 /// Longest wait to hand close_notify to the kernel at the end of a TLS session.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+/// How long a reading of the wall clock serves for messages' Date (see `Core::wall`).
+const WALL_EVERY: Duration = Duration::from_secs(1);
 
 /// Bookkeeping that travels with a message through a session and comes back with its outcome.
 #[derive(Debug)]
@@ -207,6 +209,9 @@ pub struct Core {
     /// A blocked pool kept jobs the producer's return queue had no room for: retried each turn
     /// of the core's loop until they are all handed back.
     unreturned: Cell<bool>,
+    /// A reading of the wall clock and the monotonic instant it was taken at (see
+    /// [`Core::wall`]).
+    wall: Cell<(Instant, SystemTime)>,
     /// When the engine started, and when the warmup ends.
     started: Instant,
     measure_from: Instant,
@@ -240,6 +245,7 @@ impl Core {
             watchdog: Watchdog::new(),
             finished: Rc::new(Cell::new(false)),
             unreturned: Cell::new(false),
+            wall: Cell::new((started, SystemTime::now())),
             started,
             measure_from,
         })
@@ -386,8 +392,22 @@ impl Core {
 
     /// The message of the attempt `meta`, composed now if its source left that to the cores.
     /// `None`: it cannot be composed; its recipients' outcomes say why, and it is done.
+    /// The wall-clock time at `now`, from a reading of the clock at most [`WALL_EVERY`] old:
+    /// a message's Date needs seconds, and a clock call per message is a measurable cost.
+    fn wall(&self, now: Instant) -> SystemTime {
+        let (at, wall) = self.wall.get();
+        match now.checked_duration_since(at) {
+            Some(since) if since < WALL_EVERY => wall + since,
+            _ => {
+                let wall = SystemTime::now();
+                self.wall.set((now, wall));
+                wall
+            }
+        }
+    }
+
     pub fn compose(&self, payload: Payload, meta: &Meta) -> Option<Message> {
-        let failed = match payload.compose() {
+        let failed = match payload.compose(self.wall(meta.dispatched)) {
             Ok(message) => return Some(message),
             Err(failed) => failed,
         };

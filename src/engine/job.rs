@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::shaping::{Limits, Shaping};
 use crate::proto::{Address, Message};
@@ -226,9 +226,9 @@ pub enum Payload {
 
 /// A message the core composes when it needs it (see [`Payload`]).
 pub trait Compose: Send + std::fmt::Debug {
-    /// Builds the message. An `Err` means it cannot be sent at all: its recipients end as
-    /// unsendable, with nothing sent and no attempt counted.
-    fn compose(self: Box<Self>) -> Result<Message, Unsendable>;
+    /// Builds the message at wall-clock time `at` (its Date). An `Err` means it cannot be sent
+    /// at all: its recipients end as unsendable, with nothing sent and no attempt counted.
+    fn compose(self: Box<Self>, at: SystemTime) -> Result<Message, Unsendable>;
 
     /// Whom the message will be for, without building it (a job handed back unsent).
     fn recipients(&self) -> Vec<Address>;
@@ -242,10 +242,10 @@ pub struct Unsendable {
 }
 
 impl Payload {
-    pub fn compose(self) -> Result<Message, Unsendable> {
+    pub fn compose(self, at: SystemTime) -> Result<Message, Unsendable> {
         match self {
             Payload::Ready(message) => Ok(message),
-            Payload::Compose(recipe) => recipe.compose(),
+            Payload::Compose(recipe) => recipe.compose(at),
         }
     }
 

@@ -169,8 +169,10 @@ where
         }
         // When the destination's (or the run's) rate lets the next message go, if not now.
         let mut held_until = None;
+        // One reading of the clock for the whole burst of messages started here.
+        let mut clock = None;
         while client.wants_transaction() && !core.halted() && pool.has_pending() {
-            let now = Instant::now();
+            let now = *clock.get_or_insert_with(Instant::now);
             if let Err(at) = core.admit(pool, now) {
                 held_until = Some(at);
                 break;

@@ -32,6 +32,8 @@ use crate::rng::Rng;
 const MAX_DOMAIN_HISTOGRAMS: usize = 10_000;
 /// How often live progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Outcomes recorded per reading of the clock.
+const CLOCK_EVERY: usize = 64;
 
 /// Counts by final state (and deferrals, which are attempts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -204,8 +206,14 @@ impl Ledger {
                 got += 1;
             }
             for q in 0..self.outcomes.len() {
+                // The clock is read once per few outcomes, not per outcome: a record's time
+                // has millisecond resolution, and a batch takes microseconds.
+                let mut when = self.when();
                 while let Some(o) = self.outcomes[q].pop() {
-                    self.outcome(o);
+                    if got % CLOCK_EVERY == CLOCK_EVERY - 1 {
+                        when = self.when();
+                    }
+                    self.outcome(o, &when);
                     got += 1;
                 }
             }
@@ -239,15 +247,19 @@ impl Ledger {
         self.books()
     }
 
-    fn outcome(&mut self, o: Outcome) {
-        let stamp = self.clock.now();
+    /// Now, as a monotonic instant and as a record's timestamp.
+    fn when(&mut self) -> (Instant, Arc<str>) {
+        (Instant::now(), self.clock.now())
+    }
+
+    fn outcome(&mut self, o: Outcome, (now, stamp): &(Instant, Arc<str>)) {
+        let (now, stamp) = (*now, Arc::clone(stamp));
         if o.unsendable {
             // Its template refused the row (on the core that was to send it): nothing was sent.
             let mut r = Record::at(Status::Rejected, o.id, stamp).rcpt(o.recipient.shared());
             r.reason = o.error;
             return self.write(r);
         }
-        let now = Instant::now();
         let retry_at = match o.disposition {
             // Not before its destination's suspension ends, which may be past its maximum age.
             Disposition::Deferred => self

@@ -200,8 +200,8 @@ pub struct Recipe {
 }
 
 impl Compose for Recipe {
-    fn compose(self: Box<Self>) -> Result<Message, Unsendable> {
-        match self.template.render(&self.row, SystemTime::now()) {
+    fn compose(self: Box<Self>, at: SystemTime) -> Result<Message, Unsendable> {
+        match self.template.render(&self.row, at) {
             Ok(rendered) => {
                 let envelope = Envelope { sender: rendered.sender, recipients: vec![self.row.email.clone()] };
                 Ok(Message { envelope: Arc::new(envelope), head: rendered.head, body: rendered.body })

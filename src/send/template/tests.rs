@@ -188,13 +188,13 @@ fn a_recipe_composes_the_envelope_and_message_or_says_why_not() {
         MessageTemplate::new(&raw("From: a@example.com\nSubject: {{ s }}\n\nhello\n"), "c").unwrap(),
     );
     let ok = Box::new(Recipe { row: row(3, "r@x.test", json!({ "s": "hi" })), template: Arc::clone(&t) });
-    let m = ok.compose().unwrap();
+    let m = ok.compose(SystemTime::now()).unwrap();
     assert_eq!(m.envelope.sender.as_ref().unwrap().as_str(), "a@example.com");
     assert_eq!(m.envelope.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["r@x.test"]);
     let body = String::from_utf8(m.body.bytes().to_vec()).unwrap();
     assert!(body.contains("Subject: hi\r\n") && body.ends_with("\r\n\r\nhello\r\n"), "{body}");
     let bad = Box::new(Recipe { row: row(4, "s@x.test", json!({ "s": "a\nBcc: x@y" })), template: t });
-    let refused = bad.compose().unwrap_err();
+    let refused = bad.compose(SystemTime::now()).unwrap_err();
     assert_eq!(refused.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["s@x.test"]);
     assert!(refused.reason.contains("header injection"), "{}", refused.reason);
 }
@@ -214,7 +214,7 @@ mod fast_path {
 
     fn csv(first: &str, city: &str) -> Arc<Row> {
         let names: Arc<[String]> = ["email", "first", "city"].map(String::from).into();
-        let fields = csv::StringRecord::from(vec!["r@x.test", first, city]);
+        let fields = crate::send::input::Fields::from(&["r@x.test", first, city][..]);
         let vars = crate::send::input::Vars::Csv { names, fields };
         Arc::new(Row { line: 42, email: Address::new("r@x.test").unwrap(), vars })
     }
@@ -353,7 +353,7 @@ mod direct {
 
     /// A CSV row; its `email` column is written otherwise than the parsed address it gives.
     fn csv(names: &Arc<[String]>, first: &str, city: &str) -> Arc<Row> {
-        let fields = csv::StringRecord::from(vec![" R@x.test ", first, city]);
+        let fields = crate::send::input::Fields::from(&[" R@x.test ", first, city][..]);
         let vars = crate::send::input::Vars::Csv { names: Arc::clone(names), fields };
         Arc::new(Row { line: 9, email: Address::new("R@x.test").unwrap(), vars })
     }
