@@ -11,6 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::proto::Address;
 
+mod csv_reader;
+pub use csv_reader::Fields;
+use csv_reader::{CsvReader, MAX_RECORD};
+
 /// The longest JSONL line read; longer ones are rejected without being held in memory.
 const MAX_LINE: usize = 1 << 20;
 
@@ -27,7 +31,7 @@ pub struct Row {
 /// width) beside the header's names, shared by every row; a JSON object keeps its types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Vars {
-    Csv { names: Arc<[String]>, fields: csv::StringRecord },
+    Csv { names: Arc<[String]>, fields: Fields },
     Json(Map<String, Value>),
 }
 
@@ -85,11 +89,12 @@ pub struct Rows {
 }
 
 enum Inner {
+    /// The reader is boxed: the parser's tables make it large.
     Csv {
-        reader: csv::Reader<Box<dyn Read + Send>>,
+        reader: Box<CsvReader>,
         headers: Arc<[String]>,
         email: usize,
-        record: csv::ByteRecord,
+        record: csv_reader::Record,
     },
     Jsonl {
         reader: BufReader<Box<dyn Read + Send>>,
@@ -132,19 +137,21 @@ impl Rows {
                 Inner::Jsonl { reader: BufReader::new(Box::new(reader)), line: 0, bytes: 0, buf: Vec::new() }
             }
             Format::Csv => {
-                let boxed: Box<dyn Read + Send> = Box::new(reader);
-                let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(boxed);
-                let headers: Arc<[String]> = reader
-                    .headers()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("CSV header row: {e}")))?
-                    .iter()
-                    .map(|h| h.trim().to_owned())
-                    .collect();
+                let mut reader = Box::new(CsvReader::new(Box::new(reader)));
+                let mut record = csv_reader::Record::default();
+                reader.read(&mut record)?;
+                let headers: Arc<[String]> = record
+                    .fields()
+                    .map(|h| std::str::from_utf8(h).map(|h| h.trim().to_owned()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("CSV header row: {e}"))
+                    })?;
                 let email =
                     headers.iter().position(|h| h.eq_ignore_ascii_case("email")).ok_or_else(|| {
                         io::Error::new(io::ErrorKind::InvalidData, "the CSV header row has no `email` column")
                     })?;
-                Inner::Csv { reader, headers, email, record: csv::ByteRecord::new() }
+                Inner::Csv { reader, headers, email, record }
             }
         };
         Ok(Rows { inner, size: None })
@@ -154,7 +161,7 @@ impl Rows {
     /// read so far; `None` for a stream, or before any row.
     pub fn estimated_rows(&self, rows_read: u64) -> Option<u64> {
         let consumed = match &self.inner {
-            Inner::Csv { reader, .. } => reader.position().byte(),
+            Inner::Csv { reader, .. } => reader.position(),
             Inner::Jsonl { bytes, .. } => *bytes,
         };
         let size = self.size.filter(|_| consumed > 0 && rows_read > 0)?;
@@ -212,33 +219,28 @@ pub fn digest(path: &Path) -> io::Result<Option<String>> {
 }
 
 fn next_csv(
-    reader: &mut csv::Reader<Box<dyn Read + Send>>,
+    reader: &mut CsvReader,
     headers: &Arc<[String]>,
     email: usize,
-    record: &mut csv::ByteRecord,
+    record: &mut csv_reader::Record,
 ) -> io::Result<Option<Item>> {
-    let result = reader.read_byte_record(record);
-    let line = record.position().map_or(0, |p| p.line());
-    match result {
-        Ok(false) => return Ok(None),
-        Ok(true) => {}
-        Err(e) => {
-            let line = e.position().map_or(line, |p| p.line());
-            return match e.kind() {
-                csv::ErrorKind::Io(_) => Err(io::Error::other(e.to_string())),
-                _ => Ok(Some(Err(BadRow { line, email: None, reason: format!("unreadable CSV row: {e}") }))),
-            };
-        }
+    if !reader.read(record)? {
+        return Ok(None);
+    }
+    let line = record.line;
+    if record.too_long {
+        let reason = format!("row longer than {MAX_RECORD} octets");
+        return Ok(Some(Err(BadRow { line, email: None, reason })));
     }
     if record.len() != headers.len() {
         let reason = format!("{} fields where the header has {}", record.len(), headers.len());
         return Ok(Some(Err(BadRow { line, email: None, reason })));
     }
     // The reader's record is reused for the next row; this row keeps a copy of its own.
-    let fields = match csv::StringRecord::from_byte_record(record.clone()) {
+    let fields = match Fields::new(record) {
         Ok(fields) => fields,
-        Err(e) => {
-            let name = headers.get(e.utf8_error().field()).map_or("?", String::as_str);
+        Err(field) => {
+            let name = headers.get(field).map_or("?", String::as_str);
             let reason = format!("column `{name}` is not UTF-8");
             return Ok(Some(Err(BadRow { line, email: None, reason })));
         }
@@ -390,6 +392,25 @@ mod tests {
         assert!(bad[2].1.contains("1 fields where the header has 2"), "{bad:?}");
         assert!(bad[3].1.contains("single label"), "{bad:?}");
         assert!(items.last().unwrap().is_ok());
+    }
+
+    /// Regression: rows were numbered by the `csv` crate, which gave a row after a blank line
+    /// the blank line's number, a CRLF file's rows the line before theirs, and every row of a
+    /// CR-only file line 1, so `--resume` (which knows rows by line) conflated them.
+    #[test]
+    fn rows_are_numbered_by_their_physical_line_whatever_the_line_ends() {
+        let cases = [
+            ("email,n\nbad,1\n\nx@y.test,2\n", vec![2, 4]),
+            ("email,n\r\nbad,1\r\n\r\nx@y.test,2\r\n", vec![2, 4]),
+            ("email,n\rbad,1\rx@y.test,2\r", vec![2, 3]),
+            ("email,n\n\"bad\",\"two\nlines\"\nx@y.test,3\n", vec![2, 4]),
+        ];
+        for (text, want) in cases {
+            let items = rows(text, Some(Format::Csv));
+            let lines: Vec<u64> =
+                items.iter().map(|i| i.as_ref().map_or_else(|b| b.line, |r| r.line)).collect();
+            assert_eq!(lines, want, "{text:?}");
+        }
     }
 
     #[test]
