@@ -8,12 +8,17 @@
 # (examples/dns_stub.rs), so MX rollup puts them on one destination, as a large provider's
 # domains would be. The message is a template with three variables. Prints msg/s, CPU per
 # message (user + system, from /usr/bin/time) and peak RSS for both, and send/bench.
+#
+# ROUNDS=3 (default) runs bench and send alternately that many times and reports each round
+# and the medians: on a shared VM one run of either varies by ±20%, and alternating keeps a
+# slow spell of the machine from landing on one side only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N="${N:-1000000}"
 DOMAINS="${DOMAINS:-1000}"
 CONNECTIONS="${CONNECTIONS:-16}"
+ROUNDS="${ROUNDS:-3}"
 PORT="${PORT:-2650}"
 DNS_PORT="${DNS_PORT:-5350}"
 
@@ -48,17 +53,38 @@ measure() {
     awk '{ printf "%s %.2f %s\n", $1, $2 + $3, $4 }' "$work/time"
 }
 
-read -r b_elapsed b_cpu b_rss < <(measure "$VOLLEY" bench --target "127.0.0.2:$PORT" --threads 1 \
-    --connections "$CONNECTIONS" --messages "$N" --size 1000 --quiet)
-read -r s_elapsed s_cpu s_rss < <(measure "$VOLLEY" send --recipients "$work/list.csv" --message "$work/msg.txt" \
-    --dns-server "127.0.0.1:$DNS_PORT" --smtp-port "$PORT" --threads 1 --connections "$CONNECTIONS" \
-    --pipeline-depth 32 --messages-per-connection 1000000 --log "$work/send.jsonl" --quiet)
-delivered=$(grep -c '"status":"delivered"' "$work/send.jsonl")
+run_bench() {
+    measure "$VOLLEY" bench --target "127.0.0.2:$PORT" --threads 1 \
+        --connections "$CONNECTIONS" --messages "$N" --size 1000 --quiet
+}
+run_send() {
+    rm -f "$work/send.jsonl"
+    measure "$VOLLEY" send --recipients "$work/list.csv" --message "$work/msg.txt" \
+        --dns-server "127.0.0.1:$DNS_PORT" --smtp-port "$PORT" --threads 1 --connections "$CONNECTIONS" \
+        --pipeline-depth 32 --messages-per-connection 1000000 --log "$work/send.jsonl" --quiet
+}
 
-awk -v n="$N" -v d="$delivered" -v be="$b_elapsed" -v bc="$b_cpu" -v br="$b_rss" \
-    -v se="$s_elapsed" -v sc="$s_cpu" -v sr="$s_rss" 'BEGIN {
-    printf "%-6s %10s %12s %12s\n", "", "msg/s", "CPU us/msg", "peak RSS MiB"
-    printf "%-6s %10.0f %12.2f %12.1f\n", "bench", n / be, bc * 1e6 / n, br / 1024
-    printf "%-6s %10.0f %12.2f %12.1f   (%d of %d delivered, log written)\n", "send", d / se, sc * 1e6 / d, sr / 1024, d, n
-    printf "send/bench rate: %.2f\n", (d / se) / (n / be)
-}'
+printf "%-8s %10s %12s %12s\n" "" "msg/s" "CPU us/msg" "peak RSS MiB"
+for round in $(seq "$ROUNDS"); do
+    # Alternate which goes first, so neither always follows the other.
+    if ((round % 2)); then
+        read -r b_elapsed b_cpu b_rss < <(run_bench)
+        read -r s_elapsed s_cpu s_rss < <(run_send)
+    else
+        read -r s_elapsed s_cpu s_rss < <(run_send)
+        read -r b_elapsed b_cpu b_rss < <(run_bench)
+    fi
+    delivered=$(grep -c '"status":"delivered"' "$work/send.jsonl")
+    awk -v n="$N" -v d="$delivered" -v be="$b_elapsed" -v bc="$b_cpu" -v br="$b_rss" \
+        -v se="$s_elapsed" -v sc="$s_cpu" -v sr="$s_rss" -v r="$round" 'BEGIN {
+        printf "%-8s %10.0f %12.2f %12.1f\n", "bench " r, n / be, bc * 1e6 / n, br / 1024
+        printf "%-8s %10.0f %12.2f %12.1f   (%d of %d delivered, log written)\n", "send " r, d / se, sc * 1e6 / d, sr / 1024, d, n
+        printf "ratio %d %.3f\n", r, (d / se) / (n / be)
+    }' | tee -a "$work/rounds"
+done
+awk '/^ratio/ { r[++k] = $3 } /^bench/ { b[++i] = $3 } /^send/ { s[++j] = $3 }
+    function median(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    END { printf "median of %d rounds: bench %.0f msg/s, send %.0f msg/s, send/bench rate %.2f\n", k, median(b, i), median(s, j), median(r, k) }' "$work/rounds"
