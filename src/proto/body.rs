@@ -159,6 +159,25 @@ impl BodyEncoder {
         out.extend_from_slice(&input[run..]);
     }
 
+    /// Appends a piece known to hold no line break and no 8-bit octet (see
+    /// [`BodyWriter::push_plain`]).
+    fn push_plain(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&first) = input.first() else { return };
+        if self.pending_cr {
+            return self.push(input, out);
+        }
+        if self.line_start {
+            self.line_start = false;
+            if first == b'.' {
+                self.dot_lines = true;
+                if self.framing == Framing::Data {
+                    out.push(b'.');
+                }
+            }
+        }
+        out.extend_from_slice(input);
+    }
+
     /// Encodes a piece prepared ahead of time: its encoding is copied, not worked out again,
     /// unless the state of the encoder makes it differ (a CR pending from the previous piece,
     /// DATA framing).
@@ -260,6 +279,14 @@ impl BodyWriter {
 
     pub fn push_prepared(&mut self, piece: &Prepared) {
         self.enc.push_prepared(piece, &mut self.out);
+    }
+
+    /// Appends `piece`, which the caller knows is printable ASCII (no line break, no 8-bit
+    /// octet): it is copied without being looked at, save its first octet (a dot starting a
+    /// line).
+    pub fn push_plain(&mut self, piece: &[u8]) {
+        debug_assert!(piece.iter().all(|b| (0x20..0x7f).contains(b)), "not plain: {piece:?}");
+        self.enc.push_plain(piece, &mut self.out);
     }
 }
 

@@ -54,7 +54,6 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
             }
         }
         let outcome = item.map_err(|bad| (bad.line, bad.reason)).and_then(|row| {
-            let row = Arc::new(row);
             if config.dedupe && !seen.insert(fingerprint(row.email.as_str())) {
                 return Err((row.line, format!("{}: duplicate address", row.email)));
             }

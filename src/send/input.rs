@@ -326,30 +326,52 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
     if !domain.contains('.') {
         return Err(format!("domain `{domain}` has a single label"));
     }
-    // One pass over the bytes (every row's domain is checked): a label ends at each dot and at
-    // the end.
+    // One pass over the bytes through a table (every row's domain is checked): a label ends at
+    // each dot and at the end.
+    const CHAR: u8 = 0;
+    const DOT: u8 = 1;
+    const OTHER: u8 = 2;
+    const CLASS: [u8; 256] = {
+        let mut class = [OTHER; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            if c.is_ascii_alphanumeric() || c == b'-' || !c.is_ascii() {
+                class[b] = CHAR;
+            } else if c == b'.' {
+                class[b] = DOT;
+            }
+            b += 1;
+        }
+        class
+    };
     let bytes = domain.as_bytes();
-    let (mut start, mut chars_ok) = (0, true);
-    for i in 0..=bytes.len() {
-        let b = bytes.get(i).copied().unwrap_or(b'.');
-        if b != b'.' {
-            chars_ok &= b.is_ascii_alphanumeric() || b == b'-' || !b.is_ascii();
-            continue;
+    let bad_label = |start: usize, end: usize| {
+        let label = &bytes[start..end];
+        label.is_empty() || label.len() > 63 || label[0] == b'-' || label[label.len() - 1] == b'-'
+    };
+    let (mut start, mut other) = (0, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match CLASS[usize::from(b)] {
+            DOT => {
+                if other || bad_label(start, i) {
+                    return Err(invalid_label(domain, start, i));
+                }
+                start = i + 1;
+            }
+            class => other |= class == OTHER,
         }
-        let label = &bytes[start..i];
-        if !chars_ok
-            || label.is_empty()
-            || label.len() > 63
-            || label.first() == Some(&b'-')
-            || label.last() == Some(&b'-')
-        {
-            // Dots are ASCII, so the label's ends are character boundaries.
-            let label = domain.get(start..i).unwrap_or(domain);
-            return Err(format!("domain `{domain}` has an invalid label `{label}`"));
-        }
-        (start, chars_ok) = (i + 1, true);
+    }
+    if other || bad_label(start, bytes.len()) {
+        return Err(invalid_label(domain, start, bytes.len()));
     }
     Ok(())
+}
+
+fn invalid_label(domain: &str, start: usize, end: usize) -> String {
+    // Dots are ASCII, so the label's ends are character boundaries.
+    let label = domain.get(start..end).unwrap_or(domain);
+    format!("domain `{domain}` has an invalid label `{label}`")
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ impl SendSource {
         }
         // Rendered by the core that sends it; a row its template refuses is rejected there.
         let (line, rcpt) = (row.line, row.email.clone());
-        let recipe = Recipe { row: Arc::new(row), template: Arc::clone(&self.template) };
+        let recipe = Recipe { row, template: Arc::clone(&self.template) };
         let message = Payload::Compose(Box::new(recipe));
         self.route(Pending { line, rcpt, message, born: now, attempts: 0 }, now);
     }

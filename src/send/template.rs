@@ -195,7 +195,8 @@ impl Object for Context {
 /// [`crate::engine::Payload`]): rendering runs on every core in parallel.
 #[derive(Debug)]
 pub struct Recipe {
-    pub row: Arc<Row>,
+    /// Held in the recipe itself: one allocation per row fewer, freed on another thread.
+    pub row: Row,
     pub template: Arc<MessageTemplate>,
 }
 
@@ -346,7 +347,7 @@ impl MessageTemplate {
     }
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
-    pub fn render(&self, row: &Arc<Row>, now: SystemTime) -> Result<Rendered, String> {
+    pub fn render(&self, row: &Row, now: SystemTime) -> Result<Rendered, String> {
         // minijinja's view of the row, made once if any template needs it.
         let context = std::cell::OnceCell::new();
         let render = |name: &str| -> Result<String, String> {
@@ -357,7 +358,8 @@ impl MessageTemplate {
             }
             let ctx = context.get_or_init(|| {
                 Value::from_object(Context {
-                    row: Arc::clone(row),
+                    // A copy, only for the rows minijinja renders (the plans need none).
+                    row: Arc::new(row.clone()),
                     campaign: self.campaign_value.clone(),
                     unsubscribe: self.unsubscribe.clone(),
                 })

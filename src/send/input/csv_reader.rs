@@ -136,6 +136,9 @@ fn scan_plain(window: &[u8], ends: &mut Vec<usize>) -> Plain {
 pub struct Fields {
     text: Box<str>,
     ends: Ends,
+    /// Every octet is printable ASCII (no control, no line break, no 8-bit): the values can be
+    /// copied into a message as they are.
+    plain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +164,14 @@ impl Fields {
         } else {
             Ends::Heap(ends.collect())
         };
-        Ok(Fields { text: text.into(), ends })
+        // One pass without early exit, so it vectorises.
+        let plain = !text.bytes().fold(false, |odd, b| odd | !(0x20..0x7f).contains(&b));
+        Ok(Fields { text: text.into(), ends, plain })
+    }
+
+    /// Whether every value is printable ASCII (see [`crate::proto::body::BodyWriter::push_plain`]).
+    pub fn is_plain(&self) -> bool {
+        self.plain
     }
 
     fn ends(&self) -> &[u32] {
@@ -475,6 +485,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fields_know_whether_they_are_plain_and_name_the_first_that_is_not_utf8() {
+        let cases: &[(&[&str], bool)] = &[
+            (&["a@b.test", "Ann", "Oslo, Norway ~!"], true),
+            (&["a@b.test", ""], true),
+            (&["a@b.test", "tab\there"], false),
+            (&["a@b.test", "Zoë"], false),
+            (&["a@b.test", "del\x7f"], false),
+            (&["a@b.test", "two\nlines"], false),
+        ];
+        for (values, plain) in cases {
+            let fields = Fields::from(*values);
+            assert_eq!(fields.is_plain(), *plain, "{values:?}");
+            assert_eq!((0..values.len()).map(|i| fields.get(i).unwrap()).collect::<Vec<_>>(), *values);
+            assert_eq!(fields.get(values.len()), None);
+        }
+        let mut reader = CsvReader::new(Box::new(Trickle(b"a,\xC3,\xA9\n".to_vec(), 0, 64)));
+        let mut record = Record::default();
+        assert!(reader.read(&mut record).unwrap());
+        assert_eq!(Fields::new(&record), Err(1), "a split character is in no field whole");
     }
 
     #[test]

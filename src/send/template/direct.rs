@@ -107,7 +107,7 @@ impl Direct {
         self.columns = Some(Arc::clone(columns));
     }
 
-    /// The value of variable `name` for `row`.
+    /// The value of variable `name` for `row`, and whether it is known to be printable ASCII.
     fn value<'a>(
         &self,
         row: &'a Row,
@@ -115,13 +115,13 @@ impl Direct {
         name: &str,
         column: Option<usize>,
         digits: &'a mut [u8; 20],
-    ) -> Option<&'a str> {
+    ) -> Option<(&'a str, bool)> {
         if let (Some(i), Vars::Csv { names, fields }, Some(bound)) = (column, &row.vars, &self.columns) {
             if Arc::ptr_eq(names, bound) {
-                return fields.get(i);
+                return fields.get(i).map(|v| (v, fields.is_plain()));
             }
         }
-        lookup(row, campaign, name, digits)
+        lookup(row, campaign, name, digits).map(|v| (v, false))
     }
 
     /// The message for `row`, or `None`: leave it to the general path.
@@ -131,12 +131,13 @@ impl Direct {
             for step in &self.steps {
                 match step {
                     Step::Text(text) => w.push_prepared(text),
-                    Step::Var { name, header: false, column } => {
-                        w.push(self.value(row, campaign, name, *column, &mut digits)?.as_bytes());
-                    }
-                    Step::Var { name, header: true, column } => {
-                        let value = self.value(row, campaign, name, *column, &mut digits)?;
-                        w.push(header_text(value).ok()?.as_bytes());
+                    Step::Var { name, header, column } => {
+                        match self.value(row, campaign, name, *column, &mut digits)? {
+                            // Printable ASCII: nothing to encode, and nothing a header refuses.
+                            (value, true) => w.push_plain(value.as_bytes()),
+                            (value, false) if *header => w.push(header_text(value).ok()?.as_bytes()),
+                            (value, false) => w.push(value.as_bytes()),
+                        }
                     }
                     Step::Email => w.push(row.email.as_str().as_bytes()),
                     Step::Date => with_date(unix_seconds(now), |date| w.push(date.as_bytes())),
