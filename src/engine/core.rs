@@ -32,6 +32,9 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 /// Longest wait to hand close_notify to the kernel at the end of a TLS session.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+/// How soon after a refused connection a session must become ready for the refusal to count
+/// as the server capping connections (see `Core::prove_refusals`).
+const PROVE_WITHIN: Duration = Duration::from_secs(1);
 /// How long a reading of the wall clock serves for messages' Date (see `Core::wall`).
 const WALL_EVERY: Duration = Duration::from_secs(1);
 
@@ -89,6 +92,9 @@ pub struct Pool {
     /// The server gives this core no connection while other cores hold its sessions: jobs go
     /// back to the producer for the other cores (see `Core::return_jobs`).
     pub blocked: Cell<bool>,
+    /// Connections refused while no session to the destination was established yet, and when
+    /// the last was: a cap if a session becomes ready soon after (see [`Core::prove_refusals`]).
+    unproven_refusals: Cell<(u64, Option<Instant>)>,
     /// A TLS handshake with this destination failed under the opportunistic policy: later
     /// connections go on in plaintext rather than fail the same way.
     pub plaintext_fallback: Cell<bool>,
@@ -113,6 +119,7 @@ impl Pool {
             target: Cell::new(share),
             target_changed: Cell::new(Instant::now()),
             blocked: Cell::new(false),
+            unproven_refusals: Cell::new((0, None)),
             plaintext_fallback: Cell::new(false),
         }
     }
@@ -844,8 +851,24 @@ impl Core {
             }
             return;
         }
+        if !error.is_tls_or_auth() {
+            let (refused, _) = pool.unproven_refusals.get();
+            pool.unproven_refusals.set((refused + 1, Some(now)));
+        }
         if pool.destination.health.failed(now) >= self.config.failing_after {
             self.fail_pending(pool, error);
+        }
+    }
+
+    /// A session to the destination became ready: connections refused just before, while the
+    /// server was still greeting the ones it took (so none was established to show it), were
+    /// the server capping connections after all. Counted and acted on as such now.
+    pub fn prove_refusals(&self, pool: &Pool) {
+        let (refused, at) = pool.unproven_refusals.take();
+        let now = Instant::now();
+        if refused > 0 && at.is_some_and(|at| now.saturating_duration_since(at) <= PROVE_WITHIN) {
+            pool.capped(pool.open.get(), now);
+            self.stats.borrow_mut().cap_refusals += refused;
         }
     }
 }

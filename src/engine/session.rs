@@ -122,6 +122,7 @@ where
                     ready = true;
                     via.tls = conn.tls().and_then(TlsLayer::info).map(|i| i.version);
                     pool.destination.health.session_ready();
+                    core.prove_refusals(pool);
                     core.unblock(pool);
                     let mut stats = core.stats.borrow_mut();
                     stats.record(Metric::Greeting, h.greeting);
