@@ -397,8 +397,6 @@ impl Core {
         }
     }
 
-    /// The message of the attempt `meta`, composed now if its source left that to the cores.
-    /// `None`: it cannot be composed; its recipients' outcomes say why, and it is done.
     /// The wall-clock time at `now`, from a reading of the clock at most [`WALL_EVERY`] old:
     /// a message's Date needs seconds, and a clock call per message is a measurable cost.
     fn wall(&self, now: Instant) -> SystemTime {
@@ -413,6 +411,8 @@ impl Core {
         }
     }
 
+    /// The message of the attempt `meta`, composed now if its source left that to the cores.
+    /// `None`: it cannot be composed; its recipients' outcomes say why, and it is done.
     pub fn compose(&self, payload: Payload, meta: &Meta) -> Option<Message> {
         let failed = match payload.compose(self.wall(meta.dispatched)) {
             Ok(message) => return Some(message),

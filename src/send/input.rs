@@ -27,8 +27,9 @@ pub struct Row {
     pub vars: Vars,
 }
 
-/// A row's variables, as read: a CSV row stays one record (two allocations, whatever its
-/// width) beside the header's names, shared by every row; a JSON object keeps its types.
+/// A row's variables, as read: a CSV row stays one piece of text with its fields' ends (one
+/// allocation up to eight columns) beside the header's names, shared by every row; a JSON
+/// object keeps its types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Vars {
     Csv { names: Arc<[String]>, fields: Fields },

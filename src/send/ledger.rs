@@ -207,7 +207,7 @@ impl Ledger {
             }
             for q in 0..self.outcomes.len() {
                 // The clock is read once per few outcomes, not per outcome: a record's time
-                // has millisecond resolution, and a batch takes microseconds.
+                // has millisecond resolution, and 64 outcomes take well under a millisecond.
                 let mut when = self.when();
                 while let Some(o) = self.outcomes[q].pop() {
                     if got % CLOCK_EVERY == CLOCK_EVERY - 1 {
