@@ -89,19 +89,8 @@ impl BodyEncoder {
         // search) costs more than copying them.
         let short = (input.len() <= SHORT && !self.pending_cr).then(|| scan_short(input));
         if let Some(Scan { breaks: false, eight_bit }) = short {
-            let Some(&first) = input.first() else { return };
-            if self.line_start {
-                self.line_start = false;
-                if first == b'.' {
-                    self.dot_lines = true;
-                    if self.framing == Framing::Data {
-                        out.push(b'.');
-                    }
-                }
-            }
             self.eight_bit |= eight_bit;
-            out.extend_from_slice(input);
-            return;
+            return self.append_unbroken(input, out);
         }
         let len = input.len();
         let mut i = 0;
@@ -162,10 +151,16 @@ impl BodyEncoder {
     /// Appends a piece known to hold no line break and no 8-bit octet (see
     /// [`BodyWriter::push_plain`]).
     fn push_plain(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let Some(&first) = input.first() else { return };
         if self.pending_cr {
             return self.push(input, out);
         }
+        self.append_unbroken(input, out);
+    }
+
+    /// Appends a piece with no line break, no CR pending before it, and its 8-bit octets
+    /// already noted: only a dot starting a line needs care.
+    fn append_unbroken(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&first) = input.first() else { return };
         if self.line_start {
             self.line_start = false;
             if first == b'.' {
