@@ -6,6 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::Hasher;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::bounce::Category;
 use super::hashing::DomainMap;
 pub use super::hashing::Fingerprints;
-use super::input::{BadRow, Row, Rows};
+use super::input::{BadRow, Item, Rows};
 use super::log::{Record, Resumed, Status};
 use super::retry::{Pending, Schedule};
 use super::route::{Lookup, Route, Routes};
@@ -32,6 +33,10 @@ const MAX_RESERVE: u64 = 50_000_000;
 
 /// Rows read per call at most, so a long run of bad rows does not hold up retries.
 const ROWS_PER_CALL: usize = 256;
+
+/// Rows read ahead of the one admitted: each one's slot in the fingerprint set is fetched into
+/// the cache meanwhile (see [`Fingerprints::prefetch`]).
+const READ_AHEAD: usize = 8;
 
 /// What the source and the log thread share.
 #[derive(Debug, Default)]
@@ -60,6 +65,10 @@ pub struct SendSource {
     suppress: Suppressions,
     /// Rows read so far.
     rows_read: u64,
+    /// Rows read from `rows` and not yet admitted, with their fingerprints (0 for a bad row or
+    /// when duplicates are allowed), and how reading ended if it has.
+    ahead: VecDeque<(Item, u64)>,
+    ended: Option<io::Result<()>>,
     resume: Option<Resumed>,
     /// Recipients whose domain is being resolved, by domain.
     resolving: DomainMap<Vec<Pending>>,
@@ -96,6 +105,8 @@ impl SendSource {
             seen: dedupe.then(Fingerprints::default),
             suppress,
             rows_read: 0,
+            ahead: VecDeque::with_capacity(READ_AHEAD),
+            ended: None,
             resume,
             resolving: DomainMap::default(),
             resolving_count: 0,
@@ -123,8 +134,36 @@ impl SendSource {
         self.record(r);
     }
 
-    /// Reads one row: skipped (resumed), rejected, or routed.
-    fn admit(&mut self, item: Result<Row, BadRow>, now: Instant) {
+    /// The next row to admit and its fingerprint; `None` at the end of the input. Reads up to
+    /// [`READ_AHEAD`] rows ahead, starting the fetch of each one's fingerprint slot.
+    fn read_row(&mut self) -> io::Result<Option<(Item, u64)>> {
+        while self.ahead.len() < READ_AHEAD && self.ended.is_none() {
+            let Some(rows) = &mut self.rows else { break };
+            match rows.next_row() {
+                Ok(Some(item)) => {
+                    let fingerprint = match (&item, &self.seen) {
+                        (Ok(row), Some(seen)) => {
+                            let f = fingerprint(row.email.as_str());
+                            seen.prefetch(f);
+                            f
+                        }
+                        _ => 0,
+                    };
+                    self.ahead.push_back((item, fingerprint));
+                }
+                Ok(None) => self.ended = Some(Ok(())),
+                Err(e) => self.ended = Some(Err(e)),
+            }
+        }
+        match self.ahead.pop_front() {
+            Some(next) => Ok(Some(next)),
+            None => self.ended.take().unwrap_or(Ok(())).map(|()| None),
+        }
+    }
+
+    /// Admits one row (`fingerprint` is its address's, when de-duplicating): skipped
+    /// (resumed), rejected, or routed.
+    fn admit(&mut self, item: Item, fingerprint: u64, now: Instant) {
         self.rows_read += 1;
         if self.rows_read == SIZE_SET_AFTER {
             // Sized once for the whole file, as estimated from its first rows, the set is not
@@ -140,8 +179,8 @@ impl SendSource {
         };
         if self.resume.as_ref().is_some_and(|r| r.is_final(line)) {
             // Still remembered for de-duplication: a later duplicate stays a duplicate.
-            if let (Ok(row), Some(seen)) = (&item, &mut self.seen) {
-                seen.insert(fingerprint(row.email.as_str()));
+            if let (Ok(_), Some(seen)) = (&item, &mut self.seen) {
+                seen.insert(fingerprint);
             }
             self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -156,7 +195,7 @@ impl SendSource {
             return self.record(r);
         }
         if let Some(seen) = &mut self.seen {
-            if !seen.insert(fingerprint(row.email.as_str())) {
+            if !seen.insert(fingerprint) {
                 let reason =
                     "duplicate address: sent once, for its first row (--allow-duplicates to send every row)";
                 return self.reject(BadRow {
@@ -278,11 +317,13 @@ impl JobSource for SendSource {
             if read >= ROWS_PER_CALL || self.resolving_count >= MAX_WAITING {
                 break;
             }
-            let Some(rows) = &mut self.rows else { break };
-            match rows.next_row() {
-                Ok(Some(item)) => {
+            if self.rows.is_none() {
+                break;
+            }
+            match self.read_row() {
+                Ok(Some((item, fingerprint))) => {
                     read += 1;
-                    self.admit(item, now);
+                    self.admit(item, fingerprint, now);
                 }
                 Ok(None) => {
                     self.shared.input_done.store(true, Ordering::Release);

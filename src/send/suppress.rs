@@ -105,7 +105,7 @@ impl Suppressions {
         if !self.domains.is_empty() && self.domains.contains_key(lowercase(address.domain()).as_ref()) {
             return Some(Suppressed::Domain);
         }
-        (!self.addresses.is_empty() && self.addresses.contains(&fingerprint(address.as_str())))
+        (!self.addresses.is_empty() && self.addresses.contains(fingerprint(address.as_str())))
             .then_some(Suppressed::Address)
     }
 }
