@@ -276,10 +276,12 @@ impl Ledger {
             Disposition::Deferred if retry_at.is_some() && o.retry.is_some() => Status::Deferred,
             Disposition::Deferred => Status::Expired,
         };
-        let mut r = Record::at(status, o.id, stamp).rcpt(o.recipient.shared());
+        // Filled in place: a record is a few hundred octets, and every move of it is a copy.
+        let mut r = Record::at(status, o.id, stamp);
+        r.rcpt = Some(o.recipient.shared());
         r.attempts = o.attempts;
         if let Some(reply) = o.reply {
-            r = r.reply(reply);
+            r.set_reply(reply);
         }
         r.reason = o.error;
         if o.not_before.is_some() {
@@ -297,15 +299,15 @@ impl Ledger {
         if status == Status::Deferred {
             if let (Some(at), Some(message)) = (retry_at, o.retry) {
                 r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
-                let pending =
-                    Pending { line: o.id, rcpt: o.recipient, message, born: o.due, attempts: o.attempts };
+                let rcpt = o.recipient.clone();
+                let pending = Pending { line: o.id, rcpt, message, born: o.due, attempts: o.attempts };
                 // The source reads these until it is done, and it is not done while this
                 // recipient has no final record.
                 let _ = self.retries.send((at, pending));
             }
         }
         let latency = (status == Status::Delivered).then_some(queued);
-        self.write_timed(r, latency);
+        self.write_timed(&mut r, Some(o.recipient.domain()), latency);
     }
 
     /// A destination suspended or slowed: a `shaping` record, and a line in the report.
@@ -353,12 +355,15 @@ impl Ledger {
         self.write(r);
     }
 
-    fn write(&mut self, r: Record) {
-        self.write_timed(r, None);
+    fn write(&mut self, mut r: Record) {
+        let rcpt = r.rcpt.clone();
+        let domain = rcpt.as_deref().and_then(|a| a.rsplit_once('@')).map(|(_, domain)| domain);
+        self.write_timed(&mut r, domain, None);
     }
 
-    /// Counts and writes a record; `latency`: a delivered recipient's queue time.
-    fn write_timed(&mut self, mut r: Record, latency: Option<Duration>) {
+    /// Counts and writes a record, in the books of its recipient's `domain` if it has one;
+    /// `latency`: a delivered recipient's queue time.
+    fn write_timed(&mut self, r: &mut Record, domain: Option<&str>, latency: Option<Duration>) {
         self.tally.count(r.status);
         if matches!(r.status, Status::Deferred | Status::Bounced | Status::Expired) {
             let category = *r.category.get_or_insert_with(|| {
@@ -372,7 +377,7 @@ impl Ledger {
                 _ => counts.expired += 1,
             }
         }
-        if let Some((_, domain)) = r.rcpt.as_deref().and_then(|a| a.rsplit_once('@')) {
+        if let Some(domain) = domain {
             let domain = super::source::lowercase(domain);
             let book = match self.domains.get_mut(domain.as_ref()) {
                 Some(book) => book,
@@ -396,7 +401,7 @@ impl Ledger {
             self.shared.finalized.fetch_add(1, Ordering::Release);
         }
         if self.log_error.is_none() {
-            self.log.write(&r);
+            self.log.write(r);
             return;
         }
         // The log is broken: the record goes to stderr, so it is not lost.

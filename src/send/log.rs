@@ -191,11 +191,15 @@ impl Record {
     }
 
     pub fn reply(mut self, reply: Reply) -> Record {
+        self.set_reply(reply);
+        self
+    }
+
+    pub fn set_reply(&mut self, reply: Reply) {
         self.code = Some(reply.code);
         self.enhanced = reply.enhanced;
         self.reply =
             Some(if reply.text.contains('\n') { reply.text.replace('\n', " / ").into() } else { reply.text });
-        self
     }
 }
 
