@@ -9,6 +9,10 @@
 # domains would be. The message is a template with three variables. Prints msg/s, CPU per
 # message (user + system, from /usr/bin/time) and peak RSS for both, and send/bench.
 #
+# Also prints bench's CPU per message over send's: the same as the rate ratio while both are
+# CPU-bound on core 0, but when bench waits on the sink (its elapsed time well above its CPU
+# time) the rate ratio flatters send and the CPU ratio does not.
+#
 # ROUNDS=3 (default) runs bench and send alternately that many times and reports each round
 # and the medians: on a shared VM one run of either varies by ±20%, and alternating keeps a
 # slow spell of the machine from landing on one side only.
@@ -79,12 +83,15 @@ for round in $(seq "$ROUNDS"); do
         -v se="$s_elapsed" -v sc="$s_cpu" -v sr="$s_rss" -v r="$round" 'BEGIN {
         printf "%-8s %10.0f %12.2f %12.1f\n", "bench " r, n / be, bc * 1e6 / n, br / 1024
         printf "%-8s %10.0f %12.2f %12.1f   (%d of %d delivered, log written)\n", "send " r, d / se, sc * 1e6 / d, sr / 1024, d, n
-        printf "ratio %d %.3f\n", r, (d / se) / (n / be)
+        printf "ratio %d %.3f   (CPU per message, bench/send: %.3f)\n", r, (d / se) / (n / be), (bc / n) / (sc / d)
     }' | tee -a "$work/rounds"
 done
-awk '/^ratio/ { r[++k] = $3 } /^bench/ { b[++i] = $3 } /^send/ { s[++j] = $3 }
+awk '/^ratio/ { r[++k] = $3; c[k] = substr($NF, 1, length($NF) - 1) } /^bench/ { b[++i] = $3 } /^send/ { s[++j] = $3 }
     function median(a, n,   i, j, t) {
         for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    END { printf "median of %d rounds: bench %.0f msg/s, send %.0f msg/s, send/bench rate %.2f\n", k, median(b, i), median(s, j), median(r, k) }' "$work/rounds"
+    END {
+        printf "median of %d rounds: bench %.0f msg/s, send %.0f msg/s, send/bench rate %.2f\n", k, median(b, i), median(s, j), median(r, k)
+        printf "CPU per message, bench/send: median %.2f (the rate ratio when both are CPU-bound; when bench waits on the sink, the rate ratio is the higher)\n", median(c, k)
+    }' "$work/rounds"
