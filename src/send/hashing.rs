@@ -44,32 +44,29 @@ impl Fingerprints {
             self.grow_to(self.len + 1);
         }
         let key = stored(fingerprint);
-        let mask = self.slots.len() - 1;
-        let mut i = key as usize & mask;
-        loop {
-            match self.slots[i] {
-                0 => {
-                    self.slots[i] = key;
-                    self.len += 1;
-                    return true;
-                }
-                k if k == key => return false,
-                _ => i = (i + 1) & mask,
+        match self.find(key) {
+            Ok(_) => false,
+            Err(empty) => {
+                self.slots[empty] = key;
+                self.len += 1;
+                true
             }
         }
     }
 
     pub fn contains(&self, fingerprint: u64) -> bool {
-        if self.slots.is_empty() {
-            return false;
-        }
-        let key = stored(fingerprint);
+        !self.slots.is_empty() && self.find(stored(fingerprint)).is_ok()
+    }
+
+    /// The slot holding `key` (`Ok`), or the empty slot where it would go (`Err`). The table
+    /// must have slots; it is never full, so the probe ends.
+    fn find(&self, key: u64) -> Result<usize, usize> {
         let mask = self.slots.len() - 1;
         let mut i = key as usize & mask;
         loop {
             match self.slots[i] {
-                0 => return false,
-                k if k == key => return true,
+                0 => return Err(i),
+                k if k == key => return Ok(i),
                 _ => i = (i + 1) & mask,
             }
         }
@@ -105,13 +102,11 @@ impl Fingerprints {
     fn grow_to(&mut self, len: usize) {
         let need = len.saturating_mul(4).div_ceil(3).max(FIRST).next_power_of_two();
         let old = std::mem::replace(&mut self.slots, vec![0; need]);
-        let mask = need - 1;
         for key in old.into_iter().filter(|&k| k != 0) {
-            let mut i = key as usize & mask;
-            while self.slots[i] != 0 {
-                i = (i + 1) & mask;
+            // Keys are distinct: each finds an empty slot.
+            if let Err(empty) = self.find(key) {
+                self.slots[empty] = key;
             }
-            self.slots[i] = key;
         }
     }
 }
