@@ -23,7 +23,7 @@ use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
-use crate::engine::{Outcome, ShapingEvent};
+use crate::engine::{Backoff, Outcome, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
 
@@ -34,6 +34,11 @@ const MAX_DOMAIN_HISTOGRAMS: usize = 10_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Outcomes recorded per reading of the clock.
 const CLOCK_EVERY: usize = 64;
+/// The log thread's wait when it finds nothing to do: short while outcomes come fast, longer
+/// while they trickle (a sender held back by DKIM signing), a quarter of an outcome queue per
+/// wake either way. The engine wakes it at the end, so no run waits this long to finish.
+const IDLE_WAIT_MIN: Duration = Duration::from_millis(1);
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(32);
 
 /// Counts by final state (and deferrals, which are attempts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -195,6 +200,8 @@ impl Ledger {
 
     fn run(mut self, control: &Control) -> Books {
         let mut last_progress = Instant::now();
+        let queue = self.outcomes.first().map_or(1, |q| q.capacity());
+        let mut pace = Backoff::new(IDLE_WAIT_MIN, IDLE_WAIT_MAX, queue / 4);
         loop {
             // Read the flag before draining: whatever the engine produced before it finished
             // is then in the queues for this last round.
@@ -240,8 +247,9 @@ impl Ledger {
             if engine_done && got == 0 {
                 break;
             }
+            pace.done(got);
             if got == 0 {
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::park_timeout(pace.next_wait());
             }
         }
         self.books()

@@ -346,6 +346,8 @@ impl Sending {
     pub fn finish(self) -> std::io::Result<SendReport> {
         let report = self.running.join()?;
         self.control.engine_done.store(true, Ordering::Release);
+        // The log thread may be in a long idle wait: the run's end should not wait for it.
+        self.ledger.thread().unpark();
         let books = self.ledger.join().map_err(|_| std::io::Error::other("the log thread panicked"))?;
         let admitted = self.shared.admitted.load(Ordering::Acquire);
         let unfinished = admitted.saturating_sub(books.tally.finals());

@@ -31,6 +31,13 @@ const SIZE_SET_AFTER: u64 = 4096;
 /// The most fingerprints reserved ahead (8 bytes and a control byte each, at most 7/8 full).
 const MAX_RESERVE: u64 = 50_000_000;
 
+/// How often to look for work while only DNS answers or retries can bring any (they arrive by
+/// polling): often while answers are awaited, since rows wait on them; seldom once the input is
+/// read and nothing is resolving, when only retries can come (scheduled seconds ahead) and each
+/// look wakes a thread that may share a core with an engine.
+const POLL_RESOLVING: Duration = Duration::from_millis(2);
+const POLL_IDLE: Duration = Duration::from_millis(10);
+
 /// Rows read per call at most, so a long run of bad rows does not hold up retries.
 const ROWS_PER_CALL: usize = 256;
 
@@ -343,9 +350,15 @@ impl JobSource for SendSource {
         if self.rows.is_none() && self.retry_at.is_empty() && self.resolving_count == 0 && all_final {
             return Next::Done;
         }
-        // Nothing to hand out now: look again soon (DNS answers and retries from the log
-        // thread arrive by polling), or when the next retry is due.
-        let soon = now + Duration::from_millis(if read > 0 { 0 } else { 2 });
+        // Nothing to hand out now: look again soon, or when the next retry is due.
+        let poll = if read > 0 {
+            Duration::ZERO
+        } else if self.rows.is_none() && self.resolving_count == 0 {
+            POLL_IDLE
+        } else {
+            POLL_RESOLVING
+        };
+        let soon = now + poll;
         let next_retry = self.retry_at.peek().map(|Reverse((at, _))| *at);
         Next::Wait(next_retry.map_or(soon, |at| at.min(soon)))
     }
