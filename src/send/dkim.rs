@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use base64::Engine as _;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::crypto::{
+    Algorithm, Ed25519Key, HashContext, HashImpl, HashOutput, RsaKey, Sha256, SigningKey,
+};
+use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -83,8 +85,82 @@ impl FromStr for KeySpec {
 }
 
 enum Signer {
-    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
-    Ed25519(DkimSigner<Ed25519Key, Done>),
+    Rsa(DkimSigner<Buffered<RsaKey<Sha256>>, Done>),
+    Ed25519(DkimSigner<Buffered<Ed25519Key>, Done>),
+}
+
+/// A mail-auth signing key whose input reaches SHA-256 in large pieces. mail-auth's relaxed
+/// canonicalisation writes a message as many small pieces (a word, a run of spaces, a CRLF:
+/// ~90 for a 1 KB message), and ring's digest pays a call and a partial-block copy for each;
+/// gathered first, the body is hashed in 1 KiB pieces and the signed header data in one. Same
+/// bytes, same digest: only the number of calls changes.
+struct Buffered<K>(K);
+
+/// The buffer of [`Chunks`]: 16 SHA-256 blocks, so the per-update cost vanishes, while zeroing
+/// it for each message costs next to nothing.
+const HASH_CHUNK: usize = 1024;
+
+impl<K: SigningKey<Hasher = Sha256>> SigningKey for Buffered<K> {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        // The signed data is the header fields and the signature's own header: about a
+        // kilobyte, gathered whole.
+        let mut data = Vec::with_capacity(1024);
+        input.write(&mut data);
+        self.0.sign(Whole(&data))
+    }
+
+    fn hash(&self, data: impl Writable) -> HashOutput {
+        let mut chunks = Chunks { out: Sha256::hasher(), buf: [0; HASH_CHUNK], len: 0 };
+        data.write(&mut chunks);
+        chunks.flush();
+        chunks.out.complete()
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
+}
+
+/// Bytes written as one piece.
+struct Whole<'a>(&'a [u8]);
+
+impl Writable for Whole<'_> {
+    fn write(self, writer: &mut impl Writer) {
+        writer.write(self.0);
+    }
+}
+
+/// A writer that hands its output on in pieces of [`HASH_CHUNK`] bytes (larger writes pass
+/// straight through).
+struct Chunks<W> {
+    out: W,
+    buf: [u8; HASH_CHUNK],
+    len: usize,
+}
+
+impl<W: Writer> Chunks<W> {
+    fn flush(&mut self) {
+        if self.len > 0 {
+            self.out.write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl<W: Writer> Writer for Chunks<W> {
+    fn write(&mut self, data: &[u8]) {
+        if self.len + data.len() > HASH_CHUNK {
+            self.flush();
+            if data.len() >= HASH_CHUNK {
+                self.out.write(data);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
 }
 
 /// A loaded key: its signer and what a receiver needs in DNS to check it.
@@ -129,7 +205,7 @@ impl Dkim {
                 Signer::Ed25519(s) => s.sign(message),
             }
             .map_err(|e| format!("DKIM signing for {}/{}: {e}", key.spec.domain, key.spec.selector))?;
-            lines.extend_from_slice(signature.to_header().as_bytes());
+            signature.write_header(&mut lines);
         }
         Head::new(&lines).map_err(|e| format!("DKIM signature header: {e}"))
     }
@@ -190,8 +266,8 @@ fn read_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
-fn signer<K: mail_auth::common::crypto::SigningKey>(key: K, spec: &KeySpec) -> DkimSigner<K, Done> {
-    DkimSigner::from_key(key)
+fn signer<K: SigningKey<Hasher = Sha256>>(key: K, spec: &KeySpec) -> DkimSigner<Buffered<K>, Done> {
+    DkimSigner::from_key(Buffered(key))
         .domain(spec.domain.clone())
         .selector(spec.selector.clone())
         .headers(SIGNED_HEADERS)
