@@ -6,15 +6,16 @@
 //! time), computed over the rendered message alone; the `DKIM-Signature` lines travel as the
 //! message's per-message head, ahead of the content they sign.
 
+mod sign;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use mail_auth::common::crypto::{
-    Algorithm, Ed25519Key, HashContext, HashImpl, HashOutput, RsaKey, Sha256, SigningKey,
-};
-use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::dkim::Signature;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use thiserror::Error;
@@ -43,6 +44,9 @@ pub const SIGNED_HEADERS: [&str; 17] = [
     "List-Id",
     "Feedback-ID",
 ];
+
+// `sign::sign` keeps which of them a message has in a u32.
+const _: () = assert!(SIGNED_HEADERS.len() <= 32);
 
 /// One `--dkim DOMAIN:SELECTOR:KEYFILE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,89 +88,21 @@ impl FromStr for KeySpec {
     }
 }
 
+/// A key, as mail-auth holds it.
 enum Signer {
-    Rsa(DkimSigner<Buffered<RsaKey<Sha256>>, Done>),
-    Ed25519(DkimSigner<Buffered<Ed25519Key>, Done>),
+    Rsa(RsaKey<Sha256>),
+    Ed25519(Ed25519Key),
 }
 
-/// A mail-auth signing key whose input reaches SHA-256 in large pieces. mail-auth's relaxed
-/// canonicalisation writes a message as many small pieces (a word, a run of spaces, a CRLF:
-/// ~90 for a 1 KB message), and ring's digest pays a call and a partial-block copy for each;
-/// gathered first, the body is hashed in 1 KiB pieces and the signed header data in one. Same
-/// bytes, same digest: only the number of calls changes.
-struct Buffered<K>(K);
-
-/// The buffer of [`Chunks`]: 16 SHA-256 blocks, so the per-update cost vanishes, while zeroing
-/// it for each message costs next to nothing.
-const HASH_CHUNK: usize = 1024;
-
-impl<K: SigningKey<Hasher = Sha256>> SigningKey for Buffered<K> {
-    type Hasher = Sha256;
-
-    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        // The signed data is the header fields and the signature's own header: about a
-        // kilobyte, gathered whole.
-        let mut data = Vec::with_capacity(1024);
-        input.write(&mut data);
-        self.0.sign(Whole(&data))
-    }
-
-    fn hash(&self, data: impl Writable) -> HashOutput {
-        let mut chunks = Chunks { out: Sha256::hasher(), buf: [0; HASH_CHUNK], len: 0 };
-        data.write(&mut chunks);
-        chunks.flush();
-        chunks.out.complete()
-    }
-
-    fn algorithm(&self) -> Algorithm {
-        self.0.algorithm()
-    }
-}
-
-/// Bytes written as one piece.
-struct Whole<'a>(&'a [u8]);
-
-impl Writable for Whole<'_> {
-    fn write(self, writer: &mut impl Writer) {
-        writer.write(self.0);
-    }
-}
-
-/// A writer that hands its output on in pieces of [`HASH_CHUNK`] bytes (larger writes pass
-/// straight through).
-struct Chunks<W> {
-    out: W,
-    buf: [u8; HASH_CHUNK],
-    len: usize,
-}
-
-impl<W: Writer> Chunks<W> {
-    fn flush(&mut self) {
-        if self.len > 0 {
-            self.out.write(&self.buf[..self.len]);
-            self.len = 0;
-        }
-    }
-}
-
-impl<W: Writer> Writer for Chunks<W> {
-    fn write(&mut self, data: &[u8]) {
-        if self.len + data.len() > HASH_CHUNK {
-            self.flush();
-            if data.len() >= HASH_CHUNK {
-                self.out.write(data);
-                return;
-            }
-        }
-        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
-        self.len += data.len();
-    }
-}
+/// Numbers each loaded [`Dkim`], so a thread's [`sign::Scratch`] knows whose signatures it holds.
+static LOADS: AtomicU64 = AtomicU64::new(1);
 
 /// A loaded key: its signer and what a receiver needs in DNS to check it.
 struct Key {
     spec: KeySpec,
     signer: Signer,
+    /// What each of its signatures starts from (v=, a=, d=, s=, c=, the names of h=).
+    template: Signature,
     /// The TXT record to publish at `SELECTOR._domainkey.DOMAIN`.
     record: String,
 }
@@ -174,6 +110,8 @@ struct Key {
 /// The keys every message is signed with, in `--dkim` order.
 pub struct Dkim {
     keys: Vec<Key>,
+    /// This load's number (see [`LOADS`]).
+    id: u64,
 }
 
 impl std::fmt::Debug for Dkim {
@@ -192,21 +130,26 @@ impl Dkim {
             return Ok(None);
         }
         let keys = specs.iter().map(load_key).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(Dkim { keys }))
+        Ok(Some(Dkim { keys, id: LOADS.fetch_add(1, Ordering::Relaxed) }))
     }
 
     /// The `DKIM-Signature` lines for `message` (CRLF-normalised header section and body), one
     /// per key, as header lines to send ahead of it.
     pub fn sign(&self, message: &[u8]) -> Result<Head, String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut lines = Vec::with_capacity(512 * self.keys.len());
-        for key in &self.keys {
-            let signature = match &key.signer {
-                Signer::Rsa(s) => s.sign(message),
-                Signer::Ed25519(s) => s.sign(message),
+        let templates = || self.keys.iter().map(|k| k.template.clone()).collect();
+        sign::with_scratch(self.id, templates, |scratch| {
+            for (key, sig) in self.keys.iter().zip(&mut scratch.signatures) {
+                let data = &mut scratch.data;
+                match &key.signer {
+                    Signer::Rsa(k) => sign::sign(k, sig, &SIGNED_HEADERS, message, now, data, &mut lines),
+                    Signer::Ed25519(k) => sign::sign(k, sig, &SIGNED_HEADERS, message, now, data, &mut lines),
+                }
+                .map_err(|e| format!("DKIM signing for {}/{}: {e}", key.spec.domain, key.spec.selector))?;
             }
-            .map_err(|e| format!("DKIM signing for {}/{}: {e}", key.spec.domain, key.spec.selector))?;
-            signature.write_header(&mut lines);
-        }
+            Ok::<(), String>(())
+        })?;
         Head::new(&lines).map_err(|e| format!("DKIM signature header: {e}"))
     }
 
@@ -236,9 +179,10 @@ fn load_key(spec: &KeySpec) -> Result<Key, DkimError> {
         let key = RsaKey::<Sha256>::from_key_der(der)
             .map_err(|e| format!("not a usable RSA key ({e}; 2048 to 8192 bits)"))?;
         let record = format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki(&key.public_key())));
-        Ok::<_, String>((Signer::Rsa(signer(key, spec)), record))
+        let template = sign::template(&key, &spec.domain, &spec.selector, &SIGNED_HEADERS);
+        Ok::<_, String>((Signer::Rsa(key), template, record))
     };
-    let (signer, record) = match der {
+    let (signer, template, record) = match der {
         PrivateKeyDer::Pkcs1(_) => rsa(der).map_err(bad)?,
         PrivateKeyDer::Pkcs8(ref pkcs8) => match rsa(der.clone_key()) {
             Ok(rsa) => rsa,
@@ -247,12 +191,13 @@ fn load_key(spec: &KeySpec) -> Result<Key, DkimError> {
                 let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
                     .map_err(|e| bad(format!("neither RSA ({rsa_error}) nor Ed25519 ({e})")))?;
                 let record = format!("v=DKIM1; k=ed25519; p={}", b64(&key.public_key()));
-                (Signer::Ed25519(signer(key, spec)), record)
+                let template = sign::template(&key, &spec.domain, &spec.selector, &SIGNED_HEADERS);
+                (Signer::Ed25519(key), template, record)
             }
         },
         _ => return Err(bad("an EC (SEC1) key: DKIM signs with RSA or Ed25519".into())),
     };
-    Ok(Key { spec: spec.clone(), signer, record })
+    Ok(Key { spec: spec.clone(), signer, template, record })
 }
 
 /// The key file, refused when it is not a regular file of sane size (a DKIM key is a few KB;
@@ -264,15 +209,6 @@ fn read_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::other(format!("not a key file (a regular file of at most {MAX} bytes)")));
     }
     std::fs::read(path)
-}
-
-fn signer<K: SigningKey<Hasher = Sha256>>(key: K, spec: &KeySpec) -> DkimSigner<Buffered<K>, Done> {
-    DkimSigner::from_key(Buffered(key))
-        .domain(spec.domain.clone())
-        .selector(spec.selector.clone())
-        .headers(SIGNED_HEADERS)
-        .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// An RSA public key (PKCS#1 `RSAPublicKey`, as ring gives it) wrapped in the
@@ -306,5 +242,4 @@ fn der_push(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
 }
 
 #[cfg(test)]
-#[path = "dkim_tests.rs"]
 pub(crate) mod tests;
