@@ -103,11 +103,20 @@ pub struct Pool {
     core: usize,
     backlog: usize,
     full: Cell<bool>,
+    /// The run, whose producer a pool taking jobs again wakes.
+    run: Arc<RunState>,
 }
 
 impl Pool {
-    fn new(destination: Arc<Destination>, share: usize, core: usize, backlog: usize) -> Self {
+    fn new(
+        destination: Arc<Destination>,
+        share: usize,
+        core: usize,
+        backlog: usize,
+        run: Arc<RunState>,
+    ) -> Self {
         Pool {
+            run,
             core,
             backlog: backlog.max(1),
             full: Cell::new(false),
@@ -184,6 +193,11 @@ impl Pool {
     fn set_full(&self, full: bool) {
         self.full.set(full);
         self.destination.health.set_full(self.core, full);
+        if !full {
+            // The producer may be waiting for this room (it holds this destination's jobs
+            // aside meanwhile): at most once per half backlog, so a cheap wake.
+            self.run.wake_producer();
+        }
     }
 
     fn take_all(&self) -> Vec<Job> {
@@ -293,7 +307,13 @@ impl Core {
         }
         // At least one connection, as the router assumes when it picks cores.
         let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
-        let pool = Rc::new(Pool::new(Arc::clone(destination), limit, self.index, self.config.pool_backlog));
+        let pool = Rc::new(Pool::new(
+            Arc::clone(destination),
+            limit,
+            self.index,
+            self.config.pool_backlog,
+            Arc::clone(&self.run),
+        ));
         for _ in 0..limit {
             monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
         }
@@ -989,9 +1009,45 @@ mod tests {
     }
 
     #[test]
+    fn a_full_pool_wakes_the_producer_when_it_takes_jobs_again() {
+        let d = Arc::new(Destination::new(0, "d", vec![], 10));
+        let config =
+            EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
+        let run = Arc::new(RunState::new(&config));
+        // This thread plays the producer.
+        run.producer.set(std::thread::current()).unwrap();
+        let pool = Pool::new(Arc::clone(&d), 1, 0, 4, Arc::clone(&run));
+        let job = |id| Job {
+            id,
+            destination: Arc::clone(&d),
+            message: crate::engine::Payload::Ready(crate::proto::client::Message::new(
+                Arc::new(crate::proto::client::Envelope { sender: None, recipients: vec![] }),
+                crate::proto::Body::new(b"x\r\n"),
+            )),
+            due: Instant::now(),
+            attempts: 0,
+            last_conn: 0,
+            partial: false,
+        };
+        for id in 0..4 {
+            pool.take(job(id));
+        }
+        assert!(d.health.is_full(0));
+        assert!(pool.pop_for(1).is_some());
+        assert!(d.health.is_full(0), "3 of 4: still full");
+        assert!(pool.pop_for(1).is_some());
+        assert!(!d.health.is_full(0), "half the backlog: room again");
+        let t0 = Instant::now();
+        std::thread::park_timeout(Duration::from_secs(10));
+        assert!(t0.elapsed() < Duration::from_secs(5), "the producer was woken");
+    }
+
+    #[test]
     fn connection_target_drops_to_what_the_server_allowed_and_probes_back_up() {
         let d = Arc::new(Destination::new(0, "d", vec![], 10));
-        let pool = Pool::new(d, 5, 0, 512);
+        let config =
+            EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
+        let pool = Pool::new(d, 5, 0, 512, Arc::new(RunState::new(&config)));
         let t0 = Instant::now();
         let probe = Duration::from_secs(5);
         assert_eq!(pool.target(t0, probe), 5);

@@ -143,9 +143,19 @@ pub struct RunState {
     /// full, events are dropped and counted.
     pub events: Arc<ArrayQueue<ShapingEvent>>,
     pub events_dropped: AtomicU64,
+    /// The producer thread, which waits parked while every queue or pool it could fill is full:
+    /// a core whose full pool takes jobs again wakes it (see `Pool::set_full`).
+    pub producer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl RunState {
+    /// Wakes the producer if it waits (a core's pool has room again).
+    pub fn wake_producer(&self) {
+        if let Some(t) = self.producer.get() {
+            t.unpark();
+        }
+    }
+
     /// Aborted or halted: nothing new is placed.
     fn cut_short(&self) -> bool {
         self.abort.load(Ordering::Relaxed) || self.halt.load(Ordering::Relaxed)
@@ -166,6 +176,7 @@ impl RunState {
             rate_interval: config.rate.map_or(0, |r| r.interval_nanos()),
             events: Arc::new(ArrayQueue::new(shaping::EVENT_QUEUE)),
             events_dropped: AtomicU64::new(0),
+            producer: std::sync::OnceLock::new(),
         }
     }
 }
@@ -351,13 +362,22 @@ pub fn start(
             })
         })?);
     }
-    let router = producer::Router::new(&destinations, threads, config.queue_capacity);
+    // What a core holds ahead of sending: its queue, or with parking only a destination's pool
+    // (the producer keeps a full destination's jobs out of the queue), which takes jobs again
+    // once it is down to half its backlog.
+    let buffer = if config.park > 0 {
+        config.queue_capacity.min(config.pool_backlog / 2)
+    } else {
+        config.queue_capacity
+    };
+    let router = producer::Router::new(&destinations, threads, buffer);
     let producer_run = Arc::clone(&run);
     let producer_queues = queues.clone();
     let park = config.park;
     let producer = std::thread::Builder::new()
         .name("producer".into())
         .spawn(move || producer::produce(source, router, producer_queues, producer_run, park))?;
+    let _ = run.producer.set(producer.thread().clone());
     Ok(Running {
         run,
         progress,
