@@ -223,8 +223,9 @@ fn place(
         if run.cut_short() {
             return Place::Stopped(job);
         }
-        // Queues full: the engine is behind by a whole queue (thousands of jobs), so a sleep
+        // Queues full: the engine is behind by a whole queue (thousands of jobs), so a wait
         // costs nothing, while spinning or yielding would take the core from an engine sharing it.
+        // A core unparking the producer early (a pool with room) only brings this look forward.
         std::thread::park_timeout(router.pace.next_wait());
     }
 }
@@ -274,9 +275,9 @@ pub(super) fn produce(
             Next::Job(job) => job,
             Next::Done => break,
             Next::Wait(until) => {
-                // Sleep rather than spin even for tiny waits: a job released a little late still
+                // Wait rather than spin even for tiny waits: a job released a little late still
                 // counts its latency from its scheduled time, while a spinning producer would
-                // take a core from the engine at high rates.
+                // take a core from the engine at high rates. Woken early, it looks again.
                 let mut wait = until.saturating_duration_since(Instant::now());
                 if parking.count > 0 {
                     // Jobs set aside are released only between looks: as often as they drain.
