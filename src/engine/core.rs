@@ -617,6 +617,8 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     let parking = core.config.park > 0;
     let mut held: Option<Job> = None;
     let mut last_publish = Instant::now();
+    // Whether the core had nothing in flight and nothing to send at its last look.
+    let mut was_idle = true;
     loop {
         if core.aborting() {
             core.watchdog.shut_down();
@@ -652,8 +654,16 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
                 core.stats.borrow_mut().measuring = true;
             }
         }
+        let idle = core.in_flight.get() == 0 && held.is_none() && queue.is_empty() && core.pools_idle();
+        if idle && !was_idle && outcomes_flowing {
+            // Everything it had is done and its outcomes handed over: have them read now.
+            if let Some(reader) = core.run.outcome_reader.get() {
+                reader.unpark();
+            }
+        }
+        was_idle = idle;
         let producer_done = core.run.producer_done.load(Ordering::Acquire);
-        if producer_done && held.is_none() && queue.is_empty() && core.pools_idle() && outcomes_flowing {
+        if producer_done && idle && outcomes_flowing {
             break;
         }
         if halted && core.in_flight.get() == 0 && outcomes_flowing {

@@ -146,6 +146,10 @@ pub struct RunState {
     /// The producer thread, which waits parked while every queue or pool it could fill is full:
     /// a core whose full pool takes jobs again wakes it (see `Pool::set_full`).
     pub producer: std::sync::OnceLock<std::thread::Thread>,
+    /// The thread reading the outcome queues, if it waits parked when they are empty: a core
+    /// that has just finished all it had wakes it, so the last outcomes of a burst (or of the
+    /// run) are read at once rather than after the reader's idle wait.
+    pub outcome_reader: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl RunState {
@@ -177,6 +181,7 @@ impl RunState {
             events: Arc::new(ArrayQueue::new(shaping::EVENT_QUEUE)),
             events_dropped: AtomicU64::new(0),
             producer: std::sync::OnceLock::new(),
+            outcome_reader: std::sync::OnceLock::new(),
         }
     }
 }
@@ -276,6 +281,18 @@ impl Running {
     /// takes no new jobs and does not finish.
     pub fn outcomes(&self) -> &[Arc<ArrayQueue<Outcome>>] {
         &self.outcomes
+    }
+
+    /// Names the thread that reads the outcome queues, for cores to wake (see
+    /// `RunState::outcome_reader`).
+    pub fn set_outcome_reader(&self, reader: std::thread::Thread) {
+        let _ = self.run.outcome_reader.set(reader);
+    }
+
+    /// The producer thread, for a job source's helpers to wake when there may be work for it
+    /// (e.g. the last outcome recorded: the source may be done).
+    pub fn producer_thread(&self) -> Option<std::thread::Thread> {
+        self.run.producer.get().cloned()
     }
 
     /// Destinations suspended or slowed by a reaction, as it happens.

@@ -147,6 +147,9 @@ pub struct Ledger {
     unrecorded: u64,
     started: Instant,
     progress: bool,
+    /// The engine's producer, woken when every admitted recipient has its final record: the
+    /// source may be done, and the run's end should not wait out the producer's idle poll.
+    producer: Option<std::thread::Thread>,
 }
 
 /// Signals between the main thread and the ledger.
@@ -191,7 +194,14 @@ impl Ledger {
             unrecorded: 0,
             started: Instant::now(),
             progress,
+            producer: None,
         }
+    }
+
+    /// Wakes `producer` whenever every admitted recipient has its final record.
+    pub fn wake_when_all_final(mut self, producer: Option<std::thread::Thread>) -> Self {
+        self.producer = producer;
+        self
     }
 
     pub fn spawn(self, control: Arc<Control>) -> std::io::Result<JoinHandle<Books>> {
@@ -248,6 +258,13 @@ impl Ledger {
                 break;
             }
             pace.done(got);
+            if got > 0
+                && let Some(producer) = &self.producer
+                && self.shared.finalized.load(Ordering::Acquire)
+                    >= self.shared.admitted.load(Ordering::Acquire)
+            {
+                producer.unpark();
+            }
             if got == 0 {
                 std::thread::park_timeout(pace.next_wait());
             }

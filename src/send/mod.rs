@@ -304,8 +304,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         classifier,
         config.progress,
     )
+    .wake_when_all_final(running.producer_thread())
     .spawn(Arc::clone(&control))
     .map_err(SendError::Engine)?;
+    running.set_outcome_reader(ledger.thread().clone());
     Ok(Sending {
         running,
         ledger,
