@@ -654,7 +654,8 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
                 core.stats.borrow_mut().measuring = true;
             }
         }
-        let idle = core.in_flight.get() == 0 && held.is_none() && queue.is_empty() && core.pools_idle();
+        // (`pools_idle` looks at the pools only once nothing is in flight.)
+        let idle = held.is_none() && queue.is_empty() && core.pools_idle();
         if idle && !was_idle && outcomes_flowing {
             // Everything it had is done and its outcomes handed over: have them read now.
             if let Some(reader) = core.run.outcome_reader.get() {

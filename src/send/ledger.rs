@@ -260,8 +260,7 @@ impl Ledger {
             pace.done(got);
             if got > 0
                 && let Some(producer) = &self.producer
-                && self.shared.finalized.load(Ordering::Acquire)
-                    >= self.shared.admitted.load(Ordering::Acquire)
+                && self.shared.all_final()
             {
                 producer.unpark();
             }

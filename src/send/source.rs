@@ -62,6 +62,13 @@ pub struct Shared {
     pub input_done: std::sync::atomic::AtomicBool,
 }
 
+impl Shared {
+    /// Every recipient admitted so far has its final record.
+    pub fn all_final(&self) -> bool {
+        self.finalized.load(Ordering::Acquire) == self.admitted.load(Ordering::Acquire)
+    }
+}
+
 pub struct SendSource {
     rows: Option<Rows>,
     template: Arc<MessageTemplate>,
@@ -345,9 +352,11 @@ impl JobSource for SendSource {
             }
         }
         self.publish();
-        let all_final =
-            self.shared.finalized.load(Ordering::Acquire) == self.shared.admitted.load(Ordering::Acquire);
-        if self.rows.is_none() && self.retry_at.is_empty() && self.resolving_count == 0 && all_final {
+        if self.rows.is_none()
+            && self.retry_at.is_empty()
+            && self.resolving_count == 0
+            && self.shared.all_final()
+        {
             return Next::Done;
         }
         // Nothing to hand out now: look again soon, or when the next retry is due.
