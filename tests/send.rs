@@ -689,6 +689,48 @@ fn kill_9_then_resume_sends_every_recipient_once_except_the_measured_window() {
     );
 }
 
+/// A second run on a log that a first is still writing refuses at once and sends nothing; the
+/// first goes on undisturbed. `--resume` refuses a file that is not a volley log.
+#[test]
+fn a_second_run_on_a_log_in_use_is_refused_and_so_is_a_file_that_is_no_log() {
+    let n = 300;
+    let (w, list, msg) = slow_campaign("inuse", n);
+    let args =
+        ["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap(), "--connections", "4"];
+    let mut cmd = w.send(&args);
+    cmd.args(["--log", w.log().to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(w.log()).unwrap_or_default().matches("\"delivered\"").count() < 20 {
+        assert!(Instant::now() < deadline, "the first run made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = w.send(&args);
+    second.args(["--resume", w.log().to_str().unwrap()]);
+    let out = run(second, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let pid = child.id();
+    assert!(stderr(&out).contains(&format!("is in use by process {pid}")), "{}", stderr(&out));
+    assert!(child.wait().unwrap().success(), "the first run finishes as if alone");
+    let all = records(&w.log());
+    assert_eq!(all.iter().filter(|r| r["status"] == "run").count(), 1, "the refused run wrote nothing");
+    assert_eq!(finals(&all).len(), n);
+    assert_eq!(w.dumped()[&2].len(), n, "nobody got the message twice");
+    let text = std::fs::read_to_string(w.log()).unwrap();
+    assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "no torn lines");
+
+    for (name, content) in [("empty.jsonl", ""), ("other.jsonl", "hello\n{\"x\": 1}\n")] {
+        let other = w.file(name, content);
+        let mut cmd = w.send(&args);
+        cmd.args(["--resume", other.to_str().unwrap()]);
+        let out = run(cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains("has no `run` record"), "{name}: {}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), content, "{name} left as it was");
+    }
+    assert_eq!(w.dumped()[&2].len(), n, "nothing more was sent");
+}
+
 #[test]
 fn sigterm_stops_gracefully_every_accepted_message_is_logged_and_resume_sends_the_rest_once() {
     let n = 400;

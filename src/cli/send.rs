@@ -279,6 +279,9 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
     if !resume && log.is_file() {
         bail!("the log {} exists: continue it with --resume {0}, or choose another --log", log.display());
     }
+    if resume && !log.is_file() {
+        bail!("--resume {}: not a regular file (a delivery log is one)", log.display());
+    }
     Ok(SendConfig {
         engine,
         recipients: args.recipients.clone(),
@@ -327,6 +330,13 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    if sending.cut_tail() > 0 {
+        eprintln!(
+            "volley send: cut {} octets of a last line that a killed run left half-written from {}",
+            sending.cut_tail(),
+            log.display()
+        );
+    }
     let mut stopping = false;
     let mut aborted = false;
     while !sending.is_finished() {

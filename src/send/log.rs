@@ -3,18 +3,20 @@
 //! `uncertain`). Written by one thread with group commit; read back by `--resume`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Seek as _, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use thiserror::Error;
 
 use super::bounce::Category;
 use crate::proto::{EnhancedCode, Reply};
 
 mod json;
+pub mod lock;
 
 /// Sync at least this often while records are waiting...
 pub const SYNC_EVERY: Duration = Duration::from_millis(100);
@@ -249,38 +251,73 @@ pub struct CommitError {
     pub records: Vec<u8>,
 }
 
+/// Why a delivery log could not be opened. Every variant but `Io` is the user's to fix, and
+/// nothing was sent.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("is in use by {}: one run writes a log at a time", match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_owned(),
+    })]
+    InUse { pid: Option<u32> },
+    #[error("exists: continue it with --resume, or choose another --log")]
+    Exists,
+    #[error(
+        "has no `run` record: it is empty or not a volley delivery log, so there is no campaign to \
+         continue (nothing was sent)"
+    )]
+    NotALog,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
 impl LogFile {
-    /// Creates `path`, or with `append` continues it (as `--resume` does), first ending a line
-    /// a killed run left half-written so the next record starts on its own line.
-    pub fn open(path: &Path, append: bool) -> io::Result<LogFile> {
+    /// Creates the log of a new run, locked (see [`lock`]) for as long as it is open. A device
+    /// or pipe (`/dev/full` in tests, a FIFO to another program) is opened as it is, unlocked:
+    /// it cannot be resumed from anyway.
+    pub fn create(path: &Path) -> Result<LogFile, OpenError> {
         let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
-        let mut file = if append {
-            OpenOptions::new().read(true).append(true).create(true).open(path)?
-        } else if special {
-            // A device or pipe (`/dev/full` in tests, a FIFO to another program).
-            OpenOptions::new().write(true).open(path)?
+        let file = if special {
+            OpenOptions::new().append(true).open(path)?
         } else {
-            OpenOptions::new().write(true).create_new(true).open(path)?
-        };
-        if append {
-            let len = file.seek(SeekFrom::End(0))?;
-            if len > 0 {
-                let mut last = [0u8];
-                let mut reader = File::open(path)?;
-                reader.seek(SeekFrom::Start(len - 1))?;
-                reader.read_exact(&mut last)?;
-                if last[0] != b'\n' {
-                    file.write_all(b"\n")?;
-                }
+            match OpenOptions::new().append(true).create_new(true).open(path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(OpenError::Exists),
+                other => other?,
             }
+        };
+        if !special && !lock::try_lock(&file)? {
+            // Created a moment ago by us, and already locked: another run created it too.
+            return Err(OpenError::InUse { pid: lock::holder(&file) });
         }
-        Ok(LogFile {
+        Ok(LogFile::with(file, path))
+    }
+
+    /// Continues an earlier run's log (`--resume`): locks it, cuts off a last line a killed run
+    /// left half-written (so the log stays valid JSONL), reads what it says, and appends from
+    /// there. The lock is taken before anything is read, so a second run refuses at once.
+    pub fn resume(path: &Path) -> Result<(LogFile, Resumed), OpenError> {
+        let file = OpenOptions::new().read(true).append(true).open(path)?;
+        if !lock::try_lock(&file)? {
+            return Err(OpenError::InUse { pid: lock::holder(&file) });
+        }
+        let cut = cut_torn_tail(&file)?;
+        (&file).seek(SeekFrom::Start(0))?; // appending moved the offset; writes still append
+        let mut resumed = Resumed::from_reader(BufReader::new(&file))?;
+        if resumed.campaign.is_none() {
+            return Err(OpenError::NotALog);
+        }
+        resumed.cut_tail = cut;
+        Ok((LogFile::with(file, path), resumed))
+    }
+
+    fn with(file: File, path: &Path) -> LogFile {
+        LogFile {
             file,
             path: path.to_owned(),
             pending: Vec::with_capacity(256 * 1024),
             unsynced: 0,
             last_sync: Instant::now(),
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -338,6 +375,39 @@ impl LogFile {
     }
 }
 
+/// Ends the file at its last line break, unless what follows it is a whole JSON record that
+/// only lost its newline (then the newline is added). Returns the octets cut off.
+fn cut_torn_tail(file: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let len = file.metadata()?.len();
+    let mut end = len; // the tail runs from the octet after the last newline to `len`
+    let mut chunk = vec![0u8; 64 * 1024];
+    let start = loop {
+        if end == 0 {
+            break 0;
+        }
+        let from = end.saturating_sub(chunk.len() as u64);
+        let piece = &mut chunk[..(end - from) as usize];
+        file.read_exact_at(piece, from)?;
+        if let Some(i) = piece.iter().rposition(|&b| b == b'\n') {
+            break from + i as u64 + 1;
+        }
+        end = from;
+    };
+    if start == len {
+        return Ok(0);
+    }
+    let mut tail = vec![0u8; (len - start) as usize];
+    file.read_exact_at(&mut tail, start)?;
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&tail).is_ok() {
+        (&*file).write_all(b"\n")?;
+        return Ok(0);
+    }
+    file.set_len(start)?;
+    file.sync_data()?;
+    Ok(len - start)
+}
+
 /// What an earlier run's log says: its campaign, and the input lines with a final record.
 #[derive(Debug, Default)]
 pub struct Resumed {
@@ -348,6 +418,8 @@ pub struct Resumed {
     pub final_count: u64,
     /// Lines that were not JSON records (a line cut short by a kill): skipped.
     pub unreadable: u64,
+    /// Octets of a half-written last line that opening the log cut off (see [`LogFile::resume`]).
+    pub cut_tail: u64,
 }
 
 impl Resumed {
@@ -368,7 +440,7 @@ impl Resumed {
     }
 
     /// Reads a log. Memory: one bit per input line.
-    pub fn read(path: &Path) -> io::Result<Resumed> {
+    fn from_reader(mut reader: impl BufRead) -> io::Result<Resumed> {
         #[derive(serde::Deserialize)]
         struct Line {
             status: String,
@@ -380,7 +452,6 @@ impl Resumed {
             input_digest: Option<String>,
         }
         let mut resumed = Resumed::default();
-        let mut reader = BufReader::new(File::open(path)?);
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -426,13 +497,23 @@ mod tests {
         assert!(json.get("mx").is_none() && json.get("attempts").is_none());
     }
 
-    #[test]
-    fn resume_reads_finals_and_the_campaign_and_survives_a_torn_line() {
-        let dir = std::env::temp_dir().join(format!("volley-log-{}", std::process::id()));
+    /// A fresh temp directory for one test.
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("volley-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn resume_reads_finals_and_the_campaign_and_cuts_a_torn_last_line() {
+        let dir = temp("torn");
         let path = dir.join("run.jsonl");
-        let _ = std::fs::remove_file(&path);
-        let mut log = LogFile::open(&path, false).unwrap();
+        let mut log = LogFile::create(&path).unwrap();
         let mut run = Record::new(Status::Run, 0);
         run.campaign = Some("abc".into());
         log.write(&run);
@@ -447,25 +528,63 @@ mod tests {
         }
         log.sync().unwrap();
         drop(log);
+        let whole = std::fs::read(&path).unwrap();
         // A kill in the middle of a write leaves half a line.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"{\"status\":\"deliv")
-            .unwrap();
-        let r = Resumed::read(&path).unwrap();
+        append(&path, b"{\"status\":\"deliv");
+        let (mut log, r) = LogFile::resume(&path).unwrap();
         assert_eq!(r.campaign.as_deref(), Some("abc"));
-        assert_eq!((r.final_count, r.unreadable), (3, 1));
+        assert_eq!((r.final_count, r.unreadable, r.cut_tail), (3, 0, 16));
         assert!(r.is_final(3) && r.is_final(4) && r.is_final(200));
         assert!(!r.is_final(2) && !r.is_final(5) && !r.is_final(1) && !r.is_final(100_000));
-        // Continuing the log starts a fresh line after the torn one.
-        let mut log = LogFile::open(&path, true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), whole, "the torn line is gone, the rest untouched");
+        // Continuing the log appends whole lines after the last whole one.
         log.write(&Record::new(Status::Delivered, 5));
         log.sync().unwrap();
-        let r = Resumed::read(&path).unwrap();
+        drop(log);
+        let (_, r) = LogFile::resume(&path).unwrap();
         assert!(r.is_final(5));
-        assert_eq!(r.unreadable, 1);
+        assert_eq!((r.unreadable, r.cut_tail), (0, 0));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_whole_last_record_that_lost_its_newline_is_kept() {
+        let dir = temp("newline");
+        let path = dir.join("run.jsonl");
+        std::fs::write(
+            &path,
+            "{\"status\":\"run\",\"line\":0,\"campaign\":\"c\"}\n{\"status\":\"delivered\",\"line\":7}",
+        )
+        .unwrap();
+        let (log, r) = LogFile::resume(&path).unwrap();
+        assert!(r.is_final(7));
+        assert_eq!(r.cut_tail, 0);
+        drop(log);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("7}\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_one_run_writes_a_log_and_only_a_volley_log_is_resumed() {
+        let dir = temp("lock");
+        let path = dir.join("run.jsonl");
+        let mut log = LogFile::create(&path).unwrap();
+        let mut run = Record::new(Status::Run, 0);
+        run.campaign = Some("abc".into());
+        log.write(&run);
+        log.sync().unwrap();
+        let me = std::process::id();
+        assert!(matches!(LogFile::resume(&path), Err(OpenError::InUse { pid: Some(p) }) if p == me));
+        assert!(matches!(LogFile::create(&path), Err(OpenError::Exists)));
+        drop(log);
+        assert!(LogFile::resume(&path).is_ok(), "free once the first run closed it");
+        for (name, content) in [("empty", ""), ("garbage", "hello\nworld\n"), ("other", "{\"a\":1}\n")] {
+            let other = dir.join(name);
+            std::fs::write(&other, content).unwrap();
+            assert!(matches!(LogFile::resume(&other), Err(OpenError::NotALog)), "{name}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -474,7 +593,7 @@ mod tests {
         if !Path::new("/dev/full").exists() {
             return;
         }
-        let mut log = LogFile::open(Path::new("/dev/full"), false).unwrap();
+        let mut log = LogFile::create(Path::new("/dev/full")).unwrap();
         log.write(&Record::new(Status::Delivered, 1));
         log.write(&Record::new(Status::Bounced, 2));
         let err = log.sync().unwrap_err();

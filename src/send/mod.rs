@@ -37,7 +37,7 @@ use crate::engine::{self, EngineConfig};
 use dns::{DnsConfig, Resolver};
 use input::Rows;
 use ledger::{Books, Control, Ledger};
-use log::{LogFile, Record, Resumed, Status};
+use log::{LogFile, Record, Status};
 use retry::Schedule;
 use route::Routes;
 use source::{SendSource, Shared};
@@ -107,6 +107,9 @@ pub enum SendError {
     Shaping(#[from] shaping::ShapingError),
     #[error("delivery log {path}: {error}")]
     Log { path: String, error: std::io::Error },
+    /// The log could not be opened for this run (in use, exists, not a log): nothing was sent.
+    #[error("delivery log {path} {error}")]
+    LogOpen { path: String, error: log::OpenError },
     #[error("DNS: {0}")]
     Dns(std::io::Error),
     #[error("starting the engine: {0}")]
@@ -134,6 +137,7 @@ pub struct Sending {
     started: Instant,
     campaign: String,
     resumed: Option<u64>,
+    cut_tail: u64,
     stopped: bool,
 }
 
@@ -226,14 +230,14 @@ pub fn new_campaign_id() -> String {
 /// that exists already); nothing has been sent.
 pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let path_text = |p: &Path| p.display().to_string();
-    let resumed = if config.resume {
-        Some(
-            Resumed::read(&config.log)
-                .map_err(|error| SendError::Log { path: path_text(&config.log), error })?,
-        )
-    } else {
-        None
+    // A resumed log first: its lock keeps a second run on it from reading or sending anything.
+    // A new one last, so that a run refused for its template or input leaves no log behind.
+    let log_error = |error| SendError::LogOpen { path: path_text(&config.log), error };
+    let (resumed_log, resumed) = match config.resume {
+        true => LogFile::resume(&config.log).map(|(log, r)| (Some(log), Some(r))).map_err(log_error)?,
+        false => (None, None),
     };
+    let cut_tail = resumed.as_ref().map_or(0, |r| r.cut_tail);
     let campaign = resumed
         .as_ref()
         .and_then(|r| r.campaign.clone())
@@ -258,8 +262,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let shaping = config.shaping()?;
     let reactions = shaping.reactions();
     let routes = config.routes(shaping)?;
-    let mut log = LogFile::open(&config.log, config.resume)
-        .map_err(|error| SendError::Log { path: path_text(&config.log), error })?;
+    let mut log = match resumed_log {
+        Some(log) => log,
+        None => LogFile::create(&config.log).map_err(log_error)?,
+    };
     let mut run = Record::new(Status::Run, 0);
     run.campaign = Some(campaign.clone());
     run.input = Some(path_text(&config.recipients));
@@ -316,6 +322,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         started: Instant::now(),
         campaign,
         resumed: resumed_finals,
+        cut_tail,
         stopped: false,
     })
 }
@@ -333,6 +340,11 @@ impl Sending {
         self.stopped = true;
         self.running.stop_producing();
         self.running.abort();
+    }
+
+    /// Octets of a half-written last line (a killed run's) cut from the resumed log.
+    pub fn cut_tail(&self) -> u64 {
+        self.cut_tail
     }
 
     /// The log cannot be written: the caller must stop the run.
