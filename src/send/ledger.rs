@@ -265,7 +265,8 @@ impl Ledger {
                 producer.unpark();
             }
             if got == 0 {
-                std::thread::park_timeout(pace.next_wait());
+                let wait = pace.next_wait();
+                std::thread::park_timeout(self.log.sync_wait().map_or(wait, |due| wait.min(due)));
             }
         }
         self.books()

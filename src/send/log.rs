@@ -18,8 +18,10 @@ use crate::proto::{EnhancedCode, Reply};
 mod json;
 pub mod lock;
 
-/// Sync at least this often while records are waiting...
-pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+/// Sync at least this often while records are waiting... Half of the window `--resume` may
+/// resend: a record waits for a checkpoint (`send::HELD_AT_MOST`), for the log thread, then for
+/// this (an fdatasync costs the log thread ~1 ms, never the cores).
+pub const SYNC_EVERY: Duration = Duration::from_millis(50);
 /// ...or once this many are.
 pub const SYNC_RECORDS: usize = 4096;
 
@@ -334,6 +336,12 @@ impl LogFile {
     /// Whether a group commit is due.
     pub fn sync_due(&self) -> bool {
         self.unsynced > 0 && (self.unsynced >= SYNC_RECORDS || self.last_sync.elapsed() >= SYNC_EVERY)
+    }
+
+    /// How long until a commit is due, if records are waiting: the longest the log thread
+    /// may sleep without making the window it promises longer.
+    pub fn sync_wait(&self) -> Option<Duration> {
+        (self.unsynced > 0).then(|| SYNC_EVERY.saturating_sub(self.last_sync.elapsed()))
     }
 
     /// Makes every record written so far durable. On failure the records that may not be (the

@@ -124,6 +124,13 @@ pub enum SendError {
     InputChanged { path: String, log: String },
 }
 
+/// Longest a session holds an outcome the server gave before proving the session in step
+/// (a checkpoint EHLO with CHUNKING, where no `354` proves it). A held outcome is not yet in
+/// the log, so a run killed meanwhile sends it again on `--resume`: this, the log thread's
+/// pick-up and `log::SYNC_EVERY` make the window. A checkpoint costs one round trip of one
+/// connection's pipeline (see docs/BENCHMARKS.md).
+pub const HELD_AT_MOST: Duration = Duration::from_millis(20);
+
 /// Jobs the engine may set aside for destinations that cannot take more for now (rate
 /// limited, slow) before reading the input waits: a few megabytes.
 const PARKED_JOBS: usize = 50_000;
@@ -289,7 +296,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         Arc::clone(&shared),
         config.schedule,
     );
-    let engine_config = EngineConfig {
+    let mut engine_config = EngineConfig {
         retries: 0,
         outcomes: true,
         park: PARKED_JOBS,
@@ -297,6 +304,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         reactions,
         ..config.engine
     };
+    engine_config.client.sync_after = Some(HELD_AT_MOST);
     let running = engine::start(engine_config, Vec::new(), Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let ledger = Ledger::new(

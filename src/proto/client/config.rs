@@ -93,6 +93,10 @@ pub struct ClientConfig {
     /// CHUNKING no reply marks the stream (DATA's 354 does), so after this many the client
     /// sends a second EHLO, whose multi-line reply only EHLO gets, and waits for it.
     pub sync_every: usize,
+    /// Longest an outcome may wait for that proof before the client sends a checkpoint EHLO
+    /// (none: only `sync_every` and falling idle call for one). A sender whose log must keep up
+    /// with the server sets it: a held outcome is not yet in the log, so a crash resends it.
+    pub sync_after: Option<std::time::Duration>,
     pub timeouts: Timeouts,
     pub starttls: StartTls,
     /// Authenticate after the (encrypted) EHLO, before any transaction.
@@ -108,6 +112,7 @@ impl ClientConfig {
             pipelining: true,
             chunking: true,
             sync_every: 256,
+            sync_after: None,
             timeouts: Timeouts::default(),
             starttls: StartTls::Off,
             auth: None,

@@ -454,8 +454,17 @@ impl<T> Client<T> {
         self.spare = Some(transmit);
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called (and, once a
+    /// checkpoint falls due by age, [`poll_transmit`](Self::poll_transmit), which sends it).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.reply_deadline(), self.checkpoint_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The deadline of the reply waited for, of the close after `221`, or of idleness.
+    fn reply_deadline(&self) -> Option<Instant> {
         match self.expect.front() {
             Some(head) => Some(self.head_since + self.config.timeouts.for_reply_to(head.command)),
             None if self.phase == Phase::Linger => Some(self.linger_until),
@@ -466,8 +475,23 @@ impl<T> Client<T> {
         }
     }
 
+    /// When the oldest held outcome has waited [`ClientConfig::sync_after`], if a checkpoint
+    /// EHLO could then be sent. Only where a second EHLO is one: without it the checkpoint
+    /// is QUIT and a new connection, and such sessions (HELO, no pipelining) hold at most the
+    /// one outcome the next `354` proves.
+    fn checkpoint_due(&self) -> Option<Instant> {
+        let after = self.config.sync_after?;
+        if !self.ehlo_marks || self.syncing || self.phase != Phase::Ready {
+            return None;
+        }
+        let oldest = self.held.front()?;
+        // A transaction between DATA and its 354 waits for a checkpoint of its own.
+        self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done)).then_some(oldest.done.at + after)
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(deadline) = self.poll_timeout() else { return };
+        // A checkpoint due by age needs nothing here: the next poll_transmit sends it.
+        let Some(deadline) = self.reply_deadline() else { return };
         if now < deadline {
             return;
         }
@@ -646,6 +670,8 @@ impl<T> Client<T> {
                 // EHLO resets the server's transaction state, as RSET does.
                 self.needs_rset = false;
                 self.release();
+                // The last transaction may have ended while this was awaited.
+                self.maybe_quit();
                 Ok(())
             }
             // RFC 5321 §4.1.4 lets a server refuse a repeated EHLO (and stay as it was). This
@@ -842,14 +868,18 @@ impl<T> Client<T> {
         self.expect.push_back(Expect { command: Some(command), seq, rcpt, sent: self.output_at });
     }
 
-    /// Whether held outcomes call for a checkpoint now: too many are held, or the session has
-    /// nothing else to do. A checkpoint EHLO may only follow complete transactions.
+    /// Whether held outcomes call for a checkpoint now: too many are held, the oldest has
+    /// waited too long, or the session has nothing else to do. A checkpoint EHLO may only
+    /// follow complete transactions.
     fn wants_checkpoint(&self) -> bool {
         if self.held.is_empty() || self.syncing {
             return false;
         }
         if self.txns.is_empty() && self.expect.is_empty() {
             return true; // idle
+        }
+        if self.checkpoint_due().is_some_and(|at| self.output_at >= at) {
+            return true;
         }
         // Called for every write: the scan only once enough outcomes are held.
         self.held.len() >= self.config.sync_every.max(1)
