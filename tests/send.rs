@@ -592,6 +592,51 @@ fn resume_refuses_a_recipients_file_that_changed_and_sends_nothing() {
     assert_eq!(w.dumped()[&2].len(), 2, "nothing more was sent");
 }
 
+/// Input as users have it: a spreadsheet's `;`-separated export with an `E-Mail` column; an
+/// empty file; a header row alone; a JSONL map printed whole.
+#[test]
+fn semicolon_csv_empty_files_and_whole_maps_behave_as_a_user_expects() {
+    let zone = "x.test MX 10 mx.x.test\nmx.x.test A 127.0.0.2\n";
+    let w = World::new("input", zone, vec![(2, Box::new(|_: &mut SinkConfig| {}))]);
+    let msg = w.file("msg.txt", MESSAGE);
+    let send = |list: &Path, log: &str| {
+        let mut cmd = w.send(&["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()]);
+        cmd.args(["--log", w.dir.join(log).to_str().unwrap()]);
+        run(cmd, Duration::from_secs(30))
+    };
+    let list = w.file("excel.csv", "name;E-Mail;Betrag\nAnn;ann@x.test;\"1,50\"\nBo;bo@x.test;2,00\nCy;;3\n");
+    let out = send(&list, "excel.jsonl");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let f = finals(&records(&w.dir.join("excel.jsonl")));
+    assert_eq!(
+        (status_of(&f, 2), status_of(&f, 3), status_of(&f, 4)),
+        ("delivered", "delivered", "rejected")
+    );
+    let dumped = &w.dumped()[&2];
+    assert_eq!(dumped.len(), 2);
+    assert!(dumped.iter().any(|(_, m)| m.contains("Dear Ann,")), "{dumped:?}");
+
+    let empty = w.file("empty.csv", "");
+    let out = send(&empty, "empty.jsonl");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the recipients file is empty"), "{}", stderr(&out));
+    assert!(!w.dir.join("empty.jsonl").exists(), "a run refused at the start leaves no log");
+
+    let header = w.file("header.csv", "email,name\n");
+    let out = send(&header, "header.jsonl");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no recipient rows"), "{}", stderr(&out));
+
+    let nested = w.file("nested.jsonl", "{\"email\":\"m@x.test\",\"name\":{\"first\":\"Jo\"}}\n");
+    let out = send(&nested, "nested.log");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let f = finals(&records(&w.dir.join("nested.log")));
+    assert_eq!(status_of(&f, 1), "rejected");
+    assert!(f[&1]["reason"].as_str().unwrap().contains("`name` is a whole map"), "{:?}", f[&1]);
+    assert_eq!(f[&1]["rcpt"], "m@x.test");
+    assert_eq!(w.dumped()[&2].len(), 2, "nothing of it was sent");
+}
+
 /// A world whose one MX host (127.0.0.2) answers each DATA after 20 ms, slow enough that a
 /// signal lands mid-campaign, and `n` recipients `r{i}@slow.test` (line = i + 2) with
 /// `MESSAGE`: (world, list, message).

@@ -33,8 +33,10 @@ records that could not be written were printed on stderr.";
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Recipients: CSV with a header row and an `email` column, or JSONL (one object per line,
-    /// an `email` key); `-` reads stdin. Every other column or key is a template variable.
+    /// Recipients: CSV with a header row and an address column (`email`, `e-mail`, `e_mail`,
+    /// `mail` or `email address`, any case), separated by `,`, `;` or tabs (read from the
+    /// header row), or JSONL (one object per line, an `email` key); `-` reads stdin. Every
+    /// other column or key is a template variable.
     #[arg(long, value_name = "FILE")]
     recipients: PathBuf,
     /// The message: an RFC 5322 message (headers, blank line, body) that is a minijinja
@@ -370,6 +372,12 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(e) = &report.input_error {
         eprintln!("volley: {e}");
+    }
+    if report.admitted == 0 && report.skipped == 0 && report.input_done && report.input_error.is_none() {
+        eprintln!(
+            "volley send: warning: {} has no recipient rows (a header row alone?): nothing was sent",
+            args.recipients.display()
+        );
     }
     if !report.all_final() {
         let unread = if report.input_done { "" } else { ", and the input was not read to its end" };

@@ -295,6 +295,11 @@ impl Running {
         self.run.producer.get().cloned()
     }
 
+    /// Each core's live counters (published every 250 ms), for a caller's own progress line.
+    pub fn progress(&self) -> Vec<Arc<Progress>> {
+        self.progress.clone()
+    }
+
     /// Destinations suspended or slowed by a reaction, as it happens.
     pub fn shaping_events(&self) -> Arc<ArrayQueue<ShapingEvent>> {
         Arc::clone(&self.run.events)

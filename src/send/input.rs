@@ -117,6 +117,9 @@ impl Rows {
             _ => None,
         };
         let size = std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len());
+        if size == Some(0) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the recipients file is empty"));
+        }
         Ok(Rows { size, ..Rows::new(reader, by_extension)? })
     }
 
@@ -138,9 +141,12 @@ impl Rows {
                 Inner::Jsonl { reader: BufReader::new(Box::new(reader)), line: 0, bytes: 0, buf: Vec::new() }
             }
             Format::Csv => {
-                let mut reader = Box::new(CsvReader::new(Box::new(reader)));
+                let delimiter = sniff_delimiter(reader.fill_buf()?);
+                let mut reader = Box::new(CsvReader::with_delimiter(Box::new(reader), delimiter));
                 let mut record = csv_reader::Record::default();
-                reader.read(&mut record)?;
+                if !reader.read(&mut record)? {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "the recipients file is empty"));
+                }
                 let headers: Arc<[String]> = record
                     .fields()
                     .map(|h| std::str::from_utf8(h).map(|h| h.trim().to_owned()))
@@ -148,10 +154,20 @@ impl Rows {
                     .map_err(|e| {
                         io::Error::new(io::ErrorKind::InvalidData, format!("CSV header row: {e}"))
                     })?;
-                let email =
-                    headers.iter().position(|h| h.eq_ignore_ascii_case("email")).ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidData, "the CSV header row has no `email` column")
-                    })?;
+                let email = headers.iter().position(|h| is_address_name(h)).ok_or_else(|| {
+                    let found = headers.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ");
+                    let separated = match delimiter {
+                        b'\t' => "tabs".to_owned(),
+                        d => format!("`{}`", d as char),
+                    };
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the CSV header row has no address column (`email`, `e-mail`, `e_mail`, `mail` or \
+                             `email address`, any case); it has {found} (separated by {separated})"
+                        ),
+                    )
+                })?;
                 Inner::Csv { reader, headers, email, record }
             }
         };
@@ -185,6 +201,33 @@ impl Rows {
             Inner::Jsonl { reader, line, bytes, buf } => next_jsonl(reader, line, bytes, buf),
         }
     }
+}
+
+/// Whether a column or key names the recipient's address: `email`, `e-mail`, `e_mail`, `mail`,
+/// `email address` (any case, and any of `-`, `_`, space between the words).
+pub fn is_address_name(name: &str) -> bool {
+    let mut squeezed = name.trim().bytes().filter(|b| !b"-_ ".contains(b)).map(|b| b.to_ascii_lowercase());
+    let word: Vec<u8> = squeezed.by_ref().take(16).collect();
+    squeezed.next().is_none() && matches!(word.as_slice(), b"email" | b"mail" | b"emailaddress")
+}
+
+/// The field separator of a CSV file, from its first line: whichever of `,`, `;` and tab
+/// occurs most outside quotes (spreadsheets in much of Europe write `;`, since `,` is their
+/// decimal mark), `,` when none does or on a tie.
+fn sniff_delimiter(head: &[u8]) -> u8 {
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let line = head.split(|&b| b == b'\n' || b == b'\r').next().unwrap_or_default();
+    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0)];
+    let mut quoted = false;
+    for &b in line {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            counts.iter_mut().filter(|(d, _)| *d == b).for_each(|(_, n)| *n += 1);
+        }
+    }
+    // The first of the most frequent, so a tie keeps `,`.
+    counts.iter().fold((b',', 0), |best, &(d, n)| if n > best.1 { (d, n) } else { best }).0
 }
 
 /// What identifies the recipients file's content: its size and a 64-bit hash of its bytes, as
@@ -235,7 +278,10 @@ fn next_csv(
     }
     if record.len() != headers.len() {
         let reason = format!("{} fields where the header has {}", record.len(), headers.len());
-        return Ok(Some(Err(BadRow { line, email: None, reason })));
+        // The address, if its column is there and readable, so the record says whose row it was.
+        let email = record.fields().nth(email).and_then(|f| std::str::from_utf8(f).ok());
+        let email = email.map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned);
+        return Ok(Some(Err(BadRow { line, email, reason })));
     }
     // The reader's record is reused for the next row; this row keeps a copy of its own.
     let fields = match Fields::new(record) {
@@ -243,7 +289,9 @@ fn next_csv(
         Err(field) => {
             let name = headers.get(field).map_or("?", String::as_str);
             let reason = format!("column `{name}` is not UTF-8");
-            return Ok(Some(Err(BadRow { line, email: None, reason })));
+            let email = record.fields().nth(email).and_then(|f| std::str::from_utf8(f).ok());
+            let email = email.map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned);
+            return Ok(Some(Err(BadRow { line, email, reason })));
         }
     };
     let address = address(line, fields.get(email).unwrap_or_default());
@@ -290,7 +338,11 @@ fn next_jsonl(
                 return Ok(Some(Err(BadRow { line: at, email: None, reason: format!("invalid JSON: {e}") })));
             }
         };
-        let email = match vars.get("email") {
+        let key = match vars.contains_key("email") {
+            true => Some("email"),
+            false => vars.keys().map(String::as_str).find(|k| is_address_name(k)),
+        };
+        let email = match key.and_then(|k| vars.get(k)) {
             Some(Value::String(s)) => address(at, s),
             Some(_) => {
                 return Ok(Some(Err(BadRow {
@@ -437,14 +489,73 @@ mod tests {
     }
 
     #[test]
-    fn csv_without_an_email_column_is_refused_up_front() {
-        let err = Rows::new(Box::new(io::Cursor::new(b"name\nx\n".to_vec())), None).err().unwrap();
-        assert!(err.to_string().contains("no `email` column"));
+    fn csv_without_an_address_column_is_refused_up_front_listing_the_columns() {
+        let err =
+            Rows::new(Box::new(io::Cursor::new(b"name;emails;town\nx;y;z\n".to_vec())), None).err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains("no address column"), "{text}");
+        assert!(text.contains("it has `name`, `emails`, `town` (separated by `;`)"), "{text}");
+    }
+
+    #[test]
+    fn the_usual_spellings_of_the_address_column_work() {
+        for name in
+            ["email", "E-Mail", "e_mail", "MAIL", "Email Address", "e-mail address", " email_address "]
+        {
+            assert!(is_address_name(name), "{name}");
+            let items = rows(&format!("first,{name}\nAnn,a@x.test\n"), Some(Format::Csv));
+            assert_eq!(items[0].as_ref().unwrap().email.as_str(), "a@x.test", "{name}");
+        }
+        for name in ["emails", "email2", "mailing", "e", "", "address", "mail-merge"] {
+            assert!(!is_address_name(name), "{name}");
+        }
+        let items = rows("{\"E-Mail\":\"b@x.test\",\"n\":1}\n", None);
+        assert_eq!(items[0].as_ref().unwrap().email.as_str(), "b@x.test", "JSONL keys too");
+    }
+
+    #[test]
+    fn semicolon_and_tab_separated_files_are_read_as_such() {
+        for (text, d) in [
+            ("name;email;note\nAnn;a@x.test;\"1,5; two\"\nBo;b@x.test;x\n", ';'),
+            ("name\temail\tnote\nAnn\ta@x.test\t1,5; two\nBo\tb@x.test\tx\n", '\t'),
+            ("\u{feff}name,email,note\nAnn,a@x.test,\"1,5; two\"\nBo,b@x.test,x\n", ','),
+            // A comma inside a quoted header does not outvote the semicolons.
+            ("\"last, first\";email;note\nAnn;a@x.test;\"1,5; two\"\nBo;b@x.test;x\n", ';'),
+        ] {
+            let items = rows(text, None);
+            let ok: Vec<&Row> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+            assert_eq!(ok.len(), 2, "{d:?}: {items:?}");
+            assert_eq!(ok[0].email.as_str(), "a@x.test");
+            assert_eq!(ok[1].vars.get("note"), Some(Var::Text("x")), "{d:?}");
+        }
+        assert_eq!(sniff_delimiter(b"email\nx@y.test\n"), b',', "one column: the default");
+        assert_eq!(sniff_delimiter(b"a;b,c\n"), b',', "a tie keeps the comma");
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error_and_a_header_row_alone_has_no_rows() {
+        for text in ["", "\n\n"] {
+            let err = Rows::new(Box::new(io::Cursor::new(text.as_bytes().to_vec())), Some(Format::Csv)).err();
+            assert!(err.unwrap().to_string().contains("the recipients file is empty"), "{text:?}");
+        }
+        assert!(rows("email,name\n", None).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_row_carries_its_address_when_it_can_be_read() {
+        let text = b"name,email\nAnn,a@x.test,extra\nBo\n\xff,c@x.test\n".to_vec();
+        let mut rows = Rows::new(Box::new(io::Cursor::new(text)), Some(Format::Csv)).unwrap();
+        let items: Vec<Item> = std::iter::from_fn(|| rows.next_row().unwrap()).collect();
+        let bad: Vec<&BadRow> = items.iter().filter_map(|i| i.as_ref().err()).collect();
+        assert_eq!(bad[0].email.as_deref(), Some("a@x.test"), "{bad:?}");
+        assert_eq!(bad[1].email, None, "no address column in the row");
+        assert!(bad[2].reason.contains("`name` is not UTF-8"), "{bad:?}");
+        assert_eq!(bad[2].email.as_deref(), Some("c@x.test"), "{bad:?}");
     }
 
     #[test]
     fn jsonl_rows_keep_typed_values_and_report_bad_lines() {
-        let text = "{\"email\":\"a@x.test\",\"n\":3,\"tags\":[\"a\"]}\n\n{broken\n[1]\n{\"mail\":\"b@x.test\"}\n{\"email\":7}\n{\"email\":\"c@x.test\"}";
+        let text = "{\"email\":\"a@x.test\",\"n\":3,\"tags\":[\"a\"]}\n\n{broken\n[1]\n{\"address\":\"b@x.test\"}\n{\"email\":7}\n{\"email\":\"c@x.test\"}";
         let items = rows(text, None);
         let ok: Vec<&Row> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
         assert_eq!(ok.len(), 2);

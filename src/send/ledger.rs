@@ -23,7 +23,7 @@ use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
-use crate::engine::{Backoff, Outcome, ShapingEvent};
+use crate::engine::{Backoff, Outcome, Progress, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
 
@@ -150,6 +150,8 @@ pub struct Ledger {
     /// The engine's producer, woken when every admitted recipient has its final record: the
     /// source may be done, and the run's end should not wait out the producer's idle poll.
     producer: Option<std::thread::Thread>,
+    /// The cores' counters: how many recipients are in a session right now.
+    engine: Vec<Arc<Progress>>,
 }
 
 /// Signals between the main thread and the ledger.
@@ -195,7 +197,14 @@ impl Ledger {
             started: Instant::now(),
             progress,
             producer: None,
+            engine: Vec::new(),
         }
+    }
+
+    /// Reads the cores' counters for the progress line (how many recipients are being sent).
+    pub fn show_sessions(mut self, engine: Vec<Arc<Progress>>) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Wakes `producer` whenever every admitted recipient has its final record.
@@ -476,9 +485,14 @@ impl Ledger {
         let t = &self.tally;
         let admitted = self.shared.admitted.load(Ordering::Relaxed);
         let waiting = self.shared.waiting.load(Ordering::Relaxed);
-        let in_flight = admitted.saturating_sub(t.finals()).saturating_sub(waiting);
+        let unfinished = admitted.saturating_sub(t.finals()).saturating_sub(waiting);
+        // In a session (a transaction under way) against handed to the engine and not yet
+        // taken by one; the cores publish theirs every 250 ms, so the split is approximate.
+        let sending =
+            self.engine.iter().map(|p| p.in_flight.load(Ordering::Relaxed)).sum::<u64>().min(unfinished);
+        let queued = unfinished - sending;
         eprintln!(
-            "[{:>5.0}s] {:.0} msg/s | delivered {} deferred {} bounced {} expired {} rejected {} uncertain {} | in flight {} waiting {}{}",
+            "[{:>5.0}s] {:.0} msg/s | delivered {} deferred {} bounced {} expired {} rejected {} uncertain {} | sending {} queued {} waiting {}{}",
             secs,
             t.delivered as f64 / secs,
             t.delivered,
@@ -487,7 +501,8 @@ impl Ledger {
             t.expired,
             t.rejected,
             t.uncertain,
-            in_flight,
+            sending,
+            queued,
             waiting,
             if slowest.is_empty() { String::new() } else { format!(" | slowest: {slowest}") }
         );

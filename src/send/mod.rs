@@ -319,6 +319,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         config.progress,
     )
     .wake_when_all_final(running.producer_thread())
+    .show_sessions(running.progress())
     .spawn(Arc::clone(&control))
     .map_err(SendError::Engine)?;
     running.set_outcome_reader(ledger.thread().clone());

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
+use minijinja::value::ValueKind;
 use minijinja::value::{Enumerator, Object};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use thiserror::Error;
@@ -225,6 +226,9 @@ impl MessageTemplate {
         let syntax = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build();
         env.set_syntax(syntax.map_err(|e| TemplateError::Spec(e.to_string()))?);
         env.set_formatter(|out, state, value| {
+            if matches!(value.kind(), ValueKind::Map | ValueKind::Seq) {
+                return Err(whole_collection(state, value));
+            }
             if matches!(state.name(), HEAD | SUBJECT | MAIL_FROM) {
                 header_value(out, value)
             } else {
@@ -548,6 +552,37 @@ fn describe(e: &minijinja::Error) -> String {
         }
     }
     text
+}
+
+/// The error for printing a whole map or list (a JSONL value `{"first": "Jo"}` would otherwise
+/// go out as minijinja's `{"first": "Jo"}` text), naming the variable when it is one of the
+/// row's or a field of one.
+fn whole_collection(state: &minijinja::State<'_, '_>, value: &Value) -> minijinja::Error {
+    let what = if value.kind() == ValueKind::Map { "map" } else { "list" };
+    let mut name = None;
+    for var in state.known_variables() {
+        let Some(top) = state.lookup(&var) else { continue };
+        if top == *value {
+            name = Some(var.into_owned());
+            break;
+        }
+        if top.kind() == ValueKind::Map {
+            let mut fields = top.try_iter().into_iter().flatten();
+            if let Some(field) = fields.find(|k| top.get_item(k).is_ok_and(|v| v == *value)) {
+                name = Some(format!("{var}.{field}"));
+                break;
+            }
+        }
+    }
+    let why = match name {
+        Some(name) => format!(
+            "`{name}` is a whole {what}: print one of its {} (`{{{{ {name}{} }}}}`), not all of it",
+            if what == "map" { "fields" } else { "items" },
+            if what == "map" { ".field" } else { "[0]" },
+        ),
+        None => format!("a whole {what} cannot be printed: print one of its fields or items"),
+    };
+    minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, why)
 }
 
 /// The header formatter: a value may not break the line; non-ASCII becomes an encoded-word.

@@ -88,20 +88,20 @@ enum Plain {
 
 /// Looks for the octets that matter to a plain line (comma, LF, CR, quote) eight at a time:
 /// a search per kind of octet cost more, in set-up, than a recipient's line is long.
-fn scan_plain(window: &[u8], ends: &mut Vec<usize>) -> Plain {
+fn scan_plain(window: &[u8], ends: &mut Vec<usize>, delimiter: u8) -> Plain {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
     // The high bit of each octet of `v` that is zero, exactly (no borrow between octets).
     let zeros = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
     let special = |w: u64| {
-        zeros(w ^ (ONES * u64::from(b',')))
+        zeros(w ^ (ONES * u64::from(delimiter)))
             | zeros(w ^ (ONES * u64::from(b'\n')))
             | zeros(w ^ (ONES * u64::from(b'\r')))
             | zeros(w ^ (ONES * u64::from(b'"')))
     };
     let mut at = |p: usize| -> Option<Plain> {
         match window[p] {
-            b',' => {
+            b if b == delimiter => {
                 ends.push(p);
                 None
             }
@@ -231,11 +231,20 @@ pub struct CsvReader {
     consumed: u64,
     /// At the very start (a byte-order mark is skipped there).
     start: bool,
+    delimiter: u8,
     parser: csv_core::Reader,
 }
 
 impl CsvReader {
+    #[cfg(test)]
     pub fn new(input: Box<dyn Read + Send>) -> CsvReader {
+        CsvReader::with_delimiter(input, b',')
+    }
+
+    /// A reader of fields separated by `delimiter` (`;` and tab are what spreadsheets write
+    /// besides `,`); a quote or a line end cannot be one.
+    pub fn with_delimiter(input: Box<dyn Read + Send>, delimiter: u8) -> CsvReader {
+        debug_assert!(!b"\"\r\n".contains(&delimiter));
         CsvReader {
             input,
             buf: vec![0; BUFFER],
@@ -246,7 +255,8 @@ impl CsvReader {
             after_cr: false,
             consumed: 0,
             start: true,
-            parser: csv_core::Reader::new(),
+            delimiter,
+            parser: csv_core::ReaderBuilder::new().delimiter(delimiter).build(),
         }
     }
 
@@ -277,7 +287,7 @@ impl CsvReader {
         }
         record.line = self.lines + 1;
         let window = &self.buf[self.pos..self.end];
-        let plain = match scan_plain(window, &mut record.ends) {
+        let plain = match scan_plain(window, &mut record.ends, self.delimiter) {
             Plain::Line { content, next } => Some((content, next)),
             Plain::Unended if self.eof => Some((window.len(), window.len())),
             Plain::Unended | Plain::No => None,
@@ -445,7 +455,11 @@ mod tests {
     type Lines = Vec<(u64, Vec<Vec<u8>>)>;
 
     fn ours(input: &[u8], chunk: usize) -> Lines {
-        let mut reader = CsvReader::new(Box::new(Trickle(input.to_vec(), 0, chunk)));
+        ours_with(input, chunk, b',')
+    }
+
+    fn ours_with(input: &[u8], chunk: usize, delimiter: u8) -> Lines {
+        let mut reader = CsvReader::with_delimiter(Box::new(Trickle(input.to_vec(), 0, chunk)), delimiter);
         let mut record = Record::default();
         let mut out = Vec::new();
         while reader.read(&mut record).expect("in memory") {
@@ -455,8 +469,12 @@ mod tests {
         out
     }
 
-    fn theirs(input: &[u8]) -> Vec<Vec<Vec<u8>>> {
-        let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(input);
+    fn theirs(input: &[u8], delimiter: u8) -> Vec<Vec<Vec<u8>>> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(delimiter)
+            .from_reader(input);
         reader.byte_records().map(|r| r.expect("in memory").iter().map(<[u8]>::to_vec).collect()).collect()
     }
 
@@ -529,16 +547,18 @@ mod tests {
         #[test]
         fn the_same_records_as_the_csv_crate(
             body in proptest::collection::vec(prop_oneof![
-                Just(b'a'), Just(b'b'), Just(b','), Just(b'"'), Just(b'\r'), Just(b'\n'), Just(b' ')
+                Just(b'a'), Just(b'b'), Just(b','), Just(b';'), Just(b'\t'), Just(b'"'), Just(b'\r'),
+                Just(b'\n'), Just(b' ')
             ], 0..120),
             bom in any::<bool>(),
             chunk in 1usize..9,
+            delimiter in prop_oneof![Just(b','), Just(b';'), Just(b'\t')],
         ) {
             let mut input = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
             input.extend_from_slice(&body);
-            let got = ours(&input, chunk);
+            let got = ours_with(&input, chunk, delimiter);
             let fields: Vec<_> = got.iter().map(|(_, f)| f.clone()).collect();
-            prop_assert_eq!(&fields, &theirs(&input));
+            prop_assert_eq!(&fields, &theirs(&input, delimiter));
             prop_assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
             prop_assert!(got.first().is_none_or(|r| r.0 >= 1));
             if !body.contains(&b'"') {

@@ -510,3 +510,30 @@ fn unsubscribe_headers_are_per_recipient_on_every_path() {
         "{m}"
     );
 }
+
+#[test]
+fn printing_a_whole_map_or_list_rejects_the_row_naming_the_variable() {
+    let vars = json!({"name": {"first": "Jo", "inner": {"a": 1}}, "tags": ["a", "b"]});
+    for (template, named) in [
+        ("Hi {{ name }}", "`name` is a whole map"),
+        ("Tags: {{ tags }}", "`tags` is a whole list"),
+        ("{{ name.inner }}", "`name.inner` is a whole map"),
+    ] {
+        for place in ["body", "subject"] {
+            let message = match place {
+                "body" => format!("From: a@example.com\nSubject: x\n\n{template}\n"),
+                _ => format!("From: a@example.com\nSubject: {template}\n\nx\n"),
+            };
+            let t = MessageTemplate::new(&raw(&message), "c").unwrap();
+            let err = t.render(&row(2, "a@x.test", vars.clone()), now()).unwrap_err();
+            assert!(err.contains(named), "{place} {template}: {err}");
+        }
+    }
+    let t = MessageTemplate::new(
+        &raw("From: a@example.com\nSubject: {{ name.first }}\n\n{{ name.first }} {{ tags[1] }} {{ tags|length }}\n"),
+        "c",
+    )
+    .unwrap();
+    let r = t.render(&row(2, "a@x.test", vars), now()).unwrap();
+    assert!(text(&r).contains("Subject: Jo\r\n") && text(&r).contains("\r\n\r\nJo b 2\r\n"), "{}", text(&r));
+}
