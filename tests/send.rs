@@ -592,6 +592,74 @@ fn resume_refuses_a_recipients_file_that_changed_and_sends_nothing() {
     assert_eq!(w.dumped()[&2].len(), 2, "nothing more was sent");
 }
 
+/// Internationalised addresses and content a 7-bit server takes: a sink without SMTPUTF8 and
+/// 8BITMIME gets a Unicode domain as its A-label (one DNS query for it), one message for the
+/// three spellings of one address, a non-ASCII local part bounced as `needs_smtputf8`, a long
+/// line and 8-bit text as quoted-printable, a UTF-8 Subject as encoded-words; a message that
+/// declares itself 8-bit is bounced `needs_8bitmime`.
+#[test]
+fn idn_long_lines_and_8bit_reach_a_7bit_server_as_it_can_take_them() {
+    let zone = "xn--bcher-kva.test MX 10 mx.buecher.test\nmx.buecher.test A 127.0.0.2\n";
+    let seven_bit = |c: &mut SinkConfig| {
+        c.eight_bit_mime = false;
+        c.smtputf8 = false;
+    };
+    let w = World::new("idn", zone, vec![(2, Box::new(seven_bit))]);
+    let list = w.file(
+        "list.csv",
+        "email,name\nann@bücher.test,Ann\nann@BÜCHER.test,Ann2\nann@xn--bcher-kva.test,Ann3\njörg@bücher.test,Jörg\nbob@Bücher.test,Bob\n",
+    );
+    let long = "z".repeat(5000);
+    let msg = w.file(
+        "msg.txt",
+        &format!("From: News <news@example.com>\nSubject: Grüße, {{{{ name }}}}\n\nDear {{{{ name }}}},\n{long}\nSchöne Grüße\n"),
+    );
+    let mut cmd =
+        w.send(&["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap(), "--json"]);
+    cmd.args(["--log", w.log().to_str().unwrap()]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let f = finals(&records(&w.log()));
+    let statuses: Vec<&str> = (2..=6).map(|l| status_of(&f, l)).collect();
+    assert_eq!(statuses, ["delivered", "rejected", "rejected", "bounced", "delivered"], "{f:?}");
+    assert!(f[&3]["reason"].as_str().unwrap().contains("duplicate"), "{:?}", f[&3]);
+    assert_eq!(f[&5]["category"], "needs_smtputf8", "{:?}", f[&5]);
+    assert_eq!(f[&2]["rcpt"], "ann@xn--bcher-kva.test");
+
+    let dumped = &w.dumped()[&2];
+    assert_eq!(dumped.len(), 2, "one message per recipient, none for the duplicates");
+    for (envelope, content) in dumped {
+        assert!(envelope.is_ascii() && envelope.contains("@xn--bcher-kva.test>"), "{envelope}");
+        assert!(content.is_ascii(), "7-bit content: {content}");
+        assert!(content.lines().all(|l| l.len() <= 998), "no line over 998 octets");
+        assert!(content.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{content}");
+        assert!(content.contains("\r\nSubject: =?utf-8?B?"), "{content}");
+        assert!(content.contains("Sch=C3=B6ne Gr=C3=BC=C3=9Fe"), "{content}");
+    }
+    let questions = w.dns.questions();
+    let mx: Vec<&String> = questions.iter().filter(|q| q.ends_with(" MX")).collect();
+    assert_eq!(mx, ["xn--bcher-kva.test MX"], "one query, for the A-label: {questions:?}");
+    assert!(questions.iter().all(|q| q.is_ascii()), "{questions:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let domains: Vec<&str> =
+        report["domains"].as_array().unwrap().iter().map(|d| d["domain"].as_str().unwrap()).collect();
+    assert_eq!(domains, ["xn--bcher-kva.test"], "one domain in the report");
+
+    // A message that says it is 8-bit is not rewritten: it needs a server with 8BITMIME.
+    let declared = w.file(
+        "declared.txt",
+        "From: a@example.com\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nZoë\n",
+    );
+    let one = w.file("one.csv", "email\nzoe@bücher.test\n");
+    let mut cmd = w.send(&["--recipients", one.to_str().unwrap(), "--message", declared.to_str().unwrap()]);
+    cmd.args(["--log", w.dir.join("declared.jsonl").to_str().unwrap()]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let f = finals(&records(&w.dir.join("declared.jsonl")));
+    assert_eq!((status_of(&f, 2), f[&2]["category"].as_str()), ("bounced", Some("needs_8bitmime")), "{f:?}");
+    assert_eq!(w.dumped()[&2].len(), 2, "nothing more reached the server");
+}
+
 /// Input as users have it: a spreadsheet's `;`-separated export with an `E-Mail` column; an
 /// empty file; a header row alone; a JSONL map printed whole.
 #[test]

@@ -35,6 +35,12 @@ pub struct SinkArgs {
     /// Do not advertise CHUNKING (BDAT).
     #[arg(long)]
     no_chunking: bool,
+    /// Do not advertise 8BITMIME: refuse BODY=8BITMIME and any 8-bit content (554 5.6.0).
+    #[arg(long = "no-8bitmime")]
+    no_8bitmime: bool,
+    /// Do not advertise SMTPUTF8: refuse the parameter and non-ASCII addresses (553 5.6.7).
+    #[arg(long)]
+    no_smtputf8: bool,
     /// Advertised SIZE limit in octets; larger messages get 552.
     #[arg(long, default_value_t = 50 * 1024 * 1024)]
     max_size: u64,
@@ -140,6 +146,8 @@ impl SinkArgs {
             hostname: self.hostname.clone(),
             pipelining: !self.no_pipelining,
             chunking: !self.no_chunking,
+            eight_bit_mime: !self.no_8bitmime,
+            smtputf8: !self.no_smtputf8,
             max_size: self.max_size,
             idle_timeout: self.idle_timeout,
             max_messages_per_connection: self.max_messages_per_connection,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::job::{Destination, Payload};
-use crate::proto::client::{Completed, Disposition, Message, TxnResult};
+use crate::proto::client::{Completed, Disposition, LocalError, Message, TxnResult};
 use crate::proto::{Address, Reply};
 
 /// Where an attempt went: the address connected to, its host name, and TLS if any.
@@ -49,6 +49,8 @@ pub struct Outcome {
     pub unsendable: bool,
     /// Not to be retried before this (its destination is suspended until then).
     pub not_before: Option<Instant>,
+    /// Not sent because this server cannot take it (no SMTPUTF8, no 8BITMIME, over SIZE).
+    pub local_refusal: Option<LocalError>,
 }
 
 impl Outcome {
@@ -83,6 +85,10 @@ impl Outcome {
             retry,
             unsendable: false,
             not_before: None,
+            local_refusal: match &done.result {
+                TxnResult::NotAttempted(refusal) => Some(refusal.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -114,6 +120,7 @@ impl Outcome {
             retry: Some(retry),
             unsendable: false,
             not_before: Some(until),
+            local_refusal: None,
         }
     }
 
@@ -134,6 +141,7 @@ impl Outcome {
             retry: None,
             unsendable: true,
             not_before: None,
+            local_refusal: None,
         }
     }
 }

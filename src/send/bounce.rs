@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::proto::client::LocalError;
 use crate::proto::pattern::ReplyPattern;
 use crate::proto::reply::EnhancedCode;
 
@@ -30,12 +31,17 @@ pub enum Category {
     Policy,
     RateLimited,
     TlsRequired,
+    /// The address has a non-ASCII local part and the server does not offer SMTPUTF8.
+    NeedsSmtputf8,
+    /// The message is 8-bit and the server does not offer 8BITMIME.
+    #[serde(rename = "needs_8bitmime")]
+    Needs8BitMime,
     Connection,
     Other,
 }
 
 impl Category {
-    pub const ALL: [Category; 10] = [
+    pub const ALL: [Category; 12] = [
         Category::InvalidRecipient,
         Category::BadDomain,
         Category::MailboxFull,
@@ -44,6 +50,8 @@ impl Category {
         Category::Policy,
         Category::RateLimited,
         Category::TlsRequired,
+        Category::NeedsSmtputf8,
+        Category::Needs8BitMime,
         Category::Connection,
         Category::Other,
     ];
@@ -58,6 +66,8 @@ impl Category {
             Category::Policy => "policy",
             Category::RateLimited => "rate_limited",
             Category::TlsRequired => "tls_required",
+            Category::NeedsSmtputf8 => "needs_smtputf8",
+            Category::Needs8BitMime => "needs_8bitmime",
             Category::Connection => "connection",
             Category::Other => "other",
         }
@@ -183,6 +193,16 @@ fn by_class(e: EnhancedCode) -> Option<Category> {
         7 => Category::Policy,
         _ => return None,
     })
+}
+
+/// The category of a message this server could not be sent, decided before sending it.
+pub fn of_local(refusal: &LocalError) -> Category {
+    match refusal {
+        LocalError::TooLarge { .. } => Category::TooLarge,
+        LocalError::Utf8NotSupported => Category::NeedsSmtputf8,
+        LocalError::EightBitNotSupported => Category::Needs8BitMime,
+        LocalError::NoRecipients => Category::Other,
+    }
 }
 
 /// Counts by category.

@@ -322,6 +322,10 @@ impl Ledger {
             // Held back by a shaping reaction: that is the reason, not the connection.
             r.category = Some(Category::RateLimited);
         }
+        if let Some(refusal) = &o.local_refusal {
+            // Refused before sending (no reply to classify): the reason is the server's lack.
+            r.category = Some(super::bounce::of_local(refusal));
+        }
         if let Some(via) = o.via {
             r.mx = via.host;
             r.ip = Some(via.addr.ip());

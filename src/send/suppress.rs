@@ -14,6 +14,7 @@ use std::path::Path;
 use thiserror::Error;
 
 use super::hashing::{DomainMap, Fingerprints};
+use super::input::a_label;
 use super::source::{fingerprint, lowercase};
 use crate::proto::Address;
 
@@ -80,7 +81,9 @@ impl Suppressions {
             match entry.rsplit_once('@') {
                 Some(("", domain)) => self.add_domain(domain).ok_or_else(bad)?,
                 Some((local, domain)) if !local.contains(char::is_whitespace) && is_domain(domain) => {
-                    self.addresses.insert(fingerprint(entry));
+                    // Rows' domains are A-labels (see `input::a_label`): so are the list's.
+                    let domain = a_label(domain).map_err(|_| bad())?;
+                    self.addresses.insert(fingerprint(&format!("{local}@{domain}")));
                 }
                 Some(_) => return Err(bad()),
                 None => self.add_domain(entry).ok_or_else(bad)?,
@@ -90,9 +93,9 @@ impl Suppressions {
     }
 
     fn add_domain(&mut self, domain: &str) -> Option<()> {
-        is_domain(domain).then(|| {
-            self.domains.insert(domain.trim_end_matches('.').to_ascii_lowercase(), ());
-        })
+        let domain = a_label(domain.trim_end_matches('.')).ok().filter(|_| is_domain(domain))?;
+        self.domains.insert(domain.to_ascii_lowercase(), ());
+        Some(())
     }
 
     pub fn is_empty(&self) -> bool {

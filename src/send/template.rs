@@ -26,6 +26,7 @@ use direct::{Direct, Piece};
 use simple::Simple;
 
 mod direct;
+pub mod mime;
 mod simple;
 use super::dkim::Dkim;
 use super::unsubscribe::Unsubscribe;
@@ -275,7 +276,8 @@ impl MessageTemplate {
                         "the message has no From header: add one or give --from".into(),
                     ));
                 }
-                add(HEAD, head)?;
+                // UTF-8 text of the template's own header lines goes out as encoded-words.
+                add(HEAD, &mime::encode_header_literals(head))?;
                 add(BODY, body)?;
                 let literal_from = literal_from(head);
                 // Decided below, once every template is compiled.
@@ -463,6 +465,12 @@ impl MessageTemplate {
                 (None, None) => return Err("the From header has no address".into()),
             }
         };
+        // A user's message may hold what some servers refuse (see `mime`); built messages are
+        // encoded by mail-builder already.
+        let body = match &self.kind {
+            Kind::Raw { .. } => mime::fit_for_any_server(body)?,
+            Kind::Built { .. } => body,
+        };
         // Signed last, over exactly the content that will be sent.
         let head = self.dkim.as_ref().map(|d| d.sign(body.bytes())).transpose()?;
         Ok(Rendered { sender, head, body })
@@ -636,8 +644,9 @@ fn header_text(text: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
     if ascii {
         return Ok(text.into());
     }
-    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-    Ok(["=?utf-8?B?", &encoded, "?="].concat().into())
+    let mut encoded = String::with_capacity(text.len() * 2);
+    mime::encoded_words(text, &mut encoded);
+    Ok(encoded.into())
 }
 
 /// Splits a message template at its first empty line.

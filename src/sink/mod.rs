@@ -28,6 +28,11 @@ pub struct SinkConfig {
     pub hostname: String,
     pub pipelining: bool,
     pub chunking: bool,
+    /// Advertise 8BITMIME; without it, `BODY=8BITMIME` and 8-bit content are refused (as a
+    /// 7-bit-only server must), to test what a client sends such a server.
+    pub eight_bit_mime: bool,
+    /// Advertise SMTPUTF8; without it, the parameter and non-ASCII addresses are refused.
+    pub smtputf8: bool,
     /// Advertised SIZE; larger messages get 552.
     pub max_size: u64,
     pub idle_timeout: Duration,
@@ -63,6 +68,8 @@ impl Default for SinkConfig {
             hostname: "volley-sink".into(),
             pipelining: true,
             chunking: true,
+            eight_bit_mime: true,
+            smtputf8: true,
             max_size: 50 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             max_messages_per_connection: None,

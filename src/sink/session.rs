@@ -54,6 +54,8 @@ struct Txn {
     chunked: bool,
     /// The content is kept only when dumping.
     body: Vec<u8>,
+    /// An octet of the content had its high bit set (tracked only without 8BITMIME).
+    eight_bit: bool,
 }
 
 impl Txn {
@@ -168,6 +170,9 @@ impl Session {
                 Reading::Data(receiver) => {
                     let keep = self.txn.keeps_content(&core.config).then_some(&mut self.txn.body);
                     let end = receiver.feed(rest, keep);
+                    if !core.config.eight_bit_mime {
+                        self.txn.eight_bit |= !rest[..end.unwrap_or(rest.len())].is_ascii();
+                    }
                     let Some(n) = end else {
                         pos += rest.len();
                         continue;
@@ -190,6 +195,9 @@ impl Session {
                     let valid = self.txn.sender.is_some() && !self.txn.recipients.is_empty();
                     if valid && self.txn.keeps_content(&core.config) {
                         self.txn.body.extend_from_slice(&rest[..take]);
+                    }
+                    if !core.config.eight_bit_mime {
+                        self.txn.eight_bit |= !rest[..take].is_ascii();
                     }
                     self.txn.size += take as u64;
                     pos += take;
@@ -255,6 +263,15 @@ impl Session {
                     reply(core, out, 552, "5.3.4 Message size exceeds fixed maximum message size");
                     return Action::Continue;
                 }
+                let eight_bit = params.body == Some(crate::proto::command::BodyType::EightBitMime);
+                if (eight_bit && !core.config.eight_bit_mime) || (params.smtputf8 && !core.config.smtputf8) {
+                    reply(core, out, 555, "5.5.4 MAIL parameter not recognised");
+                    return Action::Continue;
+                }
+                if from.as_ref().is_some_and(Address::needs_smtputf8) && !core.config.smtputf8 {
+                    reply(core, out, 553, "5.6.7 Non-ASCII addresses are not permitted");
+                    return Action::Continue;
+                }
                 let at = out.len();
                 if let Some(action) = self.fault(core, Stage::Mail, out) {
                     return action;
@@ -275,6 +292,10 @@ impl Session {
                 let at = out.len();
                 if let Some(action) = self.fault(core, Stage::Rcpt, out) {
                     return action;
+                }
+                if to.needs_smtputf8() && !core.config.smtputf8 {
+                    reply(core, out, 553, "5.6.7 Non-ASCII addresses are not permitted");
+                    return Action::Continue;
                 }
                 if core.greylists(to.as_str()) {
                     reply(core, out, 451, "4.7.1 Greylisted, please try again later");
@@ -465,6 +486,9 @@ impl Session {
         if let Some(action) = self.over_size(core, out) {
             return action;
         }
+        if self.txn.eight_bit {
+            return self.reject_message(core, out, 554, "5.6.0 8-bit content, and 8BITMIME was not offered");
+        }
         let at = out.len();
         match core.config.faults.decide(Stage::Data, &mut core.rng) {
             Verdict::Normal => {}
@@ -555,7 +579,13 @@ fn ehlo_reply(core: &Core, session: &Session) -> String {
         lines.push("CHUNKING".into());
     }
     lines.push(format!("SIZE {}", c.max_size));
-    lines.extend(["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"].map(String::from));
+    if c.eight_bit_mime {
+        lines.push("8BITMIME".into());
+    }
+    if c.smtputf8 {
+        lines.push("SMTPUTF8".into());
+    }
+    lines.push("ENHANCEDSTATUSCODES".into());
     let mut s = String::new();
     for (i, l) in lines.iter().enumerate() {
         let sep = if i + 1 == lines.len() { ' ' } else { '-' };

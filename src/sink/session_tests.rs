@@ -170,3 +170,29 @@ fn auth_is_required_before_mail_and_counted_per_user() {
     let (replies, _, _, _) = run_with(auth_config(), true, odd);
     assert_eq!(codes(&replies), vec!["220", "250", "504", "334", "501", "235", "503"]);
 }
+
+#[test]
+fn a_sink_without_8bitmime_or_smtputf8_refuses_what_needs_them() {
+    let seven = || SinkConfig { eight_bit_mime: false, smtputf8: false, ..SinkConfig::default() };
+    let (replies, _, _, _) = run_with(seven(), false, b"EHLO t\r\n");
+    assert!(!replies.contains("8BITMIME") && !replies.contains("SMTPUTF8"), "{replies}");
+    let input = "EHLO t\r\nMAIL FROM:<a@test> BODY=8BITMIME\r\nMAIL FROM:<a@test> SMTPUTF8\r\n\
+                 MAIL FROM:<ä@test>\r\nMAIL FROM:<a@test>\r\nRCPT TO:<ö@test>\r\nRCPT TO:<b@test>\r\n\
+                 DATA\r\nGrüße\r\n.\r\nMAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nBDAT 3 LAST\r\nä!\
+                 MAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nDATA\r\nplain\r\n.\r\n";
+    let (replies, _, _, core) = run_with(seven(), false, input.as_bytes());
+    assert_eq!(
+        codes(&replies),
+        vec![
+            "220", "250", "555", "555", "553", "250", "553", "250", "354", "554", "250", "250", "554", "250",
+            "250", "354", "250"
+        ],
+        "{replies}"
+    );
+    assert!(replies.contains("554 5.6.0 8-bit content"), "{replies}");
+    assert_eq!(core.counters.messages_accepted, 1, "only the 7-bit message");
+    // With the extensions, the same is taken.
+    let (replies, _, _, core) = run_with(SinkConfig::default(), false, input.as_bytes());
+    assert!(replies.contains("250-8BITMIME") && replies.contains("250-SMTPUTF8"), "{replies}");
+    assert_eq!(core.counters.messages_accepted, 3);
+}

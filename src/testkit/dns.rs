@@ -97,6 +97,8 @@ pub struct DnsStub {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     queries: Arc<AtomicU64>,
+    /// Every question asked, as `name TYPE` (the name as it came, lower-cased).
+    log: Arc<std::sync::Mutex<Vec<String>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -108,11 +110,13 @@ impl DnsStub {
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicU64::new(0));
-        let (s, q) = (Arc::clone(&stop), Arc::clone(&queries));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, q, l) = (Arc::clone(&stop), Arc::clone(&queries), Arc::clone(&log));
         let zone = Arc::new(zone);
-        let thread =
-            std::thread::Builder::new().name("dns-stub".into()).spawn(move || serve(socket, zone, s, q))?;
-        Ok(DnsStub { addr, stop, queries, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("dns-stub".into())
+            .spawn(move || serve(socket, zone, s, q, l))?;
+        Ok(DnsStub { addr, stop, queries, log, thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -122,6 +126,11 @@ impl DnsStub {
     /// Queries received so far.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)
+    }
+
+    /// The questions asked so far, in order, as `name TYPE` (`xn--bcher-kva.test MX`).
+    pub fn questions(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -134,7 +143,13 @@ impl Drop for DnsStub {
     }
 }
 
-fn serve(socket: UdpSocket, zone: Arc<Zone>, stop: Arc<AtomicBool>, queries: Arc<AtomicU64>) {
+fn serve(
+    socket: UdpSocket,
+    zone: Arc<Zone>,
+    stop: Arc<AtomicBool>,
+    queries: Arc<AtomicU64>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
@@ -142,6 +157,12 @@ fn serve(socket: UdpSocket, zone: Arc<Zone>, stop: Arc<AtomicBool>, queries: Arc
         let Ok(request) = Message::from_vec(&buf[..n]) else { continue };
         let Some(query) = request.queries().first().cloned() else { continue };
         let name = normalise(&query.name().to_ascii());
+        if let Ok(mut log) = log.lock() {
+            // The labels' octets as they came on the wire, not hickory's rendering of them.
+            let wire: Vec<String> =
+                query.name().iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
+            log.push(format!("{} {}", wire.join("."), query.query_type()));
+        }
         let entry = zone.names.get(&name);
         if entry.is_some_and(|e| e.drop) {
             continue;

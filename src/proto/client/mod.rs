@@ -400,6 +400,11 @@ impl<T> Client<T> {
         if !caps.smtputf8 && message.envelope.needs_smtputf8() {
             return Some(LocalError::Utf8NotSupported);
         }
+        // RFC 6152: 8-bit content only to a server that offers 8BITMIME (a HELO-only one
+        // offers nothing). `send` encodes what it can (quoted-printable) before it gets here.
+        if !caps.eight_bit_mime && message.is_eight_bit() {
+            return Some(LocalError::EightBitNotSupported);
+        }
         None
     }
 

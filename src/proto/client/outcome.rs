@@ -150,6 +150,8 @@ pub enum LocalError {
     TooLarge { size: u64, limit: u64 },
     #[error("address needs SMTPUTF8, which the server does not offer")]
     Utf8NotSupported,
+    #[error("message is 8-bit and the server does not offer 8BITMIME")]
+    EightBitNotSupported,
     #[error("transaction has no recipients")]
     NoRecipients,
 }

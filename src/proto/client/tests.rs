@@ -749,13 +749,15 @@ fn local_refusals() {
         msg(&["a@test"], &[b'x'; 20]),
         msg(&["j\u{f6}rg@test"], b"x"),
         msg(&[], b"x"),
+        msg(&["a@test"], "8-b\u{ef}t".as_bytes()),
         msg(&["a@test"], b"small"),
     ]);
     let results: Vec<_> = p.done.iter().map(|c| c.result.clone()).collect();
     assert_eq!(results[0], TxnResult::NotAttempted(LocalError::TooLarge { size: 22, limit: 10 }));
     assert_eq!(results[1], TxnResult::NotAttempted(LocalError::Utf8NotSupported));
     assert_eq!(results[2], TxnResult::NotAttempted(LocalError::NoRecipients));
-    assert!(matches!(results[3], TxnResult::Accepted(_)));
+    assert_eq!(results[3], TxnResult::NotAttempted(LocalError::EightBitNotSupported), "no 8BITMIME");
+    assert!(matches!(results[4], TxnResult::Accepted(_)));
     assert_eq!(p.server.seen.iter().filter(|c| c.starts_with("MAIL")).count(), 1);
 }
 
