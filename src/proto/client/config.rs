@@ -78,6 +78,26 @@ pub enum StartTls {
     Required,
 }
 
+/// How many refusals a session risks. Servers count a client's errors per session and punish
+/// past a limit: Postfix answers every command a second late after 10 (`smtpd_soft_error_limit`,
+/// `smtpd_error_sleep_time`) and hangs up after 20; sendmail's `BadRcptThrottle` and
+/// Exchange's tarpit slow down after a few unknown recipients. A list with dead addresses meets
+/// these on every connection, so a careful sender (see `Client`) keeps each session under them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusals {
+    /// Negative replies after which the session takes no new transaction and ends (QUIT; the
+    /// caller reconnects, and the server's count starts again).
+    pub quit_after: u32,
+    /// Refusals a session may ever reach: a transaction is only sent while the refusals seen
+    /// plus those its in-flight transactions could still bring stay within this.
+    pub at_most: u32,
+}
+
+impl Refusals {
+    /// Under Postfix's soft limit of 10, the lowest of the common defaults that count.
+    pub const CAREFUL: Refusals = Refusals { quit_after: 5, at_most: 8 };
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub helo_domain: Domain,
@@ -97,6 +117,10 @@ pub struct ClientConfig {
     /// (none: only `sync_every` and falling idle call for one). A sender whose log must keep up
     /// with the server sets it: a held outcome is not yet in the log, so a crash resends it.
     pub sync_after: Option<std::time::Duration>,
+    /// Spare servers that count errors (`send`): after a recipient is refused, content waits
+    /// for the RCPT replies (RSET, not DATA or BDAT, when none was accepted), and refusals are
+    /// kept within these bounds. `None` (`bench`): pipeline regardless.
+    pub refusals: Option<Refusals>,
     pub timeouts: Timeouts,
     pub starttls: StartTls,
     /// Authenticate after the (encrypted) EHLO, before any transaction.
@@ -113,6 +137,7 @@ impl ClientConfig {
             chunking: true,
             sync_every: 256,
             sync_after: None,
+            refusals: None,
             timeouts: Timeouts::default(),
             starttls: StartTls::Off,
             auth: None,

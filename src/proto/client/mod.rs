@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use auth::{Credentials, Mechanism, Secret};
-pub use config::{ClientConfig, StartTls, Timeouts};
+pub use config::{ClientConfig, Refusals, StartTls, Timeouts};
 pub use outcome::{Completed, Disposition, LocalError, SessionError, TxnResult, classify, classify_reply};
 pub use transmit::{Segment, Transmit};
 
@@ -231,6 +231,11 @@ pub struct Client<T> {
     ehlo_marks: bool,
     /// A checkpoint EHLO is awaiting its reply; nothing may follow it (RFC 2920 §3.1).
     syncing: bool,
+    /// Negative replies to transaction commands in this session (see [`Refusals`]).
+    refusals: u32,
+    /// A recipient was refused in this session (and `config.refusals` is set): a transaction's
+    /// content now waits for its RCPT replies, one transaction at a time.
+    hold_content: bool,
     /// After `221`: when to stop waiting for the server to close.
     linger_until: Instant,
     /// Reply latencies of transaction commands since the driver last took them.
@@ -282,6 +287,8 @@ impl<T> Client<T> {
             held: VecDeque::new(),
             ehlo_marks: false,
             syncing: false,
+            refusals: 0,
+            hold_content: false,
             linger_until: now,
             latencies: Vec::with_capacity(64),
             secure: false,
@@ -346,6 +353,25 @@ impl<T> Client<T> {
             && !self.quit_requested
             && self.started < self.config.max_messages
             && self.txns.len() < self.capacity()
+            && self.refusals_allow_another()
+    }
+
+    /// Under [`ClientConfig::refusals`]: one transaction at a time once a recipient was
+    /// refused, and never so many in flight that their refusals could pass `at_most`. Each
+    /// in-flight transaction could still bring one refusal per unanswered recipient and one for
+    /// its content (Postfix refuses the BDAT or DATA behind refused recipients too); a new one
+    /// is counted at two, its recipient and its content (`send` sends one recipient each).
+    fn refusals_allow_another(&self) -> bool {
+        let Some(limit) = self.config.refusals else { return true };
+        if self.txns.is_empty() {
+            return true; // nothing in flight: something must go, or the session would stall
+        }
+        if self.hold_content {
+            return false;
+        }
+        let at_risk: usize =
+            self.txns.iter().map(|t| t.message.envelope.recipients.len() - t.rcpts_answered + 1).sum();
+        self.refusals as usize + at_risk + 2 <= limit.at_most as usize
     }
 
     /// Queues a transaction. Gives it back when the session cannot take it now.
@@ -703,9 +729,19 @@ impl<T> Client<T> {
             return Err(SessionError::Abandoned("reply matched to a transaction no longer tracked"));
         };
         let mut checkpoint = false;
+        let negative = matches!(class, ReplyClass::Transient | ReplyClass::Permanent);
+        if negative && let Some(limit) = self.config.refusals {
+            self.refusals += 1;
+            self.hold_content |= command == Command::RcptTo;
+            if self.refusals >= limit.quit_after {
+                // No new transaction; QUIT once those in flight are done (`after_completion`).
+                self.quit_requested = true;
+            }
+        }
+        // Content waits for the recipients' replies: none accepted, and it never goes.
+        let held = self.hold_content;
         let t = &mut self.txns[index];
         t.outstanding -= 1;
-        let negative = matches!(class, ReplyClass::Transient | ReplyClass::Permanent);
         match (command, class) {
             (Command::MailFrom, ReplyClass::Positive) => t.mail_ok = true,
             (Command::MailFrom, _) if negative => {
@@ -758,7 +794,7 @@ impl<T> Client<T> {
         {
             t.result.get_or_insert(TxnResult::NoValidRecipients);
             self.needs_rset |= t.mail_ok;
-            if sequential {
+            if sequential || (held && t.step == Step::Data) {
                 t.step = Step::Done;
             }
         }
@@ -998,6 +1034,13 @@ impl<T> Client<T> {
                     t.outstanding += 1;
                     let seq = t.seq;
                     self.expect(Command::RcptTo, seq, k);
+                }
+                // After a refusal, the content waits for every recipient's reply.
+                Step::Data
+                    if self.hold_content
+                        && self.txns[i].rcpts_answered < self.txns[i].message.envelope.recipients.len() =>
+                {
+                    return;
                 }
                 Step::Data if self.chunking => {
                     let t = &mut self.txns[i];

@@ -1114,3 +1114,68 @@ fn a_duplicated_greeting_fails_the_handshake() {
 
 #[path = "tests_tls_auth.rs"]
 mod tls_auth;
+
+fn careful() -> ClientConfig {
+    let mut c = config();
+    c.refusals = Some(Refusals::CAREFUL);
+    c
+}
+
+const UNKNOWN: &str =
+    "550 5.1.1 <bad@test>: Recipient address rejected: User unknown in local recipient table";
+
+#[test]
+fn a_careful_session_risks_few_refusals_and_quits_before_the_servers_limit() {
+    let server = Server::new(FULL_CAPS).rule("RCPT TO:<bad", Action::Reply(UNKNOWN));
+    let mut p = Pair::new(server, careful());
+    let mut messages: Vec<Message> = (0..10).map(|_| msg(&["bad@test"], b"x")).collect();
+    messages.extend((0..2).map(|_| msg(&["good@test"], b"y")));
+    p.send(messages);
+    // Four transactions (two possible refusals each, eight in all) went out before the first
+    // refusal was known; after it, content waited, and the fifth refusal ended the session.
+    let first = &p.written()[1];
+    assert_eq!(first.matches("BDAT").count(), 4, "{first:?}");
+    assert_eq!(p.server.seen.iter().filter(|c| c.starts_with("<bdat>")).count(), 4, "{:?}", p.server.seen);
+    assert_eq!(p.results(), (0..5).map(|i| (i, Bounced)).collect::<Vec<_>>());
+    let n = p.server.seen.len();
+    assert_eq!(&p.server.seen[n - 2..], ["RCPT TO:<bad@test>", "QUIT"], "{:?}", p.server.seen);
+    assert_eq!(p.closed, Some(None), "a clean QUIT: the caller reconnects for the rest");
+    let refusals = p.server.seen.iter().filter(|c| c.starts_with("RCPT TO:<bad")).count();
+    assert!(refusals <= Refusals::CAREFUL.at_most as usize);
+}
+
+#[test]
+fn after_a_refusal_content_goes_only_once_a_recipient_is_accepted() {
+    let server = Server::new(FULL_CAPS).rule("RCPT TO:<bad", Action::Reply(UNKNOWN));
+    let mut p = Pair::new(server, careful());
+    let mut messages = vec![msg(&["bad@test"], b"x")];
+    messages.extend((0..5).map(|_| msg(&["good@test"], b"y")));
+    p.send(messages);
+    assert_eq!(p.results()[0], (0, Bounced));
+    assert!(p.results()[1..].iter().all(|&(_, d)| d == Delivered), "{:?}", p.results());
+    assert_eq!(p.results().len(), 6);
+    // Past the first pipelined group: MAIL and RCPT in one write, the content in the next.
+    let later: Vec<String> = p.written().into_iter().skip(2).collect();
+    let rcpt = later.iter().position(|w| w.contains("RCPT TO:<good@test>")).expect("a later transaction");
+    assert!(!later[rcpt].contains("BDAT"), "{later:?}");
+    assert!(later[rcpt + 1].starts_with("BDAT"), "{later:?}");
+}
+
+#[test]
+fn a_careful_session_resets_instead_of_sending_content_nobody_takes() {
+    // Without CHUNKING too: no DATA (and no 554 for it) when every recipient was refused.
+    let server = Server::new(PIPE_CAPS).rule("RCPT TO:<bad", Action::Reply(UNKNOWN));
+    let mut p = Pair::new(server, careful());
+    p.send(vec![
+        msg(&["good@test"], b"a"),
+        msg(&["bad@test"], b"b"),
+        msg(&["bad@test"], b"c"),
+        msg(&["good@test"], b"d"),
+    ]);
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Bounced), (2, Bounced), (3, Delivered)]);
+    let datas = p.server.seen.iter().filter(|c| *c == "DATA").count();
+    // The first two went out together (DATA allows two in flight); after the refusal, the
+    // third's DATA was never sent.
+    assert_eq!(datas, 3, "{:?}", p.server.seen);
+    assert!(p.server.seen.iter().any(|c| c == "RSET"), "{:?}", p.server.seen);
+}
