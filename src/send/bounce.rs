@@ -127,6 +127,19 @@ impl Classifier {
     }
 
     pub fn classify(&self, f: Failure<'_>) -> Category {
+        let category = self.by_rules(f);
+        // A transient reply cannot make an address or a domain invalid: the server says to try
+        // again (greylisting, a lookup that failed, a soft-bounce setting), and a sender acting
+        // on `invalid_recipient` removes the address.
+        let transient =
+            f.code.map_or(f.enhanced.is_some_and(|e| e.class == 4), |code| (400..500).contains(&code));
+        match category {
+            Category::InvalidRecipient | Category::BadDomain if transient => Category::Other,
+            category => category,
+        }
+    }
+
+    fn by_rules(&self, f: Failure<'_>) -> Category {
         if let Some(category) = f.enhanced.and_then(specific) {
             return category;
         }
@@ -171,7 +184,9 @@ fn specific(e: EnhancedCode) -> Option<Category> {
         (2, 1) if e.class == 5 => InvalidRecipient,
         (2, 2) | (3, 1) => MailboxFull,
         (2, 3) | (3, 4) => TooLarge,
-        (4, 1..=3) | (4, 7) => Connection,
+        // X.4.1 is "no answer from host", but Microsoft answers 5.4.1 "Recipient address
+        // rejected: Access denied" for an unknown recipient: the text decides.
+        (4, 2 | 3) | (4, 7) => Connection,
         (4, 4) => BadDomain,
         (4, 5) => RateLimited,
         (7, 10 | 11 | 30) => TlsRequired,
@@ -302,6 +317,70 @@ mod tests {
         for (f, want) in cases {
             assert_eq!(c.classify(f), want, "{f:?}");
         }
+    }
+
+    /// Replies as real servers word them, 4xx and 5xx, with where each comes from (see the
+    /// sources at the top of `bounce_rules.toml`). The rule this table guards above all: a
+    /// transient reply never makes an address invalid.
+    #[test]
+    fn real_servers_replies_4xx_and_5xx() {
+        use Category::*;
+        let c = Classifier::default();
+        #[rustfmt::skip]
+        let cases: &[(&str, u16, &str, &str, Category)] = &[
+            // Postfix smtpd (local_recipient_maps, reject_unauth_destination, RBLs, error limits).
+            ("postfix", 550, "5.1.1", "<ann@d.test>: Recipient address rejected: User unknown in local recipient table", InvalidRecipient),
+            ("postfix soft_bounce", 450, "4.1.1", "<ann@d.test>: Recipient address rejected: User unknown in local recipient table", Other),
+            ("postfix", 554, "5.7.1", "<ann@d.test>: Relay access denied", Policy),
+            ("postfix", 554, "5.7.1", "Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/192.0.2.1", SpamBlock),
+            ("postfix", 450, "4.7.1", "Client host rejected: cannot find your reverse hostname, [192.0.2.1]", Policy),
+            ("postfix", 421, "4.7.0", "mx.d.test Error: too many errors", RateLimited),
+            ("postfix", 554, "5.5.1", "Error: no valid recipients", Other),
+            ("postfix", 452, "4.5.3", "Error: too many recipients", RateLimited),
+            ("postfix", 552, "5.3.4", "Message size exceeds fixed limit", TooLarge),
+            ("postfix", 450, "4.1.2", "<ann@d.test>: Recipient address rejected: Domain not found", Other),
+            ("postfix", 550, "5.1.2", "<ann@nowhere.test>: Recipient address rejected: Domain not found", BadDomain),
+            // postgrey, policyd-spf, policyd-rate-limit (Postfix policy services).
+            ("postgrey", 450, "4.2.0", "<ann@d.test>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/d.test.html", Policy),
+            ("policyd-spf", 550, "5.7.23", "<ann@d.test>: Recipient address rejected: Message rejected due to: SPF fail - not authorized", Policy),
+            ("policyd-rate-limit", 450, "4.7.1", "<ann@d.test>: Recipient address rejected: Rate limit reach, retry later", RateLimited),
+            // Exim.
+            ("exim", 550, "", "Unrouteable address", InvalidRecipient),
+            ("exim", 451, "", "Temporary local problem - please try later", Other),
+            ("exim", 451, "", "Sender rate overlimit - 120.0 / 1h", RateLimited),
+            ("exim", 451, "", "Could not complete sender verify", Policy),
+            // Exchange Online / Office 365.
+            ("exchange", 550, "5.1.10", "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", InvalidRecipient),
+            ("exchange", 550, "5.4.1", "Recipient address rejected: Access denied. AS(201806281) [x.prod.outlook.com]", InvalidRecipient),
+            ("exchange", 451, "4.7.500", "Server busy. Please try again later from [192.0.2.1]. (S77719)", RateLimited),
+            ("exchange", 554, "5.2.2", "mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException", MailboxFull),
+            // Microsoft consumer (outlook.com, hotmail.com).
+            ("outlook.com", 550, "5.5.0", "Requested action not taken: mailbox unavailable (S2017062302)", InvalidRecipient),
+            ("outlook.com", 421, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation. (S775)", RateLimited),
+            ("outlook.com", 451, "4.7.652", "The mail server [192.0.2.1] has exceeded the maximum number of connections. (S3115)", RateLimited),
+            ("outlook.com", 550, "5.7.1", "Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).", SpamBlock),
+            // Gmail.
+            ("gmail", 550, "5.1.1", "The email account that you tried to reach does not exist. Please try double-checking the recipient's email address", InvalidRecipient),
+            ("gmail", 550, "5.2.1", "The email account that you tried to reach is disabled.", InvalidRecipient),
+            ("gmail", 452, "4.2.2", "The email account that you tried to reach is over quota.", MailboxFull),
+            ("gmail", 450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.", RateLimited),
+            ("gmail", 421, "4.7.0", "[192.0.2.1] Our system has detected an unusual rate of unsolicited mail originating from your IP address.", RateLimited),
+            ("gmail", 550, "5.7.26", "This mail has been blocked because the sender is unauthenticated.", Policy),
+            ("gmail", 451, "4.3.0", "Mail server temporarily rejected message.", Other),
+            // Yahoo.
+            ("yahoo", 421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints", RateLimited),
+            ("yahoo", 554, "5.7.9", "Message not accepted for policy reasons. See https://postmaster.yahooinc.com/error-codes", Policy),
+            ("yahoo", 552, "", "1 Requested mail action aborted, mailbox not found", InvalidRecipient),
+            ("yahoo", 451, "", "Message temporarily deferred - [160]", RateLimited),
+        ];
+        for &(who, code, enhanced, text, want) in cases {
+            let f = reply(code, enhanced, text);
+            assert_eq!(c.classify(f), want, "{who}: {code} {enhanced} {text}");
+            if code < 500 {
+                assert!(!matches!(c.classify(f), InvalidRecipient | BadDomain), "{who}: transient");
+            }
+        }
+        assert!(cases.iter().any(|c| c.1 < 500) && cases.iter().any(|c| c.1 >= 500));
     }
 
     #[test]
