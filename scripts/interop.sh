@@ -23,6 +23,13 @@
 #    The same messages carry RFC 8058 headers (`--unsubscribe-url`): Python's email parser finds
 #    one HTTPS URI and `List-Unsubscribe=One-Click`, both signed, and `volley token verify`
 #    resolves each message's token to its recipient.
+# 6. Postfix with recipient checks (local_recipient_maps) and its default error limits (after
+#    10 errors a 1 s sleep before every reply, after 20 a hang-up): `volley send` with 10
+#    unknown recipients ahead of 10 valid ones over one connection must finish within 3 s with
+#    no "too many errors" in Postfix's log, and a 200-row list with 20% unknown addresses within
+#    twice the time of the same list all valid.
+# 7. postgrey (Debian's) as Postfix's policy service, greylisting for 1 s: the first attempt of
+#    each recipient is deferred with category `policy`, the retry delivers it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,12 +39,15 @@ TLS_PORT=$((PORT + 1))
 SINK_PORT=$((PORT + 2))
 AIO_PORT=$((PORT + 3))
 DKIM_PORT=$((PORT + 4))
+CHECK_PORT=$((PORT + 5))
+GREY_PORT=$((PORT + 6))
+POSTGREY_PORT=$((PORT + 7))
 
 source scripts/common.sh
 ensure_postfix
 ensure_interop_peers
 cargo build --release --quiet
-VOLLEY="$PWD/target/release/volley"
+VOLLEY="${VOLLEY:-$PWD/target/release/volley}"
 
 work=$(mktemp -d /tmp/volley-interop.XXXXXX)
 conf="$work/conf"
@@ -63,6 +73,14 @@ fail() {
 sed -E -e '/^#/d' -e '/^smtp[[:space:]]+inet/d' -e 's/^([^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+)[ \t]+y[ \t]/\1 n /' \
     /etc/postfix/master.cf >"$conf/master.cf"
 echo "127.0.0.1:$PORT inet n - n - - smtpd" >>"$conf/master.cf"
+# Recipient checks at Postfix's default error limits, without the connection limit under test.
+echo "127.0.0.1:$CHECK_PORT inet n - n - - smtpd -o smtpd_client_connection_count_limit=0" >>"$conf/master.cf"
+# Greylisting by postgrey.
+cat >>"$conf/master.cf" <<EOF
+127.0.0.1:$GREY_PORT inet n - n - - smtpd
+  -o smtpd_client_connection_count_limit=0
+  -o smtpd_recipient_restrictions=check_policy_service,inet:127.0.0.1:$POSTGREY_PORT
+EOF
 # The TLS-only listener, with its own certificate.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=interop.volley.test" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -81,7 +99,10 @@ maillog_file = $work/maillog
 maillog_file_prefixes = $work
 myhostname = interop.volley.test
 myorigin = interop.volley.test
-mydestination =
+# Mail for tarpit.volley.test is checked against a list of its users, and discarded.
+mydestination = tarpit.volley.test
+local_recipient_maps = texthash:$work/recipients
+local_transport = discard
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
@@ -98,6 +119,7 @@ biff = no
 smtpd_client_connection_count_limit = 4
 smtpd_client_event_limit_exceptions =
 EOF
+for i in $(seq 1 400); do echo "ok$i@tarpit.volley.test x"; done >"$work/recipients"
 postfix -c "$conf" check >/dev/null 2>&1 || true
 postfix -c "$conf" start >/dev/null 2>&1 || fail "postfix did not start"
 wait_port() {
@@ -106,6 +128,7 @@ wait_port() {
 }
 wait_port "$PORT"
 wait_port "$TLS_PORT"
+wait_port "$CHECK_PORT"
 
 echo "== volley bench -> Postfix smtpd (limit 4 connections per client), $MESSAGES messages, 10 connections"
 set +e
@@ -280,3 +303,72 @@ wait "$dkim_sink" || true
 echo "interop: DKIM verified by dkimpy OK"
 /usr/bin/python3 scripts/peers/rfc8058_check.py "$work/dkim-dump" "$VOLLEY" || fail "RFC 8058 headers wrong"
 echo "interop: RFC 8058 one-click headers OK"
+
+echo "== volley send -> Postfix with recipient checks at its default error limits (tarpit after 10 errors)"
+# Runs a campaign of LIST to the checking listener; prints its elapsed seconds.
+timed_send() {
+    local list=$1 log=$2; shift 2
+    local start end
+    start=$(date +%s.%N)
+    "$VOLLEY" send --recipients "$list" --message "$work/msg.txt" --relay "127.0.0.1:$CHECK_PORT" \
+        --log "$log" --quiet "$@" >"$log.out" 2>&1 || fail "volley send exited $?: $(tail -n 5 "$log.out")"
+    end=$(date +%s.%N)
+    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f\n", e - s }'
+}
+errors_before=$(grep -c 'too many errors' "$work/maillog" || true)
+{
+    echo "email,first"
+    for i in $(seq 1 10); do echo "nobody$i@tarpit.volley.test,Gone$i"; done
+    for i in $(seq 1 10); do echo "ok$i@tarpit.volley.test,Name$i"; done
+} >"$work/tarpit.csv"
+elapsed=$(timed_send "$work/tarpit.csv" "$work/tarpit.jsonl" --connections 1)
+delivered=$(grep -c '"status":"delivered"' "$work/tarpit.jsonl" || true)
+invalid=$(grep '"status":"bounced"' "$work/tarpit.jsonl" | grep -c '"category":"invalid_recipient"' || true)
+tarpitted=$(( $(grep -c 'too many errors' "$work/maillog" || true) - errors_before ))
+echo "  10 unknown then 10 valid over one connection: ${elapsed}s; $delivered delivered, $invalid bounced" \
+    "invalid_recipient; \"too many errors\" in Postfix's log: $tarpitted"
+[[ $delivered == 10 && $invalid == 10 ]] || fail "expected 10 delivered and 10 invalid_recipient bounces"
+[[ $tarpitted == 0 ]] || fail "Postfix counted too many errors"
+awk -v e="$elapsed" 'BEGIN { exit !(e <= 3) }' || fail "took ${elapsed}s, more than 3 s"
+{
+    echo "email,first"
+    for i in $(seq 1 200); do echo "ok$i@tarpit.volley.test,Name$i"; done
+} >"$work/valid.csv"
+{
+    echo "email,first"
+    for i in $(seq 1 200); do
+        if ((i % 5 == 0)); then echo "nobody$i@tarpit.volley.test,Gone$i"; else echo "ok$((200 + i))@tarpit.volley.test,Name$i"; fi
+    done
+} >"$work/mixed.csv"
+valid_s=$(timed_send "$work/valid.csv" "$work/valid.jsonl")
+mixed_s=$(timed_send "$work/mixed.csv" "$work/mixed.jsonl")
+tarpitted=$(( $(grep -c 'too many errors' "$work/maillog" || true) - errors_before ))
+echo "  200 rows all valid: ${valid_s}s; with 20% unknown: ${mixed_s}s (ratio $(awk -v a="$mixed_s" -v b="$valid_s" 'BEGIN { printf "%.2f", a / b }'));" \
+    "\"too many errors\": $tarpitted"
+[[ $(grep -c '"status":"delivered"' "$work/mixed.jsonl") == 160 ]] || fail "the mixed list did not deliver 160"
+[[ $tarpitted == 0 ]] || fail "Postfix counted too many errors on the mixed list"
+# Twice the all-valid time, and never less than a second: both are fractions of a second here.
+awk -v m="$mixed_s" -v v="$valid_s" 'BEGIN { exit !(m <= 2 * v || m <= 1) }' || fail "the mixed list took more than twice as long"
+echo "interop: Postfix error limits OK"
+
+echo "== volley send -> Postfix with postgrey (greylisting 1 s): deferred as policy, delivered on the retry"
+mkdir -p "$work/postgrey"
+chown postgrey: "$work/postgrey" 2>/dev/null || true
+postgrey --inet="127.0.0.1:$POSTGREY_PORT" --delay=1 --dbdir="$work/postgrey" \
+    --whitelist-clients=/dev/null --whitelist-recipients=/dev/null >"$work/postgrey.log" 2>&1 &
+wait_port "$POSTGREY_PORT"
+wait_port "$GREY_PORT"
+{
+    echo "email,first"
+    for i in $(seq 1 5); do echo "grey$i@d$i.interop.test,Name$i"; done
+} >"$work/grey.csv"
+"$VOLLEY" send --recipients "$work/grey.csv" --message "$work/msg.txt" --relay "127.0.0.1:$GREY_PORT" \
+    --retry-after 2s --max-age 2m --log "$work/grey.jsonl" --quiet >"$work/grey.out" 2>&1 \
+    || fail "volley send through postgrey exited $?: $(tail -n 5 "$work/grey.out")"
+deferred=$(grep '"status":"deferred"' "$work/grey.jsonl" | grep -c '"category":"policy"' || true)
+greylisted=$(grep -c 'Greylisted' "$work/grey.jsonl" || true)
+delivered=$(grep -c '"status":"delivered"' "$work/grey.jsonl" || true)
+echo "  5 recipients: $deferred first attempts deferred as policy ($greylisted greylisted), $delivered delivered"
+[[ $deferred == 5 && $greylisted == 5 ]] || fail "postgrey's refusals were not all deferred as policy: $(grep deferred "$work/grey.jsonl" | head -n 2)"
+[[ $delivered == 5 ]] || fail "the retries did not deliver"
+echo "interop: postgrey greylisting OK"
