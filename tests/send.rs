@@ -314,6 +314,76 @@ fn a_relay_with_starttls_and_auth_carries_everything() {
     );
 }
 
+/// A campaign that meets a certificate it refuses keeps trying on the retry schedule (a
+/// certificate gets fixed), each attempt a connection the server sees, and files the failure
+/// as `tls_required` with words a person can act on.
+#[test]
+fn a_refused_certificate_is_retried_on_the_schedule_one_connection_per_attempt() {
+    let certified = rcgen::generate_simple_self_signed(vec!["relay.volley.test".to_owned()]).unwrap();
+    let dir = common::temp_dir("certretry-keys");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let tls = mailvolley::tls::ServerTls::from_files(&cert, &key).unwrap();
+    let mut w = World::new(
+        "certretry",
+        "",
+        vec![(
+            2,
+            Box::new(move |c: &mut SinkConfig| {
+                c.tls = Some(tls);
+                c.starttls = true;
+            }),
+        )],
+    );
+    let list = w.file("list.csv", "email,name\na@x.test,A\nb@x.test,B\nc@y.test,C\n");
+    let msg = w.file("msg.txt", MESSAGE);
+    // Connected to by address: the certificate names relay.volley.test, not 127.0.0.2.
+    let relay = format!("127.0.0.2:{}", w.port);
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args([
+        "send",
+        "--quiet",
+        "--relay",
+        &relay,
+        "--starttls",
+        "verify",
+        "--ca-file",
+        cert.to_str().unwrap(),
+    ])
+    .args(["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()])
+    .args(["--log", w.log().to_str().unwrap(), "--retry-after", "400ms", "--retry-max", "400ms"])
+    .args(["--max-age", "2500ms", "--reconnect-backoff", "50ms"]);
+    let out = run(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = records(&w.log());
+    let f = finals(&all);
+    assert_eq!(f.len(), 3);
+    for r in f.values() {
+        assert_eq!(
+            (r["status"].as_str(), r["category"].as_str()),
+            (Some("expired"), Some("tls_required")),
+            "{r}"
+        );
+        assert!(r["reason"].as_str().unwrap().contains("not for the name connected to"), "{r}");
+    }
+    let attempts = all.iter().filter_map(|r| r["attempts"].as_u64()).max().unwrap_or(0);
+    let deferred = all.iter().filter(|r| r["status"] == "deferred").count();
+    let connections = w.sinks.remove(&2).unwrap().stop().unwrap().connections;
+    assert!(
+        attempts >= 3 && deferred >= 6,
+        "retried on the schedule: {attempts} attempts, {deferred} deferrals"
+    );
+    assert!(
+        connections >= attempts,
+        "{connections} connections for {attempts} attempts: every attempt made one"
+    );
+    assert!(
+        connections <= 3 * attempts + 3,
+        "not hammered: {connections} connections for {attempts} attempts"
+    );
+}
+
 /// A world with one plain sink on 127.0.0.2 to use as the relay, twelve rows (`u0@d0.test`
 /// ... `u11@d2.test`, line = index + 2) and `MESSAGE`: (world, list, message, relay address).
 fn relay_campaign(name: &str) -> (World, PathBuf, PathBuf, String) {

@@ -128,6 +128,46 @@ fn verify_checks_the_certificate_against_the_given_ca() {
     assert_eq!(sink.stop().unwrap().messages_accepted, MESSAGES);
 }
 
+/// `openssl req -x509` makes a CA certificate; given as --ca-file it is trusted as that server's
+/// own (pinning), for its names only. Refusals say what to do.
+#[test]
+fn a_self_signed_ca_certificate_given_as_ca_file_is_trusted_as_itself() {
+    let dir = common::temp_dir("pinned");
+    let make = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (cert_pem, key_pem) = make("relay.volley.test");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    let sink = common::sink(|c| {
+        c.tls = Some(ServerTls::from_files(&cert, &key).unwrap());
+        c.starttls = true;
+    });
+    let addr = sink.local_addr();
+    let r = run(addr, Some("relay.volley.test"), config(tls(TlsPolicy::Verify, false, Some(&cert))));
+    assert_eq!(r.stats.delivered, MESSAGES, "{}", brief(&r));
+    assert!(encrypted(&r) > 0);
+
+    // Pinned, but for another name: refused, saying why.
+    let r = run(addr, Some("other.volley.test"), config(tls(TlsPolicy::Verify, false, Some(&cert))));
+    assert_eq!(r.stats.delivered, 0, "{}", brief(&r));
+    let why = r.stats.last_session_error.clone().unwrap_or_default();
+    assert!(why.contains("not for the name connected to"), "{why}");
+    // Another CA certificate for the same name is not this one.
+    let other = dir.join("other.pem");
+    std::fs::write(&other, make("relay.volley.test").0).unwrap();
+    let r = run(addr, Some("relay.volley.test"), config(tls(TlsPolicy::Verify, false, Some(&other))));
+    assert_eq!(r.stats.delivered, 0, "{}", brief(&r));
+    let why = r.stats.last_session_error.clone().unwrap_or_default();
+    assert!(why.contains("--ca-file"), "{why}");
+    assert_eq!(sink.stop().unwrap().messages_accepted, MESSAGES);
+}
+
 #[test]
 fn required_never_downgrades_and_opportunistic_does() {
     let sink = common::sink(|c| c.threads = 2); // no STARTTLS

@@ -864,7 +864,11 @@ impl Core {
             return;
         }
         if error.is_persistent() {
-            pool.destination.health.give_up(error);
+            let tls = matches!(error, SessionError::TlsCertificate(_) | SessionError::TlsUnavailable { .. });
+            if self.config.give_up_on_tls || !tls {
+                pool.destination.health.give_up(error);
+            }
+            // This connection was their attempt: each waiting job is charged one.
             self.fail_pending(pool, error);
             return;
         }

@@ -84,6 +84,12 @@ pub struct EngineConfig {
     pub rate: Option<Rate>,
     /// Replies that suspend or slow their destination (see [`shaping`]).
     pub reactions: Option<Arc<Reactions>>,
+    /// Whether a TLS failure a new connection would repeat (a refused certificate, STARTTLS not
+    /// offered under a policy that requires it) ends the destination at once, as a refused
+    /// password does. A load test wants that (`bench`); a campaign does not: a certificate gets
+    /// fixed, a server starts offering STARTTLS, so its waiting jobs are deferred (an attempt
+    /// each, since a connection was made) and retried on the schedule.
+    pub give_up_on_tls: bool,
 }
 
 impl EngineConfig {
@@ -110,6 +116,7 @@ impl EngineConfig {
             park: 0,
             rate: None,
             reactions: None,
+            give_up_on_tls: true,
         }
     }
 }

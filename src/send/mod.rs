@@ -302,6 +302,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         park: PARKED_JOBS,
         rate: config.rate,
         reactions,
+        give_up_on_tls: false,
         ..config.engine
     };
     engine_config.client.sync_after = Some(HELD_AT_MOST);

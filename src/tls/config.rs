@@ -89,15 +89,26 @@ impl ClientTls {
             .map_err(|e| TlsError::Setup(e.to_string()))?;
         let config = if verifies {
             let mut roots = RootCertStore::empty();
+            let mut pinned = Vec::new();
             match ca_file {
                 Some(path) => {
                     for cert in read_certs(path)? {
+                        pinned.push(cert.clone());
                         roots.add(cert).map_err(|e| TlsError::Setup(format!("{}: {e}", path.display())))?;
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let chains = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::clone(&provider),
+            )
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(super::pinned::Pinned { chains, pinned }))
+                .with_no_client_auth()
         } else {
             builder
                 .dangerous()

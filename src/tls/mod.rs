@@ -9,6 +9,7 @@
 
 mod config;
 mod layer;
+mod pinned;
 mod stream;
 
 use thiserror::Error;
@@ -36,7 +37,7 @@ pub enum TlsError {
 impl From<rustls::Error> for TlsError {
     fn from(e: rustls::Error) -> Self {
         match e {
-            rustls::Error::InvalidCertificate(_) => TlsError::Certificate(e.to_string()),
+            rustls::Error::InvalidCertificate(error) => TlsError::Certificate(pinned::explain(&error)),
             e => TlsError::Protocol(e.to_string()),
         }
     }
