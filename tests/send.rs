@@ -384,6 +384,30 @@ fn a_refused_certificate_is_retried_on_the_schedule_one_connection_per_attempt()
     );
 }
 
+/// RFC 5321 §5.1: connections spread over MX hosts of equal preference (they all went to one,
+/// shuffled once per run).
+#[test]
+fn connections_spread_over_equal_preference_mx_hosts() {
+    let zone = "spread.test MX 10 mx1.spread.test\nspread.test MX 10 mx2.spread.test\n\
+                mx1.spread.test A 127.0.0.2\nmx2.spread.test A 127.0.0.3\n";
+    let w = World::new(
+        "spread",
+        zone,
+        vec![(2, Box::new(|_: &mut SinkConfig| {})), (3, Box::new(|_: &mut SinkConfig| {}))],
+    );
+    let rows: String = (0..40).map(|i| format!("r{i}@spread.test,R{i}\n")).collect();
+    let list = w.file("list.csv", &format!("email,name\n{rows}"));
+    let msg = w.file("msg.txt", MESSAGE);
+    let mut cmd = w.send(&["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()]);
+    cmd.args(["--log", w.log().to_str().unwrap(), "--messages-per-connection", "1", "--connections", "2"]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dumped = w.dumped();
+    let (a, b) = (dumped[&2].len(), dumped[&3].len());
+    assert_eq!(a + b, 40);
+    assert!(a >= 10 && b >= 10, "40 connections of one message each: {a} to mx1, {b} to mx2");
+}
+
 /// A world with one plain sink on 127.0.0.2 to use as the relay, twelve rows (`u0@d0.test`
 /// ... `u11@d2.test`, line = index + 2) and `MESSAGE`: (world, list, message, relay address).
 fn relay_campaign(name: &str) -> (World, PathBuf, PathBuf, String) {

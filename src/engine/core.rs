@@ -911,7 +911,8 @@ impl Core {
 async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
     let started = Instant::now();
     let mut last_error = None;
-    for &addr in &pool.destination.addrs {
+    let order = pool.destination.connect_order(pool.destination.health.next_turn());
+    for &addr in &order {
         let connecting = crate::rt::connect(addr, core.config.source_addr);
         let attempt = monoio::time::timeout(core.config.connect_timeout, connecting).await;
         match attempt {

@@ -19,6 +19,9 @@ pub struct Destination {
     /// The host name each address belongs to (an MX host, a relay), in the order of `addrs`;
     /// empty when addresses were given directly. Used for SNI and in the delivery log.
     pub hosts: Vec<Arc<str>>,
+    /// The MX preference of each address, in the order of `addrs` (ascending); empty when
+    /// addresses were given directly (tried in their order). See [`Destination::connect_order`].
+    pub preferences: Vec<u16>,
     /// Connections open at once to this destination, across all cores.
     pub max_connections: usize,
     /// The name a TLS session checks the certificate against and sends as SNI; without it,
@@ -47,6 +50,7 @@ impl Destination {
             name: name.into(),
             addrs,
             hosts: Vec::new(),
+            preferences: Vec::new(),
             max_connections,
             tls_name: None,
             health: Health::new(),
@@ -69,6 +73,35 @@ impl Destination {
         debug_assert_eq!(hosts.len(), self.addrs.len());
         self.hosts = hosts;
         self
+    }
+
+    /// Gives each address its MX preference (same order and length as `addrs`, ascending).
+    pub fn with_preferences(mut self, preferences: Vec<u16>) -> Self {
+        debug_assert_eq!(preferences.len(), self.addrs.len());
+        debug_assert!(preferences.is_sorted());
+        self.preferences = preferences;
+        self
+    }
+
+    /// The addresses in the order one connection tries them: by preference, and among equal
+    /// preferences starting at the `turn`-th, so that successive connections spread over
+    /// equal-preference hosts as RFC 5321 §5.1 asks, instead of all going to one shuffled
+    /// first. Called once per connection, not per message.
+    pub fn connect_order(&self, turn: u64) -> Vec<SocketAddr> {
+        if self.preferences.len() != self.addrs.len() {
+            return self.addrs.clone();
+        }
+        let mut order = Vec::with_capacity(self.addrs.len());
+        let mut start = 0;
+        while start < self.addrs.len() {
+            let tier = self.preferences[start];
+            let end = start + self.preferences[start..].iter().take_while(|&&p| p == tier).count();
+            let first = start + (turn % (end - start) as u64) as usize;
+            order.extend_from_slice(&self.addrs[first..end]);
+            order.extend_from_slice(&self.addrs[start..first]);
+            start = end;
+        }
+        order
     }
 
     /// The host name of `addr`, if the destination names its hosts.
@@ -102,6 +135,8 @@ pub struct Health {
     /// A failure every new session would repeat (refused credentials, a refused certificate,
     /// TLS required and not offered): the run stops trying this destination.
     given_up: OnceLock<crate::proto::SessionError>,
+    /// Connections started, across cores: each starts its equal-preference tier at the next.
+    turns: AtomicU64,
 }
 
 impl Health {
@@ -115,7 +150,13 @@ impl Health {
             blocked: AtomicU64::new(0),
             full: AtomicU64::new(0),
             given_up: OnceLock::new(),
+            turns: AtomicU64::new(0),
         }
+    }
+
+    /// The next connection's turn (see [`Destination::connect_order`]).
+    pub fn next_turn(&self) -> u64 {
+        self.turns.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn established(&self) -> usize {
@@ -292,6 +333,24 @@ pub trait JobSource: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_take_turns_over_equal_preference_hosts() {
+        let addrs: Vec<SocketAddr> = (2..=6).map(|x| SocketAddr::from(([127, 0, 0, x], 25))).collect();
+        let d = Destination::new(0, "d", addrs.clone(), 10).with_preferences(vec![10, 10, 10, 20, 20]);
+        let firsts: Vec<SocketAddr> = (0..6).map(|turn| d.connect_order(turn)[0]).collect();
+        assert_eq!(firsts, [addrs[0], addrs[1], addrs[2], addrs[0], addrs[1], addrs[2]], "round robin");
+        for turn in 0..6 {
+            let order = d.connect_order(turn);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, addrs, "every address, once");
+            assert!(order[..3].iter().all(|a| addrs[..3].contains(a)), "the better tier first");
+        }
+        assert_eq!(d.connect_order(1)[3..], [addrs[4], addrs[3]], "the second tier takes turns too");
+        let plain = Destination::new(1, "relay", addrs.clone(), 10);
+        assert_eq!(plain.connect_order(3), addrs, "addresses given directly keep their order");
+    }
 
     #[test]
     fn failing_counts_from_the_first_failure_since_a_success() {

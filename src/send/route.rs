@@ -156,9 +156,10 @@ impl Routes {
     fn rollup(&mut self, domain: &str, hosts: &[MxHost], port: u16) -> Arc<Destination> {
         let host_names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let shaped = self.shaping.limits(Some(domain), &host_names);
-        let mut key: Vec<(u16, &str)> = hosts.iter().map(|h| (h.preference, h.name.as_str())).collect();
-        key.sort_unstable();
-        let mut key = key.iter().map(|(p, h)| format!("{p} {h}")).collect::<Vec<_>>().join(",");
+        // By preference, then name: the same every run, whatever the shuffle.
+        let mut sorted: Vec<(u16, &str)> = hosts.iter().map(|h| (h.preference, h.name.as_str())).collect();
+        sorted.sort_unstable();
+        let mut key = sorted.iter().map(|(p, h)| format!("{p} {h}")).collect::<Vec<_>>().join(",");
         if let Some(rule) = shaped.rule.as_ref().filter(|_| shaped.by_domain) {
             key = format!("{rule}|{key}");
         }
@@ -167,23 +168,28 @@ impl Routes {
         }
         let mut addrs = Vec::new();
         let mut names = Vec::new();
+        let mut preferences = Vec::new();
         for host in hosts {
             let name: Arc<str> = host.name.as_str().into();
             for ip in &host.addrs {
                 addrs.push(SocketAddr::new(*ip, port));
                 names.push(Arc::clone(&name));
+                preferences.push(host.preference);
             }
         }
-        let mut label = match hosts.len() {
-            1 => hosts[0].name.clone(),
-            n => format!("{} (+{})", hosts[0].name, n - 1),
-        };
+        // Named by its hosts in the key's order, all of them up to three, so two destinations
+        // never share a label in a report (they did as `first (+n)`); past three, by its index.
+        let mut label = sorted.iter().take(3).map(|(_, h)| *h).collect::<Vec<_>>().join(", ");
+        if sorted.len() > 3 {
+            label = format!("{label} (+{} more, #{})", sorted.len() - 3, self.next_index);
+        }
         if let Some(rule) = shaped.rule.as_ref().filter(|_| shaped.by_domain) {
             // Set apart from the other domains on the same hosts: say so in reports.
             label = format!("{label} [{rule}]");
         }
         let destination = Destination::new(self.next_index, label, addrs, shaped.connections)
             .with_hosts(names)
+            .with_preferences(preferences)
             .with_limits(&shaped.limits, shaped.rule);
         let destination = Arc::new(destination);
         self.next_index += 1;
@@ -256,7 +262,10 @@ mod tests {
         let own = dest("own.test");
         assert!(!Arc::ptr_eq(&a, &own), "a domain rule sets its domain apart from the same MX hosts");
         assert_eq!((own.max_connections, own.shaped_by.as_deref()), (7, Some("own")));
-        assert_eq!((a.name.as_str(), own.name.as_str()), ("mx1.big.test (+1)", "mx1.big.test (+1) [own]"));
+        assert_eq!(
+            (a.name.as_str(), own.name.as_str()),
+            ("mx1.big.test, mx2.big.test", "mx1.big.test, mx2.big.test [own]")
+        );
         assert_eq!(routes.destinations(), 3);
         assert!(matches!(&got["null.test"], Ok(Route::Undeliverable(why)) if why.contains("null MX")));
         assert!(got["bad.test"].is_err());
