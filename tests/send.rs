@@ -408,6 +408,61 @@ fn connections_spread_over_equal_preference_mx_hosts() {
     assert!(a >= 10 && b >= 10, "40 connections of one message each: {a} to mx1, {b} to mx2");
 }
 
+/// A record's `time` is when its outcome was decided, as its `queue_ms` is: an outcome held
+/// for a checkpoint (here the server takes 1.5 s to answer the checkpoint EHLO) is not stamped
+/// when it was finally written.
+#[test]
+fn a_held_outcomes_record_is_stamped_when_it_was_decided() {
+    let w = World::new(
+        "stamps",
+        "",
+        vec![(
+            2,
+            Box::new(|c: &mut SinkConfig| {
+                c.greylist = true;
+                c.faults.add_delay("ehlo=1500ms").unwrap();
+            }),
+        )],
+    );
+    let list = w.file("list.csv", "email,name\ngrey@x.test,G\n");
+    let msg = w.file("msg.txt", MESSAGE);
+    let relay = format!("127.0.0.2:{}", w.port);
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args(["send", "--quiet", "--relay", &relay, "--retry-after", "200ms", "--max-age", "30s"])
+        .args(["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()])
+        .args(["--log", w.log().to_str().unwrap()]);
+    let out = run(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = records(&w.log());
+    let time = |r: &Value| humantime::parse_rfc3339(r["time"].as_str().unwrap()).unwrap();
+    let started = time(&all[0]);
+    for r in all.iter().filter(|r| r["status"] == "deferred" || r["status"] == "delivered") {
+        let since_start = time(r).duration_since(started).unwrap().as_millis() as i64;
+        let queued = r["queue_ms"].as_i64().unwrap();
+        assert!(
+            (since_start - queued).abs() < 500,
+            "{r}: {since_start} ms after the start, queue_ms {queued}"
+        );
+    }
+    assert_eq!(finals(&all)[&2]["status"], "delivered");
+}
+
+/// `--log /dev/null` is how to run without a log (fsync on it fails with EINVAL: not an error).
+#[test]
+fn a_run_without_a_log_writes_to_dev_null() {
+    let (w, list, msg, relay) = relay_campaign("devnull");
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args(["send", "--quiet", "--relay", &relay, "--log", "/dev/null"]).args([
+        "--recipients",
+        list.to_str().unwrap(),
+        "--message",
+        msg.to_str().unwrap(),
+    ]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.dumped()[&2].len(), 12);
+}
+
 /// A world with one plain sink on 127.0.0.2 to use as the relay, twelve rows (`u0@d0.test`
 /// ... `u11@d2.test`, line = index + 2) and `MESSAGE`: (world, list, message, relay address).
 fn relay_campaign(name: &str) -> (World, PathBuf, PathBuf, String) {
@@ -623,7 +678,10 @@ fn suppressed_addresses_and_domains_are_logged_and_never_sent_to() {
 
     // The dry run counts them; a bad entry stops the run at start (exit 2), naming the line.
     let out = send(&["--dry-run", "--log", w.dir.join("dry.jsonl").to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("would send: 7, rejected: 0, suppressed: 5"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("would send: 7, bounced: 0, rejected: 0, suppressed: 5")
+    );
     std::fs::write(&suppress, "ok@x.test\nnot an address\n").unwrap();
     let out = send(&["--log", w.dir.join("bad.jsonl").to_str().unwrap(), "--quiet"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -645,7 +703,7 @@ fn dry_run_renders_and_resolves_but_sends_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
         "Subject: Hello Ann",
-        "rows: 3, would send: 2, rejected: 1, suppressed: 0",
+        "rows: 3, would send: 1, bounced: 1, rejected: 1, suppressed: 0",
         "line 4:",
         "undeliverable: 1",
         "null MX",

@@ -17,15 +17,16 @@ pub const PASSWORD_ENV: &str = "VOLLEY_AUTH_PASSWORD";
 pub struct TlsArgs {
     /// TLS policy: none, opportunistic (STARTTLS when offered, certificate not checked,
     /// plaintext if the handshake fails), required (encrypted, certificate not checked),
-    /// verify (encrypted, certificate chain and name checked) [default: none; required with
-    /// --tls].
+    /// verify (encrypted, certificate chain and name checked) [default: none for bench,
+    /// opportunistic for send; required with --tls].
     #[arg(long, value_enum, value_name = "POLICY", ignore_case = true)]
     pub starttls: Option<TlsPolicy>,
     /// Implicit TLS: the handshake comes first, before the greeting (as on port 465).
     #[arg(long)]
     pub tls: bool,
     /// Trust the CA certificates in FILE (PEM) instead of the built-in Mozilla roots (with
-    /// --starttls verify).
+    /// --starttls verify). A certificate in FILE is also trusted as the server's own, for the
+    /// names it lists: give a relay's self-signed certificate (`openssl req -x509`) as it is.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// Do not check the server's certificate even under --starttls verify. Anyone on the path

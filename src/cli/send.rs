@@ -143,7 +143,8 @@ pub struct SendArgs {
     #[arg(long, value_parser = super::duration, default_value = "2h")]
     max_age: Duration,
     /// The delivery log (JSONL) [default: next to the input, named for the input and the
-    /// start time]. Must not exist (use --resume to continue one).
+    /// start time]. Must not exist (use --resume to continue one). `--log /dev/null` runs
+    /// without one: nothing records who got the message, and nothing can be resumed.
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     log: Option<PathBuf>,
     /// Continue an interrupted campaign: skip every recipient LOG has a final record for, send

@@ -21,7 +21,10 @@ const SHOWN_OCTETS: usize = 64 * 1024;
 #[derive(Debug, Default, Clone)]
 pub struct DryRun {
     pub rows: u64,
+    /// Rendered and routable to a destination or not (see `bounced`).
     pub sendable: u64,
+    /// Of `sendable`, those whose domain takes no mail (null MX, NXDOMAIN): bounced at once.
+    pub bounced: u64,
     pub rejected: u64,
     pub suppressed: u64,
     pub domains: usize,
@@ -99,18 +102,6 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
                 .map_err(io_err)?;
         }
     }
-    writeln!(
-        out,
-        "rows: {}, would send: {}, rejected: {}, suppressed: {}",
-        summary.rows, summary.sendable, summary.rejected, summary.suppressed
-    )
-    .map_err(io_err)?;
-    for (line, why) in &problems {
-        writeln!(out, "  line {line}: {why}").map_err(io_err)?;
-    }
-    if summary.rejected as usize > problems.len() {
-        writeln!(out, "  ({} more)", summary.rejected as usize - problems.len()).map_err(io_err)?;
-    }
     let mut routes = config.routes(config.shaping()?)?;
     if let Routing::Relay { name, addrs } = &config.routing {
         writeln!(out, "route: everything through the relay {name} ({} addresses)", addrs.len())
@@ -118,6 +109,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
         if let Lookup::Ready(Route::Deliver(d)) = routes.lookup(name, Instant::now()) {
             writeln!(out, "{}", shaped(&d)).map_err(io_err)?;
         }
+        rows_line(out, &summary, &problems)?;
         return Ok(summary);
     }
     let now = Instant::now();
@@ -144,6 +136,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
             }
             Ok(Route::Undeliverable(why)) => {
                 summary.undeliverable += 1;
+                summary.bounced += recipients;
                 failures.push(format!("  bounce {recipients} recipients: {why}"));
             }
             Err(why) => {
@@ -180,7 +173,31 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     if failures.len() > SHOWN {
         writeln!(out, "  ({} more)", failures.len() - SHOWN).map_err(io_err)?;
     }
+    rows_line(out, &summary, &problems)?;
     Ok(summary)
+}
+
+/// What would become of the rows, each counted once: sent, bounced at once (a domain that takes
+/// no mail), rejected (with the first problems), suppressed.
+fn rows_line(out: &mut dyn Write, summary: &DryRun, problems: &[(u64, String)]) -> Result<(), SendError> {
+    let io_err = SendError::Output;
+    writeln!(
+        out,
+        "rows: {}, would send: {}, bounced: {}, rejected: {}, suppressed: {}",
+        summary.rows,
+        summary.sendable - summary.bounced,
+        summary.bounced,
+        summary.rejected,
+        summary.suppressed
+    )
+    .map_err(io_err)?;
+    for (line, why) in problems {
+        writeln!(out, "  line {line}: {why}").map_err(io_err)?;
+    }
+    if summary.rejected as usize > problems.len() {
+        writeln!(out, "  ({} more)", summary.rejected as usize - problems.len()).map_err(io_err)?;
+    }
+    Ok(())
 }
 
 /// A destination's limits, one line: what `send` will hold it to.

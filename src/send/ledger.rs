@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -281,13 +281,15 @@ impl Ledger {
         self.books()
     }
 
-    /// Now, as a monotonic instant and as a record's timestamp.
-    fn when(&mut self) -> (Instant, Arc<str>) {
-        (Instant::now(), self.clock.now())
+    /// Now, as a monotonic instant and as wall-clock time.
+    fn when(&mut self) -> (Instant, SystemTime) {
+        (Instant::now(), SystemTime::now())
     }
 
-    fn outcome(&mut self, o: Outcome, (now, stamp): &(Instant, Arc<str>)) {
-        let (now, stamp) = (*now, Arc::clone(stamp));
+    fn outcome(&mut self, o: Outcome, &(now, wall): &(Instant, SystemTime)) {
+        // Stamped when it was decided, not when written: a session may hold an outcome until a
+        // checkpoint, and the record's time must agree with its `queue_ms`.
+        let stamp = self.clock.at(wall.checked_sub(now.saturating_duration_since(o.at)).unwrap_or(wall));
         if o.unsendable {
             // Its template refused the row (on the core that was to send it): nothing was sent.
             let mut r = Record::at(Status::Rejected, o.id, stamp).rcpt(o.recipient.shared());

@@ -219,7 +219,11 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(&mut self) -> Arc<str> {
-        let now = SystemTime::now();
+        self.at(SystemTime::now())
+    }
+
+    /// The stamp of `now` (formatted again only when its millisecond differs from the last).
+    pub fn at(&mut self, now: SystemTime) -> Arc<str> {
         let millis = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         match &self.last {
             Some((at, stamp)) if *at == millis => Arc::clone(stamp),
@@ -240,6 +244,9 @@ impl Clock {
 pub struct LogFile {
     file: File,
     path: PathBuf,
+    /// A regular file, made durable by `fdatasync`; a device or pipe (`/dev/null`, a FIFO)
+    /// cannot be (fsync says EINVAL) and is only written to.
+    durable: bool,
     /// Serialised records not yet durable, each ending in a newline.
     pending: Vec<u8>,
     unsynced: usize,
@@ -291,7 +298,9 @@ impl LogFile {
             // Created a moment ago by us, and already locked: another run created it too.
             return Err(OpenError::InUse { pid: lock::holder(&file) });
         }
-        Ok(LogFile::with(file, path))
+        let mut log = LogFile::with(file, path);
+        log.durable = !special;
+        Ok(log)
     }
 
     /// Continues an earlier run's log (`--resume`): locks it, cuts off a last line a killed run
@@ -316,6 +325,7 @@ impl LogFile {
         LogFile {
             file,
             path: path.to_owned(),
+            durable: true,
             pending: Vec::with_capacity(256 * 1024),
             unsynced: 0,
             last_sync: Instant::now(),
@@ -351,7 +361,7 @@ impl LogFile {
         let mut written = 0;
         let result = loop {
             if written == self.pending.len() {
-                break self.file.sync_data();
+                break if self.durable { self.file.sync_data() } else { Ok(()) };
             }
             match self.file.write(&self.pending[written..]) {
                 Ok(0) => {
