@@ -177,7 +177,11 @@ fn required_never_downgrades_and_opportunistic_does() {
     assert!(r.stats.session_errors.contains_key("TLS unavailable"), "{}", brief(&r));
     let r = run(addr, None, config(tls(TlsPolicy::Opportunistic, false, None)));
     assert_eq!(r.stats.delivered, MESSAGES, "{}", brief(&r));
-    assert_eq!(r.stats.tls.plaintext, r.stats.connections);
+    // Every session that got going went on in plaintext. (Not `== connections`: under a loaded
+    // machine a connection opened as the last jobs were taken may close before its EHLO.)
+    let t = &r.stats.tls;
+    assert!(t.negotiated.is_empty() && t.failed == 0 && t.plaintext >= 1, "{}", brief(&r));
+    assert!(t.plaintext <= r.stats.connections);
     assert_eq!(sink.stop().unwrap().messages_accepted, MESSAGES);
 }
 

@@ -140,6 +140,19 @@ impl Pool {
             self.target.set(target + 1);
             self.target_changed.set(now);
         }
+        // Room the server's cap leaves beside the other cores' sessions is this core's at once:
+        // when their sessions end, a core capped low takes their place rather than growing one
+        // per probe interval (regression: one core carried half a run over one session while
+        // the server allowed four, 8 s against 5.7 s).
+        let health = &self.destination.health;
+        if let Some(cap) = health.cap() {
+            let elsewhere = health.established().saturating_sub(self.open.get());
+            let room = cap.saturating_sub(elsewhere).min(self.share);
+            if room > self.target.get() {
+                self.target.set(room);
+                self.target_changed.set(now);
+            }
+        }
         self.target.get()
     }
 
@@ -876,6 +889,7 @@ impl Core {
         let established = pool.destination.health.established();
         if established > 0 && !error.is_tls_or_auth() {
             let others = pool.open.get();
+            pool.destination.health.set_cap(established);
             pool.capped(others, now);
             self.stats.borrow_mut().cap_refusals += 1;
             if others == 0 {
@@ -902,6 +916,7 @@ impl Core {
         let (refused, at) = pool.unproven_refusals.take();
         let now = Instant::now();
         if refused > 0 && at.is_some_and(|at| now.saturating_duration_since(at) <= PROVE_WITHIN) {
+            pool.destination.health.set_cap(pool.destination.health.established());
             pool.capped(pool.open.get(), now);
             self.stats.borrow_mut().cap_refusals += refused;
         }
@@ -1081,5 +1096,30 @@ mod tests {
             pool.target(later, probe);
         }
         assert!(pool.target(later + Duration::from_secs(50), probe) <= 5, "never above the share");
+    }
+
+    #[test]
+    fn a_capped_core_takes_the_room_other_cores_sessions_leave_at_once() {
+        let d = Arc::new(Destination::new(0, "d", vec![], 10));
+        let config =
+            EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
+        let pool = Pool::new(Arc::clone(&d), 5, 0, 512, Arc::new(RunState::new(&config)));
+        let (t0, probe) = (Instant::now(), Duration::from_secs(5));
+        // The server allows 4: three sessions on another core, one here, and a refusal.
+        for _ in 0..4 {
+            d.health.session_ready();
+        }
+        pool.open.set(1);
+        d.health.set_cap(4);
+        pool.capped(1, t0);
+        assert_eq!(pool.target(t0, probe), 1);
+        // The other core's sessions end: their room is this core's now, not a probe at a time.
+        for _ in 0..3 {
+            d.health.session_ended();
+        }
+        assert_eq!(pool.target(t0 + Duration::from_millis(10), probe), 4);
+        // Never above the share, whatever the cap.
+        d.health.set_cap(9);
+        assert_eq!(pool.target(t0 + Duration::from_millis(20), probe), 5);
     }
 }

@@ -137,6 +137,9 @@ pub struct Health {
     given_up: OnceLock<crate::proto::SessionError>,
     /// Connections started, across cores: each starts its equal-preference tier at the next.
     turns: AtomicU64,
+    /// Sessions the server allowed at once, across cores, when it last refused one more (0:
+    /// never refused): what the cores' connection targets share.
+    cap: AtomicUsize,
 }
 
 impl Health {
@@ -151,7 +154,18 @@ impl Health {
             full: AtomicU64::new(0),
             given_up: OnceLock::new(),
             turns: AtomicU64::new(0),
+            cap: AtomicUsize::new(0),
         }
+    }
+
+    /// The server refused a connection while `sessions` were established across cores.
+    pub fn set_cap(&self, sessions: usize) {
+        self.cap.store(sessions, Ordering::Relaxed);
+    }
+
+    /// The sessions the server allows at once, once it has refused one.
+    pub fn cap(&self) -> Option<usize> {
+        Some(self.cap.load(Ordering::Relaxed)).filter(|&c| c > 0)
     }
 
     /// The next connection's turn (see [`Destination::connect_order`]).
