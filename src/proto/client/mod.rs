@@ -919,7 +919,13 @@ impl<T> Client<T> {
         if self.txns.is_empty() && self.expect.is_empty() {
             return true; // idle
         }
-        if self.checkpoint_due().is_some_and(|at| self.output_at >= at) {
+        // The transactions are scanned (in `checkpoint_due`) only once the oldest is old enough.
+        let aged = self
+            .config
+            .sync_after
+            .zip(self.held.front())
+            .is_some_and(|(a, h)| self.output_at >= h.done.at + a);
+        if aged && self.checkpoint_due().is_some() {
             return true;
         }
         // Called for every write: the scan only once enough outcomes are held.

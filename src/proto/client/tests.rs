@@ -970,12 +970,10 @@ fn a_checkpoint_every_sync_every_transactions() {
     }
 }
 
-#[test]
-fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
-    let mut c = config();
-    c.sync_after = Some(Duration::from_millis(20));
-    c.max_messages = 2;
-    let mut p = Pair::new(Server::new(FULL_CAPS), c);
+/// Pushes two messages into a new session and feeds back only the first transaction's three
+/// replies (MAIL, RCPT, BDAT): one outcome held for a checkpoint, one transaction in flight.
+/// Returns when, and the replies not fed yet.
+fn hold_one_of_two(p: &mut Pair) -> (Instant, Vec<u8>) {
     p.send(Vec::new()); // greeting and EHLO
     assert!(p.ready);
     let t0 = p.now;
@@ -985,12 +983,21 @@ fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
     let t = p.client.poll_transmit(t0).unwrap();
     p.server.receive(&t.to_vec());
     p.client.recycle(t);
-    // The first transaction's three replies (MAIL, RCPT, BDAT) arrive; the second's not yet.
     let replies = std::mem::take(&mut p.server.out);
     let first: usize = replies.split_inclusive(|&b| b == b'\n').take(3).map(<[u8]>::len).sum();
     assert_eq!(p.client.handle_input(t0, &replies[..first]), first);
     p.collect();
     assert!(p.done.is_empty(), "held for a checkpoint");
+    (t0, replies[first..].to_vec())
+}
+
+#[test]
+fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
+    let mut c = config();
+    c.sync_after = Some(Duration::from_millis(20));
+    c.max_messages = 2;
+    let mut p = Pair::new(Server::new(FULL_CAPS), c);
+    let (t0, rest) = hold_one_of_two(&mut p);
     assert_eq!(p.client.poll_timeout(), Some(t0 + Duration::from_millis(20)), "not the reply timeout");
     assert!(p.client.poll_transmit(t0 + Duration::from_millis(19)).is_none(), "not yet");
     // The deadline passes while a reply is still awaited: no timeout, the checkpoint goes out.
@@ -1001,7 +1008,7 @@ fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
     p.server.receive(&t.to_vec());
     p.client.recycle(t);
     assert_ne!(p.client.poll_timeout(), Some(t0 + Duration::from_millis(20)), "one checkpoint at a time");
-    p.inbuf.extend_from_slice(&replies[first..]);
+    p.inbuf.extend_from_slice(&rest);
     p.send(Vec::new());
     assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)]);
     assert_eq!(p.server.seen.iter().filter(|c| c.starts_with("EHLO")).count(), 2, "{:?}", p.server.seen);
@@ -1013,17 +1020,7 @@ fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
 #[test]
 fn without_sync_after_held_outcomes_wait_for_a_count_or_idleness() {
     let mut p = Pair::with(Server::new(FULL_CAPS));
-    p.send(Vec::new());
-    let t0 = p.now;
-    for (id, m) in (0u32..).zip(msgs(2)) {
-        assert!(p.client.push(m, id).is_ok());
-    }
-    let t = p.client.poll_transmit(t0).unwrap();
-    p.server.receive(&t.to_vec());
-    p.client.recycle(t);
-    let replies = std::mem::take(&mut p.server.out);
-    let first: usize = replies.split_inclusive(|&b| b == b'\n').take(3).map(<[u8]>::len).sum();
-    p.client.handle_input(t0, &replies[..first]);
+    let (t0, _) = hold_one_of_two(&mut p);
     assert!(p.client.poll_timeout().unwrap() > t0 + Duration::from_secs(60), "the reply timeout");
     assert!(p.client.poll_transmit(t0 + Duration::from_secs(1)).is_none());
 }
