@@ -30,6 +30,9 @@
 #    twice the time of the same list all valid.
 # 7. postgrey (Debian's) as Postfix's policy service, greylisting for 1 s: the first attempt of
 #    each recipient is deferred with category `policy`, the retry delivers it.
+# 8. `volley send --starttls verify` to the TLS listener by an address its certificate does not
+#    name: every recipient deferred `tls_required` and retried on the schedule until it expires,
+#    each attempt a connection Postfix logged (a refused certificate is not given up on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -372,3 +375,24 @@ echo "  5 recipients: $deferred first attempts deferred as policy ($greylisted g
 [[ $deferred == 5 && $greylisted == 5 ]] || fail "postgrey's refusals were not all deferred as policy: $(grep deferred "$work/grey.jsonl" | head -n 2)"
 [[ $delivered == 5 ]] || fail "the retries did not deliver"
 echo "interop: postgrey greylisting OK"
+
+echo "== volley send --starttls verify -> Postfix whose certificate names another host: retried on the schedule"
+connects_before=$(grep -c 'postfix/smtpd.*: connect from' "$work/maillog" || true)
+{
+    echo "email,first"
+    for i in $(seq 1 3); do echo "tls$i@d$i.interop.test,Name$i"; done
+} >"$work/tls.csv"
+"$VOLLEY" send --recipients "$work/tls.csv" --message "$work/msg.txt" --relay "127.0.0.1:$TLS_PORT" \
+    --starttls verify --ca-file "$work/cert.pem" --retry-after 1s --retry-max 1s --max-age 4s \
+    --log "$work/tls.jsonl" --quiet >"$work/tls.out" 2>&1 || fail "volley send exited $?: $(tail -n 5 "$work/tls.out")"
+sleep 0.5
+connects=$(( $(grep -c 'postfix/smtpd.*: connect from' "$work/maillog" || true) - connects_before ))
+attempts=$(grep -o '"attempts":[0-9]*' "$work/tls.jsonl" | cut -d: -f2 | sort -n | tail -n 1)
+expired=$(grep '"status":"expired"' "$work/tls.jsonl" | grep -c '"category":"tls_required"' || true)
+echo "  3 recipients: $expired expired tls_required after $attempts attempts; Postfix logged $connects connections"
+[[ $expired == 3 ]] || fail "not every recipient expired as tls_required: $(tail -n 2 "$work/tls.jsonl")"
+[[ ${attempts:-0} -ge 3 ]] || fail "retried only ${attempts:-0} times"
+[[ $connects -ge $attempts ]] || fail "$attempts attempts but only $connects connections: attempts without a connection"
+# No faster than the schedule: at most one connection per recipient and attempt (and a spare).
+[[ $connects -le $((3 * attempts + 3)) ]] || fail "$connects connections for $attempts attempts: faster than the schedule"
+echo "interop: TLS certificate refusals retried OK"

@@ -7,6 +7,7 @@ mod common;
 use common::campaign::{finals, records, run, stderr};
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1028,6 +1029,22 @@ fn a_second_run_on_a_log_in_use_is_refused_and_so_is_a_file_that_is_no_log() {
         assert_eq!(std::fs::read_to_string(&other).unwrap(), content, "{name} left as it was");
     }
     assert_eq!(w.dumped()[&2].len(), n, "nothing more was sent");
+
+    // A last line a killed run left half-written is cut, and the user told, on --resume.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(w.log())
+        .unwrap()
+        .write_all(b"{\"status\":\"deliv")
+        .unwrap();
+    let mut cmd = w.send(&args);
+    cmd.args(["--resume", w.log().to_str().unwrap()]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cut 16 octets of a last line"), "{}", stderr(&out));
+    let text = std::fs::read_to_string(w.log()).unwrap();
+    assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "valid JSONL again");
+    assert_eq!(w.dumped()[&2].len(), n, "everyone was final: nothing resent");
 }
 
 #[test]
