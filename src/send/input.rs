@@ -278,10 +278,7 @@ fn next_csv(
     }
     if record.len() != headers.len() {
         let reason = format!("{} fields where the header has {}", record.len(), headers.len());
-        // The address, if its column is there and readable, so the record says whose row it was.
-        let email = record.fields().nth(email).and_then(|f| std::str::from_utf8(f).ok());
-        let email = email.map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned);
-        return Ok(Some(Err(BadRow { line, email, reason })));
+        return Ok(Some(Err(BadRow { line, email: readable_address(record, email), reason })));
     }
     // The reader's record is reused for the next row; this row keeps a copy of its own.
     let fields = match Fields::new(record) {
@@ -289,13 +286,17 @@ fn next_csv(
         Err(field) => {
             let name = headers.get(field).map_or("?", String::as_str);
             let reason = format!("column `{name}` is not UTF-8");
-            let email = record.fields().nth(email).and_then(|f| std::str::from_utf8(f).ok());
-            let email = email.map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned);
-            return Ok(Some(Err(BadRow { line, email, reason })));
+            return Ok(Some(Err(BadRow { line, email: readable_address(record, email), reason })));
         }
     };
     let address = address(line, fields.get(email).unwrap_or_default());
     Ok(Some(address.map(|email| Row { line, email, vars: Vars::Csv { names: Arc::clone(headers), fields } })))
+}
+
+/// A bad row's address, if its column is there and readable, so its record says whose row it was.
+fn readable_address(record: &csv_reader::Record, column: usize) -> Option<String> {
+    let text = std::str::from_utf8(record.fields().nth(column)?).ok()?.trim();
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 fn next_jsonl(
