@@ -11,8 +11,14 @@ ensure_postfix() {
     fi
 }
 
-# swaks and Python's aiosmtpd, for scripts/interop.sh. aiosmtpd goes into the python3 on PATH.
+# swaks, postgrey and Python's aiosmtpd, for scripts/interop.sh. aiosmtpd goes into the python3
+# on PATH.
 ensure_interop_peers() {
+    if ! command -v postgrey >/dev/null; then
+        echo "installing postgrey"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgrey >/dev/null
+    fi
     if ! command -v swaks >/dev/null || ! command -v openssl >/dev/null; then
         echo "installing swaks and openssl"
         apt-get update -qq
