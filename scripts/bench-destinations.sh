@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Cost per destination: volley send to N recipients on N domains, once with every domain's MX
+# rolled up onto one host and once with each domain on its own MX host (its own loopback
+# address), in one run. Prints elapsed time and peak RSS of both and the ratio.
+#
+#   scripts/bench-destinations.sh            # N=20000
+#   N=100000 scripts/bench-destinations.sh
+#
+# Loopback only: the sink listens on 0.0.0.0 (one thread, core 1), so 127.a.b.c all reach it;
+# a local DNS stub (examples/dns_stub.rs) serves the zone; volley send runs on core 0 with one
+# thread and its defaults otherwise. The goal (issue 26): the distinct-host case within twice
+# the rolled-up case's time, and peak RSS within 256 MiB in both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N="${N:-20000}"
+PORT="${PORT:-2660}"
+DNS_PORT="${DNS_PORT:-5360}"
+VOLLEY="${VOLLEY:-target/release/volley}"
+
+cargo build --release --quiet --bin volley --example dns_stub
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Host i's address: 127.a.b.c with c in 1..250, away from 127.0.0.x.
+awk -v n="$N" 'BEGIN {
+    print "mx.rolled.test A 127.0.0.2"
+    for (i = 0; i < n; i++) {
+        printf "r%d.rolled.test MX 10 mx.rolled.test\n", i
+        printf "mx%d.distinct.test A 127.%d.%d.%d\n", i, 1 + int(i / 62500), int(i / 250) % 250, 1 + i % 250
+        printf "d%d.distinct.test MX 10 mx%d.distinct.test\n", i, i
+    }
+}' >"$work/zone"
+target/release/examples/dns_stub "$work/zone" "127.0.0.1:$DNS_PORT" 2>/dev/null &
+pids+=($!)
+for kind in rolled distinct; do
+    prefix=${kind:0:1}
+    awk -v n="$N" -v p="$prefix" -v k="$kind" 'BEGIN { print "email,first"; for (i = 0; i < n; i++) printf "user%d@%s%d.%s.test,Name%d\n", i, p, i, k, i }' \
+        >"$work/$kind.csv"
+done
+printf 'From: Bench <news@example.com>\nSubject: Hello {{ first }}\n\nDear {{ first }},\n%s\n' \
+    "$(head -c 700 /dev/zero | tr '\0' 'x')" >"$work/msg.txt"
+
+taskset -c 1 "$VOLLEY" sink --listen "0.0.0.0:$PORT" --threads 1 >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
+
+# Prints "elapsed_s max_rss_kb delivered".
+run() {
+    local kind=$1
+    rm -f "$work/$kind.jsonl"
+    /usr/bin/time -f "%e %M" -o "$work/time" taskset -c 0 "$VOLLEY" send --recipients "$work/$kind.csv" \
+        --message "$work/msg.txt" --dns-server "127.0.0.1:$DNS_PORT" --smtp-port "$PORT" --threads 1 \
+        --log "$work/$kind.jsonl" --quiet >"$work/out" 2>"$work/err" || {
+        cat "$work/err" >&2
+        return 1
+    }
+    echo "$(cat "$work/time") $(grep -c '"status":"delivered"' "$work/$kind.jsonl")"
+}
+
+read -r r_s r_rss r_n < <(run rolled)
+read -r d_s d_rss d_n < <(run distinct)
+awk -v n="$N" -v rs="$r_s" -v rr="$r_rss" -v rn="$r_n" -v ds="$d_s" -v dr="$d_rss" -v dn="$d_n" 'BEGIN {
+    printf "%-28s %9s %13s %10s\n", "", "elapsed s", "peak RSS MiB", "delivered"
+    printf "%-28s %9.2f %13.1f %10d\n", n " domains, one MX host", rs, rr / 1024, rn
+    printf "%-28s %9.2f %13.1f %10d\n", n " domains, " n " MX hosts", ds, dr / 1024, dn
+    printf "distinct/rolled time: %.2f (goal <= 2), RSS %.0f / %.0f MiB (goal <= 256)\n", ds / rs, dr / 1024, rr / 1024
+}'
