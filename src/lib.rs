@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod check;
 pub mod engine;
+pub mod hash;
 pub mod proto;
 pub mod report;
 pub mod rng;

@@ -27,6 +27,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // Sessions, and the sink's connections, are a descriptor each.
+    mailvolley::rt::raise_open_files();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

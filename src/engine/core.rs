@@ -12,12 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
+use super::idle::IdleSessions;
 use super::job::{Destination, Job, Payload, instant_at, nanos_since_epoch};
 use super::outcome::{self, Outcome, Via};
 use super::shaping::ShapingEvent;
 use super::signal::Signal;
 use super::stats::{Metric, Stats};
 use super::{EngineConfig, Progress, RunState, session};
+use crate::hash::FxMap;
 use crate::proto::Reply;
 use crate::proto::client::{Completed, Disposition, Envelope, Message, SessionError};
 use crate::rt::Watchdog;
@@ -37,6 +39,14 @@ const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 const PROVE_WITHIN: Duration = Duration::from_secs(1);
 /// How long a reading of the wall clock serves for messages' Date (see `Core::wall`).
 const WALL_EVERY: Duration = Duration::from_secs(1);
+/// How long a pool with no slot and no job is kept before it is retired (see
+/// `Core::retire_idle`): long enough that a destination between two bursts keeps its
+/// connection target, short enough that a campaign to many domains does not pile them up.
+const POOL_LINGER: Duration = Duration::from_secs(2);
+/// Pool backlogs' worth of jobs a core holds waiting for sessions, over all its pools.
+const HOLD_BACKLOGS: usize = 8;
+/// Sessions a core keeps open with nothing to send (see [`IdleSessions`]).
+pub const IDLE_SESSIONS: usize = 256;
 
 /// Bookkeeping that travels with a message through a session and comes back with its outcome.
 #[derive(Debug)]
@@ -75,10 +85,21 @@ impl Meta {
     }
 }
 
-/// This core's view of one destination.
+/// This core's view of one destination, created when a job for it arrives and retired when it
+/// has had no job and no connection for [`POOL_LINGER`].
 pub struct Pool {
     pub destination: Arc<Destination>,
     pending: RefCell<VecDeque<Job>>,
+    /// Jobs waiting in all of the core's pools (shared by them): whether the core is idle
+    /// without looking at every pool.
+    waiting: Rc<Cell<usize>>,
+    /// Slot tasks alive: each opens and runs connections while there is work the open ones do
+    /// not cover, and ends when there is none (see [`Core::staff`]).
+    slots: Cell<usize>,
+    /// When the last slot ended, if none is alive: the pool is retired after [`POOL_LINGER`].
+    idle_since: Cell<Option<Instant>>,
+    /// In the core's list of pools waiting for a slot.
+    starved: Cell<bool>,
     /// Jobs arrived, or the run is draining.
     pub signal: Signal,
     /// Connections open (or being opened) by this core's slots.
@@ -95,9 +116,6 @@ pub struct Pool {
     /// Connections refused while no session to the destination was established yet, and when
     /// the last was: a cap if a session becomes ready soon after (see [`Core::prove_refusals`]).
     unproven_refusals: Cell<(u64, Option<Instant>)>,
-    /// A TLS handshake with this destination failed under the opportunistic policy: later
-    /// connections go on in plaintext rather than fail the same way.
-    pub plaintext_fallback: Cell<bool>,
     /// The core owning the pool, the backlog it holds before it is full, and whether it is
     /// (published on the destination for the producer; cleared at half the backlog).
     core: usize,
@@ -114,7 +132,12 @@ impl Pool {
         core: usize,
         backlog: usize,
         run: Arc<RunState>,
+        waiting: Rc<Cell<usize>>,
     ) -> Self {
+        // A pool made again for a destination the server caps starts within the cap, as the
+        // retired one had learnt to.
+        let health = &destination.health;
+        let target = health.cap().map_or(share, |cap| share.min(cap.saturating_sub(health.established()).max(1)));
         Pool {
             run,
             core,
@@ -122,14 +145,17 @@ impl Pool {
             full: Cell::new(false),
             destination,
             pending: RefCell::default(),
+            waiting,
+            slots: Cell::new(0),
+            idle_since: Cell::new(None),
+            starved: Cell::new(false),
             signal: Signal::default(),
             open: Cell::new(0),
             share,
-            target: Cell::new(share),
+            target: Cell::new(target),
             target_changed: Cell::new(Instant::now()),
             blocked: Cell::new(false),
             unproven_refusals: Cell::new((0, None)),
-            plaintext_fallback: Cell::new(false),
         }
     }
 
@@ -183,6 +209,9 @@ impl Pool {
             Some(i) => pending.remove(i),
             None => pending.pop_front(),
         };
+        if job.is_some() {
+            self.waiting.set(self.waiting.get() - 1);
+        }
         if self.full.get() && pending.len() <= self.backlog / 2 {
             self.set_full(false);
         }
@@ -191,16 +220,39 @@ impl Pool {
 
     pub fn push(&self, job: Job) {
         self.pending.borrow_mut().push_back(job);
+        self.waiting.set(self.waiting.get() + 1);
         self.signal.notify();
     }
 
-    /// Takes a job from the core's queue; past the backlog the pool says it is full.
+    /// Takes a job from the core's queue; past the backlog the pool says it is full. Wakes
+    /// the pool's sessions (only this pool's: a core with thousands of pools must not wake
+    /// them all for every job).
     fn take(&self, job: Job) {
         let mut pending = self.pending.borrow_mut();
         pending.push_back(job);
+        self.waiting.set(self.waiting.get() + 1);
         if !self.full.get() && pending.len() >= self.backlog {
             self.set_full(true);
         }
+        self.signal.notify();
+    }
+
+    /// Takes back the first job, to hand it elsewhere.
+    fn pop_front(&self) -> Option<Job> {
+        let job = self.pending.borrow_mut().pop_front()?;
+        self.waiting.set(self.waiting.get() - 1);
+        Some(job)
+    }
+
+    /// Puts back a job [`Pool::pop_front`] took.
+    fn push_front(&self, job: Job) {
+        self.pending.borrow_mut().push_front(job);
+        self.waiting.set(self.waiting.get() + 1);
+    }
+
+    /// Whether a slot has something to do that the open connections do not cover.
+    fn uncovered(&self) -> bool {
+        self.pending_len() > self.open.get()
     }
 
     fn set_full(&self, full: bool) {
@@ -217,7 +269,9 @@ impl Pool {
         if self.full.get() {
             self.set_full(false);
         }
-        self.pending.borrow_mut().drain(..).collect()
+        let jobs: Vec<Job> = self.pending.borrow_mut().drain(..).collect();
+        self.waiting.set(self.waiting.get() - jobs.len());
+        jobs
     }
 }
 
@@ -228,7 +282,23 @@ pub struct Core {
     pub stats: RefCell<Stats>,
     /// Message latency since the last progress publication.
     interval: RefCell<Histogram<u64>>,
-    pools: RefCell<Vec<Option<Rc<Pool>>>>,
+    /// Pools by destination index: those with work, connections, or idle for less than
+    /// [`POOL_LINGER`].
+    pools: RefCell<FxMap<usize, Rc<Pool>>>,
+    /// Pools whose last slot ended, in that order, each with when: retired after
+    /// [`POOL_LINGER`] if still idle (see [`Core::retire_idle`]).
+    retiring: RefCell<VecDeque<(Instant, Rc<Pool>)>>,
+    /// Jobs waiting in the pools, all together.
+    waiting: Rc<Cell<usize>>,
+    /// The most sessions a capping server allowed, over the pools retired so far.
+    retired_peak: Cell<usize>,
+    /// Sessions open with nothing to send.
+    pub idle: IdleSessions,
+    /// Slots alive on this core, over all pools (at most `config.sessions_per_core`).
+    slots: Cell<usize>,
+    /// Pools with work and no slot for it, the core being at its sessions: staffed in this
+    /// order as slots end.
+    starved: RefCell<VecDeque<Rc<Pool>>>,
     in_flight: Cell<u64>,
     conn_seq: Cell<u64>,
     /// Set once the producer is done and this core's queue is empty: idle sessions quit.
@@ -261,6 +331,7 @@ impl Core {
         started: Instant,
     ) -> Rc<Core> {
         let measure_from = started + config.warmup;
+        let idle = IdleSessions::new(IDLE_SESSIONS.min(config.sessions_per_core / 2));
         let mut stats = Stats::default();
         stats.measuring = config.warmup.is_zero();
         Rc::new(Core {
@@ -270,6 +341,12 @@ impl Core {
             stats: RefCell::new(stats),
             interval: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")),
             pools: RefCell::default(),
+            retiring: RefCell::default(),
+            waiting: Rc::default(),
+            retired_peak: Cell::new(0),
+            idle,
+            slots: Cell::new(0),
+            starved: RefCell::default(),
             in_flight: Cell::new(0),
             conn_seq: Cell::new((index as u64) << 40),
             draining: Cell::new(false),
@@ -309,13 +386,12 @@ impl Core {
         base + usize::from(offset < extra)
     }
 
-    fn pool(self: &Rc<Self>, destination: &Arc<Destination>) -> Rc<Pool> {
+    /// The pool for `destination`, made if it has none (a source's destination indices are
+    /// unique among the destinations it has live).
+    fn pool(&self, destination: &Arc<Destination>) -> Rc<Pool> {
         let mut pools = self.pools.borrow_mut();
         let i = destination.index;
-        if pools.len() <= i {
-            pools.resize_with(i + 1, || None);
-        }
-        if let Some(p) = &pools[i] {
+        if let Some(p) = pools.get(&i).filter(|p| Arc::ptr_eq(&p.destination, destination)) {
             return Rc::clone(p);
         }
         // At least one connection, as the router assumes when it picks cores.
@@ -326,12 +402,91 @@ impl Core {
             self.index,
             self.config.pool_backlog,
             Arc::clone(&self.run),
+            Rc::clone(&self.waiting),
         ));
-        for _ in 0..limit {
-            monoio::spawn(slot(Rc::clone(self), Rc::clone(&pool)));
+        if let Some(old) = pools.insert(i, Rc::clone(&pool)) {
+            // An index reused for another destination while the old pool lingered idle.
+            self.retired(&old);
         }
-        pools[i] = Some(Rc::clone(&pool));
         pool
+    }
+
+    /// Starts slots for the pool's work the open connections do not cover, up to its share:
+    /// a slot per connection that may be needed, rather than a slot per connection allowed
+    /// kept for the run (a campaign to many domains would otherwise hold thousands).
+    /// At the core's sessions, the pool waits for a slot to end elsewhere.
+    fn staff(self: &Rc<Self>, pool: &Rc<Pool>) {
+        while pool.slots.get() < pool.share && pool.slots.get() < pool.pending_len() {
+            if self.slots.get() >= self.config.sessions_per_core {
+                if !pool.starved.replace(true) {
+                    self.starved.borrow_mut().push_back(Rc::clone(pool));
+                }
+                return;
+            }
+            self.slots.set(self.slots.get() + 1);
+            pool.slots.set(pool.slots.get() + 1);
+            pool.idle_since.set(None);
+            monoio::spawn(slot(Rc::clone(self), Rc::clone(pool)));
+        }
+    }
+
+    /// A slot ended: its room goes to the pools waiting for one; the pool lingers once it has
+    /// none.
+    fn slot_ended(self: &Rc<Self>, pool: &Rc<Pool>) {
+        self.slots.set(self.slots.get() - 1);
+        pool.slots.set(pool.slots.get() - 1);
+        while self.slots.get() < self.config.sessions_per_core {
+            let Some(next) = self.starved.borrow_mut().pop_front() else { break };
+            next.starved.set(false);
+            self.staff(&next);
+            self.linger(&next);
+        }
+        self.linger(pool);
+    }
+
+    /// A pool left with no slot (and not waiting for one) is retired if it stays so.
+    fn linger(&self, pool: &Rc<Pool>) {
+        if pool.slots.get() == 0 && !pool.starved.get() && pool.idle_since.get().is_none() {
+            let now = Instant::now();
+            pool.idle_since.set(Some(now));
+            self.retiring.borrow_mut().push_back((now, Rc::clone(pool)));
+        }
+    }
+
+    /// Retires the pools idle for [`POOL_LINGER`]: no slot, no job since their last slot ended.
+    fn retire_idle(&self, now: Instant) {
+        loop {
+            let (at, pool) = {
+                let mut retiring = self.retiring.borrow_mut();
+                match retiring.front() {
+                    Some((at, _)) if now.saturating_duration_since(*at) >= POOL_LINGER => {}
+                    _ => return,
+                }
+                let Some(front) = retiring.pop_front() else { return };
+                front
+            };
+            if pool.slots.get() > 0 || pool.idle_since.get() != Some(at) || pool.has_pending() || pool.starved.get()
+            {
+                continue; // busy again (a later entry stands for its next idle spell)
+            }
+            let mut pools = self.pools.borrow_mut();
+            let index = pool.destination.index;
+            if pools.get(&index).is_some_and(|p| Rc::ptr_eq(p, &pool)) {
+                pools.remove(&index);
+                self.retired(&pool);
+            }
+        }
+    }
+
+    /// What a retired pool leaves behind: its marks on the destination, its peak.
+    fn retired(&self, pool: &Pool) {
+        if pool.blocked.get() {
+            pool.destination.health.set_blocked(self.index, false);
+        }
+        if pool.full.get() {
+            pool.destination.health.set_full(self.index, false);
+        }
+        self.retired_peak.set(self.retired_peak.get().max(pool.destination.health.peak()));
     }
 
     /// A message finished an attempt: count it, or queue what should be retried.
@@ -608,11 +763,13 @@ impl Core {
     }
 
     fn pools_idle(&self) -> bool {
-        self.in_flight.get() == 0 && self.pools.borrow().iter().flatten().all(|p| !p.has_pending())
+        self.in_flight.get() == 0 && self.waiting.get() == 0
     }
 
+    /// Wakes every pool's sessions and slots: only when the run changes state (draining,
+    /// halting, aborting), never per job.
     fn notify_all(&self) {
-        for p in self.pools.borrow().iter().flatten() {
+        for p in self.pools.borrow().values() {
             p.signal.notify();
         }
     }
@@ -624,12 +781,17 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     let finished = Rc::clone(&core.finished);
     monoio::spawn(Rc::clone(&core.watchdog).run(WATCHDOG_TICK, move || finished.get()));
     let cap = core.config.pool_backlog.max(1);
+    // All the pools together hold at most this many jobs waiting for a session: past it, jobs
+    // stay in the queue (backpressure), however many destinations they are for.
+    let hold = HOLD_BACKLOGS * cap;
     // Without parking, a full pool holds up the queue (a closed loop's backpressure); with it,
     // the pool takes what is queued already and says it is full, so the producer sets the
     // destination's further jobs aside and the queue keeps moving for the others.
     let parking = core.config.park > 0;
     let mut held: Option<Job> = None;
     let mut last_publish = Instant::now();
+    // Whether the sessions have been told the run is halting.
+    let mut told_halt = false;
     // Whether the core had nothing in flight and nothing to send at its last look.
     let mut was_idle = true;
     loop {
@@ -637,12 +799,17 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             core.watchdog.shut_down();
             break;
         }
-        let mut moved = false;
         // Outcomes the reader has not taken hold new jobs back: backpressure from the log.
         let outcomes_flowing = core.flush_outcomes();
         let halted = core.halted();
+        if halted && !told_halt {
+            core.notify_all();
+            told_halt = true;
+        }
         let taking = outcomes_flowing && !halted;
-        while let Some(job) = if taking { held.take().or_else(|| queue.pop()) } else { None } {
+        while let Some(job) =
+            if taking && core.waiting.get() < hold { held.take().or_else(|| queue.pop()) } else { None }
+        {
             let pool = core.pool(&job.destination);
             if !parking && pool.pending_len() >= cap {
                 held = Some(job);
@@ -652,17 +819,15 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             if pool.blocked.get() {
                 core.return_jobs(&pool);
             }
-            moved = true;
+            core.staff(&pool);
         }
         if core.unreturned.get() {
             core.return_leftovers();
         }
-        if moved {
-            core.notify_all();
-        }
         if last_publish.elapsed() >= PUBLISH_EVERY {
             core.publish();
             last_publish = Instant::now();
+            core.retire_idle(last_publish);
             if !core.stats.borrow().measuring && last_publish >= core.measure_from {
                 core.stats.borrow_mut().measuring = true;
             }
@@ -688,7 +853,7 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     // Quit idle sessions (or abandon busy ones, when aborting) and wait for every slot to end.
     core.draining.set(true);
     core.notify_all();
-    while core.pools.borrow().iter().flatten().any(|p| p.open.get() > 0) {
+    while core.pools.borrow().values().any(|p| p.open.get() > 0) {
         core.notify_all();
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -699,8 +864,7 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     }
     // Jobs taken from the queue but never attempted because the run was cut short (what is
     // left in the queue itself is counted once every thread has stopped).
-    let unsent = u64::from(held.is_some())
-        + core.pools.borrow().iter().flatten().map(|p| p.pending_len() as u64).sum::<u64>();
+    let unsent = u64::from(held.is_some()) + core.waiting.get() as u64;
     core.publish();
     core.finished.set(true);
     let mut stats = core.stats.borrow().clone();
@@ -708,22 +872,29 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
     if stats.cap_refusals > 0 {
         // What the server allowed: the most sessions it kept at once. (At a refusal, sessions it
         // had just accepted may still be in their greeting, so the count then is too low.)
-        let peak = core.pools.borrow().iter().flatten().map(|p| p.destination.health.peak()).max();
-        stats.connection_cap = peak.unwrap_or(0) as u64;
+        let peak = core.pools.borrow().values().map(|p| p.destination.health.peak()).max();
+        stats.connection_cap = peak.unwrap_or(0).max(core.retired_peak.get()) as u64;
     }
     stats
 }
 
 /// One connection's worth of a pool: connects when there is work and the pool's connection
 /// target allows, runs a session, and after one that carried no transaction reconnects with
-/// backoff. Ends when the core drains.
+/// backoff. Ends when the pool has no work the open connections do not cover, or the core
+/// drains.
 async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
+    run_slot(&core, &pool).await;
+    core.slot_ended(&pool);
+}
+
+async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
     let config = &core.config;
     let mut backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
     loop {
-        if let Some(until) = core.suspended(&pool, Instant::now()) {
-            // Suspended: jobs arriving meanwhile are handed back as they come.
-            if core.draining.get() || core.aborting() || core.halted() {
+        if let Some(until) = core.suspended(pool, Instant::now()) {
+            // Suspended: jobs arriving meanwhile are handed back as they come (or wait here,
+            // when the source keeps no books).
+            if core.draining.get() || core.aborting() || core.halted() || !pool.has_pending() {
                 return;
             }
             let rest = until.saturating_duration_since(Instant::now());
@@ -735,20 +906,20 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
         }
         // A new connection only for work the open ones do not cover: one message to a domain
         // opens one connection, not the destination's whole budget; and while the open ones
-        // are held back by the destination's rate, none.
-        while pool.pending_len() <= pool.open.get()
-            || pool.open.get() >= core.connection_target(&pool, Instant::now())
-            || (pool.open.get() > 0 && !pool.destination.shaping.message_ready(Instant::now()))
-        {
-            if core.draining.get() || core.aborting() || core.halted() {
+        // are held back by the destination's rate, none. Without such work the slot ends
+        // (`Core::staff` starts another when some comes).
+        loop {
+            if core.draining.get() || core.aborting() || core.halted() || !pool.uncovered() {
                 return;
             }
-            if pool.has_pending() && pool.pending_len() > pool.open.get() {
-                // Over the target or the rate: look again when a probe may be due.
-                monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
-            } else {
-                pool.signal.wait().await;
+            let now = Instant::now();
+            if pool.open.get() < core.connection_target(pool, now)
+                && (pool.open.get() == 0 || pool.destination.shaping.message_ready(now))
+            {
+                break;
             }
+            // Over the target or the rate: look again when a probe may be due.
+            monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
             if pool.destination.shaping.suspended(Instant::now()).is_some() {
                 break;
             }
@@ -767,11 +938,11 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
         if let Some(error) = pool.destination.health.given_up() {
             // Jobs that arrive after the destination was given up end without a connection.
             let error = error.clone();
-            core.fail_pending(&pool, &error);
+            core.fail_pending(pool, &error);
             continue;
         }
         pool.open.set(pool.open.get() + 1);
-        let attempt = connect_and_run(&core, &pool).await;
+        let attempt = connect_and_run(core, pool).await;
         pool.open.set(pool.open.get() - 1);
         // Slots holding back because this connection covered the pending work look again.
         pool.signal.notify();
@@ -783,7 +954,7 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
             continue;
         }
         if let Some(error) = attempt.failure.filter(|_| pool.has_pending()) {
-            core.session_failed_early(&pool, &error);
+            core.session_failed_early(pool, &error);
         }
         monoio::time::sleep(backoff.next()).await;
     }
@@ -829,14 +1000,13 @@ impl Core {
         let run = &self.run;
         run.returning.fetch_add(1, Ordering::SeqCst);
         if !run.closing.load(Ordering::SeqCst) {
-            let mut pending = pool.pending.borrow_mut();
-            while let Some(job) = pending.pop_front() {
+            while let Some(job) = pool.pop_front() {
                 if let Err(job) = run.returns.push(job) {
                     // The producer is behind (waiting on a full queue): the rest go later,
                     // from the core's loop. Nothing else would move them while this pool is
                     // blocked, as the producer routes no new jobs here (regression: they
                     // waited for the end of the run).
-                    pending.push_front(job);
+                    pool.push_front(job);
                     self.unreturned.set(true);
                     break;
                 }
@@ -849,7 +1019,7 @@ impl Core {
     fn return_leftovers(&self) {
         self.unreturned.set(false);
         // `return_jobs` touches only the pool's own jobs, never the list of pools.
-        for pool in self.pools.borrow().iter().flatten().filter(|p| p.blocked.get() && p.has_pending()) {
+        for pool in self.pools.borrow().values().filter(|p| p.blocked.get() && p.has_pending()) {
             self.return_jobs(pool);
         }
     }
@@ -873,7 +1043,7 @@ impl Core {
         let opportunistic =
             self.config.tls.as_ref().is_some_and(|t| t.policy == TlsPolicy::Opportunistic && !t.implicit);
         if opportunistic && matches!(error, SessionError::Tls(_) | SessionError::TlsCertificate(_)) {
-            pool.plaintext_fallback.set(true);
+            pool.destination.health.fall_back_to_plaintext(self.index);
             return;
         }
         if error.is_persistent() {
@@ -1047,7 +1217,7 @@ mod tests {
         let run = Arc::new(RunState::new(&config));
         // This thread plays the producer.
         run.producer.set(std::thread::current()).unwrap();
-        let pool = Pool::new(Arc::clone(&d), 1, 0, 4, Arc::clone(&run));
+        let pool = Pool::new(Arc::clone(&d), 1, 0, 4, Arc::clone(&run), Rc::default());
         let job = |id| Job {
             id,
             destination: Arc::clone(&d),
@@ -1078,7 +1248,7 @@ mod tests {
         let d = Arc::new(Destination::new(0, "d", vec![], 10));
         let config =
             EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
-        let pool = Pool::new(d, 5, 0, 512, Arc::new(RunState::new(&config)));
+        let pool = Pool::new(d, 5, 0, 512, Arc::new(RunState::new(&config)), Rc::default());
         let t0 = Instant::now();
         let probe = Duration::from_secs(5);
         assert_eq!(pool.target(t0, probe), 5);
@@ -1103,7 +1273,7 @@ mod tests {
         let d = Arc::new(Destination::new(0, "d", vec![], 10));
         let config =
             EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
-        let pool = Pool::new(Arc::clone(&d), 5, 0, 512, Arc::new(RunState::new(&config)));
+        let pool = Pool::new(Arc::clone(&d), 5, 0, 512, Arc::new(RunState::new(&config)), Rc::default());
         let (t0, probe) = (Instant::now(), Duration::from_secs(5));
         // The server allows 4: three sessions on another core, one here, and a refusal.
         for _ in 0..4 {

@@ -140,6 +140,10 @@ pub struct Health {
     /// Sessions the server allowed at once, across cores, when it last refused one more (0:
     /// never refused): what the cores' connection targets share.
     cap: AtomicUsize,
+    /// Cores on which a TLS handshake with this destination failed under the opportunistic
+    /// policy (one bit per core, the first 64): their later connections go on in plaintext
+    /// rather than fail the same way.
+    plaintext: AtomicU64,
 }
 
 impl Health {
@@ -155,7 +159,18 @@ impl Health {
             given_up: OnceLock::new(),
             turns: AtomicU64::new(0),
             cap: AtomicUsize::new(0),
+            plaintext: AtomicU64::new(0),
         }
+    }
+
+    /// A TLS handshake failed on `core` under the opportunistic policy.
+    pub fn fall_back_to_plaintext(&self, core: usize) {
+        set_bit(&self.plaintext, core, true);
+    }
+
+    /// Whether `core`'s connections go on in plaintext (see [`Health::fall_back_to_plaintext`]).
+    pub fn plaintext_fallback(&self, core: usize) -> bool {
+        bit(&self.plaintext, core)
     }
 
     /// The server refused a connection while `sessions` were established across cores.

@@ -12,6 +12,7 @@
 
 mod backoff;
 mod core;
+mod idle;
 pub mod job;
 pub mod outcome;
 mod producer;
@@ -50,6 +51,10 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Jobs a core takes from its queue into one destination's pool ahead of sending.
     pub pool_backlog: usize,
+    /// Sessions (and connection attempts) a core runs at once, over all destinations: what
+    /// bounds its memory and descriptors when a campaign reaches thousands of domains at once.
+    /// Destinations past it wait for a session to end, in the order their jobs arrived.
+    pub sessions_per_core: usize,
     /// First wait before reconnecting after a session that carried no transaction; doubles up
     /// to `reconnect_backoff_max`, and starts over after a session that carried one.
     pub reconnect_backoff: Duration,
@@ -104,6 +109,8 @@ impl EngineConfig {
             // would only add queueing to every message's latency in a closed loop.
             queue_capacity: 2048,
             pool_backlog: 512,
+            // A load test's connections are what it asks for.
+            sessions_per_core: usize::MAX,
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             failing_after: Duration::from_secs(10),

@@ -42,7 +42,7 @@ fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
         Some(tls) if tls.implicit => StartTls::Off,
         Some(tls) => match tls.policy {
             TlsPolicy::None => StartTls::Off,
-            TlsPolicy::Opportunistic if pool.plaintext_fallback.get() => StartTls::Off,
+            TlsPolicy::Opportunistic if pool.destination.health.plaintext_fallback(core.index) => StartTls::Off,
             TlsPolicy::Opportunistic => StartTls::IfOffered,
             TlsPolicy::Required | TlsPolicy::Verify => StartTls::Required,
         },
@@ -115,6 +115,8 @@ where
     let mut carried = false;
     let mut ready = false;
     let mut via = Via { addr, host: pool.destination.host_of(addr).cloned(), tls: None };
+    // The session's place among the core's idle ones, while it has nothing to send.
+    let mut idle = None;
     loop {
         while let Some(event) = client.poll_event() {
             match event {
@@ -187,6 +189,7 @@ where
                 // Counted only once the session holds it, so in-flight never counts a job
                 // that is back in the pool.
                 carried = true;
+                idle = None;
                 core.dispatched(due, first_attempt, now);
             }
             if let Err((message, meta)) = pushed {
@@ -226,6 +229,15 @@ where
             if client.in_flight() == 0 && (core.draining.get() || core.halted()) {
                 client.close();
                 continue;
+            }
+            if client.in_flight() == 0 && !pool.has_pending() {
+                // Nothing to send: one of the core's idle sessions, closed first if it has
+                // been idle longest when there are too many.
+                if idle.get_or_insert_with(|| core.idle.enter(pool.signal.clone())).evicted() {
+                    idle = None;
+                    client.close();
+                    continue;
+                }
             }
             // Idle: wait for work, for the rate to let the next message go, or for the idle
             // timeout to send QUIT.

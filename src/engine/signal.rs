@@ -51,3 +51,11 @@ impl Future for Wait {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+impl Wait {
+    /// Whether a `notify` came since the wait began.
+    pub fn is_ready(&self) -> bool {
+        self.signal.inner.borrow().generation != self.seen
+    }
+}

@@ -239,7 +239,7 @@ pub fn digest(path: &Path) -> io::Result<Option<String>> {
         return Ok(None);
     }
     let mut file = File::open(path)?;
-    let mut hasher = crate::send::hashing::Fx::default();
+    let mut hasher = crate::hash::Fx::default();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {

@@ -7,7 +7,7 @@
 //! failure is raised for the main thread, which stops sending, and every record that could not
 //! be written goes to stderr instead, so nothing a server accepted goes unrecorded.
 
-use crate::send::hashing::DomainMap;
+use crate::hash::DomainMap;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;

@@ -134,6 +134,9 @@ pub const HELD_AT_MOST: Duration = Duration::from_millis(20);
 /// Jobs the engine may set aside for destinations that cannot take more for now (rate
 /// limited, slow) before reading the input waits: a few megabytes.
 const PARKED_JOBS: usize = 50_000;
+/// Sessions each core runs at once, over all destinations (fewer if the open-files limit is
+/// lower): thousands of small domains at once get as many sessions, each a few tens of KB.
+const SESSIONS_PER_CORE: usize = 1024;
 
 /// A campaign under way.
 pub struct Sending {
@@ -300,6 +303,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         retries: 0,
         outcomes: true,
         park: PARKED_JOBS,
+        sessions_per_core: crate::rt::sessions_per_core(SESSIONS_PER_CORE, config.engine.threads),
         rate: config.rate,
         reactions,
         give_up_on_tls: false,

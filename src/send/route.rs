@@ -4,7 +4,7 @@
 //! hosts, as its servers see them. Each destination gets the limits of the shaping rule that
 //! matches it (see [`super::shaping`]).
 
-use crate::send::hashing::DomainMap;
+use crate::hash::DomainMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::bounce::Category;
-use super::hashing::DomainMap;
+use crate::hash::DomainMap;
 pub use super::hashing::Fingerprints;
 use super::input::{BadRow, Item, Rows};
 use super::log::{Record, Resumed, Status};

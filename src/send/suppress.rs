@@ -13,7 +13,8 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use super::hashing::{DomainMap, Fingerprints};
+use super::hashing::Fingerprints;
+use crate::hash::DomainMap;
 use super::input::a_label;
 use super::source::{fingerprint, lowercase};
 use crate::proto::Address;
