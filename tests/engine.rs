@@ -351,29 +351,8 @@ fn connection_limits_hold_across_cores_for_every_destination() {
             Arc::new(Destination::new(index, format!("d{index}"), vec![s.local_addr()], limit))
         })
         .collect();
-    struct RoundRobin {
-        destinations: Vec<Arc<Destination>>,
-        content: Content,
-        next: u64,
-    }
-    impl engine::JobSource for RoundRobin {
-        fn next(&mut self, now: Instant) -> engine::Next {
-            if self.next == 3000 {
-                return engine::Next::Done;
-            }
-            self.next += 1;
-            engine::Next::Job(engine::Job {
-                id: self.next,
-                destination: Arc::clone(&self.destinations[(self.next % 3) as usize]),
-                message: mailvolley::engine::Payload::Ready(self.content.next_message()),
-                due: now,
-                attempts: 0,
-                last_conn: 0,
-                partial: false,
-            })
-        }
-    }
-    let source = RoundRobin { destinations: destinations.clone(), content: content(1000, 1), next: 0 };
+    let source =
+        RoundRobin { destinations: destinations.clone(), content: content(1000, 1), next: 0, jobs: 3000 };
     let running = engine::start(engine_config(), destinations, Box::new(source)).unwrap();
     let report = join_within(running, Duration::from_secs(30));
     accounted(&report, 3000);
@@ -384,6 +363,61 @@ fn connection_limits_hold_across_cores_for_every_destination() {
         assert_eq!(c.messages_accepted, 1000);
         assert_eq!(c.connections, limit as u64, "every allowed connection used, no more");
     }
+}
+
+/// Hands out `jobs` jobs over `destinations` in turn.
+struct RoundRobin {
+    destinations: Vec<Arc<Destination>>,
+    content: Content,
+    next: u64,
+    jobs: u64,
+}
+
+impl engine::JobSource for RoundRobin {
+    fn next(&mut self, now: Instant) -> engine::Next {
+        if self.next == self.jobs {
+            return engine::Next::Done;
+        }
+        self.next += 1;
+        let d = &self.destinations[(self.next % self.destinations.len() as u64) as usize];
+        engine::Next::Job(engine::Job {
+            id: self.next,
+            destination: Arc::clone(d),
+            message: mailvolley::engine::Payload::Ready(self.content.next_message()),
+            due: now,
+            attempts: 0,
+            last_conn: 0,
+            partial: false,
+        })
+    }
+}
+
+#[test]
+fn many_destinations_share_a_cores_sessions_and_idle_ones_never_hold_them_all() {
+    // 300 destinations at once, each allowed 2 connections, on two cores of 3 sessions each:
+    // never more than 6 connections at once (the sink turns away any past 12, twice that, so
+    // a connection closing late on its side is no refusal), every message delivered, and idle
+    // sessions never sit on all the room until their idle timeout (5 minutes here: the run
+    // would not end within the test's minute).
+    let s = common::sink(|c| {
+        c.threads = 2;
+        c.max_connections = Some(12);
+    });
+    let destinations: Vec<Arc<Destination>> =
+        (0..300).map(|i| Arc::new(Destination::new(i, format!("d{i}"), vec![s.local_addr()], 2))).collect();
+    let source =
+        RoundRobin { destinations: destinations.clone(), content: content(300, 1), next: 0, jobs: 600 };
+    let mut config = engine_config();
+    config.sessions_per_core = 3;
+    config.client.timeouts.idle = Duration::from_secs(300);
+    let running = engine::start(config, destinations, Box::new(source)).unwrap();
+    let report = join_within(running, Duration::from_secs(60));
+    accounted(&report, 600);
+    assert_eq!(report.stats.delivered, 600, "{:?}", report.stats);
+    std::thread::sleep(Duration::from_millis(50));
+    let c = s.stop().unwrap();
+    assert_eq!(c.connections_refused, 0, "more sessions at once than the cores allow: {c:?}");
+    assert!(c.connections >= 300, "a session per destination at least: {c:?}");
 }
 
 #[test]

@@ -137,7 +137,8 @@ impl Pool {
         // A pool made again for a destination the server caps starts within the cap, as the
         // retired one had learnt to.
         let health = &destination.health;
-        let target = health.cap().map_or(share, |cap| share.min(cap.saturating_sub(health.established()).max(1)));
+        let target =
+            health.cap().map_or(share, |cap| share.min(cap.saturating_sub(health.established()).max(1)));
         Pool {
             run,
             core,
@@ -420,6 +421,8 @@ impl Core {
             if self.slots.get() >= self.config.sessions_per_core {
                 if !pool.starved.replace(true) {
                     self.starved.borrow_mut().push_back(Rc::clone(pool));
+                    // A session kept open for nothing gives its room to this work.
+                    self.idle.evict_oldest();
                 }
                 return;
             }
@@ -428,6 +431,11 @@ impl Core {
             pool.idle_since.set(None);
             monoio::spawn(slot(Rc::clone(self), Rc::clone(pool)));
         }
+    }
+
+    /// Whether work waits for a session, the core being at its sessions.
+    pub fn starving(&self) -> bool {
+        !self.starved.borrow().is_empty()
     }
 
     /// A slot ended: its room goes to the pools waiting for one; the pool lingers once it has
@@ -465,7 +473,10 @@ impl Core {
                 let Some(front) = retiring.pop_front() else { return };
                 front
             };
-            if pool.slots.get() > 0 || pool.idle_since.get() != Some(at) || pool.has_pending() || pool.starved.get()
+            if pool.slots.get() > 0
+                || pool.idle_since.get() != Some(at)
+                || pool.has_pending()
+                || pool.starved.get()
             {
                 continue; // busy again (a later entry stands for its next idle spell)
             }
@@ -1241,6 +1252,90 @@ mod tests {
         let t0 = Instant::now();
         std::thread::park_timeout(Duration::from_secs(10));
         assert!(t0.elapsed() < Duration::from_secs(5), "the producer was woken");
+    }
+
+    fn test_core() -> Rc<Core> {
+        let config =
+            EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
+        let run = Arc::new(RunState::new(&config));
+        Core::new(0, Arc::new(config), run, Arc::default(), None, Instant::now())
+    }
+
+    fn job_for(d: &Arc<Destination>) -> Job {
+        Job {
+            id: 1,
+            destination: Arc::clone(d),
+            message: crate::engine::Payload::Ready(crate::proto::client::Message::new(
+                Arc::new(crate::proto::client::Envelope { sender: None, recipients: vec![] }),
+                crate::proto::Body::new(b"x\r\n"),
+            )),
+            due: Instant::now(),
+            attempts: 0,
+            last_conn: 0,
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn a_pool_idle_past_its_linger_is_retired_and_one_with_work_is_kept() {
+        let core = test_core();
+        let (a, b) =
+            (Arc::new(Destination::new(0, "a", vec![], 2)), Arc::new(Destination::new(1, "b", vec![], 2)));
+        let (pa, pb) = (core.pool(&a), core.pool(&b));
+        assert!(Rc::ptr_eq(&pa, &core.pool(&a)), "one pool per destination");
+        // Both lose their last slot; b gets a job meanwhile (its slot not started here).
+        core.linger(&pa);
+        core.linger(&pb);
+        pb.take(job_for(&b));
+        let t0 = pa.idle_since.get().unwrap();
+        core.retire_idle(t0 + POOL_LINGER / 2);
+        assert_eq!(core.pools.borrow().len(), 2, "not idle long enough");
+        core.retire_idle(t0 + 2 * POOL_LINGER);
+        assert!(!core.pools.borrow().contains_key(&0), "a is retired");
+        assert!(core.pools.borrow().contains_key(&1), "b has a job waiting");
+        assert!(core.retiring.borrow().is_empty());
+        // A job for a retired destination gets a new pool.
+        assert!(!Rc::ptr_eq(&pa, &core.pool(&a)));
+    }
+
+    #[test]
+    fn a_retired_pools_marks_on_its_destination_are_cleared() {
+        let core = test_core();
+        let d = Arc::new(Destination::new(0, "d", vec![], 2));
+        let pool = core.pool(&d);
+        pool.blocked.set(true);
+        d.health.set_blocked(0, true);
+        d.health.session_ready();
+        d.health.session_ended();
+        core.linger(&pool);
+        core.retire_idle(pool.idle_since.get().unwrap() + POOL_LINGER);
+        assert!(!d.health.is_blocked(0), "the producer routes to this core again");
+        assert_eq!(core.retired_peak.get(), 1, "the peak outlives the pool");
+    }
+
+    #[test]
+    fn an_index_reused_by_another_destination_gets_its_own_pool() {
+        let core = test_core();
+        let old = Arc::new(Destination::new(7, "old", vec![], 1));
+        let new = Arc::new(Destination::new(7, "new", vec![], 1));
+        let p_old = core.pool(&old);
+        let p_new = core.pool(&new);
+        assert!(!Rc::ptr_eq(&p_old, &p_new));
+        assert!(Arc::ptr_eq(&core.pool(&new).destination, &new));
+    }
+
+    #[test]
+    fn a_new_pool_for_a_capped_destination_starts_within_the_cap() {
+        let core = test_core();
+        let d = Arc::new(Destination::new(0, "d", vec![], 10));
+        // The default config runs on this machine's cores: the pool's share is part of 10.
+        let share = core.pool(&d).share;
+        let d2 = Arc::new(Destination::new(1, "d2", vec![], 10));
+        d2.health.set_cap(2);
+        d2.health.session_ready(); // one of the two is held elsewhere
+        let pool = core.pool(&d2);
+        assert_eq!(pool.target.get(), share.min(1));
+        assert_eq!(core.pool(&d).target.get(), share);
     }
 
     #[test]

@@ -62,23 +62,33 @@ impl IdleSessions {
     pub fn enter(&self, wake: Signal) -> IdleGuard {
         let inner = &self.inner;
         let ticket = Rc::new(Ticket { state: Cell::new(State::Idle), wake });
-        let mut order = inner.order.borrow_mut();
-        order.push_back(Rc::clone(&ticket));
+        inner.order.borrow_mut().push_back(Rc::clone(&ticket));
         inner.count.set(inner.count.get() + 1);
         while inner.count.get() > inner.bound {
-            let Some(oldest) = order.pop_front() else { break };
-            if oldest.state.get() == State::Idle {
-                oldest.state.set(State::Evicted);
-                inner.count.set(inner.count.get() - 1);
-                oldest.wake.notify();
-            }
+            self.evict_oldest();
         }
         // Tickets that left stay queued until they reach the front: drop them before they
         // outnumber the idle ones, so the list stays bounded by what is idle.
+        let mut order = inner.order.borrow_mut();
         if order.len() > 2 * inner.count.get() + 64 {
             order.retain(|t| t.state.get() == State::Idle);
         }
         IdleGuard { ticket, list: Rc::clone(inner) }
+    }
+
+    /// Asks the session idle longest to close (and wakes it), if any is idle: its room is
+    /// wanted for work.
+    pub fn evict_oldest(&self) {
+        let inner = &self.inner;
+        let mut order = inner.order.borrow_mut();
+        while let Some(oldest) = order.pop_front() {
+            if oldest.state.get() == State::Idle {
+                oldest.state.set(State::Evicted);
+                inner.count.set(inner.count.get() - 1);
+                oldest.wake.notify();
+                return;
+            }
+        }
     }
 }
 
@@ -117,6 +127,14 @@ mod tests {
         assert!(woken_a.is_ready(), "and is woken to close");
         drop(ga);
         assert_eq!(idle.count(), 2, "an evicted session was already uncounted");
+        // Work waiting for a session takes the longest idle one's room.
+        idle.evict_oldest();
+        assert!(gb.evicted() && !gc.evicted());
+        assert_eq!(idle.count(), 1);
+        idle.evict_oldest();
+        idle.evict_oldest(); // none left idle: nothing happens
+        assert_eq!(idle.count(), 0);
+        assert!(gc.evicted());
     }
 
     #[test]

@@ -42,7 +42,9 @@ fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
         Some(tls) if tls.implicit => StartTls::Off,
         Some(tls) => match tls.policy {
             TlsPolicy::None => StartTls::Off,
-            TlsPolicy::Opportunistic if pool.destination.health.plaintext_fallback(core.index) => StartTls::Off,
+            TlsPolicy::Opportunistic if pool.destination.health.plaintext_fallback(core.index) => {
+                StartTls::Off
+            }
             TlsPolicy::Opportunistic => StartTls::IfOffered,
             TlsPolicy::Required | TlsPolicy::Verify => StartTls::Required,
         },
@@ -232,8 +234,11 @@ where
             }
             if client.in_flight() == 0 && !pool.has_pending() {
                 // Nothing to send: one of the core's idle sessions, closed first if it has
-                // been idle longest when there are too many.
-                if idle.get_or_insert_with(|| core.idle.enter(pool.signal.clone())).evicted() {
+                // been idle longest when there are too many, at once if other destinations'
+                // work waits for a session.
+                if core.starving()
+                    || idle.get_or_insert_with(|| core.idle.enter(pool.signal.clone())).evicted()
+                {
                     idle = None;
                     client.close();
                     continue;

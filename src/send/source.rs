@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::bounce::Category;
-use crate::hash::DomainMap;
 pub use super::hashing::Fingerprints;
 use super::input::{BadRow, Item, Rows};
 use super::log::{Record, Resumed, Status};
@@ -22,6 +21,7 @@ use super::route::{Lookup, Route, Routes};
 use super::suppress::Suppressions;
 use super::template::{MessageTemplate, Recipe};
 use crate::engine::{Job, JobSource, Next, Payload};
+use crate::hash::DomainMap;
 use crate::rng::Rng;
 
 /// Rows held aside waiting for DNS before reading stops until answers come.

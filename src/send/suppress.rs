@@ -14,9 +14,9 @@ use std::path::Path;
 use thiserror::Error;
 
 use super::hashing::Fingerprints;
-use crate::hash::DomainMap;
 use super::input::a_label;
 use super::source::{fingerprint, lowercase};
+use crate::hash::DomainMap;
 use crate::proto::Address;
 
 #[derive(Debug, Error)]
