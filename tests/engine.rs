@@ -53,7 +53,7 @@ fn bench_against(addr: SocketAddr, run: &Run) -> Report {
     (run.configure)(&mut config);
     let destination = Arc::new(Destination::new(0, "sink", vec![addr], run.connections));
     let source = BenchSource::new(run.plan, Arc::clone(&destination), content(1000, run.recipients));
-    let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
+    let running = engine::start(config, Box::new(source)).unwrap();
     join_within(running, Duration::from_secs(60))
 }
 
@@ -285,7 +285,7 @@ fn endless_run(addr: SocketAddr) -> engine::Running {
     // Small queues: what is queued when the run stops must drain through a slow sink quickly.
     config.queue_capacity = 64;
     config.pool_backlog = 16;
-    engine::start(config, vec![destination], Box::new(source)).unwrap()
+    engine::start(config, Box::new(source)).unwrap()
 }
 
 #[test]
@@ -353,7 +353,7 @@ fn connection_limits_hold_across_cores_for_every_destination() {
         .collect();
     let source =
         RoundRobin { destinations: destinations.clone(), content: content(1000, 1), next: 0, jobs: 3000 };
-    let running = engine::start(engine_config(), destinations, Box::new(source)).unwrap();
+    let running = engine::start(engine_config(), Box::new(source)).unwrap();
     let report = join_within(running, Duration::from_secs(30));
     accounted(&report, 3000);
     assert_eq!(report.stats.delivered, 3000, "{:?}", report.stats);
@@ -410,7 +410,7 @@ fn many_destinations_share_a_cores_sessions_and_idle_ones_never_hold_them_all() 
     let mut config = engine_config();
     config.sessions_per_core = 3;
     config.client.timeouts.idle = Duration::from_secs(300);
-    let running = engine::start(config, destinations, Box::new(source)).unwrap();
+    let running = engine::start(config, Box::new(source)).unwrap();
     let report = join_within(running, Duration::from_secs(60));
     accounted(&report, 600);
     assert_eq!(report.stats.delivered, 600, "{:?}", report.stats);
@@ -567,7 +567,7 @@ fn jobs_composed_on_the_cores_are_sent_or_end_unsendable_without_being_sent() {
     let source = Source { destination: Arc::clone(&destination), content: content(500, 1), next: 0 };
     let mut config = engine_config();
     config.outcomes = true;
-    let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
+    let running = engine::start(config, Box::new(source)).unwrap();
     let queues = running.outcomes().to_vec();
     let mut outcomes = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);

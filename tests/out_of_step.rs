@@ -32,7 +32,7 @@ fn run_plan(addr: SocketAddr, connections: usize, plan: Plan, config: EngineConf
     let destination = Arc::new(Destination::new(0, "target", vec![addr], connections));
     let content = Content::new(bench::default_content(1000, 1)).unwrap();
     let source = BenchSource::new(plan, Arc::clone(&destination), content);
-    let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
+    let running = engine::start(config, Box::new(source)).unwrap();
     common::join_within(running, Duration::from_secs(60))
 }
 

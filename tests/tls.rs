@@ -53,7 +53,7 @@ fn run(addr: SocketAddr, name: Option<&str>, config: EngineConfig) -> Report {
     let content = Content::new(bench::default_content(1000, 1)).unwrap();
     let plan = Plan { messages: Some(MESSAGES), ..Plan::default() };
     let source = BenchSource::new(plan, Arc::clone(&destination), content);
-    let running = engine::start(config, vec![destination], Box::new(source)).unwrap();
+    let running = engine::start(config, Box::new(source)).unwrap();
     let report = common::join_within(running, Duration::from_secs(60));
     let s = &report.stats;
     assert_eq!(s.delivered + s.deferred + s.bounced + s.uncertain + s.unsent, MESSAGES, "{}", brief(&report));

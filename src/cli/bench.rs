@@ -246,8 +246,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.driver.name(),
         );
     }
-    let running =
-        engine::start(config, vec![destination], Box::new(source)).context("starting the engine")?;
+    let running = engine::start(config, Box::new(source)).context("starting the engine")?;
 
     let mut last = running.snapshot();
     let mut next_tick = Instant::now() + Duration::from_secs(1);

@@ -11,7 +11,8 @@ use crate::proto::{Address, Message};
 /// Where messages go: a set of addresses to try and the connection budget for them.
 #[derive(Debug)]
 pub struct Destination {
-    /// Dense index assigned by the engine's caller; per-core pools are a Vec indexed by it.
+    /// Assigned by the job source, unique among the destinations it has in use at once: the
+    /// key of the cores' pools and of the jobs the producer sets aside.
     pub index: usize,
     /// A domain, a relay, or a load-test target: used in reports.
     pub name: String,
@@ -137,6 +138,8 @@ pub struct Health {
     given_up: OnceLock<crate::proto::SessionError>,
     /// Connections started, across cores: each starts its equal-preference tier at the next.
     turns: AtomicU64,
+    /// Jobs the producer has placed: each is offered first to the next core in turn.
+    placed: AtomicUsize,
     /// Sessions the server allowed at once, across cores, when it last refused one more (0:
     /// never refused): what the cores' connection targets share.
     cap: AtomicUsize,
@@ -158,6 +161,7 @@ impl Health {
             full: AtomicU64::new(0),
             given_up: OnceLock::new(),
             turns: AtomicU64::new(0),
+            placed: AtomicUsize::new(0),
             cap: AtomicUsize::new(0),
             plaintext: AtomicU64::new(0),
         }
@@ -181,6 +185,11 @@ impl Health {
     /// The sessions the server allows at once, once it has refused one.
     pub fn cap(&self) -> Option<usize> {
         Some(self.cap.load(Ordering::Relaxed)).filter(|&c| c > 0)
+    }
+
+    /// Which of `cores` the producer offers the next job to first (round robin).
+    pub fn next_core(&self, cores: usize) -> usize {
+        self.placed.fetch_add(1, Ordering::Relaxed) % cores.max(1)
     }
 
     /// The next connection's turn (see [`Destination::connect_order`]).

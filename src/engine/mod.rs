@@ -366,13 +366,9 @@ impl Running {
     }
 }
 
-/// Starts the cores and the producer. `destinations` lists every destination the source will
-/// use, indexed by `Destination::index`.
-pub fn start(
-    config: EngineConfig,
-    destinations: Vec<Arc<Destination>>,
-    source: Box<dyn JobSource>,
-) -> io::Result<Running> {
+/// Starts the cores and the producer. The source's jobs bring their destinations: each
+/// destination's `index` must be unique among those it has in use at once.
+pub fn start(config: EngineConfig, source: Box<dyn JobSource>) -> io::Result<Running> {
     let threads = config.threads.max(1);
     let config = Arc::new(EngineConfig { threads, ..config });
     let run = Arc::new(RunState::new(&config));
@@ -406,7 +402,7 @@ pub fn start(
     } else {
         config.queue_capacity
     };
-    let router = producer::Router::new(&destinations, threads, buffer);
+    let router = producer::Router::new(threads, buffer);
     let producer_run = Arc::clone(&run);
     let producer_queues = queues.clone();
     let park = config.park;

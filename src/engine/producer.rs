@@ -3,6 +3,7 @@
 //! budget. Full queues hold it back (backpressure); with parking, a destination whose pools are
 //! all full has its jobs set aside so they do not queue in front of other destinations' jobs.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crossbeam_queue::ArrayQueue;
 
 use super::backoff::Backoff;
 use super::{Destination, Job, JobSource, Next, RunState, core};
+use crate::hash::FxMap;
 
 /// The producer's wait when every queue (or, with parking, every pool) is full: from
 /// [`QUEUE_WAIT_MIN`] (they turn over fast) to [`QUEUE_WAIT_MAX`] (they drain slowly, e.g. when
@@ -23,11 +25,9 @@ const QUEUE_WAIT_MIN: Duration = Duration::from_millis(1);
 const QUEUE_WAIT_MAX: Duration = Duration::from_millis(16);
 
 /// Which cores take a destination's jobs: those holding part of its connection budget, less
-/// any the server has capped to no connection.
+/// any the server has capped to no connection. It keeps nothing per destination (what it needs
+/// is on the destination), so destinations come and go without it growing.
 pub(super) struct Router {
-    destinations: Vec<Option<Arc<Destination>>>,
-    eligible: Vec<Vec<usize>>,
-    next: Vec<usize>,
     cores: usize,
     /// How long to wait when every queue is full; aims at a quarter of a core's buffer per wake.
     pace: Backoff,
@@ -36,111 +36,77 @@ pub(super) struct Router {
 impl Router {
     /// `buffer`: the jobs a core holds ahead of sending, which must not run dry while the
     /// producer waits.
-    pub(super) fn new(destinations: &[Arc<Destination>], cores: usize, buffer: usize) -> Self {
-        let pace = Backoff::new(QUEUE_WAIT_MIN, QUEUE_WAIT_MAX, buffer / 4);
-        let mut router =
-            Router { destinations: Vec::new(), eligible: Vec::new(), next: Vec::new(), cores, pace };
-        for d in destinations {
-            router.register(d);
-        }
-        router
+    pub(super) fn new(cores: usize, buffer: usize) -> Self {
+        Router { cores, pace: Backoff::new(QUEUE_WAIT_MIN, QUEUE_WAIT_MAX, buffer / 4) }
     }
 
-    /// Learns a destination (a source may create them as it goes, e.g. as domains resolve).
-    fn register(&mut self, d: &Arc<Destination>) {
-        if self.eligible.len() <= d.index {
-            self.eligible.resize(d.index + 1, Vec::new());
-            self.destinations.resize(d.index + 1, None);
-            self.next.resize(d.index + 1, 0);
-        }
-        if self.destinations[d.index].is_some() {
-            return;
-        }
-        self.destinations[d.index] = Some(Arc::clone(d));
-        let cores = self.cores;
-        self.eligible[d.index] = (0..cores)
-            .filter(|&c| core::Core::share(d.max_connections.max(1), cores, c, d.index) > 0)
-            .collect();
+    /// The cores holding part of the destination's connection budget.
+    fn eligible(&self, d: &Destination) -> impl Iterator<Item = usize> + Clone + use<'_> {
+        let (cores, limit, index) = (self.cores, d.max_connections.max(1), d.index);
+        (0..cores).filter(move |&c| core::Core::share(limit, cores, c, index) > 0)
     }
 
     /// The cores to offer a job to, in order of preference (round robin). Blocked cores only
     /// when every core is blocked: a full queue elsewhere is backpressure, not a reason to park
     /// a job where no connection can take it. With `skip_full`, cores whose pool for the
     /// destination is full are left out.
-    fn candidates(&mut self, destination: usize, skip_full: bool) -> impl Iterator<Item = usize> + '_ {
-        let cores = &self.eligible[destination];
-        let start = self.next[destination];
-        self.next[destination] = (start + 1) % cores.len().max(1);
-        let health = self.destinations[destination].as_ref().map(|d| &d.health);
-        let all_blocked = cores.iter().all(|&c| health.is_some_and(|h| h.is_blocked(c)));
-        let usable = move |c: &usize| {
-            (all_blocked || !health.is_some_and(|h| h.is_blocked(*c)))
-                && !(skip_full && health.is_some_and(|h| h.is_full(*c)))
-        };
-        (0..cores.len()).map(move |k| cores[(start + k) % cores.len()]).filter(usable)
+    fn candidates<'a>(&'a self, d: &'a Destination, skip_full: bool) -> impl Iterator<Item = usize> + 'a {
+        let count = self.eligible(d).count().max(1);
+        let start = d.health.next_core(count);
+        let health = &d.health;
+        let all_blocked = self.eligible(d).all(|c| health.is_blocked(c));
+        let usable =
+            move |c: &usize| (all_blocked || !health.is_blocked(*c)) && !(skip_full && health.is_full(*c));
+        self.eligible(d).cycle().skip(start).take(count).filter(usable)
     }
 
     /// Whether every core that takes the destination's jobs has a full pool for it.
-    fn all_full(&self, destination: usize) -> bool {
-        let Some(d) = self.destinations.get(destination).and_then(Option::as_ref) else { return false };
-        self.eligible[destination].iter().all(|&c| d.health.is_full(c))
+    fn all_full(&self, d: &Destination) -> bool {
+        self.eligible(d).all(|c| d.health.is_full(c))
     }
 }
 
 /// Jobs the producer set aside because every pool that could take them is full, by
-/// destination, in arrival order. Producer-owned: no core touches it.
+/// destination (index), in arrival order; a destination's entry goes when its last job does.
+/// Producer-owned: no core touches it.
 #[derive(Default)]
 struct Parking {
-    jobs: Vec<std::collections::VecDeque<Job>>,
-    /// Destinations with jobs set aside.
-    waiting: Vec<usize>,
+    jobs: FxMap<usize, VecDeque<Job>>,
     count: usize,
 }
 
 impl Parking {
     fn has(&self, destination: usize) -> bool {
-        self.jobs.get(destination).is_some_and(|q| !q.is_empty())
+        self.count > 0 && self.jobs.contains_key(&destination)
     }
 
     fn park(&mut self, job: Job) {
-        let d = job.destination.index;
-        if self.jobs.len() <= d {
-            self.jobs.resize_with(d + 1, Default::default);
-        }
-        if self.jobs[d].is_empty() {
-            self.waiting.push(d);
-        }
-        self.jobs[d].push_back(job);
+        self.jobs.entry(job.destination.index).or_default().push_back(job);
         self.count += 1;
     }
 
     /// Places what it can: the jobs of destinations with a pool that has room again. False
     /// when the run stopped meanwhile.
     fn release(&mut self, router: &mut Router, queues: &[Arc<ArrayQueue<Job>>], run: &RunState) -> bool {
-        let mut i = 0;
-        while i < self.waiting.len() {
-            let d = self.waiting[i];
-            while !router.all_full(d) {
-                let Some(job) = self.jobs[d].pop_front() else { break };
+        let mut stopped = false;
+        self.jobs.retain(|_, jobs| {
+            while !stopped && jobs.front().is_some_and(|j| !router.all_full(&j.destination)) {
+                let Some(job) = jobs.pop_front() else { break };
                 match place(job, router, queues, run, true) {
                     Place::Placed => self.count -= 1,
                     Place::Full(job) => {
-                        self.jobs[d].push_front(job);
+                        jobs.push_front(job);
                         break;
                     }
                     Place::Stopped(job) => {
-                        self.jobs[d].push_front(job);
-                        return false;
+                        jobs.push_front(job);
+                        stopped = true;
                     }
                 }
             }
-            if self.jobs[d].is_empty() {
-                self.waiting.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
-        true
+            !jobs.is_empty()
+        });
+        !stopped
     }
 }
 
@@ -204,16 +170,13 @@ fn place(
     run: &RunState,
     park: bool,
 ) -> Place {
-    let destination = job.destination.index;
-    if router.destinations.get(destination).is_none_or(Option::is_none) {
-        router.register(&job.destination);
-    }
+    let destination = Arc::clone(&job.destination);
     let mut job = job;
     loop {
-        if park && router.all_full(destination) {
+        if park && router.all_full(&destination) {
             return Place::Full(job);
         }
-        match offer(job, queues, router.candidates(destination, park)) {
+        match offer(job, queues, router.candidates(&destination, park)) {
             Ok(()) => {
                 router.pace.done(1);
                 return Place::Placed;
@@ -327,14 +290,14 @@ mod tests {
 
     #[test]
     fn router_only_offers_cores_with_a_share() {
-        let dests = vec![dest(0, 1), dest(1, 1), dest(2, 8)];
-        let mut r = Router::new(&dests, 4, 64);
-        for d in 0..2 {
+        let dests = [dest(0, 1), dest(1, 1), dest(2, 8)];
+        let r = Router::new(4, 64);
+        for d in &dests[..2] {
             let cores: Vec<usize> = r.candidates(d, false).collect();
             assert_eq!(cores.len(), 1, "limit 1: one core");
-            assert_eq!(core::Core::share(1, 4, cores[0], d), 1);
+            assert_eq!(core::Core::share(1, 4, cores[0], d.index), 1);
         }
-        let firsts: Vec<usize> = (0..4).map(|_| r.candidates(2, false).next().unwrap()).collect();
+        let firsts: Vec<usize> = (0..4).map(|_| r.candidates(&dests[2], false).next().unwrap()).collect();
         assert_eq!(firsts, vec![0, 1, 2, 3], "round robin over every core");
     }
 
@@ -356,7 +319,7 @@ mod tests {
     #[test]
     fn jobs_for_full_pools_are_set_aside_and_released_in_order_when_there_is_room() {
         let (slow, fast) = (dest(0, 2), dest(1, 2));
-        let mut router = Router::new(&[Arc::clone(&slow), Arc::clone(&fast)], 2, 64);
+        let mut router = Router::new(2, 64);
         let queues: Vec<Arc<ArrayQueue<Job>>> = (0..2).map(|_| Arc::new(ArrayQueue::new(64))).collect();
         let run = RunState::new(&EngineConfig::new(crate::proto::ClientConfig::new(
             crate::proto::Domain::new("t.test").unwrap(),
@@ -396,18 +359,18 @@ mod tests {
     #[test]
     fn router_skips_blocked_cores_unless_all_are() {
         let d = dest(0, 8);
-        let mut r = Router::new(std::slice::from_ref(&d), 4, 64);
+        let r = Router::new(4, 64);
         d.health.set_blocked(1, true);
         d.health.set_blocked(3, true);
         for _ in 0..4 {
-            let cores: Vec<usize> = r.candidates(0, false).collect();
+            let cores: Vec<usize> = r.candidates(&d, false).collect();
             assert!(cores.len() == 2 && cores.iter().all(|c| c % 2 == 0), "{cores:?}");
         }
         for c in [0, 2] {
             d.health.set_blocked(c, true);
         }
-        assert_eq!(r.candidates(0, false).count(), 4, "all blocked: every core again");
+        assert_eq!(r.candidates(&d, false).count(), 4, "all blocked: every core again");
         d.health.set_blocked(2, false);
-        assert_eq!(r.candidates(0, false).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(r.candidates(&d, false).collect::<Vec<_>>(), vec![2]);
     }
 }

@@ -63,25 +63,29 @@ impl Default for DnsConfig {
 impl Resolver {
     pub fn start(config: DnsConfig) -> std::io::Result<Resolver> {
         let resolver = build(&config)?;
-        let (requests, mut incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
         let thread = std::thread::Builder::new().name("dns".into()).spawn(move || {
             runtime.block_on(async move {
+                // `concurrency` workers take names from the channel in turn: requests waiting
+                // are a name each, not a task each (a task per request waiting on a semaphore
+                // was 64 MB for a list's first 50,000 domains).
+                let incoming = std::sync::Arc::new(tokio::sync::Mutex::new(incoming));
                 let mut seed = Rng::new(0x5eed ^ u64::from(std::process::id()));
-                let mut tasks = tokio::task::JoinSet::new();
-                while let Some(domain) = incoming.recv().await {
-                    let (resolver, tx, limit) = (resolver.clone(), answer_tx.clone(), limit.clone());
+                let mut workers = tokio::task::JoinSet::new();
+                for _ in 0..config.concurrency.max(1) {
+                    let (resolver, tx, incoming) = (resolver.clone(), answer_tx.clone(), incoming.clone());
                     let mut rng = seed.fork();
-                    tasks.spawn(async move {
-                        let Ok(_permit) = limit.acquire_owned().await else { return };
-                        let answer = resolve(&resolver, &domain, &mut rng).await;
-                        let _ = tx.send((domain, answer));
+                    workers.spawn(async move {
+                        loop {
+                            let Some(domain) = incoming.lock().await.recv().await else { return };
+                            let answer = resolve(&resolver, &domain, &mut rng).await;
+                            let _ = tx.send((domain, answer));
+                        }
                     });
-                    while tasks.try_join_next().is_some() {}
                 }
-                while tasks.join_next().await.is_some() {}
+                while workers.join_next().await.is_some() {}
             })
         })?;
         Ok(Resolver { requests: Some(requests), answers, thread: Some(thread) })

@@ -312,7 +312,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     engine_config.client.sync_after = Some(HELD_AT_MOST);
     // A list's dead addresses must not get the run tarpitted (see `Refusals`).
     engine_config.client.refusals = Some(crate::proto::client::Refusals::CAREFUL);
-    let running = engine::start(engine_config, Vec::new(), Box::new(source)).map_err(SendError::Engine)?;
+    let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let ledger = Ledger::new(
         log,

@@ -24,8 +24,10 @@ use crate::engine::{Job, JobSource, Next, Payload};
 use crate::hash::DomainMap;
 use crate::rng::Rng;
 
-/// Rows held aside waiting for DNS before reading stops until answers come.
-const MAX_WAITING: usize = 50_000;
+/// Rows held aside waiting for DNS before reading stops until answers come: many seconds of
+/// lookups at the resolver's concurrency, and a bounded share of memory (a few hundred bytes a
+/// row) however many distinct domains a list has.
+const MAX_WAITING: usize = 10_000;
 /// Rows read before the fingerprint set is sized for the whole input (see `SendSource::admit`).
 const SIZE_SET_AFTER: u64 = 4096;
 /// The most fingerprints reserved ahead (8 bytes and a control byte each, at most 7/8 full).
