@@ -484,6 +484,18 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
             let _ =
                 writeln!(s, "({} more domains: see --json or the log)", r.books.domains.len() - TOP_DOMAINS);
         }
+        if let Some(t) = &r.books.other_domains {
+            let _ = writeln!(
+                s,
+                "(and the domains past the {} busiest, together: delivered {} deferred {} bounced {} expired {} uncertain {})",
+                send::ledger::MAX_DOMAIN_BOOKS,
+                t.delivered,
+                t.deferred,
+                t.bounced,
+                t.expired,
+                t.uncertain
+            );
+        }
     }
     s
 }
@@ -510,5 +522,6 @@ fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
         "tls_sessions": e.tls.negotiated.values().sum::<u64>(),
         "plaintext_sessions": e.tls.plaintext,
         "domains": r.books.domains,
+        "other_domains": r.books.other_domains,
     })
 }

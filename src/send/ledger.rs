@@ -7,7 +7,6 @@
 //! failure is raised for the main thread, which stops sending, and every record that could not
 //! be written goes to stderr instead, so nothing a server accepted goes unrecorded.
 
-use crate::hash::DomainMap;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
@@ -17,8 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
-use hdrhistogram::Histogram;
 
+use super::books::DomainBooks;
+pub use super::books::{DomainSummary, MAX_DOMAIN_BOOKS, Tally, fmt_ms};
 use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
@@ -27,9 +27,6 @@ use crate::engine::{Backoff, Outcome, Progress, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
 
-/// Domains that get their own latency histogram (1 significant digit, ~2 KB each); later ones
-/// are counted but share the report's "other domains" latency.
-const MAX_DOMAIN_HISTOGRAMS: usize = 10_000;
 /// How often live progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Outcomes recorded per reading of the clock.
@@ -40,61 +37,12 @@ const CLOCK_EVERY: usize = 64;
 const IDLE_WAIT_MIN: Duration = Duration::from_millis(1);
 const IDLE_WAIT_MAX: Duration = Duration::from_millis(32);
 
-/// Counts by final state (and deferrals, which are attempts).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Tally {
-    pub delivered: u64,
-    pub deferred: u64,
-    pub bounced: u64,
-    pub expired: u64,
-    pub rejected: u64,
-    pub suppressed: u64,
-    pub uncertain: u64,
-}
-
-impl Tally {
-    fn count(&mut self, status: Status) {
-        match status {
-            Status::Delivered => self.delivered += 1,
-            Status::Deferred => self.deferred += 1,
-            Status::Bounced => self.bounced += 1,
-            Status::Expired => self.expired += 1,
-            Status::Rejected => self.rejected += 1,
-            Status::Suppressed => self.suppressed += 1,
-            Status::Uncertain => self.uncertain += 1,
-            Status::Run | Status::Shaping => {}
-        }
-    }
-
-    pub fn finals(&self) -> u64 {
-        self.delivered + self.bounced + self.expired + self.rejected + self.suppressed + self.uncertain
-    }
-}
-
 /// Failures of one category: final ones (bounced, expired) and deferred attempts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CategoryTally {
     pub bounced: u64,
     pub expired: u64,
     pub deferred: u64,
-}
-
-/// One recipient domain's books.
-#[derive(Debug, Clone)]
-pub struct DomainBook {
-    pub tally: Tally,
-    /// Delivered recipients' queue time (admission to the server's final reply), milliseconds.
-    latency: Option<Histogram<u32>>,
-}
-
-/// What the report shows for a domain.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DomainSummary {
-    pub domain: String,
-    #[serde(flatten)]
-    pub tally: Tally,
-    pub p50_ms: Option<u64>,
-    pub p99_ms: Option<u64>,
 }
 
 /// What shaping reactions did to one destination, by rule.
@@ -122,6 +70,8 @@ pub struct Books {
     /// Failures by category (see [`crate::send::bounce`]).
     pub categories: BTreeMap<Category, CategoryTally>,
     pub domains: Vec<DomainSummary>,
+    /// The domains folded out of `domains` (past the [`MAX_DOMAIN_BOOKS`] busiest), together.
+    pub other_domains: Option<Tally>,
     /// Records that could not be written to the log (they went to stderr).
     pub unrecorded: u64,
     pub log_error: Option<String>,
@@ -140,8 +90,7 @@ pub struct Ledger {
     tally: Tally,
     classifier: Classifier,
     categories: BTreeMap<Category, CategoryTally>,
-    domains: DomainMap<DomainBook>,
-    histograms: usize,
+    domains: DomainBooks,
     clock: Clock,
     log_error: Option<String>,
     unrecorded: u64,
@@ -189,8 +138,7 @@ impl Ledger {
             tally: Tally::default(),
             classifier,
             categories: BTreeMap::new(),
-            domains: DomainMap::default(),
-            histograms: 0,
+            domains: DomainBooks::default(),
             clock: Clock::default(),
             log_error: None,
             unrecorded: 0,
@@ -260,7 +208,7 @@ impl Ledger {
                 last_progress = Instant::now();
                 // Ranking domains takes a percentile of each one's histogram: only when shown.
                 if self.progress {
-                    self.print_progress(&self.slowest(3));
+                    self.print_progress(&self.domains.slowest(3));
                 }
             }
             if engine_done && got == 0 {
@@ -418,24 +366,7 @@ impl Ledger {
             }
         }
         if let Some(domain) = domain {
-            let domain = super::source::lowercase(domain);
-            let book = match self.domains.get_mut(domain.as_ref()) {
-                Some(book) => book,
-                None => self
-                    .domains
-                    .entry(domain.into_owned())
-                    .or_insert(DomainBook { tally: Tally::default(), latency: None }),
-            };
-            book.tally.count(r.status);
-            if let Some(queued) = latency {
-                if book.latency.is_none() && self.histograms < MAX_DOMAIN_HISTOGRAMS {
-                    book.latency = Histogram::new_with_bounds(1, 86_400_000, 1).ok();
-                    self.histograms += 1;
-                }
-                if let Some(h) = &mut book.latency {
-                    h.saturating_record((queued.as_millis() as u64).max(1));
-                }
-            }
+            self.domains.count(&super::source::lowercase(domain), r.status, latency);
         }
         if r.status.is_final() {
             self.shared.finalized.fetch_add(1, Ordering::Release);
@@ -469,23 +400,6 @@ impl Ledger {
         }
     }
 
-    fn slowest(&self, n: usize) -> String {
-        let mut ranked: Vec<(u64, &str)> = self
-            .domains
-            .iter()
-            .filter_map(|(d, b)| {
-                b.latency.as_ref().filter(|h| !h.is_empty()).map(|h| (h.value_at_quantile(0.99), d.as_str()))
-            })
-            .collect();
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
-        ranked
-            .iter()
-            .take(n)
-            .map(|(p99, d)| format!("{d} p99 {}", fmt_ms(*p99)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     fn print_progress(&self, slowest: &str) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let t = &self.tally;
@@ -515,35 +429,15 @@ impl Ledger {
     }
 
     fn books(self) -> Books {
-        let mut domains: Vec<DomainSummary> = self
-            .domains
-            .into_iter()
-            .map(|(domain, b)| {
-                let q = |p: f64| b.latency.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(p));
-                DomainSummary { domain, p50_ms: q(0.5), p99_ms: q(0.99), tally: b.tally }
-            })
-            .collect();
-        domains.sort_by(|a, b| {
-            let volume = |d: &DomainSummary| d.tally.finals() + d.tally.deferred;
-            volume(b).cmp(&volume(a)).then_with(|| a.domain.cmp(&b.domain))
-        });
+        let (domains, other_domains) = self.domains.summaries();
         Books {
             tally: self.tally,
             shaping: self.shaping,
             categories: self.categories,
             domains,
+            other_domains,
             unrecorded: self.unrecorded,
             log_error: self.log_error,
         }
-    }
-}
-
-pub fn fmt_ms(ms: u64) -> String {
-    if ms >= 10_000 {
-        format!("{:.0}s", ms as f64 / 1000.0)
-    } else if ms >= 1000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{ms}ms")
     }
 }

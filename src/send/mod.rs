@@ -9,6 +9,7 @@
 //!            └──────────────── rejected/DNS records ──▶ ledger ─▶ delivery log (group commit)
 //! ```
 
+pub mod books;
 pub mod bounce;
 pub mod dkim;
 pub mod dns;

@@ -3,9 +3,14 @@
 //! rollup): one pool and one connection limit for the thousands of domains a large provider
 //! hosts, as its servers see them. Each destination gets the limits of the shaping rule that
 //! matches it (see [`super::shaping`]).
+//!
+//! Nothing here outlives its use: a domain's answer is forgotten when its TTL runs out, and a
+//! destination once no domain, job or connection refers to it, so a long run (or `serve`) to
+//! ever more domains keeps only what is current.
 
 use crate::hash::DomainMap;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +18,9 @@ use std::time::Instant;
 use super::dns::{Answer, MxHost, Resolver};
 use super::shaping::Shaping;
 use crate::engine::Destination;
+
+/// The longest between two looks for destinations nothing uses (see `Routes::expire`).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A domain's route.
 #[derive(Debug, Clone)]
@@ -46,8 +54,14 @@ enum State {
 pub struct Routes {
     mode: Mode,
     domains: DomainMap<State>,
+    /// When each answer in `domains` runs out, soonest first (an answer learnt again leaves
+    /// its earlier entry here, skipped when it comes up).
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
     /// MX host set (sorted `pref host` pairs) to its destination.
     rollups: HashMap<String, Arc<Destination>>,
+    /// Destinations after the last look for unused ones, and when it was: the next look is at
+    /// twice as many, or [`SWEEP_EVERY`] later.
+    rollups_swept: (usize, Instant),
     next_index: usize,
     shaping: Shaping,
 }
@@ -72,7 +86,15 @@ impl Routes {
     }
 
     fn with(mode: Mode, shaping: Shaping) -> Routes {
-        Routes { mode, domains: DomainMap::default(), rollups: HashMap::new(), next_index: 0, shaping }
+        Routes {
+            mode,
+            domains: DomainMap::default(),
+            expiries: BinaryHeap::new(),
+            rollups: HashMap::new(),
+            rollups_swept: (0, Instant::now()),
+            next_index: 0,
+            shaping,
+        }
     }
 
     /// Destinations created so far.
@@ -102,8 +124,14 @@ impl Routes {
         }
     }
 
-    /// Answers that arrived since the last call.
+    /// Destinations held, for a domain's answer or for work still under way.
+    pub fn live_destinations(&self) -> usize {
+        self.rollups.len()
+    }
+
+    /// Answers that arrived since the last call. Forgets the answers that ran out meanwhile.
     pub fn poll(&mut self, now: Instant) -> Vec<Resolved> {
+        self.expire(now);
         let mut done = Vec::new();
         while let Some((domain, answer)) = match &self.mode {
             Mode::Mx { resolver, .. } => resolver.try_answer(),
@@ -123,6 +151,35 @@ impl Routes {
         Some(self.learn(answer.0, answer.1, now))
     }
 
+    /// Forgets the answers whose TTL ran out (the next recipient of such a domain asks again),
+    /// and, once there are twice as many destinations as at the last look or a while after it,
+    /// those nothing refers to any more: no domain's answer, no job, no connection, no
+    /// suspension. (A look visits every destination: doubling keeps that a constant cost per
+    /// destination made.)
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((until, _))) = self.expiries.peek() {
+            if *until > now {
+                break;
+            }
+            let Some(Reverse((until, domain))) = self.expiries.pop() else { break };
+            if matches!(self.domains.get(&domain), Some(State::Ready { until: current, .. }) if *current <= until)
+            {
+                self.domains.remove(&domain);
+            }
+        }
+        let (swept, at) = self.rollups_swept;
+        if self.rollups.len() >= 2 * swept.max(1024) || now.saturating_duration_since(at) >= SWEEP_EVERY {
+            self.rollups.retain(|_, d| Arc::strong_count(d) > 1 || d.shaping.suspended(now).is_some());
+            self.rollups_swept = (self.rollups.len(), now);
+        }
+    }
+
+    /// Caches `route` for `domain` until `until`.
+    fn remember(&mut self, domain: &str, route: Route, until: Instant) {
+        self.domains.insert(domain.to_owned(), State::Ready { route, until });
+        self.expiries.push(Reverse((until, domain.to_owned())));
+    }
+
     fn learn(&mut self, domain: String, answer: Answer, now: Instant) -> Resolved {
         let port = match &self.mode {
             Mode::Mx { port, .. } => *port,
@@ -132,15 +189,13 @@ impl Routes {
             Answer::Hosts { hosts, until } => {
                 let destination = self.rollup(&domain, &hosts, port);
                 let route = Route::Deliver(destination);
-                self.domains
-                    .insert(domain.clone(), State::Ready { route: route.clone(), until: until.max(now) });
+                self.remember(&domain, route.clone(), until.max(now));
                 (domain, Ok(route))
             }
             Answer::Undeliverable(why) => {
                 let route = Route::Undeliverable(why);
                 // Cached like an answer: every recipient of the domain bounces at once.
-                let until = now + std::time::Duration::from_secs(300);
-                self.domains.insert(domain.clone(), State::Ready { route: route.clone(), until });
+                self.remember(&domain, route.clone(), now + std::time::Duration::from_secs(300));
                 (domain, Ok(route))
             }
             Answer::Failed(why) => {
@@ -275,5 +330,47 @@ mod tests {
             matches!(routes.lookup("a.test", now + Duration::from_secs(301)), Lookup::Pending),
             "expired with its TTL"
         );
+    }
+
+    #[test]
+    fn answers_run_out_with_their_ttl_and_unused_destinations_go() {
+        let defaults = Defaults { connections: 2, limits: Limits::default() };
+        let shaping = Shaping::load(&[], false, defaults).unwrap();
+        let mut routes = Routes::with(Mode::Relay(Arc::new(Destination::new(0, "r", vec![], 1))), shaping);
+        let t0 = Instant::now();
+        let host = |i: usize| MxHost {
+            name: format!("mx{i}.test"),
+            preference: 10,
+            addrs: vec![[127, 0, 0, 2].into()],
+        };
+        let mut kept = Vec::new();
+        for i in 0..2100 {
+            let domain = format!("d{i}.test");
+            let d = routes.rollup(&domain, &[host(i)], 25);
+            // Domain 0's answer is short-lived, the rest live 300 s.
+            let ttl = Duration::from_secs(if i == 0 { 10 } else { 300 });
+            routes.remember(&domain, Route::Deliver(Arc::clone(&d)), t0 + ttl);
+            match i {
+                1 => kept.push(d), // a job or a connection still has it
+                2 => assert!(d.shaping.apply(
+                    &crate::engine::Action::Suspend,
+                    t0,
+                    t0 + Duration::from_secs(900)
+                )),
+                _ => {}
+            }
+        }
+        routes.expire(t0 + Duration::from_secs(60));
+        assert_eq!(routes.domains(), 2099, "only the short-lived answer went");
+        assert_eq!(routes.live_destinations(), 2099, "its destination went with it; the others are named");
+        // An answer learnt again is not forgotten at its earlier time.
+        routes.remember("d5.test", Route::Undeliverable("x".into()), t0 + Duration::from_secs(600));
+        routes.expire(t0 + Duration::from_secs(301));
+        assert_eq!(routes.domains(), 1, "d5's later answer stays");
+        assert_eq!(routes.live_destinations(), 2, "held and suspended ones stay, unused ones go");
+        assert!(routes.rollups.values().any(|d| Arc::ptr_eq(d, &kept[0])));
+        // A domain on a forgotten MX set gets a new destination.
+        let again = routes.rollup("d9.test", &[host(9)], 25);
+        assert!(again.index >= 2100);
     }
 }
