@@ -28,7 +28,7 @@ DNS_PORT="${DNS_PORT:-5350}"
 
 cargo build --release --quiet
 cargo build --release --quiet --example dns_stub
-VOLLEY=target/release/volley
+VOLLEY="${VOLLEY:-target/release/volley}"
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }

@@ -2,7 +2,7 @@
 //!
 //! Those threads share cores with the engines. Every wake-up preempts an engine (a context switch,
 //! and the two evict each other's caches), so a helper should wake as seldom as it can while
-//! still keeping the queues between them from filling or running dry. [`Backoff`] does that
+//! still keeping the queues between them from filling or running dry. [`AdaptiveWait`] does that
 //! with the work itself as the measure: the wait doubles while each wake finds little to do and
 //! halves when a wake finds much, so it settles where one wake handles about `target` items.
 //! A sender held back by DKIM at ~28,000 messages a second thus wakes its producer and log a few
@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub struct AdaptiveWait {
     wait: Duration,
     min: Duration,
     max: Duration,
@@ -21,11 +21,11 @@ pub struct Backoff {
     done: usize,
 }
 
-impl Backoff {
+impl AdaptiveWait {
     /// Starts at `min`, the shortest wait (the queues' fastest turnover); never waits longer than
     /// `max`.
-    pub fn new(min: Duration, max: Duration, target: usize) -> Backoff {
-        Backoff { wait: min, min, max: max.max(min), target: target.max(1), done: 0 }
+    pub fn new(min: Duration, max: Duration, target: usize) -> AdaptiveWait {
+        AdaptiveWait { wait: min, min, max: max.max(min), target: target.max(1), done: 0 }
     }
 
     /// Counts `n` items handled since the last wait.
@@ -53,7 +53,7 @@ mod tests {
 
     /// Feeds `rate` items per millisecond of wait (what a queue turning over at that rate gives)
     /// and returns the waits taken.
-    fn settle(b: &mut Backoff, rate: f64, rounds: usize) -> Vec<Duration> {
+    fn settle(b: &mut AdaptiveWait, rate: f64, rounds: usize) -> Vec<Duration> {
         let mut waits = Vec::new();
         let mut wait = Duration::ZERO;
         for _ in 0..rounds {
@@ -71,7 +71,7 @@ mod tests {
         for (rate, settled) in
             [(0.0, 16 * MS), (28.0, 16 * MS), (100.0, 4 * MS), (400.0, 2 * MS), (5_000.0, MS)]
         {
-            let mut b = Backoff::new(MS, 16 * MS, 512);
+            let mut b = AdaptiveWait::new(MS, 16 * MS, 512);
             let waits = settle(&mut b, rate, 12);
             assert_eq!(*waits.last().unwrap(), settled, "rate {rate}/ms: {waits:?}");
             assert!(waits.iter().all(|w| (MS..=16 * MS).contains(w)));
@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_work_shortens_the_wait_at_once() {
-        let mut b = Backoff::new(MS, 32 * MS, 100);
+        let mut b = AdaptiveWait::new(MS, 32 * MS, 100);
         for _ in 0..10 {
             b.next_wait();
         }
@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn degenerate_settings_stay_sane() {
-        let mut b = Backoff::new(4 * MS, MS, 0);
+        let mut b = AdaptiveWait::new(4 * MS, MS, 0);
         assert_eq!(b.next_wait(), 4 * MS, "max below min: min");
         b.done(3);
         assert_eq!(b.next_wait(), 4 * MS);

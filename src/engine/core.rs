@@ -900,7 +900,7 @@ async fn slot(core: Rc<Core>, pool: Rc<Pool>) {
 
 async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
     let config = &core.config;
-    let mut backoff = Backoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
+    let mut backoff = ReconnectBackoff::new(config.reconnect_backoff, config.reconnect_backoff_max);
     loop {
         if let Some(until) = core.suspended(pool, Instant::now()) {
             // Suspended: jobs arriving meanwhile are handed back as they come (or wait here,
@@ -1168,15 +1168,15 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
 }
 
 /// Exponential backoff between connection attempts that carried nothing, with an upper bound.
-struct Backoff {
+struct ReconnectBackoff {
     base: Duration,
     max: Duration,
     current: Duration,
 }
 
-impl Backoff {
+impl ReconnectBackoff {
     fn new(base: Duration, max: Duration) -> Self {
-        Backoff { base, max: max.max(base), current: base }
+        ReconnectBackoff { base, max: max.max(base), current: base }
     }
 
     fn next(&mut self) -> Duration {
@@ -1213,7 +1213,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_a_bound() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut b = ReconnectBackoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let seq: Vec<_> = (0..8).map(|_| b.next().as_millis()).collect();
         assert_eq!(seq, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();

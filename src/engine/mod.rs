@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-pub use backoff::Backoff;
+pub use backoff::AdaptiveWait;
 pub use job::{Compose, Destination, Job, JobSource, Next, Payload, Unsendable};
 pub use outcome::{Outcome, Via};
 pub use shaping::{Action, Limits, Rate, Reaction, Reactions, ShapingEvent};

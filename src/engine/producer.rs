@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::backoff::Backoff;
+use super::backoff::AdaptiveWait;
 use super::{Destination, Job, JobSource, Next, RunState, core};
 use crate::hash::FxMap;
 
 /// The producer's wait when every queue (or, with parking, every pool) is full: from
 /// [`QUEUE_WAIT_MIN`] (they turn over fast) to [`QUEUE_WAIT_MAX`] (they drain slowly, e.g. when
-/// signing holds the cores back). Within that, [`Backoff`] aims at a quarter of what a core
+/// signing holds the cores back). Within that, [`AdaptiveWait`] aims at a quarter of what a core
 /// holds per wake. The producer waits parked: a core whose full pool takes jobs again wakes it
 /// ([`RunState::wake_producer`]), so a wait for room in a pool ends when there is some (with
 /// parking, that room is all a core holds for the destination: half its pool's backlog, ~8 ms
@@ -30,14 +30,14 @@ const QUEUE_WAIT_MAX: Duration = Duration::from_millis(16);
 pub(super) struct Router {
     cores: usize,
     /// How long to wait when every queue is full; aims at a quarter of a core's buffer per wake.
-    pace: Backoff,
+    pace: AdaptiveWait,
 }
 
 impl Router {
     /// `buffer`: the jobs a core holds ahead of sending, which must not run dry while the
     /// producer waits.
     pub(super) fn new(cores: usize, buffer: usize) -> Self {
-        Router { cores, pace: Backoff::new(QUEUE_WAIT_MIN, QUEUE_WAIT_MAX, buffer / 4) }
+        Router { cores, pace: AdaptiveWait::new(QUEUE_WAIT_MIN, QUEUE_WAIT_MAX, buffer / 4) }
     }
 
     /// The cores holding part of the destination's connection budget.

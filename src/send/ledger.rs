@@ -23,7 +23,7 @@ use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
-use crate::engine::{Backoff, Outcome, Progress, ShapingEvent};
+use crate::engine::{AdaptiveWait, Outcome, Progress, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
 
@@ -168,7 +168,7 @@ impl Ledger {
     fn run(mut self, control: &Control) -> Books {
         let mut last_progress = Instant::now();
         let queue = self.outcomes.first().map_or(1, |q| q.capacity());
-        let mut pace = Backoff::new(IDLE_WAIT_MIN, IDLE_WAIT_MAX, queue / 4);
+        let mut pace = AdaptiveWait::new(IDLE_WAIT_MIN, IDLE_WAIT_MAX, queue / 4);
         loop {
             // Read the flag before draining: whatever the engine produced before it finished
             // is then in the queues for this last round.

@@ -184,7 +184,7 @@ impl SendReport {
 
 impl SendConfig {
     /// The shaping rules, with the command line's limits as their defaults.
-    pub fn shaping(&self) -> Result<shaping::Shaping, SendError> {
+    pub fn shaping(&self) -> Result<shaping::ShapingRules, SendError> {
         let defaults = shaping::Defaults {
             connections: self.connections,
             limits: engine::Limits {
@@ -193,11 +193,11 @@ impl SendConfig {
                 connection_rate: self.connection_rate,
             },
         };
-        Ok(shaping::Shaping::load(&self.shaping, self.shaping_defaults, defaults)?)
+        Ok(shaping::ShapingRules::load(&self.shaping, self.shaping_defaults, defaults)?)
     }
 
     /// Where the mail goes, resolving MX hosts on the DNS thread (started here).
-    pub fn routes(&self, shaping: shaping::Shaping) -> Result<Routes, SendError> {
+    pub fn routes(&self, shaping: shaping::ShapingRules) -> Result<Routes, SendError> {
         Ok(match &self.routing {
             Routing::Mx { dns, port } => {
                 Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, shaping)

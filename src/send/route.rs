@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::dns::{Answer, MxHost, Resolver};
-use super::shaping::Shaping;
+use super::shaping::ShapingRules;
 use crate::engine::Destination;
 
 /// The longest between two looks for destinations nothing uses (see `Routes::expire`).
@@ -63,18 +63,18 @@ pub struct Routes {
     /// twice as many, or [`SWEEP_EVERY`] later.
     rollups_swept: (usize, Instant),
     next_index: usize,
-    shaping: Shaping,
+    shaping: ShapingRules,
 }
 
 impl Routes {
     /// Routes through each domain's MX hosts, connecting to `port`, with the limits `shaping`
     /// gives each destination.
-    pub fn mx(resolver: Resolver, port: u16, shaping: Shaping) -> Routes {
+    pub fn mx(resolver: Resolver, port: u16, shaping: ShapingRules) -> Routes {
         Routes::with(Mode::Mx { resolver, port }, shaping)
     }
 
     /// Everything through one relay (shaping rules match its name as they match an MX host's).
-    pub fn relay(name: &str, addrs: Vec<SocketAddr>, shaping: Shaping) -> Routes {
+    pub fn relay(name: &str, addrs: Vec<SocketAddr>, shaping: ShapingRules) -> Routes {
         let hosts = vec![Arc::<str>::from(name); addrs.len()];
         let shaped = shaping.limits(None, &[name]);
         let destination = Destination::new(0, name, addrs, shaped.connections)
@@ -85,7 +85,7 @@ impl Routes {
         routes
     }
 
-    fn with(mode: Mode, shaping: Shaping) -> Routes {
+    fn with(mode: Mode, shaping: ShapingRules) -> Routes {
         Routes {
             mode,
             domains: DomainMap::default(),
@@ -258,7 +258,7 @@ mod tests {
     use super::*;
     use crate::engine::Limits;
     use crate::send::dns::DnsConfig;
-    use crate::send::shaping::{Defaults, Shaping};
+    use crate::send::shaping::{Defaults, ShapingRules};
     use crate::testkit::dns::{DnsStub, Zone};
     use std::time::Duration;
 
@@ -288,7 +288,7 @@ mod tests {
         })
         .unwrap();
         let defaults = Defaults { connections: 7, limits: Limits::default() };
-        let mut shaping = Shaping::load(&[], false, defaults).unwrap();
+        let mut shaping = ShapingRules::load(&[], false, defaults).unwrap();
         let rules = "[[destination]]\nname = \"own\"\ndomains = [\"own.test\"]\nrate = \"5/s\"\n\n\
                      [[destination]]\nname = \"big\"\nmx = [\".big.test\"]\nconnections = 3";
         shaping.add(rules, std::path::Path::new("rules.toml")).unwrap();
@@ -335,7 +335,7 @@ mod tests {
     #[test]
     fn answers_run_out_with_their_ttl_and_unused_destinations_go() {
         let defaults = Defaults { connections: 2, limits: Limits::default() };
-        let shaping = Shaping::load(&[], false, defaults).unwrap();
+        let shaping = ShapingRules::load(&[], false, defaults).unwrap();
         let mut routes = Routes::with(Mode::Relay(Arc::new(Destination::new(0, "r", vec![], 1))), shaping);
         let t0 = Instant::now();
         let host = |i: usize| MxHost {

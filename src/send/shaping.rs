@@ -92,17 +92,17 @@ pub struct Shaped {
 }
 
 #[derive(Debug, Clone)]
-pub struct Shaping {
+pub struct ShapingRules {
     defaults: Defaults,
     destinations: Vec<DestinationRule>,
     reactions: Vec<Reaction>,
 }
 
-impl Shaping {
+impl ShapingRules {
     /// The rules of each file in `extra` (in order), then the shipped ones unless `shipped`
     /// is false.
-    pub fn load(extra: &[PathBuf], shipped: bool, defaults: Defaults) -> Result<Shaping, ShapingError> {
-        let mut shaping = Shaping { defaults, destinations: Vec::new(), reactions: Vec::new() };
+    pub fn load(extra: &[PathBuf], shipped: bool, defaults: Defaults) -> Result<ShapingRules, ShapingError> {
+        let mut shaping = ShapingRules { defaults, destinations: Vec::new(), reactions: Vec::new() };
         for path in extra {
             let text = std::fs::read_to_string(path)
                 .map_err(|error| ShapingError::Read { path: path.display().to_string(), error })?;
@@ -226,8 +226,8 @@ mod tests {
         }
     }
 
-    fn with(text: &str, shipped: bool) -> Result<Shaping, ShapingError> {
-        let mut s = Shaping::load(&[], false, defaults())?;
+    fn with(text: &str, shipped: bool) -> Result<ShapingRules, ShapingError> {
+        let mut s = ShapingRules::load(&[], false, defaults())?;
         s.add(text, Path::new("rules.toml"))?;
         if shipped {
             s.add(SHIPPED, Path::new("(shipped)"))?;
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_shipped_rules_load_and_match_the_large_providers() {
-        let s = Shaping::load(&[], true, defaults()).unwrap();
+        let s = ShapingRules::load(&[], true, defaults()).unwrap();
         // MX hosts, the rule that should match, its connections and messages per connection.
         type Case<'a> = (&'a [&'a str], Option<&'a str>, usize, Option<u64>);
         let cases: [Case; 6] = [
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(&*reactions.find(&ms, None).unwrap().name, "reputation-throttle");
         let greylist = Reply::new(451, None, "4.7.1 Greylisted, please try again later");
         assert!(reactions.find(&greylist, None).is_none(), "greylisting is not throttling");
-        assert!(Shaping::load(&[], false, defaults()).unwrap().reactions().is_none());
+        assert!(ShapingRules::load(&[], false, defaults()).unwrap().reactions().is_none());
     }
 
     #[test]
@@ -340,7 +340,7 @@ mod tests {
             let e = with(text, false).unwrap_err().to_string();
             assert!(e.contains("rules.toml") && e.contains(want), "{text:?}: {e}");
         }
-        let missing = Shaping::load(&[PathBuf::from("/nonexistent/rules.toml")], false, defaults());
+        let missing = ShapingRules::load(&[PathBuf::from("/nonexistent/rules.toml")], false, defaults());
         assert!(matches!(missing, Err(ShapingError::Read { .. })));
     }
 }
