@@ -332,7 +332,11 @@ impl Core {
         started: Instant,
     ) -> Rc<Core> {
         let measure_from = started + config.warmup;
-        let idle = IdleSessions::new(IDLE_SESSIONS.min(config.sessions_per_core / 2));
+        // Unbounded sessions (a load test's connections, as asked for) stay open idle too.
+        let idle = IdleSessions::new(match config.sessions_per_core {
+            usize::MAX => usize::MAX,
+            sessions => IDLE_SESSIONS.min(sessions / 2),
+        });
         let mut stats = Stats::default();
         stats.measuring = config.warmup.is_zero();
         Rc::new(Core {
@@ -1027,11 +1031,15 @@ impl Core {
     }
 
     /// Retries handing back what blocked pools kept (see `unreturned`).
-    fn return_leftovers(&self) {
+    /// Those the producer no longer takes (it is closing) stay, and get a slot to be sent from
+    /// here.
+    fn return_leftovers(self: &Rc<Self>) {
         self.unreturned.set(false);
-        // `return_jobs` touches only the pool's own jobs, never the list of pools.
-        for pool in self.pools.borrow().values().filter(|p| p.blocked.get() && p.has_pending()) {
+        let blocked: Vec<Rc<Pool>> =
+            self.pools.borrow().values().filter(|p| p.blocked.get() && p.has_pending()).cloned().collect();
+        for pool in &blocked {
             self.return_jobs(pool);
+            self.staff(pool);
         }
     }
 
