@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
+
+use super::rules_file::{self, RulesError};
 
 use crate::proto::client::LocalError;
 use crate::proto::pattern::ReplyPattern;
@@ -74,14 +75,6 @@ impl Category {
     }
 }
 
-#[derive(Debug, Error)]
-pub enum RulesError {
-    #[error("bounce rules {path}: {error}")]
-    Read { path: String, error: std::io::Error },
-    #[error("bounce rules {path}: {error}")]
-    Parse { path: String, error: String },
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesFile {
@@ -115,14 +108,10 @@ impl Classifier {
     /// The shipped rules after the rules of each file in `extra` (in order).
     pub fn load(extra: &[impl AsRef<Path>]) -> Result<Classifier, RulesError> {
         let mut rules = Vec::new();
-        for path in extra {
-            let path = path.as_ref();
-            let name = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|error| RulesError::Read { path: name.clone(), error })?;
-            rules.extend(parse(&text).map_err(|error| RulesError::Parse { path: name, error })?);
-        }
-        rules.extend(parse(SHIPPED).map_err(|error| RulesError::Parse { path: "(shipped)".into(), error })?);
+        rules_file::load("bounce rules", extra, Some(SHIPPED), |text| {
+            rules.extend(parse(text)?);
+            Ok(())
+        })?;
         Ok(Classifier { rules })
     }
 

@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod log;
 pub mod retry;
 pub mod route;
+pub mod rules_file;
 pub mod shaping;
 pub mod source;
 pub mod suppress;
@@ -102,10 +103,9 @@ pub enum SendError {
     Dkim(#[from] dkim::DkimError),
     #[error(transparent)]
     Suppress(#[from] suppress::SuppressError),
+    /// A bounce or shaping rules file.
     #[error(transparent)]
-    BounceRules(#[from] bounce::RulesError),
-    #[error(transparent)]
-    Shaping(#[from] shaping::ShapingError),
+    Rules(#[from] rules_file::RulesError),
     #[error("delivery log {path}: {error}")]
     Log { path: String, error: std::io::Error },
     /// The log could not be opened for this run (in use, exists, not a log): nothing was sent.

@@ -3,25 +3,19 @@
 //! sources) come after the user's files, so a user's rule wins; the engine enforces them
 //! (see [`crate::engine::shaping`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
 
+use super::rules_file::{self, RulesError};
 use crate::engine::{Action, Limits, Rate, Reaction, Reactions};
 use crate::proto::pattern::ReplyPattern;
 
 const SHIPPED: &str = include_str!("shaping.toml");
-
-#[derive(Debug, Error)]
-pub enum ShapingError {
-    #[error("shaping rules {path}: {error}")]
-    Read { path: String, error: std::io::Error },
-    #[error("shaping rules {path}: {error}")]
-    Parse { path: String, error: String },
-}
+/// What these rules are called in errors.
+const KIND: &str = "shaping rules";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,28 +95,26 @@ pub struct ShapingRules {
 impl ShapingRules {
     /// The rules of each file in `extra` (in order), then the shipped ones unless `shipped`
     /// is false.
-    pub fn load(extra: &[PathBuf], shipped: bool, defaults: Defaults) -> Result<ShapingRules, ShapingError> {
+    pub fn load(extra: &[PathBuf], shipped: bool, defaults: Defaults) -> Result<ShapingRules, RulesError> {
         let mut shaping = ShapingRules { defaults, destinations: Vec::new(), reactions: Vec::new() };
-        for path in extra {
-            let text = std::fs::read_to_string(path)
-                .map_err(|error| ShapingError::Read { path: path.display().to_string(), error })?;
-            shaping.add(&text, path)?;
-        }
-        if shipped {
-            shaping.add(SHIPPED, Path::new("(shipped)"))?;
-        }
+        rules_file::load(KIND, extra, shipped.then_some(SHIPPED), |text| shaping.add_text(text))?;
         Ok(shaping)
     }
 
-    pub(crate) fn add(&mut self, text: &str, path: &Path) -> Result<(), ShapingError> {
-        let error = |error: String| ShapingError::Parse { path: path.display().to_string(), error };
-        let file: RulesFile = toml::from_str(text).map_err(|e| error(e.to_string()))?;
+    /// Adds the rules of `text`, read from `path`.
+    #[cfg(test)]
+    pub(crate) fn add(&mut self, text: &str, path: &std::path::Path) -> Result<(), RulesError> {
+        rules_file::parsed(KIND, path, self.add_text(text))
+    }
+
+    fn add_text(&mut self, text: &str) -> Result<(), String> {
+        let file: RulesFile = toml::from_str(text).map_err(|e| e.to_string())?;
         for mut rule in file.destination {
             if rule.mx.is_empty() && rule.domains.is_empty() {
-                return Err(error(format!("destination `{}`: give `mx` suffixes or `domains`", rule.name)));
+                return Err(format!("destination `{}`: give `mx` suffixes or `domains`", rule.name));
             }
             if rule.connections == Some(0) || rule.messages_per_connection == Some(0) {
-                return Err(error(format!("destination `{}`: limits must be at least 1", rule.name)));
+                return Err(format!("destination `{}`: limits must be at least 1", rule.name));
             }
             for name in rule.mx.iter_mut().chain(rule.domains.iter_mut()) {
                 *name = name.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -132,26 +124,23 @@ impl ShapingRules {
         for rule in file.reaction {
             let action = match rule.action {
                 ActionName::Suspend if rule.rate.is_some() || rule.connections.is_some() => {
-                    return Err(error(format!(
-                        "reaction `{}`: `suspend` takes no rate or connections",
-                        rule.name
-                    )));
+                    return Err(format!("reaction `{}`: `suspend` takes no rate or connections", rule.name));
                 }
                 ActionName::Suspend => Action::Suspend,
                 ActionName::Slow if rule.rate.is_none() && rule.connections.is_none() => {
-                    return Err(error(format!(
+                    return Err(format!(
                         "reaction `{}`: `slow` needs a rate, connections or both",
                         rule.name
-                    )));
+                    ));
                 }
                 ActionName::Slow => Action::Slow { rate: rule.rate, connections: rule.connections },
             };
             let pattern = rule.pattern.normalise();
             if pattern == ReplyPattern::default() {
-                return Err(error(format!("reaction `{}`: give a code, enhanced code or text", rule.name)));
+                return Err(format!("reaction `{}`: give a code, enhanced code or text", rule.name));
             }
             if rule.duration.is_zero() {
-                return Err(error(format!("reaction `{}`: `for` must be longer than zero", rule.name)));
+                return Err(format!("reaction `{}`: `for` must be longer than zero", rule.name));
             }
             let only = rule.destinations.iter().map(|d| Arc::<str>::from(d.as_str())).collect();
             self.reactions.push(Reaction {
@@ -218,6 +207,7 @@ fn ends_with_ignore_case(name: &str, suffix: &str) -> bool {
 mod tests {
     use super::*;
     use crate::proto::Reply;
+    use std::path::Path;
 
     fn defaults() -> Defaults {
         Defaults {
@@ -226,7 +216,7 @@ mod tests {
         }
     }
 
-    fn with(text: &str, shipped: bool) -> Result<ShapingRules, ShapingError> {
+    fn with(text: &str, shipped: bool) -> Result<ShapingRules, RulesError> {
         let mut s = ShapingRules::load(&[], false, defaults())?;
         s.add(text, Path::new("rules.toml"))?;
         if shipped {
@@ -341,6 +331,6 @@ mod tests {
             assert!(e.contains("rules.toml") && e.contains(want), "{text:?}: {e}");
         }
         let missing = ShapingRules::load(&[PathBuf::from("/nonexistent/rules.toml")], false, defaults());
-        assert!(matches!(missing, Err(ShapingError::Read { .. })));
+        assert!(matches!(missing, Err(RulesError::Read { .. })));
     }
 }
