@@ -580,10 +580,13 @@ fn jobs_composed_on_the_cores_are_sent_or_end_unsendable_without_being_sent() {
     assert_eq!(outcomes.len(), 300);
     for o in &outcomes {
         if o.id % 3 == 0 {
-            assert!(o.unsendable && o.via.is_none() && o.reply.is_none(), "{o:?}");
+            assert!(o.origin == engine::Origin::Unsendable && o.via.is_none() && o.reply.is_none(), "{o:?}");
             assert_eq!(o.error.as_deref(), Some(format!("recipe {} refused", o.id).as_str()));
         } else {
-            assert!(!o.unsendable && o.reply.as_ref().is_some_and(|r| r.code == 250), "{o:?}");
+            assert!(
+                o.origin == engine::Origin::Attempt && o.reply.as_ref().is_some_and(|r| r.code == 250),
+                "{o:?}"
+            );
         }
     }
     assert_eq!((report.stats.delivered, report.stats.unsendable), (200, 100));

@@ -31,7 +31,7 @@ use crossbeam_queue::ArrayQueue;
 
 pub use backoff::AdaptiveWait;
 pub use job::{Compose, Destination, Job, JobSource, Next, Payload, Unsendable};
-pub use outcome::{Outcome, Via};
+pub use outcome::{Origin, Outcome, Via};
 pub use shaping::{Action, Limits, Rate, Reaction, Reactions, ShapingEvent};
 pub use stats::{METRICS, Metric, Stats};
 

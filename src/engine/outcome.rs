@@ -44,13 +44,23 @@ pub struct Outcome {
     pub at: Instant,
     /// For a deferred recipient: the message again, addressed to it alone, to retry later.
     pub retry: Option<Payload>,
+    /// How the outcome came about, when not from a server's reply or a lost session.
+    pub origin: Origin,
+}
+
+/// How an outcome came about: one of these at most, so a reader tests one thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An attempt: the server's reply, or the session's failure (`error`).
+    Attempt,
     /// The message could not be composed (`error` says why): nothing was sent, and
     /// `disposition` is `Bounced`.
-    pub unsendable: bool,
-    /// Not to be retried before this (its destination is suspended until then).
-    pub not_before: Option<Instant>,
+    Unsendable,
+    /// Not attempted: the destination is suspended until then, and the recipient is not to be
+    /// retried before (`disposition` is `Deferred`, no attempt counted).
+    Suspended { until: Instant },
     /// Not sent because this server cannot take it (no SMTPUTF8, no 8BITMIME, over SIZE).
-    pub local_refusal: Option<LocalError>,
+    LocalRefusal(LocalError),
 }
 
 impl Outcome {
@@ -83,11 +93,9 @@ impl Outcome {
             due: head.due,
             at: done.at,
             retry,
-            unsendable: false,
-            not_before: None,
-            local_refusal: match &done.result {
-                TxnResult::NotAttempted(refusal) => Some(refusal.clone()),
-                _ => None,
+            origin: match &done.result {
+                TxnResult::NotAttempted(refusal) => Origin::LocalRefusal(refusal.clone()),
+                _ => Origin::Attempt,
             },
         }
     }
@@ -118,9 +126,7 @@ impl Outcome {
             due: head.due,
             at: Instant::now(),
             retry: Some(retry),
-            unsendable: false,
-            not_before: Some(until),
-            local_refusal: None,
+            origin: Origin::Suspended { until },
         }
     }
 
@@ -139,9 +145,7 @@ impl Outcome {
             due: head.due,
             at,
             retry: None,
-            unsendable: true,
-            not_before: None,
-            local_refusal: None,
+            origin: Origin::Unsendable,
         }
     }
 }

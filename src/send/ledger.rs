@@ -23,7 +23,7 @@ use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
 use super::source::Shared;
-use crate::engine::{AdaptiveWait, Outcome, Progress, ShapingEvent};
+use crate::engine::{AdaptiveWait, Origin, Outcome, Progress, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
 
@@ -238,7 +238,7 @@ impl Ledger {
         // Stamped when it was decided, not when written: a session may hold an outcome until a
         // checkpoint, and the record's time must agree with its `queue_ms`.
         let stamp = self.clock.at(wall.checked_sub(now.saturating_duration_since(o.at)).unwrap_or(wall));
-        if o.unsendable {
+        if o.origin == Origin::Unsendable {
             // Its template refused the row (on the core that was to send it): nothing was sent.
             let mut r = Record::at(Status::Rejected, o.id, stamp).rcpt(o.recipient.shared());
             r.reason = o.error;
@@ -249,7 +249,10 @@ impl Ledger {
             Disposition::Deferred => self
                 .schedule
                 .next(o.attempts, o.due, now, &mut self.rng)
-                .map(|at| o.not_before.map_or(at, |nb| at.max(nb)))
+                .map(|at| match o.origin {
+                    Origin::Suspended { until } => at.max(until),
+                    _ => at,
+                })
                 .filter(|at| *at <= o.due + self.schedule.max_age),
             _ => None,
         };
@@ -268,14 +271,13 @@ impl Ledger {
             r.set_reply(reply);
         }
         r.reason = o.error;
-        if o.not_before.is_some() {
+        r.category = match &o.origin {
             // Held back by a shaping reaction: that is the reason, not the connection.
-            r.category = Some(Category::RateLimited);
-        }
-        if let Some(refusal) = &o.local_refusal {
+            Origin::Suspended { .. } => Some(Category::RateLimited),
             // Refused before sending (no reply to classify): the reason is the server's lack.
-            r.category = Some(super::bounce::of_local(refusal));
-        }
+            Origin::LocalRefusal(refusal) => Some(super::bounce::of_local(refusal)),
+            Origin::Attempt | Origin::Unsendable => None,
+        };
         if let Some(via) = o.via {
             r.mx = via.host;
             r.ip = Some(via.addr.ip());
