@@ -112,19 +112,27 @@ pub struct Control {
     pub log_failed: AtomicBool,
 }
 
+/// What a ledger reads, writes and decides with.
+pub struct LedgerConfig {
+    pub log: LogFile,
+    /// The cores' outcome queues and the engine's shaping events.
+    pub outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
+    pub events: Arc<ArrayQueue<ShapingEvent>>,
+    /// Records the source writes (rejected, suppressed, DNS deferrals and bounces).
+    pub records: Receiver<Record>,
+    /// Where deferred recipients go back to the source, with when to retry.
+    pub retries: Sender<(Instant, Pending)>,
+    pub shared: Arc<Shared>,
+    pub schedule: Schedule,
+    pub classifier: Classifier,
+    /// Print live progress on stderr.
+    pub progress: bool,
+}
+
 impl Ledger {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        log: LogFile,
-        outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
-        events: Arc<ArrayQueue<ShapingEvent>>,
-        records: Receiver<Record>,
-        retries: Sender<(Instant, Pending)>,
-        shared: Arc<Shared>,
-        schedule: Schedule,
-        classifier: Classifier,
-        progress: bool,
-    ) -> Ledger {
+    pub fn new(config: LedgerConfig) -> Ledger {
+        let LedgerConfig { log, outcomes, events, records, retries, shared, schedule, classifier, progress } =
+            config;
         Ledger {
             log,
             outcomes,

@@ -38,11 +38,11 @@ use thiserror::Error;
 use crate::engine::{self, EngineConfig};
 use dns::{DnsConfig, Resolver};
 use input::Rows;
-use ledger::{Books, Control, Ledger};
+use ledger::{Books, Control, Ledger, LedgerConfig};
 use log::{LogFile, Record, Status};
 use retry::Schedule;
 use route::Routes;
-use source::{SendSource, Shared};
+use source::{SendSource, Shared, SourceConfig};
 use template::{MessageSpec, MessageTemplate};
 
 /// Where the mail goes.
@@ -288,18 +288,18 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let (records_tx, records_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
     let resumed_finals = resumed.as_ref().map(|r| r.final_count);
-    let source = SendSource::new(
+    let source = SendSource::new(SourceConfig {
         rows,
         template,
         routes,
-        config.dedupe,
+        dedupe: config.dedupe,
         suppress,
-        resumed,
-        retries_rx,
-        records_tx,
-        Arc::clone(&shared),
-        config.schedule,
-    );
+        resume: resumed,
+        retries: retries_rx,
+        records: records_tx,
+        shared: Arc::clone(&shared),
+        schedule: config.schedule,
+    });
     let mut engine_config = EngineConfig {
         retries: 0,
         outcomes: true,
@@ -315,17 +315,17 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     engine_config.client.refusals = Some(crate::proto::client::Refusals::CAREFUL);
     let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
-    let ledger = Ledger::new(
+    let ledger = Ledger::new(LedgerConfig {
         log,
-        running.outcomes().to_vec(),
-        running.shaping_events(),
-        records_rx,
-        retries_tx,
-        Arc::clone(&shared),
-        config.schedule,
+        outcomes: running.outcomes().to_vec(),
+        events: running.shaping_events(),
+        records: records_rx,
+        retries: retries_tx,
+        shared: Arc::clone(&shared),
+        schedule: config.schedule,
         classifier,
-        config.progress,
-    )
+        progress: config.progress,
+    })
     .wake_when_all_final(running.producer_thread())
     .show_sessions(running.progress())
     .spawn(Arc::clone(&control))

@@ -100,20 +100,38 @@ pub struct SendSource {
     rng: Rng,
 }
 
+/// What a campaign's job source reads, routes and reports through.
+pub struct SourceConfig {
+    pub rows: Rows,
+    pub template: Arc<MessageTemplate>,
+    pub routes: Routes,
+    /// Send one message per address, to its first row.
+    pub dedupe: bool,
+    pub suppress: Suppressions,
+    /// The log of the run being continued, if any: its final recipients are skipped.
+    pub resume: Option<Resumed>,
+    /// Deferred recipients the ledger hands back, with when to retry.
+    pub retries: Receiver<(Instant, Pending)>,
+    /// Records the source writes itself (rejected, suppressed, DNS outcomes).
+    pub records: SyncSender<Record>,
+    pub shared: Arc<Shared>,
+    pub schedule: Schedule,
+}
+
 impl SendSource {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        rows: Rows,
-        template: Arc<MessageTemplate>,
-        routes: Routes,
-        dedupe: bool,
-        suppress: Suppressions,
-        resume: Option<Resumed>,
-        retries: Receiver<(Instant, Pending)>,
-        records: SyncSender<Record>,
-        shared: Arc<Shared>,
-        schedule: Schedule,
-    ) -> SendSource {
+    pub fn new(config: SourceConfig) -> SendSource {
+        let SourceConfig {
+            rows,
+            template,
+            routes,
+            dedupe,
+            suppress,
+            resume,
+            retries,
+            records,
+            shared,
+            schedule,
+        } = config;
         SendSource {
             rows: Some(rows),
             template,
