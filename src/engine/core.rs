@@ -1237,20 +1237,8 @@ mod tests {
         // This thread plays the producer.
         run.producer.set(std::thread::current()).unwrap();
         let pool = Pool::new(Arc::clone(&d), 1, 0, 4, Arc::clone(&run), Rc::default());
-        let job = |id| Job {
-            id,
-            destination: Arc::clone(&d),
-            message: crate::engine::Payload::Ready(crate::proto::client::Message::new(
-                Arc::new(crate::proto::client::Envelope { sender: None, recipients: vec![] }),
-                crate::proto::Body::new(b"x\r\n"),
-            )),
-            due: Instant::now(),
-            attempts: 0,
-            last_conn: 0,
-            partial: false,
-        };
         for id in 0..4 {
-            pool.take(job(id));
+            pool.take(job_for(&d, id));
         }
         assert!(d.health.is_full(0));
         assert!(pool.pop_for(1).is_some());
@@ -1269,9 +1257,9 @@ mod tests {
         Core::new(0, Arc::new(config), run, Arc::default(), None, Instant::now())
     }
 
-    fn job_for(d: &Arc<Destination>) -> Job {
+    fn job_for(d: &Arc<Destination>, id: u64) -> Job {
         Job {
-            id: 1,
+            id,
             destination: Arc::clone(d),
             message: crate::engine::Payload::Ready(crate::proto::client::Message::new(
                 Arc::new(crate::proto::client::Envelope { sender: None, recipients: vec![] }),
@@ -1294,7 +1282,7 @@ mod tests {
         // Both lose their last slot; b gets a job meanwhile (its slot not started here).
         core.linger(&pa);
         core.linger(&pb);
-        pb.take(job_for(&b));
+        pb.take(job_for(&b, 1));
         let t0 = pa.idle_since.get().unwrap();
         core.retire_idle(t0 + POOL_LINGER / 2);
         assert_eq!(core.pools.borrow().len(), 2, "not idle long enough");
