@@ -68,31 +68,30 @@ pub fn block_on<F: Future>(driver: Driver, fut: F) -> io::Result<F::Output> {
     }
 }
 
+/// The open-files limit: (soft, hard), or `None` if the kernel will not say.
+fn open_files() -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one plain struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
+        .then_some((limit.rlim_cur, limit.rlim_max))
+}
+
 /// Raises the open-files limit to what the system allows (the hard limit): a sender to many
-/// destinations holds a descriptor per session, and the usual soft limit is 1024. Returns the
-/// limit in force.
-pub fn raise_open_files() -> u64 {
-    // SAFETY: getrlimit and setrlimit read and write one plain struct we own.
-    unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-        limit.rlim_cur
+/// destinations holds a descriptor per session, and the usual soft limit is 1024. The
+/// process's business, so `main` does it once at start.
+pub fn raise_open_files() {
+    if let Some((_, hard)) = open_files().filter(|(soft, hard)| soft < hard) {
+        let raised = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        // SAFETY: setrlimit reads one plain struct we own. Refused: the soft limit stays.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
     }
 }
 
 /// Sessions per core for a sender running `threads` cores: `wanted`, or fewer if the
-/// open-files limit (raised first) leaves less, with 256 descriptors kept for the rest (the
-/// log, DNS, the sink in a test).
+/// open-files limit in force leaves less, with 256 descriptors kept for the rest (the log, DNS,
+/// the sink in a test).
 pub fn sessions_per_core(wanted: usize, threads: usize) -> usize {
-    let files = usize::try_from(raise_open_files()).unwrap_or(usize::MAX);
+    let files = open_files().map_or(1024, |(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX));
     wanted.min(files.saturating_sub(256) / threads.max(1)).max(16)
 }
 
