@@ -15,6 +15,7 @@
 # the rolled-up case's time, and peak RSS within 256 MiB in both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 N="${N:-20000}"
 ROUNDS="${ROUNDS:-3}"
@@ -50,7 +51,7 @@ printf 'From: Bench <news@example.com>\nSubject: Hello {{ first }}\n\nDear {{ fi
 
 taskset -c 1 "$VOLLEY" sink --listen "0.0.0.0:$PORT" --threads 1 >/dev/null 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT" 127.0.0.2
 
 # Prints "elapsed_s max_rss_kb delivered cpu_s".
 run() {

@@ -18,6 +18,7 @@
 # slow spell of the machine from landing on one side only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 N="${N:-1000000}"
 DOMAINS="${DOMAINS:-1000}"
@@ -46,7 +47,7 @@ printf 'From: Bench <news@example.com>\nSubject: Hello {{ first }} from {{ city 
 
 taskset -c 1 "$VOLLEY" sink --listen "127.0.0.2:$PORT" --threads 1 >/dev/null 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.2/$PORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT" 127.0.0.2
 
 # Runs a command under /usr/bin/time on core 0; prints "elapsed_s cpu_s max_rss_kb".
 measure() {

@@ -9,6 +9,7 @@
 #    (--no-resumption), and STARTTLS with resumption; prints sessions/s and the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-16}"
@@ -20,7 +21,7 @@ VOLLEY=target/release/volley
 taskset -c 1 "$VOLLEY" sink --listen "127.0.0.1:$PORT" --threads 1 --starttls >/dev/null 2>&1 &
 sink=$!
 trap 'kill $sink 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT"
 
 # Runs volley bench (core 0, one thread) with extra flags; prints delivered msg/s.
 rate() {

@@ -37,7 +37,7 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 taskset -c 1 smtp-sink -u nobody "127.0.0.1:$PORT" 1000 >/dev/null 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT"
 
 # run NAME MESSAGES COMMAND...: prints "msg/s cpu-seconds-per-100k"; the command prints msg/s.
 measure() {

@@ -3,6 +3,18 @@
 # Postfix ships smtp-sink and smtp-source in /usr/sbin.
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# Waits up to 10 s for something to listen on HOST:PORT (HOST: 127.0.0.1 unless given); says so
+# and fails if nothing does.
+wait_port() {
+    local port=$1 host=${2:-127.0.0.1}
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listening on $host:$port" >&2
+    return 1
+}
+
 ensure_postfix() {
     if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
         echo "installing postfix (for smtp-sink and smtp-source)"

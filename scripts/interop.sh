@@ -125,13 +125,11 @@ EOF
 for i in $(seq 1 400); do echo "ok$i@tarpit.volley.test x"; done >"$work/recipients"
 postfix -c "$conf" check >/dev/null 2>&1 || true
 postfix -c "$conf" start >/dev/null 2>&1 || fail "postfix did not start"
-wait_port() {
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    fail "nothing listening on port $1"
-}
-wait_port "$PORT"
-wait_port "$TLS_PORT"
-wait_port "$CHECK_PORT"
+# common.sh's wait, failing the run the way every check here does.
+wait_for() { wait_port "$1" || fail "nothing listening on port $1"; }
+wait_for "$PORT"
+wait_for "$TLS_PORT"
+wait_for "$CHECK_PORT"
 
 echo "== volley bench -> Postfix smtpd (limit 4 connections per client), $MESSAGES messages, 10 connections"
 set +e
@@ -237,7 +235,7 @@ mkdir -p "$work/dump"
 "$VOLLEY" sink --listen "127.0.0.1:$SINK_PORT" --threads 1 --starttls --require-tls --auth "$work/users" \
     --dump "$work/dump" --exit-after-messages 1 --duration 60s --json >"$work/sink.json" 2>"$work/sink.err" &
 sink_pid=$!
-wait_port "$SINK_PORT"
+wait_for "$SINK_PORT"
 swaks_to_sink() {
     swaks --server 127.0.0.1 --port "$SINK_PORT" --tls --auth PLAIN --auth-user alice --auth-password "$1" \
         --from sender@interop.volley.test --to rcpt@interop.volley.test --header "Subject: swaks interop" \
@@ -259,7 +257,7 @@ echo "== volley bench --starttls required --auth-user -> Python aiosmtpd (STARTT
 python3 scripts/peers/aiosmtpd_auth.py "$AIO_PORT" "$work/cert.pem" "$work/key.pem" alice s3cret 120 \
     >"$work/aiosmtpd.out" 2>&1 &
 aio_pid=$!
-wait_port "$AIO_PORT"
+wait_for "$AIO_PORT"
 AIO_MESSAGES=200
 set +e
 report=$(VOLLEY_AUTH_PASSWORD=s3cret "$VOLLEY" bench --target "127.0.0.1:$AIO_PORT" --messages "$AIO_MESSAGES" \
@@ -286,7 +284,7 @@ mkdir -p "$work/dkim-dump"
 "$VOLLEY" sink --listen "127.0.0.1:$DKIM_PORT" --threads 1 --dump "$work/dkim-dump" --duration 120s \
     >/dev/null 2>"$work/dkim-sink.err" &
 dkim_sink=$!
-wait_port "$DKIM_PORT"
+wait_for "$DKIM_PORT"
 keys=tests/data/dkim
 awk 'BEGIN { print "email,name"; for (i = 0; i < 100; i++) printf "user%d@d%d.interop.test,Name %d\n", i, i % 5, i }' \
     >"$work/dkim.csv"
@@ -359,8 +357,8 @@ mkdir -p "$work/postgrey"
 chown postgrey: "$work/postgrey" 2>/dev/null || true
 postgrey --inet="127.0.0.1:$POSTGREY_PORT" --delay=1 --dbdir="$work/postgrey" \
     --whitelist-clients=/dev/null --whitelist-recipients=/dev/null >"$work/postgrey.log" 2>&1 &
-wait_port "$POSTGREY_PORT"
-wait_port "$GREY_PORT"
+wait_for "$POSTGREY_PORT"
+wait_for "$GREY_PORT"
 {
     echo "email,first"
     for i in $(seq 1 5); do echo "grey$i@d$i.interop.test,Name$i"; done
