@@ -8,12 +8,13 @@ use super::log::Status;
 use crate::hash::DomainMap;
 
 /// Domains that get their own latency histogram (1 significant digit, ~2 KB each); later ones
-/// are counted but share the report's "other domains" latency.
+/// are counted without latency (the report shows `-`), until folding frees some.
 const MAX_DOMAIN_HISTOGRAMS: usize = 10_000;
 /// Domains with books of their own: the busiest this many (by recipients with an outcome)
 /// are kept whenever twice as many have books, and the rest folded into one "other domains"
 /// tally, so a list of millions of domains keeps a bounded ledger.
 pub const MAX_DOMAIN_BOOKS: usize = 10_000;
+
 /// Counts by final state (and deferrals, which are attempts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Tally {
