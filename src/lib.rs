@@ -3,11 +3,14 @@
 //! - [`proto`]: the SMTP protocol, sans-IO (parsers, encoders, client and server state).
 //! - [`rt`]: thread-per-core runtime plumbing (monoio, io_uring or epoll).
 //! - [`engine`]: the sending engine fed by job sources.
+//! - [`deliver`]: routes, DKIM, retries, failure categories and the delivery log, for any sender.
+//! - [`send`]: a campaign from a file of recipients (rows, templates, de-duplication, resume).
 //! - [`sink`]: the built-in receiving server, with fault injection.
 //! - [`tls`]: TLS on rustls, sans-IO, with a thin async adapter.
 
 pub mod bench;
 pub mod check;
+pub mod deliver;
 pub mod engine;
 pub mod hash;
 pub mod proto;

@@ -7,7 +7,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 
 use super::Lookup;
-use crate::send::dns::{DnsConfig, build, describe, no_records, no_such_domain};
+use crate::deliver::dns::{DnsConfig, build, describe, no_records, no_such_domain};
 
 pub struct Dns {
     runtime: tokio::runtime::Runtime,

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::send::dkim::Dkim;
+use crate::deliver::dkim::Dkim;
 use spf::Spf;
 
 /// DNS answers the checks need. A name that does not exist, or has no such records, is

@@ -44,8 +44,8 @@ impl Lookup for FakeDns {
 }
 
 fn dkim() -> Dkim {
-    let spec: crate::send::dkim::KeySpec =
-        format!("example.com:ed:{}", crate::send::dkim::tests::key_path("ed25519.pem").display())
+    let spec: crate::deliver::dkim::KeySpec =
+        format!("example.com:ed:{}", crate::deliver::dkim::tests::key_path("ed25519.pem").display())
             .parse()
             .unwrap();
     Dkim::load(&[spec]).unwrap().unwrap()

@@ -10,8 +10,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use mailvolley::check::{self, Campaign, OneClick, Verdict};
-use mailvolley::send::dkim::{Dkim, KeySpec};
-use mailvolley::send::dns::DnsConfig;
+use mailvolley::deliver::dkim::{Dkim, KeySpec};
+use mailvolley::deliver::dns::DnsConfig;
 use mailvolley::send::template::{address_in, header_of};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe};
 
@@ -56,7 +56,7 @@ pub struct CheckArgs {
 }
 
 fn parse_dkim(s: &str) -> Result<KeySpec, String> {
-    s.parse().map_err(|e: mailvolley::send::dkim::DkimError| e.to_string())
+    s.parse().map_err(|e: mailvolley::deliver::dkim::DkimError| e.to_string())
 }
 
 /// The domain of an address written as `Name <a@b>`, `<a@b>` or `a@b`, if it is literal.

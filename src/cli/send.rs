@@ -11,11 +11,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use mailvolley::deliver::dkim::KeySpec;
+use mailvolley::deliver::dns::DnsConfig;
+use mailvolley::deliver::retry::Schedule;
 use mailvolley::engine::{EngineConfig, Rate};
 use mailvolley::rt::Driver;
-use mailvolley::send::dkim::KeySpec;
-use mailvolley::send::dns::DnsConfig;
-use mailvolley::send::retry::Schedule;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe, UnsubscribeError};
 use mailvolley::send::{self, Routing, SendConfig, SendReport};
@@ -197,7 +197,7 @@ pub struct SendArgs {
 }
 
 fn parse_dkim(s: &str) -> Result<KeySpec, String> {
-    s.parse().map_err(|e: send::dkim::DkimError| e.to_string())
+    s.parse().map_err(|e: mailvolley::deliver::dkim::DkimError| e.to_string())
 }
 
 fn parse_campaign(s: &str) -> Result<String, String> {
@@ -466,7 +466,7 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
             "domain", "delivered", "deferred", "bounced", "expired", "uncertain", "p50", "p99"
         );
         for d in r.books.domains.iter().take(TOP_DOMAINS) {
-            let ms = |v: Option<u64>| v.map_or("-".to_owned(), send::ledger::fmt_ms);
+            let ms = |v: Option<u64>| v.map_or("-".to_owned(), mailvolley::deliver::ledger::fmt_ms);
             let _ = writeln!(
                 s,
                 "{:<32} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}",
@@ -488,7 +488,7 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
             let _ = writeln!(
                 s,
                 "(and the domains past the {} busiest, together: delivered {} deferred {} bounced {} expired {} uncertain {})",
-                send::ledger::MAX_DOMAIN_BOOKS,
+                mailvolley::deliver::ledger::MAX_DOMAIN_BOOKS,
                 t.delivered,
                 t.deferred,
                 t.bounced,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::input::Rows;
-use super::route::{Lookup, Route};
 use super::source::{Fingerprints, fingerprint};
 use super::{Routing, SendConfig, SendError};
+use crate::deliver::route::{Lookup, Route};
 use crate::engine::Destination;
 
 /// Problems listed in full; beyond this many, only counted.
@@ -43,7 +43,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     let mut seen = Fingerprints::default();
     let suppress = super::suppress::Suppressions::load(&config.suppress)?;
     // Checked now, so a bad rules file fails the dry run as it would the campaign.
-    super::bounce::Classifier::load(&config.bounce_rules)?;
+    crate::deliver::bounce::Classifier::load(&config.bounce_rules)?;
     let mut per_domain: HashMap<String, u64> = HashMap::new();
     let mut problems = Vec::new();
     let mut summary = DryRun::default();

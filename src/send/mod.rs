@@ -9,19 +9,10 @@
 //!            └──────────────── rejected/DNS records ──▶ ledger ─▶ delivery log (group commit)
 //! ```
 
-pub mod books;
-pub mod bounce;
-pub mod dkim;
-pub mod dns;
 pub mod dry_run;
 pub mod hashing;
 pub mod input;
-pub mod ledger;
-pub mod log;
-pub mod retry;
-pub mod route;
-pub mod rules_file;
-pub mod shaping;
+pub mod resume;
 pub mod source;
 pub mod suppress;
 pub mod template;
@@ -35,13 +26,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 
+use crate::deliver::dns::{DnsConfig, Resolver};
+use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
+use crate::deliver::log::{LogFile, Record, Status};
+use crate::deliver::retry::Schedule;
+use crate::deliver::route::Routes;
+use crate::deliver::{bounce, dkim, log, rules_file, shaping};
 use crate::engine::{self, EngineConfig};
-use dns::{DnsConfig, Resolver};
 use input::Rows;
-use ledger::{Books, Control, Ledger, LedgerConfig};
-use log::{LogFile, Record, Status};
-use retry::Schedule;
-use route::Routes;
 use source::{SendSource, Shared, SourceConfig};
 use template::{MessageSpec, MessageTemplate};
 
@@ -245,7 +237,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     // A new one last, so that a run refused for its template or input leaves no log behind.
     let log_error = |error| SendError::LogOpen { path: path_text(&config.log), error };
     let (resumed_log, resumed) = match config.resume {
-        true => LogFile::resume(&config.log).map(|(log, r)| (Some(log), Some(r))).map_err(log_error)?,
+        true => resume::open(&config.log).map(|(log, r)| (Some(log), Some(r))).map_err(log_error)?,
         false => (None, None),
     };
     let cut_tail = resumed.as_ref().map_or(0, |r| r.cut_tail);
@@ -321,7 +313,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         events: running.shaping_events(),
         records: records_rx,
         retries: retries_tx,
-        shared: Arc::clone(&shared),
+        flow: Arc::clone(&shared.flow),
         schedule: config.schedule,
         classifier,
         progress: config.progress,
@@ -380,7 +372,7 @@ impl Sending {
         // The log thread may be in a long idle wait: the run's end should not wait for it.
         self.ledger.thread().unpark();
         let books = self.ledger.join().map_err(|_| std::io::Error::other("the log thread panicked"))?;
-        let admitted = self.shared.admitted.load(Ordering::Acquire);
+        let admitted = self.shared.flow.admitted.load(Ordering::Acquire);
         let unfinished = admitted.saturating_sub(books.tally.finals());
         let input_error = self.shared.input_error.lock().ok().and_then(|e| e.clone());
         Ok(SendReport {

@@ -12,14 +12,17 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::bounce::Category;
 pub use super::hashing::Fingerprints;
 use super::input::{BadRow, Item, Rows};
-use super::log::{Record, Resumed, Status};
-use super::retry::{Pending, Schedule};
-use super::route::{Lookup, Route, Routes};
+use super::resume::Resumed;
 use super::suppress::Suppressions;
 use super::template::{MessageTemplate, Recipe};
+use crate::deliver::bounce::Category;
+use crate::deliver::ledger::Flow;
+use crate::deliver::log::{Record, Status};
+use crate::deliver::lowercase;
+use crate::deliver::retry::{Pending, Schedule};
+use crate::deliver::route::{Lookup, Route, Routes};
 use crate::engine::{Job, JobSource, Next, Payload};
 use crate::hash::DomainMap;
 use crate::rng::Rng;
@@ -47,28 +50,18 @@ const ROWS_PER_CALL: usize = 256;
 /// the cache meanwhile (see [`Fingerprints::prefetch`]).
 const READ_AHEAD: usize = 8;
 
-/// What the source and the log thread share.
+/// What the source, the log thread and the main thread share.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// Recipients (rows) that have a final record: written by the log thread.
-    pub finalized: AtomicU64,
-    /// Rows admitted (read and not skipped by --resume): written by the source.
-    pub admitted: AtomicU64,
+    /// Rows admitted (read and not skipped by --resume), final and waiting: the counts the
+    /// ledger keeps with the source.
+    pub flow: Arc<Flow>,
     /// Rows skipped because the resumed log has their final record.
     pub skipped: AtomicU64,
-    /// Recipients waiting for a retry or for DNS.
-    pub waiting: AtomicU64,
     /// Why reading the input stopped early, if it did.
     pub input_error: Mutex<Option<String>>,
     /// The input was read to its end (a run stopped early may leave rows unread).
     pub input_done: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    /// Every recipient admitted so far has its final record.
-    pub fn all_final(&self) -> bool {
-        self.finalized.load(Ordering::Acquire) == self.admitted.load(Ordering::Acquire)
-    }
 }
 
 pub struct SendSource {
@@ -219,7 +212,7 @@ impl SendSource {
             self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.shared.admitted.fetch_add(1, Ordering::Relaxed);
+        self.shared.flow.admitted.fetch_add(1, Ordering::Relaxed);
         let row = match item {
             Ok(row) => row,
             Err(bad) => return self.reject(bad),
@@ -240,10 +233,10 @@ impl SendSource {
             }
         }
         // Rendered by the core that sends it; a row its template refuses is rejected there.
-        let (line, rcpt) = (row.line, row.email.clone());
+        let (id, rcpt) = (row.line, row.email.clone());
         let recipe = Recipe { row, template: Arc::clone(&self.template) };
         let message = Payload::Compose(Box::new(recipe));
-        self.route(Pending { line, rcpt, message, born: now, attempts: 0 }, now);
+        self.route(Pending { id, rcpt, message, born: now, attempts: 0 }, now);
     }
 
     fn route(&mut self, pending: Pending, now: Instant) {
@@ -260,7 +253,7 @@ impl SendSource {
     fn deliver(&mut self, p: Pending, route: Route, now: Instant) {
         match route {
             Route::Deliver(destination) => self.ready.push_back(Job {
-                id: p.line,
+                id: p.id,
                 destination,
                 message: p.message,
                 due: p.born,
@@ -269,7 +262,7 @@ impl SendSource {
                 partial: false,
             }),
             Route::Undeliverable(why) => {
-                let mut r = Record::new(Status::Bounced, p.line).rcpt(p.rcpt.shared()).reason(why);
+                let mut r = Record::new(Status::Bounced, p.id).rcpt(p.rcpt.shared()).reason(why);
                 r.category = Some(Category::BadDomain);
                 r.attempts = p.attempts + 1;
                 r.queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
@@ -284,7 +277,7 @@ impl SendSource {
         let queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
         match self.schedule.next(p.attempts, p.born, now, &mut self.rng) {
             Some(at) => {
-                let mut r = Record::new(Status::Deferred, p.line).rcpt(p.rcpt.shared()).reason(why);
+                let mut r = Record::new(Status::Deferred, p.id).rcpt(p.rcpt.shared()).reason(why);
                 r.category = Some(Category::Connection);
                 r.attempts = p.attempts;
                 r.queue_ms = queue_ms;
@@ -293,7 +286,7 @@ impl SendSource {
                 self.schedule_retry(at, p);
             }
             None => {
-                let mut r = Record::new(Status::Expired, p.line).rcpt(p.rcpt.shared()).reason(why);
+                let mut r = Record::new(Status::Expired, p.id).rcpt(p.rcpt.shared()).reason(why);
                 r.category = Some(Category::Connection);
                 r.attempts = p.attempts;
                 r.queue_ms = queue_ms;
@@ -323,7 +316,7 @@ impl SendSource {
 
     fn publish(&self) {
         let waiting = self.resolving_count + self.retry_items.len();
-        self.shared.waiting.store(waiting as u64, Ordering::Relaxed);
+        self.shared.flow.waiting.store(waiting as u64, Ordering::Relaxed);
     }
 }
 
@@ -375,7 +368,7 @@ impl JobSource for SendSource {
         if self.rows.is_none()
             && self.retry_at.is_empty()
             && self.resolving_count == 0
-            && self.shared.all_final()
+            && self.shared.flow.all_final()
         {
             return Next::Done;
         }
@@ -408,15 +401,6 @@ pub fn fingerprint(address: &str) -> u64 {
     h.finish()
 }
 
-/// `domain` in lower case, copied only if it is not already.
-pub(super) fn lowercase(domain: &str) -> std::borrow::Cow<'_, str> {
-    if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-        domain.to_ascii_lowercase().into()
-    } else {
-        domain.into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +420,5 @@ mod tests {
         }
         let mut set = Fingerprints::default();
         assert!(set.insert(fingerprint("a@x.test")) && !set.insert(fingerprint("A@X.TEST")));
-        assert_eq!(lowercase("Mixed.Example"), "mixed.example");
-        assert!(matches!(lowercase("lower.example"), std::borrow::Cow::Borrowed(_)));
     }
 }

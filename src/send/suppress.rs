@@ -15,7 +15,8 @@ use thiserror::Error;
 
 use super::hashing::Fingerprints;
 use super::input::a_label;
-use super::source::{fingerprint, lowercase};
+use super::source::fingerprint;
+use crate::deliver::lowercase;
 use crate::hash::DomainMap;
 use crate::proto::Address;
 

@@ -38,7 +38,8 @@ impl Schedule {
 /// first attempt and kept for the rest) and its history.
 #[derive(Debug)]
 pub struct Pending {
-    pub line: u64,
+    /// The recipient's id (see [`crate::deliver`]).
+    pub id: u64,
     pub rcpt: Address,
     pub message: Payload,
     /// When it was first admitted: queue time and maximum age count from here.

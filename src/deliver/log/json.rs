@@ -25,7 +25,7 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
     out.push(b'"');
     let w = &mut Object { out };
     w.raw_string(key!("status"), r.status.name());
-    w.number(key!("line"), r.line);
+    w.number(key!("line"), r.id);
     if let Some(rcpt) = &r.rcpt {
         w.string(key!("rcpt"), rcpt);
     }
@@ -186,9 +186,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::deliver::bounce::Category;
+    use crate::deliver::log::Status;
     use crate::proto::EnhancedCode;
-    use crate::send::bounce::Category;
-    use crate::send::log::Status;
 
     fn json(r: &Record) -> serde_json::Value {
         let mut out = Vec::new();

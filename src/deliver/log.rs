@@ -73,7 +73,7 @@ impl Status {
         }
     }
 
-    fn parse(s: &str) -> Option<Status> {
+    pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|st| st.name() == s)
     }
 }
@@ -84,8 +84,11 @@ impl Status {
 pub struct Record {
     pub time: Arc<str>,
     pub status: Status,
-    /// The recipient's input line (its identity for `--resume`); 0 for the run record.
-    pub line: u64,
+    /// The recipient's id (see [`crate::deliver`]); 0 for records about no recipient. A
+    /// campaign's ids are its input lines, and its log names them `line` (what `--resume`
+    /// reads).
+    #[serde(rename = "line")]
+    pub id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rcpt: Option<Arc<str>>,
     #[serde(skip_serializing_if = "is_zero")]
@@ -146,16 +149,16 @@ fn display<S: serde::Serializer>(code: &Option<EnhancedCode>, s: S) -> Result<S:
 }
 
 impl Record {
-    pub fn new(status: Status, line: u64) -> Record {
-        Record::at(status, line, now_rfc3339().into())
+    pub fn new(status: Status, id: u64) -> Record {
+        Record::at(status, id, now_rfc3339().into())
     }
 
     /// A record stamped `time` (see [`Clock`]).
-    pub fn at(status: Status, line: u64, time: Arc<str>) -> Record {
+    pub fn at(status: Status, id: u64, time: Arc<str>) -> Record {
         Record {
             time,
             status,
-            line,
+            id,
             rcpt: None,
             attempts: 0,
             mx: None,
@@ -303,22 +306,23 @@ impl LogFile {
         Ok(log)
     }
 
-    /// Continues an earlier run's log (`--resume`): locks it, cuts off a last line a killed run
-    /// left half-written (so the log stays valid JSONL), reads what it says, and appends from
-    /// there. The lock is taken before anything is read, so a second run refuses at once.
-    pub fn resume(path: &Path) -> Result<(LogFile, Resumed), OpenError> {
+    /// Continues an earlier run's log: locks it, cuts off a last line a killed run left
+    /// half-written (so the log stays valid JSONL), and appends from there; returns the octets
+    /// cut off. The lock is taken before anything is read, so a second run refuses at once.
+    /// What the log says is the caller's to read ([`LogFile::contents`]).
+    pub fn reopen(path: &Path) -> Result<(LogFile, u64), OpenError> {
         let file = OpenOptions::new().read(true).append(true).open(path)?;
         if !lock::try_lock(&file)? {
             return Err(OpenError::InUse { pid: lock::holder(&file) });
         }
         let cut = cut_torn_tail(&file)?;
-        (&file).seek(SeekFrom::Start(0))?; // appending moved the offset; writes still append
-        let mut resumed = Resumed::from_reader(BufReader::new(&file))?;
-        if resumed.campaign.is_none() {
-            return Err(OpenError::NotALog);
-        }
-        resumed.cut_tail = cut;
-        Ok((LogFile::with(file, path), resumed))
+        Ok((LogFile::with(file, path), cut))
+    }
+
+    /// The log's records so far, from its first line (writes still append at its end).
+    pub fn contents(&self) -> io::Result<impl BufRead + '_> {
+        (&self.file).seek(SeekFrom::Start(0))?;
+        Ok(BufReader::new(&self.file))
     }
 
     fn with(file: File, path: &Path) -> LogFile {
@@ -426,75 +430,6 @@ fn cut_torn_tail(file: &File) -> io::Result<u64> {
     Ok(len - start)
 }
 
-/// What an earlier run's log says: its campaign, and the input lines with a final record.
-#[derive(Debug, Default)]
-pub struct Resumed {
-    pub campaign: Option<String>,
-    /// The first run's recipients file digest, if it recorded one.
-    pub input_digest: Option<String>,
-    finals: Vec<u64>,
-    pub final_count: u64,
-    /// Lines that were not JSON records (a line cut short by a kill): skipped.
-    pub unreadable: u64,
-    /// Octets of a half-written last line that opening the log cut off (see [`LogFile::resume`]).
-    pub cut_tail: u64,
-}
-
-impl Resumed {
-    pub fn is_final(&self, line: u64) -> bool {
-        let (word, bit) = ((line / 64) as usize, line % 64);
-        self.finals.get(word).is_some_and(|w| w & (1 << bit) != 0)
-    }
-
-    fn mark(&mut self, line: u64) {
-        let (word, bit) = ((line / 64) as usize, line % 64);
-        if self.finals.len() <= word {
-            self.finals.resize(word + 1, 0);
-        }
-        if self.finals[word] & (1 << bit) == 0 {
-            self.final_count += 1;
-        }
-        self.finals[word] |= 1 << bit;
-    }
-
-    /// Reads a log. Memory: one bit per input line.
-    fn from_reader(mut reader: impl BufRead) -> io::Result<Resumed> {
-        #[derive(serde::Deserialize)]
-        struct Line {
-            status: String,
-            #[serde(default)]
-            line: u64,
-            #[serde(default)]
-            campaign: Option<String>,
-            #[serde(default)]
-            input_digest: Option<String>,
-        }
-        let mut resumed = Resumed::default();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf)? == 0 {
-                break;
-            }
-            let Ok(record) = serde_json::from_slice::<Line>(&buf) else {
-                if !buf.iter().all(u8::is_ascii_whitespace) {
-                    resumed.unreadable += 1;
-                }
-                continue;
-            };
-            match Status::parse(&record.status) {
-                Some(Status::Run) if resumed.campaign.is_none() => {
-                    resumed.campaign = record.campaign;
-                    resumed.input_digest = record.input_digest;
-                }
-                Some(s) if s.is_final() => resumed.mark(record.line),
-                _ => {}
-            }
-        }
-        Ok(resumed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,97 +448,6 @@ mod tests {
         assert_eq!(json["enhanced"], "5.1.1");
         assert_eq!(json["reply"], "5.1.1 no / such user");
         assert!(json.get("mx").is_none() && json.get("attempts").is_none());
-    }
-
-    /// A fresh temp directory for one test.
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("volley-log-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn append(path: &Path, bytes: &[u8]) {
-        std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
-    }
-
-    #[test]
-    fn resume_reads_finals_and_the_campaign_and_cuts_a_torn_last_line() {
-        let dir = temp("torn");
-        let path = dir.join("run.jsonl");
-        let mut log = LogFile::create(&path).unwrap();
-        let mut run = Record::new(Status::Run, 0);
-        run.campaign = Some("abc".into());
-        log.write(&run);
-        for (status, line) in [
-            (Status::Deferred, 2),
-            (Status::Delivered, 3),
-            (Status::Rejected, 4),
-            (Status::Deferred, 5),
-            (Status::Expired, 200),
-        ] {
-            log.write(&Record::new(status, line));
-        }
-        log.sync().unwrap();
-        drop(log);
-        let whole = std::fs::read(&path).unwrap();
-        // A kill in the middle of a write leaves half a line.
-        append(&path, b"{\"status\":\"deliv");
-        let (mut log, r) = LogFile::resume(&path).unwrap();
-        assert_eq!(r.campaign.as_deref(), Some("abc"));
-        assert_eq!((r.final_count, r.unreadable, r.cut_tail), (3, 0, 16));
-        assert!(r.is_final(3) && r.is_final(4) && r.is_final(200));
-        assert!(!r.is_final(2) && !r.is_final(5) && !r.is_final(1) && !r.is_final(100_000));
-        assert_eq!(std::fs::read(&path).unwrap(), whole, "the torn line is gone, the rest untouched");
-        // Continuing the log appends whole lines after the last whole one.
-        log.write(&Record::new(Status::Delivered, 5));
-        log.sync().unwrap();
-        drop(log);
-        let (_, r) = LogFile::resume(&path).unwrap();
-        assert!(r.is_final(5));
-        assert_eq!((r.unreadable, r.cut_tail), (0, 0));
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{text}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_whole_last_record_that_lost_its_newline_is_kept() {
-        let dir = temp("newline");
-        let path = dir.join("run.jsonl");
-        std::fs::write(
-            &path,
-            "{\"status\":\"run\",\"line\":0,\"campaign\":\"c\"}\n{\"status\":\"delivered\",\"line\":7}",
-        )
-        .unwrap();
-        let (log, r) = LogFile::resume(&path).unwrap();
-        assert!(r.is_final(7));
-        assert_eq!(r.cut_tail, 0);
-        drop(log);
-        assert!(std::fs::read_to_string(&path).unwrap().ends_with("7}\n"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn only_one_run_writes_a_log_and_only_a_volley_log_is_resumed() {
-        let dir = temp("lock");
-        let path = dir.join("run.jsonl");
-        let mut log = LogFile::create(&path).unwrap();
-        let mut run = Record::new(Status::Run, 0);
-        run.campaign = Some("abc".into());
-        log.write(&run);
-        log.sync().unwrap();
-        let me = std::process::id();
-        assert!(matches!(LogFile::resume(&path), Err(OpenError::InUse { pid: Some(p) }) if p == me));
-        assert!(matches!(LogFile::create(&path), Err(OpenError::Exists)));
-        drop(log);
-        assert!(LogFile::resume(&path).is_ok(), "free once the first run closed it");
-        for (name, content) in [("empty", ""), ("garbage", "hello\nworld\n"), ("other", "{\"a\":1}\n")] {
-            let other = dir.join(name);
-            std::fs::write(&other, content).unwrap();
-            assert!(matches!(LogFile::resume(&other), Err(OpenError::NotALog)), "{name}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,7 +22,6 @@ pub use super::books::{DomainSummary, MAX_DOMAIN_BOOKS, Tally, fmt_ms};
 use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
 use super::retry::{Pending, Schedule};
-use super::source::Shared;
 use crate::engine::{AdaptiveWait, Origin, Outcome, Progress, ShapingEvent};
 use crate::proto::client::Disposition;
 use crate::rng::Rng;
@@ -67,7 +66,7 @@ pub struct Books {
     pub tally: Tally,
     /// Destinations suspended or slowed, in the order it first happened.
     pub shaping: Vec<ShapingSummary>,
-    /// Failures by category (see [`crate::send::bounce`]).
+    /// Failures by category (see [`crate::deliver::bounce`]).
     pub categories: BTreeMap<Category, CategoryTally>,
     pub domains: Vec<DomainSummary>,
     /// The domains folded out of `domains` (past the [`MAX_DOMAIN_BOOKS`] busiest), together.
@@ -84,7 +83,7 @@ pub struct Ledger {
     shaping: Vec<ShapingSummary>,
     records: Receiver<Record>,
     retries: Sender<(Instant, Pending)>,
-    shared: Arc<Shared>,
+    flow: Arc<Flow>,
     schedule: Schedule,
     rng: Rng,
     tally: Tally,
@@ -101,6 +100,25 @@ pub struct Ledger {
     producer: Option<std::thread::Thread>,
     /// The cores' counters: how many recipients are in a session right now.
     engine: Vec<Arc<Progress>>,
+}
+
+/// The recipients a job source and the ledger account for together: every one handed in
+/// ends in exactly one final record, and the run is over when the counts meet.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Recipients the source has taken on (a campaign's rows not skipped by `--resume`).
+    pub admitted: AtomicU64,
+    /// Recipients with a final record: counted by the ledger.
+    pub finalized: AtomicU64,
+    /// Recipients waiting for a retry or for DNS: published by the source.
+    pub waiting: AtomicU64,
+}
+
+impl Flow {
+    /// Every recipient taken on so far has its final record.
+    pub fn all_final(&self) -> bool {
+        self.finalized.load(Ordering::Acquire) == self.admitted.load(Ordering::Acquire)
+    }
 }
 
 /// Signals between the main thread and the ledger.
@@ -122,7 +140,8 @@ pub struct LedgerConfig {
     pub records: Receiver<Record>,
     /// Where deferred recipients go back to the source, with when to retry.
     pub retries: Sender<(Instant, Pending)>,
-    pub shared: Arc<Shared>,
+    /// Counted with the job source: recipients handed in, final, waiting.
+    pub flow: Arc<Flow>,
     pub schedule: Schedule,
     pub classifier: Classifier,
     /// Print live progress on stderr.
@@ -131,7 +150,7 @@ pub struct LedgerConfig {
 
 impl Ledger {
     pub fn new(config: LedgerConfig) -> Ledger {
-        let LedgerConfig { log, outcomes, events, records, retries, shared, schedule, classifier, progress } =
+        let LedgerConfig { log, outcomes, events, records, retries, flow, schedule, classifier, progress } =
             config;
         Ledger {
             log,
@@ -140,7 +159,7 @@ impl Ledger {
             shaping: Vec::new(),
             records,
             retries,
-            shared,
+            flow,
             schedule,
             rng: Rng::new(0x1ed9e7 ^ u64::from(std::process::id())),
             tally: Tally::default(),
@@ -225,7 +244,7 @@ impl Ledger {
             pace.done(got);
             if got > 0
                 && let Some(producer) = &self.producer
-                && self.shared.all_final()
+                && self.flow.all_final()
             {
                 producer.unpark();
             }
@@ -298,7 +317,7 @@ impl Ledger {
             if let (Some(at), Some(message)) = (retry_at, o.retry) {
                 r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
                 let rcpt = o.recipient.clone();
-                let pending = Pending { line: o.id, rcpt, message, born: o.due, attempts: o.attempts };
+                let pending = Pending { id: o.id, rcpt, message, born: o.due, attempts: o.attempts };
                 // The source reads these until it is done, and it is not done while this
                 // recipient has no final record.
                 let _ = self.retries.send((at, pending));
@@ -376,10 +395,10 @@ impl Ledger {
             }
         }
         if let Some(domain) = domain {
-            self.domains.count(&super::source::lowercase(domain), r.status, latency);
+            self.domains.count(&super::lowercase(domain), r.status, latency);
         }
         if r.status.is_final() {
-            self.shared.finalized.fetch_add(1, Ordering::Release);
+            self.flow.finalized.fetch_add(1, Ordering::Release);
         }
         if self.log_error.is_none() {
             self.log.write(r);
@@ -413,8 +432,8 @@ impl Ledger {
     fn print_progress(&self, slowest: &str) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let t = &self.tally;
-        let admitted = self.shared.admitted.load(Ordering::Relaxed);
-        let waiting = self.shared.waiting.load(Ordering::Relaxed);
+        let admitted = self.flow.admitted.load(Ordering::Relaxed);
+        let waiting = self.flow.waiting.load(Ordering::Relaxed);
         let unfinished = admitted.saturating_sub(t.finals()).saturating_sub(waiting);
         // In a session (a transaction under way) against handed to the engine and not yet
         // taken by one; the cores publish theirs every 250 ms, so the split is approximate.

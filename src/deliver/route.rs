@@ -256,9 +256,9 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::dns::DnsConfig;
+    use crate::deliver::shaping::{Defaults, ShapingRules};
     use crate::engine::Limits;
-    use crate::send::dns::DnsConfig;
-    use crate::send::shaping::{Defaults, ShapingRules};
     use crate::testkit::dns::{DnsStub, Zone};
     use std::time::Duration;
 
