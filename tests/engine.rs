@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailvolley::bench::{self, BenchSource, Content, Plan};
-use mailvolley::engine::{self, Destination, EngineConfig, Report};
+use mailvolley::engine::{self, Destination, EngineConfig, Report, RetryPolicy};
 use mailvolley::proto::{ClientConfig, Domain, Timeouts};
 use mailvolley::sink::{Counters, Faults, SinkConfig};
 
@@ -104,7 +104,7 @@ fn faults_retry_transient_and_bounce_permanent() {
             c.faults = f;
             c.seed = 11;
         },
-        Run { configure: |c| c.retries = 6, ..Run::default() },
+        Run { configure: |c| c.retry = RetryPolicy::Immediate { retries: 6 }, ..Run::default() },
     );
     let s = &report.stats;
     accounted(&report, 2000);
@@ -126,7 +126,7 @@ fn service_closing_and_disconnects_mid_pipeline_lose_nothing() {
             c.faults = f;
             c.seed = 5;
         },
-        Run { configure: |c| c.retries = 8, ..Run::default() },
+        Run { configure: |c| c.retry = RetryPolicy::Immediate { retries: 8 }, ..Run::default() },
     );
     let s = &report.stats;
     accounted(&report, 2000);
@@ -148,7 +148,7 @@ fn partial_recipient_failures_retry_only_those_recipients() {
         Run {
             recipients: 3,
             plan: Plan { messages: Some(500), ..Plan::default() },
-            configure: |c| c.retries = 10,
+            configure: |c| c.retry = RetryPolicy::Immediate { retries: 10 },
             ..Run::default()
         },
     );
@@ -167,7 +167,7 @@ fn unreachable_target_defers_everything() {
     };
     let run = Run {
         plan: Plan { messages: Some(50), ..Plan::default() },
-        configure: |c| c.retries = 1,
+        configure: |c| c.retry = RetryPolicy::Immediate { retries: 1 },
         ..Run::default()
     };
     let report = bench_against(port, &run);
@@ -189,7 +189,7 @@ fn reply_timeouts_defer() {
         Run {
             plan: Plan { messages: Some(20), ..Plan::default() },
             configure: |c| {
-                c.retries = 0;
+                c.retry = RetryPolicy::Immediate { retries: 0 };
                 c.client.timeouts.end_of_data = Duration::from_millis(100);
             },
             ..Run::default()
@@ -461,7 +461,7 @@ fn a_server_refusing_every_session_does_not_hang_the_run_regression() {
             },
             Run {
                 plan: Plan { messages: Some(30), ..Plan::default() },
-                configure: |c| c.retries = 2,
+                configure: |c| c.retry = RetryPolicy::Immediate { retries: 2 },
                 ..Run::default()
             },
         );
@@ -502,7 +502,7 @@ fn a_server_that_hangs_up_right_after_ehlo_does_not_hang_the_run() {
     });
     let run = Run {
         plan: Plan { messages: Some(20), ..Plan::default() },
-        configure: |c| c.retries = 2,
+        configure: |c| c.retry = RetryPolicy::Immediate { retries: 2 },
         ..Run::default()
     };
     let report = bench_against(addr, &run);

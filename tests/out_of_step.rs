@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::scripted::{Fault, Script, Scripted};
 use mailvolley::bench::{self, BenchSource, Content, Plan};
-use mailvolley::engine::{self, Destination, EngineConfig, Report};
+use mailvolley::engine::{self, Destination, EngineConfig, Report, RetryPolicy};
 use mailvolley::proto::{ClientConfig, Domain, Timeouts};
 use mailvolley::sink::Faults;
 
@@ -20,7 +20,7 @@ fn config(retries: u32) -> EngineConfig {
     client.timeouts = Timeouts::uniform(Duration::from_secs(5), Duration::from_secs(5));
     let mut config = EngineConfig::new(client);
     config.threads = 2;
-    config.retries = retries;
+    config.retry = RetryPolicy::Immediate { retries };
     config.reconnect_backoff = Duration::from_millis(10);
     config.reconnect_backoff_max = Duration::from_millis(200);
     config.failing_after = Duration::from_millis(300);

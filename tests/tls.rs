@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::scripted::{Fault, Script, Scripted};
 use mailvolley::bench::{self, BenchSource, Content, Plan};
-use mailvolley::engine::{self, Destination, EngineConfig, Report};
+use mailvolley::engine::{self, Destination, EngineConfig, Report, RetryPolicy};
 use mailvolley::proto::client::{Credentials, Mechanism, Secret};
 use mailvolley::proto::{ClientConfig, Domain, Timeouts};
 use mailvolley::sink::auth::Users;
@@ -23,7 +23,7 @@ fn config(tls: Option<ClientTls>) -> EngineConfig {
     client.timeouts = Timeouts::uniform(Duration::from_secs(5), Duration::from_secs(5));
     let mut config = EngineConfig::new(client);
     config.threads = 2;
-    config.retries = 2;
+    config.retry = RetryPolicy::Immediate { retries: 2 };
     config.reconnect_backoff = Duration::from_millis(10);
     config.reconnect_backoff_max = Duration::from_millis(100);
     config.failing_after = Duration::from_secs(2);

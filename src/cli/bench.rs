@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use mailvolley::bench::{self, BenchSource, BodySpec, Content, Plan, Recipients, Sizes};
-use mailvolley::engine::{self, Destination, EngineConfig};
+use mailvolley::engine::{self, Destination, EngineConfig, RetryPolicy};
 use mailvolley::proto::Address;
 use mailvolley::proto::client::Credentials;
 use mailvolley::sink::auth::Users;
@@ -214,7 +214,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     args.connection.apply(&mut config);
     config.threads = threads;
     config.driver = args.driver;
-    config.retries = args.retries;
+    config.retry = RetryPolicy::Immediate { retries: args.retries };
     config.warmup = args.warmup;
     // An open loop ramps its rate; a closed one its connections.
     config.ramp_up = args.ramp_up.filter(|_| args.rate.is_none());

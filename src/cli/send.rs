@@ -13,7 +13,7 @@ use clap::Args;
 
 use mailvolley::deliver::dkim::KeySpec;
 use mailvolley::deliver::dns::DnsConfig;
-use mailvolley::deliver::retry::Schedule;
+use mailvolley::engine::Schedule;
 use mailvolley::engine::{EngineConfig, Rate};
 use mailvolley::rt::Driver;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};

@@ -1,5 +1,5 @@
 //! The log thread: the one place outcomes become records. It drains the cores' outcome queues
-//! and the source's records, decides retry or expiry for deferrals, keeps the per-domain
+//! and the source's reports, decides retry or expiry for deferrals, keeps the per-domain
 //! books, and writes the delivery log with group commit. The cores never wait on the disk; if
 //! this thread falls behind, their bounded queues fill and they stop taking new jobs.
 //!
@@ -21,9 +21,12 @@ use super::books::DomainBooks;
 pub use super::books::{DomainSummary, MAX_DOMAIN_BOOKS, Tally, fmt_ms};
 use super::bounce::{Category, Classifier, Failure};
 use super::log::{Clock, LogFile, Record, Status};
-use super::retry::{Pending, Schedule};
-use crate::engine::{AdaptiveWait, Origin, Outcome, Progress, ShapingEvent};
+use super::pending::Pending;
+use crate::engine::{
+    AdaptiveWait, Deferral, Origin, Outcome, Payload, Progress, RetryPolicy, ShapingEvent, Verdict, Via,
+};
 use crate::proto::client::Disposition;
+use crate::proto::{Address, Reply};
 use crate::rng::Rng;
 
 /// How often live progress is printed.
@@ -81,10 +84,10 @@ pub struct Ledger {
     outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
     events: Arc<ArrayQueue<ShapingEvent>>,
     shaping: Vec<ShapingSummary>,
-    records: Receiver<Record>,
+    reports: Receiver<Report>,
     retries: Sender<(Instant, Pending)>,
     flow: Arc<Flow>,
-    schedule: Schedule,
+    retry: RetryPolicy,
     rng: Rng,
     tally: Tally,
     classifier: Classifier,
@@ -121,6 +124,47 @@ impl Flow {
     }
 }
 
+/// What a job source tells the ledger about a recipient it did not hand to the engine. The
+/// ledger makes its record, and decides a deferral's retry, as for the engine's outcomes.
+#[derive(Debug)]
+pub enum Report {
+    /// Never sent: its input was refused (malformed, a duplicate) or it is suppressed.
+    Unsent { id: u64, rcpt: Option<Arc<str>>, why: Unsent, reason: String },
+    /// Routing failed `at`: deferred (DNS may answer later) or bounced (the domain takes no
+    /// mail). An attempt, counted as one.
+    Unroutable { pending: Pending, disposition: Disposition, reason: String, at: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    Rejected,
+    Suppressed,
+}
+
+/// One attempt's result, from the engine or from routing: what every attempt's record is built
+/// from, in one place ([`Ledger::attempt`]).
+struct Attempt {
+    id: u64,
+    rcpt: Address,
+    disposition: Disposition,
+    /// Attempts made, this one included.
+    attempts: u32,
+    born: Instant,
+    /// When it was decided.
+    at: Instant,
+    reply: Option<Reply>,
+    reason: Option<String>,
+    /// Set when the reply (if any) is not what to classify: a suspension, a local refusal,
+    /// DNS.
+    category: Option<Category>,
+    /// Not to be retried before this.
+    not_before: Option<Instant>,
+    via: Option<Via>,
+    size: Option<usize>,
+    /// For a deferral: the message to retry with.
+    retry: Option<Payload>,
+}
+
 /// Signals between the main thread and the ledger.
 #[derive(Debug, Default)]
 pub struct Control {
@@ -136,13 +180,14 @@ pub struct LedgerConfig {
     /// The cores' outcome queues and the engine's shaping events.
     pub outcomes: Vec<Arc<ArrayQueue<Outcome>>>,
     pub events: Arc<ArrayQueue<ShapingEvent>>,
-    /// Records the source writes (rejected, suppressed, DNS deferrals and bounces).
-    pub records: Receiver<Record>,
+    /// What the source decided without the engine (rejected, suppressed, unroutable).
+    pub reports: Receiver<Report>,
     /// Where deferred recipients go back to the source, with when to retry.
     pub retries: Sender<(Instant, Pending)>,
     /// Counted with the job source: recipients handed in, final, waiting.
     pub flow: Arc<Flow>,
-    pub schedule: Schedule,
+    /// How deferrals are retried (scheduled, for a campaign).
+    pub retry: RetryPolicy,
     pub classifier: Classifier,
     /// Print live progress on stderr.
     pub progress: bool,
@@ -150,17 +195,17 @@ pub struct LedgerConfig {
 
 impl Ledger {
     pub fn new(config: LedgerConfig) -> Ledger {
-        let LedgerConfig { log, outcomes, events, records, retries, flow, schedule, classifier, progress } =
+        let LedgerConfig { log, outcomes, events, reports, retries, flow, retry, classifier, progress } =
             config;
         Ledger {
             log,
             outcomes,
             events,
             shaping: Vec::new(),
-            records,
+            reports,
             retries,
             flow,
-            schedule,
+            retry,
             rng: Rng::new(0x1ed9e7 ^ u64::from(std::process::id())),
             tally: Tally::default(),
             classifier,
@@ -218,8 +263,9 @@ impl Ledger {
                     got += 1;
                 }
             }
-            while let Ok(r) = self.records.try_recv() {
-                self.write(r);
+            let when = self.when();
+            while let Ok(report) = self.reports.try_recv() {
+                self.report(report, &when);
                 got += 1;
             }
             if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
@@ -261,70 +307,142 @@ impl Ledger {
         (Instant::now(), SystemTime::now())
     }
 
-    fn outcome(&mut self, o: Outcome, &(now, wall): &(Instant, SystemTime)) {
-        // Stamped when it was decided, not when written: a session may hold an outcome until a
-        // checkpoint, and the record's time must agree with its `queue_ms`.
-        let stamp = self.clock.at(wall.checked_sub(now.saturating_duration_since(o.at)).unwrap_or(wall));
+    /// A record's time stamp for something decided `at` (see [`Ledger::when`]): stamped when
+    /// decided, not when written, since a session may hold an outcome until a checkpoint and
+    /// the record's time must agree with its `queue_ms`.
+    fn stamp(&mut self, at: Instant, &(now, wall): &(Instant, SystemTime)) -> Arc<str> {
+        self.clock.at(wall.checked_sub(now.saturating_duration_since(at)).unwrap_or(wall))
+    }
+
+    fn outcome(&mut self, o: Outcome, when: &(Instant, SystemTime)) {
         if o.origin == Origin::Unsendable {
             // Its template refused the row (on the core that was to send it): nothing was sent.
-            let mut r = Record::at(Status::Rejected, o.id, stamp).rcpt(o.recipient.shared());
-            r.reason = o.error;
-            return self.write(r);
+            let stamp = self.stamp(o.at, when);
+            let reason = o.error.unwrap_or_default();
+            return self.unsent(o.id, Some(o.recipient.shared()), Unsent::Rejected, reason, stamp);
         }
-        let retry_at = match o.disposition {
-            // Not before its destination's suspension ends, which may be past its maximum age.
-            Disposition::Deferred => self
-                .schedule
-                .next(o.attempts, o.due, now, &mut self.rng)
-                .map(|at| match o.origin {
-                    Origin::Suspended { until } => at.max(until),
-                    _ => at,
-                })
-                .filter(|at| *at <= o.due + self.schedule.max_age),
-            _ => None,
-        };
-        let status = match o.disposition {
-            Disposition::Delivered => Status::Delivered,
-            Disposition::Bounced => Status::Bounced,
-            Disposition::Uncertain => Status::Uncertain,
-            Disposition::Deferred if retry_at.is_some() && o.retry.is_some() => Status::Deferred,
-            Disposition::Deferred => Status::Expired,
-        };
-        // Filled in place: a record is a few hundred octets, and every move of it is a copy.
-        let mut r = Record::at(status, o.id, stamp);
-        r.rcpt = Some(o.recipient.shared());
-        r.attempts = o.attempts;
-        if let Some(reply) = o.reply {
-            r.set_reply(reply);
-        }
-        r.reason = o.error;
-        r.category = match &o.origin {
+        let category = match &o.origin {
             // Held back by a shaping reaction: that is the reason, not the connection.
             Origin::Suspended { .. } => Some(Category::RateLimited),
             // Refused before sending (no reply to classify): the reason is the server's lack.
             Origin::LocalRefusal(refusal) => Some(super::bounce::of_local(refusal)),
             Origin::Attempt | Origin::Unsendable => None,
         };
-        if let Some(via) = o.via {
+        let not_before = match o.origin {
+            Origin::Suspended { until } => Some(until),
+            _ => None,
+        };
+        let attempt = Attempt {
+            id: o.id,
+            rcpt: o.recipient,
+            disposition: o.disposition,
+            attempts: o.attempts,
+            born: o.due,
+            at: o.at,
+            reply: o.reply,
+            reason: o.error,
+            category,
+            not_before,
+            via: o.via,
+            size: o.size,
+            retry: o.retry,
+        };
+        self.attempt(attempt, when);
+    }
+
+    /// What the job source decided about a recipient without the engine.
+    fn report(&mut self, report: Report, when: &(Instant, SystemTime)) {
+        match report {
+            Report::Unsent { id, rcpt, why, reason } => {
+                let stamp = self.stamp(when.0, when);
+                self.unsent(id, rcpt, why, reason, stamp);
+            }
+            Report::Unroutable { pending: p, disposition, reason, at } => {
+                let (category, retry) = match disposition {
+                    Disposition::Deferred => (Category::Connection, Some(p.message)),
+                    _ => (Category::BadDomain, None),
+                };
+                let attempt = Attempt {
+                    id: p.id,
+                    rcpt: p.rcpt,
+                    disposition,
+                    attempts: p.attempts + 1,
+                    born: p.born,
+                    at,
+                    reply: None,
+                    reason: Some(reason),
+                    category: Some(category),
+                    not_before: None,
+                    via: None,
+                    size: None,
+                    retry,
+                };
+                self.attempt(attempt, when);
+            }
+        }
+    }
+
+    /// The record of a recipient that was never sent.
+    fn unsent(&mut self, id: u64, rcpt: Option<Arc<str>>, why: Unsent, reason: String, stamp: Arc<str>) {
+        let status = match why {
+            Unsent::Rejected => Status::Rejected,
+            Unsent::Suppressed => Status::Suppressed,
+        };
+        let mut r = Record::at(status, id, stamp);
+        r.rcpt = rcpt;
+        r.reason = Some(reason);
+        self.write(r);
+    }
+
+    /// The record of an attempt, and for a deferral, the retry decision and the hand-back.
+    fn attempt(&mut self, a: Attempt, when: &(Instant, SystemTime)) {
+        let now = when.0;
+        let stamp = self.stamp(a.at, when);
+        let retry_at = match a.disposition {
+            Disposition::Deferred if a.retry.is_some() => {
+                let deferral = Deferral { attempts: a.attempts, born: a.born, not_before: a.not_before };
+                match self.retry.decide(deferral, now, &mut self.rng) {
+                    Verdict::Now => Some(now),
+                    Verdict::At(at) => Some(at),
+                    Verdict::Final => None,
+                }
+            }
+            _ => None,
+        };
+        let status = match a.disposition {
+            Disposition::Delivered => Status::Delivered,
+            Disposition::Bounced => Status::Bounced,
+            Disposition::Uncertain => Status::Uncertain,
+            Disposition::Deferred if retry_at.is_some() => Status::Deferred,
+            Disposition::Deferred => Status::Expired,
+        };
+        // Filled in place: a record is a few hundred octets, and every move of it is a copy.
+        let mut r = Record::at(status, a.id, stamp);
+        r.rcpt = Some(a.rcpt.shared());
+        r.attempts = a.attempts;
+        if let Some(reply) = a.reply {
+            r.set_reply(reply);
+        }
+        r.reason = a.reason;
+        r.category = a.category;
+        if let Some(via) = a.via {
             r.mx = via.host;
             r.ip = Some(via.addr.ip());
             r.tls = via.tls;
         }
-        r.size = o.size;
-        let queued = o.at.saturating_duration_since(o.due);
+        r.size = a.size;
+        let queued = a.at.saturating_duration_since(a.born);
         r.queue_ms = Some(queued.as_millis() as u64);
-        if status == Status::Deferred {
-            if let (Some(at), Some(message)) = (retry_at, o.retry) {
-                r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
-                let rcpt = o.recipient.clone();
-                let pending = Pending { id: o.id, rcpt, message, born: o.due, attempts: o.attempts };
-                // The source reads these until it is done, and it is not done while this
-                // recipient has no final record.
-                let _ = self.retries.send((at, pending));
-            }
+        if let (Some(at), Some(message)) = (retry_at, a.retry) {
+            r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
+            let rcpt = a.rcpt.clone();
+            let pending = Pending { id: a.id, rcpt, message, born: a.born, attempts: a.attempts };
+            // The source reads these until it is done, and it is not done while this
+            // recipient has no final record.
+            let _ = self.retries.send((at, pending));
         }
         let latency = (status == Status::Delivered).then_some(queued);
-        self.write_timed(&mut r, Some(o.recipient.domain()), latency);
+        self.write_timed(&mut r, Some(a.rcpt.domain()), latency);
     }
 
     /// A destination suspended or slowed: a `shaping` record, and a line in the report.
@@ -468,5 +586,117 @@ impl Ledger {
             unrecorded: self.unrecorded,
             log_error: self.log_error,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Schedule;
+    use crate::proto::client::{Envelope, Message};
+    use crate::proto::{Address, Body};
+    use std::sync::mpsc;
+
+    /// Reports from a source go through the same decision and builder as the engine's
+    /// outcomes: a DNS failure is a counted attempt, deferred with a retry handed back while
+    /// young, expired once past its maximum age; a domain without mail is bounced; unsent rows
+    /// are final records of their own kind.
+    #[test]
+    fn reports_become_records_by_the_one_decision() {
+        let path = std::env::temp_dir().join(format!("volley-ledger-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (reports_tx, reports_rx) = mpsc::sync_channel(16);
+        let (retries_tx, retries_rx) = mpsc::channel();
+        let flow = Arc::new(Flow::default());
+        let schedule = Schedule {
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+            max_age: Duration::from_secs(3600),
+        };
+        let ledger = Ledger::new(LedgerConfig {
+            log: LogFile::create(&path).unwrap(),
+            outcomes: Vec::new(),
+            events: Arc::new(ArrayQueue::new(1)),
+            reports: reports_rx,
+            retries: retries_tx,
+            flow: Arc::clone(&flow),
+            retry: RetryPolicy::Scheduled(schedule),
+            classifier: Classifier::load(&[] as &[&str]).unwrap(),
+            progress: false,
+        });
+        let now = Instant::now();
+        let pending = |id: u64, born: Instant, attempts: u32| {
+            let rcpt = Address::new(&format!("r{id}@x.test")).unwrap();
+            let envelope = Arc::new(Envelope { sender: None, recipients: vec![rcpt.clone()] });
+            let message = Payload::Ready(Message::new(envelope, Body::new(b"Subject: t\r\n\r\nhi\r\n")));
+            Pending { id, rcpt, message, born, attempts }
+        };
+        let servfail = "DNS: SERVFAIL".to_owned();
+        let old = now.checked_sub(Duration::from_secs(7200)).unwrap();
+        let reports = [
+            Report::Unroutable {
+                pending: pending(2, now, 0),
+                disposition: Disposition::Deferred,
+                reason: servfail.clone(),
+                at: now,
+            },
+            Report::Unroutable {
+                pending: pending(3, old, 4),
+                disposition: Disposition::Deferred,
+                reason: servfail,
+                at: now,
+            },
+            Report::Unroutable {
+                pending: pending(4, now, 0),
+                disposition: Disposition::Bounced,
+                reason: "no MX".into(),
+                at: now,
+            },
+            Report::Unsent {
+                id: 5,
+                rcpt: Some("r5@x.test".into()),
+                why: Unsent::Suppressed,
+                reason: "listed".into(),
+            },
+            Report::Unsent { id: 6, rcpt: None, why: Unsent::Rejected, reason: "no address".into() },
+        ];
+        for r in reports {
+            reports_tx.send(r).unwrap();
+        }
+        let control = Control::default();
+        control.engine_done.store(true, Ordering::Release);
+        let books = ledger.run(&control);
+        assert_eq!(books.tally.finals(), 4);
+        assert_eq!(flow.finalized.load(Ordering::Acquire), 4, "every final record is counted once");
+        let (at, retry) = retries_rx.try_recv().expect("the young deferral is handed back");
+        assert_eq!((retry.id, retry.attempts), (2, 1));
+        assert!(
+            at >= now + Duration::from_secs(54) && at <= now + Duration::from_secs(66),
+            "first retry ~60 s"
+        );
+        assert!(retries_rx.try_recv().is_err(), "nothing else is retried");
+        let records: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let field = |i: usize, k: &str| records[i][k].clone();
+        let expect = [
+            (2, "deferred", Some("connection"), 1),
+            (3, "expired", Some("connection"), 5),
+            (4, "bounced", Some("bad_domain"), 1),
+            (5, "suppressed", None, 0),
+            (6, "rejected", None, 0),
+        ];
+        assert_eq!(records.len(), expect.len());
+        for (i, (line, status, category, attempts)) in expect.into_iter().enumerate() {
+            assert_eq!(field(i, "line"), line, "{i}");
+            assert_eq!(field(i, "status"), status, "{i}");
+            assert_eq!(field(i, "category").as_str(), category, "{i}");
+            assert_eq!(field(i, "attempts").as_u64().unwrap_or(0), attempts, "{i}");
+        }
+        assert!(field(0, "retry_in_s").as_u64().is_some_and(|s| (54..=66).contains(&s)));
+        assert!(field(1, "retry_in_s").is_null() && field(1, "queue_ms").as_u64() >= Some(7_200_000));
+        let _ = std::fs::remove_file(&path);
     }
 }

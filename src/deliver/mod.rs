@@ -6,9 +6,10 @@
 //!   [`route`] (destinations, MX rollup, answers kept for their TTL);
 //! - how it is sent there: [`shaping`] (per-provider limits and reactions, from rules files
 //!   read by [`rules_file`]) and [`dkim`] (signatures);
-//! - what became of it: [`bounce`] (failure categories), [`retry`] (the retry schedule and the
-//!   one retry-or-expire decision), [`log`] (records and the delivery log with group commit),
-//!   [`ledger`] (the log thread: outcomes to records) and [`books`] (per-domain statistics).
+//! - what became of it: [`ledger`] (the log thread: the one place outcomes become records and
+//!   deferrals become retries, by [`crate::engine::retry`]'s decision), [`pending`] (a recipient
+//!   between attempts), [`bounce`] (failure categories), [`log`] (records and the delivery log
+//!   with group commit) and [`books`] (per-domain statistics).
 //!
 //! A recipient is known here by an opaque `u64` id: a campaign uses its input line, a spool
 //! its message's. Nothing here knows rows, templates or files of recipients.
@@ -19,7 +20,7 @@ pub mod dkim;
 pub mod dns;
 pub mod ledger;
 pub mod log;
-pub mod retry;
+pub mod pending;
 pub mod route;
 pub mod rules_file;
 pub mod shaping;

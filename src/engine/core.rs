@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use super::idle::IdleSessions;
 use super::job::{Destination, Job, Payload, instant_at, nanos_since_epoch};
 use super::outcome::{self, Outcome, Via};
+use super::retry::{Deferral, Verdict};
 use super::shaping::ShapingEvent;
 use super::signal::Signal;
 use super::stats::{Metric, Stats};
@@ -22,6 +23,7 @@ use super::{EngineConfig, Progress, RunState, session};
 use crate::hash::FxMap;
 use crate::proto::Reply;
 use crate::proto::client::{Completed, Disposition, Envelope, Message, SessionError};
+use crate::rng::Rng;
 use crate::rt::Watchdog;
 use crate::tls::{Conn, TlsPolicy};
 
@@ -293,6 +295,8 @@ pub struct Core {
     waiting: Rc<Cell<usize>>,
     /// The most sessions a capping server allowed, over the pools retired so far.
     retired_peak: Cell<usize>,
+    /// Jitter for retry decisions.
+    rng: RefCell<Rng>,
     /// Sessions open with nothing to send.
     pub idle: IdleSessions,
     /// Slots alive on this core, over all pools (at most `config.sessions_per_core`).
@@ -349,6 +353,7 @@ impl Core {
             retiring: RefCell::default(),
             waiting: Rc::default(),
             retired_peak: Cell::new(0),
+            rng: RefCell::new(Rng::new(0x5e7_12e7 ^ index as u64)),
             idle,
             slots: Cell::new(0),
             starved: RefCell::default(),
@@ -512,9 +517,12 @@ impl Core {
         // in step.
         let now = done.at;
         let attempts = done.user.attempts + 1;
-        let can_retry = attempts <= self.config.retries
-            && !self.aborting()
-            && pool.destination.health.given_up().is_none();
+        // Retried here only under an immediate policy, and not once the run is stopping or the
+        // destination is given up; a scheduled retry is the job source's (its outcome says so).
+        let deferral = Deferral { attempts, born: done.user.due, not_before: None };
+        let can_retry = !self.aborting()
+            && pool.destination.health.given_up().is_none()
+            && self.config.retry.decide(deferral, now, &mut self.rng.borrow_mut()) == Verdict::Now;
         let recipients = done.message.envelope.recipients.len();
         let mut retry = Vec::new();
         {

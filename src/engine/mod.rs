@@ -16,6 +16,7 @@ mod idle;
 pub mod job;
 pub mod outcome;
 mod producer;
+pub mod retry;
 mod session;
 pub mod shaping;
 mod signal;
@@ -32,6 +33,7 @@ use crossbeam_queue::ArrayQueue;
 pub use backoff::AdaptiveWait;
 pub use job::{Compose, Destination, Job, JobSource, Next, Payload, Unsendable};
 pub use outcome::{Origin, Outcome, Via};
+pub use retry::{Deferral, RetryPolicy, Schedule, Verdict};
 pub use shaping::{Action, Limits, Rate, Reaction, Reactions, ShapingEvent};
 pub use stats::{METRICS, Metric, Stats};
 
@@ -45,8 +47,9 @@ pub struct EngineConfig {
     /// Session settings: EHLO name, pipeline depth, messages per connection, timeouts.
     pub client: ClientConfig,
     pub connect_timeout: Duration,
-    /// Further attempts for a deferred message or recipient.
-    pub retries: u32,
+    /// How deferred recipients are retried: at once by the engine (a load test), or handed
+    /// back on a schedule (a campaign, with `outcomes`).
+    pub retry: RetryPolicy,
     /// Jobs each core's input queue holds before the producer is held back.
     pub queue_capacity: usize,
     /// Jobs a core takes from its queue into one destination's pool ahead of sending.
@@ -77,7 +80,7 @@ pub struct EngineConfig {
     /// TLS: policy, implicit or STARTTLS, and the client configuration every core shares (so
     /// sessions resume across cores). `None`: plaintext.
     pub tls: Option<crate::tls::ClientTls>,
-    /// Hand every recipient's final outcome (and, with `retries` at zero, every deferral) to
+    /// Hand every recipient's final outcome (and, under a scheduled `retry`, every deferral) to
     /// the caller through per-core queues (see [`Running::outcomes`]), for a source that keeps
     /// its own books and schedules its own retries.
     pub outcomes: bool,
@@ -104,7 +107,7 @@ impl EngineConfig {
             driver: Driver::Auto,
             client,
             connect_timeout: Duration::from_secs(30),
-            retries: 3,
+            retry: RetryPolicy::Immediate { retries: 3 },
             // Enough to ride out the producer's 1 ms naps at ~500k msg/s on two cores; more
             // would only add queueing to every message's latency in a closed loop.
             queue_capacity: 2048,

@@ -6,7 +6,7 @@
 //! rows ─▶ source (producer thread: render, dedupe, route) ─▶ engine cores ─▶ outcomes
 //!            ▲   ▲ DNS answers (dns thread)                                   │
 //!            │   └──────────── retries when due ◀── ledger (log thread) ◀─────┘
-//!            └──────────────── rejected/DNS records ──▶ ledger ─▶ delivery log (group commit)
+//!            └──────────────── rejected/DNS reports ──▶ ledger ─▶ delivery log (group commit)
 //! ```
 
 pub mod dry_run;
@@ -29,10 +29,9 @@ use thiserror::Error;
 use crate::deliver::dns::{DnsConfig, Resolver};
 use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
 use crate::deliver::log::{LogFile, Record, Status};
-use crate::deliver::retry::Schedule;
 use crate::deliver::route::Routes;
 use crate::deliver::{bounce, dkim, log, rules_file, shaping};
-use crate::engine::{self, EngineConfig};
+use crate::engine::{self, EngineConfig, RetryPolicy, Schedule};
 use input::Rows;
 use source::{SendSource, Shared, SourceConfig};
 use template::{MessageSpec, MessageTemplate};
@@ -48,8 +47,8 @@ pub enum Routing {
 
 #[derive(Debug, Clone)]
 pub struct SendConfig {
-    /// Session, TLS and engine settings. `send` sets `outcomes` and turns the engine's own
-    /// immediate retries off: retries follow `schedule`.
+    /// Session, TLS and engine settings. `send` sets `outcomes`, and its `retry` to
+    /// `schedule`: the engine hands every deferral back.
     pub engine: EngineConfig,
     pub recipients: PathBuf,
     /// The campaign's id (Message-IDs and unsubscribe tokens carry it) [default: a random
@@ -277,7 +276,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     log.sync().map_err(|e| SendError::Log { path: path_text(&config.log), error: e.error })?;
 
     let shared = Arc::new(Shared::default());
-    let (records_tx, records_rx) = mpsc::sync_channel(8192);
+    let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
     let resumed_finals = resumed.as_ref().map(|r| r.final_count);
     let source = SendSource::new(SourceConfig {
@@ -288,12 +287,12 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         suppress,
         resume: resumed,
         retries: retries_rx,
-        records: records_tx,
+        reports: reports_tx,
         shared: Arc::clone(&shared),
-        schedule: config.schedule,
     });
+    let retry = RetryPolicy::Scheduled(config.schedule);
     let mut engine_config = EngineConfig {
-        retries: 0,
+        retry,
         outcomes: true,
         park: PARKED_JOBS,
         sessions_per_core: crate::rt::sessions_per_core(SESSIONS_PER_CORE, config.engine.threads),
@@ -311,10 +310,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         log,
         outcomes: running.outcomes().to_vec(),
         events: running.shaping_events(),
-        records: records_rx,
+        reports: reports_rx,
         retries: retries_tx,
         flow: Arc::clone(&shared.flow),
-        schedule: config.schedule,
+        retry,
         classifier,
         progress: config.progress,
     })

@@ -1,7 +1,8 @@
 //! `send`'s job source: reads rows, renders each recipient's message, routes it (waiting for
 //! DNS without blocking: rows for a domain being resolved are set aside), and hands the engine
-//! jobs, including retries when they come due. It runs on the engine's producer thread; every
-//! record it decides itself (rejected rows, DNS bounces and deferrals) goes to the log thread.
+//! jobs, including retries when they come due. It runs on the engine's producer thread; what it
+//! decides itself (rejected rows, DNS bounces and deferrals) goes to the log thread as a
+//! [`Report`], which makes the record and decides a deferral's retry.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -17,15 +18,13 @@ use super::input::{BadRow, Item, Rows};
 use super::resume::Resumed;
 use super::suppress::Suppressions;
 use super::template::{MessageTemplate, Recipe};
-use crate::deliver::bounce::Category;
-use crate::deliver::ledger::Flow;
-use crate::deliver::log::{Record, Status};
+use crate::deliver::ledger::{Flow, Report, Unsent};
 use crate::deliver::lowercase;
-use crate::deliver::retry::{Pending, Schedule};
+use crate::deliver::pending::Pending;
 use crate::deliver::route::{Lookup, Route, Routes};
 use crate::engine::{Job, JobSource, Next, Payload};
 use crate::hash::DomainMap;
-use crate::rng::Rng;
+use crate::proto::client::Disposition;
 
 /// Rows held aside waiting for DNS before reading stops until answers come: many seconds of
 /// lookups at the resolver's concurrency, and a bounded share of memory (a few hundred bytes a
@@ -87,10 +86,8 @@ pub struct SendSource {
     retry_items: HashMap<u64, Pending>,
     retry_seq: u64,
     retries: Receiver<(Instant, Pending)>,
-    records: SyncSender<Record>,
+    reports: SyncSender<Report>,
     shared: Arc<Shared>,
-    schedule: Schedule,
-    rng: Rng,
 }
 
 /// What a campaign's job source reads, routes and reports through.
@@ -105,26 +102,15 @@ pub struct SourceConfig {
     pub resume: Option<Resumed>,
     /// Deferred recipients the ledger hands back, with when to retry.
     pub retries: Receiver<(Instant, Pending)>,
-    /// Records the source writes itself (rejected, suppressed, DNS outcomes).
-    pub records: SyncSender<Record>,
+    /// What the source decides itself (rejected, suppressed, unroutable), for the ledger.
+    pub reports: SyncSender<Report>,
     pub shared: Arc<Shared>,
-    pub schedule: Schedule,
 }
 
 impl SendSource {
     pub fn new(config: SourceConfig) -> SendSource {
-        let SourceConfig {
-            rows,
-            template,
-            routes,
-            dedupe,
-            suppress,
-            resume,
-            retries,
-            records,
-            shared,
-            schedule,
-        } = config;
+        let SourceConfig { rows, template, routes, dedupe, suppress, resume, retries, reports, shared } =
+            config;
         SendSource {
             rows: Some(rows),
             template,
@@ -142,23 +128,20 @@ impl SendSource {
             retry_items: HashMap::new(),
             retry_seq: 0,
             retries,
-            records,
+            reports,
             shared,
-            schedule,
-            rng: Rng::new(0x7e7 ^ u64::from(std::process::id())),
         }
     }
 
-    fn record(&self, record: Record) {
+    fn report(&self, report: Report) {
         // The log thread outlives the source; a send error means it is gone, and the run is
         // being torn down anyway.
-        let _ = self.records.send(record);
+        let _ = self.reports.send(report);
     }
 
     fn reject(&self, bad: BadRow) {
-        let mut r = Record::new(Status::Rejected, bad.line).reason(bad.reason);
-        r.rcpt = bad.email.map(Into::into);
-        self.record(r);
+        let rcpt = bad.email.map(Into::into);
+        self.report(Report::Unsent { id: bad.line, rcpt, why: Unsent::Rejected, reason: bad.reason });
     }
 
     /// The next row to admit and its fingerprint; `None` at the end of the input. Reads up to
@@ -218,8 +201,8 @@ impl SendSource {
             Err(bad) => return self.reject(bad),
         };
         if let Some(why) = self.suppress.check(&row.email) {
-            let r = Record::new(Status::Suppressed, row.line).rcpt(row.email.shared()).reason(why.reason());
-            return self.record(r);
+            let (rcpt, reason) = (Some(row.email.shared()), why.reason().to_owned());
+            return self.report(Report::Unsent { id: row.line, rcpt, why: Unsent::Suppressed, reason });
         }
         if let Some(seen) = &mut self.seen {
             if !seen.insert(fingerprint) {
@@ -261,38 +244,13 @@ impl SendSource {
                 last_conn: 0,
                 partial: false,
             }),
-            Route::Undeliverable(why) => {
-                let mut r = Record::new(Status::Bounced, p.id).rcpt(p.rcpt.shared()).reason(why);
-                r.category = Some(Category::BadDomain);
-                r.attempts = p.attempts + 1;
-                r.queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
-                self.record(r);
-            }
+            Route::Undeliverable(why) => self.unroutable(p, Disposition::Bounced, &why, now),
         }
     }
 
-    /// DNS could not say where `p` goes, for now: an attempt that failed.
-    fn dns_failed(&mut self, mut p: Pending, why: &str, now: Instant) {
-        p.attempts += 1;
-        let queue_ms = Some(now.saturating_duration_since(p.born).as_millis() as u64);
-        match self.schedule.next(p.attempts, p.born, now, &mut self.rng) {
-            Some(at) => {
-                let mut r = Record::new(Status::Deferred, p.id).rcpt(p.rcpt.shared()).reason(why);
-                r.category = Some(Category::Connection);
-                r.attempts = p.attempts;
-                r.queue_ms = queue_ms;
-                r.retry_in_s = Some(at.saturating_duration_since(now).as_secs());
-                self.record(r);
-                self.schedule_retry(at, p);
-            }
-            None => {
-                let mut r = Record::new(Status::Expired, p.id).rcpt(p.rcpt.shared()).reason(why);
-                r.category = Some(Category::Connection);
-                r.attempts = p.attempts;
-                r.queue_ms = queue_ms;
-                self.record(r);
-            }
-        }
+    /// Routing `p` failed: the ledger records the attempt (and decides its retry).
+    fn unroutable(&self, pending: Pending, disposition: Disposition, why: &str, at: Instant) {
+        self.report(Report::Unroutable { pending, disposition, reason: why.to_owned(), at });
     }
 
     fn schedule_retry(&mut self, at: Instant, p: Pending) {
@@ -308,7 +266,7 @@ impl SendSource {
             for p in waiting {
                 match &result {
                     Ok(route) => self.deliver(p, route.clone(), now),
-                    Err(why) => self.dns_failed(p, why, now),
+                    Err(why) => self.unroutable(p, Disposition::Deferred, why, now),
                 }
             }
         }
