@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use super::idle::IdleSessions;
 use super::job::{Destination, Job, Payload, instant_at, nanos_since_epoch};
 use super::outcome::{self, Outcome, Via};
+use super::policy::{AfterFailure, Bounds, ConnectionPolicy, PolicyRules, Proven, ReconnectBackoff, Sight};
 use super::retry::{Deferral, Verdict};
 use super::shaping::ShapingEvent;
 use super::signal::Signal;
@@ -36,9 +37,6 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 /// Longest wait to hand close_notify to the kernel at the end of a TLS session.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
-/// How soon after a refused connection a session must become ready for the refusal to count
-/// as the server capping connections (see `Core::prove_refusals`).
-const PROVE_WITHIN: Duration = Duration::from_secs(1);
 /// How long a reading of the wall clock serves for messages' Date (see `Core::wall`).
 const WALL_EVERY: Duration = Duration::from_secs(1);
 /// How long a pool with no slot and no job is kept before it is retired (see
@@ -106,18 +104,12 @@ pub struct Pool {
     pub signal: Signal,
     /// Connections open (or being opened) by this core's slots.
     open: Cell<usize>,
-    /// This core's share of the destination's connection limit (its number of slots).
-    share: usize,
-    /// Connections this core may open now: the share, lowered when the server refuses a
-    /// connection while others are open, raised by one per probe interval since.
-    target: Cell<usize>,
-    target_changed: Cell<Instant>,
+    /// How many connections to keep, and what a failed one means (its share of the
+    /// destination's limit is its number of slots).
+    policy: RefCell<ConnectionPolicy>,
     /// The server gives this core no connection while other cores hold its sessions: jobs go
     /// back to the producer for the other cores (see `Core::return_jobs`).
     pub blocked: Cell<bool>,
-    /// Connections refused while no session to the destination was established yet, and when
-    /// the last was: a cap if a session becomes ready soon after (see [`Core::prove_refusals`]).
-    unproven_refusals: Cell<(u64, Option<Instant>)>,
     /// The core owning the pool, the backlog it holds before it is full, and whether it is
     /// (published on the destination for the producer; cleared at half the backlog).
     core: usize,
@@ -130,17 +122,12 @@ pub struct Pool {
 impl Pool {
     fn new(
         destination: Arc<Destination>,
-        share: usize,
+        policy: ConnectionPolicy,
         core: usize,
         backlog: usize,
         run: Arc<RunState>,
         waiting: Rc<Cell<usize>>,
     ) -> Self {
-        // A pool made again for a destination the server caps starts within the cap, as the
-        // retired one had learnt to.
-        let health = &destination.health;
-        let target =
-            health.cap().map_or(share, |cap| share.min(cap.saturating_sub(health.established()).max(1)));
         Pool {
             run,
             core,
@@ -154,44 +141,19 @@ impl Pool {
             starved: Cell::new(false),
             signal: Signal::default(),
             open: Cell::new(0),
-            share,
-            target: Cell::new(target),
-            target_changed: Cell::new(Instant::now()),
+            policy: RefCell::new(policy),
             blocked: Cell::new(false),
-            unproven_refusals: Cell::new((0, None)),
         }
     }
 
-    /// The connection target now: probes one higher every `probe` since the last change.
-    fn target(&self, now: Instant, probe: Duration) -> usize {
-        let target = self.target.get();
-        if target < self.share && now.saturating_duration_since(self.target_changed.get()) >= probe {
-            self.target.set(target + 1);
-            self.target_changed.set(now);
-        }
-        // Room the server's cap leaves beside the other cores' sessions is this core's at once:
-        // when their sessions end, a core capped low takes their place rather than growing one
-        // per probe interval (regression: one core carried half a run over one session while
-        // the server allowed four, 8 s against 5.7 s).
+    /// What the pool's policy sees of its destination now.
+    fn sight(&self) -> Sight {
         let health = &self.destination.health;
-        if let Some(cap) = health.cap() {
-            let elsewhere = health.established().saturating_sub(self.open.get());
-            let room = cap.saturating_sub(elsewhere).min(self.share);
-            if room > self.target.get() {
-                self.target.set(room);
-                self.target_changed.set(now);
-            }
-        }
-        self.target.get()
+        Sight { open: self.open.get(), established: health.established(), cap: health.cap() }
     }
 
-    /// The server refused a connection while `others` of this core's were open (and other
-    /// sessions to it elsewhere): it allows no more than that. Zero waits for the next probe.
-    fn capped(&self, others: usize, now: Instant) {
-        if others < self.target.get() {
-            self.target.set(others);
-        }
-        self.target_changed.set(now);
+    fn share(&self) -> usize {
+        self.policy.borrow().share()
     }
 
     pub fn has_pending(&self) -> bool {
@@ -297,6 +259,8 @@ pub struct Core {
     retired_peak: Cell<usize>,
     /// Jitter for retry decisions.
     rng: RefCell<Rng>,
+    /// What every pool's connection policy decides by.
+    rules: PolicyRules,
     /// Sessions open with nothing to send.
     pub idle: IdleSessions,
     /// Slots alive on this core, over all pools (at most `config.sessions_per_core`).
@@ -321,8 +285,7 @@ pub struct Core {
     /// A reading of the wall clock and the monotonic instant it was taken at (see
     /// [`Core::wall`]).
     wall: Cell<(Instant, SystemTime)>,
-    /// When the engine started, and when the warmup ends.
-    started: Instant,
+    /// When the warmup ends.
     measure_from: Instant,
 }
 
@@ -343,6 +306,16 @@ impl Core {
         });
         let mut stats = Stats::default();
         stats.measuring = config.warmup.is_zero();
+        let rules = PolicyRules {
+            probe_interval: config.probe_interval,
+            failing_after: config.failing_after,
+            tls_fallback: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.policy == TlsPolicy::Opportunistic && !t.implicit),
+            give_up_on_tls: config.give_up_on_tls,
+            ramp: config.ramp_up.map(|ramp| (started, ramp)),
+        };
         Rc::new(Core {
             index,
             config,
@@ -354,6 +327,7 @@ impl Core {
             waiting: Rc::default(),
             retired_peak: Cell::new(0),
             rng: RefCell::new(Rng::new(0x5e7_12e7 ^ index as u64)),
+            rules,
             idle,
             slots: Cell::new(0),
             starved: RefCell::default(),
@@ -367,7 +341,6 @@ impl Core {
             finished: Rc::new(Cell::new(false)),
             unreturned: Cell::new(false),
             wall: Cell::new((started, SystemTime::now())),
-            started,
             measure_from,
         })
     }
@@ -406,9 +379,12 @@ impl Core {
         }
         // At least one connection, as the router assumes when it picks cores.
         let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
+        let health = &destination.health;
+        let sight = Sight { open: 0, established: health.established(), cap: health.cap() };
+        let policy = ConnectionPolicy::new(self.rules, limit, sight, Instant::now());
         let pool = Rc::new(Pool::new(
             Arc::clone(destination),
-            limit,
+            policy,
             self.index,
             self.config.pool_backlog,
             Arc::clone(&self.run),
@@ -426,7 +402,7 @@ impl Core {
     /// kept for the run (a campaign to many domains would otherwise hold thousands).
     /// At the core's sessions, the pool waits for a slot to end elsewhere.
     fn staff(self: &Rc<Self>, pool: &Rc<Pool>) {
-        while pool.slots.get() < pool.share && pool.slots.get() < pool.pending_len() {
+        while pool.slots.get() < pool.share() && pool.slots.get() < pool.pending_len() {
             if self.slots.get() >= self.config.sessions_per_core {
                 if !pool.starved.replace(true) {
                     self.starved.borrow_mut().push_back(Rc::clone(pool));
@@ -994,25 +970,20 @@ struct Attempt {
 }
 
 impl Core {
-    /// How many connections this core may have open to the pool's destination now: the
-    /// adaptive target, and during a ramp-up a share growing linearly from one.
+    /// How many connections this core may have open to the pool's destination now (see
+    /// [`ConnectionPolicy::target`]).
     fn connection_target(&self, pool: &Pool, now: Instant) -> usize {
-        let mut target = pool.target(now, self.config.probe_interval);
-        if target == 0 && pool.has_pending() && self.run.closing.load(Ordering::SeqCst) {
-            // Capped to nothing, with jobs the producer no longer takes back (see
-            // `return_jobs`): they are sent only from here, so try at the reconnect pace (a
-            // refusal backs off) rather than wait out the probe interval (regression: stranded
-            // at the end of a run for the whole interval, 5 s by default).
-            target = 1;
-        }
-        if let Some(cap) = pool.destination.shaping.connection_cap(now) {
+        let bounds = Bounds {
             // A reaction's limit, split across cores like the configured one.
-            target = target.min(Core::share(cap, self.config.threads, self.index, pool.destination.index));
-        }
-        let Some(ramp) = self.config.ramp_up.filter(|r| !r.is_zero()) else { return target };
-        let done = now.saturating_duration_since(self.started).as_secs_f64() / ramp.as_secs_f64();
-        let ramped = (pool.share as f64 * done).ceil() as usize;
-        target.min(ramped.max(1))
+            reaction: pool
+                .destination
+                .shaping
+                .connection_cap(now)
+                .map(|cap| Core::share(cap, self.config.threads, self.index, pool.destination.index)),
+            // Jobs the producer no longer takes back (see `return_jobs`) are sent only from here.
+            stranded: pool.has_pending() && self.run.closing.load(Ordering::SeqCst),
+        };
+        pool.policy.borrow_mut().target(now, pool.sight(), bounds)
     }
 
     /// Hands a blocked pool's jobs back to the producer, which routes them to other cores.
@@ -1058,64 +1029,48 @@ impl Core {
         }
     }
 
-    /// A connection or session failed before carrying a transaction while jobs were waiting.
-    /// While other sessions to the destination are open this is the server capping
-    /// connections: lower the target, charge nobody. Otherwise jobs are charged an attempt only
-    /// once the destination as a whole has been failing for `failing_after`.
-    /// TLS and AUTH failures are not the server capping connections: an opportunistic
-    /// handshake failure falls back to plaintext on the next connection, and a failure a new
-    /// connection would only repeat (a refused certificate or password, TLS not offered under a
-    /// policy that requires it) ends the wait for the destination at once.
+    /// A connection or session failed before carrying a transaction while jobs were waiting:
+    /// applies what the pool's policy makes of it ([`ConnectionPolicy::failed_early`]).
     fn session_failed_early(&self, pool: &Pool, error: &SessionError) {
-        let opportunistic =
-            self.config.tls.as_ref().is_some_and(|t| t.policy == TlsPolicy::Opportunistic && !t.implicit);
-        if opportunistic && matches!(error, SessionError::Tls(_) | SessionError::TlsCertificate(_)) {
-            pool.destination.health.fall_back_to_plaintext(self.index);
-            return;
-        }
-        if error.is_persistent() {
-            let tls = matches!(error, SessionError::TlsCertificate(_) | SessionError::TlsUnavailable { .. });
-            if self.config.give_up_on_tls || !tls {
-                pool.destination.health.give_up(error);
-            }
-            // This connection was their attempt: each waiting job is charged one.
-            self.fail_pending(pool, error);
-            return;
-        }
         let now = Instant::now();
-        let established = pool.destination.health.established();
-        if established > 0 && !error.is_tls_or_auth() {
-            let others = pool.open.get();
-            pool.destination.health.set_cap(established);
-            pool.capped(others, now);
-            self.stats.borrow_mut().cap_refusals += 1;
-            if others == 0 {
-                // Every session the server allows is on other cores: let them carry our jobs.
-                pool.blocked.set(true);
-                pool.destination.health.set_blocked(self.index, true);
-                self.return_jobs(pool);
+        let health = &pool.destination.health;
+        let decision =
+            pool.policy.borrow_mut().failed_early(error, pool.sight(), health.failing_since(), now);
+        match decision {
+            AfterFailure::FallBackToPlaintext => health.fall_back_to_plaintext(self.index),
+            AfterFailure::Persistent { give_up } => {
+                if give_up {
+                    health.give_up(error);
+                }
+                self.fail_pending(pool, error);
             }
-            return;
-        }
-        if !error.is_tls_or_auth() {
-            let (refused, _) = pool.unproven_refusals.get();
-            pool.unproven_refusals.set((refused + 1, Some(now)));
-        }
-        if pool.destination.health.failed(now) >= self.config.failing_after {
-            self.fail_pending(pool, error);
+            AfterFailure::Capped { cap, blocked } => {
+                health.set_cap(cap);
+                self.stats.borrow_mut().cap_refusals += 1;
+                if blocked {
+                    // Every session the server allows is on other cores: let them carry our
+                    // jobs.
+                    pool.blocked.set(true);
+                    health.set_blocked(self.index, true);
+                    self.return_jobs(pool);
+                }
+            }
+            AfterFailure::Failing { charge } => {
+                health.mark_failing(now);
+                if charge {
+                    self.fail_pending(pool, error);
+                }
+            }
         }
     }
 
-    /// A session to the destination became ready: connections refused just before, while the
-    /// server was still greeting the ones it took (so none was established to show it), were
-    /// the server capping connections after all. Counted and acted on as such now.
+    /// A session to the destination became ready: refusals just before it may prove a cap
+    /// ([`ConnectionPolicy::session_ready`]).
     pub fn prove_refusals(&self, pool: &Pool) {
-        let (refused, at) = pool.unproven_refusals.take();
-        let now = Instant::now();
-        if refused > 0 && at.is_some_and(|at| now.saturating_duration_since(at) <= PROVE_WITHIN) {
-            pool.destination.health.set_cap(pool.destination.health.established());
-            pool.capped(pool.open.get(), now);
-            self.stats.borrow_mut().cap_refusals += refused;
+        let proven = pool.policy.borrow_mut().session_ready(pool.sight(), Instant::now());
+        if let Some(Proven { refusals, cap }) = proven {
+            pool.destination.health.set_cap(cap);
+            self.stats.borrow_mut().cap_refusals += refusals;
         }
     }
 }
@@ -1183,29 +1138,6 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
     Attempt { carried: false, answered: false, failure: Some(error) }
 }
 
-/// Exponential backoff between connection attempts that carried nothing, with an upper bound.
-struct ReconnectBackoff {
-    base: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl ReconnectBackoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        ReconnectBackoff { base, max: max.max(base), current: base }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.current = self.base;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1228,15 +1160,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_a_bound() {
-        let mut b = ReconnectBackoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let seq: Vec<_> = (0..8).map(|_| b.next().as_millis()).collect();
-        assert_eq!(seq, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(100));
-    }
-
-    #[test]
     fn a_full_pool_wakes_the_producer_when_it_takes_jobs_again() {
         let d = Arc::new(Destination::new(0, "d", vec![], 10));
         let config =
@@ -1244,7 +1167,8 @@ mod tests {
         let run = Arc::new(RunState::new(&config));
         // This thread plays the producer.
         run.producer.set(std::thread::current()).unwrap();
-        let pool = Pool::new(Arc::clone(&d), 1, 0, 4, Arc::clone(&run), Rc::default());
+        let policy = ConnectionPolicy::new(test_core().rules, 1, Sight::default(), Instant::now());
+        let pool = Pool::new(Arc::clone(&d), policy, 0, 4, Arc::clone(&run), Rc::default());
         for id in 0..4 {
             pool.take(job_for(&d, id));
         }
@@ -1333,62 +1257,12 @@ mod tests {
         let core = test_core();
         let d = Arc::new(Destination::new(0, "d", vec![], 10));
         // The default config runs on this machine's cores: the pool's share is part of 10.
-        let share = core.pool(&d).share;
+        let share = core.pool(&d).share();
         let d2 = Arc::new(Destination::new(1, "d2", vec![], 10));
         d2.health.set_cap(2);
         d2.health.session_ready(); // one of the two is held elsewhere
-        let pool = core.pool(&d2);
-        assert_eq!(pool.target.get(), share.min(1));
-        assert_eq!(core.pool(&d).target.get(), share);
-    }
-
-    #[test]
-    fn connection_target_drops_to_what_the_server_allowed_and_probes_back_up() {
-        let d = Arc::new(Destination::new(0, "d", vec![], 10));
-        let config =
-            EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
-        let pool = Pool::new(d, 5, 0, 512, Arc::new(RunState::new(&config)), Rc::default());
-        let t0 = Instant::now();
-        let probe = Duration::from_secs(5);
-        assert_eq!(pool.target(t0, probe), 5);
-        pool.capped(2, t0);
-        assert_eq!(pool.target(t0 + Duration::from_secs(1), probe), 2);
-        pool.capped(3, t0 + Duration::from_secs(1));
-        assert_eq!(pool.target(t0 + Duration::from_secs(2), probe), 2, "never raised by a refusal");
-        assert_eq!(pool.target(t0 + Duration::from_secs(6), probe), 3, "one more after a quiet interval");
-        assert_eq!(pool.target(t0 + Duration::from_secs(7), probe), 3);
-        pool.capped(0, t0 + Duration::from_secs(8));
-        assert_eq!(pool.target(t0 + Duration::from_secs(8), probe), 0, "every allowed session is elsewhere");
-        assert_eq!(pool.target(t0 + Duration::from_secs(13), probe), 1, "probed again");
-        let later = t0 + Duration::from_secs(100);
-        for _ in 0..10 {
-            pool.target(later, probe);
-        }
-        assert!(pool.target(later + Duration::from_secs(50), probe) <= 5, "never above the share");
-    }
-
-    #[test]
-    fn a_capped_core_takes_the_room_other_cores_sessions_leave_at_once() {
-        let d = Arc::new(Destination::new(0, "d", vec![], 10));
-        let config =
-            EngineConfig::new(crate::proto::ClientConfig::new(crate::proto::Domain::new("t.test").unwrap()));
-        let pool = Pool::new(Arc::clone(&d), 5, 0, 512, Arc::new(RunState::new(&config)), Rc::default());
-        let (t0, probe) = (Instant::now(), Duration::from_secs(5));
-        // The server allows 4: three sessions on another core, one here, and a refusal.
-        for _ in 0..4 {
-            d.health.session_ready();
-        }
-        pool.open.set(1);
-        d.health.set_cap(4);
-        pool.capped(1, t0);
-        assert_eq!(pool.target(t0, probe), 1);
-        // The other core's sessions end: their room is this core's now, not a probe at a time.
-        for _ in 0..3 {
-            d.health.session_ended();
-        }
-        assert_eq!(pool.target(t0 + Duration::from_millis(10), probe), 4);
-        // Never above the share, whatever the cap.
-        d.health.set_cap(9);
-        assert_eq!(pool.target(t0 + Duration::from_millis(20), probe), 5);
+        let now = Instant::now();
+        assert_eq!(core.connection_target(&core.pool(&d2), now), share.min(1));
+        assert_eq!(core.connection_target(&core.pool(&d), now), share);
     }
 }

@@ -247,16 +247,19 @@ impl Health {
         self.failing_since.store(0, Ordering::Relaxed);
     }
 
-    /// A connection or session failed before carrying a transaction. Returns how long sessions
-    /// have been failing with none succeeding.
-    pub fn failed(&self, now: Instant) -> Duration {
+    /// A connection or session failed before carrying a transaction: the destination is
+    /// failing since `now`, unless it already was.
+    pub fn mark_failing(&self, now: Instant) {
         let stamp = nanos_since_epoch(now) + 1;
-        let since = match self.failing_since.compare_exchange(0, stamp, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => stamp,
-            Err(earlier) => earlier,
-        };
-        Duration::from_nanos(stamp.saturating_sub(since))
+        let _ = self.failing_since.compare_exchange(0, stamp, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Since when sessions have been failing with none succeeding, if they are.
+    pub fn failing_since(&self) -> Option<Instant> {
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            stamp => Some(instant_at(stamp - 1)),
+        }
     }
 }
 
@@ -394,10 +397,14 @@ mod tests {
     fn failing_counts_from_the_first_failure_since_a_success() {
         let h = Health::new();
         let t0 = Instant::now();
-        assert_eq!(h.failed(t0), Duration::ZERO);
-        assert_eq!(h.failed(t0 + Duration::from_secs(3)), Duration::from_secs(3));
+        let since = |h: &Health| h.failing_since().map(|s| s.saturating_duration_since(t0).as_millis());
+        assert_eq!(since(&h), None);
+        h.mark_failing(t0 + Duration::from_secs(1));
+        h.mark_failing(t0 + Duration::from_secs(3));
+        assert_eq!(since(&h), Some(1000), "from the first failure");
         h.succeeded();
-        assert_eq!(h.failed(t0 + Duration::from_secs(5)), Duration::ZERO, "a success resets it");
-        assert_eq!(h.failed(t0 + Duration::from_secs(6)), Duration::from_secs(1));
+        assert_eq!(since(&h), None, "a success resets it");
+        h.mark_failing(t0 + Duration::from_secs(6));
+        assert_eq!(since(&h), Some(6000));
     }
 }

@@ -15,6 +15,7 @@ mod core;
 mod idle;
 pub mod job;
 pub mod outcome;
+pub mod policy;
 mod producer;
 pub mod retry;
 mod session;
