@@ -955,7 +955,7 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
         if let Some(error) = attempt.failure.filter(|_| pool.has_pending()) {
             core.session_failed_early(pool, &error);
         }
-        monoio::time::sleep(backoff.next()).await;
+        monoio::time::sleep(backoff.next_delay()).await;
     }
 }
 

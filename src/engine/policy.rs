@@ -184,7 +184,7 @@ impl ConnectionPolicy {
     /// the server capping connections after all.
     pub fn session_ready(&mut self, sight: Sight, now: Instant) -> Option<Proven> {
         let (refusals, at) = (std::mem::take(&mut self.unproven), self.unproven_at.take());
-        if refusals == 0 || !at.is_some_and(|at| now.saturating_duration_since(at) <= PROVE_WITHIN) {
+        if refusals == 0 || at.is_none_or(|at| now.saturating_duration_since(at) > PROVE_WITHIN) {
             return None;
         }
         self.capped(sight.open, now);
@@ -212,7 +212,7 @@ impl ReconnectBackoff {
         ReconnectBackoff { base, max: max.max(base), current: base }
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let d = self.current;
         self.current = (self.current * 2).min(self.max);
         d
@@ -272,7 +272,8 @@ mod tests {
         assert_eq!(p.target(at(8), Sight::default(), none), 0);
         assert_eq!(p.target(at(8), Sight::default(), Bounds { stranded: true, ..none }), 1, "stranded jobs");
         assert_eq!(p.target(at(13), Sight::default(), none), 1, "probed again");
-        let probes: Vec<usize> = (18..=38).step_by(5).map(|s| p.target(at(s), Sight::default(), none)).collect();
+        let probes: Vec<usize> =
+            (18..=38).step_by(5).map(|s| p.target(at(s), Sight::default(), none)).collect();
         assert_eq!(probes, [2, 3, 4, 5, 5], "one more per quiet interval, up to the share and no further");
     }
 
@@ -396,5 +397,14 @@ mod tests {
         assert_eq!(p.session_ready(sight(1, 2, None), ready), None, "counted once");
         p.failed_early(&refused(), Sight::default(), None, t0);
         assert_eq!(p.session_ready(sight(1, 2, None), t0 + secs(2)), None, "too long after: not proven");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_bound() {
+        let mut b = ReconnectBackoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let seq: Vec<_> = (0..8).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(seq, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
     }
 }
