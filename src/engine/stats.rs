@@ -235,8 +235,8 @@ impl Stats {
                 *self.codes.entry(r.code).or_default() += 1
             }
             TxnResult::NoValidRecipients => {
-                for (_, r) in &done.rejected {
-                    *self.codes.entry(r.code).or_default() += 1;
+                for r in &done.rejected {
+                    *self.codes.entry(r.reply.code).or_default() += 1;
                 }
             }
             TxnResult::Aborted(e) => *self.failures.entry(e.kind()).or_default() += 1,

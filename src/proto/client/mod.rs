@@ -33,6 +33,7 @@
 //! server that drops a reply shows up as a timeout, which proves nothing.
 
 mod auth;
+mod checkpoint;
 mod config;
 mod fit;
 mod opening;
@@ -45,14 +46,18 @@ use std::time::{Duration, Instant};
 
 pub use auth::{Credentials, Mechanism, Secret};
 pub use config::{ClientConfig, Refusals, StartTls, Timeouts};
-pub use outcome::{Completed, Disposition, LocalError, SessionError, TxnResult, classify, classify_reply};
+pub use outcome::{
+    Completed, Disposition, LocalError, Refusal, SessionError, TxnResult, classify, classify_reply,
+};
 pub use transmit::{Segment, Transmit};
+
+use checkpoint::Checkpoints;
 
 use super::address::Address;
 use super::body::{self, Body, Head};
 use super::command::{self, BodyType, Command, MailParams};
 use super::ehlo::Capabilities;
-use super::reply::{Reply, ReplyClass, ReplyParser, ReplyRef};
+use super::reply::{ReplyClass, ReplyParser, ReplyRef};
 
 /// Sender and recipients of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,20 +173,11 @@ struct Txn<T> {
     mail_ok: bool,
     rcpts_answered: usize,
     rcpts_ok: usize,
-    rejected: Vec<(usize, Reply)>,
-    /// For each entry of `rejected`, the number of the reply that refused it.
-    rejected_at: Vec<u64>,
+    rejected: Vec<Refusal>,
     result: Option<TxnResult>,
     /// A RSET went out ahead of this transaction's MAIL.
     reset: bool,
     /// The content went out (BDAT LAST, or the body and its dot): the server may have it.
-    content_sent: bool,
-}
-
-/// An outcome waiting for a checkpoint.
-struct Held<T> {
-    done: Completed<T>,
-    rejected_at: Vec<u64>,
     content_sent: bool,
 }
 
@@ -221,16 +217,8 @@ pub struct Client<T> {
     input_at: Instant,
     /// The `now` of the output being prepared.
     output_at: Instant,
-    /// Replies received so far, and the number of the last one that was a checkpoint.
-    replies: u64,
-    checkpoint: u64,
-    /// Outcomes decided by replies after the last checkpoint.
-    held: VecDeque<Held<T>>,
-    /// A second EHLO can serve as a checkpoint: the first reply was multi-line and a repeat
-    /// has not been refused.
-    ehlo_marks: bool,
-    /// A checkpoint EHLO is awaiting its reply; nothing may follow it (RFC 2920 §3.1).
-    syncing: bool,
+    /// Outcomes held until a checkpoint proves them, and what calls for one.
+    checkpoints: Checkpoints<T>,
     /// Negative replies to transaction commands in this session (see [`Refusals`]).
     refusals: u32,
     /// A recipient was refused in this session (and `config.refusals` is set): a transaction's
@@ -263,6 +251,7 @@ impl<T> Client<T> {
         let mut expect = VecDeque::with_capacity(64);
         expect.push_back(Expect { command: None, seq: NO_TXN, rcpt: 0, sent: now });
         Client {
+            checkpoints: Checkpoints::new(config.sync_every, config.sync_after),
             config,
             phase: Phase::Greeting,
             caps: None,
@@ -282,11 +271,6 @@ impl<T> Client<T> {
             ehlo_sent: now,
             input_at: now,
             output_at: now,
-            replies: 0,
-            checkpoint: 0,
-            held: VecDeque::new(),
-            ehlo_marks: false,
-            syncing: false,
             refusals: 0,
             hold_content: false,
             linger_until: now,
@@ -334,7 +318,7 @@ impl<T> Client<T> {
 
     /// Transactions pushed whose outcome has not been reported yet.
     pub fn in_flight(&self) -> usize {
-        self.txns.len() + self.held.len()
+        self.txns.len() + self.checkpoints.held()
     }
 
     fn capacity(&self) -> usize {
@@ -404,7 +388,6 @@ impl<T> Client<T> {
             rcpts_answered: 0,
             rcpts_ok: 0,
             rejected: Vec::new(),
-            rejected_at: Vec::new(),
             result: None,
             reset: false,
             content_sent: false,
@@ -506,18 +489,14 @@ impl<T> Client<T> {
         }
     }
 
-    /// When the oldest held outcome has waited [`ClientConfig::sync_after`], if a checkpoint
-    /// EHLO could then be sent. Only where a second EHLO is one: without it the checkpoint
-    /// is QUIT and a new connection, and such sessions (HELO, no pipelining) hold at most the
-    /// one outcome the next `354` proves.
+    /// When a checkpoint EHLO falls due by age ([`Checkpoints::due`]).
     fn checkpoint_due(&self) -> Option<Instant> {
-        let after = self.config.sync_after?;
-        if !self.ehlo_marks || self.syncing || self.phase != Phase::Ready {
-            return None;
-        }
-        let oldest = self.held.front()?;
-        // A transaction between DATA and its 354 waits for a checkpoint of its own.
-        self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done)).then_some(oldest.done.at + after)
+        self.checkpoints.due(self.phase == Phase::Ready, || self.between_transactions())
+    }
+
+    /// No transaction is between DATA and its reply: a checkpoint EHLO may go out.
+    fn between_transactions(&self) -> bool {
+        self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -551,7 +530,7 @@ impl<T> Client<T> {
                 Ok(None) => return consumed,
                 Ok(Some((reply, len))) => {
                     consumed += len;
-                    self.replies += 1;
+                    self.checkpoints.count_reply();
                     let Some(expect) = self.expect.pop_front() else {
                         self.unsolicited(&reply);
                         break;
@@ -613,7 +592,7 @@ impl<T> Client<T> {
     fn unsolicited(&mut self, reply: &ReplyRef<'_>) {
         // A server may say 421 and hang up on an idle session. Anything else, or a 421 while
         // outcomes await a checkpoint, means replies and commands no longer line up.
-        if reply.code == 421 && self.phase == Phase::Ready && self.held.is_empty() {
+        if reply.code == 421 && self.phase == Phase::Ready && self.checkpoints.held() == 0 {
             self.close_cleanly();
         } else {
             self.fail(SessionError::Unsolicited(reply.to_owned()));
@@ -647,7 +626,7 @@ impl<T> Client<T> {
             Command::Ehlo => match class {
                 ReplyClass::Positive => {
                     self.ehlo_took = self.input_at.saturating_duration_since(self.ehlo_sent);
-                    self.ehlo_marks = reply.is_multiline();
+                    self.checkpoints.set_ehlo_marks(reply.is_multiline());
                     self.caps = Some(Capabilities::from_ehlo(reply));
                     self.proceed()?;
                 }
@@ -695,7 +674,7 @@ impl<T> Client<T> {
     /// The reply to a checkpoint EHLO. Only EHLO gets a multi-line 250; a shifted reply to any
     /// other command would be single-line.
     fn on_sync_reply(&mut self, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
-        self.syncing = false;
+        self.checkpoints.sync_answered();
         match reply.class() {
             ReplyClass::Positive if reply.code == 250 && reply.is_multiline() => {
                 // EHLO resets the server's transaction state, as RSET does.
@@ -708,7 +687,7 @@ impl<T> Client<T> {
             // RFC 5321 §4.1.4 lets a server refuse a repeated EHLO (and stay as it was). This
             // could also be a shifted refusal: either way no checkpoint; QUIT will be one.
             ReplyClass::Transient | ReplyClass::Permanent => {
-                self.ehlo_marks = false;
+                self.checkpoints.set_ehlo_marks(false);
                 self.close();
                 Ok(())
             }
@@ -761,8 +740,11 @@ impl<T> Client<T> {
             }
             (Command::RcptTo, _) if negative => {
                 t.rcpts_answered += 1;
-                t.rejected.push((expect.rcpt, reply.to_owned()));
-                t.rejected_at.push(self.replies);
+                t.rejected.push(Refusal {
+                    rcpt: expect.rcpt,
+                    reply: reply.to_owned(),
+                    nth_reply: self.checkpoints.replies(),
+                });
             }
             // 354 after a refused MAIL: any content we sent now would land in a stale transaction.
             (Command::Data, ReplyClass::Intermediate) if !t.mail_ok => {
@@ -825,44 +807,20 @@ impl<T> Client<T> {
         });
         let done =
             Completed { user: t.user, message: t.message, result, rejected: t.rejected, at: self.input_at };
-        let held = Held { done, rejected_at: t.rejected_at, content_sent: t.content_sent };
         match failed {
-            None => self.held.push_back(held),
+            None => self.checkpoints.hold(done, t.content_sent),
             Some(error) if error.is_violation() => {
-                let done = self.distrust(held, error);
+                let done = self.checkpoints.distrust(done, t.content_sent, error);
                 self.events.push_back(Event::Done(done));
             }
-            Some(_) => self.events.push_back(Event::Done(held.done)),
+            Some(_) => self.events.push_back(Event::Done(done)),
         }
         self.after_completion();
     }
 
-    /// What is left of an outcome decided after the last checkpoint, once the session is proven
-    /// out of step: refusals from before the checkpoint stand; content that went out is
-    /// uncertain; a transaction whose content never went out can safely be tried again.
-    fn distrust(&self, held: Held<T>, error: &SessionError) -> Completed<T> {
-        let Held { mut done, rejected_at, content_sent } = held;
-        let checkpoint = self.checkpoint;
-        let mut at = rejected_at.iter();
-        done.rejected.retain(|_| at.next().is_some_and(|&n| n <= checkpoint));
-        done.result = if content_sent {
-            let reply = match &done.result {
-                TxnResult::Accepted(r) | TxnResult::Rejected { reply: r, .. } => Some(r.clone()),
-                _ => None,
-            };
-            TxnResult::Uncertain { error: error.clone(), reply }
-        } else {
-            TxnResult::Aborted(error.clone())
-        };
-        done
-    }
-
     /// A checkpoint: every outcome held so far was decided by replies now proven in step.
     fn release(&mut self) {
-        self.checkpoint = self.replies;
-        while let Some(h) = self.held.pop_front() {
-            self.events.push_back(Event::Done(h.done));
-        }
+        self.checkpoints.release(&mut self.events);
     }
 
     fn after_completion(&mut self) {
@@ -873,7 +831,11 @@ impl<T> Client<T> {
     }
 
     fn maybe_quit(&mut self) {
-        if self.quit_requested && self.phase == Phase::Ready && self.txns.is_empty() && !self.syncing {
+        if self.quit_requested
+            && self.phase == Phase::Ready
+            && self.txns.is_empty()
+            && !self.checkpoints.syncing()
+        {
             self.phase = Phase::SendQuit;
         }
     }
@@ -892,10 +854,7 @@ impl<T> Client<T> {
         self.expect.clear();
         self.out.clear();
         if error.is_violation() {
-            while let Some(h) = self.held.pop_front() {
-                let done = self.distrust(h, &error);
-                self.events.push_back(Event::Done(done));
-            }
+            self.checkpoints.distrust_all(&error, &mut self.events);
         } else {
             self.release();
         }
@@ -909,28 +868,10 @@ impl<T> Client<T> {
         self.expect.push_back(Expect { command: Some(command), seq, rcpt, sent: self.output_at });
     }
 
-    /// Whether held outcomes call for a checkpoint now: too many are held, the oldest has
-    /// waited too long, or the session has nothing else to do. A checkpoint EHLO may only
-    /// follow complete transactions.
+    /// Whether held outcomes call for a checkpoint now ([`Checkpoints::wanted`]).
     fn wants_checkpoint(&self) -> bool {
-        if self.held.is_empty() || self.syncing {
-            return false;
-        }
-        if self.txns.is_empty() && self.expect.is_empty() {
-            return true; // idle
-        }
-        // The transactions are scanned (in `checkpoint_due`) only once the oldest is old enough.
-        let aged = self
-            .config
-            .sync_after
-            .zip(self.held.front())
-            .is_some_and(|(a, h)| self.output_at >= h.done.at + a);
-        if aged && self.checkpoint_due().is_some() {
-            return true;
-        }
-        // Called for every write: the scan only once enough outcomes are held.
-        self.held.len() >= self.config.sync_every.max(1)
-            && self.txns.iter().all(|t| matches!(t.step, Step::Mail | Step::Done))
+        let idle = self.txns.is_empty() && self.expect.is_empty();
+        self.checkpoints.wanted(self.output_at, idle, || self.between_transactions())
     }
 
     /// Writes whatever the current state allows into `out`.
@@ -946,12 +887,12 @@ impl<T> Client<T> {
                 self.expect(Command::Helo, NO_TXN, 0);
                 self.phase = Phase::Helo;
             }
-            Phase::Ready if self.ehlo_marks && self.wants_checkpoint() => {
+            Phase::Ready if self.checkpoints.ehlo_marks() && self.wants_checkpoint() => {
                 command::ehlo(self.out.commands(), &self.config.helo_domain);
                 self.expect(Command::Ehlo, NO_TXN, 0);
-                self.syncing = true;
+                self.checkpoints.start_sync();
             }
-            Phase::Ready if !self.syncing => {
+            Phase::Ready if !self.checkpoints.syncing() => {
                 if self.wants_checkpoint() {
                     // No second EHLO to rely on (a HELO-only server, or one that refused a
                     // repeat): QUIT, whose 221 and close are the checkpoint; the caller reconnects.

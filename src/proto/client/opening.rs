@@ -16,7 +16,7 @@ impl<T> Client<T> {
         self.secure = true;
         if self.phase == Phase::TlsHandshake {
             self.caps = None;
-            self.ehlo_marks = false;
+            self.checkpoints.set_ehlo_marks(false);
             self.parser = ReplyParser::new();
             self.output_at = now;
             self.phase = Phase::SendEhlo;

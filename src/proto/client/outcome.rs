@@ -205,15 +205,25 @@ impl fmt::Display for Disposition {
     }
 }
 
+/// A recipient refused at RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Index into the envelope's recipients.
+    pub rcpt: usize,
+    pub reply: Reply,
+    /// Which reply of the session it was (the first is 1): whether a checkpoint proved it.
+    pub nth_reply: u64,
+}
+
 /// A finished transaction, handed back with the caller's token.
 #[derive(Debug)]
 pub struct Completed<T> {
     pub user: T,
     pub message: super::Message,
     pub result: TxnResult,
-    /// Recipients refused at RCPT: index into the envelope's recipients, and the reply. For an
-    /// uncertain transaction, only refusals the session had proven in step.
-    pub rejected: Vec<(usize, Reply)>,
+    /// Recipients refused at RCPT. For an uncertain transaction, only refusals the session had
+    /// proven in step.
+    pub rejected: Vec<Refusal>,
     /// When the outcome was decided (its final reply, or the session's end), which can be
     /// earlier than when it is reported: outcomes wait for proof that the session is in step.
     pub at: Instant,
@@ -224,7 +234,7 @@ impl<T> Completed<T> {
     pub fn disposition(&self) -> Disposition {
         match &self.result {
             TxnResult::NoValidRecipients => {
-                if self.rejected.iter().all(|(_, r)| r.class() == ReplyClass::Permanent) {
+                if self.rejected.iter().all(|r| r.reply.class() == ReplyClass::Permanent) {
                     Disposition::Bounced
                 } else {
                     Disposition::Deferred
@@ -236,7 +246,7 @@ impl<T> Completed<T> {
 
     /// The disposition of recipient `index`, and the reply that decided it if there was one.
     pub fn recipient(&self, index: usize) -> (Disposition, Option<&Reply>) {
-        let own = self.rejected.iter().find(|(i, _)| *i == index).map(|(_, r)| r);
+        let own = self.rejected.iter().find(|r| r.rcpt == index).map(|r| &r.reply);
         match (&self.result, own) {
             // A refused MAIL, a lost session or a local refusal decides for everyone.
             (TxnResult::Rejected { command: Command::MailFrom, reply }, _) => {
@@ -298,6 +308,8 @@ mod tests {
     }
 
     fn completed(result: TxnResult, rejected: Vec<(usize, Reply)>) -> Completed<()> {
+        let rejected =
+            rejected.into_iter().map(|(rcpt, reply)| Refusal { rcpt, reply, nth_reply: 1 }).collect();
         let rcpts = (0..3).map(|i| Address::new(&format!("r{i}@x")).unwrap()).collect();
         let envelope = Arc::new(Envelope { sender: None, recipients: rcpts });
         let message = Message::new(envelope, Body::new(b"x"));

@@ -457,7 +457,7 @@ fn one_of_several_recipients_refused() {
         let c = &p.done[0];
         assert_eq!(c.disposition(), Delivered);
         assert_eq!(c.rejected.len(), 1);
-        assert_eq!(c.rejected[0].0, 1);
+        assert_eq!(c.rejected[0].rcpt, 1);
         assert_eq!(c.recipient(0).0, Delivered);
         assert_eq!(c.recipient(1).0, Bounced);
         assert_eq!(c.recipient(2).0, Delivered);
