@@ -129,26 +129,53 @@ pub enum Event<T> {
 /// session was out of step.
 const QUIT_LINGER: Duration = Duration::from_secs(2);
 
+/// Where the session stands. A phase owns what only it needs (when its command went out, the
+/// AUTH exchange); what the opening measured for [`Event::Ready`] is kept in `Client::opening`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Greeting,
+    /// Waiting for the greeting of a connection made then.
+    Greeting {
+        opened: Instant,
+    },
     SendEhlo,
-    Ehlo,
+    /// EHLO (or HELO) went out then.
+    Ehlo {
+        sent: Instant,
+    },
     SendHelo,
-    Helo,
+    Helo {
+        sent: Instant,
+    },
     SendStartTls,
     StartTls,
     /// The driver is running the TLS handshake.
     TlsHandshake,
-    /// An AUTH line is due (the command, or the answer to a 334).
-    SendAuth,
-    Auth,
+    /// An AUTH line is due: the command (`exchange` is `None`), or the answer to a 334.
+    SendAuth {
+        mechanism: Mechanism,
+        exchange: Option<AuthExchange>,
+    },
+    Auth {
+        mechanism: Mechanism,
+        exchange: AuthExchange,
+    },
     Ready,
     SendQuit,
     Quit,
-    /// `221` received: waiting for the server to close, with nothing more said.
-    Linger,
+    /// `221` received: waiting, until then, for the server to close with nothing more said.
+    Linger {
+        until: Instant,
+    },
     Closed,
+}
+
+/// An AUTH exchange under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AuthExchange {
+    /// What the next 334 is answered with.
+    step: auth::AuthStep,
+    /// When the AUTH command went out.
+    started: Instant,
 }
 
 /// The next thing a transaction has to send.
@@ -193,12 +220,43 @@ struct Expect {
 
 const NO_TXN: u64 = u64::MAX;
 
+/// One SMTP client session, sans-IO: it never touches a socket or a clock.
+///
+/// Calling order, as the driver (`engine::session`) does it:
+/// 1. [`Client::new`] when the connection is made; with implicit TLS, [`Client::tls_established`]
+///    right after, once the handshake is done.
+/// 2. Loop until [`Client::is_closed`]:
+///    - [`Client::poll_transmit`]`(now)`: write what it returns (in order), then hand the buffer
+///      back with [`Client::recycle`]. Call it again after anything below: every input, timeout
+///      or pushed transaction may make something due.
+///    - [`Client::push`] transactions while [`Client::wants_transaction`].
+///    - [`Client::poll_event`] until `None`: [`Event::StartTls`] asks the driver to run the TLS
+///      handshake and call [`Client::tls_established`] or [`Client::handle_tls_error`];
+///      [`Event::Done`] reports a transaction, only once a checkpoint has proven it.
+///    - Wait for input or [`Client::poll_timeout`], whichever is first: bytes go to
+///      [`Client::handle_input`]`(now, bytes)` (keep what it did not consume, a partial reply,
+///      and pass it again with more); the deadline to [`Client::handle_timeout`]`(now)`; the
+///      end of the stream to [`Client::handle_eof`]; a failed read or write to
+///      [`Client::handle_transport_error`].
+/// 3. [`Client::close`] asks for a clean QUIT once the transactions in flight are done;
+///    [`Client::abandon`] ends at once. Either way, drain [`Client::poll_event`]: every pushed
+///    transaction is reported exactly once.
 pub struct Client<T> {
     config: ClientConfig,
     phase: Phase,
+    /// What the opening took so far, reported with [`Event::Ready`].
+    opening: Handshake,
     caps: Option<Capabilities>,
     pipelining: bool,
     chunking: bool,
+    /// The connection is encrypted (implicit TLS, or after STARTTLS).
+    secure: bool,
+    /// The server refused STARTTLS and the policy allows going on in plaintext.
+    tls_declined: bool,
+    /// AUTH succeeded (or none is configured).
+    authenticated: bool,
+
+    // The pipeline: replies awaited in order, and the transactions they belong to.
     parser: ReplyParser,
     expect: VecDeque<Expect>,
     /// When the reply at the front of `expect` started being waited for.
@@ -207,39 +265,25 @@ pub struct Client<T> {
     idle_since: Instant,
     txns: VecDeque<Txn<T>>,
     next_seq: u64,
+    /// Transactions pushed in this session (at most `config.max_messages`).
     started: u64,
+    /// The server's transaction state must be reset before the next MAIL.
     needs_rset: bool,
     quit_requested: bool,
-    opened: Instant,
-    greeting_took: Duration,
-    ehlo_sent: Instant,
-    /// The `now` of the input being handled.
-    input_at: Instant,
-    /// The `now` of the output being prepared.
-    output_at: Instant,
-    /// Outcomes held until a checkpoint proves them, and what calls for one.
-    checkpoints: Checkpoints<T>,
     /// Negative replies to transaction commands in this session (see [`Refusals`]).
     refusals: u32,
     /// A recipient was refused in this session (and `config.refusals` is set): a transaction's
     /// content now waits for its RCPT replies, one transaction at a time.
     hold_content: bool,
-    /// After `221`: when to stop waiting for the server to close.
-    linger_until: Instant,
+
+    /// Outcomes held until a checkpoint proves them, and what calls for one.
+    checkpoints: Checkpoints<T>,
+
+    /// The `now` of the input being handled, and of the output being prepared.
+    input_at: Instant,
+    output_at: Instant,
     /// Reply latencies of transaction commands since the driver last took them.
     latencies: Vec<(Command, Duration)>,
-    /// The connection is encrypted (implicit TLS, or after STARTTLS).
-    secure: bool,
-    /// The server refused STARTTLS and the policy allows going on in plaintext.
-    tls_declined: bool,
-    /// AUTH succeeded (or none is configured); the mechanism and where its exchange stands.
-    authenticated: bool,
-    auth_mechanism: Option<Mechanism>,
-    auth_step: auth::AuthStep,
-    auth_sent: Instant,
-    ehlo_took: Duration,
-    auth_started: bool,
-    ready_after_auth: Option<Duration>,
     out: Transmit,
     spare: Option<Transmit>,
     events: VecDeque<Event<T>>,
@@ -253,7 +297,7 @@ impl<T> Client<T> {
         Client {
             checkpoints: Checkpoints::new(config.sync_every, config.sync_after),
             config,
-            phase: Phase::Greeting,
+            phase: Phase::Greeting { opened: now },
             caps: None,
             pipelining: false,
             chunking: false,
@@ -266,24 +310,15 @@ impl<T> Client<T> {
             started: 0,
             needs_rset: false,
             quit_requested: false,
-            opened: now,
-            greeting_took: Duration::ZERO,
-            ehlo_sent: now,
+            opening: Handshake { greeting: Duration::ZERO, ehlo: Duration::ZERO, auth: None },
             input_at: now,
             output_at: now,
             refusals: 0,
             hold_content: false,
-            linger_until: now,
             latencies: Vec::with_capacity(64),
             secure: false,
             tls_declined: false,
             authenticated: false,
-            auth_mechanism: None,
-            auth_step: auth::AuthStep::Sent,
-            auth_sent: now,
-            ehlo_took: Duration::ZERO,
-            auth_started: false,
-            ready_after_auth: None,
             out: Transmit::default(),
             spare: None,
             events: VecDeque::new(),
@@ -313,7 +348,7 @@ impl<T> Client<T> {
 
     /// Whether the server owes a reply, or its close after `221` (so the driver should read).
     pub fn awaiting_reply(&self) -> bool {
-        !self.expect.is_empty() || self.phase == Phase::Linger
+        !self.expect.is_empty() || matches!(self.phase, Phase::Linger { .. })
     }
 
     /// Transactions pushed whose outcome has not been reported yet.
@@ -445,11 +480,6 @@ impl<T> Client<T> {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let was_waiting = !self.expect.is_empty();
         self.output_at = now;
-        match self.phase {
-            Phase::SendEhlo | Phase::SendHelo => self.ehlo_sent = now,
-            Phase::SendAuth if !self.auth_started => self.auth_sent = now,
-            _ => {}
-        }
         self.fill();
         self.out.close_own();
         if self.out.is_empty() {
@@ -481,11 +511,11 @@ impl<T> Client<T> {
     fn reply_deadline(&self) -> Option<Instant> {
         match self.expect.front() {
             Some(head) => Some(self.head_since + self.config.timeouts.for_reply_to(head.command)),
-            None if self.phase == Phase::Linger => Some(self.linger_until),
-            None if self.phase == Phase::Ready && self.txns.is_empty() => {
-                Some(self.idle_since + self.config.timeouts.idle)
-            }
-            None => None,
+            None => match self.phase {
+                Phase::Linger { until } => Some(until),
+                Phase::Ready if self.txns.is_empty() => Some(self.idle_since + self.config.timeouts.idle),
+                _ => None,
+            },
         }
     }
 
@@ -512,7 +542,7 @@ impl<T> Client<T> {
                 self.fail(SessionError::Timeout { command, waited });
             }
             // The server said 221 and nothing after it: as in step as a session can be shown.
-            None if self.phase == Phase::Linger => self.close_cleanly(),
+            None if matches!(self.phase, Phase::Linger { .. }) => self.close_cleanly(),
             None => {
                 self.quit_requested = true;
                 self.maybe_quit();
@@ -580,7 +610,7 @@ impl<T> Client<T> {
     fn connection_ended(&mut self, error: impl FnOnce(Option<Command>) -> SessionError) {
         match self.phase {
             Phase::Closed => {}
-            Phase::Quit | Phase::SendQuit | Phase::Linger => self.close_cleanly(),
+            Phase::Quit | Phase::SendQuit | Phase::Linger { .. } => self.close_cleanly(),
             Phase::Ready if self.expect.is_empty() && self.txns.is_empty() => self.close_cleanly(),
             _ => {
                 let command = self.expect.front().and_then(|e| e.command);
@@ -604,7 +634,9 @@ impl<T> Client<T> {
         let Some(command) = expect.command else {
             return match reply.code {
                 220 => {
-                    self.greeting_took = self.input_at.saturating_duration_since(self.opened);
+                    if let Phase::Greeting { opened } = self.phase {
+                        self.opening.greeting = self.input_at.saturating_duration_since(opened);
+                    }
                     self.phase = Phase::SendEhlo;
                     Ok(())
                 }
@@ -625,7 +657,7 @@ impl<T> Client<T> {
         match command {
             Command::Ehlo => match class {
                 ReplyClass::Positive => {
-                    self.ehlo_took = self.input_at.saturating_duration_since(self.ehlo_sent);
+                    self.opening.ehlo = self.since_ehlo();
                     self.checkpoints.set_ehlo_marks(reply.is_multiline());
                     self.caps = Some(Capabilities::from_ehlo(reply));
                     self.proceed()?;
@@ -636,7 +668,7 @@ impl<T> Client<T> {
             },
             Command::Helo => match class {
                 ReplyClass::Positive => {
-                    self.ehlo_took = self.input_at.saturating_duration_since(self.ehlo_sent);
+                    self.opening.ehlo = self.since_ehlo();
                     let domain = reply.lines().next().unwrap_or("");
                     let domain = domain.split_ascii_whitespace().next().unwrap_or("");
                     self.caps = Some(Capabilities::helo_only(domain));
@@ -648,8 +680,8 @@ impl<T> Client<T> {
             // 221 (the only reply that fits): the server will close, and anything it says
             // before that is one reply too many.
             Command::Quit => {
-                self.phase = Phase::Linger;
-                self.linger_until = self.input_at + QUIT_LINGER.min(self.config.timeouts.command);
+                self.phase =
+                    Phase::Linger { until: self.input_at + QUIT_LINGER.min(self.config.timeouts.command) };
             }
             Command::MailFrom | Command::RcptTo | Command::Data | Command::EndOfData | Command::Bdat => {
                 self.on_transaction_reply(command, expect, reply)?;
@@ -669,6 +701,14 @@ impl<T> Client<T> {
             Command::Auth => self.on_auth_reply(reply)?,
         }
         Ok(())
+    }
+
+    /// How long the EHLO (or HELO) being answered waited.
+    fn since_ehlo(&self) -> Duration {
+        match self.phase {
+            Phase::Ehlo { sent } | Phase::Helo { sent } => self.input_at.saturating_duration_since(sent),
+            _ => Duration::ZERO,
+        }
     }
 
     /// The reply to a checkpoint EHLO. Only EHLO gets a multi-line 250; a shifted reply to any
@@ -880,12 +920,12 @@ impl<T> Client<T> {
             Phase::SendEhlo => {
                 command::ehlo(self.out.commands(), &self.config.helo_domain);
                 self.expect(Command::Ehlo, NO_TXN, 0);
-                self.phase = Phase::Ehlo;
+                self.phase = Phase::Ehlo { sent: self.output_at };
             }
             Phase::SendHelo => {
                 command::helo(self.out.commands(), &self.config.helo_domain);
                 self.expect(Command::Helo, NO_TXN, 0);
-                self.phase = Phase::Helo;
+                self.phase = Phase::Helo { sent: self.output_at };
             }
             Phase::Ready if self.checkpoints.ehlo_marks() && self.wants_checkpoint() => {
                 command::ehlo(self.out.commands(), &self.config.helo_domain);
@@ -909,33 +949,38 @@ impl<T> Client<T> {
                 self.expect(Command::StartTls, NO_TXN, 0);
                 self.phase = Phase::StartTls;
             }
-            Phase::SendAuth => {
-                if let (Some(credentials), Some(mechanism)) = (self.config.auth.clone(), self.auth_mechanism)
-                {
-                    self.auth_step = if self.auth_started {
-                        auth::respond(self.out.commands(), &credentials, mechanism, self.auth_step)
-                    } else {
-                        self.auth_started = true;
-                        auth::start(self.out.commands(), &credentials, mechanism)
-                    };
-                    self.expect(Command::Auth, NO_TXN, 0);
-                }
-                self.phase = Phase::Auth;
+            Phase::SendAuth { mechanism, exchange } => {
+                // Only credentials lead here (`proceed`).
+                let Some(credentials) = self.config.auth.clone() else {
+                    return self.fail(SessionError::Abandoned("AUTH without credentials"));
+                };
+                let exchange = match exchange {
+                    Some(mut x) => {
+                        x.step = auth::respond(self.out.commands(), &credentials, mechanism, x.step);
+                        x
+                    }
+                    None => AuthExchange {
+                        step: auth::start(self.out.commands(), &credentials, mechanism),
+                        started: self.output_at,
+                    },
+                };
+                self.expect(Command::Auth, NO_TXN, 0);
+                self.phase = Phase::Auth { mechanism, exchange };
             }
             Phase::SendQuit => {
                 command::quit(self.out.commands());
                 self.expect(Command::Quit, NO_TXN, 0);
                 self.phase = Phase::Quit;
             }
-            Phase::Greeting
-            | Phase::Ehlo
-            | Phase::Helo
+            Phase::Greeting { .. }
+            | Phase::Ehlo { .. }
+            | Phase::Helo { .. }
             | Phase::StartTls
             | Phase::TlsHandshake
-            | Phase::Auth
+            | Phase::Auth { .. }
             | Phase::Ready
             | Phase::Quit
-            | Phase::Linger
+            | Phase::Linger { .. }
             | Phase::Closed => {}
         }
     }

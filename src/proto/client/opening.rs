@@ -3,9 +3,8 @@
 
 use std::time::Instant;
 
-use super::auth::Mechanism;
 use super::config::StartTls;
-use super::{Client, Event, Handshake, Phase, SessionError};
+use super::{Client, Event, Phase, SessionError};
 use crate::proto::reply::{ReplyClass, ReplyParser, ReplyRef};
 
 impl<T> Client<T> {
@@ -52,8 +51,7 @@ impl<T> Client<T> {
                 ));
             }
             let mechanism = credentials.choose(caps.auth).map_err(SessionError::AuthImpossible)?;
-            self.auth_mechanism = Some(mechanism);
-            self.phase = Phase::SendAuth;
+            self.phase = Phase::SendAuth { mechanism, exchange: None };
             return Ok(());
         }
         self.ready();
@@ -63,21 +61,22 @@ impl<T> Client<T> {
     /// A reply during AUTH: 235 is the only success; 334 asks for the next line; anything
     /// negative ends the session with the server's words.
     pub(super) fn on_auth_reply(&mut self, reply: &ReplyRef<'_>) -> Result<(), SessionError> {
-        let mechanism = self.auth_mechanism.map_or("", Mechanism::name);
+        let Phase::Auth { mechanism, exchange } = self.phase else {
+            return Err(SessionError::Abandoned("an AUTH reply outside an AUTH exchange"));
+        };
         match reply.class() {
             ReplyClass::Positive => {
                 self.authenticated = true;
-                let took = self.input_at.saturating_duration_since(self.auth_sent);
-                self.ready_after_auth = Some(took);
+                self.opening.auth = Some(self.input_at.saturating_duration_since(exchange.started));
                 self.ready();
                 Ok(())
             }
             // The answer goes out with the next transmit.
             ReplyClass::Intermediate => {
-                self.phase = Phase::SendAuth;
+                self.phase = Phase::SendAuth { mechanism, exchange: Some(exchange) };
                 Ok(())
             }
-            _ => Err(SessionError::Auth { mechanism, reply: reply.to_owned() }),
+            _ => Err(SessionError::Auth { mechanism: mechanism.name(), reply: reply.to_owned() }),
         }
     }
 
@@ -86,9 +85,7 @@ impl<T> Client<T> {
         self.pipelining = caps.is_some_and(|c| c.pipelining) && self.config.pipelining;
         self.chunking = caps.is_some_and(|c| c.chunking) && self.config.chunking;
         self.phase = Phase::Ready;
-        let ehlo = self.ehlo_took;
-        let auth = self.ready_after_auth;
-        self.events.push_back(Event::Ready(Handshake { greeting: self.greeting_took, ehlo, auth }));
+        self.events.push_back(Event::Ready(self.opening));
         self.maybe_quit();
     }
 }
