@@ -5,6 +5,7 @@
 //! - [`engine`]: the sending engine fed by job sources.
 //! - [`deliver`]: routes, DKIM, retries, failure categories and the delivery log, for any sender.
 //! - [`send`]: a campaign from a file of recipients (rows, templates, de-duplication, resume).
+//! - [`serve`]: the long-running service's parts (so far its durable spool).
 //! - [`sink`]: the built-in receiving server, with fault injection.
 //! - [`tls`]: TLS on rustls, sans-IO, with a thin async adapter.
 
@@ -18,6 +19,7 @@ pub mod report;
 pub mod rng;
 pub mod rt;
 pub mod send;
+pub mod serve;
 pub mod sink;
 pub mod testkit;
 pub mod tls;

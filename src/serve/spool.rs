@@ -1,0 +1,458 @@
+//! The spool: every accepted message and each of its recipients' state, durable before intake
+//! answers, on an embedded store (fjall; chosen by measurement, docs/BENCHMARKS.md).
+//!
+//! Layout, three keyspaces in one store under `DIR/store`, written only in atomic batches:
+//! - `messages`: message id (big-endian u64) -> when it was received, its sender, who handed it
+//!   in, how many recipients, and its content (kept apart from the keys by the store);
+//! - `recipients`: message id and recipient index (big-endian) -> the address and its state:
+//!   waiting (attempts so far, when the next is due) or final;
+//! - `meta`: the next message id, so ids never repeat, not even after the newest message has
+//!   left the spool and the process restarted.
+//!
+//! A message leaves the spool in the batch that makes its last recipient final. One process
+//! uses a spool at a time (`DIR/volley.lock`, an `flock` released however the holder ends);
+//! one writer writes it (the group-commit thread, `serve::commit`), which is why writes take
+//! `&mut self`.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use thiserror::Error;
+
+use super::record::{DecodeError, Reader, Writer};
+use crate::deliver::log::lock;
+use crate::proto::Address;
+
+/// A message's id in the spool: assigned at acceptance, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A message as intake accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// `None` is the null reverse-path.
+    pub sender: Option<Address>,
+    pub recipients: Vec<Address>,
+    /// The whole message, as it will be sent.
+    pub content: Vec<u8>,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub received_ms: u64,
+    /// Who handed it in (the SMTP user or the API key's name), for the log.
+    pub origin: String,
+}
+
+/// A message as the spool holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: MessageId,
+    pub sender: Option<Address>,
+    pub content: Vec<u8>,
+    pub received_ms: u64,
+    pub origin: String,
+    pub recipient_count: u32,
+}
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// To be tried (again) at `due_ms` (milliseconds since the Unix epoch).
+    Waiting { attempts: u32, due_ms: u64 },
+    /// Delivered, bounced, expired or uncertain: its final record is the log's.
+    Final,
+}
+
+/// One recipient of a message in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub message: MessageId,
+    /// Its place in the message's envelope.
+    pub index: u32,
+    pub address: Address,
+    pub status: Status,
+}
+
+/// A recipient's new state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub message: MessageId,
+    pub index: u32,
+    pub status: Status,
+}
+
+#[derive(Debug, Error)]
+pub enum SpoolError {
+    #[error("is in use by {}: one volley serve runs on a spool at a time", match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_owned(),
+    })]
+    InUse { pid: Option<u32> },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] fjall::Error),
+    #[error("damaged {table} entry {key}: {error}")]
+    Corrupt { table: &'static str, key: String, error: String },
+    #[error("no recipient {index} of message {message} in the spool")]
+    NoRecipient { message: MessageId, index: u32 },
+}
+
+impl SpoolError {
+    /// The disk is full: intake should say "try later" (452, 503), not fail.
+    pub fn is_full(&self) -> bool {
+        let io = match self {
+            SpoolError::Io(e) | SpoolError::Store(fjall::Error::Io(e)) => e,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
+    }
+}
+
+pub struct Spool {
+    path: PathBuf,
+    db: Database,
+    messages: Keyspace,
+    recipients: Keyspace,
+    meta: Keyspace,
+    next_id: u64,
+    /// Held for as long as the spool is open.
+    _lock: File,
+}
+
+const NEXT_ID: &[u8] = b"next_id";
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, refusing one another process holds.
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("volley.lock"))?;
+        if !lock::try_lock(&lock)? {
+            return Err(SpoolError::InUse { pid: lock::holder(&lock) });
+        }
+        let db = Database::builder(dir.join("store")).open()?;
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+        })?;
+        let recipients = db.keyspace("recipients", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let next_id = match meta.get(NEXT_ID)? {
+            Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
+            None => 1,
+        };
+        Ok(Spool { path: dir.to_owned(), db, messages, recipients, meta, next_id, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `accepted` and their recipients (each waiting, due when received) in one batch,
+    /// durable (fdatasync) when this returns; their ids, in order.
+    pub fn accept(&mut self, accepted: &[Accepted]) -> Result<Vec<MessageId>, SpoolError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut ids = Vec::with_capacity(accepted.len());
+        let mut next = self.next_id;
+        for m in accepted {
+            let id = MessageId(next);
+            next += 1;
+            let sender = m.sender.as_ref().map_or("", Address::as_str);
+            let value = Writer::new(m.content.len() + 64)
+                .u64(m.received_ms)
+                .u8(u8::from(m.sender.is_some()))
+                .str(sender)
+                .str(&m.origin)
+                .u32(m.recipients.len() as u32)
+                .rest(&m.content);
+            batch.insert(&self.messages, id.0.to_be_bytes(), value);
+            let waiting = Status::Waiting { attempts: 0, due_ms: m.received_ms };
+            for (index, address) in m.recipients.iter().enumerate() {
+                batch.insert(&self.recipients, recipient_key(id, index as u32), state(address, waiting));
+            }
+            ids.push(id);
+        }
+        batch.insert(&self.meta, NEXT_ID, next.to_be_bytes());
+        batch.commit()?;
+        self.next_id = next;
+        Ok(ids)
+    }
+
+    /// Records recipients' new states in one batch, durable when this returns. A message whose
+    /// recipients are then all final leaves the spool in the same batch.
+    pub fn record(&mut self, changes: &[Change]) -> Result<(), SpoolError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        // Changes grouped by message, in order, so each message is looked at once.
+        let mut sorted: Vec<&Change> = changes.iter().collect();
+        sorted.sort_by_key(|c| (c.message, c.index));
+        for group in sorted.chunk_by(|a, b| a.message == b.message) {
+            let id = group[0].message;
+            let mut rows = self.recipients_of(id)?;
+            for change in group {
+                let Some(row) = rows.iter_mut().find(|r| r.index == change.index) else {
+                    return Err(SpoolError::NoRecipient { message: id, index: change.index });
+                };
+                row.status = change.status;
+            }
+            if rows.iter().all(|r| r.status == Status::Final) {
+                batch.remove(&self.messages, id.0.to_be_bytes());
+                for r in &rows {
+                    batch.remove(&self.recipients, recipient_key(id, r.index));
+                }
+                continue;
+            }
+            for change in group {
+                if let Some(row) = rows.iter().find(|r| r.index == change.index) {
+                    batch.insert(
+                        &self.recipients,
+                        recipient_key(id, row.index),
+                        state(&row.address, row.status),
+                    );
+                }
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// A message's content and envelope sender, if it is still in the spool.
+    pub fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
+        let Some(value) = self.messages.get(id.0.to_be_bytes())? else { return Ok(None) };
+        let stored = (|| {
+            let mut r = Reader::new(&value)?;
+            let received_ms = r.u64()?;
+            let has_sender = r.u8()? == 1;
+            let sender = r.str()?;
+            let origin = r.str()?.to_owned();
+            let recipient_count = r.u32()?;
+            let content = r.rest().to_vec();
+            Ok::<_, DecodeError>((
+                received_ms,
+                has_sender,
+                sender.to_owned(),
+                origin,
+                recipient_count,
+                content,
+            ))
+        })()
+        .map_err(|e| corrupt("messages", &id.to_string(), e))?;
+        let (received_ms, has_sender, sender, origin, recipient_count, content) = stored;
+        let sender = match has_sender {
+            true => Some(Address::new(&sender).map_err(|e| corrupt("messages", &id.to_string(), e))?),
+            false => None,
+        };
+        Ok(Some(Stored { id, sender, content, received_ms, origin, recipient_count }))
+    }
+
+    /// Every recipient still waiting, in message order: what a restart schedules again.
+    pub fn waiting(&self) -> Result<Vec<Recipient>, SpoolError> {
+        let mut out = Vec::new();
+        for guard in self.recipients.iter() {
+            let (key, value) = guard.into_inner()?;
+            let r = recipient_of(&key, &value)?;
+            if r.status != Status::Final {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages in the spool (an estimate from the store's counts, cheap to ask).
+    pub fn approximate_messages(&self) -> usize {
+        self.messages.approximate_len()
+    }
+
+    /// Octets the store takes on disk.
+    pub fn disk_space(&self) -> Result<u64, SpoolError> {
+        Ok(self.db.disk_space()?)
+    }
+
+    fn recipients_of(&self, id: MessageId) -> Result<Vec<Recipient>, SpoolError> {
+        let mut rows = Vec::new();
+        for guard in self.recipients.prefix(id.0.to_be_bytes()) {
+            let (key, value) = guard.into_inner()?;
+            rows.push(recipient_of(&key, &value)?);
+        }
+        Ok(rows)
+    }
+}
+
+fn recipient_key(id: MessageId, index: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&id.0.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn state(address: &Address, status: Status) -> Vec<u8> {
+    let (tag, attempts, due_ms) = match status {
+        Status::Waiting { attempts, due_ms } => (0, attempts, due_ms),
+        Status::Final => (1, 0, 0),
+    };
+    Writer::new(32).u8(tag).u32(attempts).u64(due_ms).str(address.as_str()).done()
+}
+
+fn recipient_of(key: &[u8], value: &[u8]) -> Result<Recipient, SpoolError> {
+    let name = || key.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (Ok(id), Ok(index)) =
+        (<[u8; 8]>::try_from(&key[..key.len().min(8)]), <[u8; 4]>::try_from(key.get(8..).unwrap_or(&[])))
+    else {
+        return Err(corrupt("recipients", &name(), "a key of the wrong length"));
+    };
+    let (message, index) = (MessageId(u64::from_be_bytes(id)), u32::from_be_bytes(index));
+    let decoded = (|| {
+        let mut r = Reader::new(value)?;
+        let tag = r.u8()?;
+        let (attempts, due_ms) = (r.u32()?, r.u64()?);
+        let address = r.str()?.to_owned();
+        r.end()?;
+        let status = match tag {
+            0 => Status::Waiting { attempts, due_ms },
+            1 => Status::Final,
+            other => return Err(DecodeError::Unknown { what: "recipient state", value: other }),
+        };
+        Ok((status, address))
+    })();
+    let (status, address) = decoded.map_err(|e| corrupt("recipients", &name(), e))?;
+    let address = Address::new(&address).map_err(|e| corrupt("recipients", &name(), e))?;
+    Ok(Recipient { message, index, address, status })
+}
+
+fn u64_of(value: &[u8]) -> Result<u64, String> {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| format!("{} octets, not 8", value.len()))
+}
+
+fn corrupt(table: &'static str, key: &str, error: impl fmt::Display) -> SpoolError {
+    SpoolError::Corrupt { table, key: key.to_owned(), error: error.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("volley-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn accepted(n: u64, rcpts: &[&str]) -> Accepted {
+        Accepted {
+            sender: Some(Address::new("app@example.com").unwrap()),
+            recipients: rcpts.iter().map(|r| Address::new(r).unwrap()).collect(),
+            content: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+            received_ms: 1_000 + n,
+            origin: "api:test".into(),
+        }
+    }
+
+    #[test]
+    fn accepted_messages_survive_a_restart_with_their_recipients_waiting() {
+        let dir = temp("restart");
+        let ids = {
+            let mut spool = Spool::open(&dir).unwrap();
+            let mut null_sender = accepted(3, &["c@z.test"]);
+            null_sender.sender = None;
+            spool
+                .accept(&[accepted(1, &["a@x.test", "b@y.test"]), accepted(2, &["a@x.test"]), null_sender])
+                .unwrap()
+        };
+        assert_eq!(ids, [MessageId(1), MessageId(2), MessageId(3)]);
+        let spool = Spool::open(&dir).unwrap();
+        let waiting = spool.waiting().unwrap();
+        let seen: Vec<(u64, u32, &str, Status)> =
+            waiting.iter().map(|r| (r.message.0, r.index, r.address.as_str(), r.status)).collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 0, "a@x.test", Status::Waiting { attempts: 0, due_ms: 1001 }),
+                (1, 1, "b@y.test", Status::Waiting { attempts: 0, due_ms: 1001 }),
+                (2, 0, "a@x.test", Status::Waiting { attempts: 0, due_ms: 1002 }),
+                (3, 0, "c@z.test", Status::Waiting { attempts: 0, due_ms: 1003 }),
+            ]
+        );
+        let stored = spool.message(MessageId(1)).unwrap().unwrap();
+        assert_eq!(stored.content, accepted(1, &[]).content);
+        assert_eq!(
+            (stored.sender.unwrap().as_str(), stored.origin.as_str(), stored.recipient_count),
+            ("app@example.com", "api:test", 2)
+        );
+        assert_eq!(spool.message(MessageId(3)).unwrap().unwrap().sender, None, "the null sender");
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_message_leaves_when_its_last_recipient_is_final_and_ids_never_repeat() {
+        let dir = temp("final");
+        let mut spool = Spool::open(&dir).unwrap();
+        let ids =
+            spool.accept(&[accepted(1, &["a@x.test", "b@y.test"]), accepted(2, &["c@z.test"])]).unwrap();
+        let later = Status::Waiting { attempts: 1, due_ms: 60_000 };
+        spool
+            .record(&[
+                Change { message: ids[0], index: 0, status: Status::Final },
+                Change { message: ids[0], index: 1, status: later },
+                Change { message: ids[1], index: 0, status: Status::Final },
+            ])
+            .unwrap();
+        assert!(spool.message(ids[1]).unwrap().is_none(), "all final: gone");
+        assert!(spool.message(ids[0]).unwrap().is_some(), "one still waiting");
+        drop(spool);
+        let mut spool = Spool::open(&dir).unwrap();
+        let waiting = spool.waiting().unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            (waiting[0].message, waiting[0].index, waiting[0].status),
+            (ids[0], 1, later),
+            "a deferral's schedule kept"
+        );
+        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }]).unwrap();
+        assert!(spool.waiting().unwrap().is_empty() && spool.message(ids[0]).unwrap().is_none());
+        drop(spool);
+        // The newest message left, and the process restarted: its id is still not reused.
+        let mut spool = Spool::open(&dir).unwrap();
+        assert_eq!(spool.accept(&[accepted(3, &["d@x.test"])]).unwrap(), [MessageId(3)]);
+        let unknown = Change { message: MessageId(99), index: 0, status: Status::Final };
+        assert!(matches!(spool.record(&[unknown]), Err(SpoolError::NoRecipient { index: 0, .. })));
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = temp("lock");
+        let spool = Spool::open(&dir).unwrap();
+        let me = std::process::id();
+        assert!(matches!(Spool::open(&dir), Err(SpoolError::InUse { pid: Some(p) }) if p == me));
+        drop(spool);
+        assert!(Spool::open(&dir).is_ok(), "free once the first closed it");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_values_are_named_not_trusted() {
+        let key = recipient_key(MessageId(7), 2);
+        let bad = Writer::new(0).u8(5).u32(0).u64(0).str("a@x.test").done();
+        let err = recipient_of(&key, &bad).unwrap_err().to_string();
+        assert!(err.contains("recipients") && err.contains("unknown recipient state 5"), "{err}");
+        let not_an_address = state(&Address::new("a@x.test").unwrap(), Status::Final);
+        let mut damaged = not_an_address.clone();
+        let at = damaged.iter().position(|&b| b == b'@').unwrap();
+        damaged[at] = b' ';
+        assert!(recipient_of(&key, &damaged).is_err());
+        assert!(recipient_of(&key[..5], &not_an_address).is_err(), "a short key");
+        let r = recipient_of(&key, &not_an_address).unwrap();
+        assert_eq!((r.message, r.index, r.status), (MessageId(7), 2, Status::Final));
+    }
+}
