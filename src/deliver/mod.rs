@@ -16,6 +16,7 @@
 
 pub mod books;
 pub mod bounce;
+pub mod dispatch;
 pub mod dkim;
 pub mod dns;
 pub mod ledger;

@@ -1,11 +1,11 @@
-//! `send`'s job source: reads rows, renders each recipient's message, routes it (waiting for
-//! DNS without blocking: rows for a domain being resolved are set aside), and hands the engine
-//! jobs, including retries when they come due. It runs on the engine's producer thread; what it
+//! `send`'s job source: reads rows, admits each recipient (resume, suppression,
+//! de-duplication) with the recipe its message is rendered from, and hands it to
+//! [`Dispatch`], which routes it (waiting for DNS without blocking) and makes the engine's
+//! jobs, retries included, when they come due. It runs on the engine's producer thread; what it
 //! decides itself (rejected rows, DNS bounces and deferrals) goes to the log thread as a
 //! [`Report`], which makes the record and decides a deferral's retry.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,18 +18,12 @@ use super::input::{BadRow, Item, Rows};
 use super::resume::Resumed;
 use super::suppress::Suppressions;
 use super::template::{MessageTemplate, Recipe};
+use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING};
 use crate::deliver::ledger::{Flow, Report, Unsent};
-use crate::deliver::lowercase;
 use crate::deliver::pending::Pending;
-use crate::deliver::route::{Lookup, Route, Routes};
-use crate::engine::{Job, JobSource, Next, Payload};
-use crate::hash::DomainMap;
-use crate::proto::client::Disposition;
+use crate::deliver::route::Routes;
+use crate::engine::{JobSource, Next, Payload};
 
-/// Rows held aside waiting for DNS before reading stops until answers come: many seconds of
-/// lookups at the resolver's concurrency, and a bounded share of memory (a few hundred bytes a
-/// row) however many distinct domains a list has.
-const MAX_WAITING: usize = 10_000;
 /// Rows read before the fingerprint set is sized for the whole input (see `SendSource::admit`).
 const SIZE_SET_AFTER: u64 = 4096;
 /// The most fingerprints reserved ahead (8 bytes and a control byte each, at most 7/8 full).
@@ -66,7 +60,8 @@ pub struct Shared {
 pub struct SendSource {
     rows: Option<Rows>,
     template: Arc<MessageTemplate>,
-    routes: Routes,
+    /// Admitted recipients on their way to the engine: routing, DNS, retries.
+    dispatch: Dispatch,
     /// Fingerprints of addresses seen (8 bytes each), unless duplicates are allowed.
     seen: Option<Fingerprints>,
     /// Addresses and domains never sent to.
@@ -78,15 +73,6 @@ pub struct SendSource {
     ahead: VecDeque<(Item, u64)>,
     ended: Option<io::Result<()>>,
     resume: Option<Resumed>,
-    /// Recipients whose domain is being resolved, by domain.
-    resolving: DomainMap<Vec<Pending>>,
-    resolving_count: usize,
-    ready: VecDeque<Job>,
-    retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
-    retry_items: HashMap<u64, Pending>,
-    retry_seq: u64,
-    retries: Receiver<(Instant, Pending)>,
-    reports: SyncSender<Report>,
     shared: Arc<Shared>,
 }
 
@@ -114,29 +100,19 @@ impl SendSource {
         SendSource {
             rows: Some(rows),
             template,
-            routes,
+            dispatch: Dispatch::new(routes, retries, reports),
             seen: dedupe.then(Fingerprints::default),
             suppress,
             rows_read: 0,
             ahead: VecDeque::with_capacity(READ_AHEAD),
             ended: None,
             resume,
-            resolving: DomainMap::default(),
-            resolving_count: 0,
-            ready: VecDeque::new(),
-            retry_at: BinaryHeap::new(),
-            retry_items: HashMap::new(),
-            retry_seq: 0,
-            retries,
-            reports,
             shared,
         }
     }
 
     fn report(&self, report: Report) {
-        // The log thread outlives the source; a send error means it is gone, and the run is
-        // being torn down anyway.
-        let _ = self.reports.send(report);
+        self.dispatch.report(report);
     }
 
     fn reject(&self, bad: BadRow) {
@@ -219,87 +195,24 @@ impl SendSource {
         let (id, rcpt) = (row.line, row.email.clone());
         let recipe = Recipe { row, template: Arc::clone(&self.template) };
         let message = Payload::Compose(Box::new(recipe));
-        self.route(Pending { id, rcpt, message, born: now, attempts: 0 }, now);
-    }
-
-    fn route(&mut self, pending: Pending, now: Instant) {
-        let domain = lowercase(pending.rcpt.domain());
-        match self.routes.lookup(&domain, now) {
-            Lookup::Ready(route) => self.deliver(pending, route, now),
-            Lookup::Pending => {
-                self.resolving.entry(domain.into_owned()).or_default().push(pending);
-                self.resolving_count += 1;
-            }
-        }
-    }
-
-    fn deliver(&mut self, p: Pending, route: Route, now: Instant) {
-        match route {
-            Route::Deliver(destination) => self.ready.push_back(Job {
-                id: p.id,
-                destination,
-                message: p.message,
-                due: p.born,
-                attempts: p.attempts,
-                last_conn: 0,
-                partial: false,
-            }),
-            Route::Undeliverable(why) => self.unroutable(p, Disposition::Bounced, &why, now),
-        }
-    }
-
-    /// Routing `p` failed: the ledger records the attempt (and decides its retry).
-    fn unroutable(&self, pending: Pending, disposition: Disposition, why: &str, at: Instant) {
-        self.report(Report::Unroutable { pending, disposition, reason: why.to_owned(), at });
-    }
-
-    fn schedule_retry(&mut self, at: Instant, p: Pending) {
-        self.retry_seq += 1;
-        self.retry_at.push(Reverse((at, self.retry_seq)));
-        self.retry_items.insert(self.retry_seq, p);
-    }
-
-    fn take_answers(&mut self, now: Instant) {
-        for (domain, result) in self.routes.poll(now) {
-            let Some(waiting) = self.resolving.remove(&domain) else { continue };
-            self.resolving_count -= waiting.len();
-            for p in waiting {
-                match &result {
-                    Ok(route) => self.deliver(p, route.clone(), now),
-                    Err(why) => self.unroutable(p, Disposition::Deferred, why, now),
-                }
-            }
-        }
+        self.dispatch.route(Pending { id, rcpt, message, born: now, attempts: 0 }, now);
     }
 
     fn publish(&self) {
-        let waiting = self.resolving_count + self.retry_items.len();
-        self.shared.flow.waiting.store(waiting as u64, Ordering::Relaxed);
+        self.shared.flow.waiting.store(self.dispatch.waiting() as u64, Ordering::Relaxed);
     }
 }
 
 impl JobSource for SendSource {
     fn next(&mut self, now: Instant) -> Next {
-        self.take_answers(now);
-        while let Ok((at, p)) = self.retries.try_recv() {
-            self.schedule_retry(at, p);
-        }
+        self.dispatch.poll(now);
         let mut read = 0;
         loop {
-            if let Some(job) = self.ready.pop_front() {
+            if let Some(job) = self.dispatch.next_job(now) {
                 self.publish();
                 return Next::Job(job);
             }
-            if let Some(Reverse((at, seq))) = self.retry_at.peek().copied() {
-                if at <= now {
-                    self.retry_at.pop();
-                    if let Some(p) = self.retry_items.remove(&seq) {
-                        self.route(p, now);
-                    }
-                    continue;
-                }
-            }
-            if read >= ROWS_PER_CALL || self.resolving_count >= MAX_WAITING {
+            if read >= ROWS_PER_CALL || self.dispatch.resolving() >= MAX_RESOLVING {
                 break;
             }
             if self.rows.is_none() {
@@ -323,24 +236,19 @@ impl JobSource for SendSource {
             }
         }
         self.publish();
-        if self.rows.is_none()
-            && self.retry_at.is_empty()
-            && self.resolving_count == 0
-            && self.shared.flow.all_final()
-        {
+        if self.rows.is_none() && self.dispatch.waiting() == 0 && self.shared.flow.all_final() {
             return Next::Done;
         }
         // Nothing to hand out now: look again soon, or when the next retry is due.
         let poll = if read > 0 {
             Duration::ZERO
-        } else if self.rows.is_none() && self.resolving_count == 0 {
+        } else if self.rows.is_none() && self.dispatch.resolving() == 0 {
             POLL_IDLE
         } else {
             POLL_RESOLVING
         };
         let soon = now + poll;
-        let next_retry = self.retry_at.peek().map(|Reverse((at, _))| *at);
-        Next::Wait(next_retry.map_or(soon, |at| at.min(soon)))
+        Next::Wait(self.dispatch.next_retry().map_or(soon, |at| at.min(soon)))
     }
 }
 

@@ -1,0 +1,234 @@
+//! Recipients on their way to the engine, whatever job source they come from: each is routed
+//! (set aside while its domain resolves, without blocking), held until its retry is due, and
+//! turned into a job; a route that fails is reported to the ledger, which records it as an
+//! attempt and decides its retry. A source (`send`'s rows, `serve`'s spool) admits recipients
+//! with [`Dispatch::route`] and takes jobs from [`Dispatch::next_job`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Instant;
+
+use super::ledger::Report;
+use super::lowercase;
+use super::pending::Pending;
+use super::route::{Lookup, Route, Routes};
+use crate::engine::Job;
+use crate::hash::DomainMap;
+use crate::proto::client::Disposition;
+
+/// Recipients set aside waiting for DNS before a source should stop admitting more until
+/// answers come: many seconds of lookups at the resolver's concurrency, and a bounded share of
+/// memory (a few hundred bytes a recipient) however many distinct domains there are.
+pub const MAX_RESOLVING: usize = 10_000;
+
+pub struct Dispatch {
+    routes: Routes,
+    /// Recipients whose domain is being resolved, by domain.
+    resolving: DomainMap<Vec<Pending>>,
+    resolving_count: usize,
+    ready: VecDeque<Job>,
+    /// Recipients waiting for a retry, by when it is due (a sequence number breaks ties).
+    retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
+    retry_items: HashMap<u64, Pending>,
+    retry_seq: u64,
+    /// Deferred recipients the ledger hands back, with when to retry.
+    retries: Receiver<(Instant, Pending)>,
+    reports: SyncSender<Report>,
+}
+
+impl Dispatch {
+    pub fn new(
+        routes: Routes,
+        retries: Receiver<(Instant, Pending)>,
+        reports: SyncSender<Report>,
+    ) -> Dispatch {
+        Dispatch {
+            routes,
+            resolving: DomainMap::default(),
+            resolving_count: 0,
+            ready: VecDeque::new(),
+            retry_at: BinaryHeap::new(),
+            retry_items: HashMap::new(),
+            retry_seq: 0,
+            retries,
+            reports,
+        }
+    }
+
+    /// Tells the ledger about a recipient the source decided on itself.
+    pub fn report(&self, report: Report) {
+        // The log thread outlives the source; a send error means it is gone, and the run is
+        // being torn down anyway.
+        let _ = self.reports.send(report);
+    }
+
+    /// A recipient to send: made a job now if its domain's route is known, else set aside
+    /// until the answer comes.
+    pub fn route(&mut self, pending: Pending, now: Instant) {
+        let domain = lowercase(pending.rcpt.domain());
+        match self.routes.lookup(&domain, now) {
+            Lookup::Ready(route) => self.deliver(pending, route, now),
+            Lookup::Pending => {
+                self.resolving.entry(domain.into_owned()).or_default().push(pending);
+                self.resolving_count += 1;
+            }
+        }
+    }
+
+    /// A recipient to try again at `at`, not before.
+    pub fn retry_at(&mut self, at: Instant, pending: Pending) {
+        self.retry_seq += 1;
+        self.retry_at.push(Reverse((at, self.retry_seq)));
+        self.retry_items.insert(self.retry_seq, pending);
+    }
+
+    /// Takes what has arrived since the last turn: DNS answers (their recipients become jobs,
+    /// or are reported unroutable) and retries the ledger handed back.
+    pub fn poll(&mut self, now: Instant) {
+        for (domain, result) in self.routes.poll(now) {
+            let Some(waiting) = self.resolving.remove(&domain) else { continue };
+            self.resolving_count -= waiting.len();
+            for p in waiting {
+                match &result {
+                    Ok(route) => self.deliver(p, route.clone(), now),
+                    Err(why) => self.unroutable(p, Disposition::Deferred, why, now),
+                }
+            }
+        }
+        while let Ok((at, p)) = self.retries.try_recv() {
+            self.retry_at(at, p);
+        }
+    }
+
+    /// The next job ready to go, routing retries that have come due first.
+    pub fn next_job(&mut self, now: Instant) -> Option<Job> {
+        loop {
+            if let Some(job) = self.ready.pop_front() {
+                return Some(job);
+            }
+            let Reverse((at, seq)) = self.retry_at.peek().copied()?;
+            if at > now {
+                return None;
+            }
+            self.retry_at.pop();
+            if let Some(p) = self.retry_items.remove(&seq) {
+                self.route(p, now);
+            }
+        }
+    }
+
+    /// Recipients waiting for DNS.
+    pub fn resolving(&self) -> usize {
+        self.resolving_count
+    }
+
+    /// Recipients waiting for DNS or a retry.
+    pub fn waiting(&self) -> usize {
+        self.resolving_count + self.retry_items.len()
+    }
+
+    /// When the next retry is due, if one is waiting.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retry_at.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn deliver(&mut self, p: Pending, route: Route, now: Instant) {
+        match route {
+            Route::Deliver(destination) => self.ready.push_back(Job {
+                id: p.id,
+                destination,
+                message: p.message,
+                due: p.born,
+                attempts: p.attempts,
+                last_conn: 0,
+                partial: false,
+            }),
+            Route::Undeliverable(why) => self.unroutable(p, Disposition::Bounced, &why, now),
+        }
+    }
+
+    /// Routing `p` failed: the ledger records the attempt (and decides its retry).
+    fn unroutable(&self, pending: Pending, disposition: Disposition, why: &str, at: Instant) {
+        self.report(Report::Unroutable { pending, disposition, reason: why.to_owned(), at });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::dns::{DnsConfig, Resolver};
+    use crate::deliver::shaping::{Defaults, ShapingRules};
+    use crate::engine::{Limits, Payload};
+    use crate::proto::client::{Envelope, Message};
+    use crate::proto::{Address, Body};
+    use crate::testkit::dns::{DnsStub, Zone};
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn pending(id: u64, rcpt: &str, born: Instant) -> Pending {
+        let rcpt = Address::new(rcpt).unwrap();
+        let envelope = Arc::new(Envelope { sender: None, recipients: vec![rcpt.clone()] });
+        Pending {
+            id,
+            rcpt,
+            message: Payload::Ready(Message::new(envelope, Body::new(b"x\r\n"))),
+            born,
+            attempts: 0,
+        }
+    }
+
+    /// Recipients wait for their domain without holding others up, become jobs when it
+    /// resolves, are reported when it cannot be routed, and retries wait until due.
+    #[test]
+    fn recipients_become_jobs_when_routed_and_retries_when_due() {
+        let zone: Zone =
+            "ok.test MX 10 mx.ok.test\nmx.ok.test A 127.0.0.2\nnull.test MX 0 .\nbad.test SERVFAIL"
+                .parse()
+                .unwrap();
+        let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+        let config = DnsConfig {
+            server: Some(stub.addr()),
+            timeout: Duration::from_millis(500),
+            attempts: 1,
+            ..DnsConfig::default()
+        };
+        let shaping =
+            ShapingRules::load(&[], false, Defaults { connections: 2, limits: Limits::default() }).unwrap();
+        let routes = Routes::mx(Resolver::start(config).unwrap(), 2525, shaping);
+        let (retries_tx, retries_rx) = mpsc::channel();
+        let (reports_tx, reports_rx) = mpsc::sync_channel(16);
+        let mut d = Dispatch::new(routes, retries_rx, reports_tx);
+        let t0 = Instant::now();
+        for (id, rcpt) in [(1, "a@ok.test"), (2, "b@Ok.Test"), (3, "c@null.test"), (4, "d@bad.test")] {
+            d.route(pending(id, rcpt, t0), t0);
+        }
+        assert_eq!((d.resolving(), d.waiting()), (4, 4), "all set aside; the domain is asked once");
+        assert!(d.next_job(t0).is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut jobs = Vec::new();
+        let mut reports = Vec::new();
+        while (jobs.len() < 2 || reports.len() < 2) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            d.poll(Instant::now());
+            jobs.extend(std::iter::from_fn(|| d.next_job(Instant::now())).map(|j| j.id));
+            reports.extend(reports_rx.try_iter().map(|r| match r {
+                Report::Unroutable { pending, disposition, .. } => (pending.id, disposition),
+                Report::Unsent { id, .. } => (id, Disposition::Delivered),
+            }));
+        }
+        assert_eq!(jobs, [1, 2], "one lookup for both, case aside");
+        reports.sort_by_key(|r| r.0);
+        assert_eq!(reports, [(3, Disposition::Bounced), (4, Disposition::Deferred)]);
+        assert_eq!(d.waiting(), 0);
+        // A retry handed back by the ledger waits until it is due.
+        let due = Instant::now() + Duration::from_secs(60);
+        retries_tx.send((due, pending(5, "e@ok.test", t0))).unwrap();
+        d.poll(Instant::now());
+        assert_eq!((d.waiting(), d.next_retry()), (1, Some(due)));
+        assert!(d.next_job(Instant::now()).is_none(), "not before it is due");
+        assert_eq!(d.next_job(due).map(|j| (j.id, j.due)), Some((5, t0)), "then a job, born when it was");
+        assert_eq!(d.waiting(), 0);
+    }
+}
