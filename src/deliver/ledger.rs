@@ -103,7 +103,25 @@ pub struct Ledger {
     producer: Option<std::thread::Thread>,
     /// The cores' counters: how many recipients are in a session right now.
     engine: Vec<Arc<Progress>>,
+    /// Told what became of recipients once their records are durable (see
+    /// [`Ledger::on_durable`]), with those not yet durable.
+    on_durable: Option<OnDurable>,
+    settled: Vec<Settled>,
 }
+
+/// What became of a recipient, for a source that keeps its own state (serve's spool): told
+/// only once the record saying so is durable in the log, so the state never runs ahead of the
+/// log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Its final record is written.
+    Final { id: u64 },
+    /// Deferred: attempts so far, and when it is to be tried again.
+    Retry { id: u64, attempts: u32, at: Instant },
+}
+
+/// Called on the log thread with what the last commit of the log made durable.
+pub type OnDurable = Box<dyn FnMut(Vec<Settled>) + Send>;
 
 /// The recipients a job source and the ledger account for together: every one handed in
 /// ends in exactly one final record, and the run is over when the counts meet.
@@ -218,7 +236,16 @@ impl Ledger {
             progress,
             producer: None,
             engine: Vec::new(),
+            on_durable: None,
+            settled: Vec::new(),
         }
+    }
+
+    /// Calls `hook` after each commit of the log with the recipients it settled (see
+    /// [`Settled`]).
+    pub fn on_durable(mut self, hook: OnDurable) -> Self {
+        self.on_durable = Some(hook);
+        self
     }
 
     /// Reads the cores' counters for the progress line (how many recipients are being sent).
@@ -269,9 +296,12 @@ impl Ledger {
                 got += 1;
             }
             if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
-                if let Err(e) = self.log.sync() {
-                    self.fail(&e.error);
-                    self.unrecorded_lines(&e.records);
+                match self.log.sync() {
+                    Ok(()) => self.settle(),
+                    Err(e) => {
+                        self.fail(&e.error);
+                        self.unrecorded_lines(&e.records);
+                    }
                 }
             }
             if self.log_error.is_some() {
@@ -440,6 +470,9 @@ impl Ledger {
             // The source reads these until it is done, and it is not done while this
             // recipient has no final record.
             let _ = self.retries.send((at, pending));
+            if self.on_durable.is_some() {
+                self.settled.push(Settled::Retry { id: a.id, attempts: a.attempts, at });
+            }
         }
         let latency = (status == Status::Delivered).then_some(queued);
         self.write_timed(&mut r, Some(a.rcpt.domain()), latency);
@@ -517,6 +550,9 @@ impl Ledger {
         }
         if r.status.is_final() {
             self.flow.finalized.fetch_add(1, Ordering::Release);
+            if self.on_durable.is_some() && r.rcpt.is_some() {
+                self.settled.push(Settled::Final { id: r.id });
+            }
         }
         if self.log_error.is_none() {
             self.log.write(r);
@@ -526,6 +562,15 @@ impl Ledger {
         let mut line = Vec::new();
         r.write_json(&mut line);
         self.unrecorded_lines(&line);
+    }
+
+    /// The log's last commit made what it settled durable: tell the hook.
+    fn settle(&mut self) {
+        if let Some(hook) = &mut self.on_durable
+            && !self.settled.is_empty()
+        {
+            hook(std::mem::take(&mut self.settled));
+        }
     }
 
     /// Records the log could not take, one JSON line each, to stderr.
@@ -624,6 +669,8 @@ mod tests {
             classifier: Classifier::load(&[] as &[&str]).unwrap(),
             progress: false,
         });
+        let (settled_tx, settled_rx) = mpsc::channel();
+        let ledger = ledger.on_durable(Box::new(move |s| settled_tx.send(s).unwrap()));
         let now = Instant::now();
         let pending = |id: u64, born: Instant, attempts: u32| {
             let rcpt = Address::new(&format!("r{id}@x.test")).unwrap();
@@ -675,6 +722,14 @@ mod tests {
             "first retry ~60 s"
         );
         assert!(retries_rx.try_recv().is_err(), "nothing else is retried");
+        let settled: Vec<Settled> = settled_rx.try_iter().flatten().collect();
+        assert!(matches!(settled[0], Settled::Retry { id: 2, attempts: 1, at: a } if a == at));
+        let finals: Vec<Settled> = settled[1..].to_vec();
+        assert_eq!(
+            finals,
+            [3, 4, 5].map(|id| Settled::Final { id }),
+            "told once the log is synced; not for a row without an address"
+        );
         let records: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .unwrap()
             .lines()

@@ -19,7 +19,7 @@ mod json;
 pub mod lock;
 
 /// Sync at least this often while records are waiting... Half of the window `--resume` may
-/// resend: a record waits for a checkpoint (`send::HELD_AT_MOST`), for the log thread, then for
+/// resend: a record waits for a checkpoint (`deliver::HELD_AT_MOST`), for the log thread, then for
 /// this (an fdatasync costs the log thread ~1 ms, never the cores).
 pub const SYNC_EVERY: Duration = Duration::from_millis(50);
 /// ...or once this many are.

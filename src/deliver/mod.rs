@@ -26,6 +26,53 @@ pub mod route;
 pub mod rules_file;
 pub mod shaping;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{EngineConfig, Rate, Reactions, RetryPolicy};
+
+/// Longest a session holds an outcome the server gave before proving the session in step
+/// (a checkpoint EHLO with CHUNKING, where no `354` proves it). A held outcome is not yet in
+/// the log, so a run killed meanwhile sends it again (`send --resume`, `serve` restarting):
+/// this, the log thread's pick-up and `log::SYNC_EVERY` make the window. A checkpoint costs one
+/// round trip of one connection's pipeline (see docs/BENCHMARKS.md).
+pub const HELD_AT_MOST: Duration = Duration::from_millis(20);
+
+/// Jobs the engine may set aside for destinations that cannot take more for now (rate
+/// limited, slow) before the source is asked for more: a few megabytes.
+const PARKED_JOBS: usize = 50_000;
+/// Sessions each core runs at once, over all destinations (fewer if the open-files limit is
+/// lower): thousands of small domains at once get as many sessions, each a few tens of KB.
+const SESSIONS_PER_CORE: usize = 1024;
+
+/// The engine's settings for a store-and-forward sender (`send`, `serve`), from the user's
+/// session, TLS and connection settings in `base`: every outcome handed back to the ledger
+/// (`retry` is the schedule, so the engine retries nothing itself), jobs parked for busy
+/// destinations, sessions bounded, held outcomes proven within [`HELD_AT_MOST`], refusals
+/// kept under what gets a sender tarpitted, and a TLS failure deferred rather than given up.
+pub fn engine_config(
+    base: EngineConfig,
+    retry: RetryPolicy,
+    reactions: Option<Arc<Reactions>>,
+    rate: Option<Rate>,
+) -> EngineConfig {
+    let threads = base.threads;
+    let mut config = EngineConfig {
+        retry,
+        outcomes: true,
+        park: PARKED_JOBS,
+        sessions_per_core: crate::rt::sessions_per_core(SESSIONS_PER_CORE, threads),
+        rate,
+        reactions,
+        give_up_on_tls: false,
+        ..base
+    };
+    config.client.sync_after = Some(HELD_AT_MOST);
+    // A list's dead addresses must not get the run tarpitted (see `Refusals`).
+    config.client.refusals = Some(crate::proto::client::Refusals::CAREFUL);
+    config
+}
+
 /// `domain` in lower case, copied only if it is not already: the form routes and books are
 /// keyed by.
 pub fn lowercase(domain: &str) -> std::borrow::Cow<'_, str> {

@@ -116,20 +116,6 @@ pub enum SendError {
     InputChanged { path: String, log: String },
 }
 
-/// Longest a session holds an outcome the server gave before proving the session in step
-/// (a checkpoint EHLO with CHUNKING, where no `354` proves it). A held outcome is not yet in
-/// the log, so a run killed meanwhile sends it again on `--resume`: this, the log thread's
-/// pick-up and `log::SYNC_EVERY` make the window. A checkpoint costs one round trip of one
-/// connection's pipeline (see docs/BENCHMARKS.md).
-pub const HELD_AT_MOST: Duration = Duration::from_millis(20);
-
-/// Jobs the engine may set aside for destinations that cannot take more for now (rate
-/// limited, slow) before reading the input waits: a few megabytes.
-const PARKED_JOBS: usize = 50_000;
-/// Sessions each core runs at once, over all destinations (fewer if the open-files limit is
-/// lower): thousands of small domains at once get as many sessions, each a few tens of KB.
-const SESSIONS_PER_CORE: usize = 1024;
-
 /// A campaign under way.
 pub struct Sending {
     running: engine::Running,
@@ -291,19 +277,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         shared: Arc::clone(&shared),
     });
     let retry = RetryPolicy::Scheduled(config.schedule);
-    let mut engine_config = EngineConfig {
-        retry,
-        outcomes: true,
-        park: PARKED_JOBS,
-        sessions_per_core: crate::rt::sessions_per_core(SESSIONS_PER_CORE, config.engine.threads),
-        rate: config.rate,
-        reactions,
-        give_up_on_tls: false,
-        ..config.engine
-    };
-    engine_config.client.sync_after = Some(HELD_AT_MOST);
-    // A list's dead addresses must not get the run tarpitted (see `Refusals`).
-    engine_config.client.refusals = Some(crate::proto::client::Refusals::CAREFUL);
+    let engine_config = crate::deliver::engine_config(config.engine.clone(), retry, reactions, config.rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let ledger = Ledger::new(LedgerConfig {

@@ -72,7 +72,7 @@ impl Request {
     }
 }
 
-/// What the writer has done: for the report and metrics.
+/// What the writer has made durable: for the report and metrics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
     pub batches: AtomicU64,
@@ -181,10 +181,10 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
         }
     }
     if !messages.is_empty() {
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
         match spool.accept(&messages) {
             Ok(ids) => {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.messages.fetch_add(ids.len() as u64, Ordering::Relaxed);
                 for (reply, id) in accepted.into_iter().zip(ids) {
                     let _ = reply.send(Ok(id));
                 }
@@ -198,8 +198,10 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
         }
     }
     if !recorded.is_empty() {
-        stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
         let result = spool.record(&changes).map_err(|e| CommitError::Spool(Arc::new(e)));
+        if result.is_ok() {
+            stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
+        }
         for reply in recorded {
             let _ = reply.send(result.clone());
         }
@@ -216,7 +218,7 @@ mod tests {
         Accepted {
             sender: None,
             recipients: vec![Address::new(&format!("r{n}@x.test")).unwrap()],
-            content: vec![b'x'; size],
+            content: vec![b'x'; size].into(),
             received_ms: n as u64,
             origin: "test".into(),
         }
@@ -260,10 +262,11 @@ mod tests {
         assert_eq!(ids.len(), 100, "one id each");
         let first = ids[0];
         committer.record(vec![Change { message: first, index: 0, status: Status::Final }]).wait().unwrap();
-        let bad = Change { message: MessageId(1 << 40), index: 0, status: Status::Final };
-        let err = committer.record(vec![bad]).wait().unwrap_err();
+        let mut too_big = message(0, 10);
+        too_big.recipients = vec![too_big.recipients[0].clone(); crate::serve::spool::MAX_RECIPIENTS + 1];
+        let err = committer.accept(too_big).wait().unwrap_err();
         assert!(
-            matches!(&err, CommitError::Spool(e) if matches!(**e, SpoolError::NoRecipient { .. })),
+            matches!(&err, CommitError::Spool(e) if matches!(**e, SpoolError::TooManyRecipients(_))),
             "{err}"
         );
         let stats = committer.stats();

@@ -1,9 +1,10 @@
 //! `volley serve`'s parts, built in steps (issue 27). So far the spool: every accepted message
 //! and its recipients' states, durable before intake answers ([`spool`]), written by one
 //! group-commit thread that batches concurrent injections into one sync ([`commit`]), in a
-//! value layout of its own ([`record`]). Intake (SMTP, HTTP), the spool's job source and the
-//! command come next, on `deliver` as `send` is.
+//! value layout of its own ([`record`]); the job source that feeds the engine from it
+//! ([`source`]). Intake (SMTP, HTTP) and the command come next, on `deliver` as `send` is.
 
 pub mod commit;
 pub mod record;
+pub mod source;
 pub mod spool;

@@ -17,6 +17,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use thiserror::Error;
@@ -35,14 +36,29 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// The most recipients a message may have: a recipient's id (in the engine and the delivery
+/// log) is its message's id and its index, in 48 and 16 bits.
+pub const MAX_RECIPIENTS: usize = 1 << 16;
+
+/// A recipient's id outside the spool: its message's id and its place in the envelope in one
+/// number (see [`MAX_RECIPIENTS`]).
+pub fn recipient_id(message: MessageId, index: u32) -> u64 {
+    (message.0 << 16) | u64::from(index & 0xffff)
+}
+
+/// The message and index a [`recipient_id`] names.
+pub fn of_recipient_id(id: u64) -> (MessageId, u32) {
+    (MessageId(id >> 16), (id & 0xffff) as u32)
+}
+
 /// A message as intake accepted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// `None` is the null reverse-path.
     pub sender: Option<Address>,
     pub recipients: Vec<Address>,
-    /// The whole message, as it will be sent.
-    pub content: Vec<u8>,
+    /// The whole message, as it will be sent (shared with the delivery it is handed to).
+    pub content: Arc<[u8]>,
     /// When it was accepted, in milliseconds since the Unix epoch.
     pub received_ms: u64,
     /// Who handed it in (the SMTP user or the API key's name), for the log.
@@ -100,8 +116,8 @@ pub enum SpoolError {
     Store(#[from] fjall::Error),
     #[error("damaged {table} entry {key}: {error}")]
     Corrupt { table: &'static str, key: String, error: String },
-    #[error("no recipient {index} of message {message} in the spool")]
-    NoRecipient { message: MessageId, index: u32 },
+    #[error("a message may have at most {MAX_RECIPIENTS} recipients, not {0}")]
+    TooManyRecipients(usize),
 }
 
 impl SpoolError {
@@ -161,6 +177,9 @@ impl Spool {
     /// Writes `accepted` and their recipients (each waiting, due when received) in one batch,
     /// durable (fdatasync) when this returns; their ids, in order.
     pub fn accept(&mut self, accepted: &[Accepted]) -> Result<Vec<MessageId>, SpoolError> {
+        if let Some(m) = accepted.iter().find(|m| m.recipients.len() > MAX_RECIPIENTS) {
+            return Err(SpoolError::TooManyRecipients(m.recipients.len()));
+        }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut ids = Vec::with_capacity(accepted.len());
         let mut next = self.next_id;
@@ -189,7 +208,9 @@ impl Spool {
     }
 
     /// Records recipients' new states in one batch, durable when this returns. A message whose
-    /// recipients are then all final leaves the spool in the same batch.
+    /// recipients are then all final leaves the spool in the same batch. A change for a
+    /// recipient no longer in the spool (its message left) is skipped: a restart may learn of
+    /// the same final twice, and one stale change must not cost the others.
     pub fn record(&mut self, changes: &[Change]) -> Result<(), SpoolError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         // Changes grouped by message, in order, so each message is looked at once.
@@ -199,10 +220,12 @@ impl Spool {
             let id = group[0].message;
             let mut rows = self.recipients_of(id)?;
             for change in group {
-                let Some(row) = rows.iter_mut().find(|r| r.index == change.index) else {
-                    return Err(SpoolError::NoRecipient { message: id, index: change.index });
-                };
-                row.status = change.status;
+                if let Some(row) = rows.iter_mut().find(|r| r.index == change.index) {
+                    row.status = change.status;
+                }
+            }
+            if rows.is_empty() {
+                continue; // the message left already
             }
             if rows.iter().all(|r| r.status == Status::Final) {
                 batch.remove(&self.messages, id.0.to_be_bytes());
@@ -350,7 +373,7 @@ mod tests {
         Accepted {
             sender: Some(Address::new("app@example.com").unwrap()),
             recipients: rcpts.iter().map(|r| Address::new(r).unwrap()).collect(),
-            content: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+            content: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes().into(),
             received_ms: 1_000 + n,
             origin: "api:test".into(),
         }
@@ -382,7 +405,7 @@ mod tests {
             ]
         );
         let stored = spool.message(MessageId(1)).unwrap().unwrap();
-        assert_eq!(stored.content, accepted(1, &[]).content);
+        assert_eq!(stored.content, &*accepted(1, &[]).content);
         assert_eq!(
             (stored.sender.unwrap().as_str(), stored.origin.as_str(), stored.recipient_count),
             ("app@example.com", "api:test", 2)
@@ -423,8 +446,30 @@ mod tests {
         // The newest message left, and the process restarted: its id is still not reused.
         let mut spool = Spool::open(&dir).unwrap();
         assert_eq!(spool.accept(&[accepted(3, &["d@x.test"])]).unwrap(), [MessageId(3)]);
+        // A final learnt twice (a restart going over the log again) changes nothing.
+        let gone = Change { message: ids[1], index: 0, status: Status::Final };
         let unknown = Change { message: MessageId(99), index: 0, status: Status::Final };
-        assert!(matches!(spool.record(&[unknown]), Err(SpoolError::NoRecipient { index: 0, .. })));
+        let fourth = spool.accept(&[accepted(4, &["e@x.test"])]).unwrap()[0];
+        let now_final = Change { message: fourth, index: 0, status: Status::Final };
+        spool.record(&[gone, unknown, now_final]).unwrap();
+        assert!(spool.message(fourth).unwrap().is_none(), "the others in the batch still count");
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_recipient_id_names_its_message_and_place() {
+        for (m, i) in [(1, 0), (7, 65_535), ((1 << 48) - 1, 3)] {
+            assert_eq!(of_recipient_id(recipient_id(MessageId(m), i)), (MessageId(m), i));
+        }
+        assert!(recipient_id(MessageId(1), 0) > recipient_id(MessageId(0), 65_535), "ordered by message");
+        let dir = temp("many");
+        let mut spool = Spool::open(&dir).unwrap();
+        let mut big = accepted(1, &[]);
+        big.recipients = vec![Address::new("a@x.test").unwrap(); MAX_RECIPIENTS + 1];
+        assert!(
+            matches!(spool.accept(&[big]), Err(SpoolError::TooManyRecipients(n)) if n == MAX_RECIPIENTS + 1)
+        );
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
     }
