@@ -50,6 +50,17 @@ impl<T> Ticket<T> {
     }
 }
 
+impl<T> Ticket<T> {
+    /// The answer if it has come, without waiting.
+    pub fn try_take(&mut self) -> Option<Result<T, CommitError>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(CommitError::Stopped)),
+        }
+    }
+}
+
 impl<T> Future for Ticket<T> {
     type Output = Result<T, CommitError>;
 

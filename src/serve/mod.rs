@@ -2,9 +2,11 @@
 //! and its recipients' states, durable before intake answers ([`spool`]), written by one
 //! group-commit thread that batches concurrent injections into one sync ([`commit`]), in a
 //! value layout of its own ([`record`]); the job source that feeds the engine from it
-//! ([`source`]). Intake (SMTP, HTTP) and the command come next, on `deliver` as `send` is.
+//! ([`source`]); delivery on a spool, with the order of syncs that keeps it and the log in
+//! step ([`run`]). Intake (SMTP, HTTP) and the command come next, on `deliver` as `send` is.
 
 pub mod commit;
 pub mod record;
+pub mod run;
 pub mod source;
 pub mod spool;

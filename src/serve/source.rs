@@ -1,10 +1,11 @@
 //! serve's job source: what the spool holds when serve starts (each waiting recipient at its
 //! due time, its age counted from when its message was received), then every message intake
 //! accepts, once durable; each recipient handed to `deliver::dispatch`, as `send`'s rows are.
-//! It never runs dry: it ends only when serve stops, leaving what is not final in the spool.
+//! It never runs dry: serve stops it by halting the engine, leaving what is not final in the
+//! spool.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,18 +33,11 @@ pub struct SpoolSource {
     dispatch: Dispatch,
     arrivals: Receiver<Arrival>,
     flow: Arc<Flow>,
-    /// Set when serve stops: jobs not yet handed out stay in the spool.
-    stop: Arc<AtomicBool>,
 }
 
 impl SpoolSource {
-    pub fn new(
-        dispatch: Dispatch,
-        arrivals: Receiver<Arrival>,
-        flow: Arc<Flow>,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
-        SpoolSource { dispatch, arrivals, flow, stop }
+    pub fn new(dispatch: Dispatch, arrivals: Receiver<Arrival>, flow: Arc<Flow>) -> Self {
+        SpoolSource { dispatch, arrivals, flow }
     }
 
     /// Schedules what `spool` holds: each waiting recipient at its due time (at once if that
@@ -89,9 +83,6 @@ impl SpoolSource {
 
 impl JobSource for SpoolSource {
     fn next(&mut self, now: Instant) -> Next {
-        if self.stop.load(Ordering::Acquire) {
-            return Next::Done;
-        }
         self.dispatch.poll(now);
         let mut taken = 0;
         loop {

@@ -1,0 +1,191 @@
+//! Delivery on a spool: the group-commit writer, the engine fed by the spool's job source, and
+//! the ledger, whose durable records flow back into the spool. What is fsync'd before what:
+//! 1. a message is durable in the spool before intake hears its id (and answers 250 / 202);
+//! 2. it is then handed to delivery;
+//! 3. a recipient's record is durable in the log before the spool learns its new state
+//!    (final: the recipient, and with the last one the message, leaves the spool; deferred: its
+//!    next attempt and when). So the spool never runs ahead of the log; a stop between 3's two
+//!    syncs leaves a recipient waiting that the log already has, sent again after a restart
+//!    (the window: one log commit, at most `deliver::log::SYNC_EVERY` plus a spool commit).
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use thiserror::Error;
+
+use super::commit::{CommitError, Committer, Ticket};
+use super::source::{Arrival, SpoolSource, wall_ms_of};
+use super::spool::{Accepted, Change, MessageId, Spool, SpoolError, Status, of_recipient_id};
+use crate::deliver::bounce::Classifier;
+use crate::deliver::dispatch::Dispatch;
+use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled};
+use crate::deliver::log::LogFile;
+use crate::deliver::route::Routes;
+use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
+
+/// Accepted messages handed to delivery and not yet taken by it, before intake waits.
+const ARRIVALS: usize = 4096;
+
+/// What delivery on a spool needs.
+pub struct ServeConfig {
+    /// Session, TLS and connection settings; the store-and-forward ones are added
+    /// (`deliver::engine_config`).
+    pub engine: EngineConfig,
+    pub routes: Routes,
+    pub schedule: Schedule,
+    pub classifier: Classifier,
+    pub reactions: Option<Arc<Reactions>>,
+    pub rate: Option<Rate>,
+    pub log: LogFile,
+    /// Print live progress on stderr.
+    pub progress: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("starting: {0}")]
+    Start(std::io::Error),
+    #[error("stopping: {0}")]
+    Stop(std::io::Error),
+}
+
+/// Delivery under way on a spool.
+pub struct Serving {
+    committer: Arc<Committer>,
+    arrivals: SyncSender<Arrival>,
+    running: engine::Running,
+    ledger: JoinHandle<Books>,
+    control: Arc<Control>,
+    flow: Arc<Flow>,
+    /// Recipients the spool held when delivery started.
+    resumed: usize,
+}
+
+/// Starts delivering what `spool` holds, and what is accepted from now on.
+pub fn start(config: ServeConfig, spool: Spool) -> Result<Serving, ServeError> {
+    let ServeConfig { engine, routes, schedule, classifier, reactions, rate, log, progress } = config;
+    let flow = Arc::new(Flow::default());
+    let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
+    let (retries_tx, retries_rx) = mpsc::channel();
+    let (arrivals, arrivals_rx) = mpsc::sync_channel(ARRIVALS);
+    let mut source =
+        SpoolSource::new(Dispatch::new(routes, retries_rx, reports_tx), arrivals_rx, Arc::clone(&flow));
+    let resumed = source.resume(&spool, Instant::now(), SystemTime::now())?;
+    let committer = Arc::new(Committer::start(spool).map_err(ServeError::Start)?);
+    let retry = RetryPolicy::Scheduled(schedule);
+    let engine_config = crate::deliver::engine_config(engine, retry, reactions, rate);
+    let running = engine::start(engine_config, Box::new(source)).map_err(ServeError::Start)?;
+    let control = Arc::new(Control::default());
+    let writer = Arc::clone(&committer);
+    let ledger = Ledger::new(LedgerConfig {
+        log,
+        outcomes: running.outcomes().to_vec(),
+        events: running.shaping_events(),
+        reports: reports_rx,
+        retries: retries_tx,
+        flow: Arc::clone(&flow),
+        retry,
+        classifier,
+        progress,
+    })
+    .show_sessions(running.progress())
+    .on_durable({
+        // Not waited for: the log thread goes on while the spool syncs (see the module's
+        // durability order). Tickets are looked at on later calls; a failure is said, and its
+        // recipients stay waiting in the spool.
+        let mut outstanding: std::collections::VecDeque<Ticket<()>> = std::collections::VecDeque::new();
+        Box::new(move |settled| {
+            while let Some(result) = outstanding.front_mut().and_then(Ticket::try_take) {
+                outstanding.pop_front();
+                if let Err(e) = result {
+                    eprintln!("volley: recording delivery outcomes in the spool failed ({e}); they stay waiting in it");
+                }
+            }
+            outstanding.push_back(writer.record(spool_changes(&settled, Instant::now(), SystemTime::now())));
+        })
+    })
+    .spawn(Arc::clone(&control))
+    .map_err(ServeError::Start)?;
+    running.set_outcome_reader(ledger.thread().clone());
+    Ok(Serving { committer, arrivals, running, ledger, control, flow, resumed })
+}
+
+/// The spool's view of what the ledger settled.
+fn spool_changes(settled: &[Settled], now: Instant, wall: SystemTime) -> Vec<Change> {
+    settled
+        .iter()
+        .map(|s| match *s {
+            Settled::Final { id } => {
+                let (message, index) = of_recipient_id(id);
+                Change { message, index, status: Status::Final }
+            }
+            Settled::Retry { id, attempts, at } => {
+                let (message, index) = of_recipient_id(id);
+                Change {
+                    message,
+                    index,
+                    status: Status::Waiting { attempts, due_ms: wall_ms_of(at, now, wall) },
+                }
+            }
+        })
+        .collect()
+}
+
+impl Serving {
+    /// Accepts a message: durable in the spool when this returns its id, then handed to
+    /// delivery. Blocks for the batch's sync (from async code: [`Serving::committer`], then
+    /// [`Serving::deliver`]).
+    pub fn accept(&self, message: Accepted) -> Result<MessageId, CommitError> {
+        let id = self.committer.accept(message.clone()).wait()?;
+        self.deliver(Arrival { id, message });
+        Ok(id)
+    }
+
+    /// The spool's writer, for intake that awaits its tickets.
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Hands a message the spool has made durable to delivery.
+    pub fn deliver(&self, arrival: Arrival) {
+        // Delivery stopped: the message is in the spool for the next start.
+        let _ = self.arrivals.send(arrival);
+    }
+
+    /// Recipients taken on and recipients with a final record so far.
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// Recipients the spool held at the start.
+    pub fn resumed(&self) -> usize {
+        self.resumed
+    }
+
+    /// Stops: nothing new is started, transactions in flight finish and are recorded, the log
+    /// and the spool are synced. What is not final stays in the spool for the next start.
+    /// Gives the spool back.
+    pub fn stop(self) -> Result<(Books, Spool), ServeError> {
+        let Serving { committer, arrivals, running, ledger, control, .. } = self;
+        drop(arrivals);
+        running.halt();
+        let report = running.join();
+        control.engine_done.store(true, std::sync::atomic::Ordering::Release);
+        ledger.thread().unpark();
+        let books =
+            ledger.join().map_err(|_| ServeError::Stop(std::io::Error::other("the log thread panicked")))?;
+        report.map_err(ServeError::Stop)?;
+        // The log thread is gone and with it the hook's hold on the writer: it finishes what
+        // is queued and hands the spool back.
+        let committer = Arc::try_unwrap(committer)
+            .map_err(|_| ServeError::Stop(std::io::Error::other("the spool writer is still shared")))?;
+        let spool = committer
+            .stop()
+            .ok_or_else(|| ServeError::Stop(std::io::Error::other("the spool writer panicked")))?;
+        Ok((books, spool))
+    }
+}

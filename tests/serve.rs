@@ -1,0 +1,162 @@
+//! Delivery on serve's spool, end to end over loopback against volley's sink: what is accepted
+//! is delivered, recorded once in the log and leaves the spool; a deferral keeps its schedule
+//! across a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mailvolley::deliver::bounce::Classifier;
+use mailvolley::deliver::log::LogFile;
+use mailvolley::deliver::route::Routes;
+use mailvolley::deliver::shaping::{Defaults, ShapingRules};
+use mailvolley::engine::{EngineConfig, Limits, Schedule};
+use mailvolley::proto::{Address, ClientConfig, Domain};
+use mailvolley::serve::run::{self, ServeConfig, Serving};
+use mailvolley::serve::spool::{Accepted, Spool, Status, of_recipient_id};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("volley-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> ServeConfig {
+    let mut engine = EngineConfig::new(ClientConfig::new(Domain::new("serve.test").unwrap()));
+    engine.threads = 1;
+    engine.reconnect_backoff = Duration::from_millis(10);
+    let shaping =
+        ShapingRules::load(&[], false, Defaults { connections: 4, limits: Limits::default() }).unwrap();
+    ServeConfig {
+        engine,
+        routes: Routes::relay("sink", vec![sink], shaping),
+        schedule: Schedule { first: first_retry, max: first_retry * 4, max_age: Duration::from_secs(3600) },
+        classifier: Classifier::load(&[] as &[&str]).unwrap(),
+        reactions: None,
+        rate: None,
+        log,
+        progress: false,
+    }
+}
+
+fn message(n: usize, rcpts: usize) -> Accepted {
+    Accepted {
+        sender: Some(Address::new("app@example.com").unwrap()),
+        recipients: (0..rcpts).map(|r| Address::new(&format!("u{n}-{r}@example.net")).unwrap()).collect(),
+        content: format!("From: app@example.com\r\nSubject: {n}\r\n\r\nHello {n}\r\n").into_bytes().into(),
+        received_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
+        origin: "test".into(),
+    }
+}
+
+/// Waits until `finals` recipients have their final record.
+fn wait_for_finals(serving: &Serving, finals: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serving.flow().finalized.load(Ordering::Acquire) < finals {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {finals} final",
+            serving.flow().finalized.load(Ordering::Acquire)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn records(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn accepted_messages_are_delivered_once_recorded_and_leave_the_spool() {
+    let dir = temp("deliver");
+    let sink = common::sink(|_| {});
+    let log_path = dir.join("log.jsonl");
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let serving = run::start(
+        config(sink.local_addr(), LogFile::create(&log_path).unwrap(), Duration::from_secs(60)),
+        spool,
+    )
+    .unwrap();
+    assert_eq!(serving.resumed(), 0);
+    let ids: Vec<_> = (0..40).map(|n| serving.accept(message(n, 2)).unwrap()).collect();
+    wait_for_finals(&serving, 80);
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!(books.tally.delivered, 80);
+    assert!(spool.waiting().unwrap().is_empty(), "nothing left to send");
+    assert!(ids.iter().all(|id| spool.message(*id).unwrap().is_none()), "every message left the spool");
+    let delivered: Vec<(u64, u32)> = records(&log_path)
+        .iter()
+        .filter(|r| r["status"] == "delivered")
+        .map(|r| of_recipient_id(r["line"].as_u64().unwrap()))
+        .map(|(m, i)| (m.0, i))
+        .collect();
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((delivered.len(), unique.len()), (80, 80), "one final record each");
+    assert_eq!(sink.stop().unwrap().messages_accepted, 80);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_deferral_keeps_its_schedule_across_a_restart() {
+    let dir = temp("restart");
+    // Refuses each recipient's first try (451), then takes it.
+    let sink = common::sink(|c| c.greylist = true);
+    let log_path = dir.join("log.jsonl");
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let retry_after = Duration::from_secs(3);
+    let serving =
+        run::start(config(sink.local_addr(), LogFile::create(&log_path).unwrap(), retry_after), spool)
+            .unwrap();
+    for n in 0..5 {
+        serving.accept(message(n, 1)).unwrap();
+    }
+    // Each deferred once, and the spool told (once the log commit made it durable).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&log_path).iter().filter(|r| r["status"] == "deferred").count() < 5 {
+        assert!(Instant::now() < deadline, "five deferrals");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!((books.tally.deferred, books.tally.finals()), (5, 0));
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let waiting = spool.waiting().unwrap();
+    assert_eq!(waiting.len(), 5);
+    let dues: Vec<u64> = waiting
+        .iter()
+        .map(|r| match r.status {
+            Status::Waiting { attempts: 1, due_ms } => due_ms,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        dues.iter().all(|&d| d > now_ms && d <= now_ms + 4_000),
+        "due on the schedule: {dues:?} (now {now_ms})"
+    );
+    drop(spool);
+
+    // Restarted: the recipients wait for their time, then go.
+    let restarted = Instant::now();
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let (log, _) = LogFile::reopen(&log_path).unwrap();
+    let serving = run::start(config(sink.local_addr(), log, retry_after), spool).unwrap();
+    assert_eq!(serving.resumed(), 5);
+    wait_for_finals(&serving, 5);
+    let earliest = Duration::from_millis(dues.iter().min().unwrap().saturating_sub(now_ms));
+    assert!(restarted.elapsed() + Duration::from_millis(200) >= earliest, "not before they were due");
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!(books.tally.delivered, 5);
+    assert!(spool.waiting().unwrap().is_empty());
+    let all = records(&log_path);
+    assert_eq!(all.iter().filter(|r| r["status"] == "delivered").count(), 5);
+    assert!(
+        all.iter().filter(|r| r["status"] == "delivered").all(|r| r["attempts"] == 2),
+        "the second attempt"
+    );
+    sink.stop().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
