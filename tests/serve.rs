@@ -160,3 +160,37 @@ fn a_deferral_keeps_its_schedule_across_a_restart() {
     sink.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A stop between the log's commit and the spool's leaves a recipient waiting that the log
+/// says is delivered: the next start reads the log from the spool's watermark and does not
+/// send it again.
+#[test]
+fn a_final_the_spool_missed_is_taken_from_the_log_and_not_sent_again() {
+    use mailvolley::deliver::log::{Record, Status as LogStatus};
+    use mailvolley::serve::spool::recipient_id;
+    let dir = temp("reconcile");
+    let sink = common::sink(|_| {});
+    let log_path = dir.join("log.jsonl");
+    let mut spool = Spool::open(&dir.join("spool")).unwrap();
+    let ids = spool.accept(&[message(0, 1), message(1, 1), message(2, 1)]).unwrap();
+    let mut log = LogFile::create(&log_path).unwrap();
+    let delivered = Record::new(LogStatus::Delivered, recipient_id(ids[0], 0)).rcpt("u0-0@example.net");
+    let deferred = Record::new(LogStatus::Deferred, recipient_id(ids[1], 0)).rcpt("u1-0@example.net");
+    log.write(&delivered);
+    log.write(&deferred);
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = LogFile::reopen(&log_path).unwrap();
+    let log_len = log.durable_len();
+    let serving = run::start(config(sink.local_addr(), log, Duration::from_secs(60)), spool).unwrap();
+    assert_eq!(serving.resumed(), 2, "the delivered one is not waiting");
+    wait_for_finals(&serving, 2);
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!(books.tally.delivered, 2);
+    assert!(spool.waiting().unwrap().is_empty() && spool.message(ids[0]).unwrap().is_none());
+    assert!(spool.log_watermark().unwrap() > log_len, "up to date with the log's new records too");
+    assert_eq!(sink.stop().unwrap().messages_accepted, 2, "nothing sent twice");
+    let finals = records(&log_path).iter().filter(|r| r["status"] == "delivered").count();
+    assert_eq!(finals, 3, "one final record each");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

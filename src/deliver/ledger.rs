@@ -120,8 +120,9 @@ pub enum Settled {
     Retry { id: u64, attempts: u32, at: Instant },
 }
 
-/// Called on the log thread with what the last commit of the log made durable.
-pub type OnDurable = Box<dyn FnMut(Vec<Settled>) + Send>;
+/// Called on the log thread with what the last commit of the log made durable, and the log's
+/// length up to that commit ([`LogFile::durable_len`]).
+pub type OnDurable = Box<dyn FnMut(Vec<Settled>, u64) + Send>;
 
 /// The recipients a job source and the ledger account for together: every one handed in
 /// ends in exactly one final record, and the run is over when the counts meet.
@@ -569,7 +570,7 @@ impl Ledger {
         if let Some(hook) = &mut self.on_durable
             && !self.settled.is_empty()
         {
-            hook(std::mem::take(&mut self.settled));
+            hook(std::mem::take(&mut self.settled), self.log.durable_len());
         }
     }
 
@@ -670,7 +671,7 @@ mod tests {
             progress: false,
         });
         let (settled_tx, settled_rx) = mpsc::channel();
-        let ledger = ledger.on_durable(Box::new(move |s| settled_tx.send(s).unwrap()));
+        let ledger = ledger.on_durable(Box::new(move |s, _| settled_tx.send(s).unwrap()));
         let now = Instant::now();
         let pending = |id: u64, born: Instant, attempts: u32| {
             let rcpt = Address::new(&format!("r{id}@x.test")).unwrap();

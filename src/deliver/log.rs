@@ -254,6 +254,8 @@ pub struct LogFile {
     pending: Vec<u8>,
     unsynced: usize,
     last_sync: Instant,
+    /// The file's length up to which every record is durable.
+    durable_len: u64,
 }
 
 /// A commit that failed, with the records it may not have made durable (JSON lines).
@@ -316,13 +318,26 @@ impl LogFile {
             return Err(OpenError::InUse { pid: lock::holder(&file) });
         }
         let cut = cut_torn_tail(&file)?;
-        Ok((LogFile::with(file, path), cut))
+        let mut log = LogFile::with(file, path);
+        log.durable_len = log.file.metadata()?.len();
+        Ok((log, cut))
     }
 
     /// The log's records so far, from its first line (writes still append at its end).
     pub fn contents(&self) -> io::Result<impl BufRead + '_> {
-        (&self.file).seek(SeekFrom::Start(0))?;
+        self.contents_from(0)
+    }
+
+    /// The log's records from octet `offset` on (see [`LogFile::durable_len`]).
+    pub fn contents_from(&self, offset: u64) -> io::Result<impl BufRead + '_> {
+        (&self.file).seek(SeekFrom::Start(offset))?;
         Ok(BufReader::new(&self.file))
+    }
+
+    /// How long the file is up to its last commit: every record before it is durable. What a
+    /// reader of the log's consequences (serve's spool) keeps to know where to read on from.
+    pub fn durable_len(&self) -> u64 {
+        self.durable_len
     }
 
     fn with(file: File, path: &Path) -> LogFile {
@@ -333,6 +348,7 @@ impl LogFile {
             pending: Vec::with_capacity(256 * 1024),
             unsynced: 0,
             last_sync: Instant::now(),
+            durable_len: 0,
         }
     }
 
@@ -380,6 +396,7 @@ impl LogFile {
         self.last_sync = Instant::now();
         match result {
             Ok(()) => {
+                self.durable_len += self.pending.len() as u64;
                 self.pending.clear();
                 Ok(())
             }

@@ -71,7 +71,7 @@ impl<T> Future for Ticket<T> {
 
 enum Request {
     Accept(Box<Accepted>, oneshot::Sender<Result<MessageId, CommitError>>),
-    Record(Vec<Change>, oneshot::Sender<Result<(), CommitError>>),
+    Record(Vec<Change>, Option<u64>, oneshot::Sender<Result<(), CommitError>>),
 }
 
 impl Request {
@@ -121,10 +121,11 @@ impl Committer {
         Ticket(rx)
     }
 
-    /// Queues recipients' new states; the ticket says when they are durable.
-    pub fn record(&self, changes: Vec<Change>) -> Ticket<()> {
+    /// Queues recipients' new states, and the log length they bring the spool up to (see
+    /// [`Spool::record`]); the ticket says when they are durable.
+    pub fn record(&self, changes: Vec<Change>, watermark: Option<u64>) -> Ticket<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Record(changes, tx));
+        self.send(Request::Record(changes, watermark, tx));
         Ticket(rx)
     }
 
@@ -178,6 +179,7 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
     let mut messages = Vec::new();
     let mut accepted = Vec::new();
     let mut changes = Vec::new();
+    let mut watermark: Option<u64> = None;
     let mut recorded = Vec::new();
     for request in batch {
         match request {
@@ -185,8 +187,9 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
                 messages.push(*m);
                 accepted.push(reply);
             }
-            Request::Record(c, reply) => {
+            Request::Record(c, mark, reply) => {
                 changes.extend(c);
+                watermark = watermark.max(mark);
                 recorded.push(reply);
             }
         }
@@ -209,7 +212,7 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
         }
     }
     if !recorded.is_empty() {
-        let result = spool.record(&changes).map_err(|e| CommitError::Spool(Arc::new(e)));
+        let result = spool.record(&changes, watermark).map_err(|e| CommitError::Spool(Arc::new(e)));
         if result.is_ok() {
             stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
         }
@@ -241,7 +244,7 @@ mod tests {
         for n in 0..10 {
             tx.send(Request::Accept(Box::new(message(n, 100)), oneshot::channel().0)).unwrap();
         }
-        tx.send(Request::Record(Vec::new(), oneshot::channel().0)).unwrap();
+        tx.send(Request::Record(Vec::new(), None, oneshot::channel().0)).unwrap();
         let lens: Vec<usize> =
             std::iter::from_fn(|| next_batch(&rx, 4, usize::MAX).map(|b| b.len())).take(3).collect();
         assert_eq!(lens, [4, 4, 3], "four messages a batch; a state change does not count as one");
@@ -272,7 +275,10 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 100, "one id each");
         let first = ids[0];
-        committer.record(vec![Change { message: first, index: 0, status: Status::Final }]).wait().unwrap();
+        committer
+            .record(vec![Change { message: first, index: 0, status: Status::Final }], Some(10))
+            .wait()
+            .unwrap();
         let mut too_big = message(0, 10);
         too_big.recipients = vec![too_big.recipients[0].clone(); crate::serve::spool::MAX_RECIPIENTS + 1];
         let err = committer.accept(too_big).wait().unwrap_err();

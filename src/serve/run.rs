@@ -4,9 +4,10 @@
 //! 2. it is then handed to delivery;
 //! 3. a recipient's record is durable in the log before the spool learns its new state
 //!    (final: the recipient, and with the last one the message, leaves the spool; deferred: its
-//!    next attempt and when). So the spool never runs ahead of the log; a stop between 3's two
-//!    syncs leaves a recipient waiting that the log already has, sent again after a restart
-//!    (the window: one log commit, at most `deliver::log::SYNC_EVERY` plus a spool commit).
+//!    next attempt and when), together with how far into the log the spool is now up to date
+//!    (its watermark). So the spool never runs ahead of the log; and a stop between 3's two
+//!    syncs is caught up at the next start, which reads the log from the watermark and marks
+//!    final every recipient a record there says is ([`reconcile`]) before anything is sent.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, SyncSender};
@@ -21,7 +22,7 @@ use super::spool::{Accepted, Change, MessageId, Spool, SpoolError, Status, of_re
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled};
-use crate::deliver::log::LogFile;
+use crate::deliver::log::{LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
 
@@ -49,6 +50,8 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error("starting: {0}")]
     Start(std::io::Error),
+    #[error("reading the delivery log {path}: {error}")]
+    Log { path: String, error: std::io::Error },
     #[error("stopping: {0}")]
     Stop(std::io::Error),
 }
@@ -65,9 +68,11 @@ pub struct Serving {
     resumed: usize,
 }
 
-/// Starts delivering what `spool` holds, and what is accepted from now on.
-pub fn start(config: ServeConfig, spool: Spool) -> Result<Serving, ServeError> {
+/// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
+/// delivery log the spool's earlier deliveries were recorded in, reopened (or a new one).
+pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeError> {
     let ServeConfig { engine, routes, schedule, classifier, reactions, rate, log, progress } = config;
+    reconcile(&mut spool, &log)?;
     let flow = Arc::new(Flow::default());
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
@@ -98,20 +103,68 @@ pub fn start(config: ServeConfig, spool: Spool) -> Result<Serving, ServeError> {
         // durability order). Tickets are looked at on later calls; a failure is said, and its
         // recipients stay waiting in the spool.
         let mut outstanding: std::collections::VecDeque<Ticket<()>> = std::collections::VecDeque::new();
-        Box::new(move |settled| {
+        Box::new(move |settled, durable_len| {
             while let Some(result) = outstanding.front_mut().and_then(Ticket::try_take) {
                 outstanding.pop_front();
                 if let Err(e) = result {
                     eprintln!("volley: recording delivery outcomes in the spool failed ({e}); they stay waiting in it");
                 }
             }
-            outstanding.push_back(writer.record(spool_changes(&settled, Instant::now(), SystemTime::now())));
+            let changes = spool_changes(&settled, Instant::now(), SystemTime::now());
+            outstanding.push_back(writer.record(changes, Some(durable_len)));
         })
     })
     .spawn(Arc::clone(&control))
     .map_err(ServeError::Start)?;
     running.set_outcome_reader(ledger.thread().clone());
     Ok(Serving { committer, arrivals, running, ledger, control, flow, resumed })
+}
+
+/// Brings the spool up to date with the log: every recipient a final record after the spool's
+/// watermark names is marked final (a stop came between the log's commit and the spool's).
+/// Returns how many records were read. A log shorter than the watermark is not the one the
+/// spool knew (replaced, or cut by hand): read from its start, as a recipient's id is never
+/// reused, so a final record in any log is true of it.
+pub fn reconcile(spool: &mut Spool, log: &LogFile) -> Result<usize, ServeError> {
+    let len = log.durable_len();
+    let mark = spool.log_watermark()?;
+    if len == mark {
+        return Ok(0);
+    }
+    if len == 0 {
+        // A new log: nothing in it yet, and what the spool knew of the old one holds.
+        spool.record(&[], Some(0))?;
+        return Ok(0);
+    }
+    let from = if mark < len { mark } else { 0 };
+    let read = |e: std::io::Error| ServeError::Log { path: log.path().display().to_string(), error: e };
+    let mut reader = log.contents_from(from).map_err(read)?;
+    let mut changes = Vec::new();
+    let (mut line, mut records) = (Vec::new(), 0);
+    loop {
+        line.clear();
+        if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(read)? == 0 {
+            break;
+        }
+        // Anything that is not a record (the rest of a line, in a log that is not the one the
+        // watermark was taken on) says nothing.
+        #[derive(serde::Deserialize)]
+        struct Line {
+            status: String,
+            #[serde(default)]
+            line: u64,
+            #[serde(default)]
+            rcpt: Option<String>,
+        }
+        let Ok(record) = serde_json::from_slice::<Line>(&line) else { continue };
+        records += 1;
+        if record.rcpt.is_some() && LogStatus::parse(&record.status).is_some_and(LogStatus::is_final) {
+            let (message, index) = of_recipient_id(record.line);
+            changes.push(Change { message, index, status: Status::Final });
+        }
+    }
+    spool.record(&changes, Some(len))?;
+    Ok(records)
 }
 
 /// The spool's view of what the ledger settled.

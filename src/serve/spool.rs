@@ -143,6 +143,8 @@ pub struct Spool {
 }
 
 const NEXT_ID: &[u8] = b"next_id";
+/// The delivery log's length up to which every record's consequence is in the spool.
+const LOG_WATERMARK: &[u8] = b"log_watermark";
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, refusing one another process holds.
@@ -207,12 +209,16 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Records recipients' new states in one batch, durable when this returns. A message whose
+    /// Records recipients' new states in one batch, durable when this returns, with the log's
+    /// length they bring the spool up to (`watermark`: every record before it is reflected). A message whose
     /// recipients are then all final leaves the spool in the same batch. A change for a
     /// recipient no longer in the spool (its message left) is skipped: a restart may learn of
     /// the same final twice, and one stale change must not cost the others.
-    pub fn record(&mut self, changes: &[Change]) -> Result<(), SpoolError> {
+    pub fn record(&mut self, changes: &[Change], watermark: Option<u64>) -> Result<(), SpoolError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        if let Some(offset) = watermark {
+            batch.insert(&self.meta, LOG_WATERMARK, offset.to_be_bytes());
+        }
         // Changes grouped by message, in order, so each message is looked at once.
         let mut sorted: Vec<&Change> = changes.iter().collect();
         sorted.sort_by_key(|c| (c.message, c.index));
@@ -246,6 +252,14 @@ impl Spool {
         }
         batch.commit()?;
         Ok(())
+    }
+
+    /// The log's length the spool is known to be up to date with (0 if never recorded).
+    pub fn log_watermark(&self) -> Result<u64, SpoolError> {
+        match self.meta.get(LOG_WATERMARK)? {
+            Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "log_watermark", error)),
+            None => Ok(0),
+        }
     }
 
     /// A message's content and envelope sender, if it is still in the spool.
@@ -423,11 +437,14 @@ mod tests {
             spool.accept(&[accepted(1, &["a@x.test", "b@y.test"]), accepted(2, &["c@z.test"])]).unwrap();
         let later = Status::Waiting { attempts: 1, due_ms: 60_000 };
         spool
-            .record(&[
-                Change { message: ids[0], index: 0, status: Status::Final },
-                Change { message: ids[0], index: 1, status: later },
-                Change { message: ids[1], index: 0, status: Status::Final },
-            ])
+            .record(
+                &[
+                    Change { message: ids[0], index: 0, status: Status::Final },
+                    Change { message: ids[0], index: 1, status: later },
+                    Change { message: ids[1], index: 0, status: Status::Final },
+                ],
+                Some(4096),
+            )
             .unwrap();
         assert!(spool.message(ids[1]).unwrap().is_none(), "all final: gone");
         assert!(spool.message(ids[0]).unwrap().is_some(), "one still waiting");
@@ -440,7 +457,9 @@ mod tests {
             (ids[0], 1, later),
             "a deferral's schedule kept"
         );
-        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }]).unwrap();
+        assert_eq!(spool.log_watermark().unwrap(), 4096, "kept with the changes it came with");
+        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], None).unwrap();
+        assert_eq!(spool.log_watermark().unwrap(), 4096, "only moved when given");
         assert!(spool.waiting().unwrap().is_empty() && spool.message(ids[0]).unwrap().is_none());
         drop(spool);
         // The newest message left, and the process restarted: its id is still not reused.
@@ -451,7 +470,7 @@ mod tests {
         let unknown = Change { message: MessageId(99), index: 0, status: Status::Final };
         let fourth = spool.accept(&[accepted(4, &["e@x.test"])]).unwrap()[0];
         let now_final = Change { message: fourth, index: 0, status: Status::Final };
-        spool.record(&[gone, unknown, now_final]).unwrap();
+        spool.record(&[gone, unknown, now_final], None).unwrap();
         assert!(spool.message(fourth).unwrap().is_none(), "the others in the batch still count");
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
