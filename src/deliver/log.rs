@@ -214,6 +214,37 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// What a reader of the log acts on in one line (`--resume`, serve catching its spool up):
+/// read with serde, leaving every other field unparsed.
+#[derive(Debug, serde::Deserialize)]
+pub struct Head {
+    /// `None`: a status this volley does not know (a record it can skip).
+    #[serde(deserialize_with = "status_of")]
+    pub status: Option<Status>,
+    /// The recipient's id (`line` in the log); 0 for records about no recipient.
+    #[serde(default, rename = "line")]
+    pub id: u64,
+    #[serde(default)]
+    pub rcpt: Option<String>,
+    /// Run record only.
+    #[serde(default)]
+    pub campaign: Option<String>,
+    #[serde(default)]
+    pub input_digest: Option<String>,
+}
+
+impl Head {
+    /// The line's head, if it is a record (a torn or foreign line is not).
+    pub fn read(line: &[u8]) -> Option<Head> {
+        serde_json::from_slice(line).ok()
+    }
+}
+
+fn status_of<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
+    let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    Ok(Status::parse(&name))
+}
+
 /// Time stamps for records, formatted once per millisecond rather than once per record.
 #[derive(Debug, Default)]
 pub struct Clock {

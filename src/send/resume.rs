@@ -4,7 +4,7 @@
 use std::io::{self, BufRead};
 use std::path::Path;
 
-use crate::deliver::log::{LogFile, OpenError, Status};
+use crate::deliver::log::{Head, LogFile, OpenError, Status};
 
 /// Opens the log of the run to continue, locked, and reads it. A log with no `run` record is
 /// not one to continue ([`OpenError::NotALog`]).
@@ -51,16 +51,6 @@ impl Resumed {
 
     /// Reads a log. Memory: one bit per input line.
     fn from_reader(mut reader: impl BufRead) -> io::Result<Resumed> {
-        #[derive(serde::Deserialize)]
-        struct Line {
-            status: String,
-            #[serde(default)]
-            line: u64,
-            #[serde(default)]
-            campaign: Option<String>,
-            #[serde(default)]
-            input_digest: Option<String>,
-        }
         let mut resumed = Resumed::default();
         let mut buf = Vec::new();
         loop {
@@ -68,18 +58,18 @@ impl Resumed {
             if reader.read_until(b'\n', &mut buf)? == 0 {
                 break;
             }
-            let Ok(record) = serde_json::from_slice::<Line>(&buf) else {
+            let Some(record) = Head::read(&buf) else {
                 if !buf.iter().all(u8::is_ascii_whitespace) {
                     resumed.unreadable += 1;
                 }
                 continue;
             };
-            match Status::parse(&record.status) {
+            match record.status {
                 Some(Status::Run) if resumed.campaign.is_none() => {
                     resumed.campaign = record.campaign;
                     resumed.input_digest = record.input_digest;
                 }
-                Some(s) if s.is_final() => resumed.mark(record.line),
+                Some(s) if s.is_final() => resumed.mark(record.id),
                 _ => {}
             }
         }

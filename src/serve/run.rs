@@ -22,7 +22,7 @@ use super::spool::{Accepted, Change, MessageId, Spool, SpoolError, Status, of_re
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled};
-use crate::deliver::log::{LogFile, Status as LogStatus};
+use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
 
@@ -148,18 +148,10 @@ pub fn reconcile(spool: &mut Spool, log: &LogFile) -> Result<usize, ServeError> 
         }
         // Anything that is not a record (the rest of a line, in a log that is not the one the
         // watermark was taken on) says nothing.
-        #[derive(serde::Deserialize)]
-        struct Line {
-            status: String,
-            #[serde(default)]
-            line: u64,
-            #[serde(default)]
-            rcpt: Option<String>,
-        }
-        let Ok(record) = serde_json::from_slice::<Line>(&line) else { continue };
+        let Some(record) = Head::read(&line) else { continue };
         records += 1;
-        if record.rcpt.is_some() && LogStatus::parse(&record.status).is_some_and(LogStatus::is_final) {
-            let (message, index) = of_recipient_id(record.line);
+        if record.rcpt.is_some() && record.status.is_some_and(LogStatus::is_final) {
+            let (message, index) = of_recipient_id(record.id);
             changes.push(Change { message, index, status: Status::Final });
         }
     }
