@@ -188,12 +188,7 @@ mod tests {
                 .parse()
                 .unwrap();
         let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
-        let config = DnsConfig {
-            server: Some(stub.addr()),
-            timeout: Duration::from_millis(500),
-            attempts: 1,
-            ..DnsConfig::default()
-        };
+        let config = DnsConfig::for_stub(stub.addr());
         let shaping =
             ShapingRules::load(&[], false, Defaults { connections: 2, limits: Limits::default() }).unwrap();
         let routes = Routes::mx(Resolver::start(config).unwrap(), 2525, shaping);

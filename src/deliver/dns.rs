@@ -57,6 +57,19 @@ pub struct DnsConfig {
     pub concurrency: usize,
 }
 
+impl DnsConfig {
+    /// Tests' settings against the local stub: its address, short waits, no second try.
+    #[cfg(test)]
+    pub(crate) fn for_stub(server: SocketAddr) -> DnsConfig {
+        DnsConfig {
+            server: Some(server),
+            timeout: Duration::from_millis(500),
+            attempts: 1,
+            ..DnsConfig::default()
+        }
+    }
+}
+
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig { server: None, timeout: Duration::from_secs(5), attempts: 2, concurrency: 64 }
@@ -285,13 +298,7 @@ mod tests {
         .parse()
         .unwrap();
         let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
-        let config = DnsConfig {
-            server: Some(stub.addr()),
-            timeout: Duration::from_millis(500),
-            attempts: 1,
-            ..DnsConfig::default()
-        };
-        let resolver = Resolver::start(config).unwrap();
+        let resolver = Resolver::start(DnsConfig::for_stub(stub.addr())).unwrap();
         let domains = [
             "two.test",
             "implicit.test",

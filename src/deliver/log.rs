@@ -300,10 +300,7 @@ pub struct CommitError {
 /// nothing was sent.
 #[derive(Debug, Error)]
 pub enum OpenError {
-    #[error("is in use by {}: one run writes a log at a time", match pid {
-        Some(pid) => format!("process {pid}"),
-        None => "another process".to_owned(),
-    })]
+    #[error("is in use by {}: one run writes a log at a time", lock::holder_text(*pid))]
     InUse { pid: Option<u32> },
     #[error("exists: continue it with --resume, or choose another --log")]
     Exists,

@@ -280,13 +280,7 @@ mod tests {
         .parse()
         .unwrap();
         let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
-        let resolver = Resolver::start(DnsConfig {
-            server: Some(stub.addr()),
-            timeout: Duration::from_millis(500),
-            attempts: 1,
-            ..DnsConfig::default()
-        })
-        .unwrap();
+        let resolver = Resolver::start(DnsConfig::for_stub(stub.addr())).unwrap();
         let defaults = Defaults { connections: 7, limits: Limits::default() };
         let mut shaping = ShapingRules::load(&[], false, defaults).unwrap();
         let rules = "[[destination]]\nname = \"own\"\ndomains = [\"own.test\"]\nrate = \"5/s\"\n\n\

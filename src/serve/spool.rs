@@ -105,10 +105,7 @@ pub struct Change {
 
 #[derive(Debug, Error)]
 pub enum SpoolError {
-    #[error("is in use by {}: one volley serve runs on a spool at a time", match pid {
-        Some(pid) => format!("process {pid}"),
-        None => "another process".to_owned(),
-    })]
+    #[error("is in use by {}: one volley serve runs on a spool at a time", lock::holder_text(*pid))]
     InUse { pid: Option<u32> },
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -26,6 +26,15 @@ pub fn try_lock(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Who holds a lock, for an error message: `process 4242`, or `another process` when
+/// `/proc/locks` did not say.
+pub fn holder_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_owned(),
+    }
+}
+
 /// The process holding a `flock` on `file`, read from `/proc/locks` (Linux), if it can be found.
 pub fn holder(file: &File) -> Option<u32> {
     let meta = file.metadata().ok()?;
