@@ -262,30 +262,18 @@ impl Spool {
     /// A message's content and envelope sender, if it is still in the spool.
     pub fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
         let Some(value) = self.messages.get(id.0.to_be_bytes())? else { return Ok(None) };
-        let stored = (|| {
+        let decode = || -> Result<Stored, Box<dyn std::error::Error>> {
             let mut r = Reader::new(&value)?;
             let received_ms = r.u64()?;
             let has_sender = r.u8()? == 1;
             let sender = r.str()?;
+            let sender = if has_sender { Some(Address::new(sender)?) } else { None };
             let origin = r.str()?.to_owned();
             let recipient_count = r.u32()?;
             let content = r.rest().to_vec();
-            Ok::<_, DecodeError>((
-                received_ms,
-                has_sender,
-                sender.to_owned(),
-                origin,
-                recipient_count,
-                content,
-            ))
-        })()
-        .map_err(|e| corrupt("messages", &id.to_string(), e))?;
-        let (received_ms, has_sender, sender, origin, recipient_count, content) = stored;
-        let sender = match has_sender {
-            true => Some(Address::new(&sender).map_err(|e| corrupt("messages", &id.to_string(), e))?),
-            false => None,
+            Ok(Stored { id, sender, content, received_ms, origin, recipient_count })
         };
-        Ok(Some(Stored { id, sender, content, received_ms, origin, recipient_count }))
+        decode().map(Some).map_err(|e| corrupt("messages", &id.to_string(), e))
     }
 
     /// Every recipient still waiting, in message order: what a restart schedules again.
@@ -344,21 +332,20 @@ fn recipient_of(key: &[u8], value: &[u8]) -> Result<Recipient, SpoolError> {
         return Err(corrupt("recipients", &name(), "a key of the wrong length"));
     };
     let (message, index) = (MessageId(u64::from_be_bytes(id)), u32::from_be_bytes(index));
-    let decoded = (|| {
+    let decode = || -> Result<(Status, Address), Box<dyn std::error::Error>> {
         let mut r = Reader::new(value)?;
         let tag = r.u8()?;
         let (attempts, due_ms) = (r.u32()?, r.u64()?);
-        let address = r.str()?.to_owned();
+        let address = Address::new(r.str()?)?;
         r.end()?;
         let status = match tag {
             0 => Status::Waiting { attempts, due_ms },
             1 => Status::Final,
-            other => return Err(DecodeError::Unknown { what: "recipient state", value: other }),
+            other => return Err(DecodeError::Unknown { what: "recipient state", value: other }.into()),
         };
         Ok((status, address))
-    })();
-    let (status, address) = decoded.map_err(|e| corrupt("recipients", &name(), e))?;
-    let address = Address::new(&address).map_err(|e| corrupt("recipients", &name(), e))?;
+    };
+    let (status, address) = decode().map_err(|e| corrupt("recipients", &name(), e))?;
     Ok(Recipient { message, index, address, status })
 }
 
