@@ -493,13 +493,18 @@ impl Core {
         // in step.
         let now = done.at;
         let attempts = done.user.attempts + 1;
+        let recipients = done.message.envelope.recipients.len();
         // Retried here only under an immediate policy, and not once the run is stopping or the
         // destination is given up; a scheduled retry is the job source's (its outcome says so).
+        // Asked only when something was deferred: not per message delivered.
         let deferral = Deferral { attempts, born: done.user.due, not_before: None };
-        let can_retry = !self.aborting()
+        let disposition = done.disposition();
+        let deferred = disposition == Disposition::Deferred
+            || (0..recipients).any(|i| done.recipient(i).0 == Disposition::Deferred);
+        let can_retry = deferred
+            && !self.aborting()
             && pool.destination.health.given_up().is_none()
             && self.config.retry.decide(deferral, now, &mut self.rng.borrow_mut()) == Verdict::Now;
-        let recipients = done.message.envelope.recipients.len();
         let mut retry = Vec::new();
         {
             let mut stats = self.stats.borrow_mut();
@@ -529,7 +534,6 @@ impl Core {
             }
         }
         self.flush_outcomes();
-        let disposition = done.disposition();
         let whole_message_retried = disposition == Disposition::Deferred && can_retry;
         if !retry.is_empty() {
             self.stats.borrow_mut().retries += 1;
