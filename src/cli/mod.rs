@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod connection;
+mod delivery;
 mod secure;
 mod send;
 mod sink;

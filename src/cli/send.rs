@@ -1,8 +1,6 @@
 //! `volley send`.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
-use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -11,19 +9,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use mailvolley::deliver::dkim::KeySpec;
-use mailvolley::deliver::dns::DnsConfig;
-use mailvolley::engine::Schedule;
-use mailvolley::engine::{EngineConfig, Rate};
-use mailvolley::rt::Driver;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe, UnsubscribeError};
-use mailvolley::send::{self, Routing, SendConfig, SendReport};
-use mailvolley::tls::TlsPolicy;
+use mailvolley::send::{self, SendConfig, SendReport};
 
-use super::bench::resolve_target;
-use super::connection::ConnectionArgs;
-use super::secure::{AuthArgs, TlsArgs};
+use super::delivery::DeliveryArgs;
 
 /// Exit codes of `volley send` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 every recipient has its final record in the log (delivered, bounced, expired, \
@@ -62,12 +52,6 @@ pub struct SendArgs {
     /// [default: the From address].
     #[arg(long, value_name = "TEMPLATE")]
     mail_from: Option<String>,
-    /// DKIM-sign every message with this key (repeatable: one signature per key): the signing
-    /// domain, the selector, and a PEM private key file, RSA (2048+ bits) or Ed25519.
-    /// Relaxed/relaxed; signs From, To, Subject, Date, Message-ID, the MIME and
-    /// List-Unsubscribe headers. `--dry-run` prints the TXT record to publish for each key.
-    #[arg(long, value_name = "DOMAIN:SELECTOR:KEYFILE", value_parser = parse_dkim)]
-    dkim: Vec<KeySpec>,
     /// One-click unsubscribe (RFC 8058): every message gets `List-Unsubscribe: <URL>` with
     /// `{{ token }}` replaced by the recipient's token, and `List-Unsubscribe-Post:
     /// List-Unsubscribe=One-Click`. Must be https:// and hold `{{ token }}`. The body may use
@@ -88,60 +72,6 @@ pub struct SendArgs {
     /// Give each campaign its own [default: random; --resume keeps the log's].
     #[arg(long, value_name = "ID", value_parser = parse_campaign, conflicts_with = "resume")]
     campaign: Option<String>,
-    /// Send everything through this smarthost (HOST[:PORT], port 25 when left out) instead of
-    /// each domain's MX hosts.
-    #[arg(long, value_name = "HOST:PORT")]
-    relay: Option<String>,
-    /// Resolve MX records with this DNS server [default: the system's resolvers].
-    #[arg(long, value_name = "IP:PORT", conflicts_with = "relay")]
-    dns_server: Option<SocketAddr>,
-    /// How long one DNS query waits (two tries).
-    #[arg(long, value_parser = super::duration, default_value = "5s")]
-    dns_timeout: Duration,
-    /// The port MX hosts are connected on.
-    #[arg(long, default_value_t = 25, conflicts_with = "relay")]
-    smtp_port: u16,
-    /// Connections per destination (a set of MX hosts, which domains hosted together share, or
-    /// the relay), across all threads. Large providers refuse or throttle more than a few per
-    /// sending IP.
-    #[arg(long, default_value = "10")]
-    connections: NonZeroUsize,
-    /// Messages per connection before it is closed and a new one opened. Providers cap
-    /// transactions per session (often near 100) and close with a 4xx beyond it.
-    #[arg(long, default_value = "100")]
-    messages_per_connection: NonZeroU64,
-    /// Messages per destination and unit of time, across all threads: `100/s`, `6000/min`,
-    /// `20000/h` (evenly spaced) [default: no limit].
-    #[arg(long, value_name = "RATE")]
-    destination_rate: Option<Rate>,
-    /// New connections per destination and unit of time, across all threads [default: no
-    /// limit].
-    #[arg(long, value_name = "RATE")]
-    connection_rate: Option<Rate>,
-    /// Messages per unit of time for the whole run, across all destinations and threads
-    /// [default: no limit].
-    #[arg(long, value_name = "RATE")]
-    rate: Option<Rate>,
-    /// Traffic shaping rules (TOML, like the shipped ones: see the README), tried before the
-    /// shipped rules (repeatable): limits per destination by MX host suffix or recipient
-    /// domain, in place of --connections, --messages-per-connection, --destination-rate and
-    /// --connection-rate; and reactions that suspend or slow a destination whose replies ask
-    /// for it (`421 4.7.0 [TSS04]`).
-    #[arg(long, value_name = "FILE")]
-    shaping: Vec<PathBuf>,
-    /// Leave out the shipped shaping rules (limits for the large providers, reactions to their
-    /// throttling replies).
-    #[arg(long)]
-    no_shaping_defaults: bool,
-    /// First retry of a deferred recipient after this long; the wait doubles per attempt...
-    #[arg(long, value_parser = super::duration, default_value = "1m")]
-    retry_after: Duration,
-    /// ...up to this.
-    #[arg(long, value_parser = super::duration, default_value = "30m")]
-    retry_max: Duration,
-    /// A recipient still deferred this long after it was first tried is expired.
-    #[arg(long, value_parser = super::duration, default_value = "2h")]
-    max_age: Duration,
     /// The delivery log (JSONL) [default: next to the input, named for the input and the
     /// start time]. Must not exist (use --resume to continue one). `--log /dev/null` runs
     /// without one: nothing records who got the message, and nothing can be resumed.
@@ -161,43 +91,17 @@ pub struct SendArgs {
     /// first column is the address. Each such recipient is logged `suppressed`.
     #[arg(long, value_name = "FILE")]
     suppress: Vec<PathBuf>,
-    /// Bounce classification rules (TOML, like the shipped ones: see the README) tried before
-    /// the shipped rules (repeatable). Every deferred, bounced and expired record gets a
-    /// category; the report counts them.
-    #[arg(long, value_name = "FILE")]
-    bounce_rules: Vec<PathBuf>,
     /// Read, render and resolve, send nothing: show the first rendered message and a summary.
     #[arg(long)]
     dry_run: bool,
-    /// Transactions in flight per connection when the server offers CHUNKING (max 256).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pipeline_depth: u16,
-    /// Engine threads, one runtime each, pinned to cores [default: all cores].
-    #[arg(long)]
-    threads: Option<NonZeroUsize>,
-    /// I/O driver.
-    #[arg(long, value_enum, default_value_t = Driver::Auto)]
-    driver: Driver,
     #[command(flatten)]
-    connection: ConnectionArgs,
-    /// TLS: --starttls defaults to opportunistic for send (STARTTLS whenever offered).
-    #[command(flatten)]
-    tls: TlsArgs,
-    #[command(flatten)]
-    auth: AuthArgs,
-    /// Name sent in EHLO: use the sending host's name (receivers check it).
-    #[arg(long, default_value = "volley.invalid")]
-    helo: String,
+    delivery: DeliveryArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
-}
-
-fn parse_dkim(s: &str) -> Result<KeySpec, String> {
-    s.parse().map_err(|e: mailvolley::deliver::dkim::DkimError| e.to_string())
 }
 
 fn parse_campaign(s: &str) -> Result<String, String> {
@@ -236,39 +140,6 @@ fn message_spec(args: &SendArgs) -> anyhow::Result<MessageSpec> {
 }
 
 fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
-    if args.retry_after.is_zero() || args.retry_max < args.retry_after {
-        bail!("--retry-after must be above zero and at most --retry-max");
-    }
-    let tls = args.tls.client_tls_or(TlsPolicy::Opportunistic)?;
-    let credentials = args.auth.credentials()?;
-    if credentials.is_some() && args.relay.is_none() {
-        bail!("--auth-user is for a relay: give --relay (MX hosts take mail without AUTH)");
-    }
-    let mut client = args.connection.client(&args.helo)?;
-    client.depth = usize::from(args.pipeline_depth);
-    client.max_messages = args.messages_per_connection.get();
-    client.auth = credentials;
-    let mut engine = EngineConfig::new(client);
-    args.connection.apply(&mut engine);
-    if let Some(t) = args.threads {
-        engine.threads = t.get();
-    }
-    engine.driver = args.driver;
-    engine.tls = tls;
-    let routing = match &args.relay {
-        Some(relay) => Routing::Relay {
-            name: relay
-                .rsplit_once(':')
-                .map_or(relay.as_str(), |(h, _)| h)
-                .trim_matches(['[', ']'])
-                .to_owned(),
-            addrs: resolve_target(relay).with_context(|| format!("--relay {relay}"))?,
-        },
-        None => Routing::Mx {
-            dns: DnsConfig { server: args.dns_server, timeout: args.dns_timeout, ..DnsConfig::default() },
-            port: args.smtp_port,
-        },
-    };
     let (log, resume) = match (&args.resume, &args.log) {
         (Some(path), _) => {
             if !path.exists() {
@@ -286,22 +157,12 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         bail!("--resume {}: not a regular file (a delivery log is one)", log.display());
     }
     Ok(SendConfig {
-        engine,
+        delivery: args.delivery.config()?,
         recipients: args.recipients.clone(),
         campaign: args.campaign.clone(),
         message: message_spec(args)?,
-        dkim: args.dkim.clone(),
-        routing,
-        connections: args.connections.get(),
-        destination_rate: args.destination_rate,
-        connection_rate: args.connection_rate,
-        rate: args.rate,
-        shaping: args.shaping.clone(),
-        shaping_defaults: !args.no_shaping_defaults,
         dedupe: !args.allow_duplicates,
         suppress: args.suppress.clone(),
-        bounce_rules: args.bounce_rules.clone(),
-        schedule: Schedule { first: args.retry_after, max: args.retry_max, max_age: args.max_age },
         log,
         resume,
         progress: !args.quiet,

@@ -2,6 +2,8 @@
 //! whatever the recipients come from. `send` (a campaign from a file) and `check` use it today,
 //! `serve` (a spool) next.
 //!
+//! - what the user said about all of it: [`config`] (one [`DeliveryConfig`] for `send` and
+//!   `serve`);
 //! - where a recipient's mail goes: [`dns`] (MX and address lookups on their own thread) and
 //!   [`route`] (destinations, MX rollup, answers kept for their TTL);
 //! - how it is sent there: [`shaping`] (per-provider limits and reactions, from rules files
@@ -16,6 +18,7 @@
 
 pub mod books;
 pub mod bounce;
+pub mod config;
 pub mod dispatch;
 pub mod dkim;
 pub mod dns;
@@ -28,6 +31,8 @@ pub mod shaping;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use config::{DeliveryConfig, Routing};
 
 use crate::engine::{EngineConfig, Rate, Reactions, RetryPolicy};
 

@@ -43,7 +43,7 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     let mut seen = Fingerprints::default();
     let suppress = super::suppress::Suppressions::load(&config.suppress)?;
     // Checked now, so a bad rules file fails the dry run as it would the campaign.
-    crate::deliver::bounce::Classifier::load(&config.bounce_rules)?;
+    config.delivery.classifier()?;
     let mut per_domain: HashMap<String, u64> = HashMap::new();
     let mut problems = Vec::new();
     let mut summary = DryRun::default();
@@ -102,8 +102,8 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
                 .map_err(io_err)?;
         }
     }
-    let mut routes = config.routes(config.shaping()?)?;
-    if let Routing::Relay { name, addrs } = &config.routing {
+    let mut routes = config.delivery.routes(config.delivery.shaping()?).map_err(SendError::Dns)?;
+    if let Routing::Relay { name, addrs } = &config.delivery.routing {
         writeln!(out, "route: everything through the relay {name} ({} addresses)", addrs.len())
             .map_err(io_err)?;
         if let Lookup::Ready(Route::Deliver(d)) = routes.lookup(name, Instant::now()) {
@@ -220,7 +220,7 @@ fn shaped(d: &Destination) -> String {
 
 /// The longest one domain's resolution can take (MX, then its hosts' addresses).
 fn dns_wait(config: &SendConfig) -> Duration {
-    match &config.routing {
+    match &config.delivery.routing {
         Routing::Mx { dns, .. } => dns.timeout * (dns.attempts.max(1) as u32) * 3,
         Routing::Relay { .. } => Duration::ZERO,
     }

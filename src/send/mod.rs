@@ -18,7 +18,6 @@ pub mod suppress;
 pub mod template;
 pub mod unsubscribe;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -26,57 +25,30 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 
-use crate::deliver::dns::{DnsConfig, Resolver};
+pub use crate::deliver::Routing;
+use crate::deliver::DeliveryConfig;
 use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
 use crate::deliver::log::{LogFile, Record, Status};
-use crate::deliver::route::Routes;
-use crate::deliver::{bounce, dkim, log, rules_file, shaping};
-use crate::engine::{self, EngineConfig, RetryPolicy, Schedule};
+use crate::deliver::{dkim, log, rules_file};
+use crate::engine::{self, RetryPolicy};
 use input::Rows;
 use source::{SendSource, Shared, SourceConfig};
 use template::{MessageSpec, MessageTemplate};
 
-/// Where the mail goes.
-#[derive(Debug, Clone)]
-pub enum Routing {
-    /// Each recipient domain's MX hosts, on `port`.
-    Mx { dns: DnsConfig, port: u16 },
-    /// One smarthost.
-    Relay { name: String, addrs: Vec<SocketAddr> },
-}
-
 #[derive(Debug, Clone)]
 pub struct SendConfig {
-    /// Session, TLS and engine settings. `send` sets `outcomes`, and its `retry` to
-    /// `schedule`: the engine hands every deferral back.
-    pub engine: EngineConfig,
+    /// Where and how mail goes, as for `serve`. `send` sets the engine's `outcomes`, and its
+    /// `retry` to the schedule: the engine hands every deferral back.
+    pub delivery: DeliveryConfig,
     pub recipients: PathBuf,
     /// The campaign's id (Message-IDs and unsubscribe tokens carry it) [default: a random
     /// one; a resumed run keeps its log's].
     pub campaign: Option<String>,
     pub message: MessageSpec,
-    /// Keys to DKIM-sign every message with (none: unsigned).
-    pub dkim: Vec<dkim::KeySpec>,
-    pub routing: Routing,
-    /// Connections per destination (an MX host set, or the relay), across cores, unless a
-    /// shaping rule says otherwise; likewise `destination_rate`, `connection_rate` and the
-    /// engine's messages per connection.
-    pub connections: usize,
-    pub destination_rate: Option<engine::Rate>,
-    pub connection_rate: Option<engine::Rate>,
-    /// Messages per unit of time for the whole run.
-    pub rate: Option<engine::Rate>,
-    /// Shaping rules files, tried before the shipped rules (left out when `shaping_defaults`
-    /// is false).
-    pub shaping: Vec<PathBuf>,
-    pub shaping_defaults: bool,
     /// Send a duplicate address once.
     pub dedupe: bool,
     /// Lists of addresses and domains never sent to.
     pub suppress: Vec<PathBuf>,
-    /// Bounce classification rules tried before the shipped ones.
-    pub bounce_rules: Vec<PathBuf>,
-    pub schedule: Schedule,
     pub log: PathBuf,
     /// Continue `log`: skip recipients it has a final record for.
     pub resume: bool,
@@ -160,33 +132,10 @@ impl SendReport {
 }
 
 impl SendConfig {
-    /// The shaping rules, with the command line's limits as their defaults.
-    pub fn shaping(&self) -> Result<shaping::ShapingRules, SendError> {
-        let defaults = shaping::Defaults {
-            connections: self.connections,
-            limits: engine::Limits {
-                messages_per_connection: Some(self.engine.client.max_messages),
-                rate: self.destination_rate,
-                connection_rate: self.connection_rate,
-            },
-        };
-        Ok(shaping::ShapingRules::load(&self.shaping, self.shaping_defaults, defaults)?)
-    }
-
-    /// Where the mail goes, resolving MX hosts on the DNS thread (started here).
-    pub fn routes(&self, shaping: shaping::ShapingRules) -> Result<Routes, SendError> {
-        Ok(match &self.routing {
-            Routing::Mx { dns, port } => {
-                Routes::mx(Resolver::start(dns.clone()).map_err(SendError::Dns)?, *port, shaping)
-            }
-            Routing::Relay { name, addrs } => Routes::relay(name, addrs.clone(), shaping),
-        })
-    }
-
     /// The message template, with the DKIM keys loaded (a bad key stops the run here).
     pub fn template(&self, campaign: &str) -> Result<MessageTemplate, SendError> {
         let mut template = MessageTemplate::new(&self.message, campaign)?;
-        if let Some(dkim) = dkim::Dkim::load(&self.dkim)? {
+        if let Some(dkim) = dkim::Dkim::load(&self.delivery.dkim)? {
             template.sign_with(dkim);
         }
         Ok(template)
@@ -233,7 +182,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         .unwrap_or_else(new_campaign_id);
     let mut template = config.template(&campaign)?;
     let suppress = suppress::Suppressions::load(&config.suppress)?;
-    let classifier = bounce::Classifier::load(&config.bounce_rules)?;
+    let classifier = config.delivery.classifier()?;
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
     let digest = input::digest(&config.recipients).map_err(input_error)?;
     if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {
@@ -247,9 +196,9 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         template.bind_columns(columns);
     }
     let template = Arc::new(template);
-    let shaping = config.shaping()?;
+    let shaping = config.delivery.shaping()?;
     let reactions = shaping.reactions();
-    let routes = config.routes(shaping)?;
+    let routes = config.delivery.routes(shaping).map_err(SendError::Dns)?;
     let mut log = match resumed_log {
         Some(log) => log,
         None => LogFile::create(&config.log).map_err(log_error)?,
@@ -276,8 +225,8 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         reports: reports_tx,
         shared: Arc::clone(&shared),
     });
-    let retry = RetryPolicy::Scheduled(config.schedule);
-    let engine_config = crate::deliver::engine_config(config.engine.clone(), retry, reactions, config.rate);
+    let retry = RetryPolicy::Scheduled(config.delivery.schedule);
+    let engine_config = crate::deliver::engine_config(config.delivery.engine.clone(), retry, reactions, config.delivery.rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let ledger = Ledger::new(LedgerConfig {

@@ -1,0 +1,166 @@
+//! Delivery flags shared by `send` and `serve`: where mail goes (MX hosts or a relay), how many
+//! connections and how fast, shaping and bounce rules, the retry schedule, DKIM keys, and the
+//! session settings. One set of flags, one meaning, one [`DeliveryConfig`].
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use mailvolley::deliver::dkim::KeySpec;
+use mailvolley::deliver::dns::DnsConfig;
+use mailvolley::deliver::{DeliveryConfig, Routing};
+use mailvolley::engine::{EngineConfig, Rate, Schedule};
+use mailvolley::rt::Driver;
+use mailvolley::tls::TlsPolicy;
+
+use super::bench::resolve_target;
+use super::connection::ConnectionArgs;
+use super::secure::{AuthArgs, TlsArgs};
+
+#[derive(Debug, Args)]
+pub struct DeliveryArgs {
+    /// DKIM-sign every message with this key (repeatable: one signature per key): the signing
+    /// domain, the selector, and a PEM private key file, RSA (2048+ bits) or Ed25519.
+    /// Relaxed/relaxed; signs From, To, Subject, Date, Message-ID, the MIME and
+    /// List-Unsubscribe headers. `--dry-run` prints the TXT record to publish for each key.
+    #[arg(long, value_name = "DOMAIN:SELECTOR:KEYFILE", value_parser = parse_dkim)]
+    pub dkim: Vec<KeySpec>,
+    /// Send everything through this smarthost (HOST[:PORT], port 25 when left out) instead of
+    /// each domain's MX hosts.
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// Resolve MX records with this DNS server [default: the system's resolvers].
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "relay")]
+    dns_server: Option<SocketAddr>,
+    /// How long one DNS query waits (two tries).
+    #[arg(long, value_parser = super::duration, default_value = "5s")]
+    dns_timeout: Duration,
+    /// The port MX hosts are connected on.
+    #[arg(long, default_value_t = 25, conflicts_with = "relay")]
+    smtp_port: u16,
+    /// Connections per destination (a set of MX hosts, which domains hosted together share, or
+    /// the relay), across all threads. Large providers refuse or throttle more than a few per
+    /// sending IP.
+    #[arg(long, default_value = "10")]
+    connections: NonZeroUsize,
+    /// Messages per connection before it is closed and a new one opened. Providers cap
+    /// transactions per session (often near 100) and close with a 4xx beyond it.
+    #[arg(long, default_value = "100")]
+    messages_per_connection: NonZeroU64,
+    /// Messages per destination and unit of time, across all threads: `100/s`, `6000/min`,
+    /// `20000/h` (evenly spaced) [default: no limit].
+    #[arg(long, value_name = "RATE")]
+    destination_rate: Option<Rate>,
+    /// New connections per destination and unit of time, across all threads [default: no
+    /// limit].
+    #[arg(long, value_name = "RATE")]
+    connection_rate: Option<Rate>,
+    /// Messages per unit of time for the whole run, across all destinations and threads
+    /// [default: no limit].
+    #[arg(long, value_name = "RATE")]
+    rate: Option<Rate>,
+    /// Traffic shaping rules (TOML, like the shipped ones: see the README), tried before the
+    /// shipped rules (repeatable): limits per destination by MX host suffix or recipient
+    /// domain, in place of --connections, --messages-per-connection, --destination-rate and
+    /// --connection-rate; and reactions that suspend or slow a destination whose replies ask
+    /// for it (`421 4.7.0 [TSS04]`).
+    #[arg(long, value_name = "FILE")]
+    shaping: Vec<PathBuf>,
+    /// Leave out the shipped shaping rules (limits for the large providers, reactions to their
+    /// throttling replies).
+    #[arg(long)]
+    no_shaping_defaults: bool,
+    /// First retry of a deferred recipient after this long; the wait doubles per attempt...
+    #[arg(long, value_parser = super::duration, default_value = "1m")]
+    retry_after: Duration,
+    /// ...up to this.
+    #[arg(long, value_parser = super::duration, default_value = "30m")]
+    retry_max: Duration,
+    /// A recipient still deferred this long after it was first tried is expired.
+    #[arg(long, value_parser = super::duration, default_value = "2h")]
+    max_age: Duration,
+    /// Bounce classification rules (TOML, like the shipped ones: see the README) tried before
+    /// the shipped rules (repeatable). Every deferred, bounced and expired record gets a
+    /// category; the report counts them.
+    #[arg(long, value_name = "FILE")]
+    bounce_rules: Vec<PathBuf>,
+    /// Transactions in flight per connection when the server offers CHUNKING (max 256).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pipeline_depth: u16,
+    /// Engine threads, one runtime each, pinned to cores [default: all cores].
+    #[arg(long)]
+    threads: Option<NonZeroUsize>,
+    /// I/O driver.
+    #[arg(long, value_enum, default_value_t = Driver::Auto)]
+    driver: Driver,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// TLS: --starttls defaults to opportunistic (STARTTLS whenever offered).
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Name sent in EHLO: use the sending host's name (receivers check it).
+    #[arg(long, default_value = "volley.invalid")]
+    helo: String,
+}
+
+fn parse_dkim(s: &str) -> Result<KeySpec, String> {
+    s.parse().map_err(|e: mailvolley::deliver::dkim::DkimError| e.to_string())
+}
+
+impl DeliveryArgs {
+    /// The delivery settings these flags say.
+    pub fn config(&self) -> anyhow::Result<DeliveryConfig> {
+        if self.retry_after.is_zero() || self.retry_max < self.retry_after {
+            bail!("--retry-after must be above zero and at most --retry-max");
+        }
+        let tls = self.tls.client_tls_or(TlsPolicy::Opportunistic)?;
+        let credentials = self.auth.credentials()?;
+        if credentials.is_some() && self.relay.is_none() {
+            bail!("--auth-user is for a relay: give --relay (MX hosts take mail without AUTH)");
+        }
+        let mut client = self.connection.client(&self.helo)?;
+        client.depth = usize::from(self.pipeline_depth);
+        client.max_messages = self.messages_per_connection.get();
+        client.auth = credentials;
+        let mut engine = EngineConfig::new(client);
+        self.connection.apply(&mut engine);
+        if let Some(t) = self.threads {
+            engine.threads = t.get();
+        }
+        engine.driver = self.driver;
+        engine.tls = tls;
+        let routing = match &self.relay {
+            Some(relay) => Routing::Relay {
+                name: relay
+                    .rsplit_once(':')
+                    .map_or(relay.as_str(), |(h, _)| h)
+                    .trim_matches(['[', ']'])
+                    .to_owned(),
+                addrs: resolve_target(relay).with_context(|| format!("--relay {relay}"))?,
+            },
+            None => Routing::Mx {
+                dns: DnsConfig { server: self.dns_server, timeout: self.dns_timeout, ..DnsConfig::default() },
+                port: self.smtp_port,
+            },
+        };
+        Ok(DeliveryConfig {
+            engine,
+            routing,
+            connections: self.connections.get(),
+            destination_rate: self.destination_rate,
+            connection_rate: self.connection_rate,
+            rate: self.rate,
+            shaping: self.shaping.clone(),
+            shaping_defaults: !self.no_shaping_defaults,
+            bounce_rules: self.bounce_rules.clone(),
+            schedule: Schedule { first: self.retry_after, max: self.retry_max, max_age: self.max_age },
+            dkim: self.dkim.clone(),
+        })
+    }
+}
