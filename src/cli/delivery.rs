@@ -114,6 +114,11 @@ fn parse_dkim(s: &str) -> Result<KeySpec, String> {
 }
 
 impl DeliveryArgs {
+    /// This host's name, as given to servers (`--helo`).
+    pub fn helo(&self) -> &str {
+        &self.helo
+    }
+
     /// The delivery settings these flags say.
     pub fn config(&self) -> anyhow::Result<DeliveryConfig> {
         if self.retry_after.is_zero() || self.retry_max < self.retry_after {

@@ -7,6 +7,7 @@ mod connection;
 mod delivery;
 mod secure;
 mod send;
+mod serve;
 mod sink;
 mod token;
 
@@ -38,6 +39,11 @@ enum Command {
     /// their MX hosts or a relay, with a delivery log that --resume continues.
     #[command(after_help = send::EXIT_DOC)]
     Send(send::SendArgs),
+    /// Run a mail service: applications submit over SMTP; every message is durable in a spool
+    /// before it is accepted, then delivered to its recipients' MX hosts (or a relay), each
+    /// recipient's fate recorded in a delivery log, across restarts.
+    #[command(after_help = serve::EXIT_DOC)]
+    Serve(serve::ServeArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
     /// Pre-flight a campaign against DNS: SPF, DKIM keys, DMARC and alignment, PTR, and RFC 8058
@@ -52,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Send(args) => send::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Sink(args) => sink::run(args),
         Command::Token(args) => token::run(args),
         Command::Check(args) => check::run(args),

@@ -162,6 +162,7 @@ impl SinkArgs {
             require_tls: self.require_tls,
             greylist: self.greylist,
             auth,
+            ..SinkConfig::default()
         })
     }
 }

@@ -37,7 +37,7 @@ impl Tally {
             Status::Rejected => self.rejected += 1,
             Status::Suppressed => self.suppressed += 1,
             Status::Uncertain => self.uncertain += 1,
-            Status::Run | Status::Shaping => {}
+            Status::Run | Status::Shaping | Status::Received => {}
         }
     }
 

@@ -211,6 +211,7 @@ mod tests {
             reports.extend(reports_rx.try_iter().map(|r| match r {
                 Report::Unroutable { pending, disposition, .. } => (pending.id, disposition),
                 Report::Unsent { id, .. } => (id, Disposition::Delivered),
+                Report::Received(m) => (m.message, Disposition::Delivered),
             }));
         }
         assert_eq!(jobs, [1, 2], "one lookup for both, case aside");

@@ -152,6 +152,22 @@ pub enum Report {
     /// Routing failed `at`: deferred (DNS may answer later) or bounced (the domain takes no
     /// mail). An attempt, counted as one.
     Unroutable { pending: Pending, disposition: Disposition, reason: String, at: Instant },
+    /// A message was accepted for delivery: its `received` record (see [`Received`]).
+    Received(Box<Received>),
+}
+
+/// What a `received` record says of an accepted message.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message: u64,
+    /// The envelope sender; empty for the null sender.
+    pub sender: Arc<str>,
+    pub recipients: u64,
+    pub origin: Arc<str>,
+    pub idempotency_key: Option<Arc<str>>,
+    pub size: usize,
+    /// When it was accepted.
+    pub at: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,6 +403,16 @@ impl Ledger {
             Report::Unsent { id, rcpt, why, reason } => {
                 let stamp = self.stamp(when.0, when);
                 self.unsent(id, rcpt, why, reason, stamp);
+            }
+            Report::Received(m) => {
+                let mut r = Record::at(Status::Received, 0, self.stamp(m.at, when));
+                r.message = Some(m.message);
+                r.sender = Some(m.sender);
+                r.recipients = Some(m.recipients);
+                r.origin = Some(m.origin);
+                r.idempotency_key = m.idempotency_key;
+                r.size = Some(m.size);
+                self.log.write(&r);
             }
             Report::Unroutable { pending: p, disposition, reason, at } => {
                 let (category, retry) = match disposition {

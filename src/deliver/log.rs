@@ -40,10 +40,12 @@ pub enum Status {
     Uncertain,
     /// Not about a recipient: a destination was suspended or slowed by a shaping reaction.
     Shaping,
+    /// Not about one recipient: a message was accepted for delivery (serve's intake).
+    Received,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Run,
         Status::Delivered,
         Status::Deferred,
@@ -53,10 +55,11 @@ impl Status {
         Status::Suppressed,
         Status::Uncertain,
         Status::Shaping,
+        Status::Received,
     ];
 
     pub fn is_final(self) -> bool {
-        !matches!(self, Status::Run | Status::Deferred | Status::Shaping)
+        !matches!(self, Status::Run | Status::Deferred | Status::Shaping | Status::Received)
     }
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Status {
             Status::Suppressed => "suppressed",
             Status::Uncertain => "uncertain",
             Status::Shaping => "shaping",
+            Status::Received => "received",
         }
     }
 
@@ -135,6 +139,20 @@ pub struct Record {
     pub action: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// Received records only: the message's id (its recipients' ids are it times 65,536 plus
+    /// their place in the envelope), its envelope sender (empty: the null sender), how many
+    /// recipients, who handed it in (SMTP user, API key name, or the peer), and the request's
+    /// Idempotency-Key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<Arc<str>>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -179,6 +197,11 @@ impl Record {
             rule: None,
             action: None,
             until: None,
+            message: None,
+            sender: None,
+            recipients: None,
+            origin: None,
+            idempotency_key: None,
         }
     }
 

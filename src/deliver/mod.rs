@@ -7,7 +7,8 @@
 //! - where a recipient's mail goes: [`dns`] (MX and address lookups on their own thread) and
 //!   [`route`] (destinations, MX rollup, answers kept for their TTL);
 //! - how it is sent there: [`shaping`] (per-provider limits and reactions, from rules files
-//!   read by [`rules_file`]) and [`dkim`] (signatures);
+//!   read by [`rules_file`]), [`mime`] (re-encoding what some servers refuse) and [`dkim`]
+//!   (signatures);
 //! - what became of it: [`ledger`] (the log thread: the one place outcomes become records and
 //!   deferrals become retries, by [`crate::engine::retry`]'s decision), [`pending`] (a recipient
 //!   between attempts), [`bounce`] (failure categories), [`log`] (records and the delivery log
@@ -24,6 +25,7 @@ pub mod dkim;
 pub mod dns;
 pub mod ledger;
 pub mod log;
+pub mod mime;
 pub mod pending;
 pub mod route;
 pub mod rules_file;

@@ -22,11 +22,11 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use thiserror::Error;
 
 use super::input::{Row, Var};
+use crate::deliver::mime;
 use direct::{Direct, Piece};
 use simple::Simple;
 
 mod direct;
-pub mod mime;
 mod simple;
 use super::unsubscribe::Unsubscribe;
 use crate::deliver::dkim::Dkim;

@@ -70,14 +70,22 @@ impl<T> Future for Ticket<T> {
 }
 
 enum Request {
-    Accept(Box<Accepted>, oneshot::Sender<Result<MessageId, CommitError>>),
+    /// Messages accepted together (one HTTP request's): durable in one batch, or none.
+    Accept(Vec<Accepted>, oneshot::Sender<Result<Vec<MessageId>, CommitError>>),
     Record(Vec<Change>, Option<u64>, oneshot::Sender<Result<(), CommitError>>),
 }
 
 impl Request {
     fn octets(&self) -> usize {
         match self {
-            Request::Accept(m, _) => m.content.len(),
+            Request::Accept(m, _) => m.iter().map(|m| m.content.len()).sum(),
+            Request::Record(..) => 0,
+        }
+    }
+
+    fn messages(&self) -> usize {
+        match self {
+            Request::Accept(m, _) => m.len(),
             Request::Record(..) => 0,
         }
     }
@@ -113,11 +121,11 @@ impl Committer {
         Ok(Committer { requests: Some(requests), thread: Some(thread), stats })
     }
 
-    /// Queues a message; the ticket gives its id once it is durable. Waits while the writer's
-    /// queue is full.
-    pub fn accept(&self, message: Accepted) -> Ticket<MessageId> {
+    /// Queues messages accepted together; the ticket gives their ids, in order, once all are
+    /// durable (they go into one batch: all or none). Waits while the writer's queue is full.
+    pub fn accept(&self, messages: Vec<Accepted>) -> Ticket<Vec<MessageId>> {
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Accept(Box::new(message), tx));
+        self.send(Request::Accept(messages, tx));
         Ticket(rx)
     }
 
@@ -134,6 +142,12 @@ impl Committer {
         if let Some(requests) = &self.requests {
             let _ = requests.send(request);
         }
+    }
+
+    /// Whether the writer thread is still there (it ends only at [`Committer::stop`], or by a
+    /// panic).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     pub fn stats(&self) -> &Arc<CommitStats> {
@@ -162,12 +176,12 @@ impl Drop for Committer {
 fn next_batch(incoming: &Receiver<Request>, max_messages: usize, max_octets: usize) -> Option<Vec<Request>> {
     let first = incoming.recv().ok()?;
     let mut octets = first.octets();
-    let mut messages = usize::from(matches!(first, Request::Accept(..)));
+    let mut messages = first.messages();
     let mut batch = vec![first];
     while messages < max_messages && octets < max_octets {
         let Ok(next) = incoming.try_recv() else { break };
         octets += next.octets();
-        messages += usize::from(matches!(next, Request::Accept(..)));
+        messages += next.messages();
         batch.push(next);
     }
     Some(batch)
@@ -184,8 +198,8 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
     for request in batch {
         match request {
             Request::Accept(m, reply) => {
-                messages.push(*m);
-                accepted.push(reply);
+                accepted.push((m.len(), reply));
+                messages.extend(m);
             }
             Request::Record(c, mark, reply) => {
                 changes.extend(c);
@@ -199,13 +213,14 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
             Ok(ids) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.messages.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                for (reply, id) in accepted.into_iter().zip(ids) {
-                    let _ = reply.send(Ok(id));
+                let mut ids = ids.into_iter();
+                for (n, reply) in accepted {
+                    let _ = reply.send(Ok(ids.by_ref().take(n).collect()));
                 }
             }
             Err(e) => {
                 let e = CommitError::Spool(Arc::new(e));
-                for reply in accepted {
+                for (_, reply) in accepted {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
@@ -242,14 +257,14 @@ mod tests {
     fn a_batch_takes_what_is_queued_up_to_its_bounds() {
         let (tx, rx) = mpsc::sync_channel(100);
         for n in 0..10 {
-            tx.send(Request::Accept(Box::new(message(n, 100)), oneshot::channel().0)).unwrap();
+            tx.send(Request::Accept(vec![message(n, 100)], oneshot::channel().0)).unwrap();
         }
         tx.send(Request::Record(Vec::new(), None, oneshot::channel().0)).unwrap();
         let lens: Vec<usize> =
             std::iter::from_fn(|| next_batch(&rx, 4, usize::MAX).map(|b| b.len())).take(3).collect();
         assert_eq!(lens, [4, 4, 3], "four messages a batch; a state change does not count as one");
         for n in 0..3 {
-            tx.send(Request::Accept(Box::new(message(n, 1000)), oneshot::channel().0)).unwrap();
+            tx.send(Request::Accept(vec![message(n, 1000)], oneshot::channel().0)).unwrap();
         }
         assert_eq!(next_batch(&rx, 100, 1500).map(|b| b.len()), Some(2), "octets bound it too");
         assert_eq!(next_batch(&rx, 100, 1500).map(|b| b.len()), Some(1));
@@ -266,7 +281,7 @@ mod tests {
             .map(|t| {
                 let c = Arc::clone(&committer);
                 std::thread::spawn(move || {
-                    (0..25).map(|i| c.accept(message(t * 100 + i, 500)).wait().unwrap()).collect::<Vec<_>>()
+                    (0..25).flat_map(|i| c.accept(vec![message(t * 100 + i, 500)]).wait().unwrap()).collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -281,19 +296,22 @@ mod tests {
             .unwrap();
         let mut too_big = message(0, 10);
         too_big.recipients = vec![too_big.recipients[0].clone(); crate::serve::spool::MAX_RECIPIENTS + 1];
-        let err = committer.accept(too_big).wait().unwrap_err();
+        let err = committer.accept(vec![message(1, 10), too_big]).wait().unwrap_err();
         assert!(
             matches!(&err, CommitError::Spool(e) if matches!(**e, SpoolError::TooManyRecipients(_))),
             "{err}"
         );
         let stats = committer.stats();
-        assert_eq!(stats.messages.load(Ordering::Relaxed), 100);
+        assert_eq!(stats.messages.load(Ordering::Relaxed), 100, "a group with a bad message is refused whole");
+        let pair = committer.accept(vec![message(1, 10), message(2, 10)]).wait().unwrap();
+        assert_eq!(pair.len(), 2);
+        assert_eq!(pair[1].0, pair[0].0 + 1, "a group's ids, in order");
         assert!(stats.batches.load(Ordering::Relaxed) <= 100);
         let spool = Arc::try_unwrap(committer).ok().unwrap().stop().unwrap();
         drop(spool);
         let spool = Spool::open(&dir).unwrap();
         let waiting = spool.waiting().unwrap();
-        assert_eq!(waiting.len(), 99, "all durable; the final one left");
+        assert_eq!(waiting.len(), 101, "all durable; the final one left");
         assert!(waiting.iter().all(|r| r.message != first));
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -10,16 +10,18 @@
 //!    final every recipient a record there says is ([`reconcile`]) before anything is sent.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use thiserror::Error;
 
-use super::commit::{CommitError, Committer, Ticket};
-use super::source::{Arrival, SpoolSource, wall_ms_of};
-use super::spool::{Accepted, Change, MessageId, Spool, SpoolError, Status, of_recipient_id};
+use super::commit::{Committer, Ticket};
+use super::intake::Intake;
+use super::source::{SpoolSource, wall_ms_of};
+use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use crate::deliver::bounce::Classifier;
+use crate::deliver::dkim::Dkim;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled};
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
@@ -42,6 +44,10 @@ pub struct ServeConfig {
     pub log: LogFile,
     /// Print live progress on stderr.
     pub progress: bool,
+    /// Sign every accepted message with these keys.
+    pub dkim: Option<Arc<Dkim>>,
+    /// Refuse new messages (try later) while the spool's disk has less than this free.
+    pub min_free_space: u64,
 }
 
 #[derive(Debug, Error)]
@@ -59,7 +65,7 @@ pub enum ServeError {
 /// Delivery under way on a spool.
 pub struct Serving {
     committer: Arc<Committer>,
-    arrivals: SyncSender<Arrival>,
+    intake: Intake,
     running: engine::Running,
     ledger: JoinHandle<Books>,
     control: Arc<Control>,
@@ -71,7 +77,9 @@ pub struct Serving {
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
 /// delivery log the spool's earlier deliveries were recorded in, reopened (or a new one).
 pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeError> {
-    let ServeConfig { engine, routes, schedule, classifier, reactions, rate, log, progress } = config;
+    let ServeConfig { engine, routes, schedule, classifier, reactions, rate, log, progress, dkim, min_free_space } =
+        config;
+    let spool_dir = spool.path().to_owned();
     reconcile(&mut spool, &log)?;
     let flow = Arc::new(Flow::default());
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
@@ -117,7 +125,8 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
     .spawn(Arc::clone(&control))
     .map_err(ServeError::Start)?;
     running.set_outcome_reader(ledger.thread().clone());
-    Ok(Serving { committer, arrivals, running, ledger, control, flow, resumed })
+    let intake = Intake::new(Arc::clone(&committer), arrivals, dkim, spool_dir, min_free_space);
+    Ok(Serving { committer, intake, running, ledger, control, flow, resumed })
 }
 
 /// Brings the spool up to date with the log: every recipient a final record after the spool's
@@ -181,29 +190,31 @@ fn spool_changes(settled: &[Settled], now: Instant, wall: SystemTime) -> Vec<Cha
 }
 
 impl Serving {
-    /// Accepts a message: durable in the spool when this returns its id, then handed to
-    /// delivery. Blocks for the batch's sync (from async code: [`Serving::committer`], then
-    /// [`Serving::deliver`]).
-    pub fn accept(&self, message: Accepted) -> Result<MessageId, CommitError> {
-        let id = self.committer.accept(message.clone()).wait()?;
-        self.deliver(Arrival { id, message });
-        Ok(id)
+    /// The way in for listeners: durable first, then delivered.
+    pub fn intake(&self) -> &Intake {
+        &self.intake
     }
 
-    /// The spool's writer, for intake that awaits its tickets.
+    /// The spool's writer.
     pub fn committer(&self) -> &Committer {
         &self.committer
-    }
-
-    /// Hands a message the spool has made durable to delivery.
-    pub fn deliver(&self, arrival: Arrival) {
-        // Delivery stopped: the message is in the spool for the next start.
-        let _ = self.arrivals.send(arrival);
     }
 
     /// Recipients taken on and recipients with a final record so far.
     pub fn flow(&self) -> &Flow {
         &self.flow
+    }
+
+    /// Why the service cannot go on, if it cannot: the spool's writer is gone, or the log
+    /// cannot be written (records would be lost).
+    pub fn failure(&self) -> Option<&'static str> {
+        if !self.committer.is_running() {
+            Some("the spool writer stopped")
+        } else if self.control.log_failed.load(std::sync::atomic::Ordering::Acquire) {
+            Some("the delivery log cannot be written")
+        } else {
+            None
+        }
     }
 
     /// Recipients the spool held at the start.
@@ -215,8 +226,9 @@ impl Serving {
     /// and the spool are synced. What is not final stays in the spool for the next start.
     /// Gives the spool back.
     pub fn stop(self) -> Result<(Books, Spool), ServeError> {
-        let Serving { committer, arrivals, running, ledger, control, .. } = self;
-        drop(arrivals);
+        let Serving { committer, intake, running, ledger, control, .. } = self;
+        intake.stop();
+        drop(intake);
         running.halt();
         let report = running.join();
         control.engine_done.store(true, std::sync::atomic::Ordering::Release);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::spool::{Accepted, MessageId, Spool, SpoolError, Status, recipient_id};
 use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING};
-use crate::deliver::ledger::Flow;
+use crate::deliver::ledger::{Flow, Received, Report};
 use crate::deliver::pending::Pending;
 use crate::engine::{JobSource, Next, Payload};
 use crate::proto::client::{Envelope, Message};
@@ -27,6 +27,8 @@ const ARRIVALS_PER_CALL: usize = 256;
 pub struct Arrival {
     pub id: MessageId,
     pub message: Accepted,
+    /// The HTTP request's Idempotency-Key, for the `received` record.
+    pub idempotency_key: Option<Arc<str>>,
 }
 
 pub struct SpoolSource {
@@ -70,7 +72,16 @@ impl SpoolSource {
     }
 
     fn arrive(&mut self, arrival: Arrival, now: Instant) {
-        let Arrival { id, message } = arrival;
+        let Arrival { id, message, idempotency_key } = arrival;
+        self.dispatch.report(Report::Received(Box::new(Received {
+            message: id.0,
+            sender: message.sender.as_ref().map_or("", Address::as_str).into(),
+            recipients: message.recipients.len() as u64,
+            origin: message.origin.as_str().into(),
+            idempotency_key,
+            size: message.content.len(),
+            at: now,
+        })));
         let body = Body::new(&message.content);
         for (index, rcpt) in message.recipients.iter().enumerate() {
             let p =

@@ -6,6 +6,7 @@ mod counters;
 pub mod faults;
 mod server;
 pub mod session;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,9 +55,21 @@ pub struct SinkConfig {
     pub require_tls: bool,
     /// Offer AUTH PLAIN and LOGIN against these users, and require it before MAIL.
     pub auth: Option<Arc<auth::Users>>,
+    /// Offer and take AUTH only over TLS, so no password crosses the network in the clear
+    /// (implied by `require_tls`).
+    pub auth_needs_tls: bool,
     /// Greylist: refuse each recipient's first RCPT with 451 4.7.1, accept it from then on (as
     /// many receivers do to strangers), to test a sender's retries.
     pub greylist: bool,
+    /// Keep each complete message here, and answer its end of data with what the store says
+    /// (serve's submission listener). A server that keeps mail to pass on is nobody's open
+    /// relay: MAIL then needs AUTH, or a peer in `trusted`.
+    pub store: Option<Arc<dyn store::Store>>,
+    /// Peers that may send without AUTH (with `store`).
+    pub trusted: Vec<ipnet::IpNet>,
+    /// How long sessions under way when the server stops may take to finish. With `store`,
+    /// a new transaction is answered 421 from the moment it stops.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for SinkConfig {
@@ -83,7 +96,11 @@ impl Default for SinkConfig {
             tls_listen: None,
             require_tls: false,
             auth: None,
+            auth_needs_tls: false,
             greylist: false,
+            store: None,
+            trusted: Vec::new(),
+            shutdown_grace: Duration::from_secs(1),
         }
     }
 }
@@ -125,6 +142,17 @@ impl Core {
     fn greylists(&self, rcpt: &str) -> bool {
         self.config.greylist
             && self.shared.greylisted.lock().is_ok_and(|mut seen| seen.insert(rcpt.to_ascii_lowercase()))
+    }
+
+    /// The server is stopping: no new transaction (with a store: see `SinkConfig::store`).
+    fn stopping(&self) -> bool {
+        self.config.store.is_some() && self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether a peer may send without AUTH.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.config.trusted.iter().any(|net| net.contains(&peer))
     }
 
     fn message_accepted(&self) {

@@ -15,6 +15,7 @@ use monoio::io::Canceller;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use super::session::{Action, Session};
+use super::store::Stored;
 use super::{Core, Counters, Shared, SinkConfig};
 use crate::rt::{self, ReadOutcome, Watch, Watchdog};
 use crate::tls::{Conn, TlsLayer};
@@ -27,9 +28,6 @@ const FIRST_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
 /// How long a closing connection's input is drained (see [`close_gracefully`]).
 const LINGER: Duration = Duration::from_secs(2);
-/// How long sessions under way when the sink stops may take to finish: a client that sent QUIT
-/// behind its last message gets its 221 (`--exit-after-messages` stops the sink at that message).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A running sink.
 pub struct SinkHandle {
@@ -169,8 +167,10 @@ async fn run_thread(
     if let Some(task) = tls_loop {
         task.await;
     }
-    // Returning drops this thread's sessions: let those under way finish first, for a while.
-    let grace = Instant::now() + SHUTDOWN_GRACE;
+    // Returning drops this thread's sessions: let those under way finish first, for a while (a
+    // client that sent QUIT behind its last message gets its 221 when `--exit-after-messages`
+    // stops the sink at that message; serve's clients get their messages' answers).
+    let grace = Instant::now() + core.borrow().config.shutdown_grace;
     while shared.active_connections.load(Ordering::Relaxed) > 0 && Instant::now() < grace {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -203,11 +203,12 @@ async fn accept_loop(
             }
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 seq.set(seq.get() + 1);
                 let watch = watchdog.watch();
                 monoio::spawn(serve(
                     stream,
+                    peer,
                     implicit,
                     Rc::clone(&core),
                     Arc::clone(&shared),
@@ -252,6 +253,7 @@ impl Drop for ActiveGuard {
 
 async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     implicit: bool,
     core: Rc<RefCell<Core>>,
     shared: Arc<Shared>,
@@ -266,6 +268,8 @@ async fn serve(
         return;
     }
     let mut session = Session::new(id, implicit);
+    let trusted = core.borrow().trusts(peer.ip());
+    session.set_peer(peer.ip(), trusted);
     let idle = core.borrow().config.idle_timeout;
     let mut out = Vec::with_capacity(256);
     let mut action = session.greet(&mut core.borrow_mut(), active, &mut out);
@@ -315,6 +319,19 @@ async fn serve(
                 session.closed(&mut core.borrow_mut());
                 close_gracefully(&mut stream, &watch).await;
                 return;
+            }
+            if action == Action::Store {
+                let store = core.borrow().config.store.clone();
+                let stored = match store {
+                    Some(store) => store.store(session.take_submission()).await,
+                    None => Stored::Refused { code: 451, text: "4.3.0 No store".into() },
+                };
+                if session.stored(&mut core.borrow_mut(), stored, &mut out) == Action::Close {
+                    let _ = act(&mut stream, out, Action::Close).await;
+                    close_gracefully(&mut stream, &watch).await;
+                    return;
+                }
+                continue;
             }
             if action == Action::StartTls {
                 // Whatever the client sent behind STARTTLS was sent in plaintext: it is
@@ -367,7 +384,7 @@ async fn close_gracefully(stream: &mut Conn<TcpStream>, watch: &Watch) {
 /// connection stays open, and the output buffer (emptied of what was written).
 async fn act(stream: &mut Conn<TcpStream>, mut out: Vec<u8>, action: Action) -> (bool, Vec<u8>) {
     match action {
-        Action::Continue | Action::Close | Action::StartTls => {
+        Action::Continue | Action::Close | Action::StartTls | Action::Store => {
             if !out.is_empty() {
                 let (res, o) = stream.write_all(out).await;
                 out = o;

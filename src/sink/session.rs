@@ -10,6 +10,7 @@ use memchr::memchr;
 
 use super::auth;
 use super::faults::{Stage, Verdict, failure_reply};
+use super::store::{Stored, Submission};
 use super::{Core, SinkConfig};
 use crate::proto::Address;
 use crate::proto::server::{DataReceiver, Line, MAX_COMMAND_LINE, ServerCommand, next_line, parse_command};
@@ -29,6 +30,9 @@ pub enum Action {
     /// Write the output (the 220 to STARTTLS), discard any input left unread, run the TLS
     /// handshake, then call [`Session::tls_started`].
     StartTls,
+    /// Write the output; a message is complete: hand [`Session::take_submission`] to the
+    /// configured store, give its answer to [`Session::stored`], then go on with the input.
+    Store,
 }
 
 #[derive(Debug)]
@@ -62,7 +66,7 @@ impl Txn {
     /// Content is kept only to dump it, and only while it may still be accepted: past the SIZE
     /// limit the message will get 552, so a hostile client cannot make the sink buffer gigabytes.
     fn keeps_content(&self, config: &SinkConfig) -> bool {
-        config.dump.is_some() && self.body.len() as u64 <= config.max_size
+        (config.dump.is_some() || config.store.is_some()) && self.body.len() as u64 <= config.max_size
     }
 }
 
@@ -74,7 +78,13 @@ pub struct Session {
     messages: u64,
     /// Encrypted: implicit TLS, or after STARTTLS.
     secure: bool,
-    authenticated: bool,
+    /// The user it authenticated as.
+    user: Option<String>,
+    /// The peer, and whether it may send without AUTH (see `SinkConfig::trusted`).
+    peer: std::net::IpAddr,
+    trusted: bool,
+    /// The name given in EHLO or HELO.
+    helo: String,
 }
 
 impl Session {
@@ -87,15 +97,24 @@ impl Session {
             txn: Txn::default(),
             messages: 0,
             secure,
-            authenticated: false,
+            user: None,
+            peer: std::net::IpAddr::from([0, 0, 0, 0]),
+            trusted: false,
+            helo: String::new(),
         }
+    }
+
+    /// Who is connected, and whether that peer may send without AUTH.
+    pub fn set_peer(&mut self, peer: std::net::IpAddr, trusted: bool) {
+        self.peer = peer;
+        self.trusted = trusted;
     }
 
     /// The STARTTLS handshake succeeded: the session starts over (RFC 3207 §4.2), encrypted.
     pub fn tls_started(&mut self) {
         self.secure = true;
         self.greeted = false;
-        self.authenticated = false;
+        self.user = None;
         self.txn = Txn::default();
         self.reading = Reading::Commands;
     }
@@ -224,8 +243,10 @@ impl Session {
             }
         };
         match cmd {
-            ServerCommand::Ehlo(_) | ServerCommand::Helo(_) => {
+            ServerCommand::Ehlo(name) | ServerCommand::Helo(name) => {
                 self.txn = Txn::default();
+                self.helo.clear();
+                self.helo.push_str(name);
                 let at = out.len();
                 if let Some(action) = self.fault(core, Stage::Ehlo, out) {
                     return action;
@@ -248,8 +269,19 @@ impl Session {
                     reply(core, out, 530, "5.7.0 Must issue a STARTTLS command first");
                     return Action::Continue;
                 }
-                if core.config.auth.is_some() && !self.authenticated {
-                    reply(core, out, 530, "5.7.0 Authentication required");
+                if core.stopping() {
+                    reply(core, out, 421, "4.3.2 Service shutting down, try later");
+                    return Action::Close;
+                }
+                if (core.config.auth.is_some() || core.config.store.is_some())
+                    && self.user.is_none()
+                    && !self.trusted
+                {
+                    // Keeping mail for strangers, from strangers, is an open relay.
+                    match core.config.auth {
+                        Some(_) => reply(core, out, 530, "5.7.0 Authentication required"),
+                        None => reply(core, out, 554, "5.7.1 Relay access denied"),
+                    }
                     return Action::Continue;
                 }
                 if self.txn.sender.is_some() {
@@ -370,10 +402,10 @@ impl Session {
                 if !self.greeted {
                     return self.bad_sequence(core, out, "5.5.1 Send EHLO first");
                 }
-                if self.authenticated || self.txn.sender.is_some() {
+                if self.user.is_some() || self.txn.sender.is_some() {
                     return self.bad_sequence(core, out, "5.5.1 Already authenticated or in a transaction");
                 }
-                if core.config.require_tls && !self.secure {
+                if (core.config.require_tls || core.config.auth_needs_tls) && !self.secure {
                     reply(core, out, 530, "5.7.0 Must issue a STARTTLS command first");
                     return Action::Continue;
                 }
@@ -424,7 +456,7 @@ impl Session {
                 reply(core, out, 334, challenge);
             }
             auth::Step::Success(user) => {
-                self.authenticated = true;
+                self.user = Some(user.clone());
                 core.counters.auth_successes += 1;
                 *core.counters.auth_users.entry(user).or_default() += 1;
                 reply(core, out, 235, "2.7.0 Authentication successful");
@@ -506,6 +538,9 @@ impl Session {
                 return if code == 421 { Action::Close } else { Action::Continue };
             }
         }
+        if core.config.store.is_some() {
+            return Action::Store;
+        }
         let id = core.next_message_id();
         if let Some(dir) = core.config.dump.clone() {
             if let Err(e) = self.dump(&dir, id) {
@@ -521,6 +556,38 @@ impl Session {
         let text = format!("2.0.0 Ok: queued as {id:X}");
         reply(core, out, 250, &text);
         self.delayed(core, Stage::Data, at)
+    }
+
+    /// The complete message, for the store (after [`Action::Store`]).
+    pub fn take_submission(&mut self) -> Submission {
+        let txn = std::mem::take(&mut self.txn);
+        Submission {
+            sender: txn.sender.flatten(),
+            recipients: txn.recipients,
+            content: txn.body,
+            user: self.user.clone(),
+            helo: self.helo.clone(),
+            peer: self.peer,
+            secure: self.secure,
+        }
+    }
+
+    /// Answers the end of data with what the store said.
+    pub fn stored(&mut self, core: &mut Core, stored: Stored, out: &mut Vec<u8>) -> Action {
+        match stored {
+            Stored::Queued(id) => {
+                self.messages += 1;
+                core.counters.messages_accepted += 1;
+                core.message_accepted();
+                reply(core, out, 250, &format!("2.0.0 Ok: queued as {id}"));
+                Action::Continue
+            }
+            Stored::Refused { code, text } => {
+                core.counters.messages_rejected += 1;
+                reply(core, out, code, &text);
+                if code == 421 { Action::Close } else { Action::Continue }
+            }
+        }
     }
 
     /// 552 once the content has outgrown the advertised SIZE.
@@ -569,7 +636,7 @@ fn ehlo_reply(core: &Core, session: &Session) -> String {
     if session.offers_starttls(core) {
         lines.push("STARTTLS".into());
     }
-    if c.auth.is_some() && !session.authenticated && (session.secure || !c.require_tls) {
+    if c.auth.is_some() && session.user.is_none() && (session.secure || !(c.require_tls || c.auth_needs_tls)) {
         lines.push("AUTH PLAIN LOGIN".into());
     }
     if c.pipelining {

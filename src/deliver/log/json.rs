@@ -106,6 +106,20 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
             w.string(name, value);
         }
     }
+    if let Some(message) = r.message {
+        w.number(key!("message"), message);
+    }
+    if let Some(sender) = &r.sender {
+        w.string(key!("sender"), sender);
+    }
+    if let Some(n) = r.recipients {
+        w.number(key!("recipients"), n);
+    }
+    for (name, value) in [(key!("origin"), r.origin.as_deref()), (key!("idempotency_key"), r.idempotency_key.as_deref())] {
+        if let Some(value) = value {
+            w.string(name, value);
+        }
+    }
     w.out.push(b'}');
 }
 
@@ -242,6 +256,11 @@ mod tests {
             r.rule = texts[1].as_deref().map(Arc::from);
             r.action = texts[3].clone();
             r.until = texts[0].clone();
+            r.message = numbers[2];
+            r.sender = texts[4].as_deref().map(Arc::from);
+            r.recipients = numbers[0];
+            r.origin = texts[5].as_deref().map(Arc::from);
+            r.idempotency_key = texts[3].as_deref().map(Arc::from);
             r.tls = code.map(|_| "TLSv1.3");
             (r.attempts, r.code, r.ip) = (attempts, code, ip);
             r.enhanced = enhanced.map(|(c, s, d)| EnhancedCode::new(c, s, d));

@@ -1,4 +1,4 @@
-//! What `send` changes in a user's message so that any server takes it, and why.
+//! What `send` and `serve` change in a user's message so that any server takes it, and why.
 //!
 //! - **Header text in UTF-8** (a template's own `Subject: Grüße`, a value rendered into a
 //!   header) becomes RFC 2047 encoded-words: a header is 7-bit unless the whole path speaks
@@ -12,7 +12,8 @@
 //!   server that offers 8BITMIME (`proto::client`'s local refusal).
 //!
 //! A multipart body, or one whose declared encoding its content contradicts, is not rewritten
-//! (its parts carry their own headers): a line too long there rejects the row with the reason.
+//! (its parts carry their own headers): a line too long there rejects the row (or the submitted
+//! message) with the reason.
 
 use std::borrow::Cow;
 

@@ -1,0 +1,219 @@
+//! `volley serve`.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use mailvolley::deliver::dkim::Dkim;
+use mailvolley::deliver::log::LogFile;
+use mailvolley::serve::run::{self, ServeConfig};
+use mailvolley::serve::smtp::SpoolStore;
+use mailvolley::serve::spool::Spool;
+use mailvolley::sink::auth::Users;
+use mailvolley::sink::{self, SinkConfig};
+use mailvolley::tls::ServerTls;
+
+use super::delivery::DeliveryArgs;
+
+/// Exit codes of `volley serve`.
+pub const EXIT_DOC: &str = "Exit codes: 0 stopped on SIGTERM or Ctrl-C after finishing what was in flight (what is not \
+final stays in the spool for the next start); 2 usage error or failure to start (the spool in use by another \
+process, a listener that cannot bind); 3 the delivery log or the spool could not be written: intake stopped, what \
+was accepted stays in the spool.";
+
+/// How long SMTP sessions under way at a stop may take to finish their messages.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The spool: every accepted message until each of its recipients has a final record.
+    /// One `volley serve` at a time may use it.
+    #[arg(long, value_name = "DIR", default_value = "volley-spool")]
+    spool: PathBuf,
+    /// The delivery log (JSONL, as `send` writes it, plus a `received` record per accepted
+    /// message); appended to across restarts [default: DIR/delivery.jsonl].
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// SMTP submission (STARTTLS, AUTH, PIPELINING, CHUNKING, SIZE, 8BITMIME).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
+    smtp_listen: SocketAddr,
+    /// Also take submissions with implicit TLS here (port 465 style).
+    #[arg(long, value_name = "ADDR")]
+    smtps_listen: Option<SocketAddr>,
+    /// Users who may submit after AUTH PLAIN or LOGIN (over TLS only): `user:password` lines.
+    #[arg(long, value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// Clients in these networks may submit without AUTH (`127.0.0.1/32,10.0.0.0/8`).
+    /// Anyone else must authenticate: volley relays for no stranger [default: none].
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_network)]
+    trusted_networks: Vec<ipnet::IpNet>,
+    /// The listener's certificate chain (PEM) [default: a self-signed one, made at start].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The listener's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest message taken, in octets (advertised as SIZE; larger ones get 552).
+    #[arg(long, value_name = "OCTETS", default_value_t = 25 * 1024 * 1024)]
+    max_message_size: u64,
+    /// Refuse new messages (452 "try later") while the spool's file system has less than
+    /// this many octets free.
+    #[arg(long, value_name = "OCTETS", default_value_t = 256 * 1024 * 1024)]
+    min_free_space: u64,
+    /// Threads taking submissions, one runtime each.
+    #[arg(long, default_value = "1")]
+    intake_threads: NonZeroUsize,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
+    /// No live progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A network (`10.0.0.0/8`), or one address (`127.0.0.1`).
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither a network (10.0.0.0/8) nor an address"))
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.users.is_none() && args.trusted_networks.is_empty() {
+        bail!(
+            "nobody could submit: give --users FILE (AUTH) or --trusted-networks (e.g. 127.0.0.1/32 for \
+             applications on this host)"
+        );
+    }
+    let delivery = args.delivery.config()?;
+    let users = match &args.users {
+        Some(path) => Some(Arc::new(Users::load(path).map_err(anyhow::Error::msg).context("--users")?)),
+        None => None,
+    };
+    let hostname = args.delivery.helo().to_owned();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => ServerTls::from_files(cert, key)?,
+        _ => ServerTls::self_signed(&[hostname.clone(), "localhost".into(), args.smtp_listen.ip().to_string()])?,
+    };
+    let dkim = Dkim::load(&delivery.dkim)?.map(Arc::new);
+    let shaping = delivery.shaping()?;
+    let reactions = shaping.reactions();
+    let routes = delivery.routes(shaping).context("starting DNS")?;
+    let classifier = delivery.classifier()?;
+
+    let spool = Spool::open(&args.spool).with_context(|| format!("spool {}", args.spool.display()))?;
+    let log_path = args.log.clone().unwrap_or_else(|| args.spool.join("delivery.jsonl"));
+    let log = match log_path.exists() {
+        true => {
+            let (log, cut) = LogFile::reopen(&log_path).with_context(|| format!("log {}", log_path.display()))?;
+            if cut > 0 {
+                eprintln!("volley serve: cut {cut} octets of a half-written last line from {}", log_path.display());
+            }
+            log
+        }
+        false => LogFile::create(&log_path).with_context(|| format!("log {}", log_path.display()))?,
+    };
+    // A file size limit must surface as an error on the log, not kill the process (SIGXFSZ).
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let interrupts = super::interrupts()?;
+    let serving = run::start(
+        ServeConfig {
+            engine: delivery.engine,
+            routes,
+            schedule: delivery.schedule,
+            classifier,
+            reactions,
+            rate: delivery.rate,
+            log,
+            progress: false,
+            dkim,
+            min_free_space: args.min_free_space,
+        },
+        spool,
+    )?;
+    let listener = sink::start(SinkConfig {
+        listen: args.smtp_listen,
+        threads: args.intake_threads.get(),
+        hostname: hostname.clone(),
+        max_size: args.max_message_size,
+        tls: Some(tls),
+        starttls: true,
+        tls_listen: args.smtps_listen,
+        auth: users,
+        auth_needs_tls: true,
+        store: Some(Arc::new(SpoolStore::new(serving.intake().clone(), &hostname))),
+        trusted: args.trusted_networks.clone(),
+        shutdown_grace: SHUTDOWN_GRACE,
+        ..SinkConfig::default()
+    });
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = serving.stop();
+            return Err(anyhow::Error::new(e).context("starting the SMTP listener"));
+        }
+    };
+    eprintln!(
+        "volley serve: SMTP on {}{}, spool {} ({} waiting), log {}",
+        listener.local_addr(),
+        listener.tls_addr().map_or(String::new(), |a| format!(", implicit TLS on {a}")),
+        args.spool.display(),
+        serving.resumed(),
+        log_path.display()
+    );
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    let mut failure = None;
+    while interrupts.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(why) = serving.failure() {
+            eprintln!("volley serve: stopping: {why}");
+            failure = Some(why);
+            break;
+        }
+        if !args.quiet && shown.elapsed() >= Duration::from_secs(10) {
+            shown = Instant::now();
+            let flow = serving.flow();
+            eprintln!(
+                "volley serve: {:.0}s: {} recipients taken, {} final, {} waiting",
+                started.elapsed().as_secs_f64(),
+                flow.admitted.load(Ordering::Relaxed),
+                flow.finalized.load(Ordering::Relaxed),
+                flow.waiting.load(Ordering::Relaxed),
+            );
+        }
+    }
+    eprintln!("volley serve: stopping: no new messages; finishing those under way");
+    serving.intake().stop();
+    let counters = listener.stop().context("stopping the SMTP listener")?;
+    let (books, _spool) = serving.stop().context("stopping delivery")?;
+    let t = &books.tally;
+    eprintln!(
+        "volley serve: stopped after {:.0}s: {} messages accepted over SMTP; delivered {} bounced {} expired {} \
+         uncertain {} (deferred attempts {})",
+        started.elapsed().as_secs_f64(),
+        counters.messages_accepted,
+        t.delivered,
+        t.bounced,
+        t.expired,
+        t.uncertain,
+        t.deferred
+    );
+    if let Some(e) = &books.log_error {
+        eprintln!("volley: {e}");
+        return Ok(ExitCode::from(3));
+    }
+    if failure.is_some() {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}

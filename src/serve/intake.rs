@@ -1,0 +1,162 @@
+//! What every way in (SMTP submission, the HTTP API) does with a message it was handed: make it
+//! fit to send (re-encoded where some servers would refuse it, DKIM-signed, a trace header),
+//! refuse it while the service stops or the disk runs low, make it durable in the spool with
+//! whatever else arrived meanwhile (group commit), and only then hand it to delivery and say
+//! yes. Each way in maps a [`Refused`] to its own protocol's answer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use super::commit::{CommitError, Committer};
+use super::source::Arrival;
+use super::spool::{Accepted, MessageId, SpoolError};
+use crate::deliver::dkim::Dkim;
+use crate::deliver::mime;
+use crate::proto::Body;
+
+/// Why a message was not taken. Every variant but `Content` is the service's state, not the
+/// message's: the client should try again later.
+#[derive(Debug, Clone, Error)]
+pub enum Refused {
+    #[error("the service is shutting down")]
+    Stopping,
+    /// Below `--min-free-space`, or the disk said it is full.
+    #[error("the spool's disk is (nearly) full")]
+    NoSpace,
+    /// The message cannot be sent as it is (and nothing of it was kept).
+    #[error("{0}")]
+    Content(String),
+    #[error("{0}")]
+    Spool(CommitError),
+}
+
+impl Refused {
+    /// The client may succeed by trying the same message later.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Refused::Content(_) => false,
+            Refused::Spool(CommitError::Spool(e)) => !matches!(**e, SpoolError::TooManyRecipients(_)),
+            _ => true,
+        }
+    }
+}
+
+/// A message's way into the spool and on to delivery; cheap to clone, one per listener.
+#[derive(Clone)]
+pub struct Intake {
+    committer: Arc<Committer>,
+    arrivals: SyncSender<Arrival>,
+    dkim: Option<Arc<Dkim>>,
+    spool_dir: PathBuf,
+    min_free_space: u64,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").field("spool", &self.spool_dir).finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    pub(super) fn new(
+        committer: Arc<Committer>,
+        arrivals: SyncSender<Arrival>,
+        dkim: Option<Arc<Dkim>>,
+        spool_dir: PathBuf,
+        min_free_space: u64,
+    ) -> Intake {
+        Intake { committer, arrivals, dkim, spool_dir, min_free_space, stopping: Arc::default() }
+    }
+
+    /// From now on every message is refused with [`Refused::Stopping`] (for every clone).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The content as it will be spooled and sent: `content` (a whole message with CRLF line
+    /// endings) made fit for any server (see [`mime`]), signed with the DKIM keys, and the
+    /// trace header `trace` (a complete `Received:` field, CRLF-terminated) ahead of it.
+    pub fn prepare(&self, content: &[u8], trace: &str) -> Result<Arc<[u8]>, Refused> {
+        let body = mime::fit_for_any_server(Body::new(content)).map_err(Refused::Content)?;
+        let head = match &self.dkim {
+            Some(dkim) => Some(dkim.sign(body.bytes()).map_err(Refused::Content)?),
+            None => None,
+        };
+        let head = head.as_ref().map_or(&[][..], |h| &h.bytes()[..]);
+        let mut out = Vec::with_capacity(head.len() + trace.len() + body.bytes().len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(trace.as_bytes());
+        out.extend_from_slice(body.bytes());
+        Ok(out.into())
+    }
+
+    /// Makes `messages` durable together (all or none), hands them to delivery, and gives
+    /// their ids. Only an `Ok` may be answered with a yes.
+    pub async fn accept(
+        &self,
+        messages: Vec<Accepted>,
+        idempotency_key: Option<Arc<str>>,
+    ) -> Result<Vec<MessageId>, Refused> {
+        if self.is_stopping() {
+            return Err(Refused::Stopping);
+        }
+        if self.min_free_space > 0 && free_space(&self.spool_dir).is_some_and(|free| free < self.min_free_space) {
+            return Err(Refused::NoSpace);
+        }
+        let ids = self.committer.accept(messages.clone()).await.map_err(|e| match e {
+            e if e.is_full() => Refused::NoSpace,
+            e => Refused::Spool(e),
+        })?;
+        for (id, message) in ids.iter().zip(messages) {
+            // Blocks only while delivery has `ARRIVALS` messages it has not taken yet: intake
+            // slows to what delivery takes. Delivery gone (stopping): the message is in the
+            // spool for the next start.
+            let arrival = Arrival { id: *id, message, idempotency_key: idempotency_key.clone() };
+            let _ = self.arrivals.send(arrival);
+        }
+        Ok(ids)
+    }
+}
+
+/// Octets free for unprivileged users on the file system holding `dir`.
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` room for the result, which is read
+    // only when the call succeeded.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_from_the_file_system() {
+        let free = free_space(&std::env::temp_dir()).expect("statvfs on the temp dir");
+        assert!(free > 0);
+        assert_eq!(free_space(std::path::Path::new("/no/such/dir")), None);
+    }
+}
