@@ -99,7 +99,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let hostname = args.delivery.helo().to_owned();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => ServerTls::from_files(cert, key)?,
-        _ => ServerTls::self_signed(&[hostname.clone(), "localhost".into(), args.smtp_listen.ip().to_string()])?,
+        _ => ServerTls::self_signed(&[
+            hostname.clone(),
+            "localhost".into(),
+            args.smtp_listen.ip().to_string(),
+        ])?,
     };
     let dkim = Dkim::load(&delivery.dkim)?.map(Arc::new);
     let shaping = delivery.shaping()?;
@@ -111,9 +115,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let log_path = args.log.clone().unwrap_or_else(|| args.spool.join("delivery.jsonl"));
     let log = match log_path.exists() {
         true => {
-            let (log, cut) = LogFile::reopen(&log_path).with_context(|| format!("log {}", log_path.display()))?;
+            let (log, cut) =
+                LogFile::reopen(&log_path).with_context(|| format!("log {}", log_path.display()))?;
             if cut > 0 {
-                eprintln!("volley serve: cut {cut} octets of a half-written last line from {}", log_path.display());
+                eprintln!(
+                    "volley serve: cut {cut} octets of a half-written last line from {}",
+                    log_path.display()
+                );
             }
             log
         }

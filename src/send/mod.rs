@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 
-pub use crate::deliver::Routing;
 use crate::deliver::DeliveryConfig;
+pub use crate::deliver::Routing;
 use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
 use crate::deliver::log::{LogFile, Record, Status};
 use crate::deliver::{dkim, log, rules_file};
@@ -226,7 +226,8 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         shared: Arc::clone(&shared),
     });
     let retry = RetryPolicy::Scheduled(config.delivery.schedule);
-    let engine_config = crate::deliver::engine_config(config.delivery.engine.clone(), retry, reactions, config.delivery.rate);
+    let engine_config =
+        crate::deliver::engine_config(config.delivery.engine.clone(), retry, reactions, config.delivery.rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let ledger = Ledger::new(LedgerConfig {

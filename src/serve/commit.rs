@@ -281,7 +281,9 @@ mod tests {
             .map(|t| {
                 let c = Arc::clone(&committer);
                 std::thread::spawn(move || {
-                    (0..25).flat_map(|i| c.accept(vec![message(t * 100 + i, 500)]).wait().unwrap()).collect::<Vec<_>>()
+                    (0..25)
+                        .flat_map(|i| c.accept(vec![message(t * 100 + i, 500)]).wait().unwrap())
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -302,7 +304,11 @@ mod tests {
             "{err}"
         );
         let stats = committer.stats();
-        assert_eq!(stats.messages.load(Ordering::Relaxed), 100, "a group with a bad message is refused whole");
+        assert_eq!(
+            stats.messages.load(Ordering::Relaxed),
+            100,
+            "a group with a bad message is refused whole"
+        );
         let pair = committer.accept(vec![message(1, 10), message(2, 10)]).wait().unwrap();
         assert_eq!(pair.len(), 2);
         assert_eq!(pair[1].0, pair[0].0 + 1, "a group's ids, in order");

@@ -110,7 +110,9 @@ impl Intake {
         if self.is_stopping() {
             return Err(Refused::Stopping);
         }
-        if self.min_free_space > 0 && free_space(&self.spool_dir).is_some_and(|free| free < self.min_free_space) {
+        if self.min_free_space > 0
+            && free_space(&self.spool_dir).is_some_and(|free| free < self.min_free_space)
+        {
             return Err(Refused::NoSpace);
         }
         let ids = self.committer.accept(messages.clone()).await.map_err(|e| match e {
@@ -141,7 +143,7 @@ pub fn free_space(dir: &std::path::Path) -> Option<u64> {
         }
         stat.assume_init()
     };
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -21,8 +21,8 @@ use super::intake::Intake;
 use super::source::{SpoolSource, wall_ms_of};
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use crate::deliver::bounce::Classifier;
-use crate::deliver::dkim::Dkim;
 use crate::deliver::dispatch::Dispatch;
+use crate::deliver::dkim::Dkim;
 use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled};
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
@@ -77,8 +77,18 @@ pub struct Serving {
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
 /// delivery log the spool's earlier deliveries were recorded in, reopened (or a new one).
 pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeError> {
-    let ServeConfig { engine, routes, schedule, classifier, reactions, rate, log, progress, dkim, min_free_space } =
-        config;
+    let ServeConfig {
+        engine,
+        routes,
+        schedule,
+        classifier,
+        reactions,
+        rate,
+        log,
+        progress,
+        dkim,
+        min_free_space,
+    } = config;
     let spool_dir = spool.path().to_owned();
     reconcile(&mut spool, &log)?;
     let flow = Arc::new(Flow::default());

@@ -43,7 +43,8 @@ impl Store for SpoolStore {
                 Some(user) => user.clone(),
                 None => format!("smtp:{}", m.peer),
             };
-            let accepted = Accepted { sender: m.sender, recipients: m.recipients, content, received_ms, origin };
+            let accepted =
+                Accepted { sender: m.sender, recipients: m.recipients, content, received_ms, origin };
             match intake.accept(vec![accepted], None).await {
                 Ok(ids) => Stored::Queued(ids.first().map_or_else(String::new, |id| format!("{:X}", id.0))),
                 Err(refused) => answer(&refused),
@@ -78,7 +79,10 @@ fn trace(m: &Submission, hostname: &str, received_ms: u64) -> String {
         (true, true) => "ESMTPSA",
     };
     let date = mail_builder::headers::date::Date::new((received_ms / 1000) as i64).to_rfc822();
-    format!("Received: from {helo} ([{}])\r\n\tby {hostname} (volley) with {protocol};\r\n\t{date}\r\n", m.peer)
+    format!(
+        "Received: from {helo} ([{}])\r\n\tby {hostname} (volley) with {protocol};\r\n\t{date}\r\n",
+        m.peer
+    )
 }
 
 /// Whether a CR or LF appears other than as CRLF.

@@ -636,7 +636,8 @@ fn ehlo_reply(core: &Core, session: &Session) -> String {
     if session.offers_starttls(core) {
         lines.push("STARTTLS".into());
     }
-    if c.auth.is_some() && session.user.is_none() && (session.secure || !(c.require_tls || c.auth_needs_tls)) {
+    if c.auth.is_some() && session.user.is_none() && (session.secure || !(c.require_tls || c.auth_needs_tls))
+    {
         lines.push("AUTH PLAIN LOGIN".into());
     }
     if c.pipelining {

@@ -115,7 +115,9 @@ pub fn write(r: &Record, out: &mut Vec<u8>) {
     if let Some(n) = r.recipients {
         w.number(key!("recipients"), n);
     }
-    for (name, value) in [(key!("origin"), r.origin.as_deref()), (key!("idempotency_key"), r.idempotency_key.as_deref())] {
+    for (name, value) in
+        [(key!("origin"), r.origin.as_deref()), (key!("idempotency_key"), r.idempotency_key.as_deref())]
+    {
         if let Some(value) = value {
             w.string(name, value);
         }
