@@ -73,20 +73,23 @@ enum Request {
     /// Messages accepted together (one HTTP request's): durable in one batch, or none.
     Accept(Vec<Accepted>, oneshot::Sender<Result<Vec<MessageId>, CommitError>>),
     Record(Vec<Change>, Option<u64>, oneshot::Sender<Result<(), CommitError>>),
+    /// Finish what came before, then end: intake may still hold the writer, so dropping every
+    /// sender cannot be what stops it.
+    Stop,
 }
 
 impl Request {
     fn octets(&self) -> usize {
         match self {
             Request::Accept(m, _) => m.iter().map(|m| m.content.len()).sum(),
-            Request::Record(..) => 0,
+            Request::Record(..) | Request::Stop => 0,
         }
     }
 
     fn messages(&self) -> usize {
         match self {
             Request::Accept(m, _) => m.len(),
-            Request::Record(..) => 0,
+            Request::Record(..) | Request::Stop => 0,
         }
     }
 }
@@ -100,8 +103,8 @@ pub struct CommitStats {
 }
 
 pub struct Committer {
-    requests: Option<SyncSender<Request>>,
-    thread: Option<JoinHandle<Spool>>,
+    requests: SyncSender<Request>,
+    thread: std::sync::Mutex<Option<JoinHandle<Spool>>>,
     stats: Arc<CommitStats>,
 }
 
@@ -114,11 +117,13 @@ impl Committer {
         let thread = std::thread::Builder::new().name("spool".into()).spawn(move || {
             let mut spool = spool;
             while let Some(batch) = next_batch(&incoming, BATCH_MESSAGES, BATCH_OCTETS) {
-                commit(&mut spool, batch, &shared);
+                if commit(&mut spool, batch, &shared) == Go::Stop {
+                    break;
+                }
             }
             spool
         })?;
-        Ok(Committer { requests: Some(requests), thread: Some(thread), stats })
+        Ok(Committer { requests, thread: std::sync::Mutex::new(Some(thread)), stats })
     }
 
     /// Queues messages accepted together; the ticket gives their ids, in order, once all are
@@ -139,35 +144,39 @@ impl Committer {
 
     fn send(&self, request: Request) {
         // A writer that is gone drops the request's sender, and the ticket says `Stopped`.
-        if let Some(requests) = &self.requests {
-            let _ = requests.send(request);
-        }
+        let _ = self.requests.send(request);
     }
 
     /// Whether the writer thread is still there (it ends only at [`Committer::stop`], or by a
     /// panic).
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.thread.lock().is_ok_and(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
     }
 
     pub fn stats(&self) -> &Arc<CommitStats> {
         &self.stats
     }
 
-    /// Lets the writer finish what is queued, and gives the spool back.
-    pub fn stop(mut self) -> Option<Spool> {
-        self.requests.take();
-        self.thread.take().and_then(|t| t.join().ok())
+    /// Lets the writer finish what is queued, and gives the spool back (once: `None` after,
+    /// or if the writer panicked). What is queued later is answered `Stopped`.
+    pub fn stop(&self) -> Option<Spool> {
+        let thread = self.thread.lock().ok()?.take()?;
+        self.send(Request::Stop);
+        thread.join().ok()
     }
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        self.requests.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.stop();
     }
+}
+
+/// Whether the writer goes on after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Go {
+    On,
+    Stop,
 }
 
 /// The next batch: waits for one request, then takes every one already queued, up to
@@ -189,7 +198,8 @@ fn next_batch(incoming: &Receiver<Request>, max_messages: usize, max_octets: usi
 
 /// Writes a batch: the messages in one durable commit, the state changes in another, and
 /// answers every request. A commit fails as a whole, and every request in it hears so.
-fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
+fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
+    let mut go = Go::On;
     let mut messages = Vec::new();
     let mut accepted = Vec::new();
     let mut changes = Vec::new();
@@ -206,6 +216,8 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
                 watermark = watermark.max(mark);
                 recorded.push(reply);
             }
+            // What came in the same batch is still written; what comes later hears `Stopped`.
+            Request::Stop => go = Go::Stop,
         }
     }
     if !messages.is_empty() {
@@ -235,6 +247,7 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) {
             let _ = reply.send(result.clone());
         }
     }
+    go
 }
 
 #[cfg(test)]

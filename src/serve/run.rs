@@ -246,10 +246,8 @@ impl Serving {
         let books =
             ledger.join().map_err(|_| ServeError::Stop(std::io::Error::other("the log thread panicked")))?;
         report.map_err(ServeError::Stop)?;
-        // The log thread is gone and with it the hook's hold on the writer: it finishes what
-        // is queued and hands the spool back.
-        let committer = Arc::try_unwrap(committer)
-            .map_err(|_| ServeError::Stop(std::io::Error::other("the spool writer is still shared")))?;
+        // The log thread is gone, its last changes queued: the writer finishes what is queued
+        // and hands the spool back, whoever still holds it (intake that took its last message).
         let spool = committer
             .stop()
             .ok_or_else(|| ServeError::Stop(std::io::Error::other("the spool writer panicked")))?;
