@@ -122,6 +122,7 @@ fn message_spec(args: &SendArgs) -> anyhow::Result<MessageSpec> {
         mail_from: args.mail_from.clone(),
         attachments: Vec::new(),
         unsubscribe: None,
+        headers: Vec::new(),
     };
     if args.unsubscribe_url.is_some() || args.unsubscribe_mailto.is_some() {
         let secret =

@@ -13,6 +13,8 @@ use clap::Args;
 
 use mailvolley::deliver::dkim::Dkim;
 use mailvolley::deliver::log::LogFile;
+use mailvolley::serve::http::{self, HttpConfig};
+use mailvolley::serve::keys::ApiKeys;
 use mailvolley::serve::run::{self, ServeConfig};
 use mailvolley::serve::smtp::SpoolStore;
 use mailvolley::serve::spool::Spool;
@@ -47,6 +49,13 @@ pub struct ServeArgs {
     /// Also take submissions with implicit TLS here (port 465 style).
     #[arg(long, value_name = "ADDR")]
     smtps_listen: Option<SocketAddr>,
+    /// The HTTP API (`POST /api/v1/messages`, `GET /healthz`), when --api-keys is given.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8025")]
+    http_listen: SocketAddr,
+    /// Keys that may use the HTTP API (`Authorization: Bearer KEY`): `name:KEY` or
+    /// `name:sha256:HEX` lines. Without it the API is off.
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
     /// Users who may submit after AUTH PLAIN or LOGIN (over TLS only): `user:password` lines.
     #[arg(long, value_name = "FILE")]
     users: Option<PathBuf>,
@@ -85,12 +94,16 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.users.is_none() && args.trusted_networks.is_empty() {
+    if args.users.is_none() && args.trusted_networks.is_empty() && args.api_keys.is_none() {
         bail!(
-            "nobody could submit: give --users FILE (AUTH) or --trusted-networks (e.g. 127.0.0.1/32 for \
-             applications on this host)"
+            "nobody could submit: give --users FILE (SMTP AUTH), --trusted-networks (e.g. 127.0.0.1/32 for \
+             applications on this host) or --api-keys FILE (HTTP)"
         );
     }
+    let keys = match &args.api_keys {
+        Some(path) => Some(ApiKeys::load(path).context("--api-keys")?),
+        None => None,
+    };
     let delivery = args.delivery.config()?;
     let users = match &args.users {
         Some(path) => Some(Arc::new(Users::load(path).map_err(anyhow::Error::msg).context("--users")?)),
@@ -170,10 +183,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Err(anyhow::Error::new(e).context("starting the SMTP listener"));
         }
     };
+    let http = match keys {
+        Some(keys) => {
+            let config = HttpConfig {
+                listen: args.http_listen,
+                keys,
+                max_message_size: args.max_message_size,
+                hostname: hostname.clone(),
+            };
+            match http::start(config, serving.intake().clone()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = listener.stop();
+                    let _ = serving.stop();
+                    return Err(anyhow::Error::new(e).context("starting the HTTP API"));
+                }
+            }
+        }
+        None => None,
+    };
     eprintln!(
-        "volley serve: SMTP on {}{}, spool {} ({} waiting), log {}",
+        "volley serve: SMTP on {}{}, {}, spool {} ({} waiting), log {}",
         listener.local_addr(),
         listener.tls_addr().map_or(String::new(), |a| format!(", implicit TLS on {a}")),
+        http.as_ref()
+            .map_or("HTTP API off (no --api-keys)".to_owned(), |h| format!("HTTP on {}", h.local_addr())),
         args.spool.display(),
         serving.resumed(),
         log_path.display()
@@ -202,6 +236,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("volley serve: stopping: no new messages; finishing those under way");
     serving.intake().stop();
+    if let Some(http) = http {
+        http.stop().context("stopping the HTTP API")?;
+    }
     let counters = listener.stop().context("stopping the SMTP listener")?;
     let (books, _spool) = serving.stop().context("stopping delivery")?;
     let t = &books.tally;

@@ -61,6 +61,9 @@ pub struct MessageSpec {
     pub mail_from: Option<String>,
     /// Per-recipient `List-Unsubscribe` (and `-Post`) headers, and `{{ unsubscribe_url }}`.
     pub unsubscribe: Option<Unsubscribe>,
+    /// More header fields of a built message, as given (name, value): the caller has checked
+    /// them (no CR or LF, no field the builder writes itself).
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +103,7 @@ enum Kind {
     },
     Built {
         attachments: Vec<Attachment>,
+        headers: Vec<(String, String)>,
         text: bool,
         html: bool,
     },
@@ -299,6 +303,7 @@ impl MessageTemplate {
                 }
                 Kind::Built {
                     attachments: spec.attachments.clone(),
+                    headers: spec.headers.clone(),
                     text: spec.text.is_some(),
                     html: spec.html.is_some(),
                 }
@@ -408,7 +413,7 @@ impl MessageTemplate {
                     }
                 }
             }
-            Kind::Built { attachments, text, html } => {
+            Kind::Built { attachments, headers, text, html } => {
                 let from = self.from.as_ref().ok_or("no --from")?;
                 let message_id = self.message_id(row, from.address.domain());
                 let subject = render(SUBJECT)?;
@@ -433,6 +438,9 @@ impl MessageTemplate {
                     if u.one_click() {
                         builder = builder.header("List-Unsubscribe-Post", Raw::new(ONE_CLICK));
                     }
+                }
+                for (name, value) in headers {
+                    builder = builder.header(name.clone(), Raw::new(value.clone()));
                 }
                 if *text {
                     builder = builder.text_body(render(TEXT)?);

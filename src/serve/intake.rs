@@ -146,6 +146,27 @@ pub fn free_space(dir: &std::path::Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// A `Received:` field (RFC 5321 §4.4), CRLF-terminated: from whom (the name it gave, if any,
+/// and its address), by this host, with which protocol, when.
+pub fn received_field(
+    name: Option<&str>,
+    peer: std::net::IpAddr,
+    hostname: &str,
+    protocol: &str,
+    received_ms: u64,
+) -> String {
+    // The client's name is its own to choose: only what cannot break the field stays.
+    let name: String = name
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';'))
+        .take(255)
+        .collect();
+    let from = if name.is_empty() { format!("[{peer}]") } else { format!("{name} ([{peer}])") };
+    let date = mail_builder::headers::date::Date::new((received_ms / 1000) as i64).to_rfc822();
+    format!("Received: from {from}\r\n\tby {hostname} (volley) with {protocol};\r\n\t{date}\r\n")
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

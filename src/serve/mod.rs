@@ -6,7 +6,9 @@
 //! step ([`run`]). Intake (SMTP, HTTP) and the command come next, on `deliver` as `send` is.
 
 pub mod commit;
+pub mod http;
 pub mod intake;
+pub mod keys;
 pub mod record;
 pub mod run;
 pub mod smtp;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::intake::{Intake, Refused, now_ms};
+use super::intake::{Intake, Refused, now_ms, received_field};
 use super::spool::Accepted;
 use crate::sink::store::{Store, Stored, Submission};
 
@@ -66,23 +66,16 @@ fn answer(refused: &Refused) -> Stored {
     Stored::Refused { code, text }
 }
 
-/// The `Received:` field for a submitted message (RFC 5321 §4.4; the protocol names of
-/// RFC 3848: ESMTP, with S for TLS and A for AUTH).
+/// The `Received:` field for a submitted message (the protocol names of RFC 3848: ESMTP, with
+/// S for TLS and A for AUTH).
 fn trace(m: &Submission, hostname: &str, received_ms: u64) -> String {
-    // The client's EHLO name is its own to choose: only what cannot break the field stays.
-    let helo: String =
-        m.helo.chars().filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';')).take(255).collect();
     let protocol = match (m.secure, m.user.is_some()) {
         (false, false) => "ESMTP",
         (true, false) => "ESMTPS",
         (false, true) => "ESMTPA",
         (true, true) => "ESMTPSA",
     };
-    let date = mail_builder::headers::date::Date::new((received_ms / 1000) as i64).to_rfc822();
-    format!(
-        "Received: from {helo} ([{}])\r\n\tby {hostname} (volley) with {protocol};\r\n\t{date}\r\n",
-        m.peer
-    )
+    received_field(Some(&m.helo), m.peer, hostname, protocol, received_ms)
 }
 
 /// Whether a CR or LF appears other than as CRLF.

@@ -49,7 +49,7 @@ impl Users {
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing of the password.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

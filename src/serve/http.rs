@@ -1,0 +1,397 @@
+//! The HTTP API: `POST /api/v1/messages` (JSON, KumoMTA-shaped) and `GET /healthz`, on axum,
+//! on its own thread with a tokio runtime (as the DNS thread). A request is checked whole
+//! (key, JSON, addresses, headers, every recipient's rendering) before anything is spooled,
+//! then its messages are made durable together ([`Intake::accept`]) and only then is it
+//! answered 202. Errors are `{"error": {"code", "message", "field"}}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body as HttpBody;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use super::intake::{Intake, Refused, now_ms, received_field};
+use super::keys::ApiKeys;
+use super::spool::{Accepted, recipient_id};
+use crate::proto::Address;
+use crate::send::input::{Row, Vars};
+use crate::send::template::{Attachment, MessageSpec, MessageTemplate, content_type_for};
+
+/// Recipients one request may name.
+pub const MAX_RECIPIENTS: usize = 1000;
+/// Seconds a client is asked to wait when the service cannot take its request now.
+const RETRY_AFTER: &str = "30";
+/// Header fields a built message's `headers` may not set: the builder writes them.
+const BUILT_FIELDS: [&str; 9] = [
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+];
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub keys: ApiKeys,
+    /// The largest message; a request body may be a third larger (base64 attachments).
+    pub max_message_size: u64,
+    /// This host's name, for the trace header.
+    pub hostname: String,
+}
+
+/// The API, running.
+pub struct HttpHandle {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl HttpHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking connections, lets requests under way finish, and ends the thread.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| std::io::Error::other("the HTTP thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HttpHandle {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+struct App {
+    intake: Intake,
+    keys: ApiKeys,
+    body_limit: usize,
+    hostname: String,
+}
+
+/// Binds `config.listen` (an error here is the caller's to report) and serves on a thread.
+pub fn start(config: HttpConfig, intake: Intake) -> std::io::Result<HttpHandle> {
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", config.listen)))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let body_limit =
+        usize::try_from(config.max_message_size.saturating_mul(4) / 3 + 64 * 1024).unwrap_or(usize::MAX);
+    let app = Arc::new(App { intake, keys: config.keys, body_limit, hostname: config.hostname });
+    let router = Router::new()
+        .route("/api/v1/messages", post(submit))
+        .route("/healthz", get(health))
+        // The body is read by the handler, under its own limit (answered 413 in JSON).
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(app);
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    })?;
+    Ok(HttpHandle { addr, shutdown: Some(shutdown), thread: Some(thread) })
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    if app.intake.is_stopping() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// An error answer.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), field: None }
+    }
+
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.into()),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let mut response = json_response(self.status, &body);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+        }
+        response
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> ApiError {
+        match &refused {
+            Refused::Content(reason) => ApiError::invalid("content", reason.clone()),
+            _ if !refused.is_temporary() => ApiError::invalid("recipients", refused.to_string()),
+            Refused::Stopping => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", refused.to_string())
+            }
+            Refused::NoSpace => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", refused.to_string())
+            }
+            Refused::Spool(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool_error", refused.to_string())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    envelope_sender: Option<String>,
+    recipients: Vec<RecipientIn>,
+    content: Content,
+    #[serde(default)]
+    substitutions: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipientIn {
+    email: String,
+    name: Option<String>,
+    #[serde(default)]
+    substitutions: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    /// A whole RFC 5322 message (a template).
+    Raw(String),
+    Built(Built),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Built {
+    from: String,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    reply_to: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    attachments: Vec<AttachmentIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachmentIn {
+    filename: String,
+    content_type: Option<String>,
+    /// Base64.
+    data: String,
+}
+
+async fn submit(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: HttpBody,
+) -> Response {
+    match accept(&app, peer, &headers, body).await {
+        Ok(answer) => json_response(StatusCode::ACCEPTED, &answer),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody) -> Result<Value, ApiError> {
+    let key_name = authorize(&app.keys, headers)?.to_owned();
+    let bytes = axum::body::to_bytes(body, app.body_limit).await.map_err(|_| {
+        let message = format!("the request is larger than {} octets", app.body_limit);
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    })?;
+    let request: Request = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("the body is not a valid request: {e}"))
+    })?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => Some(Arc::<str>::from(
+            v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?,
+        )),
+        None => None,
+    };
+    let messages = render(app, &request, peer, &key_name)?;
+    let ids = app.intake.accept(messages, idempotency_key).await?;
+    let recipients: Vec<Value> = request
+        .recipients
+        .iter()
+        .zip(&ids)
+        .map(|(r, id)| json!({"email": r.email, "id": recipient_id(*id, 0), "message": id.0}))
+        .collect();
+    Ok(json!({"id": ids.first().map_or(0, |id| id.0), "recipients": recipients}))
+}
+
+/// The name of the key the request carries.
+fn authorize<'k>(keys: &'k ApiKeys, headers: &HeaderMap) -> Result<&'k str, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an `Authorization: Bearer KEY` header is required",
+        )
+    };
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let key = value.as_bytes().strip_prefix(b"Bearer ").ok_or_else(missing)?;
+    keys.check(key)
+        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the key is not one of --api-keys"))
+}
+
+/// Every recipient's message, ready to spool, or the first reason the request cannot be taken.
+fn render(app: &App, request: &Request, peer: SocketAddr, key_name: &str) -> Result<Vec<Accepted>, ApiError> {
+    if request.recipients.is_empty() {
+        return Err(ApiError::invalid("recipients", "at least one recipient is needed"));
+    }
+    if request.recipients.len() > MAX_RECIPIENTS {
+        return Err(ApiError::invalid(
+            "recipients",
+            format!("at most {MAX_RECIPIENTS} recipients per request"),
+        ));
+    }
+    let spec = spec(request)?;
+    // Message-IDs are `<REQUEST.N@domain>`: unique per request, as a campaign's are per run.
+    let request_id = crate::send::new_campaign_id();
+    let template =
+        MessageTemplate::new(&spec, &request_id).map_err(|e| ApiError::invalid("content", e.to_string()))?;
+    let received_ms = now_ms();
+    let trace = received_field(None, peer.ip(), &app.hostname, "HTTP", received_ms);
+    let now = SystemTime::now();
+    let mut messages = Vec::with_capacity(request.recipients.len());
+    for (i, r) in request.recipients.iter().enumerate() {
+        let field = |what: &str| format!("recipients[{i}]{what}");
+        let email = Address::new(&r.email).map_err(|e| ApiError::invalid(field(".email"), e.to_string()))?;
+        let mut vars = request.substitutions.clone();
+        if let Some(name) = &r.name {
+            vars.insert("name".into(), Value::String(name.clone()));
+        }
+        vars.extend(r.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let row = Row { line: i as u64 + 1, email: email.clone(), vars: Vars::Json(vars) };
+        let rendered = template.render(&row, now).map_err(|e| ApiError::invalid(field(""), e))?;
+        let content = app.intake.prepare(rendered.body.bytes(), &trace).map_err(ApiError::from)?;
+        messages.push(Accepted {
+            sender: rendered.sender,
+            recipients: vec![email],
+            content,
+            received_ms,
+            origin: key_name.to_owned(),
+        });
+    }
+    Ok(messages)
+}
+
+/// The request's content as a message template, its header fields checked.
+fn spec(request: &Request) -> Result<MessageSpec, ApiError> {
+    let mut spec = MessageSpec { mail_from: request.envelope_sender.clone(), ..MessageSpec::default() };
+    if let Some(sender) = &request.envelope_sender {
+        no_line_break("envelope_sender", sender)?;
+    }
+    match &request.content {
+        Content::Raw(message) => spec.message = Some(message.clone()),
+        Content::Built(b) => {
+            for (field, value) in [
+                ("content.from", Some(&b.from)),
+                ("content.subject", b.subject.as_ref()),
+                ("content.reply_to", b.reply_to.as_ref()),
+            ] {
+                if let Some(value) = value {
+                    no_line_break(field, value)?;
+                }
+            }
+            spec.from = Some(b.from.clone());
+            spec.subject = b.subject.clone();
+            spec.text = b.text.clone();
+            spec.html = b.html.clone();
+            if let Some(reply_to) = &b.reply_to {
+                spec.headers.push(("Reply-To".into(), reply_to.clone()));
+            }
+            for (name, value) in &b.headers {
+                let field = format!("content.headers.{name}");
+                let valid_name = !name.is_empty() && name.bytes().all(|c| c.is_ascii_graphic() && c != b':');
+                if !valid_name {
+                    return Err(ApiError::invalid(field, "not a header field name"));
+                }
+                if BUILT_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(ApiError::invalid(field, "set by the message's own fields"));
+                }
+                no_line_break(&field, value)?;
+                spec.headers.push((name.clone(), value.clone()));
+            }
+            for (i, a) in b.attachments.iter().enumerate() {
+                let field = format!("content.attachments[{i}]");
+                no_line_break(&format!("{field}.filename"), &a.filename)?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(a.data.as_bytes())
+                    .map_err(|e| ApiError::invalid(format!("{field}.data"), format!("not base64: {e}")))?;
+                let content_type =
+                    a.content_type.clone().unwrap_or_else(|| content_type_for(&a.filename).to_owned());
+                no_line_break(&format!("{field}.content_type"), &content_type)?;
+                spec.attachments.push(Attachment { name: a.filename.clone(), content_type, bytes });
+            }
+        }
+    }
+    Ok(spec)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut text = body.to_string();
+    text.push('\n');
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text).into_response()
+}
+
+/// A value that goes into a header field: a line break in it would start a field of the
+/// caller's choosing (header injection).
+fn no_line_break(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(ApiError::invalid(field, "must not contain CR, LF or NUL (header injection)"));
+    }
+    Ok(())
+}
