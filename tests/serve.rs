@@ -15,7 +15,7 @@ use mailvolley::deliver::shaping::{Defaults, ShapingRules};
 use mailvolley::engine::{EngineConfig, Limits, Schedule};
 use mailvolley::proto::{Address, ClientConfig, Domain};
 use mailvolley::serve::run::{self, ServeConfig, Serving};
-use mailvolley::serve::spool::{Accepted, MessageId, Spool, Status, of_recipient_id};
+use mailvolley::serve::spool::{Accepted, Admission, MessageId, Spool, Status, of_recipient_id};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("volley-serve-{name}-{}", std::process::id()));
@@ -47,8 +47,10 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
 /// Takes a message in as intake does: durable, then handed to delivery.
 fn accept(serving: &Serving, message: Accepted) -> MessageId {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let ids = runtime.block_on(serving.intake().accept(vec![message], None)).unwrap();
-    ids[0]
+    match runtime.block_on(serving.intake().accept(vec![message], None)).unwrap() {
+        Admission::New(ids) => ids[0],
+        Admission::Replay(_) => panic!("no key, no replay"),
+    }
 }
 
 fn message(n: usize, rcpts: usize) -> Accepted {

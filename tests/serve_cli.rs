@@ -21,6 +21,8 @@ use serde_json::Value;
 struct Serve {
     child: Option<Child>,
     smtp: SocketAddr,
+    /// The HTTP API, when it runs.
+    http: Option<SocketAddr>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -47,7 +49,11 @@ impl Serve {
             let line = line.unwrap_or_else(|_| panic!("volley serve did not start: {:?}", child.try_wait()));
             if let Some(rest) = line.strip_prefix("volley serve: SMTP on ") {
                 let addr = rest.split([',', ' ']).next().unwrap().parse().unwrap();
-                return Serve { child: Some(child), smtp: addr, lines };
+                let http = rest
+                    .split("HTTP on ")
+                    .nth(1)
+                    .map(|r| r.split([',', ' ']).next().unwrap().parse().unwrap());
+                return Serve { child: Some(child), smtp: addr, http, lines };
             }
         }
     }
@@ -275,5 +281,145 @@ fn kill_9_under_load_then_restart_delivers_every_accepted_message() {
     );
     let spool = Spool::open(&spool).unwrap();
     assert!(spool.waiting().unwrap().is_empty(), "nothing left waiting");
+    sink.stop().unwrap();
+}
+
+/// One HTTP/1.1 request; the answer's status, headers and body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: volley\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    // A refused request may be answered before its body is read.
+    let _ = stream.write_all(body.as_bytes());
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {answer:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[test]
+fn the_http_api_takes_json_once_durable_and_refuses_what_it_cannot_send() {
+    let dir = common::temp_dir("serve-http");
+    let dump = dir.join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let sink = sink(|c| c.dump = Some(dump.clone()));
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "app:app-key-0123456789\n").unwrap();
+    let spool = dir.join("spool");
+    let extra =
+        ["--api-keys", keys.to_str().unwrap(), "--http-listen", "127.0.0.1:0", "--max-message-size", "20000"];
+    let serve = Serve::start(&spool, sink.local_addr(), &extra);
+    let api = serve.http.expect("the HTTP API runs");
+    let auth = ("Authorization", "Bearer app-key-0123456789");
+    let post = |headers: &[(&str, &str)], body: &str| {
+        let (status, head, body) = http(api, "POST", "/api/v1/messages", headers, body);
+        let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, head, json)
+    };
+
+    let built = r#"{"envelope_sender": "app@example.com",
+        "recipients": [{"email": "ann@example.net", "name": "Ann"},
+                       {"email": "bob@example.net", "substitutions": {"name": "Bob", "code": "7"}}],
+        "content": {"from": "App <app@example.com>", "subject": "Hi {{ name }}",
+                    "text": "Hello {{ name }}, your code is {{ code }}.\n", "reply_to": "help@example.com",
+                    "headers": {"X-Campaign": "welcome"},
+                    "attachments": [{"filename": "note.txt", "data": "aGVsbG8gYXR0YWNobWVudA=="}]},
+        "substitutions": {"code": "42"}}"#;
+    let (status, _, answer) = post(&[auth], built);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["recipients"].as_array().unwrap().len(), 2);
+    assert_eq!(answer["recipients"][1]["email"], "bob@example.net");
+
+    let raw = r#"{"recipients": [{"email": "cat@example.net"}],
+        "content": "From: app@example.com\nSubject: raw\n\nHello {{ email }}\n"}"#;
+    let (status, _, answer) = post(&[auth], raw);
+    assert_eq!(status, 202, "{answer}");
+
+    // The same Idempotency-Key twice: one message, the first answer twice.
+    let once = r#"{"recipients": [{"email": "dan@example.net"}], "content": {"from": "app@example.com", "text": "once"}}"#;
+    let (s1, _, first) = post(&[auth, ("Idempotency-Key", "order-1")], once);
+    let (s2, _, second) = post(&[auth, ("Idempotency-Key", "order-1")], once);
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first, second, "the first answer again");
+
+    // What cannot be taken is refused whole, with a reason and the field at fault.
+    let (status, _, _) = post(&[], once);
+    assert_eq!(status, 401, "no key");
+    let (status, _, _) = post(&[("Authorization", "Bearer not-a-key-at-all")], once);
+    assert_eq!(status, 403, "a wrong key");
+    let (status, _, e) = post(&[auth], "{\"recipients\": [");
+    assert_eq!((status, e["error"]["code"].as_str()), (400, Some("malformed")));
+    let injected = r#"{"recipients": [{"email": "eve@example.net"}],
+        "content": {"from": "app@example.com", "subject": "hi\r\nBcc: victim@example.org", "text": "x"}}"#;
+    let (status, _, e) = post(&[auth], injected);
+    assert_eq!((status, e["error"]["field"].as_str()), (422, Some("content.subject")), "{e}");
+    let bad_address = r#"{"recipients": [{"email": "ok@example.net"}, {"email": "no-at-sign"}],
+        "content": {"from": "app@example.com", "text": "x"}}"#;
+    let (status, _, e) = post(&[auth], bad_address);
+    assert_eq!((status, e["error"]["field"].as_str()), (422, Some("recipients[1].email")), "{e}");
+    let undefined = r#"{"recipients": [{"email": "ok@example.net"}], "content": {"from": "app@example.com", "text": "{{ nope }}"}}"#;
+    let (status, _, e) = post(&[auth], undefined);
+    assert_eq!((status, e["error"]["field"].as_str()), (422, Some("recipients[0]")), "{e}");
+    let huge = format!(
+        r#"{{"recipients": [{{"email": "ok@example.net"}}], "content": {{"from": "app@example.com", "text": "{}"}}}}"#,
+        "x".repeat(40_000)
+    );
+    let (status, _, e) = post(&[auth], &huge);
+    assert_eq!((status, e["error"]["code"].as_str()), (413, Some("too_large")));
+    let (status, _, body) = http(api, "GET", "/healthz", &[], "");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let log = spool.join("delivery.jsonl");
+    wait_until(Duration::from_secs(30), "4 delivered records", || count(&records(&log), "delivered") >= 4);
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    let all = records(&log);
+    assert_eq!(
+        count(&all, "delivered"),
+        4,
+        "Ann, Bob, the raw one, and the keyed one once: nothing refused was sent"
+    );
+    assert_eq!(count(&all, "received"), 4);
+    let keyed: Vec<&Value> = all.iter().filter(|r| r["idempotency_key"] == "order-1").collect();
+    assert_eq!(keyed.len(), 1, "the received record names the key");
+    let dumped = common::dumped(&dump);
+    assert_eq!(dumped.len(), 4);
+    let bob = dumped
+        .iter()
+        .find(|(env, _)| env.contains("bob@example.net"))
+        .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
+        .unwrap();
+    for expected in [
+        "Subject: Hi Bob",
+        "Hello Bob, your code is 7.",
+        "Reply-To: help@example.com",
+        "X-Campaign: welcome",
+        "filename=\"note.txt\"",
+        "with HTTP;",
+    ] {
+        assert!(bob.contains(expected), "{expected:?} in {bob}");
+    }
+    let ann = dumped
+        .iter()
+        .find(|(env, _)| env.contains("ann@example.net"))
+        .map(|(_, c)| String::from_utf8_lossy(c).into_owned())
+        .unwrap();
+    assert!(ann.contains("your code is 42."), "the request's substitutions under the recipient's: {ann}");
     sink.stop().unwrap();
 }

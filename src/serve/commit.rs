@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use super::spool::{Accepted, Change, MessageId, Spool, SpoolError};
+use super::intake::now_ms;
+use super::spool::{Accepted, Admission, Change, Group, Spool, SpoolError};
 
 /// The most messages, and content octets, one batch takes: a bound on what a commit writes and
 /// on how long the first request of a batch waits behind the others.
@@ -71,7 +72,7 @@ impl<T> Future for Ticket<T> {
 
 enum Request {
     /// Messages accepted together (one HTTP request's): durable in one batch, or none.
-    Accept(Vec<Accepted>, oneshot::Sender<Result<Vec<MessageId>, CommitError>>),
+    Accept(Group, oneshot::Sender<Result<Admission, CommitError>>),
     Record(Vec<Change>, Option<u64>, oneshot::Sender<Result<(), CommitError>>),
     /// Finish what came before, then end: intake may still hold the writer, so dropping every
     /// sender cannot be what stops it.
@@ -81,14 +82,14 @@ enum Request {
 impl Request {
     fn octets(&self) -> usize {
         match self {
-            Request::Accept(m, _) => m.iter().map(|m| m.content.len()).sum(),
+            Request::Accept(g, _) => g.messages.iter().map(|m| m.content.len()).sum(),
             Request::Record(..) | Request::Stop => 0,
         }
     }
 
     fn messages(&self) -> usize {
         match self {
-            Request::Accept(m, _) => m.len(),
+            Request::Accept(g, _) => g.messages.len(),
             Request::Record(..) | Request::Stop => 0,
         }
     }
@@ -126,12 +127,18 @@ impl Committer {
         Ok(Committer { requests, thread: std::sync::Mutex::new(Some(thread)), stats })
     }
 
-    /// Queues messages accepted together; the ticket gives their ids, in order, once all are
-    /// durable (they go into one batch: all or none). Waits while the writer's queue is full.
-    pub fn accept(&self, messages: Vec<Accepted>) -> Ticket<Vec<MessageId>> {
+    /// Queues messages accepted together; the ticket says what became of them once they are
+    /// durable (they go into one batch: all or none; see [`Spool::admit`]). Waits while the
+    /// writer's queue is full.
+    pub fn admit(&self, group: Group) -> Ticket<Admission> {
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Accept(messages, tx));
+        self.send(Request::Accept(group, tx));
         Ticket(rx)
+    }
+
+    /// Queues messages without an Idempotency-Key; the ticket gives their ids, in order.
+    pub fn accept(&self, messages: Vec<Accepted>) -> Ticket<Admission> {
+        self.admit(Group { messages, idempotency: None })
     }
 
     /// Queues recipients' new states, and the log length they bring the spool up to (see
@@ -200,16 +207,16 @@ fn next_batch(incoming: &Receiver<Request>, max_messages: usize, max_octets: usi
 /// answers every request. A commit fails as a whole, and every request in it hears so.
 fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
     let mut go = Go::On;
-    let mut messages = Vec::new();
+    let mut groups = Vec::new();
     let mut accepted = Vec::new();
     let mut changes = Vec::new();
     let mut watermark: Option<u64> = None;
     let mut recorded = Vec::new();
     for request in batch {
         match request {
-            Request::Accept(m, reply) => {
-                accepted.push((m.len(), reply));
-                messages.extend(m);
+            Request::Accept(group, reply) => {
+                groups.push(group);
+                accepted.push(reply);
             }
             Request::Record(c, mark, reply) => {
                 changes.extend(c);
@@ -220,19 +227,20 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
             Request::Stop => go = Go::Stop,
         }
     }
-    if !messages.is_empty() {
-        match spool.accept(&messages) {
-            Ok(ids) => {
+    if !groups.is_empty() {
+        match spool.admit(&groups, now_ms()) {
+            Ok(admissions) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
-                stats.messages.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                let mut ids = ids.into_iter();
-                for (n, reply) in accepted {
-                    let _ = reply.send(Ok(ids.by_ref().take(n).collect()));
+                for (admission, reply) in admissions.into_iter().zip(accepted) {
+                    if let Admission::New(ids) = &admission {
+                        stats.messages.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(Ok(admission));
                 }
             }
             Err(e) => {
                 let e = CommitError::Spool(Arc::new(e));
-                for (_, reply) in accepted {
+                for reply in accepted {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
@@ -254,7 +262,7 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
 mod tests {
     use super::*;
     use crate::proto::Address;
-    use crate::serve::spool::Status;
+    use crate::serve::spool::{MessageId, Status};
 
     fn message(n: usize, size: usize) -> Accepted {
         Accepted {
@@ -266,18 +274,29 @@ mod tests {
         }
     }
 
+    fn group(messages: Vec<Accepted>) -> Group {
+        Group { messages, idempotency: None }
+    }
+
+    fn new_ids(admission: Admission) -> Vec<MessageId> {
+        match admission {
+            Admission::New(ids) => ids,
+            Admission::Replay(_) => panic!("no key, no replay"),
+        }
+    }
+
     #[test]
     fn a_batch_takes_what_is_queued_up_to_its_bounds() {
         let (tx, rx) = mpsc::sync_channel(100);
         for n in 0..10 {
-            tx.send(Request::Accept(vec![message(n, 100)], oneshot::channel().0)).unwrap();
+            tx.send(Request::Accept(group(vec![message(n, 100)]), oneshot::channel().0)).unwrap();
         }
         tx.send(Request::Record(Vec::new(), None, oneshot::channel().0)).unwrap();
         let lens: Vec<usize> =
             std::iter::from_fn(|| next_batch(&rx, 4, usize::MAX).map(|b| b.len())).take(3).collect();
         assert_eq!(lens, [4, 4, 3], "four messages a batch; a state change does not count as one");
         for n in 0..3 {
-            tx.send(Request::Accept(vec![message(n, 1000)], oneshot::channel().0)).unwrap();
+            tx.send(Request::Accept(group(vec![message(n, 1000)]), oneshot::channel().0)).unwrap();
         }
         assert_eq!(next_batch(&rx, 100, 1500).map(|b| b.len()), Some(2), "octets bound it too");
         assert_eq!(next_batch(&rx, 100, 1500).map(|b| b.len()), Some(1));
@@ -295,7 +314,7 @@ mod tests {
                 let c = Arc::clone(&committer);
                 std::thread::spawn(move || {
                     (0..25)
-                        .flat_map(|i| c.accept(vec![message(t * 100 + i, 500)]).wait().unwrap())
+                        .flat_map(|i| new_ids(c.accept(vec![message(t * 100 + i, 500)]).wait().unwrap()))
                         .collect::<Vec<_>>()
                 })
             })
@@ -322,7 +341,7 @@ mod tests {
             100,
             "a group with a bad message is refused whole"
         );
-        let pair = committer.accept(vec![message(1, 10), message(2, 10)]).wait().unwrap();
+        let pair = new_ids(committer.accept(vec![message(1, 10), message(2, 10)]).wait().unwrap());
         assert_eq!(pair.len(), 2);
         assert_eq!(pair[1].0, pair[0].0 + 1, "a group's ids, in order");
         assert!(stats.batches.load(Ordering::Relaxed) <= 100);

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::intake::{Intake, Refused, now_ms, received_field};
 use super::keys::ApiKeys;
-use super::spool::{Accepted, recipient_id};
+use super::spool::{Accepted, Admission, MessageId, recipient_id};
 use crate::proto::Address;
 use crate::send::input::{Row, Vars};
 use crate::send::template::{Attachment, MessageSpec, MessageTemplate, content_type_for};
@@ -92,6 +92,7 @@ struct App {
     intake: Intake,
     keys: ApiKeys,
     body_limit: usize,
+    max_message_size: u64,
     hostname: String,
 }
 
@@ -103,7 +104,13 @@ pub fn start(config: HttpConfig, intake: Intake) -> std::io::Result<HttpHandle> 
     let addr = listener.local_addr()?;
     let body_limit =
         usize::try_from(config.max_message_size.saturating_mul(4) / 3 + 64 * 1024).unwrap_or(usize::MAX);
-    let app = Arc::new(App { intake, keys: config.keys, body_limit, hostname: config.hostname });
+    let app = Arc::new(App {
+        intake,
+        keys: config.keys,
+        body_limit,
+        max_message_size: config.max_message_size,
+        hostname: config.hostname,
+    });
     let router = Router::new()
         .route("/api/v1/messages", post(submit))
         .route("/healthz", get(health))
@@ -261,14 +268,22 @@ async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody
         None => None,
     };
     let messages = render(app, &request, peer, &key_name)?;
-    let ids = app.intake.accept(messages, idempotency_key).await?;
-    let recipients: Vec<Value> = request
-        .recipients
+    // As the spool keeps them for a replay: the parsed address.
+    let emails: Vec<String> = messages
         .iter()
-        .zip(&ids)
-        .map(|(r, id)| json!({"email": r.email, "id": recipient_id(*id, 0), "message": id.0}))
+        .map(|m| m.recipients.first().map_or(String::new(), |a| a.as_str().to_owned()))
         .collect();
-    Ok(json!({"id": ids.first().map_or(0, |id| id.0), "recipients": recipients}))
+    let scoped = idempotency_key.map(|key| (key_name.as_str(), key));
+    let admitted: Vec<(MessageId, String)> = match app.intake.accept(messages, scoped).await? {
+        Admission::New(ids) => ids.into_iter().zip(emails).collect(),
+        // The first request's answer, whatever this one asked.
+        Admission::Replay(first) => first,
+    };
+    let recipients: Vec<Value> = admitted
+        .iter()
+        .map(|(id, email)| json!({"email": email, "id": recipient_id(*id, 0), "message": id.0}))
+        .collect();
+    Ok(json!({"id": admitted.first().map_or(0, |(id, _)| id.0), "recipients": recipients}))
 }
 
 /// The name of the key the request carries.
@@ -317,6 +332,14 @@ fn render(app: &App, request: &Request, peer: SocketAddr, key_name: &str) -> Res
         let row = Row { line: i as u64 + 1, email: email.clone(), vars: Vars::Json(vars) };
         let rendered = template.render(&row, now).map_err(|e| ApiError::invalid(field(""), e))?;
         let content = app.intake.prepare(rendered.body.bytes(), &trace).map_err(ApiError::from)?;
+        if content.len() as u64 > app.max_message_size {
+            let message =
+                format!("the message is {} octets, more than {}", content.len(), app.max_message_size);
+            return Err(ApiError {
+                field: Some(field("")),
+                ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            });
+        }
         messages.push(Accepted {
             sender: rendered.sender,
             recipients: vec![email],

@@ -13,8 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 use super::commit::{CommitError, Committer};
+use super::idempotency::IdempotencyKey;
 use super::source::Arrival;
-use super::spool::{Accepted, MessageId, SpoolError};
+use super::spool::{Accepted, Admission, Group, SpoolError};
 use crate::deliver::dkim::Dkim;
 use crate::deliver::mime;
 use crate::proto::Body;
@@ -101,12 +102,14 @@ impl Intake {
     }
 
     /// Makes `messages` durable together (all or none), hands them to delivery, and gives
-    /// their ids. Only an `Ok` may be answered with a yes.
+    /// their ids. Only an `Ok` may be answered with a yes. With an Idempotency-Key (`scope`
+    /// is who presented it) seen before, nothing is written or sent: the answer is what the
+    /// key admitted the first time.
     pub async fn accept(
         &self,
         messages: Vec<Accepted>,
-        idempotency_key: Option<Arc<str>>,
-    ) -> Result<Vec<MessageId>, Refused> {
+        idempotency: Option<(&str, Arc<str>)>,
+    ) -> Result<Admission, Refused> {
         if self.is_stopping() {
             return Err(Refused::Stopping);
         }
@@ -115,10 +118,16 @@ impl Intake {
         {
             return Err(Refused::NoSpace);
         }
-        let ids = self.committer.accept(messages.clone()).await.map_err(|e| match e {
+        let (key, idempotency_key) = match idempotency {
+            Some((scope, key)) => (Some(IdempotencyKey::new(scope, &key, now_ms())), Some(key)),
+            None => (None, None),
+        };
+        let group = Group { messages: messages.clone(), idempotency: key };
+        let admission = self.committer.admit(group).await.map_err(|e| match e {
             e if e.is_full() => Refused::NoSpace,
             e => Refused::Spool(e),
         })?;
+        let Admission::New(ids) = &admission else { return Ok(admission) };
         for (id, message) in ids.iter().zip(messages) {
             // Blocks only while delivery has `ARRIVALS` messages it has not taken yet: intake
             // slows to what delivery takes. Delivery gone (stopping): the message is in the
@@ -126,7 +135,7 @@ impl Intake {
             let arrival = Arrival { id: *id, message, idempotency_key: idempotency_key.clone() };
             let _ = self.arrivals.send(arrival);
         }
-        Ok(ids)
+        Ok(admission)
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod commit;
 pub mod http;
+pub mod idempotency;
 pub mod intake;
 pub mod keys;
 pub mod record;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::intake::{Intake, Refused, now_ms, received_field};
-use super::spool::Accepted;
+use super::spool::{Accepted, Admission};
 use crate::sink::store::{Store, Stored, Submission};
 
 /// Stores submitted messages in the spool.
@@ -46,7 +46,11 @@ impl Store for SpoolStore {
             let accepted =
                 Accepted { sender: m.sender, recipients: m.recipients, content, received_ms, origin };
             match intake.accept(vec![accepted], None).await {
-                Ok(ids) => Stored::Queued(ids.first().map_or_else(String::new, |id| format!("{:X}", id.0))),
+                Ok(Admission::New(ids)) => {
+                    Stored::Queued(ids.first().map_or_else(String::new, |id| format!("{:X}", id.0)))
+                }
+                // No key, no replay; said rather than assumed.
+                Ok(Admission::Replay(_)) => Stored::Refused { code: 451, text: "4.3.0 Not stored".into() },
                 Err(refused) => answer(&refused),
             }
         })

@@ -7,7 +7,9 @@
 //! - `recipients`: message id and recipient index (big-endian) -> the address and its state:
 //!   waiting (attempts so far, when the next is due) or final;
 //! - `meta`: the next message id, so ids never repeat, not even after the newest message has
-//!   left the spool and the process restarted.
+//!   left the spool and the process restarted;
+//! - `idempotency`: the HTTP API's Idempotency-Keys, with what each admitted (see
+//!   [`super::idempotency`]), written with those messages; expired ones go at the next start.
 //!
 //! A message leaves the spool in the batch that makes its last recipient final. One process
 //! uses a spool at a time (`DIR/volley.lock`, an `flock` released however the holder ends);
@@ -22,6 +24,8 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use thiserror::Error;
 
+use super::idempotency::{self, IdempotencyKey};
+use super::intake::now_ms;
 use super::record::{DecodeError, Reader, Writer};
 use crate::deliver::log::lock;
 use crate::proto::Address;
@@ -63,6 +67,23 @@ pub struct Accepted {
     pub received_ms: u64,
     /// Who handed it in (the SMTP user or the API key's name), for the log.
     pub origin: String,
+}
+
+/// Messages accepted together (one HTTP request's): all or none, under one Idempotency-Key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub messages: Vec<Accepted>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// What became of a [`Group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Spooled: the messages' ids, in order.
+    New(Vec<MessageId>),
+    /// Its Idempotency-Key was seen: what it admitted then (message ids and first
+    /// recipients); nothing was written.
+    Replay(idempotency::Admitted),
 }
 
 /// A message as the spool holds it.
@@ -134,6 +155,7 @@ pub struct Spool {
     messages: Keyspace,
     recipients: Keyspace,
     meta: Keyspace,
+    idempotency: Keyspace,
     next_id: u64,
     /// Held for as long as the spool is open.
     _lock: File,
@@ -162,11 +184,34 @@ impl Spool {
         })?;
         let recipients = db.keyspace("recipients", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
         let next_id = match meta.get(NEXT_ID)? {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
             None => 1,
         };
-        Ok(Spool { path: dir.to_owned(), db, messages, recipients, meta, next_id, _lock: lock })
+        let mut spool =
+            Spool { path: dir.to_owned(), db, messages, recipients, meta, idempotency, next_id, _lock: lock };
+        spool.forget_expired_keys(now_ms())?;
+        Ok(spool)
+    }
+
+    /// Removes the Idempotency-Keys that expired by `now_ms`.
+    fn forget_expired_keys(&mut self, now_ms: u64) -> Result<(), SpoolError> {
+        let mut batch = self.db.batch();
+        let mut any = false;
+        for guard in self.idempotency.iter() {
+            let (key, value) = guard.into_inner()?;
+            // A value that does not read is no use either.
+            if idempotency::decode(&value).is_ok_and(|(expires, _)| expires > now_ms) {
+                continue;
+            }
+            batch.remove(&self.idempotency, key);
+            any = true;
+        }
+        if any {
+            batch.commit()?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -176,34 +221,78 @@ impl Spool {
     /// Writes `accepted` and their recipients (each waiting, due when received) in one batch,
     /// durable (fdatasync) when this returns; their ids, in order.
     pub fn accept(&mut self, accepted: &[Accepted]) -> Result<Vec<MessageId>, SpoolError> {
-        if let Some(m) = accepted.iter().find(|m| m.recipients.len() > MAX_RECIPIENTS) {
+        let group = Group { messages: accepted.to_vec(), idempotency: None };
+        match self.admit(std::slice::from_ref(&group), now_ms())?.pop() {
+            Some(Admission::New(ids)) => Ok(ids),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes every group's messages and recipients (each waiting, due when received) in one
+    /// batch, durable (fdatasync) when this returns, and says what became of each group, in
+    /// order: its new ids, or (an Idempotency-Key seen before `now_ms` made it expire, in the
+    /// spool or earlier in `groups`) what the key admitted the first time, writing nothing.
+    pub fn admit(&mut self, groups: &[Group], now_ms: u64) -> Result<Vec<Admission>, SpoolError> {
+        if let Some(m) = groups.iter().flat_map(|g| &g.messages).find(|m| m.recipients.len() > MAX_RECIPIENTS)
+        {
             return Err(SpoolError::TooManyRecipients(m.recipients.len()));
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let mut ids = Vec::with_capacity(accepted.len());
+        let mut out = Vec::with_capacity(groups.len());
+        let mut keys_here: Vec<(&[u8], idempotency::Admitted)> = Vec::new();
         let mut next = self.next_id;
-        for m in accepted {
-            let id = MessageId(next);
-            next += 1;
-            let sender = m.sender.as_ref().map_or("", Address::as_str);
-            let value = Writer::new(m.content.len() + 64)
-                .u64(m.received_ms)
-                .u8(u8::from(m.sender.is_some()))
-                .str(sender)
-                .str(&m.origin)
-                .u32(m.recipients.len() as u32)
-                .rest(&m.content);
-            batch.insert(&self.messages, id.0.to_be_bytes(), value);
-            let waiting = Status::Waiting { attempts: 0, due_ms: m.received_ms };
-            for (index, address) in m.recipients.iter().enumerate() {
-                batch.insert(&self.recipients, recipient_key(id, index as u32), state(address, waiting));
+        for group in groups {
+            if let Some(key) = &group.idempotency {
+                if let Some((_, first)) = keys_here.iter().find(|(k, _)| *k == key.as_bytes()) {
+                    out.push(Admission::Replay(first.clone()));
+                    continue;
+                }
+                if let Some(value) = self.idempotency.get(key.as_bytes())? {
+                    let (expires, first) = idempotency::decode(&value)
+                        .map_err(|e| corrupt("idempotency", &String::from_utf8_lossy(key.as_bytes()), e))?;
+                    if expires > now_ms {
+                        out.push(Admission::Replay(first));
+                        continue;
+                    }
+                }
             }
-            ids.push(id);
+            let mut ids = Vec::with_capacity(group.messages.len());
+            for m in &group.messages {
+                let id = MessageId(next);
+                next += 1;
+                let sender = m.sender.as_ref().map_or("", Address::as_str);
+                let value = Writer::new(m.content.len() + 64)
+                    .u64(m.received_ms)
+                    .u8(u8::from(m.sender.is_some()))
+                    .str(sender)
+                    .str(&m.origin)
+                    .u32(m.recipients.len() as u32)
+                    .rest(&m.content);
+                batch.insert(&self.messages, id.0.to_be_bytes(), value);
+                let waiting = Status::Waiting { attempts: 0, due_ms: m.received_ms };
+                for (index, address) in m.recipients.iter().enumerate() {
+                    batch.insert(&self.recipients, recipient_key(id, index as u32), state(address, waiting));
+                }
+                ids.push(id);
+            }
+            if let Some(key) = &group.idempotency {
+                let first_rcpt =
+                    |m: &Accepted| m.recipients.first().map_or(String::new(), |a| a.as_str().to_owned());
+                let admitted: idempotency::Admitted =
+                    ids.iter().copied().zip(group.messages.iter().map(first_rcpt)).collect();
+                batch.insert(
+                    &self.idempotency,
+                    key.as_bytes(),
+                    idempotency::encode(key.expires_ms, &admitted),
+                );
+                keys_here.push((key.as_bytes(), admitted));
+            }
+            out.push(Admission::New(ids));
         }
         batch.insert(&self.meta, NEXT_ID, next.to_be_bytes());
         batch.commit()?;
         self.next_id = next;
-        Ok(ids)
+        Ok(out)
     }
 
     /// Records recipients' new states in one batch, durable when this returns, with the log's
@@ -360,6 +449,7 @@ fn corrupt(table: &'static str, key: &str, error: impl fmt::Display) -> SpoolErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::idempotency::KEPT_FOR;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("volley-spool-{name}-{}", std::process::id()));
@@ -472,6 +562,49 @@ mod tests {
         big.recipients = vec![Address::new("a@x.test").unwrap(); MAX_RECIPIENTS + 1];
         assert!(
             matches!(spool.accept(&[big]), Err(SpoolError::TooManyRecipients(n)) if n == MAX_RECIPIENTS + 1)
+        );
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_idempotency_key_admits_once_until_it_expires() {
+        let dir = temp("idem");
+        let key = |k: &str, now| IdempotencyKey::new("app", k, now);
+        let group = |n, k: Option<IdempotencyKey>| Group {
+            messages: vec![accepted(n, &["a@x.test"])],
+            idempotency: k,
+        };
+        let now = 1_000;
+        {
+            let mut spool = Spool::open(&dir).unwrap();
+            let out = spool
+                .admit(&[group(1, Some(key("k1", now))), group(2, Some(key("k1", now))), group(3, None)], now)
+                .unwrap();
+            let first = vec![(MessageId(1), "a@x.test".to_owned())];
+            assert_eq!(
+                out,
+                [
+                    Admission::New(vec![MessageId(1)]),
+                    Admission::Replay(first.clone()),
+                    Admission::New(vec![MessageId(2)])
+                ],
+                "the same key twice in one batch: the second replays the first"
+            );
+            let again = spool.admit(&[group(4, Some(key("k1", now)))], now + 10).unwrap();
+            assert_eq!(again, [Admission::Replay(first)], "and in a later one");
+            assert_eq!(spool.waiting().unwrap().len(), 2, "a replay writes nothing");
+            let other = spool.admit(&[group(5, Some(IdempotencyKey::new("ops", "k1", now)))], now).unwrap();
+            assert_eq!(other, [Admission::New(vec![MessageId(3)])], "keys are per API key");
+            let later = now + KEPT_FOR.as_millis() as u64 + 1;
+            let expired = spool.admit(&[group(6, Some(key("k1", later)))], later).unwrap();
+            assert_eq!(expired, [Admission::New(vec![MessageId(4)])], "an expired key admits anew");
+        }
+        let spool = Spool::open(&dir).unwrap();
+        assert_eq!(
+            spool.idempotency.iter().count(),
+            0,
+            "expired keys go at the next start (these are from 1970)"
         );
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
