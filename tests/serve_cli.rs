@@ -423,3 +423,47 @@ fn the_http_api_takes_json_once_durable_and_refuses_what_it_cannot_send() {
     assert!(ann.contains("your code is 42."), "the request's substitutions under the recipient's: {ann}");
     sink.stop().unwrap();
 }
+
+#[test]
+fn a_spool_short_of_space_says_try_later_and_keeps_nothing_half() {
+    let dir = common::temp_dir("serve-full");
+    let sink = sink(|_| {});
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "app:app-key-0123456789\n").unwrap();
+    let spool = dir.join("spool");
+    let extra = [
+        "--trusted-networks",
+        "127.0.0.1",
+        "--api-keys",
+        keys.to_str().unwrap(),
+        "--http-listen",
+        "127.0.0.1:0",
+        // More than any disk has: every message finds the spool short of space.
+        "--min-free-space",
+        "18446744073709551615",
+    ];
+    let serve = Serve::start(&spool, sink.local_addr(), &extra);
+    let mut c = Raw::greeted(serve.smtp);
+    c.ehlo();
+    let reply = common::data_transaction(&mut c, b"Subject: x\r\n\r\nx\r\n.\r\n");
+    assert_eq!(reply.code, 452, "{reply:?}");
+    assert_eq!(reply.enhanced.map(|e| (e.class, e.subject, e.detail)), Some((4, 3, 1)), "{reply:?}");
+    assert_eq!(c.cmd("NOOP"), 250, "the session goes on");
+    drop(c);
+    let body = r#"{"recipients": [{"email": "a@example.net"}], "content": {"from": "app@example.com", "text": "x"}}"#;
+    let (status, head, answer) = http(
+        serve.http.unwrap(),
+        "POST",
+        "/api/v1/messages",
+        &[("Authorization", "Bearer app-key-0123456789")],
+        body,
+    );
+    assert_eq!(status, 503, "{answer}");
+    assert!(head.contains("retry-after: 30"), "{head}");
+    assert!(answer.contains("spool_full"), "{answer}");
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(count(&records(&spool.join("delivery.jsonl")), "received"), 0);
+    assert!(Spool::open(&spool).unwrap().waiting().unwrap().is_empty());
+    assert_eq!(sink.stop().unwrap().messages_accepted, 0);
+}
