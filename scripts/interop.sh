@@ -33,6 +33,10 @@
 # 8. `volley send --starttls verify` to the TLS listener by an address its certificate does not
 #    name: every recipient deferred `tls_required` and retried on the schedule until it expires,
 #    each attempt a connection Postfix logged (a refused certificate is not given up on).
+# 9. `volley serve`: swaks and Python's smtplib submit over STARTTLS with AUTH (a wrong password
+#    535, no AUTH 530), curl posts JSON to the HTTP API (no key 401, 202 with ids); everything
+#    is delivered into Postfix, a SIGTERM stops it with exit 0, and its log has one `received`
+#    record per message and one `delivered` per recipient.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +49,8 @@ DKIM_PORT=$((PORT + 4))
 CHECK_PORT=$((PORT + 5))
 GREY_PORT=$((PORT + 6))
 POSTGREY_PORT=$((PORT + 7))
+SERVE_SMTP_PORT=$((PORT + 8))
+SERVE_HTTP_PORT=$((PORT + 9))
 
 source scripts/common.sh
 ensure_postfix
@@ -394,3 +400,63 @@ echo "  3 recipients: $expired expired tls_required after $attempts attempts; Po
 # No faster than the schedule: at most one connection per recipient and attempt (and a spare).
 [[ $connects -le $((3 * attempts + 3)) ]] || fail "$connects connections for $attempts attempts: faster than the schedule"
 echo "interop: TLS certificate refusals retried OK"
+
+echo "== volley serve: swaks and smtplib (STARTTLS + AUTH) and curl (JSON) submit; delivered into Postfix"
+printf 'app:serve-pass-123\n' >"$work/serve-users"
+printf 'web:web-key-0123456789abcdef\n' >"$work/serve-keys"
+sent_before=$(grep -c 'status=sent' "$work/maillog" || true)
+"$VOLLEY" serve --spool "$work/serve-spool" --smtp-listen "127.0.0.1:$SERVE_SMTP_PORT" \
+    --http-listen "127.0.0.1:$SERVE_HTTP_PORT" --users "$work/serve-users" --api-keys "$work/serve-keys" \
+    --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --relay "127.0.0.1:$PORT" --connections 2 --quiet \
+    2>"$work/serve.err" &
+serve_pid=$!
+wait_for "$SERVE_SMTP_PORT"
+wait_for "$SERVE_HTTP_PORT"
+swaks_to_serve() {
+    swaks --server 127.0.0.1 --port "$SERVE_SMTP_PORT" --tls --auth LOGIN --auth-user app --auth-password "$1" \
+        --from app@interop.volley.test --to serve1@d1.interop.test --header "Subject: swaks via serve" \
+        --body "submitted by swaks" --helo swaks.interop.test >"$work/swaks-serve.log" 2>&1
+}
+if swaks_to_serve wrong-password; then fail "swaks got through volley serve with a wrong password"; fi
+grep -q "535 5.7.8" "$work/swaks-serve.log" || fail "no 535 from serve: $(tail -5 "$work/swaks-serve.log")"
+swaks_to_serve serve-pass-123 || fail "swaks -> serve failed: $(tail -20 "$work/swaks-serve.log")"
+grep -q "250 2.0.0 Ok: queued as" "$work/swaks-serve.log" || fail "no queue id from serve"
+if swaks --server 127.0.0.1 --port "$SERVE_SMTP_PORT" --from a@interop.volley.test --to x@d1.interop.test \
+    >"$work/swaks-relay.log" 2>&1; then fail "volley serve took mail without AUTH: an open relay"; fi
+grep -q "530 5.7.0" "$work/swaks-relay.log" || fail "no 530 without AUTH: $(tail -5 "$work/swaks-relay.log")"
+python3 - "$SERVE_SMTP_PORT" <<'PY' || fail "Python smtplib could not submit to volley serve"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as s:
+    s.starttls(context=ctx)
+    s.login("app", "serve-pass-123")
+    refused = s.sendmail("app@interop.volley.test", ["serve2@d2.interop.test", "serve3@d3.interop.test"],
+                         "From: app@interop.volley.test\r\nSubject: smtplib via serve\r\n\r\nhello\r\n")
+    assert not refused, refused
+PY
+status=$(curl -sS -o "$work/curl-401.json" -w '%{http_code}' -X POST "http://127.0.0.1:$SERVE_HTTP_PORT/api/v1/messages" -d '{}')
+[[ $status == 401 ]] || fail "the API without a key answered $status"
+status=$(curl -sS -o "$work/curl.json" -w '%{http_code}' -H 'Authorization: Bearer web-key-0123456789abcdef' \
+    -H 'Content-Type: application/json' -H 'Idempotency-Key: interop-1' \
+    --data '{"envelope_sender": "web@interop.volley.test",
+             "recipients": [{"email": "serve4@d4.interop.test", "name": "Four"}, {"email": "serve5@d5.interop.test", "name": "Five"}],
+             "content": {"from": "Web <web@interop.volley.test>", "subject": "Hello {{ name }}", "text": "Dear {{ name }}"}}' \
+    "http://127.0.0.1:$SERVE_HTTP_PORT/api/v1/messages")
+[[ $status == 202 ]] || fail "the API answered $status: $(cat "$work/curl.json")"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["recipients"]) == 2 and d["id"] > 0, d' \
+    "$work/curl.json" || fail "the 202 answer is not what it should be: $(cat "$work/curl.json")"
+wait_for_sent $((sent_before + 5))
+kill -TERM "$serve_pid"
+serve_status=0
+wait "$serve_pid" || serve_status=$?
+[[ $serve_status == 0 ]] || fail "volley serve exited $serve_status on SIGTERM: $(tail -5 "$work/serve.err")"
+serve_log="$work/serve-spool/delivery.jsonl"
+received=$(grep -c '"status":"received"' "$serve_log" || true)
+delivered=$(grep -c '"status":"delivered"' "$serve_log" || true)
+sent=$(( $(grep -c 'status=sent' "$work/maillog" || true) - sent_before ))
+echo "  serve: $received messages received, $delivered recipients delivered; Postfix delivered $sent"
+[[ $received == 4 ]] || fail "$received received records, not 4 (swaks 1, smtplib 1, curl 2)"
+[[ $delivered == 5 && $sent == 5 ]] || fail "delivered $delivered, Postfix sent $sent: not 5 each"
+! grep -q "serve-pass-123\|web-key-0123" "$serve_log" "$work/serve.err" || fail "a secret appeared in the log"
+echo "interop: volley serve OK"

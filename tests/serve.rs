@@ -41,6 +41,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         progress: false,
         dkim: None,
         min_free_space: 0,
+        dsn_from: Some("serve.test".into()),
     }
 }
 
@@ -203,5 +204,44 @@ fn a_final_the_spool_missed_is_taken_from_the_log_and_not_sent_again() {
     assert_eq!(sink.stop().unwrap().messages_accepted, 2, "nothing sent twice");
     let finals = records(&log_path).iter().filter(|r| r["status"] == "delivered").count();
     assert_eq!(finals, 3, "one final record each");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bounce_is_reported_to_the_sender_and_a_report_never_is() {
+    use common::scripted::{Fault, Script, Scripted};
+    let dir = temp("dsn");
+    let server = Scripted::start(
+        Script::new(&["PIPELINING"], "250 2.0.0 Ok", Fault::None)
+            .rcpt_reply("gone", "550 5.1.1 No such user")
+            .rcpt_reply("nobody", "550 5.1.1 No such user"),
+    );
+    let log_path = dir.join("log.jsonl");
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let serving =
+        run::start(config(server.addr, LogFile::create(&log_path).unwrap(), Duration::from_secs(60)), spool)
+            .unwrap();
+    let mut m = message(0, 0);
+    m.recipients = vec![Address::new("ok@example.net").unwrap(), Address::new("gone@example.net").unwrap()];
+    accept(&serving, m);
+    // A sender that cannot take the report: the report bounces, and nobody hears of that.
+    let mut unreachable = message(1, 0);
+    unreachable.sender = Some(Address::new("nobody@example.com").unwrap());
+    unreachable.recipients = vec![Address::new("gone@example.org").unwrap()];
+    accept(&serving, unreachable);
+    // ok delivered, gone bounced; gone@example.org bounced; two reports: one delivered to
+    // app@example.com, one bounced by nobody@example.com.
+    wait_for_finals(&serving, 5);
+    std::thread::sleep(Duration::from_millis(300));
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!((books.tally.delivered, books.tally.bounced), (2, 3));
+    assert!(spool.waiting().unwrap().is_empty());
+    let all = records(&log_path);
+    let reports: Vec<&serde_json::Value> =
+        all.iter().filter(|r| r["status"] == "received" && r["origin"] == "dsn").collect();
+    assert_eq!(reports.len(), 2, "one report per failed message, none for a report: {all:?}");
+    assert!(reports.iter().all(|r| r["sender"] == ""), "from the null sender");
+    let to_sender = all.iter().find(|r| r["status"] == "delivered" && r["rcpt"] == "app@example.com");
+    assert!(to_sender.is_some(), "the report reached the sender: {all:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

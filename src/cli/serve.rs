@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// this many octets free.
     #[arg(long, value_name = "OCTETS", default_value_t = 256 * 1024 * 1024)]
     min_free_space: u64,
+    /// Report each recipient that bounced or expired to its message's envelope sender, as a
+    /// delivery status notification (RFC 3464; never to the null sender): on or off.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    dsn: bool,
     /// Threads taking submissions, one runtime each.
     #[arg(long, default_value = "1")]
     intake_threads: NonZeroUsize,
@@ -84,6 +88,14 @@ pub struct ServeArgs {
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".into()),
+    }
 }
 
 /// A network (`10.0.0.0/8`), or one address (`127.0.0.1`).
@@ -158,6 +170,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             progress: false,
             dkim,
             min_free_space: args.min_free_space,
+            dsn_from: args.dsn.then(|| hostname.clone()),
         },
         spool,
     )?;

@@ -112,12 +112,27 @@ pub struct Ledger {
 /// What became of a recipient, for a source that keeps its own state (serve's spool): told
 /// only once the record saying so is durable in the log, so the state never runs ahead of the
 /// log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
-    /// Its final record is written.
-    Final { id: u64 },
+    /// Its final record is written; `failed` when it bounced or expired.
+    Final { id: u64, failed: Option<Box<Failed>> },
     /// Deferred: attempts so far, and when it is to be tried again.
     Retry { id: u64, attempts: u32, at: Instant },
+}
+
+/// A recipient that will not get its message (bounced or expired): what a delivery status
+/// notification (RFC 3464) says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub rcpt: Arc<str>,
+    /// Expired (still deferred when its time ran out) rather than bounced.
+    pub expired: bool,
+    pub code: Option<u16>,
+    pub enhanced: Option<crate::proto::EnhancedCode>,
+    /// The server's reply, or what went wrong without one.
+    pub text: String,
+    /// The host that answered, if one did.
+    pub mx: Option<Arc<str>>,
 }
 
 /// Called on the log thread with what the last commit of the log made durable, and the log's
@@ -577,8 +592,20 @@ impl Ledger {
         }
         if r.status.is_final() {
             self.flow.finalized.fetch_add(1, Ordering::Release);
-            if self.on_durable.is_some() && r.rcpt.is_some() {
-                self.settled.push(Settled::Final { id: r.id });
+            if self.on_durable.is_some()
+                && let Some(rcpt) = &r.rcpt
+            {
+                let failed = matches!(r.status, Status::Bounced | Status::Expired).then(|| {
+                    Box::new(Failed {
+                        rcpt: Arc::clone(rcpt),
+                        expired: r.status == Status::Expired,
+                        code: r.code,
+                        enhanced: r.enhanced,
+                        text: r.reply.as_deref().or(r.reason.as_deref()).unwrap_or("").to_owned(),
+                        mx: r.mx.clone(),
+                    })
+                });
+                self.settled.push(Settled::Final { id: r.id, failed });
             }
         }
         if self.log_error.is_none() {
@@ -751,12 +778,20 @@ mod tests {
         assert!(retries_rx.try_recv().is_err(), "nothing else is retried");
         let settled: Vec<Settled> = settled_rx.try_iter().flatten().collect();
         assert!(matches!(settled[0], Settled::Retry { id: 2, attempts: 1, at: a } if a == at));
-        let finals: Vec<Settled> = settled[1..].to_vec();
+        let finals: Vec<(u64, Option<bool>)> = settled[1..]
+            .iter()
+            .map(|s| match s {
+                Settled::Final { id, failed } => (*id, failed.as_ref().map(|f| f.expired)),
+                Settled::Retry { .. } => panic!("a retry among the finals"),
+            })
+            .collect();
         assert_eq!(
             finals,
-            [3, 4, 5].map(|id| Settled::Final { id }),
-            "told once the log is synced; not for a row without an address"
+            [(3, Some(true)), (4, Some(false)), (5, None)],
+            "told once the log is synced, failures with what to report; not for a row without an address"
         );
+        let Settled::Final { failed: Some(bounced), .. } = &settled[2] else { panic!("4 bounced") };
+        assert_eq!((&*bounced.rcpt, bounced.text.as_str()), ("r4@x.test", "no MX"));
         let records: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .unwrap()
             .lines()

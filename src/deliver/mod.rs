@@ -1,6 +1,6 @@
 //! Delivery: what any sender needs between "this recipient, this message" and a final record,
-//! whatever the recipients come from. `send` (a campaign from a file) and `check` use it today,
-//! `serve` (a spool) next.
+//! whatever the recipients come from: `send` (a campaign from a file), `check`, and `serve` (a
+//! spool).
 //!
 //! - what the user said about all of it: [`config`] (one [`DeliveryConfig`] for `send` and
 //!   `serve`);

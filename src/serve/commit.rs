@@ -15,8 +15,11 @@ use std::thread::JoinHandle;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use super::dsn;
 use super::intake::now_ms;
-use super::spool::{Accepted, Admission, Change, Group, Spool, SpoolError};
+use super::source::Arrival;
+use super::spool::{Accepted, Admission, Change, Group, MessageId, Spool, SpoolError};
+use crate::deliver::ledger::Failed;
 
 /// The most messages, and content octets, one batch takes: a bound on what a commit writes and
 /// on how long the first request of a batch waits behind the others.
@@ -73,7 +76,9 @@ impl<T> Future for Ticket<T> {
 enum Request {
     /// Messages accepted together (one HTTP request's): durable in one batch, or none.
     Accept(Group, oneshot::Sender<Result<Admission, CommitError>>),
-    Record(Vec<Change>, Option<u64>, oneshot::Sender<Result<(), CommitError>>),
+    /// Recipients' new states, the log length they bring the spool to, and the failures to
+    /// report to senders (see [`super::dsn`]).
+    Record(Vec<Change>, Option<u64>, Vec<Failure>, oneshot::Sender<Result<(), CommitError>>),
     /// Finish what came before, then end: intake may still hold the writer, so dropping every
     /// sender cannot be what stops it.
     Stop,
@@ -95,6 +100,17 @@ impl Request {
     }
 }
 
+/// A recipient of a message in the spool that bounced or expired.
+pub type Failure = (MessageId, Box<Failed>);
+
+/// Delivery status notifications: made by the writer (which holds the failed messages) and
+/// handed to delivery as any accepted message is.
+pub struct Notify {
+    /// This host's name, in the reports.
+    pub hostname: String,
+    pub arrivals: SyncSender<Arrival>,
+}
+
 /// What the writer has made durable: for the report and metrics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
@@ -110,15 +126,16 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the writer thread, which owns `spool` until [`Committer::stop`].
-    pub fn start(spool: Spool) -> std::io::Result<Committer> {
+    /// Starts the writer thread, which owns `spool` until [`Committer::stop`]; with `notify`,
+    /// it reports failures to senders.
+    pub fn start(spool: Spool, notify: Option<Notify>) -> std::io::Result<Committer> {
         let (requests, incoming) = mpsc::sync_channel(QUEUED);
         let stats = Arc::new(CommitStats::default());
         let shared = Arc::clone(&stats);
         let thread = std::thread::Builder::new().name("spool".into()).spawn(move || {
             let mut spool = spool;
             while let Some(batch) = next_batch(&incoming, BATCH_MESSAGES, BATCH_OCTETS) {
-                if commit(&mut spool, batch, &shared) == Go::Stop {
+                if commit(&mut spool, batch, &shared, notify.as_ref()) == Go::Stop {
                     break;
                 }
             }
@@ -142,10 +159,11 @@ impl Committer {
     }
 
     /// Queues recipients' new states, and the log length they bring the spool up to (see
-    /// [`Spool::record`]); the ticket says when they are durable.
-    pub fn record(&self, changes: Vec<Change>, watermark: Option<u64>) -> Ticket<()> {
+    /// [`Spool::record`]), with the failures among them to report; the ticket says when they
+    /// are durable.
+    pub fn record(&self, changes: Vec<Change>, watermark: Option<u64>, failures: Vec<Failure>) -> Ticket<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Record(changes, watermark, tx));
+        self.send(Request::Record(changes, watermark, failures, tx));
         Ticket(rx)
     }
 
@@ -205,21 +223,23 @@ fn next_batch(incoming: &Receiver<Request>, max_messages: usize, max_octets: usi
 
 /// Writes a batch: the messages in one durable commit, the state changes in another, and
 /// answers every request. A commit fails as a whole, and every request in it hears so.
-fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
+fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: Option<&Notify>) -> Go {
     let mut go = Go::On;
     let mut groups = Vec::new();
     let mut accepted = Vec::new();
     let mut changes = Vec::new();
     let mut watermark: Option<u64> = None;
     let mut recorded = Vec::new();
+    let mut failures = Vec::new();
     for request in batch {
         match request {
             Request::Accept(group, reply) => {
                 groups.push(group);
                 accepted.push(reply);
             }
-            Request::Record(c, mark, reply) => {
+            Request::Record(c, mark, failed, reply) => {
                 changes.extend(c);
+                failures.extend(failed);
                 watermark = watermark.max(mark);
                 recorded.push(reply);
             }
@@ -246,6 +266,14 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
             }
         }
     }
+    if let Some(notify) = notify
+        && !failures.is_empty()
+    {
+        // Before the batch that may let the failed messages go: a stop in between costs a
+        // report only if this batch fails too, and never makes one twice (a restart catches
+        // up from the log, not through here).
+        report_failures(spool, &failures, notify);
+    }
     if !recorded.is_empty() {
         let result = spool.record(&changes, watermark).map_err(|e| CommitError::Spool(Arc::new(e)));
         if result.is_ok() {
@@ -258,11 +286,41 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats) -> Go {
     go
 }
 
+/// Makes and spools the reports for `failures`, one per message, and hands them to delivery.
+fn report_failures(spool: &mut Spool, failures: &[Failure], notify: &Notify) {
+    let now = now_ms();
+    let mut reports = Vec::new();
+    let mut sorted: Vec<&Failure> = failures.iter().collect();
+    sorted.sort_by_key(|(id, _)| *id);
+    for group in sorted.chunk_by(|a, b| a.0 == b.0) {
+        let failed: Vec<&Failed> = group.iter().map(|(_, f)| &**f).collect();
+        match spool.message(group[0].0) {
+            Ok(Some(message)) => reports.extend(dsn::report(&message, &failed, &notify.hostname, now)),
+            Ok(None) => {}
+            Err(e) => eprintln!("volley serve: no delivery report for message {}: {e}", group[0].0.0),
+        }
+    }
+    if reports.is_empty() {
+        return;
+    }
+    let group = Group { messages: reports.clone(), idempotency: None };
+    match spool.admit(std::slice::from_ref(&group), now) {
+        Ok(admitted) => {
+            if let Some(Admission::New(ids)) = admitted.into_iter().next() {
+                for (id, message) in ids.into_iter().zip(reports) {
+                    let _ = notify.arrivals.send(Arrival { id, message, idempotency_key: None });
+                }
+            }
+        }
+        Err(e) => eprintln!("volley serve: {} delivery reports could not be spooled: {e}", reports.len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::Address;
-    use crate::serve::spool::{MessageId, Status};
+    use crate::serve::spool::Status;
 
     fn message(n: usize, size: usize) -> Accepted {
         Accepted {
@@ -291,7 +349,7 @@ mod tests {
         for n in 0..10 {
             tx.send(Request::Accept(group(vec![message(n, 100)]), oneshot::channel().0)).unwrap();
         }
-        tx.send(Request::Record(Vec::new(), None, oneshot::channel().0)).unwrap();
+        tx.send(Request::Record(Vec::new(), None, Vec::new(), oneshot::channel().0)).unwrap();
         let lens: Vec<usize> =
             std::iter::from_fn(|| next_batch(&rx, 4, usize::MAX).map(|b| b.len())).take(3).collect();
         assert_eq!(lens, [4, 4, 3], "four messages a batch; a state change does not count as one");
@@ -308,7 +366,7 @@ mod tests {
     fn concurrent_intake_shares_syncs_and_every_message_is_durable_once() {
         let dir = std::env::temp_dir().join(format!("volley-commit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let committer = Arc::new(Committer::start(Spool::open(&dir).unwrap()).unwrap());
+        let committer = Arc::new(Committer::start(Spool::open(&dir).unwrap(), None).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let c = Arc::clone(&committer);
@@ -325,7 +383,7 @@ mod tests {
         assert_eq!(ids.len(), 100, "one id each");
         let first = ids[0];
         committer
-            .record(vec![Change { message: first, index: 0, status: Status::Final }], Some(10))
+            .record(vec![Change { message: first, index: 0, status: Status::Final }], Some(10), Vec::new())
             .wait()
             .unwrap();
         let mut too_big = message(0, 10);

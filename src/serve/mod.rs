@@ -1,11 +1,13 @@
-//! `volley serve`'s parts, built in steps (issue 27). So far the spool: every accepted message
-//! and its recipients' states, durable before intake answers ([`spool`]), written by one
-//! group-commit thread that batches concurrent injections into one sync ([`commit`]), in a
-//! value layout of its own ([`record`]); the job source that feeds the engine from it
-//! ([`source`]); delivery on a spool, with the order of syncs that keeps it and the log in
-//! step ([`run`]). Intake (SMTP, HTTP) and the command come next, on `deliver` as `send` is.
+//! `volley serve`: a long-running service that takes messages from applications over SMTP
+//! submission ([`smtp`], on the sink's server) and an HTTP API ([`http`], with [`keys`] and
+//! [`idempotency`]), makes each durable before saying yes ([`intake`], then [`commit`]'s
+//! group commit into the [`spool`], values laid out by [`record`]), and delivers it with
+//! `deliver` as `send` does: the spool's job source ([`source`]) and the order of syncs that
+//! keeps the spool and the log in step ([`run`]); a sender hears of recipients that bounced or
+//! expired ([`dsn`]).
 
 pub mod commit;
+pub mod dsn;
 pub mod http;
 pub mod idempotency;
 pub mod intake;

@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 
 use thiserror::Error;
 
-use super::commit::{Committer, Ticket};
+use super::commit::{Committer, Notify, Ticket};
 use super::intake::Intake;
 use super::source::{SpoolSource, wall_ms_of};
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub dkim: Option<Arc<Dkim>>,
     /// Refuse new messages (try later) while the spool's disk has less than this free.
     pub min_free_space: u64,
+    /// Report bounced and expired recipients to their messages' senders (RFC 3464), as this
+    /// host; `None`: no reports.
+    pub dsn_from: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -88,6 +91,7 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
         progress,
         dkim,
         min_free_space,
+        dsn_from,
     } = config;
     let spool_dir = spool.path().to_owned();
     reconcile(&mut spool, &log)?;
@@ -98,7 +102,8 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
     let mut source =
         SpoolSource::new(Dispatch::new(routes, retries_rx, reports_tx), arrivals_rx, Arc::clone(&flow));
     let resumed = source.resume(&spool, Instant::now(), SystemTime::now())?;
-    let committer = Arc::new(Committer::start(spool).map_err(ServeError::Start)?);
+    let notify = dsn_from.map(|hostname| Notify { hostname, arrivals: arrivals.clone() });
+    let committer = Arc::new(Committer::start(spool, notify).map_err(ServeError::Start)?);
     let retry = RetryPolicy::Scheduled(schedule);
     let engine_config = crate::deliver::engine_config(engine, retry, reactions, rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(ServeError::Start)?;
@@ -129,7 +134,14 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
                 }
             }
             let changes = spool_changes(&settled, Instant::now(), SystemTime::now());
-            outstanding.push_back(writer.record(changes, Some(durable_len)));
+            let failures = settled
+                .into_iter()
+                .filter_map(|s| match s {
+                    Settled::Final { id, failed: Some(f) } => Some((of_recipient_id(id).0, f)),
+                    _ => None,
+                })
+                .collect();
+            outstanding.push_back(writer.record(changes, Some(durable_len), failures));
         })
     })
     .spawn(Arc::clone(&control))
@@ -183,7 +195,7 @@ fn spool_changes(settled: &[Settled], now: Instant, wall: SystemTime) -> Vec<Cha
     settled
         .iter()
         .map(|s| match *s {
-            Settled::Final { id } => {
+            Settled::Final { id, .. } => {
                 let (message, index) = of_recipient_id(id);
                 Change { message, index, status: Status::Final }
             }
