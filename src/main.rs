@@ -29,7 +29,13 @@ fn main() -> ExitCode {
     keep_freed_memory();
     // Sessions, and the sink's connections, are a descriptor each.
     mailvolley::rt::raise_open_files();
-    let args = cli::Cli::parse();
+    let args = match cli::config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => cli::Cli::parse_from(args),
+        Err(e) => {
+            eprintln!("volley: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

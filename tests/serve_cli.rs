@@ -467,3 +467,27 @@ fn a_spool_short_of_space_says_try_later_and_keeps_nothing_half() {
     assert!(Spool::open(&spool).unwrap().waiting().unwrap().is_empty());
     assert_eq!(sink.stop().unwrap().messages_accepted, 0);
 }
+
+#[test]
+fn a_config_file_gives_flags_and_the_command_line_overrides_it() {
+    let dir = common::temp_dir("serve-config");
+    let sink = sink(|_| {});
+    let config = dir.join("serve.toml");
+    // The file trusts nobody on loopback; the command line trusts 127.0.0.1, and wins.
+    std::fs::write(&config, "trusted_networks = [\"10.0.0.0/8\"]\nmax_message_size = 100\nquiet = true\n")
+        .unwrap();
+    let spool = dir.join("spool");
+    let serve = Serve::start(
+        &spool,
+        sink.local_addr(),
+        &["--config", config.to_str().unwrap(), "--trusted-networks", "127.0.0.1"],
+    );
+    let mut c = Raw::greeted(serve.smtp);
+    c.send("EHLO client.test\r\n");
+    assert!(c.reply().text.contains("SIZE 100"), "the file's --max-message-size");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), 250, "the command line's --trusted-networks");
+    drop(c);
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    sink.stop().unwrap();
+}

@@ -3,6 +3,7 @@
 
 mod bench;
 mod check;
+pub mod config_file;
 mod connection;
 mod delivery;
 mod secure;

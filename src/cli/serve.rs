@@ -35,6 +35,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read flags from a TOML file first: each key a long flag's name (`smtp_listen =
+    /// "0.0.0.0:25"`, `trusted_networks = ["10.0.0.0/8"]`, `quiet = true`). A flag also given
+    /// on the command line wins.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The spool: every accepted message until each of its recipients has a final record.
     /// One `volley serve` at a time may use it.
     #[arg(long, value_name = "DIR", default_value = "volley-spool")]
