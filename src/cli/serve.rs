@@ -61,7 +61,8 @@ pub struct ServeArgs {
     /// `name:sha256:HEX` lines. Without it the API is off.
     #[arg(long, value_name = "FILE")]
     api_keys: Option<PathBuf>,
-    /// Users who may submit after AUTH PLAIN or LOGIN (over TLS only): `user:password` lines.
+    /// Users who may submit after AUTH PLAIN or LOGIN (over TLS only): `user:password` lines,
+    /// or `user:$2y$...` bcrypt hashes as `htpasswd -nbB user password` prints them.
     #[arg(long, value_name = "FILE")]
     users: Option<PathBuf>,
     /// Clients in these networks may submit without AUTH (`127.0.0.1/32,10.0.0.0/8`).
