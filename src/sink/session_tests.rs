@@ -196,3 +196,86 @@ fn a_sink_without_8bitmime_or_smtputf8_refuses_what_needs_them() {
     assert!(replies.contains("250-8BITMIME") && replies.contains("250-SMTPUTF8"), "{replies}");
     assert_eq!(core.counters.messages_accepted, 3);
 }
+
+/// A store that is never called: the session only says when to call it.
+#[derive(Debug)]
+struct NoStore;
+
+impl crate::sink::store::Store for NoStore {
+    fn store(&self, _: Submission) -> std::pin::Pin<Box<dyn std::future::Future<Output = Stored>>> {
+        unreachable!("the driver calls the store, not the session")
+    }
+}
+
+fn keeping(configure: impl FnOnce(&mut SinkConfig)) -> (Core, Arc<Shared>) {
+    let mut config = SinkConfig { store: Some(Arc::new(NoStore)), ..SinkConfig::default() };
+    configure(&mut config);
+    let shared = Arc::new(Shared::default());
+    (Core::new(Arc::new(config), Arc::clone(&shared), 0), shared)
+}
+
+/// Feeds `input` at once; the replies and the action it stopped at.
+fn feed(s: &mut Session, core: &mut Core, input: &[u8]) -> (String, Action, usize) {
+    let mut out = Vec::new();
+    let (n, action) = s.process(core, input, &mut out);
+    (String::from_utf8(out).unwrap(), action, n)
+}
+
+#[test]
+fn a_server_that_keeps_mail_is_no_open_relay() {
+    let (mut core, _) = keeping(|_| {});
+    let mut s = Session::new(1, false);
+    s.set_peer([192, 0, 2, 1].into(), false);
+    let (replies, ..) = feed(&mut s, &mut core, b"EHLO x\r\nMAIL FROM:<a@test>\r\n");
+    assert_eq!(codes(&replies), ["250", "554"], "no users file, a stranger: relay access denied");
+
+    let (mut core, _) = keeping(|c| c.auth = Some(Arc::new(auth::Users::single("u", "p"))));
+    let mut s = Session::new(1, false);
+    s.set_peer([192, 0, 2, 1].into(), false);
+    let (replies, ..) = feed(&mut s, &mut core, b"EHLO x\r\nMAIL FROM:<a@test>\r\n");
+    assert_eq!(codes(&replies), ["250", "530"], "AUTH first");
+}
+
+#[test]
+fn auth_only_over_tls_when_asked() {
+    let (mut core, _) = keeping(|c| {
+        c.auth = Some(Arc::new(auth::Users::single("u", "p")));
+        c.auth_needs_tls = true;
+    });
+    let mut s = Session::new(1, false);
+    let (replies, ..) = feed(&mut s, &mut core, b"EHLO x\r\nAUTH PLAIN AHUAcA==\r\n");
+    assert!(!replies.contains("AUTH"), "not offered in plaintext: {replies}");
+    assert_eq!(codes(&replies), ["250", "530"]);
+    let mut s = Session::new(2, true);
+    let (replies, ..) = feed(&mut s, &mut core, b"EHLO x\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@test>\r\n");
+    assert!(replies.contains("AUTH PLAIN LOGIN"), "{replies}");
+    assert_eq!(codes(&replies), ["250", "235", "250"]);
+}
+
+#[test]
+fn the_end_of_data_waits_for_the_store_and_says_what_it_said() {
+    let (mut core, shared) = keeping(|_| {});
+    let mut s = Session::new(1, false);
+    s.set_peer([127, 0, 0, 1].into(), true);
+    let input = b"EHLO app.test\r\nMAIL FROM:<a@test>\r\nRCPT TO:<b@test>\r\nDATA\r\nSubject: x\r\n\r\n..hi\r\n.\r\nNOOP\r\n";
+    let (replies, action, n) = feed(&mut s, &mut core, input);
+    assert_eq!(action, Action::Store);
+    assert_eq!(codes(&replies), ["250", "250", "250", "354"], "no answer to the end of data yet");
+    assert_eq!(&input[n..], b"NOOP\r\n", "the rest waits for the store's answer");
+    let m = s.take_submission();
+    assert_eq!((m.sender.unwrap().as_str(), m.recipients.len()), ("a@test", 1));
+    assert_eq!(m.content, b"Subject: x\r\n\r\n.hi\r\n", "unstuffed");
+    assert_eq!((m.helo.as_str(), m.user, m.secure), ("app.test", None, false));
+    let mut out = Vec::new();
+    assert_eq!(s.stored(&mut core, Stored::Queued("1F".into()), &mut out), Action::Continue);
+    assert_eq!(String::from_utf8(out).unwrap(), "250 2.0.0 Ok: queued as 1F\r\n");
+    let mut out = Vec::new();
+    let refused = Stored::Refused { code: 452, text: "4.3.1 Insufficient system storage".into() };
+    assert_eq!(s.stored(&mut core, refused, &mut out), Action::Continue, "a refusal keeps the session");
+    assert!(!s.in_transaction(), "the transaction is over either way");
+
+    // Stopping: a new transaction gets 421 and the connection closes.
+    shared.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (replies, action, _) = feed(&mut s, &mut core, b"MAIL FROM:<a@test>\r\n");
+    assert_eq!((codes(&replies), action), (vec!["421"], Action::Close));
+}
