@@ -25,21 +25,11 @@ ensure_postfix
 cargo build --release --quiet
 VOLLEY="$PWD/target/release/volley"
 work=$(mktemp -d /tmp/volley-bench-serve.XXXXXX)
-chmod 755 "$work"
-conf="$work/conf"
-mkdir -p "$conf" "$work/queue" "$work/data"
-chown postfix: "$work/data"
-cleanup() {
-    postfix -c "$conf" stop >/dev/null 2>&1 || true
-    jobs -p | xargs -r kill 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+private_postfix
+trap private_postfix_cleanup EXIT
 
 # A private Postfix: smtpd on our port, everything relayed to its sink, no DNS. Its defaults
 # otherwise (queue fsync, in_flow_delay, concurrency to the relay).
-sed -E -e '/^#/d' -e '/^smtp[[:space:]]+inet/d' -e 's/^([^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+)[ \t]+y[ \t]/\1 n /' \
-    /etc/postfix/master.cf >"$conf/master.cf"
 echo "127.0.0.1:$POSTFIX_PORT inet n - n - - smtpd" >>"$conf/master.cf"
 cat >"$conf/main.cf" <<EOF
 compatibility_level = 3.6

@@ -47,3 +47,25 @@ ensure_interop_peers() {
         python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>&1 | grep -v 'as the .root. user' || true
     fi
 }
+
+# A private Postfix instance in the directory $work (its own conf, queue and data directories,
+# Debian's master.cf without the port-25 smtpd and without chroot, which the private queue
+# directory lacks): sets $conf. The caller adds listeners to $conf/master.cf, writes
+# $conf/main.cf and starts it; private_postfix_cleanup stops it, the script's jobs, and removes
+# $work.
+private_postfix() {
+    conf="$work/conf"
+    mkdir -p "$conf" "$work/queue" "$work/data"
+    # Postfix's daemons run as the postfix user: they must reach the directory and own their data.
+    chmod 755 "$work"
+    chown postfix: "$work/data"
+    sed -E -e '/^#/d' -e '/^smtp[[:space:]]+inet/d' \
+        -e 's/^([^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+)[ \t]+y[ \t]/\1 n /' \
+        /etc/postfix/master.cf >"$conf/master.cf"
+}
+
+private_postfix_cleanup() {
+    postfix -c "$conf" stop >/dev/null 2>&1 || true
+    jobs -p | xargs -r kill 2>/dev/null || true
+    rm -rf "$work"
+}

@@ -59,17 +59,8 @@ cargo build --release --quiet
 VOLLEY="${VOLLEY:-$PWD/target/release/volley}"
 
 work=$(mktemp -d /tmp/volley-interop.XXXXXX)
-conf="$work/conf"
-mkdir -p "$conf" "$work/queue" "$work/data"
-# Postfix's daemons run as the postfix user: they must reach the directory and own their data.
-chmod 755 "$work"
-chown postfix: "$work/data"
-cleanup() {
-    postfix -c "$conf" stop >/dev/null 2>&1 || true
-    jobs -p | xargs -r kill 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+private_postfix
+trap private_postfix_cleanup EXIT
 fail() {
     echo "interop: FAIL: $*" >&2
     echo "--- last lines of Postfix's log:" >&2
@@ -77,10 +68,7 @@ fail() {
     exit 1
 }
 
-# master.cf: Debian's, with no chroot (the private queue directory has no chroot files) and
 # smtpd on our loopback port instead of port 25.
-sed -E -e '/^#/d' -e '/^smtp[[:space:]]+inet/d' -e 's/^([^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+[ \t]+[^ \t]+)[ \t]+y[ \t]/\1 n /' \
-    /etc/postfix/master.cf >"$conf/master.cf"
 echo "127.0.0.1:$PORT inet n - n - - smtpd" >>"$conf/master.cf"
 # Recipient checks at Postfix's default error limits, without the connection limit under test.
 echo "127.0.0.1:$CHECK_PORT inet n - n - - smtpd -o smtpd_client_connection_count_limit=0" >>"$conf/master.cf"
@@ -242,10 +230,14 @@ mkdir -p "$work/dump"
     --dump "$work/dump" --exit-after-messages 1 --duration 60s --json >"$work/sink.json" 2>"$work/sink.err" &
 sink_pid=$!
 wait_for "$SINK_PORT"
+# swaks over STARTTLS with AUTH: PORT MECHANISM USER PASSWORD TO BODY LOG.
+swaks_auth() {
+    swaks --server 127.0.0.1 --port "$1" --tls --auth "$2" --auth-user "$3" --auth-password "$4" \
+        --from sender@interop.volley.test --to "$5" --header "Subject: swaks interop" \
+        --body "$6" --helo swaks.interop.test >"$7" 2>&1
+}
 swaks_to_sink() {
-    swaks --server 127.0.0.1 --port "$SINK_PORT" --tls --auth PLAIN --auth-user alice --auth-password "$1" \
-        --from sender@interop.volley.test --to rcpt@interop.volley.test --header "Subject: swaks interop" \
-        --body "sent by swaks over TLS" --helo swaks.interop.test >"$work/swaks.log" 2>&1
+    swaks_auth "$SINK_PORT" PLAIN alice "$1" rcpt@interop.volley.test "sent by swaks over TLS" "$work/swaks.log"
 }
 if swaks_to_sink wrong-password; then fail "swaks got through with a wrong password"; fi
 grep -q "535 5.7.8" "$work/swaks.log" || fail "no 535 5.7.8 for a wrong password: $(tail -5 "$work/swaks.log")"
@@ -413,9 +405,7 @@ serve_pid=$!
 wait_for "$SERVE_SMTP_PORT"
 wait_for "$SERVE_HTTP_PORT"
 swaks_to_serve() {
-    swaks --server 127.0.0.1 --port "$SERVE_SMTP_PORT" --tls --auth LOGIN --auth-user app --auth-password "$1" \
-        --from app@interop.volley.test --to serve1@d1.interop.test --header "Subject: swaks via serve" \
-        --body "submitted by swaks" --helo swaks.interop.test >"$work/swaks-serve.log" 2>&1
+    swaks_auth "$SERVE_SMTP_PORT" LOGIN app "$1" serve1@d1.interop.test "submitted by swaks" "$work/swaks-serve.log"
 }
 if swaks_to_serve wrong-password; then fail "swaks got through volley serve with a wrong password"; fi
 grep -q "535 5.7.8" "$work/swaks-serve.log" || fail "no 535 from serve: $(tail -5 "$work/swaks-serve.log")"

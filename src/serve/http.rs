@@ -29,6 +29,8 @@ use crate::send::template::{Attachment, MessageSpec, MessageTemplate, content_ty
 
 /// Recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
+/// The longest Idempotency-Key kept.
+const MAX_KEY: usize = 255;
 /// Seconds a client is asked to wait when the service cannot take its request now.
 const RETRY_AFTER: &str = "30";
 /// Header fields a built message's `headers` may not set: the builder writes them.
@@ -262,9 +264,16 @@ async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody
         ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("the body is not a valid request: {e}"))
     })?;
     let idempotency_key = match headers.get("idempotency-key") {
-        Some(v) => Some(Arc::<str>::from(
-            v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?,
-        )),
+        Some(v) => {
+            let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_KEY);
+            let bad = || {
+                ApiError::invalid(
+                    "Idempotency-Key",
+                    format!("must be 1 to {MAX_KEY} visible ASCII characters"),
+                )
+            };
+            Some(Arc::<str>::from(key.ok_or_else(bad)?))
+        }
         None => None,
     };
     let messages = render(app, &request, peer, &key_name)?;
