@@ -173,6 +173,44 @@ fn a_deferral_keeps_its_schedule_across_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A recipient waiting for a retry keeps only its message's id: the retry reads the content
+/// back from the spool and sends it byte for byte.
+#[test]
+fn a_retry_sends_the_content_read_back_from_the_spool() {
+    let dir = temp("reread");
+    let dump = dir.join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let sink = common::sink(|c| {
+        c.greylist = true;
+        c.dump = Some(dump.clone());
+    });
+    let log_path = dir.join("log.jsonl");
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let serving = run::start(
+        config(sink.local_addr(), LogFile::create(&log_path).unwrap(), Duration::from_millis(300)),
+        spool,
+    )
+    .unwrap();
+    let sent: Vec<Vec<u8>> = (0..3)
+        .map(|n| {
+            let m = message(n, 1);
+            let content = m.content.to_vec();
+            accept(&serving, m);
+            content
+        })
+        .collect();
+    wait_for_finals(&serving, 3);
+    let (books, _spool) = serving.stop().unwrap();
+    assert_eq!((books.tally.delivered, books.tally.deferred), (3, 3), "each greylisted once, then taken");
+    let mut got: Vec<Vec<u8>> = common::dumped(&dump).into_iter().map(|(_, content)| content).collect();
+    got.sort();
+    let mut want = sent;
+    want.sort();
+    assert_eq!(got, want, "the second attempt carries the spooled content");
+    sink.stop().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A stop between the log's commit and the spool's leaves a recipient waiting that the log
 /// says is delivered: the next start reads the log from the spool's watermark and does not
 /// send it again.

@@ -13,7 +13,7 @@ use super::ledger::Report;
 use super::lowercase;
 use super::pending::Pending;
 use super::route::{Lookup, Route, Routes};
-use crate::engine::Job;
+use crate::engine::{Job, Payload};
 use crate::hash::DomainMap;
 use crate::proto::client::Disposition;
 
@@ -35,7 +35,14 @@ pub struct Dispatch {
     /// Deferred recipients the ledger hands back, with when to retry.
     retries: Receiver<(Instant, Pending)>,
     reports: SyncSender<Report>,
+    /// What a recipient keeps of its message while it waits for a retry (see
+    /// [`Dispatch::stow_retries_with`]).
+    stow: Option<Stow>,
 }
+
+/// Turns a recipient's message (given the recipient's id) into what it keeps while it waits
+/// for a retry.
+pub type Stow = Box<dyn Fn(u64, Payload) -> Payload + Send>;
 
 impl Dispatch {
     pub fn new(
@@ -53,7 +60,16 @@ impl Dispatch {
             retry_seq: 0,
             retries,
             reports,
+            stow: None,
         }
+    }
+
+    /// Recipients waiting for a retry keep their message as `stow` makes it, not as it was
+    /// sent: a source that can read it again when the retry is due (serve's spool) keeps only
+    /// where to find it, so the memory a wait takes does not grow with messages' sizes. Without
+    /// it (send), a rendered message is kept for the next attempt.
+    pub fn stow_retries_with(&mut self, stow: Stow) {
+        self.stow = Some(stow);
     }
 
     /// Tells the ledger about a recipient the source decided on itself.
@@ -96,7 +112,10 @@ impl Dispatch {
                 }
             }
         }
-        while let Ok((at, p)) = self.retries.try_recv() {
+        while let Ok((at, mut p)) = self.retries.try_recv() {
+            if let Some(stow) = &self.stow {
+                p.message = stow(p.id, p.message);
+            }
             self.retry_at(at, p);
         }
     }
@@ -159,7 +178,7 @@ mod tests {
     use super::*;
     use crate::deliver::dns::{DnsConfig, Resolver};
     use crate::deliver::shaping::{Defaults, ShapingRules};
-    use crate::engine::{Limits, Payload};
+    use crate::engine::Limits;
     use crate::proto::client::{Envelope, Message};
     use crate::proto::{Address, Body};
     use crate::testkit::dns::{DnsStub, Zone};

@@ -99,8 +99,8 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
     let (arrivals, arrivals_rx) = mpsc::sync_channel(ARRIVALS);
-    let mut source =
-        SpoolSource::new(Dispatch::new(routes, retries_rx, reports_tx), arrivals_rx, Arc::clone(&flow));
+    let dispatch = Dispatch::new(routes, retries_rx, reports_tx);
+    let mut source = SpoolSource::new(dispatch, arrivals_rx, Arc::clone(&flow), spool.reader());
     let resumed = source.resume(&spool, Instant::now(), SystemTime::now())?;
     let notify = dsn_from.map(|hostname| Notify { hostname, arrivals: arrivals.clone() });
     let committer = Arc::new(Committer::start(spool, notify).map_err(ServeError::Start)?);

@@ -3,17 +3,24 @@
 //! accepts, once durable; each recipient handed to `deliver::dispatch`, as `send`'s rows are.
 //! It never runs dry: serve stops it by halting the engine, leaving what is not final in the
 //! spool.
+//!
+//! A recipient waiting for a retry (or resumed from the spool) holds its message's id, not its
+//! content: the content is read from the spool on this thread (the producer's, never a core's)
+//! when the retry is due, so a dead destination with a million messages waiting costs memory
+//! per recipient, not per byte of mail.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::spool::{Accepted, MessageId, Spool, SpoolError, Status, recipient_id};
+use super::spool::{
+    Accepted, MessageId, Spool, SpoolError, SpoolReader, Status, of_recipient_id, recipient_id,
+};
 use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING};
 use crate::deliver::ledger::{Flow, Received, Report};
 use crate::deliver::pending::Pending;
-use crate::engine::{JobSource, Next, Payload};
+use crate::engine::{Compose, Job, JobSource, Next, Payload, Unsendable};
 use crate::proto::client::{Envelope, Message};
 use crate::proto::{Address, Body};
 
@@ -35,35 +42,47 @@ pub struct SpoolSource {
     dispatch: Dispatch,
     arrivals: Receiver<Arrival>,
     flow: Arc<Flow>,
+    reader: SpoolReader,
 }
 
 impl SpoolSource {
-    pub fn new(dispatch: Dispatch, arrivals: Receiver<Arrival>, flow: Arc<Flow>) -> Self {
-        SpoolSource { dispatch, arrivals, flow }
+    pub fn new(
+        mut dispatch: Dispatch,
+        arrivals: Receiver<Arrival>,
+        flow: Arc<Flow>,
+        reader: SpoolReader,
+    ) -> Self {
+        let stow_reader = reader.clone();
+        dispatch.stow_retries_with(Box::new(move |id, message| stow(&stow_reader, id, message)));
+        SpoolSource { dispatch, arrivals, flow, reader }
     }
 
     /// Schedules what `spool` holds: each waiting recipient at its due time (at once if that
     /// has passed). `now` and `wall` are one reading of the two clocks. Returns how many.
     pub fn resume(&mut self, spool: &Spool, now: Instant, wall: SystemTime) -> Result<usize, SpoolError> {
         let waiting = spool.waiting()?;
-        let mut current: Option<(MessageId, Option<Address>, Body, u64)> = None;
+        let mut current: Option<(MessageId, Option<Address>, u64)> = None;
         for r in &waiting {
             if current.as_ref().is_none_or(|(id, ..)| *id != r.message) {
-                // Recipients come in message order: each message's content is read once.
+                // Recipients come in message order: each message is read once, for its sender
+                // and age; its content stays in the spool until an attempt is due.
                 let Some(stored) = spool.message(r.message)? else { continue };
-                current = Some((r.message, stored.sender, Body::new(&stored.content), stored.received_ms));
+                current = Some((r.message, stored.sender, stored.received_ms));
             }
-            let Some((_, sender, body, received_ms)) = &current else { continue };
+            let Some((_, sender, received_ms)) = &current else { continue };
             let Status::Waiting { attempts, due_ms } = r.status else { continue };
-            let born = instant_of(*received_ms, now, wall);
-            let pending = pending(
-                recipient_id(r.message, r.index),
-                sender.clone(),
-                &r.address,
-                body.clone(),
-                born,
+            let envelope = Arc::new(Envelope { sender: sender.clone(), recipients: vec![r.address.clone()] });
+            let pending = Pending {
+                id: recipient_id(r.message, r.index),
+                rcpt: r.address.clone(),
+                message: Payload::Compose(Box::new(Spooled {
+                    reader: self.reader.clone(),
+                    message: r.message,
+                    envelope,
+                })),
+                born: instant_of(*received_ms, now, wall),
                 attempts,
-            );
+            };
             self.flow.admitted.fetch_add(1, Ordering::Relaxed);
             let due = instant_of(due_ms, now, wall);
             if due > now { self.dispatch.retry_at(due, pending) } else { self.dispatch.route(pending, now) }
@@ -99,7 +118,7 @@ impl JobSource for SpoolSource {
         loop {
             if let Some(job) = self.dispatch.next_job(now) {
                 self.flow.waiting.store(self.dispatch.waiting() as u64, Ordering::Relaxed);
-                return Next::Job(job);
+                return Next::Job(load(job));
             }
             if taken >= ARRIVALS_PER_CALL || self.dispatch.resolving() >= MAX_RESOLVING {
                 break;
@@ -112,6 +131,70 @@ impl JobSource for SpoolSource {
         let soon = now + if taken > 0 { Duration::ZERO } else { POLL };
         Next::Wait(self.dispatch.next_retry().map_or(soon, |at| at.min(soon)))
     }
+}
+
+/// A recipient's message, read from the spool when its attempt is due (see the module's
+/// comment). Its envelope is kept: it is small, and the spool keeps recipients apart.
+#[derive(Debug)]
+struct Spooled {
+    reader: SpoolReader,
+    message: MessageId,
+    envelope: Arc<Envelope>,
+}
+
+impl Compose for Spooled {
+    fn compose(self: Box<Self>, _at: SystemTime) -> Result<Message, Unsendable> {
+        let unsendable = |reason: String| Unsendable { recipients: self.envelope.recipients.clone(), reason };
+        match self.reader.message(self.message) {
+            Ok(Some(stored)) => Ok(Message::new(Arc::clone(&self.envelope), Body::new(&stored.content))),
+            Ok(None) => Err(unsendable(format!("message {} is no longer in the spool", self.message))),
+            Err(e) => Err(unsendable(format!("spool: {e}"))),
+        }
+    }
+
+    fn recipients(&self) -> Vec<Address> {
+        self.envelope.recipients.clone()
+    }
+}
+
+/// A message that could not be read from the spool: the core taking the job records its
+/// recipient as unsendable, as it does a template that failed.
+#[derive(Debug)]
+struct Unreadable(Unsendable);
+
+impl Compose for Unreadable {
+    fn compose(self: Box<Self>, _at: SystemTime) -> Result<Message, Unsendable> {
+        Err(self.0)
+    }
+
+    fn recipients(&self) -> Vec<Address> {
+        self.0.recipients.clone()
+    }
+}
+
+/// What a recipient waiting for a retry keeps of its message: where it is in the spool.
+fn stow(reader: &SpoolReader, id: u64, message: Payload) -> Payload {
+    match message {
+        Payload::Ready(m) => Payload::Compose(Box::new(Spooled {
+            reader: reader.clone(),
+            message: of_recipient_id(id).0,
+            envelope: m.envelope,
+        })),
+        other => other,
+    }
+}
+
+/// A job with its message read from the spool if it waited there, here on the producer's
+/// thread: reading the store is not for the cores, which only send.
+fn load(mut job: Job) -> Job {
+    job.message = match job.message {
+        Payload::Compose(recipe) => match recipe.compose(SystemTime::now()) {
+            Ok(message) => Payload::Ready(message),
+            Err(unsendable) => Payload::Compose(Box::new(Unreadable(unsendable))),
+        },
+        ready => ready,
+    };
+    job
 }
 
 /// One recipient's job-to-be: the message addressed to it alone, sharing the body.
@@ -151,6 +234,63 @@ pub fn wall_ms_of(at: Instant, now: Instant, wall: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Destination;
+    use crate::serve::spool::Change;
+
+    #[test]
+    fn a_waiting_recipient_keeps_an_id_and_its_content_is_read_when_due() {
+        let dir = std::env::temp_dir().join(format!("volley-source-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spool = Spool::open(&dir).unwrap();
+        let rcpt = Address::new("a@example.net").unwrap();
+        let content: Arc<[u8]> = Arc::from(&b"Subject: x\r\n\r\nhello\r\n"[..]);
+        let accepted = Accepted {
+            sender: None,
+            recipients: vec![rcpt.clone()],
+            content,
+            received_ms: 1,
+            origin: "t".into(),
+        };
+        let id = spool.accept(&[accepted]).unwrap()[0];
+        let reader = spool.reader();
+        let sent = pending(
+            recipient_id(id, 0),
+            None,
+            &rcpt,
+            Body::new(b"Subject: x\r\n\r\nhello\r\n"),
+            Instant::now(),
+            0,
+        );
+        let job = |message| Job {
+            id: recipient_id(id, 0),
+            destination: Arc::new(Destination::new(0, "d", vec![], 1)),
+            message,
+            due: Instant::now(),
+            attempts: 1,
+            last_conn: 0,
+            partial: false,
+        };
+
+        let stowed = stow(&reader, sent.id, sent.message);
+        assert!(matches!(stowed, Payload::Compose(_)), "no content kept while waiting");
+        let loaded = load(job(stowed));
+        let Payload::Ready(message) = loaded.message else { panic!("read back") };
+        assert_eq!(&message.body.bytes()[..], b"Subject: x\r\n\r\nhello\r\n");
+        assert_eq!(message.envelope.recipients, vec![rcpt.clone()]);
+
+        // Gone from the spool meanwhile (its recipient made final elsewhere): unsendable, never
+        // sent empty.
+        spool.record(&[Change { message: id, index: 0, status: Status::Final }], None).unwrap();
+        let envelope = Arc::new(Envelope { sender: None, recipients: vec![rcpt.clone()] });
+        let gone = Payload::Compose(Box::new(Spooled { reader, message: id, envelope }));
+        let loaded = load(job(gone));
+        let Payload::Compose(recipe) = loaded.message else { panic!("not readable") };
+        let err = recipe.compose(SystemTime::now()).unwrap_err();
+        assert_eq!(err.recipients, vec![rcpt]);
+        assert!(err.reason.contains("no longer in the spool"), "{}", err.reason);
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn wall_times_and_instants_convert_both_ways() {

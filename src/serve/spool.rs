@@ -350,19 +350,12 @@ impl Spool {
 
     /// A message's content and envelope sender, if it is still in the spool.
     pub fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
-        let Some(value) = self.messages.get(id.0.to_be_bytes())? else { return Ok(None) };
-        let decode = || -> Result<Stored, Box<dyn std::error::Error>> {
-            let mut r = Reader::new(&value)?;
-            let received_ms = r.u64()?;
-            let has_sender = r.u8()? == 1;
-            let sender = r.str()?;
-            let sender = if has_sender { Some(Address::new(sender)?) } else { None };
-            let origin = r.str()?.to_owned();
-            let recipient_count = r.u32()?;
-            let content = r.rest().to_vec();
-            Ok(Stored { id, sender, content, received_ms, origin, recipient_count })
-        };
-        decode().map(Some).map_err(|e| corrupt("messages", &id.to_string(), e))
+        self.reader().message(id)
+    }
+
+    /// A handle that reads messages from another thread while this one writes.
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader { messages: self.messages.clone() }
     }
 
     /// Every recipient still waiting, in message order: what a restart schedules again.
@@ -395,6 +388,38 @@ impl Spool {
             rows.push(recipient_of(&key, &value)?);
         }
         Ok(rows)
+    }
+}
+
+/// Reads messages' content while the writer goes on: a recipient waiting for its retry keeps
+/// only its message's id in memory, and its content is read again when the retry is due.
+#[derive(Clone)]
+pub struct SpoolReader {
+    messages: Keyspace,
+}
+
+impl fmt::Debug for SpoolReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpoolReader")
+    }
+}
+
+impl SpoolReader {
+    /// A message's content and envelope sender, if it is still in the spool.
+    pub fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
+        let Some(value) = self.messages.get(id.0.to_be_bytes())? else { return Ok(None) };
+        let decode = || -> Result<Stored, Box<dyn std::error::Error>> {
+            let mut r = Reader::new(&value)?;
+            let received_ms = r.u64()?;
+            let has_sender = r.u8()? == 1;
+            let sender = r.str()?;
+            let sender = if has_sender { Some(Address::new(sender)?) } else { None };
+            let origin = r.str()?.to_owned();
+            let recipient_count = r.u32()?;
+            let content = r.rest().to_vec();
+            Ok(Stored { id, sender, content, received_ms, origin, recipient_count })
+        };
+        decode().map(Some).map_err(|e| corrupt("messages", &id.to_string(), e))
     }
 }
 
