@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -307,8 +308,9 @@ fn report_failures(spool: &mut Spool, failures: &[Failure], notify: &Notify) {
     match spool.admit(std::slice::from_ref(&group), now) {
         Ok(admitted) => {
             if let Some(Admission::New(ids)) = admitted.into_iter().next() {
+                let accepted_at = Instant::now();
                 for (id, message) in ids.into_iter().zip(reports) {
-                    let _ = notify.arrivals.send(Arrival { id, message, idempotency_key: None });
+                    let _ = notify.arrivals.send(Arrival { id, message, idempotency_key: None, accepted_at });
                 }
             }
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -128,11 +128,12 @@ impl Intake {
             e => Refused::Spool(e),
         })?;
         let Admission::New(ids) = &admission else { return Ok(admission) };
+        let accepted_at = Instant::now();
         for (id, message) in ids.iter().zip(messages) {
             // Blocks only while delivery has `ARRIVALS` messages it has not taken yet: intake
             // slows to what delivery takes. Delivery gone (stopping): the message is in the
             // spool for the next start.
-            let arrival = Arrival { id: *id, message, idempotency_key: idempotency_key.clone() };
+            let arrival = Arrival { id: *id, message, idempotency_key: idempotency_key.clone(), accepted_at };
             let _ = self.arrivals.send(arrival);
         }
         Ok(admission)

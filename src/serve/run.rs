@@ -5,8 +5,9 @@
 //! 3. a recipient's record is durable in the log before the spool learns its new state
 //!    (final: the recipient, and with the last one the message, leaves the spool; deferred: its
 //!    next attempt and when), together with how far into the log the spool is now up to date
-//!    (its watermark). So the spool never runs ahead of the log; and a stop between 3's two
-//!    syncs is caught up at the next start, which reads the log from the watermark and marks
+//!    (its watermark); that state batch is not synced of its own (the log is), so a crash
+//!    takes the watermark back at worst. So the spool never runs ahead of the log; and a stop
+//!    between 3's two writes is caught up at the next start, which reads the log from the watermark and marks
 //!    final every recipient a record there says is ([`reconcile`]) before anything is sent.
 
 use std::sync::Arc;

@@ -36,6 +36,9 @@ pub struct Arrival {
     pub message: Accepted,
     /// The HTTP request's Idempotency-Key, for the `received` record.
     pub idempotency_key: Option<Arc<str>>,
+    /// When it was durable and intake could say yes: its recipients' queue time (`queue_ms`
+    /// in the log) counts from here.
+    pub accepted_at: Instant,
 }
 
 pub struct SpoolSource {
@@ -91,7 +94,7 @@ impl SpoolSource {
     }
 
     fn arrive(&mut self, arrival: Arrival, now: Instant) {
-        let Arrival { id, message, idempotency_key } = arrival;
+        let Arrival { id, message, idempotency_key, accepted_at } = arrival;
         self.dispatch.report(Report::Received(Box::new(Received {
             message: id.0,
             sender: message.sender.as_ref().map_or("", Address::as_str).into(),
@@ -103,8 +106,9 @@ impl SpoolSource {
         })));
         let body = Body::new(&message.content);
         for (index, rcpt) in message.recipients.iter().enumerate() {
+            let born = accepted_at.min(now);
             let p =
-                pending(recipient_id(id, index as u32), message.sender.clone(), rcpt, body.clone(), now, 0);
+                pending(recipient_id(id, index as u32), message.sender.clone(), rcpt, body.clone(), born, 0);
             self.flow.admitted.fetch_add(1, Ordering::Relaxed);
             self.dispatch.route(p, now);
         }

@@ -295,13 +295,18 @@ impl Spool {
         Ok(out)
     }
 
-    /// Records recipients' new states in one batch, durable when this returns, with the log's
-    /// length they bring the spool up to (`watermark`: every record before it is reflected). A message whose
+    /// Records recipients' new states in one atomic batch, with the log's length they bring the
+    /// spool up to (`watermark`: every record before it is reflected). A message whose
     /// recipients are then all final leaves the spool in the same batch. A change for a
     /// recipient no longer in the spool (its message left) is skipped: a restart may learn of
     /// the same final twice, and one stale change must not cost the others.
+    ///
+    /// Handed to the OS, not fsync'd: the log already holds these records durably, so a crash
+    /// that loses the batch only takes the watermark back, and the next start reads the log
+    /// from there ([`super::run::reconcile`]); a lost deferral is retried sooner than planned.
+    /// The next message batch's sync (one journal) or closing the spool makes it durable.
     pub fn record(&mut self, changes: &[Change], watermark: Option<u64>) -> Result<(), SpoolError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         if let Some(offset) = watermark {
             batch.insert(&self.meta, LOG_WATERMARK, offset.to_be_bytes());
         }
@@ -388,6 +393,17 @@ impl Spool {
             rows.push(recipient_of(&key, &value)?);
         }
         Ok(rows)
+    }
+}
+
+impl Drop for Spool {
+    /// What [`Spool::record`] left buffered is made durable when the spool closes.
+    fn drop(&mut self) {
+        if let Err(e) = self.db.persist(PersistMode::SyncData) {
+            eprintln!(
+                "volley: syncing the spool at close failed ({e}); the next start catches up from the log"
+            );
+        }
     }
 }
 
