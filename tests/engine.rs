@@ -178,6 +178,35 @@ fn unreachable_target_defers_everything() {
     assert!(s.last_connect_error.as_deref().unwrap_or("").contains("refused"), "{s:?}");
 }
 
+/// A dead destination's jobs are deferred as they come, with the last connection's error, while
+/// the engine waits to try it again: not held until the next attempt, a pool's backlog per
+/// reconnect, which would take minutes for these (and hold every other destination back).
+#[test]
+fn a_dead_destination_defers_jobs_as_they_come_between_connection_attempts() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let run = Run {
+        plan: Plan { messages: Some(20_000), ..Plan::default() },
+        configure: |c| {
+            c.retry = RetryPolicy::Immediate { retries: 0 };
+            c.failing_after = Duration::ZERO;
+            c.reconnect_backoff = Duration::from_secs(3);
+            c.reconnect_backoff_max = Duration::from_secs(3);
+        },
+        ..Run::default()
+    };
+    let report = bench_against(port, &run);
+    let s = &report.stats;
+    accounted(&report, 20_000);
+    assert_eq!((s.delivered, s.deferred), (0, 20_000), "{s:?}");
+    // Held for the next attempt, each failed connection would defer at most a pool's backlog.
+    let backlog = engine_config().pool_backlog as u64;
+    assert!(s.connect_failures * backlog < 20_000, "more deferred than backlogs held: {s:?}");
+    assert!(s.last_connect_error.as_deref().unwrap_or("").contains("refused"), "{s:?}");
+}
+
 #[test]
 fn reply_timeouts_defer() {
     let (report, _sink) = bench(

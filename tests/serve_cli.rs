@@ -81,6 +81,20 @@ impl Serve {
         (status.code(), self.lines.try_iter().collect::<Vec<_>>().join("\n"))
     }
 
+    /// Waits (up to 30 s) for it to stop by itself; its exit code and what it said.
+    fn exited(mut self) -> (Option<i32>, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "volley serve did not stop by itself within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.code(), self.lines.try_iter().collect::<Vec<_>>().join("\n"))
+    }
+
     /// SIGKILL, checking first that the process is volley itself, not a wrapper.
     fn kill_9(mut self) {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap();
@@ -466,6 +480,95 @@ fn a_spool_short_of_space_says_try_later_and_keeps_nothing_half() {
     assert_eq!(count(&records(&spool.join("delivery.jsonl")), "received"), 0);
     assert!(Spool::open(&spool).unwrap().waiting().unwrap().is_empty());
     assert_eq!(sink.stop().unwrap().messages_accepted, 0);
+}
+
+/// A tmpfs of `size` mounted on `dir` for as long as it lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+
+    fn grow(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The disk really full (the spool on a small tmpfs, no --min-free-space to stop short of
+/// it): submissions are answered "try later", serve stops by itself with a clear reason (its
+/// store must be opened anew), and once there is room again a restart delivers every message
+/// that got a 250, once, and none the client was told was refused.
+#[test]
+fn a_full_disk_is_answered_try_later_and_a_restart_delivers_exactly_what_was_accepted() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = common::temp_dir("serve-enospc");
+    let disk = Tmpfs::mount(&dir.join("disk"), "16m");
+    let spool = dir.join("disk/spool");
+    let log = dir.join("delivery.jsonl");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let args = ["--trusted-networks", "127.0.0.1", "--min-free-space", "0", "--log", log.to_str().unwrap()];
+    let serve = Serve::start(&spool, dead, &args);
+    let out =
+        bench(serve.smtp, &["--messages", "20000", "--size", "2000", "--connections", "4", "--retries", "0"])
+            .output()
+            .unwrap();
+    let report = json(&out);
+    let acknowledged = report["delivered"].as_u64().unwrap();
+    assert!(acknowledged > 1000, "the disk held some: {report}");
+    assert!(report["deferred"].as_u64().unwrap() > 0, "then said try later: {report}");
+    assert_eq!(report["bounced"], 0, "never a permanent refusal: {report}");
+    let (code, said) = serve.exited();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(said.contains("the spool cannot be written") && said.contains("No space left"), "{said}");
+    assert_eq!(count(&records(&log), "received") as u64, acknowledged, "one received record per 250");
+
+    disk.grow("64m");
+    let dump = dir.join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let sink = sink(|c| c.dump = Some(dump.clone()));
+    let serve = Serve::start(&spool, sink.local_addr(), &args);
+    wait_until(Duration::from_secs(60), "the spool delivered", || {
+        std::fs::read_dir(&dump).map_or(0, |d| d.count()) as u64 >= acknowledged
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    let ids = message_ids(&dump);
+    // Beyond those, only messages whose fate the client could not know: answered "try later"
+    // because the write failed, yet on disk when the store was opened again (the store
+    // reports a batch failed that it had written whole; a client that tries again sends a
+    // duplicate, never loses one), or with no answer at all.
+    let told_later: u64 = ["451", "452"].iter().filter_map(|c| report["final_reply_codes"][c].as_u64()).sum();
+    let unknown = told_later + report["uncertain"].as_u64().unwrap();
+    assert!(
+        (acknowledged..=acknowledged + unknown).contains(&(ids.len() as u64)),
+        "every message that got a 250, and no other but those told later: {} delivered, {report}",
+        ids.len()
+    );
+    assert!(ids.values().all(|&n| n == 1), "each once");
+    assert!(Spool::open(&spool).unwrap().waiting().unwrap().is_empty());
+    sink.stop().unwrap();
 }
 
 #[test]

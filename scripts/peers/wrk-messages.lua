@@ -3,7 +3,10 @@
 -- so nothing is merged) and a 1,000-octet raw message as content. Prints a JSON summary.
 local rcpts = tonumber(os.getenv("RCPTS") or "1")
 local key = os.getenv("API_KEY") or ""
+-- With REQUESTS, each thread stops once that many of its requests are answered.
+local limit = tonumber(os.getenv("REQUESTS") or "")
 local counter = 0
+local answered = 0
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -24,6 +27,13 @@ request = function()
     local body = string.format('{"envelope_sender":"app@example.com","recipients":[%s],"content":"%s"}',
         table.concat(list, ","), content)
     return wrk.format(nil, "/api/v1/messages", nil, body)
+end
+
+response = function(status, headers, body)
+    answered = answered + 1
+    if limit and answered >= limit then
+        wrk.thread:stop()
+    end
 end
 
 done = function(summary, latency, requests)

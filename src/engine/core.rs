@@ -956,10 +956,15 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
             backoff.reset();
             continue;
         }
-        if let Some(error) = attempt.failure.filter(|_| pool.has_pending()) {
-            core.session_failed_early(pool, &error);
+        let charged = match attempt.failure.filter(|_| pool.has_pending()) {
+            Some(error) => core.session_failed_early(pool, &error).then_some(error),
+            None => None,
+        };
+        let delay = backoff.next_delay();
+        match charged {
+            Some(error) => core.fail_arrivals(pool, &error, Instant::now() + delay).await,
+            None => monoio::time::sleep(delay).await,
         }
-        monoio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -1033,20 +1038,42 @@ impl Core {
         }
     }
 
+    /// Until `until` (the next connection attempt), fails every job that arrives for a
+    /// destination whose waiting jobs were just charged for its failure, as it arrives: the
+    /// destination is down, and holding them for the next attempt would let them pile up to
+    /// the pool's backlog and hold the producer, and so every other destination, back (a
+    /// campaign or spool with a million messages for a dead MX host is deferred at the rate
+    /// they come, not a backlog per reconnect). Postfix does the same with a dead destination
+    /// ("delivery temporarily suspended").
+    async fn fail_arrivals(&self, pool: &Pool, error: &SessionError, until: Instant) {
+        loop {
+            let rest = until.saturating_duration_since(Instant::now());
+            if rest.is_zero() || self.draining.get() || self.aborting() || self.halted() {
+                return;
+            }
+            monoio::select! {
+                _ = pool.signal.wait() => self.fail_pending(pool, error),
+                _ = monoio::time::sleep(rest) => return,
+            }
+        }
+    }
+
     /// A connection or session failed before carrying a transaction while jobs were waiting:
     /// applies what the pool's policy makes of it ([`ConnectionPolicy::failed_early`]).
-    fn session_failed_early(&self, pool: &Pool, error: &SessionError) {
+    /// Whether the waiting jobs were charged for it (the destination has been failing long
+    /// enough to count attempts).
+    fn session_failed_early(&self, pool: &Pool, error: &SessionError) -> bool {
         let now = Instant::now();
         let health = &pool.destination.health;
         let decision =
             pool.policy.borrow_mut().failed_early(error, pool.sight(), health.failing_since(), now);
         match decision {
-            AfterFailure::FallBackToPlaintext => health.fall_back_to_plaintext(self.index),
             AfterFailure::Persistent { give_up } => {
                 if give_up {
                     health.give_up(error);
                 }
                 self.fail_pending(pool, error);
+                true
             }
             AfterFailure::Capped { cap, blocked } => {
                 health.set_cap(cap);
@@ -1058,12 +1085,18 @@ impl Core {
                     health.set_blocked(self.index, true);
                     self.return_jobs(pool);
                 }
+                false
             }
             AfterFailure::Failing { charge } => {
                 health.mark_failing(now);
                 if charge {
                     self.fail_pending(pool, error);
                 }
+                charge
+            }
+            AfterFailure::FallBackToPlaintext => {
+                health.fall_back_to_plaintext(self.index);
+                false
             }
         }
     }

@@ -118,6 +118,8 @@ pub struct CommitStats {
     pub batches: AtomicU64,
     pub messages: AtomicU64,
     pub changes: AtomicU64,
+    /// Set once a write left the store unusable (see [`SpoolError::breaks_store`]): why.
+    pub broken: std::sync::OnceLock<String>,
 }
 
 pub struct Committer {
@@ -177,6 +179,11 @@ impl Committer {
     /// panic).
     pub fn is_running(&self) -> bool {
         self.thread.lock().is_ok_and(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
+    /// Why the store can no longer be written by this process, if a write broke it.
+    pub fn broken(&self) -> Option<&str> {
+        self.stats.broken.get().map(String::as_str)
     }
 
     pub fn stats(&self) -> &Arc<CommitStats> {
@@ -260,6 +267,9 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: O
                 }
             }
             Err(e) => {
+                if e.breaks_store() {
+                    let _ = stats.broken.set(e.to_string());
+                }
                 let e = CommitError::Spool(Arc::new(e));
                 for reply in accepted {
                     let _ = reply.send(Err(e.clone()));
@@ -276,7 +286,12 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: O
         report_failures(spool, &failures, notify);
     }
     if !recorded.is_empty() {
-        let result = spool.record(&changes, watermark).map_err(|e| CommitError::Spool(Arc::new(e)));
+        let result = spool.record(&changes, watermark).map_err(|e| {
+            if e.breaks_store() {
+                let _ = stats.broken.set(e.to_string());
+            }
+            CommitError::Spool(Arc::new(e))
+        });
         if result.is_ok() {
             stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
         }

@@ -228,13 +228,16 @@ impl Serving {
         &self.flow
     }
 
-    /// Why the service cannot go on, if it cannot: the spool's writer is gone, or the log
-    /// cannot be written (records would be lost).
-    pub fn failure(&self) -> Option<&'static str> {
+    /// Why the service cannot go on, if it cannot: the spool's writer is gone, a write broke
+    /// the spool's store (only opening it again recovers it: a restart, once the cause, such
+    /// as a full disk, is gone), or the log cannot be written (records would be lost).
+    pub fn failure(&self) -> Option<String> {
         if !self.committer.is_running() {
-            Some("the spool writer stopped")
+            Some("the spool writer stopped".into())
+        } else if let Some(why) = self.committer.broken() {
+            Some(format!("the spool cannot be written ({why}); start again once that is fixed"))
         } else if self.control.log_failed.load(std::sync::atomic::Ordering::Acquire) {
-            Some("the delivery log cannot be written")
+            Some("the delivery log cannot be written".into())
         } else {
             None
         }

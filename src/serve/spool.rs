@@ -147,6 +147,13 @@ impl SpoolError {
         };
         io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
     }
+
+    /// The store cannot be written again by this process: a failed write to its journal (a
+    /// full disk among other causes) leaves it poisoned until it is opened anew, which
+    /// recovers what was committed and drops the half-written batch.
+    pub fn breaks_store(&self) -> bool {
+        matches!(self, SpoolError::Store(fjall::Error::Poisoned | fjall::Error::Io(_)))
+    }
 }
 
 pub struct Spool {
