@@ -482,6 +482,42 @@ fn a_spool_short_of_space_says_try_later_and_keeps_nothing_half() {
     assert_eq!(sink.stop().unwrap().messages_accepted, 0);
 }
 
+/// SIGTERM: a client waiting between commands hears 421 at once, and one in the middle of a
+/// transaction finishes it (its message taken and delivered) before hearing the same.
+#[test]
+fn a_stop_tells_waiting_clients_421_and_lets_a_transaction_under_way_finish() {
+    let dir = common::temp_dir("serve-stop");
+    let sink = sink(|_| {});
+    let spool = dir.join("spool");
+    let serve = Serve::start(&spool, sink.local_addr(), &["--trusted-networks", "127.0.0.1"]);
+    let mut idle = Raw::greeted(serve.smtp);
+    idle.ehlo();
+    let mut busy = Raw::greeted(serve.smtp);
+    busy.ehlo();
+    busy.send("MAIL FROM:<app@example.com>\r\nRCPT TO:<u@example.net>\r\n");
+    assert_eq!(busy.codes(2), vec![250, 250]);
+
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(serve.pid(), libc::SIGTERM) };
+    let reply = idle.try_reply().expect("a 421 before the connection closes");
+    assert_eq!(reply.code, 421, "{reply:?}");
+    assert!(reply.text.contains("shutting down"), "{reply:?}");
+    assert!(idle.closed(), "then closed");
+
+    busy.send("DATA\r\n");
+    assert_eq!(busy.reply().code, 354);
+    busy.send("Subject: last\r\n\r\nunder way at the stop\r\n.\r\n");
+    assert_eq!(busy.reply().code, 250, "the transaction under way is taken");
+    assert_eq!(busy.cmd("MAIL FROM:<app@example.com>"), 421, "and no other");
+    let (code, said) = serve.exited();
+    assert_eq!(code, Some(0), "{said}");
+    let log = records(&spool.join("delivery.jsonl"));
+    assert_eq!(count(&log, "received"), 1, "{log:?}");
+    let left = Spool::open(&spool).unwrap().waiting().unwrap().len();
+    assert_eq!(count(&log, "delivered") + left, 1, "delivered, or in the spool for the next start");
+    sink.stop().unwrap();
+}
+
 /// A tmpfs of `size` mounted on `dir` for as long as it lives.
 struct Tmpfs(PathBuf);
 

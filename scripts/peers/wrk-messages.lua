@@ -1,10 +1,12 @@
--- wrk script for scripts/bench-serve-http.sh: POSTs one JSON message to volley serve's
+-- wrk script for scripts/bench-serve-*.sh: POSTs one JSON message to volley serve's
 -- /api/v1/messages per request, with RCPTS recipients (distinct addresses in every request,
--- so nothing is merged) and a 1,000-octet raw message as content. Prints a JSON summary.
+-- so nothing is merged; at DOMAINS domains if given, else one) and a 1,000-octet raw message
+-- as content. Prints a JSON summary.
 local rcpts = tonumber(os.getenv("RCPTS") or "1")
 local key = os.getenv("API_KEY") or ""
 -- With REQUESTS, each thread stops once that many of its requests are answered.
 local limit = tonumber(os.getenv("REQUESTS") or "")
+local domains = tonumber(os.getenv("DOMAINS") or "1")
 local counter = 0
 local answered = 0
 
@@ -22,7 +24,7 @@ request = function()
     counter = counter + 1
     local list = {}
     for i = 1, rcpts do
-        list[i] = string.format('{"email":"u%d-%d@example.net"}', counter, i)
+        list[i] = string.format('{"email":"u%d-%d@d%d.example.net"}', counter, i, (counter + i) % domains)
     end
     local body = string.format('{"envelope_sender":"app@example.com","recipients":[%s],"content":"%s"}',
         table.concat(list, ","), content)

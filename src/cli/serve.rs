@@ -27,8 +27,8 @@ use super::delivery::DeliveryArgs;
 /// Exit codes of `volley serve`.
 pub const EXIT_DOC: &str = "Exit codes: 0 stopped on SIGTERM or Ctrl-C after finishing what was in flight (what is not \
 final stays in the spool for the next start); 2 usage error or failure to start (the spool in use by another \
-process, a listener that cannot bind); 3 the delivery log or the spool could not be written: intake stopped, what \
-was accepted stays in the spool.";
+process, a listener that cannot bind); 3 the delivery log or the spool could not be written (a full disk): intake \
+stopped, what was accepted stays in the spool.";
 
 /// How long SMTP sessions under way at a stop may take to finish their messages.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -202,7 +202,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Err(anyhow::Error::new(e).context("starting the SMTP listener"));
         }
     };
-    let http = match keys {
+    let mut http = match keys {
         Some(keys) => {
             let config = HttpConfig {
                 listen: args.http_listen,
@@ -254,11 +254,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!("volley serve: stopping: no new messages; finishing those under way");
-    serving.intake().stop();
+    // No new session, transaction or request from here (421, 503); the SMTP transactions and
+    // HTTP requests under way finish (for the listener's grace at most), and only then does
+    // intake close.
+    listener.request_stop();
+    if let Some(http) = &mut http {
+        http.request_stop();
+    }
     if let Some(http) = http {
         http.stop().context("stopping the HTTP API")?;
     }
-    let counters = listener.stop().context("stopping the SMTP listener")?;
+    let counters = listener.join().context("stopping the SMTP listener")?;
+    serving.intake().stop();
     let (books, _spool) = serving.stop().context("stopping delivery")?;
     let t = &books.tally;
     eprintln!(

@@ -73,10 +73,16 @@ impl HttpHandle {
         self.finish()
     }
 
-    fn finish(&mut self) -> std::io::Result<()> {
+    /// Stops taking connections and requests; those under way go on until [`HttpHandle::stop`]
+    /// waits for them.
+    pub fn request_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.request_stop();
         match self.thread.take() {
             Some(t) => t.join().map_err(|_| std::io::Error::other("the HTTP thread panicked"))?,
             None => Ok(()),

@@ -163,9 +163,17 @@ async fn run_thread(
         );
         monoio::spawn(accepting)
     });
-    accept_loop(plain.1, false, Rc::clone(&core), Arc::clone(&shared), watchdog, seq).await;
+    accept_loop(plain.1, false, Rc::clone(&core), Arc::clone(&shared), Rc::clone(&watchdog), seq).await;
     if let Some(task) = tls_loop {
         task.await;
+    }
+    if core.borrow().stopping() {
+        // A server keeping mail tells the clients waiting for their next command that it is
+        // going (421) at once, rather than keeping them, and its stop, for the whole grace:
+        // every read in flight is interrupted once, and those sessions with nothing under way
+        // close (see `serve`).
+        watchdog.shut_down();
+        watchdog.sweep(Instant::now());
     }
     // Returning drops this thread's sessions: let those under way finish first, for a while (a
     // client that sent QUIT behind its last message gets its 221 when `--exit-after-messages`
@@ -290,6 +298,15 @@ async fn serve(
     let mut read_size = FIRST_READ;
     let mut start = 0;
     loop {
+        if !session.in_transaction() && buf.is_empty() && core.borrow().stopping() {
+            // Waiting for a command from a server that is stopping: say so, and close.
+            out.clear();
+            out.extend_from_slice(b"421 4.3.2 Service shutting down, try later\r\n");
+            core.borrow_mut().counters.reply(421);
+            let _ = stream.write_all(out).await;
+            close_gracefully(&mut stream, &watch).await;
+            break;
+        }
         let spare = buf.capacity() - buf.len();
         let (res, b) = stream.read(&watch, buf, read_size, Some(Instant::now() + idle)).await;
         buf = b;
@@ -298,6 +315,11 @@ async fn serve(
                 if n >= spare.max(read_size) && read_size < MAX_READ {
                     read_size *= 2;
                 }
+            }
+            Ok(ReadOutcome::Deadline) if core.borrow().stopping() => {
+                // Interrupted by the stop: closed above if nothing is under way; a transaction
+                // goes on, for the stop's grace at most.
+                continue;
             }
             Ok(ReadOutcome::Deadline) => {
                 core.borrow_mut().counters.idle_timeouts += 1;
