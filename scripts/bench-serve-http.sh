@@ -22,24 +22,14 @@ SMTP_PORT=$PORT
 HTTP_PORT=$((PORT + 1))
 SINK_PORT=$((PORT + 2))
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+ensure_wrk
 cargo build --release --quiet
 VOLLEY="$PWD/target/release/volley"
 work=$(mktemp -d /tmp/volley-bench-serve-http.XXXXXX)
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap kill_pids_and_remove_work EXIT
 
-API_KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-printf 'bench:%s\n' "$API_KEY" >"$work/keys"
+API_KEY=$(new_api_key bench "$work/keys")
 
 echo "== HTTP intake: wrk -t1 -c$CONNECTIONS for $DURATION a case; wrk on core 0, serve and sink on core 1"
 echo "   $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"

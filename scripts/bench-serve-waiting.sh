@@ -18,30 +18,21 @@ PORT="${PORT:-2740}"
 HTTP_PORT=$PORT
 DEAD_PORT=$((PORT + 1))
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+ensure_wrk
 cargo build --release --quiet
 VOLLEY="$PWD/target/release/volley"
 work=$(mktemp -d /tmp/volley-bench-serve-waiting.XXXXXX)
-serve_pid=
-cleanup() {
-    [[ -n "$serve_pid" ]] && kill "$serve_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+pids=()
+trap kill_pids_and_remove_work EXIT
 
-API_KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-printf 'bench:%s\n' "$API_KEY" >"$work/keys"
+API_KEY=$(new_api_key bench "$work/keys")
 
 serve() {
     "$VOLLEY" serve --spool "$work/spool" --log "$work/log.jsonl" --smtp-listen 127.0.0.1:0 \
         --http-listen "127.0.0.1:$HTTP_PORT" --api-keys "$work/keys" --relay "127.0.0.1:$DEAD_PORT" \
         --retry-after 1h --retry-max 4h --max-age 2d --quiet 2>>"$work/serve.err" &
     serve_pid=$!
+    pids+=("$serve_pid")
 }
 
 memory() {
@@ -80,4 +71,3 @@ sleep 2
 echo "restarted with them waiting:   $(memory) (answering after $(python3 -c "print(f'{$ready - $started:.1f}')") s)"
 kill -TERM "$serve_pid"
 wait "$serve_pid"
-serve_pid=

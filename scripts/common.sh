@@ -69,3 +69,27 @@ private_postfix_cleanup() {
     jobs -p | xargs -r kill 2>/dev/null || true
     rm -rf "$work"
 }
+
+# wrk, the HTTP load generator of the serve benchmarks.
+ensure_wrk() {
+    if ! command -v wrk >/dev/null; then
+        echo "installing wrk"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    fi
+}
+
+# Writes a fresh API key for volley serve's --api-keys to $2 as $1:KEY; prints the key.
+new_api_key() {
+    local key
+    key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s:%s\n' "$1" "$key" >"$2"
+    echo "$key"
+}
+
+# For an EXIT trap: kills the processes in the array `pids` and removes the directory `work`.
+kill_pids_and_remove_work() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}

@@ -15,23 +15,14 @@ PORT="${PORT:-2780}"
 HTTP_PORT=$PORT
 SINK_PORT=$((PORT + 1))
 
-if ! command -v wrk >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+ensure_wrk
 cargo build --release --quiet
 VOLLEY="$PWD/target/release/volley"
 work=$(mktemp -d /tmp/volley-soak-serve.XXXXXX)
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap kill_pids_and_remove_work EXIT
 
-API_KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-printf 'soak:%s\n' "$API_KEY" >"$work/keys"
+API_KEY=$(new_api_key soak "$work/keys")
 taskset -c 1 "$VOLLEY" sink --listen "127.0.0.1:$SINK_PORT" --threads 1 >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$SINK_PORT"
