@@ -122,6 +122,16 @@ pub struct CommitStats {
     pub broken: std::sync::OnceLock<String>,
 }
 
+impl CommitStats {
+    /// A write failed: noted if it broke the store; the error every request in it hears.
+    fn failed(&self, e: SpoolError) -> CommitError {
+        if e.breaks_store() {
+            let _ = self.broken.set(e.to_string());
+        }
+        CommitError::Spool(Arc::new(e))
+    }
+}
+
 pub struct Committer {
     requests: SyncSender<Request>,
     thread: std::sync::Mutex<Option<JoinHandle<Spool>>>,
@@ -267,10 +277,7 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: O
                 }
             }
             Err(e) => {
-                if e.breaks_store() {
-                    let _ = stats.broken.set(e.to_string());
-                }
-                let e = CommitError::Spool(Arc::new(e));
+                let e = stats.failed(e);
                 for reply in accepted {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -286,12 +293,7 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: O
         report_failures(spool, &failures, notify);
     }
     if !recorded.is_empty() {
-        let result = spool.record(&changes, watermark).map_err(|e| {
-            if e.breaks_store() {
-                let _ = stats.broken.set(e.to_string());
-            }
-            CommitError::Spool(Arc::new(e))
-        });
+        let result = spool.record(&changes, watermark).map_err(|e| stats.failed(e));
         if result.is_ok() {
             stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
         }

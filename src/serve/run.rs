@@ -7,8 +7,9 @@
 //!    next attempt and when), together with how far into the log the spool is now up to date
 //!    (its watermark); that state batch is not synced of its own (the log is), so a crash
 //!    takes the watermark back at worst. So the spool never runs ahead of the log; and a stop
-//!    between 3's two writes is caught up at the next start, which reads the log from the watermark and marks
-//!    final every recipient a record there says is ([`reconcile`]) before anything is sent.
+//!    between 3's two writes is caught up at the next start, which reads the log from the
+//!    watermark and marks final every recipient a record there says is ([`reconcile`]) before
+//!    anything is sent.
 
 use std::sync::Arc;
 use std::sync::mpsc;
