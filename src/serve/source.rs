@@ -105,8 +105,8 @@ impl SpoolSource {
             at: now,
         })));
         let body = Body::new(&message.content);
+        let born = accepted_at.min(now);
         for (index, rcpt) in message.recipients.iter().enumerate() {
-            let born = accepted_at.min(now);
             let p =
                 pending(recipient_id(id, index as u32), message.sender.clone(), rcpt, body.clone(), born, 0);
             self.flow.admitted.fetch_add(1, Ordering::Relaxed);
