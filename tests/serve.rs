@@ -42,6 +42,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         dkim: None,
         min_free_space: 0,
         dsn_from: Some("serve.test".into()),
+        active_recipients: 100_000,
     }
 }
 
@@ -281,5 +282,71 @@ fn a_bounce_is_reported_to_the_sender_and_a_report_never_is() {
     assert!(reports.iter().all(|r| r["sender"] == ""), "from the null sender");
     let to_sender = all.iter().find(|r| r["status"] == "delivered" && r["rcpt"] == "app@example.com");
     assert!(to_sender.is_some(), "the report reached the sender: {all:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A dead destination with far more waiting than `active_recipients`: memory holds about that
+/// many, the spool the rest; once the destination is back, each is read from the spool's
+/// schedule in its turn and delivered once.
+#[test]
+fn only_a_bounded_number_wait_in_memory_and_the_rest_are_read_back_from_the_spool() {
+    let dir = temp("parked");
+    // A port nothing listens on yet: every attempt fails to connect.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let log_path = dir.join("log.jsonl");
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let limit = 40;
+    let mut cfg = config(addr, LogFile::create(&log_path).unwrap(), Duration::from_millis(400));
+    cfg.active_recipients = limit;
+    let serving = run::start(cfg, spool).unwrap();
+    let total = 400;
+    for n in 0..total {
+        accept(&serving, message(n, 1));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while records(&log_path).iter().filter(|r| r["status"] == "deferred").count() < total {
+        assert!(Instant::now() < deadline, "each deferred once");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once the spool has recorded the deferrals, memory lets go of all but the limit; rounds of
+    // retries go on, and memory holds the limit and what is being tried, never the 400.
+    let held = || serving.flow().held.load(Ordering::Relaxed);
+    while held() > limit as u64 {
+        assert!(Instant::now() < deadline, "{} held in memory with a limit of {limit}", held());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut most = 0;
+    for _ in 0..100 {
+        most = most.max(held());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(most <= 2 * limit as u64, "{most} held in memory with a limit of {limit}");
+    assert_eq!(serving.flow().waiting.load(Ordering::Relaxed), total as u64, "all still waiting");
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!(books.tally.finals(), 0);
+
+    // Restarted, still dead: the spool's schedule is read a window at a time.
+    let (log, _) = LogFile::reopen(&log_path).unwrap();
+    let mut cfg = config(addr, log, Duration::from_millis(400));
+    cfg.active_recipients = limit;
+    let serving = run::start(cfg, spool).unwrap();
+    assert_eq!(serving.resumed(), total);
+    let held = || serving.flow().held.load(Ordering::Relaxed);
+    let mut most = 0;
+    for _ in 0..100 {
+        most = most.max(held());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(most <= 2 * limit as u64, "{most} held after a restart with a limit of {limit}");
+
+    // The destination comes back.
+    let sink = common::sink(|c| c.listen = addr);
+    wait_for_finals(&serving, total as u64);
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!(books.tally.delivered, total as u64);
+    assert!(spool.waiting().unwrap().is_empty() && spool.reader().scheduled_count().unwrap() == 0);
+    assert_eq!(sink.stop().unwrap().messages_accepted, total as u64, "each once");
+    let delivered = records(&log_path).iter().filter(|r| r["status"] == "delivered").count();
+    assert_eq!(delivered, total, "one final record each");
     std::fs::remove_dir_all(&dir).unwrap();
 }

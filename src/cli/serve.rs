@@ -17,6 +17,7 @@ use mailvolley::serve::http::{self, HttpConfig};
 use mailvolley::serve::keys::ApiKeys;
 use mailvolley::serve::run::{self, ServeConfig};
 use mailvolley::serve::smtp::SpoolStore;
+use mailvolley::serve::source::ACTIVE_RECIPIENTS;
 use mailvolley::serve::spool::Spool;
 use mailvolley::sink::auth::Users;
 use mailvolley::sink::{self, SinkConfig};
@@ -86,6 +87,11 @@ pub struct ServeArgs {
     /// delivery status notification (RFC 3464; never to the null sender): on or off.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
     dsn: bool,
+    /// Recipients held in memory at most, under way or due within a minute; the rest wait
+    /// in the spool only and are read back as their time comes (memory stays bounded
+    /// however many wait: a few hundred octets each held).
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(ACTIVE_RECIPIENTS).unwrap_or(NonZeroUsize::MIN))]
+    active_recipients: NonZeroUsize,
     /// Threads taking submissions, one runtime each.
     #[arg(long, default_value = "1")]
     intake_threads: NonZeroUsize,
@@ -177,6 +183,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dkim,
             min_free_space: args.min_free_space,
             dsn_from: args.dsn.then(|| hostname.clone()),
+            active_recipients: args.active_recipients.get(),
         },
         spool,
     )?;

@@ -7,7 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ledger::Report;
 use super::lowercase;
@@ -37,6 +37,18 @@ pub struct Dispatch {
     /// What a recipient keeps of its message while it waits for a retry (see
     /// [`Dispatch::stow_retries_with`]).
     stow: Option<Stow>,
+    /// Which retries are not kept in memory (see [`Dispatch::park_retries`]).
+    parking: Option<Parking>,
+    /// Recipients parked since the source last asked: id and attempts so far.
+    parked: Vec<(u64, u32)>,
+}
+
+/// Which retries a source that keeps its own schedule on disk (serve's spool) takes back from
+/// memory: those due beyond `horizon`, and any once `limit` recipients wait in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Parking {
+    pub horizon: Duration,
+    pub limit: usize,
 }
 
 /// A recipient waiting for its retry, ordered by when it is due (a sequence number breaks ties,
@@ -89,7 +101,22 @@ impl Dispatch {
             retries,
             reports,
             stow: None,
+            parking: None,
+            parked: Vec::new(),
         }
+    }
+
+    /// Retries `parking` says need not wait in memory are dropped here and named by
+    /// [`Dispatch::take_parked`]: the source, whose store holds each recipient's schedule,
+    /// reads them back when their time comes near. Memory then holds what is due soon, up to a
+    /// bound, however many wait (a dead destination with a million).
+    pub fn park_retries(&mut self, parking: Parking) {
+        self.parking = Some(parking);
+    }
+
+    /// The recipients parked since the last call (id, attempts so far), in the order parked.
+    pub fn take_parked(&mut self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut self.parked)
     }
 
     /// Recipients waiting for a retry keep their message as `stow` makes it, not as it was
@@ -140,6 +167,12 @@ impl Dispatch {
             }
         }
         while let Ok((at, mut p)) = self.retries.try_recv() {
+            if let Some(parking) = self.parking
+                && (at > now + parking.horizon || self.held() >= parking.limit)
+            {
+                self.parked.push((p.id, p.attempts));
+                continue;
+            }
             if let Some(stow) = &self.stow {
                 p.message = stow(p.id, p.message);
             }
@@ -170,6 +203,11 @@ impl Dispatch {
     /// Recipients waiting for DNS or a retry.
     pub fn waiting(&self) -> usize {
         self.resolving_count + self.retries_due.len()
+    }
+
+    /// Recipients held here: waiting for DNS or a retry, or ready to be taken as jobs.
+    pub fn held(&self) -> usize {
+        self.waiting() + self.ready.len()
     }
 
     /// When the next retry is due, if one is waiting.
@@ -270,5 +308,39 @@ mod tests {
         assert!(d.next_job(Instant::now()).is_none(), "not before it is due");
         assert_eq!(d.next_job(due).map(|j| (j.id, j.due)), Some((5, t0)), "then a job, born when it was");
         assert_eq!(d.waiting(), 0);
+    }
+
+    /// With parking, memory holds retries due within the horizon up to the limit; the rest
+    /// are named for the source to read back later, with their attempts.
+    #[test]
+    fn retries_beyond_the_horizon_or_the_limit_are_parked() {
+        let shaping =
+            ShapingRules::load(&[], false, Defaults { connections: 2, limits: Limits::default() }).unwrap();
+        let routes = Routes::relay("relay", vec!["127.0.0.1:2525".parse().unwrap()], shaping);
+        let (retries_tx, retries_rx) = mpsc::channel();
+        let (reports_tx, _reports_rx) = mpsc::sync_channel(16);
+        let mut d = Dispatch::new(routes, retries_rx, reports_tx);
+        d.park_retries(Parking { horizon: Duration::from_secs(60), limit: 3 });
+        let now = Instant::now();
+        let retry = |id: u64, in_s: u64, attempts: u32| {
+            let mut p = pending(id, "a@x.test", now);
+            p.attempts = attempts;
+            retries_tx.send((now + Duration::from_secs(in_s), p)).unwrap();
+        };
+        retry(1, 10, 1);
+        retry(2, 600, 2);
+        retry(3, 20, 1);
+        d.poll(now);
+        assert_eq!((d.waiting(), d.take_parked()), (2, vec![(2, 2)]), "beyond the horizon");
+        assert!(d.take_parked().is_empty(), "named once");
+        d.route(pending(4, "b@x.test", now), now);
+        assert_eq!(d.held(), 3, "a job ready counts too");
+        retry(5, 5, 3);
+        d.poll(now);
+        assert_eq!((d.waiting(), d.take_parked()), (2, vec![(5, 3)]), "at the limit, even if due soon");
+        assert_eq!(d.next_job(now).map(|j| j.id), Some(4));
+        retry(6, 5, 1);
+        d.poll(now);
+        assert_eq!((d.waiting(), d.take_parked()), (3, vec![]), "room again");
     }
 }

@@ -149,6 +149,9 @@ pub struct Flow {
     pub finalized: AtomicU64,
     /// Recipients waiting for a retry or for DNS: published by the source.
     pub waiting: AtomicU64,
+    /// Recipients the source holds in memory, under way or waiting (serve's spool holds the
+    /// rest): published by the source.
+    pub held: AtomicU64,
 }
 
 impl Flow {

@@ -140,15 +140,20 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the writer thread, which owns `spool` until [`Committer::stop`]; with `notify`,
-    /// it reports failures to senders.
-    pub fn start(spool: Spool, notify: Option<Notify>) -> std::io::Result<Committer> {
+    /// it reports failures to senders; with `recorded`, it sends each batch of recipients'
+    /// states once the spool holds it.
+    pub fn start(
+        spool: Spool,
+        notify: Option<Notify>,
+        recorded: Option<mpsc::Sender<Vec<Change>>>,
+    ) -> std::io::Result<Committer> {
         let (requests, incoming) = mpsc::sync_channel(QUEUED);
         let stats = Arc::new(CommitStats::default());
         let shared = Arc::clone(&stats);
         let thread = std::thread::Builder::new().name("spool".into()).spawn(move || {
             let mut spool = spool;
             while let Some(batch) = next_batch(&incoming, BATCH_MESSAGES, BATCH_OCTETS) {
-                if commit(&mut spool, batch, &shared, notify.as_ref()) == Go::Stop {
+                if commit(&mut spool, batch, &shared, notify.as_ref(), recorded.as_ref()) == Go::Stop {
                     break;
                 }
             }
@@ -241,7 +246,13 @@ fn next_batch(incoming: &Receiver<Request>, max_messages: usize, max_octets: usi
 
 /// Writes a batch: the messages in one durable commit, the state changes in another, and
 /// answers every request. A commit fails as a whole, and every request in it hears so.
-fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: Option<&Notify>) -> Go {
+fn commit(
+    spool: &mut Spool,
+    batch: Vec<Request>,
+    stats: &CommitStats,
+    notify: Option<&Notify>,
+    recorded_to: Option<&mpsc::Sender<Vec<Change>>>,
+) -> Go {
     let mut go = Go::On;
     let mut groups = Vec::new();
     let mut accepted = Vec::new();
@@ -296,6 +307,12 @@ fn commit(spool: &mut Spool, batch: Vec<Request>, stats: &CommitStats, notify: O
         let result = spool.record(&changes, watermark).map_err(|e| stats.failed(e));
         if result.is_ok() {
             stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
+            if let Some(to) = recorded_to
+                && !changes.is_empty()
+            {
+                // Delivery gone (stopping): nobody needs to know.
+                let _ = to.send(changes);
+            }
         }
         for reply in recorded {
             let _ = reply.send(result.clone());
@@ -385,7 +402,7 @@ mod tests {
     fn concurrent_intake_shares_syncs_and_every_message_is_durable_once() {
         let dir = std::env::temp_dir().join(format!("volley-commit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let committer = Arc::new(Committer::start(Spool::open(&dir).unwrap(), None).unwrap());
+        let committer = Arc::new(Committer::start(Spool::open(&dir).unwrap(), None, None).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let c = Arc::clone(&committer);

@@ -1,13 +1,15 @@
 //! `volley serve`: a long-running service that takes messages from applications over SMTP
 //! submission ([`smtp`], on the sink's server) and an HTTP API ([`http`], with [`keys`] and
 //! [`idempotency`]), makes each durable before saying yes ([`intake`], then [`commit`]'s
-//! group commit into the [`spool`], values laid out by [`record`]), and delivers it with
+//! group commit into the [`spool`], values laid out by [`record`], waiting recipients
+//! filed by due time in its schedule, [`due`]), and delivers it with
 //! `deliver` as `send` does: the spool's job source ([`source`]) and the order of syncs that
 //! keeps the spool and the log in step ([`run`]); a sender hears of recipients that bounced or
 //! expired ([`dsn`]).
 
 pub mod commit;
 pub mod dsn;
+pub mod due;
 pub mod http;
 pub mod idempotency;
 pub mod intake;

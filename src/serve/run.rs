@@ -53,6 +53,9 @@ pub struct ServeConfig {
     /// Report bounced and expired recipients to their messages' senders (RFC 3464), as this
     /// host; `None`: no reports.
     pub dsn_from: Option<String>,
+    /// Recipients held in memory at most (under way or due soon); the rest wait in the spool
+    /// only (`--active-recipients`; see [`super::source`]).
+    pub active_recipients: usize,
 }
 
 #[derive(Debug, Error)]
@@ -94,6 +97,7 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
         dkim,
         min_free_space,
         dsn_from,
+        active_recipients,
     } = config;
     let spool_dir = spool.path().to_owned();
     reconcile(&mut spool, &log)?;
@@ -101,11 +105,19 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
     let (arrivals, arrivals_rx) = mpsc::sync_channel(ARRIVALS);
+    let (recorded_tx, recorded_rx) = mpsc::channel();
     let dispatch = Dispatch::new(routes, retries_rx, reports_tx);
-    let mut source = SpoolSource::new(dispatch, arrivals_rx, Arc::clone(&flow), spool.reader());
-    let resumed = source.resume(&spool, Instant::now(), SystemTime::now())?;
+    let mut source = SpoolSource::new(
+        dispatch,
+        arrivals_rx,
+        recorded_rx,
+        Arc::clone(&flow),
+        spool.reader(),
+        active_recipients.max(1),
+    );
+    let resumed = source.resume(spool.last_id())?;
     let notify = dsn_from.map(|hostname| Notify { hostname, arrivals: arrivals.clone() });
-    let committer = Arc::new(Committer::start(spool, notify).map_err(ServeError::Start)?);
+    let committer = Arc::new(Committer::start(spool, notify, Some(recorded_tx)).map_err(ServeError::Start)?);
     let retry = RetryPolicy::Scheduled(schedule);
     let engine_config = crate::deliver::engine_config(engine, retry, reactions, rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(ServeError::Start)?;

@@ -4,23 +4,33 @@
 //! It never runs dry: serve stops it by halting the engine, leaving what is not final in the
 //! spool.
 //!
-//! A recipient waiting for a retry (or resumed from the spool) holds its message's id, not its
-//! content: the content is read from the spool on this thread (the producer's, never a core's)
-//! when the retry is due, so a dead destination with a million messages waiting costs memory
-//! per recipient, not per byte of mail.
+//! Memory holds what is under way and due soon, not everything that waits, as Postfix keeps an
+//! active queue beside its deferred one: a retry due beyond [`HORIZON`], or any once
+//! `--active-recipients` wait in memory, is parked (dropped here; the spool keeps its schedule,
+//! [`super::due`]) and read back from the schedule when its time comes near. So is what a
+//! restart finds in the spool. A recipient in memory holds its message's id, not its content,
+//! which is read from the spool on this thread (the producer's, never a core's) when an attempt
+//! is due.
+//!
+//! A recipient is read from the schedule only if it is not held here already. It is held from
+//! when it arrives or is read until the spool has recorded it final or parked: a parked one is
+//! let go only when the spool's record of that deferral (not an older one) comes back from the
+//! spool's writer, so the schedule never shows it at a time it no longer has.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::due::Scheduled;
 use super::spool::{
-    Accepted, MessageId, Spool, SpoolError, SpoolReader, Status, of_recipient_id, recipient_id,
+    Accepted, Change, MessageId, SpoolError, SpoolReader, Status, of_recipient_id, recipient_id,
 };
-use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING};
+use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING, Parking};
 use crate::deliver::ledger::{Flow, Received, Report};
 use crate::deliver::pending::Pending;
 use crate::engine::{Compose, Job, JobSource, Next, Payload, Unsendable};
+use crate::hash::FxMap;
 use crate::proto::client::{Envelope, Message};
 use crate::proto::{Address, Body};
 
@@ -28,6 +38,13 @@ use crate::proto::{Address, Body};
 const POLL: Duration = Duration::from_millis(2);
 /// Messages taken from intake per call at most, so a burst does not hold up retries.
 const ARRIVALS_PER_CALL: usize = 256;
+/// Retries due further ahead than this wait in the spool only; the schedule is read this far
+/// ahead.
+pub const HORIZON: Duration = Duration::from_secs(60);
+/// The schedule is read at most this often (a read starts where the last one stopped).
+const READ_EVERY: Duration = Duration::from_millis(100);
+/// Recipients held in memory by default (`--active-recipients`): a few hundred octets each.
+pub const ACTIVE_RECIPIENTS: usize = 100_000;
 
 /// A message intake accepted, once durable in the spool.
 #[derive(Debug)]
@@ -44,53 +61,66 @@ pub struct Arrival {
 pub struct SpoolSource {
     dispatch: Dispatch,
     arrivals: Receiver<Arrival>,
+    /// What the spool's writer recorded (see the module's comment).
+    recorded: Receiver<Vec<Change>>,
     flow: Arc<Flow>,
     reader: SpoolReader,
+    /// Recipients held in memory (under way, or waiting for a retry due soon), by id.
+    held: FxMap<u64, ()>,
+    /// Recipients parked and still held until the spool records that deferral: attempts then.
+    parked: FxMap<u64, u32>,
+    /// No recipient that waits in the spool only is due before this (milliseconds since the
+    /// Unix epoch); `None`: none waits there.
+    unread_from: Option<u64>,
+    /// Recipients that wait in the spool only (for progress).
+    unread: usize,
+    /// The last message in the spool when serve started: a recipient of a later one never
+    /// tried is an arrival, handed over by intake, never read from the schedule.
+    last_at_start: MessageId,
+    read_at: Option<Instant>,
+    limit: usize,
 }
 
 impl SpoolSource {
+    /// `recorded` brings every batch of changes the spool's writer recorded; at most `limit`
+    /// recipients wait in memory.
     pub fn new(
         mut dispatch: Dispatch,
         arrivals: Receiver<Arrival>,
+        recorded: Receiver<Vec<Change>>,
         flow: Arc<Flow>,
         reader: SpoolReader,
+        limit: usize,
     ) -> Self {
         let stow_reader = reader.clone();
         dispatch.stow_retries_with(Box::new(move |id, message| stow(&stow_reader, id, message)));
-        SpoolSource { dispatch, arrivals, flow, reader }
+        dispatch.park_retries(Parking { horizon: HORIZON, limit });
+        SpoolSource {
+            dispatch,
+            arrivals,
+            recorded,
+            flow,
+            reader,
+            held: FxMap::default(),
+            parked: FxMap::default(),
+            unread_from: None,
+            unread: 0,
+            last_at_start: MessageId(0),
+            read_at: None,
+            limit,
+        }
     }
 
-    /// Schedules what `spool` holds: each waiting recipient at its due time (at once if that
-    /// has passed). `now` and `wall` are one reading of the two clocks. Returns how many.
-    pub fn resume(&mut self, spool: &Spool, now: Instant, wall: SystemTime) -> Result<usize, SpoolError> {
-        let waiting = spool.waiting()?;
-        let mut current: Option<(MessageId, Option<Address>, u64)> = None;
-        for r in &waiting {
-            if current.as_ref().is_none_or(|(id, ..)| *id != r.message) {
-                // Recipients come in message order: each message is read once, for its sender
-                // and age; its content stays in the spool until an attempt is due.
-                let Some(stored) = spool.message(r.message)? else { continue };
-                current = Some((r.message, stored.sender, stored.received_ms));
-            }
-            let Some((_, sender, received_ms)) = &current else { continue };
-            let Status::Waiting { attempts, due_ms } = r.status else { continue };
-            let envelope = Arc::new(Envelope { sender: sender.clone(), recipients: vec![r.address.clone()] });
-            let pending = Pending {
-                id: recipient_id(r.message, r.index),
-                rcpt: r.address.clone(),
-                message: Payload::Compose(Box::new(Spooled {
-                    reader: self.reader.clone(),
-                    message: r.message,
-                    envelope,
-                })),
-                born: instant_of(*received_ms, now, wall),
-                attempts,
-            };
-            self.flow.admitted.fetch_add(1, Ordering::Relaxed);
-            let due = instant_of(due_ms, now, wall);
-            if due > now { self.dispatch.retry_at(due, pending) } else { self.dispatch.route(pending, now) }
-        }
-        Ok(waiting.len())
+    /// Takes on what the spool holds at the start, `last` being its newest message: each
+    /// waiting recipient is read from the schedule as its time comes near (at once if it has
+    /// passed). Returns how many wait.
+    pub fn resume(&mut self, last: MessageId) -> Result<usize, SpoolError> {
+        let waiting = self.reader.scheduled_count()?;
+        self.last_at_start = last;
+        self.unread = waiting;
+        self.unread_from = (waiting > 0).then_some(0);
+        self.flow.admitted.fetch_add(waiting as u64, Ordering::Relaxed);
+        Ok(waiting)
     }
 
     fn arrive(&mut self, arrival: Arrival, now: Instant) {
@@ -109,19 +139,114 @@ impl SpoolSource {
         for (index, rcpt) in message.recipients.iter().enumerate() {
             let p =
                 pending(recipient_id(id, index as u32), message.sender.clone(), rcpt, body.clone(), born, 0);
+            self.held.insert(p.id, ());
             self.flow.admitted.fetch_add(1, Ordering::Relaxed);
             self.dispatch.route(p, now);
         }
+    }
+
+    /// Takes in what came back: retries (some parked) and the spool's records, which let go
+    /// of final and parked recipients. Records are taken first: a retry is handed back before
+    /// its deferral is recorded, so each record taken has its retry here by the time it is
+    /// looked at.
+    fn take_back(&mut self, now: Instant) {
+        let recorded: Vec<Vec<Change>> = self.recorded.try_iter().collect();
+        self.dispatch.poll(now);
+        for (id, attempts) in self.dispatch.take_parked() {
+            self.parked.insert(id, attempts);
+        }
+        for change in recorded.iter().flatten() {
+            let id = recipient_id(change.message, change.index);
+            match change.status {
+                Status::Final => {
+                    self.held.remove(&id);
+                    self.parked.remove(&id);
+                }
+                Status::Waiting { attempts, due_ms } => {
+                    if self.parked.get(&id).is_some_and(|parked| *parked <= attempts) {
+                        self.parked.remove(&id);
+                        self.held.remove(&id);
+                        self.unread += 1;
+                        self.unread_from = Some(self.unread_from.map_or(due_ms, |from| from.min(due_ms)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads from the schedule the recipients due within [`HORIZON`] that are not held, while
+    /// fewer than the limit are held (counting those under way in the engine), once at most
+    /// half are (so reads are not one recipient at a time).
+    fn read_schedule(&mut self, now: Instant) -> Result<(), SpoolError> {
+        let wall = SystemTime::now();
+        let until = wall_ms_of(now + HORIZON, now, wall);
+        let Some(from) = self.unread_from else { return Ok(()) };
+        if from > until
+            || self.held.len() > self.limit / 2
+            || self.read_at.is_some_and(|at| now < at + READ_EVERY)
+        {
+            return Ok(());
+        }
+        self.read_at = Some(now);
+        // Where the next read starts: the first recipient left unread, if any is.
+        let mut next_from = None;
+        for entry in self.reader.scheduled_from(from) {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // From the same place, a while later.
+                    self.read_at = Some(now + Duration::from_secs(5));
+                    return Err(e);
+                }
+            };
+            if entry.due_ms > until || self.held.len() >= self.limit {
+                next_from = Some(entry.due_ms);
+                break;
+            }
+            let id = recipient_id(entry.message, entry.index);
+            if self.held.contains_key(&id) || (entry.attempts == 0 && entry.message > self.last_at_start) {
+                continue;
+            }
+            self.held.insert(id, ());
+            self.unread = self.unread.saturating_sub(1);
+            let due = instant_of(entry.due_ms, now, wall);
+            let pending = self.scheduled(entry, now, wall);
+            if due > now { self.dispatch.retry_at(due, pending) } else { self.dispatch.route(pending, now) }
+        }
+        self.unread_from = next_from;
+        Ok(())
+    }
+
+    /// A recipient read from the schedule, its message to be read when its attempt is due.
+    fn scheduled(&self, entry: Scheduled, now: Instant, wall: SystemTime) -> Pending {
+        let Scheduled { message, index, attempts, received_ms, sender, address, .. } = entry;
+        let envelope = Arc::new(Envelope { sender, recipients: vec![address.clone()] });
+        Pending {
+            id: recipient_id(message, index),
+            rcpt: address,
+            message: Payload::Compose(Box::new(Spooled { reader: self.reader.clone(), message, envelope })),
+            born: instant_of(received_ms, now, wall),
+            attempts,
+        }
+    }
+
+    fn publish_waiting(&self) {
+        self.flow.waiting.store((self.dispatch.waiting() + self.unread) as u64, Ordering::Relaxed);
+        self.flow.held.store(self.held.len() as u64, Ordering::Relaxed);
     }
 }
 
 impl JobSource for SpoolSource {
     fn next(&mut self, now: Instant) -> Next {
-        self.dispatch.poll(now);
+        self.take_back(now);
+        if let Err(e) = self.read_schedule(now) {
+            // Said, and tried again later: what waits stays in the spool meanwhile.
+            eprintln!("volley serve: reading the spool's schedule: {e}");
+        }
         let mut taken = 0;
         loop {
             if let Some(job) = self.dispatch.next_job(now) {
-                self.flow.waiting.store(self.dispatch.waiting() as u64, Ordering::Relaxed);
+                self.publish_waiting();
                 return Next::Job(load(job));
             }
             if taken >= ARRIVALS_PER_CALL || self.dispatch.resolving() >= MAX_RESOLVING {
@@ -131,7 +256,7 @@ impl JobSource for SpoolSource {
             taken += 1;
             self.arrive(arrival, now);
         }
-        self.flow.waiting.store(self.dispatch.waiting() as u64, Ordering::Relaxed);
+        self.publish_waiting();
         let soon = now + if taken > 0 { Duration::ZERO } else { POLL };
         Next::Wait(self.dispatch.next_retry().map_or(soon, |at| at.min(soon)))
     }
@@ -239,7 +364,7 @@ pub fn wall_ms_of(at: Instant, now: Instant, wall: SystemTime) -> u64 {
 mod tests {
     use super::*;
     use crate::engine::Destination;
-    use crate::serve::spool::Change;
+    use crate::serve::spool::Spool;
 
     #[test]
     fn a_waiting_recipient_keeps_an_id_and_its_content_is_read_when_due() {

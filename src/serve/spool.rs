@@ -6,8 +6,11 @@
 //!   in, how many recipients, and its content (kept apart from the keys by the store);
 //! - `recipients`: message id and recipient index (big-endian) -> the address and its state:
 //!   waiting (attempts so far, when the next is due) or final;
+//! - `due`: every waiting recipient again, under when its next attempt is due: the schedule,
+//!   read in order a window at a time (see [`super::due`]);
 //! - `meta`: the next message id, so ids never repeat, not even after the newest message has
-//!   left the spool and the process restarted;
+//!   left the spool and the process restarted; the log's watermark (see [`Spool::record`]);
+//!   the layout's format;
 //! - `idempotency`: the HTTP API's Idempotency-Keys, with what each admitted (see
 //!   [`super::idempotency`]), written with those messages; expired ones go at the next start.
 //!
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use thiserror::Error;
 
+use super::due::{self, Scheduled};
 use super::idempotency::{self, IdempotencyKey};
 use super::intake::now_ms;
 use super::record::{DecodeError, Reader, Writer};
@@ -163,6 +167,7 @@ pub struct Spool {
     recipients: Keyspace,
     meta: Keyspace,
     idempotency: Keyspace,
+    due: Keyspace,
     next_id: u64,
     /// Held for as long as the spool is open.
     _lock: File,
@@ -171,6 +176,10 @@ pub struct Spool {
 const NEXT_ID: &[u8] = b"next_id";
 /// The delivery log's length up to which every record's consequence is in the spool.
 const LOG_WATERMARK: &[u8] = b"log_watermark";
+/// The layout's format: absent in spools written before the schedule (`due`) was kept, which
+/// opening brings up to date.
+const FORMAT: &[u8] = b"format";
+const SCHEDULED_FORMAT: u32 = 2;
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, refusing one another process holds.
@@ -192,14 +201,57 @@ impl Spool {
         let recipients = db.keyspace("recipients", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
+        let due = db.keyspace("due", KeyspaceCreateOptions::default)?;
         let next_id = match meta.get(NEXT_ID)? {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
             None => 1,
         };
-        let mut spool =
-            Spool { path: dir.to_owned(), db, messages, recipients, meta, idempotency, next_id, _lock: lock };
+        let mut spool = Spool {
+            path: dir.to_owned(),
+            db,
+            messages,
+            recipients,
+            meta,
+            idempotency,
+            due,
+            next_id,
+            _lock: lock,
+        };
+        spool.schedule_what_waits()?;
         spool.forget_expired_keys(now_ms())?;
         Ok(spool)
+    }
+
+    /// A spool from before the schedule was kept: every waiting recipient filed under its due
+    /// time, once, so none is forgotten by a delivery that reads only the schedule.
+    fn schedule_what_waits(&mut self) -> Result<(), SpoolError> {
+        if self.meta.get(FORMAT)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut message: Option<Stored> = None;
+        for guard in self.recipients.iter() {
+            let (key, value) = guard.into_inner()?;
+            let r = recipient_of(&key, &value)?;
+            let Status::Waiting { attempts, due_ms } = r.status else { continue };
+            if message.as_ref().is_none_or(|m| m.id != r.message) {
+                message = self.message(r.message)?;
+            }
+            let Some(m) = &message else { continue };
+            let entry = Scheduled {
+                message: r.message,
+                index: r.index,
+                due_ms,
+                attempts,
+                received_ms: m.received_ms,
+                sender: m.sender.clone(),
+                address: r.address,
+            };
+            batch.insert(&self.due, due::key(due_ms, r.message, r.index), due::value(&entry));
+        }
+        batch.insert(&self.meta, FORMAT, SCHEDULED_FORMAT.to_be_bytes());
+        batch.commit()?;
+        Ok(())
     }
 
     /// Removes the Idempotency-Keys that expired by `now_ms`.
@@ -223,6 +275,11 @@ impl Spool {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The newest message's id (0 if there never was one).
+    pub fn last_id(&self) -> MessageId {
+        MessageId(self.next_id - 1)
     }
 
     /// Writes `accepted` and their recipients (each waiting, due when received) in one batch,
@@ -278,7 +335,18 @@ impl Spool {
                 batch.insert(&self.messages, id.0.to_be_bytes(), value);
                 let waiting = Status::Waiting { attempts: 0, due_ms: m.received_ms };
                 for (index, address) in m.recipients.iter().enumerate() {
-                    batch.insert(&self.recipients, recipient_key(id, index as u32), state(address, waiting));
+                    let index = index as u32;
+                    batch.insert(&self.recipients, recipient_key(id, index), state(address, waiting));
+                    let entry = Scheduled {
+                        message: id,
+                        index,
+                        due_ms: m.received_ms,
+                        attempts: 0,
+                        received_ms: m.received_ms,
+                        sender: m.sender.clone(),
+                        address: address.clone(),
+                    };
+                    batch.insert(&self.due, due::key(m.received_ms, id, index), due::value(&entry));
                 }
                 ids.push(id);
             }
@@ -322,33 +390,76 @@ impl Spool {
         sorted.sort_by_key(|c| (c.message, c.index));
         for group in sorted.chunk_by(|a, b| a.message == b.message) {
             let id = group[0].message;
-            let mut rows = self.recipients_of(id)?;
-            for change in group {
-                if let Some(row) = rows.iter_mut().find(|r| r.index == change.index) {
-                    row.status = change.status;
-                }
-            }
+            let rows = self.recipients_of(id)?;
             if rows.is_empty() {
                 continue; // the message left already
             }
-            if rows.iter().all(|r| r.status == Status::Final) {
-                batch.remove(&self.messages, id.0.to_be_bytes());
-                for r in &rows {
-                    batch.remove(&self.recipients, recipient_key(id, r.index));
-                }
-                continue;
-            }
+            // Each recipient's state after the batch: its last change wins, and a recipient
+            // already final stays so (a change to waiting for it is stale).
+            let mut after: Vec<Status> = rows.iter().map(|r| r.status).collect();
             for change in group {
-                if let Some(row) = rows.iter().find(|r| r.index == change.index) {
-                    batch.insert(
-                        &self.recipients,
-                        recipient_key(id, row.index),
-                        state(&row.address, row.status),
-                    );
+                if let Some(at) = rows.iter().position(|r| r.index == change.index)
+                    && after[at] != Status::Final
+                {
+                    after[at] = change.status;
                 }
+            }
+            let leaves = after.iter().all(|s| *s == Status::Final);
+            for (row, new) in rows.iter().zip(&after) {
+                if leaves {
+                    batch.remove(&self.recipients, recipient_key(id, row.index));
+                } else if row.status != *new {
+                    batch.insert(&self.recipients, recipient_key(id, row.index), state(&row.address, *new));
+                }
+                if row.status != *new {
+                    self.reschedule(&mut batch, row, *new)?;
+                }
+            }
+            if leaves {
+                batch.remove(&self.messages, id.0.to_be_bytes());
             }
         }
         batch.commit()?;
+        Ok(())
+    }
+
+    /// Moves `row` in the schedule to where its `new` state puts it: out (final), or under its
+    /// new due time with its new count of attempts.
+    fn reschedule(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        row: &Recipient,
+        new: Status,
+    ) -> Result<(), SpoolError> {
+        let mut entry = None;
+        if let Status::Waiting { due_ms, .. } = row.status {
+            let old = due::key(due_ms, row.message, row.index);
+            if let Some(value) = self.due.get(old)? {
+                entry = Some(due::decode(&old, &value)?);
+            }
+            batch.remove(&self.due, old);
+        }
+        let Status::Waiting { attempts, due_ms } = new else { return Ok(()) };
+        let mut entry = match entry {
+            Some(entry) => entry,
+            // Not scheduled where its state said (it cannot be, but its message still says
+            // all that is needed): filed anew rather than forgotten.
+            None => {
+                let Some(m) = self.message(row.message)? else { return Ok(()) };
+                Scheduled {
+                    message: row.message,
+                    index: row.index,
+                    due_ms,
+                    attempts,
+                    received_ms: m.received_ms,
+                    sender: m.sender,
+                    address: row.address.clone(),
+                }
+            }
+        };
+        entry.due_ms = due_ms;
+        entry.attempts = attempts;
+        batch.insert(&self.due, due::key(due_ms, row.message, row.index), due::value(&entry));
         Ok(())
     }
 
@@ -367,7 +478,7 @@ impl Spool {
 
     /// A handle that reads messages from another thread while this one writes.
     pub fn reader(&self) -> SpoolReader {
-        SpoolReader { messages: self.messages.clone() }
+        SpoolReader { messages: self.messages.clone(), due: self.due.clone() }
     }
 
     /// Every recipient still waiting, in message order: what a restart schedules again.
@@ -414,11 +525,14 @@ impl Drop for Spool {
     }
 }
 
-/// Reads messages' content while the writer goes on: a recipient waiting for its retry keeps
-/// only its message's id in memory, and its content is read again when the retry is due.
+/// Reads messages' content and the schedule while the writer goes on: a recipient waiting for
+/// its retry keeps only its message's id in memory, and its content is read again when the
+/// retry is due; a recipient whose retry is far off is not in memory at all, and is read from
+/// the schedule when its time comes near.
 #[derive(Clone)]
 pub struct SpoolReader {
     messages: Keyspace,
+    due: Keyspace,
 }
 
 impl fmt::Debug for SpoolReader {
@@ -443,6 +557,20 @@ impl SpoolReader {
             Ok(Stored { id, sender, content, received_ms, origin, recipient_count })
         };
         decode().map(Some).map_err(|e| corrupt("messages", &id.to_string(), e))
+    }
+
+    /// Waiting recipients due at or after `from_ms`, soonest first (a snapshot: what is
+    /// written meanwhile is not seen).
+    pub fn scheduled_from(&self, from_ms: u64) -> impl Iterator<Item = Result<Scheduled, SpoolError>> {
+        self.due.range(due::key(from_ms, MessageId(0), 0)..).map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            due::decode(&key, &value)
+        })
+    }
+
+    /// Waiting recipients (counted one by one: for a start, not for every turn).
+    pub fn scheduled_count(&self) -> Result<usize, SpoolError> {
+        Ok(self.due.len()?)
     }
 }
 
@@ -490,7 +618,7 @@ fn u64_of(value: &[u8]) -> Result<u64, String> {
     <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| format!("{} octets, not 8", value.len()))
 }
 
-fn corrupt(table: &'static str, key: &str, error: impl fmt::Display) -> SpoolError {
+pub(super) fn corrupt(table: &'static str, key: &str, error: impl fmt::Display) -> SpoolError {
     SpoolError::Corrupt { table, key: key.to_owned(), error: error.to_string() }
 }
 
@@ -594,6 +722,81 @@ mod tests {
         let now_final = Change { message: fourth, index: 0, status: Status::Final };
         spool.record(&[gone, unknown, now_final], None).unwrap();
         assert!(spool.message(fourth).unwrap().is_none(), "the others in the batch still count");
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn schedule(spool: &Spool) -> Vec<(u64, u32, u64, u32)> {
+        spool
+            .reader()
+            .scheduled_from(0)
+            .map(|e| e.unwrap())
+            .map(|e| (e.due_ms, e.attempts, e.message.0, e.index))
+            .collect()
+    }
+
+    #[test]
+    fn the_schedule_follows_every_waiting_recipient_and_only_those() {
+        let dir = temp("schedule");
+        let mut spool = Spool::open(&dir).unwrap();
+        let ids =
+            spool.accept(&[accepted(1, &["a@x.test", "b@y.test"]), accepted(2, &["c@z.test"])]).unwrap();
+        assert_eq!(
+            schedule(&spool),
+            [(1001, 0, 1, 0), (1001, 0, 1, 1), (1002, 0, 2, 0)],
+            "due when received"
+        );
+        let first = spool.reader().scheduled_from(0).next().unwrap().unwrap();
+        assert_eq!(
+            (first.sender.unwrap().as_str(), first.address.as_str(), first.received_ms),
+            ("app@example.com", "a@x.test", 1001),
+            "all a job needs but the content"
+        );
+        let wait = |attempts, due_ms| Status::Waiting { attempts, due_ms };
+        spool
+            .record(
+                &[
+                    Change { message: ids[0], index: 0, status: wait(1, 5000) },
+                    // Deferred twice before the spool heard: the last one counts.
+                    Change { message: ids[0], index: 1, status: wait(1, 3000) },
+                    Change { message: ids[0], index: 1, status: wait(2, 9000) },
+                    Change { message: ids[1], index: 0, status: Status::Final },
+                ],
+                None,
+            )
+            .unwrap();
+        assert_eq!(schedule(&spool), [(5000, 1, 1, 0), (9000, 2, 1, 1)], "moved; the final one out");
+        assert_eq!(
+            spool.reader().scheduled_from(6000).map(|e| e.unwrap().index).collect::<Vec<_>>(),
+            [1],
+            "read from a time on"
+        );
+        spool.record(&[Change { message: ids[0], index: 0, status: wait(2, 1000) }], None).unwrap();
+        assert_eq!(schedule(&spool), [(1000, 2, 1, 0), (9000, 2, 1, 1)], "sooner is fine too");
+        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 1, status: wait(3, 1) }], None).unwrap();
+        assert_eq!(schedule(&spool), [(1000, 2, 1, 0)], "a final recipient stays final");
+        assert_eq!(spool.reader().scheduled_count().unwrap(), 1);
+        spool.record(&[Change { message: ids[0], index: 0, status: Status::Final }], None).unwrap();
+        assert!(schedule(&spool).is_empty() && spool.message(ids[0]).unwrap().is_none());
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_spool_from_before_the_schedule_gets_one_when_opened() {
+        let dir = temp("format");
+        let mut spool = Spool::open(&dir).unwrap();
+        let ids = spool.accept(&[accepted(1, &["a@x.test", "b@y.test"])]).unwrap();
+        let later = Status::Waiting { attempts: 1, due_ms: 7000 };
+        spool.record(&[Change { message: ids[0], index: 1, status: later }], None).unwrap();
+        // As the previous layout left it: no schedule, no format.
+        spool.due.clear().unwrap();
+        spool.meta.remove(FORMAT).unwrap();
+        assert!(schedule(&spool).is_empty());
+        drop(spool);
+        let spool = Spool::open(&dir).unwrap();
+        assert_eq!(schedule(&spool), [(1001, 0, 1, 0), (7000, 1, 1, 1)], "each at its due time");
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
     }
