@@ -15,7 +15,7 @@ use mailvolley::deliver::shaping::{Defaults, ShapingRules};
 use mailvolley::engine::{EngineConfig, Limits, Schedule};
 use mailvolley::proto::{Address, ClientConfig, Domain};
 use mailvolley::serve::run::{self, ServeConfig, Serving};
-use mailvolley::serve::spool::{Accepted, Admission, MessageId, Spool, Status, of_recipient_id};
+use mailvolley::serve::spool::{self, Accepted, Admission, MessageId, Status, of_recipient_id};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("volley-serve-{name}-{}", std::process::id()));
@@ -87,7 +87,7 @@ fn accepted_messages_are_delivered_once_recorded_and_leave_the_spool() {
     let dir = temp("deliver");
     let sink = common::sink(|_| {});
     let log_path = dir.join("log.jsonl");
-    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let spool = spool::open(&dir.join("spool")).unwrap();
     let serving = run::start(
         config(sink.local_addr(), LogFile::create(&log_path).unwrap(), Duration::from_secs(60)),
         spool,
@@ -120,7 +120,7 @@ fn a_deferral_keeps_its_schedule_across_a_restart() {
     // Refuses each recipient's first try (451), then takes it.
     let sink = common::sink(|c| c.greylist = true);
     let log_path = dir.join("log.jsonl");
-    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let spool = spool::open(&dir.join("spool")).unwrap();
     let retry_after = Duration::from_secs(3);
     let serving =
         run::start(config(sink.local_addr(), LogFile::create(&log_path).unwrap(), retry_after), spool)
@@ -154,7 +154,7 @@ fn a_deferral_keeps_its_schedule_across_a_restart() {
 
     // Restarted: the recipients wait for their time, then go.
     let restarted = Instant::now();
-    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let spool = spool::open(&dir.join("spool")).unwrap();
     let (log, _) = LogFile::reopen(&log_path).unwrap();
     let serving = run::start(config(sink.local_addr(), log, retry_after), spool).unwrap();
     assert_eq!(serving.resumed(), 5);
@@ -186,7 +186,7 @@ fn a_retry_sends_the_content_read_back_from_the_spool() {
         c.dump = Some(dump.clone());
     });
     let log_path = dir.join("log.jsonl");
-    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let spool = spool::open(&dir.join("spool")).unwrap();
     let serving = run::start(
         config(sink.local_addr(), LogFile::create(&log_path).unwrap(), Duration::from_millis(300)),
         spool,
@@ -222,7 +222,7 @@ fn a_final_the_spool_missed_is_taken_from_the_log_and_not_sent_again() {
     let dir = temp("reconcile");
     let sink = common::sink(|_| {});
     let log_path = dir.join("log.jsonl");
-    let mut spool = Spool::open(&dir.join("spool")).unwrap();
+    let mut spool = spool::open(&dir.join("spool")).unwrap();
     let ids = spool.accept(&[message(0, 1), message(1, 1), message(2, 1)]).unwrap();
     let mut log = LogFile::create(&log_path).unwrap();
     let delivered = Record::new(LogStatus::Delivered, recipient_id(ids[0], 0)).rcpt("u0-0@example.net");
@@ -256,7 +256,7 @@ fn a_bounce_is_reported_to_the_sender_and_a_report_never_is() {
             .rcpt_reply("nobody", "550 5.1.1 No such user"),
     );
     let log_path = dir.join("log.jsonl");
-    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let spool = spool::open(&dir.join("spool")).unwrap();
     let serving =
         run::start(config(server.addr, LogFile::create(&log_path).unwrap(), Duration::from_secs(60)), spool)
             .unwrap();
@@ -294,7 +294,7 @@ fn only_a_bounded_number_wait_in_memory_and_the_rest_are_read_back_from_the_spoo
     // A port nothing listens on yet: every attempt fails to connect.
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let log_path = dir.join("log.jsonl");
-    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let spool = spool::open(&dir.join("spool")).unwrap();
     let limit = 40;
     let mut cfg = config(addr, LogFile::create(&log_path).unwrap(), Duration::from_millis(400));
     cfg.active_recipients = limit;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::campaign::{records, run, stderr};
 use common::{Raw, sink};
-use mailvolley::serve::spool::Spool;
+use mailvolley::serve::spool;
 use serde_json::Value;
 
 /// A running `volley serve`, SIGKILLed if the test ends without stopping it.
@@ -192,7 +192,7 @@ fn submissions_over_starttls_with_auth_are_delivered_once_and_logged() {
     let text = String::from_utf8_lossy(content);
     assert!(text.starts_with("Received: from "), "a trace header: {text}");
     assert!(text.contains("(volley) with ESMTPSA;"), "over TLS, authenticated: {text}");
-    let spool = Spool::open(&spool).unwrap();
+    let spool = spool::open(&spool).unwrap();
     assert!(spool.waiting().unwrap().is_empty(), "everything final: the spool is empty");
     drop(spool);
     sink.stop().unwrap();
@@ -293,7 +293,7 @@ fn kill_9_under_load_then_restart_delivers_every_accepted_message() {
         twice <= last_second.max(1),
         "duplicates only from the in-flight window: {twice} > {last_second}"
     );
-    let spool = Spool::open(&spool).unwrap();
+    let spool = spool::open(&spool).unwrap();
     assert!(spool.waiting().unwrap().is_empty(), "nothing left waiting");
     sink.stop().unwrap();
 }
@@ -478,7 +478,7 @@ fn a_spool_short_of_space_says_try_later_and_keeps_nothing_half() {
     let (code, said) = serve.terminate();
     assert_eq!(code, Some(0), "{said}");
     assert_eq!(count(&records(&spool.join("delivery.jsonl")), "received"), 0);
-    assert!(Spool::open(&spool).unwrap().waiting().unwrap().is_empty());
+    assert!(spool::open(&spool).unwrap().waiting().unwrap().is_empty());
     assert_eq!(sink.stop().unwrap().messages_accepted, 0);
 }
 
@@ -513,7 +513,7 @@ fn a_stop_tells_waiting_clients_421_and_lets_a_transaction_under_way_finish() {
     assert_eq!(code, Some(0), "{said}");
     let log = records(&spool.join("delivery.jsonl"));
     assert_eq!(count(&log, "received"), 1, "{log:?}");
-    let left = Spool::open(&spool).unwrap().waiting().unwrap().len();
+    let left = spool::open(&spool).unwrap().waiting().unwrap().len();
     assert_eq!(count(&log, "delivered") + left, 1, "delivered, or in the spool for the next start");
     sink.stop().unwrap();
 }
@@ -605,7 +605,7 @@ fn a_full_disk_is_answered_try_later_and_a_restart_delivers_exactly_what_was_acc
         ids.len()
     );
     assert!(ids.values().all(|&n| n == 1), "each once");
-    assert!(Spool::open(&spool).unwrap().waiting().unwrap().is_empty());
+    assert!(spool::open(&spool).unwrap().waiting().unwrap().is_empty());
     sink.stop().unwrap();
 }
 

@@ -18,7 +18,7 @@ use mailvolley::serve::keys::ApiKeys;
 use mailvolley::serve::run::{self, ServeConfig};
 use mailvolley::serve::smtp::SpoolStore;
 use mailvolley::serve::source::ACTIVE_RECIPIENTS;
-use mailvolley::serve::spool::Spool;
+use mailvolley::serve::spool;
 use mailvolley::sink::auth::Users;
 use mailvolley::sink::{self, SinkConfig};
 use mailvolley::tls::ServerTls;
@@ -148,7 +148,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let routes = delivery.routes(shaping).context("starting DNS")?;
     let classifier = delivery.classifier()?;
 
-    let spool = Spool::open(&args.spool).with_context(|| format!("spool {}", args.spool.display()))?;
+    let spool = spool::open(&args.spool).with_context(|| format!("spool {}", args.spool.display()))?;
     let log_path = args.log.clone().unwrap_or_else(|| args.spool.join("delivery.jsonl"));
     let log = match log_path.exists() {
         true => {

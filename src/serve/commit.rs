@@ -134,7 +134,7 @@ impl CommitStats {
 
 pub struct Committer {
     requests: SyncSender<Request>,
-    thread: std::sync::Mutex<Option<JoinHandle<Spool>>>,
+    thread: std::sync::Mutex<Option<JoinHandle<Box<dyn Spool>>>>,
     stats: Arc<CommitStats>,
 }
 
@@ -143,7 +143,7 @@ impl Committer {
     /// it reports failures to senders; with `recorded`, it sends each batch of recipients'
     /// states once the spool holds it.
     pub fn start(
-        spool: Spool,
+        spool: Box<dyn Spool>,
         notify: Option<Notify>,
         recorded: Option<mpsc::Sender<Vec<Change>>>,
     ) -> std::io::Result<Committer> {
@@ -153,7 +153,7 @@ impl Committer {
         let thread = std::thread::Builder::new().name("spool".into()).spawn(move || {
             let mut spool = spool;
             while let Some(batch) = next_batch(&incoming, BATCH_MESSAGES, BATCH_OCTETS) {
-                if commit(&mut spool, batch, &shared, notify.as_ref(), recorded.as_ref()) == Go::Stop {
+                if commit(&mut *spool, batch, &shared, notify.as_ref(), recorded.as_ref()) == Go::Stop {
                     break;
                 }
             }
@@ -207,7 +207,7 @@ impl Committer {
 
     /// Lets the writer finish what is queued, and gives the spool back (once: `None` after,
     /// or if the writer panicked). What is queued later is answered `Stopped`.
-    pub fn stop(&self) -> Option<Spool> {
+    pub fn stop(&self) -> Option<Box<dyn Spool>> {
         let thread = self.thread.lock().ok()?.take()?;
         self.send(Request::Stop);
         thread.join().ok()
@@ -247,7 +247,7 @@ fn next_batch(incoming: &Receiver<Request>, max_messages: usize, max_octets: usi
 /// Writes a batch: the messages in one durable commit, the state changes in another, and
 /// answers every request. A commit fails as a whole, and every request in it hears so.
 fn commit(
-    spool: &mut Spool,
+    spool: &mut dyn Spool,
     batch: Vec<Request>,
     stats: &CommitStats,
     notify: Option<&Notify>,
@@ -322,7 +322,7 @@ fn commit(
 }
 
 /// Makes and spools the reports for `failures`, one per message, and hands them to delivery.
-fn report_failures(spool: &mut Spool, failures: &[Failure], notify: &Notify) {
+fn report_failures(spool: &mut dyn Spool, failures: &[Failure], notify: &Notify) {
     let now = now_ms();
     let mut reports = Vec::new();
     let mut sorted: Vec<&Failure> = failures.iter().collect();
@@ -356,7 +356,7 @@ fn report_failures(spool: &mut Spool, failures: &[Failure], notify: &Notify) {
 mod tests {
     use super::*;
     use crate::proto::Address;
-    use crate::serve::spool::Status;
+    use crate::serve::spool::{self, Status};
 
     fn message(n: usize, size: usize) -> Accepted {
         Accepted {
@@ -402,7 +402,7 @@ mod tests {
     fn concurrent_intake_shares_syncs_and_every_message_is_durable_once() {
         let dir = std::env::temp_dir().join(format!("volley-commit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let committer = Arc::new(Committer::start(Spool::open(&dir).unwrap(), None, None).unwrap());
+        let committer = Arc::new(Committer::start(spool::open(&dir).unwrap(), None, None).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let c = Arc::clone(&committer);
@@ -441,7 +441,7 @@ mod tests {
         assert!(stats.batches.load(Ordering::Relaxed) <= 100);
         let spool = Arc::try_unwrap(committer).ok().unwrap().stop().unwrap();
         drop(spool);
-        let spool = Spool::open(&dir).unwrap();
+        let spool = spool::open(&dir).unwrap();
         let waiting = spool.waiting().unwrap();
         assert_eq!(waiting.len(), 101, "all durable; the final one left");
         assert!(waiting.iter().all(|r| r.message != first));

@@ -84,7 +84,7 @@ pub struct Serving {
 
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
 /// delivery log the spool's earlier deliveries were recorded in, reopened (or a new one).
-pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeError> {
+pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, ServeError> {
     let ServeConfig {
         engine,
         routes,
@@ -100,7 +100,7 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
         active_recipients,
     } = config;
     let spool_dir = spool.path().to_owned();
-    reconcile(&mut spool, &log)?;
+    reconcile(&mut *spool, &log)?;
     let flow = Arc::new(Flow::default());
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
@@ -170,7 +170,7 @@ pub fn start(config: ServeConfig, mut spool: Spool) -> Result<Serving, ServeErro
 /// Returns how many records were read. A log shorter than the watermark is not the one the
 /// spool knew (replaced, or cut by hand): read from its start, as a recipient's id is never
 /// reused, so a final record in any log is true of it.
-pub fn reconcile(spool: &mut Spool, log: &LogFile) -> Result<usize, ServeError> {
+pub fn reconcile(spool: &mut dyn Spool, log: &LogFile) -> Result<usize, ServeError> {
     let len = log.durable_len();
     let mark = spool.log_watermark()?;
     if len == mark {
@@ -264,7 +264,7 @@ impl Serving {
     /// Stops: nothing new is started, transactions in flight finish and are recorded, the log
     /// and the spool are synced. What is not final stays in the spool for the next start.
     /// Gives the spool back.
-    pub fn stop(self) -> Result<(Books, Spool), ServeError> {
+    pub fn stop(self) -> Result<(Books, Box<dyn Spool>), ServeError> {
         let Serving { committer, intake, running, ledger, control, .. } = self;
         intake.stop();
         drop(intake);

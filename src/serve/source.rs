@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::due::Scheduled;
 use super::spool::{
-    Accepted, Change, MessageId, SpoolError, SpoolReader, Status, of_recipient_id, recipient_id,
+    Accepted, Change, MessageId, SpoolError, SpoolRead, Status, of_recipient_id, recipient_id,
 };
 use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING, Parking};
 use crate::deliver::ledger::{Flow, Received, Report};
@@ -64,7 +64,7 @@ pub struct SpoolSource {
     /// What the spool's writer recorded (see the module's comment).
     recorded: Receiver<Vec<Change>>,
     flow: Arc<Flow>,
-    reader: SpoolReader,
+    reader: Arc<dyn SpoolRead>,
     /// Recipients held in memory (under way, or waiting for a retry due soon), by id.
     held: FxMap<u64, ()>,
     /// Recipients parked and still held until the spool records that deferral: attempts then.
@@ -89,10 +89,10 @@ impl SpoolSource {
         arrivals: Receiver<Arrival>,
         recorded: Receiver<Vec<Change>>,
         flow: Arc<Flow>,
-        reader: SpoolReader,
+        reader: Arc<dyn SpoolRead>,
         limit: usize,
     ) -> Self {
-        let stow_reader = reader.clone();
+        let stow_reader = Arc::clone(&reader);
         dispatch.stow_retries_with(Box::new(move |id, message| stow(&stow_reader, id, message)));
         dispatch.park_retries(Parking { horizon: HORIZON, limit });
         SpoolSource {
@@ -224,7 +224,11 @@ impl SpoolSource {
         Pending {
             id: recipient_id(message, index),
             rcpt: address,
-            message: Payload::Compose(Box::new(Spooled { reader: self.reader.clone(), message, envelope })),
+            message: Payload::Compose(Box::new(Spooled {
+                reader: Arc::clone(&self.reader),
+                message,
+                envelope,
+            })),
             born: instant_of(received_ms, now, wall),
             attempts,
         }
@@ -266,7 +270,7 @@ impl JobSource for SpoolSource {
 /// comment). Its envelope is kept: it is small, and the spool keeps recipients apart.
 #[derive(Debug)]
 struct Spooled {
-    reader: SpoolReader,
+    reader: Arc<dyn SpoolRead>,
     message: MessageId,
     envelope: Arc<Envelope>,
 }
@@ -302,10 +306,10 @@ impl Compose for Unreadable {
 }
 
 /// What a recipient waiting for a retry keeps of its message: where it is in the spool.
-fn stow(reader: &SpoolReader, id: u64, message: Payload) -> Payload {
+fn stow(reader: &Arc<dyn SpoolRead>, id: u64, message: Payload) -> Payload {
     match message {
         Payload::Ready(m) => Payload::Compose(Box::new(Spooled {
-            reader: reader.clone(),
+            reader: Arc::clone(reader),
             message: of_recipient_id(id).0,
             envelope: m.envelope,
         })),
@@ -364,13 +368,13 @@ pub fn wall_ms_of(at: Instant, now: Instant, wall: SystemTime) -> u64 {
 mod tests {
     use super::*;
     use crate::engine::Destination;
-    use crate::serve::spool::Spool;
+    use crate::serve::spool;
 
     #[test]
     fn a_waiting_recipient_keeps_an_id_and_its_content_is_read_when_due() {
         let dir = std::env::temp_dir().join(format!("volley-source-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = spool::open(&dir).unwrap();
         let rcpt = Address::new("a@example.net").unwrap();
         let content: Arc<[u8]> = Arc::from(&b"Subject: x\r\n\r\nhello\r\n"[..]);
         let accepted = Accepted {

@@ -1,23 +1,6 @@
-//! The spool: every accepted message and each of its recipients' state, durable before intake
-//! answers, on an embedded store (fjall; chosen by measurement, docs/BENCHMARKS.md).
-//!
-//! Layout, three keyspaces in one store under `DIR/store`, written only in atomic batches:
-//! - `messages`: message id (big-endian u64) -> when it was received, its sender, who handed it
-//!   in, how many recipients, and its content (kept apart from the keys by the store);
-//! - `recipients`: message id and recipient index (big-endian) -> the address and its state:
-//!   waiting (attempts so far, when the next is due) or final;
-//! - `due`: every waiting recipient again, under when its next attempt is due: the schedule,
-//!   read in order a window at a time (see [`super::due`]);
-//! - `meta`: the next message id, so ids never repeat, not even after the newest message has
-//!   left the spool and the process restarted; the log's watermark (see [`Spool::record`]);
-//!   the layout's format;
-//! - `idempotency`: the HTTP API's Idempotency-Keys, with what each admitted (see
-//!   [`super::idempotency`]), written with those messages; expired ones go at the next start.
-//!
-//! A message leaves the spool in the batch that makes its last recipient final. One process
-//! uses a spool at a time (`DIR/volley.lock`, an `flock` released however the holder ends);
-//! one writer writes it (the group-commit thread, `serve::commit`), which is why writes take
-//! `&mut self`.
+//! The spool on fjall (a pure-Rust LSM tree: large values kept apart from the keys, atomic
+//! batches across keyspaces, one fdatasync per group commit): the layout is in the parent
+//! module's comment.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -25,142 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
-use thiserror::Error;
 
-use super::due::{self, Scheduled};
-use super::idempotency::{self, IdempotencyKey};
-use super::intake::now_ms;
-use super::record::{DecodeError, Reader, Writer};
+use super::{
+    Accepted, Admission, Change, Group, MAX_RECIPIENTS, MessageId, Recipient, Spool, SpoolError, SpoolRead,
+    Status, Stored, corrupt,
+};
 use crate::deliver::log::lock;
 use crate::proto::Address;
+use crate::serve::due::{self, Scheduled};
+use crate::serve::idempotency;
+use crate::serve::intake::now_ms;
+use crate::serve::record::{DecodeError, Reader, Writer};
 
-/// A message's id in the spool: assigned at acceptance, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageId(pub u64);
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// The most recipients a message may have: a recipient's id (in the engine and the delivery
-/// log) is its message's id and its index, in 48 and 16 bits.
-pub const MAX_RECIPIENTS: usize = 1 << 16;
-
-/// A recipient's id outside the spool: its message's id and its place in the envelope in one
-/// number (see [`MAX_RECIPIENTS`]).
-pub fn recipient_id(message: MessageId, index: u32) -> u64 {
-    (message.0 << 16) | u64::from(index & 0xffff)
-}
-
-/// The message and index a [`recipient_id`] names.
-pub fn of_recipient_id(id: u64) -> (MessageId, u32) {
-    (MessageId(id >> 16), (id & 0xffff) as u32)
-}
-
-/// A message as intake accepted it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    /// `None` is the null reverse-path.
-    pub sender: Option<Address>,
-    pub recipients: Vec<Address>,
-    /// The whole message, as it will be sent (shared with the delivery it is handed to).
-    pub content: Arc<[u8]>,
-    /// When it was accepted, in milliseconds since the Unix epoch.
-    pub received_ms: u64,
-    /// Who handed it in (the SMTP user or the API key's name), for the log.
-    pub origin: String,
-}
-
-/// Messages accepted together (one HTTP request's): all or none, under one Idempotency-Key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub messages: Vec<Accepted>,
-    pub idempotency: Option<IdempotencyKey>,
-}
-
-/// What became of a [`Group`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Spooled: the messages' ids, in order.
-    New(Vec<MessageId>),
-    /// Its Idempotency-Key was seen: what it admitted then (message ids and first
-    /// recipients); nothing was written.
-    Replay(idempotency::Admitted),
-}
-
-/// A message as the spool holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub id: MessageId,
-    pub sender: Option<Address>,
-    pub content: Vec<u8>,
-    pub received_ms: u64,
-    pub origin: String,
-    pub recipient_count: u32,
-}
-
-/// Where a recipient stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// To be tried (again) at `due_ms` (milliseconds since the Unix epoch).
-    Waiting { attempts: u32, due_ms: u64 },
-    /// Delivered, bounced, expired or uncertain: its final record is the log's.
-    Final,
-}
-
-/// One recipient of a message in the spool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    pub message: MessageId,
-    /// Its place in the message's envelope.
-    pub index: u32,
-    pub address: Address,
-    pub status: Status,
-}
-
-/// A recipient's new state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Change {
-    pub message: MessageId,
-    pub index: u32,
-    pub status: Status,
-}
-
-#[derive(Debug, Error)]
-pub enum SpoolError {
-    #[error("is in use by {}: one volley serve runs on a spool at a time", lock::holder_text(*pid))]
-    InUse { pid: Option<u32> },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Store(#[from] fjall::Error),
-    #[error("damaged {table} entry {key}: {error}")]
-    Corrupt { table: &'static str, key: String, error: String },
-    #[error("a message may have at most {MAX_RECIPIENTS} recipients, not {0}")]
-    TooManyRecipients(usize),
-}
-
-impl SpoolError {
-    /// The disk is full: intake should say "try later" (452, 503), not fail.
-    pub fn is_full(&self) -> bool {
-        let io = match self {
-            SpoolError::Io(e) | SpoolError::Store(fjall::Error::Io(e)) => e,
-            _ => return false,
-        };
-        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)
-    }
-
-    /// The store cannot be written again by this process: a failed write to its journal (a
-    /// full disk among other causes) leaves it poisoned until it is opened anew, which
-    /// recovers what was committed and drops the half-written batch.
-    pub fn breaks_store(&self) -> bool {
-        matches!(self, SpoolError::Store(fjall::Error::Poisoned | fjall::Error::Io(_)))
-    }
-}
-
-pub struct Spool {
+pub struct FjallSpool {
     path: PathBuf,
     db: Database,
     messages: Keyspace,
@@ -181,9 +41,9 @@ const LOG_WATERMARK: &[u8] = b"log_watermark";
 const FORMAT: &[u8] = b"format";
 const SCHEDULED_FORMAT: u32 = 2;
 
-impl Spool {
+impl FjallSpool {
     /// Opens (or creates) the spool in `dir`, refusing one another process holds.
-    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+    pub fn open(dir: &Path) -> Result<FjallSpool, SpoolError> {
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new()
             .read(true)
@@ -206,7 +66,7 @@ impl Spool {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
             None => 1,
         };
-        let mut spool = Spool {
+        let mut spool = FjallSpool {
             path: dir.to_owned(),
             db,
             messages,
@@ -273,30 +133,88 @@ impl Spool {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
+    /// Moves `row` in the schedule to where its `new` state puts it: out (final), or under its
+    /// new due time with its new count of attempts.
+    fn reschedule(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        row: &Recipient,
+        new: Status,
+    ) -> Result<(), SpoolError> {
+        let mut entry = None;
+        if let Status::Waiting { due_ms, .. } = row.status {
+            let old = due::key(due_ms, row.message, row.index);
+            // Read back only to be filed anew: a final one (most) just leaves.
+            if matches!(new, Status::Waiting { .. })
+                && let Some(value) = self.due.get(old)?
+            {
+                entry = Some(due::decode(&old, &value)?);
+            }
+            batch.remove(&self.due, old);
+        }
+        let Status::Waiting { attempts, due_ms } = new else { return Ok(()) };
+        let mut entry = match entry {
+            Some(entry) => entry,
+            // Not scheduled where its state said (it cannot be, but its message still says
+            // all that is needed): filed anew rather than forgotten.
+            None => {
+                let Some(m) = self.message(row.message)? else { return Ok(()) };
+                Scheduled {
+                    message: row.message,
+                    index: row.index,
+                    due_ms,
+                    attempts,
+                    received_ms: m.received_ms,
+                    sender: m.sender,
+                    address: row.address.clone(),
+                }
+            }
+        };
+        entry.due_ms = due_ms;
+        entry.attempts = attempts;
+        batch.insert(&self.due, due::key(due_ms, row.message, row.index), due::value(&entry));
+        Ok(())
+    }
+
+    fn read(&self) -> FjallReader {
+        FjallReader { messages: self.messages.clone(), due: self.due.clone() }
+    }
+
+    /// Messages in the spool (an estimate from the store's counts, cheap to ask).
+    pub fn approximate_messages(&self) -> usize {
+        self.messages.approximate_len()
+    }
+
+    /// Octets the store takes on disk.
+    pub fn disk_space(&self) -> Result<u64, SpoolError> {
+        Ok(self.db.disk_space()?)
+    }
+
+    fn recipients_of(&self, id: MessageId) -> Result<Vec<Recipient>, SpoolError> {
+        let mut rows = Vec::new();
+        for guard in self.recipients.prefix(id.0.to_be_bytes()) {
+            let (key, value) = guard.into_inner()?;
+            rows.push(recipient_of(&key, &value)?);
+        }
+        Ok(rows)
+    }
+}
+
+impl Spool for FjallSpool {
+    fn path(&self) -> &Path {
         &self.path
     }
 
     /// The newest message's id (0 if there never was one).
-    pub fn last_id(&self) -> MessageId {
+    fn last_id(&self) -> MessageId {
         MessageId(self.next_id - 1)
-    }
-
-    /// Writes `accepted` and their recipients (each waiting, due when received) in one batch,
-    /// durable (fdatasync) when this returns; their ids, in order.
-    pub fn accept(&mut self, accepted: &[Accepted]) -> Result<Vec<MessageId>, SpoolError> {
-        let group = Group { messages: accepted.to_vec(), idempotency: None };
-        match self.admit(std::slice::from_ref(&group), now_ms())?.pop() {
-            Some(Admission::New(ids)) => Ok(ids),
-            _ => Ok(Vec::new()),
-        }
     }
 
     /// Writes every group's messages and recipients (each waiting, due when received) in one
     /// batch, durable (fdatasync) when this returns, and says what became of each group, in
     /// order: its new ids, or (an Idempotency-Key seen before `now_ms` made it expire, in the
     /// spool or earlier in `groups`) what the key admitted the first time, writing nothing.
-    pub fn admit(&mut self, groups: &[Group], now_ms: u64) -> Result<Vec<Admission>, SpoolError> {
+    fn admit(&mut self, groups: &[Group], now_ms: u64) -> Result<Vec<Admission>, SpoolError> {
         if let Some(m) = groups.iter().flat_map(|g| &g.messages).find(|m| m.recipients.len() > MAX_RECIPIENTS)
         {
             return Err(SpoolError::TooManyRecipients(m.recipients.len()));
@@ -380,7 +298,7 @@ impl Spool {
     /// that loses the batch only takes the watermark back, and the next start reads the log
     /// from there ([`super::run::reconcile`]); a lost deferral is retried sooner than planned.
     /// The next message batch's sync (one journal) or closing the spool makes it durable.
-    pub fn record(&mut self, changes: &[Change], watermark: Option<u64>) -> Result<(), SpoolError> {
+    fn record(&mut self, changes: &[Change], watermark: Option<u64>) -> Result<(), SpoolError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         if let Some(offset) = watermark {
             batch.insert(&self.meta, LOG_WATERMARK, offset.to_be_bytes());
@@ -423,66 +341,25 @@ impl Spool {
         Ok(())
     }
 
-    /// Moves `row` in the schedule to where its `new` state puts it: out (final), or under its
-    /// new due time with its new count of attempts.
-    fn reschedule(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        row: &Recipient,
-        new: Status,
-    ) -> Result<(), SpoolError> {
-        let mut entry = None;
-        if let Status::Waiting { due_ms, .. } = row.status {
-            let old = due::key(due_ms, row.message, row.index);
-            if let Some(value) = self.due.get(old)? {
-                entry = Some(due::decode(&old, &value)?);
-            }
-            batch.remove(&self.due, old);
-        }
-        let Status::Waiting { attempts, due_ms } = new else { return Ok(()) };
-        let mut entry = match entry {
-            Some(entry) => entry,
-            // Not scheduled where its state said (it cannot be, but its message still says
-            // all that is needed): filed anew rather than forgotten.
-            None => {
-                let Some(m) = self.message(row.message)? else { return Ok(()) };
-                Scheduled {
-                    message: row.message,
-                    index: row.index,
-                    due_ms,
-                    attempts,
-                    received_ms: m.received_ms,
-                    sender: m.sender,
-                    address: row.address.clone(),
-                }
-            }
-        };
-        entry.due_ms = due_ms;
-        entry.attempts = attempts;
-        batch.insert(&self.due, due::key(due_ms, row.message, row.index), due::value(&entry));
-        Ok(())
-    }
-
     /// The log's length the spool is known to be up to date with (0 if never recorded).
-    pub fn log_watermark(&self) -> Result<u64, SpoolError> {
+    fn log_watermark(&self) -> Result<u64, SpoolError> {
         match self.meta.get(LOG_WATERMARK)? {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "log_watermark", error)),
             None => Ok(0),
         }
     }
 
-    /// A message's content and envelope sender, if it is still in the spool.
-    pub fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
-        self.reader().message(id)
+    fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
+        self.read().message(id)
     }
 
     /// A handle that reads messages from another thread while this one writes.
-    pub fn reader(&self) -> SpoolReader {
-        SpoolReader { messages: self.messages.clone(), due: self.due.clone() }
+    fn reader(&self) -> Arc<dyn SpoolRead> {
+        Arc::new(FjallReader { messages: self.messages.clone(), due: self.due.clone() })
     }
 
     /// Every recipient still waiting, in message order: what a restart schedules again.
-    pub fn waiting(&self) -> Result<Vec<Recipient>, SpoolError> {
+    fn waiting(&self) -> Result<Vec<Recipient>, SpoolError> {
         let mut out = Vec::new();
         for guard in self.recipients.iter() {
             let (key, value) = guard.into_inner()?;
@@ -493,28 +370,9 @@ impl Spool {
         }
         Ok(out)
     }
-
-    /// Messages in the spool (an estimate from the store's counts, cheap to ask).
-    pub fn approximate_messages(&self) -> usize {
-        self.messages.approximate_len()
-    }
-
-    /// Octets the store takes on disk.
-    pub fn disk_space(&self) -> Result<u64, SpoolError> {
-        Ok(self.db.disk_space()?)
-    }
-
-    fn recipients_of(&self, id: MessageId) -> Result<Vec<Recipient>, SpoolError> {
-        let mut rows = Vec::new();
-        for guard in self.recipients.prefix(id.0.to_be_bytes()) {
-            let (key, value) = guard.into_inner()?;
-            rows.push(recipient_of(&key, &value)?);
-        }
-        Ok(rows)
-    }
 }
 
-impl Drop for Spool {
+impl Drop for FjallSpool {
     /// What [`Spool::record`] left buffered is made durable when the spool closes.
     fn drop(&mut self) {
         if let Err(e) = self.db.persist(PersistMode::SyncData) {
@@ -530,20 +388,20 @@ impl Drop for Spool {
 /// retry is due; a recipient whose retry is far off is not in memory at all, and is read from
 /// the schedule when its time comes near.
 #[derive(Clone)]
-pub struct SpoolReader {
+pub struct FjallReader {
     messages: Keyspace,
     due: Keyspace,
 }
 
-impl fmt::Debug for SpoolReader {
+impl fmt::Debug for FjallReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SpoolReader")
+        f.write_str("FjallReader")
     }
 }
 
-impl SpoolReader {
+impl SpoolRead for FjallReader {
     /// A message's content and envelope sender, if it is still in the spool.
-    pub fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
+    fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
         let Some(value) = self.messages.get(id.0.to_be_bytes())? else { return Ok(None) };
         let decode = || -> Result<Stored, Box<dyn std::error::Error>> {
             let mut r = Reader::new(&value)?;
@@ -561,15 +419,15 @@ impl SpoolReader {
 
     /// Waiting recipients due at or after `from_ms`, soonest first (a snapshot: what is
     /// written meanwhile is not seen).
-    pub fn scheduled_from(&self, from_ms: u64) -> impl Iterator<Item = Result<Scheduled, SpoolError>> {
-        self.due.range(due::key(from_ms, MessageId(0), 0)..).map(|guard| {
+    fn scheduled_from(&self, from_ms: u64) -> Box<dyn Iterator<Item = Result<Scheduled, SpoolError>>> {
+        Box::new(self.due.range(due::key(from_ms, MessageId(0), 0)..).map(|guard| {
             let (key, value) = guard.into_inner()?;
             due::decode(&key, &value)
-        })
+        }))
     }
 
     /// Waiting recipients (counted one by one: for a start, not for every turn).
-    pub fn scheduled_count(&self) -> Result<usize, SpoolError> {
+    fn scheduled_count(&self) -> Result<usize, SpoolError> {
         Ok(self.due.len()?)
     }
 }
@@ -618,14 +476,11 @@ fn u64_of(value: &[u8]) -> Result<u64, String> {
     <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| format!("{} octets, not 8", value.len()))
 }
 
-pub(super) fn corrupt(table: &'static str, key: &str, error: impl fmt::Display) -> SpoolError {
-    SpoolError::Corrupt { table, key: key.to_owned(), error: error.to_string() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::idempotency::KEPT_FOR;
+    use crate::serve::idempotency::{IdempotencyKey, KEPT_FOR};
+    use crate::serve::spool::{of_recipient_id, recipient_id};
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("volley-spool-{name}-{}", std::process::id()));
@@ -647,7 +502,7 @@ mod tests {
     fn accepted_messages_survive_a_restart_with_their_recipients_waiting() {
         let dir = temp("restart");
         let ids = {
-            let mut spool = Spool::open(&dir).unwrap();
+            let mut spool = FjallSpool::open(&dir).unwrap();
             let mut null_sender = accepted(3, &["c@z.test"]);
             null_sender.sender = None;
             spool
@@ -655,7 +510,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(ids, [MessageId(1), MessageId(2), MessageId(3)]);
-        let spool = Spool::open(&dir).unwrap();
+        let spool = FjallSpool::open(&dir).unwrap();
         let waiting = spool.waiting().unwrap();
         let seen: Vec<(u64, u32, &str, Status)> =
             waiting.iter().map(|r| (r.message.0, r.index, r.address.as_str(), r.status)).collect();
@@ -682,7 +537,7 @@ mod tests {
     #[test]
     fn a_message_leaves_when_its_last_recipient_is_final_and_ids_never_repeat() {
         let dir = temp("final");
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = FjallSpool::open(&dir).unwrap();
         let ids =
             spool.accept(&[accepted(1, &["a@x.test", "b@y.test"]), accepted(2, &["c@z.test"])]).unwrap();
         let later = Status::Waiting { attempts: 1, due_ms: 60_000 };
@@ -699,7 +554,7 @@ mod tests {
         assert!(spool.message(ids[1]).unwrap().is_none(), "all final: gone");
         assert!(spool.message(ids[0]).unwrap().is_some(), "one still waiting");
         drop(spool);
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = FjallSpool::open(&dir).unwrap();
         let waiting = spool.waiting().unwrap();
         assert_eq!(waiting.len(), 1);
         assert_eq!(
@@ -713,7 +568,7 @@ mod tests {
         assert!(spool.waiting().unwrap().is_empty() && spool.message(ids[0]).unwrap().is_none());
         drop(spool);
         // The newest message left, and the process restarted: its id is still not reused.
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = FjallSpool::open(&dir).unwrap();
         assert_eq!(spool.accept(&[accepted(3, &["d@x.test"])]).unwrap(), [MessageId(3)]);
         // A final learnt twice (a restart going over the log again) changes nothing.
         let gone = Change { message: ids[1], index: 0, status: Status::Final };
@@ -726,7 +581,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn schedule(spool: &Spool) -> Vec<(u64, u32, u64, u32)> {
+    fn schedule(spool: &FjallSpool) -> Vec<(u64, u32, u64, u32)> {
         spool
             .reader()
             .scheduled_from(0)
@@ -738,7 +593,7 @@ mod tests {
     #[test]
     fn the_schedule_follows_every_waiting_recipient_and_only_those() {
         let dir = temp("schedule");
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = FjallSpool::open(&dir).unwrap();
         let ids =
             spool.accept(&[accepted(1, &["a@x.test", "b@y.test"]), accepted(2, &["c@z.test"])]).unwrap();
         assert_eq!(
@@ -786,7 +641,7 @@ mod tests {
     #[test]
     fn a_spool_from_before_the_schedule_gets_one_when_opened() {
         let dir = temp("format");
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = FjallSpool::open(&dir).unwrap();
         let ids = spool.accept(&[accepted(1, &["a@x.test", "b@y.test"])]).unwrap();
         let later = Status::Waiting { attempts: 1, due_ms: 7000 };
         spool.record(&[Change { message: ids[0], index: 1, status: later }], None).unwrap();
@@ -795,7 +650,7 @@ mod tests {
         spool.meta.remove(FORMAT).unwrap();
         assert!(schedule(&spool).is_empty());
         drop(spool);
-        let spool = Spool::open(&dir).unwrap();
+        let spool = FjallSpool::open(&dir).unwrap();
         assert_eq!(schedule(&spool), [(1001, 0, 1, 0), (7000, 1, 1, 1)], "each at its due time");
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -808,7 +663,7 @@ mod tests {
         }
         assert!(recipient_id(MessageId(1), 0) > recipient_id(MessageId(0), 65_535), "ordered by message");
         let dir = temp("many");
-        let mut spool = Spool::open(&dir).unwrap();
+        let mut spool = FjallSpool::open(&dir).unwrap();
         let mut big = accepted(1, &[]);
         big.recipients = vec![Address::new("a@x.test").unwrap(); MAX_RECIPIENTS + 1];
         assert!(
@@ -828,7 +683,7 @@ mod tests {
         };
         let now = 1_000;
         {
-            let mut spool = Spool::open(&dir).unwrap();
+            let mut spool = FjallSpool::open(&dir).unwrap();
             let out = spool
                 .admit(&[group(1, Some(key("k1", now))), group(2, Some(key("k1", now))), group(3, None)], now)
                 .unwrap();
@@ -851,7 +706,7 @@ mod tests {
             let expired = spool.admit(&[group(6, Some(key("k1", later)))], later).unwrap();
             assert_eq!(expired, [Admission::New(vec![MessageId(4)])], "an expired key admits anew");
         }
-        let spool = Spool::open(&dir).unwrap();
+        let spool = FjallSpool::open(&dir).unwrap();
         assert_eq!(
             spool.idempotency.iter().count(),
             0,
@@ -864,11 +719,11 @@ mod tests {
     #[test]
     fn one_process_at_a_time() {
         let dir = temp("lock");
-        let spool = Spool::open(&dir).unwrap();
+        let spool = FjallSpool::open(&dir).unwrap();
         let me = std::process::id();
-        assert!(matches!(Spool::open(&dir), Err(SpoolError::InUse { pid: Some(p) }) if p == me));
+        assert!(matches!(FjallSpool::open(&dir), Err(SpoolError::InUse { pid: Some(p) }) if p == me));
         drop(spool);
-        assert!(Spool::open(&dir).is_ok(), "free once the first closed it");
+        assert!(FjallSpool::open(&dir).is_ok(), "free once the first closed it");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
