@@ -88,8 +88,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
     dsn: bool,
     /// Recipients held in memory at most, under way or due within a minute; the rest wait
-    /// in the spool only and are read back as their time comes (memory stays bounded
-    /// however many wait: a few hundred octets each held).
+    /// in the spool only and are read back as their time comes, so what is held does not
+    /// grow with how many wait (a few hundred octets each held).
     #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(ACTIVE_RECIPIENTS).unwrap_or(NonZeroUsize::MIN))]
     active_recipients: NonZeroUsize,
     /// Threads taking submissions, one runtime each.
