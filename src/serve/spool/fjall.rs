@@ -355,7 +355,7 @@ impl Spool for FjallSpool {
 
     /// A handle that reads messages from another thread while this one writes.
     fn reader(&self) -> Arc<dyn SpoolRead> {
-        Arc::new(FjallReader { messages: self.messages.clone(), due: self.due.clone() })
+        Arc::new(self.read())
     }
 
     /// Every recipient still waiting, in message order: what a restart schedules again.
