@@ -359,19 +359,26 @@ impl MessageTemplate {
 
     /// Renders the message for `row`. An `Err` is the reason the row is rejected.
     pub fn render(&self, row: &Row, now: SystemTime) -> Result<Rendered, String> {
+        self.render_as(row, &self.campaign_value, now)
+    }
+
+    /// Renders the message for `row` as one of campaign `campaign` (its Message-IDs,
+    /// `{{ campaign }}`, unsubscribe links) rather than the template's own: one compiled
+    /// template then serves many requests, each with ids of its own (`serve`'s HTTP API).
+    pub fn render_as(&self, row: &Row, campaign: &Value, now: SystemTime) -> Result<Rendered, String> {
+        let campaign_text = campaign.as_str().unwrap_or_default();
         // minijinja's view of the row, made once if any template needs it.
         let context = std::cell::OnceCell::new();
         let render = |name: &str| -> Result<String, String> {
             let header = matches!(name, HEAD | SUBJECT | MAIL_FROM);
-            if let Some(out) = self.simple_of(name).and_then(|s| s.render(row, &self.campaign_value, header))
-            {
+            if let Some(out) = self.simple_of(name).and_then(|s| s.render(row, campaign, header)) {
                 return Ok(out);
             }
             let ctx = context.get_or_init(|| {
                 Value::from_object(Context {
                     // A copy, only for the rows minijinja renders (the plans need none).
                     row: Arc::new(row.clone()),
-                    campaign: self.campaign_value.clone(),
+                    campaign: campaign.clone(),
                     unsubscribe: self.unsubscribe.clone(),
                 })
             });
@@ -388,7 +395,7 @@ impl MessageTemplate {
                     // The template's own From header gives the envelope sender by default.
                     literal_sender = literal_from.as_ref();
                 }
-                match direct.as_ref().and_then(|d| d.render(row, &self.campaign_value, now)) {
+                match direct.as_ref().and_then(|d| d.render(row, campaign, now)) {
                     Some(body) => body,
                     None => {
                         let head = render(HEAD)?;
@@ -406,7 +413,9 @@ impl MessageTemplate {
                         if !head.is_empty() && !head.ends_with('\n') {
                             added.push_str("\r\n");
                         }
-                        self.added_headers(has, domain, &mut |p| self.piece_text(row, now, p, &mut added));
+                        self.added_headers(has, domain, &mut |p| {
+                            self.piece_text(row, campaign_text, now, p, &mut added)
+                        });
                         // The encoder makes every line ending CRLF (the header section was
                         // checked above: it has no bare CR).
                         Body::from_chunks(&[head.as_bytes(), added.as_bytes(), body.as_bytes()])
@@ -415,7 +424,7 @@ impl MessageTemplate {
             }
             Kind::Built { attachments, headers, text, html } => {
                 let from = self.from.as_ref().ok_or("no --from")?;
-                let message_id = self.message_id(row, from.address.domain());
+                let message_id = self.message_id(row, campaign_text, from.address.domain());
                 let subject = render(SUBJECT)?;
                 let mut builder = mail_builder::MessageBuilder::new()
                     .from(match &from.name {
@@ -433,7 +442,7 @@ impl MessageTemplate {
                     .date(mail_builder::headers::date::Date::new(unix_seconds(now)))
                     .message_id(message_id.trim_start_matches('<').trim_end_matches('>').to_owned());
                 if let Some(u) = &self.unsubscribe {
-                    let uris = u.uris(&self.campaign, row.email.as_str());
+                    let uris = u.uris(campaign_text, row.email.as_str());
                     builder = builder.header("List-Unsubscribe", URL::new_list(uris.into_iter()));
                     if u.one_click() {
                         builder = builder.header("List-Unsubscribe-Post", Raw::new(ONE_CLICK));
@@ -525,15 +534,16 @@ impl MessageTemplate {
         emit(Piece::Text("\r\n"));
     }
 
-    /// Pieces as text, for `row` at `now`.
-    fn piece_text(&self, row: &Row, now: SystemTime, piece: Piece<'_>, out: &mut String) {
+    /// Pieces as text, for `row` of `campaign` at `now`.
+    fn piece_text(&self, row: &Row, campaign: &str, now: SystemTime, piece: Piece<'_>, out: &mut String) {
         match piece {
             Piece::Unsubscribe => {
                 if let Some(u) = &self.unsubscribe {
-                    u.write_header_value(&self.campaign, row.email.as_str(), out);
+                    u.write_header_value(campaign, row.email.as_str(), out);
                 }
             }
             Piece::Text(text) => out.push_str(text),
+            Piece::Campaign => out.push_str(campaign),
             Piece::Email => out.push_str(row.email.as_str()),
             Piece::Date => with_date(unix_seconds(now), |date| out.push_str(date)),
             Piece::Line => out.push_str(decimal(row.line, &mut [0; 20])),
@@ -546,15 +556,15 @@ impl MessageTemplate {
 
     /// Unique per recipient of a campaign, the same for its retries (receivers can tell a
     /// resend by it).
-    fn message_id(&self, row: &Row, domain: &str) -> String {
-        let mut id = String::with_capacity(self.campaign.len() + domain.len() + 24);
-        self.message_id_pieces(domain, &mut |p| self.piece_text(row, UNIX_EPOCH, p, &mut id));
+    fn message_id(&self, row: &Row, campaign: &str, domain: &str) -> String {
+        let mut id = String::with_capacity(campaign.len() + domain.len() + 24);
+        self.message_id_pieces(domain, &mut |p| self.piece_text(row, campaign, UNIX_EPOCH, p, &mut id));
         id
     }
 
     /// `<campaign.line@domain>`.
     fn message_id_pieces(&self, domain: &str, emit: &mut dyn FnMut(Piece<'_>)) {
-        let pieces = [Piece::Text("<"), Piece::Text(&self.campaign), Piece::Text("."), Piece::Line];
+        let pieces = [Piece::Text("<"), Piece::Campaign, Piece::Text("."), Piece::Line];
         pieces.into_iter().chain([Piece::Text("@"), Piece::Text(domain), Piece::Text(">")]).for_each(emit);
     }
 }

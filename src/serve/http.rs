@@ -5,7 +5,7 @@
 //! answered 202. Errors are `{"error": {"code", "message", "field"}}`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -23,9 +23,10 @@ use tokio::sync::oneshot;
 use super::intake::{Intake, Refused, now_ms, received_field};
 use super::keys::ApiKeys;
 use super::spool::{Accepted, Admission, MessageId, recipient_id};
+use super::templates::Templates;
 use crate::proto::Address;
 use crate::send::input::{Row, Vars};
-use crate::send::template::{Attachment, MessageSpec, MessageTemplate, content_type_for};
+use crate::send::template::{Attachment, MessageSpec, content_type_for};
 
 /// Recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
@@ -98,6 +99,8 @@ impl Drop for HttpHandle {
 
 struct App {
     intake: Intake,
+    /// Only this thread takes it (axum wants its state `Sync`), so it never waits.
+    templates: Mutex<Templates>,
     keys: ApiKeys,
     body_limit: usize,
     max_message_size: u64,
@@ -114,6 +117,7 @@ pub fn start(config: HttpConfig, intake: Intake) -> std::io::Result<HttpHandle> 
         usize::try_from(config.max_message_size.saturating_mul(4) / 3 + 64 * 1024).unwrap_or(usize::MAX);
     let app = Arc::new(App {
         intake,
+        templates: Mutex::new(Templates::default()),
         keys: config.keys,
         body_limit,
         max_message_size: config.max_message_size,
@@ -330,8 +334,13 @@ fn render(app: &App, request: &Request, peer: SocketAddr, key_name: &str) -> Res
     let spec = spec(request)?;
     // Message-IDs are `<REQUEST.N@domain>`: unique per request, as a campaign's are per run.
     let request_id = crate::send::new_campaign_id();
-    let template =
-        MessageTemplate::new(&spec, &request_id).map_err(|e| ApiError::invalid("content", e.to_string()))?;
+    let template = app
+        .templates
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&spec, &request_id)
+        .map_err(|e| ApiError::invalid("content", e.to_string()))?;
+    let request_id = minijinja::Value::from(request_id);
     let received_ms = now_ms();
     let trace = received_field(None, peer.ip(), &app.hostname, "HTTP", received_ms);
     let now = SystemTime::now();
@@ -345,7 +354,8 @@ fn render(app: &App, request: &Request, peer: SocketAddr, key_name: &str) -> Res
         }
         vars.extend(r.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
         let row = Row { line: i as u64 + 1, email: email.clone(), vars: Vars::Json(vars) };
-        let rendered = template.render(&row, now).map_err(|e| ApiError::invalid(field(""), e))?;
+        let rendered =
+            template.render_as(&row, &request_id, now).map_err(|e| ApiError::invalid(field(""), e))?;
         let content = app.intake.prepare(rendered.body.bytes(), &trace).map_err(ApiError::from)?;
         if content.len() as u64 > app.max_message_size {
             let message =

@@ -1,6 +1,6 @@
 //! `volley serve`: a long-running service that takes messages from applications over SMTP
-//! submission ([`smtp`], on the sink's server) and an HTTP API ([`http`], with [`keys`] and
-//! [`idempotency`]), makes each durable before saying yes ([`intake`], then [`commit`]'s
+//! submission ([`smtp`], on the sink's server) and an HTTP API ([`http`], with [`keys`],
+//! [`idempotency`] and compiled [`templates`] kept for contents that come again), makes each durable before saying yes ([`intake`], then [`commit`]'s
 //! group commit into the [`spool`], values laid out by [`record`], waiting recipients
 //! filed by due time in its schedule, [`due`]), and delivers it with
 //! `deliver` as `send` does: the spool's job source ([`source`]) and the order of syncs that
@@ -19,3 +19,4 @@ pub mod run;
 pub mod smtp;
 pub mod source;
 pub mod spool;
+pub mod templates;

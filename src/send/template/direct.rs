@@ -34,6 +34,9 @@ pub(super) enum Piece<'a> {
     Date,
     /// The recipient's input line (in the Message-ID).
     Line,
+    /// The campaign's id (in the Message-ID): given when rendering, so that one plan can
+    /// serve messages of many campaigns or requests.
+    Campaign,
     /// The recipient's `List-Unsubscribe` value.
     Unsubscribe,
 }
@@ -50,6 +53,7 @@ enum Step {
     Email,
     Date,
     Line,
+    Campaign,
     Unsubscribe(Arc<Unsubscribe>),
 }
 
@@ -85,6 +89,7 @@ impl Direct {
             Piece::Email => plan.step(Step::Email),
             Piece::Date => plan.step(Step::Date),
             Piece::Line => plan.step(Step::Line),
+            Piece::Campaign => plan.step(Step::Campaign),
             Piece::Unsubscribe => {
                 if let Some(u) = unsubscribe {
                     plan.step(Step::Unsubscribe(Arc::clone(u)));
@@ -142,6 +147,7 @@ impl Direct {
                     Step::Email => w.push(row.email.as_str().as_bytes()),
                     Step::Date => with_date(unix_seconds(now), |date| w.push(date.as_bytes())),
                     Step::Line => w.push(decimal_bytes(row.line, &mut digits)),
+                    Step::Campaign => w.push(campaign.as_str()?.as_bytes()),
                     Step::Unsubscribe(u) => {
                         let mut value = String::with_capacity(256);
                         u.write_header_value(campaign.as_str()?, row.email.as_str(), &mut value);
