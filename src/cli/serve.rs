@@ -273,6 +273,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let counters = listener.join().context("stopping the SMTP listener")?;
     serving.intake().stop();
+    let commits = Arc::clone(serving.committer().stats());
     let (books, _spool) = serving.stop().context("stopping delivery")?;
     let t = &books.tally;
     eprintln!(
@@ -285,6 +286,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         t.expired,
         t.uncertain,
         t.deferred
+    );
+    eprintln!(
+        "volley serve: the spool took {} messages and {} changes of state in {} synced batches",
+        commits.messages.load(Ordering::Relaxed),
+        commits.changes.load(Ordering::Relaxed),
+        commits.batches.load(Ordering::Relaxed),
     );
     if let Some(e) = &books.log_error {
         eprintln!("volley: {e}");
