@@ -42,6 +42,11 @@ ensure_interop_peers() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dkim python3-nacl >/dev/null
     fi
+    # The Prometheus project's Python client: its OpenMetrics parser checks serve's /metrics.
+    if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+        echo "installing prometheus-client (pip)"
+        python3 -m pip install -q --disable-pip-version-check prometheus-client 2>&1 | grep -v 'as the .root. user' || true
+    fi
     if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
         echo "installing aiosmtpd (pip)"
         python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>&1 | grep -v 'as the .root. user' || true

@@ -437,6 +437,24 @@ status=$(curl -sS -o "$work/curl.json" -w '%{http_code}' -H 'Authorization: Bear
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["recipients"]) == 2 and d["id"] > 0, d' \
     "$work/curl.json" || fail "the 202 answer is not what it should be: $(cat "$work/curl.json")"
 wait_for_sent $((sent_before + 5))
+# The metrics, parsed by the Prometheus project's own OpenMetrics parser, say the same (the log
+# is synced, and the metrics published, at most 50 ms after a record).
+sleep 0.5
+curl -sS -o "$work/metrics.txt" -D "$work/metrics.head" "http://127.0.0.1:$SERVE_HTTP_PORT/metrics" \
+    || fail "no /metrics from volley serve"
+grep -qi '^content-type: application/openmetrics-text' "$work/metrics.head" || fail "/metrics is not OpenMetrics text"
+python3 - "$work/metrics.txt" <<'PY' || fail "serve's metrics do not parse or do not say what happened: $(head -c 3000 "$work/metrics.txt")"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}
+def total(name, **labels):
+    return sum(s.value for s in families[name].samples
+               if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()))
+assert total("volley_recipients", outcome="delivered") == 5, families["volley_recipients"]
+assert total("volley_intake_messages", intake="smtp") == 2 and total("volley_intake_messages", intake="http") == 2
+assert families["volley_delivery_duration_seconds"].type == "histogram"
+print(f"  /metrics: {len(families)} families parsed; 5 delivered, 2 + 2 messages taken over SMTP and HTTP")
+PY
 kill -TERM "$serve_pid"
 serve_status=0
 wait "$serve_pid" || serve_status=$?

@@ -14,6 +14,7 @@ pub mod check;
 pub mod deliver;
 pub mod engine;
 pub mod hash;
+pub mod metrics;
 pub mod proto;
 pub mod report;
 pub mod rng;

@@ -287,3 +287,48 @@ fn auth_secrets_come_from_the_environment_or_a_file_and_are_never_shown() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("not encrypted"), "{stdout}");
 }
+
+/// `bench --metrics-listen`: Prometheus can scrape a run while it goes on, and the counters
+/// grow with it.
+#[test]
+fn bench_serves_metrics_while_it_runs() {
+    use std::io::{Read as _, Write as _};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["bench", "--duration", "60s", "--quiet", "--connections", "2", "--threads", "1"])
+        .args(["--sink-threads", "1", "--metrics-listen", &listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scrape = || -> Option<u64> {
+        let mut conn = std::net::TcpStream::connect(&listen).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("application/openmetrics-text"), "{text}");
+        let line =
+            text.lines().find(|l| l.starts_with(r#"volley_engine_messages_total{outcome="delivered"}"#))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        match scrape() {
+            Some(n) if n > 0 => break n,
+            _ => {
+                assert!(Instant::now() < deadline, "no delivered count on /metrics");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    let second = scrape().unwrap();
+    assert!(second > first, "{first} then {second}: the counter follows the run");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

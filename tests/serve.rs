@@ -49,7 +49,10 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
 /// Takes a message in as intake does: durable, then handed to delivery.
 fn accept(serving: &Serving, message: Accepted) -> MessageId {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    match runtime.block_on(serving.intake().accept(vec![message], None)).unwrap() {
+    match runtime
+        .block_on(serving.intake().accept(vec![message], None, mailvolley::serve::metrics::Via::Smtp))
+        .unwrap()
+    {
         Admission::New(ids) => ids[0],
         Admission::Replay(_) => panic!("no key, no replay"),
     }
@@ -348,5 +351,113 @@ fn only_a_bounded_number_wait_in_memory_and_the_rest_are_read_back_from_the_spoo
     assert_eq!(sink.stop().unwrap().messages_accepted, total as u64, "each once");
     let delivered = records(&log_path).iter().filter(|r| r["status"] == "delivered").count();
     assert_eq!(delivered, total, "one final record each");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// GETs `path` from `addr` (HTTP/1.0: the server closes when done); the status line and body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+/// The value of the series named exactly `series` (name and labels).
+fn series(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+/// Summed over every series of metric `name` whose labels include `label`.
+fn summed(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A run with deliveries, bounces (and the reports they make) and deferrals: the metrics,
+/// scraped over HTTP, say what the delivery log says.
+#[test]
+fn metrics_scraped_over_http_match_the_log_after_a_run_with_faults() {
+    use common::scripted::{Fault, Script, Scripted};
+    let dir = temp("metrics");
+    let server = Scripted::start(
+        Script::new(&["PIPELINING"], "250 2.0.0 Ok", Fault::None)
+            .rcpt_reply("gone", "550 5.1.1 No such user")
+            .rcpt_reply("later", "451 4.7.1 Try again later"),
+    );
+    let log_path = dir.join("log.jsonl");
+    let spool = spool::open(&dir.join("spool")).unwrap();
+    let serving =
+        run::start(config(server.addr, LogFile::create(&log_path).unwrap(), Duration::from_secs(60)), spool)
+            .unwrap();
+    let metrics = std::sync::Arc::new(serving.metrics());
+    let listener = mailvolley::metrics::http::start("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+    let mut recipients = Vec::new();
+    for n in 0..12 {
+        recipients.push(format!("u{n}@example.net"));
+    }
+    recipients.extend(
+        ["gone1@example.net", "gone2@example.org", "later1@example.net", "later2@example.org"]
+            .map(String::from),
+    );
+    for (n, rcpt) in recipients.iter().enumerate() {
+        let mut m = message(n, 0);
+        m.recipients = vec![Address::new(rcpt).unwrap()];
+        accept(&serving, m);
+    }
+    // 12 delivered, 2 bounced, 2 reports of them delivered to app@example.com; 2 deferred.
+    wait_for_finals(&serving, 16);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, text) = loop {
+        let (status, text) = http_get(listener.local_addr(), "/metrics");
+        let deferred = summed(&text, "volley_recipients_total", r#"outcome="deferred""#);
+        let delivered = summed(&text, "volley_recipients_total", r#"outcome="delivered""#);
+        // The cores publish their counters every 250 ms.
+        let engine = series(&text, r#"volley_engine_messages_total{outcome="delivered"}"#);
+        if ((deferred, delivered) == (2, 14) && engine >= 14) || Instant::now() > deadline {
+            break (status, text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.contains("200"), "{status}");
+    let log = records(&log_path);
+    let count = |status: &str| log.iter().filter(|r| r["status"] == status).count() as u64;
+    for outcome in ["delivered", "deferred", "bounced", "expired", "uncertain"] {
+        let label = format!(r#"outcome="{outcome}""#);
+        assert_eq!(summed(&text, "volley_recipients_total", &label), count(outcome), "{outcome}: {text}");
+    }
+    assert_eq!(count("delivered"), 14);
+    let mut categories = std::collections::BTreeMap::<(String, String), u64>::new();
+    for r in log.iter().filter(|r| r["category"].is_string()) {
+        *categories
+            .entry((r["category"].as_str().unwrap().into(), r["status"].as_str().unwrap().into()))
+            .or_default() += 1;
+    }
+    assert!(!categories.is_empty());
+    for ((category, status), n) in &categories {
+        let name = format!(r#"volley_failures_total{{category="{category}",outcome="{status}"}}"#);
+        assert_eq!(series(&text, &name), *n, "{name}: {text}");
+    }
+    // Finals with a queue time, all of them.
+    let finals = ["delivered", "bounced", "expired", "uncertain"].iter().map(|s| count(s)).sum::<u64>();
+    assert_eq!(series(&text, "volley_delivery_duration_seconds_count"), finals, "{text}");
+    assert_eq!(series(&text, "volley_received_messages_total"), count("received"));
+    // Intake: 16 over "SMTP" (as the test hands them in), the 2 reports are the service's own.
+    assert_eq!(series(&text, r#"volley_intake_messages_total{intake="smtp"}"#), 16, "{text}");
+    assert_eq!(series(&text, r#"volley_injection_duration_seconds_count{intake="smtp"}"#), 16);
+    assert_eq!(series(&text, "volley_spool_recipients"), 2, "the deferred two wait: {text}");
+    assert_eq!(series(&text, "volley_scheduled_recipients"), 2, "{text}");
+    assert!(series(&text, "volley_spool_bytes") > 0);
+    assert!(series(&text, "volley_connections_opened_total") >= 1, "{text}");
+    assert!(text.ends_with("# EOF\n"));
+    let (status, _) = http_get(listener.local_addr(), "/nothing");
+    assert!(status.contains("404"), "{status}");
+    listener.stop().unwrap();
+    serving.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

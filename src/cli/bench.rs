@@ -14,12 +14,14 @@ use clap::Args;
 
 use mailvolley::bench::{self, BenchSource, BodySpec, Content, Plan, Recipients, Sizes};
 use mailvolley::engine::{self, Destination, EngineConfig, RetryPolicy};
+use mailvolley::metrics::{EngineCollector, Metrics};
 use mailvolley::proto::Address;
 use mailvolley::proto::client::Credentials;
 use mailvolley::sink::auth::Users;
 use mailvolley::tls::{ClientTls, ServerTls};
 
 use super::connection::ConnectionArgs;
+use super::metrics::MetricsArgs;
 use super::secure::{AuthArgs, TlsArgs};
 use mailvolley::rt::{self, Driver};
 use mailvolley::sink::{self, SinkConfig};
@@ -117,6 +119,8 @@ pub struct BenchArgs {
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// After sending stops (a --duration run, or a first Ctrl-C), how long messages in flight get
@@ -247,6 +251,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let running = engine::start(config, Box::new(source)).context("starting the engine")?;
+    let metrics_listener = args.metrics.start(|| {
+        let mut metrics = Metrics::new();
+        metrics.register(EngineCollector::new(running.progress()));
+        Arc::new(metrics)
+    })?;
 
     let mut last = running.snapshot();
     let mut next_tick = Instant::now() + Duration::from_secs(1);
@@ -275,6 +284,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = running.join()?;
+    if let Some(m) = metrics_listener {
+        m.stop().context("stopping the metrics listener")?;
+    }
     let sink_counters = own_sink.map(|s| s.stop()).transpose().context("stopping the built-in sink")?;
 
     if let Some(path) = &args.hgrm {

@@ -6,6 +6,7 @@ mod check;
 pub mod config_file;
 mod connection;
 mod delivery;
+mod metrics;
 mod secure;
 mod send;
 mod serve;

@@ -3,6 +3,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use mailvolley::send::unsubscribe::{Secret, Unsubscribe, UnsubscribeError};
 use mailvolley::send::{self, SendConfig, SendReport};
 
 use super::delivery::DeliveryArgs;
+use super::metrics::MetricsArgs;
 
 /// Exit codes of `volley send` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 every recipient has its final record in the log (delivered, bounced, expired, \
@@ -102,6 +104,8 @@ pub struct SendArgs {
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 fn parse_campaign(s: &str) -> Result<String, String> {
@@ -167,6 +171,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         log,
         resume,
         progress: !args.quiet,
+        metrics: args.metrics.metrics_listen.is_some(),
     })
 }
 
@@ -195,6 +200,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    let metrics_listener = args.metrics.start(|| Arc::new(sending.metrics()))?;
     if sending.cut_tail() > 0 {
         eprintln!(
             "volley send: cut {} octets of a last line that a killed run left half-written from {}",
@@ -222,6 +228,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = sending.finish().context("finishing the run")?;
+    if let Some(m) = metrics_listener {
+        m.stop().context("stopping the metrics listener")?;
+    }
     if args.json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, &json_report(&report, &log))?;

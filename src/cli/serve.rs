@@ -24,6 +24,7 @@ use mailvolley::sink::{self, SinkConfig};
 use mailvolley::tls::ServerTls;
 
 use super::delivery::DeliveryArgs;
+use super::metrics::MetricsArgs;
 
 /// Exit codes of `volley serve`.
 pub const EXIT_DOC: &str = "Exit codes: 0 stopped on SIGTERM or Ctrl-C after finishing what was in flight (what is not \
@@ -55,7 +56,8 @@ pub struct ServeArgs {
     /// Also take submissions with implicit TLS here (port 465 style).
     #[arg(long, value_name = "ADDR")]
     smtps_listen: Option<SocketAddr>,
-    /// The HTTP API (`POST /api/v1/messages`, `GET /healthz`), when --api-keys is given.
+    /// The HTTP API (`POST /api/v1/messages`, `GET /healthz`, `GET /metrics`), when --api-keys
+    /// is given.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8025")]
     http_listen: SocketAddr,
     /// Keys that may use the HTTP API (`Authorization: Bearer KEY`): `name:KEY` or
@@ -97,6 +99,8 @@ pub struct ServeArgs {
     intake_threads: NonZeroUsize,
     #[command(flatten)]
     delivery: DeliveryArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -209,6 +213,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Err(anyhow::Error::new(e).context("starting the SMTP listener"));
         }
     };
+    let metrics = Arc::new(serving.metrics());
+    let metrics_listener = match args.metrics.start(|| Arc::clone(&metrics)) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = listener.stop();
+            let _ = serving.stop();
+            return Err(e);
+        }
+    };
     let mut http = match keys {
         Some(keys) => {
             let config = HttpConfig {
@@ -217,7 +230,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 max_message_size: args.max_message_size,
                 hostname: hostname.clone(),
             };
-            match http::start(config, serving.intake().clone()) {
+            match http::start(config, serving.intake().clone(), Some(Arc::clone(&metrics))) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     let _ = listener.stop();
@@ -229,11 +242,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     eprintln!(
-        "volley serve: SMTP on {}{}, {}, spool {} ({} waiting), log {}",
+        "volley serve: SMTP on {}{}, {}{}, spool {} ({} waiting), log {}",
         listener.local_addr(),
         listener.tls_addr().map_or(String::new(), |a| format!(", implicit TLS on {a}")),
         http.as_ref()
             .map_or("HTTP API off (no --api-keys)".to_owned(), |h| format!("HTTP on {}", h.local_addr())),
+        metrics_listener.as_ref().map_or(String::new(), |m| format!(", metrics on {}", m.local_addr())),
         args.spool.display(),
         serving.resumed(),
         log_path.display()
@@ -272,6 +286,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         http.stop().context("stopping the HTTP API")?;
     }
     let counters = listener.join().context("stopping the SMTP listener")?;
+    if let Some(m) = metrics_listener {
+        m.stop().context("stopping the metrics listener")?;
+    }
     serving.intake().stop();
     let commits = Arc::clone(serving.committer().stats());
     let (books, _spool) = serving.stop().context("stopping delivery")?;

@@ -25,6 +25,7 @@ use super::pending::Pending;
 use crate::engine::{
     AdaptiveWait, Deferral, Origin, Outcome, Payload, Progress, RetryPolicy, ShapingEvent, Verdict, Via,
 };
+use crate::metrics::delivery::DeliveryMeter;
 use crate::proto::client::Disposition;
 use crate::proto::{Address, Reply};
 use crate::rng::Rng;
@@ -107,6 +108,8 @@ pub struct Ledger {
     /// [`Ledger::on_durable`]), with those not yet durable.
     on_durable: Option<OnDurable>,
     settled: Vec<Settled>,
+    /// The log's counts for metrics, published after each sync.
+    meter: Option<DeliveryMeter>,
 }
 
 /// What became of a recipient, for a source that keeps its own state (serve's spool): told
@@ -273,7 +276,14 @@ impl Ledger {
             engine: Vec::new(),
             on_durable: None,
             settled: Vec::new(),
+            meter: None,
         }
+    }
+
+    /// Counts every record in `meter`, which scrapes see as of the last sync of the log.
+    pub fn with_metrics(mut self, meter: DeliveryMeter) -> Self {
+        self.meter = Some(meter);
+        self
     }
 
     /// Calls `hook` after each commit of the log with the recipients it settled (see
@@ -332,7 +342,12 @@ impl Ledger {
             }
             if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
                 match self.log.sync() {
-                    Ok(()) => self.settle(),
+                    Ok(()) => {
+                        self.settle();
+                        if let Some(meter) = &mut self.meter {
+                            meter.publish(Instant::now());
+                        }
+                    }
                     Err(e) => {
                         self.fail(&e.error);
                         self.unrecorded_lines(&e.records);
@@ -430,7 +445,7 @@ impl Ledger {
                 r.origin = Some(m.origin);
                 r.idempotency_key = m.idempotency_key;
                 r.size = Some(m.size);
-                self.log.write(&r);
+                self.write(r);
             }
             Report::Unroutable { pending: p, disposition, reason, at } => {
                 let (category, retry) = match disposition {
@@ -590,8 +605,12 @@ impl Ledger {
                 _ => counts.expired += 1,
             }
         }
-        if let Some(domain) = domain {
-            self.domains.count(&super::lowercase(domain), r.status, latency);
+        let domain = domain.map(super::lowercase);
+        if let Some(domain) = &domain {
+            self.domains.count(domain, r.status, latency);
+        }
+        if let Some(meter) = &mut self.meter {
+            meter.count(r.status, domain.as_deref(), r.category, r.queue_ms.map(Duration::from_millis));
         }
         if r.status.is_final() {
             self.flow.finalized.fetch_add(1, Ordering::Release);

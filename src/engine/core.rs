@@ -269,6 +269,8 @@ pub struct Core {
     /// order as slots end.
     starved: RefCell<VecDeque<Rc<Pool>>>,
     in_flight: Cell<u64>,
+    /// Connections open or being opened, over all pools (for metrics).
+    connections_open: Cell<u64>,
     conn_seq: Cell<u64>,
     /// Set once the producer is done and this core's queue is empty: idle sessions quit.
     pub draining: Cell<bool>,
@@ -332,6 +334,7 @@ impl Core {
             slots: Cell::new(0),
             starved: RefCell::default(),
             in_flight: Cell::new(0),
+            connections_open: Cell::new(0),
             conn_seq: Cell::new((index as u64) << 40),
             draining: Cell::new(false),
             progress,
@@ -746,6 +749,12 @@ impl Core {
         p.connect_failures.store(stats.connect_failures, Ordering::Relaxed);
         p.session_errors.store(stats.session_errors.values().sum(), Ordering::Relaxed);
         p.uncertain.store(stats.uncertain, Ordering::Relaxed);
+        p.connections_open.store(self.connections_open.get(), Ordering::Relaxed);
+        p.connections.store(stats.connections, Ordering::Relaxed);
+        p.tls_full.store(stats.tls.full, Ordering::Relaxed);
+        p.tls_resumed.store(stats.tls.resumed, Ordering::Relaxed);
+        p.tls_failed.store(stats.tls.failed, Ordering::Relaxed);
+        p.tls_plaintext.store(stats.tls.plaintext, Ordering::Relaxed);
         let mut interval = self.interval.borrow_mut();
         let p99 = if interval.is_empty() { 0 } else { interval.value_at_quantile(0.99) };
         p.p99_micros.store(p99, Ordering::Relaxed);
@@ -945,7 +954,9 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
             continue;
         }
         pool.open.set(pool.open.get() + 1);
+        core.connections_open.set(core.connections_open.get() + 1);
         let attempt = connect_and_run(core, pool).await;
+        core.connections_open.set(core.connections_open.get() - 1);
         pool.open.set(pool.open.get() - 1);
         // Slots holding back because this connection covered the pending work look again.
         pool.signal.notify();

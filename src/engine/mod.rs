@@ -216,6 +216,14 @@ pub struct Progress {
     pub connect_failures: AtomicU64,
     pub session_errors: AtomicU64,
     pub uncertain: AtomicU64,
+    /// Connections open or being opened now, and opened in all.
+    pub connections_open: AtomicU64,
+    pub connections: AtomicU64,
+    /// TLS handshakes: full, resumed, failed; sessions that went on in plaintext.
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub tls_failed: AtomicU64,
+    pub tls_plaintext: AtomicU64,
     /// p99 message latency over the core's last publication interval.
     pub p99_micros: AtomicU64,
 }

@@ -2,6 +2,7 @@
 //! pinned to a core, io_uring or epoll.
 
 mod connect;
+pub mod http;
 mod iovec;
 mod read;
 

@@ -31,6 +31,8 @@ use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
 use crate::deliver::log::{LogFile, Record, Status};
 use crate::deliver::{dkim, log, rules_file};
 use crate::engine::{self, RetryPolicy};
+use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
+use crate::metrics::{EngineCollector, Metrics};
 use input::Rows;
 use source::{SendSource, Shared, SourceConfig};
 use template::{MessageSpec, MessageTemplate};
@@ -54,6 +56,8 @@ pub struct SendConfig {
     pub resume: bool,
     /// Print live progress on stderr.
     pub progress: bool,
+    /// Count the log's records for metrics (see [`Sending::metrics`]).
+    pub metrics: bool,
 }
 
 #[derive(Debug, Error)]
@@ -99,6 +103,7 @@ pub struct Sending {
     resumed: Option<u64>,
     cut_tail: u64,
     stopped: bool,
+    delivery_metrics: Option<Arc<DeliveryMetrics>>,
 }
 
 /// How a campaign ended.
@@ -242,9 +247,16 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         progress: config.progress,
     })
     .wake_when_all_final(running.producer_thread())
-    .show_sessions(running.progress())
-    .spawn(Arc::clone(&control))
-    .map_err(SendError::Engine)?;
+    .show_sessions(running.progress());
+    let (ledger, delivery_metrics) = match config.metrics {
+        true => {
+            let meter = DeliveryMeter::new();
+            let metrics = meter.metrics();
+            (ledger.with_metrics(meter), Some(metrics))
+        }
+        false => (ledger, None),
+    };
+    let ledger = ledger.spawn(Arc::clone(&control)).map_err(SendError::Engine)?;
     running.set_outcome_reader(ledger.thread().clone());
     Ok(Sending {
         running,
@@ -256,10 +268,22 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         resumed: resumed_finals,
         cut_tail,
         stopped: false,
+        delivery_metrics,
     })
 }
 
 impl Sending {
+    /// The campaign's metrics: the cores', and the delivery log's when counted
+    /// ([`SendConfig::metrics`]).
+    pub fn metrics(&self) -> Metrics {
+        let mut metrics = Metrics::new();
+        metrics.register(EngineCollector::new(self.running.progress()));
+        if let Some(delivery) = &self.delivery_metrics {
+            metrics.register(Arc::clone(delivery));
+        }
+        metrics
+    }
+
     /// Stops taking recipients; what is in flight finishes and is logged. Retries not yet due
     /// are left for `--resume`.
     pub fn stop(&mut self) {

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use axum::Router;
@@ -18,12 +17,13 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
 
 use super::intake::{Intake, Refused, now_ms, received_field};
 use super::keys::ApiKeys;
+use super::metrics::Via;
 use super::spool::{Accepted, Admission, MessageId, recipient_id};
 use super::templates::Templates;
+use crate::metrics::Metrics;
 use crate::proto::Address;
 use crate::send::input::{Row, Vars};
 use crate::send::template::{Attachment, MessageSpec, content_type_for};
@@ -58,44 +58,7 @@ pub struct HttpConfig {
 }
 
 /// The API, running.
-pub struct HttpHandle {
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl HttpHandle {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops taking connections, lets requests under way finish, and ends the thread.
-    pub fn stop(mut self) -> std::io::Result<()> {
-        self.finish()
-    }
-
-    /// Stops taking connections and requests; those under way go on until [`HttpHandle::stop`]
-    /// waits for them.
-    pub fn request_stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    fn finish(&mut self) -> std::io::Result<()> {
-        self.request_stop();
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| std::io::Error::other("the HTTP thread panicked"))?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for HttpHandle {
-    fn drop(&mut self) {
-        let _ = self.finish();
-    }
-}
+pub type HttpHandle = crate::rt::http::HttpServer;
 
 struct App {
     intake: Intake,
@@ -107,12 +70,13 @@ struct App {
     hostname: String,
 }
 
-/// Binds `config.listen` (an error here is the caller's to report) and serves on a thread.
-pub fn start(config: HttpConfig, intake: Intake) -> std::io::Result<HttpHandle> {
-    let listener = std::net::TcpListener::bind(config.listen)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", config.listen)))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+/// Binds `config.listen` (an error here is the caller's to report) and serves on a thread;
+/// `metrics`, if given, on `GET /metrics` too.
+pub fn start(
+    config: HttpConfig,
+    intake: Intake,
+    metrics: Option<Arc<Metrics>>,
+) -> std::io::Result<HttpHandle> {
     let body_limit =
         usize::try_from(config.max_message_size.saturating_mul(4) / 3 + 64 * 1024).unwrap_or(usize::MAX);
     let app = Arc::new(App {
@@ -123,25 +87,16 @@ pub fn start(config: HttpConfig, intake: Intake) -> std::io::Result<HttpHandle> 
         max_message_size: config.max_message_size,
         hostname: config.hostname,
     });
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/api/v1/messages", post(submit))
         .route("/healthz", get(health))
         // The body is read by the handler, under its own limit (answered 413 in JSON).
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app);
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    })?;
-    Ok(HttpHandle { addr, shutdown: Some(shutdown), thread: Some(thread) })
+    if let Some(metrics) = metrics {
+        router = router.merge(crate::metrics::http::router(metrics));
+    }
+    HttpHandle::start(config.listen, router, "http")
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
@@ -293,7 +248,7 @@ async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody
         .map(|m| m.recipients.first().map_or(String::new(), |a| a.as_str().to_owned()))
         .collect();
     let scoped = idempotency_key.map(|key| (key_name.as_str(), key));
-    let admitted: Vec<(MessageId, String)> = match app.intake.accept(messages, scoped).await? {
+    let admitted: Vec<(MessageId, String)> = match app.intake.accept(messages, scoped, Via::Http).await? {
         Admission::New(ids) => ids.into_iter().zip(emails).collect(),
         // The first request's answer, whatever this one asked.
         Admission::Replay(first) => first,

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use super::commit::{CommitError, Committer};
 use super::idempotency::IdempotencyKey;
+use super::metrics::{IntakeMeter, Via};
 use super::source::Arrival;
 use super::spool::{Accepted, Admission, Group, SpoolError};
 use crate::deliver::dkim::Dkim;
@@ -56,6 +57,7 @@ pub struct Intake {
     spool_dir: PathBuf,
     min_free_space: u64,
     stopping: Arc<AtomicBool>,
+    meter: Arc<IntakeMeter>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -72,7 +74,20 @@ impl Intake {
         spool_dir: PathBuf,
         min_free_space: u64,
     ) -> Intake {
-        Intake { committer, arrivals, dkim, spool_dir, min_free_space, stopping: Arc::default() }
+        Intake {
+            committer,
+            arrivals,
+            dkim,
+            spool_dir,
+            min_free_space,
+            stopping: Arc::default(),
+            meter: Arc::default(),
+        }
+    }
+
+    /// What this intake (and every clone) counts, for metrics.
+    pub fn meter(&self) -> &Arc<IntakeMeter> {
+        &self.meter
     }
 
     /// From now on every message is refused with [`Refused::Stopping`] (for every clone).
@@ -109,6 +124,20 @@ impl Intake {
         &self,
         messages: Vec<Accepted>,
         idempotency: Option<(&str, Arc<str>)>,
+        via: Via,
+    ) -> Result<Admission, Refused> {
+        let result = self.admit(messages, idempotency, via).await;
+        if result.is_err() {
+            self.meter.refused(via);
+        }
+        result
+    }
+
+    async fn admit(
+        &self,
+        messages: Vec<Accepted>,
+        idempotency: Option<(&str, Arc<str>)>,
+        via: Via,
     ) -> Result<Admission, Refused> {
         if self.is_stopping() {
             return Err(Refused::Stopping);
@@ -123,12 +152,16 @@ impl Intake {
             None => (None, None),
         };
         let group = Group { messages: messages.clone(), idempotency: key };
+        let handed = Instant::now();
         let admission = self.committer.admit(group).await.map_err(|e| match e {
             e if e.is_full() => Refused::NoSpace,
             e => Refused::Spool(e),
         })?;
         let Admission::New(ids) = &admission else { return Ok(admission) };
         let accepted_at = Instant::now();
+        let recipients = messages.iter().map(|m| m.recipients.len() as u64).sum();
+        let micros = accepted_at.duration_since(handed).as_micros() as u64;
+        self.meter.accepted(via, ids.len() as u64, recipients, micros);
         for (id, message) in ids.iter().zip(messages) {
             // Blocks only while delivery has `ARRIVALS` messages it has not taken yet: intake
             // slows to what delivery takes. Delivery gone (stopping): the message is in the

@@ -14,6 +14,7 @@ pub mod http;
 pub mod idempotency;
 pub mod intake;
 pub mod keys;
+pub mod metrics;
 pub mod record;
 pub mod run;
 pub mod smtp;

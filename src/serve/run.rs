@@ -11,6 +11,7 @@
 //!    watermark and marks final every recipient a record there says is ([`reconcile`]) before
 //!    anything is sent.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -20,6 +21,7 @@ use thiserror::Error;
 
 use super::commit::{Committer, Notify, Ticket};
 use super::intake::Intake;
+use super::metrics::ServeCollector;
 use super::source::{SpoolSource, wall_ms_of};
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use crate::deliver::bounce::Classifier;
@@ -29,6 +31,8 @@ use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
+use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
+use crate::metrics::{EngineCollector, Metrics};
 
 /// Accepted messages handed to delivery and not yet taken by it, before intake waits.
 const ARRIVALS: usize = 4096;
@@ -80,6 +84,8 @@ pub struct Serving {
     flow: Arc<Flow>,
     /// Recipients the spool held when delivery started.
     resumed: usize,
+    delivery_metrics: Arc<DeliveryMetrics>,
+    spool_dir: PathBuf,
 }
 
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
@@ -123,6 +129,8 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     let running = engine::start(engine_config, Box::new(source)).map_err(ServeError::Start)?;
     let control = Arc::new(Control::default());
     let writer = Arc::clone(&committer);
+    let meter = DeliveryMeter::new();
+    let delivery_metrics = meter.metrics();
     let ledger = Ledger::new(LedgerConfig {
         log,
         outcomes: running.outcomes().to_vec(),
@@ -135,6 +143,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         progress,
     })
     .show_sessions(running.progress())
+    .with_metrics(meter)
     .on_durable({
         // Not waited for: the log thread goes on while the spool syncs (see the module's
         // durability order). Tickets are looked at on later calls; a failure is said, and its
@@ -161,8 +170,8 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     .spawn(Arc::clone(&control))
     .map_err(ServeError::Start)?;
     running.set_outcome_reader(ledger.thread().clone());
-    let intake = Intake::new(Arc::clone(&committer), arrivals, dkim, spool_dir, min_free_space);
-    Ok(Serving { committer, intake, running, ledger, control, flow, resumed })
+    let intake = Intake::new(Arc::clone(&committer), arrivals, dkim, spool_dir.clone(), min_free_space);
+    Ok(Serving { committer, intake, running, ledger, control, flow, resumed, delivery_metrics, spool_dir })
 }
 
 /// Brings the spool up to date with the log: every recipient a final record after the spool's
@@ -229,6 +238,20 @@ impl Serving {
     /// The way in for listeners: durable first, then delivered.
     pub fn intake(&self) -> &Intake {
         &self.intake
+    }
+
+    /// Every metric of the service: the cores', the delivery log's, intake's and the spool's.
+    pub fn metrics(&self) -> Metrics {
+        let mut metrics = Metrics::new();
+        metrics.register(EngineCollector::new(self.running.progress()));
+        metrics.register(Arc::clone(&self.delivery_metrics));
+        metrics.register(ServeCollector {
+            intake: Arc::clone(self.intake.meter()),
+            flow: Arc::clone(&self.flow),
+            commits: Arc::clone(self.committer.stats()),
+            spool_dir: self.spool_dir.clone(),
+        });
+        metrics
     }
 
     /// The spool's writer.

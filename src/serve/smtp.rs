@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::intake::{Intake, Refused, now_ms, received_field};
+use super::metrics::Via;
 use super::spool::{Accepted, Admission};
 use crate::sink::store::{Store, Stored, Submission};
 
@@ -45,7 +46,7 @@ impl Store for SpoolStore {
             };
             let accepted =
                 Accepted { sender: m.sender, recipients: m.recipients, content, received_ms, origin };
-            match intake.accept(vec![accepted], None).await {
+            match intake.accept(vec![accepted], None, Via::Smtp).await {
                 Ok(Admission::New(ids)) => {
                     Stored::Queued(ids.first().map_or_else(String::new, |id| format!("{:X}", id.0)))
                 }
