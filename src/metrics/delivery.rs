@@ -10,7 +10,7 @@
 //! when it got it (what it had before stays in `other`), and a destination that loses its
 //! label hands its counts to `other`, so nothing grows with the destinations ever seen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use super::{Buckets, Family};
 use crate::deliver::bounce::Category;
 use crate::deliver::log::Status;
+use crate::hash::FxMap;
 
 /// Destinations with a label of their own.
 pub const LABELED: usize = 20;
@@ -61,12 +62,19 @@ struct Counts {
 #[derive(Debug)]
 pub struct DeliveryMeter {
     counts: Counts,
-    /// Where each labeled destination is in `counts.labeled`.
-    index: HashMap<Arc<str>, usize>,
-    /// Recent volume of the destinations seen, labeled or not.
-    volume: HashMap<Arc<str>, u64>,
+    /// The destinations seen lately, labeled or not (bounded: see [`CANDIDATES`], so Fx's
+    /// lack of flooding protection costs at most a slower lookup): one lookup a record.
+    seen: FxMap<Arc<str>, Seen>,
     ranked: Option<Instant>,
     shared: Arc<DeliveryMetrics>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// Records lately (halved at each ranking).
+    volume: u64,
+    /// Where its counts are in `Counts::labeled`, while it has a label.
+    label: Option<usize>,
 }
 
 /// The scrape's side: the counts as of the last sync of the log.
@@ -79,8 +87,7 @@ impl DeliveryMeter {
     pub fn new() -> DeliveryMeter {
         DeliveryMeter {
             counts: Counts::default(),
-            index: HashMap::new(),
-            volume: HashMap::new(),
+            seen: FxMap::default(),
             ranked: None,
             shared: Arc::default(),
         }
@@ -118,29 +125,28 @@ impl DeliveryMeter {
             self.counts.other[i] += 1;
             return;
         };
-        match self.index.get(domain) {
-            Some(&at) => self.counts.labeled[at].1[i] += 1,
-            None => self.counts.other[i] += 1,
-        }
-        match self.volume.get_mut(domain) {
-            Some(v) => *v += 1,
-            None => {
-                if self.volume.len() >= CANDIDATES {
-                    self.forget_quiet_half();
-                }
-                self.volume.insert(domain.into(), 1);
+        if let Some(seen) = self.seen.get_mut(domain) {
+            seen.volume += 1;
+            match seen.label {
+                Some(at) => self.counts.labeled[at].1[i] += 1,
+                None => self.counts.other[i] += 1,
             }
+            return;
         }
+        self.counts.other[i] += 1;
+        if self.seen.len() >= CANDIDATES {
+            self.forget_quiet_half();
+        }
+        self.seen.insert(domain.into(), Seen { volume: 1, label: None });
     }
 
-    /// Keeps the louder half of the unlabeled destinations' volumes (labeled ones stay).
+    /// Keeps the louder half of the unlabeled destinations (labeled ones stay).
     fn forget_quiet_half(&mut self) {
-        let mut volumes: Vec<u64> = self.volume.values().copied().collect();
+        let mut volumes: Vec<u64> = self.seen.values().map(|s| s.volume).collect();
         let middle = volumes.len() / 2;
         let (_, median, _) = volumes.select_nth_unstable(middle);
         let median = *median;
-        let index = &self.index;
-        self.volume.retain(|d, v| *v > median || index.contains_key(d));
+        self.seen.retain(|_, s| s.volume > median || s.label.is_some());
     }
 
     /// Makes the counts so far what a scrape sees (call once the log holds them durably);
@@ -148,13 +154,14 @@ impl DeliveryMeter {
     /// destination without one has been seen.
     pub fn publish(&mut self, now: Instant) {
         let due = self.ranked.is_none_or(|at| now.duration_since(at) >= RERANK_EVERY);
-        let free = self.index.len() < LABELED && self.volume.len() > self.index.len();
+        let labeled = self.counts.labeled.len();
+        let free = labeled < LABELED && self.seen.len() > labeled;
         if due || free {
             self.rank();
             if due {
                 self.ranked = Some(now);
-                self.volume.values_mut().for_each(|v| *v /= 2);
-                self.volume.retain(|_, v| *v > 0);
+                self.seen.values_mut().for_each(|s| s.volume /= 2);
+                self.seen.retain(|_, s| s.volume > 0 || s.label.is_some());
             }
         }
         let mut published = self.shared.published.lock().unwrap_or_else(PoisonError::into_inner);
@@ -162,7 +169,7 @@ impl DeliveryMeter {
     }
 
     fn rank(&mut self) {
-        let mut by_volume: Vec<(&Arc<str>, u64)> = self.volume.iter().map(|(d, v)| (d, *v)).collect();
+        let mut by_volume: Vec<(&Arc<str>, u64)> = self.seen.iter().map(|(d, s)| (d, s.volume)).collect();
         // Ties by name, so the ranking does not depend on the map's order.
         by_volume.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let top: Vec<Arc<str>> = by_volume.iter().take(LABELED).map(|(d, _)| Arc::clone(d)).collect();
@@ -183,7 +190,12 @@ impl DeliveryMeter {
             }
         }
         labeled.sort_by(|a, b| a.0.cmp(&b.0));
-        self.index = labeled.iter().enumerate().map(|(i, (d, _))| (Arc::clone(d), i)).collect();
+        self.seen.values_mut().for_each(|s| s.label = None);
+        for (at, (domain, _)) in labeled.iter().enumerate() {
+            if let Some(s) = self.seen.get_mut(domain) {
+                s.label = Some(at);
+            }
+        }
         self.counts.labeled = labeled;
     }
 }
@@ -315,6 +327,6 @@ mod tests {
             assert!(other >= previous_other, "`other` never goes down");
             previous_other = other;
         }
-        assert!(meter.volume.len() <= CANDIDATES);
+        assert!(meter.seen.len() <= CANDIDATES);
     }
 }
