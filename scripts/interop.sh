@@ -128,11 +128,22 @@ wait_for "$CHECK_PORT"
 echo "== volley bench -> Postfix smtpd (limit 4 connections per client), $MESSAGES messages, 10 connections"
 set +e
 report=$("$VOLLEY" bench --target "127.0.0.1:$PORT" --messages "$MESSAGES" --connections 10 --quiet \
-    --reply-timeout 30s ${VOLLEY_FLAGS:-})
+    --reply-timeout 30s --plot "$work/postfix.svg" ${VOLLEY_FLAGS:-})
 status=$?
 set -e
 echo "$report" | sed 's/^/  /' | head -n 12
 [[ $status == 0 ]] || fail "volley bench exited $status"
+# The run's picture is an SVG document an XML parser takes, with a line for each phase.
+python3 - "$work/postfix.svg" <<'PY' || fail "bench --plot did not draw a readable SVG"
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+assert root.tag.endswith("svg"), root.tag
+texts = {"".join(t.itertext()).strip() for t in root.iter() if t.tag.endswith("text")}
+for phase in ("connect", "ehlo", "mail", "rcpt", "end-of-data", "message"):
+    assert phase in texts, (phase, sorted(texts))
+lines = sum(1 for e in root.iter() if e.tag.endswith("polyline"))
+print(f"  bench --plot: an SVG with {lines} lines, every phase in its legend")
+PY
 grep -q "outcomes    delivered $MESSAGES, deferred 0, bounced 0, uncertain 0, unsent 0" <<<"$report" \
     || fail "volley did not deliver all $MESSAGES messages"
 

@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod engine;
 pub mod hash;
 pub mod metrics;
+pub mod plot;
 pub mod proto;
 pub mod report;
 pub mod rng;

@@ -332,3 +332,53 @@ fn bench_serves_metrics_while_it_runs() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `bench --plot` draws the run; `volley plot` draws it again from `--json`, and compares two.
+#[test]
+fn a_run_is_drawn_by_bench_and_again_by_plot_from_its_json() {
+    let dir = common::temp_dir("plot");
+    let svg = dir.join("run.svg");
+    let out = volley(&[
+        "bench",
+        "--duration",
+        "2500ms",
+        "--connections",
+        "2",
+        "--threads",
+        "1",
+        "--sink-threads",
+        "1",
+        "--quiet",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let json = dir.join("run.json");
+    std::fs::write(&json, &stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["timeline"].as_array().is_some_and(|t| t.len() >= 2), "{stdout}");
+    assert!(report["latency_curves"]["message"].as_array().is_some_and(|c| c.len() > 10));
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.trim_end().ends_with("</svg>"));
+    for series in
+        ["connect", "ehlo", "rcpt", "end-of-data", "message", "messages per second", "p99 (ms)", "99.9%"]
+    {
+        assert!(
+            drawn.contains(&format!(">{series}<")) || drawn.contains(&format!(">\n{series}\n<")),
+            "{series}"
+        );
+    }
+    // Phase lines, their legend marks, and the two timelines.
+    assert!(drawn.matches("<polyline").count() >= 2 * 9 + 2, "{}", drawn.matches("<polyline").count());
+    let again = dir.join("again.svg");
+    let out =
+        volley(&["plot", json.to_str().unwrap(), json.to_str().unwrap(), "-o", again.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(std::fs::read_to_string(&again).unwrap().contains("message latency by percentile"));
+    let out = volley(&["plot", svg.to_str().unwrap(), "-o", again.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "a picture is not a run");
+    assert!(text(&out).1.contains("run.svg"), "{}", text(&out).1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

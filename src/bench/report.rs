@@ -156,7 +156,14 @@ fn tls_line(t: &TlsStats) -> Option<String> {
 }
 
 /// The machine-readable report.
-pub fn json(report: &Report, sizes: (usize, usize), target: &str, sink: Option<String>) -> String {
+/// The report as JSON; `plot`: the run's curves and timeline, for `volley plot` later.
+pub fn json(
+    report: &Report,
+    sizes: (usize, usize),
+    target: &str,
+    sink: Option<String>,
+    plot: &crate::plot::Run,
+) -> String {
     let s = &report.stats;
     let (rate, mbps) = report.rates();
     let hist = json_object(METRICS.iter().map(|&(metric, name)| {
@@ -233,6 +240,7 @@ pub fn json(report: &Report, sizes: (usize, usize), target: &str, sink: Option<S
     if let Some(sink) = sink {
         fields.push(("sink".into(), sink));
     }
+    fields.extend(crate::plot::json_fields(plot));
     json_object(fields)
 }
 

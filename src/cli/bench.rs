@@ -15,6 +15,7 @@ use clap::Args;
 use mailvolley::bench::{self, BenchSource, BodySpec, Content, Plan, Recipients, Sizes};
 use mailvolley::engine::{self, Destination, EngineConfig, RetryPolicy};
 use mailvolley::metrics::{EngineCollector, Metrics};
+use mailvolley::plot;
 use mailvolley::proto::Address;
 use mailvolley::proto::client::Credentials;
 use mailvolley::sink::auth::Users;
@@ -116,6 +117,10 @@ pub struct BenchArgs {
     /// Write the message latency histogram in HdrHistogram percentile format to FILE.
     #[arg(long, value_name = "FILE")]
     hgrm: Option<PathBuf>,
+    /// Draw the run as an SVG picture: latency percentile curves per phase, and msg/s and
+    /// p99 over time (`volley plot` draws one later, from `--json` or `--hgrm`).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -258,6 +263,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     let mut last = running.snapshot();
+    let mut timeline = Vec::new();
     let mut next_tick = Instant::now() + Duration::from_secs(1);
     let mut producer_done_at: Option<Instant> = None;
     while !running.is_finished() {
@@ -276,9 +282,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 running.abort();
             }
         }
-        if !args.quiet && Instant::now() >= next_tick {
+        if Instant::now() >= next_tick {
             let now = running.snapshot();
-            progress_line(&last, &now);
+            let this = second(&last, &now);
+            if !args.quiet {
+                progress_line(&now, &this);
+            }
+            timeline.push(this);
             last = now;
             next_tick += Duration::from_secs(1);
         }
@@ -293,9 +303,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, bench::hgrm(bench::latency(&report)))
             .with_context(|| format!("--hgrm {}", path.display()))?;
     }
+    let drawn = plot::Run::of_report(&target_name, &report, timeline);
+    if let Some(path) = &args.plot {
+        let picture = plot::svg(std::slice::from_ref(&drawn)).context("--plot")?;
+        std::fs::write(path, picture).with_context(|| format!("--plot {}", path.display()))?;
+    }
     if args.json {
         let sink_json = sink_counters.as_ref().map(|c| c.json(report.elapsed.as_secs_f64()));
-        println!("{}", bench::json(&report, sizes, &target_name, sink_json));
+        println!("{}", bench::json(&report, sizes, &target_name, sink_json, &drawn));
     } else {
         print!("{}", bench::text(&report, &target_name));
         if let Some(c) = &sink_counters {
@@ -383,9 +398,18 @@ fn probe(addrs: &[SocketAddr], timeout: Duration, source: Option<IpAddr>) -> Res
     Err(last.unwrap_or_else(|| "no address".into()))
 }
 
-fn progress_line(last: &engine::Snapshot, now: &engine::Snapshot) {
+/// The second from `last` to `now`, for the timeline `--plot` and `--json` carry.
+fn second(last: &engine::Snapshot, now: &engine::Snapshot) -> plot::Second {
     let secs = (now.elapsed - last.elapsed).as_secs_f64().max(1e-9);
-    let rate = (now.delivered - last.delivered) as f64 / secs;
+    plot::Second {
+        at: now.elapsed.as_secs_f64(),
+        messages_per_second: (now.delivered - last.delivered) as f64 / secs,
+        p99_ms: now.p99_micros as f64 / 1000.0,
+    }
+}
+
+fn progress_line(now: &engine::Snapshot, second: &plot::Second) {
+    let rate = second.messages_per_second;
     let uncertain = if now.uncertain > 0 { format!("  UNCERTAIN {}", now.uncertain) } else { String::new() };
     eprintln!(
         "[{:>4.0}s] {:>9.0} msg/s  delivered {:>10}  deferred {:>7}  bounced {:>7}  in flight {:>5}  p99 {:>8.3} ms  errors: connect {}, session {}{uncertain}",
@@ -395,7 +419,7 @@ fn progress_line(last: &engine::Snapshot, now: &engine::Snapshot) {
         now.deferred,
         now.bounced,
         now.in_flight,
-        now.p99_micros as f64 / 1000.0,
+        second.p99_ms,
         now.connect_failures,
         now.session_errors.saturating_sub(now.connect_failures),
     );

@@ -7,6 +7,7 @@ pub mod config_file;
 mod connection;
 mod delivery;
 mod metrics;
+mod plot;
 mod secure;
 mod send;
 mod serve;
@@ -52,6 +53,9 @@ enum Command {
     /// unsubscribe headers, as the large receivers check them. A pass/warn/fail table with fixes.
     #[command(after_help = check::EXIT_DOC)]
     Check(check::CheckArgs),
+    /// Draw runs as an SVG picture after the fact, from `bench --json` reports or `--hgrm`
+    /// files: latency percentile curves, msg/s and p99 over time; several runs compared.
+    Plot(plot::PlotArgs),
     /// Verify (or make) the unsubscribe tokens of `send --unsubscribe-url`, for the web handler.
     Token(token::TokenArgs),
 }
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sink(args) => sink::run(args),
         Command::Token(args) => token::run(args),
         Command::Check(args) => check::run(args),
+        Command::Plot(args) => plot::run(args),
     }
 }
 
