@@ -29,21 +29,16 @@ const CANDIDATES: usize = 1024;
 /// How often the labeled destinations are chosen again.
 pub const RERANK_EVERY: Duration = Duration::from_secs(60);
 
-/// The statuses counted per destination, in this order.
-const OUTCOMES: [Status; 7] = [
-    Status::Delivered,
-    Status::Deferred,
-    Status::Bounced,
-    Status::Expired,
-    Status::Rejected,
-    Status::Suppressed,
-    Status::Uncertain,
-];
+/// Counts per status, at its place in [`Status::ALL`]; only those about a recipient (see
+/// [`about_a_recipient`]) are ever counted.
+type PerOutcome = [u64; Status::ALL.len()];
 
-type PerOutcome = [u64; OUTCOMES.len()];
+fn about_a_recipient(status: Status) -> bool {
+    status.is_final() || status == Status::Deferred
+}
 
 fn slot(status: Status) -> Option<usize> {
-    OUTCOMES.iter().position(|s| *s == status)
+    Status::ALL.iter().position(|s| *s == status).filter(|_| about_a_recipient(status))
 }
 
 /// What a scrape shows.
@@ -215,7 +210,7 @@ impl Collector for DeliveryMetrics {
             labeled.chain([("other", counts.other[i])])
         };
         let mut outcomes = Vec::new();
-        for (i, status) in OUTCOMES.iter().enumerate() {
+        for (i, status) in Status::ALL.iter().enumerate().filter(|(_, s)| about_a_recipient(**s)) {
             for (destination, n) in per_destination(i) {
                 if n > 0 || destination == "other" {
                     outcomes.push(([("outcome", status.name()), ("destination", destination)], n));

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use thiserror::Error;
 
@@ -288,17 +289,34 @@ fn percentiles(area: &Area<'_>, lines: &[(String, &Curve)], comparing: bool) -> 
         .draw()
         .map_err(draw)?;
     for (i, (label, c)) in lines.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
         let points = c.points.iter().map(|(p, ms)| (nines(*p).min(max_nines), *ms));
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-            .map_err(draw)?
-            .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2)));
+        line(&mut chart, i, label, points)?;
     }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Series `i` of a chart, in its colour, with its legend entry.
+fn line(
+    chart: &mut Chart<'_, '_>,
+    i: usize,
+    label: &str,
+    points: impl Iterator<Item = (f64, f64)>,
+) -> Result<(), PlotError> {
+    let colour = COLOURS[i % COLOURS.len()];
+    chart
+        .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+        .map_err(draw)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2)));
+    Ok(())
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, at: SeriesLabelPosition) -> Result<(), PlotError> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(at)
         .label_font(("sans-serif", 16))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
@@ -334,23 +352,10 @@ fn over_time(
         .draw()
         .map_err(draw)?;
     for (i, run) in runs.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let points = run.timeline.iter().map(|s| (s.at, value(s)));
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-            .map_err(draw)?
-            .label(run.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2)));
+        line(&mut chart, i, &run.name, run.timeline.iter().map(|s| (s.at, value(s))))?;
     }
     if runs.len() > 1 {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(("sans-serif", 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(draw)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
 }
