@@ -1243,3 +1243,31 @@ fn refusals_are_classified_in_the_log_and_the_report() {
     assert!(stderr(&out).contains("rules.toml") && stderr(&out).contains("mailbox_ful"), "{}", stderr(&out));
     assert_eq!(server.counts.sessions.load(std::sync::atomic::Ordering::Relaxed), sessions);
 }
+
+/// `send --plot`: a campaign with deliveries to two domains is drawn with their queue times.
+#[test]
+fn a_campaign_is_drawn_with_its_busiest_destinations() {
+    let zone = "one.test MX 10 mx.test\ntwo.test MX 10 mx.test\nmx.test A 127.0.0.2\n";
+    let w = World::new("plot", zone, vec![(2, Box::new(|_| {}))]);
+    let rows: String =
+        (0..300).map(|i| format!("u{i}@{}.test\n", if i % 3 == 0 { "one" } else { "two" })).collect();
+    let list = w.file("list.csv", &format!("email\n{rows}"));
+    let msg = w.file("msg.txt", "From: a@example.com\nSubject: x\n\nbody\n");
+    let svg = w.dir.join("campaign.svg");
+    let mut cmd = w.send(&["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap()]);
+    cmd.args(["--log", w.log().to_str().unwrap(), "--plot", svg.to_str().unwrap()]);
+    let out = run(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.trim_end().ends_with("</svg>"));
+    for text in [
+        "attempts per second, by outcome",
+        "delivered",
+        "bounced",
+        "queue time by percentile",
+        "one.test",
+        "two.test",
+    ] {
+        assert!(drawn.contains(text), "{text}");
+    }
+}

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use mailvolley::engine::Snapshot;
+use mailvolley::plot;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe, UnsubscribeError};
 use mailvolley::send::{self, SendConfig, SendReport};
@@ -101,6 +103,10 @@ pub struct SendArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Draw the campaign as an SVG picture: recipients' attempts per second by outcome, and
+    /// the queue time by percentile for the busiest destinations.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// No live progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -175,6 +181,21 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
     })
 }
 
+/// Destinations `--plot` draws the queue time of (the busiest).
+const PLOTTED_DESTINATIONS: usize = 8;
+
+/// Attempts that ended between `last` and `now`, per second.
+fn campaign_second(last: &Snapshot, now: &Snapshot) -> plot::CampaignSecond {
+    let secs = (now.elapsed - last.elapsed).as_secs_f64().max(1e-3);
+    let rate = |n: u64, m: u64| n.saturating_sub(m) as f64 / secs;
+    plot::CampaignSecond {
+        at: now.elapsed.as_secs_f64(),
+        delivered: rate(now.delivered, last.delivered),
+        deferred: rate(now.deferred, last.deferred),
+        bounced: rate(now.bounced, last.bounced),
+    }
+}
+
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = config(&args)?;
     if args.dry_run {
@@ -210,8 +231,17 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     }
     let mut stopping = false;
     let mut aborted = false;
+    let mut seconds = Vec::new();
+    let mut last = sending.snapshot();
+    let mut next_second = Instant::now() + Duration::from_secs(1);
     while !sending.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
+        if args.plot.is_some() && Instant::now() >= next_second {
+            let now = sending.snapshot();
+            seconds.push(campaign_second(&last, &now));
+            last = now;
+            next_second += Duration::from_secs(1);
+        }
         let presses = interrupts.load(Ordering::Relaxed);
         if sending.log_failed() && !stopping {
             // Start nothing more; what is in flight finishes, and its records go to stderr.
@@ -227,7 +257,20 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
             stopping = true;
         }
     }
+    let end = sending.snapshot();
     let report = sending.finish().context("finishing the run")?;
+    if let Some(path) = &args.plot {
+        seconds.push(campaign_second(&last, &end));
+        let busiest: Vec<plot::Curve> = report
+            .books
+            .domains
+            .iter()
+            .filter_map(|d| d.queue_ms.as_ref().map(|h| plot::curve_in(&d.domain, h, 1.0)))
+            .take(PLOTTED_DESTINATIONS)
+            .collect();
+        let picture = plot::campaign_svg(&seconds, &busiest).context("--plot")?;
+        std::fs::write(path, picture).with_context(|| format!("--plot {}", path.display()))?;
+    }
     if let Some(m) = metrics_listener {
         m.stop().context("stopping the metrics listener")?;
     }

@@ -77,6 +77,9 @@ pub struct DomainSummary {
     pub tally: Tally,
     pub p50_ms: Option<u64>,
     pub p99_ms: Option<u64>,
+    /// Delivered recipients' queue time, milliseconds (for `send --plot`).
+    #[serde(skip)]
+    pub queue_ms: Option<Histogram<u32>>,
 }
 
 /// The books of every domain, up to [`MAX_DOMAIN_BOOKS`] of their own.
@@ -168,7 +171,14 @@ impl DomainBooks {
             .into_iter()
             .map(|(domain, b)| {
                 let q = |p: f64| b.latency.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(p));
-                DomainSummary { domain, p50_ms: q(0.5), p99_ms: q(0.99), tally: b.tally }
+                let (p50_ms, p99_ms) = (q(0.5), q(0.99));
+                DomainSummary {
+                    domain,
+                    p50_ms,
+                    p99_ms,
+                    tally: b.tally,
+                    queue_ms: b.latency.filter(|h| !h.is_empty()),
+                }
             })
             .collect();
         domains.sort_by(|a, b| volume(&b.tally).cmp(&volume(&a.tally)).then_with(|| a.domain.cmp(&b.domain)));

@@ -57,9 +57,14 @@ pub struct Run {
 /// The curve of histogram `h` (microseconds), as HdrHistogram's percentile distribution
 /// gives it (five steps per halving of what is left).
 pub fn curve(label: &str, h: &Histogram<u64>) -> Curve {
+    curve_in(label, h, 1000.0)
+}
+
+/// The same for a histogram of `per_ms` units a millisecond.
+pub fn curve_in<T: hdrhistogram::Counter>(label: &str, h: &Histogram<T>, per_ms: f64) -> Curve {
     let points = h
         .iter_quantiles(5)
-        .map(|v| (v.quantile_iterated_to(), v.value_iterated_to() as f64 / 1000.0))
+        .map(|v| (v.quantile_iterated_to(), v.value_iterated_to() as f64 / per_ms))
         .collect();
     Curve { label: label.to_owned(), points }
 }
@@ -245,11 +250,19 @@ pub fn svg(runs: &[Run]) -> Result<String, PlotError> {
             let (top, rest) = root.split_vertically(560);
             (top, Some(rest))
         };
-        percentiles(&top, &lines, comparing)?;
+        let caption =
+            if comparing { "message latency by percentile" } else { "latency by percentile, per phase" };
+        percentiles(&top, caption, &lines)?;
         if let Some(rest) = bottom {
             let (rate, p99) = rest.split_vertically(360);
-            over_time(&rate, &timed, "messages per second", "msg/s", |s| s.messages_per_second)?;
-            over_time(&p99, &timed, "p99 latency over the run", "p99 (ms)", |s| s.p99_ms)?;
+            let of = |value: fn(&Second) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+                timed
+                    .iter()
+                    .map(|r| (r.name.clone(), r.timeline.iter().map(|s| (s.at, value(s))).collect()))
+                    .collect()
+            };
+            over_time(&rate, "messages per second", "msg/s", &of(|s| s.messages_per_second))?;
+            over_time(&p99, "p99 latency over the run", "p99 (ms)", &of(|s| s.p99_ms))?;
         }
         root.present().map_err(draw)?;
     }
@@ -262,12 +275,10 @@ fn draw(e: impl std::fmt::Display) -> PlotError {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
-fn percentiles(area: &Area<'_>, lines: &[(String, &Curve)], comparing: bool) -> Result<(), PlotError> {
+fn percentiles(area: &Area<'_>, caption: &str, lines: &[(String, &Curve)]) -> Result<(), PlotError> {
     let top_p = lines.iter().flat_map(|(_, c)| c.points.iter().map(|(p, _)| *p)).fold(0.0, f64::max);
     let max_nines = nines(top_p).ceil().clamp(2.0, 6.0);
     let max_ms = lines.iter().flat_map(|(_, c)| c.points.iter().map(|(_, ms)| *ms)).fold(0.0, f64::max);
-    let caption =
-        if comparing { "message latency by percentile" } else { "latency by percentile, per phase" };
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 26))
         .margin(16)
@@ -324,15 +335,15 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, at: SeriesLabelPosition) -> Res
         .map_err(draw)
 }
 
+/// Series over time (seconds since the start); a legend when there are several.
 fn over_time(
     area: &Area<'_>,
-    runs: &[&Run],
     caption: &str,
     unit: &str,
-    value: impl Fn(&Second) -> f64,
+    series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<(), PlotError> {
-    let end = runs.iter().flat_map(|r| r.timeline.iter().map(|s| s.at)).fold(1.0, f64::max);
-    let top = runs.iter().flat_map(|r| r.timeline.iter().map(&value)).fold(0.0, f64::max);
+    let end = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let top = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.1)).fold(0.0, f64::max);
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 22))
         .margin(16)
@@ -351,13 +362,51 @@ fn over_time(
         .axis_desc_style(("sans-serif", 18))
         .draw()
         .map_err(draw)?;
-    for (i, run) in runs.iter().enumerate() {
-        line(&mut chart, i, &run.name, run.timeline.iter().map(|s| (s.at, value(s))))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        line(&mut chart, i, name, points.iter().copied())?;
     }
-    if runs.len() > 1 {
+    if series.len() > 1 {
         legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
+}
+
+/// One second of a campaign: recipients' attempts that ended in it, by outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CampaignSecond {
+    pub at: f64,
+    pub delivered: f64,
+    pub deferred: f64,
+    pub bounced: f64,
+}
+
+/// A campaign's picture (`send --plot`): attempts per second by outcome, then the queue time
+/// (from a recipient's first attempt to its delivery) by percentile for its busiest
+/// destinations.
+pub fn campaign_svg(seconds: &[CampaignSecond], destinations: &[Curve]) -> Result<String, PlotError> {
+    let curves: Vec<(String, &Curve)> =
+        destinations.iter().filter(|c| !c.points.is_empty()).map(|c| (c.label.clone(), c)).collect();
+    let mut out = String::new();
+    {
+        let height = if curves.is_empty() { 420 } else { 980 };
+        let root = SVGBackend::with_string(&mut out, (1100, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw)?;
+        let (top, rest) = root.split_vertically(420);
+        let outcome = |name: &str, value: fn(&CampaignSecond) -> f64| {
+            (name.to_owned(), seconds.iter().map(|s| (s.at, value(s))).collect::<Vec<_>>())
+        };
+        let series = [
+            outcome("delivered", |s| s.delivered),
+            outcome("deferred", |s| s.deferred),
+            outcome("bounced", |s| s.bounced),
+        ];
+        over_time(&top, "recipients' attempts per second, by outcome", "per second", &series)?;
+        if !curves.is_empty() {
+            percentiles(&rest, "queue time by percentile, busiest destinations", &curves)?;
+        }
+        root.present().map_err(draw)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -381,6 +430,21 @@ mod tests {
                 .map(|s| Second { at: f64::from(s), messages_per_second: 1000.0 * f64::from(s), p99_ms: 2.5 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_campaign_is_drawn_by_outcome_and_destination() {
+        let seconds: Vec<CampaignSecond> = (1..=3)
+            .map(|s| CampaignSecond { at: f64::from(s), delivered: 900.0, deferred: 50.0, bounced: 5.0 })
+            .collect();
+        let mut h = Histogram::<u32>::new_with_bounds(1, 86_400_000, 1).unwrap();
+        h.record(120).unwrap();
+        let picture = campaign_svg(&seconds, &[curve_in("gmail.com", &h, 1.0)]).unwrap();
+        for text in ["by outcome", "delivered", "deferred", "bounced", "busiest destinations", "gmail.com"] {
+            assert!(picture.contains(text), "{text}");
+        }
+        let without = campaign_svg(&seconds, &[]).unwrap();
+        assert!(!without.contains("busiest destinations"), "no queue times, no such chart");
     }
 
     #[test]

@@ -273,6 +273,11 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
 }
 
 impl Sending {
+    /// The cores' counters now (see [`engine::Running::snapshot`]).
+    pub fn snapshot(&self) -> engine::Snapshot {
+        self.running.snapshot()
+    }
+
     /// The campaign's metrics: the cores', and the delivery log's when counted
     /// ([`SendConfig::metrics`]).
     pub fn metrics(&self) -> Metrics {
