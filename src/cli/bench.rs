@@ -400,10 +400,9 @@ fn probe(addrs: &[SocketAddr], timeout: Duration, source: Option<IpAddr>) -> Res
 
 /// The second from `last` to `now`, for the timeline `--plot` and `--json` carry.
 fn second(last: &engine::Snapshot, now: &engine::Snapshot) -> plot::Second {
-    let secs = (now.elapsed - last.elapsed).as_secs_f64().max(1e-9);
     plot::Second {
         at: now.elapsed.as_secs_f64(),
-        messages_per_second: (now.delivered - last.delivered) as f64 / secs,
+        messages_per_second: now.rate_since(last, |s| s.delivered),
         p99_ms: now.p99_micros as f64 / 1000.0,
     }
 }

@@ -186,13 +186,11 @@ const PLOTTED_DESTINATIONS: usize = 8;
 
 /// Attempts that ended between `last` and `now`, per second.
 fn campaign_second(last: &Snapshot, now: &Snapshot) -> plot::CampaignSecond {
-    let secs = (now.elapsed - last.elapsed).as_secs_f64().max(1e-3);
-    let rate = |n: u64, m: u64| n.saturating_sub(m) as f64 / secs;
     plot::CampaignSecond {
         at: now.elapsed.as_secs_f64(),
-        delivered: rate(now.delivered, last.delivered),
-        deferred: rate(now.deferred, last.deferred),
-        bounced: rate(now.bounced, last.bounced),
+        delivered: now.rate_since(last, |s| s.delivered),
+        deferred: now.rate_since(last, |s| s.deferred),
+        bounced: now.rate_since(last, |s| s.bounced),
     }
 }
 

@@ -345,7 +345,7 @@ impl Ledger {
                     Ok(()) => {
                         self.settle();
                         if let Some(meter) = &mut self.meter {
-                            meter.publish(Instant::now());
+                            meter.publish(Instant::now(), &self.categories);
                         }
                     }
                     Err(e) => {
@@ -610,7 +610,7 @@ impl Ledger {
             self.domains.count(domain, r.status, latency);
         }
         if let Some(meter) = &mut self.meter {
-            meter.count(r.status, domain.as_deref(), r.category, r.queue_ms.map(Duration::from_millis));
+            meter.count(r.status, domain.as_deref(), r.queue_ms.map(Duration::from_millis));
         }
         if r.status.is_final() {
             self.flow.finalized.fetch_add(1, Ordering::Release);

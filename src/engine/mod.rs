@@ -244,6 +244,14 @@ pub struct Snapshot {
     pub p99_micros: u64,
 }
 
+impl Snapshot {
+    /// How fast `counter` grew from `last` to this one, per second.
+    pub fn rate_since(&self, last: &Snapshot, counter: impl Fn(&Snapshot) -> u64) -> f64 {
+        let secs = (self.elapsed.saturating_sub(last.elapsed)).as_secs_f64().max(1e-9);
+        counter(self).saturating_sub(counter(last)) as f64 / secs
+    }
+}
+
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct Report {

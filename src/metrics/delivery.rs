@@ -19,6 +19,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{Buckets, Family};
 use crate::deliver::bounce::Category;
+use crate::deliver::ledger::CategoryTally;
 use crate::deliver::log::Status;
 use crate::hash::FxMap;
 
@@ -46,7 +47,8 @@ fn slot(status: Status) -> Option<usize> {
 struct Counts {
     labeled: Vec<(Arc<str>, PerOutcome)>,
     other: PerOutcome,
-    categories: BTreeMap<(Category, &'static str), u64>,
+    /// The ledger's own tally of failures by category (see [`DeliveryMeter::publish`]).
+    categories: BTreeMap<Category, CategoryTally>,
     /// Acceptance (or the campaign's start of the recipient) to its final record.
     to_final: Buckets,
     received: u64,
@@ -54,7 +56,7 @@ struct Counts {
 }
 
 /// The ledger's side: counts records as they are written.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct DeliveryMeter {
     counts: Counts,
     /// The destinations seen lately, labeled or not (bounded: see [`CANDIDATES`], so Fx's
@@ -80,12 +82,7 @@ pub struct DeliveryMetrics {
 
 impl DeliveryMeter {
     pub fn new() -> DeliveryMeter {
-        DeliveryMeter {
-            counts: Counts::default(),
-            seen: FxMap::default(),
-            ranked: None,
-            shared: Arc::default(),
-        }
+        DeliveryMeter::default()
     }
 
     /// What to register with [`super::Metrics`].
@@ -93,22 +90,13 @@ impl DeliveryMeter {
         Arc::clone(&self.shared)
     }
 
-    /// Counts a record: its status, its recipient's `domain` (lowercase), its failure
-    /// category, and for a final one the time since the recipient was accepted.
-    pub fn count(
-        &mut self,
-        status: Status,
-        domain: Option<&str>,
-        category: Option<Category>,
-        queued: Option<Duration>,
-    ) {
+    /// Counts a record: its status, its recipient's `domain` (lowercase), and for a final one
+    /// the time since the recipient was accepted.
+    pub fn count(&mut self, status: Status, domain: Option<&str>, queued: Option<Duration>) {
         match status {
             Status::Received => self.counts.received += 1,
             Status::Shaping => self.counts.shaping += 1,
             _ => {}
-        }
-        if let Some(category) = category {
-            *self.counts.categories.entry((category, status.name())).or_default() += 1;
         }
         if status.is_final()
             && let Some(q) = queued
@@ -144,10 +132,11 @@ impl DeliveryMeter {
         self.seen.retain(|_, s| s.volume > median || s.label.is_some());
     }
 
-    /// Makes the counts so far what a scrape sees (call once the log holds them durably);
-    /// chooses the labeled destinations again if it is time, or if a label is free and a
-    /// destination without one has been seen.
-    pub fn publish(&mut self, now: Instant) {
+    /// Makes the counts so far, with the ledger's failures by category, what a scrape sees
+    /// (call once the log holds them durably); chooses the labeled destinations again if it
+    /// is time, or if a label is free and a destination without one has been seen.
+    pub fn publish(&mut self, now: Instant, categories: &BTreeMap<Category, CategoryTally>) {
+        self.counts.categories.clone_from(categories);
         let due = self.ranked.is_none_or(|at| now.duration_since(at) >= RERANK_EVERY);
         let labeled = self.counts.labeled.len();
         let free = labeled < LABELED && self.seen.len() > labeled;
@@ -195,12 +184,6 @@ impl DeliveryMeter {
     }
 }
 
-impl Default for DeliveryMeter {
-    fn default() -> DeliveryMeter {
-        DeliveryMeter::new()
-    }
-}
-
 impl Collector for DeliveryMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let counts = self.published.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -226,10 +209,12 @@ impl Collector for DeliveryMetrics {
         f.counters(
             "volley_failures",
             "Deferred, bounced and expired recipients by the failure's category.",
-            counts
-                .categories
-                .iter()
-                .map(|((category, status), n)| ([("category", category.as_str()), ("outcome", *status)], *n)),
+            counts.categories.iter().flat_map(|(category, t)| {
+                [("deferred", t.deferred), ("bounced", t.bounced), ("expired", t.expired)]
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(outcome, n)| ([("category", category.as_str()), ("outcome", outcome)], n))
+            }),
         )?;
         f.histogram(
             "volley_delivery_duration",
@@ -264,10 +249,13 @@ mod tests {
     fn a_scrape_sees_what_was_published_and_the_busiest_destinations_by_name() {
         let mut meter = DeliveryMeter::new();
         let t0 = Instant::now();
-        meter.count(Status::Delivered, Some("big.test"), None, Some(Duration::from_millis(3)));
-        meter.count(Status::Deferred, Some("big.test"), Some(Category::Policy), None);
+        meter.count(Status::Delivered, Some("big.test"), Some(Duration::from_millis(3)));
+        meter.count(Status::Deferred, Some("big.test"), None);
+        // The ledger's tally of that deferral's category.
+        let categories =
+            BTreeMap::from([(Category::Policy, CategoryTally { deferred: 1, ..Default::default() })]);
         assert!(!scrape(&meter).contains("big.test"), "nothing before it is published");
-        meter.publish(t0);
+        meter.publish(t0, &categories);
         let text = scrape(&meter);
         // Counted before it had a label: under `other`.
         assert_eq!(
@@ -277,9 +265,9 @@ mod tests {
         assert_eq!(value(&text, r#"volley_failures_total{category="policy",outcome="deferred"}"#), Some(1));
         assert_eq!(value(&text, "volley_delivery_duration_seconds_count"), Some(1));
         for _ in 0..5 {
-            meter.count(Status::Delivered, Some("big.test"), None, None);
+            meter.count(Status::Delivered, Some("big.test"), None);
         }
-        meter.publish(t0);
+        meter.publish(t0, &categories);
         let text = scrape(&meter);
         assert_eq!(
             value(&text, r#"volley_recipients_total{outcome="delivered",destination="big.test"}"#),
@@ -307,12 +295,12 @@ mod tests {
             // Each round a different set of 30 destinations is busiest.
             for d in 0..30 {
                 for _ in 0..(d + 1) {
-                    meter.count(Status::Delivered, Some(&format!("d{}.test", round * 30 + d)), None, None);
+                    meter.count(Status::Delivered, Some(&format!("d{}.test", round * 30 + d)), None);
                     sent += 1;
                 }
             }
             now += RERANK_EVERY;
-            meter.publish(now);
+            meter.publish(now, &BTreeMap::new());
             let text = scrape(&meter);
             let labels = text.lines().filter(|l| l.starts_with("volley_recipients_total{")).count();
             assert!(labels <= LABELED + 1, "{labels} series");
