@@ -236,10 +236,10 @@ enum Go {
 /// has anything syncs small batches over and over while the rest of the service waits for
 /// the CPU. Lingering while requests still arrive (each within [`GAP`] of the last, for
 /// [`LINGER`] at most) makes the batches as large as the concurrency allows; a lone client
-/// (a last batch of one request) never waits.
+/// (a last batch with one request of intake's) never waits.
 #[derive(Debug)]
 struct Gather {
-    /// Requests in the last batch.
+    /// Intake's requests (messages to admit) in the last batch.
     last: usize,
     gap: Duration,
     linger: Duration,
@@ -288,7 +288,9 @@ impl Gather {
             messages += next.messages();
             batch.push(next);
         }
-        self.last = batch.len();
+        // Only intake's requests say whether clients come concurrently: the log's records of
+        // states, in the same queue, would make a lone client's next request wait.
+        self.last = batch.iter().filter(|r| matches!(r, Request::Accept(..))).count();
         Some(batch)
     }
 }
@@ -473,10 +475,19 @@ mod tests {
         later.join().unwrap();
         // And the linger is bounded: one more arriving after it is the next batch's.
         gather.linger = Duration::from_millis(30);
-        let later = send_two_later(tx);
+        let later = send_two_later(tx.clone());
         assert_eq!(gather.next(&rx, 100, usize::MAX).map(|b| b.len()), Some(2));
         later.join().unwrap();
         assert_eq!(gather.next(&rx, 100, usize::MAX).map(|b| b.len()), Some(1));
+        // The log's records in a batch do not count as clients: one request of intake's and
+        // a record, then a lone client's request is written at once again.
+        gather.linger = Duration::from_secs(4);
+        tx.send(Request::Record(Vec::new(), None, Vec::new(), oneshot::channel().0)).unwrap();
+        tx.send(Request::Accept(group(vec![message(9, 10)]), oneshot::channel().0)).unwrap();
+        assert_eq!(gather.next(&rx, 100, usize::MAX).map(|b| b.len()), Some(2));
+        let later = send_two_later(tx);
+        assert_eq!(gather.next(&rx, 100, usize::MAX).map(|b| b.len()), Some(1));
+        later.join().unwrap();
     }
 
     #[test]
