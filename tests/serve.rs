@@ -461,3 +461,84 @@ fn metrics_scraped_over_http_match_the_log_after_a_run_with_faults() {
     serving.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Queue control in MX routing, where DEST names an MX host: every domain it serves is held,
+/// others go; after a restart (no route known yet) a resume finds the held recipients by
+/// resolving their domains, and they are delivered.
+#[test]
+fn a_suspended_mx_host_holds_every_domain_it_serves_until_resumed_after_a_restart() {
+    use mailvolley::deliver::dns::{DnsConfig, Resolver};
+    use mailvolley::deliver::hold::Selector;
+    use mailvolley::serve::queue::Command;
+    use mailvolley::testkit::dns::{DnsStub, Zone};
+
+    let dir = temp("queue-mx");
+    let sink = common::sink(|_| {});
+    let zone: Zone = "a.test MX 10 mx.big.test\nb.test MX 10 mx.big.test\nc.test MX 10 mx.other.test\n\
+                      mx.big.test A 127.0.0.1\nmx.other.test A 127.0.0.1"
+        .parse()
+        .unwrap();
+    let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+    let mx_config = |log: LogFile| {
+        let mut c = config(sink.local_addr(), log, Duration::from_secs(60));
+        let shaping =
+            ShapingRules::load(&[], false, Defaults { connections: 4, limits: Limits::default() }).unwrap();
+        let dns_config = DnsConfig {
+            server: Some(dns.addr()),
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+            concurrency: 16,
+        };
+        let resolver = Resolver::start(dns_config).unwrap();
+        c.routes = Routes::mx(resolver, sink.local_addr().port(), shaping);
+        c
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let order = |serving: &Serving, command| runtime.block_on(serving.queue().order(command)).unwrap();
+    let to = |rcpt: &str| Accepted { recipients: vec![Address::new(rcpt).unwrap()], ..message(0, 0) };
+    let log_path = dir.join("log.jsonl");
+    let serving =
+        run::start(mx_config(LogFile::create(&log_path).unwrap()), spool::open(&dir.join("spool")).unwrap())
+            .unwrap();
+    let host = Selector::parse("MX.Big.Test").unwrap();
+    order(&serving, Command::Suspend(host.clone(), None));
+    for rcpt in ["ann@a.test", "bob@b.test", "cat@c.test"] {
+        accept(&serving, to(rcpt));
+    }
+    wait_for_finals(&serving, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(serving.flow().finalized.load(Ordering::Acquire), 1, "only c.test's went");
+    let routes = order(&serving, Command::Routes);
+    let show = serving.queue().summary(&routes, Some(&host), usize::MAX).unwrap();
+    assert_eq!(show["waiting"], 2, "{show}");
+    assert_eq!(show["destinations"][0]["destination"], "mx.big.test", "{show}");
+    assert_eq!(show["destinations"][0]["domains"], serde_json::json!({"a.test": 1, "b.test": 1}));
+    let (_, spool) = serving.stop().unwrap();
+    drop(spool);
+
+    // Started again: the suspension holds; the resume's sweep resolves a.test and b.test.
+    let (log, _) = LogFile::reopen(&log_path).unwrap();
+    let serving = run::start(mx_config(log), spool::open(&dir.join("spool")).unwrap()).unwrap();
+    assert_eq!(serving.resumed(), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(serving.flow().finalized.load(Ordering::Acquire), 0, "still held");
+    let resumed = order(&serving, Command::Resume(host));
+    assert_eq!(resumed["recipients"], 2, "{resumed}");
+    wait_for_finals(&serving, 2);
+    let (books, spool) = serving.stop().unwrap();
+    assert_eq!(books.tally.delivered, 2);
+    assert!(spool.waiting().unwrap().is_empty());
+    let delivered: Vec<String> = records(&log_path)
+        .iter()
+        .filter(|r| r["status"] == "delivered")
+        .map(|r| r["rcpt"].as_str().unwrap().to_owned())
+        .collect();
+    let mut after = delivered[1..].to_vec();
+    after.sort();
+    assert_eq!(
+        (delivered[0].as_str(), after),
+        ("cat@c.test", vec!["ann@a.test".to_owned(), "bob@b.test".to_owned()])
+    );
+    assert_eq!(sink.stop().unwrap().messages_accepted, 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

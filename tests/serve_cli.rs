@@ -5,114 +5,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::campaign::{records, run, stderr};
+use common::serve::{Serve, http};
 use common::{Raw, sink};
 use mailvolley::serve::spool;
 use serde_json::Value;
-
-/// A running `volley serve`, SIGKILLed if the test ends without stopping it.
-struct Serve {
-    child: Option<Child>,
-    smtp: SocketAddr,
-    /// The HTTP API, when it runs.
-    http: Option<SocketAddr>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Serve {
-    /// Starts `volley serve` on `spool`, delivering to `relay`, and waits for its listener.
-    fn start(spool: &Path, relay: SocketAddr, extra: &[&str]) -> Serve {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
-        cmd.args(["serve", "--spool", spool.to_str().unwrap(), "--smtp-listen", "127.0.0.1:0"])
-            .args(["--relay", &relay.to_string(), "--threads", "1", "--retry-after", "1s"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-            let line = line.unwrap_or_else(|_| panic!("volley serve did not start: {:?}", child.try_wait()));
-            if let Some(rest) = line.strip_prefix("volley serve: SMTP on ") {
-                let addr = rest.split([',', ' ']).next().unwrap().parse().unwrap();
-                let http = rest
-                    .split("HTTP on ")
-                    .nth(1)
-                    .map(|r| r.split([',', ' ']).next().unwrap().parse().unwrap());
-                return Serve { child: Some(child), smtp: addr, http, lines };
-            }
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    /// SIGTERM, then its exit code (within 30 s) and what it said.
-    fn terminate(mut self) -> (Option<i32>, String) {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("volley serve did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status.code(), self.lines.try_iter().collect::<Vec<_>>().join("\n"))
-    }
-
-    /// Waits (up to 30 s) for it to stop by itself; its exit code and what it said.
-    fn exited(mut self) -> (Option<i32>, String) {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "volley serve did not stop by itself within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status.code(), self.lines.try_iter().collect::<Vec<_>>().join("\n"))
-    }
-
-    /// SIGKILL, checking first that the process is volley itself, not a wrapper.
-    fn kill_9(mut self) {
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap();
-        assert_eq!(comm.trim(), "volley", "the pid is volley's own");
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// `volley bench` submitting to `target` as the application would.
 fn bench(target: SocketAddr, args: &[&str]) -> Command {
@@ -296,35 +198,6 @@ fn kill_9_under_load_then_restart_delivers_every_accepted_message() {
     let spool = spool::open(&spool).unwrap();
     assert!(spool.waiting().unwrap().is_empty(), "nothing left waiting");
     sink.stop().unwrap();
-}
-
-/// One HTTP/1.1 request; the answer's status, headers and body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: volley\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    // A refused request may be answered before its body is read.
-    let _ = stream.write_all(body.as_bytes());
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {answer:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 #[test]

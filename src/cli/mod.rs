@@ -8,6 +8,7 @@ mod connection;
 mod delivery;
 mod metrics;
 mod plot;
+mod queue;
 mod secure;
 mod send;
 mod serve;
@@ -56,6 +57,10 @@ enum Command {
     /// Draw runs as an SVG picture after the fact, from `bench --json` reports or `--hgrm`
     /// files: latency percentile curves, msg/s and p99 over time; several runs compared.
     Plot(plot::PlotArgs),
+    /// See and steer a running `volley serve`'s queue through its API: list, show, suspend,
+    /// resume, retry-now and bounce a destination, domain or MX host.
+    #[command(after_help = queue::EXIT_DOC)]
+    Queue(queue::QueueArgs),
     /// Verify (or make) the unsubscribe tokens of `send --unsubscribe-url`, for the web handler.
     Token(token::TokenArgs),
 }
@@ -69,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => token::run(args),
         Command::Check(args) => check::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Queue(args) => queue::run(args),
     }
 }
 

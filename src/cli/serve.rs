@@ -56,14 +56,18 @@ pub struct ServeArgs {
     /// Also take submissions with implicit TLS here (port 465 style).
     #[arg(long, value_name = "ADDR")]
     smtps_listen: Option<SocketAddr>,
-    /// The HTTP API (`POST /api/v1/messages`, `GET /healthz`, `GET /metrics`), when --api-keys
-    /// is given.
+    /// The HTTP API (`POST /api/v1/messages`, `/api/v1/queue`, `GET /healthz`, `GET /metrics`),
+    /// when --api-keys or --admin-keys is given.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8025")]
     http_listen: SocketAddr,
     /// Keys that may use the HTTP API (`Authorization: Bearer KEY`): `name:KEY` or
     /// `name:sha256:HEX` lines. Without it the API is off.
     #[arg(long, value_name = "FILE")]
     api_keys: Option<PathBuf>,
+    /// Keys that may see and steer the queue over the API (`volley queue`: list, suspend,
+    /// resume, retry-now, bounce), in --api-keys' format; --api-keys' keys cannot.
+    #[arg(long, value_name = "FILE")]
+    admin_keys: Option<PathBuf>,
     /// Users who may submit after AUTH PLAIN or LOGIN (over TLS only): `user:password` lines,
     /// or `user:$2y$...` bcrypt hashes as `htpasswd -nbB user password` prints them.
     #[arg(long, value_name = "FILE")]
@@ -87,7 +91,7 @@ pub struct ServeArgs {
     min_free_space: u64,
     /// Report each recipient that bounced or expired to its message's envelope sender, as a
     /// delivery status notification (RFC 3464; never to the null sender): on or off.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     dsn: bool,
     /// Recipients held in memory at most, under way or due within a minute; the rest wait
     /// in the spool only and are read back as their time comes, so what is held does not
@@ -130,6 +134,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let keys = match &args.api_keys {
         Some(path) => Some(ApiKeys::load(path).context("--api-keys")?),
+        None => None,
+    };
+    let admin_keys = match &args.admin_keys {
+        Some(path) => Some(ApiKeys::load(path).context("--admin-keys")?),
         None => None,
     };
     let delivery = args.delivery.config()?;
@@ -222,15 +230,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
-    let mut http = match keys {
-        Some(keys) => {
+    let mut http = match keys.is_some() || admin_keys.is_some() {
+        true => {
             let config = HttpConfig {
                 listen: args.http_listen,
                 keys,
+                admin_keys,
                 max_message_size: args.max_message_size,
                 hostname: hostname.clone(),
             };
-            match http::start(config, serving.intake().clone(), Some(Arc::clone(&metrics))) {
+            let queue = serving.queue().clone();
+            match http::start(config, serving.intake().clone(), queue, Some(Arc::clone(&metrics))) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     let _ = listener.stop();
@@ -239,14 +249,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        None => None,
+        false => None,
     };
     eprintln!(
         "volley serve: SMTP on {}{}, {}{}, spool {} ({} waiting), log {}",
         listener.local_addr(),
         listener.tls_addr().map_or(String::new(), |a| format!(", implicit TLS on {a}")),
-        http.as_ref()
-            .map_or("HTTP API off (no --api-keys)".to_owned(), |h| format!("HTTP on {}", h.local_addr())),
+        http.as_ref().map_or("HTTP API off (no --api-keys or --admin-keys)".to_owned(), |h| format!(
+            "HTTP on {}",
+            h.local_addr()
+        )),
         metrics_listener.as_ref().map_or(String::new(), |m| format!(", metrics on {}", m.local_addr())),
         args.spool.display(),
         serving.resumed(),

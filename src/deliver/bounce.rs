@@ -38,11 +38,14 @@ pub enum Category {
     #[serde(rename = "needs_8bitmime")]
     Needs8BitMime,
     Connection,
+    /// An operator's action: a recipient bounced from the queue (`volley queue bounce`), or
+    /// one whose destination stayed suspended past its maximum age.
+    Admin,
     Other,
 }
 
 impl Category {
-    pub const ALL: [Category; 12] = [
+    pub const ALL: [Category; 13] = [
         Category::InvalidRecipient,
         Category::BadDomain,
         Category::MailboxFull,
@@ -54,6 +57,7 @@ impl Category {
         Category::NeedsSmtputf8,
         Category::Needs8BitMime,
         Category::Connection,
+        Category::Admin,
         Category::Other,
     ];
 
@@ -70,6 +74,7 @@ impl Category {
             Category::NeedsSmtputf8 => "needs_smtputf8",
             Category::Needs8BitMime => "needs_8bitmime",
             Category::Connection => "connection",
+            Category::Admin => "admin",
             Category::Other => "other",
         }
     }

@@ -6,14 +6,16 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
+use super::hold::{Holds, Selector};
 use super::ledger::Report;
 use super::lowercase;
 use super::pending::Pending;
 use super::route::{Lookup, Route, Routes};
-use crate::engine::{Job, Payload};
+use crate::engine::{Destination, Job, Payload};
 use crate::hash::DomainMap;
 use crate::proto::client::Disposition;
 
@@ -27,7 +29,8 @@ pub struct Dispatch {
     /// Recipients whose domain is being resolved, by domain.
     resolving: DomainMap<Vec<Pending>>,
     resolving_count: usize,
-    ready: VecDeque<Job>,
+    /// Routed recipients, to be taken as jobs.
+    ready: VecDeque<(Pending, Arc<Destination>)>,
     /// Recipients waiting for a retry, soonest first.
     retries_due: BinaryHeap<Reverse<Due>>,
     retry_seq: u64,
@@ -41,6 +44,11 @@ pub struct Dispatch {
     parking: Option<Parking>,
     /// Recipients parked since the source last asked: id and attempts so far.
     parked: Vec<(u64, u32)>,
+    /// What an operator holds back (see [`super::hold`]).
+    holds: Holds,
+    /// Recipients held back since the source last asked: where they were routed, and until
+    /// when.
+    held_back: Vec<(Pending, Arc<Destination>, Option<Instant>)>,
 }
 
 /// Which retries a source that keeps its own schedule on disk (serve's spool) takes back from
@@ -103,7 +111,72 @@ impl Dispatch {
             stow: None,
             parking: None,
             parked: Vec::new(),
+            holds: Holds::default(),
+            held_back: Vec::new(),
         }
+    }
+
+    /// From now on, a recipient routed where `holds` name is not made a job but handed back
+    /// by [`Dispatch::take_held`] (jobs already taken by the engine go on).
+    pub fn set_holds(&mut self, holds: Holds) {
+        self.holds = holds;
+    }
+
+    /// The recipients held back since the last call, with their destination and when their
+    /// hold ends (`None`: when lifted).
+    pub fn take_held(&mut self) -> Vec<(Pending, Arc<Destination>, Option<Instant>)> {
+        std::mem::take(&mut self.held_back)
+    }
+
+    /// The route for `domain` (lower-case), asking DNS if it is not known: an answer is kept
+    /// by the routes (for its TTL) when it comes, so asking again later finds it.
+    pub fn route_of(&mut self, domain: &str, now: Instant) -> Lookup {
+        self.routes.lookup(domain, now)
+    }
+
+    /// Takes out every recipient here that `selector` names, among those routed and those
+    /// waiting for a retry whose route is known (a recipient waiting for DNS is looked at when
+    /// it is routed).
+    pub fn withdraw(&mut self, selector: &Selector, now: Instant) -> Vec<Pending> {
+        let mut out = Vec::new();
+        let ready = std::mem::take(&mut self.ready);
+        for (p, destination) in ready {
+            if selector.matches(&lowercase(p.rcpt.domain()), &destination) {
+                out.push(p);
+            } else {
+                self.ready.push_back((p, destination));
+            }
+        }
+        let due = std::mem::take(&mut self.retries_due).into_vec();
+        for Reverse(d) in due {
+            if self.named(selector, &d.pending, now) {
+                out.push(d.pending);
+            } else {
+                self.retries_due.push(Reverse(d));
+            }
+        }
+        out
+    }
+
+    /// Makes every retry waiting here that `selector` names due now; how many.
+    pub fn bring_forward(&mut self, selector: &Selector, now: Instant) -> usize {
+        let mut due = std::mem::take(&mut self.retries_due).into_vec();
+        let mut brought = 0;
+        for Reverse(d) in &mut due {
+            if d.at > now && self.named(selector, &d.pending, now) {
+                d.at = now;
+                brought += 1;
+            }
+        }
+        self.retries_due = due.into();
+        brought
+    }
+
+    /// Whether `selector` names `p` by its domain, or by its route if that is known.
+    fn named(&self, selector: &Selector, p: &Pending, now: Instant) -> bool {
+        let domain = lowercase(p.rcpt.domain());
+        selector.is_domain(&domain)
+            || matches!(self.routes.cached(&domain, now), Some(Route::Deliver(d)) if selector.names(&d))
     }
 
     /// Retries `parking` says need not wait in memory are dropped here and named by
@@ -183,8 +256,16 @@ impl Dispatch {
     /// The next job ready to go, routing retries that have come due first.
     pub fn next_job(&mut self, now: Instant) -> Option<Job> {
         loop {
-            if let Some(job) = self.ready.pop_front() {
-                return Some(job);
+            if let Some((p, destination)) = self.ready.pop_front() {
+                return Some(Job {
+                    id: p.id,
+                    destination,
+                    message: p.message,
+                    due: p.born,
+                    attempts: p.attempts,
+                    last_conn: 0,
+                    partial: false,
+                });
             }
             if self.retries_due.peek()?.0.at > now {
                 return None;
@@ -193,6 +274,11 @@ impl Dispatch {
                 self.route(due.pending, now);
             }
         }
+    }
+
+    /// The routes, as known now.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// Recipients waiting for DNS.
@@ -217,15 +303,15 @@ impl Dispatch {
 
     fn deliver(&mut self, p: Pending, route: Route, now: Instant) {
         match route {
-            Route::Deliver(destination) => self.ready.push_back(Job {
-                id: p.id,
-                destination,
-                message: p.message,
-                due: p.born,
-                attempts: p.attempts,
-                last_conn: 0,
-                partial: false,
-            }),
+            Route::Deliver(destination) => {
+                if !self.holds.is_empty()
+                    && let Some(until) = self.holds.holding(&lowercase(p.rcpt.domain()), &destination, now)
+                {
+                    self.held_back.push((p, destination, until));
+                    return;
+                }
+                self.ready.push_back((p, destination));
+            }
             Route::Undeliverable(why) => self.unroutable(p, Disposition::Bounced, &why, now),
         }
     }
@@ -294,6 +380,7 @@ mod tests {
                 Report::Unroutable { pending, disposition, .. } => (pending.id, disposition),
                 Report::Unsent { id, .. } => (id, Disposition::Delivered),
                 Report::Received(m) => (m.message, Disposition::Delivered),
+                Report::Withdrawn { pending, .. } => (pending.id, Disposition::Bounced),
             }));
         }
         assert_eq!(jobs, [1, 2], "one lookup for both, case aside");
@@ -308,6 +395,42 @@ mod tests {
         assert!(d.next_job(Instant::now()).is_none(), "not before it is due");
         assert_eq!(d.next_job(due).map(|j| (j.id, j.due)), Some((5, t0)), "then a job, born when it was");
         assert_eq!(d.waiting(), 0);
+    }
+
+    /// An operator's holds keep recipients from becoming jobs; withdrawing takes out what is
+    /// ready or waiting, and bringing forward makes a waiting retry due now.
+    #[test]
+    fn holds_withdrawals_and_retries_brought_forward() {
+        use crate::deliver::hold::{Hold, Holds, Selector};
+        let shaping =
+            ShapingRules::load(&[], false, Defaults { connections: 2, limits: Limits::default() }).unwrap();
+        let routes = Routes::relay("relay.test", vec!["127.0.0.1:2525".parse().unwrap()], shaping);
+        let (_retries_tx, retries_rx) = mpsc::channel();
+        let (reports_tx, _reports_rx) = mpsc::sync_channel(16);
+        let mut d = Dispatch::new(routes, retries_rx, reports_tx);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(600);
+        let select = |s: &str| Selector::parse(s).unwrap();
+        d.set_holds(Holds::new(vec![Hold { selector: select("held.test"), until: Some(until) }]));
+        d.route(pending(1, "a@held.test", now), now);
+        d.route(pending(2, "b@free.test", now), now);
+        d.route(pending(3, "c@free.test", now), now);
+        let held = d.take_held();
+        assert_eq!(
+            held.iter().map(|(p, dest, u)| (p.id, dest.name.as_str(), *u)).collect::<Vec<_>>(),
+            [(1, "relay.test", Some(until))]
+        );
+        assert_eq!(d.held(), 2, "the others are ready");
+        d.retry_at(now + Duration::from_secs(3600), pending(4, "d@free.test", now));
+        d.retry_at(now + Duration::from_secs(3600), pending(5, "e@other.test", now));
+        assert_eq!(d.bring_forward(&select("free.test"), now), 1);
+        assert_eq!(d.next_retry(), Some(now), "due now");
+        let out: Vec<u64> = d.withdraw(&select("relay.test"), now).iter().map(|p| p.id).collect();
+        assert_eq!(out.len(), 4, "the relay names every one: {out:?}");
+        assert_eq!(d.held(), 0);
+        d.set_holds(Holds::default());
+        d.route(pending(6, "f@held.test", now), now);
+        assert!(d.take_held().is_empty() && d.next_job(now).is_some(), "lifted");
     }
 
     /// With parking, memory holds retries due within the horizon up to the limit; the rest

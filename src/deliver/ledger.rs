@@ -175,6 +175,17 @@ pub enum Report {
     Unroutable { pending: Pending, disposition: Disposition, reason: String, at: Instant },
     /// A message was accepted for delivery: its `received` record (see [`Received`]).
     Received(Box<Received>),
+    /// Taken out of the queue by an operator, unattempted this time: `Bounced` (`volley queue
+    /// bounce`) or `Expired` (its destination stayed suspended past its maximum age). Its
+    /// final record, category `admin`.
+    Withdrawn { pending: Pending, status: Withdrawal, reason: String, at: Instant },
+}
+
+/// How an operator's action ended a recipient (see [`Report::Withdrawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    Bounced,
+    Expired,
 }
 
 /// What a `received` record says of an accepted message.
@@ -468,6 +479,19 @@ impl Ledger {
                     retry,
                 };
                 self.attempt(attempt, when);
+            }
+            Report::Withdrawn { pending: p, status, reason, at } => {
+                let status = match status {
+                    Withdrawal::Bounced => Status::Bounced,
+                    Withdrawal::Expired => Status::Expired,
+                };
+                let mut r = Record::at(status, p.id, self.stamp(at, when));
+                r.rcpt = Some(p.rcpt.shared());
+                r.attempts = p.attempts;
+                r.reason = Some(reason);
+                r.category = Some(Category::Admin);
+                r.queue_ms = Some(at.saturating_duration_since(p.born).as_millis() as u64);
+                self.write_timed(&mut r, Some(p.rcpt.domain()), None);
             }
         }
     }

@@ -6,6 +6,7 @@
 //!   `serve`);
 //! - where a recipient's mail goes: [`dns`] (MX and address lookups on their own thread) and
 //!   [`route`] (destinations, MX rollup, answers kept for their TTL);
+//! - what an operator holds back: [`hold`] (suspensions by destination, domain or MX host);
 //! - how it is sent there: [`shaping`] (per-provider limits and reactions, from rules files
 //!   read by [`rules_file`]), [`mime`] (re-encoding what some servers refuse) and [`dkim`]
 //!   (signatures);
@@ -23,6 +24,7 @@ pub mod config;
 pub mod dispatch;
 pub mod dkim;
 pub mod dns;
+pub mod hold;
 pub mod ledger;
 pub mod log;
 pub mod mime;

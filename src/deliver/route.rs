@@ -124,6 +124,42 @@ impl Routes {
         }
     }
 
+    /// The route `domain` (lower-case) has now, if its answer is known and current; never
+    /// asks.
+    pub fn cached(&self, domain: &str, now: Instant) -> Option<Route> {
+        if let Mode::Relay(d) = &self.mode {
+            return Some(Route::Deliver(Arc::clone(d)));
+        }
+        match self.domains.get(domain) {
+            Some(State::Ready { route, until }) if *until > now => Some(route.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every domain whose answer is known and current, with its route.
+    pub fn known(&self, now: Instant) -> impl Iterator<Item = (&str, &Route)> {
+        self.domains.iter().filter_map(move |(domain, state)| match state {
+            State::Ready { route, until } if *until > now => Some((domain.as_str(), route)),
+            _ => None,
+        })
+    }
+
+    /// The relay every domain goes through, if that is how mail is routed.
+    pub fn the_relay(&self) -> Option<&Arc<Destination>> {
+        match &self.mode {
+            Mode::Relay(d) => Some(d),
+            Mode::Mx { .. } => None,
+        }
+    }
+
+    /// The destinations in use: the relay's, or those of the MX host sets known.
+    pub fn in_use(&self) -> Vec<Arc<Destination>> {
+        match &self.mode {
+            Mode::Relay(d) => vec![Arc::clone(d)],
+            Mode::Mx { .. } => self.rollups.values().cloned().collect(),
+        }
+    }
+
     /// Destinations held, for a domain's answer or for work still under way.
     pub fn live_destinations(&self) -> usize {
         self.rollups.len()

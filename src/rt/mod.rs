@@ -3,6 +3,7 @@
 
 mod connect;
 pub mod http;
+pub mod http_client;
 mod iovec;
 mod read;
 

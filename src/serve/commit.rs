@@ -80,6 +80,8 @@ enum Request {
     /// Recipients' new states, the log length they bring the spool to, and the failures to
     /// report to senders (see [`super::dsn`]).
     Record(Vec<Change>, Option<u64>, Vec<Failure>, oneshot::Sender<Result<(), CommitError>>),
+    /// A setting's new value, durable before the answer.
+    Setting(String, Vec<u8>, oneshot::Sender<Result<(), CommitError>>),
     /// Finish what came before, then end: intake may still hold the writer, so dropping every
     /// sender cannot be what stops it.
     Stop,
@@ -89,14 +91,14 @@ impl Request {
     fn octets(&self) -> usize {
         match self {
             Request::Accept(g, _) => g.messages.iter().map(|m| m.content.len()).sum(),
-            Request::Record(..) | Request::Stop => 0,
+            Request::Record(..) | Request::Setting(..) | Request::Stop => 0,
         }
     }
 
     fn messages(&self) -> usize {
         match self {
             Request::Accept(g, _) => g.messages.len(),
-            Request::Record(..) | Request::Stop => 0,
+            Request::Record(..) | Request::Setting(..) | Request::Stop => 0,
         }
     }
 }
@@ -183,6 +185,14 @@ impl Committer {
     pub fn record(&self, changes: Vec<Change>, watermark: Option<u64>, failures: Vec<Failure>) -> Ticket<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Record(changes, watermark, failures, tx));
+        Ticket(rx)
+    }
+
+    /// Sets a setting of the spool's (see [`Spool::set_setting`]); the ticket says when it is
+    /// durable.
+    pub fn set_setting(&self, name: &str, value: Vec<u8>) -> Ticket<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Setting(name.to_owned(), value, tx));
         Ticket(rx)
     }
 
@@ -322,6 +332,10 @@ fn commit(
                 failures.extend(failed);
                 watermark = watermark.max(mark);
                 recorded.push(reply);
+            }
+            // Rare (an operator's command): written at once, in its own commit.
+            Request::Setting(name, value, reply) => {
+                let _ = reply.send(spool.set_setting(&name, &value).map_err(|e| stats.failed(e)));
             }
             // What came in the same batch is still written; what comes later hears `Stopped`.
             Request::Stop => go = Go::Stop,

@@ -1,4 +1,5 @@
-//! The HTTP API: `POST /api/v1/messages` (JSON, KumoMTA-shaped) and `GET /healthz`, on axum,
+//! The HTTP API: `POST /api/v1/messages` (JSON, KumoMTA-shaped), queue control for operators
+//! (`/api/v1/queue`, see [`super::queue`]; only for `--admin-keys`) and `GET /healthz`, on axum,
 //! on its own thread with a tokio runtime (as the DNS thread). A request is checked whole
 //! (key, JSON, addresses, headers, every recipient's rendering) before anything is spooled,
 //! then its messages are made durable together ([`Intake::accept`]) and only then is it
@@ -21,8 +22,10 @@ use serde_json::{Map, Value, json};
 use super::intake::{Intake, Refused, now_ms, received_field};
 use super::keys::ApiKeys;
 use super::metrics::Via;
+use super::queue::{Command, QueueError, QueueHandle};
 use super::spool::{Accepted, Admission, MessageId, recipient_id};
 use super::templates::Templates;
+use crate::deliver::hold::Selector;
 use crate::metrics::Metrics;
 use crate::proto::Address;
 use crate::send::input::{Row, Vars};
@@ -50,7 +53,10 @@ const BUILT_FIELDS: [&str; 9] = [
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    pub keys: ApiKeys,
+    /// Keys that may submit messages (none: `/api/v1/messages` refuses every request).
+    pub keys: Option<ApiKeys>,
+    /// Keys that may see and steer the queue (none: `/api/v1/queue` refuses every request).
+    pub admin_keys: Option<ApiKeys>,
     /// The largest message; a request body may be a third larger (base64 attachments).
     pub max_message_size: u64,
     /// This host's name, for the trace header.
@@ -64,7 +70,9 @@ struct App {
     intake: Intake,
     /// Only this thread takes it (axum wants its state `Sync`), so it never waits.
     templates: Mutex<Templates>,
-    keys: ApiKeys,
+    keys: Option<ApiKeys>,
+    admin_keys: Option<ApiKeys>,
+    queue: QueueHandle,
     body_limit: usize,
     max_message_size: u64,
     hostname: String,
@@ -75,6 +83,7 @@ struct App {
 pub fn start(
     config: HttpConfig,
     intake: Intake,
+    queue: QueueHandle,
     metrics: Option<Arc<Metrics>>,
 ) -> std::io::Result<HttpHandle> {
     let body_limit =
@@ -83,6 +92,8 @@ pub fn start(
         intake,
         templates: Mutex::new(Templates::default()),
         keys: config.keys,
+        admin_keys: config.admin_keys,
+        queue,
         body_limit,
         max_message_size: config.max_message_size,
         hostname: config.hostname,
@@ -90,6 +101,9 @@ pub fn start(
     let mut router = Router::new()
         .route("/api/v1/messages", post(submit))
         .route("/healthz", get(health))
+        .route("/api/v1/queue", get(queue_list))
+        .route("/api/v1/queue/{dest}", get(queue_show))
+        .route("/api/v1/queue/{dest}/{action}", post(queue_act))
         // The body is read by the handler, under its own limit (answered 413 in JSON).
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app);
@@ -220,7 +234,7 @@ async fn submit(
 }
 
 async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody) -> Result<Value, ApiError> {
-    let key_name = authorize(&app.keys, headers)?.to_owned();
+    let key_name = authorize(app.keys.as_ref(), "--api-keys", headers)?.to_owned();
     let bytes = axum::body::to_bytes(body, app.body_limit).await.map_err(|_| {
         let message = format!("the request is larger than {} octets", app.body_limit);
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
@@ -260,8 +274,8 @@ async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody
     Ok(json!({"id": admitted.first().map_or(0, |(id, _)| id.0), "recipients": recipients}))
 }
 
-/// The name of the key the request carries.
-fn authorize<'k>(keys: &'k ApiKeys, headers: &HeaderMap) -> Result<&'k str, ApiError> {
+/// The name of the key the request carries, if it is one of `keys` (given as `flag`).
+fn authorize<'k>(keys: Option<&'k ApiKeys>, flag: &str, headers: &HeaderMap) -> Result<&'k str, ApiError> {
     let missing = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -271,8 +285,134 @@ fn authorize<'k>(keys: &'k ApiKeys, headers: &HeaderMap) -> Result<&'k str, ApiE
     };
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
     let key = value.as_bytes().strip_prefix(b"Bearer ").ok_or_else(missing)?;
-    keys.check(key)
-        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the key is not one of --api-keys"))
+    keys.and_then(|keys| keys.check(key)).ok_or_else(|| {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("the key is not one of {flag}"))
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    /// How long (`30m`, `2h`); none: until resumed.
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+/// `GET /api/v1/queue`: what waits, by destination.
+async fn queue_list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    // One parameter, a number: `?limit=N`.
+    let limit = match query.as_deref().map(|q| q.strip_prefix("limit=").and_then(|n| n.parse::<usize>().ok()))
+    {
+        None => super::queue::LIST_LIMIT,
+        Some(Some(n)) => n,
+        Some(None) => return ApiError::invalid("limit", "the only parameter is limit=N").into_response(),
+    };
+    queue_answer(queue_summary(&app, &headers, None, limit).await)
+}
+
+/// `GET /api/v1/queue/DEST`: what waits for DEST, with its first recipients.
+async fn queue_show(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(dest): axum::extract::Path<String>,
+) -> Response {
+    let answer = match Selector::parse(&dest) {
+        Ok(selector) => queue_summary(&app, &headers, Some(selector), usize::MAX).await,
+        Err(e) => Err(ApiError::invalid("dest", e.to_string())),
+    };
+    queue_answer(answer)
+}
+
+async fn queue_summary(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    only: Option<Selector>,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    authorize(app.admin_keys.as_ref(), "--admin-keys", headers)?;
+    let routes = app.queue.order(Command::Routes).await.map_err(queue_error)?;
+    let queue = app.queue.clone();
+    // It reads every waiting recipient: not on the runtime's threads.
+    tokio::task::spawn_blocking(move || queue.summary(&routes, only.as_ref(), limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(queue_error)
+}
+
+/// `POST /api/v1/queue/DEST/{suspend,resume,retry-now,bounce}`.
+async fn queue_act(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path((dest, action)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    queue_answer(queue_command(&app, &headers, &dest, &action, &body).await)
+}
+
+async fn queue_command(
+    app: &App,
+    headers: &HeaderMap,
+    dest: &str,
+    action: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    authorize(app.admin_keys.as_ref(), "--admin-keys", headers)?;
+    let selector = Selector::parse(dest).map_err(|e| ApiError::invalid("dest", e.to_string()))?;
+    let command = match action {
+        "suspend" => {
+            let request: SuspendBody = if body.iter().all(u8::is_ascii_whitespace) {
+                SuspendBody::default()
+            } else {
+                serde_json::from_slice(body).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed",
+                        format!("the body is not a valid request: {e}"),
+                    )
+                })?
+            };
+            let duration =
+                match request.duration {
+                    Some(d) => Some(humantime::parse_duration(&d).ok().filter(|d| !d.is_zero()).ok_or_else(
+                        || ApiError::invalid("for", format!("`{d}` is not a duration such as 30m or 2h")),
+                    )?),
+                    None => None,
+                };
+            Command::Suspend(selector, duration)
+        }
+        "resume" => Command::Resume(selector),
+        "retry-now" => Command::RetryNow(selector),
+        "bounce" => Command::Bounce(selector),
+        other => {
+            let message = format!("no action `{other}`: suspend, resume, retry-now or bounce");
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", message));
+        }
+    };
+    app.queue.order(command).await.map_err(queue_error)
+}
+
+fn queue_answer(answer: Result<Value, ApiError>) -> Response {
+    match answer {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn queue_error(e: QueueError) -> ApiError {
+    let status = match e {
+        QueueError::NotSuspended(_) => StatusCode::NOT_FOUND,
+        QueueError::Spool(_) | QueueError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let code = match e {
+        QueueError::NotSuspended(_) => "not_suspended",
+        QueueError::Spool(_) => "spool_error",
+        QueueError::Stopping => "stopping",
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 /// Every recipient's message, ready to spool, or the first reason the request cannot be taken.

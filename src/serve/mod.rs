@@ -5,7 +5,7 @@
 //! filed by due time in its schedule, [`due`]), and delivers it with
 //! `deliver` as `send` does: the spool's job source ([`source`]) and the order of syncs that
 //! keeps the spool and the log in step ([`run`]); a sender hears of recipients that bounced or
-//! expired ([`dsn`]).
+//! expired ([`dsn`]); an operator sees and steers the queue ([`queue`]).
 
 pub mod commit;
 pub mod dsn;
@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
+pub mod queue;
 pub mod record;
 pub mod run;
 pub mod smtp;

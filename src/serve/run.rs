@@ -22,6 +22,7 @@ use thiserror::Error;
 use super::commit::{Committer, Notify, Ticket};
 use super::intake::Intake;
 use super::metrics::ServeCollector;
+use super::queue::{QueueControl, QueueHandle, SUSPENSIONS, suspensions_of};
 use super::source::{SpoolSource, wall_ms_of};
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use crate::deliver::bounce::Classifier;
@@ -86,6 +87,7 @@ pub struct Serving {
     resumed: usize,
     delivery_metrics: Arc<DeliveryMetrics>,
     spool_dir: PathBuf,
+    queue: QueueHandle,
 }
 
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
@@ -113,17 +115,35 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     let (arrivals, arrivals_rx) = mpsc::sync_channel(ARRIVALS);
     let (recorded_tx, recorded_rx) = mpsc::channel();
     let dispatch = Dispatch::new(routes, retries_rx, reports_tx);
+    let reader = spool.reader();
+    let last_id = spool.last_id();
+    let suspensions = suspensions_of(spool.setting(SUSPENSIONS)?.as_deref())?;
+    let notify = dsn_from.map(|hostname| Notify { hostname, arrivals: arrivals.clone() });
+    let committer = Arc::new(Committer::start(spool, notify, Some(recorded_tx)).map_err(ServeError::Start)?);
+    let (orders, orders_rx) = mpsc::channel();
+    let queue = QueueControl::new(
+        orders_rx,
+        Arc::clone(&committer),
+        Arc::clone(&reader),
+        suspensions,
+        schedule.max_age,
+    );
     let mut source = SpoolSource::new(
         dispatch,
         arrivals_rx,
         recorded_rx,
         Arc::clone(&flow),
-        spool.reader(),
+        Arc::clone(&reader),
         active_recipients.max(1),
-    );
-    let resumed = source.resume(spool.last_id())?;
-    let notify = dsn_from.map(|hostname| Notify { hostname, arrivals: arrivals.clone() });
-    let committer = Arc::new(Committer::start(spool, notify, Some(recorded_tx)).map_err(ServeError::Start)?);
+    )
+    .with_queue(queue);
+    let resumed = match source.resume(last_id) {
+        Ok(resumed) => resumed,
+        Err(e) => {
+            committer.stop();
+            return Err(e.into());
+        }
+    };
     let retry = RetryPolicy::Scheduled(schedule);
     let engine_config = crate::deliver::engine_config(engine, retry, reactions, rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(ServeError::Start)?;
@@ -171,7 +191,19 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     .map_err(ServeError::Start)?;
     running.set_outcome_reader(ledger.thread().clone());
     let intake = Intake::new(Arc::clone(&committer), arrivals, dkim, spool_dir.clone(), min_free_space);
-    Ok(Serving { committer, intake, running, ledger, control, flow, resumed, delivery_metrics, spool_dir })
+    let queue = QueueHandle::new(orders, reader);
+    Ok(Serving {
+        committer,
+        intake,
+        running,
+        ledger,
+        control,
+        flow,
+        resumed,
+        delivery_metrics,
+        spool_dir,
+        queue,
+    })
 }
 
 /// Brings the spool up to date with the log: every recipient a final record after the spool's
@@ -252,6 +284,11 @@ impl Serving {
             spool_dir: self.spool_dir.clone(),
         });
         metrics
+    }
+
+    /// Queue control, for the API.
+    pub fn queue(&self) -> &QueueHandle {
+        &self.queue
     }
 
     /// The spool's writer.

@@ -23,6 +23,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::due::Scheduled;
+use super::queue::{QueueControl, Turn};
 use super::spool::{
     Accepted, Change, MessageId, SpoolError, SpoolRead, Status, of_recipient_id, recipient_id,
 };
@@ -79,6 +80,8 @@ pub struct SpoolSource {
     last_at_start: MessageId,
     read_at: Option<Instant>,
     limit: usize,
+    /// An operator's commands (see [`super::queue`]).
+    queue: Option<QueueControl>,
 }
 
 impl SpoolSource {
@@ -108,7 +111,31 @@ impl SpoolSource {
             last_at_start: MessageId(0),
             read_at: None,
             limit,
+            queue: None,
         }
+    }
+
+    /// Takes an operator's commands through `queue`, its suspensions in force from now.
+    pub fn with_queue(mut self, queue: QueueControl) -> Self {
+        self.dispatch.set_holds(queue.holds(Instant::now(), SystemTime::now()));
+        self.queue = Some(queue);
+        self
+    }
+
+    /// A turn of queue control, lending it what it acts on.
+    fn control(&mut self, now: Instant) {
+        let Some(queue) = &mut self.queue else { return };
+        let last_at_start = self.last_at_start;
+        let reader = Arc::clone(&self.reader);
+        let mut turn = Turn {
+            dispatch: &mut self.dispatch,
+            held: &mut self.held,
+            parked: &mut self.parked,
+            unread: &mut self.unread,
+            is_arrival: &|entry| is_arrival(entry, last_at_start),
+            pending_of: &|entry, now, wall| spooled(&reader, entry, now, wall),
+        };
+        queue.turn(&mut turn, now);
     }
 
     /// Takes on what the spool holds at the start, `last` being its newest message: each
@@ -168,6 +195,10 @@ impl SpoolSource {
                         self.held.remove(&id);
                         self.unread += 1;
                         self.unread_from = Some(self.unread_from.map_or(due_ms, |from| from.min(due_ms)));
+                    } else if !self.held.contains_key(&id) {
+                        // Moved in the spool while not here (an operator's retry-now): read
+                        // from there when due.
+                        self.unread_from = Some(self.unread_from.map_or(due_ms, |from| from.min(due_ms)));
                     }
                 }
             }
@@ -204,34 +235,17 @@ impl SpoolSource {
                 break;
             }
             let id = recipient_id(entry.message, entry.index);
-            if self.held.contains_key(&id) || (entry.attempts == 0 && entry.message > self.last_at_start) {
+            if self.held.contains_key(&id) || is_arrival(&entry, self.last_at_start) {
                 continue;
             }
             self.held.insert(id, ());
             self.unread = self.unread.saturating_sub(1);
             let due = instant_of(entry.due_ms, now, wall);
-            let pending = self.scheduled(entry, now, wall);
+            let pending = spooled(&self.reader, entry, now, wall);
             if due > now { self.dispatch.retry_at(due, pending) } else { self.dispatch.route(pending, now) }
         }
         self.unread_from = next_from;
         Ok(())
-    }
-
-    /// A recipient read from the schedule, its message to be read when its attempt is due.
-    fn scheduled(&self, entry: Scheduled, now: Instant, wall: SystemTime) -> Pending {
-        let Scheduled { message, index, attempts, received_ms, sender, address, .. } = entry;
-        let envelope = Arc::new(Envelope { sender, recipients: vec![address.clone()] });
-        Pending {
-            id: recipient_id(message, index),
-            rcpt: address,
-            message: Payload::Compose(Box::new(Spooled {
-                reader: Arc::clone(&self.reader),
-                message,
-                envelope,
-            })),
-            born: instant_of(received_ms, now, wall),
-            attempts,
-        }
     }
 
     fn publish_waiting(&self) {
@@ -240,9 +254,30 @@ impl SpoolSource {
     }
 }
 
+/// Whether `entry` is a recipient of a message accepted since the start and never tried nor
+/// moved: intake hands it over, and the schedule must not hand it a second time. (A recipient
+/// held back or brought forward by an operator has a due time later than its reception.)
+fn is_arrival(entry: &Scheduled, last_at_start: MessageId) -> bool {
+    entry.attempts == 0 && entry.message > last_at_start && entry.due_ms <= entry.received_ms
+}
+
+/// A recipient read from the schedule, its message to be read when its attempt is due.
+fn spooled(reader: &Arc<dyn SpoolRead>, entry: Scheduled, now: Instant, wall: SystemTime) -> Pending {
+    let Scheduled { message, index, attempts, received_ms, sender, address, .. } = entry;
+    let envelope = Arc::new(Envelope { sender, recipients: vec![address.clone()] });
+    Pending {
+        id: recipient_id(message, index),
+        rcpt: address,
+        message: Payload::Compose(Box::new(Spooled { reader: Arc::clone(reader), message, envelope })),
+        born: instant_of(received_ms, now, wall),
+        attempts,
+    }
+}
+
 impl JobSource for SpoolSource {
     fn next(&mut self, now: Instant) -> Next {
         self.take_back(now);
+        self.control(now);
         if let Err(e) = self.read_schedule(now) {
             // Said, and tried again later: what waits stays in the spool meanwhile.
             eprintln!("volley serve: reading the spool's schedule: {e}");

@@ -3,6 +3,7 @@
 
 pub mod campaign;
 pub mod scripted;
+pub mod serve;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -358,6 +358,17 @@ impl Spool for FjallSpool {
         }
     }
 
+    fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(self.meta.get(setting_key(name))?.map(|v| v.to_vec()))
+    }
+
+    fn set_setting(&mut self, name: &str, value: &[u8]) -> Result<(), SpoolError> {
+        let mut batch = self.batch(1).durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, setting_key(name), value);
+        batch.commit()?;
+        Ok(())
+    }
+
     fn message(&self, id: MessageId) -> Result<Option<Stored>, SpoolError> {
         self.read().message(id)
     }
@@ -428,7 +439,7 @@ impl SpoolRead for FjallReader {
 
     /// Waiting recipients due at or after `from_ms`, soonest first (a snapshot: what is
     /// written meanwhile is not seen).
-    fn scheduled_from(&self, from_ms: u64) -> Box<dyn Iterator<Item = Result<Scheduled, SpoolError>>> {
+    fn scheduled_from(&self, from_ms: u64) -> Box<dyn Iterator<Item = Result<Scheduled, SpoolError>> + Send> {
         Box::new(self.due.range(due::key(from_ms, MessageId(0), 0)..).map(|guard| {
             let (key, value) = guard.into_inner()?;
             due::decode(&key, &value)
@@ -439,6 +450,11 @@ impl SpoolRead for FjallReader {
     fn scheduled_count(&self) -> Result<usize, SpoolError> {
         Ok(self.due.len()?)
     }
+}
+
+/// Settings live in `meta` beside its own keys, apart by a prefix none of those has.
+fn setting_key(name: &str) -> Vec<u8> {
+    [b"setting/", name.as_bytes()].concat()
 }
 
 fn recipient_key(id: MessageId, index: u32) -> [u8; 12] {

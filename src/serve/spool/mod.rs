@@ -13,7 +13,8 @@
 //!   read in order a window at a time (see [`super::due`]);
 //! - `meta`: the next message id, so ids never repeat, not even after the newest message has
 //!   left the spool and the process restarted; the log's watermark (see [`Spool::record`]);
-//!   the layout's format;
+//!   the layout's format; settings (`setting/NAME`: an operator's suspensions, see
+//!   `serve::queue`);
 //! - `idempotency`: the HTTP API's Idempotency-Keys, with what each admitted (see
 //!   [`super::idempotency`]), written with those messages; expired ones go at the next start.
 //!
@@ -197,6 +198,12 @@ pub trait Spool: Send {
     /// Every recipient still waiting, in message order.
     fn waiting(&self) -> Result<Vec<Recipient>, SpoolError>;
 
+    /// A setting kept with the spool (an operator's suspensions), as last set; `None` if never.
+    fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, SpoolError>;
+
+    /// Sets a setting, durable (fdatasync) when this returns.
+    fn set_setting(&mut self, name: &str, value: &[u8]) -> Result<(), SpoolError>;
+
     /// A handle that reads messages and the schedule from another thread while this one writes.
     fn reader(&self) -> Arc<dyn SpoolRead>;
 
@@ -225,7 +232,7 @@ pub trait SpoolRead: Send + Sync + fmt::Debug {
 
     /// Waiting recipients due at or after `from_ms`, soonest first (what is written meanwhile
     /// need not be seen).
-    fn scheduled_from(&self, from_ms: u64) -> Box<dyn Iterator<Item = Result<Scheduled, SpoolError>>>;
+    fn scheduled_from(&self, from_ms: u64) -> Box<dyn Iterator<Item = Result<Scheduled, SpoolError>> + Send>;
 
     /// Waiting recipients (counted one by one: for a start, not for every turn).
     fn scheduled_count(&self) -> Result<usize, SpoolError>;
