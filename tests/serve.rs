@@ -34,7 +34,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         engine,
         routes: Routes::relay("sink", vec![sink], shaping),
         schedule: Schedule { first: first_retry, max: first_retry * 4, max_age: Duration::from_secs(3600) },
-        classifier: Classifier::load(&[] as &[&str]).unwrap(),
+        classifier: std::sync::Arc::new(Classifier::load(&[] as &[&str]).unwrap()),
         reactions: None,
         rate: None,
         log,

@@ -505,3 +505,104 @@ fn a_config_file_gives_flags_and_the_command_line_overrides_it() {
     assert_eq!(code, Some(0), "{said}");
     sink.stop().unwrap();
 }
+
+#[test]
+fn sighup_reloads_keys_users_shaping_and_bounce_rules_without_dropping_a_connection() {
+    let dir = common::temp_dir("serve-hup");
+    // Every recipient refused with a generic code, so categories come from the text rules.
+    let sink = sink(|c| c.faults.add_fail("rcpt=554").unwrap());
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let keys = write("keys", "app:key-one-0123456789\n");
+    let users = write("users", "app:pass-one-123\n");
+    let shaping = write("shaping.toml", "# nothing yet\n");
+    let bounce = write("bounce.toml", "# nothing yet\n");
+    let spool = dir.join("spool");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let (keys_s, users_s, shaping_s, bounce_s) = (path(&keys), path(&users), path(&shaping), path(&bounce));
+    let extra = [
+        "--api-keys",
+        &keys_s,
+        "--users",
+        &users_s,
+        "--shaping",
+        &shaping_s,
+        "--bounce-rules",
+        &bounce_s,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--dsn",
+        "off",
+    ];
+    let serve = Serve::start(&spool, sink.local_addr(), &extra);
+    let api = serve.http.unwrap();
+    let log = spool.join("delivery.jsonl");
+    let post = |key: &str, rcpt: &str| {
+        let body = format!(
+            r#"{{"recipients": [{{"email": "{rcpt}"}}], "content": {{"from": "app@example.com", "text": "hi"}}}}"#
+        );
+        http(api, "POST", "/api/v1/messages", &[("Authorization", &format!("Bearer {key}"))], &body).0
+    };
+    let submit = |password: &str| {
+        let mut cmd = bench(serve.smtp, &["--messages", "1", "--retries", "0"]);
+        cmd.args(["--starttls", "required", "--auth-user", "app"]).env("VOLLEY_AUTH_PASSWORD", password);
+        json(&run(cmd, Duration::from_secs(60)))["delivered"].as_u64().unwrap()
+    };
+    let bounced =
+        |rcpt: &str| records(&log).into_iter().find(|r| r["rcpt"] == rcpt && r["status"] == "bounced");
+
+    // A session open across the reload.
+    let mut open = Raw::greeted(serve.smtp);
+    open.ehlo();
+    assert_eq!(post("key-one-0123456789", "first@example.net"), 202);
+    assert_eq!(submit("pass-one-123"), 1);
+    wait_until(Duration::from_secs(20), "first bounced", || bounced("first@example.net").is_some());
+    assert_ne!(bounced("first@example.net").unwrap()["category"], "spam_block");
+
+    std::fs::write(&keys, "app:key-two-0123456789\n").unwrap();
+    std::fs::write(&users, "app:pass-two-456\n").unwrap();
+    std::fs::write(&shaping, "[[reaction]]\nname = \"sink-refuses\"\ntext = [\"injected failure\"]\naction = \"suspend\"\nfor = \"1m\"\n").unwrap();
+    std::fs::write(&bounce, "[[rule]]\ncategory = \"spam_block\"\ntext = [\"injected failure\"]\n").unwrap();
+    let hup = |serve: &Serve| {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(serve.pid(), libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = serve
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("a word on SIGHUP");
+            if line.contains("SIGHUP") {
+                return line;
+            }
+        }
+    };
+    let said = hup(&serve);
+    assert!(said.contains("reloaded 1 API keys, 1 users, shaping rules"), "{said}");
+
+    assert_eq!(post("key-one-0123456789", "x@example.net"), 403, "the old key is gone");
+    assert_eq!(post("key-two-0123456789", "second@example.net"), 202);
+    assert_eq!(submit("pass-one-123"), 0, "the old password is refused");
+    assert_eq!(submit("pass-two-456"), 1);
+    wait_until(Duration::from_secs(20), "second bounced", || bounced("second@example.net").is_some());
+    assert_eq!(bounced("second@example.net").unwrap()["category"], "spam_block", "the new bounce rule");
+    wait_until(Duration::from_secs(20), "the new reaction", || {
+        records(&log).iter().any(|r| r["status"] == "shaping" && r["rule"] == "sink-refuses")
+    });
+    assert_eq!(open.cmd("NOOP"), 250, "the session open across the reload goes on");
+
+    // A mistake in one file: nothing is reloaded, the service goes on as it was.
+    std::fs::write(&keys, "app:key-three-0123456789\n").unwrap();
+    std::fs::write(&users, "no colon here\n").unwrap();
+    let said = hup(&serve);
+    assert!(said.contains("nothing reloaded") && said.contains("--users"), "{said}");
+    assert_eq!(post("key-three-0123456789", "y@example.net"), 403, "not half reloaded");
+    assert_eq!(post("key-two-0123456789", "third@example.net"), 202);
+    drop(open);
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "SIGHUP never stops it: {said}");
+    sink.stop().unwrap();
+}

@@ -83,6 +83,32 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Set by SIGHUP once [`reload_requests`] is called: serve reads its files again.
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_hangup(_: libc::c_int) {
+    // Only an atomic store: all a signal handler may safely do here.
+    RELOAD.store(true, Ordering::Relaxed);
+}
+
+/// From now on SIGHUP asks for a reload instead of a stop (call it after [`interrupts`],
+/// whose handler it replaces for SIGHUP): true once per SIGHUP, from the returned flag's
+/// `swap(false)`.
+pub fn reload_requests() -> anyhow::Result<&'static std::sync::atomic::AtomicBool> {
+    // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which is
+    // async-signal-safe; SA_RESTART keeps interrupted system calls from failing with EINTR.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_hangup as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGHUP, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(&RELOAD)
+}
+
 /// Counts Ctrl-C presses (and SIGTERM, SIGHUP), so commands can stop cleanly (first) or at once
 /// (second), and still report.
 pub fn interrupts() -> anyhow::Result<Arc<AtomicUsize>> {

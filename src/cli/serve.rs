@@ -11,10 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use mailvolley::deliver::bounce::Classifier;
+use mailvolley::deliver::config::RulesFiles;
 use mailvolley::deliver::dkim::Dkim;
 use mailvolley::deliver::log::LogFile;
+use mailvolley::engine::Reactions;
 use mailvolley::serve::http::{self, HttpConfig};
 use mailvolley::serve::keys::ApiKeys;
+use mailvolley::serve::queue::Command;
 use mailvolley::serve::run::{self, ServeConfig};
 use mailvolley::serve::smtp::SpoolStore;
 use mailvolley::serve::source::ACTIVE_RECIPIENTS;
@@ -27,7 +31,8 @@ use super::delivery::DeliveryArgs;
 use super::metrics::MetricsArgs;
 
 /// Exit codes of `volley serve`.
-pub const EXIT_DOC: &str = "Exit codes: 0 stopped on SIGTERM or Ctrl-C after finishing what was in flight (what is not \
+pub const EXIT_DOC: &str = "SIGHUP reads --api-keys, --admin-keys, --users, --shaping and --bounce-rules again, \
+dropping no connection (if one is wrong, none is reloaded). Exit codes: 0 stopped on SIGTERM or Ctrl-C after finishing what was in flight (what is not \
 final stays in the spool for the next start); 2 usage error or failure to start (the spool in use by another \
 process, a listener that cannot bind); 3 the delivery log or the spool could not be written (a full disk): intake \
 stopped, what was accepted stays in the spool.";
@@ -110,6 +115,77 @@ pub struct ServeArgs {
     quiet: bool,
 }
 
+/// The files serve reads at start and again on SIGHUP.
+struct Files {
+    keys: Option<ApiKeys>,
+    admin_keys: Option<ApiKeys>,
+    users: Option<Users>,
+}
+
+impl Files {
+    fn read(args: &ServeArgs) -> anyhow::Result<Files> {
+        let keys = |path: &Option<PathBuf>, flag: &str| match path {
+            Some(path) => ApiKeys::load(path).map(Some).with_context(|| flag.to_owned()),
+            None => Ok(None),
+        };
+        Ok(Files {
+            keys: keys(&args.api_keys, "--api-keys")?,
+            admin_keys: keys(&args.admin_keys, "--admin-keys")?,
+            users: match &args.users {
+                Some(path) => Some(Users::load(path).map_err(anyhow::Error::msg).context("--users")?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// What SIGHUP replaces, in place, while everything runs: no listener, session or connection
+/// is dropped. (Which files there are is fixed at start: a reload reads the same ones again.)
+struct Reloadable {
+    keys: Option<Arc<ApiKeys>>,
+    admin_keys: Option<Arc<ApiKeys>>,
+    users: Option<Arc<Users>>,
+    reactions: Arc<Reactions>,
+    classifier: Arc<Classifier>,
+    rules_files: RulesFiles,
+}
+
+impl Reloadable {
+    /// Reads every file again, and only if all of them are good replaces what they give: a
+    /// mistake in one keeps the old settings of all. Says what it reloaded.
+    fn reload(&self, args: &ServeArgs, serving: &run::Serving) -> anyhow::Result<String> {
+        let files = Files::read(args)?;
+        let shaping = self.rules_files.shaping().context("--shaping")?;
+        let classifier = self.rules_files.classifier().context("--bounce-rules")?;
+        let mut said = Vec::new();
+        for (now, new, what) in
+            [(&self.keys, files.keys, "API keys"), (&self.admin_keys, files.admin_keys, "admin keys")]
+        {
+            if let (Some(now), Some(new)) = (now, new) {
+                said.push(format!("{} {what}", new.len()));
+                now.replace(new);
+            }
+        }
+        if let (Some(now), Some(new)) = (&self.users, files.users) {
+            said.push(format!("{} users", new.len()));
+            now.replace(new);
+        }
+        self.reactions.replace(shaping.reaction_rules());
+        self.classifier.replace(classifier);
+        let reshaped = serving
+            .queue()
+            .order_blocking(Command::Reshape(Box::new(shaping)))
+            .map_err(anyhow::Error::new)
+            .context("shaping rules")?;
+        said.push(format!(
+            "shaping rules ({} destinations made anew as they are next used)",
+            reshaped["reshaped"]
+        ));
+        said.push("bounce rules".into());
+        Ok(said.join(", "))
+    }
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -132,19 +208,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
              applications on this host) or --api-keys FILE (HTTP)"
         );
     }
-    let keys = match &args.api_keys {
-        Some(path) => Some(ApiKeys::load(path).context("--api-keys")?),
-        None => None,
-    };
-    let admin_keys = match &args.admin_keys {
-        Some(path) => Some(ApiKeys::load(path).context("--admin-keys")?),
-        None => None,
-    };
+    let files = Files::read(&args)?;
+    let keys = files.keys.map(Arc::new);
+    let admin_keys = files.admin_keys.map(Arc::new);
+    let users = files.users.map(Arc::new);
     let delivery = args.delivery.config()?;
-    let users = match &args.users {
-        Some(path) => Some(Arc::new(Users::load(path).map_err(anyhow::Error::msg).context("--users")?)),
-        None => None,
-    };
+    let rules_files = delivery.rules_files();
     let hostname = args.delivery.helo().to_owned();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => ServerTls::from_files(cert, key)?,
@@ -155,10 +224,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ])?,
     };
     let dkim = Dkim::load(&delivery.dkim)?.map(Arc::new);
-    let shaping = delivery.shaping()?;
-    let reactions = shaping.reactions();
+    let shaping = rules_files.shaping()?;
+    // Always there, even empty, so that a reload may bring some.
+    let reactions = Arc::new(Reactions::new(shaping.reaction_rules()));
     let routes = delivery.routes(shaping).context("starting DNS")?;
-    let classifier = delivery.classifier()?;
+    let classifier = Arc::new(rules_files.classifier()?);
 
     let spool = spool::open(&args.spool).with_context(|| format!("spool {}", args.spool.display()))?;
     let log_path = args.log.clone().unwrap_or_else(|| args.spool.join("delivery.jsonl"));
@@ -187,8 +257,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             engine: delivery.engine,
             routes,
             schedule: delivery.schedule,
-            classifier,
-            reactions,
+            classifier: Arc::clone(&classifier),
+            reactions: Some(Arc::clone(&reactions)),
             rate: delivery.rate,
             log,
             progress: false,
@@ -207,7 +277,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tls: Some(tls),
         starttls: true,
         tls_listen: args.smtps_listen,
-        auth: users,
+        auth: users.clone(),
         auth_needs_tls: true,
         store: Some(Arc::new(SpoolStore::new(serving.intake().clone(), &hostname))),
         trusted: args.trusted_networks.clone(),
@@ -234,8 +304,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         true => {
             let config = HttpConfig {
                 listen: args.http_listen,
-                keys,
-                admin_keys,
+                keys: keys.clone(),
+                admin_keys: admin_keys.clone(),
                 max_message_size: args.max_message_size,
                 hostname: hostname.clone(),
             };
@@ -264,11 +334,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         serving.resumed(),
         log_path.display()
     );
+    let reloadable = Reloadable { keys, admin_keys, users, reactions, classifier, rules_files };
+    let reload = super::reload_requests()?;
     let started = Instant::now();
     let mut shown = Instant::now();
     let mut failure = None;
     while interrupts.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(50));
+        if reload.swap(false, Ordering::Relaxed) {
+            match reloadable.reload(&args, &serving) {
+                Ok(what) => eprintln!("volley serve: SIGHUP: reloaded {what}"),
+                Err(e) => {
+                    eprintln!("volley serve: SIGHUP: nothing reloaded, the settings stay as they were: {e:#}")
+                }
+            }
+        }
         if let Some(why) = serving.failure() {
             eprintln!("volley serve: stopping: {why}");
             failure = Some(why);

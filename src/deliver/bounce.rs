@@ -104,9 +104,11 @@ pub struct Failure<'a> {
     pub text: &'a str,
 }
 
-#[derive(Debug, Clone)]
+/// The failure categories' rules. They can be replaced while the log thread classifies
+/// (serve's SIGHUP), without a lock.
+#[derive(Debug)]
 pub struct Classifier {
-    rules: Vec<Rule>,
+    rules: arc_swap::ArcSwap<Vec<Rule>>,
 }
 
 impl Classifier {
@@ -117,7 +119,12 @@ impl Classifier {
             rules.extend(parse(text)?);
             Ok(())
         })?;
-        Ok(Classifier { rules })
+        Ok(Classifier { rules: arc_swap::ArcSwap::from_pointee(rules) })
+    }
+
+    /// From now on, `with`'s rules instead.
+    pub fn replace(&self, with: Classifier) {
+        self.rules.store(with.rules.load_full());
     }
 
     pub fn classify(&self, f: Failure<'_>) -> Category {
@@ -138,7 +145,7 @@ impl Classifier {
             return category;
         }
         let text = f.text.to_lowercase();
-        if let Some(rule) = self.rules.iter().find(|r| r.pattern.matches(f.code, f.enhanced, &text)) {
+        if let Some(rule) = self.rules.load().iter().find(|r| r.pattern.matches(f.code, f.enhanced, &text)) {
             return rule.category;
         }
         if let Some(category) = f.enhanced.and_then(by_class) {
@@ -156,7 +163,7 @@ impl Classifier {
 impl Default for Classifier {
     fn default() -> Self {
         let rules = parse(SHIPPED).unwrap_or_default();
-        Classifier { rules }
+        Classifier { rules: arc_swap::ArcSwap::from_pointee(rules) }
     }
 }
 
@@ -403,6 +410,17 @@ mod tests {
         }
         assert!(matches!(Classifier::load(&[dir.join("missing")]), Err(RulesError::Read { .. })));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rules_are_replaced_in_place() {
+        let replaced = Classifier::load(&[] as &[&str]).unwrap();
+        let text = "554 5.7.1 Injected failure";
+        let failure = Failure { code: Some(554), enhanced: None, text };
+        assert_ne!(replaced.classify(failure), Category::SpamBlock);
+        let rules = parse("[[rule]]\ncategory = \"spam_block\"\ntext = [\"injected\"]\n").unwrap();
+        replaced.replace(Classifier { rules: arc_swap::ArcSwap::from_pointee(rules) });
+        assert_eq!(replaced.classify(failure), Category::SpamBlock, "replaced in place");
     }
 
     #[test]

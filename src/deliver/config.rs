@@ -46,9 +46,31 @@ pub struct DeliveryConfig {
     pub dkim: Vec<dkim::KeySpec>,
 }
 
-impl DeliveryConfig {
+/// The rules files and what they are read with: what reading them again needs (serve's
+/// SIGHUP), apart from the rest of the configuration.
+#[derive(Debug, Clone)]
+pub struct RulesFiles {
+    shaping: Vec<PathBuf>,
+    shaping_defaults: bool,
+    defaults: shaping::Defaults,
+    bounce_rules: Vec<PathBuf>,
+}
+
+impl RulesFiles {
     /// The shaping rules, with the command line's limits as their defaults.
     pub fn shaping(&self) -> Result<shaping::ShapingRules, RulesError> {
+        shaping::ShapingRules::load(&self.shaping, self.shaping_defaults, self.defaults.clone())
+    }
+
+    /// The bounce classifier: the user's rules, then the shipped ones.
+    pub fn classifier(&self) -> Result<Classifier, RulesError> {
+        Classifier::load(&self.bounce_rules)
+    }
+}
+
+impl DeliveryConfig {
+    /// The rules files, to read (again).
+    pub fn rules_files(&self) -> RulesFiles {
         let defaults = shaping::Defaults {
             connections: self.connections,
             limits: engine::Limits {
@@ -57,7 +79,17 @@ impl DeliveryConfig {
                 connection_rate: self.connection_rate,
             },
         };
-        shaping::ShapingRules::load(&self.shaping, self.shaping_defaults, defaults)
+        RulesFiles {
+            shaping: self.shaping.clone(),
+            shaping_defaults: self.shaping_defaults,
+            defaults,
+            bounce_rules: self.bounce_rules.clone(),
+        }
+    }
+
+    /// The shaping rules, with the command line's limits as their defaults.
+    pub fn shaping(&self) -> Result<shaping::ShapingRules, RulesError> {
+        self.rules_files().shaping()
     }
 
     /// Where the mail goes, resolving MX hosts on the DNS thread (started here).
@@ -70,6 +102,6 @@ impl DeliveryConfig {
 
     /// The bounce classifier: the user's rules, then the shipped ones.
     pub fn classifier(&self) -> Result<Classifier, RulesError> {
-        Classifier::load(&self.bounce_rules)
+        self.rules_files().classifier()
     }
 }

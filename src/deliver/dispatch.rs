@@ -276,6 +276,11 @@ impl Dispatch {
         }
     }
 
+    /// From now on, `shaping`'s limits and rules for what is routed (see [`Routes::reshape`]).
+    pub fn reshape(&mut self, shaping: super::shaping::ShapingRules) {
+        self.routes.reshape(shaping);
+    }
+
     /// The routes, as known now.
     pub fn routes(&self) -> &Routes {
         &self.routes

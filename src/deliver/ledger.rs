@@ -91,7 +91,7 @@ pub struct Ledger {
     retry: RetryPolicy,
     rng: Rng,
     tally: Tally,
-    classifier: Classifier,
+    classifier: Arc<Classifier>,
     categories: BTreeMap<Category, CategoryTally>,
     domains: DomainBooks,
     clock: Clock,
@@ -255,7 +255,8 @@ pub struct LedgerConfig {
     pub flow: Arc<Flow>,
     /// How deferrals are retried (scheduled, for a campaign).
     pub retry: RetryPolicy,
-    pub classifier: Classifier,
+    /// Shared with whoever may replace its rules (serve's SIGHUP).
+    pub classifier: Arc<Classifier>,
     /// Print live progress on stderr.
     pub progress: bool,
 }
@@ -766,7 +767,7 @@ mod tests {
             retries: retries_tx,
             flow: Arc::clone(&flow),
             retry: RetryPolicy::Scheduled(schedule),
-            classifier: Classifier::load(&[] as &[&str]).unwrap(),
+            classifier: Arc::new(Classifier::load(&[] as &[&str]).unwrap()),
             progress: false,
         });
         let (settled_tx, settled_rx) = mpsc::channel();

@@ -64,6 +64,9 @@ pub struct Routes {
     rollups_swept: (usize, Instant),
     next_index: usize,
     shaping: ShapingRules,
+    /// Destinations made under earlier shaping rules (see [`Routes::reshape`]), by key: one
+    /// made again for the same hosts takes over what reactions did to it.
+    retired: HashMap<String, Arc<Destination>>,
 }
 
 impl Routes {
@@ -94,6 +97,29 @@ impl Routes {
             rollups_swept: (0, Instant::now()),
             next_index: 0,
             shaping,
+            retired: HashMap::new(),
+        }
+    }
+
+    /// From now on, `shaping`'s limits and rules: every destination is made anew as its
+    /// domains are resolved again, so what is routed from now on gets them, while jobs and
+    /// connections under way keep the destination they have (and finish with it). A
+    /// destination made again for the same hosts keeps what reactions did to the old one (a
+    /// suspension by a provider's `421` is not lifted by a reload).
+    pub fn reshape(&mut self, shaping: ShapingRules) {
+        self.shaping = shaping;
+        self.retired = std::mem::take(&mut self.rollups);
+        self.domains.retain(|_, state| matches!(state, State::Resolving));
+        self.expiries.clear();
+        if let Mode::Relay(old) = &self.mode {
+            let name = old.name.clone();
+            let shaped = self.shaping.limits(None, &[&name]);
+            let destination = Destination::new(self.next_index, name, old.addrs.clone(), shaped.connections)
+                .with_hosts(old.hosts.clone())
+                .with_limits(&shaped.limits, shaped.rule);
+            destination.shaping.carry_over(&old.shaping);
+            self.next_index += 1;
+            self.mode = Mode::Relay(Arc::new(destination));
         }
     }
 
@@ -207,6 +233,8 @@ impl Routes {
         if self.rollups.len() >= 2 * swept.max(1024) || now.saturating_duration_since(at) >= SWEEP_EVERY {
             self.rollups.retain(|_, d| Arc::strong_count(d) > 1 || d.shaping.suspended(now).is_some());
             self.rollups_swept = (self.rollups.len(), now);
+            // Long enough for the domains that were resolving at a reshape to come back.
+            self.retired.clear();
         }
     }
 
@@ -282,6 +310,9 @@ impl Routes {
             .with_hosts(names)
             .with_preferences(preferences)
             .with_limits(&shaped.limits, shaped.rule);
+        if let Some(old) = self.retired.remove(&key) {
+            destination.shaping.carry_over(&old.shaping);
+        }
         let destination = Arc::new(destination);
         self.next_index += 1;
         self.rollups.insert(key, Arc::clone(&destination));
@@ -360,6 +391,39 @@ mod tests {
             matches!(routes.lookup("a.test", now + Duration::from_secs(301)), Lookup::Pending),
             "expired with its TTL"
         );
+    }
+
+    /// New shaping rules make destinations anew, with the new limits, keeping what reactions
+    /// did to the old ones; answers are asked again.
+    #[test]
+    fn reshaping_makes_destinations_anew_and_keeps_their_suspensions() {
+        let rules = |connections| {
+            ShapingRules::load(&[], false, Defaults { connections, limits: Limits::default() }).unwrap()
+        };
+        let t0 = Instant::now();
+        let suspend = |d: &Destination| {
+            assert!(d.shaping.apply(&crate::engine::Action::Suspend, t0, t0 + Duration::from_secs(600)));
+        };
+        let mut relay = Routes::relay("relay.test", vec!["127.0.0.1:25".parse().unwrap()], rules(2));
+        let Lookup::Ready(Route::Deliver(old)) = relay.lookup("a.test", t0) else { panic!() };
+        suspend(&old);
+        relay.reshape(rules(5));
+        let Lookup::Ready(Route::Deliver(new)) = relay.lookup("a.test", t0) else { panic!() };
+        assert_eq!((new.max_connections, old.max_connections), (5, 2));
+        assert_ne!(new.index, old.index, "a pool of its own");
+        assert!(new.shaping.suspended(t0).is_some(), "the provider's suspension holds");
+
+        let mut mx = Routes::with(Mode::Relay(Arc::new(Destination::new(0, "r", vec![], 1))), rules(2));
+        mx.next_index = 1;
+        let host = MxHost { name: "mx.test".into(), preference: 10, addrs: vec![[127, 0, 0, 2].into()] };
+        let old = mx.rollup("a.test", std::slice::from_ref(&host), 25);
+        mx.remember("a.test", Route::Deliver(Arc::clone(&old)), t0 + Duration::from_secs(300));
+        suspend(&old);
+        mx.reshape(rules(7));
+        assert_eq!(mx.domains(), 0, "asked again");
+        let new = mx.rollup("a.test", &[host], 25);
+        assert!(!Arc::ptr_eq(&new, &old) && new.max_connections == 7);
+        assert!(new.shaping.suspended(t0).is_some());
     }
 
     #[test]

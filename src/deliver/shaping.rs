@@ -156,7 +156,12 @@ impl ShapingRules {
 
     /// The engine's reactions, none if there are no rules.
     pub fn reactions(&self) -> Option<Arc<Reactions>> {
-        (!self.reactions.is_empty()).then(|| Arc::new(Reactions { rules: self.reactions.clone() }))
+        (!self.reactions.is_empty()).then(|| Arc::new(Reactions::new(self.reactions.clone())))
+    }
+
+    /// The reactions' rules, to replace those of a run (serve's SIGHUP).
+    pub fn reaction_rules(&self) -> Vec<super::super::engine::Reaction> {
+        self.reactions.clone()
     }
 
     /// The limits of the destination for `domain`'s MX hosts (or the relay's name).
@@ -301,7 +306,7 @@ mod tests {
         assert!(s.limits(Some("corp.example"), &[]).rule.is_none(), "a leading dot: subdomains only");
         let r = s.reactions().unwrap();
         let reply = Reply::new(421, None, "Slow down please");
-        assert_eq!(r.find(&reply, Some("mine")).map(|x| &*x.name), Some("quick"));
+        assert_eq!(r.find(&reply, Some("mine")).map(|x| x.name), Some("quick".into()));
         assert!(r.find(&reply, Some("google-slower")).is_none(), "scoped to its destinations");
         assert!(r.find(&reply, None).is_none());
     }

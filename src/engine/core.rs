@@ -707,7 +707,7 @@ impl Core {
     /// Reactions to the refusals among a finished transaction's replies (each distinct reply
     /// once).
     fn react_to(&self, done: &Completed<Meta>, via: Option<&Via>) {
-        if self.config.reactions.is_none() {
+        if self.config.reactions.as_ref().is_none_or(|r| r.is_empty()) {
             return;
         }
         let mut last: Option<&Reply> = None;

@@ -172,24 +172,42 @@ pub struct Reaction {
     pub only: Vec<Arc<str>>,
 }
 
-/// The run's reactions, tried in order; the first that matches a reply applies.
-#[derive(Debug, Clone, Default)]
+/// The run's reactions, tried in order; the first that matches a reply applies. They can be
+/// replaced while the cores read them (serve's SIGHUP), without a lock.
+#[derive(Debug, Default)]
 pub struct Reactions {
-    pub rules: Vec<Reaction>,
+    rules: arc_swap::ArcSwap<Vec<Reaction>>,
 }
 
 impl Reactions {
+    pub fn new(rules: Vec<Reaction>) -> Reactions {
+        Reactions { rules: arc_swap::ArcSwap::from_pointee(rules) }
+    }
+
+    /// From now on, these rules.
+    pub fn replace(&self, rules: Vec<Reaction>) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.load().is_empty()
+    }
+
     /// The reaction to `reply` from a destination set up by the shaping rule `shaped_by`, if
-    /// any. Positive replies never match.
-    pub fn find(&self, reply: &Reply, shaped_by: Option<&str>) -> Option<&Reaction> {
-        if reply.code < 400 || self.rules.is_empty() {
+    /// any. Positive replies never match. (A copy: asked on refusals only.)
+    pub fn find(&self, reply: &Reply, shaped_by: Option<&str>) -> Option<Reaction> {
+        let rules = self.rules.load();
+        if reply.code < 400 || rules.is_empty() {
             return None;
         }
         let text = reply.text.to_lowercase();
-        self.rules.iter().find(|r| {
-            (r.only.is_empty() || shaped_by.is_some_and(|s| r.only.iter().any(|o| &**o == s)))
-                && r.pattern.matches(Some(reply.code), reply.enhanced, &text)
-        })
+        rules
+            .iter()
+            .find(|r| {
+                (r.only.is_empty() || shaped_by.is_some_and(|s| r.only.iter().any(|o| &**o == s)))
+                    && r.pattern.matches(Some(reply.code), reply.enhanced, &text)
+            })
+            .cloned()
     }
 }
 
@@ -230,6 +248,18 @@ impl Shaping {
             message_interval: limits.rate.map_or(0, |r| r.interval_nanos()),
             connection_interval: limits.connection_rate.map_or(0, |r| r.interval_nanos()),
             ..Shaping::default()
+        }
+    }
+
+    /// Takes over what reactions did to `old` (suspended or slowed, until when): `old` is the
+    /// same hosts' destination under earlier rules.
+    pub fn carry_over(&self, old: &Shaping) {
+        self.suspended_until.fetch_max(old.suspended_until.load(Ordering::Relaxed), Ordering::Relaxed);
+        let slowed = old.slowed_until.load(Ordering::Relaxed);
+        if slowed > self.slowed_until.load(Ordering::Relaxed) {
+            self.slow_interval.store(old.slow_interval.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.slow_connections.store(old.slow_connections.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.slowed_until.store(slowed, Ordering::Relaxed);
         }
     }
 
@@ -452,19 +482,19 @@ mod tests {
             duration: Duration::from_secs(60),
             only: Vec::new(),
         };
-        let r = Reactions {
-            rules: vec![
-                rule("yahoo", "[TSS04]", Action::Suspend),
-                rule("any-rate", "rate", Action::Slow { rate: None, connections: Some(1) }),
-            ],
-        };
+        let r = Reactions::new(vec![
+            rule("yahoo", "[TSS04]", Action::Suspend),
+            rule("any-rate", "rate", Action::Slow { rate: None, connections: Some(1) }),
+        ]);
         let reply = |code, text: &str| Reply { code, enhanced: None, text: text.into() };
-        let hit = |code, text| r.find(&reply(code, text), None).map(|x| &*x.name);
+        let hit = |code, text| r.find(&reply(code, text), None).map(|x| x.name);
         assert_eq!(
             hit(421, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred, rate"),
-            Some("yahoo")
+            Some("yahoo".into())
         );
-        assert_eq!(hit(451, "Rate limited"), Some("any-rate"));
+        assert_eq!(hit(451, "Rate limited"), Some("any-rate".into()));
+        r.replace(vec![rule("other", "rate", Action::Suspend)]);
+        assert_eq!(hit(451, "Rate limited"), Some("other".into()), "replaced in place");
         assert_eq!(hit(250, "rate [tss04]"), None, "never a positive reply");
         assert_eq!(hit(550, "no such user"), None);
     }

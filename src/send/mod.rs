@@ -187,7 +187,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         .unwrap_or_else(new_campaign_id);
     let mut template = config.template(&campaign)?;
     let suppress = suppress::Suppressions::load(&config.suppress)?;
-    let classifier = config.delivery.classifier()?;
+    let classifier = Arc::new(config.delivery.classifier()?);
     let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
     let digest = input::digest(&config.recipients).map_err(input_error)?;
     if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {

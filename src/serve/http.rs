@@ -54,9 +54,9 @@ const BUILT_FIELDS: [&str; 9] = [
 pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Keys that may submit messages (none: `/api/v1/messages` refuses every request).
-    pub keys: Option<ApiKeys>,
+    pub keys: Option<Arc<ApiKeys>>,
     /// Keys that may see and steer the queue (none: `/api/v1/queue` refuses every request).
-    pub admin_keys: Option<ApiKeys>,
+    pub admin_keys: Option<Arc<ApiKeys>>,
     /// The largest message; a request body may be a third larger (base64 attachments).
     pub max_message_size: u64,
     /// This host's name, for the trace header.
@@ -70,8 +70,8 @@ struct App {
     intake: Intake,
     /// Only this thread takes it (axum wants its state `Sync`), so it never waits.
     templates: Mutex<Templates>,
-    keys: Option<ApiKeys>,
-    admin_keys: Option<ApiKeys>,
+    keys: Option<Arc<ApiKeys>>,
+    admin_keys: Option<Arc<ApiKeys>>,
     queue: QueueHandle,
     body_limit: usize,
     max_message_size: u64,
@@ -234,7 +234,7 @@ async fn submit(
 }
 
 async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody) -> Result<Value, ApiError> {
-    let key_name = authorize(app.keys.as_ref(), "--api-keys", headers)?.to_owned();
+    let key_name = authorize(app.keys.as_ref(), "--api-keys", headers)?;
     let bytes = axum::body::to_bytes(body, app.body_limit).await.map_err(|_| {
         let message = format!("the request is larger than {} octets", app.body_limit);
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
@@ -261,7 +261,7 @@ async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody
         .iter()
         .map(|m| m.recipients.first().map_or(String::new(), |a| a.as_str().to_owned()))
         .collect();
-    let scoped = idempotency_key.map(|key| (key_name.as_str(), key));
+    let scoped = idempotency_key.map(|key| (&*key_name, key));
     let admitted: Vec<(MessageId, String)> = match app.intake.accept(messages, scoped, Via::Http).await? {
         Admission::New(ids) => ids.into_iter().zip(emails).collect(),
         // The first request's answer, whatever this one asked.
@@ -275,7 +275,7 @@ async fn accept(app: &App, peer: SocketAddr, headers: &HeaderMap, body: HttpBody
 }
 
 /// The name of the key the request carries, if it is one of `keys` (given as `flag`).
-fn authorize<'k>(keys: Option<&'k ApiKeys>, flag: &str, headers: &HeaderMap) -> Result<&'k str, ApiError> {
+fn authorize(keys: Option<&Arc<ApiKeys>>, flag: &str, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
     let missing = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -4,6 +4,7 @@
 //! constant time, so neither timing nor order tells an attacker anything.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ring::digest::{SHA256, digest};
 
@@ -19,14 +20,14 @@ pub enum KeysError {
     Empty,
 }
 
-/// The keys that may use the API, by name.
-#[derive(Clone)]
-pub struct ApiKeys(Vec<(String, [u8; 32])>);
+/// The keys that may use the API, by name. They can be replaced while requests are checked
+/// against them (serve's SIGHUP), without a lock.
+pub struct ApiKeys(arc_swap::ArcSwap<Vec<(Arc<str>, [u8; 32])>>);
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Names only: a digest of a weak key is as good as the key.
-        f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
+        f.debug_list().entries(self.0.load().iter().map(|(name, _)| name.clone())).finish()
     }
 }
 
@@ -55,22 +56,36 @@ impl ApiKeys {
                 None if key.len() < 16 => return Err(bad("a key must have at least 16 characters")),
                 None => sha256(key.as_bytes()),
             };
-            keys.push((name.to_owned(), hash));
+            keys.push((Arc::from(name), hash));
         }
         if keys.is_empty() {
             return Err(KeysError::Empty);
         }
-        Ok(ApiKeys(keys))
+        Ok(ApiKeys(arc_swap::ArcSwap::from_pointee(keys)))
+    }
+
+    /// From now on, `with`'s keys instead.
+    pub fn replace(&self, with: ApiKeys) {
+        self.0.store(with.0.load_full());
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
     }
 
     /// The name of the key `presented` is, if it is one.
-    pub fn check(&self, presented: &[u8]) -> Option<&str> {
+    pub fn check(&self, presented: &[u8]) -> Option<Arc<str>> {
         let hash = sha256(presented);
         let mut found = None;
         // Every key is compared, whether or not one matched already.
-        for (name, known) in &self.0 {
+        for (name, known) in self.0.load().iter() {
             if constant_time_eq(known, &hash) && found.is_none() {
-                found = Some(name.as_str());
+                found = Some(Arc::clone(name));
             }
         }
         found
@@ -105,8 +120,11 @@ mod tests {
         // sha256("another-key-0123456789")
         let hex: String = sha256(b"another-key-0123456789").iter().map(|b| format!("{b:02x}")).collect();
         let keys = ApiKeys::parse(&format!("# keys\napp:app-key-0123456789\n\nops:sha256:{hex}\n")).unwrap();
-        assert_eq!(keys.check(b"app-key-0123456789"), Some("app"));
-        assert_eq!(keys.check(b"another-key-0123456789"), Some("ops"));
+        assert_eq!(keys.check(b"app-key-0123456789").as_deref(), Some("app"));
+        assert_eq!(keys.check(b"another-key-0123456789").as_deref(), Some("ops"));
+        keys.replace(ApiKeys::parse("new:new-key-0123456789\n").unwrap());
+        assert_eq!(keys.check(b"app-key-0123456789"), None, "replaced");
+        assert_eq!(keys.check(b"new-key-0123456789").as_deref(), Some("new"));
         assert_eq!(keys.check(b"app-key-012345678"), None);
         assert_eq!(keys.check(b""), None);
         assert!(!format!("{keys:?}").contains("0123456789"));

@@ -38,6 +38,7 @@ use crate::deliver::ledger::{Report, Withdrawal};
 use crate::deliver::lowercase;
 use crate::deliver::pending::Pending;
 use crate::deliver::route::{Lookup, Route};
+use crate::deliver::shaping::ShapingRules;
 use crate::engine::Destination;
 
 /// The spool setting the suspensions are kept in (JSON).
@@ -85,7 +86,7 @@ pub fn suspensions_of(value: Option<&[u8]>) -> Result<Vec<Suspension>, SpoolErro
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     Suspend(Selector, Option<Duration>),
     Resume(Selector),
@@ -93,6 +94,8 @@ pub enum Command {
     Bounce(Selector),
     /// The routes and suspensions as they are now (for `list` and `show`).
     Routes,
+    /// Shaping rules read again (serve's SIGHUP): destinations are made anew under them.
+    Reshape(Box<ShapingRules>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +133,13 @@ impl QueueHandle {
         let (reply, answer) = oneshot::channel();
         self.orders.send(Order { command, reply }).map_err(|_| QueueError::Stopping)?;
         answer.await.unwrap_or(Err(QueueError::Stopping))
+    }
+
+    /// [`QueueHandle::order`] from a thread that is not async (serve's main loop).
+    pub fn order_blocking(&self, command: Command) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.orders.send(Order { command, reply }).map_err(|_| QueueError::Stopping)?;
+        answer.blocking_recv().unwrap_or(Err(QueueError::Stopping))
     }
 
     /// What waits, by destination: every destination (or only those `only` names), the most
@@ -277,6 +287,12 @@ impl QueueControl {
         match command {
             Command::Routes => {
                 let _ = reply.send(Ok(self.routes(t.dispatch, now, wall)));
+                false
+            }
+            Command::Reshape(rules) => {
+                let retired = t.dispatch.routes().in_use().len();
+                t.dispatch.reshape(*rules);
+                let _ = reply.send(Ok(json!({"reshaped": retired})));
                 false
             }
             Command::Suspend(selector, duration) => {

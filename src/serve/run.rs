@@ -45,7 +45,7 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     pub routes: Routes,
     pub schedule: Schedule,
-    pub classifier: Classifier,
+    pub classifier: Arc<Classifier>,
     pub reactions: Option<Arc<Reactions>>,
     pub rate: Option<Rate>,
     pub log: LogFile,

@@ -9,14 +9,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 /// Users and passwords, from lines `user:password` or `user:$2y$...` (blank lines and `#`
-/// comments skipped).
-#[derive(Clone, Default)]
-pub struct Users(HashMap<String, Secret>);
+/// comments skipped). They can be replaced while sessions read them (serve's SIGHUP): a
+/// session's next AUTH sees the new ones, and none is dropped.
+#[derive(Default)]
+pub struct Users(arc_swap::ArcSwap<HashMap<String, Secret>>);
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Names only.
-        f.debug_set().entries(self.0.keys()).finish()
+        f.debug_set().entries(self.0.load().keys()).finish()
     }
 }
 
@@ -59,16 +60,34 @@ impl Users {
         if users.is_empty() {
             return Err("no user:password line".into());
         }
-        Ok(Users(users))
+        Ok(Users(arc_swap::ArcSwap::from_pointee(users)))
     }
 
     /// One user (the built-in sink of `volley bench`, which accepts the bench's credentials).
     pub fn single(user: &str, password: &str) -> Users {
-        Users(HashMap::from([(user.to_owned(), Secret::Plain(password.to_owned()))]))
+        let users = HashMap::from([(user.to_owned(), Secret::Plain(password.to_owned()))]);
+        Users(arc_swap::ArcSwap::from_pointee(users))
+    }
+
+    /// From now on, `with`'s users and passwords instead.
+    pub fn replace(&self, with: Users) {
+        self.0.store(with.0.load_full());
+    }
+
+    /// How many users there are.
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
     }
 
     fn check(&self, user: &str, password: &str) -> bool {
-        match self.0.get(user) {
+        // Held while a bcrypt hash is checked (a few ms): a replacement meanwhile waits for
+        // nothing, and this check is of the users as they were when it began.
+        let users = self.0.load_full();
+        match users.get(user) {
             Some(Secret::Plain(p)) => constant_time_eq(p.as_bytes(), password.as_bytes()),
             Some(Secret::Bcrypt(hash)) => bcrypt::verify(password, hash).unwrap_or(false),
             None => false,
