@@ -43,6 +43,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         min_free_space: 0,
         dsn_from: Some("serve.test".into()),
         active_recipients: 100_000,
+        webhooks: None,
     }
 }
 
@@ -540,5 +541,41 @@ fn a_suspended_mx_host_holds_every_domain_it_serves_until_resumed_after_a_restar
         ("cat@c.test", vec!["ann@a.test".to_owned(), "bob@b.test".to_owned()])
     );
     assert_eq!(sink.stop().unwrap().messages_accepted, 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stop between the log's commit and the spool's: the webhooks' events are caught up from
+/// the log at the next start, each record once (by its offset), however often that happens.
+#[test]
+fn webhook_events_the_spool_missed_are_queued_from_the_log() {
+    use mailvolley::deliver::log::{Record, Status as LogStatus};
+    use mailvolley::serve::webhook::{Webhook, WebhookUrl};
+    use std::sync::Arc;
+    let dir = temp("reconcile-events");
+    let log_path = dir.join("log.jsonl");
+    let mut spool = spool::open(&dir.join("spool")).unwrap();
+    let mut log = LogFile::create(&log_path).unwrap();
+    log.write(&Record::new(LogStatus::Delivered, 1 << 16).rcpt("a@example.net"));
+    log.write(&Record::new(LogStatus::Bounced, 2 << 16).rcpt("b@example.net"));
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = LogFile::reopen(&log_path).unwrap();
+    let hook = Arc::new(Webhook::new(WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap()));
+    assert_eq!(run::reconcile(&mut *spool, &log, &[Arc::clone(&hook)]).unwrap(), 2);
+    let events = spool.reader().events(hook.id, None, 10).unwrap();
+    let text = std::fs::read(&log_path).unwrap();
+    let second = text.iter().position(|&b| b == b'\n').unwrap() as u64 + 1;
+    assert_eq!(events.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [0, second], "ids are offsets");
+    assert!(events[1].1.starts_with(b"{") && String::from_utf8_lossy(&events[1].1).contains("b@example.net"));
+    // The spool's watermark taken back (its batch lost): the same events, not new ones.
+    spool.record(&[], &[], Some(0)).unwrap();
+    run::reconcile(&mut *spool, &log, &[Arc::clone(&hook)]).unwrap();
+    assert_eq!(spool.reader().event_count(hook.id).unwrap(), 2);
+    assert_eq!(spool.reader().events(hook.id, Some(0), 10).unwrap().len(), 1, "after an offset");
+    spool.forget_events(hook.id, &[0]).unwrap();
+    assert_eq!(spool.keep_events_of(&[hook.id]).unwrap(), 0);
+    assert_eq!(spool.reader().event_count(hook.id).unwrap(), 1);
+    assert_eq!(spool.keep_events_of(&[]).unwrap(), 1, "a webhook no longer given");
+    drop(spool);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,6 +14,7 @@ mod send;
 mod serve;
 mod sink;
 mod token;
+mod webhook;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ enum Command {
     /// resume, retry-now and bounce a destination, domain or MX host.
     #[command(after_help = queue::EXIT_DOC)]
     Queue(queue::QueueArgs),
+    /// Check (or make) the signatures of `volley serve --webhook` requests, for a receiver.
+    Webhook(webhook::WebhookArgs),
     /// Verify (or make) the unsubscribe tokens of `send --unsubscribe-url`, for the web handler.
     Token(token::TokenArgs),
 }
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Queue(args) => queue::run(args),
+        Command::Webhook(args) => webhook::run(args),
     }
 }
 

@@ -23,6 +23,9 @@ use mailvolley::serve::run::{self, ServeConfig};
 use mailvolley::serve::smtp::SpoolStore;
 use mailvolley::serve::source::ACTIVE_RECIPIENTS;
 use mailvolley::serve::spool;
+use mailvolley::serve::webhook::send::{WebhookConfig, tls_config as webhook_tls};
+use mailvolley::serve::webhook::sign::Secret;
+use mailvolley::serve::webhook::{Webhook, WebhookUrl};
 use mailvolley::sink::auth::Users;
 use mailvolley::sink::{self, SinkConfig};
 use mailvolley::tls::ServerTls;
@@ -103,6 +106,21 @@ pub struct ServeArgs {
     /// grow with how many wait (a few hundred octets each held).
     #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(ACTIVE_RECIPIENTS).unwrap_or(NonZeroUsize::MIN))]
     active_recipients: NonZeroUsize,
+    /// POST every record of the delivery log (received, deferred, delivered, bounced,
+    /// expired, ...) as JSON to this URL (repeatable), signed with --webhook-secret-file, at
+    /// least once: events wait in the spool until the receiver answers 2xx.
+    #[arg(long = "webhook", value_name = "URL", value_parser = parse_webhook, requires = "webhook_secret_file")]
+    webhooks: Vec<WebhookUrl>,
+    /// The secret webhooks are signed with (`X-Volley-Signature`; its first line).
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Trust these certificates (PEM) for `https://` webhooks, as well as the receiver's own
+    /// [default: Mozilla's roots].
+    #[arg(long, value_name = "FILE")]
+    webhook_ca_file: Option<PathBuf>,
+    /// Events in one webhook request at most (fewer go after a second's wait).
+    #[arg(long, value_name = "N", default_value = "100")]
+    webhook_batch: NonZeroUsize,
     /// Threads taking submissions, one runtime each.
     #[arg(long, default_value = "1")]
     intake_threads: NonZeroUsize,
@@ -186,6 +204,31 @@ impl Reloadable {
     }
 }
 
+fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
+    WebhookUrl::parse(s).map_err(|e| e.to_string())
+}
+
+/// The webhooks' settings, if any are given.
+fn webhook_config(args: &ServeArgs) -> anyhow::Result<Option<WebhookConfig>> {
+    if args.webhooks.is_empty() {
+        return Ok(None);
+    }
+    let Some(path) = &args.webhook_secret_file else { bail!("--webhook needs --webhook-secret-file") };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--webhook-secret-file {}", path.display()))?;
+    let secret = Secret::from_file_text(&text)
+        .with_context(|| format!("--webhook-secret-file {}: no secret on its first line", path.display()))?;
+    let tls = webhook_tls(args.webhook_ca_file.as_deref()).context("--webhook-ca-file")?;
+    let mut seen = std::collections::HashSet::new();
+    let webhooks = args
+        .webhooks
+        .iter()
+        .filter(|u| seen.insert(u.id()))
+        .map(|u| Arc::new(Webhook::new(u.clone())))
+        .collect();
+    Ok(Some(WebhookConfig { webhooks, secret, tls, batch: args.webhook_batch.get() }))
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -266,6 +309,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             min_free_space: args.min_free_space,
             dsn_from: args.dsn.then(|| hostname.clone()),
             active_recipients: args.active_recipients.get(),
+            webhooks: webhook_config(&args)?,
         },
         spool,
     )?;

@@ -138,9 +138,20 @@ pub struct Failed {
     pub mx: Option<Arc<str>>,
 }
 
-/// Called on the log thread with what the last commit of the log made durable, and the log's
-/// length up to that commit ([`LogFile::durable_len`]).
-pub type OnDurable = Box<dyn FnMut(Vec<Settled>, u64) + Send>;
+/// What a commit of the log made durable.
+#[derive(Debug, Default)]
+pub struct Durable {
+    /// What became of recipients.
+    pub settled: Vec<Settled>,
+    /// The log's length up to that commit ([`LogFile::durable_len`]).
+    pub len: u64,
+    /// The records themselves (JSON lines) and the offset of the first, when kept
+    /// ([`Ledger::keep_records`]).
+    pub records: (u64, Vec<u8>),
+}
+
+/// Called on the log thread with what the last commit of the log made durable.
+pub type OnDurable = Box<dyn FnMut(Durable) + Send>;
 
 /// The recipients a job source and the ledger account for together: every one handed in
 /// ends in exactly one final record, and the run is over when the counts meet.
@@ -302,6 +313,13 @@ impl Ledger {
     /// [`Settled`]).
     pub fn on_durable(mut self, hook: OnDurable) -> Self {
         self.on_durable = Some(hook);
+        self
+    }
+
+    /// Hands [`Ledger::on_durable`]'s hook the records each commit made durable too (serve's
+    /// webhooks), after every commit that has some.
+    pub fn keep_records(mut self) -> Self {
+        self.log.keep_committed();
         self
     }
 
@@ -667,10 +685,11 @@ impl Ledger {
 
     /// The log's last commit made what it settled durable: tell the hook.
     fn settle(&mut self) {
-        if let Some(hook) = &mut self.on_durable
-            && !self.settled.is_empty()
-        {
-            hook(std::mem::take(&mut self.settled), self.log.durable_len());
+        let Some(hook) = &mut self.on_durable else { return };
+        let records = self.log.take_committed();
+        if !self.settled.is_empty() || !records.1.is_empty() {
+            let settled = std::mem::take(&mut self.settled);
+            hook(Durable { settled, len: self.log.durable_len(), records });
         }
     }
 
@@ -771,7 +790,7 @@ mod tests {
             progress: false,
         });
         let (settled_tx, settled_rx) = mpsc::channel();
-        let ledger = ledger.on_durable(Box::new(move |s, _| settled_tx.send(s).unwrap()));
+        let ledger = ledger.on_durable(Box::new(move |d| settled_tx.send(d.settled).unwrap()));
         let now = Instant::now();
         let pending = |id: u64, born: Instant, attempts: u32| {
             let rcpt = Address::new(&format!("r{id}@x.test")).unwrap();

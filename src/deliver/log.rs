@@ -310,6 +310,8 @@ pub struct LogFile {
     last_sync: Instant,
     /// The file's length up to which every record is durable.
     durable_len: u64,
+    /// Records committed and not yet taken ([`LogFile::take_committed`]), when kept.
+    committed: Option<Vec<u8>>,
 }
 
 /// A commit that failed, with the records it may not have made durable (JSON lines).
@@ -400,7 +402,20 @@ impl LogFile {
             unsynced: 0,
             last_sync: Instant::now(),
             durable_len: 0,
+            committed: None,
         }
+    }
+
+    /// From now on keeps what each commit made durable, for [`LogFile::take_committed`].
+    pub fn keep_committed(&mut self) {
+        self.committed.get_or_insert_with(Vec::new);
+    }
+
+    /// The records made durable since the last call (JSON lines), and the offset the first
+    /// of them starts at; nothing unless [`LogFile::keep_committed`] was called.
+    pub fn take_committed(&mut self) -> (u64, Vec<u8>) {
+        let taken = self.committed.as_mut().map(std::mem::take).unwrap_or_default();
+        (self.durable_len - taken.len() as u64, taken)
     }
 
     pub fn path(&self) -> &Path {
@@ -448,6 +463,9 @@ impl LogFile {
         match result {
             Ok(()) => {
                 self.durable_len += self.pending.len() as u64;
+                if let Some(committed) = &mut self.committed {
+                    committed.extend_from_slice(&self.pending);
+                }
                 self.pending.clear();
                 Ok(())
             }

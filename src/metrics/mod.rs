@@ -151,6 +151,20 @@ impl<'e, 'a> Family<'e, 'a> {
         m.encode_gauge(&value)
     }
 
+    /// A gauge with a value per label set.
+    pub fn gauges<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: impl IntoIterator<Item = (L, u64)>,
+    ) -> std::fmt::Result {
+        let mut m = self.encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in values {
+            m.encode_family(&labels)?.encode_gauge(&value)?;
+        }
+        Ok(())
+    }
+
     /// A latency histogram, in seconds.
     pub fn histogram(&mut self, name: &str, help: &str, buckets: &Buckets) -> std::fmt::Result {
         let mut m =

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::dsn;
 use super::intake::now_ms;
 use super::source::Arrival;
-use super::spool::{Accepted, Admission, Change, Group, MessageId, Spool, SpoolError};
+use super::spool::{Accepted, Admission, Change, Event, Group, MessageId, Spool, SpoolError};
 use crate::deliver::ledger::Failed;
 
 /// The most messages, and content octets, one batch takes: a bound on what a commit writes and
@@ -77,9 +77,11 @@ impl<T> Future for Ticket<T> {
 enum Request {
     /// Messages accepted together (one HTTP request's): durable in one batch, or none.
     Accept(Group, oneshot::Sender<Result<Admission, CommitError>>),
-    /// Recipients' new states, the log length they bring the spool to, and the failures to
-    /// report to senders (see [`super::dsn`]).
-    Record(Vec<Change>, Option<u64>, Vec<Failure>, oneshot::Sender<Result<(), CommitError>>),
+    /// Recipients' new states, the log's records for webhooks, the log length they bring the
+    /// spool to, and the failures to report to senders (see [`super::dsn`]).
+    Record(Recorded, oneshot::Sender<Result<(), CommitError>>),
+    /// A webhook's events it has: forgotten.
+    Forget(u64, Vec<u64>),
     /// A setting's new value, durable before the answer.
     Setting(String, Vec<u8>, oneshot::Sender<Result<(), CommitError>>),
     /// Finish what came before, then end: intake may still hold the writer, so dropping every
@@ -91,16 +93,25 @@ impl Request {
     fn octets(&self) -> usize {
         match self {
             Request::Accept(g, _) => g.messages.iter().map(|m| m.content.len()).sum(),
-            Request::Record(..) | Request::Setting(..) | Request::Stop => 0,
+            Request::Record(..) | Request::Forget(..) | Request::Setting(..) | Request::Stop => 0,
         }
     }
 
     fn messages(&self) -> usize {
         match self {
             Request::Accept(g, _) => g.messages.len(),
-            Request::Record(..) | Request::Setting(..) | Request::Stop => 0,
+            Request::Record(..) | Request::Forget(..) | Request::Setting(..) | Request::Stop => 0,
         }
     }
+}
+
+/// What the log thread hands the spool after a commit of the log.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub changes: Vec<Change>,
+    pub events: Vec<Event>,
+    pub watermark: Option<u64>,
+    pub failures: Vec<Failure>,
 }
 
 /// A recipient of a message in the spool that bounced or expired.
@@ -183,9 +194,20 @@ impl Committer {
     /// [`Spool::record`]), with the failures among them to report; the ticket says when they
     /// are durable.
     pub fn record(&self, changes: Vec<Change>, watermark: Option<u64>, failures: Vec<Failure>) -> Ticket<()> {
+        self.record_all(Recorded { changes, events: Vec::new(), watermark, failures })
+    }
+
+    /// [`Committer::record`], with the log's records to queue for webhooks in the same batch.
+    pub fn record_all(&self, recorded: Recorded) -> Ticket<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Record(changes, watermark, failures, tx));
+        self.send(Request::Record(recorded, tx));
         Ticket(rx)
+    }
+
+    /// Forgets a webhook's events it has (see [`Spool::forget_events`]); a failure is the
+    /// writer's to say, and costs at most their being sent again.
+    pub fn forget_events(&self, webhook: u64, offsets: Vec<u64>) {
+        self.send(Request::Forget(webhook, offsets));
     }
 
     /// Sets a setting of the spool's (see [`Spool::set_setting`]); the ticket says when it is
@@ -318,6 +340,8 @@ fn commit(
     let mut groups = Vec::new();
     let mut accepted = Vec::new();
     let mut changes = Vec::new();
+    let mut events = Vec::new();
+    let mut forgotten: Vec<(u64, Vec<u64>)> = Vec::new();
     let mut watermark: Option<u64> = None;
     let mut recorded = Vec::new();
     let mut failures = Vec::new();
@@ -327,12 +351,14 @@ fn commit(
                 groups.push(group);
                 accepted.push(reply);
             }
-            Request::Record(c, mark, failed, reply) => {
-                changes.extend(c);
-                failures.extend(failed);
-                watermark = watermark.max(mark);
+            Request::Record(r, reply) => {
+                changes.extend(r.changes);
+                events.extend(r.events);
+                failures.extend(r.failures);
+                watermark = watermark.max(r.watermark);
                 recorded.push(reply);
             }
+            Request::Forget(webhook, offsets) => forgotten.push((webhook, offsets)),
             // Rare (an operator's command): written at once, in its own commit.
             Request::Setting(name, value, reply) => {
                 let _ = reply.send(spool.set_setting(&name, &value).map_err(|e| stats.failed(e)));
@@ -369,7 +395,7 @@ fn commit(
         report_failures(spool, &failures, notify);
     }
     if !recorded.is_empty() {
-        let result = spool.record(&changes, watermark).map_err(|e| stats.failed(e));
+        let result = spool.record(&changes, &events, watermark).map_err(|e| stats.failed(e));
         if result.is_ok() {
             stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
             if let Some(to) = recorded_to
@@ -381,6 +407,15 @@ fn commit(
         }
         for reply in recorded {
             let _ = reply.send(result.clone());
+        }
+    }
+    for (webhook, offsets) in forgotten {
+        if let Err(e) = spool.forget_events(webhook, &offsets) {
+            eprintln!(
+                "volley serve: forgetting {} delivered webhook events failed ({e}); they may be sent again",
+                offsets.len()
+            );
+            stats.failed(e);
         }
     }
     go
@@ -450,7 +485,7 @@ mod tests {
         for n in 0..10 {
             tx.send(Request::Accept(group(vec![message(n, 100)]), oneshot::channel().0)).unwrap();
         }
-        tx.send(Request::Record(Vec::new(), None, Vec::new(), oneshot::channel().0)).unwrap();
+        tx.send(Request::Record(Recorded::default(), oneshot::channel().0)).unwrap();
         let mut gather = Gather::default();
         let lens: Vec<usize> =
             std::iter::from_fn(|| gather.next(&rx, 4, usize::MAX).map(|b| b.len())).take(3).collect();
@@ -496,7 +531,7 @@ mod tests {
         // The log's records in a batch do not count as clients: one request of intake's and
         // a record, then a lone client's request is written at once again.
         gather.linger = Duration::from_secs(4);
-        tx.send(Request::Record(Vec::new(), None, Vec::new(), oneshot::channel().0)).unwrap();
+        tx.send(Request::Record(Recorded::default(), oneshot::channel().0)).unwrap();
         tx.send(Request::Accept(group(vec![message(9, 10)]), oneshot::channel().0)).unwrap();
         assert_eq!(gather.next(&rx, 100, usize::MAX).map(|b| b.len()), Some(2));
         let later = send_two_later(tx);

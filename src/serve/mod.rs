@@ -22,3 +22,4 @@ pub mod smtp;
 pub mod source;
 pub mod spool;
 pub mod templates;
+pub mod webhook;

@@ -19,21 +19,24 @@ use std::time::{Instant, SystemTime};
 
 use thiserror::Error;
 
-use super::commit::{Committer, Notify, Ticket};
+use super::commit::{Committer, Notify, Recorded, Ticket};
 use super::intake::Intake;
 use super::metrics::ServeCollector;
 use super::queue::{QueueControl, QueueHandle, SUSPENSIONS, suspensions_of};
 use super::source::{SpoolSource, wall_ms_of};
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
+use super::webhook::send::{Sender, WebhookConfig};
+use super::webhook::{Webhook, WebhookCollector, events_of};
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::dkim::Dkim;
-use crate::deliver::ledger::{Books, Control, Flow, Ledger, LedgerConfig, Settled};
+use crate::deliver::ledger::{Books, Control, Durable, Flow, Ledger, LedgerConfig, Settled};
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
 use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
 use crate::metrics::{EngineCollector, Metrics};
+use std::sync::atomic::Ordering;
 
 /// Accepted messages handed to delivery and not yet taken by it, before intake waits.
 const ARRIVALS: usize = 4096;
@@ -61,6 +64,8 @@ pub struct ServeConfig {
     /// Recipients held in memory at most (under way or due soon); the rest wait in the spool
     /// only (`--active-recipients`; see [`super::source`]).
     pub active_recipients: usize,
+    /// Where to POST every record of the log (see [`super::webhook`]); `None`: nowhere.
+    pub webhooks: Option<WebhookConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -88,6 +93,9 @@ pub struct Serving {
     delivery_metrics: Arc<DeliveryMetrics>,
     spool_dir: PathBuf,
     queue: QueueHandle,
+    /// The webhooks' sender, and the webhooks.
+    sender: Option<Sender>,
+    hooks: Vec<Arc<Webhook>>,
 }
 
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
@@ -106,14 +114,25 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         min_free_space,
         dsn_from,
         active_recipients,
+        webhooks,
     } = config;
     let spool_dir = spool.path().to_owned();
-    reconcile(&mut *spool, &log)?;
+    let hooks: Vec<Arc<Webhook>> = webhooks.as_ref().map_or_else(Vec::new, |w| w.webhooks.clone());
+    let ids: Vec<u64> = hooks.iter().map(|w| w.id).collect();
+    let dropped = spool.keep_events_of(&ids)?;
+    if dropped > 0 {
+        eprintln!("volley serve: dropped {dropped} webhook events queued for webhooks no longer given");
+    }
+    reconcile(&mut *spool, &log, &hooks)?;
+    for w in &hooks {
+        w.stats.waiting_at_start.store(spool.reader().event_count(w.id)? as u64, Ordering::Relaxed);
+    }
     let flow = Arc::new(Flow::default());
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
     let (arrivals, arrivals_rx) = mpsc::sync_channel(ARRIVALS);
     let (recorded_tx, recorded_rx) = mpsc::channel();
+    let keep_records = !hooks.is_empty();
     let dispatch = Dispatch::new(routes, retries_rx, reports_tx);
     let reader = spool.reader();
     let last_id = spool.last_id();
@@ -151,7 +170,8 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     let writer = Arc::clone(&committer);
     let meter = DeliveryMeter::new();
     let delivery_metrics = meter.metrics();
-    let ledger = Ledger::new(LedgerConfig {
+    let event_hooks = hooks.clone();
+    let mut ledger = Ledger::new(LedgerConfig {
         log,
         outcomes: running.outcomes().to_vec(),
         events: running.shaping_events(),
@@ -163,13 +183,17 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         progress,
     })
     .show_sessions(running.progress())
-    .with_metrics(meter)
+    .with_metrics(meter);
+    if keep_records {
+        ledger = ledger.keep_records();
+    }
+    let ledger = ledger
     .on_durable({
         // Not waited for: the log thread goes on while the spool syncs (see the module's
         // durability order). Tickets are looked at on later calls; a failure is said, and its
         // recipients stay waiting in the spool.
         let mut outstanding: std::collections::VecDeque<Ticket<()>> = std::collections::VecDeque::new();
-        Box::new(move |settled, durable_len| {
+        Box::new(move |Durable { settled, len: durable_len, records }| {
             while let Some(result) = outstanding.front_mut().and_then(Ticket::try_take) {
                 outstanding.pop_front();
                 if let Err(e) = result {
@@ -184,15 +208,29 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
                     _ => None,
                 })
                 .collect();
-            outstanding.push_back(writer.record(changes, Some(durable_len), failures));
+            let events = events_of(&event_hooks, records.0, &records.1);
+            let recorded = Recorded { changes, events, watermark: Some(durable_len), failures };
+            outstanding.push_back(writer.record_all(recorded));
         })
     })
     .spawn(Arc::clone(&control))
     .map_err(ServeError::Start)?;
     running.set_outcome_reader(ledger.thread().clone());
     let intake = Intake::new(Arc::clone(&committer), arrivals, dkim, spool_dir.clone(), min_free_space);
+    let sender = match webhooks {
+        Some(config) => match Sender::start(config, Arc::clone(&reader), Arc::clone(&committer)) {
+            Ok(sender) => Some(sender),
+            Err(e) => {
+                running.abort();
+                return Err(ServeError::Start(e));
+            }
+        },
+        None => None,
+    };
     let queue = QueueHandle::new(orders, reader);
     Ok(Serving {
+        sender,
+        hooks,
         committer,
         intake,
         running,
@@ -211,7 +249,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
 /// Returns how many records were read. A log shorter than the watermark is not the one the
 /// spool knew (replaced, or cut by hand): read from its start, as a recipient's id is never
 /// reused, so a final record in any log is true of it.
-pub fn reconcile(spool: &mut dyn Spool, log: &LogFile) -> Result<usize, ServeError> {
+pub fn reconcile(spool: &mut dyn Spool, log: &LogFile, hooks: &[Arc<Webhook>]) -> Result<usize, ServeError> {
     let len = log.durable_len();
     let mark = spool.log_watermark()?;
     if len == mark {
@@ -219,19 +257,26 @@ pub fn reconcile(spool: &mut dyn Spool, log: &LogFile) -> Result<usize, ServeErr
     }
     if len == 0 {
         // A new log: nothing in it yet, and what the spool knew of the old one holds.
-        spool.record(&[], Some(0))?;
+        spool.record(&[], &[], Some(0))?;
         return Ok(0);
     }
     let from = if mark < len { mark } else { 0 };
     let read = |e: std::io::Error| ServeError::Log { path: log.path().display().to_string(), error: e };
     let mut reader = log.contents_from(from).map_err(read)?;
     let mut changes = Vec::new();
-    let (mut line, mut records) = (Vec::new(), 0);
+    let mut events = Vec::new();
+    let (mut line, mut records, mut offset) = (Vec::new(), 0, from);
     loop {
         line.clear();
         if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(read)? == 0 {
             break;
         }
+        // The webhooks hear of every record after the watermark (again, if the spool had them
+        // already: the same offset is the same event).
+        if line.ends_with(b"\n") {
+            events.extend(events_of(hooks, offset, &line));
+        }
+        offset += line.len() as u64;
         // Anything that is not a record (the rest of a line, in a log that is not the one the
         // watermark was taken on) says nothing.
         let Some(record) = Head::read(&line) else { continue };
@@ -241,7 +286,7 @@ pub fn reconcile(spool: &mut dyn Spool, log: &LogFile) -> Result<usize, ServeErr
             changes.push(Change { message, index, status: Status::Final });
         }
     }
-    spool.record(&changes, Some(len))?;
+    spool.record(&changes, &events, Some(len))?;
     Ok(records)
 }
 
@@ -277,6 +322,9 @@ impl Serving {
         let mut metrics = Metrics::new();
         metrics.register(EngineCollector::new(self.running.progress()));
         metrics.register(Arc::clone(&self.delivery_metrics));
+        if !self.hooks.is_empty() {
+            metrics.register(WebhookCollector(self.hooks.clone()));
+        }
         metrics.register(ServeCollector {
             intake: Arc::clone(self.intake.meter()),
             flow: Arc::clone(&self.flow),
@@ -325,7 +373,11 @@ impl Serving {
     /// and the spool are synced. What is not final stays in the spool for the next start.
     /// Gives the spool back.
     pub fn stop(self) -> Result<(Books, Box<dyn Spool>), ServeError> {
-        let Serving { committer, intake, running, ledger, control, .. } = self;
+        let Serving { committer, intake, running, ledger, control, sender, .. } = self;
+        // What it has not sent stays in the spool for the next start.
+        if let Some(sender) = sender {
+            sender.stop();
+        }
         intake.stop();
         drop(intake);
         running.halt();

@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod scripted;
 pub mod serve;
+pub mod webhook;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
 use super::{
-    Accepted, Admission, Change, Group, MAX_RECIPIENTS, MessageId, Recipient, Spool, SpoolError, SpoolRead,
-    Status, Stored, corrupt,
+    Accepted, Admission, Change, Event, Group, MAX_RECIPIENTS, MessageId, Recipient, Spool, SpoolError,
+    SpoolRead, Status, Stored, corrupt,
 };
 use crate::deliver::log::lock;
 use crate::proto::Address;
@@ -28,6 +28,7 @@ pub struct FjallSpool {
     meta: Keyspace,
     idempotency: Keyspace,
     due: Keyspace,
+    events: Keyspace,
     next_id: u64,
     /// Held for as long as the spool is open.
     _lock: File,
@@ -62,6 +63,7 @@ impl FjallSpool {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
         let due = db.keyspace("due", KeyspaceCreateOptions::default)?;
+        let events = db.keyspace("events", KeyspaceCreateOptions::default)?;
         let next_id = match meta.get(NEXT_ID)? {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
             None => 1,
@@ -74,6 +76,7 @@ impl FjallSpool {
             meta,
             idempotency,
             due,
+            events,
             next_id,
             _lock: lock,
         };
@@ -182,7 +185,7 @@ impl FjallSpool {
     }
 
     fn read(&self) -> FjallReader {
-        FjallReader { messages: self.messages.clone(), due: self.due.clone() }
+        FjallReader { messages: self.messages.clone(), due: self.due.clone(), events: self.events.clone() }
     }
 
     /// Messages in the spool (an estimate from the store's counts, cheap to ask).
@@ -306,11 +309,20 @@ impl Spool for FjallSpool {
     /// that loses the batch only takes the watermark back, and the next start reads the log
     /// from there ([`super::run::reconcile`]); a lost deferral is retried sooner than planned.
     /// The next message batch's sync (one journal) or closing the spool makes it durable.
-    fn record(&mut self, changes: &[Change], watermark: Option<u64>) -> Result<(), SpoolError> {
+    fn record(
+        &mut self,
+        changes: &[Change],
+        events: &[Event],
+        watermark: Option<u64>,
+    ) -> Result<(), SpoolError> {
         // At most: a recipient's state, its schedule's old and new entries; the message.
-        let mut batch = self.batch(3 * changes.len() + 1).durability(Some(PersistMode::Buffer));
+        let mut batch =
+            self.batch(3 * changes.len() + events.len() + 1).durability(Some(PersistMode::Buffer));
         if let Some(offset) = watermark {
             batch.insert(&self.meta, LOG_WATERMARK, offset.to_be_bytes());
+        }
+        for e in events {
+            batch.insert(&self.events, event_key(e.webhook, e.offset), &*e.line);
         }
         // Changes grouped by message, in order, so each message is looked at once.
         let mut sorted: Vec<&Change> = changes.iter().collect();
@@ -348,6 +360,30 @@ impl Spool for FjallSpool {
         }
         batch.commit()?;
         Ok(())
+    }
+
+    fn forget_events(&mut self, webhook: u64, offsets: &[u64]) -> Result<(), SpoolError> {
+        let mut batch = self.batch(offsets.len()).durability(Some(PersistMode::Buffer));
+        for offset in offsets {
+            batch.remove(&self.events, event_key(webhook, *offset));
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    fn keep_events_of(&mut self, webhooks: &[u64]) -> Result<usize, SpoolError> {
+        let mut batch = self.batch(0).durability(Some(PersistMode::SyncData));
+        let mut removed = 0;
+        for guard in self.events.iter() {
+            let key = guard.key()?;
+            let webhook = key.get(..8).and_then(|k| <[u8; 8]>::try_from(k).ok()).map(u64::from_be_bytes);
+            if !webhook.is_some_and(|w| webhooks.contains(&w)) {
+                batch.remove(&self.events, key.to_vec());
+                removed += 1;
+            }
+        }
+        batch.commit()?;
+        Ok(removed)
     }
 
     /// The log's length the spool is known to be up to date with (0 if never recorded).
@@ -411,6 +447,7 @@ impl Drop for FjallSpool {
 pub struct FjallReader {
     messages: Keyspace,
     due: Keyspace,
+    events: Keyspace,
 }
 
 impl fmt::Debug for FjallReader {
@@ -450,6 +487,45 @@ impl SpoolRead for FjallReader {
     fn scheduled_count(&self) -> Result<usize, SpoolError> {
         Ok(self.due.len()?)
     }
+
+    fn events(
+        &self,
+        webhook: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let from = match after {
+            Some(offset) if offset == u64::MAX => return Ok(Vec::new()),
+            Some(offset) => event_key(webhook, offset + 1),
+            None => event_key(webhook, 0),
+        };
+        let mut out = Vec::new();
+        for guard in self.events.range(from..=event_key(webhook, u64::MAX)).take(limit) {
+            let (key, value) = guard.into_inner()?;
+            let offset = key.get(8..16).and_then(|k| <[u8; 8]>::try_from(k).ok()).map(u64::from_be_bytes);
+            let offset =
+                offset.ok_or_else(|| corrupt("events", &format!("{key:?}"), "a key of the wrong length"))?;
+            out.push((offset, value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn event_count(&self, webhook: u64) -> Result<usize, SpoolError> {
+        let mut n = 0;
+        for guard in self.events.range(event_key(webhook, 0)..=event_key(webhook, u64::MAX)) {
+            guard.key()?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// An event's key: its webhook, then its offset in the log (big-endian: the log's order).
+fn event_key(webhook: u64, offset: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&webhook.to_be_bytes());
+    k[8..].copy_from_slice(&offset.to_be_bytes());
+    k
 }
 
 /// Settings live in `meta` beside its own keys, apart by a prefix none of those has.
@@ -573,6 +649,7 @@ mod tests {
                     Change { message: ids[0], index: 1, status: later },
                     Change { message: ids[1], index: 0, status: Status::Final },
                 ],
+                &[],
                 Some(4096),
             )
             .unwrap();
@@ -588,7 +665,7 @@ mod tests {
             "a deferral's schedule kept"
         );
         assert_eq!(spool.log_watermark().unwrap(), 4096, "kept with the changes it came with");
-        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], &[], None).unwrap();
         assert_eq!(spool.log_watermark().unwrap(), 4096, "only moved when given");
         assert!(spool.waiting().unwrap().is_empty() && spool.message(ids[0]).unwrap().is_none());
         drop(spool);
@@ -600,7 +677,7 @@ mod tests {
         let unknown = Change { message: MessageId(99), index: 0, status: Status::Final };
         let fourth = spool.accept(&[accepted(4, &["e@x.test"])]).unwrap()[0];
         let now_final = Change { message: fourth, index: 0, status: Status::Final };
-        spool.record(&[gone, unknown, now_final], None).unwrap();
+        spool.record(&[gone, unknown, now_final], &[], None).unwrap();
         assert!(spool.message(fourth).unwrap().is_none(), "the others in the batch still count");
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -642,6 +719,7 @@ mod tests {
                     Change { message: ids[0], index: 1, status: wait(2, 9000) },
                     Change { message: ids[1], index: 0, status: Status::Final },
                 ],
+                &[],
                 None,
             )
             .unwrap();
@@ -651,13 +729,13 @@ mod tests {
             [1],
             "read from a time on"
         );
-        spool.record(&[Change { message: ids[0], index: 0, status: wait(2, 1000) }], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 0, status: wait(2, 1000) }], &[], None).unwrap();
         assert_eq!(schedule(&spool), [(1000, 2, 1, 0), (9000, 2, 1, 1)], "sooner is fine too");
-        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], None).unwrap();
-        spool.record(&[Change { message: ids[0], index: 1, status: wait(3, 1) }], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], &[], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 1, status: wait(3, 1) }], &[], None).unwrap();
         assert_eq!(schedule(&spool), [(1000, 2, 1, 0)], "a final recipient stays final");
         assert_eq!(spool.reader().scheduled_count().unwrap(), 1);
-        spool.record(&[Change { message: ids[0], index: 0, status: Status::Final }], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 0, status: Status::Final }], &[], None).unwrap();
         assert!(schedule(&spool).is_empty() && spool.message(ids[0]).unwrap().is_none());
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -669,7 +747,7 @@ mod tests {
         let mut spool = FjallSpool::open(&dir).unwrap();
         let ids = spool.accept(&[accepted(1, &["a@x.test", "b@y.test"])]).unwrap();
         let later = Status::Waiting { attempts: 1, due_ms: 7000 };
-        spool.record(&[Change { message: ids[0], index: 1, status: later }], None).unwrap();
+        spool.record(&[Change { message: ids[0], index: 1, status: later }], &[], None).unwrap();
         // As the previous layout left it: no schedule, no format.
         spool.due.clear().unwrap();
         spool.meta.remove(FORMAT).unwrap();

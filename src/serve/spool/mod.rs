@@ -15,6 +15,8 @@
 //!   left the spool and the process restarted; the log's watermark (see [`Spool::record`]);
 //!   the layout's format; settings (`setting/NAME`: an operator's suspensions, see
 //!   `serve::queue`);
+//! - `events`: webhook and the record's offset in the log (big-endian) -> the delivery log's
+//!   record, until that webhook has it (see `serve::webhook`);
 //! - `idempotency`: the HTTP API's Idempotency-Keys, with what each admitted (see
 //!   [`super::idempotency`]), written with those messages; expired ones go at the next start.
 //!
@@ -123,6 +125,18 @@ pub struct Recipient {
     pub status: Status,
 }
 
+/// A record of the delivery log to tell a webhook of (see `serve::webhook`), kept until the
+/// webhook has it. Its offset in the log is its id: the same record queued twice (a restart
+/// catching up from the log) is one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Which webhook (see `serve::webhook::Webhook::id`).
+    pub webhook: u64,
+    pub offset: u64,
+    /// The record, one JSON line without its newline.
+    pub line: Arc<[u8]>,
+}
+
 /// A recipient's new state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
@@ -190,7 +204,20 @@ pub trait Spool: Send {
     /// Need not be synced of its own: the log already holds these records durably, so a crash
     /// that loses the batch only takes the watermark back, and the next start reads the log
     /// from there ([`super::run::reconcile`]); a lost deferral is retried sooner than planned.
-    fn record(&mut self, changes: &[Change], watermark: Option<u64>) -> Result<(), SpoolError>;
+    /// `events` are queued for their webhooks in the same batch.
+    fn record(
+        &mut self,
+        changes: &[Change],
+        events: &[Event],
+        watermark: Option<u64>,
+    ) -> Result<(), SpoolError>;
+
+    /// Drops a webhook's events it has (or will never have): not synced of its own, so a crash
+    /// may tell the webhook of them again, as at-least-once allows.
+    fn forget_events(&mut self, webhook: u64, offsets: &[u64]) -> Result<(), SpoolError>;
+
+    /// Drops the events of every webhook but `webhooks` (no longer configured); how many.
+    fn keep_events_of(&mut self, webhooks: &[u64]) -> Result<usize, SpoolError>;
 
     /// The log's length the spool is known to be up to date with (0 if never recorded).
     fn log_watermark(&self) -> Result<u64, SpoolError>;
@@ -236,6 +263,18 @@ pub trait SpoolRead: Send + Sync + fmt::Debug {
 
     /// Waiting recipients (counted one by one: for a start, not for every turn).
     fn scheduled_count(&self) -> Result<usize, SpoolError>;
+
+    /// A webhook's next events after offset `after` (from its first if `None`), at most
+    /// `limit`, in the log's order: offset and record.
+    fn events(
+        &self,
+        webhook: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, SpoolError>;
+
+    /// A webhook's events waiting (counted one by one: for a start).
+    fn event_count(&self, webhook: u64) -> Result<usize, SpoolError>;
 }
 
 /// Opens (or creates) the spool in `dir` on the store volley uses, refusing one another
