@@ -36,7 +36,12 @@
 # 9. `volley serve`: swaks and Python's smtplib submit over STARTTLS with AUTH (a wrong password
 #    535, no AUTH 530), curl posts JSON to the HTTP API (no key 401, 202 with ids); everything
 #    is delivered into Postfix, a SIGTERM stops it with exit 0, and its log has one `received`
-#    record per message and one `delivered` per recipient.
+#    record per message and one `delivered` per recipient. Every record also reaches an HTTPS
+#    webhook receiver written with Python's standard library (its certificate trusted through
+#    --webhook-ca-file), which checks each signature with Python's hmac and answers its first
+#    request 503 (volley tries again); curl reads the queue with an admin key (and is refused
+#    with an application's), and the status of the message it submitted (delivered, with
+#    Postfix's reply).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +56,7 @@ GREY_PORT=$((PORT + 6))
 POSTGREY_PORT=$((PORT + 7))
 SERVE_SMTP_PORT=$((PORT + 8))
 SERVE_HTTP_PORT=$((PORT + 9))
+WEBHOOK_PORT=$((PORT + 10))
 
 source scripts/common.sh
 ensure_postfix
@@ -407,9 +413,19 @@ echo "interop: TLS certificate refusals retried OK"
 echo "== volley serve: swaks and smtplib (STARTTLS + AUTH) and curl (JSON) submit; delivered into Postfix"
 printf 'app:serve-pass-123\n' >"$work/serve-users"
 printf 'web:web-key-0123456789abcdef\n' >"$work/serve-keys"
+printf 'ops:ops-key-0123456789abcdef\n' >"$work/serve-admin-keys"
+printf 'whsec-interop-0123456789\n' >"$work/webhook-secret"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/hook-key.pem" -out "$work/hook-cert.pem" 2>/dev/null
+python3 scripts/peers/webhook_receiver.py "$WEBHOOK_PORT" "$work/hook-cert.pem" "$work/hook-key.pem" \
+    "$work/webhook-secret" "$work/webhook-events.jsonl" 120 >"$work/webhook-receiver.out" 2>&1 &
+receiver_pid=$!
+wait_for "$WEBHOOK_PORT"
 sent_before=$(grep -c 'status=sent' "$work/maillog" || true)
 "$VOLLEY" serve --spool "$work/serve-spool" --smtp-listen "127.0.0.1:$SERVE_SMTP_PORT" \
     --http-listen "127.0.0.1:$SERVE_HTTP_PORT" --users "$work/serve-users" --api-keys "$work/serve-keys" \
+    --admin-keys "$work/serve-admin-keys" --webhook "https://127.0.0.1:$WEBHOOK_PORT/hooks/volley" \
+    --webhook-secret-file "$work/webhook-secret" --webhook-ca-file "$work/hook-cert.pem" \
     --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --relay "127.0.0.1:$PORT" --connections 2 --quiet \
     2>"$work/serve.err" &
 serve_pid=$!
@@ -466,6 +482,28 @@ assert total("volley_intake_messages", intake="smtp") == 2 and total("volley_int
 assert families["volley_delivery_duration_seconds"].type == "histogram"
 print(f"  /metrics: {len(families)} families parsed; 5 delivered, 2 + 2 messages taken over SMTP and HTTP")
 PY
+# The queue, read with curl: nothing waits; an application's key may not read it.
+status=$(curl -sS -o "$work/queue.json" -w '%{http_code}' -H 'Authorization: Bearer ops-key-0123456789abcdef' \
+    "http://127.0.0.1:$SERVE_HTTP_PORT/api/v1/queue")
+[[ $status == 200 ]] || fail "the queue answered $status: $(cat "$work/queue.json")"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["waiting"] == 0, d' "$work/queue.json" \
+    || fail "the queue is not empty: $(cat "$work/queue.json")"
+status=$(curl -sS -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer web-key-0123456789abcdef' \
+    "http://127.0.0.1:$SERVE_HTTP_PORT/api/v1/queue")
+[[ $status == 403 ]] || fail "an application's key read the queue ($status)"
+# The status of the message curl submitted, as curl reads it with the same key: delivered.
+message_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["recipients"][0]["message"])' "$work/curl.json")
+status=$(curl -sS -o "$work/status.json" -w '%{http_code}' -H 'Authorization: Bearer web-key-0123456789abcdef' \
+    "http://127.0.0.1:$SERVE_HTTP_PORT/api/v1/messages/$message_id")
+[[ $status == 200 ]] || fail "the message's status answered $status: $(cat "$work/status.json")"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=d["recipients"][0]; assert r["status"] == "delivered" and r["email"] == "serve4@d4.interop.test" and r["reply"].startswith("250"), d' \
+    "$work/status.json" || fail "the message's status is not what happened: $(cat "$work/status.json")"
+# Every record reaches the webhook: 4 received, 5 delivered (the first request answered 503).
+for _ in $(seq 1 300); do
+    [[ $(python3 -c 'import json,sys; print(len({json.loads(l)["id"] for l in open(sys.argv[1])}))' \
+        "$work/webhook-events.jsonl" 2>/dev/null || echo 0) -ge 9 ]] && break
+    sleep 0.1
+done
 kill -TERM "$serve_pid"
 serve_status=0
 wait "$serve_pid" || serve_status=$?
@@ -477,5 +515,25 @@ sent=$(( $(grep -c 'status=sent' "$work/maillog" || true) - sent_before ))
 echo "  serve: $received messages received, $delivered recipients delivered; Postfix delivered $sent"
 [[ $received == 4 ]] || fail "$received received records, not 4 (swaks 1, smtplib 1, curl 2)"
 [[ $delivered == 5 && $sent == 5 ]] || fail "delivered $delivered, Postfix sent $sent: not 5 each"
-! grep -q "serve-pass-123\|web-key-0123" "$serve_log" "$work/serve.err" || fail "a secret appeared in the log"
+! grep -q "serve-pass-123\|web-key-0123\|whsec-interop" "$serve_log" "$work/serve.err" \
+    || fail "a secret appeared in the log"
+kill -TERM "$receiver_pid"
+wait "$receiver_pid" || true
+echo "  webhook receiver: $(cat "$work/webhook-receiver.out")"
+python3 - "$work/webhook-events.jsonl" "$serve_log" "$work/webhook-receiver.out" <<'PY' || fail "the webhook did not get every record, signed: $(cat "$work/webhook-receiver.out")"
+import json, sys
+events = {}
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    assert events.setdefault(e["id"], e) == e, "a duplicate id is the same event"
+log = open(sys.argv[2], "rb").read()
+for id, e in events.items():
+    record = json.loads(log[id:log.index(b"\n", id)])
+    assert record["status"] == e["status"], (id, record, e)
+statuses = [e["status"] for e in events.values()]
+assert statuses.count("received") == 4 and statuses.count("delivered") == 5, statuses
+counts = dict(zip(*[iter(open(sys.argv[3]).read().split())] * 2))
+assert int(counts["bad"]) == 0 and int(counts["requests"]) > int(counts["good"]) >= 1, counts
+print(f"  webhook: {len(events)} events, each signed (checked with Python's hmac) and named by its offset in the log")
+PY
 echo "interop: volley serve OK"

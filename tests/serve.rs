@@ -44,6 +44,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         dsn_from: Some("serve.test".into()),
         active_recipients: 100_000,
         webhooks: None,
+        status_retention: Some(Duration::from_secs(3600)),
     }
 }
 
@@ -561,21 +562,26 @@ fn webhook_events_the_spool_missed_are_queued_from_the_log() {
     drop(log);
     let (log, _) = LogFile::reopen(&log_path).unwrap();
     let hook = Arc::new(Webhook::new(WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap()));
-    assert_eq!(run::reconcile(&mut *spool, &log, &[Arc::clone(&hook)]).unwrap(), 2);
+    assert_eq!(run::reconcile(&mut *spool, &log, &[Arc::clone(&hook)], true).unwrap(), 2);
     let events = spool.reader().events(hook.id, None, 10).unwrap();
     let text = std::fs::read(&log_path).unwrap();
     let second = text.iter().position(|&b| b == b'\n').unwrap() as u64 + 1;
     assert_eq!(events.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [0, second], "ids are offsets");
     assert!(events[1].1.starts_with(b"{") && String::from_utf8_lossy(&events[1].1).contains("b@example.net"));
+    // The status index too: where each recipient's record is.
+    let statuses = spool.reader().statuses(MessageId(2)).unwrap().expect("indexed");
+    assert_eq!((statuses.received, statuses.recipients), (None, vec![(0, second)]));
     // The spool's watermark taken back (its batch lost): the same events, not new ones.
-    spool.record(&[], &[], Some(0)).unwrap();
-    run::reconcile(&mut *spool, &log, &[Arc::clone(&hook)]).unwrap();
+    spool.record(&[], &mailvolley::serve::spool::FromLog::default(), Some(0)).unwrap();
+    run::reconcile(&mut *spool, &log, &[Arc::clone(&hook)], true).unwrap();
     assert_eq!(spool.reader().event_count(hook.id).unwrap(), 2);
     assert_eq!(spool.reader().events(hook.id, Some(0), 10).unwrap().len(), 1, "after an offset");
     spool.forget_events(hook.id, &[0]).unwrap();
     assert_eq!(spool.keep_events_of(&[hook.id]).unwrap(), 0);
     assert_eq!(spool.reader().event_count(hook.id).unwrap(), 1);
     assert_eq!(spool.keep_events_of(&[]).unwrap(), 1, "a webhook no longer given");
+    assert_eq!(spool.forget_statuses(0).unwrap(), 2, "messages no longer in the spool");
+    assert!(spool.reader().statuses(MessageId(1)).unwrap().is_none());
     drop(spool);
     std::fs::remove_dir_all(&dir).unwrap();
 }

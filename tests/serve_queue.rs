@@ -62,7 +62,7 @@ fn files(dir: &Path) -> Files {
         path
     };
     Files {
-        keys: write("keys", "app:app-key-0123456789\n"),
+        keys: write("keys", "app:app-key-0123456789\nother:other-key-0123456789\n"),
         admin_keys: write("admin-keys", "ops:ops-key-0123456789\n"),
         admin_key: write("ops.key", "ops-key-0123456789\n"),
         app_key: write("app.key", "app-key-0123456789\n"),
@@ -195,5 +195,76 @@ fn a_suspended_domain_is_held_across_a_restart_then_resumed_retried_and_bounced(
     let sent: Vec<String> = common::dumped(&dump).into_iter().map(|(envelope, _)| envelope).collect();
     assert_eq!(sent.len(), 2, "Ann and Bob, once each: {sent:?}");
     assert!(sent.iter().all(|e| !e.contains("gone.test")), "nothing bounced was sent");
+    sink.stop().unwrap();
+}
+
+/// `GET /api/v1/messages/ID`: each recipient's latest record (deferred with the reply and the
+/// next attempt, then delivered), for the key that submitted it or an admin key, across a
+/// restart.
+#[test]
+fn a_message_status_shows_each_recipient_latest_record_to_its_submitter() {
+    let dir = common::temp_dir("serve-status");
+    let sink = sink(|c| c.greylist = true);
+    let f = files(&dir);
+    let spool = dir.join("spool");
+    let log = spool.join("delivery.jsonl");
+    let serve = start(&spool, sink.local_addr(), &f);
+    let api = serve.http.unwrap();
+    let body = r#"{"recipients": [{"email": "ann@ok.test"}, {"email": "bob@ok.test"}],
+                   "content": {"from": "app@example.com", "text": "hi"}}"#;
+    let app = ("Authorization", "Bearer app-key-0123456789");
+    let (status, _, answer) = http(api, "POST", "/api/v1/messages", &[app], body);
+    assert_eq!(status, 202, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let first = answer["recipients"][0]["message"].as_u64().unwrap();
+    wait_until(Duration::from_secs(20), "both deferred", || {
+        statuses(&log, "ann@ok.test") == ["deferred"] && statuses(&log, "bob@ok.test") == ["deferred"]
+    });
+    let get = |api: SocketAddr, auth: &[(&str, &str)], id: &str| {
+        let (status, _, body) = http(api, "GET", &format!("/api/v1/messages/{id}"), auth, "");
+        (status, serde_json::from_str::<Value>(&body).unwrap_or(Value::Null))
+    };
+    let id = first.to_string();
+    // Each recipient has its own message (one per recipient, as the API makes them).
+    let (code, ann) = get(api, &[app], &id);
+    assert_eq!(code, 200, "{ann}");
+    let r = &ann["recipients"][0];
+    assert_eq!(
+        (r["email"].as_str(), r["status"].as_str(), r["attempts"].as_u64()),
+        (Some("ann@ok.test"), Some("deferred"), Some(1)),
+        "{ann:#}"
+    );
+    assert!(
+        r["next_attempt"].is_string() && r["code"].as_u64().is_some_and(|c| (400..500).contains(&c)),
+        "{ann:#}"
+    );
+    assert_eq!(ann["received"]["origin"], "app", "{ann:#}");
+    assert_eq!(ann["in_spool"], true);
+
+    let other = ("Authorization", "Bearer other-key-0123456789");
+    assert_eq!(get(api, &[other], &id).0, 404, "not another application's");
+    assert_eq!(get(api, &[("Authorization", "Bearer ops-key-0123456789")], &id).0, 200, "an admin's");
+    assert_eq!(get(api, &[], &id).0, 401);
+    assert_eq!(get(api, &[app], "x").0, 422);
+    assert_eq!(get(api, &[app], "999999").0, 404);
+
+    queue_json(api, &f.admin_key, &["retry-now", "ok.test"]);
+    wait_until(Duration::from_secs(20), "ann delivered", || {
+        statuses(&log, "ann@ok.test").contains(&"delivered".into())
+    });
+    wait_until(Duration::from_secs(10), "the status says so", || {
+        let (_, ann) = get(api, &[app], &id);
+        ann["recipients"][0]["status"] == "delivered" && ann["in_spool"] == false
+    });
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    let serve = start(&spool, sink.local_addr(), &f);
+    let (code, ann) = get(serve.http.unwrap(), &[app], &id);
+    assert_eq!(code, 200, "{ann}");
+    let r = &ann["recipients"][0];
+    assert_eq!((r["status"].as_str(), r["attempts"].as_u64()), (Some("delivered"), Some(2)), "{ann:#}");
+    assert!(r["next_attempt"].is_null() && r["time"].is_string() && r["reply"].is_string(), "{ann:#}");
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
     sink.stop().unwrap();
 }

@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// Events in one webhook request at most (fewer go after a second's wait).
     #[arg(long, value_name = "N", default_value = "100")]
     webhook_batch: NonZeroUsize,
+    /// How long a message's status (`GET /api/v1/messages/ID`) stays readable after it was
+    /// received, once it has left the spool (what waits stays readable); 0: keep none. It is
+    /// read from the delivery log, which must be kept as long.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = super::duration)]
+    status_retention: Duration,
     /// Threads taking submissions, one runtime each.
     #[arg(long, default_value = "1")]
     intake_threads: NonZeroUsize,
@@ -310,6 +315,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dsn_from: args.dsn.then(|| hostname.clone()),
             active_recipients: args.active_recipients.get(),
             webhooks: webhook_config(&args)?,
+            status_retention: (!args.status_retention.is_zero()).then_some(args.status_retention),
         },
         spool,
     )?;
@@ -350,6 +356,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 listen: args.http_listen,
                 keys: keys.clone(),
                 admin_keys: admin_keys.clone(),
+                status: serving.status().cloned(),
                 max_message_size: args.max_message_size,
                 hostname: hostname.clone(),
             };

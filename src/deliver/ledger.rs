@@ -20,7 +20,7 @@ use crossbeam_queue::ArrayQueue;
 use super::books::DomainBooks;
 pub use super::books::{DomainSummary, MAX_DOMAIN_BOOKS, Tally, fmt_ms};
 use super::bounce::{Category, Classifier, Failure};
-use super::log::{Clock, LogFile, Record, Status};
+use super::log::{Clock, Committed, LogFile, Record, Status};
 use super::pending::Pending;
 use crate::engine::{
     AdaptiveWait, Deferral, Origin, Outcome, Payload, Progress, RetryPolicy, ShapingEvent, Verdict, Via,
@@ -145,9 +145,8 @@ pub struct Durable {
     pub settled: Vec<Settled>,
     /// The log's length up to that commit ([`LogFile::durable_len`]).
     pub len: u64,
-    /// The records themselves (JSON lines) and the offset of the first, when kept
-    /// ([`Ledger::keep_records`]).
-    pub records: (u64, Vec<u8>),
+    /// The records themselves, when kept ([`Ledger::keep_records`]).
+    pub records: Committed,
 }
 
 /// Called on the log thread with what the last commit of the log made durable.
@@ -687,7 +686,7 @@ impl Ledger {
     fn settle(&mut self) {
         let Some(hook) = &mut self.on_durable else { return };
         let records = self.log.take_committed();
-        if !self.settled.is_empty() || !records.1.is_empty() {
+        if !self.settled.is_empty() || !records.bytes.is_empty() {
             let settled = std::mem::take(&mut self.settled);
             hook(Durable { settled, len: self.log.durable_len(), records });
         }

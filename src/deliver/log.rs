@@ -249,6 +249,9 @@ pub struct Head {
     pub id: u64,
     #[serde(default)]
     pub rcpt: Option<String>,
+    /// The message a `received` record is about (0 for other records).
+    #[serde(default)]
+    pub message: u64,
     /// Run record only.
     #[serde(default)]
     pub campaign: Option<String>,
@@ -310,8 +313,28 @@ pub struct LogFile {
     last_sync: Instant,
     /// The file's length up to which every record is durable.
     durable_len: u64,
-    /// Records committed and not yet taken ([`LogFile::take_committed`]), when kept.
-    committed: Option<Vec<u8>>,
+    /// Records committed and not yet taken ([`LogFile::take_committed`]), when kept; and
+    /// those written since the last commit (ids and where each ends in `pending`).
+    committed: Option<Committed>,
+    pending_records: Vec<CommittedRecord>,
+}
+
+/// Records a commit made durable: their JSON lines, where the first starts in the file, and
+/// what each is about.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub start: u64,
+    pub bytes: Vec<u8>,
+    pub records: Vec<CommittedRecord>,
+}
+
+/// One committed record: the recipient it is about (`line`; 0 for none), the message (for a
+/// `received` record; else 0), and where its line ends in [`Committed::bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommittedRecord {
+    pub id: u64,
+    pub message: u64,
+    pub end: usize,
 }
 
 /// A commit that failed, with the records it may not have made durable (JSON lines).
@@ -403,19 +426,21 @@ impl LogFile {
             last_sync: Instant::now(),
             durable_len: 0,
             committed: None,
+            pending_records: Vec::new(),
         }
     }
 
     /// From now on keeps what each commit made durable, for [`LogFile::take_committed`].
     pub fn keep_committed(&mut self) {
-        self.committed.get_or_insert_with(Vec::new);
+        self.committed.get_or_insert_with(Committed::default);
     }
 
-    /// The records made durable since the last call (JSON lines), and the offset the first
-    /// of them starts at; nothing unless [`LogFile::keep_committed`] was called.
-    pub fn take_committed(&mut self) -> (u64, Vec<u8>) {
-        let taken = self.committed.as_mut().map(std::mem::take).unwrap_or_default();
-        (self.durable_len - taken.len() as u64, taken)
+    /// The records made durable since the last call; nothing unless
+    /// [`LogFile::keep_committed`] was called.
+    pub fn take_committed(&mut self) -> Committed {
+        let mut taken = self.committed.as_mut().map(std::mem::take).unwrap_or_default();
+        taken.start = self.durable_len - taken.bytes.len() as u64;
+        taken
     }
 
     pub fn path(&self) -> &Path {
@@ -427,6 +452,10 @@ impl LogFile {
         json::write(record, &mut self.pending);
         self.pending.push(b'\n');
         self.unsynced += 1;
+        if self.committed.is_some() {
+            let message = record.message.unwrap_or(0);
+            self.pending_records.push(CommittedRecord { id: record.id, message, end: self.pending.len() });
+        }
     }
 
     /// Whether a group commit is due.
@@ -464,12 +493,17 @@ impl LogFile {
             Ok(()) => {
                 self.durable_len += self.pending.len() as u64;
                 if let Some(committed) = &mut self.committed {
-                    committed.extend_from_slice(&self.pending);
+                    let base = committed.bytes.len();
+                    committed.bytes.extend_from_slice(&self.pending);
+                    committed.records.extend(
+                        self.pending_records.drain(..).map(|r| CommittedRecord { end: base + r.end, ..r }),
+                    );
                 }
                 self.pending.clear();
                 Ok(())
             }
             Err(error) => {
+                self.pending_records.clear();
                 let pending = std::mem::take(&mut self.pending);
                 let durable_prefix = if written == pending.len() {
                     0 // the sync failed: nothing since the last commit is known durable

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::dsn;
 use super::intake::now_ms;
 use super::source::Arrival;
-use super::spool::{Accepted, Admission, Change, Event, Group, MessageId, Spool, SpoolError};
+use super::spool::{Accepted, Admission, Change, FromLog, Group, MessageId, Spool, SpoolError};
 use crate::deliver::ledger::Failed;
 
 /// The most messages, and content octets, one batch takes: a bound on what a commit writes and
@@ -82,6 +82,8 @@ enum Request {
     Record(Recorded, oneshot::Sender<Result<(), CommitError>>),
     /// A webhook's events it has: forgotten.
     Forget(u64, Vec<u64>),
+    /// The status entries of messages gone and received before then: forgotten.
+    ForgetStatuses(u64),
     /// A setting's new value, durable before the answer.
     Setting(String, Vec<u8>, oneshot::Sender<Result<(), CommitError>>),
     /// Finish what came before, then end: intake may still hold the writer, so dropping every
@@ -93,14 +95,14 @@ impl Request {
     fn octets(&self) -> usize {
         match self {
             Request::Accept(g, _) => g.messages.iter().map(|m| m.content.len()).sum(),
-            Request::Record(..) | Request::Forget(..) | Request::Setting(..) | Request::Stop => 0,
+            _ => 0,
         }
     }
 
     fn messages(&self) -> usize {
         match self {
             Request::Accept(g, _) => g.messages.len(),
-            Request::Record(..) | Request::Forget(..) | Request::Setting(..) | Request::Stop => 0,
+            _ => 0,
         }
     }
 }
@@ -109,7 +111,7 @@ impl Request {
 #[derive(Debug, Default)]
 pub struct Recorded {
     pub changes: Vec<Change>,
-    pub events: Vec<Event>,
+    pub from_log: FromLog,
     pub watermark: Option<u64>,
     pub failures: Vec<Failure>,
 }
@@ -194,7 +196,7 @@ impl Committer {
     /// [`Spool::record`]), with the failures among them to report; the ticket says when they
     /// are durable.
     pub fn record(&self, changes: Vec<Change>, watermark: Option<u64>, failures: Vec<Failure>) -> Ticket<()> {
-        self.record_all(Recorded { changes, events: Vec::new(), watermark, failures })
+        self.record_all(Recorded { changes, from_log: FromLog::default(), watermark, failures })
     }
 
     /// [`Committer::record`], with the log's records to queue for webhooks in the same batch.
@@ -202,6 +204,12 @@ impl Committer {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Record(recorded, tx));
         Ticket(rx)
+    }
+
+    /// Forgets the status entries of the messages received before `cutoff_ms` that have left
+    /// the spool (see [`Spool::forget_statuses`]).
+    pub fn forget_statuses(&self, cutoff_ms: u64) {
+        self.send(Request::ForgetStatuses(cutoff_ms));
     }
 
     /// Forgets a webhook's events it has (see [`Spool::forget_events`]); a failure is the
@@ -340,8 +348,9 @@ fn commit(
     let mut groups = Vec::new();
     let mut accepted = Vec::new();
     let mut changes = Vec::new();
-    let mut events = Vec::new();
+    let mut from_log = FromLog::default();
     let mut forgotten: Vec<(u64, Vec<u64>)> = Vec::new();
+    let mut statuses_before: Option<u64> = None;
     let mut watermark: Option<u64> = None;
     let mut recorded = Vec::new();
     let mut failures = Vec::new();
@@ -353,12 +362,14 @@ fn commit(
             }
             Request::Record(r, reply) => {
                 changes.extend(r.changes);
-                events.extend(r.events);
+                from_log.events.extend(r.from_log.events);
+                from_log.statuses.extend(r.from_log.statuses);
                 failures.extend(r.failures);
                 watermark = watermark.max(r.watermark);
                 recorded.push(reply);
             }
             Request::Forget(webhook, offsets) => forgotten.push((webhook, offsets)),
+            Request::ForgetStatuses(cutoff) => statuses_before = statuses_before.max(Some(cutoff)),
             // Rare (an operator's command): written at once, in its own commit.
             Request::Setting(name, value, reply) => {
                 let _ = reply.send(spool.set_setting(&name, &value).map_err(|e| stats.failed(e)));
@@ -395,7 +406,7 @@ fn commit(
         report_failures(spool, &failures, notify);
     }
     if !recorded.is_empty() {
-        let result = spool.record(&changes, &events, watermark).map_err(|e| stats.failed(e));
+        let result = spool.record(&changes, &from_log, watermark).map_err(|e| stats.failed(e));
         if result.is_ok() {
             stats.changes.fetch_add(changes.len() as u64, Ordering::Relaxed);
             if let Some(to) = recorded_to
@@ -408,6 +419,12 @@ fn commit(
         for reply in recorded {
             let _ = reply.send(result.clone());
         }
+    }
+    if let Some(cutoff) = statuses_before
+        && let Err(e) = spool.forget_statuses(cutoff)
+    {
+        eprintln!("volley serve: forgetting old status entries failed ({e}); tried again later");
+        stats.failed(e);
     }
     for (webhook, offsets) in forgotten {
         if let Err(e) = spool.forget_events(webhook, &offsets) {

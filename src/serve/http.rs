@@ -24,6 +24,7 @@ use super::keys::ApiKeys;
 use super::metrics::Via;
 use super::queue::{Command, QueueError, QueueHandle};
 use super::spool::{Accepted, Admission, MessageId, recipient_id};
+use super::status::StatusReader;
 use super::templates::Templates;
 use crate::deliver::hold::Selector;
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ pub struct HttpConfig {
     pub keys: Option<Arc<ApiKeys>>,
     /// Keys that may see and steer the queue (none: `/api/v1/queue` refuses every request).
     pub admin_keys: Option<Arc<ApiKeys>>,
+    /// Messages' status (`GET /api/v1/messages/{id}`), if kept.
+    pub status: Option<StatusReader>,
     /// The largest message; a request body may be a third larger (base64 attachments).
     pub max_message_size: u64,
     /// This host's name, for the trace header.
@@ -73,6 +76,7 @@ struct App {
     keys: Option<Arc<ApiKeys>>,
     admin_keys: Option<Arc<ApiKeys>>,
     queue: QueueHandle,
+    status: Option<StatusReader>,
     body_limit: usize,
     max_message_size: u64,
     hostname: String,
@@ -94,12 +98,14 @@ pub fn start(
         keys: config.keys,
         admin_keys: config.admin_keys,
         queue,
+        status: config.status,
         body_limit,
         max_message_size: config.max_message_size,
         hostname: config.hostname,
     });
     let mut router = Router::new()
         .route("/api/v1/messages", post(submit))
+        .route("/api/v1/messages/{id}", get(message_status))
         .route("/healthz", get(health))
         .route("/api/v1/queue", get(queue_list))
         .route("/api/v1/queue/{dest}", get(queue_show))
@@ -288,6 +294,44 @@ fn authorize(keys: Option<&Arc<ApiKeys>>, flag: &str, headers: &HeaderMap) -> Re
     keys.and_then(|keys| keys.check(key)).ok_or_else(|| {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("the key is not one of {flag}"))
     })
+}
+
+/// `GET /api/v1/messages/{id}`: each recipient's latest record, for the key that submitted
+/// the message (or an admin key).
+async fn message_status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match status_of(&app, &headers, &id).await {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn status_of(app: &Arc<App>, headers: &HeaderMap, id: &str) -> Result<Value, ApiError> {
+    // An admin key sees every message; an application's key those it submitted.
+    let admin = authorize(app.admin_keys.as_ref(), "--admin-keys", headers).is_ok();
+    let own = if admin { None } else { Some(authorize(app.keys.as_ref(), "--api-keys", headers)?) };
+    let Some(status) = app.status.clone() else {
+        let message = "message status is not kept (--status-retention 0)";
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_kept", message));
+    };
+    let id = id.parse::<u64>().map_err(|_| ApiError::invalid("id", "a message id is a number"))?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no message {id} (or not yours, or forgotten)"),
+        )
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        status.message(MessageId(id), |origin| own.as_deref().is_none_or(|key| key == origin))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "status_error", e.to_string()))?;
+    found.ok_or_else(not_found)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,5 +21,6 @@ pub mod run;
 pub mod smtp;
 pub mod source;
 pub mod spool;
+pub mod status;
 pub mod templates;
 pub mod webhook;

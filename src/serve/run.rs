@@ -24,19 +24,26 @@ use super::intake::Intake;
 use super::metrics::ServeCollector;
 use super::queue::{QueueControl, QueueHandle, SUSPENSIONS, suspensions_of};
 use super::source::{SpoolSource, wall_ms_of};
+use super::spool::FromLog;
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
+use super::status::{StatusReader, entries_of};
 use super::webhook::send::{Sender, WebhookConfig};
 use super::webhook::{Webhook, WebhookCollector, events_of};
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::dkim::Dkim;
 use crate::deliver::ledger::{Books, Control, Durable, Flow, Ledger, LedgerConfig, Settled};
+use crate::deliver::log::{Committed, CommittedRecord};
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
 use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
 use crate::metrics::{EngineCollector, Metrics};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How often status entries past their retention are looked for.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// Accepted messages handed to delivery and not yet taken by it, before intake waits.
 const ARRIVALS: usize = 4096;
@@ -66,6 +73,9 @@ pub struct ServeConfig {
     pub active_recipients: usize,
     /// Where to POST every record of the log (see [`super::webhook`]); `None`: nowhere.
     pub webhooks: Option<WebhookConfig>,
+    /// How long a message's status stays readable after it was received (see
+    /// [`super::status`]); `None`: no status is kept.
+    pub status_retention: Option<Duration>,
 }
 
 #[derive(Debug, Error)]
@@ -95,6 +105,7 @@ pub struct Serving {
     queue: QueueHandle,
     /// The webhooks' sender, and the webhooks.
     sender: Option<Sender>,
+    status: Option<StatusReader>,
     hooks: Vec<Arc<Webhook>>,
 }
 
@@ -115,6 +126,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         dsn_from,
         active_recipients,
         webhooks,
+        status_retention,
     } = config;
     let spool_dir = spool.path().to_owned();
     let hooks: Vec<Arc<Webhook>> = webhooks.as_ref().map_or_else(Vec::new, |w| w.webhooks.clone());
@@ -123,7 +135,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     if dropped > 0 {
         eprintln!("volley serve: dropped {dropped} webhook events queued for webhooks no longer given");
     }
-    reconcile(&mut *spool, &log, &hooks)?;
+    reconcile(&mut *spool, &log, &hooks, status_retention.is_some())?;
     for w in &hooks {
         w.stats.waiting_at_start.store(spool.reader().event_count(w.id)? as u64, Ordering::Relaxed);
     }
@@ -132,7 +144,9 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     let (retries_tx, retries_rx) = mpsc::channel();
     let (arrivals, arrivals_rx) = mpsc::sync_channel(ARRIVALS);
     let (recorded_tx, recorded_rx) = mpsc::channel();
-    let keep_records = !hooks.is_empty();
+    let keep_records = !hooks.is_empty() || status_retention.is_some();
+    let status =
+        status_retention.map(|_| StatusReader { reader: spool.reader(), log: log.path().to_owned() });
     let dispatch = Dispatch::new(routes, retries_rx, reports_tx);
     let reader = spool.reader();
     let last_id = spool.last_id();
@@ -193,6 +207,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         // durability order). Tickets are looked at on later calls; a failure is said, and its
         // recipients stay waiting in the spool.
         let mut outstanding: std::collections::VecDeque<Ticket<()>> = std::collections::VecDeque::new();
+        let mut purged = Instant::now();
         Box::new(move |Durable { settled, len: durable_len, records }| {
             while let Some(result) = outstanding.front_mut().and_then(Ticket::try_take) {
                 outstanding.pop_front();
@@ -208,8 +223,20 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
                     _ => None,
                 })
                 .collect();
-            let events = events_of(&event_hooks, records.0, &records.1);
-            let recorded = Recorded { changes, events, watermark: Some(durable_len), failures };
+            let events = events_of(&event_hooks, records.start, &records.bytes);
+            let now_ms = wall_ms_of(Instant::now(), Instant::now(), SystemTime::now());
+            let statuses = match status_retention {
+                Some(keep) => {
+                    if purged.elapsed() >= PURGE_EVERY {
+                        purged = Instant::now();
+                        writer.forget_statuses(now_ms.saturating_sub(keep.as_millis() as u64));
+                    }
+                    entries_of(&records, now_ms)
+                }
+                None => Vec::new(),
+            };
+            let from_log = FromLog { events, statuses };
+            let recorded = Recorded { changes, from_log, watermark: Some(durable_len), failures };
             outstanding.push_back(writer.record_all(recorded));
         })
     })
@@ -230,6 +257,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     let queue = QueueHandle::new(orders, reader);
     Ok(Serving {
         sender,
+        status,
         hooks,
         committer,
         intake,
@@ -249,7 +277,12 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
 /// Returns how many records were read. A log shorter than the watermark is not the one the
 /// spool knew (replaced, or cut by hand): read from its start, as a recipient's id is never
 /// reused, so a final record in any log is true of it.
-pub fn reconcile(spool: &mut dyn Spool, log: &LogFile, hooks: &[Arc<Webhook>]) -> Result<usize, ServeError> {
+pub fn reconcile(
+    spool: &mut dyn Spool,
+    log: &LogFile,
+    hooks: &[Arc<Webhook>],
+    status: bool,
+) -> Result<usize, ServeError> {
     let len = log.durable_len();
     let mark = spool.log_watermark()?;
     if len == mark {
@@ -257,15 +290,16 @@ pub fn reconcile(spool: &mut dyn Spool, log: &LogFile, hooks: &[Arc<Webhook>]) -
     }
     if len == 0 {
         // A new log: nothing in it yet, and what the spool knew of the old one holds.
-        spool.record(&[], &[], Some(0))?;
+        spool.record(&[], &FromLog::default(), Some(0))?;
         return Ok(0);
     }
     let from = if mark < len { mark } else { 0 };
     let read = |e: std::io::Error| ServeError::Log { path: log.path().display().to_string(), error: e };
     let mut reader = log.contents_from(from).map_err(read)?;
     let mut changes = Vec::new();
-    let mut events = Vec::new();
+    let mut from_log = FromLog::default();
     let (mut line, mut records, mut offset) = (Vec::new(), 0, from);
+    let now_ms = wall_ms_of(Instant::now(), Instant::now(), SystemTime::now());
     loop {
         line.clear();
         if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(read)? == 0 {
@@ -274,19 +308,28 @@ pub fn reconcile(spool: &mut dyn Spool, log: &LogFile, hooks: &[Arc<Webhook>]) -
         // The webhooks hear of every record after the watermark (again, if the spool had them
         // already: the same offset is the same event).
         if line.ends_with(b"\n") {
-            events.extend(events_of(hooks, offset, &line));
+            from_log.events.extend(events_of(hooks, offset, &line));
         }
+        let at = offset;
         offset += line.len() as u64;
         // Anything that is not a record (the rest of a line, in a log that is not the one the
         // watermark was taken on) says nothing.
         let Some(record) = Head::read(&line) else { continue };
         records += 1;
+        if status {
+            let one = Committed {
+                start: at,
+                bytes: Vec::new(),
+                records: vec![CommittedRecord { id: record.id, message: record.message, end: line.len() }],
+            };
+            from_log.statuses.extend(entries_of(&one, now_ms));
+        }
         if record.rcpt.is_some() && record.status.is_some_and(LogStatus::is_final) {
             let (message, index) = of_recipient_id(record.id);
             changes.push(Change { message, index, status: Status::Final });
         }
     }
-    spool.record(&changes, &events, Some(len))?;
+    spool.record(&changes, &from_log, Some(len))?;
     Ok(records)
 }
 
@@ -332,6 +375,11 @@ impl Serving {
             spool_dir: self.spool_dir.clone(),
         });
         metrics
+    }
+
+    /// Messages' status, for the API, if kept.
+    pub fn status(&self) -> Option<&StatusReader> {
+        self.status.as_ref()
     }
 
     /// Queue control, for the API.

@@ -448,7 +448,13 @@ mod tests {
 
         // Gone from the spool meanwhile (its recipient made final elsewhere): unsendable, never
         // sent empty.
-        spool.record(&[Change { message: id, index: 0, status: Status::Final }], &[], None).unwrap();
+        spool
+            .record(
+                &[Change { message: id, index: 0, status: Status::Final }],
+                &crate::serve::spool::FromLog::default(),
+                None,
+            )
+            .unwrap();
         let envelope = Arc::new(Envelope { sender: None, recipients: vec![rcpt.clone()] });
         let gone = Payload::Compose(Box::new(Spooled { reader, message: id, envelope }));
         let loaded = load(job(gone));

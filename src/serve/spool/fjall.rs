@@ -10,8 +10,8 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
 use super::{
-    Accepted, Admission, Change, Event, Group, MAX_RECIPIENTS, MessageId, Recipient, Spool, SpoolError,
-    SpoolRead, Status, Stored, corrupt,
+    Accepted, Admission, Change, FromLog, Group, MAX_RECIPIENTS, MessageId, Recipient, Spool, SpoolError,
+    SpoolRead, Status, Statuses, Stored, corrupt,
 };
 use crate::deliver::log::lock;
 use crate::proto::Address;
@@ -29,6 +29,7 @@ pub struct FjallSpool {
     idempotency: Keyspace,
     due: Keyspace,
     events: Keyspace,
+    status: Keyspace,
     next_id: u64,
     /// Held for as long as the spool is open.
     _lock: File,
@@ -64,6 +65,7 @@ impl FjallSpool {
         let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
         let due = db.keyspace("due", KeyspaceCreateOptions::default)?;
         let events = db.keyspace("events", KeyspaceCreateOptions::default)?;
+        let status = db.keyspace("status", KeyspaceCreateOptions::default)?;
         let next_id = match meta.get(NEXT_ID)? {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
             None => 1,
@@ -77,6 +79,7 @@ impl FjallSpool {
             idempotency,
             due,
             events,
+            status,
             next_id,
             _lock: lock,
         };
@@ -185,7 +188,13 @@ impl FjallSpool {
     }
 
     fn read(&self) -> FjallReader {
-        FjallReader { messages: self.messages.clone(), due: self.due.clone(), events: self.events.clone() }
+        FjallReader {
+            messages: self.messages.clone(),
+            recipients: self.recipients.clone(),
+            due: self.due.clone(),
+            events: self.events.clone(),
+            status: self.status.clone(),
+        }
     }
 
     /// Messages in the spool (an estimate from the store's counts, cheap to ask).
@@ -312,17 +321,24 @@ impl Spool for FjallSpool {
     fn record(
         &mut self,
         changes: &[Change],
-        events: &[Event],
+        from_log: &FromLog,
         watermark: Option<u64>,
     ) -> Result<(), SpoolError> {
         // At most: a recipient's state, its schedule's old and new entries; the message.
-        let mut batch =
-            self.batch(3 * changes.len() + events.len() + 1).durability(Some(PersistMode::Buffer));
+        let items = 3 * changes.len() + from_log.events.len() + from_log.statuses.len() + 1;
+        let mut batch = self.batch(items).durability(Some(PersistMode::Buffer));
         if let Some(offset) = watermark {
             batch.insert(&self.meta, LOG_WATERMARK, offset.to_be_bytes());
         }
-        for e in events {
+        for e in &from_log.events {
             batch.insert(&self.events, event_key(e.webhook, e.offset), &*e.line);
+        }
+        for s in &from_log.statuses {
+            let mut value = s.offset.to_be_bytes().to_vec();
+            if s.index.is_none() {
+                value.extend_from_slice(&s.received_ms.to_be_bytes());
+            }
+            batch.insert(&self.status, status_key(s.message, s.index), value);
         }
         // Changes grouped by message, in order, so each message is looked at once.
         let mut sorted: Vec<&Change> = changes.iter().collect();
@@ -360,6 +376,37 @@ impl Spool for FjallSpool {
         }
         batch.commit()?;
         Ok(())
+    }
+
+    fn forget_statuses(&mut self, cutoff_ms: u64) -> Result<usize, SpoolError> {
+        let mut batch = self.batch(0).durability(Some(PersistMode::Buffer));
+        let mut forgotten = 0;
+        // Messages in the order received (ids grow with time): stop at the first too young.
+        let mut message: Option<(MessageId, bool)> = None;
+        for guard in self.status.iter() {
+            let (key, value) = guard.into_inner()?;
+            let Some(id) = key.get(..8).and_then(|k| <[u8; 8]>::try_from(k).ok()).map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let id = MessageId(id);
+            if message.is_none_or(|(m, _)| m != id) {
+                // A message's own entry sorts first (its key is the shortest).
+                let received =
+                    value.get(8..16).and_then(|v| <[u8; 8]>::try_from(v).ok()).map(u64::from_be_bytes);
+                if key.len() == 8 && received.is_some_and(|r| r >= cutoff_ms) {
+                    break;
+                }
+                let gone = self.messages.get(id.0.to_be_bytes())?.is_none();
+                forgotten += usize::from(gone);
+                message = Some((id, gone));
+            }
+            if message.is_some_and(|(_, gone)| gone) {
+                batch.remove(&self.status, key.to_vec());
+            }
+        }
+        batch.commit()?;
+        Ok(forgotten)
     }
 
     fn forget_events(&mut self, webhook: u64, offsets: &[u64]) -> Result<(), SpoolError> {
@@ -446,8 +493,10 @@ impl Drop for FjallSpool {
 #[derive(Clone)]
 pub struct FjallReader {
     messages: Keyspace,
+    recipients: Keyspace,
     due: Keyspace,
     events: Keyspace,
+    status: Keyspace,
 }
 
 impl fmt::Debug for FjallReader {
@@ -510,6 +559,32 @@ impl SpoolRead for FjallReader {
         Ok(out)
     }
 
+    fn statuses(&self, message: MessageId) -> Result<Option<Statuses>, SpoolError> {
+        let mut found = Statuses { received: None, recipients: Vec::new() };
+        let mut any = false;
+        for guard in self.status.prefix(message.0.to_be_bytes()) {
+            let (key, value) = guard.into_inner()?;
+            any = true;
+            let offset = value.get(..8).and_then(|v| <[u8; 8]>::try_from(v).ok()).map(u64::from_be_bytes);
+            let offset =
+                offset.ok_or_else(|| corrupt("status", &message.to_string(), "a value too short"))?;
+            match key.get(8..12).and_then(|k| <[u8; 4]>::try_from(k).ok()).map(u32::from_be_bytes) {
+                Some(index) => found.recipients.push((index, offset)),
+                None => found.received = Some(offset),
+            }
+        }
+        Ok(any.then_some(found))
+    }
+
+    fn recipients(&self, message: MessageId) -> Result<Vec<Recipient>, SpoolError> {
+        let mut out = Vec::new();
+        for guard in self.recipients.prefix(message.0.to_be_bytes()) {
+            let (key, value) = guard.into_inner()?;
+            out.push(recipient_of(&key, &value)?);
+        }
+        Ok(out)
+    }
+
     fn event_count(&self, webhook: u64) -> Result<usize, SpoolError> {
         let mut n = 0;
         for guard in self.events.range(event_key(webhook, 0)..=event_key(webhook, u64::MAX)) {
@@ -518,6 +593,16 @@ impl SpoolRead for FjallReader {
         }
         Ok(n)
     }
+}
+
+/// A status entry's key: the message, then the recipient's index (none: the message's own,
+/// which sorts first).
+fn status_key(message: MessageId, index: Option<u32>) -> Vec<u8> {
+    let mut k = message.0.to_be_bytes().to_vec();
+    if let Some(index) = index {
+        k.extend_from_slice(&index.to_be_bytes());
+    }
+    k
 }
 
 /// An event's key: its webhook, then its offset in the log (big-endian: the log's order).
@@ -649,7 +734,7 @@ mod tests {
                     Change { message: ids[0], index: 1, status: later },
                     Change { message: ids[1], index: 0, status: Status::Final },
                 ],
-                &[],
+                &FromLog::default(),
                 Some(4096),
             )
             .unwrap();
@@ -665,7 +750,9 @@ mod tests {
             "a deferral's schedule kept"
         );
         assert_eq!(spool.log_watermark().unwrap(), 4096, "kept with the changes it came with");
-        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], &[], None).unwrap();
+        spool
+            .record(&[Change { message: ids[0], index: 1, status: Status::Final }], &FromLog::default(), None)
+            .unwrap();
         assert_eq!(spool.log_watermark().unwrap(), 4096, "only moved when given");
         assert!(spool.waiting().unwrap().is_empty() && spool.message(ids[0]).unwrap().is_none());
         drop(spool);
@@ -677,7 +764,7 @@ mod tests {
         let unknown = Change { message: MessageId(99), index: 0, status: Status::Final };
         let fourth = spool.accept(&[accepted(4, &["e@x.test"])]).unwrap()[0];
         let now_final = Change { message: fourth, index: 0, status: Status::Final };
-        spool.record(&[gone, unknown, now_final], &[], None).unwrap();
+        spool.record(&[gone, unknown, now_final], &FromLog::default(), None).unwrap();
         assert!(spool.message(fourth).unwrap().is_none(), "the others in the batch still count");
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -719,7 +806,7 @@ mod tests {
                     Change { message: ids[0], index: 1, status: wait(2, 9000) },
                     Change { message: ids[1], index: 0, status: Status::Final },
                 ],
-                &[],
+                &FromLog::default(),
                 None,
             )
             .unwrap();
@@ -729,13 +816,21 @@ mod tests {
             [1],
             "read from a time on"
         );
-        spool.record(&[Change { message: ids[0], index: 0, status: wait(2, 1000) }], &[], None).unwrap();
+        spool
+            .record(&[Change { message: ids[0], index: 0, status: wait(2, 1000) }], &FromLog::default(), None)
+            .unwrap();
         assert_eq!(schedule(&spool), [(1000, 2, 1, 0), (9000, 2, 1, 1)], "sooner is fine too");
-        spool.record(&[Change { message: ids[0], index: 1, status: Status::Final }], &[], None).unwrap();
-        spool.record(&[Change { message: ids[0], index: 1, status: wait(3, 1) }], &[], None).unwrap();
+        spool
+            .record(&[Change { message: ids[0], index: 1, status: Status::Final }], &FromLog::default(), None)
+            .unwrap();
+        spool
+            .record(&[Change { message: ids[0], index: 1, status: wait(3, 1) }], &FromLog::default(), None)
+            .unwrap();
         assert_eq!(schedule(&spool), [(1000, 2, 1, 0)], "a final recipient stays final");
         assert_eq!(spool.reader().scheduled_count().unwrap(), 1);
-        spool.record(&[Change { message: ids[0], index: 0, status: Status::Final }], &[], None).unwrap();
+        spool
+            .record(&[Change { message: ids[0], index: 0, status: Status::Final }], &FromLog::default(), None)
+            .unwrap();
         assert!(schedule(&spool).is_empty() && spool.message(ids[0]).unwrap().is_none());
         drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -747,7 +842,9 @@ mod tests {
         let mut spool = FjallSpool::open(&dir).unwrap();
         let ids = spool.accept(&[accepted(1, &["a@x.test", "b@y.test"])]).unwrap();
         let later = Status::Waiting { attempts: 1, due_ms: 7000 };
-        spool.record(&[Change { message: ids[0], index: 1, status: later }], &[], None).unwrap();
+        spool
+            .record(&[Change { message: ids[0], index: 1, status: later }], &FromLog::default(), None)
+            .unwrap();
         // As the previous layout left it: no schedule, no format.
         spool.due.clear().unwrap();
         spool.meta.remove(FORMAT).unwrap();

@@ -17,6 +17,9 @@
 //!   `serve::queue`);
 //! - `events`: webhook and the record's offset in the log (big-endian) -> the delivery log's
 //!   record, until that webhook has it (see `serve::webhook`);
+//! - `status`: message id and recipient index (or none, for the message) -> where its latest
+//!   record is in the log (and when the message was received), for the status API; forgotten
+//!   after `--status-retention` once the message has left (see `serve::status`);
 //! - `idempotency`: the HTTP API's Idempotency-Keys, with what each admitted (see
 //!   [`super::idempotency`]), written with those messages; expired ones go at the next start.
 //!
@@ -137,6 +140,26 @@ pub struct Event {
     pub line: Arc<[u8]>,
 }
 
+/// Where a message's or a recipient's latest record is in the log, for the status API (see
+/// `serve::status`): `index` `None` is the message's `received` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusEntry {
+    pub message: MessageId,
+    pub index: Option<u32>,
+    pub offset: u64,
+    /// When the message was received (milliseconds since the Unix epoch): what its entries'
+    /// age counts from (message entries only).
+    pub received_ms: u64,
+}
+
+/// What the log's records add to a batch of recipients' states: events for webhooks, and
+/// where each record is (the status index).
+#[derive(Debug, Clone, Default)]
+pub struct FromLog {
+    pub events: Vec<Event>,
+    pub statuses: Vec<StatusEntry>,
+}
+
 /// A recipient's new state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
@@ -204,13 +227,17 @@ pub trait Spool: Send {
     /// Need not be synced of its own: the log already holds these records durably, so a crash
     /// that loses the batch only takes the watermark back, and the next start reads the log
     /// from there ([`super::run::reconcile`]); a lost deferral is retried sooner than planned.
-    /// `events` are queued for their webhooks in the same batch.
+    /// `from_log`'s webhook events and status entries are written in the same batch.
     fn record(
         &mut self,
         changes: &[Change],
-        events: &[Event],
+        from_log: &FromLog,
         watermark: Option<u64>,
     ) -> Result<(), SpoolError>;
+
+    /// Forgets the status entries of messages received before `cutoff_ms` that have left the
+    /// spool (those still waiting keep theirs); how many messages' entries went.
+    fn forget_statuses(&mut self, cutoff_ms: u64) -> Result<usize, SpoolError>;
 
     /// Drops a webhook's events it has (or will never have): not synced of its own, so a crash
     /// may tell the webhook of them again, as at-least-once allows.
@@ -275,6 +302,20 @@ pub trait SpoolRead: Send + Sync + fmt::Debug {
 
     /// A webhook's events waiting (counted one by one: for a start).
     fn event_count(&self, webhook: u64) -> Result<usize, SpoolError>;
+
+    /// A message's status entries: its `received` record's offset, and each recipient's
+    /// latest record's (by index); `None` if it has none (never, or forgotten).
+    fn statuses(&self, message: MessageId) -> Result<Option<Statuses>, SpoolError>;
+
+    /// A message's recipients still in the spool, with their states.
+    fn recipients(&self, message: MessageId) -> Result<Vec<Recipient>, SpoolError>;
+}
+
+/// A message's entries in the status index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statuses {
+    pub received: Option<u64>,
+    pub recipients: Vec<(u32, u64)>,
 }
 
 /// Opens (or creates) the spool in `dir` on the store volley uses, refusing one another
