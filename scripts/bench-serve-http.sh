@@ -5,6 +5,7 @@
 # core 1. serve answers 202 only once every recipient's message is fsync'd in its spool.
 #
 #   scripts/bench-serve-http.sh            # DURATION=10s a case, RATE=1000 msg/s for latency
+#   SERVE_FLAGS="--status-retention 0" scripts/bench-serve-http.sh   # serve with more flags
 #
 # Prints, per case: recipients/s accepted (wrk's 202s), recipients/s delivered (from wrk's start
 # until the log holds every one as delivered), and wrk's request latency. Then, with `volley
@@ -43,7 +44,7 @@ start() {
     taskset -c 1 "$VOLLEY" serve --spool "$work/spool-$1" --log "$work/$1.jsonl" \
         --smtp-listen "127.0.0.1:$SMTP_PORT" --trusted-networks 127.0.0.1 \
         --http-listen "127.0.0.1:$HTTP_PORT" --api-keys "$work/keys" \
-        --relay "127.0.0.1:$SINK_PORT" --threads 1 --quiet 2>"$work/serve-$1.err" &
+        --relay "127.0.0.1:$SINK_PORT" --threads 1 --quiet ${SERVE_FLAGS:-} 2>"$work/serve-$1.err" &
     serve_pid=$!
     pids+=("$serve_pid")
     wait_port "$HTTP_PORT"

@@ -1,14 +1,17 @@
-//! A small HTTP/1.1 client on hyper, for volley's own commands that call an API (`volley queue`
-//! calling serve's): one request on one connection, on a tokio runtime of its own, bounded in
-//! time and in the size of the answer. Plain `http://` only: serve's API listens without TLS
-//! (put it behind a TLS proxy to reach it from afar).
+//! HTTP/1.1 on hyper's client, on tokio: [`connect`] (plain or TLS, for serve's webhooks and
+//! anything else that keeps a connection), and [`call`], one request on one connection on a
+//! runtime of its own, bounded in time and in the size of the answer, for volley's commands
+//! that call an API (`volley queue` calling serve's; plain `http://`, as serve's API listens:
+//! put it behind a TLS proxy to reach it from afar).
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
 
 /// The largest answer read.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
@@ -96,9 +99,7 @@ async fn exchange(
     let stream = tokio::net::TcpStream::connect(&base.authority)
         .await
         .map_err(|e| ClientError::Connect(base.authority.clone(), e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http(&e))?;
-    let driver = tokio::spawn(connection);
+    let mut sender = handshake(TokioIo::new(stream)).await.map_err(|e| http(&e))?;
     let mut request = Request::builder()
         .method(method)
         .uri(format!("{}{path}", base.prefix))
@@ -114,8 +115,41 @@ async fn exchange(
     let status = response.status().as_u16();
     let body =
         Limited::new(response.into_body(), MAX_ANSWER).collect().await.map_err(|e| http(&*e))?.to_bytes();
-    driver.abort();
     Ok(Answer { status, body })
+}
+
+/// A connection to `host`:`port`, over TLS with `tls` (the certificate checked against
+/// `host`) or plain without, ready for requests. Its driver runs as a task of the current
+/// runtime and ends with the connection (when the sender is dropped).
+pub async fn connect(
+    host: &str,
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
+    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string());
+    };
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {authority}: {e}"))?;
+    handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 #[cfg(test)]

@@ -171,6 +171,8 @@ struct Sweep {
     count: usize,
     /// What the answer says besides the count.
     answer: Value,
+    /// A write the answer waits for too (a resume's suspensions).
+    saved: Option<Ticket<()>>,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -267,12 +269,21 @@ impl QueueControl {
         self.released(t);
         if let Some(sweep) = self.sweeps.front_mut()
             && sweep_slice(sweep, t, &self.committer, now, wall)
-            && let Some(sweep) = self.sweeps.pop_front()
         {
-            let mut answer = sweep.answer;
-            answer["recipients"] = json!(sweep.count);
-            let _ = sweep.reply.send(Ok(answer));
-            holds_changed |= sweep.act == Act::Bounce;
+            // Answered once what it wrote is durable too.
+            let saved = match &mut sweep.saved {
+                Some(ticket) => ticket.try_take(),
+                None => Some(Ok(())),
+            };
+            if let Some(saved) = saved
+                && let Some(sweep) = self.sweeps.pop_front()
+            {
+                let mut answer = sweep.answer;
+                answer["recipients"] = json!(sweep.count);
+                let answer = saved.map(|()| answer).map_err(|e| QueueError::Spool(e.to_string()));
+                let _ = sweep.reply.send(answer);
+                holds_changed |= sweep.act == Act::Bounce;
+            }
         }
         if holds_changed {
             t.dispatch.set_holds(self.holds(now, wall));
@@ -318,8 +329,7 @@ impl QueueControl {
                     return false;
                 }
                 let value = serde_json::to_vec(&self.suspensions).unwrap_or_default();
-                // Durable before the sweep's answer: the sweep takes longer.
-                self.holding_ticket(self.committer.set_setting(SUSPENSIONS, value));
+                let saved = self.committer.set_setting(SUSPENSIONS, value);
                 let count = t.dispatch.bring_forward(&selector, now);
                 self.sweep(
                     selector.clone(),
@@ -328,6 +338,9 @@ impl QueueControl {
                     count,
                     reply,
                 );
+                if let Some(sweep) = self.sweeps.back_mut() {
+                    sweep.saved = Some(saved);
+                }
                 true
             }
             Command::RetryNow(selector) => {
@@ -377,6 +390,7 @@ impl QueueControl {
             started: Instant::now(),
             count,
             answer,
+            saved: None,
             reply,
         });
     }
@@ -386,11 +400,6 @@ impl QueueControl {
         let value = serde_json::to_vec(&self.suspensions).unwrap_or_default();
         let ticket = self.committer.set_setting(SUSPENSIONS, value);
         self.saving.push_back((ticket, answer, reply));
-    }
-
-    /// A write whose failure is only said (the resume's answer comes from its sweep).
-    fn holding_ticket(&mut self, ticket: Ticket<()>) {
-        self.holding.push_back(Holding { ids: Vec::new(), ticket });
     }
 
     fn answer_saved(&mut self) {

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::sign::{HEADER, Secret};
-use super::{Webhook, WebhookUrl, body};
+use super::{Webhook, body};
+use crate::rt::http_client::connect;
 use crate::serve::commit::Committer;
 use crate::serve::spool::SpoolRead;
 
@@ -196,7 +196,8 @@ impl Task {
         let url = &self.webhook.url;
         let exchange = async {
             if connection.as_ref().is_none_or(SendRequest::is_closed) {
-                *connection = Some(connect(url, &self.config.tls).await?);
+                let tls = url.https.then_some(&self.config.tls);
+                *connection = Some(connect(&url.host, url.port, tls).await?);
             }
             let Some(sender) = connection.as_mut() else { return Err("no connection".to_owned()) };
             sender.ready().await.map_err(|e| e.to_string())?;
@@ -231,37 +232,6 @@ async fn pause(stopped: &mut watch::Receiver<bool>, wait: Duration) {
         _ = tokio::time::sleep(wait) => {}
         _ = stopped.changed() => {}
     }
-}
-
-/// A connection to `url` (TLS for `https://`), ready for requests.
-async fn connect(
-    url: &WebhookUrl,
-    tls: &Arc<rustls::ClientConfig>,
-) -> Result<SendRequest<Full<Bytes>>, String> {
-    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", url.authority()))?;
-    let _ = tcp.set_nodelay(true);
-    if url.https {
-        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-            .map_err(|e| format!("{}: {e}", url.host))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", url.authority()))?;
-        handshake(TokioIo::new(stream)).await
-    } else {
-        handshake(TokioIo::new(tcp)).await
-    }
-}
-
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    Ok(sender)
 }
 
 /// A verifying TLS client configuration for webhooks: Mozilla's roots, or `ca_file`'s
