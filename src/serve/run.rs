@@ -28,7 +28,7 @@ use super::spool::FromLog;
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use super::status::{StatusReader, entries_of};
 use super::webhook::send::{Sender, WebhookConfig};
-use super::webhook::{Webhook, WebhookCollector, events_of};
+use super::webhook::{Webhook, WebhookCollector, count_queued, events_of};
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::dkim::Dkim;
@@ -224,6 +224,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
                 })
                 .collect();
             let events = events_of(&event_hooks, records.start, &records.bytes);
+            count_queued(&event_hooks, &events);
             let now_ms = wall_ms_of(Instant::now(), Instant::now(), SystemTime::now());
             let statuses = match status_retention {
                 Some(keep) => {

@@ -171,7 +171,7 @@ impl prometheus_client::collector::Collector for WebhookCollector {
 }
 
 /// The events of the records in `lines` (JSON lines, the first at log offset `start`), one per
-/// record per webhook; counted as queued.
+/// record per webhook.
 pub fn events_of(webhooks: &[Arc<Webhook>], start: u64, lines: &[u8]) -> Vec<Event> {
     if webhooks.is_empty() {
         return Vec::new();
@@ -188,10 +188,16 @@ pub fn events_of(webhooks: &[Arc<Webhook>], start: u64, lines: &[u8]) -> Vec<Eve
         }
         offset += line.len() as u64;
     }
-    for w in webhooks {
-        w.stats.queued.fetch_add((events.len() / webhooks.len()) as u64, Ordering::Relaxed);
-    }
     events
+}
+
+/// Counts `events` as queued for their webhooks (once the log's commit hands them over; not
+/// when a start catches up from the log, which the count at the start includes).
+pub fn count_queued(webhooks: &[Arc<Webhook>], events: &[Event]) {
+    for w in webhooks {
+        let n = events.iter().filter(|e| e.webhook == w.id).count();
+        w.stats.queued.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// The body of one request: the events, each its record with its id first.
@@ -256,6 +262,7 @@ mod tests {
             offsets,
             [(hooks[0].id, 1000), (hooks[1].id, 1000), (hooks[0].id, 1022), (hooks[1].id, 1022)]
         );
+        count_queued(&hooks, &events);
         assert_eq!(hooks[1].stats.backlog(), 2);
         let body =
             body(&[(1000, events[0].line.to_vec()), (1022, events[2].line.to_vec()), (7, b"{}".to_vec())]);
