@@ -740,3 +740,66 @@ fn rfc3339(ms: u64) -> String {
     let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Address;
+    use crate::serve::spool::{self, Accepted};
+
+    #[test]
+    fn suspensions_round_trip_and_a_damaged_setting_is_an_error_not_none() {
+        assert!(suspensions_of(None).unwrap().is_empty());
+        let s = vec![Suspension { dest: "mx.big.test".into(), since_ms: 1, until_ms: Some(2) }];
+        assert_eq!(suspensions_of(Some(&serde_json::to_vec(&s).unwrap())).unwrap(), s);
+        assert!(suspensions_of(Some(b"{not json")).is_err(), "never lifted by accident");
+    }
+
+    /// `list` groups what waits by the destination its domain routes to (by domain when the
+    /// route is not known); `show` keeps what DEST names, by domain or by host.
+    #[test]
+    fn what_waits_is_summed_by_destination_and_shown_for_dest() {
+        let dir = std::env::temp_dir().join(format!("volley-queue-summary-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spool = spool::open(&dir).unwrap();
+        let message = |rcpts: &[&str]| Accepted {
+            sender: None,
+            recipients: rcpts.iter().map(|r| Address::new(r).unwrap()).collect(),
+            content: Arc::from(&b"Subject: x\r\n\r\nx\r\n"[..]),
+            received_ms: 1_000,
+            origin: "t".into(),
+        };
+        spool.accept(&[message(&["a@a.test", "b@b.test", "c@c.test"]), message(&["d@a.test"])]).unwrap();
+        let routes = json!({
+            "destinations": [{"name": "mx.big.test", "hosts": ["mx.big.test"], "connections": 2}],
+            "domains": {"a.test": "mx.big.test", "b.test": "mx.big.test"},
+            "relay": null,
+            "suspended": [{"dest": "b.test", "since": "x", "until": null}],
+        });
+        let reader = spool.reader();
+        let list = summary(&*reader, &routes, None, 10).unwrap();
+        assert_eq!(list["waiting"], 4);
+        let rows = list["destinations"].as_array().unwrap();
+        assert_eq!(
+            (rows[0]["destination"].as_str(), rows[0]["waiting"].as_u64()),
+            (Some("mx.big.test"), Some(3))
+        );
+        assert_eq!(rows[0]["domains"], json!({"a.test": 2, "b.test": 1}));
+        assert_eq!(rows[0]["suspended"]["dest"], "b.test", "a suspension of one of its domains shows");
+        assert_eq!(
+            (rows[1]["destination"].as_str(), rows[1]["routed"].as_bool()),
+            (Some("c.test"), Some(false))
+        );
+        let host = Selector::parse("MX.BIG.TEST").unwrap();
+        let show = summary(&*reader, &routes, Some(&host), usize::MAX).unwrap();
+        assert_eq!(show["destinations"].as_array().unwrap().len(), 1);
+        assert_eq!(show["destinations"][0]["recipients"].as_array().unwrap().len(), 3);
+        let domain = Selector::parse("c.test").unwrap();
+        let show = summary(&*reader, &routes, Some(&domain), usize::MAX).unwrap();
+        assert_eq!(show["destinations"][0]["recipients"][0]["rcpt"], "c@c.test");
+        let limited = summary(&*reader, &routes, None, 1).unwrap();
+        assert_eq!(limited["more"], 1);
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
