@@ -5,7 +5,8 @@
 //! - [`engine`]: the sending engine fed by job sources.
 //! - [`deliver`]: routes, DKIM, retries, failure categories and the delivery log, for any sender.
 //! - [`send`]: a campaign from a file of recipients (rows, templates, de-duplication, resume).
-//! - [`serve`]: the long-running service's parts (so far its durable spool).
+//! - [`serve`]: the long-running service: intake over SMTP and HTTP into a durable spool,
+//!   delivery from it, and what operators and applications need around it.
 //! - [`sink`]: the built-in receiving server, with fault injection.
 //! - [`tls`]: TLS on rustls, sans-IO, with a thin async adapter.
 

@@ -1,5 +1,7 @@
-//! The HTTP API: `POST /api/v1/messages` (JSON, KumoMTA-shaped), queue control for operators
-//! (`/api/v1/queue`, see [`super::queue`]; only for `--admin-keys`) and `GET /healthz`, on axum,
+//! The HTTP API: `POST /api/v1/messages` (JSON, KumoMTA-shaped), `GET /api/v1/messages/{id}`
+//! (its status, see [`super::status`]: for the key that submitted it or an admin key), queue
+//! control for operators (`/api/v1/queue`, see [`super::queue`]; only for `--admin-keys`) and
+//! `GET /healthz`, on axum,
 //! on its own thread with a tokio runtime (as the DNS thread). A request is checked whole
 //! (key, JSON, addresses, headers, every recipient's rendering) before anything is spooled,
 //! then its messages are made durable together ([`Intake::accept`]) and only then is it

@@ -5,7 +5,8 @@
 //! filed by due time in its schedule, [`due`]), and delivers it with
 //! `deliver` as `send` does: the spool's job source ([`source`]) and the order of syncs that
 //! keeps the spool and the log in step ([`run`]); a sender hears of recipients that bounced or
-//! expired ([`dsn`]); an operator sees and steers the queue ([`queue`]).
+//! expired ([`dsn`]); an operator sees and steers the queue ([`queue`]); applications hear of
+//! every record through signed [`webhook`]s and read a message's [`status`].
 
 pub mod commit;
 pub mod dsn;
