@@ -15,7 +15,7 @@
 //! Commands come from the API's thread as [`Order`]s and are carried out on the producer's
 //! thread (by [`QueueControl`], which the spool's job source turns), where the routes and the
 //! recipients in memory are: nothing here is shared with a core. A command that must visit
-//! what waits in the spool does it a slice a turn (a [`Sweep`]), so delivery goes on meanwhile;
+//! what waits in the spool does it a slice a turn (a `Sweep`), so delivery goes on meanwhile;
 //! its answer comes when it is done. Reading for `list` and `show` is done on the API's side,
 //! from the spool's reader, with a snapshot of the routes from the producer.
 
