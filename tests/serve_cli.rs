@@ -516,7 +516,7 @@ fn sighup_reloads_keys_users_shaping_and_bounce_rules_without_dropping_a_connect
         std::fs::write(&path, text).unwrap();
         path
     };
-    let keys = write("keys", "app:key-one-0123456789\n");
+    let keys = write("keys", "web:key-one-0123456789\n");
     let users = write("users", "app:pass-one-123\n");
     let shaping = write("shaping.toml", "# nothing yet\n");
     let bounce = write("bounce.toml", "# nothing yet\n");
@@ -562,7 +562,7 @@ fn sighup_reloads_keys_users_shaping_and_bounce_rules_without_dropping_a_connect
     wait_until(Duration::from_secs(20), "first bounced", || bounced("first@example.net").is_some());
     assert_ne!(bounced("first@example.net").unwrap()["category"], "spam_block");
 
-    std::fs::write(&keys, "app:key-two-0123456789\n").unwrap();
+    std::fs::write(&keys, "web:key-two-0123456789\n").unwrap();
     std::fs::write(&users, "app:pass-two-456\n").unwrap();
     std::fs::write(&shaping, "[[reaction]]\nname = \"sink-refuses\"\ntext = [\"injected failure\"]\naction = \"suspend\"\nfor = \"1m\"\n").unwrap();
     std::fs::write(&bounce, "[[rule]]\ncategory = \"spam_block\"\ntext = [\"injected failure\"]\n").unwrap();
@@ -595,7 +595,7 @@ fn sighup_reloads_keys_users_shaping_and_bounce_rules_without_dropping_a_connect
     assert_eq!(open.cmd("NOOP"), 250, "the session open across the reload goes on");
 
     // A mistake in one file: nothing is reloaded, the service goes on as it was.
-    std::fs::write(&keys, "app:key-three-0123456789\n").unwrap();
+    std::fs::write(&keys, "web:key-three-0123456789\n").unwrap();
     std::fs::write(&users, "no colon here\n").unwrap();
     let said = hup(&serve);
     assert!(said.contains("nothing reloaded") && said.contains("--users"), "{said}");
@@ -605,4 +605,25 @@ fn sighup_reloads_keys_users_shaping_and_bounce_rules_without_dropping_a_connect
     let (code, said) = serve.terminate();
     assert_eq!(code, Some(0), "SIGHUP never stops it: {said}");
     sink.stop().unwrap();
+}
+
+/// A message's status is for the key named as its origin, which over SMTP is the user: one name
+/// for both is refused at the start.
+#[test]
+fn an_api_key_and_a_user_of_one_name_are_refused() {
+    let dir = common::temp_dir("serve-names");
+    std::fs::write(dir.join("keys"), "app:app-key-0123456789\n").unwrap();
+    std::fs::write(dir.join("users"), "app:a-password\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.args(["serve", "--spool", dir.join("spool").to_str().unwrap(), "--smtp-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--relay", "127.0.0.1:9"])
+        .args([
+            "--api-keys",
+            dir.join("keys").to_str().unwrap(),
+            "--users",
+            dir.join("users").to_str().unwrap(),
+        ]);
+    let out = run(cmd, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`app` is both an --api-keys name and a --users user"), "{}", stderr(&out));
 }

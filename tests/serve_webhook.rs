@@ -192,8 +192,42 @@ fn every_record_reaches_the_webhook_signed_once_it_is_up_across_a_restart_and_a_
         taken(&receiver.got()).values().filter(|e| e["rcpt"] == "g@example.net").count() == 1
     });
     assert!(!taken(&receiver.got()).values().any(|e| e["rcpt"] == "f@example.net"), "dropped for good");
+
+    // The secret rolled: a second line and SIGHUP; requests carry a v1 for each.
+    std::fs::write(dir.join("secret"), format!("whsec-new-0123456789\n{SECRET}\n")).unwrap();
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(serve.pid(), libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    loop {
+        let line =
+            serve.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("reloaded");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("SIGHUP") {
+            assert!(line.contains("the webhook secret"), "{line}");
+            break;
+        }
+    }
+    post(api, "h@example.net");
+    wait_until(Duration::from_secs(30), "h's events", || {
+        taken(&receiver.got()).values().any(|e| e["rcpt"] == "h@example.net")
+    });
+    let last = receiver
+        .got()
+        .into_iter()
+        .rev()
+        .find(|g| String::from_utf8_lossy(&g.body).contains("h@example.net"))
+        .unwrap();
+    let signature = last.header("x-volley-signature").unwrap();
+    assert_eq!(signature.matches("v1=").count(), 2, "{signature}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let new = Secret::from_file_text("whsec-new-0123456789").unwrap();
+    assert_eq!(secret.verify(&signature, &last.body, now, 300), Ok(()), "a receiver with the old secret");
+    assert_eq!(new.verify(&signature, &last.body, now, 300), Ok(()), "a receiver with the new one");
     let (code, said) = serve.terminate();
     assert_eq!(code, Some(0), "{said}");
+    let said = seen + &said;
     assert!(said.contains("refused 2 events with 400"), "{said}");
     receiver.stop();
     sink.stop().unwrap();

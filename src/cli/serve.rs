@@ -34,7 +34,8 @@ use super::delivery::DeliveryArgs;
 use super::metrics::MetricsArgs;
 
 /// Exit codes of `volley serve`.
-pub const EXIT_DOC: &str = "SIGHUP reads --api-keys, --admin-keys, --users, --shaping and --bounce-rules again, \
+pub const EXIT_DOC: &str = "SIGHUP reads --api-keys, --admin-keys, --users, --shaping, --bounce-rules and \
+--webhook-secret-file again, \
 dropping no connection (if one is wrong, none is reloaded). Exit codes: 0 stopped on SIGTERM or Ctrl-C after finishing what was in flight (what is not \
 final stays in the spool for the next start); 2 usage error or failure to start (the spool in use by another \
 process, a listener that cannot bind); 3 the delivery log or the spool could not be written (a full disk): intake \
@@ -111,7 +112,9 @@ pub struct ServeArgs {
     /// least once: events wait in the spool until the receiver answers 2xx.
     #[arg(long = "webhook", value_name = "URL", value_parser = parse_webhook, requires = "webhook_secret_file")]
     webhooks: Vec<WebhookUrl>,
-    /// The secret webhooks are signed with (`X-Volley-Signature`; its first line).
+    /// The secret webhooks are signed with (`X-Volley-Signature`), one per line: each line
+    /// signs, so a secret is rolled by adding the new one, reloading (SIGHUP), and removing
+    /// the old one once receivers have the new.
     #[arg(long, value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
     /// Trust these certificates (PEM) for `https://` webhooks, as well as the receiver's own
@@ -143,6 +146,7 @@ struct Files {
     keys: Option<ApiKeys>,
     admin_keys: Option<ApiKeys>,
     users: Option<Users>,
+    webhook_secret: Option<Secret>,
 }
 
 impl Files {
@@ -151,14 +155,26 @@ impl Files {
             Some(path) => ApiKeys::load(path).map(Some).with_context(|| flag.to_owned()),
             None => Ok(None),
         };
-        Ok(Files {
+        let files = Files {
             keys: keys(&args.api_keys, "--api-keys")?,
             admin_keys: keys(&args.admin_keys, "--admin-keys")?,
             users: match &args.users {
                 Some(path) => Some(Users::load(path).map_err(anyhow::Error::msg).context("--users")?),
                 None => None,
             },
-        })
+            webhook_secret: match &args.webhook_secret_file {
+                Some(path) if !args.webhooks.is_empty() => Some(read_webhook_secret(path)?),
+                _ => None,
+            },
+        };
+        // A message's status is shown to the key named as its origin, which for SMTP is the
+        // user: one name for both would show a user's messages to a key.
+        if let (Some(keys), Some(users)) = (&files.keys, &files.users)
+            && let Some(name) = keys.names().into_iter().find(|name| users.contains(name))
+        {
+            bail!("`{name}` is both an --api-keys name and a --users user: give them different names");
+        }
+        Ok(files)
     }
 }
 
@@ -171,6 +187,7 @@ struct Reloadable {
     reactions: Arc<Reactions>,
     classifier: Arc<Classifier>,
     rules_files: RulesFiles,
+    webhook_secret: Option<Arc<arc_swap::ArcSwap<Secret>>>,
 }
 
 impl Reloadable {
@@ -193,6 +210,10 @@ impl Reloadable {
             said.push(format!("{} users", new.len()));
             now.replace(new);
         }
+        if let (Some(now), Some(new)) = (&self.webhook_secret, files.webhook_secret) {
+            said.push("the webhook secret".into());
+            now.store(Arc::new(new));
+        }
         self.reactions.replace(shaping.reaction_rules());
         self.classifier.replace(classifier);
         let reshaped = serving
@@ -209,20 +230,21 @@ impl Reloadable {
     }
 }
 
+fn read_webhook_secret(path: &std::path::Path) -> anyhow::Result<Secret> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--webhook-secret-file {}", path.display()))?;
+    Secret::from_file_text(&text)
+        .with_context(|| format!("--webhook-secret-file {}: no secret in it", path.display()))
+}
+
 fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
     WebhookUrl::parse(s).map_err(|e| e.to_string())
 }
 
-/// The webhooks' settings, if any are given.
-fn webhook_config(args: &ServeArgs) -> anyhow::Result<Option<WebhookConfig>> {
-    if args.webhooks.is_empty() {
-        return Ok(None);
-    }
-    let Some(path) = &args.webhook_secret_file else { bail!("--webhook needs --webhook-secret-file") };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--webhook-secret-file {}", path.display()))?;
-    let secret = Secret::from_file_text(&text)
-        .with_context(|| format!("--webhook-secret-file {}: no secret on its first line", path.display()))?;
+/// The webhooks' settings (with the secret `files` read), if any are given.
+fn webhook_config(args: &ServeArgs, secret: Option<Secret>) -> anyhow::Result<Option<WebhookConfig>> {
+    let Some(secret) = secret.filter(|_| !args.webhooks.is_empty()) else { return Ok(None) };
+    let secret = Arc::new(arc_swap::ArcSwap::from_pointee(secret));
     let tls = webhook_tls(args.webhook_ca_file.as_deref()).context("--webhook-ca-file")?;
     let mut seen = std::collections::HashSet::new();
     let webhooks = args
@@ -260,6 +282,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let keys = files.keys.map(Arc::new);
     let admin_keys = files.admin_keys.map(Arc::new);
     let users = files.users.map(Arc::new);
+    let webhooks = webhook_config(&args, files.webhook_secret)?;
+    let webhook_secret = webhooks.as_ref().map(|w| Arc::clone(&w.secret));
     let delivery = args.delivery.config()?;
     let rules_files = delivery.rules_files();
     let hostname = args.delivery.helo().to_owned();
@@ -314,7 +338,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             min_free_space: args.min_free_space,
             dsn_from: args.dsn.then(|| hostname.clone()),
             active_recipients: args.active_recipients.get(),
-            webhooks: webhook_config(&args)?,
+            webhooks,
             status_retention: (!args.status_retention.is_zero()).then_some(args.status_retention),
         },
         spool,
@@ -385,7 +409,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         serving.resumed(),
         log_path.display()
     );
-    let reloadable = Reloadable { keys, admin_keys, users, reactions, classifier, rules_files };
+    let reloadable =
+        Reloadable { keys, admin_keys, users, reactions, classifier, rules_files, webhook_secret };
     let reload = super::reload_requests()?;
     let started = Instant::now();
     let mut shown = Instant::now();

@@ -69,6 +69,11 @@ impl ApiKeys {
         self.0.store(with.0.load_full());
     }
 
+    /// The keys' names.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.0.load().iter().map(|(name, _)| Arc::clone(name)).collect()
+    }
+
     /// How many keys there are.
     pub fn len(&self) -> usize {
         self.0.load().len()

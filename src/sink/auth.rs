@@ -74,6 +74,11 @@ impl Users {
         self.0.store(with.0.load_full());
     }
 
+    /// Whether `name` is one of the users.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.load().contains_key(name)
+    }
+
     /// How many users there are.
     pub fn len(&self) -> usize {
         self.0.load().len()

@@ -34,7 +34,8 @@ const ANSWER: usize = 64 * 1024;
 /// What the sender needs.
 pub struct WebhookConfig {
     pub webhooks: Vec<Arc<Webhook>>,
-    pub secret: Secret,
+    /// Replaced in place by a reload (SIGHUP).
+    pub secret: Arc<arc_swap::ArcSwap<Secret>>,
     /// For `https://` webhooks: a verifying client configuration.
     pub tls: Arc<rustls::ClientConfig>,
     /// Events in one request at most.
@@ -192,7 +193,7 @@ impl Task {
 
     async fn post(&self, connection: &mut Option<SendRequest<Full<Bytes>>>, body: Vec<u8>) -> Sent {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let signature = self.config.secret.sign(now, &body);
+        let signature = self.config.secret.load().sign(now, &body);
         let url = &self.webhook.url;
         let exchange = async {
             if connection.as_ref().is_none_or(SendRequest::is_closed) {

@@ -2,15 +2,19 @@
 //! HEX is HMAC-SHA256 under the shared secret of `t`, a `.`, and the body, exactly as sent.
 //! A receiver recomputes it over the raw body and compares in constant time, and refuses a `t`
 //! too far from its clock (a replayed request); `volley webhook verify` does the same.
+//!
+//! To roll a secret without losing a request: add the new one as a second line of the secret
+//! file and reload (SIGHUP): every request then carries a `v1` for each line, so receivers
+//! holding either verify; once they all hold the new one, remove the old line and reload.
 
 use ring::hmac;
 
 /// The header the signature travels in.
 pub const HEADER: &str = "X-Volley-Signature";
 
-/// A secret shared with the receivers (never printed).
+/// The secrets shared with the receivers, one per line of the file (never printed).
 #[derive(Clone)]
-pub struct Secret(hmac::Key);
+pub struct Secret(Vec<hmac::Key>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -29,21 +33,33 @@ pub enum VerifyError {
 }
 
 impl Secret {
-    /// The secret as a file holds it: its first line, without surrounding white space.
+    /// The secrets as a file holds them: each non-empty line, without surrounding white
+    /// space; `None` if there is none.
     pub fn from_file_text(text: &str) -> Option<Secret> {
-        let secret = text.lines().next()?.trim();
-        (!secret.is_empty()).then(|| Secret(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())))
+        let keys: Vec<hmac::Key> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(|line| hmac::Key::new(hmac::HMAC_SHA256, line.as_bytes()))
+            .collect();
+        (!keys.is_empty()).then_some(Secret(keys))
     }
 
-    /// The header's value for `body`, signed at `t` (seconds since the Unix epoch).
+    /// The header's value for `body`, signed at `t` (seconds since the Unix epoch): a `v1`
+    /// for each secret.
     pub fn sign(&self, t: u64, body: &[u8]) -> String {
-        let tag = hmac::sign(&self.0, &signed_payload(t, body));
-        format!("t={t},v1={}", hex(tag.as_ref()))
+        let payload = signed_payload(t, body);
+        let mut header = format!("t={t}");
+        for key in &self.0 {
+            header.push_str(",v1=");
+            header.push_str(&hex(hmac::sign(key, &payload).as_ref()));
+        }
+        header
     }
 
     /// Checks `header` against `body` at `now` (seconds since the epoch), allowing `tolerance`
-    /// seconds between the signature's time and now. Every `v1` given is tried (a sender
-    /// rolling its secret may send two).
+    /// seconds between the signature's time and now. Every `v1` given is tried against every
+    /// secret (either side may be rolling its secret).
     pub fn verify(&self, header: &str, body: &[u8], now: u64, tolerance: u64) -> Result<(), VerifyError> {
         let mut t = None;
         let mut tags = Vec::new();
@@ -65,7 +81,7 @@ impl Secret {
         }
         let payload = signed_payload(t, body);
         // ring compares in constant time.
-        if tags.iter().any(|tag| hmac::verify(&self.0, &payload, tag).is_ok()) {
+        if self.0.iter().any(|key| tags.iter().any(|tag| hmac::verify(key, &payload, tag).is_ok())) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)
@@ -118,6 +134,13 @@ mod tests {
             assert_eq!(secret.verify(bad, body, 1, 300), Err(VerifyError::Malformed), "{bad:?}");
         }
         assert!(Secret::from_file_text("\n").is_none() && !format!("{secret:?}").contains("whsec"));
+        // Rolling: two lines, two v1; a receiver with either secret verifies.
+        let both = Secret::from_file_text("new-secret\nwhsec-0123456789\n").unwrap();
+        let header = both.sign(1_700_000_000, body);
+        assert_eq!(header.matches(",v1=").count(), 2);
+        assert_eq!(secret.verify(&header, body, 1_700_000_000, 300), Ok(()), "the old one's receiver");
+        let new = Secret::from_file_text("new-secret").unwrap();
+        assert_eq!(new.verify(&header, body, 1_700_000_000, 300), Ok(()), "the new one's receiver");
     }
 
     /// The scheme is HMAC-SHA256 of `t.body`: checked against RFC 4231's test case 2 layout
