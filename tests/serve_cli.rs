@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::campaign::{records, run, stderr};
-use common::serve::{Serve, http};
+use common::serve::{Serve, http, wait_until};
 use common::{Raw, sink};
 use mailvolley::serve::spool;
 use serde_json::Value;
@@ -40,15 +40,6 @@ fn message_ids(dump: &Path) -> HashMap<String, usize> {
 
 fn count(records: &[Value], status: &str) -> usize {
     records.iter().filter(|r| r["status"] == status).count()
-}
-
-/// Waits until `done` holds, failing the test past `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn users_file(dir: &Path) -> PathBuf {

@@ -8,10 +8,10 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::campaign::{records, stderr};
-use common::serve::{Serve, http};
+use common::serve::{Serve, http, wait_until};
 use common::sink;
 use serde_json::Value;
 
@@ -29,14 +29,6 @@ fn queue_json(api: SocketAddr, key_file: &Path, args: &[&str]) -> Value {
     let out = queue(api, key_file, &[args, &["--json"]].concat());
     assert!(out.status.success(), "volley queue {args:?}: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The log's records for `rcpt`'s recipient, by status.

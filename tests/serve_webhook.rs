@@ -12,21 +12,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::campaign::{records, stderr};
-use common::serve::{Serve, http};
+use common::serve::{Serve, http, wait_until};
 use common::sink;
 use common::webhook::{Got, Receiver, free_addr};
 use mailvolley::serve::webhook::sign::Secret;
 use serde_json::Value;
 
 const SECRET: &str = "whsec-test-0123456789";
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Every event the receiver answered 2xx, by id (each id's copies must be the same event).
 fn taken(got: &[Got]) -> BTreeMap<u64, Value> {
