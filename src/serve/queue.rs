@@ -54,6 +54,8 @@ const SWEEP_DNS: Duration = Duration::from_secs(30);
 pub const LIST_LIMIT: usize = 100;
 /// Recipients `show` names.
 const SHOW_RECIPIENTS: usize = 50;
+/// Domains a row of `list` or `show` names (with how many wait for each).
+const ROW_DOMAINS: usize = 20;
 
 /// An operator's suspension, as the spool keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -716,7 +718,8 @@ fn summary(reader: &dyn SpoolRead, routes: &Value, only: Option<&Selector>, limi
                 "waiting": row.waiting,
                 "next_attempt": rfc3339(row.next_ms),
                 "oldest": rfc3339(row.oldest_ms),
-                "domains": row.domains,
+                "domains": busiest(&row.domains),
+                "domain_count": row.domains.len(),
                 "connections": known.map(|d| d["connections"].clone()),
                 "suspended": suspension_of(name, &row.domains, known.map(|d| &d["hosts"])).cloned(),
             });
@@ -733,6 +736,14 @@ fn summary(reader: &dyn SpoolRead, routes: &Value, only: Option<&Selector>, limi
         "more": rows.len().saturating_sub(limit),
         "suspended": suspended,
     }))
+}
+
+/// A row's domains with the most waiting, at most [`ROW_DOMAINS`] (a provider's destination
+/// may serve tens of thousands).
+fn busiest(domains: &BTreeMap<String, usize>) -> BTreeMap<&str, usize> {
+    let mut all: Vec<(&str, usize)> = domains.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    all.into_iter().take(ROW_DOMAINS).collect()
 }
 
 /// A time as RFC 3339 (UTC, seconds).
@@ -785,6 +796,10 @@ mod tests {
             (Some("mx.big.test"), Some(3))
         );
         assert_eq!(rows[0]["domains"], json!({"a.test": 2, "b.test": 1}));
+        assert_eq!(rows[0]["domain_count"], 2);
+        let many: BTreeMap<String, usize> = (0..30).map(|i| (format!("d{i}.test"), i)).collect();
+        let top = busiest(&many);
+        assert_eq!((top.len(), top.get("d29.test"), top.get("d0.test")), (ROW_DOMAINS, Some(&29), None));
         assert_eq!(rows[0]["suspended"]["dest"], "b.test", "a suspension of one of its domains shows");
         assert_eq!(
             (rows[1]["destination"].as_str(), rows[1]["routed"].as_bool()),
