@@ -185,8 +185,9 @@ pub struct Turn<'a> {
     pub held: &'a mut crate::hash::FxMap<u64, ()>,
     /// Recipients parked, held until the spool records it: attempts then.
     pub parked: &'a mut crate::hash::FxMap<u64, u32>,
-    /// Recipients that wait in the spool only.
+    /// Recipients that wait in the spool only, and from when the schedule is to be read.
     pub unread: &'a mut usize,
+    pub unread_from: &'a mut Option<u64>,
     /// Whether a recipient in the schedule is an arrival intake is handing over (never read
     /// from the schedule).
     pub is_arrival: &'a dyn Fn(&Scheduled) -> bool,
@@ -483,6 +484,8 @@ impl QueueControl {
                 for (id, _) in ids {
                     if t.parked.remove(&id).is_some() && t.held.remove(&id).is_some() {
                         *t.unread += 1;
+                        // Where it was, due as before: read the schedule from its start.
+                        *t.unread_from = Some(0);
                     }
                 }
             }

@@ -132,6 +132,7 @@ impl SpoolSource {
             held: &mut self.held,
             parked: &mut self.parked,
             unread: &mut self.unread,
+            unread_from: &mut self.unread_from,
             is_arrival: &|entry| is_arrival(entry, last_at_start),
             pending_of: &|entry, now, wall| spooled(&reader, entry, now, wall),
         };
