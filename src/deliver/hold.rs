@@ -40,8 +40,13 @@ impl Selector {
 
     /// Whether it names `destination` or one of its hosts.
     pub fn names(&self, destination: &Destination) -> bool {
-        lowercase(&destination.name) == self.0
-            || destination.hosts.iter().any(|h| lowercase(h.trim_end_matches('.')) == self.0)
+        self.names_by(&destination.name, destination.hosts.iter().map(|h| &**h))
+    }
+
+    /// Whether it names a destination called `name` with these hosts (as a report shows
+    /// them).
+    pub fn names_by<'h>(&self, name: &str, mut hosts: impl Iterator<Item = &'h str>) -> bool {
+        lowercase(name) == self.0 || hosts.any(|h| lowercase(h.trim_end_matches('.')) == self.0)
     }
 
     /// Whether a recipient of `domain` (lower-case), routed to `destination`, is named.

@@ -171,7 +171,7 @@ impl Routes {
     }
 
     /// The relay every domain goes through, if that is how mail is routed.
-    pub fn the_relay(&self) -> Option<&Arc<Destination>> {
+    pub fn relay_destination(&self) -> Option<&Arc<Destination>> {
         match &self.mode {
             Mode::Relay(d) => Some(d),
             Mode::Mx { .. } => None,

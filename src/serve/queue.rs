@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::commit::{Committer, Ticket};
 use super::due::Scheduled;
-use super::source::{instant_of, wall_ms_of};
+use super::source::{instant_of, rfc3339_of_ms, wall_ms_of};
 use super::spool::{Change, SpoolError, SpoolRead, Status, recipient_id};
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::hold::{Hold, Holds, Selector};
@@ -73,7 +73,7 @@ impl Suspension {
     }
 
     fn json(&self) -> Value {
-        json!({"dest": self.dest, "since": rfc3339(self.since_ms), "until": self.until_ms.map(rfc3339)})
+        json!({"dest": self.dest, "since": rfc3339_of_ms(self.since_ms), "until": self.until_ms.map(rfc3339_of_ms)})
     }
 }
 
@@ -505,7 +505,7 @@ impl QueueControl {
                     "hosts": d.hosts.iter().map(|h| &**h).collect::<Vec<_>>(),
                     "connections": d.health.established(),
                     "max_connections": d.max_connections,
-                    "slowed_or_suspended_until": d.shaping.suspended(now).map(|u| rfc3339(wall_ms_of(u, now, wall))),
+                    "slowed_or_suspended_until": d.shaping.suspended(now).map(|u| rfc3339_of_ms(wall_ms_of(u, now, wall))),
                 })
             })
             .collect();
@@ -525,7 +525,7 @@ impl QueueControl {
             .filter(|s| s.until_ms.is_none_or(|u| u > wall_ms))
             .map(Suspension::json)
             .collect();
-        let relay = routes.the_relay().map(|d| d.name.as_str());
+        let relay = routes.relay_destination().map(|d| d.name.as_str());
         json!({"destinations": destinations, "domains": domains, "relay": relay, "suspended": suspended})
     }
 }
@@ -654,18 +654,18 @@ fn summary(reader: &dyn SpoolRead, routes: &Value, only: Option<&Selector>, limi
     let relay = routes["relay"].as_str();
     let destination_of =
         |domain: &str| relay.or_else(|| routes["domains"].get(domain).and_then(Value::as_str));
+    // A destination's hosts, as the routes name them.
+    let hosts_of = |name: &str| {
+        destinations
+            .get(name)
+            .and_then(|d| d["hosts"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    };
     let named = |domain: &str, destination: Option<&str>| {
         let Some(selector) = only else { return true };
-        selector.is_domain(domain)
-            || destination.is_some_and(|name| {
-                lowercase(name) == selector.as_str()
-                    || destinations.get(name).and_then(|d| d["hosts"].as_array()).is_some_and(|hosts| {
-                        hosts
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .any(|h| lowercase(h.trim_end_matches('.')) == selector.as_str())
-                    })
-            })
+        selector.is_domain(domain) || destination.is_some_and(|name| selector.names_by(name, hosts_of(name)))
     };
     let mut rows: HashMap<String, Row> = HashMap::new();
     let mut total = 0usize;
@@ -692,20 +692,18 @@ fn summary(reader: &dyn SpoolRead, routes: &Value, only: Option<&Selector>, limi
                 "message": entry.message.0,
                 "rcpt": entry.address.as_str(),
                 "attempts": entry.attempts,
-                "next_attempt": rfc3339(entry.due_ms),
-                "received": rfc3339(entry.received_ms),
+                "next_attempt": rfc3339_of_ms(entry.due_ms),
+                "received": rfc3339_of_ms(entry.received_ms),
             }));
         }
     }
     let suspended = routes["suspended"].as_array().cloned().unwrap_or_default();
-    let suspension_of = |name: &str, domains: &BTreeMap<String, usize>, hosts: Option<&Value>| {
+    let suspension_of = |name: &str, domains: &BTreeMap<String, usize>| {
         suspended.iter().find(|s| {
-            let Some(dest) = s["dest"].as_str() else { return false };
-            lowercase(name) == dest
-                || domains.contains_key(dest)
-                || hosts
-                    .and_then(Value::as_array)
-                    .is_some_and(|h| h.iter().filter_map(Value::as_str).any(|h| lowercase(h) == dest))
+            let Some(selector) = s["dest"].as_str().and_then(|d| Selector::parse(d).ok()) else {
+                return false;
+            };
+            domains.contains_key(selector.as_str()) || selector.names_by(name, hosts_of(name))
         })
     };
     let mut rows: Vec<(String, Row)> = rows.into_iter().collect();
@@ -719,12 +717,12 @@ fn summary(reader: &dyn SpoolRead, routes: &Value, only: Option<&Selector>, limi
                 "destination": name,
                 "routed": known.is_some(),
                 "waiting": row.waiting,
-                "next_attempt": rfc3339(row.next_ms),
-                "oldest": rfc3339(row.oldest_ms),
+                "next_attempt": rfc3339_of_ms(row.next_ms),
+                "oldest": rfc3339_of_ms(row.oldest_ms),
                 "domains": busiest(&row.domains),
                 "domain_count": row.domains.len(),
                 "connections": known.map(|d| d["connections"].clone()),
-                "suspended": suspension_of(name, &row.domains, known.map(|d| &d["hosts"])).cloned(),
+                "suspended": suspension_of(name, &row.domains).cloned(),
             });
             if only.is_some() {
                 v["hosts"] = known.map_or(Value::Null, |d| d["hosts"].clone());
@@ -747,12 +745,6 @@ fn busiest(domains: &BTreeMap<String, usize>) -> BTreeMap<&str, usize> {
     let mut all: Vec<(&str, usize)> = domains.iter().map(|(d, n)| (d.as_str(), *n)).collect();
     all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     all.into_iter().take(ROW_DOMAINS).collect()
-}
-
-/// A time as RFC 3339 (UTC, seconds).
-fn rfc3339(ms: u64) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

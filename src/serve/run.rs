@@ -26,14 +26,13 @@ use super::queue::{QueueControl, QueueHandle, SUSPENSIONS, suspensions_of};
 use super::source::{SpoolSource, wall_ms_of};
 use super::spool::FromLog;
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
-use super::status::{StatusReader, entries_of};
+use super::status::{StatusReader, entries_of, entry_of};
 use super::webhook::send::{Sender, WebhookConfig};
 use super::webhook::{Webhook, WebhookCollector, count_queued, events_of};
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::dkim::Dkim;
 use crate::deliver::ledger::{Books, Control, Durable, Flow, Ledger, LedgerConfig, Settled};
-use crate::deliver::log::{Committed, CommittedRecord};
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
@@ -225,7 +224,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
                 .collect();
             let events = events_of(&event_hooks, records.start, &records.bytes);
             count_queued(&event_hooks, &events);
-            let now_ms = wall_ms_of(Instant::now(), Instant::now(), SystemTime::now());
+            let now_ms = super::intake::now_ms();
             let statuses = match status_retention {
                 Some(keep) => {
                     if purged.elapsed() >= PURGE_EVERY {
@@ -300,7 +299,7 @@ pub fn reconcile(
     let mut changes = Vec::new();
     let mut from_log = FromLog::default();
     let (mut line, mut records, mut offset) = (Vec::new(), 0, from);
-    let now_ms = wall_ms_of(Instant::now(), Instant::now(), SystemTime::now());
+    let now_ms = super::intake::now_ms();
     loop {
         line.clear();
         if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(read)? == 0 {
@@ -318,12 +317,7 @@ pub fn reconcile(
         let Some(record) = Head::read(&line) else { continue };
         records += 1;
         if status {
-            let one = Committed {
-                start: at,
-                bytes: Vec::new(),
-                records: vec![CommittedRecord { id: record.id, message: record.message, end: line.len() }],
-            };
-            from_log.statuses.extend(entries_of(&one, now_ms));
+            from_log.statuses.extend(entry_of(record.id, record.message, at, now_ms));
         }
         if record.rcpt.is_some() && record.status.is_some_and(LogStatus::is_final) {
             let (message, index) = of_recipient_id(record.id);

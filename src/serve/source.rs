@@ -390,6 +390,11 @@ pub fn instant_of(ms: u64, now: Instant, wall: SystemTime) -> Instant {
     }
 }
 
+/// A wall-clock time `ms` (milliseconds since the Unix epoch) as RFC 3339, in seconds (UTC).
+pub fn rfc3339_of_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
 /// Milliseconds since the Unix epoch of `at`, given one reading of both clocks.
 pub fn wall_ms_of(at: Instant, now: Instant, wall: SystemTime) -> u64 {
     let wall_ms = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

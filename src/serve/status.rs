@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::source::rfc3339_of_ms;
 use super::spool::{MessageId, SpoolError, SpoolRead, Status, StatusEntry, of_recipient_id, recipient_id};
 use crate::deliver::log::Committed;
 
@@ -34,19 +35,23 @@ pub fn entries_of(committed: &Committed, now_ms: u64) -> Vec<StatusEntry> {
     for r in &committed.records {
         let offset = committed.start + start as u64;
         start = r.end;
-        if r.id != 0 {
-            let (message, index) = of_recipient_id(r.id);
-            entries.push(StatusEntry { message, index: Some(index), offset, received_ms: 0 });
-        } else if r.message != 0 {
-            entries.push(StatusEntry {
-                message: MessageId(r.message),
-                index: None,
-                offset,
-                received_ms: now_ms,
-            });
-        }
+        entries.extend(entry_of(r.id, r.message, offset, now_ms));
     }
     entries
+}
+
+/// The status entry of the record at `offset` about recipient `id` (0: none) or, for a
+/// `received` record, message `message` (0: none); `None` for a record about neither (a
+/// `shaping` record).
+pub fn entry_of(id: u64, message: u64, offset: u64, now_ms: u64) -> Option<StatusEntry> {
+    if id != 0 {
+        let (message, index) = of_recipient_id(id);
+        Some(StatusEntry { message, index: Some(index), offset, received_ms: 0 })
+    } else if message != 0 {
+        Some(StatusEntry { message: MessageId(message), index: None, offset, received_ms: now_ms })
+    } else {
+        None
+    }
 }
 
 /// Reads messages' status for the API.
@@ -122,7 +127,7 @@ impl StatusReader {
             entry.entry("rcpt").or_insert_with(|| json!(r.address.as_str()));
             if let Status::Waiting { attempts, due_ms } = r.status {
                 entry.entry("attempts").or_insert(json!(attempts));
-                entry.insert("next_attempt".into(), json!(rfc3339(due_ms)));
+                entry.insert("next_attempt".into(), json!(rfc3339_of_ms(due_ms)));
             }
         }
         let recipients: Vec<Value> = by_index
@@ -139,7 +144,7 @@ impl StatusReader {
         if let Some(received) = received {
             answer["received"] = received;
         } else if let Some(s) = &stored {
-            answer["received"] = json!({"time": rfc3339(s.received_ms), "origin": s.origin});
+            answer["received"] = json!({"time": rfc3339_of_ms(s.received_ms), "origin": s.origin});
         }
         answer["in_spool"] = json!(stored.is_some());
         Ok(Some(answer))
@@ -178,10 +183,6 @@ impl StatusReader {
     fn error(&self, error: std::io::Error) -> StatusError {
         StatusError::Log { path: self.log.display().to_string(), error }
     }
-}
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]
