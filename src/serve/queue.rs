@@ -262,12 +262,20 @@ impl QueueControl {
     /// One turn: new orders, recipients held back, durable writes, and a slice of the sweep
     /// under way.
     pub fn turn(&mut self, t: &mut Turn<'_>, now: Instant) {
+        // The producer turns this for every job: with nothing to do, nothing more is looked at
+        // (not even the wall clock).
+        let orders: Vec<Order> = self.orders.try_iter().collect();
+        let held = t.dispatch.take_held();
+        let quiet = self.saving.is_empty() && self.holding.is_empty() && self.sweeps.is_empty();
+        if orders.is_empty() && held.is_empty() && quiet {
+            return;
+        }
         let wall = SystemTime::now();
         let mut holds_changed = false;
-        while let Ok(order) = self.orders.try_recv() {
+        for order in orders {
             holds_changed |= self.order(order, t, now, wall);
         }
-        self.hold_back(t.dispatch.take_held(), t, now, wall);
+        self.hold_back(held, t, now, wall);
         self.answer_saved();
         self.released(t);
         if let Some(sweep) = self.sweeps.front_mut()

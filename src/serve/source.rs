@@ -126,7 +126,7 @@ impl SpoolSource {
     fn control(&mut self, now: Instant) {
         let Some(queue) = &mut self.queue else { return };
         let last_at_start = self.last_at_start;
-        let reader = Arc::clone(&self.reader);
+        let reader = &self.reader;
         let mut turn = Turn {
             dispatch: &mut self.dispatch,
             held: &mut self.held,
@@ -134,7 +134,7 @@ impl SpoolSource {
             unread: &mut self.unread,
             unread_from: &mut self.unread_from,
             is_arrival: &|entry| is_arrival(entry, last_at_start),
-            pending_of: &|entry, now, wall| spooled(&reader, entry, now, wall),
+            pending_of: &|entry, now, wall| spooled(reader, entry, now, wall),
         };
         queue.turn(&mut turn, now);
     }
