@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod cluster;
 pub mod deliver;
 pub mod engine;
 pub mod hash;

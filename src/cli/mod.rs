@@ -13,6 +13,7 @@ mod secure;
 mod send;
 mod serve;
 mod sink;
+mod status;
 mod token;
 mod webhook;
 
@@ -49,6 +50,10 @@ enum Command {
     /// recipient's fate recorded in a delivery log, across restarts.
     #[command(after_help = serve::EXIT_DOC)]
     Serve(serve::ServeArgs),
+    /// Show a campaign shared through Redis (`send --queue`), merged across its nodes:
+    /// final rows by status, by node and by domain, and rows still waiting.
+    #[command(after_help = status::EXIT_DOC)]
+    Status(status::StatusArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
     /// Pre-flight a campaign against DNS: SPF, DKIM keys, DMARC and alignment, PTR, and RFC 8058
@@ -74,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Sink(args) => sink::run(args),
+        Command::Status(args) => status::run(args),
         Command::Token(args) => token::run(args),
         Command::Check(args) => check::run(args),
         Command::Plot(args) => plot::run(args),

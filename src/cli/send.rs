@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use mailvolley::cluster;
 use mailvolley::engine::Snapshot;
 use mailvolley::plot;
 use mailvolley::send::template::{Attachment, MessageSpec, content_type_for};
@@ -23,7 +24,8 @@ use super::metrics::MetricsArgs;
 pub const EXIT_DOC: &str = "Exit codes: 0 every recipient has its final record in the log (delivered, bounced, expired, \
 rejected, suppressed or uncertain); 1 stopped early (Ctrl-C, SIGTERM, an unreadable input): run again with --resume LOG; \
 2 usage error or failure to start (nothing sent); 3 the delivery log could not be written: sending stopped, and \
-records that could not be written were printed on stderr.";
+records that could not be written were printed on stderr. With --queue: 0 once every row of the shared campaign \
+is final (on any node), 1 stopped before that.";
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -31,8 +33,10 @@ pub struct SendArgs {
     /// `mail` or `email address`, any case), separated by `,`, `;` or tabs (read from the
     /// header row), or JSONL (one object per line, an `email` key); `-` reads stdin. Every
     /// other column or key is a template variable.
-    #[arg(long, value_name = "FILE")]
-    recipients: PathBuf,
+    ///
+    /// With --queue, only the node(s) that load the campaign are given it.
+    #[arg(long, value_name = "FILE", required_unless_present = "queue")]
+    recipients: Option<PathBuf>,
     /// The message: an RFC 5322 message (headers, blank line, body) that is a minijinja
     /// template. Missing To, Date and Message-ID headers are added (From from --from).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["subject", "text", "html", "attach"])]
@@ -98,6 +102,23 @@ pub struct SendArgs {
     /// Read, render and resolve, send nothing: show the first rendered message and a summary.
     #[arg(long)]
     dry_run: bool,
+    /// Share the campaign with other nodes through Redis: every node is started with the
+    /// same message and options and this URL (NAME is the campaign's id); the node(s) given
+    /// --recipients load its rows once, and every node sends its share, writes its own log,
+    /// and takes over the rows of a node that stops. `volley status URL` shows the whole.
+    #[arg(long, value_name = "redis://HOST:PORT/NAME", value_parser = parse_queue, conflicts_with_all = ["resume", "campaign", "dry_run"])]
+    queue: Option<cluster::QueueUrl>,
+    /// This node's name in a shared campaign: unique among the nodes; a node restarted under
+    /// its name at once takes back the rows it held [default: the host name].
+    #[arg(long, value_name = "NAME", requires = "queue", value_parser = parse_node)]
+    node: Option<String>,
+    /// Rows held this long by a node that stopped keeping them (it died, or lost Redis) are
+    /// taken over by the others.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::duration, requires = "queue")]
+    claim_idle: Duration,
+    /// The Redis password, from a file (never on the command line).
+    #[arg(long, value_name = "FILE", requires = "queue")]
+    redis_password_file: Option<PathBuf>,
     #[command(flatten)]
     delivery: DeliveryArgs,
     /// Print the report as JSON on stdout.
@@ -112,6 +133,14 @@ pub struct SendArgs {
     quiet: bool,
     #[command(flatten)]
     metrics: MetricsArgs,
+}
+
+fn parse_queue(s: &str) -> Result<cluster::QueueUrl, String> {
+    cluster::QueueUrl::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_node(s: &str) -> Result<String, String> {
+    cluster::check_node_name(s).map(|()| s.to_owned())
 }
 
 fn parse_campaign(s: &str) -> Result<String, String> {
@@ -159,7 +188,11 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
             (path.clone(), true)
         }
         (None, Some(path)) => (path.clone(), false),
-        (None, None) => (send::default_log_path(&args.recipients), false),
+        (None, None) => match (&args.queue, &args.recipients) {
+            (Some(url), _) => (send::default_node_log_path(&url.campaign, &node_name(args)), false),
+            (None, Some(recipients)) => (send::default_log_path(recipients), false),
+            (None, None) => bail!("--recipients is required"),
+        },
     };
     if !resume && log.is_file() {
         bail!("the log {} exists: continue it with --resume {0}, or choose another --log", log.display());
@@ -167,9 +200,24 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
     if resume && !log.is_file() {
         bail!("--resume {}: not a regular file (a delivery log is one)", log.display());
     }
+    let queue = match &args.queue {
+        Some(url) => {
+            if args.claim_idle < Duration::from_secs(1) {
+                bail!("--claim-idle must be at least 1s (rows are kept fresh every third of it)");
+            }
+            let password = args.redis_password_file.as_deref().map(cluster::read_password).transpose()?;
+            Some(send::QueueConfig {
+                server: cluster::Server { url: url.clone(), password },
+                node: node_name(args),
+                claim_idle: args.claim_idle,
+            })
+        }
+        None => None,
+    };
     Ok(SendConfig {
         delivery: args.delivery.config()?,
         recipients: args.recipients.clone(),
+        queue,
         campaign: args.campaign.clone(),
         message: message_spec(args)?,
         dedupe: !args.allow_duplicates,
@@ -179,6 +227,10 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         progress: !args.quiet,
         metrics: args.metrics.metrics_listen.is_some(),
     })
+}
+
+fn node_name(args: &SendArgs) -> String {
+    args.node.clone().unwrap_or_else(cluster::default_node_name)
 }
 
 /// Destinations `--plot` draws the queue time of (the busiest).
@@ -286,11 +338,26 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = &report.input_error {
         eprintln!("volley: {e}");
     }
-    if report.admitted == 0 && report.skipped == 0 && report.input_done && report.input_error.is_none() {
+    if let (Some(recipients), None) = (&args.recipients, &args.queue)
+        && report.admitted == 0
+        && report.skipped == 0
+        && report.input_done
+        && report.input_error.is_none()
+    {
         eprintln!(
             "volley send: warning: {} has no recipient rows (a header row alone?): nothing was sent",
-            args.recipients.display()
+            recipients.display()
         );
+    }
+    if args.queue.is_some() && !report.all_final() {
+        eprintln!(
+            "volley: {} recipients of this node have no final record: they stay pending under node {}; run \
+             it again with the same --node to take them back, or the other nodes take them over after \
+             --claim-idle",
+            report.unfinished,
+            node_name(&args)
+        );
+        return Ok(ExitCode::from(1));
     }
     if !report.all_final() {
         let unread = if report.input_done { "" } else { ", and the input was not read to its end" };
@@ -370,6 +437,14 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
             e.shaping_events_dropped
         );
     }
+    if let Some(c) = &r.cluster {
+        let _ = writeln!(
+            s,
+            "shared campaign: {} rows acknowledged ({} counted as this node's), {} taken over from stopped \
+             nodes, {} lost to others, {} left unacknowledged; {} Redis calls",
+            c.acked, c.counted, c.taken_over, c.lost, c.unacked, c.commands
+        );
+    }
     let _ = writeln!(s, "log: {}", log.display());
     if !r.books.domains.is_empty() {
         let _ = writeln!(
@@ -433,6 +508,14 @@ fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
         "connections": e.connections,
         "tls_sessions": e.tls.negotiated.values().sum::<u64>(),
         "plaintext_sessions": e.tls.plaintext,
+        "shared": r.cluster.as_ref().map(|c| serde_json::json!({
+            "acked": c.acked,
+            "counted": c.counted,
+            "taken_over": c.taken_over,
+            "lost": c.lost,
+            "unacked": c.unacked,
+            "redis_calls": c.commands,
+        })),
         "domains": r.books.domains,
         "other_domains": r.books.other_domains,
     })

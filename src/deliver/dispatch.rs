@@ -158,6 +158,17 @@ impl Dispatch {
         out
     }
 
+    /// Takes out the recipients named in `ids` that are waiting here for their turn or a
+    /// retry, and removes them from `ids`; how many. Those in a session or waiting for DNS stay
+    /// (and in `ids`).
+    pub fn forget(&mut self, ids: &mut std::collections::HashSet<u64>) -> usize {
+        let before = ids.len();
+        self.ready.retain(|(p, _)| !ids.remove(&p.id));
+        let due = std::mem::take(&mut self.retries_due).into_vec();
+        self.retries_due = due.into_iter().filter(|Reverse(d)| !ids.remove(&d.pending.id)).collect();
+        before - ids.len()
+    }
+
     /// Makes every retry waiting here that `selector` names due now; how many.
     pub fn bring_forward(&mut self, selector: &Selector, now: Instant) -> usize {
         let mut due = std::mem::take(&mut self.retries_due).into_vec();

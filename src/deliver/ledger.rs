@@ -117,8 +117,8 @@ pub struct Ledger {
 /// log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
-    /// Its final record is written; `failed` when it bounced or expired.
-    Final { id: u64, failed: Option<Box<Failed>> },
+    /// Its final record is written, with this status; `failed` when it bounced or expired.
+    Final { id: u64, status: Status, rcpt: Option<Arc<str>>, failed: Option<Box<Failed>> },
     /// Deferred: attempts so far, and when it is to be tried again.
     Retry { id: u64, attempts: u32, at: Instant },
 }
@@ -656,20 +656,26 @@ impl Ledger {
         }
         if r.status.is_final() {
             self.flow.finalized.fetch_add(1, Ordering::Release);
-            if self.on_durable.is_some()
-                && let Some(rcpt) = &r.rcpt
-            {
-                let failed = matches!(r.status, Status::Bounced | Status::Expired).then(|| {
-                    Box::new(Failed {
-                        rcpt: Arc::clone(rcpt),
-                        expired: r.status == Status::Expired,
-                        code: r.code,
-                        enhanced: r.enhanced,
-                        text: r.reply.as_deref().or(r.reason.as_deref()).unwrap_or("").to_owned(),
-                        mx: r.mx.clone(),
-                    })
+            if self.on_durable.is_some() {
+                let failed =
+                    r.rcpt.as_ref().filter(|_| matches!(r.status, Status::Bounced | Status::Expired)).map(
+                        |rcpt| {
+                            Box::new(Failed {
+                                rcpt: Arc::clone(rcpt),
+                                expired: r.status == Status::Expired,
+                                code: r.code,
+                                enhanced: r.enhanced,
+                                text: r.reply.as_deref().or(r.reason.as_deref()).unwrap_or("").to_owned(),
+                                mx: r.mx.clone(),
+                            })
+                        },
+                    );
+                self.settled.push(Settled::Final {
+                    id: r.id,
+                    status: r.status,
+                    rcpt: r.rcpt.clone(),
+                    failed,
                 });
-                self.settled.push(Settled::Final { id: r.id, failed });
             }
         }
         if self.log_error.is_none() {
@@ -846,7 +852,7 @@ mod tests {
         let finals: Vec<(u64, Option<bool>)> = settled[1..]
             .iter()
             .map(|s| match s {
-                Settled::Final { id, failed } => (*id, failed.as_ref().map(|f| f.expired)),
+                Settled::Final { id, failed, .. } => (*id, failed.as_ref().map(|f| f.expired)),
                 Settled::Retry { .. } => panic!("a retry among the finals"),
             })
             .collect();

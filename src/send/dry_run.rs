@@ -37,9 +37,12 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
     let io_err = SendError::Output;
     let campaign = config.campaign.clone().unwrap_or_else(super::new_campaign_id);
     let template = Arc::new(config.template(&campaign)?);
-    let path = config.recipients.display().to_string();
-    let mut rows =
-        Rows::open(&config.recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
+    let Some(recipients) = &config.recipients else {
+        let error = std::io::Error::new(std::io::ErrorKind::InvalidInput, "--dry-run reads --recipients");
+        return Err(SendError::Input { path: String::new(), error });
+    };
+    let path = recipients.display().to_string();
+    let mut rows = Rows::open(recipients).map_err(|error| SendError::Input { path: path.clone(), error })?;
     let mut seen = Fingerprints::default();
     let suppress = super::suppress::Suppressions::load(&config.suppress)?;
     // Checked now, so a bad rules file fails the dry run as it would the campaign.

@@ -289,7 +289,7 @@ fn next_csv(
             return Ok(Some(Err(BadRow { line, email: readable_address(record, email), reason })));
         }
     };
-    let address = address(line, fields.get(email).unwrap_or_default());
+    let address = check_address(line, fields.get(email).unwrap_or_default());
     Ok(Some(address.map(|email| Row { line, email, vars: Vars::Csv { names: Arc::clone(headers), fields } })))
 }
 
@@ -344,7 +344,7 @@ fn next_jsonl(
             false => vars.keys().map(String::as_str).find(|k| is_address_name(k)),
         };
         let email = match key.and_then(|k| vars.get(k)) {
-            Some(Value::String(s)) => address(at, s),
+            Some(Value::String(s)) => check_address(at, s),
             Some(_) => {
                 return Ok(Some(Err(BadRow {
                     line: at,
@@ -359,7 +359,7 @@ fn next_jsonl(
 }
 
 /// The row's address, checked: one that cannot be routed makes the row bad.
-fn address(line: u64, email: &str) -> Result<Address, BadRow> {
+pub fn check_address(line: u64, email: &str) -> Result<Address, BadRow> {
     let text = email.trim();
     let bad = |reason: String| BadRow { line, email: Some(text.to_owned()), reason };
     if text.is_empty() {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 
+use crate::cluster;
 use crate::deliver::DeliveryConfig;
 pub use crate::deliver::Routing;
 use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
@@ -34,7 +35,7 @@ use crate::engine::{self, RetryPolicy};
 use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
 use crate::metrics::{EngineCollector, Metrics};
 use input::Rows;
-use source::{SendSource, Shared, SourceConfig};
+use source::{Input, SendSource, Shared, SourceConfig};
 use template::{MessageSpec, MessageTemplate};
 
 #[derive(Debug, Clone)]
@@ -42,7 +43,10 @@ pub struct SendConfig {
     /// Where and how mail goes, as for `serve`. `send` sets the engine's `outcomes`, and its
     /// `retry` to the schedule: the engine hands every deferral back.
     pub delivery: DeliveryConfig,
-    pub recipients: PathBuf,
+    /// The recipients file; `None` only for a node of a shared campaign that does not load it.
+    pub recipients: Option<PathBuf>,
+    /// A campaign shared with other nodes through Redis.
+    pub queue: Option<QueueConfig>,
     /// The campaign's id (Message-IDs and unsubscribe tokens carry it) [default: a random
     /// one; a resumed run keeps its log's].
     pub campaign: Option<String>,
@@ -60,12 +64,27 @@ pub struct SendConfig {
     pub metrics: bool,
 }
 
+/// A node's part in a campaign shared through Redis (see [`crate::cluster`]).
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub server: cluster::Server,
+    /// This node's name: its consumer in the group, and its counts.
+    pub node: String,
+    /// Rows idle this long under another node are taken over.
+    pub claim_idle: Duration,
+}
+
 #[derive(Debug, Error)]
 pub enum SendError {
     #[error("recipients {path}: {error}")]
     Input { path: String, error: std::io::Error },
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    /// The campaign shared through Redis refused this node, or Redis could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error("--queue: the recipients must be a file ({0} cannot be read again by a loader that takes over)")]
+    QueueFromStream(String),
     #[error(transparent)]
     Dkim(#[from] dkim::DkimError),
     #[error(transparent)]
@@ -104,6 +123,7 @@ pub struct Sending {
     cut_tail: u64,
     stopped: bool,
     delivery_metrics: Option<Arc<DeliveryMetrics>>,
+    worker: Option<cluster::worker::WorkerHandle>,
 }
 
 /// How a campaign ended.
@@ -124,6 +144,8 @@ pub struct SendReport {
     pub input_error: Option<String>,
     pub stopped: bool,
     pub engine: engine::Report,
+    /// A node of a shared campaign: what its worker did.
+    pub cluster: Option<cluster::worker::WorkerReport>,
 }
 
 impl SendReport {
@@ -180,26 +202,69 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         false => (None, None),
     };
     let cut_tail = resumed.as_ref().map_or(0, |r| r.cut_tail);
-    let campaign = resumed
-        .as_ref()
-        .and_then(|r| r.campaign.clone())
-        .or_else(|| config.campaign.clone())
-        .unwrap_or_else(new_campaign_id);
+    let campaign = match &config.queue {
+        Some(queue) => queue.server.url.campaign.clone(),
+        None => resumed
+            .as_ref()
+            .and_then(|r| r.campaign.clone())
+            .or_else(|| config.campaign.clone())
+            .unwrap_or_else(new_campaign_id),
+    };
     let mut template = config.template(&campaign)?;
     let suppress = suppress::Suppressions::load(&config.suppress)?;
     let classifier = Arc::new(config.delivery.classifier()?);
-    let input_error = |error| SendError::Input { path: path_text(&config.recipients), error };
-    let digest = input::digest(&config.recipients).map_err(input_error)?;
-    if let (Some(was), Some(now)) = (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest) {
+    let input_error = |path: &Path, error| SendError::Input { path: path_text(path), error };
+    let digest = match &config.recipients {
+        Some(path) => input::digest(path).map_err(|e| input_error(path, e))?,
+        None => None,
+    };
+    if let (Some(was), Some(now), Some(path)) =
+        (resumed.as_ref().and_then(|r| r.input_digest.as_ref()), &digest, &config.recipients)
+    {
         if was != now {
-            let (path, log) = (path_text(&config.recipients), path_text(&config.log));
+            let (path, log) = (path_text(path), path_text(&config.log));
             return Err(SendError::InputChanged { path, log });
         }
     }
-    let rows = Rows::open(&config.recipients).map_err(input_error)?;
-    if let Some(columns) = rows.columns() {
-        template.bind_columns(columns);
-    }
+    let shared = Arc::new(Shared::default());
+    let (input, worker, acks, run_input) = match (&config.queue, &config.recipients) {
+        (Some(queue), recipients) => {
+            let load = match (recipients, &digest) {
+                (Some(path), Some(digest)) => Some(cluster::load::Input {
+                    path: path.clone(),
+                    digest: digest.clone(),
+                    dedupe: config.dedupe,
+                }),
+                (Some(path), None) => return Err(SendError::QueueFromStream(path_text(path))),
+                (None, _) => None,
+            };
+            let joined = cluster::load::join(&queue.server, &queue.node, &config.message.digest(), load)?;
+            if let Some(columns) = &joined.columns {
+                template.bind_columns(columns);
+            }
+            let (rows, acks, worker) = cluster::worker::start(cluster::worker::WorkerConfig {
+                server: queue.server.clone(),
+                node: queue.node.clone(),
+                claim_idle: queue.claim_idle,
+                columns: joined.columns,
+                flow: Arc::clone(&shared.flow),
+                loader_error: joined.loading.map(|l| l.error),
+            })?;
+            let name = format!("redis {}/{campaign} as node {}", queue.server.url.server, queue.node);
+            (Input::Queue(rows), Some(worker), Some(acks), name)
+        }
+        (None, Some(path)) => {
+            let rows = Rows::open(path).map_err(|e| input_error(path, e))?;
+            if let Some(columns) = rows.columns() {
+                template.bind_columns(columns);
+            }
+            (Input::File(rows), None, None, path_text(path))
+        }
+        (None, None) => {
+            let error = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no recipients given");
+            return Err(SendError::Input { path: String::new(), error });
+        }
+    };
     let template = Arc::new(template);
     let shaping = config.delivery.shaping()?;
     let reactions = shaping.reactions();
@@ -210,17 +275,16 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     };
     let mut run = Record::new(Status::Run, 0);
     run.campaign = Some(campaign.clone());
-    run.input = Some(path_text(&config.recipients));
+    run.input = Some(run_input);
     run.input_digest = digest;
     log.write(&run);
     log.sync().map_err(|e| SendError::Log { path: path_text(&config.log), error: e.error })?;
 
-    let shared = Arc::new(Shared::default());
     let (reports_tx, reports_rx) = mpsc::sync_channel(8192);
     let (retries_tx, retries_rx) = mpsc::channel();
     let resumed_finals = resumed.as_ref().map(|r| r.final_count);
     let source = SendSource::new(SourceConfig {
-        rows,
+        input,
         template,
         routes,
         dedupe: config.dedupe,
@@ -235,7 +299,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         crate::deliver::engine_config(config.delivery.engine.clone(), retry, reactions, config.delivery.rate);
     let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
-    let ledger = Ledger::new(LedgerConfig {
+    let mut ledger = Ledger::new(LedgerConfig {
         log,
         outcomes: running.outcomes().to_vec(),
         events: running.shaping_events(),
@@ -248,6 +312,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     })
     .wake_when_all_final(running.producer_thread())
     .show_sessions(running.progress());
+    if let Some(acks) = acks {
+        // A shared campaign's rows are acknowledged once their final records are durable.
+        ledger = ledger.on_durable(acks.hook());
+    }
     let (ledger, delivery_metrics) = match config.metrics {
         true => {
             let meter = DeliveryMeter::new();
@@ -269,6 +337,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         cut_tail,
         stopped: false,
         delivery_metrics,
+        worker,
     })
 }
 
@@ -324,6 +393,8 @@ impl Sending {
         // The log thread may be in a long idle wait: the run's end should not wait for it.
         self.ledger.thread().unpark();
         let books = self.ledger.join().map_err(|_| std::io::Error::other("the log thread panicked"))?;
+        // After the ledger: its last commit's final rows are acknowledged too.
+        let cluster = self.worker.map(|w| w.finish());
         let admitted = self.shared.flow.admitted.load(Ordering::Acquire);
         let unfinished = admitted.saturating_sub(books.tally.finals());
         let input_error = self.shared.input_error.lock().ok().and_then(|e| e.clone());
@@ -339,6 +410,7 @@ impl Sending {
             stopped: self.stopped || books.log_error.is_some(),
             books,
             engine: report,
+            cluster,
         })
     }
 }
@@ -346,11 +418,21 @@ impl Sending {
 /// The default log path: next to the input, named for the input and the start time
 /// (`list.csv` → `list.volley-20261123T102640Z.jsonl`); for stdin, in the working directory.
 pub fn default_log_path(recipients: &Path) -> PathBuf {
-    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace([':', '-'], "");
     let stem = recipients.file_stem().and_then(|s| s.to_str()).filter(|s| *s != "-").unwrap_or("stdin");
-    let name = format!("{stem}.volley-{stamp}.jsonl");
+    let name = stamped_log_name(stem);
     match recipients.parent().filter(|p| !p.as_os_str().is_empty() && recipients != Path::new("-")) {
         Some(dir) => dir.join(name),
         None => PathBuf::from(name),
     }
+}
+
+/// The default log path of a node of a shared campaign: in the working directory, named for
+/// the campaign, the node and the start time (`spring.node1.volley-20261123T102640Z.jsonl`).
+pub fn default_node_log_path(campaign: &str, node: &str) -> PathBuf {
+    PathBuf::from(stamped_log_name(&format!("{campaign}.{node}")))
+}
+
+fn stamped_log_name(stem: &str) -> String {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace([':', '-'], "");
+    format!("{stem}.volley-{stamp}.jsonl")
 }

@@ -5,7 +5,7 @@
 //! decides itself (rejected rows, DNS bounces and deferrals) goes to the log thread as a
 //! [`Report`], which makes the record and decides a deferral's retry.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::hash::Hasher;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use super::input::{BadRow, Item, Rows};
 use super::resume::Resumed;
 use super::suppress::Suppressions;
 use super::template::{MessageTemplate, Recipe};
+use crate::cluster::worker::QueueRead;
 use crate::deliver::dispatch::{Dispatch, MAX_RESOLVING};
 use crate::deliver::ledger::{Flow, Report, Unsent};
 use crate::deliver::pending::Pending;
@@ -57,8 +58,24 @@ pub struct Shared {
     pub input_done: std::sync::atomic::AtomicBool,
 }
 
+/// Where a campaign's rows come from.
+pub enum Input {
+    /// A recipients file, read in order.
+    File(Rows),
+    /// A campaign shared through Redis: rows as this node's worker reads them.
+    Queue(crate::cluster::worker::QueueRows),
+}
+
+/// What reading gave.
+enum Read {
+    Row(Item, u64),
+    /// Nothing now (a shared campaign's next rows are on their way).
+    Later,
+    End,
+}
+
 pub struct SendSource {
-    rows: Option<Rows>,
+    input: Option<Input>,
     template: Arc<MessageTemplate>,
     /// Admitted recipients on their way to the engine: routing, DNS, retries.
     dispatch: Dispatch,
@@ -74,11 +91,13 @@ pub struct SendSource {
     ended: Option<io::Result<()>>,
     resume: Option<Resumed>,
     shared: Arc<Shared>,
+    /// Rows another node took over that may still be here (see [`SendSource::drop_lost`]).
+    lost: HashSet<u64>,
 }
 
 /// What a campaign's job source reads, routes and reports through.
 pub struct SourceConfig {
-    pub rows: Rows,
+    pub input: Input,
     pub template: Arc<MessageTemplate>,
     pub routes: Routes,
     /// Send one message per address, to its first row.
@@ -95,10 +114,12 @@ pub struct SourceConfig {
 
 impl SendSource {
     pub fn new(config: SourceConfig) -> SendSource {
-        let SourceConfig { rows, template, routes, dedupe, suppress, resume, retries, reports, shared } =
+        let SourceConfig { input, template, routes, dedupe, suppress, resume, retries, reports, shared } =
             config;
+        // A shared campaign's loader has de-duplicated its rows.
+        let dedupe = dedupe && matches!(input, Input::File(_));
         SendSource {
-            rows: Some(rows),
+            input: Some(input),
             template,
             dispatch: Dispatch::new(routes, retries, reports),
             seen: dedupe.then(Fingerprints::default),
@@ -108,6 +129,7 @@ impl SendSource {
             ended: None,
             resume,
             shared,
+            lost: HashSet::new(),
         }
     }
 
@@ -120,11 +142,19 @@ impl SendSource {
         self.report(Report::Unsent { id: bad.line, rcpt, why: Unsent::Rejected, reason: bad.reason });
     }
 
-    /// The next row to admit and its fingerprint; `None` at the end of the input. Reads up to
-    /// [`READ_AHEAD`] rows ahead, starting the fetch of each one's fingerprint slot.
-    fn read_row(&mut self) -> io::Result<Option<(Item, u64)>> {
+    /// The next row to admit and its fingerprint. Reads a file up to [`READ_AHEAD`] rows
+    /// ahead, starting the fetch of each one's fingerprint slot.
+    fn read_row(&mut self) -> io::Result<Read> {
+        if let Some(Input::Queue(queue)) = &mut self.input {
+            // The loader de-duplicated the campaign's rows: no fingerprints here.
+            return Ok(match queue.next_row()? {
+                QueueRead::Row(item) => Read::Row(item, 0),
+                QueueRead::Later => Read::Later,
+                QueueRead::Complete => Read::End,
+            });
+        }
         while self.ahead.len() < READ_AHEAD && self.ended.is_none() {
-            let Some(rows) = &mut self.rows else { break };
+            let Some(Input::File(rows)) = &mut self.input else { break };
             match rows.next_row() {
                 Ok(Some(item)) => {
                     let fingerprint = match (&item, &self.seen) {
@@ -142,8 +172,8 @@ impl SendSource {
             }
         }
         match self.ahead.pop_front() {
-            Some(next) => Ok(Some(next)),
-            None => self.ended.take().unwrap_or(Ok(())).map(|()| None),
+            Some((item, fingerprint)) => Ok(Read::Row(item, fingerprint)),
+            None => self.ended.take().unwrap_or(Ok(())).map(|()| Read::End),
         }
     }
 
@@ -154,7 +184,7 @@ impl SendSource {
         if self.rows_read == SIZE_SET_AFTER {
             // Sized once for the whole file, as estimated from its first rows, the set is not
             // rebuilt (every fingerprint moved) each time it doubles.
-            if let (Some(seen), Some(rows)) = (&mut self.seen, &self.rows) {
+            if let (Some(seen), Some(Input::File(rows))) = (&mut self.seen, &self.input) {
                 let estimate = rows.estimated_rows(self.rows_read).unwrap_or(0).min(MAX_RESERVE);
                 seen.reserve(estimate.saturating_sub(seen.len() as u64) as usize);
             }
@@ -182,13 +212,7 @@ impl SendSource {
         }
         if let Some(seen) = &mut self.seen {
             if !seen.insert(fingerprint) {
-                let reason =
-                    "duplicate address: sent once, for its first row (--allow-duplicates to send every row)";
-                return self.reject(BadRow {
-                    line: row.line,
-                    email: Some(row.email.to_string()),
-                    reason: reason.into(),
-                });
+                return self.reject(duplicate(&row));
             }
         }
         // Rendered by the core that sends it; a row its template refuses is rejected there.
@@ -196,6 +220,19 @@ impl SendSource {
         let recipe = Recipe { row, template: Arc::clone(&self.template) };
         let message = Payload::Compose(Box::new(recipe));
         self.dispatch.route(Pending { id, rcpt, message, born: now, attempts: 0 }, now);
+    }
+
+    /// Rows of a shared campaign another node took over (this one was cut off from Redis):
+    /// those only waiting here are dropped, and no longer this node's to account for. One in a
+    /// session goes on (its final record is counted once, for whichever node finishes first).
+    fn drop_lost(&mut self) {
+        if let Some(Input::Queue(queue)) = &mut self.input {
+            self.lost.extend(queue.take_lost());
+        }
+        if !self.lost.is_empty() {
+            let dropped = self.dispatch.forget(&mut self.lost);
+            self.shared.flow.admitted.fetch_sub(dropped as u64, Ordering::AcqRel);
+        }
     }
 
     fn publish(&self) {
@@ -206,6 +243,7 @@ impl SendSource {
 impl JobSource for SendSource {
     fn next(&mut self, now: Instant) -> Next {
         self.dispatch.poll(now);
+        self.drop_lost();
         let mut read = 0;
         loop {
             if let Some(job) = self.dispatch.next_job(now) {
@@ -215,40 +253,52 @@ impl JobSource for SendSource {
             if read >= ROWS_PER_CALL || self.dispatch.resolving() >= MAX_RESOLVING {
                 break;
             }
-            if self.rows.is_none() {
+            if self.input.is_none() {
                 break;
             }
             match self.read_row() {
-                Ok(Some((item, fingerprint))) => {
+                Ok(Read::Row(item, fingerprint)) => {
                     read += 1;
                     self.admit(item, fingerprint, now);
                 }
-                Ok(None) => {
+                Ok(Read::Later) => break,
+                Ok(Read::End) => {
                     self.shared.input_done.store(true, Ordering::Release);
-                    self.rows = None;
+                    self.input = None;
                 }
                 Err(e) => {
                     if let Ok(mut slot) = self.shared.input_error.lock() {
                         *slot = Some(format!("reading the recipients stopped: {e}"));
                     }
-                    self.rows = None;
+                    self.input = None;
                 }
             }
         }
         self.publish();
-        if self.rows.is_none() && self.dispatch.waiting() == 0 && self.shared.flow.all_final() {
+        if self.input.is_none() && self.dispatch.waiting() == 0 && self.shared.flow.all_final() {
             return Next::Done;
         }
         // Nothing to hand out now: look again soon, or when the next retry is due.
         let poll = if read > 0 {
             Duration::ZERO
-        } else if self.rows.is_none() && self.dispatch.resolving() == 0 {
+        } else if self.input.is_none() && self.dispatch.resolving() == 0 {
             POLL_IDLE
         } else {
             POLL_RESOLVING
         };
         let soon = now + poll;
         Next::Wait(self.dispatch.next_retry().map_or(soon, |at| at.min(soon)))
+    }
+}
+
+/// A row whose address an earlier row has: refused, so each address gets one message (the
+/// loader of a campaign shared through Redis decides this with the same rule).
+pub fn duplicate(row: &super::input::Row) -> BadRow {
+    BadRow {
+        line: row.line,
+        email: Some(row.email.to_string()),
+        reason: "duplicate address: sent once, for its first row (--allow-duplicates to send every row)"
+            .into(),
     }
 }
 

@@ -66,6 +66,44 @@ pub struct MessageSpec {
     pub headers: Vec<(String, String)>,
 }
 
+impl MessageSpec {
+    /// What identifies the message every node of a shared campaign must send: a SHA-256 over
+    /// every part of the spec, the unsubscribe secret excepted (each node has its own copy of
+    /// it, and a digest must not let anyone test guesses of it).
+    pub fn digest(&self) -> String {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        // Each part length-prefixed, absent parts marked: no two specs hash alike by shifting
+        // text from one part to the next.
+        let mut part = |bytes: Option<&[u8]>| match bytes {
+            Some(b) => {
+                d.update(&(b.len() as u64 + 1).to_le_bytes());
+                d.update(b);
+            }
+            None => d.update(&0u64.to_le_bytes()),
+        };
+        for text in [&self.message, &self.subject, &self.text, &self.html, &self.from, &self.mail_from] {
+            part(text.as_deref().map(str::as_bytes));
+        }
+        for a in &self.attachments {
+            part(Some(a.name.as_bytes()));
+            part(Some(a.content_type.as_bytes()));
+            part(Some(&a.bytes));
+        }
+        part(None);
+        for (name, value) in &self.headers {
+            part(Some(name.as_bytes()));
+            part(Some(value.as_bytes()));
+        }
+        part(None);
+        for (before, after) in self.unsubscribe.iter().flat_map(Unsubscribe::uri_parts) {
+            part(Some(before.as_bytes()));
+            part(Some(after.as_bytes()));
+        }
+        let digest = d.finish();
+        digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub name: String,

@@ -151,6 +151,11 @@ pub struct Unsubscribe {
 }
 
 impl Unsubscribe {
+    /// Each URI of `List-Unsubscribe` as the text before and after its token.
+    pub fn uri_parts(&self) -> &[(String, String)] {
+        &self.uris
+    }
+
     /// `url` must be HTTPS (RFC 8058 §3.1) with `{{ token }}` in it once; `mailto` an address.
     pub fn new(
         url: Option<&str>,

@@ -218,7 +218,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
             let failures = settled
                 .into_iter()
                 .filter_map(|s| match s {
-                    Settled::Final { id, failed: Some(f) } => Some((of_recipient_id(id).0, f)),
+                    Settled::Final { id, failed: Some(f), .. } => Some((of_recipient_id(id).0, f)),
                     _ => None,
                 })
                 .collect();

@@ -1,0 +1,268 @@
+//! Several machines on one campaign, through Redis (`send --queue redis://HOST:PORT/CAMPAIGN`,
+//! `volley status`).
+//!
+//! A campaign's rows live in one Redis stream, each entry's id being `0-LINE` (its input line,
+//! the recipient's id everywhere in volley): a loader (`load.rs`) adds them once, in batches;
+//! every node reads them through one consumer group (`worker.rs`), delivers them with its own
+//! engine and log, and acknowledges a row (XACK) only once its final record is durable in that
+//! log. A row a node has taken stays pending under that node, kept fresh while it waits for a
+//! retry, until it is final; a node that dies stops keeping its rows fresh, and after
+//! `--claim-idle` the others take them over (XAUTOCLAIM). The engine knows nothing of this: the
+//! worker is one more input of `send`'s job source.
+//!
+//! Every key of a campaign shares the hash tag `{CAMPAIGN}`, so under Redis Cluster a campaign
+//! lives on one shard and its scripts may touch all its keys.
+
+pub mod entry;
+pub mod load;
+pub mod status;
+pub mod worker;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// The consumer group every node reads through.
+pub const GROUP: &str = "volley";
+
+/// How long a node's connection waits for Redis before counting it as down.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error("--queue {0}: expected redis://HOST:PORT/NAME (NAME: letters, digits, `-`, `_`, inner `.`)")]
+    Url(String),
+    #[error(
+        "--queue {0}: a password in the URL would show on the command line and in ps; put it in a file \
+         and give --redis-password-file"
+    )]
+    PasswordInUrl(String),
+    #[error("redis {url}: {error}")]
+    Redis { url: String, error: redis::RedisError },
+    #[error("--redis-password-file {path}: {error}")]
+    Password { path: String, error: std::io::Error },
+    #[error(
+        "campaign {campaign} was loaded with another message (its digest {theirs}, this node's {ours}): every \
+         node must be started with the same message and message options"
+    )]
+    MessageDiffers { campaign: String, theirs: String, ours: String },
+    #[error(
+        "campaign {campaign} was loaded from another recipients file (its digest {theirs}, {path}'s {ours}): \
+         give the same file, or another campaign name"
+    )]
+    InputDiffers { campaign: String, path: String, theirs: String, ours: String },
+    #[error(
+        "node {node} is already working on campaign {campaign} (another volley with the same --node?); \
+         give each node its own name"
+    )]
+    NodeTaken { node: String, campaign: String },
+    #[error("campaign {campaign}: {what}")]
+    Layout { campaign: String, what: String },
+}
+
+/// Where a campaign lives: a Redis server and the campaign's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueUrl {
+    /// `redis://HOST:PORT` (with `/DB` if given as `?db=N`), as the client takes it.
+    pub server: String,
+    pub campaign: String,
+}
+
+impl QueueUrl {
+    /// Parses `redis://HOST[:PORT]/NAME[?db=N]`. A password in the URL is refused: it would be
+    /// on the command line.
+    pub fn parse(text: &str) -> Result<QueueUrl, ClusterError> {
+        let bad = || ClusterError::Url(text.to_owned());
+        let rest = text.strip_prefix("redis://").ok_or_else(bad)?;
+        let (rest, db) = match rest.split_once("?db=") {
+            Some((rest, db)) => (rest, Some(db.parse::<u16>().map_err(|_| bad())?)),
+            None => (rest, None),
+        };
+        let (authority, name) = rest.split_once('/').ok_or_else(bad)?;
+        if authority.contains('@') {
+            return Err(ClusterError::PasswordInUrl(text.to_owned()));
+        }
+        if authority.is_empty() || crate::send::check_campaign_id(name).is_err() {
+            return Err(bad());
+        }
+        let authority = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:6379")
+        };
+        let server = match db {
+            Some(db) => format!("redis://{authority}/{db}"),
+            None => format!("redis://{authority}"),
+        };
+        Ok(QueueUrl { server, campaign: name.to_owned() })
+    }
+}
+
+/// The keys of one campaign.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// What every node must agree on (digests, columns) and the loader's progress: a hash.
+    pub meta: String,
+    /// The rows: a stream, entry id `0-LINE`.
+    pub rows: String,
+    /// Final records, a batch per entry, for the merged view: a stream.
+    pub results: String,
+    /// Final rows by status, by domain and status, by node and status: a hash.
+    pub counts: String,
+    /// The loader's lock: a string holding the loading node's token, with a time to live.
+    pub loader: String,
+    /// Every node that has worked on the campaign: a set.
+    pub nodes: String,
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(campaign: &str) -> Keys {
+        let prefix = format!("volley:{{{campaign}}}:");
+        Keys {
+            meta: format!("{prefix}meta"),
+            rows: format!("{prefix}rows"),
+            results: format!("{prefix}results"),
+            counts: format!("{prefix}counts"),
+            loader: format!("{prefix}loader"),
+            nodes: format!("{prefix}nodes"),
+            prefix,
+        }
+    }
+
+    /// A node's lease: held while the node runs, so a second process with its name is refused.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+}
+
+/// Checks a node's name: it is the consumer's name and part of keys and counts.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err("must be 1 to 64 letters, digits, `-`, `_` or `.`".into());
+    }
+    Ok(())
+}
+
+/// This machine's name, the default node name.
+pub fn default_node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name: String = match ok {
+        true => buf.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect(),
+        false => String::new(),
+    };
+    let name: String =
+        name.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(64).collect();
+    if name.is_empty() { "node".into() } else { name }
+}
+
+/// How to reach the campaign's Redis.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub url: QueueUrl,
+    /// Read from `--redis-password-file`, never from the command line.
+    pub password: Option<String>,
+}
+
+impl Server {
+    /// A connection with timeouts on every read and write, so a dead server is an error
+    /// (and a reconnection), not a hang.
+    pub fn connect(&self) -> Result<redis::Connection, ClusterError> {
+        let error = |error| ClusterError::Redis { url: self.url.server.clone(), error };
+        let mut info =
+            redis::IntoConnectionInfo::into_connection_info(self.url.server.as_str()).map_err(error)?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password.clone());
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(error)?;
+        let con = client.get_connection_with_timeout(IO_TIMEOUT).map_err(error)?;
+        con.set_read_timeout(Some(IO_TIMEOUT)).map_err(error)?;
+        con.set_write_timeout(Some(IO_TIMEOUT)).map_err(error)?;
+        Ok(con)
+    }
+
+    pub fn error(&self, error: redis::RedisError) -> ClusterError {
+        ClusterError::Redis { url: self.url.server.clone(), error }
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.url.campaign)
+    }
+}
+
+/// Reads a password file (one line; a final line break is ignored).
+pub fn read_password(path: &std::path::Path) -> Result<String, ClusterError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ClusterError::Password { path: path.display().to_string(), error })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Creates the consumer group (and the stream) if no node has yet.
+pub fn ensure_group(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(&keys.rows).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// The Lua scripts, each in its own file under `src/cluster/scripts/`.
+pub mod scripts {
+    /// Adds a batch of rows (loader only); see the file.
+    pub fn load() -> redis::Script {
+        redis::Script::new(include_str!("scripts/load.lua"))
+    }
+    /// Acknowledges final rows and counts each once; see the file.
+    pub fn finish() -> redis::Script {
+        redis::Script::new(include_str!("scripts/finish.lua"))
+    }
+    /// Keeps a node's rows its own while they wait; see the file.
+    pub fn keep() -> redis::Script {
+        redis::Script::new(include_str!("scripts/keep.lua"))
+    }
+    /// Refreshes a lease held by a token; see the file.
+    pub fn refresh() -> redis::Script {
+        redis::Script::new(include_str!("scripts/refresh.lua"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_urls() {
+        let u = QueueUrl::parse("redis://127.0.0.1:6390/spring-sale").unwrap();
+        assert_eq!((u.server.as_str(), u.campaign.as_str()), ("redis://127.0.0.1:6390", "spring-sale"));
+        let u = QueueUrl::parse("redis://redis.internal/c1?db=2").unwrap();
+        assert_eq!(u.server, "redis://redis.internal:6379/2");
+        let u = QueueUrl::parse("redis://[::1]/c1").unwrap();
+        assert_eq!(u.server, "redis://[::1]:6379");
+        for bad in
+            ["http://x/c", "redis://x", "redis://x/", "redis:///c", "redis://x/a b", "redis://x/c?db=z"]
+        {
+            assert!(matches!(QueueUrl::parse(bad), Err(ClusterError::Url(_))), "{bad}");
+        }
+        assert!(matches!(QueueUrl::parse("redis://:pw@x/c"), Err(ClusterError::PasswordInUrl(_))));
+    }
+
+    #[test]
+    fn keys_share_the_campaigns_hash_tag() {
+        let k = Keys::new("c1");
+        for key in [&k.meta, &k.rows, &k.results, &k.counts, &k.loader, &k.nodes, &k.node("n1")] {
+            assert!(key.starts_with("volley:{c1}:"), "{key}");
+        }
+        assert!(
+            check_node_name("node-1.a").is_ok()
+                && check_node_name("a b").is_err()
+                && check_node_name("").is_err()
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! What a campaign shared through Redis has come to, from any machine (`volley status`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::load::Meta;
+use super::{ClusterError, GROUP, Keys, Server, entry};
+
+/// The consumer group's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Rows read by some node and not yet acknowledged.
+    pub pending: u64,
+    /// The line of the last row handed to any node.
+    pub last_delivered: u64,
+}
+
+/// Reads the group's pending count and last delivered row (`XINFO GROUPS`).
+pub fn group_info(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<GroupInfo> {
+    let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(&keys.rows).query(con)?;
+    for group in groups {
+        let fields = pairs(group);
+        if fields.get("name").map(String::as_str) != Some(GROUP) {
+            continue;
+        }
+        return Ok(GroupInfo {
+            pending: fields.get("pending").and_then(|p| p.parse().ok()).unwrap_or(0),
+            last_delivered: fields.get("last-delivered-id").and_then(|id| entry::line_of(id)).unwrap_or(0),
+        });
+    }
+    Ok(GroupInfo::default())
+}
+
+/// A reply of alternating names and values (RESP2) or a map (RESP3), as text.
+fn pairs(value: redis::Value) -> BTreeMap<String, String> {
+    let text = |v: &redis::Value| -> Option<String> {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            redis::Value::SimpleString(s) => Some(s.clone()),
+            redis::Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    };
+    let mut out = BTreeMap::new();
+    match value {
+        redis::Value::Array(items) => {
+            for pair in items.chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (text(k), text(v))
+                {
+                    out.insert(k, v);
+                }
+            }
+        }
+        redis::Value::Map(items) => {
+            for (k, v) in &items {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    out.insert(k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Final rows by status.
+pub type Counts = BTreeMap<String, u64>;
+
+/// A node's share.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub finals: Counts,
+    /// Rows it holds now (read, not acknowledged).
+    pub pending: u64,
+    /// Its name's lease is held: it is running.
+    pub running: bool,
+}
+
+/// The merged view of a campaign.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CampaignStatus {
+    pub campaign: String,
+    /// Every row is in the stream.
+    pub loaded: bool,
+    pub rows: u64,
+    /// Rows final, by status.
+    pub finals: Counts,
+    /// Rows no node has read yet, and rows read and not yet final.
+    pub waiting: u64,
+    pub pending: u64,
+    pub domains: BTreeMap<String, Counts>,
+    pub nodes: BTreeMap<String, NodeStatus>,
+}
+
+impl CampaignStatus {
+    pub fn final_rows(&self) -> u64 {
+        self.finals.values().sum()
+    }
+
+    /// Loaded, and every row has its final state.
+    pub fn complete(&self) -> bool {
+        self.loaded && self.final_rows() >= self.rows && self.pending == 0
+    }
+}
+
+/// Reads a campaign's status; an error if Redis has no such campaign.
+pub fn read(server: &Server) -> Result<CampaignStatus, ClusterError> {
+    let keys = server.keys();
+    let mut con = server.connect()?;
+    let e = |e| server.error(e);
+    let meta = Meta::read(&mut con, &keys).map_err(e)?;
+    if meta.message.is_none() {
+        return Err(ClusterError::Layout {
+            campaign: server.url.campaign.clone(),
+            what: "no such campaign".into(),
+        });
+    }
+    let group = group_info(&mut con, &keys).map_err(e)?;
+    let counts: BTreeMap<String, u64> = redis::cmd("HGETALL").arg(&keys.counts).query(&mut con).map_err(e)?;
+    let names: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.nodes).query(&mut con).map_err(e)?;
+    let consumers: Vec<redis::Value> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(&keys.rows).arg(GROUP).query(&mut con).map_err(e)?;
+    let mut status = CampaignStatus {
+        campaign: server.url.campaign.clone(),
+        loaded: meta.loaded,
+        rows: meta.rows,
+        pending: group.pending,
+        ..CampaignStatus::default()
+    };
+    for name in names {
+        let running: bool = redis::cmd("EXISTS").arg(keys.node(&name)).query(&mut con).map_err(e)?;
+        status.nodes.insert(name, NodeStatus { running, ..NodeStatus::default() });
+    }
+    for consumer in consumers {
+        let fields = pairs(consumer);
+        if let Some(name) = fields.get("name") {
+            let pending = fields.get("pending").and_then(|p| p.parse().ok()).unwrap_or(0);
+            status.nodes.entry(name.clone()).or_default().pending = pending;
+        }
+    }
+    for (key, n) in counts {
+        if let Some(s) = key.strip_prefix("s:") {
+            status.finals.insert(s.to_owned(), n);
+        } else if let Some((domain, s)) = key.strip_prefix("d:").and_then(|k| k.rsplit_once(':')) {
+            status.domains.entry(domain.to_owned()).or_default().insert(s.to_owned(), n);
+        } else if let Some((node, s)) = key.strip_prefix("n:").and_then(|k| k.rsplit_once(':')) {
+            status.nodes.entry(node.to_owned()).or_default().finals.insert(s.to_owned(), n);
+        }
+    }
+    // Rows in the stream past the last one any node has read.
+    let read_rows = status.final_rows() + status.pending;
+    status.waiting = status.rows.saturating_sub(read_rows);
+    Ok(status)
+}

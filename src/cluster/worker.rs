@@ -1,0 +1,610 @@
+//! A node's side of a shared campaign: the thread that talks to Redis while the engine sends.
+//!
+//! It reads rows through the consumer group for the job source ([`QueueRows`]), as many as
+//! keep [`WINDOW`] rows under way (rows waiting for a retry do not count, so a throttled
+//! destination does not stall the node); acknowledges rows whose final record the ledger has
+//! made durable ([`Acks`], the ledger's `on_durable` hook); keeps the rows it holds its own
+//! while they wait (the keep script, every third of `--claim-idle`); takes over rows idle past
+//! `--claim-idle` under a node that stopped (XAUTOCLAIM); holds its name's lease; and tells the
+//! source when every row of the campaign is final. Nothing here blocks the engine's cores or
+//! the producer: the source only looks at a channel.
+//!
+//! When Redis cannot be reached the worker pauses (intake stops; the engine delivers what the
+//! node holds, and acknowledgements wait in memory) and reconnects with backoff, doubling from
+//! 100 ms to 5 s.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+
+use super::{ClusterError, GROUP, Keys, Server, entry, scripts};
+use crate::deliver::ledger::{Flow, OnDurable, Settled};
+use crate::deliver::log::Status;
+use crate::send::input::Item;
+
+/// Rows a node has under way at most (read, not final, not waiting for a retry): enough to keep
+/// every connection busy at full rate, bounded so that a node holds a share, not the campaign.
+pub const WINDOW: usize = 10_000;
+
+/// Rows read per XREADGROUP or XAUTOCLAIM call.
+const READ_BATCH: usize = 500;
+
+/// Rows acknowledged per call of the finish script, and kept fresh per call of the keep script.
+const ACK_BATCH: usize = 500;
+const KEEP_BATCH: usize = 1000;
+
+/// A node's lease on its name lives this long without a refresh, refreshed every
+/// [`LEASE_REFRESH`]: a node that dies frees its name in at most this long.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+const LEASE_REFRESH: Duration = Duration::from_secs(3);
+
+/// How often to look whether the whole campaign is final, while there is nothing to read.
+const COMPLETE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long the worker keeps trying, at the end, to acknowledge what the log made final.
+const FLUSH_FOR: Duration = Duration::from_secs(10);
+
+/// What the worker hands the job source.
+enum Fetched {
+    Rows(Vec<Item>),
+    /// Rows another node took over (this one was cut off from Redis past `--claim-idle`): drop
+    /// them if they are only waiting.
+    Lost(Vec<u64>),
+    /// Every row of the campaign is final.
+    Complete,
+    /// The node cannot go on (its name was taken, the loader failed).
+    Failed(String),
+}
+
+/// One final row for the finish script: line, status, domain.
+struct Final(u64, Status, Option<Arc<str>>);
+
+/// What the job source reads next from the campaign.
+pub enum QueueRead {
+    Row(Item),
+    /// Nothing now; look again soon.
+    Later,
+    /// Every row of the campaign is final: this node's input has ended.
+    Complete,
+}
+
+/// The job source's end of the worker.
+pub struct QueueRows {
+    rows: Receiver<Fetched>,
+    ready: VecDeque<Item>,
+    lost: Vec<u64>,
+    complete: bool,
+    loader_error: Option<Arc<Mutex<Option<String>>>>,
+}
+
+impl QueueRows {
+    /// The next row, or why there is none.
+    pub fn next_row(&mut self) -> std::io::Result<QueueRead> {
+        if let Some(item) = self.ready.pop_front() {
+            return Ok(QueueRead::Row(item));
+        }
+        while let Ok(fetched) = self.rows.try_recv() {
+            match fetched {
+                Fetched::Rows(rows) => self.ready.extend(rows),
+                Fetched::Lost(lines) => self.lost.extend(lines),
+                Fetched::Complete => self.complete = true,
+                Fetched::Failed(why) => return Err(std::io::Error::other(why)),
+            }
+            if !self.ready.is_empty() {
+                break;
+            }
+        }
+        if let Some(error) = self.loader_error.as_ref().and_then(|e| e.lock().ok().and_then(|e| e.clone())) {
+            return Err(std::io::Error::other(format!("loading the campaign stopped: {error}")));
+        }
+        Ok(match self.ready.pop_front() {
+            Some(item) => QueueRead::Row(item),
+            None if self.complete => QueueRead::Complete,
+            None => QueueRead::Later,
+        })
+    }
+
+    /// Rows another node has taken over since the last call.
+    pub fn take_lost(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.lost)
+    }
+}
+
+/// The ledger's end: what each commit of the log made final, to acknowledge.
+pub struct Acks(Sender<Vec<Final>>);
+
+impl Acks {
+    /// The ledger's `on_durable` hook.
+    pub fn hook(self) -> OnDurable {
+        Box::new(move |durable| {
+            let finals: Vec<Final> = durable
+                .settled
+                .into_iter()
+                .filter_map(|s| match s {
+                    Settled::Final { id, status, rcpt, .. } => {
+                        let domain = rcpt
+                            .as_deref()
+                            .and_then(|r| r.rsplit_once('@'))
+                            .map(|(_, d)| Arc::from(crate::deliver::lowercase(d).as_ref()));
+                        Some(Final(id, status, domain))
+                    }
+                    Settled::Retry { .. } => None,
+                })
+                .collect();
+            if !finals.is_empty() {
+                // The worker outlives the ledger (it is stopped after the ledger's end).
+                let _ = self.0.send(finals);
+            }
+        })
+    }
+}
+
+/// What a worker needs.
+pub struct WorkerConfig {
+    pub server: Server,
+    pub node: String,
+    /// Rows idle this long under another node are taken over.
+    pub claim_idle: Duration,
+    /// The CSV header rows are decoded with (`None`: JSONL).
+    pub columns: Option<Arc<[String]>>,
+    /// The source's counts: how many rows wait for a retry.
+    pub flow: Arc<Flow>,
+    /// The loader's error, if this node loads: the source stops on it.
+    pub loader_error: Option<Arc<Mutex<Option<String>>>>,
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<WorkerReport>,
+}
+
+/// What a worker says at its end.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerReport {
+    /// Rows acknowledged, and counted (not finished before by another node).
+    pub acked: u64,
+    pub counted: u64,
+    /// Final rows it could not acknowledge (Redis unreachable at the end): pending under this
+    /// node, they will be taken over and sent again by another.
+    pub unacked: u64,
+    /// Rows taken over from other nodes.
+    pub taken_over: u64,
+    /// Rows this node lost to another while cut off.
+    pub lost: u64,
+    /// Commands sent to Redis (a script call counts one).
+    pub commands: u64,
+}
+
+impl WorkerHandle {
+    /// Acknowledges what is left and ends: call after the ledger has ended.
+    pub fn finish(self) -> WorkerReport {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Takes the node's name and starts the worker.
+pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), ClusterError> {
+    let keys = config.server.keys();
+    let mut con = config.server.connect()?;
+    let token = format!("{}:{}", std::process::id(), crate::send::new_campaign_id());
+    take_name(&mut con, &keys, &config, &token)?;
+    let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel(64);
+    let (acks_tx, acks_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let now = Instant::now();
+    let loader_error = config.loader_error.clone();
+    let worker = Worker {
+        keys,
+        token,
+        con: Some(con),
+        down: None,
+        rows: rows_tx,
+        acks: acks_rx,
+        unacked: Vec::new(),
+        held: HashSet::new(),
+        own_cursor: Some("0".into()),
+        claim_cursor: "0-0".into(),
+        next_keep: now + config.claim_idle / 3,
+        next_claim: now,
+        next_lease: now + LEASE_REFRESH,
+        next_complete: now,
+        complete_sent: false,
+        stop: Arc::clone(&stop),
+        report: WorkerReport::default(),
+        finish: scripts::finish(),
+        keep: scripts::keep(),
+        refresh: scripts::refresh(),
+        config,
+    };
+    let thread = std::thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || worker.run())
+        .map_err(|e| ClusterError::Layout { campaign: String::new(), what: format!("starting: {e}") })?;
+    let queue =
+        QueueRows { rows: rows_rx, ready: VecDeque::new(), lost: Vec::new(), complete: false, loader_error };
+    Ok((queue, Acks(acks_tx), WorkerHandle { stop, thread }))
+}
+
+/// Takes the node's lease, waiting out one left by a previous run of this node (it expires in
+/// [`LEASE_TTL`]); a live node with the name is refused.
+fn take_name(
+    con: &mut redis::Connection,
+    keys: &Keys,
+    config: &WorkerConfig,
+    token: &str,
+) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + LEASE_TTL + Duration::from_secs(1);
+    let key = keys.node(&config.node);
+    loop {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE_TTL.as_millis() as u64)
+            .query(con)
+            .map_err(|e| config.server.error(e))?;
+        if taken.is_some() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::NodeTaken {
+                node: config.node.clone(),
+                campaign: config.server.url.campaign.clone(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+struct Worker {
+    config: WorkerConfig,
+    keys: Keys,
+    token: String,
+    con: Option<redis::Connection>,
+    /// Since when Redis has been unreachable, and the next reconnection's wait.
+    down: Option<(Instant, Duration)>,
+    rows: SyncSender<Fetched>,
+    acks: Receiver<Vec<Final>>,
+    unacked: Vec<Final>,
+    /// Rows handed to the source and not yet acknowledged (nor lost).
+    held: HashSet<u64>,
+    /// Reading this node's own pending rows first (a restart under the same name): the next id.
+    own_cursor: Option<String>,
+    claim_cursor: String,
+    next_keep: Instant,
+    next_claim: Instant,
+    next_lease: Instant,
+    next_complete: Instant,
+    complete_sent: bool,
+    stop: Arc<AtomicBool>,
+    report: WorkerReport,
+    finish: redis::Script,
+    keep: redis::Script,
+    refresh: redis::Script,
+}
+
+/// What went wrong in a step: Redis (reconnect and go on) or the node (stop).
+enum StepError {
+    Redis(redis::RedisError),
+    Fatal(String),
+}
+
+impl From<redis::RedisError> for StepError {
+    fn from(e: redis::RedisError) -> Self {
+        StepError::Redis(e)
+    }
+}
+
+impl Worker {
+    fn run(mut self) -> WorkerReport {
+        let mut flush_until = None;
+        loop {
+            while let Ok(finals) = self.acks.try_recv() {
+                self.unacked.extend(finals);
+            }
+            let stopping = self.stop.load(Ordering::Acquire);
+            if stopping {
+                let until = *flush_until.get_or_insert_with(|| Instant::now() + FLUSH_FOR);
+                if self.unacked.is_empty() || Instant::now() >= until {
+                    break;
+                }
+            }
+            let busy = match self.connected() {
+                Some(()) => match self.step(stopping) {
+                    Ok(busy) => busy,
+                    Err(StepError::Redis(e)) => {
+                        self.lost_connection(&e);
+                        false
+                    }
+                    Err(StepError::Fatal(why)) => {
+                        let _ = self.rows.send(Fetched::Failed(why));
+                        self.stop.store(true, Ordering::Release);
+                        false
+                    }
+                },
+                None => false,
+            };
+            if !busy {
+                let wait = match self.down {
+                    Some((_, backoff)) => backoff,
+                    None => Duration::from_millis(20),
+                };
+                match self.acks.recv_timeout(wait) {
+                    Ok(finals) => self.unacked.extend(finals),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // The ledger is gone: only the stop flag matters now.
+                    Err(RecvTimeoutError::Disconnected) => std::thread::park_timeout(wait),
+                }
+            }
+        }
+        self.report.unacked = self.unacked.len() as u64;
+        if let Some(con) = &mut self.con {
+            // Free the name at once: a restart of this node need not wait for the lease.
+            let _ = redis::cmd("DEL").arg(self.keys.node(&self.config.node)).query::<()>(con);
+        }
+        self.report
+    }
+
+    /// Makes sure of a connection, reconnecting when the backoff allows.
+    fn connected(&mut self) -> Option<()> {
+        if self.con.is_some() {
+            return Some(());
+        }
+        let (since, backoff) = self.down?;
+        let _ = since;
+        match self.config.server.connect() {
+            Ok(con) => {
+                eprintln!(
+                    "volley send: redis {}: connected again; taking rows again",
+                    self.config.server.url.server
+                );
+                self.con = Some(con);
+                self.down = None;
+                // The lease and the rows held may have lapsed while away: see to them now.
+                self.next_lease = Instant::now();
+                self.next_keep = Instant::now();
+                Some(())
+            }
+            Err(_) => {
+                self.down = Some((since, (backoff * 2).min(Duration::from_secs(5))));
+                None
+            }
+        }
+    }
+
+    fn lost_connection(&mut self, e: &redis::RedisError) {
+        self.con = None;
+        if self.down.is_none() {
+            eprintln!(
+                "volley send: redis {}: {e}; not taking rows until it is back (delivering what this node holds)",
+                self.config.server.url.server
+            );
+            self.down = Some((Instant::now(), Duration::from_millis(100)));
+        }
+    }
+
+    /// One round: acknowledgements, the lease, keeping rows, reading rows, the end. Whether it
+    /// did anything (else the caller waits a little).
+    fn step(&mut self, stopping: bool) -> Result<bool, StepError> {
+        let mut busy = self.flush()?;
+        if stopping {
+            return Ok(busy);
+        }
+        let now = Instant::now();
+        if now >= self.next_lease {
+            self.renew_lease()?;
+            self.next_lease = now + LEASE_REFRESH;
+        }
+        if now >= self.next_keep {
+            self.keep_held()?;
+            self.next_keep = now + self.config.claim_idle / 3;
+        }
+        let waiting = self.config.flow.waiting.load(Ordering::Relaxed) as usize;
+        let under_way = self.held.len().saturating_sub(waiting);
+        if under_way + READ_BATCH <= WINDOW {
+            let got = self.read()?;
+            busy |= got > 0;
+            if got == 0 && now >= self.next_claim {
+                let claimed = self.claim()?;
+                busy |= claimed > 0;
+                if claimed == 0 {
+                    self.next_claim = now + (self.config.claim_idle / 4).max(Duration::from_millis(100));
+                }
+            }
+        }
+        if !busy && !self.complete_sent && now >= self.next_complete {
+            self.next_complete = now + COMPLETE_EVERY;
+            if self.campaign_complete()? {
+                self.complete_sent = true;
+                let _ = self.rows.send(Fetched::Complete);
+            }
+        }
+        Ok(busy)
+    }
+
+    fn con(&mut self) -> &mut redis::Connection {
+        // Only called from `step`, which runs when connected.
+        match &mut self.con {
+            Some(con) => con,
+            None => unreachable!("step runs only when connected"),
+        }
+    }
+
+    /// Acknowledges final rows, a batch per script call.
+    fn flush(&mut self) -> Result<bool, StepError> {
+        if self.unacked.is_empty() || self.con.is_none() {
+            return Ok(false);
+        }
+        while !self.unacked.is_empty() {
+            let take = self.unacked.len().min(ACK_BATCH);
+            let mut call = self.finish.key(&self.keys.rows);
+            call.key(&self.keys.results).key(&self.keys.counts).arg(GROUP).arg(&self.config.node);
+            for Final(line, status, domain) in &self.unacked[..take] {
+                call.arg(*line).arg(status.name()).arg(domain.as_deref().unwrap_or(""));
+            }
+            let counted: u64 = match &mut self.con {
+                Some(con) => call.invoke(con)?,
+                None => return Ok(true),
+            };
+            self.report.commands += 1;
+            self.report.counted += counted;
+            self.report.acked += take as u64;
+            for Final(line, ..) in self.unacked.drain(..take) {
+                self.held.remove(&line);
+            }
+        }
+        Ok(true)
+    }
+
+    fn renew_lease(&mut self) -> Result<(), StepError> {
+        let key = self.keys.node(&self.config.node);
+        let mut call = self.refresh.key(&key);
+        call.arg(&self.token).arg(LEASE_TTL.as_millis() as u64);
+        let renewed: u64 = match &mut self.con {
+            Some(con) => call.invoke(con)?,
+            None => return Ok(()),
+        };
+        self.report.commands += 1;
+        if renewed == 0 {
+            // Lapsed (Redis restarted without its data, or this node was away past the lease):
+            // take it again, unless another process has the name now.
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&self.token)
+                .arg("NX")
+                .arg("PX")
+                .arg(LEASE_TTL.as_millis() as u64)
+                .query(self.con())?;
+            if taken.is_none() {
+                return Err(StepError::Fatal(
+                    ClusterError::NodeTaken {
+                        node: self.config.node.clone(),
+                        campaign: self.config.server.url.campaign.clone(),
+                    }
+                    .to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets the idle time of every row held; drops those another node has.
+    fn keep_held(&mut self) -> Result<(), StepError> {
+        let held: Vec<u64> = self.held.iter().copied().collect();
+        let mut lost = Vec::new();
+        for chunk in held.chunks(KEEP_BATCH) {
+            let mut call = self.keep.key(&self.keys.rows);
+            call.arg(GROUP).arg(&self.config.node).arg(chunk);
+            let gone: Vec<u64> = match &mut self.con {
+                Some(con) => call.invoke(con)?,
+                None => return Ok(()),
+            };
+            self.report.commands += 1;
+            lost.extend(gone);
+        }
+        if !lost.is_empty() {
+            for line in &lost {
+                self.held.remove(line);
+            }
+            self.report.lost += lost.len() as u64;
+            let _ = self.rows.send(Fetched::Lost(lost));
+        }
+        Ok(())
+    }
+
+    /// Reads new rows (this node's own pending ones first, after a restart); how many.
+    fn read(&mut self) -> Result<usize, StepError> {
+        let cursor = self.own_cursor.clone().unwrap_or_else(|| ">".into());
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.config.node)
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .arg("STREAMS")
+            .arg(&self.keys.rows)
+            .arg(&cursor)
+            .query(self.con())?;
+        self.report.commands += 1;
+        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if self.own_cursor.is_some() {
+            match entries.last() {
+                Some(last) => self.own_cursor = Some(last.id.clone()),
+                None => self.own_cursor = None,
+            }
+        }
+        Ok(self.hand_over(entries))
+    }
+
+    /// Takes over rows idle past `--claim-idle` (their node stopped); how many.
+    fn claim(&mut self) -> Result<usize, StepError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.keys.rows)
+            .arg(GROUP)
+            .arg(&self.config.node)
+            .arg(self.config.claim_idle.as_millis() as u64)
+            .arg(&self.claim_cursor)
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .query(self.con())?;
+        self.report.commands += 1;
+        self.claim_cursor = reply.next_stream_id;
+        let handed = self.hand_over(reply.claimed);
+        self.report.taken_over += handed as u64;
+        Ok(handed)
+    }
+
+    /// Decodes entries into rows for the source, skipping any it already holds.
+    fn hand_over(&mut self, entries: Vec<StreamId>) -> usize {
+        let columns = self.config.columns.as_ref();
+        let mut items = Vec::with_capacity(entries.len());
+        for e in entries {
+            let Some(line) = entry::line_of(&e.id) else { continue };
+            if !self.held.insert(line) {
+                continue;
+            }
+            let field = |name: &str| match e.map.get(name) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+                _ => None,
+            };
+            items.push(entry::decode(line, field, columns));
+        }
+        let n = items.len();
+        if n > 0 {
+            // Bounded: the source drains it every turn; a full channel waits for it.
+            let mut fetched = Fetched::Rows(items);
+            loop {
+                match self.rows.try_send(fetched) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back)) => {
+                        fetched = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                }
+            }
+        }
+        n
+    }
+
+    /// Every row is in and none is pending under any node.
+    fn campaign_complete(&mut self) -> Result<bool, StepError> {
+        let keys = self.keys.clone();
+        let meta = super::load::Meta::read(self.con(), &keys)?;
+        if !meta.loaded {
+            return Ok(false);
+        }
+        let group = super::status::group_info(self.con(), &keys)?;
+        self.report.commands += 2;
+        Ok(group.pending == 0 && group.last_delivered >= meta.loaded_to)
+    }
+}
