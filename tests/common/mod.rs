@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod campaign;
+pub mod redis;
 pub mod scripted;
 pub mod serve;
 pub mod webhook;
