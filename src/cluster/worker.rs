@@ -1,8 +1,8 @@
 //! A node's side of a shared campaign: the thread that talks to Redis while the engine sends.
 //!
-//! It reads rows through the consumer group for the job source ([`QueueRows`]), as many as
-//! keep [`WINDOW`] rows under way (rows waiting for a retry do not count, so a throttled
-//! destination does not stall the node); acknowledges rows whose final record the ledger has
+//! It reads rows through the consumer group for the job source ([`QueueRows`]), keeping at
+//! most [`WINDOW`] read and not yet taken by the source, so the node reads as fast as its
+//! engine takes jobs (the engine's bounded queues hold it back), and no faster; acknowledges rows whose final record the ledger has
 //! made durable ([`Acks`], the ledger's `on_durable` hook); keeps the rows it holds its own
 //! while they wait (the keep script, every third of `--claim-idle`); takes over rows idle past
 //! `--claim-idle` under a node that stopped (XAUTOCLAIM); holds its name's lease; and tells the
@@ -14,22 +14,22 @@
 //! 100 ms to 5 s.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-
 use super::{ClusterError, GROUP, Keys, Server, entry, scripts};
-use crate::deliver::ledger::{Flow, OnDurable, Settled};
+use crate::deliver::ledger::{OnDurable, Settled};
 use crate::deliver::log::Status;
 use crate::send::input::Item;
 
-/// Rows a node has under way at most (read, not final, not waiting for a retry): enough to keep
-/// every connection busy (at 50,000 messages a second, 40 ms of work, refilled in batches of
-/// [`READ_BATCH`] that take a millisecond each), few enough that a node holds its share, not
-/// the campaign: the first node up must not take every row before the others start.
+/// Rows read ahead of the job source at most: enough that the source never waits (at 100,000
+/// messages a second, 20 ms of work, refilled in batches of [`READ_BATCH`] that take a
+/// millisecond each), few enough that a node holds its share, not the campaign: the first node
+/// up must not take every row before the others start. (Counting every row not yet final
+/// instead would cap a node's rate at this many per send-and-commit time: 2,000 rows per
+/// ~60 ms was 33,000 a second.)
 pub const WINDOW: usize = 2_000;
 
 /// Rows read per XREADGROUP or XAUTOCLAIM call.
@@ -77,6 +77,8 @@ pub enum QueueRead {
 /// The job source's end of the worker.
 pub struct QueueRows {
     rows: Receiver<Fetched>,
+    /// Rows read and not yet taken (shared with the worker, which reads while it is low).
+    ahead: Arc<AtomicUsize>,
     ready: VecDeque<Item>,
     lost: Vec<u64>,
     complete: bool,
@@ -87,6 +89,7 @@ impl QueueRows {
     /// The next row, or why there is none.
     pub fn next_row(&mut self) -> std::io::Result<QueueRead> {
         if let Some(item) = self.ready.pop_front() {
+            self.ahead.fetch_sub(1, Ordering::AcqRel);
             return Ok(QueueRead::Row(item));
         }
         while let Ok(fetched) = self.rows.try_recv() {
@@ -104,7 +107,10 @@ impl QueueRows {
             return Err(std::io::Error::other(format!("loading the campaign stopped: {error}")));
         }
         Ok(match self.ready.pop_front() {
-            Some(item) => QueueRead::Row(item),
+            Some(item) => {
+                self.ahead.fetch_sub(1, Ordering::AcqRel);
+                QueueRead::Row(item)
+            }
             None if self.complete => QueueRead::Complete,
             None => QueueRead::Later,
         })
@@ -154,7 +160,6 @@ pub struct WorkerConfig {
     /// The CSV header rows are decoded with (`None`: JSONL).
     pub columns: Option<Arc<[String]>>,
     /// The source's counts: how many rows wait for a retry.
-    pub flow: Arc<Flow>,
     /// The loader's error, if this node loads: the source stops on it.
     pub loader_error: Option<Arc<Mutex<Option<String>>>>,
 }
@@ -202,7 +207,9 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
     let stop = Arc::new(AtomicBool::new(false));
     let now = Instant::now();
     let loader_error = config.loader_error.clone();
+    let ahead = Arc::new(AtomicUsize::new(0));
     let worker = Worker {
+        ahead: Arc::clone(&ahead),
         keys,
         token,
         con: Some(con),
@@ -229,8 +236,14 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         .name("cluster".into())
         .spawn(move || worker.run())
         .map_err(|e| ClusterError::Layout { campaign: String::new(), what: format!("starting: {e}") })?;
-    let queue =
-        QueueRows { rows: rows_rx, ready: VecDeque::new(), lost: Vec::new(), complete: false, loader_error };
+    let queue = QueueRows {
+        rows: rows_rx,
+        ahead,
+        ready: VecDeque::new(),
+        lost: Vec::new(),
+        complete: false,
+        loader_error,
+    };
     Ok((queue, Acks(acks_tx), WorkerHandle { stop, thread }))
 }
 
@@ -287,6 +300,8 @@ struct Worker {
     /// Since when Redis has been unreachable, and the next reconnection's wait.
     down: Option<(Instant, Duration)>,
     rows: SyncSender<Fetched>,
+    /// Rows handed to the source and not yet taken by it.
+    ahead: Arc<AtomicUsize>,
     acks: Receiver<Vec<Final>>,
     unacked: Vec<Final>,
     /// Rows handed to the source and not yet acknowledged (nor lost).
@@ -422,9 +437,7 @@ impl Worker {
             self.keep_held()?;
             self.next_keep = now + self.config.claim_idle / 3;
         }
-        let waiting = self.config.flow.waiting.load(Ordering::Relaxed) as usize;
-        let under_way = self.held.len().saturating_sub(waiting);
-        if under_way + READ_BATCH <= WINDOW {
+        if self.ahead.load(Ordering::Acquire) + READ_BATCH <= WINDOW {
             let got = self.read()?;
             busy |= got > 0;
             if got == 0 && now >= self.next_claim {
@@ -538,7 +551,7 @@ impl Worker {
     /// Reads new rows (this node's own pending ones first, after a restart); how many.
     fn read(&mut self) -> Result<usize, StepError> {
         let cursor = self.own_cursor.clone().unwrap_or_else(|| ">".into());
-        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+        let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.config.node)
@@ -549,10 +562,10 @@ impl Worker {
             .arg(&cursor)
             .query(self.con())?;
         self.report.commands += 1;
-        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        let entries = entry::read_reply(reply);
         if self.own_cursor.is_some() {
             match entries.last() {
-                Some(last) => self.own_cursor = Some(last.id.clone()),
+                Some(last) => self.own_cursor = Some(format!("0-{}", last.line)),
                 None => self.own_cursor = None,
             }
         }
@@ -561,7 +574,7 @@ impl Worker {
 
     /// Takes over rows idle past `--claim-idle` (their node stopped); how many.
     fn claim(&mut self) -> Result<usize, StepError> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.keys.rows)
             .arg(GROUP)
             .arg(&self.config.node)
@@ -571,30 +584,25 @@ impl Worker {
             .arg(READ_BATCH)
             .query(self.con())?;
         self.report.commands += 1;
-        self.claim_cursor = reply.next_stream_id;
-        let handed = self.hand_over(reply.claimed);
+        let (cursor, claimed) = entry::claim_reply(reply);
+        self.claim_cursor = cursor;
+        let handed = self.hand_over(claimed);
         self.report.taken_over += handed as u64;
         Ok(handed)
     }
 
     /// Decodes entries into rows for the source, skipping any it already holds.
-    fn hand_over(&mut self, entries: Vec<StreamId>) -> usize {
+    fn hand_over(&mut self, entries: Vec<entry::Entry>) -> usize {
         let columns = self.config.columns.as_ref();
         let mut items = Vec::with_capacity(entries.len());
         for e in entries {
-            let Some(line) = entry::line_of(&e.id) else { continue };
-            if !self.held.insert(line) {
-                continue;
+            if self.held.insert(e.line) {
+                items.push(entry::decode(&e, columns));
             }
-            let field = |name: &str| match e.map.get(name) {
-                Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-                Some(redis::Value::SimpleString(s)) => Some(s.clone()),
-                _ => None,
-            };
-            items.push(entry::decode(line, field, columns));
         }
         let n = items.len();
         if n > 0 {
+            self.ahead.fetch_add(n, Ordering::AcqRel);
             // Bounded: the source drains it every turn; a full channel waits for it.
             let mut fetched = Fetched::Rows(items);
             loop {

@@ -247,7 +247,6 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
                 node: queue.node.clone(),
                 claim_idle: queue.claim_idle,
                 columns: joined.columns,
-                flow: Arc::clone(&shared.flow),
                 loader_error: joined.loading.map(|l| l.error),
             })?;
             let name = format!("redis {}/{campaign} as node {}", queue.server.url.server, queue.node);
