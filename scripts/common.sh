@@ -23,7 +23,7 @@ ensure_postfix() {
     fi
 }
 
-# swaks, postgrey and Python's aiosmtpd, for scripts/interop.sh. aiosmtpd goes into the python3
+# swaks, postgrey, redis-server and Python's aiosmtpd, for scripts/interop.sh. aiosmtpd goes into the python3
 # on PATH.
 ensure_interop_peers() {
     if ! command -v postgrey >/dev/null; then
@@ -35,6 +35,11 @@ ensure_interop_peers() {
         echo "installing swaks and openssl"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks openssl >/dev/null
+    fi
+    if ! command -v redis-server >/dev/null; then
+        echo "installing redis-server"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
     fi
     # Debian's dkimpy (and PyNaCl for Ed25519) belong to /usr/bin/python3, not the python3 on PATH.
     if ! /usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null; then

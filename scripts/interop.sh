@@ -42,6 +42,10 @@
 #    request 503 (volley tries again); curl reads the queue with an admin key (and is refused
 #    with an application's), and the status of the message it submitted (delivered, with
 #    Postfix's reply).
+# 10. Three `volley send --queue` nodes share one campaign through Debian's redis-server (a
+#    password, given by file) into Postfix with recipient checks: every row final once across
+#    the three logs, Postfix delivered each valid address once, `volley status` complete with
+#    the merged counts, and the password in no log or report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +61,7 @@ POSTGREY_PORT=$((PORT + 7))
 SERVE_SMTP_PORT=$((PORT + 8))
 SERVE_HTTP_PORT=$((PORT + 9))
 WEBHOOK_PORT=$((PORT + 10))
+REDIS_PORT=$((PORT + 11))
 
 source scripts/common.sh
 ensure_postfix
@@ -537,3 +542,58 @@ assert int(counts["bad"]) == 0 and int(counts["requests"]) > int(counts["good"])
 print(f"  webhook: {len(events)} events, each signed (checked with Python's hmac) and named by its offset in the log")
 PY
 echo "interop: volley serve OK"
+
+echo "== three volley send --queue nodes through redis-server -> Postfix with recipient checks"
+printf 'interop-redis-pass-42\n' >"$work/redis.pass"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --requirepass interop-redis-pass-42 >"$work/redis.log" 2>&1 &
+redis_pid=$!
+wait_for "$REDIS_PORT"
+{
+    echo "email,first"
+    for i in $(seq 1 300); do echo "ok$i@tarpit.volley.test,Name$i"; done
+    for i in $(seq 1 20); do echo "nobody$i@tarpit.volley.test,Gone$i"; done
+} >"$work/shared.csv"
+sent_before=$(grep -c 'status=sent' "$work/maillog" || true)
+queue="redis://127.0.0.1:$REDIS_PORT/interop-shared"
+node_pids=()
+for n in 1 2 3; do
+    load=()
+    if [[ $n == 1 ]]; then load=(--recipients "$work/shared.csv"); fi
+    "$VOLLEY" send --queue "$queue" --node "node$n" --redis-password-file "$work/redis.pass" "${load[@]}" \
+        --message "$work/msg.txt" --relay "127.0.0.1:$CHECK_PORT" --connections 2 \
+        --log "$work/shared$n.jsonl" --quiet >"$work/shared$n.out" 2>&1 &
+    node_pids+=($!)
+done
+for n in 1 2 3; do
+    wait "${node_pids[$((n - 1))]}" || fail "node $n exited $?: $(tail -n 5 "$work/shared$n.out")"
+done
+"$VOLLEY" status "$queue" --redis-password-file "$work/redis.pass" --json >"$work/shared-status.json" \
+    || fail "volley status says the campaign is not complete: $(cat "$work/shared-status.json")"
+sent=$(( $(grep -c 'status=sent' "$work/maillog" || true) - sent_before ))
+python3 - "$work" <<'PY' || fail "the shared campaign's records do not add up"
+import json, sys
+work = sys.argv[1]
+finals = {}
+for n in (1, 2, 3):
+    for line in open(f"{work}/shared{n}.jsonl"):
+        r = json.loads(line)
+        if r["status"] in ("run", "deferred", "shaping"):
+            continue
+        assert r["line"] not in finals, f"line {r['line']} final in two logs"
+        finals[r["line"]] = (n, r["status"], r.get("category"))
+assert sorted(finals) == list(range(2, 322)), "every row final"
+statuses = [s for _, s, _ in finals.values()]
+assert statuses.count("delivered") == 300 and statuses.count("bounced") == 20, statuses
+assert all(c == "invalid_recipient" for _, s, c in finals.values() if s == "bounced")
+status = json.load(open(f"{work}/shared-status.json"))
+assert status["finals"] == {"delivered": 300, "bounced": 20}, status["finals"]
+assert status["pending"] == 0 and status["rows"] == 320
+shares = [sum(1 for v in finals.values() if v[0] == n) for n in (1, 2, 3)]
+print(f"  320 rows over 3 nodes: shares {shares}; 300 delivered, 20 bounced invalid_recipient; status complete")
+PY
+[[ $sent == 300 ]] || fail "Postfix delivered $sent, not 300"
+! grep -q "interop-redis-pass-42" "$work"/shared*.jsonl "$work"/shared*.out "$work/shared-status.json" \
+    || fail "the Redis password appeared in a log or a report"
+kill "$redis_pid" 2>/dev/null || true
+echo "interop: volley send --queue through redis-server OK"
