@@ -449,6 +449,29 @@ mod tests {
         assert!(d.take_held().is_empty() && d.next_job(now).is_some(), "lifted");
     }
 
+    /// Forgetting takes out recipients waiting for their turn or a retry, and leaves the
+    /// others named (in a session, say) to be looked for again.
+    #[test]
+    fn forgotten_recipients_leave_the_queues() {
+        let now = Instant::now();
+        let shaping =
+            ShapingRules::load(&[], false, Defaults { connections: 2, limits: Limits::default() }).unwrap();
+        let routes = Routes::relay("relay", vec!["127.0.0.1:2525".parse().unwrap()], shaping);
+        let (_retries_tx, retries_rx) = mpsc::channel();
+        let (reports_tx, _reports_rx) = mpsc::sync_channel(16);
+        let mut d = Dispatch::new(routes, retries_rx, reports_tx);
+        d.route(pending(1, "a@x.test", now), now);
+        d.route(pending(2, "b@x.test", now), now);
+        d.retry_at(now + Duration::from_secs(60), pending(3, "c@x.test", now));
+        d.retry_at(now + Duration::from_secs(60), pending(4, "d@x.test", now));
+        let mut ids: std::collections::HashSet<u64> = [2, 3, 9].into_iter().collect();
+        assert_eq!(d.forget(&mut ids), 2);
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![9], "9 is not here: looked for again later");
+        let jobs: Vec<u64> = std::iter::from_fn(|| d.next_job(now)).map(|j| j.id).collect();
+        assert_eq!(jobs, vec![1]);
+        assert_eq!(d.waiting(), 1, "4 still waits for its retry");
+    }
+
     /// With parking, memory holds retries due within the horizon up to the limit; the rest
     /// are named for the source to read back later, with their attempts.
     #[test]

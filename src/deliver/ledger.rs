@@ -849,17 +849,25 @@ mod tests {
         assert!(retries_rx.try_recv().is_err(), "nothing else is retried");
         let settled: Vec<Settled> = settled_rx.try_iter().flatten().collect();
         assert!(matches!(settled[0], Settled::Retry { id: 2, attempts: 1, at: a } if a == at));
-        let finals: Vec<(u64, Option<bool>)> = settled[1..]
+        let finals: Vec<(u64, Status, bool, Option<bool>)> = settled[1..]
             .iter()
             .map(|s| match s {
-                Settled::Final { id, failed, .. } => (*id, failed.as_ref().map(|f| f.expired)),
+                Settled::Final { id, status, rcpt, failed } => {
+                    (*id, *status, rcpt.is_some(), failed.as_ref().map(|f| f.expired))
+                }
                 Settled::Retry { .. } => panic!("a retry among the finals"),
             })
             .collect();
         assert_eq!(
             finals,
-            [(3, Some(true)), (4, Some(false)), (5, None)],
-            "told once the log is synced, failures with what to report; not for a row without an address"
+            [
+                (3, Status::Expired, true, Some(true)),
+                (4, Status::Bounced, true, Some(false)),
+                (5, Status::Suppressed, true, None),
+                (6, Status::Rejected, false, None),
+            ],
+            "told once the log is synced, with the status, failures with what to report; a row without an \
+             address too (a shared campaign acknowledges it)"
         );
         let Settled::Final { failed: Some(bounced), .. } = &settled[2] else { panic!("4 bounced") };
         assert_eq!((&*bounced.rcpt, bounced.text.as_str()), ("r4@x.test", "no MX"));

@@ -93,6 +93,7 @@ pub struct SendSource {
     shared: Arc<Shared>,
     /// Rows another node took over that may still be here (see [`SendSource::drop_lost`]).
     lost: HashSet<u64>,
+    look_for_lost: Option<Instant>,
 }
 
 /// What a campaign's job source reads, routes and reports through.
@@ -130,6 +131,7 @@ impl SendSource {
             resume,
             shared,
             lost: HashSet::new(),
+            look_for_lost: None,
         }
     }
 
@@ -225,14 +227,21 @@ impl SendSource {
     /// Rows of a shared campaign another node took over (this one was cut off from Redis):
     /// those only waiting here are dropped, and no longer this node's to account for. One in a
     /// session goes on (its final record is counted once, for whichever node finishes first).
-    fn drop_lost(&mut self) {
+    fn drop_lost(&mut self, now: Instant) {
+        let mut news = false;
         if let Some(Input::Queue(queue)) = &mut self.input {
-            self.lost.extend(queue.take_lost());
+            let lost = queue.take_lost();
+            news = !lost.is_empty();
+            self.lost.extend(lost);
         }
-        if !self.lost.is_empty() {
-            let dropped = self.dispatch.forget(&mut self.lost);
-            self.shared.flow.admitted.fetch_sub(dropped as u64, Ordering::AcqRel);
+        // Looking costs a pass over what waits here: when news comes, and for rows that were
+        // in a session then (they may come back deferred) once a second, not every turn.
+        if self.lost.is_empty() || !(news || self.look_for_lost.is_none_or(|at| now >= at)) {
+            return;
         }
+        let dropped = self.dispatch.forget(&mut self.lost);
+        self.shared.flow.admitted.fetch_sub(dropped as u64, Ordering::AcqRel);
+        self.look_for_lost = Some(now + Duration::from_secs(1));
     }
 
     fn publish(&self) {
@@ -243,7 +252,7 @@ impl SendSource {
 impl JobSource for SendSource {
     fn next(&mut self, now: Instant) -> Next {
         self.dispatch.poll(now);
-        self.drop_lost();
+        self.drop_lost(now);
         let mut read = 0;
         loop {
             if let Some(job) = self.dispatch.next_job(now) {
