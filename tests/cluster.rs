@@ -84,6 +84,22 @@ impl Fleet {
         cmd
     }
 
+    /// `volley send` as node `name` with `message`, logging to `log`: no source address, no
+    /// list (the refused nodes' and the named ones' command).
+    fn bare(&self, name: &str, message: &Path, log: &Path) -> Command {
+        let mut cmd = Command::new(VOLLEY);
+        cmd.args(["send", "--queue", &self.redis.url("spring"), "--node", name])
+            .args(["--message", message.to_str().unwrap()])
+            .args([
+                "--relay",
+                &self.sink.local_addr().to_string(),
+                "--log",
+                log.to_str().unwrap(),
+                "--quiet",
+            ]);
+        cmd
+    }
+
     fn spawn(&self, node: u8, load: bool, extra: &[&str]) -> Child {
         let mut cmd = self.node(node, load, extra);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -277,17 +293,7 @@ fn nodes_that_do_not_match_the_campaign_are_refused() {
     }
     let other_msg = f.dir.join("other.txt");
     std::fs::write(&other_msg, MESSAGE.replace("Hello", "Hi")).unwrap();
-    let mut cmd = Command::new(VOLLEY);
-    cmd.args([
-        "send",
-        "--queue",
-        &f.redis.url("spring"),
-        "--node",
-        "n3",
-        "--message",
-        other_msg.to_str().unwrap(),
-    ])
-    .args(["--relay", &f.sink.local_addr().to_string(), "--log", f.log(3).to_str().unwrap(), "--quiet"]);
+    let cmd = f.bare("n3", &other_msg, &f.log(3));
     let out = run(cmd, Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("was loaded with another message"), "{}", stderr(&out));
@@ -295,18 +301,8 @@ fn nodes_that_do_not_match_the_campaign_are_refused() {
 
     let other_list = f.dir.join("other.csv");
     std::fs::write(&other_list, "email\nx@d0.test\n").unwrap();
-    let mut cmd = Command::new(VOLLEY);
-    cmd.args([
-        "send",
-        "--queue",
-        &f.redis.url("spring"),
-        "--node",
-        "n4",
-        "--message",
-        f.msg.to_str().unwrap(),
-    ])
-    .args(["--recipients", other_list.to_str().unwrap()])
-    .args(["--relay", &f.sink.local_addr().to_string(), "--log", f.log(4).to_str().unwrap(), "--quiet"]);
+    let mut cmd = f.bare("n4", &f.msg, &f.log(4));
+    cmd.args(["--recipients", other_list.to_str().unwrap()]);
     let out = run(cmd, Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("was loaded from another recipients file"), "{}", stderr(&out));
@@ -339,26 +335,7 @@ fn nodes_that_do_not_match_the_campaign_are_refused() {
         })
     };
     std::thread::sleep(Duration::from_millis(100));
-    let named = |node: &str, log: u8| {
-        let mut cmd = Command::new(VOLLEY);
-        cmd.args([
-            "send",
-            "--queue",
-            &f.redis.url("spring"),
-            "--node",
-            node,
-            "--message",
-            f.msg.to_str().unwrap(),
-        ])
-        .args([
-            "--relay",
-            &f.sink.local_addr().to_string(),
-            "--log",
-            f.log(log).to_str().unwrap(),
-            "--quiet",
-        ]);
-        run(cmd, Duration::from_secs(40))
-    };
+    let named = |node: &str, log: u8| run(f.bare(node, &f.msg, &f.log(log)), Duration::from_secs(40));
     let out = named("n8", 8);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     refresher.join().unwrap();
