@@ -162,11 +162,18 @@ pub fn default_node_name() -> String {
 }
 
 /// How to reach the campaign's Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Server {
     pub url: QueueUrl,
-    /// Read from `--redis-password-file`, never from the command line.
+    /// Read from `--redis-password-file`, never from the command line (nor from `Debug`).
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self.password.as_ref().map(|_| "<hidden>");
+        f.debug_struct("Server").field("url", &self.url).field("password", &password).finish()
+    }
 }
 
 impl Server {
