@@ -209,22 +209,28 @@ fn three_nodes_share_a_campaign_and_every_row_is_final_once() {
 fn a_killed_node_is_taken_over_and_only_its_window_is_sent_twice() {
     let Some(f) = Fleet::new("killed", 3000, "data=5ms", false) else { return };
     let claim = ["--claim-idle", "2s"];
-    let loader = f.spawn(2, true, &claim);
-    let mut victim = f.spawn(3, false, &claim);
-    let other = f.spawn(4, false, &claim);
+    let mut nodes: Vec<(u8, Child)> = (2..=4).map(|n| (n, f.spawn(n, n == 2, &claim))).collect();
+    // The victim: whichever node first has 200 delivered (which node gets rows first depends on
+    // when each got going). The list is loaded in milliseconds, long before that, so even the
+    // loader may die: what matters is that it dies mid-campaign holding rows.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while delivered_in(&f.log(3)) < 200 {
-        assert!(Instant::now() < deadline, "node 3 made no progress");
+    let victim = loop {
+        if let Some(i) = nodes.iter().position(|(n, _)| delivered_in(&f.log(*n)) >= 200) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no node made progress");
         std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(comm(victim.id()), "volley", "the process killed is volley itself");
-    victim.kill().unwrap(); // SIGKILL
-    victim.wait().unwrap();
-    for child in [loader, other] {
+    };
+    let (dead, mut child) = nodes.remove(victim);
+    assert_eq!(comm(child.id()), "volley", "the process killed is volley itself");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(delivered_in(&f.log(dead)) < f.rows, "killed mid-campaign (node {dead} had not sent everything)");
+    for (n, child) in nodes {
         let (code, err) = wait(child, Duration::from_secs(90));
-        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(code, Some(0), "node {n}: {err}");
     }
-    let victim_finals = finals_across(&[&f.log(3)]);
+    let victim_finals = finals_across(&[&f.log(dead)]);
     let finals = finals_across(&[&f.log(2), &f.log(3), &f.log(4)]);
     assert_eq!(
         finals.keys().copied().collect::<Vec<_>>(),
@@ -240,8 +246,9 @@ fn a_killed_node_is_taken_over_and_only_its_window_is_sent_twice() {
     // without yet acknowledging (the rows its log has that Redis did not count for it).
     let (code, status) = f.status();
     assert_eq!(code, Some(0), "complete: {status}");
-    let counted_for_victim: u64 =
-        status["nodes"]["n3"]["finals"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    let counted_for_victim: u64 = status["nodes"][format!("n{dead}")]["finals"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     let unacked = (victim_finals.len() as u64).saturating_sub(counted_for_victim);
     let bound = 10 * 8 + unacked as usize;
     eprintln!(
