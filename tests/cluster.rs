@@ -439,3 +439,74 @@ fn the_scripts_count_each_row_once_and_find_rows_taken_over() {
     let _: () = redis::cmd("SET").arg("lease").arg("mine").query(&mut con).unwrap();
     assert_eq!((refresh(&mut con, "mine"), refresh(&mut con, "theirs")), (1, 0));
 }
+
+/// Three generators of one load test: they start together, send a third each, and the last
+/// prints the merged report; `volley status` and `volley report merge` of their saved runs
+/// print the same, and its percentiles are those of the three histograms merged.
+#[test]
+fn three_generators_make_one_load_test_with_merged_histograms() {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Deserializer;
+
+    let dir = common::temp_dir("bench3");
+    let Some(redis) = Redis::start(&dir, false) else { return };
+    let sink = common::sink(|_| {});
+    let url = redis.url("loadtest");
+    let generators: Vec<Child> = ["g1", "g2", "g3"]
+        .iter()
+        .map(|name| {
+            let mut cmd = Command::new(VOLLEY);
+            cmd.args(["bench", "--target", &sink.local_addr().to_string(), "--messages", "3000"])
+                .args(["--connections", "4", "--threads", "1", "--quiet"])
+                .args(["--queue", &url, "--nodes", "3", "--node", name])
+                .args(["--save", dir.join(format!("{name}.json")).to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let mut merged_by_last = Vec::new();
+    for child in generators {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("delivered 1000,"), "a third each: {text}");
+        if text.contains("merged      3 runs") {
+            merged_by_last.push(text);
+        }
+    }
+    assert_eq!(merged_by_last.len(), 1, "one generator, the last, prints the merged report");
+    assert!(merged_by_last[0].contains("messages    3000 finished"), "{}", merged_by_last[0]);
+    assert_eq!(sink.stop().unwrap().messages_accepted, 3000, "the sink got every message once");
+
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args(["status", &url, "--json"]);
+    let out = run(cmd, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args(["report", "merge", "--json"]).args(["g1", "g2", "g3"].map(|g| dir.join(format!("{g}.json"))));
+    let out = run(cmd, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["latency"], offline["latency"], "status and report merge agree");
+    assert_eq!((status["delivered"].as_u64(), status["runs"].as_u64()), (Some(3000), Some(3)));
+
+    // The percentiles are the merged histograms' (decoded here from the saved V2 form).
+    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+    for g in ["g1", "g2", "g3"] {
+        let saved: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{g}.json"))).unwrap()).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(saved["histograms"]["message"].as_str().unwrap())
+            .unwrap();
+        let h: hdrhistogram::Histogram<u64> = Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap();
+        all.add(&h).unwrap();
+    }
+    let message = &status["latency"]["message"];
+    assert_eq!(message["count"].as_u64(), Some(all.len()));
+    for (q, key) in [(0.5, "p50_ms"), (0.99, "p99_ms"), (0.999, "p99.9_ms")] {
+        assert_eq!(message[key].as_f64(), Some(all.value_at_quantile(q) as f64 / 1000.0), "{key}");
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod content;
 pub mod report;
+pub mod saved;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

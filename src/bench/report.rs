@@ -12,7 +12,7 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-fn percentiles(h: &Histogram<u64>) -> [(&'static str, u64); 6] {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> [(&'static str, u64); 6] {
     let q = |x| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
     [
         ("p50", q(0.5)),

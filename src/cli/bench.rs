@@ -126,7 +126,36 @@ pub struct BenchArgs {
     quiet: bool,
     #[command(flatten)]
     metrics: MetricsArgs,
+    /// Save the run (counters and every phase's histogram, V2-serialized) to FILE, for
+    /// `volley report merge` with runs made elsewhere at the same time.
+    #[arg(long, value_name = "FILE.json")]
+    save: Option<PathBuf>,
+    /// Run as one of --nodes generators of one load test: they start together, each sends its
+    /// share of --messages (or runs for --duration), and the last to finish prints the merged
+    /// report (`volley status URL` prints it too). Use a new RUN name for each test.
+    #[arg(long, value_name = "redis://HOST:PORT/RUN", value_parser = parse_queue, requires = "nodes")]
+    queue: Option<mailvolley::cluster::QueueUrl>,
+    /// How many generators take part (with --queue).
+    #[arg(long, requires = "queue")]
+    nodes: Option<NonZeroUsize>,
+    /// This generator's name among them [default: the host name].
+    #[arg(long, value_name = "NAME", requires = "queue", value_parser = parse_node)]
+    node: Option<String>,
+    /// The Redis password, from a file.
+    #[arg(long, value_name = "FILE", requires = "queue")]
+    redis_password_file: Option<PathBuf>,
 }
+
+fn parse_queue(s: &str) -> Result<mailvolley::cluster::QueueUrl, String> {
+    mailvolley::cluster::QueueUrl::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_node(s: &str) -> Result<String, String> {
+    mailvolley::cluster::check_node_name(s).map(|()| s.to_owned())
+}
+
+/// How long generators wait for each other to join a distributed run.
+const JOIN_WAIT: Duration = Duration::from_secs(120);
 
 /// After sending stops (a --duration run, or a first Ctrl-C), how long messages in flight get
 /// to finish before they are abandoned (and counted deferred).
@@ -238,12 +267,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         destination = destination.with_tls_name(name);
     }
     let destination = Arc::new(destination);
-    let plan = Plan {
-        messages: args.messages.map(NonZeroU64::get),
-        duration,
-        rate: args.rate,
-        ramp_up: args.ramp_up,
+    let node = args.node.clone().unwrap_or_else(mailvolley::cluster::default_node_name);
+    let shared = match (&args.queue, args.nodes) {
+        (Some(url), Some(nodes)) => {
+            let password =
+                args.redis_password_file.as_deref().map(mailvolley::cluster::read_password).transpose()?;
+            let server = mailvolley::cluster::Server { url: url.clone(), password };
+            if !args.quiet {
+                eprintln!(
+                    "volley bench: node {node}: waiting for {nodes} generators to join {}",
+                    url.campaign
+                );
+            }
+            let share = mailvolley::cluster::bench::barrier(&server, &node, nodes.get(), JOIN_WAIT)?;
+            Some((server, share))
+        }
+        _ => None,
     };
+    let messages = match (&shared, args.messages) {
+        (Some((_, share)), Some(total)) => Some(share.of_messages(total.get())),
+        (_, messages) => messages.map(NonZeroU64::get),
+    };
+    let plan = Plan { messages, duration, rate: args.rate, ramp_up: args.ramp_up };
     let sizes = content.sizes();
     let source = BenchSource::new(plan, Arc::clone(&destination), content);
     if !args.quiet {
@@ -315,6 +360,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         print!("{}", bench::text(&report, &target_name));
         if let Some(c) = &sink_counters {
             println!("sink        accepted {} messages, {} connections", c.messages_accepted, c.connections);
+        }
+    }
+    let saved = bench::saved::SavedRun::of(&report, &target_name, &node);
+    if let Some(path) = &args.save {
+        std::fs::write(path, saved.to_json()).with_context(|| format!("--save {}", path.display()))?;
+    }
+    if let Some((server, share)) = &shared {
+        match mailvolley::cluster::bench::publish(server, &node, &saved)? {
+            // The merged report follows this node's own (not with --json: stdout stays one JSON
+            // document; `volley status --json` gives the merged one).
+            Some(runs) if !args.json => {
+                let merged = bench::saved::merge(&runs)?;
+                print!("\n{}", bench::saved::merged_text(&merged, &target_name));
+            }
+            Some(_) => {}
+            None => eprintln!(
+                "volley bench: node {node} ({} of {}) published its run; the last generator to finish prints \
+                 the merged report, as does `volley status {}`",
+                share.index + 1,
+                share.of,
+                server.url
+            ),
         }
     }
     let _ = std::io::stdout().flush();

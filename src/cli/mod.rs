@@ -9,6 +9,7 @@ mod delivery;
 mod metrics;
 mod plot;
 mod queue;
+mod report;
 mod secure;
 mod send;
 mod serve;
@@ -54,6 +55,8 @@ enum Command {
     /// final rows by status, by node and by domain, and rows still waiting.
     #[command(after_help = status::EXIT_DOC)]
     Status(status::StatusArgs),
+    /// Merge `bench --save` runs made at the same time on several machines into one report.
+    Report(report::ReportArgs),
     /// Run an SMTP sink: accepts mail as fast as it can, or misbehaves on purpose.
     Sink(sink::SinkArgs),
     /// Pre-flight a campaign against DNS: SPF, DKIM keys, DMARC and alignment, PTR, and RFC 8058
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Sink(args) => sink::run(args),
         Command::Status(args) => status::run(args),
+        Command::Report(args) => report::run(args),
         Command::Token(args) => token::run(args),
         Command::Check(args) => check::run(args),
         Command::Plot(args) => plot::run(args),

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use mailvolley::bench::saved::{self, SavedRun};
 use mailvolley::cluster::{self, status::CampaignStatus};
 
-pub const EXIT_DOC: &str = "Exit codes: 0 every row of the campaign is final; 1 rows are still waiting or under way; \
-2 no such campaign, or Redis could not be reached.";
+pub const EXIT_DOC: &str = "Exit codes: 0 every row of the campaign is final (for a load test: every generator has \
+published its run); 1 rows are still waiting or under way (runs still missing); 2 no such campaign or run, or Redis \
+could not be reached.";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -34,6 +36,14 @@ const TOP_DOMAINS: usize = 20;
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let password = args.redis_password_file.as_deref().map(cluster::read_password).transpose()?;
     let server = cluster::Server { url: args.queue, password };
+    match cluster::bench::status(&server) {
+        Ok(Some((runs, nodes))) => return bench_status(&runs, nodes, args.json),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("volley: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let status = match cluster::status::read(&server) {
         Ok(s) => s,
         Err(e) => {
@@ -49,6 +59,24 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         write!(out, "{}", text(&status))?;
     }
     Ok(if status.complete() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A distributed load test: the merged report once every generator has published its run.
+fn bench_status(runs: &[SavedRun], nodes: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    if runs.is_empty() {
+        writeln!(out, "load test: 0 of {nodes} generators have published a run")?;
+        return Ok(ExitCode::from(1));
+    }
+    let merged = saved::merge(runs)?;
+    if json {
+        serde_json::to_writer_pretty(&mut out, &saved::merged_json(&merged))?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "load test: {} of {nodes} generators have published a run", runs.len())?;
+        write!(out, "{}", saved::merged_text(&merged, &runs[0].target))?;
+    }
+    Ok(if runs.len() >= nodes { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn counts_line(counts: &cluster::status::Counts) -> String {

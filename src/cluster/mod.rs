@@ -13,6 +13,7 @@
 //! Every key of a campaign shares the hash tag `{CAMPAIGN}`, so under Redis Cluster a campaign
 //! lives on one shard and its scripts may touch all its keys.
 
+pub mod bench;
 pub mod entry;
 pub mod load;
 pub mod status;
@@ -66,6 +67,14 @@ pub struct QueueUrl {
     /// `redis://HOST:PORT` (with `/DB` if given as `?db=N`), as the client takes it.
     pub server: String,
     pub campaign: String,
+    /// As the user gave it.
+    text: String,
+}
+
+impl std::fmt::Display for QueueUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 impl QueueUrl {
@@ -94,7 +103,7 @@ impl QueueUrl {
             Some(db) => format!("redis://{authority}/{db}"),
             None => format!("redis://{authority}"),
         };
-        Ok(QueueUrl { server, campaign: name.to_owned() })
+        Ok(QueueUrl { server, campaign: name.to_owned(), text: text.to_owned() })
     }
 }
 
@@ -250,6 +259,7 @@ mod tests {
         assert_eq!((u.server.as_str(), u.campaign.as_str()), ("redis://127.0.0.1:6390", "spring-sale"));
         let u = QueueUrl::parse("redis://redis.internal/c1?db=2").unwrap();
         assert_eq!(u.server, "redis://redis.internal:6379/2");
+        assert_eq!(u.to_string(), "redis://redis.internal/c1?db=2");
         let u = QueueUrl::parse("redis://[::1]/c1").unwrap();
         assert_eq!(u.server, "redis://[::1]:6379");
         for bad in

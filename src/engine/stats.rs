@@ -215,6 +215,11 @@ impl Stats {
         self.histograms[metric as usize].saturating_record(micros);
     }
 
+    /// A phase's histogram, to fill from elsewhere (a saved run read back).
+    pub fn histogram_mut(&mut self, metric: Metric) -> &mut Histogram<u64> {
+        &mut self.histograms[metric as usize]
+    }
+
     pub fn histogram(&self, metric: Metric) -> &Histogram<u64> {
         &self.histograms[metric as usize]
     }
