@@ -5,12 +5,26 @@
 //!
 //! Keys: `volley:{RUN}:bench:nodes` (N, set by the first), `:bench:joined` (a set of node
 //! names), `:bench:start` (the agreed start, Unix milliseconds, set by the first node to see
-//! all N joined), `:bench:runs` (a hash: node → its run as JSON).
+//! all N joined), `:bench:runs` (a hash: node → its run as JSON); all expire a week after the
+//! last write. A RUN name is for one test: a node name already in it is refused.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{ClusterError, Server};
 use crate::bench::saved::SavedRun;
+
+/// A run's keys expire this long after its last write: results stay for `volley status`, and
+/// Redis does not keep every test forever.
+const KEEP: Duration = Duration::from_secs(7 * 86_400);
+
+/// Sets every key of the run to expire [`KEEP`] from now.
+fn keep(server: &Server, con: &mut redis::Connection) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for what in ["nodes", "joined", "start", "runs"] {
+        pipe.cmd("EXPIRE").arg(key(server, what)).arg(KEEP.as_secs()).ignore();
+    }
+    pipe.query(con)
+}
 
 /// How long after the last node joins the run starts: every node must see the start time
 /// before it comes (they poll every 50 ms).
@@ -58,6 +72,7 @@ pub fn barrier(server: &Server, node: &str, nodes: usize, wait: Duration) -> Res
     if joined == 0 {
         return Err(ClusterError::NodeTaken { node: node.to_owned(), campaign: run() });
     }
+    keep(server, &mut con).map_err(e)?;
     let deadline = Instant::now() + wait;
     let members: Vec<String> = loop {
         let members: Vec<String> =
@@ -99,6 +114,7 @@ pub fn publish(server: &Server, node: &str, run: &SavedRun) -> Result<Option<Vec
         .arg(run.to_json())
         .query::<()>(&mut con)
         .map_err(e)?;
+    keep(server, &mut con).map_err(e)?;
     let nodes: Option<usize> = redis::cmd("GET").arg(key(server, "nodes")).query(&mut con).map_err(e)?;
     let (all, published) = runs(server, &mut con)?;
     Ok((published >= nodes.unwrap_or(1)).then_some(all))
