@@ -510,3 +510,53 @@ fn three_generators_make_one_load_test_with_merged_histograms() {
         assert_eq!(message[key].as_f64(), Some(all.value_at_quantile(q) as f64 / 1000.0), "{key}");
     }
 }
+
+/// Three nodes of `--connections 4` hold 4 connections in all, not 12: the sink never sees
+/// more at once. (Connections are not recycled here: a node that closes one and opens the next
+/// on the same lease overlaps at the server for as long as the server takes to see the close,
+/// which the sink counts; see the README.)
+#[test]
+fn a_connection_limit_holds_for_the_fleet() {
+    let Some(f) = Fleet::new("fleetconn", 900, "data=20ms", false) else { return };
+    let limits = ["--connections", "4", "--pipeline-depth", "1", "--messages-per-connection", "1000000"];
+    let nodes: Vec<Child> = (2..=4).map(|n| f.spawn(n, n == 2, &limits)).collect();
+    for child in nodes {
+        let (code, err) = wait(child, Duration::from_secs(90));
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let finals = finals_across(&[&f.log(2), &f.log(3), &f.log(4)]);
+    assert_eq!(finals.len(), f.rows + 2, "every row final");
+    let peak = f.sink.peak_connections();
+    let shares: Vec<usize> = (2..=4).map(|n| delivered_in(&f.log(n))).collect();
+    eprintln!(
+        "fleet of 3 at --connections 4: the sink saw at most {peak} connections at once; shares {shares:?}"
+    );
+    assert!(peak <= 4, "{peak} connections at once, more than the fleet's 4");
+    assert!(peak >= 2, "the limit is used, not starved: {peak}");
+}
+
+/// Three nodes at `--destination-rate 6000/min` send 6,000 a minute in all: 1,000 messages take
+/// ten seconds, not three. The upper bound is the limit's promise (at most one block of
+/// 200 ms ahead); below it, a loaded machine may be slower.
+#[test]
+fn a_rate_holds_for_the_fleet() {
+    let Some(f) = Fleet::new("fleetrate", 1000, "data=0ms", false) else { return };
+    let nodes: Vec<Child> =
+        (2..=4).map(|n| f.spawn(n, n == 2, &["--destination-rate", "6000/min"])).collect();
+    for child in nodes {
+        let (code, err) = wait(child, Duration::from_secs(90));
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let mut times: Vec<std::time::SystemTime> = std::fs::read_dir(f.dir.join("dump"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .collect();
+    times.sort();
+    assert_eq!(times.len(), f.rows);
+    let span = times[times.len() - 1].duration_since(times[0]).unwrap().as_secs_f64();
+    let rate = (f.rows - 1) as f64 / span * 60.0;
+    let shares: Vec<usize> = (2..=4).map(|n| delivered_in(&f.log(n))).collect();
+    eprintln!("fleet of 3 at 6000/min: {rate:.0}/min over {span:.2}s; shares {shares:?}");
+    assert!(rate <= 6000.0 * 1.05, "{rate:.0}/min: more than the fleet's 6000/min + 5%");
+    assert!(rate >= 6000.0 * 0.8, "{rate:.0}/min: far below the limit");
+}

@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod entry;
+pub mod limits;
 pub mod load;
 pub mod status;
 pub mod worker;
@@ -139,6 +140,12 @@ impl Keys {
         }
     }
 
+    /// A shared limit of the destination whose fleet key is `destination` (`conn`: leases;
+    /// `msg`, `cturn`: rate gates).
+    pub fn limit(&self, destination: &str, what: &str) -> String {
+        format!("{}limit:{destination}:{what}", self.prefix)
+    }
+
     /// A node's lease: held while the node runs, so a second process with its name is refused.
     pub fn node(&self, node: &str) -> String {
         format!("{}node:{node}", self.prefix)
@@ -242,6 +249,14 @@ pub mod scripts {
     /// Keeps a node's rows its own while they wait; see the file.
     pub fn keep() -> redis::Script {
         redis::Script::new(include_str!("scripts/keep.lua"))
+    }
+    /// A node's connection leases to a destination; see the file.
+    pub fn lease() -> redis::Script {
+        redis::Script::new(include_str!("scripts/lease.lua"))
+    }
+    /// A block of turns from a fleet-wide rate (GCRA); see the file.
+    pub fn tokens() -> redis::Script {
+        redis::Script::new(include_str!("scripts/tokens.lua"))
     }
     /// Refreshes a lease held by a token; see the file.
     pub fn refresh() -> redis::Script {

@@ -162,6 +162,8 @@ pub struct WorkerConfig {
     /// The source's counts: how many rows wait for a retry.
     /// The loader's error, if this node loads: the source stops on it.
     pub loader_error: Option<Arc<Mutex<Option<String>>>>,
+    /// The node's destinations, whose limits hold fleet-wide.
+    pub limits: super::limits::FleetLimits,
 }
 
 /// A running worker.
@@ -223,6 +225,7 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         next_keep: now + config.claim_idle / 3,
         next_claim: now,
         next_lease: now + LEASE_REFRESH,
+        next_limits: now,
         next_complete: now,
         complete_sent: false,
         stop: Arc::clone(&stop),
@@ -312,6 +315,7 @@ struct Worker {
     next_keep: Instant,
     next_claim: Instant,
     next_lease: Instant,
+    next_limits: Instant,
     next_complete: Instant,
     complete_sent: bool,
     stop: Arc<AtomicBool>,
@@ -432,6 +436,15 @@ impl Worker {
         if now >= self.next_lease {
             self.renew_lease()?;
             self.next_lease = now + LEASE_REFRESH;
+        }
+        if now >= self.next_limits {
+            let keys = self.keys.clone();
+            let calls = match &mut self.con {
+                Some(con) => self.config.limits.tick(con, &keys, &self.config.node, now)?,
+                None => 0,
+            };
+            self.report.commands += calls;
+            self.next_limits = now + super::limits::TICK;
         }
         if now >= self.next_keep {
             self.keep_held()?;

@@ -67,7 +67,13 @@ pub struct Routes {
     /// Destinations made under earlier shaping rules (see [`Routes::reshape`]), by key: one
     /// made again for the same hosts takes over what reactions did to it.
     retired: HashMap<String, Arc<Destination>>,
+    /// Told of each destination made (see [`Routes::on_new_destination`]).
+    on_new: Option<OnDestination>,
 }
+
+/// Told of each destination made, with its key: the same on every process that routes the same
+/// hosts (the relay's name; an MX host set's sorted `preference host` pairs).
+pub type OnDestination = Arc<dyn Fn(&Arc<Destination>, &str) + Send + Sync>;
 
 impl Routes {
     /// Routes through each domain's MX hosts, connecting to `port`, with the limits `shaping`
@@ -98,7 +104,17 @@ impl Routes {
             next_index: 0,
             shaping,
             retired: HashMap::new(),
+            on_new: None,
         }
+    }
+
+    /// Calls `hook` with every destination made from now on (and the relay, made already),
+    /// before any job goes to it: a campaign shared with other processes shares its limits.
+    pub fn on_new_destination(&mut self, hook: OnDestination) {
+        if let Mode::Relay(relay) = &self.mode {
+            hook(relay, &relay.name);
+        }
+        self.on_new = Some(hook);
     }
 
     /// From now on, `shaping`'s limits and rules: every destination is made anew as its
@@ -119,7 +135,11 @@ impl Routes {
                 .with_limits(&shaped.limits, shaped.rule);
             destination.shaping.carry_over(&old.shaping);
             self.next_index += 1;
-            self.mode = Mode::Relay(Arc::new(destination));
+            let destination = Arc::new(destination);
+            if let Some(hook) = &self.on_new {
+                hook(&destination, &destination.name);
+            }
+            self.mode = Mode::Relay(destination);
         }
     }
 
@@ -314,6 +334,9 @@ impl Routes {
             destination.shaping.carry_over(&old.shaping);
         }
         let destination = Arc::new(destination);
+        if let Some(hook) = &self.on_new {
+            hook(&destination, &key);
+        }
         self.next_index += 1;
         self.rollups.insert(key, Arc::clone(&destination));
         destination

@@ -930,7 +930,11 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
             {
                 break;
             }
-            // Over the target or the rate: look again when a probe may be due.
+            // Over the target or the rate: look again when a probe may be due. (Held back by
+            // the target, a destination with fleet leases asks for one more.)
+            if pool.open.get() >= core.connection_target(pool, now) {
+                pool.destination.shaping.want_connection();
+            }
             monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
             if pool.destination.shaping.suspended(Instant::now()).is_some() {
                 break;
@@ -955,7 +959,9 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
         }
         pool.open.set(pool.open.get() + 1);
         core.connections_open.set(core.connections_open.get() + 1);
+        pool.destination.shaping.connection_opened(true);
         let attempt = connect_and_run(core, pool).await;
+        pool.destination.shaping.connection_opened(false);
         core.connections_open.set(core.connections_open.get() - 1);
         pool.open.set(pool.open.get() - 1);
         // Slots holding back because this connection covered the pending work look again.

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::job::{instant_at, nanos_since_epoch};
@@ -224,6 +224,81 @@ pub struct ShapingEvent {
     pub host: Option<Arc<str>>,
 }
 
+/// What a destination may use of limits it shares with other processes (the nodes of a
+/// campaign shared through Redis): message and new-connection tokens and connection leases,
+/// granted in blocks by someone outside the engine (`cluster::limits`), which reads back what
+/// the cores wanted and had. Per message: one atomic decrement.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    /// Messages and new connections this process may still start (granted, not yet used).
+    messages: AtomicI64,
+    connection_turns: AtomicI64,
+    /// Connections this process may have open at once, across its cores.
+    leases: AtomicU64,
+    /// Connections open now (connecting or in session), across cores.
+    open: AtomicU64,
+    /// Since the last look: messages held back for want of a token, and whether a slot
+    /// waited for a lease.
+    wanted_messages: AtomicU64,
+    wanted_connection: std::sync::atomic::AtomicBool,
+}
+
+impl Fleet {
+    /// Adds granted message tokens.
+    pub fn grant_messages(&self, n: u64) {
+        self.messages.fetch_add(n as i64, Ordering::AcqRel);
+    }
+
+    pub fn grant_connection_turns(&self, n: u64) {
+        self.connection_turns.fetch_add(n as i64, Ordering::AcqRel);
+    }
+
+    /// Message tokens in hand.
+    pub fn messages(&self) -> i64 {
+        self.messages.load(Ordering::Acquire)
+    }
+
+    pub fn connection_turns(&self) -> i64 {
+        self.connection_turns.load(Ordering::Acquire)
+    }
+
+    /// Sets the connections this process may hold (its leases).
+    pub fn set_leases(&self, n: u64) {
+        self.leases.store(n, Ordering::Release);
+    }
+
+    pub fn leases(&self) -> u64 {
+        self.leases.load(Ordering::Acquire)
+    }
+
+    /// Connections open now, across cores.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Messages held back for want of a token since the last call.
+    pub fn take_wanted_messages(&self) -> u64 {
+        self.wanted_messages.swap(0, Ordering::AcqRel)
+    }
+
+    /// Whether a slot waited for a lease since the last call.
+    pub fn take_wanted_connection(&self) -> bool {
+        self.wanted_connection.swap(false, Ordering::AcqRel)
+    }
+
+    /// Takes one token from `tokens`, or counts the want.
+    fn take(tokens: &AtomicI64) -> bool {
+        if tokens.fetch_sub(1, Ordering::AcqRel) > 0 {
+            return true;
+        }
+        tokens.fetch_add(1, Ordering::AcqRel);
+        false
+    }
+}
+
+/// How soon to ask again when the fleet's tokens ran out (they are refilled every 100 ms).
+const FLEET_RETRY: Duration = Duration::from_millis(10);
+
 /// A destination's shaping state, shared by every core.
 #[derive(Debug, Default)]
 pub struct Shaping {
@@ -238,6 +313,8 @@ pub struct Shaping {
     slowed_until: AtomicU64,
     slow_interval: AtomicU64,
     slow_connections: AtomicU64,
+    /// Limits shared with other processes, when they are (see [`Fleet`]).
+    fleet: std::sync::OnceLock<Arc<Fleet>>,
 }
 
 impl Shaping {
@@ -260,6 +337,34 @@ impl Shaping {
             self.slow_interval.store(old.slow_interval.load(Ordering::Relaxed), Ordering::Relaxed);
             self.slow_connections.store(old.slow_connections.load(Ordering::Relaxed), Ordering::Relaxed);
             self.slowed_until.store(slowed, Ordering::Relaxed);
+        }
+    }
+
+    /// Shares this destination's limits with other processes through `fleet` (set once, before
+    /// any core uses the destination).
+    pub fn share_with_fleet(&self, fleet: Arc<Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.get()
+    }
+
+    /// A connection opened (`true`) or closed, for the fleet's count of open ones.
+    pub fn connection_opened(&self, opened: bool) {
+        if let Some(f) = self.fleet.get() {
+            match opened {
+                true => f.open.fetch_add(1, Ordering::AcqRel),
+                false => f.open.fetch_sub(1, Ordering::AcqRel),
+            };
+        }
+    }
+
+    /// A slot is held back by the connection target: with fleet leases, say so (the lease
+    /// holder asks for one more).
+    pub fn want_connection(&self) {
+        if let Some(f) = self.fleet.get() {
+            f.wanted_connection.store(true, Ordering::Release);
         }
     }
 
@@ -289,10 +394,19 @@ impl Shaping {
             return Err(instant_at(until));
         }
         let interval = self.message_interval(t);
-        if interval == 0 {
-            return Ok(());
+        if interval > 0 {
+            self.messages.take(t, interval).map_err(instant_at)?;
         }
-        self.messages.take(t, interval).map_err(instant_at)
+        if let Some(f) = self.fleet.get().filter(|_| self.message_interval > 0) {
+            if !Fleet::take(&f.messages) {
+                f.wanted_messages.fetch_add(1, Ordering::AcqRel);
+                if interval > 0 {
+                    self.messages.undo(t, interval);
+                }
+                return Err(now + FLEET_RETRY);
+            }
+        }
+        Ok(())
     }
 
     /// Gives back the message turn taken at `now` (the run's own rate refused it).
@@ -310,6 +424,7 @@ impl Shaping {
         let t = nanos_since_epoch(now);
         self.suspended_until.load(Ordering::Relaxed) <= t
             && (self.message_interval(t) == 0 || self.messages.next() <= t)
+            && self.fleet.get().is_none_or(|f| self.message_interval == 0 || f.messages() > 0)
     }
 
     /// Takes the turn of one new connection at `now`, or says when to ask again.
@@ -322,18 +437,38 @@ impl Shaping {
         if self.connection_interval == 0 {
             return Ok(());
         }
-        self.connections.take(t, self.connection_interval).map_err(instant_at)
+        self.connections.take(t, self.connection_interval).map_err(instant_at)?;
+        if let Some(f) = self.fleet.get()
+            && !Fleet::take(&f.connection_turns)
+        {
+            self.connections.undo(t, self.connection_interval);
+            return Err(now + FLEET_RETRY);
+        }
+        Ok(())
     }
 
-    /// The connection limit a reaction set, while it lasts.
+    /// The connection limit a reaction set, while it lasts, and the leases this process holds
+    /// when its connections are counted fleet-wide: the lower.
     pub fn connection_cap(&self, now: Instant) -> Option<usize> {
-        if !self.slowed(nanos_since_epoch(now)) {
-            return None;
+        let slowed = match self.slowed(nanos_since_epoch(now)) {
+            true => Some(self.slow_connections.load(Ordering::Relaxed)).filter(|&n| n > 0),
+            false => None,
+        };
+        let leased = self.fleet.get().map(|f| f.leases());
+        match (slowed, leased) {
+            (Some(a), Some(b)) => Some(a.min(b) as usize),
+            (a, b) => a.or(b).map(|n| n as usize),
         }
-        match self.slow_connections.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(n as usize),
-        }
+    }
+
+    /// The interval between messages (and new connections) its own limits set, in
+    /// nanoseconds; zero: no such limit.
+    pub fn message_rate_interval(&self) -> u64 {
+        self.message_interval
+    }
+
+    pub fn connection_rate_interval(&self) -> u64 {
+        self.connection_interval
     }
 
     /// Applies `action` until `until`. True when the destination was not already under an
@@ -392,6 +527,38 @@ mod tests {
         }
         assert_eq!("4/s".parse::<Rate>().unwrap().interval_nanos(), 250_000_000);
         assert_eq!("1/min".parse::<Rate>().unwrap().per_second(), 1.0 / 60.0);
+    }
+
+    /// Shared with a fleet, a destination sends only on tokens it was granted, says what it
+    /// wanted, and holds no more connections than its leases.
+    #[test]
+    fn a_fleet_grants_turns_and_leases() {
+        let limits = Limits { rate: Some("1000/s".parse().unwrap()), ..Limits::default() };
+        let s = Shaping::new(&limits);
+        let fleet = Arc::new(Fleet::default());
+        s.share_with_fleet(Arc::clone(&fleet));
+        let now = Instant::now();
+        assert!(!s.message_ready(now), "no token yet");
+        assert!(s.admit_message(now).is_err());
+        assert_eq!(fleet.take_wanted_messages(), 1, "the want is counted");
+        fleet.grant_messages(2);
+        let later = now + Duration::from_millis(5);
+        assert!(s.message_ready(later));
+        assert_eq!(s.admit_message(later), Ok(()));
+        assert_eq!(s.admit_message(later + Duration::from_millis(1)), Ok(()));
+        assert!(s.admit_message(later + Duration::from_millis(2)).is_err(), "two tokens, two messages");
+        assert_eq!(fleet.messages(), 0, "a refusal takes no token");
+        assert_eq!(s.connection_cap(now), Some(0), "no lease: no connection");
+        fleet.set_leases(3);
+        assert_eq!(s.connection_cap(now), Some(3));
+        s.want_connection();
+        assert!(fleet.take_wanted_connection() && !fleet.take_wanted_connection());
+        s.connection_opened(true);
+        assert_eq!(fleet.open(), 1);
+        // Without a rate of its own, messages need no token.
+        let plain = Shaping::new(&Limits::default());
+        plain.share_with_fleet(Arc::new(Fleet::default()));
+        assert_eq!(plain.admit_message(now), Ok(()));
     }
 
     #[test]

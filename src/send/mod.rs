@@ -227,6 +227,8 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         }
     }
     let shared = Arc::new(Shared::default());
+    // A shared campaign's destinations share their limits with the other nodes.
+    let limits = config.queue.as_ref().map(|_| cluster::limits::FleetLimits::new());
     let (input, worker, acks, run_input) = match (&config.queue, &config.recipients) {
         (Some(queue), recipients) => {
             let load = match (recipients, &digest) {
@@ -248,6 +250,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
                 claim_idle: queue.claim_idle,
                 columns: joined.columns,
                 loader_error: joined.loading.map(|l| l.error),
+                limits: limits.clone().unwrap_or_default(),
             })?;
             let name = format!("redis {}/{campaign} as node {}", queue.server.url.server, queue.node);
             (Input::Queue(rows), Some(worker), Some(acks), name)
@@ -267,7 +270,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let template = Arc::new(template);
     let shaping = config.delivery.shaping()?;
     let reactions = shaping.reactions();
-    let routes = config.delivery.routes(shaping).map_err(SendError::Dns)?;
+    let mut routes = config.delivery.routes(shaping).map_err(SendError::Dns)?;
+    if let Some(limits) = &limits {
+        routes.on_new_destination(limits.hook());
+    }
     let mut log = match resumed_log {
         Some(log) => log,
         None => LogFile::create(&config.log).map_err(log_error)?,

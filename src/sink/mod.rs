@@ -112,6 +112,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub accepted: AtomicU64,
     pub active_connections: AtomicUsize,
+    /// The most connections open at once (what a fleet-wide connection limit is checked by).
+    pub peak_connections: AtomicUsize,
     /// Recipients seen once (with `greylist`; a lock is fine on a fault path).
     pub greylisted: std::sync::Mutex<std::collections::HashSet<String>>,
 }

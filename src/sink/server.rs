@@ -52,6 +52,11 @@ impl SinkHandle {
         self.shared.stop.load(Ordering::Relaxed)
     }
 
+    /// The most connections that were open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.shared.peak_connections.load(Ordering::Relaxed)
+    }
+
     pub fn request_stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
     }
@@ -270,6 +275,7 @@ async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let active = shared.active_connections.fetch_add(1, Ordering::Relaxed) + 1;
+    shared.peak_connections.fetch_max(active, Ordering::Relaxed);
     let _guard = ActiveGuard(shared);
     let mut stream = Conn::new(stream);
     if implicit && !handshake(&mut stream, &core, &watch).await {

@@ -1,0 +1,234 @@
+//! Limits that hold for the whole fleet of a shared campaign: each destination's connections
+//! (`--connections`, shaping rules), its message rate (`--destination-rate`, rules' `rate`) and
+//! its new-connection rate (`--connection-rate`, rules' `connection_rate`).
+//!
+//! The engine knows only [`Fleet`]: tokens and leases it is granted, and what its cores wanted.
+//! Every destination a node's routes make is registered here (`Routes::on_new_destination`),
+//! and the cluster thread settles each one with Redis every [`TICK`]:
+//! - **connections** are leases (`lease.lua`): a node asks for one more whenever a slot is held
+//!   back by its leases, keeps what it has open, and gives its leases back once the destination
+//!   has been idle on it for [`RELEASE_AFTER`]; a lease lives [`LEASE_TTL`] unless renewed, so
+//!   a dead node's connections return to the fleet then. Since Redis grants a node only what the
+//!   others leave of the limit and never takes back what a live node asks to keep, the fleet's
+//!   connections never pass the limit.
+//! - **rates** are GCRA gates on Redis's clock (`tokens.lua`), taken in blocks of up to
+//!   [`AHEAD`] worth of turns, only by a node that used or wanted turns since the last tick.
+//!   Over any span the fleet sends at most one block more than the rate allows; turns a node
+//!   takes and does not use are lost, never added.
+//!
+//! Not shared yet: the run-wide `--rate`, and reactions (a `[TSS04]` suspension applies on the
+//! node that saw it).
+
+use std::hash::Hasher;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::{Keys, scripts};
+use crate::deliver::route::OnDestination;
+use crate::engine::Destination;
+use crate::engine::shaping::Fleet;
+
+/// How often each destination's tokens and leases are settled.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Turns a node may take ahead of the rate's schedule: two ticks' worth, so a node at the rate
+/// does not run dry between ticks.
+const AHEAD: Duration = Duration::from_millis(200);
+
+/// A lease lives this long unless renewed (every [`RENEW`]).
+const LEASE_TTL: Duration = Duration::from_secs(10);
+const RENEW: Duration = Duration::from_secs(3);
+
+/// A node gives its leases on a destination back once it has had no connection open there for
+/// this long.
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
+
+struct Shared {
+    /// The destination's key in Redis (a hash of what names it the same on every node).
+    key: String,
+    destination: Weak<Destination>,
+    fleet: Arc<Fleet>,
+    limit: u64,
+    message_interval_us: u64,
+    connection_interval_us: u64,
+    /// Tokens in hand after the last tick (what was used since shows as fewer).
+    messages_had: i64,
+    turns_had: i64,
+    /// Leases as last granted, when they were, and since when nothing is open.
+    leased: u64,
+    renewed: Option<Instant>,
+    idle_since: Option<Instant>,
+    /// The first tick has taken its first blocks.
+    primed: bool,
+}
+
+/// The fleet-wide limits of one node's destinations.
+#[derive(Clone, Default)]
+pub struct FleetLimits {
+    registry: Arc<Mutex<Vec<Shared>>>,
+}
+
+impl FleetLimits {
+    pub fn new() -> FleetLimits {
+        FleetLimits::default()
+    }
+
+    /// The hook for the node's routes: every destination made shares its limits.
+    pub fn hook(&self) -> OnDestination {
+        let registry = Arc::clone(&self.registry);
+        Arc::new(move |destination: &Arc<Destination>, key: &str| {
+            let fleet = Arc::new(Fleet::default());
+            destination.shaping.share_with_fleet(Arc::clone(&fleet));
+            let mut h = crate::hash::Fx::default();
+            h.write(key.as_bytes());
+            let shared = Shared {
+                key: format!("{:016x}", h.finish()),
+                destination: Arc::downgrade(destination),
+                fleet,
+                limit: destination.max_connections.max(1) as u64,
+                message_interval_us: destination.shaping.message_rate_interval() / 1000,
+                connection_interval_us: destination.shaping.connection_rate_interval() / 1000,
+                messages_had: 0,
+                turns_had: 0,
+                leased: 0,
+                renewed: None,
+                idle_since: None,
+                primed: false,
+            };
+            if let Ok(mut registry) = registry.lock() {
+                registry.push(shared);
+            }
+        })
+    }
+
+    /// Settles every destination's tokens and leases with Redis; how many calls it made.
+    pub fn tick(
+        &self,
+        con: &mut redis::Connection,
+        keys: &Keys,
+        node: &str,
+        now: Instant,
+    ) -> redis::RedisResult<u64> {
+        // Taken out while Redis is asked, so the producer's hook never waits on the network.
+        let mut all = match self.registry.lock() {
+            Ok(mut registry) => std::mem::take(&mut *registry),
+            Err(_) => return Ok(0),
+        };
+        let mut calls = 0;
+        let mut result = Ok(());
+        for d in &mut all {
+            if result.is_ok() {
+                result = settle(d, con, keys, node, now, &mut calls);
+            }
+        }
+        // Destinations no longer used, with nothing leased, are forgotten.
+        all.retain(|d| d.destination.strong_count() > 0 || d.leased > 0);
+        if let Ok(mut registry) = self.registry.lock() {
+            all.append(&mut registry);
+            *registry = all;
+        }
+        result.map(|()| calls)
+    }
+}
+
+fn settle(
+    d: &mut Shared,
+    con: &mut redis::Connection,
+    keys: &Keys,
+    node: &str,
+    now: Instant,
+    calls: &mut u64,
+) -> redis::RedisResult<()> {
+    let gone = d.destination.strong_count() == 0;
+    // Connections: keep what is open, one more when a slot waits for it, none once idle.
+    let open = d.fleet.open();
+    let wanted = d.fleet.take_wanted_connection();
+    d.idle_since = match open {
+        0 => Some(d.idle_since.unwrap_or(now)),
+        _ => None,
+    };
+    let idle = d.idle_since.is_some_and(|since| now.duration_since(since) >= RELEASE_AFTER);
+    let want = if gone || (idle && !wanted) {
+        0
+    } else if wanted {
+        (d.leased.max(open) + 1).min(d.limit)
+    } else {
+        d.leased.max(open)
+    };
+    let renew = d.renewed.is_none_or(|at| now.duration_since(at) >= RENEW);
+    if want != d.leased || (want > 0 && renew) {
+        let granted: u64 = scripts::lease()
+            .key(keys.limit(&d.key, "conn"))
+            .arg(node)
+            .arg(want)
+            .arg(d.limit)
+            .arg(LEASE_TTL.as_millis() as u64)
+            .invoke(con)?;
+        *calls += 1;
+        d.leased = granted;
+        d.renewed = Some(now);
+        d.fleet.set_leases(granted);
+    }
+    if gone {
+        return Ok(());
+    }
+    // Rates: a block when turns were used or wanted since the last tick (and a first block
+    // at once: a destination is made for a job about to go).
+    let first = !d.primed;
+    d.primed = true;
+    let wanted_messages = d.fleet.take_wanted_messages() > 0 || first;
+    let gate = Gate { con, keys, key: &d.key, calls };
+    d.messages_had =
+        gate.take("msg", d.message_interval_us, d.fleet.messages(), d.messages_had, wanted_messages, |n| {
+            d.fleet.grant_messages(n)
+        })?;
+    let gate = Gate { con, keys, key: &d.key, calls };
+    d.turns_had = gate.take(
+        "cturn",
+        d.connection_interval_us,
+        d.fleet.connection_turns(),
+        d.turns_had,
+        wanted || first,
+        |n| d.fleet.grant_connection_turns(n),
+    )?;
+    Ok(())
+}
+
+/// One destination's rate gates in Redis.
+struct Gate<'a> {
+    con: &'a mut redis::Connection,
+    keys: &'a Keys,
+    key: &'a str,
+    calls: &'a mut u64,
+}
+
+impl Gate<'_> {
+    /// Tops up the turns in hand (`have`; `had` after the last tick) to a block when some were
+    /// used or `wanted`; the turns in hand after.
+    fn take(
+        self,
+        what: &str,
+        interval_us: u64,
+        have: i64,
+        had: i64,
+        wanted: bool,
+        grant: impl Fn(u64),
+    ) -> redis::RedisResult<i64> {
+        if interval_us == 0 {
+            return Ok(have);
+        }
+        let block = (AHEAD.as_micros() as u64 / interval_us).max(1) as i64;
+        if have >= block || !(have < had || wanted) {
+            return Ok(have);
+        }
+        let granted: u64 = scripts::tokens()
+            .key(self.keys.limit(self.key, what))
+            .arg(interval_us)
+            .arg(block - have)
+            .arg(AHEAD.as_micros() as u64)
+            .invoke(self.con)?;
+        *self.calls += 1;
+        grant(granted);
+        Ok(have + granted as i64)
+    }
+}
