@@ -1,6 +1,6 @@
 //! Limits that hold for the whole fleet of a shared campaign: each destination's connections
-//! (`--connections`, shaping rules), its message rate (`--destination-rate`, rules' `rate`) and
-//! its new-connection rate (`--connection-rate`, rules' `connection_rate`).
+//! (`--connections`, shaping rules), its message rate (`--destination-rate`, rules' `rate`), its
+//! new-connection rate (`--connection-rate`, rules' `connection_rate`), and the run's `--rate`.
 //!
 //! The engine knows only [`Fleet`]: tokens and leases it is granted, and what its cores wanted.
 //! Every destination a node's routes make is registered here (`Routes::on_new_destination`),
@@ -16,8 +16,8 @@
 //!   Over any span the fleet sends at most one block more than the rate allows; turns a node
 //!   takes and does not use are lost, never added.
 //!
-//! Not shared yet: the run-wide `--rate`, and reactions (a `[TSS04]` suspension applies on the
-//! node that saw it).
+//! The run-wide `--rate` is one more gate (key `run`), which the engine takes every message's
+//! turn from as well.
 
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, Weak};
@@ -46,8 +46,10 @@ const RELEASE_AFTER: Duration = Duration::from_secs(2);
 struct Shared {
     /// The destination's key in Redis (a hash of what names it the same on every node).
     key: String,
-    destination: Weak<Destination>,
+    /// The destination; `None` for the run's own rate (`--rate`), which has no connections.
+    destination: Option<Weak<Destination>>,
     fleet: Arc<Fleet>,
+    /// Connections in all (zero: not counted).
     limit: u64,
     message_interval_us: u64,
     connection_interval_us: u64,
@@ -83,7 +85,7 @@ impl FleetLimits {
             h.write(key.as_bytes());
             let shared = Shared {
                 key: format!("{:016x}", h.finish()),
-                destination: Arc::downgrade(destination),
+                destination: Some(Arc::downgrade(destination)),
                 fleet,
                 limit: destination.max_connections.max(1) as u64,
                 message_interval_us: destination.shaping.message_rate_interval() / 1000,
@@ -99,6 +101,30 @@ impl FleetLimits {
                 registry.push(shared);
             }
         })
+    }
+
+    /// The run's own rate (`--rate`), shared by the fleet: the engine takes its turns from the
+    /// returned tokens too.
+    pub fn run_rate(&self, rate: crate::engine::shaping::Rate) -> Arc<Fleet> {
+        let fleet = Arc::new(Fleet::default());
+        let shared = Shared {
+            key: "run".into(),
+            destination: None,
+            fleet: Arc::clone(&fleet),
+            limit: 0,
+            message_interval_us: rate.interval_nanos() / 1000,
+            connection_interval_us: 0,
+            messages_had: 0,
+            turns_had: 0,
+            leased: 0,
+            renewed: None,
+            idle_since: None,
+            primed: false,
+        };
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.push(shared);
+        }
+        fleet
     }
 
     /// Settles every destination's tokens and leases with Redis; how many calls it made.
@@ -122,7 +148,7 @@ impl FleetLimits {
             }
         }
         // Destinations no longer used, with nothing leased, are forgotten.
-        all.retain(|d| d.destination.strong_count() > 0 || d.leased > 0);
+        all.retain(|d| d.destination.as_ref().is_none_or(|w| w.strong_count() > 0) || d.leased > 0);
         if let Ok(mut registry) = self.registry.lock() {
             all.append(&mut registry);
             *registry = all;
@@ -139,7 +165,7 @@ fn settle(
     now: Instant,
     calls: &mut u64,
 ) -> redis::RedisResult<()> {
-    let gone = d.destination.strong_count() == 0;
+    let gone = d.destination.as_ref().is_some_and(|w| w.strong_count() == 0);
     // Connections: keep what is open, one more when a slot waits for it, none once idle.
     let open = d.fleet.open();
     let wanted = d.fleet.take_wanted_connection();
@@ -156,7 +182,7 @@ fn settle(
         d.leased.max(open)
     };
     let renew = d.renewed.is_none_or(|at| now.duration_since(at) >= RENEW);
-    if want != d.leased || (want > 0 && renew) {
+    if d.limit > 0 && (want != d.leased || (want > 0 && renew)) {
         let granted: u64 = scripts::lease()
             .key(keys.limit(&d.key, "conn"))
             .arg(node)

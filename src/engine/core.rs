@@ -17,7 +17,7 @@ use super::job::{Destination, Job, Payload, instant_at, nanos_since_epoch};
 use super::outcome::{self, Outcome, Via};
 use super::policy::{AfterFailure, Bounds, ConnectionPolicy, PolicyRules, Proven, ReconnectBackoff, Sight};
 use super::retry::{Deferral, Verdict};
-use super::shaping::ShapingEvent;
+use super::shaping::{FLEET_RETRY, ShapingEvent};
 use super::signal::Signal;
 use super::stats::{Metric, Stats};
 use super::{EngineConfig, Progress, RunState, session};
@@ -634,9 +634,17 @@ impl Core {
             return Err(at);
         }
         if self.run.rate_interval > 0 {
-            if let Err(next) = self.run.rate.take(nanos_since_epoch(now), self.run.rate_interval) {
+            let t = nanos_since_epoch(now);
+            if let Err(next) = self.run.rate.take(t, self.run.rate_interval) {
                 shaping.give_back(now);
                 return Err(instant_at(next));
+            }
+            if let Some(fleet) = &self.run.rate_fleet
+                && !fleet.take_message()
+            {
+                self.run.rate.undo(t, self.run.rate_interval);
+                shaping.give_back(now);
+                return Err(now + FLEET_RETRY);
             }
         }
         Ok(())

@@ -91,6 +91,9 @@ pub struct EngineConfig {
     pub park: usize,
     /// Messages per unit of time for the whole run, across cores.
     pub rate: Option<Rate>,
+    /// The run's rate shared with other processes: its turns are also taken from this (see
+    /// [`shaping::Fleet`]).
+    pub rate_fleet: Option<Arc<shaping::Fleet>>,
     /// Replies that suspend or slow their destination (see [`shaping`]).
     pub reactions: Option<Arc<Reactions>>,
     /// Whether a TLS failure a new connection would repeat (a refused certificate, STARTTLS not
@@ -126,6 +129,7 @@ impl EngineConfig {
             outcomes: false,
             park: 0,
             rate: None,
+            rate_fleet: None,
             reactions: None,
             give_up_on_tls: true,
         }
@@ -157,6 +161,8 @@ pub struct RunState {
     /// The run-wide message rate's gate, and its interval in nanoseconds (zero: no rate).
     pub rate: shaping::Gate,
     pub rate_interval: u64,
+    /// The run's rate shared with other processes, if it is.
+    pub rate_fleet: Option<Arc<shaping::Fleet>>,
     /// Destinations suspended or slowed, for the caller's log and report; when the queue is
     /// full, events are dropped and counted.
     pub events: Arc<ArrayQueue<ShapingEvent>>,
@@ -196,6 +202,7 @@ impl RunState {
             parked: AtomicU64::new(0),
             rate: shaping::Gate::default(),
             rate_interval: config.rate.map_or(0, |r| r.interval_nanos()),
+            rate_fleet: config.rate.and(config.rate_fleet.clone()),
             events: Arc::new(ArrayQueue::new(shaping::EVENT_QUEUE)),
             events_dropped: AtomicU64::new(0),
             producer: std::sync::OnceLock::new(),

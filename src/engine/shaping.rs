@@ -286,6 +286,15 @@ impl Fleet {
         self.wanted_connection.swap(false, Ordering::AcqRel)
     }
 
+    /// Takes a message token, or counts the want.
+    pub fn take_message(&self) -> bool {
+        let taken = Fleet::take(&self.messages);
+        if !taken {
+            self.wanted_messages.fetch_add(1, Ordering::AcqRel);
+        }
+        taken
+    }
+
     /// Takes one token from `tokens`, or counts the want.
     fn take(tokens: &AtomicI64) -> bool {
         if tokens.fetch_sub(1, Ordering::AcqRel) > 0 {
@@ -297,7 +306,7 @@ impl Fleet {
 }
 
 /// How soon to ask again when the fleet's tokens ran out (they are refilled every 100 ms).
-const FLEET_RETRY: Duration = Duration::from_millis(10);
+pub const FLEET_RETRY: Duration = Duration::from_millis(10);
 
 /// A destination's shaping state, shared by every core.
 #[derive(Debug, Default)]
@@ -398,8 +407,7 @@ impl Shaping {
             self.messages.take(t, interval).map_err(instant_at)?;
         }
         if let Some(f) = self.fleet.get().filter(|_| self.message_interval > 0) {
-            if !Fleet::take(&f.messages) {
-                f.wanted_messages.fetch_add(1, Ordering::AcqRel);
+            if !f.take_message() {
                 if interval > 0 {
                     self.messages.undo(t, interval);
                 }

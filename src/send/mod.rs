@@ -300,8 +300,11 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         shared: Arc::clone(&shared),
     });
     let retry = RetryPolicy::Scheduled(config.delivery.schedule);
-    let engine_config =
+    let mut engine_config =
         crate::deliver::engine_config(config.delivery.engine.clone(), retry, reactions, config.delivery.rate);
+    if let (Some(limits), Some(rate)) = (&limits, config.delivery.rate) {
+        engine_config.rate_fleet = Some(limits.run_rate(rate));
+    }
     let running = engine::start(engine_config, Box::new(source)).map_err(SendError::Engine)?;
     let control = Arc::new(Control::default());
     let mut ledger = Ledger::new(LedgerConfig {
