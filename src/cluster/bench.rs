@@ -5,7 +5,8 @@
 //!
 //! Keys: `volley:{RUN}:bench:nodes` (N, set by the first), `:bench:joined` (a set of node
 //! names), `:bench:start` (the agreed start, Unix milliseconds, set by the first node to see
-//! all N joined), `:bench:runs` (a hash: node → its run as JSON); all expire a week after the
+//! all N joined), `:bench:runs` (a hash: node → its run as JSON), `:bench:done` (runs
+//! published, counted: the one that makes it N prints the merge); all expire a week after the
 //! last write. A RUN name is for one test: a node name already in it is refused.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ const KEEP: Duration = Duration::from_secs(7 * 86_400);
 /// Sets every key of the run to expire [`KEEP`] from now.
 fn keep(server: &Server, con: &mut redis::Connection) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
-    for what in ["nodes", "joined", "start", "runs"] {
+    for what in ["nodes", "joined", "start", "runs", "done"] {
         pipe.cmd("EXPIRE").arg(key(server, what)).arg(KEEP.as_secs()).ignore();
     }
     pipe.query(con)
@@ -114,10 +115,16 @@ pub fn publish(server: &Server, node: &str, run: &SavedRun) -> Result<Option<Vec
         .arg(run.to_json())
         .query::<()>(&mut con)
         .map_err(e)?;
+    // Counted after the run is in: the one whose count reaches N is the last (two that both
+    // read the hash full would both think so).
+    let done: usize = redis::cmd("INCR").arg(key(server, "done")).query(&mut con).map_err(e)?;
     keep(server, &mut con).map_err(e)?;
     let nodes: Option<usize> = redis::cmd("GET").arg(key(server, "nodes")).query(&mut con).map_err(e)?;
-    let (all, published) = runs(server, &mut con)?;
-    Ok((published >= nodes.unwrap_or(1)).then_some(all))
+    if done != nodes.unwrap_or(1) {
+        return Ok(None);
+    }
+    let (all, _) = runs(server, &mut con)?;
+    Ok(Some(all))
 }
 
 /// A run's published results: the runs readable, and how many were published.

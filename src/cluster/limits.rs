@@ -18,15 +18,20 @@
 //!
 //! The run-wide `--rate` is one more gate (key `run`), which the engine takes every message's
 //! turn from as well.
+//!
+//! **Reactions** (a `[TSS04]` suspension, a slowing) one node's engine applies are recorded
+//! (`react.lua`, the later one standing) and applied by every node's cluster thread to its
+//! destination of the same key within a tick: a provider that asks one node to stop has the
+//! fleet stop.
 
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Keys, scripts};
 use crate::deliver::route::OnDestination;
 use crate::engine::Destination;
-use crate::engine::shaping::Fleet;
+use crate::engine::shaping::{Action, Fleet, ShapingEvent};
 
 /// How often each destination's tokens and leases are settled.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -68,6 +73,51 @@ struct Shared {
 #[derive(Clone, Default)]
 pub struct FleetLimits {
     registry: Arc<Mutex<Vec<Shared>>>,
+    /// Reactions this node's engine applied, to record: destination key and value.
+    reactions_out: Arc<Mutex<Vec<(String, u64, String)>>>,
+    /// The latest reaction applied (or made here) per destination key, until when (Unix ms).
+    applied: Arc<Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+/// A reaction as recorded: `UNTIL_MS RULE suspend` or `UNTIL_MS RULE slow RATE|- CONNECTIONS`.
+fn encode_reaction(until_ms: u64, rule: &str, action: &Action) -> String {
+    let rule: String = rule.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
+    match action {
+        Action::Suspend => format!("{until_ms} {rule} suspend"),
+        Action::Slow { rate, connections } => format!(
+            "{until_ms} {rule} slow {} {}",
+            rate.map_or("-".to_owned(), |r| r.to_string()),
+            connections.unwrap_or(0)
+        ),
+    }
+}
+
+fn decode_reaction(value: &str) -> Option<(u64, Action)> {
+    let mut parts = value.split(' ');
+    let until = parts.next()?.parse().ok()?;
+    let _rule = parts.next()?;
+    let action = match parts.next()? {
+        "suspend" => Action::Suspend,
+        "slow" => {
+            let rate = match parts.next()? {
+                "-" => None,
+                r => Some(r.parse().ok()?),
+            };
+            let connections = parts.next()?.parse::<usize>().ok().filter(|&c| c > 0);
+            Action::Slow { rate, connections }
+        }
+        _ => return None,
+    };
+    Some((until, action))
+}
+
+fn wall_ms(at: Instant) -> u64 {
+    let now = (Instant::now(), SystemTime::now());
+    let wall = match at.checked_duration_since(now.0) {
+        Some(ahead) => now.1 + ahead,
+        None => now.1 - now.0.duration_since(at),
+    };
+    wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl FleetLimits {
@@ -101,6 +151,86 @@ impl FleetLimits {
                 registry.push(shared);
             }
         })
+    }
+
+    /// The ledger's hook: reactions the engine applies here are recorded for the fleet.
+    pub fn shaping_hook(&self) -> crate::deliver::ledger::OnShaping {
+        let (registry, out, applied) =
+            (Arc::clone(&self.registry), Arc::clone(&self.reactions_out), Arc::clone(&self.applied));
+        Box::new(move |e: &ShapingEvent| {
+            let key = registry.lock().ok().and_then(|r| {
+                r.iter()
+                    .find(|d| {
+                        d.destination
+                            .as_ref()
+                            .and_then(Weak::upgrade)
+                            .is_some_and(|x| Arc::ptr_eq(&x, &e.destination))
+                    })
+                    .map(|d| d.key.clone())
+            });
+            let Some(key) = key else { return };
+            let until = wall_ms(e.until);
+            if let Ok(mut applied) = applied.lock() {
+                let seen = applied.entry(key.clone()).or_default();
+                *seen = (*seen).max(until);
+            }
+            if let Ok(mut out) = out.lock() {
+                out.push((key, until, encode_reaction(until, &e.rule, &e.action)));
+            }
+        })
+    }
+
+    /// Records this node's reactions and applies the fleet's; how many calls it made.
+    fn react(&self, con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<u64> {
+        let out = match self.reactions_out.lock() {
+            Ok(mut out) => std::mem::take(&mut *out),
+            Err(_) => Vec::new(),
+        };
+        let mut calls = 0;
+        for (i, (key, until, value)) in out.iter().enumerate() {
+            let recorded: redis::RedisResult<u64> =
+                scripts::react().key(&keys.reactions).arg(key).arg(*until).arg(value).invoke(con);
+            if let Err(e) = recorded {
+                // Kept for the next tick, after a reconnection.
+                if let Ok(mut left) = self.reactions_out.lock() {
+                    left.splice(0..0, out[i..].iter().cloned());
+                }
+                return Err(e);
+            }
+            calls += 1;
+        }
+        let all: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&keys.reactions).query(con)?;
+        calls += 1;
+        let now_ms = wall_ms(Instant::now());
+        for (key, value) in all {
+            let Some((until_ms, action)) = decode_reaction(&value) else { continue };
+            if until_ms <= now_ms {
+                continue;
+            }
+            let fresh = match self.applied.lock() {
+                Ok(mut applied) => {
+                    let seen = applied.entry(key.clone()).or_default();
+                    let fresh = until_ms > *seen;
+                    *seen = (*seen).max(until_ms);
+                    fresh
+                }
+                Err(_) => false,
+            };
+            if !fresh {
+                continue;
+            }
+            let now = Instant::now();
+            let until = now + Duration::from_millis(until_ms - now_ms);
+            if let Ok(registry) = self.registry.lock() {
+                for d in registry.iter().filter(|d| d.key == key) {
+                    if let Some(destination) = d.destination.as_ref().and_then(Weak::upgrade) {
+                        destination.shaping.apply(&action, now, until);
+                    }
+                }
+            }
+        }
+        Ok(calls)
     }
 
     /// The run's own rate (`--rate`), shared by the fleet: the engine takes its turns from the
@@ -153,7 +283,8 @@ impl FleetLimits {
             all.append(&mut registry);
             *registry = all;
         }
-        result.map(|()| calls)
+        result?;
+        Ok(calls + self.react(con, keys)?)
     }
 }
 

@@ -123,6 +123,8 @@ pub struct Keys {
     pub loader: String,
     /// Every node that has worked on the campaign: a set.
     pub nodes: String,
+    /// Reactions (suspensions, slowings) for every node to apply: a hash by destination key.
+    pub reactions: String,
     prefix: String,
 }
 
@@ -136,6 +138,7 @@ impl Keys {
             counts: format!("{prefix}counts"),
             loader: format!("{prefix}loader"),
             nodes: format!("{prefix}nodes"),
+            reactions: format!("{prefix}reactions"),
             prefix,
         }
     }
@@ -258,6 +261,10 @@ pub mod scripts {
     pub fn tokens() -> redis::Script {
         redis::Script::new(include_str!("scripts/tokens.lua"))
     }
+    /// A reaction one node applied, for all; see the file.
+    pub fn react() -> redis::Script {
+        redis::Script::new(include_str!("scripts/react.lua"))
+    }
     /// Refreshes a lease held by a token; see the file.
     pub fn refresh() -> redis::Script {
         redis::Script::new(include_str!("scripts/refresh.lua"))
@@ -288,7 +295,8 @@ mod tests {
     #[test]
     fn keys_share_the_campaigns_hash_tag() {
         let k = Keys::new("c1");
-        for key in [&k.meta, &k.rows, &k.results, &k.counts, &k.loader, &k.nodes, &k.node("n1")] {
+        for key in [&k.meta, &k.rows, &k.results, &k.counts, &k.loader, &k.nodes, &k.reactions, &k.node("n1")]
+        {
             assert!(key.starts_with("volley:{c1}:"), "{key}");
         }
         assert!(

@@ -110,7 +110,12 @@ pub struct Ledger {
     settled: Vec<Settled>,
     /// The log's counts for metrics, published after each sync.
     meter: Option<DeliveryMeter>,
+    /// Told of every reaction the engine applied (a shared campaign tells the other nodes).
+    on_shaping: Option<OnShaping>,
 }
+
+/// Called on the log thread with each destination suspended or slowed.
+pub type OnShaping = Box<dyn FnMut(&ShapingEvent) + Send>;
 
 /// What became of a recipient, for a source that keeps its own state (serve's spool): told
 /// only once the record saying so is durable in the log, so the state never runs ahead of the
@@ -299,6 +304,7 @@ impl Ledger {
             on_durable: None,
             settled: Vec::new(),
             meter: None,
+            on_shaping: None,
         }
     }
 
@@ -312,6 +318,12 @@ impl Ledger {
     /// [`Settled`]).
     pub fn on_durable(mut self, hook: OnDurable) -> Self {
         self.on_durable = Some(hook);
+        self
+    }
+
+    /// Calls `hook` with each reaction the engine applies (see [`OnShaping`]).
+    pub fn on_shaping(mut self, hook: OnShaping) -> Self {
+        self.on_shaping = Some(hook);
         self
     }
 
@@ -582,6 +594,9 @@ impl Ledger {
 
     /// A destination suspended or slowed: a `shaping` record, and a line in the report.
     fn shaping_event(&mut self, e: ShapingEvent) {
+        if let Some(hook) = &mut self.on_shaping {
+            hook(&e);
+        }
         let wall = |at: Instant| {
             let now = (Instant::now(), std::time::SystemTime::now());
             let t = if at >= now.0 { now.1 + (at - now.0) } else { now.1 - (now.0 - at) };

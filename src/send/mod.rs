@@ -324,6 +324,10 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         // A shared campaign's rows are acknowledged once their final records are durable.
         ledger = ledger.on_durable(acks.hook());
     }
+    if let Some(limits) = &limits {
+        // And the reactions this node's engine applies are applied by every node.
+        ledger = ledger.on_shaping(limits.shaping_hook());
+    }
     let (ledger, delivery_metrics) = match config.metrics {
         true => {
             let meter = DeliveryMeter::new();

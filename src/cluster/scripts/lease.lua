@@ -26,7 +26,10 @@ end
 local grant = math.min(tonumber(ARGV[2]), math.max(0, tonumber(ARGV[3]) - others))
 if grant > 0 then
   redis.call('HSET', KEYS[1], ARGV[1], grant .. ' ' .. (now + ttl))
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  -- The hash outlives every lease in it (each ends at most its own ttl after its renewal).
+  if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
