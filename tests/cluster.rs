@@ -29,8 +29,10 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 const MESSAGE: &str = "From: News <news@example.com>\nSubject: Hello {{ name }}\n\nDear {{ name }}.\n";
 
-/// A test's world: Redis, one sink (dumping what it accepts), a directory.
+/// A test's world: Redis, one sink (dumping what it accepts), a directory, and the nodes it
+/// started (killed when it ends, so a failing test leaves no node behind waiting for its Redis).
 struct Fleet {
+    spawned: std::cell::RefCell<Vec<u32>>,
     redis: Redis,
     sink: SinkHandle,
     dir: PathBuf,
@@ -75,7 +77,7 @@ impl Fleet {
         std::fs::write(&list, text).unwrap();
         let msg = dir.join("msg.txt");
         std::fs::write(&msg, MESSAGE).unwrap();
-        Some(Fleet { redis, sink, dir, list, msg, rows })
+        Some(Fleet { spawned: std::cell::RefCell::new(Vec::new()), redis, sink, dir, list, msg, rows })
     }
 
     /// Lines of the input that are rows: the header is line 1.
@@ -134,7 +136,9 @@ impl Fleet {
     fn spawn(&self, node: u8, load: bool, extra: &[&str]) -> Child {
         let mut cmd = self.node(node, load, extra);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.spawn().unwrap()
+        let child = cmd.spawn().unwrap();
+        self.spawned.borrow_mut().push(child.id());
+        child
     }
 
     /// How many times the sink accepted each recipient.
@@ -153,6 +157,17 @@ impl Fleet {
         let out = run(cmd, Duration::from_secs(20));
         let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (out.status.code(), json)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for pid in self.spawned.borrow().iter() {
+            // Only a volley still running under that id (ids are not reused while we run).
+            if comm(*pid) == "volley" {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
     }
 }
 
