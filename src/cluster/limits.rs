@@ -5,10 +5,10 @@
 //! The engine knows only [`Fleet`]: tokens and leases it is granted, and what its cores wanted.
 //! Every destination a node's routes make is registered here (`Routes::on_new_destination`),
 //! and the cluster thread settles each one with Redis every [`TICK`]:
-//! - **connections** are leases (`lease.lua`): a node asks for one more whenever a slot is held
-//!   back by its leases, keeps what it has open, and gives its leases back once the destination
-//!   has been idle on it for [`RELEASE_AFTER`]; a lease lives [`LEASE_TTL`] unless renewed, so
-//!   a dead node's connections return to the fleet then. Since Redis grants a node only what the
+//! - **connections** are leases (`lease.lua`): a node asks for twice what it holds whenever a
+//!   slot is held back by its leases, keeps what it has open, and gives its leases back once the
+//!   destination has been idle on it for [`RELEASE_AFTER`]; a lease lives [`LEASE_TTL`] unless
+//!   renewed, so a dead node's connections return to the fleet then. Since Redis grants a node only what the
 //!   others leave of the limit and never takes back what a live node asks to keep, the fleet's
 //!   connections never pass the limit.
 //! - **rates** are GCRA gates on Redis's clock (`tokens.lua`), taken in blocks of up to
@@ -308,7 +308,8 @@ fn settle(
     let want = if gone || (idle && !wanted) {
         0
     } else if wanted {
-        (d.leased.max(open) + 1).min(d.limit)
+        // Doubling while slots wait: 16 connections in five ticks, not sixteen.
+        (d.leased.max(open).max(1) * 2).min(d.limit)
     } else {
         d.leased.max(open)
     };
