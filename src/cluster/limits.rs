@@ -69,6 +69,26 @@ struct Shared {
     primed: bool,
 }
 
+impl Shared {
+    /// `destination`'s limits under `key` (or, without one, a gate with no limits yet).
+    fn new(key: String, fleet: Arc<Fleet>, destination: Option<&Arc<Destination>>) -> Shared {
+        Shared {
+            key,
+            destination: destination.map(Arc::downgrade),
+            fleet,
+            limit: destination.map_or(0, |d| d.max_connections.max(1) as u64),
+            message_interval_us: destination.map_or(0, |d| d.shaping.message_rate_interval() / 1000),
+            connection_interval_us: destination.map_or(0, |d| d.shaping.connection_rate_interval() / 1000),
+            messages_had: 0,
+            turns_had: 0,
+            leased: 0,
+            renewed: None,
+            idle_since: None,
+            primed: false,
+        }
+    }
+}
+
 /// The fleet-wide limits of one node's destinations.
 #[derive(Clone, Default)]
 pub struct FleetLimits {
@@ -133,20 +153,7 @@ impl FleetLimits {
             destination.shaping.share_with_fleet(Arc::clone(&fleet));
             let mut h = crate::hash::Fx::default();
             h.write(key.as_bytes());
-            let shared = Shared {
-                key: format!("{:016x}", h.finish()),
-                destination: Some(Arc::downgrade(destination)),
-                fleet,
-                limit: destination.max_connections.max(1) as u64,
-                message_interval_us: destination.shaping.message_rate_interval() / 1000,
-                connection_interval_us: destination.shaping.connection_rate_interval() / 1000,
-                messages_had: 0,
-                turns_had: 0,
-                leased: 0,
-                renewed: None,
-                idle_since: None,
-                primed: false,
-            };
+            let shared = Shared::new(format!("{:016x}", h.finish()), fleet, Some(destination));
             if let Ok(mut registry) = registry.lock() {
                 registry.push(shared);
             }
@@ -237,20 +244,8 @@ impl FleetLimits {
     /// returned tokens too.
     pub fn run_rate(&self, rate: crate::engine::shaping::Rate) -> Arc<Fleet> {
         let fleet = Arc::new(Fleet::default());
-        let shared = Shared {
-            key: "run".into(),
-            destination: None,
-            fleet: Arc::clone(&fleet),
-            limit: 0,
-            message_interval_us: rate.interval_nanos() / 1000,
-            connection_interval_us: 0,
-            messages_had: 0,
-            turns_had: 0,
-            leased: 0,
-            renewed: None,
-            idle_since: None,
-            primed: false,
-        };
+        let mut shared = Shared::new("run".into(), Arc::clone(&fleet), None);
+        shared.message_interval_us = rate.interval_nanos() / 1000;
         if let Ok(mut registry) = self.registry.lock() {
             registry.push(shared);
         }

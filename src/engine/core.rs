@@ -939,7 +939,7 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
                 break;
             }
             // Over the target or the rate: look again when a probe may be due. (Held back by
-            // the target, a destination with fleet leases asks for one more.)
+            // the target, a destination with fleet leases asks for more.)
             if pool.open.get() >= core.connection_target(pool, now) {
                 pool.destination.shaping.want_connection();
             }
