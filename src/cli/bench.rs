@@ -133,25 +133,17 @@ pub struct BenchArgs {
     /// Run as one of --nodes generators of one load test: they start together, each sends its
     /// share of --messages (or runs for --duration), and the last to finish prints the merged
     /// report (`volley status URL` prints it too). Use a new RUN name for each test.
-    #[arg(long, value_name = "redis://HOST:PORT/RUN", value_parser = parse_queue, requires = "nodes")]
+    #[arg(long, value_name = "redis://HOST:PORT/RUN", value_parser = super::parse_queue_url, requires = "nodes")]
     queue: Option<mailvolley::cluster::QueueUrl>,
     /// How many generators take part (with --queue).
     #[arg(long, requires = "queue")]
     nodes: Option<NonZeroUsize>,
     /// This generator's name among them [default: the host name].
-    #[arg(long, value_name = "NAME", requires = "queue", value_parser = parse_node)]
+    #[arg(long, value_name = "NAME", requires = "queue", value_parser = super::parse_node_name)]
     node: Option<String>,
     /// The Redis password, from a file.
     #[arg(long, value_name = "FILE", requires = "queue")]
     redis_password_file: Option<PathBuf>,
-}
-
-fn parse_queue(s: &str) -> Result<mailvolley::cluster::QueueUrl, String> {
-    mailvolley::cluster::QueueUrl::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_node(s: &str) -> Result<String, String> {
-    mailvolley::cluster::check_node_name(s).map(|()| s.to_owned())
 }
 
 /// How long generators wait for each other to join a distributed run.
@@ -270,9 +262,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let node = args.node.clone().unwrap_or_else(mailvolley::cluster::default_node_name);
     let shared = match (&args.queue, args.nodes) {
         (Some(url), Some(nodes)) => {
-            let password =
-                args.redis_password_file.as_deref().map(mailvolley::cluster::read_password).transpose()?;
-            let server = mailvolley::cluster::Server { url: url.clone(), password };
+            let server = super::redis_server(url, args.redis_password_file.as_deref())?;
             if !args.quiet {
                 eprintln!(
                     "volley bench: node {node}: waiting for {nodes} generators to join {}",

@@ -93,6 +93,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Parses "10s", "250ms", "5m".
+/// `--queue`'s value (and `volley status`'s argument): a Redis server and a campaign or run.
+pub fn parse_queue_url(s: &str) -> Result<mailvolley::cluster::QueueUrl, String> {
+    mailvolley::cluster::QueueUrl::parse(s).map_err(|e| e.to_string())
+}
+
+/// `--node`'s value.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    mailvolley::cluster::check_node_name(s).map(|()| s.to_owned())
+}
+
+/// The Redis server of `url`, with the password read from `password_file` if one is given.
+pub fn redis_server(
+    url: &mailvolley::cluster::QueueUrl,
+    password_file: Option<&std::path::Path>,
+) -> anyhow::Result<mailvolley::cluster::Server> {
+    let password = password_file.map(mailvolley::cluster::read_password).transpose()?;
+    Ok(mailvolley::cluster::Server { url: url.clone(), password })
+}
+
 pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }

@@ -106,11 +106,11 @@ pub struct SendArgs {
     /// same message and options and this URL (NAME is the campaign's id); the node(s) given
     /// --recipients load its rows once, and every node sends its share, writes its own log,
     /// and takes over the rows of a node that stops. `volley status URL` shows the whole.
-    #[arg(long, value_name = "redis://HOST:PORT/NAME", value_parser = parse_queue, conflicts_with_all = ["resume", "campaign", "dry_run"])]
+    #[arg(long, value_name = "redis://HOST:PORT/NAME", value_parser = super::parse_queue_url, conflicts_with_all = ["resume", "campaign", "dry_run"])]
     queue: Option<cluster::QueueUrl>,
     /// This node's name in a shared campaign: unique among the nodes; a node restarted under
     /// its name at once takes back the rows it held [default: the host name].
-    #[arg(long, value_name = "NAME", requires = "queue", value_parser = parse_node)]
+    #[arg(long, value_name = "NAME", requires = "queue", value_parser = super::parse_node_name)]
     node: Option<String>,
     /// Rows held this long by a node that stopped keeping them (it died, or lost Redis) are
     /// taken over by the others.
@@ -133,14 +133,6 @@ pub struct SendArgs {
     quiet: bool,
     #[command(flatten)]
     metrics: MetricsArgs,
-}
-
-fn parse_queue(s: &str) -> Result<cluster::QueueUrl, String> {
-    cluster::QueueUrl::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_node(s: &str) -> Result<String, String> {
-    cluster::check_node_name(s).map(|()| s.to_owned())
 }
 
 fn parse_campaign(s: &str) -> Result<String, String> {
@@ -205,9 +197,8 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
             if args.claim_idle < Duration::from_secs(1) {
                 bail!("--claim-idle must be at least 1s (rows are kept fresh every third of it)");
             }
-            let password = args.redis_password_file.as_deref().map(cluster::read_password).transpose()?;
             Some(send::QueueConfig {
-                server: cluster::Server { url: url.clone(), password },
+                server: super::redis_server(url, args.redis_password_file.as_deref())?,
                 node: node_name(args),
                 claim_idle: args.claim_idle,
             })

@@ -16,7 +16,7 @@ could not be reached.";
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The campaign, as the nodes were given it with `send --queue`.
-    #[arg(value_name = "redis://HOST:PORT/NAME", value_parser = parse_queue)]
+    #[arg(value_name = "redis://HOST:PORT/NAME", value_parser = super::parse_queue_url)]
     queue: cluster::QueueUrl,
     /// The Redis password, from a file.
     #[arg(long, value_name = "FILE")]
@@ -26,16 +26,11 @@ pub struct StatusArgs {
     json: bool,
 }
 
-fn parse_queue(s: &str) -> Result<cluster::QueueUrl, String> {
-    cluster::QueueUrl::parse(s).map_err(|e| e.to_string())
-}
-
 /// Domains listed in the text view; --json lists them all.
 const TOP_DOMAINS: usize = 20;
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let password = args.redis_password_file.as_deref().map(cluster::read_password).transpose()?;
-    let server = cluster::Server { url: args.queue, password };
+    let server = super::redis_server(&args.queue, args.redis_password_file.as_deref())?;
     match cluster::bench::status(&server) {
         Ok(Some((runs, nodes))) => return bench_status(&runs, nodes, args.json),
         Ok(None) => {}

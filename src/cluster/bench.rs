@@ -9,10 +9,11 @@
 //! published, counted: the one that makes it N prints the merge); all expire a week after the
 //! last write. A RUN name is for one test: a node name already in it is refused.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::{ClusterError, Server};
 use crate::bench::saved::SavedRun;
+use crate::serve::intake::now_ms;
 
 /// A run's keys expire this long after its last write: results stay for `volley status`, and
 /// Redis does not keep every test forever.
@@ -49,10 +50,6 @@ impl Share {
 
 fn key(server: &Server, what: &str) -> String {
     format!("volley:{{{}}}:bench:{what}", server.url.campaign)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Joins the run and waits until every node has, then until the agreed start. Nodes' clocks

@@ -26,12 +26,13 @@
 
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Keys, scripts};
 use crate::deliver::route::OnDestination;
 use crate::engine::Destination;
 use crate::engine::shaping::{Action, Fleet, ShapingEvent};
+use crate::serve::source::{instant_of, wall_ms_of};
 
 /// How often each destination's tokens and leases are settled.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -131,15 +132,6 @@ fn decode_reaction(value: &str) -> Option<(u64, Action)> {
     Some((until, action))
 }
 
-fn wall_ms(at: Instant) -> u64 {
-    let now = (Instant::now(), SystemTime::now());
-    let wall = match at.checked_duration_since(now.0) {
-        Some(ahead) => now.1 + ahead,
-        None => now.1 - now.0.duration_since(at),
-    };
-    wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl FleetLimits {
     pub fn new() -> FleetLimits {
         FleetLimits::default()
@@ -176,7 +168,7 @@ impl FleetLimits {
                     .map(|d| d.key.clone())
             });
             let Some(key) = key else { return };
-            let until = wall_ms(e.until);
+            let until = wall_ms_of(e.until, Instant::now(), SystemTime::now());
             if let Ok(mut applied) = applied.lock() {
                 let seen = applied.entry(key.clone()).or_default();
                 *seen = (*seen).max(until);
@@ -209,7 +201,8 @@ impl FleetLimits {
         let all: std::collections::HashMap<String, String> =
             redis::cmd("HGETALL").arg(&keys.reactions).query(con)?;
         calls += 1;
-        let now_ms = wall_ms(Instant::now());
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let now_ms = wall_ms_of(now, now, wall);
         for (key, value) in all {
             let Some((until_ms, action)) = decode_reaction(&value) else { continue };
             if until_ms <= now_ms {
@@ -227,8 +220,7 @@ impl FleetLimits {
             if !fresh {
                 continue;
             }
-            let now = Instant::now();
-            let until = now + Duration::from_millis(until_ms - now_ms);
+            let until = instant_of(until_ms, now, wall);
             if let Ok(registry) = self.registry.lock() {
                 for d in registry.iter().filter(|d| d.key == key) {
                     if let Some(destination) = d.destination.as_ref().and_then(Weak::upgrade) {

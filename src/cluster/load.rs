@@ -72,18 +72,16 @@ pub struct Input {
     pub dedupe: bool,
 }
 
-/// What a node learns by joining: the header its template binds to, and, for a loader, the
-/// thread adding rows while the node sends.
+/// What a node learns by joining: the header its template binds to, and, for a loader, where
+/// the thread adding rows while the node sends says why it stopped, if it failed. (The thread
+/// is not joined: it ends once the campaign is loaded, or with the process.)
 pub struct Joined {
     pub columns: Option<Arc<[String]>>,
-    pub loading: Option<Loading>,
+    pub loader_error: Option<LoaderError>,
 }
 
-/// A loader's thread, and why it stopped if it failed.
-pub struct Loading {
-    pub thread: std::thread::JoinHandle<()>,
-    pub error: Arc<Mutex<Option<String>>>,
-}
+/// Why a loader stopped, once it has failed.
+pub type LoaderError = Arc<Mutex<Option<String>>>;
 
 /// Checks the node against the campaign (creating it if this node loads it first), and starts
 /// loading if this node has the input. `message`: the digest of this node's message.
@@ -148,11 +146,11 @@ pub fn join(
     }
     redis::cmd("SADD").arg(&keys.nodes).arg(node).query::<()>(&mut con).map_err(|e| server.error(e))?;
     let columns = meta.columns.map(Arc::from);
-    let loading = match input {
+    let loader_error = match input {
         Some(input) if !meta.loaded => Some(start_loading(server.clone(), node.to_owned(), input)?),
         _ => None,
     };
-    Ok(Joined { columns, loading })
+    Ok(Joined { columns, loader_error })
 }
 
 fn layout(campaign: &str, what: String) -> ClusterError {
@@ -194,10 +192,10 @@ fn wait_for_campaign(
     }
 }
 
-fn start_loading(server: Server, node: String, input: Input) -> Result<Loading, ClusterError> {
+fn start_loading(server: Server, node: String, input: Input) -> Result<LoaderError, ClusterError> {
     let error = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&error);
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("cluster-load".into())
         .spawn(move || {
             if let Err(e) = load_when_free(&server, &node, &input)
@@ -207,7 +205,7 @@ fn start_loading(server: Server, node: String, input: Input) -> Result<Loading, 
             }
         })
         .map_err(|e| layout("", format!("starting the loader: {e}")))?;
-    Ok(Loading { thread, error })
+    Ok(error)
 }
 
 /// Stands by until the campaign is loaded, loading whenever this node holds the lock.
@@ -226,15 +224,7 @@ fn load_when_free(server: &Server, node: &str, input: &Input) -> Result<(), Stri
             if meta.loaded {
                 return Ok(true);
             }
-            let locked: Option<String> = redis::cmd("SET")
-                .arg(&keys.loader)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(LOCK_TTL.as_millis() as u64)
-                .query(c)
-                .map_err(LoadError::redis)?;
-            if locked.is_none() {
+            if !super::take_lease(c, &keys.loader, &token, LOCK_TTL).map_err(LoadError::redis)? {
                 return Ok(false);
             }
             load(c, &keys, &token, input, meta.loaded_to)?;

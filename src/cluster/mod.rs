@@ -229,6 +229,19 @@ pub fn read_password(path: &std::path::Path) -> Result<String, ClusterError> {
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// Takes the lease `key` for `token` for `ttl` if no one holds it (`SET NX PX`): whether it
+/// was taken. Node names and the loader's lock are such leases.
+pub fn take_lease(
+    con: &mut redis::Connection,
+    key: &str,
+    token: &str,
+    ttl: Duration,
+) -> redis::RedisResult<bool> {
+    let taken: Option<String> =
+        redis::cmd("SET").arg(key).arg(token).arg("NX").arg("PX").arg(ttl.as_millis() as u64).query(con)?;
+    Ok(taken.is_some())
+}
+
 /// Creates the consumer group (and the stream) if no node has yet.
 pub fn ensure_group(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> =

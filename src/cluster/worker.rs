@@ -62,8 +62,18 @@ enum Fetched {
     Failed(String),
 }
 
-/// One final row for the finish script: line, status, domain.
+/// One final row for the finish script: line, status, address.
 struct Final(u64, Status, Option<Arc<str>>);
+
+impl Final {
+    /// The recipient's domain, as the counts key it (lower case); empty without an address.
+    fn domain(&self) -> std::borrow::Cow<'_, str> {
+        match self.2.as_deref().and_then(|r| r.rsplit_once('@')) {
+            Some((_, domain)) => crate::deliver::lowercase(domain),
+            None => "".into(),
+        }
+    }
+}
 
 /// What the job source reads next from the campaign.
 pub enum QueueRead {
@@ -133,13 +143,8 @@ impl Acks {
                 .settled
                 .into_iter()
                 .filter_map(|s| match s {
-                    Settled::Final { id, status, rcpt, .. } => {
-                        let domain = rcpt
-                            .as_deref()
-                            .and_then(|r| r.rsplit_once('@'))
-                            .map(|(_, d)| Arc::from(crate::deliver::lowercase(d).as_ref()));
-                        Some(Final(id, status, domain))
-                    }
+                    // The domain is taken on the cluster thread, not this (the log) thread.
+                    Settled::Final { id, status, rcpt, .. } => Some(Final(id, status, rcpt)),
                     Settled::Retry { .. } => None,
                 })
                 .collect();
@@ -263,15 +268,7 @@ fn take_name(
     let err = |e| config.server.error(e);
     let mut last_ttl: Option<i64> = None;
     loop {
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(LEASE_TTL.as_millis() as u64)
-            .query(con)
-            .map_err(err)?;
-        if taken.is_some() {
+        if super::take_lease(con, &key, token, LEASE_TTL).map_err(err)? {
             return Ok(());
         }
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(con).map_err(err)?;
@@ -300,8 +297,8 @@ struct Worker {
     keys: Keys,
     token: String,
     con: Option<redis::Connection>,
-    /// Since when Redis has been unreachable, and the next reconnection's wait.
-    down: Option<(Instant, Duration)>,
+    /// While Redis is unreachable: the wait before the next reconnection.
+    down: Option<Duration>,
     rows: SyncSender<Fetched>,
     /// Rows handed to the source and not yet taken by it.
     ahead: Arc<AtomicUsize>,
@@ -367,10 +364,7 @@ impl Worker {
                 None => false,
             };
             if !busy {
-                let wait = match self.down {
-                    Some((_, backoff)) => backoff,
-                    None => Duration::from_millis(20),
-                };
+                let wait = self.down.unwrap_or(Duration::from_millis(20));
                 match self.acks.recv_timeout(wait) {
                     Ok(finals) => self.unacked.extend(finals),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -392,8 +386,7 @@ impl Worker {
         if self.con.is_some() {
             return Some(());
         }
-        let (since, backoff) = self.down?;
-        let _ = since;
+        let backoff = self.down?;
         match self.config.server.connect() {
             Ok(con) => {
                 eprintln!(
@@ -408,7 +401,7 @@ impl Worker {
                 Some(())
             }
             Err(_) => {
-                self.down = Some((since, (backoff * 2).min(Duration::from_secs(5))));
+                self.down = Some((backoff * 2).min(Duration::from_secs(5)));
                 None
             }
         }
@@ -421,7 +414,7 @@ impl Worker {
                 "volley send: redis {}: {e}; not taking rows until it is back (delivering what this node holds)",
                 self.config.server.url.server
             );
-            self.down = Some((Instant::now(), Duration::from_millis(100)));
+            self.down = Some(Duration::from_millis(100));
         }
     }
 
@@ -488,8 +481,8 @@ impl Worker {
             let take = self.unacked.len().min(ACK_BATCH);
             let mut call = self.finish.key(&self.keys.rows);
             call.key(&self.keys.results).key(&self.keys.counts).arg(GROUP).arg(&self.config.node);
-            for Final(line, status, domain) in &self.unacked[..take] {
-                call.arg(*line).arg(status.name()).arg(domain.as_deref().unwrap_or(""));
+            for f in &self.unacked[..take] {
+                call.arg(f.0).arg(f.1.name()).arg(f.domain().as_ref());
             }
             let counted: u64 = match &mut self.con {
                 Some(con) => call.invoke(con)?,
@@ -517,14 +510,8 @@ impl Worker {
         if renewed == 0 {
             // Lapsed (Redis restarted without its data, or this node was away past the lease):
             // take it again, unless another process has the name now.
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&self.token)
-                .arg("NX")
-                .arg("PX")
-                .arg(LEASE_TTL.as_millis() as u64)
-                .query(self.con())?;
-            if taken.is_none() {
+            let token = self.token.clone();
+            if !super::take_lease(self.con(), &key, &token, LEASE_TTL)? {
                 return Err(StepError::Fatal(
                     ClusterError::NodeTaken {
                         node: self.config.node.clone(),

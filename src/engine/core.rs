@@ -933,14 +933,13 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
                 return;
             }
             let now = Instant::now();
-            if pool.open.get() < core.connection_target(pool, now)
-                && (pool.open.get() == 0 || pool.destination.shaping.message_ready(now))
-            {
+            let under_target = pool.open.get() < core.connection_target(pool, now);
+            if under_target && (pool.open.get() == 0 || pool.destination.shaping.message_ready(now)) {
                 break;
             }
             // Over the target or the rate: look again when a probe may be due. (Held back by
             // the target, a destination with fleet leases asks for more.)
-            if pool.open.get() >= core.connection_target(pool, now) {
+            if !under_target {
                 pool.destination.shaping.want_connection();
             }
             monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;

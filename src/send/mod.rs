@@ -249,7 +249,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
                 node: queue.node.clone(),
                 claim_idle: queue.claim_idle,
                 columns: joined.columns,
-                loader_error: joined.loading.map(|l| l.error),
+                loader_error: joined.loader_error,
                 limits: limits.clone().unwrap_or_default(),
             })?;
             let name = format!("redis {}/{campaign} as node {}", queue.server.url.server, queue.node);
