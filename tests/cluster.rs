@@ -399,7 +399,7 @@ fn nodes_that_do_not_match_the_campaign_are_refused() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     refresher.join().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("node n8 is already working on campaign spring"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("node n8 is already working on spring"), "{}", stderr(&out));
     let _: () =
         redis::cmd("SET").arg(keys.node("n9")).arg("dead").arg("PX").arg(2_000).query(&mut con).unwrap();
     let out = named("n9", 9);
@@ -761,4 +761,107 @@ fn reaction_run(attempt: u32) -> bool {
     let finals = finals_across(&[&f.log(2), &f.log(3), &f.log(4)]);
     assert_eq!(finals.len(), f.rows + 2, "every row final");
     true
+}
+
+/// Two `volley serve`s given one `--limits` fleet hold `--connections 3` to their relay in all
+/// and `--destination-rate 6000/min` in all, each taking 300 messages over its HTTP API; a third
+/// process with a running node's name is refused; and a node that stops gives its leases back.
+#[test]
+fn serve_nodes_share_their_limits_through_redis() {
+    use common::serve::{Serve, http, wait_until};
+    let _serial = one_at_a_time();
+    let dir = common::temp_dir("servefleet");
+    let Some(redis) = Redis::start(&dir, false) else { return };
+    let dump = dir.join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let sink = common::sink(|c: &mut SinkConfig| {
+        c.listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        c.dump = Some(dump.clone());
+        c.faults.add_delay("data=20ms").unwrap();
+    });
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "app:app-key-0123456789\n").unwrap();
+    let url = redis.url("fleet");
+    let keys_s = keys.to_str().unwrap().to_owned();
+    let start = |node: &str, rate: Option<&str>| {
+        let mut extra = vec!["--limits", &url, "--node", node, "--api-keys", &keys_s];
+        extra.extend([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--connections",
+            "3",
+            "--pipeline-depth",
+            "1",
+            "--dsn",
+            "off",
+        ]);
+        extra.extend(["--messages-per-connection", "1000000", "--quiet"]);
+        if let Some(rate) = rate {
+            extra.extend(["--destination-rate", rate]);
+        }
+        Serve::start(&dir.join(format!("spool-{node}")), sink.local_addr(), &extra)
+    };
+    let submit = |serve: &Serve, tag: &str, n: usize| {
+        let recipients: Vec<String> =
+            (0..n).map(|i| format!(r#"{{"email": "{tag}{i}@example.net"}}"#)).collect();
+        let body = format!(
+            r#"{{"recipients": [{}], "content": {{"from": "app@example.com", "subject": "hi", "text": "hello"}}}}"#,
+            recipients.join(",")
+        );
+        let auth = ("Authorization", "Bearer app-key-0123456789");
+        let (status, _, answer) = http(serve.http.unwrap(), "POST", "/api/v1/messages", &[auth], &body);
+        assert_eq!(status, 202, "{answer}");
+    };
+    let delivered = |node: &str| delivered_in(&dir.join(format!("spool-{node}")).join("delivery.jsonl"));
+
+    // Connections: 3 in all, where each node alone would open 3.
+    let (a, b) = (start("sa", None), start("sb", None));
+    submit(&a, "a", 300);
+    submit(&b, "b", 300);
+    wait_until(Duration::from_secs(60), "600 delivered", || delivered("sa") + delivered("sb") == 600);
+    let peak = sink.peak_connections();
+    eprintln!("two serve nodes at --connections 3: at most {peak} connections at once at the sink");
+    assert!(peak <= 3, "{peak} connections at once, more than the fleet's 3");
+
+    // A second process with a live node's name is refused (it would share that node's leases).
+    let out = Command::new(VOLLEY)
+        .args(["serve", "--spool", dir.join("spool-twin").to_str().unwrap(), "--smtp-listen", "127.0.0.1:0"])
+        .args(["--relay", &sink.local_addr().to_string(), "--trusted-networks", "127.0.0.1"])
+        .args(["--limits", &url, "--node", "sa"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("node sa is already working on fleet"), "{}", stderr(&out));
+
+    // Stopped, the nodes give their leases and names back at once.
+    for serve in [a, b] {
+        let (code, said) = serve.terminate();
+        assert_eq!(code, Some(0), "{said}");
+    }
+    let mut con = redis.connection();
+    let left: Vec<String> = redis::cmd("KEYS").arg("volley:{fleet}:*").query(&mut con).unwrap();
+    let held: Vec<&String> = left.iter().filter(|k| k.ends_with(":conn") || k.contains(":node:")).collect();
+    assert!(held.is_empty(), "leases or names left behind: {held:?}");
+
+    // A rate: 6000/min for the fleet, the two nodes sending side by side.
+    let (a, b) = (start("sa", Some("6000/min")), start("sb", Some("6000/min")));
+    let first = std::fs::read_dir(&dump).unwrap().count();
+    let began = Instant::now();
+    submit(&a, "c", 300);
+    submit(&b, "d", 300);
+    wait_until(Duration::from_secs(60), "1,200 delivered", || delivered("sa") + delivered("sb") == 1200);
+    let mut times: Vec<std::time::SystemTime> =
+        std::fs::read_dir(&dump).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).collect();
+    times.sort();
+    let times = &times[first..];
+    assert_eq!(times.len(), 600);
+    let span = times[599].duration_since(times[0]).unwrap().as_secs_f64();
+    let rate = 599.0 / span * 60.0;
+    eprintln!("two serve nodes at 6000/min: {rate:.0}/min over {span:.2}s ({:?} in all)", began.elapsed());
+    assert!(rate <= 6000.0 * 1.05, "{rate:.0}/min: more than the fleet's 6000/min + 5%");
+    for serve in [a, b] {
+        let (code, said) = serve.terminate();
+        assert_eq!(code, Some(0), "{said}");
+    }
 }

@@ -45,6 +45,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         active_recipients: 100_000,
         webhooks: None,
         status_retention: Some(Duration::from_secs(3600)),
+        limits: None,
     }
 }
 

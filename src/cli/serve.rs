@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use mailvolley::cluster::limiter::LimiterConfig;
+use mailvolley::cluster::limits::FleetLimits;
 use mailvolley::deliver::bounce::Classifier;
 use mailvolley::deliver::config::RulesFiles;
 use mailvolley::deliver::dkim::Dkim;
@@ -129,6 +131,18 @@ pub struct ServeArgs {
     /// read from the delivery log, which must be kept as long.
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = super::duration)]
     status_retention: Duration,
+    /// Share each destination's connection limit, rates and reactions (and the --rate) with
+    /// the other `volley serve`s given this URL, through Redis: they hold for the fleet, not
+    /// per node. NAME names the fleet.
+    #[arg(long, value_name = "redis://HOST:PORT/NAME", value_parser = super::parse_queue_url)]
+    limits: Option<mailvolley::cluster::QueueUrl>,
+    /// This node's name in the fleet: unique among its nodes (a second process with the name
+    /// is refused) [default: the host name].
+    #[arg(long, value_name = "NAME", requires = "limits", value_parser = super::parse_node_name)]
+    node: Option<String>,
+    /// The Redis password, from a file (never on the command line).
+    #[arg(long, value_name = "FILE", requires = "limits")]
+    redis_password_file: Option<PathBuf>,
     /// Threads taking submissions, one runtime each.
     #[arg(long, default_value = "1")]
     intake_threads: NonZeroUsize,
@@ -323,6 +337,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    let limits = match &args.limits {
+        Some(url) => Some(LimiterConfig {
+            server: super::redis_server(url, args.redis_password_file.as_deref())?,
+            node: args.node.clone().unwrap_or_else(mailvolley::cluster::default_node_name),
+            limits: FleetLimits::new(),
+            hold_name: true,
+            who: "volley serve",
+        }),
+        None => None,
+    };
     let interrupts = super::interrupts()?;
     let serving = run::start(
         ServeConfig {
@@ -340,6 +364,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             active_recipients: args.active_recipients.get(),
             webhooks,
             status_retention: (!args.status_retention.is_zero()).then_some(args.status_retention),
+            limits,
         },
         spool,
     )?;

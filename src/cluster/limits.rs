@@ -275,6 +275,27 @@ impl FleetLimits {
     }
 }
 
+impl FleetLimits {
+    /// Gives back every connection lease this node holds (at its end, its connections
+    /// closed), so the fleet need not wait for them to expire; how many calls it made.
+    pub fn release(&self, con: &mut redis::Connection, keys: &Keys, node: &str) -> redis::RedisResult<u64> {
+        let held: Vec<String> = match self.registry.lock() {
+            Ok(registry) => registry.iter().filter(|d| d.leased > 0).map(|d| d.key.clone()).collect(),
+            Err(_) => return Ok(0),
+        };
+        for key in &held {
+            let _: u64 = scripts::lease()
+                .key(keys.limit(key, "conn"))
+                .arg(node)
+                .arg(0)
+                .arg(0)
+                .arg(LEASE_TTL.as_millis() as u64)
+                .invoke(con)?;
+        }
+        Ok(held.len() as u64)
+    }
+}
+
 fn settle(
     d: &mut Shared,
     con: &mut redis::Connection,

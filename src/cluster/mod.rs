@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod entry;
+pub mod limiter;
 pub mod limits;
 pub mod load;
 pub mod status;
@@ -32,11 +33,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum ClusterError {
-    #[error("--queue {0}: expected redis://HOST:PORT/NAME (NAME: letters, digits, `-`, `_`, inner `.`)")]
+    #[error("{0}: expected redis://HOST:PORT/NAME (NAME: letters, digits, `-`, `_`, inner `.`)")]
     Url(String),
     #[error(
-        "--queue {0}: a password in the URL would show on the command line and in ps; put it in a file \
-         and give --redis-password-file"
+        "{0}: a password in the URL would show on the command line and in ps; put it in a file and give \
+         --redis-password-file"
     )]
     PasswordInUrl(String),
     #[error("redis {url}: {error}")]
@@ -54,8 +55,8 @@ pub enum ClusterError {
     )]
     InputDiffers { campaign: String, path: String, theirs: String, ours: String },
     #[error(
-        "node {node} is already working on campaign {campaign} (another volley with the same --node?); \
-         give each node its own name"
+        "node {node} is already working on {campaign} (another volley with the same --node?); give each \
+         node its own name"
     )]
     NodeTaken { node: String, campaign: String },
     #[error("campaign {campaign}: {what}")]
@@ -242,6 +243,72 @@ pub fn take_lease(
     Ok(taken.is_some())
 }
 
+/// A node's lease on its name lives this long without a renewal, renewed every
+/// [`NAME_RENEW`]: a node that dies frees its name in at most this long.
+pub const NAME_TTL: Duration = Duration::from_secs(15);
+pub const NAME_RENEW: Duration = Duration::from_secs(3);
+
+/// A node's name, held as a lease while it runs, so that a second process given the same name
+/// is refused (its rows, its connection leases are the first one's).
+pub struct NameLease {
+    key: String,
+    token: String,
+}
+
+impl NameLease {
+    /// Takes the name of `node`. A lease left by an earlier run of this node (killed) is waited
+    /// out: it expires within [`NAME_TTL`]. One that a live node keeps renewing is refused,
+    /// which shows within one renewal: its time to live grows instead of running down.
+    pub fn take(con: &mut redis::Connection, server: &Server, node: &str) -> Result<NameLease, ClusterError> {
+        let key = server.keys().node(node);
+        let token = format!("{}:{}", std::process::id(), crate::send::new_campaign_id());
+        let err = |e| server.error(e);
+        let mut last_ttl: Option<i64> = None;
+        loop {
+            if take_lease(con, &key, &token, NAME_TTL).map_err(err)? {
+                return Ok(NameLease { key, token });
+            }
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(con).map_err(err)?;
+            if last_ttl.is_some_and(|last| ttl > last) {
+                return Err(ClusterError::NodeTaken {
+                    node: node.to_owned(),
+                    campaign: server.url.campaign.clone(),
+                });
+            }
+            if last_ttl.is_none() {
+                eprintln!(
+                    "volley: node {node} holds a lease on {}: waiting to see whether it is alive",
+                    server.url.campaign
+                );
+            }
+            last_ttl = Some(ttl);
+            // Past the holder's next renewal, or past the lease's end, whichever is first.
+            let wait =
+                Duration::from_millis(ttl.max(0) as u64 + 50).min(NAME_RENEW + Duration::from_millis(500));
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Renews the lease; takes it again if it lapsed (Redis restarted without its data, or
+    /// this node was cut off past [`NAME_TTL`]). False if another process has the name now.
+    pub fn renew(&self, con: &mut redis::Connection) -> redis::RedisResult<bool> {
+        let renewed: u64 = scripts::refresh()
+            .key(&self.key)
+            .arg(&self.token)
+            .arg(NAME_TTL.as_millis() as u64)
+            .invoke(con)?;
+        if renewed == 1 {
+            return Ok(true);
+        }
+        take_lease(con, &self.key, &self.token, NAME_TTL)
+    }
+
+    /// Frees the name at once (a restart need not wait for the lease), if it is still ours.
+    pub fn release(&self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        scripts::give_back().key(&self.key).arg(&self.token).invoke(con)
+    }
+}
+
 /// Creates the consumer group (and the stream) if no node has yet.
 pub fn ensure_group(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> =
@@ -281,6 +348,10 @@ pub mod scripts {
     /// Refreshes a lease held by a token; see the file.
     pub fn refresh() -> redis::Script {
         redis::Script::new(include_str!("scripts/refresh.lua"))
+    }
+    /// Deletes a lease held by a token; see the file.
+    pub fn give_back() -> redis::Script {
+        redis::Script::new(include_str!("scripts/give_back.lua"))
     }
 }
 

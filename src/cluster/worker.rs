@@ -39,11 +39,6 @@ const READ_BATCH: usize = 500;
 const ACK_BATCH: usize = 500;
 const KEEP_BATCH: usize = 1000;
 
-/// A node's lease on its name lives this long without a refresh, refreshed every
-/// [`LEASE_REFRESH`]: a node that dies frees its name in at most this long.
-const LEASE_TTL: Duration = Duration::from_secs(15);
-const LEASE_REFRESH: Duration = Duration::from_secs(3);
-
 /// How often to look whether the whole campaign is final, while there is nothing to read.
 const COMPLETE_EVERY: Duration = Duration::from_millis(250);
 
@@ -167,8 +162,6 @@ pub struct WorkerConfig {
     /// The source's counts: how many rows wait for a retry.
     /// The loader's error, if this node loads: the source stops on it.
     pub loader_error: Option<Arc<Mutex<Option<String>>>>,
-    /// The node's destinations, whose limits hold fleet-wide.
-    pub limits: super::limits::FleetLimits,
 }
 
 /// A running worker.
@@ -207,8 +200,7 @@ impl WorkerHandle {
 pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), ClusterError> {
     let keys = config.server.keys();
     let mut con = config.server.connect()?;
-    let token = format!("{}:{}", std::process::id(), crate::send::new_campaign_id());
-    take_name(&mut con, &keys, &config, &token)?;
+    let name = super::NameLease::take(&mut con, &config.server, &config.node)?;
     let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel(64);
     let (acks_tx, acks_rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -218,7 +210,7 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
     let worker = Worker {
         ahead: Arc::clone(&ahead),
         keys,
-        token,
+        name,
         con: Some(con),
         down: None,
         rows: rows_tx,
@@ -229,15 +221,13 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         claim_cursor: "0-0".into(),
         next_keep: now + config.claim_idle / 3,
         next_claim: now,
-        next_lease: now + LEASE_REFRESH,
-        next_limits: now,
+        next_lease: now + super::NAME_RENEW,
         next_complete: now,
         complete_sent: false,
         stop: Arc::clone(&stop),
         report: WorkerReport::default(),
         finish: scripts::finish(),
         keep: scripts::keep(),
-        refresh: scripts::refresh(),
         config,
     };
     let thread = std::thread::Builder::new()
@@ -255,47 +245,10 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
     Ok((queue, Acks(acks_tx), WorkerHandle { stop, thread }))
 }
 
-/// Takes the node's lease. One left by a previous run of this node (killed) is waited out: it
-/// expires within [`LEASE_TTL`]. One that a live node keeps refreshing is refused, which shows
-/// within one refresh: its time to live grows instead of running down.
-fn take_name(
-    con: &mut redis::Connection,
-    keys: &Keys,
-    config: &WorkerConfig,
-    token: &str,
-) -> Result<(), ClusterError> {
-    let key = keys.node(&config.node);
-    let err = |e| config.server.error(e);
-    let mut last_ttl: Option<i64> = None;
-    loop {
-        if super::take_lease(con, &key, token, LEASE_TTL).map_err(err)? {
-            return Ok(());
-        }
-        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(con).map_err(err)?;
-        if last_ttl.is_some_and(|last| ttl > last) {
-            return Err(ClusterError::NodeTaken {
-                node: config.node.clone(),
-                campaign: config.server.url.campaign.clone(),
-            });
-        }
-        if last_ttl.is_none() {
-            eprintln!(
-                "volley send: node {} holds a lease on campaign {}: waiting to see whether it is alive",
-                config.node, config.server.url.campaign
-            );
-        }
-        last_ttl = Some(ttl);
-        // Past the holder's next refresh, or past the lease's end, whichever is first.
-        let wait =
-            Duration::from_millis(ttl.max(0) as u64 + 50).min(LEASE_REFRESH + Duration::from_millis(500));
-        std::thread::sleep(wait);
-    }
-}
-
 struct Worker {
     config: WorkerConfig,
     keys: Keys,
-    token: String,
+    name: super::NameLease,
     con: Option<redis::Connection>,
     /// While Redis is unreachable: the wait before the next reconnection.
     down: Option<Duration>,
@@ -312,14 +265,12 @@ struct Worker {
     next_keep: Instant,
     next_claim: Instant,
     next_lease: Instant,
-    next_limits: Instant,
     next_complete: Instant,
     complete_sent: bool,
     stop: Arc<AtomicBool>,
     report: WorkerReport,
     finish: redis::Script,
     keep: redis::Script,
-    refresh: redis::Script,
 }
 
 /// What went wrong in a step: Redis (reconnect and go on) or the node (stop).
@@ -376,7 +327,7 @@ impl Worker {
         self.report.unacked = self.unacked.len() as u64;
         if let Some(con) = &mut self.con {
             // Free the name at once: a restart of this node need not wait for the lease.
-            let _ = redis::cmd("DEL").arg(self.keys.node(&self.config.node)).query::<()>(con);
+            let _ = self.name.release(con);
         }
         self.report
     }
@@ -428,16 +379,7 @@ impl Worker {
         let now = Instant::now();
         if now >= self.next_lease {
             self.renew_lease()?;
-            self.next_lease = now + LEASE_REFRESH;
-        }
-        if now >= self.next_limits {
-            let keys = self.keys.clone();
-            let calls = match &mut self.con {
-                Some(con) => self.config.limits.tick(con, &keys, &self.config.node, now)?,
-                None => 0,
-            };
-            self.report.commands += calls;
-            self.next_limits = now + super::limits::TICK;
+            self.next_lease = now + super::NAME_RENEW;
         }
         if now >= self.next_keep {
             self.keep_held()?;
@@ -499,27 +441,19 @@ impl Worker {
     }
 
     fn renew_lease(&mut self) -> Result<(), StepError> {
-        let key = self.keys.node(&self.config.node);
-        let mut call = self.refresh.key(&key);
-        call.arg(&self.token).arg(LEASE_TTL.as_millis() as u64);
-        let renewed: u64 = match &mut self.con {
-            Some(con) => call.invoke(con)?,
+        let renewed = match &mut self.con {
+            Some(con) => self.name.renew(con)?,
             None => return Ok(()),
         };
         self.report.commands += 1;
-        if renewed == 0 {
-            // Lapsed (Redis restarted without its data, or this node was away past the lease):
-            // take it again, unless another process has the name now.
-            let token = self.token.clone();
-            if !super::take_lease(self.con(), &key, &token, LEASE_TTL)? {
-                return Err(StepError::Fatal(
-                    ClusterError::NodeTaken {
-                        node: self.config.node.clone(),
-                        campaign: self.config.server.url.campaign.clone(),
-                    }
-                    .to_string(),
-                ));
-            }
+        if !renewed {
+            return Err(StepError::Fatal(
+                ClusterError::NodeTaken {
+                    node: self.config.node.clone(),
+                    campaign: self.config.server.url.campaign.clone(),
+                }
+                .to_string(),
+            ));
         }
         Ok(())
     }

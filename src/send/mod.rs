@@ -124,6 +124,8 @@ pub struct Sending {
     stopped: bool,
     delivery_metrics: Option<Arc<DeliveryMetrics>>,
     worker: Option<cluster::worker::WorkerHandle>,
+    /// A node of a shared campaign: its fleet-wide limits.
+    limiter: Option<cluster::limiter::Limiter>,
 }
 
 /// How a campaign ended.
@@ -250,7 +252,6 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
                 claim_idle: queue.claim_idle,
                 columns: joined.columns,
                 loader_error: joined.loader_error,
-                limits: limits.clone().unwrap_or_default(),
             })?;
             let name = format!("redis {}/{campaign} as node {}", queue.server.url.server, queue.node);
             (Input::Queue(rows), Some(worker), Some(acks), name)
@@ -271,9 +272,19 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let shaping = config.delivery.shaping()?;
     let reactions = shaping.reactions();
     let mut routes = config.delivery.routes(shaping).map_err(SendError::Dns)?;
-    if let Some(limits) = &limits {
-        routes.on_new_destination(limits.hook());
-    }
+    let limiter = match (&limits, &config.queue) {
+        (Some(limits), Some(queue)) => {
+            routes.on_new_destination(limits.hook());
+            Some(cluster::limiter::Limiter::start(cluster::limiter::LimiterConfig {
+                server: queue.server.clone(),
+                node: queue.node.clone(),
+                limits: limits.clone(),
+                hold_name: false,
+                who: "volley send",
+            })?)
+        }
+        _ => None,
+    };
     let mut log = match resumed_log {
         Some(log) => log,
         None => LogFile::create(&config.log).map_err(log_error)?,
@@ -350,6 +361,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         stopped: false,
         delivery_metrics,
         worker,
+        limiter,
     })
 }
 
@@ -406,7 +418,12 @@ impl Sending {
         self.ledger.thread().unpark();
         let books = self.ledger.join().map_err(|_| std::io::Error::other("the log thread panicked"))?;
         // After the ledger: its last commit's final rows are acknowledged too.
-        let cluster = self.worker.map(|w| w.finish());
+        let mut cluster = self.worker.map(|w| w.finish());
+        // The engine's connections are closed: their leases go back to the fleet.
+        let limit_calls = self.limiter.map_or(0, |l| l.stop());
+        if let Some(cluster) = &mut cluster {
+            cluster.commands += limit_calls;
+        }
         let admitted = self.shared.flow.admitted.load(Ordering::Acquire);
         let unfinished = admitted.saturating_sub(books.tally.finals());
         let input_error = self.shared.input_error.lock().ok().and_then(|e| e.clone());

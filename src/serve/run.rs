@@ -29,6 +29,7 @@ use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use super::status::{StatusReader, entries_of, entry_of};
 use super::webhook::send::{Sender, WebhookConfig};
 use super::webhook::{Webhook, WebhookCollector, count_queued, events_of};
+use crate::cluster::limiter::{Limiter, LimiterConfig};
 use crate::deliver::bounce::Classifier;
 use crate::deliver::dispatch::Dispatch;
 use crate::deliver::dkim::Dkim;
@@ -75,6 +76,9 @@ pub struct ServeConfig {
     /// How long a message's status stays readable after it was received (see
     /// [`super::status`]); `None`: no status is kept.
     pub status_retention: Option<Duration>,
+    /// Share the connection limits, rates and reactions with the other nodes of a fleet
+    /// through Redis (`--limits`); `None`: this node's own.
+    pub limits: Option<LimiterConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -87,6 +91,8 @@ pub enum ServeError {
     Log { path: String, error: std::io::Error },
     #[error("stopping: {0}")]
     Stop(std::io::Error),
+    #[error("--limits: {0}")]
+    Limits(#[from] crate::cluster::ClusterError),
 }
 
 /// Delivery under way on a spool.
@@ -106,6 +112,8 @@ pub struct Serving {
     sender: Option<Sender>,
     status: Option<StatusReader>,
     hooks: Vec<Arc<Webhook>>,
+    /// The fleet-wide limits' thread (`--limits`).
+    limiter: Option<Limiter>,
 }
 
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
@@ -113,7 +121,7 @@ pub struct Serving {
 pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, ServeError> {
     let ServeConfig {
         engine,
-        routes,
+        mut routes,
         schedule,
         classifier,
         reactions,
@@ -126,7 +134,15 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         active_recipients,
         webhooks,
         status_retention,
+        limits,
     } = config;
+    // The fleet's limits first: a Redis that cannot be reached, or another node with this
+    // one's name, stops the start before anything is taken on.
+    let fleet = limits.as_ref().map(|l| l.limits.clone());
+    if let Some(fleet) = &fleet {
+        routes.on_new_destination(fleet.hook());
+    }
+    let limiter = limits.map(Limiter::start).transpose()?;
     let spool_dir = spool.path().to_owned();
     let hooks: Vec<Arc<Webhook>> = webhooks.as_ref().map_or_else(Vec::new, |w| w.webhooks.clone());
     let ids: Vec<u64> = hooks.iter().map(|w| w.id).collect();
@@ -177,7 +193,10 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         }
     };
     let retry = RetryPolicy::Scheduled(schedule);
-    let engine_config = crate::deliver::engine_config(engine, retry, reactions, rate);
+    let mut engine_config = crate::deliver::engine_config(engine, retry, reactions, rate);
+    if let (Some(fleet), Some(rate)) = (&fleet, rate) {
+        engine_config.rate_fleet = Some(fleet.run_rate(rate));
+    }
     let running = engine::start(engine_config, Box::new(source)).map_err(ServeError::Start)?;
     let control = Arc::new(Control::default());
     let writer = Arc::clone(&committer);
@@ -199,6 +218,10 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     .with_metrics(meter);
     if keep_records {
         ledger = ledger.keep_records();
+    }
+    if let Some(fleet) = &fleet {
+        // The reactions this node's engine applies are applied by every node.
+        ledger = ledger.on_shaping(fleet.shaping_hook());
     }
     let ledger = ledger
     .on_durable({
@@ -269,6 +292,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         delivery_metrics,
         spool_dir,
         queue,
+        limiter,
     })
 }
 
@@ -416,7 +440,7 @@ impl Serving {
     /// and the spool are synced. What is not final stays in the spool for the next start.
     /// Gives the spool back.
     pub fn stop(self) -> Result<(Books, Box<dyn Spool>), ServeError> {
-        let Serving { committer, intake, running, ledger, control, sender, .. } = self;
+        let Serving { committer, intake, running, ledger, control, sender, limiter, .. } = self;
         // What it has not sent stays in the spool for the next start.
         if let Some(sender) = sender {
             sender.stop();
@@ -430,6 +454,10 @@ impl Serving {
         let books =
             ledger.join().map_err(|_| ServeError::Stop(std::io::Error::other("the log thread panicked")))?;
         report.map_err(ServeError::Stop)?;
+        // The engine's connections are closed: their leases go back to the fleet.
+        if let Some(limiter) = limiter {
+            limiter.stop();
+        }
         // The log thread is gone, its last changes queued: the writer finishes what is queued
         // and hands the spool back, whoever still holds it (intake that took its last message).
         let spool = committer
