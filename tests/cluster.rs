@@ -408,15 +408,15 @@ fn nodes_that_do_not_match_the_campaign_are_refused() {
 }
 
 #[test]
-fn the_scripts_count_each_row_once_and_find_rows_taken_over() {
+fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
     let _serial = one_at_a_time();
     let dir = common::temp_dir("scripts");
     let Some(redis) = Redis::start(&dir, false) else { return };
     let mut con = redis.connection();
     let keys = mailvolley::cluster::Keys::new("s");
     mailvolley::cluster::ensure_group(&mut con, &keys).unwrap();
-    // Two rows, as a loader holding the lock adds them; a second call with the same lines adds
-    // nothing (a loader taking over re-reads the file).
+    // Two chunks (rows 2-3 and 5), as a loader holding the lock adds them; a second call with
+    // the same chunks adds nothing (a loader taking over re-reads the file).
     let _: () = redis::cmd("SET").arg(&keys.loader).arg("tok").query(&mut con).unwrap();
     let load = |con: &mut redis::Connection, token: &str, last: &str| -> redis::RedisResult<u64> {
         mailvolley::cluster::scripts::load()
@@ -426,19 +426,24 @@ fn the_scripts_count_each_row_once_and_find_rows_taken_over() {
             .arg(token)
             .arg(30_000)
             .arg(last)
-            .arg(&["2", "a@x.test", "[\"a@x.test\"]", ""][..])
-            .arg(&["3", "", "", "bad row"][..])
+            .arg(&["2", "3", "2", "rows of 2 and 3"][..])
+            .arg(&["5", "5", "1", "row 5"][..])
             .invoke(con)
     };
-    assert_eq!(load(&mut con, "tok", "0").unwrap(), 2);
-    assert_eq!(load(&mut con, "tok", "1").unwrap(), 0, "lines already in are skipped");
+    assert_eq!(load(&mut con, "tok", "0").unwrap(), 3);
+    assert_eq!(load(&mut con, "tok", "1").unwrap(), 0, "chunks already in are skipped");
     assert!(load(&mut con, "other", "1").is_err(), "only the lock's holder loads");
     let meta: HashMap<String, String> = redis::cmd("HGETALL").arg(&keys.meta).query(&mut con).unwrap();
-    assert_eq!((meta["rows"].as_str(), meta["loaded_to"].as_str(), meta["loaded"].as_str()), ("2", "3", "1"));
+    let fields = ["rows", "loaded_to", "last_chunk", "loaded"].map(|f| meta[f].as_str());
+    assert_eq!(fields, ["3", "5", "5", "1"]);
     let lock: Option<String> = redis::cmd("GET").arg(&keys.loader).query(&mut con).unwrap();
     assert_eq!(lock, None, "the last batch frees the lock");
+    let upto: Vec<(String, HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg(&keys.rows).arg("-").arg("+").query(&mut con).unwrap();
+    let upto: Vec<(&str, &str)> = upto.iter().map(|(id, f)| (id.as_str(), f["upto"].as_str())).collect();
+    assert_eq!(upto, vec![("0-2", "2"), ("0-5", "3")], "each chunk says the rows up to it");
 
-    // Node a reads both; node b takes row 2 over.
+    // Node a reads both chunks; node b takes the first over.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg(&["GROUP", "volley", "a", "COUNT", "10", "STREAMS", &keys.rows, ">"][..])
         .query(&mut con)
@@ -450,41 +455,62 @@ fn the_scripts_count_each_row_once_and_find_rows_taken_over() {
         .unwrap();
     let lost: Vec<u64> = mailvolley::cluster::scripts::keep()
         .key(&keys.rows)
-        .arg(&["volley", "a", "2", "3"][..])
+        .arg(&["volley", "a", "2", "5"][..])
         .invoke(&mut con)
         .unwrap();
-    assert_eq!(lost, vec![2], "row 2 is b's now; row 3 stays a's");
+    assert_eq!(lost, vec![2], "chunk 2 is b's now; chunk 5 stays a's");
 
-    let finish = |con: &mut redis::Connection, node: &str, rows: &[&str]| -> u64 {
+    // finish: rows by kind (status and domain), then the chunks to acknowledge.
+    let finish = |con: &mut redis::Connection,
+                  node: &str,
+                  lines: &[u64],
+                  kinds: &[u64],
+                  pairs: &[&str],
+                  acks: &[u64]|
+     -> u64 {
         mailvolley::cluster::scripts::finish()
             .key(&keys.rows)
             .key(&keys.results)
             .key(&keys.counts)
+            .key(&keys.done)
             .arg(&["volley", node][..])
-            .arg(rows)
+            .arg(lines.len())
+            .arg(pairs.len() / 2)
+            .arg(lines)
+            .arg(kinds)
+            .arg(pairs)
+            .arg(acks)
             .invoke(con)
             .unwrap()
     };
-    assert_eq!(finish(&mut con, "b", &["2", "delivered", "x.test"]), 1);
-    assert_eq!(
-        finish(&mut con, "a", &["2", "delivered", "x.test", "3", "rejected", ""]),
-        1,
-        "row 2 counted once"
-    );
+    assert_eq!(finish(&mut con, "b", &[2], &[1], &["delivered", "x.test"], &[]), 1);
+    let pairs = ["delivered", "x.test", "rejected", ""];
+    assert_eq!(finish(&mut con, "a", &[2, 3, 5], &[1, 2, 1], &pairs, &[]), 2, "row 2 counted once");
+    let pending = |con: &mut redis::Connection| -> u64 {
+        let info: (u64, redis::Value, redis::Value, redis::Value) =
+            redis::cmd("XPENDING").arg(&keys.rows).arg("volley").query(con).unwrap();
+        info.0
+    };
+    assert_eq!(pending(&mut con), 2, "chunks are acknowledged only when asked");
+    assert_eq!(finish(&mut con, "a", &[], &[], &[], &[2, 5]), 0);
+    assert_eq!(pending(&mut con), 0);
+    let bits: Vec<u8> = redis::cmd("GET").arg(&keys.done).query(&mut con).unwrap();
+    assert_eq!(bits, vec![0b0011_0100], "rows 2, 3 and 5 are marked done");
     let counts: HashMap<String, u64> = redis::cmd("HGETALL").arg(&keys.counts).query(&mut con).unwrap();
     let expected: HashMap<String, u64> = [
-        ("s:delivered", 1),
+        ("s:delivered", 2),
         ("s:rejected", 1),
         ("n:b:delivered", 1),
+        ("n:a:delivered", 1),
         ("n:a:rejected", 1),
-        ("d:x.test:delivered", 1),
+        ("d:x.test:delivered", 2),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     assert_eq!(counts, expected);
     let results: usize = redis::cmd("XLEN").arg(&keys.results).query(&mut con).unwrap();
-    assert_eq!(results, 2, "one results entry per batch that counted something");
+    assert_eq!(results, 2, "one results entry per call that counted something");
     let refresh = |con: &mut redis::Connection, token: &str| -> u64 {
         mailvolley::cluster::scripts::refresh().key("lease").arg(token).arg(1000).invoke(con).unwrap()
     };

@@ -94,14 +94,14 @@ fn text(s: &CampaignStatus) -> String {
         if s.complete() { " — complete" } else { "" }
     );
     let _ = writeln!(t, "final: {}", counts_line(&s.finals));
-    let _ = writeln!(t, "{:<24} {:>8} {:>8}  final", "node", "running", "holds");
+    let _ = writeln!(t, "{:<24} {:>8} {:>8}  final", "node", "running", "chunks");
     for (name, n) in &s.nodes {
         let _ = writeln!(
             t,
             "{:<24} {:>8} {:>8}  {}",
             name,
             if n.running { "yes" } else { "no" },
-            n.pending,
+            n.chunks,
             counts_line(&n.finals)
         );
     }

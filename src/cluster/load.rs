@@ -5,8 +5,8 @@
 //! `--recipients` are loaders: a lock (`SET NX PX`, refreshed by each batch) lets one of them
 //! add the rows; the others stand by and take over from where it stopped if its lock expires
 //! (the load script skips lines already in). Rows are read exactly as `send` reads a file,
-//! de-duplicated here (once for the whole campaign), and added in batches of
-//! [`BATCH`] through one script call each.
+//! de-duplicated here (once for the whole campaign), and added in chunks of
+//! [`entry::CHUNK`] rows, [`BATCH`] rows per script call.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,8 @@ use crate::send::hashing::Fingerprints;
 use crate::send::input::Rows;
 use crate::send::source::{duplicate, fingerprint};
 
-/// Rows per call of the load script: ~1,000 keeps a call to a few milliseconds of Redis's
-/// single thread while the round trips stay a thousandth per row.
+/// Rows per call of the load script (in chunks of [`entry::CHUNK`]): a call stays well under a
+/// millisecond of Redis's single thread while the round trips stay a thousandth per row.
 pub const BATCH: usize = 1000;
 
 /// The loader's lock lives this long without a batch (a loader that dies frees it then).
@@ -38,16 +38,17 @@ pub struct Meta {
     pub columns: Option<Vec<String>>,
     /// Every row is in the stream.
     pub loaded: bool,
-    /// Rows in the stream, and the last line added.
+    /// Rows in the stream, the last line added, and the id (first line) of the last chunk.
     pub rows: u64,
     pub loaded_to: u64,
+    pub last_chunk: u64,
 }
 
 impl Meta {
     pub fn read(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<Meta> {
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&keys.meta)
-            .arg(&["message", "input", "columns", "loaded", "rows", "loaded_to"])
+            .arg(&["message", "input", "columns", "loaded", "rows", "loaded_to", "last_chunk"])
             .query(con)?;
         let get = |i: usize| fields.get(i).cloned().flatten();
         let number = |i: usize| get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -58,6 +59,7 @@ impl Meta {
             loaded: get(3).as_deref() == Some("1"),
             rows: number(4),
             loaded_to: number(5),
+            last_chunk: number(6),
         })
     }
 }
@@ -268,7 +270,8 @@ fn load(
     let mut rows = Rows::open(&input.path).map_err(input_error)?;
     let script = scripts::load();
     let mut seen = input.dedupe.then(Fingerprints::default);
-    let mut batch: Vec<[String; 4]> = Vec::with_capacity(BATCH);
+    let mut chunks: Vec<Chunk> = Vec::with_capacity(BATCH / entry::CHUNK);
+    let mut open = Chunk::default();
     loop {
         let item = rows.next_row().map_err(input_error)?;
         let end = item.is_none();
@@ -285,24 +288,44 @@ fn load(
                 Err(bad) => bad.line,
             };
             if line > loaded_to {
-                batch.push(entry::encode(&item));
+                if open.rows == 0 {
+                    open.first = line;
+                }
+                open.last = line;
+                open.rows += 1;
+                entry::encode_row(&mut open.payload, &item);
+                if open.rows == entry::CHUNK {
+                    chunks.push(std::mem::take(&mut open));
+                }
             }
         }
-        if batch.len() >= BATCH || end {
+        if end && open.rows > 0 {
+            chunks.push(std::mem::take(&mut open));
+        }
+        if chunks.len() * entry::CHUNK >= BATCH || end {
             let mut call = script.key(&keys.rows);
             call.key(&keys.meta).key(&keys.loader).arg(token).arg(LOCK_TTL.as_millis() as u64).arg(if end {
                 "1"
             } else {
                 "0"
             });
-            for row in &batch {
-                call.arg(&row[..]);
+            for c in &chunks {
+                call.arg(c.first).arg(c.last).arg(c.rows).arg(&c.payload[..]);
             }
             call.invoke::<u64>(con).map_err(LoadError::redis)?;
-            batch.clear();
+            chunks.clear();
         }
         if end {
             return Ok(());
         }
     }
+}
+
+/// Rows on their way into one stream entry.
+#[derive(Default)]
+struct Chunk {
+    first: u64,
+    last: u64,
+    rows: usize,
+    payload: Vec<u8>,
 }

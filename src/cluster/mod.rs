@@ -1,20 +1,23 @@
 //! Several machines on one campaign, through Redis (`send --queue redis://HOST:PORT/CAMPAIGN`,
 //! `volley status`).
 //!
-//! A campaign's rows live in one Redis stream, each entry's id being `0-LINE` (its input line,
-//! the recipient's id everywhere in volley): a loader (`load.rs`) adds them once, in batches;
-//! every node reads them through one consumer group (`worker.rs`), delivers them with its own
-//! engine and log, and acknowledges a row (XACK) only once its final record is durable in that
-//! log. A row a node has taken stays pending under that node, kept fresh while it waits for a
-//! retry, until it is final; a node that dies stops keeping its rows fresh, and after
-//! `--claim-idle` the others take them over (XAUTOCLAIM). The engine knows nothing of this: the
-//! worker is one more input of `send`'s job source.
+//! A campaign's rows live in one Redis stream, in chunks of up to a hundred consecutive rows,
+//! each entry's id being `0-FIRST` (its first row's input line; a line is the recipient's id
+//! everywhere in volley): a loader (`load.rs`) adds them once, in batches; every node reads
+//! chunks through one consumer group (`worker.rs`), delivers their rows with its own engine and
+//! log, marks a row final (a bit of the `done` bitmap, which also counts it once) only once its
+//! final record is durable in that log, and acknowledges a chunk (XACK) once all its rows are.
+//! A chunk a node has taken stays pending under that node, kept fresh while rows of it wait for
+//! a retry; a node that dies stops keeping its chunks fresh, and after `--claim-idle` the others
+//! take them over (XAUTOCLAIM) and send the rows not yet marked final. The engine knows nothing
+//! of this: the worker is one more input of `send`'s job source.
 //!
 //! Every key of a campaign shares the hash tag `{CAMPAIGN}`, so under Redis Cluster a campaign
 //! lives on one shard and its scripts may touch all its keys.
 
 pub mod bench;
 pub mod entry;
+pub mod held;
 pub mod limiter;
 pub mod limits;
 pub mod load;
@@ -114,7 +117,7 @@ impl QueueUrl {
 pub struct Keys {
     /// What every node must agree on (digests, columns) and the loader's progress: a hash.
     pub meta: String,
-    /// The rows: a stream, entry id `0-LINE`.
+    /// The rows: a stream of chunks, entry id `0-FIRST` (see `entry.rs`).
     pub rows: String,
     /// Final records, a batch per entry, for the merged view: a stream.
     pub results: String,
@@ -126,6 +129,8 @@ pub struct Keys {
     pub nodes: String,
     /// Reactions (suspensions, slowings) for every node to apply: a hash by destination key.
     pub reactions: String,
+    /// Rows final on some node: a bitmap, bit LINE.
+    pub done: String,
     prefix: String,
 }
 
@@ -140,6 +145,7 @@ impl Keys {
             loader: format!("{prefix}loader"),
             nodes: format!("{prefix}nodes"),
             reactions: format!("{prefix}reactions"),
+            done: format!("{prefix}done"),
             prefix,
         }
     }
@@ -379,8 +385,17 @@ mod tests {
     #[test]
     fn keys_share_the_campaigns_hash_tag() {
         let k = Keys::new("c1");
-        for key in [&k.meta, &k.rows, &k.results, &k.counts, &k.loader, &k.nodes, &k.reactions, &k.node("n1")]
-        {
+        for key in [
+            &k.meta,
+            &k.rows,
+            &k.results,
+            &k.counts,
+            &k.loader,
+            &k.nodes,
+            &k.reactions,
+            &k.done,
+            &k.node("n1"),
+        ] {
             assert!(key.starts_with("volley:{c1}:"), "{key}");
         }
         assert!(

@@ -10,9 +10,9 @@ use super::{ClusterError, GROUP, Keys, Server, entry};
 /// The consumer group's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupInfo {
-    /// Rows read by some node and not yet acknowledged.
+    /// Chunks read by some node and not yet acknowledged.
     pub pending: u64,
-    /// The line of the last row handed to any node.
+    /// The id (first line) of the last chunk handed to any node.
     pub last_delivered: u64,
 }
 
@@ -72,8 +72,8 @@ pub type Counts = BTreeMap<String, u64>;
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct NodeStatus {
     pub finals: Counts,
-    /// Rows it holds now (read, not acknowledged).
-    pub pending: u64,
+    /// Chunks (of up to a hundred rows) it holds now: read, and not every row of them final.
+    pub chunks: u64,
     /// Its name's lease is held: it is running.
     pub running: bool,
 }
@@ -90,6 +90,8 @@ pub struct CampaignStatus {
     /// Rows no node has read yet, and rows read and not yet final.
     pub waiting: u64,
     pub pending: u64,
+    /// Chunks read and not yet acknowledged.
+    pub pending_chunks: u64,
     pub domains: BTreeMap<String, Counts>,
     pub nodes: BTreeMap<String, NodeStatus>,
 }
@@ -101,7 +103,7 @@ impl CampaignStatus {
 
     /// Loaded, and every row has its final state.
     pub fn complete(&self) -> bool {
-        self.loaded && self.final_rows() >= self.rows && self.pending == 0
+        self.loaded && self.final_rows() >= self.rows && self.pending_chunks == 0
     }
 }
 
@@ -126,7 +128,7 @@ pub fn read(server: &Server) -> Result<CampaignStatus, ClusterError> {
         campaign: server.url.campaign.clone(),
         loaded: meta.loaded,
         rows: meta.rows,
-        pending: group.pending,
+        pending_chunks: group.pending,
         ..CampaignStatus::default()
     };
     for name in names {
@@ -137,7 +139,7 @@ pub fn read(server: &Server) -> Result<CampaignStatus, ClusterError> {
         let fields = pairs(consumer);
         if let Some(name) = fields.get("name") {
             let pending = fields.get("pending").and_then(|p| p.parse().ok()).unwrap_or(0);
-            status.nodes.entry(name.clone()).or_default().pending = pending;
+            status.nodes.entry(name.clone()).or_default().chunks = pending;
         }
     }
     for (key, n) in counts {
@@ -149,8 +151,20 @@ pub fn read(server: &Server) -> Result<CampaignStatus, ClusterError> {
             status.nodes.entry(node.to_owned()).or_default().finals.insert(s.to_owned(), n);
         }
     }
-    // Rows in the stream past the last one any node has read.
-    let read_rows = status.final_rows() + status.pending;
+    // Rows handed to some node: the `upto` of the last chunk read.
+    let read_rows = match group.last_delivered {
+        0 => 0,
+        first => {
+            let id = format!("0-{first}");
+            let reply: redis::Value =
+                redis::cmd("XRANGE").arg(&keys.rows).arg(&id).arg(&id).query(&mut con).map_err(e)?;
+            entry::read_range(reply)
+                .first()
+                .and_then(|c| std::str::from_utf8(c.field("upto")?).ok()?.parse().ok())
+                .unwrap_or(0)
+        }
+    };
     status.waiting = status.rows.saturating_sub(read_rows);
+    status.pending = read_rows.saturating_sub(status.final_rows());
     Ok(status)
 }

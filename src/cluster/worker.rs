@@ -13,12 +13,13 @@
 //! node holds, and acknowledgements wait in memory) and reconnects with backoff, doubling from
 //! 100 ms to 5 s.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::held::Held;
 use super::{ClusterError, GROUP, Keys, Server, entry, scripts};
 use crate::deliver::ledger::{OnDurable, Settled};
 use crate::deliver::log::Status;
@@ -32,10 +33,11 @@ use crate::send::input::Item;
 /// ~60 ms was 33,000 a second.)
 pub const WINDOW: usize = 2_000;
 
-/// Rows read per XREADGROUP or XAUTOCLAIM call.
-const READ_BATCH: usize = 500;
+/// Chunks read per XREADGROUP or XAUTOCLAIM call (500 rows).
+const READ_BATCH: usize = 500 / entry::CHUNK;
 
-/// Rows acknowledged per call of the finish script, and kept fresh per call of the keep script.
+/// Rows recorded final per call of the finish script (and chunks acknowledged), and chunks kept
+/// fresh per call of the keep script.
 const ACK_BATCH: usize = 500;
 const KEEP_BATCH: usize = 1000;
 
@@ -216,7 +218,7 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         rows: rows_tx,
         acks: acks_rx,
         unacked: Vec::new(),
-        held: HashSet::new(),
+        held: Held::default(),
         own_cursor: Some("0".into()),
         claim_cursor: "0-0".into(),
         next_keep: now + config.claim_idle / 3,
@@ -256,9 +258,10 @@ struct Worker {
     /// Rows handed to the source and not yet taken by it.
     ahead: Arc<AtomicUsize>,
     acks: Receiver<Vec<Final>>,
+    /// Final rows not yet recorded in Redis.
     unacked: Vec<Final>,
-    /// Rows handed to the source and not yet acknowledged (nor lost).
-    held: HashSet<u64>,
+    /// Chunks pending under this node, and their rows not yet recorded final.
+    held: Held,
     /// Reading this node's own pending rows first (a restart under the same name): the next id.
     own_cursor: Option<String>,
     claim_cursor: String,
@@ -385,7 +388,7 @@ impl Worker {
             self.keep_held()?;
             self.next_keep = now + self.config.claim_idle / 3;
         }
-        if self.ahead.load(Ordering::Acquire) + READ_BATCH <= WINDOW {
+        if self.ahead.load(Ordering::Acquire) + READ_BATCH * entry::CHUNK <= WINDOW {
             let got = self.read()?;
             busy |= got > 0;
             if got == 0 && now >= self.next_claim {
@@ -414,27 +417,54 @@ impl Worker {
         }
     }
 
-    /// Acknowledges final rows, a batch per script call.
+    /// Records final rows, a batch per script call, and acknowledges the chunks they finish
+    /// (in the next call: a chunk is acknowledged only once its rows are recorded).
     fn flush(&mut self) -> Result<bool, StepError> {
-        if self.unacked.is_empty() || self.con.is_none() {
+        if (self.unacked.is_empty() && !self.held.has_done()) || self.con.is_none() {
             return Ok(false);
         }
-        while !self.unacked.is_empty() {
+        while !self.unacked.is_empty() || self.held.has_done() {
             let take = self.unacked.len().min(ACK_BATCH);
+            let chunks = self.held.take_done(ACK_BATCH);
+            let rows = &self.unacked[..take];
+            // Rows go by kind (status and domain), which the script counts.
+            let mut kinds: HashMap<(&str, std::borrow::Cow<'_, str>), usize> = HashMap::new();
+            let of_row: Vec<usize> = rows
+                .iter()
+                .map(|f| {
+                    let next = kinds.len() + 1;
+                    *kinds.entry((f.1.name(), f.domain())).or_insert(next)
+                })
+                .collect();
+            let mut kinds: Vec<_> = kinds.into_iter().collect();
+            kinds.sort_by_key(|(_, i)| *i);
             let mut call = self.finish.key(&self.keys.rows);
-            call.key(&self.keys.results).key(&self.keys.counts).arg(GROUP).arg(&self.config.node);
-            for f in &self.unacked[..take] {
-                call.arg(f.0).arg(f.1.name()).arg(f.domain().as_ref());
+            call.key(&self.keys.results).key(&self.keys.counts).key(&self.keys.done);
+            call.arg(GROUP).arg(&self.config.node).arg(take).arg(kinds.len());
+            rows.iter().for_each(|f| {
+                call.arg(f.0);
+            });
+            call.arg(&of_row[..]);
+            for ((status, domain), _) in &kinds {
+                call.arg(*status).arg(domain.as_ref());
             }
-            let counted: u64 = match &mut self.con {
-                Some(con) => call.invoke(con)?,
-                None => return Ok(true),
+            call.arg(&chunks[..]);
+            let counted: redis::RedisResult<u64> = match &mut self.con {
+                Some(con) => call.invoke(con),
+                None => Ok(0),
+            };
+            let counted = match counted {
+                Ok(counted) => counted,
+                Err(e) => {
+                    self.held.unacked(chunks);
+                    return Err(e.into());
+                }
             };
             self.report.commands += 1;
             self.report.counted += counted;
             self.report.acked += take as u64;
             for Final(line, ..) in self.unacked.drain(..take) {
-                self.held.remove(&line);
+                self.held.finished(line);
             }
         }
         Ok(true)
@@ -458,9 +488,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Resets the idle time of every row held; drops those another node has.
+    /// Resets the idle time of every chunk held; drops those another node has.
     fn keep_held(&mut self) -> Result<(), StepError> {
-        let held: Vec<u64> = self.held.iter().copied().collect();
+        let held = self.held.ids();
         let mut lost = Vec::new();
         for chunk in held.chunks(KEEP_BATCH) {
             let mut call = self.keep.key(&self.keys.rows);
@@ -470,19 +500,18 @@ impl Worker {
                 None => return Ok(()),
             };
             self.report.commands += 1;
-            lost.extend(gone);
+            for first in gone {
+                lost.extend(self.held.lose(first));
+            }
         }
         if !lost.is_empty() {
-            for line in &lost {
-                self.held.remove(line);
-            }
             self.report.lost += lost.len() as u64;
             let _ = self.rows.send(Fetched::Lost(lost));
         }
         Ok(())
     }
 
-    /// Reads new rows (this node's own pending ones first, after a restart); how many.
+    /// Reads new chunks (this node's own pending ones first, after a restart); how many.
     fn read(&mut self) -> Result<usize, StepError> {
         let cursor = self.own_cursor.clone().unwrap_or_else(|| ">".into());
         let reply: redis::Value = redis::cmd("XREADGROUP")
@@ -497,16 +526,18 @@ impl Worker {
             .query(self.con())?;
         self.report.commands += 1;
         let entries = entry::read_reply(reply);
-        if self.own_cursor.is_some() {
+        // A chunk of its own read again (a restart) may have rows final already.
+        let own = self.own_cursor.is_some();
+        if own {
             match entries.last() {
                 Some(last) => self.own_cursor = Some(format!("0-{}", last.line)),
                 None => self.own_cursor = None,
             }
         }
-        Ok(self.hand_over(entries))
+        Ok(self.hand_over(entries, own)?.0)
     }
 
-    /// Takes over rows idle past `--claim-idle` (their node stopped); how many.
+    /// Takes over chunks idle past `--claim-idle` (their node stopped); how many.
     fn claim(&mut self) -> Result<usize, StepError> {
         let reply: redis::Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.keys.rows)
@@ -520,19 +551,46 @@ impl Worker {
         self.report.commands += 1;
         let (cursor, claimed) = entry::claim_reply(reply);
         self.claim_cursor = cursor;
-        let handed = self.hand_over(claimed);
-        self.report.taken_over += handed as u64;
-        Ok(handed)
+        let (chunks, rows) = self.hand_over(claimed, true)?;
+        self.report.taken_over += rows as u64;
+        Ok(chunks)
     }
 
-    /// Decodes entries into rows for the source, skipping any it already holds.
-    fn hand_over(&mut self, entries: Vec<entry::Entry>) -> usize {
+    /// Decodes chunks into rows for the source, skipping chunks it already holds and, with
+    /// `taken`, rows already recorded final (a chunk taken over, or read again after a
+    /// restart). How many chunks were new, and how many rows it handed over.
+    fn hand_over(&mut self, entries: Vec<entry::Entry>, taken: bool) -> Result<(usize, usize), StepError> {
         let columns = self.config.columns.as_ref();
-        let mut items = Vec::with_capacity(entries.len());
+        let mut chunks = Vec::with_capacity(entries.len());
         for e in entries {
-            if self.held.insert(e.line) {
-                items.push(entry::decode(&e, columns));
+            if !self.held.contains(e.line) {
+                chunks.push(entry::Chunk::of(&e, columns).map_err(StepError::Fatal)?);
             }
+        }
+        if taken && !chunks.is_empty() {
+            // The bytes of the done bitmap each chunk's lines fall in (bit 0 is the first
+            // octet's high bit, as SETBIT numbers them).
+            let mut pipe = redis::pipe();
+            for c in &chunks {
+                pipe.cmd("GETRANGE").arg(&self.keys.done).arg(c.first / 8).arg(c.last / 8);
+            }
+            let bits: Vec<Vec<u8>> = pipe.query(self.con())?;
+            self.report.commands += 1;
+            for (c, bytes) in chunks.iter_mut().zip(bits) {
+                let base = c.first / 8;
+                let done = |line: u64| {
+                    bytes.get((line / 8 - base) as usize).is_some_and(|b| b & (0x80 >> (line % 8)) != 0)
+                };
+                c.items.retain(|item| !done(item.as_ref().map_or_else(|bad| bad.line, |row| row.line)));
+            }
+        }
+        let new = chunks.len();
+        let mut items = Vec::new();
+        for c in chunks {
+            let lines =
+                c.items.iter().map(|i| i.as_ref().map_or_else(|bad| bad.line, |row| row.line)).collect();
+            self.held.take(c.first, c.last, lines);
+            items.extend(c.items);
         }
         let n = items.len();
         if n > 0 {
@@ -550,7 +608,7 @@ impl Worker {
                 }
             }
         }
-        n
+        Ok((new, n))
     }
 
     /// Every row is in and none is pending under any node.
@@ -562,6 +620,6 @@ impl Worker {
         }
         let group = super::status::group_info(self.con(), &keys)?;
         self.report.commands += 2;
-        Ok(group.pending == 0 && group.last_delivered >= meta.loaded_to)
+        Ok(group.pending == 0 && group.last_delivered >= meta.last_chunk)
     }
 }

@@ -2,34 +2,33 @@
 --
 -- KEYS[1] the rows stream, KEYS[2] the campaign's meta hash, KEYS[3] the loader's lock.
 -- ARGV[1] the loader's token, ARGV[2] the lock's time to live (ms), ARGV[3] "1" if this is the
--- last batch (the input ends with it), then four arguments per row: line, address (may be
--- empty), payload, reason (empty for a good row; else the row is bad and payload is empty).
+-- last batch (the input ends with it), then four arguments per chunk of consecutive rows: its
+-- first line, its last line, how many rows it holds, and the rows (see entry.rs).
 --
--- An entry's id is 0-LINE, the row's line: lines at or below the meta's `loaded_to` are already
--- in (a loader that took over from a dead one re-reads the file from the start) and are
--- skipped, so no row is added twice. Returns the number of rows added, or an error if the lock
--- is not the caller's (it expired and another loader took it).
+-- A chunk's entry id is 0-FIRST: a chunk starting at or below the meta's `loaded_to` is
+-- already in (a loader that took over from a dead one re-reads the file from the start, and
+-- cuts its chunks after `loaded_to`) and is skipped, so no row is added twice. Each entry
+-- also says `upto`, the rows in the stream up to and including it. Returns the number of rows
+-- added, or an error if the lock is not the caller's (it expired and another loader took it).
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('NOTLOADER the loader lock is held by another node')
 end
-local loaded_to = tonumber(redis.call('HGET', KEYS[2], 'loaded_to') or '0')
+local last = tonumber(redis.call('HGET', KEYS[2], 'loaded_to') or '0')
+local rows = tonumber(redis.call('HGET', KEYS[2], 'rows') or '0')
 local added = 0
-local last = loaded_to
+local last_chunk = nil
 for i = 4, #ARGV, 4 do
-  local line = tonumber(ARGV[i])
-  if line > last then
-    if ARGV[i + 3] == '' then
-      redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'e', ARGV[i + 1], 'v', ARGV[i + 2])
-    else
-      redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'e', ARGV[i + 1], 'bad', ARGV[i + 3])
-    end
-    added = added + 1
-    last = line
+  if tonumber(ARGV[i]) > last then
+    local n = tonumber(ARGV[i + 2])
+    rows = rows + n
+    added = added + n
+    redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'last', ARGV[i + 1], 'upto', rows, 'rows', ARGV[i + 3])
+    last = tonumber(ARGV[i + 1])
+    last_chunk = ARGV[i]
   end
 end
-if added > 0 then
-  redis.call('HSET', KEYS[2], 'loaded_to', tostring(last))
-  redis.call('HINCRBY', KEYS[2], 'rows', added)
+if last_chunk then
+  redis.call('HSET', KEYS[2], 'loaded_to', ARGV[#ARGV - 2], 'last_chunk', last_chunk, 'rows', rows)
 end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[2], 'loaded', '1')
