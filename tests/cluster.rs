@@ -460,39 +460,60 @@ fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
         .unwrap();
     assert_eq!(lost, vec![2], "chunk 2 is b's now; chunk 5 stays a's");
 
-    // finish: rows by kind (status and domain), then the chunks to acknowledge.
-    let finish = |con: &mut redis::Connection,
-                  node: &str,
-                  lines: &[u64],
-                  kinds: &[u64],
-                  pairs: &[&str],
-                  acks: &[u64]|
-     -> u64 {
+    // finish: rows by kind (status and domain), the counts and text they make if all are new
+    // (the node sums them), then the chunks to acknowledge.
+    struct Rows<'a> {
+        lines: &'a [u64],
+        kinds: &'a [u64],
+        pairs: &'a [&'a str],
+        counts: &'a [&'a str],
+        text: &'a str,
+    }
+    let finish = |con: &mut redis::Connection, node: &str, rows: Rows, acks: &[u64]| -> u64 {
         mailvolley::cluster::scripts::finish()
             .key(&keys.rows)
             .key(&keys.results)
             .key(&keys.counts)
             .key(&keys.done)
             .arg(&["volley", node][..])
-            .arg(lines.len())
-            .arg(pairs.len() / 2)
-            .arg(lines)
-            .arg(kinds)
-            .arg(pairs)
+            .arg(rows.lines.len())
+            .arg(rows.pairs.len() / 2)
+            .arg(rows.counts.len() / 2)
+            .arg(rows.lines)
+            .arg(rows.kinds)
+            .arg(rows.pairs)
+            .arg(rows.counts)
+            .arg(rows.text)
             .arg(acks)
             .invoke(con)
             .unwrap()
     };
-    assert_eq!(finish(&mut con, "b", &[2], &[1], &["delivered", "x.test"], &[]), 1);
-    let pairs = ["delivered", "x.test", "rejected", ""];
-    assert_eq!(finish(&mut con, "a", &[2, 3, 5], &[1, 2, 1], &pairs, &[]), 2, "row 2 counted once");
+    let b_rows = Rows {
+        lines: &[2],
+        kinds: &[1],
+        pairs: &["delivered", "x.test"],
+        counts: &["s:delivered", "1", "n:b:delivered", "1", "d:x.test:delivered", "1"],
+        text: "2 delivered x.test",
+    };
+    assert_eq!(finish(&mut con, "b", b_rows, &[]), 1, "all new: the node's sums are added");
+    // Row 2 is final already: the script sums the two new rows itself (the node's sums, which
+    // count row 2 too, are not used).
+    let a_rows = Rows {
+        lines: &[2, 3, 5],
+        kinds: &[1, 2, 1],
+        pairs: &["delivered", "x.test", "rejected", ""],
+        counts: &["s:delivered", "2", "s:rejected", "1", "n:a:delivered", "2", "n:a:rejected", "1"],
+        text: "wrong if used",
+    };
+    assert_eq!(finish(&mut con, "a", a_rows, &[]), 2, "row 2 counted once");
     let pending = |con: &mut redis::Connection| -> u64 {
         let info: (u64, redis::Value, redis::Value, redis::Value) =
             redis::cmd("XPENDING").arg(&keys.rows).arg("volley").query(con).unwrap();
         info.0
     };
     assert_eq!(pending(&mut con), 2, "chunks are acknowledged only when asked");
-    assert_eq!(finish(&mut con, "a", &[], &[], &[], &[2, 5]), 0);
+    let nothing = Rows { lines: &[], kinds: &[], pairs: &[], counts: &[], text: "" };
+    assert_eq!(finish(&mut con, "a", nothing, &[2, 5]), 0);
     assert_eq!(pending(&mut con), 0);
     let bits: Vec<u8> = redis::cmd("GET").arg(&keys.done).query(&mut con).unwrap();
     assert_eq!(bits, vec![0b0011_0100], "rows 2, 3 and 5 are marked done");
@@ -509,8 +530,14 @@ fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     assert_eq!(counts, expected);
-    let results: usize = redis::cmd("XLEN").arg(&keys.results).query(&mut con).unwrap();
-    assert_eq!(results, 2, "one results entry per call that counted something");
+    let results: Vec<(String, HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg(&keys.results).arg("-").arg("+").query(&mut con).unwrap();
+    let records: Vec<&str> = results.iter().map(|(_, f)| f["records"].as_str()).collect();
+    assert_eq!(
+        records,
+        vec!["2 delivered x.test", "3 rejected \n5 delivered x.test"],
+        "one entry per call that counted"
+    );
     let refresh = |con: &mut redis::Connection, token: &str| -> u64 {
         mailvolley::cluster::scripts::refresh().key("lease").arg(token).arg(1000).invoke(con).unwrap()
     };
@@ -532,26 +559,33 @@ fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
     let stands: String = redis::cmd("HGET").arg(&keys.reactions).arg("d1").query(&mut con).unwrap();
     assert_eq!(stands, "3000 rule suspend");
 
-    // Leases: a node gets what the others leave of the limit; an expired lease is freed.
-    let lease = |con: &mut redis::Connection, node: &str, want: u64, ttl: u64| -> u64 {
+    // Leases: a node gets what the others leave of the limit, and no more than a share while
+    // another waits with less; what a node has open counts until it is shed; an expired lease
+    // is freed.
+    let lease = |con: &mut redis::Connection, node: &str, want: u64, ttl: u64, open: u64| -> u64 {
         mailvolley::cluster::scripts::lease()
             .key("leases")
             .arg(&[node][..])
             .arg(want)
             .arg(4)
             .arg(ttl)
+            .arg(open)
             .invoke(con)
             .unwrap()
     };
-    assert_eq!(lease(&mut con, "a", 3, 60_000), 3);
-    assert_eq!(lease(&mut con, "b", 3, 60_000), 1, "the limit is 4 in all");
-    assert_eq!(lease(&mut con, "a", 3, 60_000), 3, "a live node keeps what it asks for");
-    assert_eq!(lease(&mut con, "c", 1, 60_000), 0);
-    assert_eq!(lease(&mut con, "a", 0, 60_000), 0, "given back");
-    assert_eq!(lease(&mut con, "c", 4, 60_000), 3, "what a gave back");
-    assert_eq!(lease(&mut con, "b", 1, 1), 1);
+    assert_eq!(lease(&mut con, "a", 4, 60_000, 0), 4, "alone, the whole limit");
+    assert_eq!(lease(&mut con, "a", 4, 60_000, 4), 4, "a live node keeps what it asks for");
+    assert_eq!(lease(&mut con, "b", 4, 60_000, 0), 0, "nothing left");
+    assert_eq!(lease(&mut con, "a", 4, 60_000, 4), 2, "b waits with less than a share (2): a gets a share");
+    assert_eq!(lease(&mut con, "b", 4, 60_000, 0), 0, "a's 4 open still count");
+    assert_eq!(lease(&mut con, "a", 4, 60_000, 2), 2, "a shed two");
+    assert_eq!(lease(&mut con, "b", 4, 60_000, 0), 2, "what a shed");
+    assert_eq!(lease(&mut con, "b", 4, 60_000, 2), 2);
+    assert_eq!(lease(&mut con, "a", 0, 60_000, 0), 0, "given back");
+    assert_eq!(lease(&mut con, "b", 4, 60_000, 2), 4, "no one else wants: all of it");
+    assert_eq!(lease(&mut con, "b", 1, 1, 1), 1);
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(lease(&mut con, "d", 4, 60_000), 1, "b's lease expired: 4 - c's 3");
+    assert_eq!(lease(&mut con, "d", 4, 60_000, 0), 4, "b's lease expired");
 
     // Tokens: a block at most `ahead` of the schedule, however many ask.
     let tokens = |con: &mut redis::Connection, want: u64| -> u64 {

@@ -45,11 +45,13 @@ impl Limiter {
             false => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let limits = config.limits.clone();
         let run = Run { keys: config.server.keys(), con: Some(con), name, config, stop: Arc::clone(&stop) };
         let thread = std::thread::Builder::new()
             .name("limits".into())
             .spawn(move || run.run())
             .map_err(|e| ClusterError::Layout { campaign: String::new(), what: format!("starting: {e}") })?;
+        limits.settled_by(thread.thread().clone());
         Ok(Limiter { stop, thread: Some(thread) })
     }
 

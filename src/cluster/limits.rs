@@ -5,12 +5,15 @@
 //! The engine knows only [`Fleet`]: tokens and leases it is granted, and what its cores wanted.
 //! Every destination a node's routes make is registered here (`Routes::on_new_destination`),
 //! and the cluster thread settles each one with Redis every [`TICK`]:
-//! - **connections** are leases (`lease.lua`): a node asks for twice what it holds whenever a
-//!   slot is held back by its leases, keeps what it has open, and gives its leases back once the
-//!   destination has been idle on it for [`RELEASE_AFTER`]; a lease lives [`LEASE_TTL`] unless
-//!   renewed, so a dead node's connections return to the fleet then. Since Redis grants a node only what the
-//!   others leave of the limit and never takes back what a live node asks to keep, the fleet's
-//!   connections never pass the limit.
+//! - **connections** are leases (`lease.lua`): a node asks for the whole limit whenever a slot
+//!   is held back by its leases, keeps what it has open, gives back leases it does not use,
+//!   and all of them once the destination has been idle on it for [`RELEASE_AFTER`]; a lease
+//!   lives [`LEASE_TTL`] unless renewed, so a dead node's connections return to the fleet
+//!   then. Redis grants what the other nodes leave of the limit, and while another node waits,
+//!   no more than a fair share (the limit split among the nodes wanting some): a node granted
+//!   fewer than it has open sheds the rest (its sessions end once their messages in flight
+//!   are answered), and counts against the limit with what it has open until they are closed,
+//!   so the fleet's connections never pass the limit.
 //! - **rates** are GCRA gates on Redis's clock (`tokens.lua`), taken in blocks of up to
 //!   [`AHEAD`] worth of turns, only by a node that used or wanted turns since the last tick.
 //!   Over any span the fleet sends at most one block more than the rate allows; turns a node
@@ -62,8 +65,10 @@ struct Shared {
     /// Tokens in hand after the last tick (what was used since shows as fewer).
     messages_had: i64,
     turns_had: i64,
-    /// Leases as last granted, when they were, and since when nothing is open.
+    /// Leases as last granted, the open connections Redis was last told of, when that was, and
+    /// since when nothing is open.
     leased: u64,
+    open_told: u64,
     renewed: Option<Instant>,
     idle_since: Option<Instant>,
     /// The first tick has taken its first blocks.
@@ -83,6 +88,7 @@ impl Shared {
             messages_had: 0,
             turns_had: 0,
             leased: 0,
+            open_told: 0,
             renewed: None,
             idle_since: None,
             primed: false,
@@ -98,6 +104,9 @@ pub struct FleetLimits {
     reactions_out: Arc<Mutex<Vec<(String, u64, String)>>>,
     /// The latest reaction applied (or made here) per destination key, until when (Unix ms).
     applied: Arc<Mutex<std::collections::HashMap<String, u64>>>,
+    /// The thread settling the limits (see `limiter.rs`): a new destination wakes it, so its
+    /// first jobs need not wait for the next tick.
+    settler: Arc<Mutex<Option<std::thread::Thread>>>,
 }
 
 /// A reaction as recorded: `UNTIL_MS RULE suspend` or `UNTIL_MS RULE slow RATE|- CONNECTIONS`.
@@ -140,6 +149,7 @@ impl FleetLimits {
     /// The hook for the node's routes: every destination made shares its limits.
     pub fn hook(&self) -> OnDestination {
         let registry = Arc::clone(&self.registry);
+        let settler = Arc::clone(&self.settler);
         Arc::new(move |destination: &Arc<Destination>, key: &str| {
             let fleet = Arc::new(Fleet::default());
             destination.shaping.share_with_fleet(Arc::clone(&fleet));
@@ -149,7 +159,17 @@ impl FleetLimits {
             if let Ok(mut registry) = registry.lock() {
                 registry.push(shared);
             }
+            if let Some(thread) = settler.lock().ok().and_then(|t| t.clone()) {
+                thread.unpark();
+            }
         })
+    }
+
+    /// The thread that settles the limits (woken when a destination is made).
+    pub fn settled_by(&self, thread: std::thread::Thread) {
+        if let Ok(mut settler) = self.settler.lock() {
+            *settler = Some(thread);
+        }
     }
 
     /// The ledger's hook: reactions the engine applies here are recorded for the fleet.
@@ -290,6 +310,7 @@ impl FleetLimits {
                 .arg(0)
                 .arg(0)
                 .arg(LEASE_TTL.as_millis() as u64)
+                .arg(0)
                 .invoke(con)?;
         }
         Ok(held.len() as u64)
@@ -313,25 +334,37 @@ fn settle(
         _ => None,
     };
     let idle = d.idle_since.is_some_and(|since| now.duration_since(since) >= RELEASE_AFTER);
+    // The first settling (a destination is made for a job about to go) counts as a want.
+    let wanted = wanted || !d.primed;
     let want = if gone || (idle && !wanted) {
         0
     } else if wanted {
-        // Doubling while slots wait: 16 connections in five ticks, not sixteen.
-        (d.leased.max(open).max(1) * 2).min(d.limit)
+        // Every lease is open and slots wait: as many as the fleet leaves (its whole limit
+        // at a run's start, not one more per tick).
+        d.limit
+    } else if open > 0 {
+        // What is used: leases no slot needs go back to the fleet.
+        open
     } else {
-        d.leased.max(open)
+        // Between connections: kept, until idle for RELEASE_AFTER.
+        d.leased
     };
     let renew = d.renewed.is_none_or(|at| now.duration_since(at) >= RENEW);
-    if d.limit > 0 && (want != d.leased || (want > 0 && renew)) {
+    // Asked again when what it wants or has open changed (the fleet counts what is open until
+    // it is shed), when it waits for its share, and to renew.
+    let changed = want != d.leased || open != d.open_told || (wanted && d.leased < d.limit);
+    if d.limit > 0 && (changed || ((want > 0 || open > 0) && renew)) {
         let granted: u64 = scripts::lease()
             .key(keys.limit(&d.key, "conn"))
             .arg(node)
             .arg(want)
             .arg(d.limit)
             .arg(LEASE_TTL.as_millis() as u64)
+            .arg(open)
             .invoke(con)?;
         *calls += 1;
         d.leased = granted;
+        d.open_told = open;
         d.renewed = Some(now);
         d.fleet.set_leases(granted);
     }

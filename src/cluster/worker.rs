@@ -13,7 +13,7 @@
 //! node holds, and acknowledgements wait in memory) and reconnects with backoff, doubling from
 //! 100 ms to 5 s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -41,8 +41,9 @@ const READ_BATCH: usize = 500 / entry::CHUNK;
 const ACK_BATCH: usize = 500;
 const KEEP_BATCH: usize = 1000;
 
-/// How often to look whether the whole campaign is final, while there is nothing to read.
-const COMPLETE_EVERY: Duration = Duration::from_millis(250);
+/// How often to look whether the whole campaign is final, while this node holds nothing
+/// (while it holds a chunk, the campaign cannot be).
+const COMPLETE_EVERY: Duration = Duration::from_millis(50);
 
 /// How long the worker keeps trying, at the end, to acknowledge what the log made final.
 const FLUSH_FOR: Duration = Duration::from_secs(10);
@@ -69,6 +70,72 @@ impl Final {
             Some((_, domain)) => crate::deliver::lowercase(domain),
             None => "".into(),
         }
+    }
+}
+
+/// The finish script's arguments for a batch of final rows (see `finish.lua`): the rows by
+/// kind (status and domain), and the counts and results text they make if every one of them
+/// is new, summed here so the script only adds them.
+#[derive(Debug, Default, PartialEq)]
+struct FinishArgs {
+    lines: Vec<u64>,
+    kind_of: Vec<usize>,
+    kinds: Vec<(&'static str, String)>,
+    counts: Vec<(String, u64)>,
+    text: String,
+}
+
+impl FinishArgs {
+    fn of(rows: &[Final], node: &str) -> FinishArgs {
+        use std::fmt::Write as _;
+        let mut args = FinishArgs::default();
+        // Per row only a lookup and a line of text: the counts are made per kind.
+        let mut kinds: crate::hash::FxMap<(&'static str, std::borrow::Cow<'_, str>), usize> =
+            Default::default();
+        let mut per_kind: Vec<u64> = Vec::new();
+        args.text.reserve(rows.len() * 32);
+        for f in rows {
+            let (status, domain) = (f.1.name(), f.domain());
+            let next = kinds.len() + 1;
+            let kind = *kinds.entry((status, domain)).or_insert_with_key(|(status, domain)| {
+                args.kinds.push((status, domain.to_string()));
+                per_kind.push(0);
+                next
+            });
+            per_kind[kind - 1] += 1;
+            args.lines.push(f.0);
+            args.kind_of.push(kind);
+            if !args.text.is_empty() {
+                args.text.push('\n');
+            }
+            let (status, domain) = &args.kinds[kind - 1];
+            let _ = write!(args.text, "{} {status} {domain}", f.0);
+        }
+        let mut counts: crate::hash::FxMap<String, u64> = Default::default();
+        for ((status, domain), n) in args.kinds.iter().zip(&per_kind) {
+            *counts.entry(format!("s:{status}")).or_default() += n;
+            *counts.entry(format!("n:{node}:{status}")).or_default() += n;
+            if !domain.is_empty() {
+                *counts.entry(format!("d:{domain}:{status}")).or_default() += n;
+            }
+        }
+        args.counts = counts.into_iter().collect();
+        args.counts.sort();
+        args
+    }
+
+    /// After the group and the node: N, K, C, the lines, their kinds, the kinds, the counts,
+    /// the text.
+    fn push(&self, call: &mut redis::ScriptInvocation<'_>) {
+        call.arg(self.lines.len()).arg(self.kinds.len()).arg(self.counts.len());
+        call.arg(&self.lines[..]).arg(&self.kind_of[..]);
+        for (status, domain) in &self.kinds {
+            call.arg(*status).arg(domain);
+        }
+        for (field, n) in &self.counts {
+            call.arg(field).arg(*n);
+        }
+        call.arg(&self.text);
     }
 }
 
@@ -399,7 +466,8 @@ impl Worker {
                 }
             }
         }
-        if !busy && !self.complete_sent && now >= self.next_complete {
+        let holds = !self.held.is_empty() || !self.unacked.is_empty();
+        if !busy && !holds && !self.complete_sent && now >= self.next_complete {
             self.next_complete = now + COMPLETE_EVERY;
             if self.campaign_complete()? {
                 self.complete_sent = true;
@@ -426,28 +494,11 @@ impl Worker {
         while !self.unacked.is_empty() || self.held.has_done() {
             let take = self.unacked.len().min(ACK_BATCH);
             let chunks = self.held.take_done(ACK_BATCH);
-            let rows = &self.unacked[..take];
-            // Rows go by kind (status and domain), which the script counts.
-            let mut kinds: HashMap<(&str, std::borrow::Cow<'_, str>), usize> = HashMap::new();
-            let of_row: Vec<usize> = rows
-                .iter()
-                .map(|f| {
-                    let next = kinds.len() + 1;
-                    *kinds.entry((f.1.name(), f.domain())).or_insert(next)
-                })
-                .collect();
-            let mut kinds: Vec<_> = kinds.into_iter().collect();
-            kinds.sort_by_key(|(_, i)| *i);
+            let args = FinishArgs::of(&self.unacked[..take], &self.config.node);
             let mut call = self.finish.key(&self.keys.rows);
             call.key(&self.keys.results).key(&self.keys.counts).key(&self.keys.done);
-            call.arg(GROUP).arg(&self.config.node).arg(take).arg(kinds.len());
-            rows.iter().for_each(|f| {
-                call.arg(f.0);
-            });
-            call.arg(&of_row[..]);
-            for ((status, domain), _) in &kinds {
-                call.arg(*status).arg(domain.as_ref());
-            }
+            call.arg(GROUP).arg(&self.config.node);
+            args.push(&mut call);
             call.arg(&chunks[..]);
             let counted: redis::RedisResult<u64> = match &mut self.con {
                 Some(con) => call.invoke(con),
@@ -621,5 +672,41 @@ impl Worker {
         let group = super::status::group_info(self.con(), &keys)?;
         self.report.commands += 2;
         Ok(group.pending == 0 && group.last_delivered >= meta.last_chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_arguments_sum_the_rows_by_kind() {
+        let rcpt = |s: &str| Some(Arc::from(s));
+        let rows = [
+            Final(2, Status::Delivered, rcpt("a@X.test")),
+            Final(3, Status::Bounced, rcpt("b@x.test")),
+            Final(4, Status::Delivered, rcpt("c@x.test")),
+            Final(5, Status::Rejected, None),
+        ];
+        let args = FinishArgs::of(&rows, "n1");
+        assert_eq!(args.lines, vec![2, 3, 4, 5]);
+        assert_eq!(args.kind_of, vec![1, 2, 1, 3]);
+        let kinds: Vec<(&str, &str)> = args.kinds.iter().map(|(s, d)| (*s, d.as_str())).collect();
+        assert_eq!(kinds, vec![("delivered", "x.test"), ("bounced", "x.test"), ("rejected", "")]);
+        let counts: Vec<(&str, u64)> = args.counts.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("d:x.test:bounced", 1),
+                ("d:x.test:delivered", 2),
+                ("n:n1:bounced", 1),
+                ("n:n1:delivered", 2),
+                ("n:n1:rejected", 1),
+                ("s:bounced", 1),
+                ("s:delivered", 2),
+                ("s:rejected", 1),
+            ]
+        );
+        assert_eq!(args.text, "2 delivered x.test\n3 bounced x.test\n4 delivered x.test\n5 rejected ");
     }
 }

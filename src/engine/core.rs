@@ -938,11 +938,13 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
                 break;
             }
             // Over the target or the rate: look again when a probe may be due. (Held back by
-            // the target, a destination with fleet leases asks for more.)
-            if !under_target {
-                pool.destination.shaping.want_connection();
+            // its fleet leases, a destination asks for more, and looks again as soon as they
+            // may have come.)
+            let mut look = config.probe_interval.min(Duration::from_millis(500));
+            if !under_target && let Some(soon) = pool.destination.shaping.want_connection() {
+                look = look.min(soon);
             }
-            monoio::time::sleep(config.probe_interval.min(Duration::from_millis(500))).await;
+            monoio::time::sleep(look).await;
             if pool.destination.shaping.suspended(Instant::now()).is_some() {
                 break;
             }
@@ -966,9 +968,9 @@ async fn run_slot(core: &Rc<Core>, pool: &Rc<Pool>) {
         }
         pool.open.set(pool.open.get() + 1);
         core.connections_open.set(core.connections_open.get() + 1);
-        pool.destination.shaping.connection_opened(true);
+        pool.destination.shaping.connection_opened();
         let attempt = connect_and_run(core, pool).await;
-        pool.destination.shaping.connection_opened(false);
+        pool.destination.shaping.connection_closed(attempt.shed);
         core.connections_open.set(core.connections_open.get() - 1);
         pool.open.set(pool.open.get() - 1);
         // Slots holding back because this connection covered the pending work look again.
@@ -1000,6 +1002,8 @@ struct Attempt {
     answered: bool,
     /// Why it ended without carrying anything, if it did.
     failure: Option<SessionError>,
+    /// Its session ended to give the connection's fleet lease back.
+    shed: bool,
 }
 
 impl Core {
@@ -1157,7 +1161,12 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
                     let watch = core.watchdog.watch();
                     if let Err(error) = session::handshake(&mut conn, core, pool, addr, &watch).await {
                         core.stats.borrow_mut().session_failed(&error);
-                        return Attempt { carried: false, answered: false, failure: Some(error) };
+                        return Attempt {
+                            carried: false,
+                            answered: false,
+                            failure: Some(error),
+                            shed: false,
+                        };
                     }
                 }
                 let end = session::run(&mut conn, core, pool, addr, id).await;
@@ -1175,12 +1184,13 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
                     last_error = end.error.map(|e| format!("{addr}: {e}"));
                     continue;
                 }
-                let failure = (!end.carried).then(|| {
+                // A session that ended to give its lease back failed at nothing.
+                let failure = (!end.carried && !end.shed).then(|| {
                     // A server closing before we could hand it anything (a 421 right after
                     // EHLO) has not served us either.
                     end.error.unwrap_or(SessionError::Closed { command: None })
                 });
-                return Attempt { carried: end.carried, answered: end.answered, failure };
+                return Attempt { carried: end.carried, answered: end.answered, failure, shed: end.shed };
             }
             Ok(Err(e)) => last_error = Some(format!("{addr}: {e}")),
             Err(_) => {
@@ -1196,7 +1206,7 @@ async fn connect_and_run(core: &Rc<Core>, pool: &Rc<Pool>) -> Attempt {
         stats.session_failed(&error);
         stats.last_connect_error = Some(error.to_string());
     }
-    Attempt { carried: false, answered: false, failure: Some(error) }
+    Attempt { carried: false, answered: false, failure: Some(error), shed: false }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct End {
     /// A transaction got a final reply, accepted or refused: the destination works.
     pub answered: bool,
     pub error: Option<SessionError>,
+    /// It ended to give its connection's lease back to the fleet (see `Shaping::claim_shed`).
+    pub shed: bool,
 }
 
 /// The session settings for a new connection to `pool`: whether to ask for STARTTLS follows
@@ -119,6 +121,8 @@ where
     let mut via = Via { addr, host: pool.destination.host_of(addr).cloned(), tls: None };
     // The session's place among the core's idle ones, while it has nothing to send.
     let mut idle = None;
+    // Ending to give its lease back: finishing what it holds, taking nothing new.
+    let mut shed = false;
     loop {
         while let Some(event) = client.poll_event() {
             match event {
@@ -164,7 +168,7 @@ where
                     if let Some(e) = &error {
                         core.stats.borrow_mut().session_failed(e);
                     }
-                    return End { carried, answered, error };
+                    return End { carried, answered, error, shed };
                 }
             }
         }
@@ -176,7 +180,10 @@ where
         let mut held_until = None;
         // One reading of the clock for the whole burst of messages started here.
         let mut clock = None;
-        while client.wants_transaction() && !core.halted() && pool.has_pending() {
+        if !shed && ready && pool.destination.shaping.claim_shed() {
+            shed = true;
+        }
+        while !shed && client.wants_transaction() && !core.halted() && pool.has_pending() {
             let now = *clock.get_or_insert_with(Instant::now);
             if let Err(at) = core.admit(pool, now) {
                 held_until = Some(at);
@@ -225,7 +232,16 @@ where
             continue; // the Closed event is queued
         }
         if !client.awaiting_reply() {
-            if pool.has_pending() && client.wants_transaction() && !core.halted() && held_until.is_none() {
+            if shed && client.in_flight() == 0 {
+                client.close();
+                continue;
+            }
+            if !shed
+                && pool.has_pending()
+                && client.wants_transaction()
+                && !core.halted()
+                && held_until.is_none()
+            {
                 continue;
             }
             if client.in_flight() == 0 && (core.draining.get() || core.halted()) {

@@ -237,6 +237,10 @@ pub struct Fleet {
     leases: AtomicU64,
     /// Connections open now (connecting or in session), across cores.
     open: AtomicU64,
+    /// Of those, sessions closing because more are open than leased (the fleet gave some
+    /// leases to other nodes): each finishes what it has in flight, takes nothing new, and
+    /// ends.
+    shedding: AtomicU64,
     /// Since the last look: messages held back for want of a token, and whether a slot
     /// waited for a lease.
     wanted_messages: AtomicU64,
@@ -308,6 +312,10 @@ impl Fleet {
 /// How soon to ask again when the fleet's tokens ran out (they are refilled every 100 ms).
 pub const FLEET_RETRY: Duration = Duration::from_millis(10);
 
+/// How often a slot held back by its fleet leases looks again (and says it wants one): twice
+/// per settling of the leases (every 100 ms), so every settling sees the want.
+pub const FLEET_LOOK: Duration = Duration::from_millis(50);
+
 /// A destination's shaping state, shared by every core.
 #[derive(Debug, Default)]
 pub struct Shaping {
@@ -359,22 +367,53 @@ impl Shaping {
         self.fleet.get()
     }
 
-    /// A connection opened (`true`) or closed, for the fleet's count of open ones.
-    pub fn connection_opened(&self, opened: bool) {
+    /// A connection opened, for the fleet's count of open ones.
+    pub fn connection_opened(&self) {
         if let Some(f) = self.fleet.get() {
-            match opened {
-                true => f.open.fetch_add(1, Ordering::AcqRel),
-                false => f.open.fetch_sub(1, Ordering::AcqRel),
-            };
+            f.open.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// A slot is held back by the connection target: with fleet leases, say so (the lease
-    /// holder asks for one more).
-    pub fn want_connection(&self) {
+    /// A connection closed; `shed`: its session had claimed to shed (see
+    /// [`Shaping::claim_shed`]).
+    pub fn connection_closed(&self, shed: bool) {
         if let Some(f) = self.fleet.get() {
-            f.wanted_connection.store(true, Ordering::Release);
+            f.open.fetch_sub(1, Ordering::AcqRel);
+            if shed {
+                f.shedding.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// Whether a session should end (finishing what it has in flight, taking nothing new)
+    /// because more connections are open than the fleet's leases allow now: true for as
+    /// many sessions as are over, each claiming one (the fleet lowers a node's leases when
+    /// other nodes wait for their share, and counts its open connections until they close).
+    pub fn claim_shed(&self) -> bool {
+        let Some(f) = self.fleet.get() else { return false };
+        let leases = f.leases();
+        let mut shedding = f.shedding.load(Ordering::Acquire);
+        loop {
+            if f.open().saturating_sub(shedding) <= leases {
+                return false;
+            }
+            match f.shedding.compare_exchange(shedding, shedding + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => shedding = now,
+            }
+        }
+    }
+
+    /// A slot is held back by the connection target: if it is the fleet's leases that hold
+    /// it back (every one leased is open), say so, and how soon to look again; `None`: not
+    /// held by leases.
+    pub fn want_connection(&self) -> Option<Duration> {
+        let f = self.fleet.get()?;
+        if f.open() < f.leases() {
+            return None;
+        }
+        f.wanted_connection.store(true, Ordering::Release);
+        Some(FLEET_LOOK)
     }
 
     /// Until when the destination is suspended, if it is at `now`.
@@ -557,11 +596,25 @@ mod tests {
         assert!(s.admit_message(later + Duration::from_millis(2)).is_err(), "two tokens, two messages");
         assert_eq!(fleet.messages(), 0, "a refusal takes no token");
         assert_eq!(s.connection_cap(now), Some(0), "no lease: no connection");
+        assert_eq!(s.want_connection(), Some(FLEET_LOOK), "held back by its leases (none)");
+        assert!(fleet.take_wanted_connection() && !fleet.take_wanted_connection());
         fleet.set_leases(3);
         assert_eq!(s.connection_cap(now), Some(3));
-        s.want_connection();
-        assert!(fleet.take_wanted_connection() && !fleet.take_wanted_connection());
-        s.connection_opened(true);
+        s.connection_opened();
+        assert_eq!(fleet.open(), 1);
+        assert_eq!(s.want_connection(), None, "a lease is free: not the leases that hold it back");
+        assert!(!fleet.take_wanted_connection());
+        s.connection_opened();
+        s.connection_opened();
+        assert_eq!(s.want_connection(), Some(FLEET_LOOK), "every lease open");
+        assert!(fleet.take_wanted_connection());
+        // Leases taken back below what is open: that many sessions shed, no more.
+        assert!(!s.claim_shed(), "3 open, 3 leased");
+        fleet.set_leases(1);
+        assert!(s.claim_shed() && s.claim_shed() && !s.claim_shed(), "two over");
+        s.connection_closed(true);
+        assert!(!s.claim_shed(), "one still shedding, 2 open for 1 lease");
+        s.connection_closed(false);
         assert_eq!(fleet.open(), 1);
         // Without a rate of its own, messages need no token.
         let plain = Shaping::new(&Limits::default());
