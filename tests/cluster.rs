@@ -124,13 +124,12 @@ impl Fleet {
         cmd
     }
 
-    /// Nodes 3 and 4, then the loader, node 2, each with `extra`: the others are up and
-    /// waiting when the rows come, so they get their share of them.
+    /// Nodes 2, 3 and 4, each with `extra` and the list: the lock lets one load it, and all
+    /// three are up and reading when the rows come, so each gets a share of them (a node
+    /// without the list joins only once the campaign is there, by when the loader, reading
+    /// chunks of 100 while its engine takes them, may have taken a small list whole).
     fn spawn_three(&self, extra: &[&str]) -> Vec<Child> {
-        let mut nodes = vec![self.spawn(3, false, extra), self.spawn(4, false, extra)];
-        std::thread::sleep(Duration::from_millis(300));
-        nodes.insert(0, self.spawn(2, true, extra));
-        nodes
+        (2..=4).map(|n| self.spawn(n, true, extra)).collect()
     }
 
     fn spawn(&self, node: u8, load: bool, extra: &[&str]) -> Child {
@@ -754,19 +753,21 @@ fn the_run_rate_holds_for_the_fleet() {
 #[test]
 fn a_reaction_on_one_node_suspends_the_destination_for_all() {
     let _serial = one_at_a_time();
-    // As for the rates: a run where no other node was sending when one was suspended proves
-    // nothing, and is run again.
-    for attempt in 1..=3 {
+    // As for the rates: a run where no other node was sending when one was suspended (the
+    // sink's 452 comes at random, and may come before the other nodes have their connections,
+    // or not at all) proves nothing, and is run again.
+    for attempt in 1..=5 {
         if reaction_run(attempt) {
             return;
         }
     }
-    panic!("in three runs, no other node was sending when one was suspended");
+    panic!("in five runs, no other node was sending when one was suspended");
 }
 
-/// One run of the reaction test; false if no other node was sending at the suspension.
+/// One run of the reaction test; false if no other node was sending at the suspension, or no
+/// 452 came.
 fn reaction_run(attempt: u32) -> bool {
-    let Some(f) = Fleet::with_faults(&format!("fleetreact{attempt}"), 6000, &["rcpt=452:0.0005"], false)
+    let Some(f) = Fleet::with_faults(&format!("fleetreact{attempt}"), 20_000, &["rcpt=452:0.0001"], false)
     else {
         return true;
     };
@@ -787,12 +788,15 @@ fn reaction_run(attempt: u32) -> bool {
         humantime::parse_rfc3339(t).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
     };
     let logs: Vec<Vec<Value>> = (2..=4).map(|n| records(&f.log(n))).collect();
-    let (seen_by, first) = logs
+    let Some((seen_by, first)) = logs
         .iter()
         .enumerate()
         .flat_map(|(i, log)| log.iter().filter(|r| r["status"] == "shaping").map(move |r| (i, ms(r))))
         .min_by_key(|(_, t)| *t)
-        .expect("a node was suspended by the sink's 452");
+    else {
+        eprintln!("no 452 came in this run");
+        return false;
+    };
     let delivered_between = |log: &[Value], from: i64, to: i64| {
         log.iter().filter(|r| r["status"] == "delivered" && (from..to).contains(&ms(r))).count()
     };

@@ -4,7 +4,7 @@
 //!
 //! The engine knows only [`Fleet`]: tokens and leases it is granted, and what its cores wanted.
 //! Every destination a node's routes make is registered here (`Routes::on_new_destination`),
-//! and the cluster thread settles each one with Redis every [`TICK`]:
+//! and the limits thread (`limiter.rs`) settles each one with Redis every [`TICK`]:
 //! - **connections** are leases (`lease.lua`): a node asks for the whole limit whenever a slot
 //!   is held back by its leases, keeps what it has open, gives back leases it does not use,
 //!   and all of them once the destination has been idle on it for [`RELEASE_AFTER`]; a lease
@@ -44,9 +44,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// does not run dry between ticks.
 const AHEAD: Duration = Duration::from_millis(200);
 
-/// A lease lives this long unless renewed (every [`RENEW`]).
+/// A lease lives this long unless renewed (every [`RENEW`]). Renewing is also how a node
+/// holding leases hears that another waits for its share: so twice a second, not once per
+/// lifetime.
 const LEASE_TTL: Duration = Duration::from_secs(10);
-const RENEW: Duration = Duration::from_secs(3);
+const RENEW: Duration = Duration::from_millis(500);
 
 /// A node gives its leases on a destination back once it has had no connection open there for
 /// this long.

@@ -26,12 +26,21 @@ use crate::deliver::log::Status;
 use crate::send::input::Item;
 
 /// Rows read ahead of the job source at most: enough that the source never waits (at 100,000
-/// messages a second, 20 ms of work, refilled in batches of [`READ_BATCH`] that take a
-/// millisecond each), few enough that a node holds its share, not the campaign: the first node
-/// up must not take every row before the others start. (Counting every row not yet final
-/// instead would cap a node's rate at this many per send-and-commit time: 2,000 rows per
-/// ~60 ms was 33,000 a second.)
+/// messages a second, 20 ms of work, refilled in batches of [`READ_BATCH`] chunks that take a
+/// millisecond each). What a node holds in all, taken by its source and not yet final, is
+/// bounded apart ([`HOLD_MIN`]).
 pub const WINDOW: usize = 2_000;
+
+/// Rows a node holds not yet final at most: at least [`HOLD_MIN`], else what it makes final in
+/// [`HOLD_FOR`] at its recent rate. Without it a node's engine takes rows as fast as it can
+/// queue them (tens of thousands), and the first node up takes a small campaign whole; a fixed
+/// small bound instead caps a node's rate at that many per log commit (2,000 per ~60 ms was
+/// 33,000 a second). So a node starts with a share and grows it as fast as it sends.
+const HOLD_MIN: usize = 2_000;
+const HOLD_FOR: Duration = Duration::from_millis(500);
+
+/// How often the rate of final rows is measured.
+const RATE_EVERY: Duration = Duration::from_millis(100);
 
 /// Chunks read per XREADGROUP or XAUTOCLAIM call (500 rows).
 const READ_BATCH: usize = 500 / entry::CHUNK;
@@ -285,6 +294,10 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         rows: rows_tx,
         acks: acks_rx,
         unacked: Vec::new(),
+        unfinished: 0,
+        rate: 0.0,
+        finals_since: 0,
+        rate_since: now,
         held: Held::default(),
         own_cursor: Some("0".into()),
         claim_cursor: "0-0".into(),
@@ -327,6 +340,12 @@ struct Worker {
     acks: Receiver<Vec<Final>>,
     /// Final rows not yet recorded in Redis.
     unacked: Vec<Final>,
+    /// Rows handed to the source and not yet final (nor lost).
+    unfinished: usize,
+    /// Rows made final per second lately, and those counted since `rate_since`.
+    rate: f64,
+    finals_since: usize,
+    rate_since: Instant,
     /// Chunks pending under this node, and their rows not yet recorded final.
     held: Held,
     /// Reading this node's own pending rows first (a restart under the same name): the next id.
@@ -360,7 +379,7 @@ impl Worker {
         let mut flush_until = None;
         loop {
             while let Ok(finals) = self.acks.try_recv() {
-                self.unacked.extend(finals);
+                self.took_finals(finals);
             }
             let stopping = self.stop.load(Ordering::Acquire);
             if stopping {
@@ -387,7 +406,7 @@ impl Worker {
             if !busy {
                 let wait = self.down.unwrap_or(Duration::from_millis(20));
                 match self.acks.recv_timeout(wait) {
-                    Ok(finals) => self.unacked.extend(finals),
+                    Ok(finals) => self.took_finals(finals),
                     Err(RecvTimeoutError::Timeout) => {}
                     // The ledger is gone: only the stop flag matters now.
                     Err(RecvTimeoutError::Disconnected) => std::thread::park_timeout(wait),
@@ -400,6 +419,27 @@ impl Worker {
             let _ = self.name.release(con);
         }
         self.report
+    }
+
+    /// Final rows from the ledger: to record, and counted for the rate.
+    fn took_finals(&mut self, finals: Vec<Final>) {
+        self.unfinished = self.unfinished.saturating_sub(finals.len());
+        self.finals_since += finals.len();
+        self.unacked.extend(finals);
+    }
+
+    /// Rows this node may hold not yet final now (see [`HOLD_MIN`]).
+    fn hold(&mut self) -> usize {
+        let elapsed = self.rate_since.elapsed();
+        if elapsed >= RATE_EVERY {
+            // The last period's rate, or the earlier one fading: a pause between log commits
+            // does not shrink the share at once.
+            let now = self.finals_since as f64 / elapsed.as_secs_f64();
+            self.rate = now.max(self.rate * 0.8);
+            self.finals_since = 0;
+            self.rate_since = Instant::now();
+        }
+        HOLD_MIN.max((self.rate * HOLD_FOR.as_secs_f64()) as usize)
     }
 
     /// Makes sure of a connection, reconnecting when the backoff allows.
@@ -455,7 +495,8 @@ impl Worker {
             self.keep_held()?;
             self.next_keep = now + self.config.claim_idle / 3;
         }
-        if self.ahead.load(Ordering::Acquire) + READ_BATCH * entry::CHUNK <= WINDOW {
+        let batch = READ_BATCH * entry::CHUNK;
+        if self.ahead.load(Ordering::Acquire) + batch <= WINDOW && self.unfinished + batch <= self.hold() {
             let got = self.read()?;
             busy |= got > 0;
             if got == 0 && now >= self.next_claim {
@@ -557,6 +598,7 @@ impl Worker {
         }
         if !lost.is_empty() {
             self.report.lost += lost.len() as u64;
+            self.unfinished = self.unfinished.saturating_sub(lost.len());
             let _ = self.rows.send(Fetched::Lost(lost));
         }
         Ok(())
@@ -646,6 +688,7 @@ impl Worker {
         let n = items.len();
         if n > 0 {
             self.ahead.fetch_add(n, Ordering::AcqRel);
+            self.unfinished += n;
             // Bounded: the source drains it every turn; a full channel waits for it.
             let mut fetched = Fetched::Rows(items);
             loop {
