@@ -28,6 +28,7 @@ pub mod hold;
 pub mod ledger;
 pub mod log;
 pub mod mime;
+pub mod mta_sts;
 pub mod pending;
 pub mod route;
 pub mod rules_file;
