@@ -143,6 +143,24 @@ pub async fn connect(
     handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
 }
 
+/// A connection to `addr` over TLS with `tls`, the certificate checked against `name` (a host
+/// whose address volley's own resolver found), ready for requests.
+pub async fn connect_at(
+    addr: std::net::SocketAddr,
+    name: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let server =
+        rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| format!("{name}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("TLS with {name} at {addr}: {e}"))?;
+    handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+}
+
 async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

@@ -4,8 +4,10 @@
 //! says the mode, the MX hosts allowed (§4.1: a name, or `*.` and a name for one more label)
 //! and how long it may be cached.
 //!
-//! This module is the sans-IO part: parsing and matching, no network. (Issue 30: the fetch,
-//! the cache and enforcement on the send path build on it.)
+//! This module is the sans-IO part: parsing and matching, no network; `fetch.rs` gets a policy
+//! over HTTPS. (Issue 30: the cache and enforcement on the send path build on them.)
+
+pub mod fetch;
 
 use mail_auth::common::parse::TxtRecordParser as _;
 use thiserror::Error;
