@@ -5,8 +5,10 @@
 //! and how long it may be cached.
 //!
 //! This module is the sans-IO part: parsing and matching, no network; `fetch.rs` gets a policy
-//! over HTTPS. (Issue 30: the cache and enforcement on the send path build on them.)
+//! over HTTPS; `cache.rs` keeps policies and decides when to fetch. (Issue 30: the lookups on
+//! the DNS thread and enforcement on the send path build on them.)
 
+pub mod cache;
 pub mod fetch;
 
 use mail_auth::common::parse::TxtRecordParser as _;
@@ -148,6 +150,24 @@ impl Policy {
             return Err(PolicyError::Missing("mx"));
         }
         Ok(Policy { mode, mx, max_age })
+    }
+
+    /// The policy as a policy file says it (what the cache keeps).
+    pub fn to_text(&self) -> String {
+        let mode = match self.mode {
+            Mode::Enforce => "enforce",
+            Mode::Testing => "testing",
+            Mode::None => "none",
+        };
+        let mut text = format!("version: STSv1\nmode: {mode}\n");
+        for mx in &self.mx {
+            match mx {
+                MxPattern::Exact(name) => text.push_str(&format!("mx: {name}\n")),
+                MxPattern::Wildcard(suffix) => text.push_str(&format!("mx: *.{suffix}\n")),
+            }
+        }
+        text.push_str(&format!("max_age: {}\n", self.max_age));
+        text
     }
 
     /// Whether `host` is one of the MX hosts the policy allows.
