@@ -33,6 +33,7 @@ pub mod pending;
 pub mod route;
 pub mod rules_file;
 pub mod shaping;
+pub mod tls_report;
 
 use std::sync::Arc;
 use std::time::Duration;
