@@ -108,9 +108,9 @@ impl Recorder {
 
     /// The policy domains counted.
     pub fn domains(&self) -> Vec<&str> {
-        let mut domains: Vec<&str> = self.policies.keys().map(|p| p.domain.as_str()).collect();
-        domains.dedup();
-        domains
+        let domains: std::collections::BTreeSet<&str> =
+            self.policies.keys().map(|p| p.domain.as_str()).collect();
+        domains.into_iter().collect()
     }
 
     /// `domain`'s report (every policy of it counted), as the RFC's JSON; `None` if nothing
@@ -315,6 +315,14 @@ mod tests {
                 .any(|d| d["result-type"] == "validation-failure" && d["failed-session-count"] == 3)
         );
         assert_eq!(recorder.report_json("other.example", &header), None);
+        let other = PolicyDetails {
+            kind: PolicyType::NoPolicyFound,
+            strings: vec![],
+            domain: "a.example".into(),
+            mx_hosts: vec![],
+        };
+        recorder.success(&other);
+        assert_eq!(recorder.domains(), vec!["a.example", "company-y.example"], "each domain once, in order");
     }
 
     #[test]

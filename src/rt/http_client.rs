@@ -131,16 +131,10 @@ pub async fn connect(
         .await
         .map_err(|e| format!("connecting to {authority}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let Some(tls) = tls else {
-        return handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string());
-    };
-    let name =
-        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS with {authority}: {e}"))?;
-    handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+    match tls {
+        Some(tls) => over_tls(tcp, host, tls, &authority).await,
+        None => handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string()),
+    }
 }
 
 /// A connection to `addr` over TLS with `tls`, the certificate checked against `name` (a host
@@ -152,12 +146,23 @@ pub async fn connect_at(
 ) -> Result<SendRequest<Full<Bytes>>, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = tcp.set_nodelay(true);
+    over_tls(tcp, name, tls, &format!("{name} at {addr}")).await
+}
+
+/// TLS on `tcp` for `name` (checked against its certificate), then HTTP/1.1; `what` names the
+/// peer in errors.
+async fn over_tls(
+    tcp: tokio::net::TcpStream,
+    name: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    what: &str,
+) -> Result<SendRequest<Full<Bytes>>, String> {
     let server =
         rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| format!("{name}: {e}"))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
         .connect(server, tcp)
         .await
-        .map_err(|e| format!("TLS with {name} at {addr}: {e}"))?;
+        .map_err(|e| format!("TLS with {what}: {e}"))?;
     handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
 }
 

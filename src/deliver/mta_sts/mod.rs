@@ -176,12 +176,13 @@ impl Policy {
     }
 }
 
-/// The policy id a `_mta-sts` TXT record names (`v=STSv1; id=...`); `None` for a record that
-/// is not one. Of several records, RFC 8461 §3.1 counts only a domain with exactly one.
+/// The policy id a domain's `_mta-sts` TXT records name (`v=STSv1; id=...`). RFC 8461 §3.1:
+/// records not beginning with `v=STSv1` are discarded; unless exactly one is left, and it
+/// parses, the domain has no policy (`None`).
 pub fn record_id(records: &[&str]) -> Option<String> {
-    let mut ids = records.iter().filter_map(|r| mail_auth::mta_sts::MtaSts::parse(r.as_bytes()).ok());
-    match (ids.next(), ids.next()) {
-        (Some(one), None) => Some(one.id),
+    let mut sts = records.iter().filter(|r| r.trim_start().starts_with("v=STSv1"));
+    match (sts.next(), sts.next()) {
+        (Some(one), None) => mail_auth::mta_sts::MtaSts::parse(one.as_bytes()).ok().map(|r| r.id),
         _ => None,
     }
 }
@@ -283,6 +284,7 @@ mod tests {
         );
         assert_eq!(record_id(&["v=STSv1; id=a", "v=STSv1; id=b"]), None, "two policies: none");
         assert_eq!(record_id(&["v=STSv1;"]), None, "no id");
+        assert_eq!(record_id(&["v=STSv1; id=a", "v=STSv1;"]), None, "two records begin with v=STSv1");
         assert_eq!(record_id(&[]), None);
     }
 }
