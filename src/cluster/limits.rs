@@ -266,6 +266,19 @@ impl FleetLimits {
         fleet
     }
 
+    /// Gives back every connection lease this node holds (at its end, its connections
+    /// closed), so the fleet need not wait for them to expire; how many calls it made.
+    pub fn release(&self, con: &mut redis::Connection, keys: &Keys, node: &str) -> redis::RedisResult<u64> {
+        let held: Vec<String> = match self.registry.lock() {
+            Ok(registry) => registry.iter().filter(|d| d.leased > 0).map(|d| d.key.clone()).collect(),
+            Err(_) => return Ok(0),
+        };
+        for key in &held {
+            lease(con, keys, key, node, Lease { want: 0, limit: 0, open: 0 })?;
+        }
+        Ok(held.len() as u64)
+    }
+
     /// Settles every destination's tokens and leases with Redis; how many calls it made.
     pub fn tick(
         &self,
@@ -297,26 +310,30 @@ impl FleetLimits {
     }
 }
 
-impl FleetLimits {
-    /// Gives back every connection lease this node holds (at its end, its connections
-    /// closed), so the fleet need not wait for them to expire; how many calls it made.
-    pub fn release(&self, con: &mut redis::Connection, keys: &Keys, node: &str) -> redis::RedisResult<u64> {
-        let held: Vec<String> = match self.registry.lock() {
-            Ok(registry) => registry.iter().filter(|d| d.leased > 0).map(|d| d.key.clone()).collect(),
-            Err(_) => return Ok(0),
-        };
-        for key in &held {
-            let _: u64 = scripts::lease()
-                .key(keys.limit(key, "conn"))
-                .arg(node)
-                .arg(0)
-                .arg(0)
-                .arg(LEASE_TTL.as_millis() as u64)
-                .arg(0)
-                .invoke(con)?;
-        }
-        Ok(held.len() as u64)
-    }
+/// What a node tells `lease.lua` of a destination: the connections it wants, the fleet's
+/// limit, and what it has open.
+struct Lease {
+    want: u64,
+    limit: u64,
+    open: u64,
+}
+
+/// Asks `lease.lua` for the destination `key`'s connections; the connections granted.
+fn lease(
+    con: &mut redis::Connection,
+    keys: &Keys,
+    key: &str,
+    node: &str,
+    l: Lease,
+) -> redis::RedisResult<u64> {
+    scripts::lease()
+        .key(keys.limit(key, "conn"))
+        .arg(node)
+        .arg(l.want)
+        .arg(l.limit)
+        .arg(LEASE_TTL.as_millis() as u64)
+        .arg(l.open)
+        .invoke(con)
 }
 
 fn settle(
@@ -356,14 +373,7 @@ fn settle(
     // it is shed), when it waits for its share, and to renew.
     let changed = want != d.leased || open != d.open_told || (wanted && d.leased < d.limit);
     if d.limit > 0 && (changed || ((want > 0 || open > 0) && renew)) {
-        let granted: u64 = scripts::lease()
-            .key(keys.limit(&d.key, "conn"))
-            .arg(node)
-            .arg(want)
-            .arg(d.limit)
-            .arg(LEASE_TTL.as_millis() as u64)
-            .arg(open)
-            .invoke(con)?;
+        let granted = lease(con, keys, &d.key, node, Lease { want, limit: d.limit, open })?;
         *calls += 1;
         d.leased = granted;
         d.open_told = open;

@@ -283,10 +283,7 @@ fn load(
             {
                 item = Err(duplicate(row));
             }
-            let line = match &item {
-                Ok(row) => row.line,
-                Err(bad) => bad.line,
-            };
+            let line = crate::send::input::line_of(&item);
             if line > loaded_to {
                 if open.rows == 0 {
                     open.first = line;

@@ -23,7 +23,7 @@ use super::held::Held;
 use super::{ClusterError, GROUP, Keys, Server, entry, scripts};
 use crate::deliver::ledger::{OnDurable, Settled};
 use crate::deliver::log::Status;
-use crate::send::input::Item;
+use crate::send::input::{Item, line_of};
 
 /// Rows read ahead of the job source at most: enough that the source never waits (at 100,000
 /// messages a second, 20 ms of work, refilled in batches of [`READ_BATCH`] chunks that take a
@@ -674,14 +674,13 @@ impl Worker {
                 let done = |line: u64| {
                     bytes.get((line / 8 - base) as usize).is_some_and(|b| b & (0x80 >> (line % 8)) != 0)
                 };
-                c.items.retain(|item| !done(item.as_ref().map_or_else(|bad| bad.line, |row| row.line)));
+                c.items.retain(|item| !done(line_of(item)));
             }
         }
         let new = chunks.len();
         let mut items = Vec::new();
         for c in chunks {
-            let lines =
-                c.items.iter().map(|i| i.as_ref().map_or_else(|bad| bad.line, |row| row.line)).collect();
+            let lines = c.items.iter().map(line_of).collect();
             self.held.take(c.first, c.last, lines);
             items.extend(c.items);
         }

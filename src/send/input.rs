@@ -82,6 +82,14 @@ pub enum Format {
 /// What the input gives next.
 pub type Item = Result<Row, BadRow>;
 
+/// The input line an item came from, good row or bad: its recipient's id.
+pub fn line_of(item: &Item) -> u64 {
+    match item {
+        Ok(row) => row.line,
+        Err(bad) => bad.line,
+    }
+}
+
 /// A stream of rows.
 pub struct Rows {
     inner: Inner,

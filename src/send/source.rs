@@ -191,10 +191,7 @@ impl SendSource {
                 seen.reserve(estimate.saturating_sub(seen.len() as u64) as usize);
             }
         }
-        let line = match &item {
-            Ok(row) => row.line,
-            Err(bad) => bad.line,
-        };
+        let line = crate::send::input::line_of(&item);
         if self.resume.as_ref().is_some_and(|r| r.is_final(line)) {
             // Still remembered for de-duplication: a later duplicate stays a duplicate.
             if let (Ok(_), Some(seen)) = (&item, &mut self.seen) {
