@@ -41,7 +41,10 @@ fn zone(changes: &[(&str, &str)]) -> String {
 
 fn check(zone_text: &str, extra: &[&str]) -> (Output, Vec<Value>) {
     let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone_text.parse::<Zone>().unwrap()).unwrap();
-    let dir = common::temp_dir("check");
+    // A directory per call: the tests run at once, and temp_dir empties the one it names.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir =
+        common::temp_dir(&format!("check-{}", CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let msg = dir.join("msg.txt");
     std::fs::write(&msg, "From: News <news@example.com>\nSubject: Hi {{ name }}\n\nHello\n").unwrap();
     let out = Command::new(VOLLEY)

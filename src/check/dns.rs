@@ -7,7 +7,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 
 use super::Lookup;
-use crate::deliver::dns::{DnsConfig, build, describe, no_records, no_such_domain};
+use crate::deliver::dns::{DnsConfig, build, describe, no_records, no_such_domain, txt_text};
 
 pub struct Dns {
     runtime: tokio::runtime::Runtime,
@@ -43,10 +43,7 @@ impl Lookup for Dns {
     fn txt(&mut self, name: &str) -> Result<Vec<String>, String> {
         let lookup = self.runtime.block_on(self.resolver.txt_lookup(fqdn(name))).map(Into::into);
         answer(lookup, |data| match data {
-            // A TXT record's strings are one text (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
-            RData::TXT(txt) => {
-                Some(txt.txt_data().iter().map(|s| String::from_utf8_lossy(s)).collect::<String>())
-            }
+            RData::TXT(txt) => Some(txt_text(txt)),
             _ => None,
         })
     }

@@ -12,6 +12,8 @@ use clap::Args;
 
 use mailvolley::deliver::dkim::KeySpec;
 use mailvolley::deliver::dns::DnsConfig;
+use mailvolley::deliver::mta_sts::fetch::Fetcher;
+use mailvolley::deliver::mta_sts::lookup::StsConfig;
 use mailvolley::deliver::{DeliveryConfig, Routing};
 use mailvolley::engine::{EngineConfig, Rate, Schedule};
 use mailvolley::rt::Driver;
@@ -20,6 +22,17 @@ use mailvolley::tls::TlsPolicy;
 use super::bench::resolve_target;
 use super::connection::ConnectionArgs;
 use super::secure::{AuthArgs, TlsArgs};
+
+/// How long a policy's fetch may take (RFC 8461 §3.3 asks for a limit; a minute or so is
+/// suggested for the whole fetch): the domain's recipients wait for it, once per policy id.
+const MTA_STS_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
 
 #[derive(Debug, Args)]
 pub struct DeliveryArgs {
@@ -42,6 +55,21 @@ pub struct DeliveryArgs {
     /// The port MX hosts are connected on.
     #[arg(long, default_value_t = 25, conflicts_with = "relay")]
     smtp_port: u16,
+    /// MTA-STS (RFC 8461): look up each recipient domain's policy (`_mta-sts` TXT record, then
+    /// https://mta-sts.DOMAIN/.well-known/mta-sts.txt) and keep to it: under `enforce`, mail
+    /// goes only to the MX hosts it lists, over TLS with a certificate valid for the host's
+    /// name (checked against Mozilla's roots, or --ca-file), else it is deferred
+    /// (`tls_required`), never sent in plaintext. Not used with --relay.
+    #[arg(long, value_enum, default_value_t = Switch::On, value_name = "on|off", ignore_case = true)]
+    mta_sts: Switch,
+    /// Keep MTA-STS policies in FILE between runs (JSON; written as policies are fetched and
+    /// at the end), so a policy learnt once holds even when its fetch is later blocked
+    /// [default: in memory for send; SPOOL/mta-sts.json for serve].
+    #[arg(long, value_name = "FILE", conflicts_with = "relay")]
+    mta_sts_cache: Option<PathBuf>,
+    /// The HTTPS port MTA-STS policies are fetched from (443; another for tests).
+    #[arg(long, value_name = "PORT", default_value_t = 443, conflicts_with = "relay")]
+    mta_sts_port: u16,
     /// Connections per destination (a set of MX hosts, which domains hosted together share, or
     /// the relay), across all threads. Large providers refuse or throttle more than a few per
     /// sending IP.
@@ -124,7 +152,9 @@ impl DeliveryArgs {
         if self.retry_after.is_zero() || self.retry_max < self.retry_after {
             bail!("--retry-after must be above zero and at most --retry-max");
         }
-        let tls = self.tls.client_tls_or(TlsPolicy::Opportunistic)?;
+        let mta_sts = self.relay.is_none() && self.mta_sts == Switch::On;
+        // --ca-file also says which roots MTA-STS checks certificates against.
+        let tls = self.tls.client_tls_with(TlsPolicy::Opportunistic, mta_sts)?;
         let credentials = self.auth.credentials()?;
         if credentials.is_some() && self.relay.is_none() {
             bail!("--auth-user is for a relay: give --relay (MX hosts take mail without AUTH)");
@@ -150,7 +180,23 @@ impl DeliveryArgs {
                 addrs: resolve_target(relay).with_context(|| format!("--relay {relay}"))?,
             },
             None => Routing::Mx {
-                dns: DnsConfig { server: self.dns_server, timeout: self.dns_timeout, ..DnsConfig::default() },
+                dns: DnsConfig {
+                    server: self.dns_server,
+                    timeout: self.dns_timeout,
+                    mta_sts: mta_sts
+                        .then(|| -> anyhow::Result<StsConfig> {
+                            Ok(StsConfig {
+                                fetcher: Fetcher {
+                                    tls: self.tls.verifier()?,
+                                    port: self.mta_sts_port,
+                                    timeout: MTA_STS_FETCH_TIMEOUT,
+                                },
+                                cache_file: self.mta_sts_cache.clone(),
+                            })
+                        })
+                        .transpose()?,
+                    ..DnsConfig::default()
+                },
                 port: self.smtp_port,
             },
         };

@@ -47,6 +47,16 @@ impl TlsArgs {
 
     /// The run's TLS settings, with `default` as the policy when none is given.
     pub fn client_tls_or(&self, default: TlsPolicy) -> anyhow::Result<Option<ClientTls>> {
+        self.client_tls_with(default, false)
+    }
+
+    /// As [`TlsArgs::client_tls_or`]; `verifies_elsewhere`: certificates are checked for
+    /// another purpose (MTA-STS), so --ca-file has a use whatever the policy.
+    pub fn client_tls_with(
+        &self,
+        default: TlsPolicy,
+        verifies_elsewhere: bool,
+    ) -> anyhow::Result<Option<ClientTls>> {
         let policy = match (self.starttls, self.tls) {
             (None, false) => default,
             (None, true) => TlsPolicy::Required,
@@ -55,8 +65,10 @@ impl TlsArgs {
             }
             (Some(p), _) => p,
         };
-        if self.ca_file.is_some() && policy != TlsPolicy::Verify {
-            bail!("--ca-file is for checking certificates: it needs --starttls verify");
+        if self.ca_file.is_some() && policy != TlsPolicy::Verify && !verifies_elsewhere {
+            bail!(
+                "--ca-file is for checking certificates: it needs --starttls verify (or MTA-STS, for MX hosts)"
+            );
         }
         if self.insecure && policy != TlsPolicy::Verify {
             bail!("--insecure only turns off the checks of --starttls verify; other policies do not check");
@@ -70,6 +82,14 @@ impl TlsArgs {
         let tls = ClientTls::new(policy, self.tls, self.ca_file.as_deref(), self.insecure)
             .context("setting up TLS")?;
         Ok(Some(if self.no_resumption { tls.without_resumption() } else { tls }))
+    }
+
+    /// A configuration that checks certificates (against --ca-file, else Mozilla's roots),
+    /// whatever the run's policy: what a receiver's MTA-STS policy asks for.
+    pub fn verifier(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let tls = ClientTls::new(TlsPolicy::Verify, false, self.ca_file.as_deref(), false)
+            .context("setting up certificate checks")?;
+        Ok(tls.config)
     }
 }
 

@@ -298,7 +298,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let users = files.users.map(Arc::new);
     let webhooks = webhook_config(&args, files.webhook_secret)?;
     let webhook_secret = webhooks.as_ref().map(|w| Arc::clone(&w.secret));
-    let delivery = args.delivery.config()?;
+    let mut delivery = args.delivery.config()?;
+    delivery.keep_mta_sts_in(args.spool.join("mta-sts.json"));
     let rules_files = delivery.rules_files();
     let hostname = args.delivery.helo().to_owned();
     let tls = match (&args.tls_cert, &args.tls_key) {

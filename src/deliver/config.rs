@@ -104,4 +104,12 @@ impl DeliveryConfig {
     pub fn classifier(&self) -> Result<Classifier, RulesError> {
         self.rules_files().classifier()
     }
+
+    /// Keeps MTA-STS policies in `path` unless a file was given (serve keeps them in its
+    /// spool's directory, so they outlive a restart).
+    pub fn keep_mta_sts_in(&mut self, path: PathBuf) {
+        if let Routing::Mx { dns: DnsConfig { mta_sts: Some(sts), .. }, .. } = &mut self.routing {
+            sts.cache_file.get_or_insert(path);
+        }
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
+use super::bounce::Category;
 use super::hold::{Holds, Selector};
 use super::ledger::Report;
 use super::lowercase;
@@ -246,7 +247,9 @@ impl Dispatch {
             for p in waiting {
                 match &result {
                     Ok(route) => self.deliver(p, route.clone(), now),
-                    Err(why) => self.unroutable(p, Disposition::Deferred, why, now),
+                    Err(failure) => {
+                        self.unroutable(p, Disposition::Deferred, &failure.reason, failure.category, now)
+                    }
                 }
             }
         }
@@ -328,13 +331,22 @@ impl Dispatch {
                 }
                 self.ready.push_back((p, destination));
             }
-            Route::Undeliverable(why) => self.unroutable(p, Disposition::Bounced, &why, now),
+            Route::Undeliverable(why) => {
+                self.unroutable(p, Disposition::Bounced, &why, Category::BadDomain, now)
+            }
         }
     }
 
     /// Routing `p` failed: the ledger records the attempt (and decides its retry).
-    fn unroutable(&self, pending: Pending, disposition: Disposition, why: &str, at: Instant) {
-        self.report(Report::Unroutable { pending, disposition, reason: why.to_owned(), at });
+    fn unroutable(
+        &self,
+        pending: Pending,
+        disposition: Disposition,
+        why: &str,
+        category: Category,
+        at: Instant,
+    ) {
+        self.report(Report::Unroutable { pending, disposition, reason: why.to_owned(), category, at });
     }
 }
 

@@ -3,7 +3,7 @@
 //! source asks, keeps rows for that domain aside, and turns answers into destinations.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, TokioResolver};
 
+use super::mta_sts::lookup::{self, Sts, StsConfig};
 use crate::rng::Rng;
 
 /// Answers the resolver keeps (see `build`).
@@ -30,12 +31,26 @@ pub struct MxHost {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// Hosts in the order to try: by preference, equal preferences shuffled. Valid until then.
-    Hosts { hosts: Vec<MxHost>, until: Instant },
+    Hosts { hosts: Vec<MxHost>, until: Instant, tls: TlsDemand },
     /// A permanent reason the domain takes no mail: null MX (RFC 7505), NXDOMAIN, no MX and
     /// no address.
     Undeliverable(String),
     /// A temporary failure (SERVFAIL, a timeout): try again later.
     Failed(String),
+    /// The domain's MTA-STS policy (enforce) lists none of its MX hosts: deliver nowhere until
+    /// the policy or the MX records change (deferred, category `tls_required`).
+    Unlisted(String),
+}
+
+/// What the receiving domain requires of the TLS its mail goes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsDemand {
+    /// Nothing: the run's own TLS policy applies.
+    None,
+    /// Its MTA-STS policy is in `enforce` mode (RFC 8461 §5): STARTTLS with a certificate
+    /// valid for the MX host's name, or no delivery at all. (The hosts are already narrowed
+    /// to those the policy lists.)
+    MtaSts,
 }
 
 /// The resolver thread's handle: ask by domain, collect answers without blocking.
@@ -43,6 +58,8 @@ pub struct Resolver {
     requests: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     answers: mpsc::Receiver<(String, Answer)>,
     thread: Option<JoinHandle<()>>,
+    /// What a destination under an enforced MTA-STS policy checks certificates with.
+    verifier: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// How the resolver is set up.
@@ -55,6 +72,8 @@ pub struct DnsConfig {
     pub attempts: usize,
     /// Lookups in flight at once.
     pub concurrency: usize,
+    /// Look up each domain's MTA-STS policy beside its MX hosts, and keep to it.
+    pub mta_sts: Option<StsConfig>,
 }
 
 impl DnsConfig {
@@ -72,13 +91,21 @@ impl DnsConfig {
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { server: None, timeout: Duration::from_secs(5), attempts: 2, concurrency: 64 }
+        DnsConfig {
+            server: None,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            concurrency: 64,
+            mta_sts: None,
+        }
     }
 }
 
 impl Resolver {
     pub fn start(config: DnsConfig) -> std::io::Result<Resolver> {
         let resolver = build(&config)?;
+        let verifier = config.mta_sts.as_ref().map(StsConfig::verifier);
+        let sts = config.mta_sts.clone().map(Sts::open).transpose()?.map(Arc::new);
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -87,24 +114,46 @@ impl Resolver {
                 // `concurrency` workers take names from the channel in turn: requests waiting
                 // are a name each, not a task each (a task per request waiting on a semaphore
                 // was 64 MB for a list's first 50,000 domains).
-                let incoming = std::sync::Arc::new(tokio::sync::Mutex::new(incoming));
+                let incoming = Arc::new(tokio::sync::Mutex::new(incoming));
                 let mut seed = Rng::new(0x5eed ^ u64::from(std::process::id()));
                 let mut workers = tokio::task::JoinSet::new();
                 for _ in 0..config.concurrency.max(1) {
                     let (resolver, tx, incoming) = (resolver.clone(), answer_tx.clone(), incoming.clone());
+                    let sts = sts.clone();
                     let mut rng = seed.fork();
                     workers.spawn(async move {
                         loop {
                             let Some(domain) = incoming.lock().await.recv().await else { return };
-                            let answer = resolve(&resolver, &domain, &mut rng).await;
+                            let answer = match &sts {
+                                Some(sts) => {
+                                    let (answer, policy) = tokio::join!(
+                                        resolve(&resolver, &domain, &mut rng),
+                                        sts.policy(&resolver, &domain)
+                                    );
+                                    match policy {
+                                        Some(policy) => keep_to(answer, &policy, &domain),
+                                        None => answer,
+                                    }
+                                }
+                                None => resolve(&resolver, &domain, &mut rng).await,
+                            };
                             let _ = tx.send((domain, answer));
                         }
                     });
                 }
                 while workers.join_next().await.is_some() {}
+                if let Some(sts) = &sts {
+                    sts.save();
+                }
             })
         })?;
-        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread) })
+        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread), verifier })
+    }
+
+    /// The TLS configuration for destinations whose domain enforces MTA-STS (`None` unless
+    /// MTA-STS is looked up).
+    pub fn verifier(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.verifier.as_ref()
     }
 
     /// Starts resolving `domain`; its answer comes out of [`Resolver::try_answer`].
@@ -192,7 +241,7 @@ async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answe
                     failures.join("; ")
                 ));
             }
-            Answer::Hosts { hosts, until }
+            Answer::Hosts { hosts, until, tls: TlsDemand::None }
         }
         Err(e) if no_such_domain(&e) => Answer::Undeliverable(format!("{domain} does not exist (NXDOMAIN)")),
         Err(e) if no_records(&e) => {
@@ -200,7 +249,7 @@ async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answe
             match resolver.lookup_ip(fqdn.as_str()).await {
                 Ok(ips) => {
                     let host = MxHost { name: domain.to_owned(), preference: 0, addrs: ips.iter().collect() };
-                    Answer::Hosts { hosts: vec![host], until: ips.valid_until() }
+                    Answer::Hosts { hosts: vec![host], until: ips.valid_until(), tls: TlsDemand::None }
                 }
                 Err(e) if no_records(&e) || no_such_domain(&e) => {
                     Answer::Undeliverable(format!("{domain} has no MX record and no address"))
@@ -209,6 +258,21 @@ async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answe
             }
         }
         Err(e) => Answer::Failed(format!("{domain}: MX lookup failed: {}", describe(&e))),
+    }
+}
+
+/// `answer` under `domain`'s MTA-STS `policy`: in `enforce` mode, only the MX hosts it lists,
+/// and those only over TLS with a checked certificate; none listed, no delivery.
+fn keep_to(answer: Answer, policy: &super::mta_sts::Policy, domain: &str) -> Answer {
+    let Answer::Hosts { hosts, until, .. } = answer else { return answer };
+    if policy.mode != super::mta_sts::Mode::Enforce {
+        return Answer::Hosts { hosts, until, tls: TlsDemand::None };
+    }
+    match lookup::allowed(policy, hosts, |h| h.name.as_str()) {
+        Ok(hosts) => Answer::Hosts { hosts, until, tls: TlsDemand::MtaSts },
+        Err(refused) => Answer::Unlisted(format!(
+            "TLS required: {domain}'s MTA-STS policy (enforce) lists none of its MX hosts ({refused})"
+        )),
     }
 }
 
@@ -244,6 +308,12 @@ pub(crate) fn no_such_domain(e: &ResolveError) -> bool {
 
 pub(crate) fn no_records(e: &ResolveError) -> bool {
     response_code(e) == Some(ResponseCode::NoError)
+}
+
+/// A TXT record's strings as the one text they make (RFC 7208 §3.3, RFC 6376 §3.6.2.2,
+/// RFC 8461 §3.1).
+pub(crate) fn txt_text(txt: &hickory_resolver::proto::rr::rdata::TXT) -> String {
+    txt.txt_data().iter().map(|s| String::from_utf8_lossy(s)).collect()
 }
 
 pub(crate) fn describe(e: &ResolveError) -> String {

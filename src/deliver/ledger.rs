@@ -185,9 +185,10 @@ impl Flow {
 pub enum Report {
     /// Never sent: its input was refused (malformed, a duplicate) or it is suppressed.
     Unsent { id: u64, rcpt: Option<Arc<str>>, why: Unsent, reason: String },
-    /// Routing failed `at`: deferred (DNS may answer later) or bounced (the domain takes no
-    /// mail). An attempt, counted as one.
-    Unroutable { pending: Pending, disposition: Disposition, reason: String, at: Instant },
+    /// Routing failed `at`: deferred (DNS may answer later; or the domain's MTA-STS policy
+    /// lists none of its MX hosts) or bounced (the domain takes no mail). An attempt, counted
+    /// as one.
+    Unroutable { pending: Pending, disposition: Disposition, reason: String, category: Category, at: Instant },
     /// A message was accepted for delivery: its `received` record (see [`Received`]).
     Received(Box<Received>),
     /// Taken out of the queue by an operator, unattempted this time: `Bounced` (`volley queue
@@ -488,11 +489,8 @@ impl Ledger {
                 r.size = Some(m.size);
                 self.write(r);
             }
-            Report::Unroutable { pending: p, disposition, reason, at } => {
-                let (category, retry) = match disposition {
-                    Disposition::Deferred => (Category::Connection, Some(p.message)),
-                    _ => (Category::BadDomain, None),
-                };
+            Report::Unroutable { pending: p, disposition, reason, category, at } => {
+                let retry = (disposition == Disposition::Deferred).then_some(p.message);
                 let attempt = Attempt {
                     id: p.id,
                     rcpt: p.rcpt,
@@ -825,18 +823,21 @@ mod tests {
                 pending: pending(2, now, 0),
                 disposition: Disposition::Deferred,
                 reason: servfail.clone(),
+                category: Category::Connection,
                 at: now,
             },
             Report::Unroutable {
                 pending: pending(3, old, 4),
                 disposition: Disposition::Deferred,
                 reason: servfail,
+                category: Category::Connection,
                 at: now,
             },
             Report::Unroutable {
                 pending: pending(4, now, 0),
                 disposition: Disposition::Bounced,
                 reason: "no MX".into(),
+                category: Category::BadDomain,
                 at: now,
             },
             Report::Unsent {

@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::dns::{Answer, MxHost, Resolver};
+use super::bounce::Category;
+use super::dns::{Answer, MxHost, Resolver, TlsDemand};
 use super::shaping::ShapingRules;
 use crate::engine::Destination;
 
@@ -39,7 +40,14 @@ pub enum Lookup {
 }
 
 /// A resolution that finished: the route, or a temporary failure to retry later.
-pub type Resolved = (String, Result<Route, String>);
+pub type Resolved = (String, Result<Route, Unrouted>);
+
+/// Why a domain has no route for now: its recipients are deferred, in `category`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrouted {
+    pub reason: String,
+    pub category: Category,
+}
 
 enum Mode {
     Mx { resolver: Resolver, port: u16 },
@@ -270,8 +278,8 @@ impl Routes {
             Mode::Relay(_) => 25,
         };
         match answer {
-            Answer::Hosts { hosts, until } => {
-                let destination = self.rollup(&domain, &hosts, port);
+            Answer::Hosts { hosts, until, tls } => {
+                let destination = self.rollup(&domain, &hosts, port, tls);
                 let route = Route::Deliver(destination);
                 self.remember(&domain, route.clone(), until.max(now));
                 (domain, Ok(route))
@@ -282,17 +290,23 @@ impl Routes {
                 self.remember(&domain, route.clone(), now + std::time::Duration::from_secs(300));
                 (domain, Ok(route))
             }
-            Answer::Failed(why) => {
-                // Not cached: the next attempt asks again.
+            // Not cached: the next attempt asks again.
+            Answer::Failed(reason) => {
                 self.domains.remove(&domain);
-                (domain, Err(why))
+                (domain, Err(Unrouted { reason, category: Category::Connection }))
+            }
+            Answer::Unlisted(reason) => {
+                self.domains.remove(&domain);
+                (domain, Err(Unrouted { reason, category: Category::TlsRequired }))
             }
         }
     }
 
     /// The destination for an MX host set, shared by every domain with the same set (and, for
-    /// domains a shaping rule names, the same rule).
-    fn rollup(&mut self, domain: &str, hosts: &[MxHost], port: u16) -> Arc<Destination> {
+    /// domains a shaping rule names, the same rule; and the same demand on TLS: a domain that
+    /// enforces MTA-STS never shares a pool, whose sessions may be plaintext, with one that
+    /// does not).
+    fn rollup(&mut self, domain: &str, hosts: &[MxHost], port: u16, tls: TlsDemand) -> Arc<Destination> {
         let host_names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let shaped = self.shaping.limits(Some(domain), &host_names);
         // By preference, then name: the same every run, whatever the shuffle.
@@ -301,6 +315,14 @@ impl Routes {
         let mut key = sorted.iter().map(|(p, h)| format!("{p} {h}")).collect::<Vec<_>>().join(",");
         if let Some(rule) = shaped.rule.as_ref().filter(|_| shaped.by_domain) {
             key = format!("{rule}|{key}");
+        }
+        let verified_tls = match (tls, &self.mode) {
+            (TlsDemand::None, _) => None,
+            (TlsDemand::MtaSts, Mode::Mx { resolver, .. }) => resolver.verifier().cloned(),
+            (TlsDemand::MtaSts, Mode::Relay(_)) => None,
+        };
+        if verified_tls.is_some() {
+            key = format!("mta-sts|{key}");
         }
         if let Some(d) = self.rollups.get(&key) {
             return Arc::clone(d);
@@ -326,10 +348,14 @@ impl Routes {
             // Set apart from the other domains on the same hosts: say so in reports.
             label = format!("{label} [{rule}]");
         }
-        let destination = Destination::new(self.next_index, label, addrs, shaped.connections)
+        if verified_tls.is_some() {
+            label = format!("{label} [MTA-STS]");
+        }
+        let mut destination = Destination::new(self.next_index, label, addrs, shaped.connections)
             .with_hosts(names)
             .with_preferences(preferences)
             .with_limits(&shaped.limits, shaped.rule);
+        destination.verified_tls = verified_tls;
         if let Some(old) = self.retired.remove(&key) {
             destination.shaping.carry_over(&old.shaping);
         }
@@ -439,12 +465,12 @@ mod tests {
         let mut mx = Routes::with(Mode::Relay(Arc::new(Destination::new(0, "r", vec![], 1))), rules(2));
         mx.next_index = 1;
         let host = MxHost { name: "mx.test".into(), preference: 10, addrs: vec![[127, 0, 0, 2].into()] };
-        let old = mx.rollup("a.test", std::slice::from_ref(&host), 25);
+        let old = mx.rollup("a.test", std::slice::from_ref(&host), 25, TlsDemand::None);
         mx.remember("a.test", Route::Deliver(Arc::clone(&old)), t0 + Duration::from_secs(300));
         suspend(&old);
         mx.reshape(rules(7));
         assert_eq!(mx.domains(), 0, "asked again");
-        let new = mx.rollup("a.test", &[host], 25);
+        let new = mx.rollup("a.test", &[host], 25, TlsDemand::None);
         assert!(!Arc::ptr_eq(&new, &old) && new.max_connections == 7);
         assert!(new.shaping.suspended(t0).is_some());
     }
@@ -463,7 +489,7 @@ mod tests {
         let mut kept = Vec::new();
         for i in 0..2100 {
             let domain = format!("d{i}.test");
-            let d = routes.rollup(&domain, &[host(i)], 25);
+            let d = routes.rollup(&domain, &[host(i)], 25, TlsDemand::None);
             // Domain 0's answer is short-lived, the rest live 300 s.
             let ttl = Duration::from_secs(if i == 0 { 10 } else { 300 });
             routes.remember(&domain, Route::Deliver(Arc::clone(&d)), t0 + ttl);
@@ -487,7 +513,7 @@ mod tests {
         assert_eq!(routes.live_destinations(), 2, "held and suspended ones stay, unused ones go");
         assert!(routes.rollups.values().any(|d| Arc::ptr_eq(d, &kept[0])));
         // A domain on a forgotten MX set gets a new destination.
-        let again = routes.rollup("d9.test", &[host(9)], 25);
+        let again = routes.rollup("d9.test", &[host(9)], 25, TlsDemand::None);
         assert!(again.index >= 2100);
     }
 }

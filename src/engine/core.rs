@@ -384,7 +384,12 @@ impl Core {
         let limit = Core::share(destination.max_connections.max(1), self.config.threads, self.index, i);
         let health = &destination.health;
         let sight = Sight { open: 0, established: health.established(), cap: health.cap() };
-        let policy = ConnectionPolicy::new(self.rules, limit, sight, Instant::now());
+        let mut rules = self.rules;
+        if destination.verified_tls.is_some() {
+            // The receiver requires TLS: a failed handshake is never answered with plaintext.
+            rules.tls_fallback = false;
+        }
+        let policy = ConnectionPolicy::new(rules, limit, sight, Instant::now());
         let pool = Rc::new(Pool::new(
             Arc::clone(destination),
             policy,

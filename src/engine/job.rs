@@ -28,6 +28,11 @@ pub struct Destination {
     /// The name a TLS session checks the certificate against and sends as SNI; without it,
     /// the address connected to.
     pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// TLS the receiver requires, whatever the run's own policy (a domain enforcing MTA-STS):
+    /// every session uses STARTTLS and this configuration, which checks the certificate
+    /// against the host's name; a server that does not offer STARTTLS or whose certificate
+    /// fails gets nothing, never plaintext.
+    pub verified_tls: Option<Arc<rustls::ClientConfig>>,
     /// How this destination's sessions are going, across cores (written per session, never per
     /// message).
     pub health: Health,
@@ -54,6 +59,7 @@ impl Destination {
             preferences: Vec::new(),
             max_connections,
             tls_name: None,
+            verified_tls: None,
             health: Health::new(),
             shaping: Shaping::default(),
             limits: Limits::default(),

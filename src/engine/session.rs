@@ -40,6 +40,9 @@ fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
         config.max_messages = n;
     }
     config.starttls = match &core.config.tls {
+        // Whatever the run's policy, and whatever the pool's memory of failed handshakes:
+        // the receiver requires TLS (see `handshake`).
+        _ if pool.destination.verified_tls.is_some() => StartTls::Required,
         None => StartTls::Off,
         Some(tls) if tls.implicit => StartTls::Off,
         Some(tls) => match tls.policy {
@@ -66,7 +69,11 @@ pub async fn handshake<S>(
 where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
-    let Some(tls) = &core.config.tls else { return Err(SessionError::Tls("TLS is not configured".into())) };
+    let config = match (&pool.destination.verified_tls, &core.config.tls) {
+        (Some(required), _) => required,
+        (None, Some(tls)) => &tls.config,
+        (None, None) => return Err(SessionError::Tls("TLS is not configured".into())),
+    };
     // The destination's name, else the name of the host this address belongs to (an MX
     // host's certificate names the host, not the domain), else the address.
     let host_name = || {
@@ -75,7 +82,7 @@ where
     };
     let name = pool.destination.tls_name.clone().or_else(host_name).unwrap_or_else(|| addr.ip().into());
     let started = Instant::now();
-    let result = match TlsLayer::client(std::sync::Arc::clone(&tls.config), name) {
+    let result = match TlsLayer::client(std::sync::Arc::clone(config), name) {
         Ok(layer) => conn.start_tls(layer, watch, started + core.config.client.timeouts.ehlo).await,
         Err(e) => Err(e),
     };

@@ -142,9 +142,9 @@ pub fn run(config: &SendConfig, out: &mut dyn Write) -> Result<DryRun, SendError
                 summary.bounced += recipients;
                 failures.push(format!("  bounce {recipients} recipients: {why}"));
             }
-            Err(why) => {
+            Err(failure) => {
                 summary.dns_failures += 1;
-                failures.push(format!("  defer {recipients} recipients: {why}"));
+                failures.push(format!("  defer {recipients} recipients: {}", failure.reason));
             }
         }
     }

@@ -2,3 +2,4 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod https;

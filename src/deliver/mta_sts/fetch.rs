@@ -39,7 +39,7 @@ pub enum FetchError {
 }
 
 /// How policies are fetched.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Fetcher {
     /// A verifying client configuration (Mozilla's roots, or a `--ca-file`).
     pub tls: Arc<rustls::ClientConfig>,
@@ -102,8 +102,7 @@ impl Fetcher {
 mod tests {
     use super::*;
     use crate::deliver::mta_sts::Mode;
-    use std::io::{Read as _, Write as _};
-    use std::net::TcpListener;
+    use crate::testkit::https::{HttpsStub, response as answer};
 
     /// A certificate for `name` (its own CA), and a client that trusts it.
     fn certified(name: &str) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
@@ -119,49 +118,10 @@ mod tests {
         (server, client.config)
     }
 
-    /// A server answering one request with `answer` (after `delay`), on a free loopback port;
-    /// the request it read comes back through the handle.
-    fn serve_once(
-        tls: Arc<rustls::ServerConfig>,
-        answer: Vec<u8>,
-        delay: Duration,
-    ) -> (u16, std::thread::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handle = std::thread::spawn(move || {
-            let Ok((tcp, _)) = listener.accept() else { return String::new() };
-            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let Ok(conn) = rustls::ServerConnection::new(tls) else { return String::new() };
-            let mut stream = rustls::StreamOwned::new(conn, tcp);
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => return String::from_utf8_lossy(&request).into_owned(),
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            std::thread::sleep(delay);
-            let _ = stream.write_all(&answer);
-            let _ = stream.flush();
-            stream.conn.send_close_notify();
-            let _ = stream.flush();
-            String::from_utf8_lossy(&request).into_owned()
-        });
-        (port, handle)
-    }
-
-    fn answer(status: &str, content_type: Option<&str>, extra: &str, body: &[u8]) -> Vec<u8> {
-        let mut head =
-            format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-        if let Some(t) = content_type {
-            head.push_str(&format!("Content-Type: {t}\r\n"));
-        }
-        head.push_str(extra);
-        head.push_str("\r\n");
-        let mut out = head.into_bytes();
-        out.extend_from_slice(body);
-        out
+    /// A server answering every request with `answer` (after `delay`), on a free loopback
+    /// port.
+    fn serve(tls: Arc<rustls::ServerConfig>, answer: Vec<u8>, delay: Duration) -> HttpsStub {
+        HttpsStub::start("127.0.0.1:0".parse().unwrap(), tls, move |_| (answer.clone(), delay)).unwrap()
     }
 
     fn fetch(client: Arc<rustls::ClientConfig>, port: u16, timeout: Duration) -> Result<Policy, FetchError> {
@@ -175,14 +135,11 @@ mod tests {
     #[test]
     fn a_policy_is_fetched_from_its_well_known_path_over_checked_tls() {
         let (server, client) = certified("mta-sts.a.test");
-        let (port, request) = serve_once(
-            server,
-            answer("200 OK", Some("text/plain; charset=utf-8"), "", POLICY),
-            Duration::ZERO,
-        );
-        let policy = fetch(client, port, Duration::from_secs(5)).unwrap();
+        let server =
+            serve(server, answer("200 OK", Some("text/plain; charset=utf-8"), "", POLICY), Duration::ZERO);
+        let policy = fetch(client, server.addr().port(), Duration::from_secs(5)).unwrap();
         assert_eq!((policy.mode, policy.max_age), (Mode::Enforce, 86_400));
-        let request = request.join().unwrap();
+        let request = server.requests().concat();
         assert!(request.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n"), "{request}");
         assert!(request.to_ascii_lowercase().contains("host: mta-sts.a.test\r\n"), "{request}");
     }
@@ -197,9 +154,8 @@ mod tests {
         ];
         for (status, content_type, extra, body) in cases {
             let (server, client) = certified("mta-sts.a.test");
-            let (port, _request) =
-                serve_once(server, answer(status, content_type, extra, &body), Duration::ZERO);
-            let error = fetch(client, port, Duration::from_secs(5)).unwrap_err();
+            let server = serve(server, answer(status, content_type, extra, &body), Duration::ZERO);
+            let error = fetch(client, server.addr().port(), Duration::from_secs(5)).unwrap_err();
             let ok = match status {
                 "301 Moved Permanently" => {
                     matches!(&error, FetchError::Redirect { status: 301, location, .. } if location == "https://elsewhere.test/p")
@@ -215,14 +171,13 @@ mod tests {
     #[test]
     fn a_certificate_for_another_name_or_a_silent_server_fails() {
         let (server, client) = certified("www.a.test");
-        let (port, _) = serve_once(server, answer("200 OK", Some("text/plain"), "", POLICY), Duration::ZERO);
-        let error = fetch(client, port, Duration::from_secs(5)).unwrap_err();
+        let server = serve(server, answer("200 OK", Some("text/plain"), "", POLICY), Duration::ZERO);
+        let error = fetch(client, server.addr().port(), Duration::from_secs(5)).unwrap_err();
         assert!(matches!(error, FetchError::Connect(ref why) if why.contains("TLS")), "{error}");
 
         let (server, client) = certified("mta-sts.a.test");
-        let (port, _) =
-            serve_once(server, answer("200 OK", Some("text/plain"), "", POLICY), Duration::from_secs(2));
-        let error = fetch(client, port, Duration::from_millis(300)).unwrap_err();
+        let server = serve(server, answer("200 OK", Some("text/plain"), "", POLICY), Duration::from_secs(2));
+        let error = fetch(client, server.addr().port(), Duration::from_millis(300)).unwrap_err();
         assert!(matches!(error, FetchError::Timeout { .. }), "{error}");
     }
 }

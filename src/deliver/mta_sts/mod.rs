@@ -5,11 +5,14 @@
 //! and how long it may be cached.
 //!
 //! This module is the sans-IO part: parsing and matching, no network; `fetch.rs` gets a policy
-//! over HTTPS; `cache.rs` keeps policies and decides when to fetch. (Issue 30: the lookups on
-//! the DNS thread and enforcement on the send path build on them.)
+//! over HTTPS; `cache.rs` keeps policies and decides when to fetch; `lookup.rs` puts them
+//! together on the DNS thread, beside the MX lookup. A policy in `enforce` mode narrows the
+//! domain's MX hosts to those it lists and makes its destination require TLS with a checked
+//! certificate (`engine::Destination::verified_tls`).
 
 pub mod cache;
 pub mod fetch;
+pub mod lookup;
 
 use mail_auth::common::parse::TxtRecordParser as _;
 use thiserror::Error;

@@ -1,0 +1,176 @@
+//! A domain's MTA-STS policy as delivery needs it, found on the DNS thread beside its MX hosts:
+//! the `_mta-sts` TXT record, the cache's decision, and (only when the record names a policy
+//! not cached) the fetch. The send path never waits on it: a recipient waits for its domain's
+//! route, which is ready when both the MX hosts and the policy are known.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hickory_resolver::TokioResolver;
+
+use super::cache::{Cache, Decision};
+use super::fetch::Fetcher;
+use super::{Mode, Policy, record_id};
+
+/// The longest the cache file goes unwritten after a new policy (a crash then costs at most
+/// the fetches of this long, made again at the next run); it is also written when the DNS
+/// thread ends.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// How MTA-STS is looked up.
+#[derive(Debug, Clone)]
+pub struct StsConfig {
+    pub fetcher: Fetcher,
+    /// Where policies are kept between runs (`None`: in memory only).
+    pub cache_file: Option<PathBuf>,
+}
+
+impl StsConfig {
+    /// The TLS configuration a destination under an enforced policy is delivered with: the
+    /// same certificate checks as the policy's own fetch (Mozilla's roots, or `--ca-file`).
+    pub fn verifier(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.fetcher.tls)
+    }
+}
+
+/// The DNS thread's MTA-STS state: the cache, shared by its lookups.
+pub(crate) struct Sts {
+    fetcher: Fetcher,
+    cache: Mutex<Cache>,
+    file: Option<PathBuf>,
+    /// When the file was last written, and whether the cache changed since.
+    saved: Mutex<(Instant, bool)>,
+}
+
+impl Sts {
+    /// Reads the cache file (missing: empty; not a cache file: an error, so a wrong path does
+    /// not get overwritten).
+    pub fn open(config: StsConfig) -> std::io::Result<Sts> {
+        let cache = match &config.cache_file {
+            Some(path) => Cache::load(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("MTA-STS cache {}: {e}", path.display()))
+            })?,
+            None => Cache::default(),
+        };
+        Ok(Sts {
+            fetcher: config.fetcher,
+            cache: Mutex::new(cache),
+            file: config.cache_file,
+            saved: Mutex::new((Instant::now(), false)),
+        })
+    }
+
+    /// The policy that applies to `domain` now (`None`: none does, so delivery is as without
+    /// MTA-STS). A lookup or fetch that fails leaves a cached policy still valid in force
+    /// (RFC 8461 §5.1), and otherwise no policy (§5: senders deliver as before when they cannot
+    /// learn one).
+    pub async fn policy(&self, resolver: &TokioResolver, domain: &str) -> Option<Policy> {
+        let domain = domain.trim_end_matches('.');
+        let id = match resolver.txt_lookup(format!("_mta-sts.{domain}.").as_str()).await {
+            Ok(txt) => {
+                let records: Vec<String> = txt.iter().map(crate::deliver::dns::txt_text).collect();
+                record_id(&records.iter().map(String::as_str).collect::<Vec<_>>())
+            }
+            Err(_) => None,
+        };
+        let now = unix_now();
+        let decision = self.lock_cache().decide(domain, id.as_deref(), now);
+        let policy = match decision {
+            Decision::Use(policy) => Some(policy),
+            Decision::NoPolicy => None,
+            Decision::Fetch { fallback } => match (self.fetch(resolver, domain).await, id) {
+                (Ok(policy), Some(id)) => {
+                    self.lock_cache().fetched(domain, &id, policy.clone(), now);
+                    self.changed();
+                    Some(policy)
+                }
+                (_, _) => fallback,
+            },
+        };
+        policy.filter(|p| p.mode != Mode::None)
+    }
+
+    async fn fetch(&self, resolver: &TokioResolver, domain: &str) -> Result<Policy, String> {
+        let host = format!("mta-sts.{domain}.");
+        let ips = resolver.lookup_ip(host.as_str()).await.map_err(|e| format!("{host}: {e}"))?;
+        let mut last = format!("{host}: no address");
+        for ip in ips.iter() {
+            match self.fetcher.fetch(domain, ip).await {
+                Ok(policy) => return Ok(policy),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // Never held across an await, and nothing panics while holding it; a poisoned lock
+        // still holds a whole cache.
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn changed(&self) {
+        let due = {
+            let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            saved.1 = true;
+            saved.0.elapsed() >= SAVE_EVERY
+        };
+        if due {
+            self.save();
+        }
+    }
+
+    /// Writes the cache file if the cache changed since it was last written. A failure is
+    /// reported, not fatal: delivery goes on, and the policies are fetched again next run.
+    pub fn save(&self) {
+        let Some(path) = &self.file else { return };
+        {
+            let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !saved.1 {
+                return;
+            }
+            *saved = (Instant::now(), false);
+        }
+        let mut cache = self.lock_cache().clone();
+        cache.expire(unix_now());
+        if let Err(e) = cache.save(path) {
+            eprintln!("volley: warning: writing the MTA-STS cache {}: {e}", path.display());
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The MX hosts `policy` lists, of `hosts` (RFC 8461 §4.1: under `enforce`, the only ones
+/// that may be used); `Err` names the hosts when it lists none of them.
+pub fn allowed<T>(policy: &Policy, hosts: Vec<T>, name: impl Fn(&T) -> &str) -> Result<Vec<T>, String> {
+    let (listed, refused): (Vec<T>, Vec<T>) = hosts.into_iter().partition(|h| policy.allows(name(h)));
+    if listed.is_empty() {
+        let names: Vec<&str> = refused.iter().map(&name).collect();
+        return Err(names.join(", "));
+    }
+    Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_hosts_are_allowed() {
+        let policy = Policy {
+            mode: Mode::Enforce,
+            mx: vec![super::super::MxPattern::Wildcard("a.test".into())],
+            max_age: 60,
+        };
+        let hosts = vec!["mx1.a.test", "mx.evil.test", "MX2.A.TEST."];
+        assert_eq!(allowed(&policy, hosts, |h| h).unwrap(), ["mx1.a.test", "MX2.A.TEST."]);
+        assert_eq!(
+            allowed(&policy, vec!["mx.evil.test", "a.test"], |h| h),
+            Err("mx.evil.test, a.test".to_owned())
+        );
+    }
+}

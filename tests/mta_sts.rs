@@ -1,0 +1,224 @@
+//! MTA-STS (RFC 8461) end to end: `volley send` to domains that publish policies, as a user
+//! runs it. A local DNS server answers the MX, `_mta-sts` TXT and `mta-sts.DOMAIN` records; a
+//! local HTTPS server (a test certificate, given as `--ca-file`) serves the policies on
+//! `--mta-sts-port`; sinks on 127.0.0.x play the MX hosts, with a certificate valid for their
+//! names, with one valid for no name volley trusts, or without STARTTLS.
+
+mod common;
+
+use common::campaign::{finals, records, run, stderr};
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mailvolley::sink::{SinkConfig, SinkHandle};
+use mailvolley::testkit::dns::{DnsStub, Zone};
+use mailvolley::testkit::https::{HttpsStub, host_of, response};
+use mailvolley::tls::ServerTls;
+use serde_json::Value;
+
+const VOLLEY: &str = env!("CARGO_BIN_EXE_volley");
+
+/// A self-signed certificate for `names`, written to `dir` as `stem.pem` and `stem.key`.
+fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (std::path::PathBuf, ServerTls) {
+    let made =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let (cert, key) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let tls = ServerTls::from_files(&cert, &key).unwrap();
+    (cert, tls)
+}
+
+fn policy(mode: &str, mx: &str) -> Vec<u8> {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n").into_bytes()
+}
+
+/// Each domain meets one case; the campaign runs them all at once. Deferred recipients expire
+/// after 2 s, so every recipient ends in one final record.
+#[test]
+fn delivery_keeps_to_each_domains_mta_sts_policy() {
+    let dir = common::temp_dir("mta-sts");
+    // The certificate the trusted names share: the policy hosts and the MX hosts that serve TLS.
+    let trusted_names = [
+        "mta-sts.enforced.test",
+        "mta-sts.plain.test",
+        "mta-sts.unlisted.test",
+        "mta-sts.testing.test",
+        "mta-sts.badcert.test",
+        "mta-sts.cached.test",
+        "mta-sts.nofetch.test",
+        "mx.enforced.test",
+        "mx.unlisted.test",
+    ];
+    let (ca, trusted) = certificate(&dir, "trusted", &trusted_names);
+    // A certificate for the right name, but from no CA volley trusts.
+    let (_, untrusted) = certificate(&dir, "untrusted", &["mx.badcert.test"]);
+
+    let policies: BTreeMap<&str, Vec<u8>> = [
+        ("mta-sts.enforced.test", policy("enforce", "mx.enforced.test")),
+        ("mta-sts.plain.test", policy("enforce", "mx.plain.test")),
+        ("mta-sts.unlisted.test", policy("enforce", "mx.elsewhere.test")),
+        ("mta-sts.testing.test", policy("testing", "mx.testing.test")),
+        ("mta-sts.badcert.test", policy("enforce", "*.badcert.test")),
+    ]
+    .into_iter()
+    .collect();
+    let https = HttpsStub::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&trusted.config), move |head| {
+        let host = host_of(head).unwrap_or_default();
+        let found =
+            head.starts_with("GET /.well-known/mta-sts.txt ").then(|| policies.get(host.as_str())).flatten();
+        let answer = match found {
+            Some(body) => response("200 OK", Some("text/plain"), "", body),
+            None => response("404 Not Found", Some("text/plain"), "", b"no policy here"),
+        };
+        (answer, Duration::ZERO)
+    })
+    .unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut sinks: BTreeMap<u8, SinkHandle> = BTreeMap::new();
+    for (x, tls) in [(2u8, Some(trusted)), (3, None), (4, Some(untrusted))] {
+        let dump = dir.join(format!("sink{x}"));
+        std::fs::create_dir_all(&dump).unwrap();
+        let starttls = tls.is_some();
+        let config = SinkConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, x)), port),
+            threads: 1,
+            dump: Some(dump),
+            idle_timeout: Duration::from_secs(30),
+            tls,
+            starttls,
+            ..SinkConfig::default()
+        };
+        sinks.insert(x, mailvolley::sink::start(config).unwrap());
+    }
+
+    let mut zone = String::new();
+    let cases = [
+        // domain, MX host's address, TXT record
+        ("enforced.test", 2, Some("v=STSv1; id=1")),
+        ("plain.test", 3, Some("v=STSv1; id=1")),
+        ("unlisted.test", 2, Some("v=STSv1; id=1")),
+        ("testing.test", 3, Some("v=STSv1; id=1")),
+        ("badcert.test", 4, Some("v=STSv1; id=1")),
+        ("cached.test", 3, Some("v=STSv1; id=2")),
+        ("nofetch.test", 3, Some("v=STSv1; id=1")),
+        ("none.test", 3, None),
+    ];
+    for (domain, x, txt) in cases {
+        zone.push_str(&format!("{domain} MX 10 mx.{domain}\nmx.{domain} A 127.0.0.{x}\n"));
+        zone.push_str(&format!("mta-sts.{domain} A 127.0.0.1\n"));
+        if let Some(txt) = txt {
+            zone.push_str(&format!("_mta-sts.{domain} TXT {txt}\n"));
+        }
+    }
+    let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
+
+    // cached.test's policy was learnt earlier (id 1, enforce); its record now names id 2, whose
+    // fetch fails (404): the cached policy holds (RFC 8461 §5.1), no plaintext.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let cache = dir.join("mta-sts.json");
+    let cached = serde_json::json!({
+        "cached.test": {
+            "id": "1",
+            "fetched": now - 60,
+            "policy": "version: STSv1\nmode: enforce\nmx: mx.cached.test\nmax_age: 86400\n",
+        }
+    });
+    std::fs::write(&cache, cached.to_string()).unwrap();
+
+    let list: String = std::iter::once("email".to_owned())
+        .chain(cases.iter().flat_map(|(d, ..)| [format!("a@{d}"), format!("b@{d}")]))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let list_path = dir.join("list.csv");
+    std::fs::write(&list_path, list + "\n").unwrap();
+    let msg = dir.join("msg.txt");
+    std::fs::write(&msg, "From: a@example.com\nSubject: hi\n\nhello\n").unwrap();
+    let log = dir.join("log.jsonl");
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args(["send", "--quiet", "--threads", "2"])
+        .args(["--dns-server", &dns.addr().to_string(), "--dns-timeout", "500ms"])
+        .args(["--smtp-port", &port.to_string()])
+        .args(["--mta-sts-port", &https.addr().port().to_string()])
+        .args(["--ca-file", ca.to_str().unwrap(), "--mta-sts-cache", cache.to_str().unwrap()])
+        .args(["--recipients", list_path.to_str().unwrap(), "--message", msg.to_str().unwrap()])
+        .args(["--log", log.to_str().unwrap(), "--retry-after", "300ms", "--retry-max", "300ms"])
+        .args(["--max-age", "2s", "--reconnect-backoff", "50ms"])
+        .stdin(Stdio::null());
+    let out = run(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let all = records(&log);
+    let f = finals(&all);
+    assert_eq!(f.len(), 16, "one final record per recipient: {f:?}");
+    let by_domain = |domain: &str| -> Vec<&Value> {
+        f.values()
+            .filter(|r| r["rcpt"].as_str().is_some_and(|a| a.ends_with(&format!("@{domain}"))))
+            .collect()
+    };
+    for domain in ["enforced.test", "testing.test", "nofetch.test", "none.test"] {
+        for r in by_domain(domain) {
+            assert_eq!(r["status"], "delivered", "{domain}: {r}");
+        }
+    }
+    for r in by_domain("enforced.test") {
+        assert!(r["tls"].as_str().is_some_and(|v| v.starts_with("TLSv1")), "over TLS: {r}");
+    }
+    for r in by_domain("testing.test") {
+        assert!(r["tls"].is_null(), "testing: delivered as before, in plaintext: {r}");
+    }
+    for (domain, why) in [
+        ("plain.test", "does not offer STARTTLS"),
+        ("unlisted.test", "lists none of its MX hosts (mx.unlisted.test)"),
+        ("badcert.test", "certificate"),
+        ("cached.test", "does not offer STARTTLS"),
+    ] {
+        for r in by_domain(domain) {
+            assert_eq!(
+                (r["status"].as_str(), r["category"].as_str()),
+                (Some("expired"), Some("tls_required")),
+                "{domain}: {r}"
+            );
+            assert!(r["reason"].as_str().unwrap_or("").contains(why), "{domain}: {r}");
+        }
+    }
+
+    // What the MX hosts received: nothing of the refused domains' mail, in any form.
+    let dumped: Vec<String> = sinks
+        .keys()
+        .flat_map(|x| common::dumped(&dir.join(format!("sink{x}"))))
+        .map(|(envelope, _)| envelope)
+        .collect();
+    for domain in ["plain.test", "unlisted.test", "badcert.test", "cached.test"] {
+        assert!(
+            !dumped.iter().any(|e| e.contains(&format!("@{domain}>"))),
+            "{domain} reached a server: {dumped:?}"
+        );
+    }
+    assert_eq!(dumped.len(), 8, "four domains' two recipients each: {dumped:?}");
+
+    // Policies were fetched once each, from their well-known path; the cache file now holds
+    // the fetched ones too, and cached.test's earlier policy.
+    let fetched: Vec<String> = https.requests().iter().filter_map(|h| host_of(h)).collect();
+    for host in ["mta-sts.enforced.test", "mta-sts.testing.test", "mta-sts.cached.test"] {
+        assert_eq!(fetched.iter().filter(|h| h.starts_with(host)).count(), 1, "{host}: {fetched:?}");
+    }
+    assert!(!fetched.iter().any(|h| h.starts_with("mta-sts.none.test")), "no record, no fetch: {fetched:?}");
+    let kept: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    for domain in
+        ["enforced.test", "plain.test", "unlisted.test", "testing.test", "badcert.test", "cached.test"]
+    {
+        assert!(kept.get(domain).is_some(), "{domain} kept: {kept}");
+    }
+    assert_eq!(kept["cached.test"]["id"], "1", "the earlier policy, still valid, holds: {kept}");
+    assert!(kept.get("nofetch.test").is_none(), "a failed fetch keeps nothing: {kept}");
+    for (_, sink) in sinks {
+        sink.stop().unwrap();
+    }
+}
