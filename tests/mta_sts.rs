@@ -222,3 +222,71 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
         sink.stop().unwrap();
     }
 }
+
+/// `volley check --recipient-domain`: the receiving side's rows from real DNS and HTTPS
+/// answers, and exit 1 when a policy would stop mail to one of the domain's MX hosts.
+#[test]
+fn check_shows_what_a_recipient_domain_asks_of_senders() {
+    let dir = common::temp_dir("mta-sts-check");
+    let (ca, tls) = certificate(&dir, "trusted", &["mta-sts.good.test", "mta-sts.partial.test"]);
+    let https = HttpsStub::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&tls.config), |head| {
+        let body = match host_of(head).as_deref() {
+            Some("mta-sts.good.test") => policy("enforce", "*.good.test"),
+            _ => policy("enforce", "mx1.partial.test"),
+        };
+        (response("200 OK", Some("text/plain"), "", &body), Duration::ZERO)
+    })
+    .unwrap();
+    let zone = "
+        good.test MX 10 mx1.good.test
+        mta-sts.good.test A 127.0.0.1
+        _mta-sts.good.test TXT v=STSv1; id=7
+        _smtp._tls.good.test TXT v=TLSRPTv1; rua=mailto:tls@good.test
+        partial.test MX 10 mx1.partial.test
+        partial.test MX 20 mx2.partial.test
+        mta-sts.partial.test A 127.0.0.1
+        _mta-sts.partial.test TXT v=STSv1; id=1
+        bare.test MX 10 mx.bare.test
+    ";
+    let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
+    let check = |domains: &[&str]| {
+        let mut cmd = Command::new(VOLLEY);
+        cmd.args(["check", "--json", "--dns-server", &dns.addr().to_string(), "--dns-timeout", "1s"]).args([
+            "--mta-sts-port",
+            &https.addr().port().to_string(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ]);
+        for d in domains {
+            cmd.args(["--recipient-domain", d]);
+        }
+        let out = run(cmd, Duration::from_secs(30));
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let verdicts: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| {
+                (r["check"].as_str().unwrap_or("").to_owned(), r["verdict"].as_str().unwrap_or("").to_owned())
+            })
+            .collect();
+        (out, rows, verdicts)
+    };
+    let (out, rows, verdicts) = check(&["good.test"]);
+    assert_eq!(out.status.code(), Some(0), "{rows:#?}\n{}", stderr(&out));
+    let expected: Vec<(String, String)> = ["MX good.test", "MTA-STS good.test", "TLS-RPT good.test"]
+        .iter()
+        .map(|c| (c.to_string(), "pass".to_owned()))
+        .collect();
+    assert_eq!(verdicts, expected, "{rows:#?}");
+    assert!(rows[1]["detail"].as_str().unwrap().contains("mode enforce, mx *.good.test"), "{rows:#?}");
+
+    let (out, rows, verdicts) = check(&["partial.test", "bare.test"]);
+    assert_eq!(out.status.code(), Some(1), "{rows:#?}");
+    let verdict = |c: &str| verdicts.iter().find(|v| v.0 == c).map(|v| v.1.as_str()).unwrap_or("missing");
+    assert_eq!(verdict("MTA-STS partial.test"), "fail", "{rows:#?}");
+    assert!(rows[1]["detail"].as_str().unwrap().ends_with("deliver nothing: mx2.partial.test"), "{rows:#?}");
+    assert_eq!(
+        (verdict("TLS-RPT partial.test"), verdict("MTA-STS bare.test")),
+        ("warn", "warn"),
+        "{rows:#?}"
+    );
+}

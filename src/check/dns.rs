@@ -8,10 +8,15 @@ use hickory_resolver::proto::rr::RData;
 
 use super::Lookup;
 use crate::deliver::dns::{DnsConfig, build, describe, no_records, no_such_domain, txt_text};
+use crate::deliver::mta_sts::Policy;
+use crate::deliver::mta_sts::fetch::Fetcher;
+use crate::deliver::mta_sts::lookup;
 
 pub struct Dns {
     runtime: tokio::runtime::Runtime,
     resolver: TokioResolver,
+    /// How MTA-STS policies are fetched (`DnsConfig::mta_sts`).
+    fetcher: Option<Fetcher>,
 }
 
 impl Dns {
@@ -19,7 +24,8 @@ impl Dns {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         // hickory's resolver must be built inside the runtime that drives it.
         let resolver = runtime.block_on(async { build(config) })?;
-        Ok(Dns { runtime, resolver })
+        let fetcher = config.mta_sts.as_ref().map(|sts| sts.fetcher.clone());
+        Ok(Dns { runtime, resolver, fetcher })
     }
 }
 
@@ -64,6 +70,11 @@ impl Lookup for Dns {
             RData::MX(mx) => Some(mx.exchange().to_ascii().trim_end_matches('.').to_ascii_lowercase()),
             _ => None,
         })
+    }
+
+    fn mta_sts_policy(&mut self, domain: &str) -> Result<Policy, String> {
+        let Some(fetcher) = &self.fetcher else { return Err("MTA-STS is not set up".into()) };
+        self.runtime.block_on(lookup::fetch(fetcher, &self.resolver, domain))
     }
 
     fn ptr(&mut self, ip: IpAddr) -> Result<Vec<String>, String> {

@@ -1,7 +1,8 @@
 //! `volley check`: before a campaign, what the large receivers will check, against DNS: SPF
 //! for the envelope domain (and the sending IP), the DKIM keys published and matching the
 //! private keys given, a DMARC record and From aligned with DKIM or SPF, the sending IP's
-//! forward-confirmed PTR, and RFC 8058 one-click unsubscribe headers for bulk mail.
+//! forward-confirmed PTR, and RFC 8058 one-click unsubscribe headers for bulk mail. And, for a
+//! recipient domain, what it asks of senders' TLS ([`recipient`]).
 //!
 //! The checks are functions of the answers of a [`Lookup`], so tests give them a table; the
 //! real one ([`dns::Dns`]) asks hickory. Each check is one [`Row`]: pass, warn or fail, what
@@ -9,6 +10,7 @@
 
 mod dmarc;
 pub mod dns;
+pub mod recipient;
 pub mod spf;
 
 use std::net::IpAddr;
@@ -25,6 +27,8 @@ pub trait Lookup {
     fn ips(&mut self, name: &str) -> Result<Vec<IpAddr>, String>;
     fn mx(&mut self, name: &str) -> Result<Vec<String>, String>;
     fn ptr(&mut self, ip: IpAddr) -> Result<Vec<String>, String>;
+    /// `domain`'s MTA-STS policy, fetched over HTTPS (`Err`: why it could not be).
+    fn mta_sts_policy(&mut self, domain: &str) -> Result<crate::deliver::mta_sts::Policy, String>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

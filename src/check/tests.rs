@@ -41,6 +41,14 @@ impl Lookup for FakeDns {
     fn ptr(&mut self, ip: IpAddr) -> Result<Vec<String>, String> {
         self.get(&ip.to_string(), "PTR")
     }
+    /// The policy text under the `POLICY` type of the domain; none served: an error.
+    fn mta_sts_policy(&mut self, domain: &str) -> Result<crate::deliver::mta_sts::Policy, String> {
+        let text = self.get(domain, "POLICY")?.concat();
+        if text.is_empty() {
+            return Err(format!("mta-sts.{domain}: answered 404"));
+        }
+        crate::deliver::mta_sts::Policy::parse(text.as_bytes()).map_err(|e| e.to_string())
+    }
 }
 
 fn dkim() -> Dkim {

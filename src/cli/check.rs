@@ -12,8 +12,11 @@ use clap::Args;
 use mailvolley::check::{self, Campaign, OneClick, Verdict};
 use mailvolley::deliver::dkim::{Dkim, KeySpec};
 use mailvolley::deliver::dns::DnsConfig;
+use mailvolley::deliver::mta_sts::fetch::{self, Fetcher};
+use mailvolley::deliver::mta_sts::lookup::StsConfig;
 use mailvolley::send::template::{address_in, header_of};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe};
+use mailvolley::tls::{ClientTls, TlsPolicy};
 
 /// Exit codes of `volley check` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 no check failed (warnings allowed); 1 at least one check failed; 2 usage \
@@ -50,6 +53,18 @@ pub struct CheckArgs {
     dns_server: Option<SocketAddr>,
     #[arg(long, value_parser = super::duration, default_value = "5s")]
     dns_timeout: Duration,
+    /// The receiving side instead (repeatable): the domain's MX hosts, its MTA-STS policy
+    /// (fetched; every MX host must be listed) and its TLS-RPT record. Without --from or
+    /// --message, only these rows.
+    #[arg(long, value_name = "DOMAIN")]
+    recipient_domain: Vec<String>,
+    /// Check certificates of MTA-STS policy servers against the CA certificates in FILE
+    /// instead of Mozilla's roots.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// The HTTPS port MTA-STS policies are fetched from (443; another for tests).
+    #[arg(long, value_name = "PORT", default_value_t = 443)]
+    mta_sts_port: u16,
     /// Print the rows as JSON.
     #[arg(long)]
     json: bool,
@@ -67,6 +82,35 @@ fn domain_of(text: &str) -> Option<String> {
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let verifier = ClientTls::new(TlsPolicy::Verify, false, args.ca_file.as_deref(), false)
+        .context("setting up certificate checks")?
+        .config;
+    let fetcher = Fetcher { tls: verifier, port: args.mta_sts_port, timeout: fetch::TIMEOUT };
+    let dns_config = DnsConfig {
+        server: args.dns_server,
+        timeout: args.dns_timeout,
+        mta_sts: Some(StsConfig { fetcher, cache_file: None }),
+        ..DnsConfig::default()
+    };
+    let mut dns = check::dns::Dns::new(&dns_config).context("starting the DNS resolver")?;
+    let sender = args.from.is_some() || args.message.is_some() || args.recipient_domain.is_empty();
+    let mut rows = if sender { check::run(&campaign(&args)?, &mut dns) } else { Vec::new() };
+    for domain in &args.recipient_domain {
+        rows.extend(check::recipient::check(domain, &mut dns));
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", check::table(&rows))?;
+    }
+    let failed = rows.iter().any(|r| r.verdict == Verdict::Fail);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// What `send` would send, from the sender's flags.
+fn campaign(args: &CheckArgs) -> anyhow::Result<Campaign> {
     let message = match &args.message {
         Some(path) => {
             Some(std::fs::read_to_string(path).with_context(|| format!("--message {}", path.display()))?)
@@ -79,7 +123,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Some(domain_of(from).with_context(|| format!("--from {from}: no literal domain"))?)
         }
         (None, Some(header)) => domain_of(header),
-        (None, None) => bail!("give --from, or a --message with a From header"),
+        (None, None) => bail!("give --from, a --message with a From header, or --recipient-domain"),
     };
     let Some(from_domain) = from_domain else {
         bail!("the message's From header has no literal domain: give --from");
@@ -106,24 +150,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         _ => OneClick::None,
     };
-    let campaign = Campaign {
+    Ok(Campaign {
         from_domain: Some(from_domain),
         envelope_domain,
         dkim: Dkim::load(&args.dkim)?,
         source_ip: args.source_ip,
         one_click,
         transactional: args.transactional,
-    };
-    let dns_config = DnsConfig { server: args.dns_server, timeout: args.dns_timeout, ..DnsConfig::default() };
-    let mut dns = check::dns::Dns::new(&dns_config).context("starting the DNS resolver")?;
-    let rows = check::run(&campaign, &mut dns);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{}", check::table(&rows))?;
-    }
-    let failed = rows.iter().any(|r| r.verdict == Verdict::Fail);
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    })
 }

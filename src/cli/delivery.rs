@@ -12,7 +12,7 @@ use clap::Args;
 
 use mailvolley::deliver::dkim::KeySpec;
 use mailvolley::deliver::dns::DnsConfig;
-use mailvolley::deliver::mta_sts::fetch::Fetcher;
+use mailvolley::deliver::mta_sts::fetch::{self, Fetcher};
 use mailvolley::deliver::mta_sts::lookup::StsConfig;
 use mailvolley::deliver::{DeliveryConfig, Routing};
 use mailvolley::engine::{EngineConfig, Rate, Schedule};
@@ -22,10 +22,6 @@ use mailvolley::tls::TlsPolicy;
 use super::bench::resolve_target;
 use super::connection::ConnectionArgs;
 use super::secure::{AuthArgs, TlsArgs};
-
-/// How long a policy's fetch may take (RFC 8461 §3.3 asks for a limit; a minute or so is
-/// suggested for the whole fetch): the domain's recipients wait for it, once per policy id.
-const MTA_STS_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A feature turned on or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -189,7 +185,7 @@ impl DeliveryArgs {
                                 fetcher: Fetcher {
                                     tls: self.tls.verifier()?,
                                     port: self.mta_sts_port,
-                                    timeout: MTA_STS_FETCH_TIMEOUT,
+                                    timeout: fetch::TIMEOUT,
                                 },
                                 cache_file: self.mta_sts_cache.clone(),
                             })

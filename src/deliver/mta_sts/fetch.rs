@@ -18,6 +18,10 @@ use super::{MAX_POLICY_SIZE, Policy, PolicyError};
 /// The policy's path (§3.2).
 pub const PATH: &str = "/.well-known/mta-sts.txt";
 
+/// How long a fetch may take (§3.3 asks for a limit, suggesting a minute or so for the whole
+/// fetch): a domain's recipients wait for it, once per policy id.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Error)]
 pub enum FetchError {
     #[error("{0}")]

@@ -79,7 +79,7 @@ impl Sts {
         let policy = match decision {
             Decision::Use(policy) => Some(policy),
             Decision::NoPolicy => None,
-            Decision::Fetch { fallback } => match (self.fetch(resolver, domain).await, id) {
+            Decision::Fetch { fallback } => match (fetch(&self.fetcher, resolver, domain).await, id) {
                 (Ok(policy), Some(id)) => {
                     self.lock_cache().fetched(domain, &id, policy.clone(), now);
                     self.changed();
@@ -89,19 +89,6 @@ impl Sts {
             },
         };
         policy.filter(|p| p.mode != Mode::None)
-    }
-
-    async fn fetch(&self, resolver: &TokioResolver, domain: &str) -> Result<Policy, String> {
-        let host = format!("mta-sts.{domain}.");
-        let ips = resolver.lookup_ip(host.as_str()).await.map_err(|e| format!("{host}: {e}"))?;
-        let mut last = format!("{host}: no address");
-        for ip in ips.iter() {
-            match self.fetcher.fetch(domain, ip).await {
-                Ok(policy) => return Ok(policy),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(last)
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -138,6 +125,25 @@ impl Sts {
             eprintln!("volley: warning: writing the MTA-STS cache {}: {e}", path.display());
         }
     }
+}
+
+/// `domain`'s policy, fetched from each address of `mta-sts.DOMAIN` in turn until one serves
+/// it.
+pub(crate) async fn fetch(
+    fetcher: &Fetcher,
+    resolver: &TokioResolver,
+    domain: &str,
+) -> Result<Policy, String> {
+    let host = format!("mta-sts.{domain}.");
+    let ips = resolver.lookup_ip(host.as_str()).await.map_err(|e| format!("{host}: {e}"))?;
+    let mut last = format!("{host}: no address");
+    for ip in ips.iter() {
+        match fetcher.fetch(domain, ip).await {
+            Ok(policy) => return Ok(policy),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
 }
 
 fn unix_now() -> u64 {
