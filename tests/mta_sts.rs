@@ -52,12 +52,13 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
         "mta-sts.badcert.test",
         "mta-sts.cached.test",
         "mta-sts.nofetch.test",
+        "mta-sts.testbad.test",
         "mx.enforced.test",
         "mx.unlisted.test",
     ];
     let (ca, trusted) = certificate(&dir, "trusted", &trusted_names);
     // A certificate for the right name, but from no CA volley trusts.
-    let (_, untrusted) = certificate(&dir, "untrusted", &["mx.badcert.test"]);
+    let (_, untrusted) = certificate(&dir, "untrusted", &["mx.badcert.test", "mx.testbad.test"]);
 
     let policies: BTreeMap<&str, Vec<u8>> = [
         ("mta-sts.enforced.test", policy("enforce", "mx.enforced.test")),
@@ -65,6 +66,7 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
         ("mta-sts.unlisted.test", policy("enforce", "mx.elsewhere.test")),
         ("mta-sts.testing.test", policy("testing", "mx.testing.test")),
         ("mta-sts.badcert.test", policy("enforce", "*.badcert.test")),
+        ("mta-sts.testbad.test", policy("testing", "mx.testbad.test")),
     ]
     .into_iter()
     .collect();
@@ -109,6 +111,7 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
         ("cached.test", 3, Some("v=STSv1; id=2")),
         ("nofetch.test", 3, Some("v=STSv1; id=1")),
         ("none.test", 3, None),
+        ("testbad.test", 4, Some("v=STSv1; id=1")),
     ];
     for (domain, x, txt) in cases {
         zone.push_str(&format!("{domain} MX 10 mx.{domain}\nmx.{domain} A 127.0.0.{x}\n"));
@@ -150,25 +153,32 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
         .args(["--recipients", list_path.to_str().unwrap(), "--message", msg.to_str().unwrap()])
         .args(["--log", log.to_str().unwrap(), "--retry-after", "300ms", "--retry-max", "300ms"])
         .args(["--max-age", "2s", "--reconnect-backoff", "50ms"])
+        .args(["--tls-report", dir.join("reports").to_str().unwrap(), "--helo", "sender.test", "--json"])
         .stdin(Stdio::null());
     let out = run(cmd, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let all = records(&log);
     let f = finals(&all);
-    assert_eq!(f.len(), 16, "one final record per recipient: {f:?}");
+    assert_eq!(f.len(), 18, "one final record per recipient: {f:?}");
     let by_domain = |domain: &str| -> Vec<&Value> {
         f.values()
             .filter(|r| r["rcpt"].as_str().is_some_and(|a| a.ends_with(&format!("@{domain}"))))
             .collect()
     };
-    for domain in ["enforced.test", "testing.test", "nofetch.test", "none.test"] {
+    for domain in ["enforced.test", "testing.test", "nofetch.test", "none.test", "testbad.test"] {
         for r in by_domain(domain) {
             assert_eq!(r["status"], "delivered", "{domain}: {r}");
         }
     }
     for r in by_domain("enforced.test") {
         assert!(r["tls"].as_str().is_some_and(|v| v.starts_with("TLSv1")), "over TLS: {r}");
+    }
+    for r in by_domain("testbad.test") {
+        assert!(
+            r["tls"].as_str().is_some_and(|v| v.starts_with("TLSv1")),
+            "testing: TLS unchecked, as before: {r}"
+        );
     }
     for r in by_domain("testing.test") {
         assert!(r["tls"].is_null(), "testing: delivered as before, in plaintext: {r}");
@@ -201,7 +211,7 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
             "{domain} reached a server: {dumped:?}"
         );
     }
-    assert_eq!(dumped.len(), 8, "four domains' two recipients each: {dumped:?}");
+    assert_eq!(dumped.len(), 10, "five domains' two recipients each: {dumped:?}");
 
     // Policies were fetched once each, from their well-known path; the cache file now holds
     // the fetched ones too, and cached.test's earlier policy.
@@ -221,6 +231,56 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
     for (_, sink) in sinks {
         sink.stop().unwrap();
     }
+
+    // The TLS reports (RFC 8460): one per policy domain, saying what each session met.
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<String> =
+        report["tls_reports"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
+    let tls_report = |domain: &str| -> Value {
+        let file = files
+            .iter()
+            .find(|f| f.contains(&format!("/sender.test!{domain}!")) && f.ends_with(".json"))
+            .unwrap_or_else(|| panic!("a report for {domain}: {files:?}"));
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+    };
+    let results = |domain: &str| -> (u64, Vec<String>) {
+        let r = tls_report(domain);
+        assert_eq!(r["contact-info"], "postmaster@sender.test");
+        let policies = r["policies"].as_array().unwrap();
+        let ok =
+            policies.iter().map(|p| p["summary"]["total-successful-session-count"].as_u64().unwrap()).sum();
+        let mut types: Vec<String> = policies
+            .iter()
+            .flat_map(|p| p["failure-details"].as_array().cloned().unwrap_or_default())
+            .map(|d| d["result-type"].as_str().unwrap().to_owned())
+            .collect();
+        types.sort();
+        types.dedup();
+        (ok, types)
+    };
+    let (ok, failed) = results("enforced.test");
+    assert!(ok >= 1 && failed.is_empty(), "enforced.test: {ok} {failed:?}");
+    assert_eq!(results("plain.test"), (0, vec!["starttls-not-supported".to_owned()]));
+    assert_eq!(results("badcert.test"), (0, vec!["certificate-not-trusted".to_owned()]));
+    // Testing: delivered in plaintext, and the report says STARTTLS was missing.
+    assert_eq!(results("testing.test").1, ["starttls-not-supported"]);
+    // Testing, over TLS with a certificate a check refuses: delivered, the refusal reported.
+    assert_eq!(results("testbad.test"), (0, vec!["certificate-not-trusted".to_owned()]));
+    assert_eq!(results("nofetch.test").1, ["sts-policy-fetch-error"]);
+    assert_eq!(results("cached.test").1, ["starttls-not-supported", "sts-policy-fetch-error"]);
+    let nofetch = tls_report("nofetch.test");
+    assert_eq!(nofetch["policies"][0]["policy"]["policy-type"], "no-policy-found");
+    let plain = tls_report("plain.test");
+    let detail = &plain["policies"][0]["failure-details"][0];
+    assert_eq!(
+        (detail["receiving-mx-hostname"].as_str(), detail["receiving-ip"].as_str()),
+        (Some("mx.plain.test"), Some("127.0.0.3"))
+    );
+    assert_eq!(plain["policies"][0]["policy"]["policy-string"][1], "mode: enforce");
+    assert!(!files.iter().any(|f| f.contains("!none.test!")), "no policy, no report: {files:?}");
+    let tallied: Vec<&str> =
+        report["mta_sts"].as_array().unwrap().iter().map(|t| t["domain"].as_str().unwrap()).collect();
+    assert!(tallied.contains(&"enforced.test") && tallied.contains(&"plain.test"), "{tallied:?}");
 }
 
 /// `volley check --recipient-domain`: the receiving side's rows from real DNS and HTTPS

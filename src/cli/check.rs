@@ -12,11 +12,9 @@ use clap::Args;
 use mailvolley::check::{self, Campaign, OneClick, Verdict};
 use mailvolley::deliver::dkim::{Dkim, KeySpec};
 use mailvolley::deliver::dns::DnsConfig;
-use mailvolley::deliver::mta_sts::fetch::{self, Fetcher};
 use mailvolley::deliver::mta_sts::lookup::StsConfig;
 use mailvolley::send::template::{address_in, header_of};
 use mailvolley::send::unsubscribe::{Secret, Unsubscribe};
-use mailvolley::tls::{ClientTls, TlsPolicy};
 
 /// Exit codes of `volley check` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 no check failed (warnings allowed); 1 at least one check failed; 2 usage \
@@ -82,14 +80,12 @@ fn domain_of(text: &str) -> Option<String> {
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let verifier = ClientTls::new(TlsPolicy::Verify, false, args.ca_file.as_deref(), false)
-        .context("setting up certificate checks")?
-        .config;
-    let fetcher = Fetcher { tls: verifier, port: args.mta_sts_port, timeout: fetch::TIMEOUT };
+    let sts = StsConfig::new(args.ca_file.as_deref(), args.mta_sts_port, None)
+        .context("setting up certificate checks")?;
     let dns_config = DnsConfig {
         server: args.dns_server,
         timeout: args.dns_timeout,
-        mta_sts: Some(StsConfig { fetcher, cache_file: None }),
+        mta_sts: Some(sts),
         ..DnsConfig::default()
     };
     let mut dns = check::dns::Dns::new(&dns_config).context("starting the DNS resolver")?;

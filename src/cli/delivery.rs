@@ -12,7 +12,6 @@ use clap::Args;
 
 use mailvolley::deliver::dkim::KeySpec;
 use mailvolley::deliver::dns::DnsConfig;
-use mailvolley::deliver::mta_sts::fetch::{self, Fetcher};
 use mailvolley::deliver::mta_sts::lookup::StsConfig;
 use mailvolley::deliver::{DeliveryConfig, Routing};
 use mailvolley::engine::{EngineConfig, Rate, Schedule};
@@ -180,17 +179,15 @@ impl DeliveryArgs {
                     server: self.dns_server,
                     timeout: self.dns_timeout,
                     mta_sts: mta_sts
-                        .then(|| -> anyhow::Result<StsConfig> {
-                            Ok(StsConfig {
-                                fetcher: Fetcher {
-                                    tls: self.tls.verifier()?,
-                                    port: self.mta_sts_port,
-                                    timeout: fetch::TIMEOUT,
-                                },
-                                cache_file: self.mta_sts_cache.clone(),
-                            })
+                        .then(|| {
+                            StsConfig::new(
+                                self.tls.ca_file.as_deref(),
+                                self.mta_sts_port,
+                                self.mta_sts_cache.clone(),
+                            )
                         })
-                        .transpose()?,
+                        .transpose()
+                        .context("setting up certificate checks for MTA-STS")?,
                     ..DnsConfig::default()
                 },
                 port: self.smtp_port,

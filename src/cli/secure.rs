@@ -83,14 +83,6 @@ impl TlsArgs {
             .context("setting up TLS")?;
         Ok(Some(if self.no_resumption { tls.without_resumption() } else { tls }))
     }
-
-    /// A configuration that checks certificates (against --ca-file, else Mozilla's roots),
-    /// whatever the run's policy: what a receiver's MTA-STS policy asks for.
-    pub fn verifier(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        let tls = ClientTls::new(TlsPolicy::Verify, false, self.ca_file.as_deref(), false)
-            .context("setting up certificate checks")?;
-        Ok(tls.config)
-    }
 }
 
 #[derive(Debug, Args)]

@@ -124,6 +124,12 @@ pub struct SendArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Write the run's TLS reports (RFC 8460's JSON, one file per recipient domain with an
+    /// MTA-STS policy: sessions that negotiated TLS as it asks, failures by type and MX host,
+    /// failed policy fetches) into DIR at the end, named as the RFC names them
+    /// (`SENDER!DOMAIN!BEGIN!END.json`; SENDER is the --helo name).
+    #[arg(long, value_name = "DIR")]
+    tls_report: Option<PathBuf>,
     /// Draw the campaign as an SVG picture: recipients' attempts per second by outcome, and
     /// the queue time by percentile for the busiest destinations.
     #[arg(long, value_name = "FILE.svg")]
@@ -217,6 +223,7 @@ fn config(args: &SendArgs) -> anyhow::Result<SendConfig> {
         resume,
         progress: !args.quiet,
         metrics: args.metrics.metrics_listen.is_some(),
+        tls_report: args.tls_report.clone(),
     })
 }
 
@@ -322,6 +329,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", text_report(&report, &log));
     }
+    if let Err(e) = &report.tls_report_files {
+        eprintln!("volley: {e}");
+    }
     if let Some(e) = &report.books.log_error {
         eprintln!("volley: {e}");
         return Ok(ExitCode::from(3));
@@ -390,6 +400,21 @@ fn text_report(r: &SendReport, log: &std::path::Path) -> String {
         e.tls.negotiated.values().sum::<u64>(),
         e.tls.plaintext
     );
+    if !r.tls.is_empty() {
+        let _ = writeln!(s, "MTA-STS domains (TLS sessions as their policies ask / failed):");
+        for t in &r.tls {
+            let _ = writeln!(s, "  {:<32} {:>9} {:>9}", t.domain, t.successes, t.failures);
+        }
+    }
+    match &r.tls_report_files {
+        Ok(files) if !files.is_empty() => {
+            let _ = writeln!(s, "TLS reports: {} written", files.len());
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = writeln!(s, "TLS reports: NOT written: {e}");
+        }
+    }
     if let Some(err) = &e.last_session_error {
         let _ = writeln!(s, "last session error: {err}");
     }
@@ -509,5 +534,14 @@ fn json_report(r: &SendReport, log: &std::path::Path) -> serde_json::Value {
         })),
         "domains": r.books.domains,
         "other_domains": r.books.other_domains,
+        "mta_sts": r.tls.iter().map(|t| serde_json::json!({
+            "domain": t.domain,
+            "successful_sessions": t.successes,
+            "failed_sessions": t.failures,
+        })).collect::<Vec<_>>(),
+        "tls_reports": match &r.tls_report_files {
+            Ok(files) => serde_json::json!(files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()),
+            Err(e) => serde_json::json!({"error": e}),
+        },
     })
 }

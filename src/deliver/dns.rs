@@ -13,7 +13,9 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, TokioResolver};
 
-use super::mta_sts::lookup::{self, Sts, StsConfig};
+use super::mta_sts::Policy;
+use super::mta_sts::lookup::{self, Sts, StsConfig, StsTls};
+use super::tls_report::run::TlsReports;
 use crate::rng::Rng;
 
 /// Answers the resolver keeps (see `build`).
@@ -43,14 +45,14 @@ pub enum Answer {
 }
 
 /// What the receiving domain requires of the TLS its mail goes over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsDemand {
     /// Nothing: the run's own TLS policy applies.
     None,
-    /// Its MTA-STS policy is in `enforce` mode (RFC 8461 §5): STARTTLS with a certificate
-    /// valid for the MX host's name, or no delivery at all. (The hosts are already narrowed
-    /// to those the policy lists.)
-    MtaSts,
+    /// It has an MTA-STS policy (RFC 8461). In `enforce` mode: STARTTLS with a certificate
+    /// valid for the MX host's name, or no delivery at all (the hosts are already narrowed to
+    /// those the policy lists); in `testing`, delivery as without it, and TLS reports either way.
+    MtaSts(Arc<Policy>),
 }
 
 /// The resolver thread's handle: ask by domain, collect answers without blocking.
@@ -58,8 +60,8 @@ pub struct Resolver {
     requests: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     answers: mpsc::Receiver<(String, Answer)>,
     thread: Option<JoinHandle<()>>,
-    /// What a destination under an enforced MTA-STS policy checks certificates with.
-    verifier: Option<Arc<rustls::ClientConfig>>,
+    /// What destinations of domains with an MTA-STS policy are given.
+    sts_tls: Option<StsTls>,
 }
 
 /// How the resolver is set up.
@@ -104,8 +106,15 @@ impl Default for DnsConfig {
 impl Resolver {
     pub fn start(config: DnsConfig) -> std::io::Result<Resolver> {
         let resolver = build(&config)?;
-        let verifier = config.mta_sts.as_ref().map(StsConfig::verifier);
-        let sts = config.mta_sts.clone().map(Sts::open).transpose()?.map(Arc::new);
+        let sts_tls = config.mta_sts.as_ref().map(|sts| StsTls {
+            verifier: Arc::clone(&sts.fetcher.tls),
+            check: sts.check.clone(),
+            reports: TlsReports::new(),
+        });
+        let sts = match (&config.mta_sts, &sts_tls) {
+            (Some(sts), Some(tls)) => Some(Arc::new(Sts::open(sts.clone(), Arc::clone(&tls.reports))?)),
+            _ => None,
+        };
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -131,7 +140,7 @@ impl Resolver {
                                         sts.policy(&resolver, &domain)
                                     );
                                     match policy {
-                                        Some(policy) => keep_to(answer, &policy, &domain),
+                                        Some(policy) => keep_to(answer, policy, &domain),
                                         None => answer,
                                     }
                                 }
@@ -147,13 +156,13 @@ impl Resolver {
                 }
             })
         })?;
-        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread), verifier })
+        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread), sts_tls })
     }
 
-    /// The TLS configuration for destinations whose domain enforces MTA-STS (`None` unless
-    /// MTA-STS is looked up).
-    pub fn verifier(&self) -> Option<&Arc<rustls::ClientConfig>> {
-        self.verifier.as_ref()
+    /// What destinations of domains with an MTA-STS policy are given (`None` unless MTA-STS
+    /// is looked up).
+    pub fn sts_tls(&self) -> Option<&StsTls> {
+        self.sts_tls.as_ref()
     }
 
     /// Starts resolving `domain`; its answer comes out of [`Resolver::try_answer`].
@@ -263,13 +272,13 @@ async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answe
 
 /// `answer` under `domain`'s MTA-STS `policy`: in `enforce` mode, only the MX hosts it lists,
 /// and those only over TLS with a checked certificate; none listed, no delivery.
-fn keep_to(answer: Answer, policy: &super::mta_sts::Policy, domain: &str) -> Answer {
+fn keep_to(answer: Answer, policy: Policy, domain: &str) -> Answer {
     let Answer::Hosts { hosts, until, .. } = answer else { return answer };
     if policy.mode != super::mta_sts::Mode::Enforce {
-        return Answer::Hosts { hosts, until, tls: TlsDemand::None };
+        return Answer::Hosts { hosts, until, tls: TlsDemand::MtaSts(Arc::new(policy)) };
     }
-    match lookup::allowed(policy, hosts, |h| h.name.as_str()) {
-        Ok(hosts) => Answer::Hosts { hosts, until, tls: TlsDemand::MtaSts },
+    match lookup::allowed(&policy, hosts, |h| h.name.as_str()) {
+        Ok(hosts) => Answer::Hosts { hosts, until, tls: TlsDemand::MtaSts(Arc::new(policy)) },
         Err(refused) => Answer::Unlisted(format!(
             "TLS required: {domain}'s MTA-STS policy (enforce) lists none of its MX hosts ({refused})"
         )),

@@ -94,6 +94,23 @@ pub fn lowercase(domain: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Writes `bytes` as the whole of `path`: to a temporary file beside it, synced, then renamed
+/// over it (and the directory synced), so a crash leaves the old file or the new, never half.
+pub fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -198,6 +198,14 @@ impl Routes {
         })
     }
 
+    /// The run's TLS reports, when MTA-STS is looked up.
+    pub fn tls_reports(&self) -> Option<Arc<crate::deliver::tls_report::run::TlsReports>> {
+        match &self.mode {
+            Mode::Mx { resolver, .. } => resolver.sts_tls().map(|s| Arc::clone(&s.reports)),
+            Mode::Relay(_) => None,
+        }
+    }
+
     /// The relay every domain goes through, if that is how mail is routed.
     pub fn relay_destination(&self) -> Option<&Arc<Destination>> {
         match &self.mode {
@@ -316,13 +324,19 @@ impl Routes {
         if let Some(rule) = shaped.rule.as_ref().filter(|_| shaped.by_domain) {
             key = format!("{rule}|{key}");
         }
-        let verified_tls = match (tls, &self.mode) {
-            (TlsDemand::None, _) => None,
-            (TlsDemand::MtaSts, Mode::Mx { resolver, .. }) => resolver.verifier().cloned(),
-            (TlsDemand::MtaSts, Mode::Relay(_)) => None,
-        };
-        if verified_tls.is_some() {
-            key = format!("mta-sts|{key}");
+        // A domain with a policy has a destination of its own: its sessions are reported on
+        // under its name, and under `enforce` never share a pool with plaintext ones.
+        let (mut verified_tls, mut tls_watch) = (None, None);
+        if let (TlsDemand::MtaSts(policy), Mode::Mx { resolver, .. }) = (&tls, &self.mode)
+            && let Some(sts) = resolver.sts_tls()
+        {
+            key = format!("mta-sts:{domain}|{key}");
+            let enforced = policy.mode == super::mta_sts::Mode::Enforce;
+            verified_tls = enforced.then(|| Arc::clone(&sts.verifier));
+            tls_watch = Some(crate::engine::TlsWatch {
+                observer: sts.reports.watch(domain, policy),
+                check: (!enforced).then(|| sts.check.clone()),
+            });
         }
         if let Some(d) = self.rollups.get(&key) {
             return Arc::clone(d);
@@ -348,14 +362,15 @@ impl Routes {
             // Set apart from the other domains on the same hosts: say so in reports.
             label = format!("{label} [{rule}]");
         }
-        if verified_tls.is_some() {
-            label = format!("{label} [MTA-STS]");
+        if tls_watch.is_some() {
+            label = format!("{label} [MTA-STS {domain}]");
         }
         let mut destination = Destination::new(self.next_index, label, addrs, shaped.connections)
             .with_hosts(names)
             .with_preferences(preferences)
             .with_limits(&shaped.limits, shaped.rule);
         destination.verified_tls = verified_tls;
+        destination.tls_watch = tls_watch;
         if let Some(old) = self.retired.remove(&key) {
             destination.shaping.carry_over(&old.shaping);
         }

@@ -33,6 +33,8 @@ pub struct Destination {
     /// against the host's name; a server that does not offer STARTTLS or whose certificate
     /// fails gets nothing, never plaintext.
     pub verified_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Told what became of each session's TLS (a receiver that asks for TLS reports).
+    pub tls_watch: Option<super::TlsWatch>,
     /// How this destination's sessions are going, across cores (written per session, never per
     /// message).
     pub health: Health,
@@ -60,6 +62,7 @@ impl Destination {
             max_connections,
             tls_name: None,
             verified_tls: None,
+            tls_watch: None,
             health: Health::new(),
             shaping: Shaping::default(),
             limits: Limits::default(),

@@ -22,6 +22,7 @@ mod session;
 pub mod shaping;
 mod signal;
 pub mod stats;
+pub mod tls_watch;
 
 use std::io;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub use outcome::{Origin, Outcome, Via};
 pub use retry::{Deferral, RetryPolicy, Schedule, Verdict};
 pub use shaping::{Action, Limits, Rate, Reaction, Reactions, ShapingEvent};
 pub use stats::{METRICS, Metric, Stats};
+pub use tls_watch::{TlsObserver, TlsSeen, TlsWatch};
 
 use crate::proto::ClientConfig;
 use crate::rt::{self, Driver};

@@ -10,6 +10,7 @@ use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent};
 use super::core::{Core, Meta, Pool};
 use super::outcome::Via;
 use super::stats::Metric;
+use super::tls_watch::TlsSeen;
 use crate::proto::client::{Client, ClientConfig, Event, SessionError, StartTls};
 use crate::rt::ReadOutcome;
 use crate::tls::{Conn, TlsError, TlsLayer, TlsPolicy};
@@ -82,12 +83,32 @@ where
     };
     let name = pool.destination.tls_name.clone().or_else(host_name).unwrap_or_else(|| addr.ip().into());
     let started = Instant::now();
-    let result = match TlsLayer::client(std::sync::Arc::clone(config), name) {
+    let result = match TlsLayer::client(std::sync::Arc::clone(config), name.clone()) {
         Ok(layer) => conn.start_tls(layer, watch, started + core.config.client.timeouts.ehlo).await,
         Err(e) => Err(e),
     };
-    let mut stats = core.stats.borrow_mut();
     let info = conn.tls().and_then(TlsLayer::info);
+    if let Some(tls_watch) = &pool.destination.tls_watch {
+        // What a check would say of a certificate the run's own policy did not check.
+        let checked = match (&result, &tls_watch.check, conn.tls()) {
+            (Ok(()), Some(check), Some(layer)) if pool.destination.verified_tls.is_none() => {
+                check.check(layer, &name)
+            }
+            _ => Ok(()),
+        };
+        let host = pool.destination.host_of(addr).map(|h| &**h);
+        match result.as_ref().and(checked.as_ref()) {
+            Ok(()) => tls_watch.observer.seen(TlsSeen::Secured { addr, host }),
+            Err(e) => {
+                let problem = match e {
+                    TlsError::Certificate(problem, _) => Some(*problem),
+                    _ => None,
+                };
+                tls_watch.observer.seen(TlsSeen::Failed { addr, host, problem, why: &e.to_string() });
+            }
+        }
+    }
+    let mut stats = core.stats.borrow_mut();
     match (result, info) {
         (Ok(()), Some(info)) => {
             stats.record(Metric::Tls, started.elapsed());
@@ -98,9 +119,24 @@ where
         (Err(e), _) => {
             stats.tls.failed += 1;
             Err(match e {
-                TlsError::Certificate(why) => SessionError::TlsCertificate(why),
+                TlsError::Certificate(_, why) => SessionError::TlsCertificate(why),
                 other => SessionError::Tls(other.to_string()),
             })
+        }
+    }
+}
+
+/// Tells `pool`'s watch, if it has one, of a session to `addr` that went on, or ended, without
+/// STARTTLS: not offered, or refused (`error`, under a policy that requires it).
+fn tls_missing(pool: &Pool, addr: std::net::SocketAddr, error: Option<&SessionError>) {
+    let Some(tls_watch) = &pool.destination.tls_watch else { return };
+    let host = pool.destination.host_of(addr).map(|h| &**h);
+    match error {
+        None | Some(SessionError::TlsUnavailable { reply: None }) => {
+            tls_watch.observer.seen(TlsSeen::NotOffered { addr, host })
+        }
+        Some(e) => {
+            tls_watch.observer.seen(TlsSeen::Failed { addr, host, problem: None, why: &e.to_string() })
         }
     }
 }
@@ -146,8 +182,11 @@ where
                         stats.record(Metric::Auth, auth);
                         stats.authenticated += 1;
                     }
-                    if client.capabilities().is_some_and(|c| c.starttls) {
+                    let offered = client.capabilities().is_some_and(|c| c.starttls);
+                    if offered {
                         stats.starttls_offered += 1;
+                    } else if !client.is_secure() {
+                        tls_missing(pool, addr, None);
                     }
                     if core.config.tls.as_ref().is_some_and(|t| t.policy != TlsPolicy::None)
                         && !client.is_secure()
@@ -173,6 +212,9 @@ where
                         pool.destination.health.session_ended();
                     }
                     if let Some(e) = &error {
+                        if matches!(e, SessionError::TlsUnavailable { .. }) {
+                            tls_missing(pool, addr, Some(e));
+                        }
                         core.stats.borrow_mut().session_failed(e);
                     }
                     return End { carried, answered, error, shed };

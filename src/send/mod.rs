@@ -30,6 +30,7 @@ use crate::deliver::DeliveryConfig;
 pub use crate::deliver::Routing;
 use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
 use crate::deliver::log::{LogFile, Record, Status};
+use crate::deliver::tls_report::run::{DomainTally, TlsReports};
 use crate::deliver::{dkim, log, rules_file};
 use crate::engine::{self, RetryPolicy};
 use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
@@ -62,6 +63,9 @@ pub struct SendConfig {
     pub progress: bool,
     /// Count the log's records for metrics (see [`Sending::metrics`]).
     pub metrics: bool,
+    /// Write the run's TLS reports (RFC 8460) into this directory at the end, one per domain
+    /// with an MTA-STS policy.
+    pub tls_report: Option<PathBuf>,
 }
 
 /// A node's part in a campaign shared through Redis (see [`crate::cluster`]).
@@ -126,6 +130,11 @@ pub struct Sending {
     worker: Option<cluster::worker::WorkerHandle>,
     /// A node of a shared campaign: its fleet-wide limits.
     limiter: Option<cluster::limiter::Limiter>,
+    /// The run's TLS reports (with MTA-STS), and where to write them.
+    tls_reports: Option<Arc<TlsReports>>,
+    tls_report_dir: Option<PathBuf>,
+    /// The sender's name in TLS reports (the EHLO name).
+    helo: String,
 }
 
 /// How a campaign ended.
@@ -148,6 +157,10 @@ pub struct SendReport {
     pub engine: engine::Report,
     /// A node of a shared campaign: what its worker did.
     pub cluster: Option<cluster::worker::WorkerReport>,
+    /// Sessions per domain with an MTA-STS policy (TLS reporting's figures).
+    pub tls: Vec<DomainTally>,
+    /// The TLS report files written (`SendConfig::tls_report`), or why they could not be.
+    pub tls_report_files: Result<Vec<PathBuf>, String>,
 }
 
 impl SendReport {
@@ -272,6 +285,7 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     let shaping = config.delivery.shaping()?;
     let reactions = shaping.reactions();
     let mut routes = config.delivery.routes(shaping).map_err(SendError::Dns)?;
+    let tls_reports = routes.tls_reports();
     let limiter = match (&limits, &config.queue) {
         (Some(limits), Some(queue)) => {
             routes.on_new_destination(limits.hook());
@@ -362,6 +376,9 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
         delivery_metrics,
         worker,
         limiter,
+        tls_reports,
+        tls_report_dir: config.tls_report.clone(),
+        helo: config.delivery.engine.client.helo_domain.as_str().to_owned(),
     })
 }
 
@@ -427,7 +444,16 @@ impl Sending {
         let admitted = self.shared.flow.admitted.load(Ordering::Acquire);
         let unfinished = admitted.saturating_sub(books.tally.finals());
         let input_error = self.shared.input_error.lock().ok().and_then(|e| e.clone());
+        let tls = self.tls_reports.as_ref().map(|r| r.tallies()).unwrap_or_default();
+        let tls_report_files = match (&self.tls_reports, &self.tls_report_dir) {
+            (Some(reports), Some(dir)) => reports
+                .write(dir, &self.helo, &format!("postmaster@{}", self.helo))
+                .map_err(|e| format!("--tls-report {}: {e}", dir.display())),
+            _ => Ok(Vec::new()),
+        };
         Ok(SendReport {
+            tls,
+            tls_report_files,
             campaign: self.campaign,
             elapsed: self.started.elapsed(),
             admitted,

@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use super::TlsError;
+use super::pinned::Pinned;
 
 /// The `ring` provider: the only one built (aws-lc is slow to build here).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -88,26 +89,9 @@ impl ClientTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?;
         let config = if verifies {
-            let mut roots = RootCertStore::empty();
-            let mut pinned = Vec::new();
-            match ca_file {
-                Some(path) => {
-                    for cert in read_certs(path)? {
-                        pinned.push(cert.clone());
-                        roots.add(cert).map_err(|e| TlsError::Setup(format!("{}: {e}", path.display())))?;
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
-            let chains = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
-                Arc::clone(&provider),
-            )
-            .build()
-            .map_err(|e| TlsError::Setup(e.to_string()))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(super::pinned::Pinned { chains, pinned }))
+                .with_custom_certificate_verifier(checking(ca_file, &provider)?)
                 .with_no_client_auth()
         } else {
             builder
@@ -193,6 +177,51 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(TlsError::Setup(format!("{}: no certificate in the file", path.display())));
     }
     Ok(certs)
+}
+
+/// The check of policy `verify`: chains against Mozilla's roots, or against `ca_file`'s
+/// certificates, which are also trusted as the server's own (see `pinned`).
+fn checking(ca_file: Option<&Path>, provider: &Arc<CryptoProvider>) -> Result<Arc<Pinned>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let mut pinned = Vec::new();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certs(path)? {
+                pinned.push(cert.clone());
+                roots.add(cert).map_err(|e| TlsError::Setup(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let chains =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(Arc::new(Pinned { chains, pinned }))
+}
+
+/// Policy `verify`'s certificate check made after the handshake: what it says of a session
+/// whose own policy did not check (a receiver's MTA-STS policy in testing mode, whose failures
+/// are reported, not enforced).
+#[derive(Debug, Clone)]
+pub struct CertificateCheck(Arc<Pinned>);
+
+impl CertificateCheck {
+    /// Against `ca_file`'s certificates, else Mozilla's roots.
+    pub fn new(ca_file: Option<&Path>) -> Result<CertificateCheck, TlsError> {
+        Ok(CertificateCheck(checking(ca_file, &client_provider())?))
+    }
+
+    /// Whether the certificate `layer`'s peer presented is valid for `name` now.
+    pub fn check(&self, layer: &super::TlsLayer, name: &ServerName<'_>) -> Result<(), TlsError> {
+        let Some((own, chain)) = layer.peer_certificates().and_then(<[_]>::split_first) else {
+            return Err(TlsError::Certificate(
+                super::CertificateProblem::Other,
+                "no certificate presented".into(),
+            ));
+        };
+        self.0.verify_server_cert(own, chain, name, &[], UnixTime::now()).map(|_| ()).map_err(TlsError::from)
+    }
 }
 
 /// Accepts any certificate (policies `opportunistic` and `required`, and `--insecure`), but

@@ -133,6 +133,11 @@ impl TlsLayer {
         self.conn.send_close_notify();
     }
 
+    /// The certificates the peer presented (its own first), once the handshake has them.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
     /// What the handshake negotiated, once it is done.
     pub fn info(&self) -> Option<TlsInfo> {
         if self.conn.is_handshaking() {

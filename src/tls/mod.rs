@@ -14,7 +14,7 @@ mod stream;
 
 use thiserror::Error;
 
-pub use config::{ClientTls, ServerTls, TlsPolicy, provider};
+pub use config::{CertificateCheck, ClientTls, ServerTls, TlsPolicy, provider};
 pub use layer::{HandshakeKind, TlsInfo, TlsLayer};
 pub use stream::Conn;
 
@@ -23,9 +23,9 @@ pub enum TlsError {
     /// The peer broke the TLS protocol.
     #[error("TLS: {0}")]
     Protocol(String),
-    /// The server's certificate was refused (policy `verify`).
-    #[error("certificate refused: {0}")]
-    Certificate(String),
+    /// The server's certificate was refused (policy `verify`), for this kind of reason.
+    #[error("certificate refused: {1}")]
+    Certificate(CertificateProblem, String),
     /// Certificates or keys could not be loaded or made.
     #[error("TLS setup: {0}")]
     Setup(String),
@@ -34,10 +34,38 @@ pub enum TlsError {
     Handshake(String),
 }
 
+/// What is wrong with a refused certificate, as TLS reports (RFC 8460 §4.3.1) tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateProblem {
+    /// It does not name the host connected to.
+    HostMismatch,
+    Expired,
+    /// No trusted authority signed it (or its signature does not verify).
+    NotTrusted,
+    /// Anything else (not valid yet, revoked, a CA certificate presented as the
+    /// server's own).
+    Other,
+}
+
+impl CertificateProblem {
+    pub fn of(error: &rustls::CertificateError) -> CertificateProblem {
+        use rustls::CertificateError as E;
+        match error {
+            E::NotValidForName | E::NotValidForNameContext { .. } => CertificateProblem::HostMismatch,
+            E::Expired | E::ExpiredContext { .. } => CertificateProblem::Expired,
+            // A chain to no trusted root, or one whose signatures do not verify against it.
+            E::UnknownIssuer | E::BadSignature => CertificateProblem::NotTrusted,
+            _ => CertificateProblem::Other,
+        }
+    }
+}
+
 impl From<rustls::Error> for TlsError {
     fn from(e: rustls::Error) -> Self {
         match e {
-            rustls::Error::InvalidCertificate(error) => TlsError::Certificate(pinned::explain(&error)),
+            rustls::Error::InvalidCertificate(error) => {
+                TlsError::Certificate(CertificateProblem::of(&error), pinned::explain(&error))
+            }
             e => TlsError::Protocol(e.to_string()),
         }
     }

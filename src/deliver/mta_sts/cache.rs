@@ -9,7 +9,6 @@
 //! that is synced and renamed, so a crash leaves the old file or the new, never half of one.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -114,17 +113,7 @@ impl Cache {
             .map(|(d, e)| (d, Stored { id: e.id.clone(), fetched: e.fetched, policy: e.policy.to_text() }))
             .collect();
         let text = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::deliver::write_synced(path, &text)
     }
 }
 

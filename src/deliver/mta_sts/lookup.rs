@@ -3,7 +3,7 @@
 //! not cached) the fetch. The send path never waits on it: a recipient waits for its domain's
 //! route, which is ready when both the MX hosts and the policy are known.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +12,8 @@ use hickory_resolver::TokioResolver;
 use super::cache::{Cache, Decision};
 use super::fetch::Fetcher;
 use super::{Mode, Policy, record_id};
+use crate::deliver::tls_report::run::TlsReports;
+use crate::tls::{CertificateCheck, ClientTls, TlsError, TlsPolicy};
 
 /// The longest the cache file goes unwritten after a new policy (a crash then costs at most
 /// the fetches of this long, made again at the next run); it is also written when the DNS
@@ -22,16 +24,38 @@ const SAVE_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct StsConfig {
     pub fetcher: Fetcher,
+    /// The same check as the fetcher's, made after a handshake that did not check (a policy
+    /// in testing mode: its failures are reported).
+    pub check: CertificateCheck,
     /// Where policies are kept between runs (`None`: in memory only).
     pub cache_file: Option<PathBuf>,
 }
 
 impl StsConfig {
-    /// The TLS configuration a destination under an enforced policy is delivered with: the
-    /// same certificate checks as the policy's own fetch (Mozilla's roots, or `--ca-file`).
-    pub fn verifier(&self) -> Arc<rustls::ClientConfig> {
-        Arc::clone(&self.fetcher.tls)
+    /// Certificates (of policy servers and of MX hosts under a policy) checked against
+    /// `ca_file`'s, else Mozilla's roots; policies fetched from `port`.
+    pub fn new(
+        ca_file: Option<&Path>,
+        port: u16,
+        cache_file: Option<PathBuf>,
+    ) -> Result<StsConfig, TlsError> {
+        let tls = ClientTls::new(TlsPolicy::Verify, false, ca_file, false)?.config;
+        Ok(StsConfig {
+            fetcher: Fetcher { tls, port, timeout: super::fetch::TIMEOUT },
+            check: CertificateCheck::new(ca_file)?,
+            cache_file,
+        })
     }
+}
+
+/// What destinations of domains with a policy are given: the configuration an enforced
+/// policy's sessions use (the fetch's: the same checks), the check of a testing policy's, and
+/// the run's TLS reports.
+#[derive(Debug, Clone)]
+pub struct StsTls {
+    pub verifier: Arc<rustls::ClientConfig>,
+    pub check: CertificateCheck,
+    pub reports: Arc<TlsReports>,
 }
 
 /// The DNS thread's MTA-STS state: the cache, shared by its lookups.
@@ -41,12 +65,13 @@ pub(crate) struct Sts {
     file: Option<PathBuf>,
     /// When the file was last written, and whether the cache changed since.
     saved: Mutex<(Instant, bool)>,
+    reports: Arc<TlsReports>,
 }
 
 impl Sts {
     /// Reads the cache file (missing: empty; not a cache file: an error, so a wrong path does
     /// not get overwritten).
-    pub fn open(config: StsConfig) -> std::io::Result<Sts> {
+    pub fn open(config: StsConfig, reports: Arc<TlsReports>) -> std::io::Result<Sts> {
         let cache = match &config.cache_file {
             Some(path) => Cache::load(path).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("MTA-STS cache {}: {e}", path.display()))
@@ -58,6 +83,7 @@ impl Sts {
             cache: Mutex::new(cache),
             file: config.cache_file,
             saved: Mutex::new((Instant::now(), false)),
+            reports,
         })
     }
 
@@ -85,7 +111,11 @@ impl Sts {
                     self.changed();
                     Some(policy)
                 }
-                (_, _) => fallback,
+                (Err(why), _) => {
+                    self.reports.fetch_failed(domain, fallback.as_ref(), &why);
+                    fallback
+                }
+                (Ok(_), None) => fallback,
             },
         };
         policy.filter(|p| p.mode != Mode::None)

@@ -1,8 +1,11 @@
 //! TLS reporting (RFC 8460): what happened to TLS with each policy domain, counted as sessions
 //! go (successes, and failures by the RFC's result types with where they happened), and the
 //! aggregate report the domain asks for (§4: its JSON, gzip-compressed for sending). Sans-IO:
-//! the session path tells the recorder, a report is made from it; sending reports (mail to the
-//! `rua` of `_smtp._tls`, or HTTPS POST) is issue 30's, not built.
+//! the session path tells the recorder, a report is made from it. [`run`] keeps a run's
+//! recorder, fed by destinations' watches and the policy fetches, and writes its reports;
+//! sending them (mail to the `rua` of `_smtp._tls`, or HTTPS POST) is not built.
+
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -61,8 +64,11 @@ pub struct Failure {
     pub sending_ip: Option<IpAddr>,
     pub mx_host: Option<String>,
     pub receiving_ip: Option<IpAddr>,
-    /// Free text for the receiver's operators (a certificate's error, the policy fetch's).
+    /// A URI with more about the failure (§4.4 `additional-information`).
     pub detail: Option<String>,
+    /// The error, as text (§4.4 `failure-reason-code`: a certificate's refusal, the policy
+    /// fetch's error).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +112,13 @@ impl Recorder {
         self.policies.get_mut(policy).unwrap_or_else(|| unreachable!("inserted above"))
     }
 
+    /// `domain`'s sessions counted: successful, failed (over every policy of it).
+    pub fn counts(&self, domain: &str) -> (u64, u64) {
+        self.policies.iter().filter(|(p, _)| p.domain == domain).fold((0, 0), |(ok, failed), (_, t)| {
+            (ok + t.successes, failed + t.failures.values().sum::<u64>())
+        })
+    }
+
     /// The policy domains counted.
     pub fn domains(&self) -> Vec<&str> {
         let domains: std::collections::BTreeSet<&str> =
@@ -135,6 +148,7 @@ impl Recorder {
                             receiving_ip: f.receiving_ip,
                             count: *n,
                             detail: f.detail.as_deref(),
+                            reason: f.reason.as_deref(),
                         })
                         .collect(),
                 }
@@ -216,6 +230,8 @@ struct FailureDetails<'a> {
     count: u64,
     #[serde(rename = "additional-information", skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    #[serde(rename = "failure-reason-code", skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -249,6 +265,7 @@ mod tests {
             mx_host: Some("mx1.mail.company-y.example".into()),
             receiving_ip: Some("203.0.113.56".parse().unwrap()),
             detail: None,
+            reason: None,
         };
         let starttls = Failure {
             result: ResultType::StarttlsNotSupported,
@@ -258,6 +275,7 @@ mod tests {
             detail: Some(
                 "https://reports.company-x.example/report_info?id=5065427c-23d3#StarttlsNotSupported".into(),
             ),
+            reason: None,
         };
         for _ in 0..100 {
             recorder.failure(&policy, mismatch.clone());
@@ -271,6 +289,7 @@ mod tests {
             mx_host: Some("mx-backup.mail.company-y.example".into()),
             receiving_ip: Some("203.0.113.58".parse().unwrap()),
             detail: None,
+            reason: None,
         };
         for _ in 0..3 {
             recorder.failure(&policy, validation.clone());
