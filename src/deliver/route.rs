@@ -325,12 +325,14 @@ impl Routes {
             key = format!("{rule}|{key}");
         }
         // A domain with a policy has a destination of its own: its sessions are reported on
-        // under its name, and under `enforce` never share a pool with plaintext ones.
+        // under its name, and under `enforce` never share a pool with plaintext ones. One per
+        // policy: a policy that changes (testing to enforce, a new MX list) makes a new
+        // destination, whose sessions keep to it and are reported under it.
         let (mut verified_tls, mut tls_watch) = (None, None);
         if let (TlsDemand::MtaSts(policy), Mode::Mx { resolver, .. }) = (&tls, &self.mode)
             && let Some(sts) = resolver.sts_tls()
         {
-            key = format!("mta-sts:{domain}|{key}");
+            key = format!("mta-sts:{domain}:{}|{key}", policy.to_text().trim_end().replace('\n', ";"));
             let enforced = policy.mode == super::mta_sts::Mode::Enforce;
             verified_tls = enforced.then(|| Arc::clone(&sts.verifier));
             tls_watch = Some(crate::engine::TlsWatch {
@@ -488,6 +490,38 @@ mod tests {
         let new = mx.rollup("a.test", &[host], 25, TlsDemand::None);
         assert!(!Arc::ptr_eq(&new, &old) && new.max_connections == 7);
         assert!(new.shaping.suspended(t0).is_some());
+    }
+
+    #[test]
+    fn a_policy_domain_has_its_own_destination_per_policy() {
+        use crate::deliver::mta_sts::{Policy, lookup::StsConfig};
+        let sts = StsConfig::new(None, 443, None).unwrap();
+        let resolver = Resolver::start(DnsConfig {
+            mta_sts: Some(sts),
+            ..DnsConfig::for_stub("127.0.0.1:9".parse().unwrap())
+        })
+        .unwrap();
+        let defaults = Defaults { connections: 2, limits: Limits::default() };
+        let mut routes = Routes::mx(resolver, 25, ShapingRules::load(&[], false, defaults).unwrap());
+        let host = MxHost { name: "mx.big.test".into(), preference: 10, addrs: vec![[127, 0, 0, 2].into()] };
+        let hosts = std::slice::from_ref(&host);
+        let policy = |mode: &str| {
+            let text = format!("version: STSv1\nmode: {mode}\nmx: *.big.test\nmax_age: 86400\n");
+            TlsDemand::MtaSts(Arc::new(Policy::parse(text.as_bytes()).unwrap()))
+        };
+        let plain = routes.rollup("a.test", hosts, 25, TlsDemand::None);
+        let testing = routes.rollup("a.test", hosts, 25, policy("testing"));
+        let enforced = routes.rollup("a.test", hosts, 25, policy("enforce"));
+        let other = routes.rollup("b.test", hosts, 25, policy("enforce"));
+        assert!(!Arc::ptr_eq(&plain, &testing) && !Arc::ptr_eq(&testing, &enforced));
+        assert!(!Arc::ptr_eq(&enforced, &other), "each policy domain is reported under its own name");
+        assert!(Arc::ptr_eq(&enforced, &routes.rollup("a.test", hosts, 25, policy("enforce"))));
+        assert!(plain.verified_tls.is_none() && plain.tls_watch.is_none());
+        assert!(testing.verified_tls.is_none(), "testing: STARTTLS as usual, the certificate checked after");
+        assert!(testing.tls_watch.as_ref().is_some_and(|w| w.check.is_some()));
+        assert!(enforced.verified_tls.is_some(), "enforce: the handshake itself checks");
+        assert!(enforced.tls_watch.as_ref().is_some_and(|w| w.check.is_none()));
+        assert_eq!(enforced.name, "mx.big.test [MTA-STS a.test]");
     }
 
     #[test]
