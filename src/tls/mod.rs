@@ -8,6 +8,7 @@
 //!   layer; a connection is plain until a layer is installed (implicit TLS, or STARTTLS).
 
 mod config;
+pub mod dane;
 mod layer;
 mod pinned;
 mod stream;
@@ -42,6 +43,8 @@ pub enum CertificateProblem {
     Expired,
     /// No trusted authority signed it (or its signature does not verify).
     NotTrusted,
+    /// It matches none of the host's TLSA records (DANE).
+    TlsaMismatch,
     /// Anything else (not valid yet, revoked, a CA certificate presented as the
     /// server's own).
     Other,
@@ -55,6 +58,7 @@ impl CertificateProblem {
             E::Expired | E::ExpiredContext { .. } => CertificateProblem::Expired,
             // A chain to no trusted root, or one whose signatures do not verify against it.
             E::UnknownIssuer | E::BadSignature => CertificateProblem::NotTrusted,
+            e if dane::is_tlsa_mismatch(e) => CertificateProblem::TlsaMismatch,
             _ => CertificateProblem::Other,
         }
     }

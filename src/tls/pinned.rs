@@ -92,6 +92,10 @@ pub(super) fn explain(error: &CertificateError) -> String {
             "the server presents a CA certificate as its own (a self-signed `openssl req -x509` one): give \
              that very certificate with --ca-file to trust it as itself"
         }
+        e if super::dane::is_tlsa_mismatch(e) => {
+            "its TLSA records in the DNS name another certificate: the receiver must publish records \
+             for the certificate its server presents"
+        }
         _ => "check the server's certificate chain, or give its authority with --ca-file",
     };
     format!("{what} ({error})")
@@ -109,6 +113,7 @@ mod tests {
             (CertificateError::Expired, "new certificate"),
             (CertificateError::NotValidYet, "clock"),
             (CertificateError::BadSignature, "chain"),
+            (CertificateError::Other(OtherError(Arc::new(super::super::dane::NoTlsaMatch))), "TLSA records"),
         ] {
             assert!(explain(&error).contains(advice), "{error:?}: {}", explain(&error));
         }

@@ -138,6 +138,7 @@ impl TlsObserver for PolicyWatch {
                     Some(CertificateProblem::HostMismatch) => ResultType::CertificateHostMismatch,
                     Some(CertificateProblem::Expired) => ResultType::CertificateExpired,
                     Some(CertificateProblem::NotTrusted) => ResultType::CertificateNotTrusted,
+                    Some(CertificateProblem::TlsaMismatch) => ResultType::TlsaInvalid,
                     Some(CertificateProblem::Other) | None => ResultType::ValidationFailure,
                 };
                 (result, addr, host, Some(why.to_owned()))
