@@ -193,6 +193,23 @@ impl Drop for Resolver {
 }
 
 pub(crate) fn build(config: &DnsConfig) -> std::io::Result<TokioResolver> {
+    Ok(builder(config)?.build())
+}
+
+/// A resolver like [`build`]'s that asks for DNSSEC records and validates them up to `anchors`
+/// (each answer's records carry their proof).
+pub(crate) fn build_validating(
+    config: &DnsConfig,
+    anchors: Arc<hickory_resolver::proto::dnssec::TrustAnchors>,
+) -> std::io::Result<TokioResolver> {
+    let mut builder = builder(config)?.with_trust_anchor(anchors);
+    builder.options_mut().validate = true;
+    Ok(builder.build())
+}
+
+fn builder(
+    config: &DnsConfig,
+) -> std::io::Result<hickory_resolver::ResolverBuilder<TokioConnectionProvider>> {
     let provider = TokioConnectionProvider::default();
     let mut builder = match config.server {
         Some(server) => {
@@ -212,7 +229,7 @@ pub(crate) fn build(config: &DnsConfig) -> std::io::Result<TokioResolver> {
     // by thousands of its customers' domains, were asked for again and again. KumoMTA keeps
     // 8,192; so do we (a few MB).
     opts.cache_size = DNS_CACHE;
-    Ok(builder.build())
+    Ok(builder)
 }
 
 /// The delivery route for `domain` (RFC 5321 §5.1).

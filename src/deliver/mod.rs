@@ -21,6 +21,7 @@
 pub mod books;
 pub mod bounce;
 pub mod config;
+pub mod dane;
 pub mod dispatch;
 pub mod dkim;
 pub mod dns;

@@ -2,4 +2,5 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod dnssec;
 pub mod https;
