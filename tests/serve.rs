@@ -498,6 +498,7 @@ fn a_suspended_mx_host_holds_every_domain_it_serves_until_resumed_after_a_restar
             attempts: 1,
             concurrency: 16,
             mta_sts: None,
+            dane: None,
         };
         let resolver = Resolver::start(dns_config).unwrap();
         c.routes = Routes::mx(resolver, sink.local_addr().port(), shaping);

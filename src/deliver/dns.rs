@@ -13,10 +13,12 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, TokioResolver};
 
+use super::dane::{Anchors, Dane, DaneConfig, HostDane};
 use super::mta_sts::Policy;
 use super::mta_sts::lookup::{self, Sts, StsConfig, StsTls};
 use super::tls_report::run::TlsReports;
 use crate::rng::Rng;
+use crate::tls::dane::Tlsa;
 
 /// Answers the resolver keeps (see `build`).
 const DNS_CACHE: usize = 8192;
@@ -27,6 +29,9 @@ pub struct MxHost {
     pub name: String,
     pub preference: u16,
     pub addrs: Vec<IpAddr>,
+    /// Its DNSSEC-validated TLSA records (DANE, RFC 7672), when it has some: TLS is required
+    /// of it and its certificate is checked against them.
+    pub tlsa: Option<Vec<Tlsa>>,
 }
 
 /// What DNS says about delivering to a domain.
@@ -39,8 +44,9 @@ pub enum Answer {
     Undeliverable(String),
     /// A temporary failure (SERVFAIL, a timeout): try again later.
     Failed(String),
-    /// The domain's MTA-STS policy (enforce) lists none of its MX hosts: deliver nowhere until
-    /// the policy or the MX records change (deferred, category `tls_required`).
+    /// What the domain requires of TLS leaves none of its MX hosts to deliver to: its MTA-STS
+    /// policy (enforce) lists none, or every host's DANE records fail validation. Deliver
+    /// nowhere until that changes (deferred, category `tls_required`).
     Unlisted(String),
 }
 
@@ -76,6 +82,8 @@ pub struct DnsConfig {
     pub concurrency: usize,
     /// Look up each domain's MTA-STS policy beside its MX hosts, and keep to it.
     pub mta_sts: Option<StsConfig>,
+    /// Look up each MX host's TLSA records (DANE), validated, and keep to them.
+    pub dane: Option<DaneConfig>,
 }
 
 impl DnsConfig {
@@ -99,6 +107,7 @@ impl Default for DnsConfig {
             attempts: 2,
             concurrency: 64,
             mta_sts: None,
+            dane: None,
         }
     }
 }
@@ -115,11 +124,33 @@ impl Resolver {
             (Some(sts), Some(tls)) => Some(Arc::new(Sts::open(sts.clone(), Arc::clone(&tls.reports))?)),
             _ => None,
         };
+        let dane = match &config.dane {
+            Some(dane) => {
+                let anchors = match &dane.trust_anchor {
+                    Some(path) => Anchors::load(path).map_err(std::io::Error::other)?,
+                    None => Anchors::root(),
+                };
+                Some(Dane::new(&config, anchors)?)
+            }
+            None => None,
+        };
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("dns".into()).spawn(move || {
             runtime.block_on(async move {
+                // DANE needs answers that validate: if even the trust anchor's zone does not
+                // (a resolver that strips signatures), it is off rather than failing every host.
+                let dane = match dane {
+                    Some(dane) => match dane.probe().await {
+                        Ok(()) => Some(Arc::new(dane)),
+                        Err(why) => {
+                            eprintln!("volley: warning: DANE is off for this run: {why}");
+                            None
+                        }
+                    },
+                    None => None,
+                };
                 // `concurrency` workers take names from the channel in turn: requests waiting
                 // are a name each, not a task each (a task per request waiting on a semaphore
                 // was 64 MB for a list's first 50,000 domains).
@@ -128,7 +159,7 @@ impl Resolver {
                 let mut workers = tokio::task::JoinSet::new();
                 for _ in 0..config.concurrency.max(1) {
                     let (resolver, tx, incoming) = (resolver.clone(), answer_tx.clone(), incoming.clone());
-                    let sts = sts.clone();
+                    let (sts, dane) = (sts.clone(), dane.clone());
                     let mut rng = seed.fork();
                     workers.spawn(async move {
                         loop {
@@ -145,6 +176,10 @@ impl Resolver {
                                     }
                                 }
                                 None => resolve(&resolver, &domain, &mut rng).await,
+                            };
+                            let answer = match &dane {
+                                Some(dane) => with_dane(answer, dane, &domain).await,
+                                None => answer,
                             };
                             let _ = tx.send((domain, answer));
                         }
@@ -256,7 +291,7 @@ async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answe
                 match resolver.lookup_ip(format!("{name}.").as_str()).await {
                     Ok(ips) => {
                         until = until.min(ips.valid_until());
-                        hosts.push(MxHost { name, preference, addrs: ips.iter().collect() });
+                        hosts.push(MxHost { name, preference, addrs: ips.iter().collect(), tlsa: None });
                     }
                     Err(e) => failures.push(format!("{name}: {}", describe(&e))),
                 }
@@ -274,7 +309,12 @@ async fn resolve(resolver: &TokioResolver, domain: &str, rng: &mut Rng) -> Answe
             // No MX: the domain itself is the implicit MX host, if it has an address.
             match resolver.lookup_ip(fqdn.as_str()).await {
                 Ok(ips) => {
-                    let host = MxHost { name: domain.to_owned(), preference: 0, addrs: ips.iter().collect() };
+                    let host = MxHost {
+                        name: domain.to_owned(),
+                        preference: 0,
+                        addrs: ips.iter().collect(),
+                        tlsa: None,
+                    };
                     Answer::Hosts { hosts: vec![host], until: ips.valid_until(), tls: TlsDemand::None }
                 }
                 Err(e) if no_records(&e) || no_such_domain(&e) => {
@@ -300,6 +340,31 @@ fn keep_to(answer: Answer, policy: Policy, domain: &str) -> Answer {
             "TLS required: {domain}'s MTA-STS policy (enforce) lists none of its MX hosts ({refused})"
         )),
     }
+}
+
+/// `answer`'s hosts with what DANE says of each: their TLSA records, or left out when their
+/// records fail validation (RFC 7672 §2.2.3); none left, no delivery.
+async fn with_dane(answer: Answer, dane: &Dane, domain: &str) -> Answer {
+    let Answer::Hosts { hosts, until, tls } = answer else { return answer };
+    let mut kept = Vec::with_capacity(hosts.len());
+    let mut failures = Vec::new();
+    for mut host in hosts {
+        match dane.host(&host.name).await {
+            HostDane::None => kept.push(host),
+            HostDane::Tlsa(records) => {
+                host.tlsa = Some(records);
+                kept.push(host);
+            }
+            HostDane::Failed(why) => failures.push(why),
+        }
+    }
+    if kept.is_empty() {
+        return Answer::Unlisted(format!(
+            "TLS required: no MX host of {domain} passes DANE ({})",
+            failures.join("; ")
+        ));
+    }
+    Answer::Hosts { hosts: kept, until, tls }
 }
 
 /// Sorts by preference, shuffling hosts of equal preference (RFC 5321 §5.1: spread the load).

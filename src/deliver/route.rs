@@ -19,6 +19,7 @@ use super::bounce::Category;
 use super::dns::{Answer, MxHost, Resolver, TlsDemand};
 use super::shaping::ShapingRules;
 use crate::engine::Destination;
+use crate::tls::dane::Tlsa;
 
 /// The longest between two looks for destinations nothing uses (see `Routes::expire`).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -340,6 +341,32 @@ impl Routes {
                 check: (!enforced).then(|| sts.check.clone()),
             });
         }
+        // MX hosts with TLSA records (DANE, which takes precedence over MTA-STS for them):
+        // every session of the destination requires TLS, each such host's certificate checked
+        // against its own records, the others' as the domain's policy says (MTA-STS enforce:
+        // valid for the host's name; else unauthenticated). One destination per record set.
+        let dane: Vec<(&str, &Vec<Tlsa>)> =
+            hosts.iter().filter_map(|h| Some((h.name.as_str(), h.tlsa.as_ref()?))).collect();
+        if !dane.is_empty() {
+            let digest = dane_digest(&dane);
+            key = format!("dane:{digest}|{key}");
+            if !self.rollups.contains_key(&key) {
+                let enforced =
+                    matches!(&tls, TlsDemand::MtaSts(p) if p.mode == super::mta_sts::Mode::Enforce);
+                let otherwise = match &self.mode {
+                    Mode::Mx { resolver, .. } if enforced => {
+                        resolver.sts_tls().map(|sts| sts.check.verifier())
+                    }
+                    _ => None,
+                };
+                let records = dane.iter().map(|(h, r)| (h.to_ascii_lowercase(), (*r).clone())).collect();
+                match crate::tls::dane::client_config(records, otherwise) {
+                    Ok(config) => verified_tls = Some(config),
+                    // Only if the provider had no protocol versions: nothing a run can mend.
+                    Err(e) => eprintln!("volley: warning: DANE for {domain}: {e}"),
+                }
+            }
+        }
         if let Some(d) = self.rollups.get(&key) {
             return Arc::clone(d);
         }
@@ -367,6 +394,9 @@ impl Routes {
         if tls_watch.is_some() {
             label = format!("{label} [MTA-STS {domain}]");
         }
+        if !dane.is_empty() {
+            label = format!("{label} [DANE]");
+        }
         let mut destination = Destination::new(self.next_index, label, addrs, shaped.connections)
             .with_hosts(names)
             .with_preferences(preferences)
@@ -384,6 +414,26 @@ impl Routes {
         self.rollups.insert(key, Arc::clone(&destination));
         destination
     }
+}
+
+/// A short name for a destination's TLSA records (SHA-256 of their hosts and records).
+fn dane_digest(hosts: &[(&str, &Vec<Tlsa>)]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    // In a canonical order: the same records, however an answer ordered them, are one set.
+    let mut hosts: Vec<(&str, Vec<&Tlsa>)> =
+        hosts.iter().map(|(h, r)| (*h, r.iter().collect::<Vec<_>>())).collect();
+    hosts.sort();
+    for (host, mut records) in hosts {
+        records.sort();
+        context.update(host.as_bytes());
+        for r in records {
+            context.update(&[0, r.usage, r.selector, r.matching]);
+            context.update(&(r.data.len() as u32).to_be_bytes());
+            context.update(&r.data);
+        }
+        context.update(&[0xff]);
+    }
+    context.finish().as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -481,7 +531,8 @@ mod tests {
 
         let mut mx = Routes::with(Mode::Relay(Arc::new(Destination::new(0, "r", vec![], 1))), rules(2));
         mx.next_index = 1;
-        let host = MxHost { name: "mx.test".into(), preference: 10, addrs: vec![[127, 0, 0, 2].into()] };
+        let host =
+            MxHost { name: "mx.test".into(), preference: 10, addrs: vec![[127, 0, 0, 2].into()], tlsa: None };
         let old = mx.rollup("a.test", std::slice::from_ref(&host), 25, TlsDemand::None);
         mx.remember("a.test", Route::Deliver(Arc::clone(&old)), t0 + Duration::from_secs(300));
         suspend(&old);
@@ -503,7 +554,12 @@ mod tests {
         .unwrap();
         let defaults = Defaults { connections: 2, limits: Limits::default() };
         let mut routes = Routes::mx(resolver, 25, ShapingRules::load(&[], false, defaults).unwrap());
-        let host = MxHost { name: "mx.big.test".into(), preference: 10, addrs: vec![[127, 0, 0, 2].into()] };
+        let host = MxHost {
+            name: "mx.big.test".into(),
+            preference: 10,
+            addrs: vec![[127, 0, 0, 2].into()],
+            tlsa: None,
+        };
         let hosts = std::slice::from_ref(&host);
         let policy = |mode: &str| {
             let text = format!("version: STSv1\nmode: {mode}\nmx: *.big.test\nmax_age: 86400\n");
@@ -534,6 +590,7 @@ mod tests {
             name: format!("mx{i}.test"),
             preference: 10,
             addrs: vec![[127, 0, 0, 2].into()],
+            tlsa: None,
         };
         let mut kept = Vec::new();
         for i in 0..2100 {

@@ -22,7 +22,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// AES-256 and its key schedule hashes with SHA-256 rather than SHA-384 (software-only SHA-512 in
 /// ring: a tenth of a handshake's cost in profiles); it is TLS 1.3's mandatory suite, and a
 /// server still picks by its own preference if it has one.
-fn client_provider() -> Arc<CryptoProvider> {
+pub(super) fn client_provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
@@ -212,6 +212,11 @@ impl CertificateCheck {
         Ok(CertificateCheck(checking(ca_file, &client_provider())?))
     }
 
+    /// The check as a verifier, for configurations that check during the handshake.
+    pub fn verifier(&self) -> Arc<dyn ServerCertVerifier> {
+        Arc::clone(&self.0) as Arc<dyn ServerCertVerifier>
+    }
+
     /// Whether the certificate `layer`'s peer presented is valid for `name` now.
     pub fn check(&self, layer: &super::TlsLayer, name: &ServerName<'_>) -> Result<(), TlsError> {
         let Some((own, chain)) = layer.peer_certificates().and_then(<[_]>::split_first) else {
@@ -227,7 +232,7 @@ impl CertificateCheck {
 /// Accepts any certificate (policies `opportunistic` and `required`, and `--insecure`), but
 /// still checks that the server holds its key: the handshake signatures are verified.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub(super) struct AnyCertificate(pub(super) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -8,20 +8,25 @@
 //! included (§3.1.2). PKIX-TA(0) and PKIX-EE(1) records are unusable, as are unknown selectors
 //! and matching types: a set with none usable is told apart by [`Tlsa::usable`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, RootCertStore, SignatureScheme};
+
+use super::TlsError;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore, SignatureScheme,
+};
 
 /// Certificate usages (RFC 6698 §2.1.1) SMTP uses.
 pub const DANE_TA: u8 = 2;
 pub const DANE_EE: u8 = 3;
 
 /// One TLSA record: what a certificate in the server's chain must match.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tlsa {
     pub usage: u8,
     /// 0: the whole certificate; 1: its SubjectPublicKeyInfo.
@@ -167,6 +172,106 @@ impl ServerCertVerifier for DaneVerifier {
     }
 }
 
+/// A configuration for a destination's sessions when some of its MX hosts have TLSA records:
+/// each such host's certificate is checked against its records (`hosts`, by lower-case name,
+/// the name each session is opened for); the other hosts' by `otherwise` (TLS is required of
+/// them all the same: one destination's sessions share one configuration).
+pub fn client_config(
+    hosts: HashMap<String, Vec<Tlsa>>,
+    otherwise: Option<Arc<dyn ServerCertVerifier>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = super::config::client_provider();
+    let verifier = Arc::new(ByHost::new(hosts, otherwise, Arc::clone(&provider)));
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Picks the verifier by the host the session is for.
+#[derive(Debug)]
+struct ByHost {
+    hosts: HashMap<String, DaneVerifier>,
+    otherwise: Arc<dyn ServerCertVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ByHost {
+    fn new(
+        hosts: HashMap<String, Vec<Tlsa>>,
+        otherwise: Option<Arc<dyn ServerCertVerifier>>,
+        provider: Arc<CryptoProvider>,
+    ) -> ByHost {
+        // A host whose records are all unusable still requires TLS, but not authenticated by
+        // them (RFC 7672 §2.2): `otherwise` checks it.
+        let hosts = hosts
+            .into_iter()
+            .map(|(h, r)| (h, DaneVerifier::new(&r, Arc::clone(&provider))))
+            .filter(|(_, v)| !v.records.is_empty())
+            .collect();
+        let otherwise =
+            otherwise.unwrap_or_else(|| Arc::new(super::config::AnyCertificate(Arc::clone(&provider))));
+        ByHost { hosts, otherwise, provider }
+    }
+}
+
+impl ServerCertVerifier for ByHost {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let dane = match server_name {
+            ServerName::DnsName(name) => self.hosts.get(&name.as_ref().to_ascii_lowercase()),
+            _ => None,
+        };
+        match dane {
+            Some(dane) => dane.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => {
+                self.otherwise.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The SubjectPublicKeyInfo of a certificate (DER), tag and length included: the seventh
 /// element of its TBSCertificate, counting the optional `[0]` version (RFC 5280 §4.1).
 pub fn spki(cert: &[u8]) -> Option<&[u8]> {
@@ -260,6 +365,28 @@ mod tests {
         let intermediates: Vec<_> = chain[1..].iter().map(|c| c.der.clone()).collect();
         let name = ServerName::try_from(name.to_owned()).unwrap();
         verifier.verify_server_cert(&chain[0].der, &intermediates, &name, &[], UnixTime::now())
+    }
+
+    #[test]
+    fn each_host_is_checked_against_its_own_records() {
+        let (a, _) = self_signed(&["a.test"], false);
+        let (b, _) = self_signed(&["b.test"], false);
+        let mut unusable = record(DANE_EE, 1, 1, &a);
+        unusable.usage = 1;
+        let hosts = HashMap::from([
+            ("mx1.test".to_owned(), vec![record(DANE_EE, 1, 1, &a)]),
+            ("mx3.test".to_owned(), vec![unusable]),
+        ]);
+        assert!(client_config(hosts.clone(), None).is_ok());
+        let verifier = ByHost::new(hosts, None, Arc::new(rustls::crypto::ring::default_provider()));
+        let check = |cert: &Issued, host: &str| {
+            let name = ServerName::try_from(host.to_owned()).unwrap();
+            verifier.verify_server_cert(&cert.der, &[], &name, &[], UnixTime::now()).is_ok()
+        };
+        assert!(check(&a, "MX1.test"), "names compare without case");
+        assert!(!check(&b, "mx1.test"), "another key for a host with records");
+        assert!(check(&b, "mx2.test"), "a host without records: TLS, unauthenticated");
+        assert!(check(&b, "mx3.test"), "a host with no usable record: the same");
     }
 
     #[test]

@@ -98,7 +98,11 @@ pub(super) fn explain(error: &CertificateError) -> String {
         }
         _ => "check the server's certificate chain, or give its authority with --ca-file",
     };
-    format!("{what} ({error})")
+    // rustls shows a custom error by its Debug form: say ours in words.
+    match error {
+        e if super::dane::is_tlsa_mismatch(e) => format!("{what} ({})", super::dane::NoTlsaMatch),
+        _ => format!("{what} ({error})"),
+    }
 }
 
 #[cfg(test)]
