@@ -231,6 +231,33 @@ fn dane_is_off_when_answers_do_not_validate_or_when_asked() {
     assert!(!asked[before..].iter().any(|q| q.ends_with(" TLSA") || q.ends_with(" DNSKEY")), "{asked:?}");
 }
 
+/// `volley check --recipient-domain`: a row per MX host with TLSA records, from the signed zone.
+#[test]
+fn check_shows_each_mx_hosts_dane() {
+    let setup = setup("dane-check");
+    let anchor = setup.dir.join("anchor.key");
+    std::fs::write(&anchor, setup.dns.trust_anchor()).unwrap();
+    let mut cmd = Command::new(VOLLEY);
+    cmd.args(["check", "--json", "--dns-server", &setup.dns.addr().to_string()])
+        .args(["--dnssec-trust-anchor", anchor.to_str().unwrap()]);
+    for domain in ["ee.test", "bogus.test", "none.test", "odd.test"] {
+        cmd.args(["--recipient-domain", domain]);
+    }
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "bogus.test fails: {}", stderr(&out));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let verdict = |check: &str| -> (String, String) {
+        let row = rows.iter().find(|r| r["check"] == check).unwrap_or_else(|| panic!("{check}: {rows:#?}"));
+        (row["verdict"].as_str().unwrap().to_owned(), row["detail"].as_str().unwrap().to_owned())
+    };
+    let (v, detail) = verdict("DANE mx.ee.test");
+    assert_eq!(v, "pass", "{detail}");
+    assert!(detail.starts_with("TLS required, the certificate matched against 3 1 1 "), "{detail}");
+    assert_eq!(verdict("DANE mx.bogus.test").0, "fail");
+    assert_eq!(verdict("DANE none.test").0, "warn", "no TLSA records");
+    assert!(verdict("DANE mx.odd.test").1.contains("none usable"));
+}
+
 /// A trust-anchor file that is not one stops the run before anything is sent.
 #[test]
 fn a_bad_trust_anchor_file_is_a_clear_error() {

@@ -7,6 +7,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 
 use super::Lookup;
+use crate::deliver::dane::{Dane, HostDane};
 use crate::deliver::dns::{DnsConfig, build, describe, no_records, no_such_domain, txt_text};
 use crate::deliver::mta_sts::Policy;
 use crate::deliver::mta_sts::fetch::Fetcher;
@@ -17,6 +18,9 @@ pub struct Dns {
     resolver: TokioResolver,
     /// How MTA-STS policies are fetched (`DnsConfig::mta_sts`).
     fetcher: Option<Fetcher>,
+    /// The validating resolver (`DnsConfig::dane`), once its probe passed; `Err`: why DANE
+    /// cannot be checked.
+    dane: Result<Dane, String>,
 }
 
 impl Dns {
@@ -25,7 +29,15 @@ impl Dns {
         // hickory's resolver must be built inside the runtime that drives it.
         let resolver = runtime.block_on(async { build(config) })?;
         let fetcher = config.mta_sts.as_ref().map(|sts| sts.fetcher.clone());
-        Ok(Dns { runtime, resolver, fetcher })
+        let dane = match &config.dane {
+            Some(dane) => {
+                let dane = runtime.block_on(async { Dane::with(config, dane) })?;
+                // Probed once, here: every host's row would say the same.
+                runtime.block_on(dane.probe()).map(|()| dane)
+            }
+            None => Err("DANE is off".to_owned()),
+        };
+        Ok(Dns { runtime, resolver, fetcher, dane })
     }
 }
 
@@ -75,6 +87,11 @@ impl Lookup for Dns {
     fn mta_sts_policy(&mut self, domain: &str) -> Result<Policy, String> {
         let Some(fetcher) = &self.fetcher else { return Err("MTA-STS is not set up".into()) };
         self.runtime.block_on(lookup::fetch(fetcher, &self.resolver, domain))
+    }
+
+    fn dane(&mut self, host: &str) -> Result<HostDane, String> {
+        let dane = self.dane.as_ref().map_err(Clone::clone)?;
+        Ok(self.runtime.block_on(dane.host(host)))
     }
 
     fn ptr(&mut self, ip: IpAddr) -> Result<Vec<String>, String> {

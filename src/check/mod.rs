@@ -29,6 +29,9 @@ pub trait Lookup {
     fn ptr(&mut self, ip: IpAddr) -> Result<Vec<String>, String>;
     /// `domain`'s MTA-STS policy, fetched over HTTPS (`Err`: why it could not be).
     fn mta_sts_policy(&mut self, domain: &str) -> Result<crate::deliver::mta_sts::Policy, String>;
+    /// What DNSSEC says of an MX host's TLS (`Err`: DANE cannot be checked, e.g. answers do
+    /// not validate through this resolver).
+    fn dane(&mut self, host: &str) -> Result<crate::deliver::dane::HostDane, String>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

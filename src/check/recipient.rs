@@ -2,13 +2,16 @@
 //! mail must come over, as volley's delivery reads it: its MX hosts, its MTA-STS policy (RFC
 //! 8461: the record, the policy fetched, and whether the policy lists every MX host, since
 //! senders that enforce it deliver to no other), and its TLS-RPT record (RFC 8460: where
-//! senders' reports go). DANE is not checked: volley does not validate DNSSEC yet.
+//! senders' reports go), and DANE (RFC 7672: each MX host's TLSA records, validated as
+//! delivery validates them).
 
 use mail_auth::common::parse::TxtRecordParser as _;
 use mail_auth::mta_sts::{ReportUri, TlsRpt};
 
 use super::{Lookup, Row, Verdict, dns_failed, row};
+use crate::deliver::dane::HostDane;
 use crate::deliver::mta_sts::{Mode, MxPattern, record_id};
+use crate::tls::dane::Tlsa;
 
 /// The rows for `domain`.
 pub fn check(domain: &str, dns: &mut dyn Lookup) -> Vec<Row> {
@@ -17,6 +20,7 @@ pub fn check(domain: &str, dns: &mut dyn Lookup) -> Vec<Row> {
     let hosts = check_mx(&domain, dns, &mut rows);
     check_mta_sts(&domain, hosts.as_deref(), dns, &mut rows);
     check_tls_rpt(&domain, dns, &mut rows);
+    check_dane(&domain, hosts.as_deref().unwrap_or_default(), dns, &mut rows);
     rows
 }
 
@@ -139,6 +143,65 @@ fn check_mta_sts(domain: &str, hosts: Option<&[String]>, dns: &mut dyn Lookup, r
     rows.push(row(name, verdict, detail, fix));
 }
 
+/// A row per MX host with TLSA records or whose records fail validation; one for the domain
+/// when none has DANE (or it cannot be checked).
+fn check_dane(domain: &str, hosts: &[String], dns: &mut dyn Lookup, rows: &mut Vec<Row>) {
+    let mut any = false;
+    for host in hosts {
+        let name = format!("DANE {host}");
+        let (verdict, detail, fix) = match dns.dane(host) {
+            Err(why) => {
+                return rows.push(row(
+                    format!("DANE {domain}"),
+                    Verdict::Warn,
+                    format!("not checked: {why}"),
+                    "ask a DNS server that passes DNSSEC records on (--dns-server), or give the \
+                     trust anchor (--dnssec-trust-anchor)",
+                ));
+            }
+            Ok(HostDane::None) => continue,
+            Ok(HostDane::Tlsa(records)) => {
+                let usable: Vec<String> = records.iter().filter(|r| r.usable()).map(describe_tlsa).collect();
+                if usable.is_empty() {
+                    (
+                        Verdict::Warn,
+                        format!(
+                            "{} TLSA record(s), none usable for SMTP: TLS is required, unauthenticated",
+                            records.len()
+                        ),
+                        "publish DANE-EE (3 1 1) or DANE-TA (2 x x) records (RFC 7672 §3.1)".to_owned(),
+                    )
+                } else {
+                    let detail =
+                        format!("TLS required, the certificate matched against {}", usable.join(", "));
+                    (Verdict::Pass, detail, String::new())
+                }
+            }
+            Ok(HostDane::Failed(why)) => (
+                Verdict::Fail,
+                format!("{why}: senders using DANE deliver nothing to this host"),
+                "fix the zone's signatures (or its DS records in the parent)".to_owned(),
+            ),
+        };
+        any = true;
+        rows.push(row(name, verdict, detail, fix));
+    }
+    if !any && !hosts.is_empty() {
+        rows.push(row(
+            format!("DANE {domain}"),
+            Verdict::Warn,
+            "no MX host has DNSSEC-signed TLSA records",
+            "sign the MX hosts' zone and publish _25._tcp.HOST TLSA 3 1 1 records for their keys",
+        ));
+    }
+}
+
+fn describe_tlsa(r: &Tlsa) -> String {
+    let data: String = r.data.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let more = if r.data.len() > 8 { "…" } else { "" };
+    format!("{} {} {} {data}{more}", r.usage, r.selector, r.matching)
+}
+
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Enforce => "enforce",
@@ -207,14 +270,26 @@ mod tests {
             ("_mta-sts.r.test", "TXT", "v=STSv1; id=20260101"),
             ("r.test", "POLICY", ENFORCE),
             ("_smtp._tls.r.test", "TXT", "v=TLSRPTv1; rua=mailto:tls@r.test,https://rpt.r.test/v1"),
+            (
+                "_25._tcp.mx1.mail.test",
+                "TLSA",
+                concat!("3 1 1 ", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"),
+            ),
+            (
+                "_25._tcp.mx2.mail.test",
+                "TLSA",
+                concat!("2 0 1 ", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"),
+            ),
         ]
     }
 
     #[test]
     fn a_domain_set_up_right_passes() {
         let rows = verdicts(&base());
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 5);
         assert!(rows.iter().all(|r| r.1 == Verdict::Pass), "{rows:?}");
+        assert_eq!(rows[3].0, "DANE mx1.mail.test");
+        assert_eq!(rows[3].2, "TLS required, the certificate matched against 3 1 1 0011223344556677…");
         assert_eq!(rows[0].2, "mx1.mail.test, mx2.mail.test");
         assert_eq!(rows[1].2, "id=20260101, mode enforce, mx *.mail.test, max_age 604800 s");
         assert_eq!(rows[2].2, "reports to mailto:tls@r.test, https://rpt.r.test/v1");
@@ -259,5 +334,31 @@ mod tests {
             d.push(("_smtp._tls.r.test", "TXT", "v=TLSRPTv1; nothing"));
         });
         assert_eq!(rows[2].1, Verdict::Fail, "{rows:?}");
+    }
+
+    #[test]
+    fn dane_rows_say_what_each_mx_host_publishes() {
+        let with = |change: &dyn Fn(&mut Answers)| {
+            let mut dns = base();
+            change(&mut dns);
+            verdicts(&dns)[3..].to_vec()
+        };
+        // Records that fail validation: senders with DANE skip the host.
+        let rows = with(&|d| d.push(("_25._tcp.mx2.mail.test", "BOGUS", "1")));
+        assert_eq!(rows[1].1, Verdict::Fail, "{rows:?}");
+        assert!(rows[1].2.contains("deliver nothing to this host"), "{rows:?}");
+        // Only PKIX usages: TLS without authentication.
+        let rows = with(&|d| {
+            d.retain(|r| r.1 != "TLSA");
+            d.push(("_25._tcp.mx1.mail.test", "TLSA", "1 1 1 00"));
+        });
+        assert_eq!(rows.len(), 1, "hosts without records have no row: {rows:?}");
+        assert!(rows[0].1 == Verdict::Warn && rows[0].2.contains("none usable"), "{rows:?}");
+        // None at all; and a resolver that does not validate.
+        let rows = with(&|d| d.retain(|r| r.1 != "TLSA"));
+        assert_eq!((rows[0].0.as_str(), rows[0].1), ("DANE r.test", Verdict::Warn), "{rows:?}");
+        let rows = with(&|d| d.push(("resolver", "NODANE", "1")));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert!(rows[0].1 == Verdict::Warn && rows[0].2.starts_with("not checked"), "{rows:?}");
     }
 }

@@ -49,6 +49,34 @@ impl Lookup for FakeDns {
         }
         crate::deliver::mta_sts::Policy::parse(text.as_bytes()).map_err(|e| e.to_string())
     }
+    /// `TLSA` values of `_25._tcp.HOST` as `usage selector matching hex`; `BOGUS` there fails
+    /// validation; `NODANE` at `resolver` says the resolver does not validate.
+    fn dane(&mut self, host: &str) -> Result<crate::deliver::dane::HostDane, String> {
+        use crate::deliver::dane::HostDane;
+        if !self.get("resolver", "NODANE")?.is_empty() {
+            return Err("the SOA record of . does not validate".into());
+        }
+        let at = format!("_25._tcp.{host}");
+        if !self.get(&at, "BOGUS")?.is_empty() {
+            return Ok(HostDane::Failed(format!("{at} does not validate (bogus)")));
+        }
+        let records: Vec<crate::tls::dane::Tlsa> = self
+            .get(&at, "TLSA")?
+            .iter()
+            .map(|v| {
+                let f: Vec<&str> = v.split_whitespace().collect();
+                let data =
+                    (0..f[3].len()).step_by(2).map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).unwrap());
+                crate::tls::dane::Tlsa {
+                    usage: f[0].parse().unwrap(),
+                    selector: f[1].parse().unwrap(),
+                    matching: f[2].parse().unwrap(),
+                    data: data.collect(),
+                }
+            })
+            .collect();
+        Ok(if records.is_empty() { HostDane::None } else { HostDane::Tlsa(records) })
+    }
 }
 
 fn dkim() -> Dkim {

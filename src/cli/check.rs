@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use mailvolley::check::{self, Campaign, OneClick, Verdict};
+use mailvolley::deliver::dane::DaneConfig;
 use mailvolley::deliver::dkim::{Dkim, KeySpec};
 use mailvolley::deliver::dns::DnsConfig;
 use mailvolley::deliver::mta_sts::lookup::StsConfig;
@@ -63,6 +64,10 @@ pub struct CheckArgs {
     /// The HTTPS port MTA-STS policies are fetched from (443; another for tests).
     #[arg(long, value_name = "PORT", default_value_t = 443)]
     mta_sts_port: u16,
+    /// DNSSEC trust anchors for the DANE rows: DNSKEY records as a zone file writes them
+    /// [default: the root zone's keys, built in].
+    #[arg(long, value_name = "FILE")]
+    dnssec_trust_anchor: Option<PathBuf>,
     /// Print the rows as JSON.
     #[arg(long)]
     json: bool,
@@ -86,6 +91,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         server: args.dns_server,
         timeout: args.dns_timeout,
         mta_sts: Some(sts),
+        // Only the recipient-side rows ask: no validating resolver for a sender's check alone.
+        dane: (!args.recipient_domain.is_empty())
+            .then(|| DaneConfig { trust_anchor: args.dnssec_trust_anchor.clone() }),
         ..DnsConfig::default()
     };
     let mut dns = check::dns::Dns::new(&dns_config).context("starting the DNS resolver")?;

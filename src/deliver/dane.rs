@@ -127,6 +127,16 @@ pub struct Dane {
 }
 
 impl Dane {
+    /// A resolver asking `dns`'s server, validating up to `dane`'s trust anchors (built in a
+    /// tokio runtime, as hickory asks).
+    pub fn with(dns: &DnsConfig, dane: &DaneConfig) -> std::io::Result<Dane> {
+        let anchors = match &dane.trust_anchor {
+            Some(path) => Anchors::load(path).map_err(std::io::Error::other)?,
+            None => Anchors::root(),
+        };
+        Dane::new(dns, anchors)
+    }
+
     /// A resolver asking `dns`'s server, validating up to `anchors`.
     pub fn new(dns: &DnsConfig, anchors: Anchors) -> std::io::Result<Dane> {
         let resolver = super::dns::build_validating(dns, Arc::new(anchors.keys))?;

@@ -13,7 +13,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, TokioResolver};
 
-use super::dane::{Anchors, Dane, DaneConfig, HostDane};
+use super::dane::{Dane, DaneConfig, HostDane};
 use super::mta_sts::Policy;
 use super::mta_sts::lookup::{self, Sts, StsConfig, StsTls};
 use super::tls_report::run::TlsReports;
@@ -124,16 +124,7 @@ impl Resolver {
             (Some(sts), Some(tls)) => Some(Arc::new(Sts::open(sts.clone(), Arc::clone(&tls.reports))?)),
             _ => None,
         };
-        let dane = match &config.dane {
-            Some(dane) => {
-                let anchors = match &dane.trust_anchor {
-                    Some(path) => Anchors::load(path).map_err(std::io::Error::other)?,
-                    None => Anchors::root(),
-                };
-                Some(Dane::new(&config, anchors)?)
-            }
-            None => None,
-        };
+        let dane = config.dane.as_ref().map(|dane| Dane::with(&config, dane)).transpose()?;
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
