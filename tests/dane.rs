@@ -9,12 +9,11 @@ mod common;
 use common::campaign::{finals, records, run, stderr};
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mailvolley::sink::{SinkConfig, SinkHandle};
+use mailvolley::sink::SinkHandle;
 use mailvolley::testkit::dns::{DnsStub, Zone};
 use mailvolley::tls::ServerTls;
 use serde_json::Value;
@@ -58,22 +57,7 @@ fn setup(name: &str) -> Setup {
     let other = "ab".repeat(32);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut sinks = BTreeMap::new();
-    for (x, tls) in [(2u8, Some(tls)), (3, None)] {
-        let dump = dir.join(format!("sink{x}"));
-        std::fs::create_dir_all(&dump).unwrap();
-        let starttls = tls.is_some();
-        let config = SinkConfig {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, x)), port),
-            threads: 1,
-            dump: Some(dump),
-            idle_timeout: Duration::from_secs(30),
-            tls,
-            starttls,
-            ..SinkConfig::default()
-        };
-        sinks.insert(x, mailvolley::sink::start(config).unwrap());
-    }
+    let sinks = common::mx_sinks(&dir, port, vec![(2u8, Some(tls)), (3, None)]);
 
     let zone = format!(
         "

@@ -9,13 +9,11 @@ mod common;
 use common::campaign::{finals, records, run, stderr};
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mailvolley::sink::{SinkConfig, SinkHandle};
 use mailvolley::testkit::dns::{DnsStub, Zone};
 use mailvolley::testkit::https::{HttpsStub, host_of, response};
 use mailvolley::tls::ServerTls;
@@ -83,22 +81,7 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
     .unwrap();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut sinks: BTreeMap<u8, SinkHandle> = BTreeMap::new();
-    for (x, tls) in [(2u8, Some(trusted)), (3, None), (4, Some(untrusted))] {
-        let dump = dir.join(format!("sink{x}"));
-        std::fs::create_dir_all(&dump).unwrap();
-        let starttls = tls.is_some();
-        let config = SinkConfig {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, x)), port),
-            threads: 1,
-            dump: Some(dump),
-            idle_timeout: Duration::from_secs(30),
-            tls,
-            starttls,
-            ..SinkConfig::default()
-        };
-        sinks.insert(x, mailvolley::sink::start(config).unwrap());
-    }
+    let sinks = common::mx_sinks(&dir, port, vec![(2u8, Some(trusted)), (3, None), (4, Some(untrusted))]);
 
     let mut zone = String::new();
     let cases = [

@@ -196,7 +196,6 @@ pub fn client_config(
 struct ByHost {
     hosts: HashMap<String, DaneVerifier>,
     otherwise: Arc<dyn ServerCertVerifier>,
-    provider: Arc<CryptoProvider>,
 }
 
 impl ByHost {
@@ -214,7 +213,7 @@ impl ByHost {
             .collect();
         let otherwise =
             otherwise.unwrap_or_else(|| Arc::new(super::config::AnyCertificate(Arc::clone(&provider))));
-        ByHost { hosts, otherwise, provider }
+        ByHost { hosts, otherwise }
     }
 }
 
@@ -239,18 +238,14 @@ impl ServerCertVerifier for ByHost {
         }
     }
 
+    // The handshake's signatures are checked alike whoever vouches for the key.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.otherwise.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -259,16 +254,11 @@ impl ServerCertVerifier for ByHost {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.otherwise.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.otherwise.supported_verify_schemes()
     }
 }
 

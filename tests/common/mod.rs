@@ -26,6 +26,32 @@ pub fn sink(configure: impl FnOnce(&mut SinkConfig)) -> SinkHandle {
     sink::start(config).expect("sink starts")
 }
 
+/// Sinks playing MX hosts: one per `127.0.0.x` on `port`, each dumping into `dir/sinkX`, with
+/// STARTTLS offered when given a certificate.
+pub fn mx_sinks(
+    dir: &std::path::Path,
+    port: u16,
+    hosts: Vec<(u8, Option<mailvolley::tls::ServerTls>)>,
+) -> std::collections::BTreeMap<u8, SinkHandle> {
+    let mut sinks = std::collections::BTreeMap::new();
+    for (x, tls) in hosts {
+        let dump = dir.join(format!("sink{x}"));
+        std::fs::create_dir_all(&dump).unwrap();
+        let starttls = tls.is_some();
+        let config = SinkConfig {
+            listen: SocketAddr::from(([127, 0, 0, x], port)),
+            threads: 1,
+            dump: Some(dump),
+            idle_timeout: Duration::from_secs(30),
+            tls,
+            starttls,
+            ..SinkConfig::default()
+        };
+        sinks.insert(x, sink::start(config).expect("sink starts"));
+    }
+    sinks
+}
+
 /// A client that writes exactly the bytes it is given and parses replies with volley's parser.
 pub struct Raw {
     pub stream: TcpStream,
