@@ -360,11 +360,7 @@ impl Routes {
                     _ => None,
                 };
                 let records = dane.iter().map(|(h, r)| (h.to_ascii_lowercase(), (*r).clone())).collect();
-                match crate::tls::dane::client_config(records, otherwise) {
-                    Ok(config) => verified_tls = Some(config),
-                    // Only if the provider had no protocol versions: nothing a run can mend.
-                    Err(e) => eprintln!("volley: warning: DANE for {domain}: {e}"),
-                }
+                verified_tls = Some(crate::tls::dane::client_config(records, otherwise));
             }
         }
         if let Some(d) = self.rollups.get(&key) {
