@@ -176,7 +176,14 @@ impl Dane {
                     ));
                 }
             }
-            Err(e) => return not_found(&e, host, "addresses").unwrap_or(HostDane::None),
+            // The plain resolver had its addresses: a validated lookup that fails (a timeout,
+            // SERVFAIL) may be DNSSEC blocked on the path, so the host is not used (RFC 7672
+            // §2.1.1) rather than sent to without DANE.
+            Err(e) => {
+                return not_found(&e, host, "addresses").unwrap_or_else(|| {
+                    HostDane::Failed(format!("{host}'s addresses, validated: {}", describe(&e)))
+                });
+            }
         }
         let tlsa = format!("_25._tcp.{fqdn}");
         match self.resolver.lookup(tlsa.as_str(), RecordType::TLSA).await {
