@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::campaign::{finals, records, run, stderr};
+use common::campaign::{finals, records, run, stderr, two_per_domain};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -102,14 +102,7 @@ fn setup(name: &str) -> Setup {
     );
     let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
 
-    let list: String = std::iter::once("email".to_owned())
-        .chain(CASES.iter().flat_map(|d| [format!("a@{d}"), format!("b@{d}")]))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let list_path = dir.join("list.csv");
-    std::fs::write(&list_path, list + "\n").unwrap();
-    let msg = dir.join("msg.txt");
-    std::fs::write(&msg, "From: a@example.com\nSubject: hi\n\nhello\n").unwrap();
+    let (list_path, msg) = two_per_domain(&dir, CASES);
     Setup { dir, dns, sinks, port, list: list_path, msg }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::campaign::{finals, records, run, stderr};
+use common::campaign::{finals, records, run, stderr, two_per_domain};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -118,14 +118,7 @@ fn delivery_keeps_to_each_domains_mta_sts_policy() {
     });
     std::fs::write(&cache, cached.to_string()).unwrap();
 
-    let list: String = std::iter::once("email".to_owned())
-        .chain(cases.iter().flat_map(|(d, ..)| [format!("a@{d}"), format!("b@{d}")]))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let list_path = dir.join("list.csv");
-    std::fs::write(&list_path, list + "\n").unwrap();
-    let msg = dir.join("msg.txt");
-    std::fs::write(&msg, "From: a@example.com\nSubject: hi\n\nhello\n").unwrap();
+    let (list_path, msg) = two_per_domain(&dir, cases.iter().map(|(d, ..)| *d));
     let log = dir.join("log.jsonl");
     let mut cmd = Command::new(VOLLEY);
     cmd.args(["send", "--quiet", "--threads", "2"])

@@ -41,3 +41,20 @@ pub fn finals(records: &[Value]) -> BTreeMap<u64, Value> {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A list of two recipients (`a@`, `b@`) at each of `domains` and a short message, written to
+/// `dir` as `list.csv` and `msg.txt`: the paths.
+pub fn two_per_domain<'a>(
+    dir: &Path,
+    domains: impl IntoIterator<Item = &'a str>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let list: String = std::iter::once("email".to_owned())
+        .chain(domains.into_iter().flat_map(|d| [format!("a@{d}"), format!("b@{d}")]))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let list_path = dir.join("list.csv");
+    std::fs::write(&list_path, list + "\n").unwrap();
+    let msg = dir.join("msg.txt");
+    std::fs::write(&msg, "From: a@example.com\nSubject: hi\n\nhello\n").unwrap();
+    (list_path, msg)
+}
