@@ -142,7 +142,11 @@ fn delivery_keeps_to_each_mx_hosts_tlsa_records() {
     let anchor = setup.dir.join("anchor.key");
     std::fs::write(&anchor, setup.dns.trust_anchor()).unwrap();
     let log = setup.dir.join("log.jsonl");
-    let (all, err) = setup.send(&log, &["--dnssec-trust-anchor", anchor.to_str().unwrap()]);
+    let reports = setup.dir.join("tls-reports");
+    let (all, err) = setup.send(
+        &log,
+        &["--dnssec-trust-anchor", anchor.to_str().unwrap(), "--tls-report", reports.to_str().unwrap()],
+    );
     assert!(!err.contains("DANE is off"), "{err}");
     let f = finals(&all);
     assert_eq!(f.len(), 16, "one final record per recipient: {f:?}");
@@ -178,6 +182,41 @@ fn delivery_keeps_to_each_mx_hosts_tlsa_records() {
         assert!(!dumped.iter().any(|e| e.contains(&format!("@{domain}>"))), "{domain}: {dumped:?}");
     }
     assert_eq!(dumped.len(), 10, "five domains' two recipients each: {dumped:?}");
+    // TLS reports (RFC 8460): one per MX host with TLSA records (a DANE policy's domain is
+    // the host, its records the policy's strings), none for hosts DANE does not apply to.
+    let report = |host: &str| -> Value {
+        let file = std::fs::read_dir(&reports)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("sender.test!{host}!")))
+            .unwrap_or_else(|| panic!("no report for {host} in {}", reports.display()));
+        let report: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let policy = &report["policies"][0];
+        assert_eq!(policy["policy"]["policy-type"], "tlsa", "{host}: {report}");
+        assert_eq!(policy["policy"]["policy-domain"], host, "{report}");
+        policy.clone()
+    };
+    let ee = report("mx.ee.test");
+    assert_eq!(ee["policy"]["policy-string"][0].as_str().unwrap().get(..6), Some("3 1 1 "), "{ee}");
+    assert_eq!(ee["summary"]["total-failure-session-count"], 0, "{ee}");
+    assert!(ee["summary"]["total-successful-session-count"].as_u64().unwrap() >= 1, "{ee}");
+    for (host, result) in [
+        ("mx.wrong.test", "tlsa-invalid"),
+        ("mx.stripped.test", "starttls-not-supported"),
+        ("mx.bogus.test", "dnssec-invalid"),
+        ("mx1.mix.test", "dnssec-invalid"),
+    ] {
+        let p = report(host);
+        assert_eq!(p["summary"]["total-successful-session-count"], 0, "{host}: {p}");
+        let details = p["failure-details"].as_array().unwrap();
+        assert!(details.iter().all(|d| d["result-type"] == result), "{host}: {p}");
+        assert_eq!(details[0]["receiving-mx-hostname"], host, "{p}");
+    }
+    let names: Vec<String> =
+        std::fs::read_dir(&reports).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    for host in ["mx.none.test", "mx.plain.test", "mx2.mix.test", "none.test", "plain.test", "mix.test"] {
+        assert!(!names.iter().any(|n| n.contains(&format!("!{host}!"))), "{host}: {names:?}");
+    }
     // The TLSA questions were asked with DNSSEC: the stub saw them, and the zone's keys.
     let asked = setup.dns.questions();
     assert!(asked.iter().any(|q| q == "_25._tcp.mx.ee.test TLSA"), "{asked:?}");

@@ -124,10 +124,12 @@ pub struct SendArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Write the run's TLS reports (RFC 8460's JSON, one file per recipient domain with an
-    /// MTA-STS policy: sessions that negotiated TLS as it asks, failures by type and MX host,
-    /// failed policy fetches) into DIR at the end, named as the RFC names them
-    /// (`SENDER!DOMAIN!BEGIN!END.json`; SENDER is the --helo name).
+    /// Write the run's TLS reports (RFC 8460's JSON, one file per policy domain: a recipient
+    /// domain with an MTA-STS policy, or an MX host with DANE records; sessions that
+    /// negotiated TLS as it asks, failures by type and MX host, failed policy fetches and
+    /// TLSA lookups) into DIR at the end, named as the RFC names them
+    /// (`SENDER!DOMAIN!BEGIN!END.json`; SENDER is the --helo name). `volley tls-report send
+    /// DIR` delivers them.
     #[arg(long, value_name = "DIR")]
     tls_report: Option<PathBuf>,
     /// Draw the campaign as an SVG picture: recipients' attempts per second by outcome, and

@@ -68,6 +68,7 @@ pub struct Resolver {
     thread: Option<JoinHandle<()>>,
     /// What destinations of domains with an MTA-STS policy are given.
     sts_tls: Option<StsTls>,
+    reports: Option<Arc<TlsReports>>,
 }
 
 /// How the resolver is set up.
@@ -115,16 +116,19 @@ impl Default for DnsConfig {
 impl Resolver {
     pub fn start(config: DnsConfig) -> std::io::Result<Resolver> {
         let resolver = build(&config)?;
-        let sts_tls = config.mta_sts.as_ref().map(|sts| StsTls {
+        // Whatever a receiver publishes (an MTA-STS policy, DANE records), it is reported on.
+        let reports = (config.mta_sts.is_some() || config.dane.is_some()).then(TlsReports::new);
+        let sts_tls = config.mta_sts.as_ref().zip(reports.as_ref()).map(|(sts, reports)| StsTls {
             verifier: Arc::clone(&sts.fetcher.tls),
             check: sts.check.clone(),
-            reports: TlsReports::new(),
+            reports: Arc::clone(reports),
         });
         let sts = match (&config.mta_sts, &sts_tls) {
             (Some(sts), Some(tls)) => Some(Arc::new(Sts::open(sts.clone(), Arc::clone(&tls.reports))?)),
             _ => None,
         };
         let dane = config.dane.as_ref().map(|dane| Dane::with(&config, dane)).transpose()?;
+        let thread_reports = reports.clone();
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -150,7 +154,7 @@ impl Resolver {
                 let mut workers = tokio::task::JoinSet::new();
                 for _ in 0..config.concurrency.max(1) {
                     let (resolver, tx, incoming) = (resolver.clone(), answer_tx.clone(), incoming.clone());
-                    let (sts, dane) = (sts.clone(), dane.clone());
+                    let (sts, dane, reports) = (sts.clone(), dane.clone(), thread_reports.clone());
                     let mut rng = seed.fork();
                     workers.spawn(async move {
                         loop {
@@ -169,7 +173,7 @@ impl Resolver {
                                 None => resolve(&resolver, &domain, &mut rng).await,
                             };
                             let answer = match &dane {
-                                Some(dane) => with_dane(answer, dane, &domain).await,
+                                Some(dane) => with_dane(answer, dane, &domain, reports.as_deref()).await,
                                 None => answer,
                             };
                             let _ = tx.send((domain, answer));
@@ -182,7 +186,12 @@ impl Resolver {
                 }
             })
         })?;
-        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread), sts_tls })
+        Ok(Resolver { requests: Some(requests), answers, thread: Some(thread), sts_tls, reports })
+    }
+
+    /// The run's TLS reports (`None` unless MTA-STS or DANE is looked up).
+    pub fn tls_reports(&self) -> Option<&Arc<TlsReports>> {
+        self.reports.as_ref()
     }
 
     /// What destinations of domains with an MTA-STS policy are given (`None` unless MTA-STS
@@ -335,7 +344,7 @@ fn keep_to(answer: Answer, policy: Policy, domain: &str) -> Answer {
 
 /// `answer`'s hosts with what DANE says of each: their TLSA records, or left out when their
 /// records fail validation (RFC 7672 §2.2.3); none left, no delivery.
-async fn with_dane(answer: Answer, dane: &Dane, domain: &str) -> Answer {
+async fn with_dane(answer: Answer, dane: &Dane, domain: &str, reports: Option<&TlsReports>) -> Answer {
     let Answer::Hosts { hosts, until, tls } = answer else { return answer };
     let mut kept = Vec::with_capacity(hosts.len());
     let mut failures = Vec::new();
@@ -346,7 +355,12 @@ async fn with_dane(answer: Answer, dane: &Dane, domain: &str) -> Answer {
                 host.tlsa = Some(records);
                 kept.push(host);
             }
-            HostDane::Failed(why) => failures.push(why),
+            HostDane::Failed(why) => {
+                if let Some(reports) = reports {
+                    reports.dane_failed(&host.name, &why);
+                }
+                failures.push(why)
+            }
         }
     }
     if kept.is_empty() {

@@ -199,10 +199,10 @@ impl Routes {
         })
     }
 
-    /// The run's TLS reports, when MTA-STS is looked up.
+    /// The run's TLS reports, when MTA-STS or DANE is looked up.
     pub fn tls_reports(&self) -> Option<Arc<crate::deliver::tls_report::run::TlsReports>> {
         match &self.mode {
-            Mode::Mx { resolver, .. } => resolver.sts_tls().map(|s| Arc::clone(&s.reports)),
+            Mode::Mx { resolver, .. } => resolver.tls_reports().cloned(),
             Mode::Relay(_) => None,
         }
     }
@@ -345,6 +345,7 @@ impl Routes {
         // every session of the destination requires TLS, each such host's certificate checked
         // against its own records, the others' as the domain's policy says (MTA-STS enforce:
         // valid for the host's name; else unauthenticated). One destination per record set.
+        let under_sts = tls_watch.is_some();
         let dane: Vec<(&str, &Vec<Tlsa>)> =
             hosts.iter().filter_map(|h| Some((h.name.as_str(), h.tlsa.as_ref()?))).collect();
         if !dane.is_empty() {
@@ -361,6 +362,17 @@ impl Routes {
                 };
                 let records = dane.iter().map(|(h, r)| (h.to_ascii_lowercase(), (*r).clone())).collect();
                 verified_tls = Some(crate::tls::dane::client_config(records, otherwise));
+                // Reported per host with records (its own DANE policy); the others' sessions
+                // under the domain's MTA-STS policy, if it has one.
+                if let Mode::Mx { resolver, .. } = &self.mode
+                    && let Some(reports) = resolver.tls_reports()
+                {
+                    let otherwise = tls_watch.take().map(|watch| watch.observer);
+                    tls_watch = Some(crate::engine::TlsWatch {
+                        observer: reports.dane_watch(&dane, otherwise),
+                        check: None,
+                    });
+                }
             }
         }
         if let Some(d) = self.rollups.get(&key) {
@@ -387,7 +399,7 @@ impl Routes {
             // Set apart from the other domains on the same hosts: say so in reports.
             label = format!("{label} [{rule}]");
         }
-        if tls_watch.is_some() {
+        if under_sts {
             label = format!("{label} [MTA-STS {domain}]");
         }
         if !dane.is_empty() {

@@ -34,6 +34,14 @@ pub struct Tlsa {
     pub data: Vec<u8>,
 }
 
+/// The record as a zone file writes its data (`3 1 1 a1b2...`): how TLS reports name it.
+impl std::fmt::Display for Tlsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} ", self.usage, self.selector, self.matching)?;
+        self.data.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl Tlsa {
     /// Whether SMTP can use the record (RFC 7672 §3.1.3; unknown parameters are unusable,
     /// RFC 6698 §4.1, as is a digest of the wrong length).

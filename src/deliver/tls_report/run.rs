@@ -1,7 +1,11 @@
 //! A run's TLS reports: one [`Recorder`] for the whole run, told by each destination whose
-//! domain has an MTA-STS policy (a [`PolicyWatch`], once per session) and by the DNS thread
-//! when a policy cannot be fetched; at the end, one report per policy domain, written as the
-//! RFC names its files (§5.3: `sender!policy-domain!begin!end.json`).
+//! domain has an MTA-STS policy or whose MX hosts have DANE records (a [`PolicyWatch`] or a
+//! [`DaneWatch`], once per session) and by the DNS thread when a policy cannot be fetched or a
+//! host's records cannot be validated; at the end, one report per policy domain, written as
+//! the RFC names its files (§5.3: `sender!policy-domain!begin!end.json`).
+//!
+//! A DANE policy's domain is the MX host's TLSA base domain (RFC 8460 §4.4: the records live at
+//! `_25._tcp.HOST`), so DANE sessions are reported per MX host, not per recipient domain.
 //!
 //! The lock is taken once per session, never per message.
 
@@ -13,6 +17,7 @@ use super::{Failure, PolicyDetails, PolicyType, Recorder, ReportHeader, ResultTy
 use crate::deliver::mta_sts::{MxPattern, Policy};
 use crate::engine::{TlsObserver, TlsSeen};
 use crate::tls::CertificateProblem;
+use crate::tls::dane::Tlsa;
 
 /// The run's recorder.
 #[derive(Debug)]
@@ -42,6 +47,40 @@ impl TlsReports {
     /// The watch for sessions to `domain`'s MX hosts under its `policy`.
     pub fn watch(self: &Arc<Self>, domain: &str, policy: &Policy) -> Arc<PolicyWatch> {
         Arc::new(PolicyWatch { reports: Arc::clone(self), policy: details(domain, Some(policy)) })
+    }
+
+    /// The watch for sessions to a destination whose MX hosts in `dane` have TLSA records:
+    /// each such host's sessions count under its own DANE policy, the others' under
+    /// `otherwise` (the recipient domain's MTA-STS policy), or nowhere.
+    pub fn dane_watch(
+        self: &Arc<Self>,
+        dane: &[(&str, &Vec<Tlsa>)],
+        otherwise: Option<Arc<dyn TlsObserver>>,
+    ) -> Arc<DaneWatch> {
+        let hosts = dane
+            .iter()
+            .map(|(host, records)| {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                let watch = PolicyWatch { reports: Arc::clone(self), policy: tlsa_details(&host, records) };
+                (host, watch)
+            })
+            .collect();
+        Arc::new(DaneWatch { hosts, otherwise })
+    }
+
+    /// `host`'s TLSA records could not be validated (`why`: bogus, or the lookup failed), so
+    /// the host was not used (RFC 8460 §4.3.2 `dnssec-invalid`).
+    pub fn dane_failed(&self, host: &str, why: &str) {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let failure = Failure {
+            result: ResultType::DnssecInvalid,
+            sending_ip: None,
+            mx_host: Some(host.clone()),
+            receiving_ip: None,
+            detail: None,
+            reason: Some(why.to_owned()),
+        };
+        self.recorder().failure(&tlsa_details(&host, &[]), failure);
     }
 
     /// `domain`'s policy could not be fetched (`why`); `cached`: the policy that holds meanwhile.
@@ -121,6 +160,40 @@ fn details(domain: &str, policy: Option<&Policy>) -> PolicyDetails {
     }
 }
 
+/// A DANE policy as a report names it (§4.4): `policy-type` tlsa, the host as its domain, its
+/// records as the policy's strings.
+fn tlsa_details(host: &str, records: &[Tlsa]) -> PolicyDetails {
+    PolicyDetails {
+        kind: PolicyType::Tlsa,
+        strings: records.iter().map(Tlsa::to_string).collect(),
+        domain: host.to_owned(),
+        mx_hosts: Vec::new(),
+    }
+}
+
+/// Counts a DANE destination's sessions: each host with records under its own policy.
+#[derive(Debug)]
+pub struct DaneWatch {
+    hosts: Vec<(String, PolicyWatch)>,
+    otherwise: Option<Arc<dyn TlsObserver>>,
+}
+
+impl TlsObserver for DaneWatch {
+    fn seen(&self, seen: TlsSeen<'_>) {
+        let host = match &seen {
+            TlsSeen::Secured { host, .. }
+            | TlsSeen::NotOffered { host, .. }
+            | TlsSeen::Failed { host, .. } => host.map(|h| h.trim_end_matches('.')),
+        };
+        let own = host.and_then(|h| self.hosts.iter().find(|(name, _)| name.eq_ignore_ascii_case(h)));
+        match (own, &self.otherwise) {
+            (Some((_, watch)), _) => watch.seen(seen),
+            (None, Some(otherwise)) => otherwise.seen(seen),
+            (None, None) => {}
+        }
+    }
+}
+
 /// Counts one domain's sessions under its policy.
 #[derive(Debug)]
 pub struct PolicyWatch {
@@ -160,6 +233,46 @@ impl TlsObserver for PolicyWatch {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn a_dane_destination_reports_each_host_with_records_under_its_own_policy() {
+        let reports = TlsReports::new();
+        let policy = Policy::parse(b"version: STSv1\nmode: enforce\nmx: *.a.test\nmax_age: 600\n").unwrap();
+        let records = vec![Tlsa { usage: 3, selector: 1, matching: 1, data: vec![0xab; 32] }];
+        let sts: Arc<dyn TlsObserver> = reports.watch("a.test", &policy);
+        let watch = reports.dane_watch(&[("MX1.a.test.", &records)], Some(sts));
+        let addr = "127.0.0.2:25".parse().unwrap();
+        watch.seen(TlsSeen::Secured { addr, host: Some("mx1.a.test") });
+        let why = "no TLSA record matches";
+        let problem = Some(CertificateProblem::TlsaMismatch);
+        watch.seen(TlsSeen::Failed { addr, host: Some("mx1.a.test"), problem, why });
+        // A host without records: the domain's MTA-STS policy.
+        watch.seen(TlsSeen::NotOffered { addr, host: Some("mx2.a.test") });
+        reports.dane_failed("mx3.a.test", "bogus");
+        assert_eq!(
+            reports.tallies(),
+            [
+                DomainTally { domain: "a.test".into(), successes: 0, failures: 1 },
+                DomainTally { domain: "mx1.a.test".into(), successes: 1, failures: 1 },
+                DomainTally { domain: "mx3.a.test".into(), successes: 0, failures: 1 },
+            ]
+        );
+        let recorder = reports.recorder();
+        let header = ReportHeader {
+            organization: "s.test".into(),
+            contact: "postmaster@s.test".into(),
+            report_id: "1".into(),
+            start: UNIX_EPOCH,
+            end: UNIX_EPOCH,
+        };
+        let mx1: Value = serde_json::from_str(&recorder.report_json("mx1.a.test", &header).unwrap()).unwrap();
+        let p = &mx1["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "tlsa");
+        assert_eq!(p["policy"]["policy-string"][0], format!("3 1 1 {}", "ab".repeat(32)));
+        assert_eq!(p["failure-details"][0]["result-type"], "tlsa-invalid");
+        let mx3: Value = serde_json::from_str(&recorder.report_json("mx3.a.test", &header).unwrap()).unwrap();
+        assert_eq!(mx3["policies"][0]["failure-details"][0]["result-type"], "dnssec-invalid");
+    }
 
     #[test]
     fn sessions_and_fetches_become_each_domains_report_file() {
