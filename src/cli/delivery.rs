@@ -155,6 +155,11 @@ impl DeliveryArgs {
         &self.helo
     }
 
+    /// The CA file certificates are checked against (`--ca-file`), if one is given.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.ca_file.as_deref()
+    }
+
     /// The delivery settings these flags say.
     pub fn config(&self) -> anyhow::Result<DeliveryConfig> {
         if self.retry_after.is_zero() || self.retry_max < self.retry_after {

@@ -15,6 +15,7 @@ mod send;
 mod serve;
 mod sink;
 mod status;
+mod tls_report;
 mod token;
 mod webhook;
 
@@ -72,6 +73,9 @@ enum Command {
     Queue(queue::QueueArgs),
     /// Check (or make) the signatures of `volley serve --webhook` requests, for a receiver.
     Webhook(webhook::WebhookArgs),
+    /// Deliver the TLS reports (RFC 8460) `send --tls-report DIR` wrote, to the addresses each
+    /// domain's `_smtp._tls` record names (mail or HTTPS).
+    TlsReport(tls_report::TlsReportArgs),
     /// Verify (or make) the unsubscribe tokens of `send --unsubscribe-url`, for the web handler.
     Token(token::TokenArgs),
 }
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plot(args) => plot::run(args),
         Command::Queue(args) => queue::run(args),
         Command::Webhook(args) => webhook::run(args),
+        Command::TlsReport(args) => tls_report::run(args),
     }
 }
 

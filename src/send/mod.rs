@@ -16,6 +16,7 @@ pub mod resume;
 pub mod source;
 pub mod suppress;
 pub mod template;
+pub mod tls_reports;
 pub mod unsubscribe;
 
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ pub struct HttpsStub {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -32,20 +33,23 @@ impl HttpsStub {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&stop), Arc::clone(&requests));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, b) = (Arc::clone(&stop), Arc::clone(&requests), Arc::clone(&bodies));
         let answer = Arc::new(answer);
         let thread = std::thread::Builder::new().name("https-stub".into()).spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((tcp, _)) => {
                         let (tls, r, answer) = (Arc::clone(&tls), Arc::clone(&r), Arc::clone(&answer));
+                        let b = Arc::clone(&b);
                         std::thread::spawn(move || {
                             let _ = tcp.set_nonblocking(false);
                             let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
                             let Ok(conn) = rustls::ServerConnection::new(tls) else { return };
                             let mut stream = rustls::StreamOwned::new(conn, tcp);
-                            let Some(head) = read_head(&mut stream) else { return };
+                            let Some((head, body)) = read_request(&mut stream) else { return };
                             r.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(head.clone());
+                            b.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(body);
                             let (response, delay) = answer(&head);
                             std::thread::sleep(delay);
                             let _ = stream.write_all(&response);
@@ -57,11 +61,16 @@ impl HttpsStub {
                 }
             }
         })?;
-        Ok(HttpsStub { addr, stop, requests, thread: Some(thread) })
+        Ok(HttpsStub { addr, stop, requests, bodies, thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bodies of the requests read so far (as long as their `Content-Length`), in order.
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
     /// The heads of the requests read so far, in order.
@@ -79,16 +88,34 @@ impl Drop for HttpsStub {
     }
 }
 
-fn read_head(stream: &mut impl std::io::Read) -> Option<String> {
-    let mut head = Vec::new();
+/// A request's head, and its body as long as its `Content-Length` says (none without one).
+fn read_request(stream: &mut impl std::io::Read) -> Option<(String, Vec<u8>)> {
+    let mut data = Vec::new();
     let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = data.split_off(end);
+    while body.len() < length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
         }
     }
-    Some(String::from_utf8_lossy(&head).into_owned())
+    body.truncate(length);
+    Some((head, body))
 }
 
 /// A response: `status` (`200 OK`), an optional content type, extra header lines (each ended

@@ -3,8 +3,11 @@
 //! aggregate report the domain asks for (§4: its JSON, gzip-compressed for sending). Sans-IO:
 //! the session path tells the recorder, a report is made from it. [`run`] keeps a run's
 //! recorder, fed by destinations' watches and the policy fetches, and writes its reports;
-//! sending them (mail to the `rua` of `_smtp._tls`, or HTTPS POST) is not built.
+//! [`rua`] finds where a domain wants them and POSTs them over HTTPS; [`mail`] makes one a
+//! message to deliver (`volley tls-report send`, in `send::tls_reports`).
 
+pub mod mail;
+pub mod rua;
 pub mod run;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,96 @@
+//! `volley tls-report send DIR`: delivers the TLS reports (RFC 8460) that `send --tls-report
+//! DIR` wrote, to the addresses each policy domain's `_smtp._tls` record names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use mailvolley::deliver::Routing;
+use mailvolley::deliver::dns::DnsConfig;
+use mailvolley::send::tls_reports::{self, Outcome, ReportsConfig};
+use mailvolley::tls::{ClientTls, TlsPolicy};
+
+use super::delivery::DeliveryArgs;
+
+/// Exit codes of `volley tls-report send` (also in `--help` and the README).
+pub const EXIT_DOC: &str = "Exit codes: 0 every report reached every address its domain names (or its domain asks \
+for none); 1 some did not, and stay in DIR for the next run; 2 usage error (a bad flag, DIR unreadable); \
+3 the mail's log could not be written.";
+
+#[derive(Debug, Args)]
+pub struct TlsReportArgs {
+    #[command(subcommand)]
+    command: TlsReportCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsReportCommand {
+    /// Send the reports in DIR: each to every `mailto:` (as mail, DKIM-signed with --dkim) and
+    /// `https:` (POSTed, gzip) address in its policy domain's `_smtp._tls` TXT record. A report
+    /// that reached them all (or whose domain publishes no record) moves to DIR/sent/; the
+    /// addresses a report reached are kept in NAME.json.done, so a later run sends only what
+    /// is left.
+    #[command(after_help = EXIT_DOC)]
+    Send(SendArgs),
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// The directory `volley send --tls-report DIR` wrote the reports into.
+    dir: PathBuf,
+    /// The reports' From header: 'addr@domain' or 'Name <addr@domain>' (the envelope sender
+    /// too).
+    #[arg(long)]
+    from: String,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
+}
+
+pub fn run(args: TlsReportArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TlsReportCommand::Send(args) => send(args),
+    }
+}
+
+fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    if !args.dir.is_dir() {
+        anyhow::bail!("{}: not a directory", args.dir.display());
+    }
+    let delivery = args.delivery.config()?;
+    // `_smtp._tls` records are asked where MX records are (the system's resolvers with
+    // --relay), on a plain resolver: neither MTA-STS nor DANE applies to them.
+    let dns = match &delivery.routing {
+        Routing::Mx { dns, .. } => DnsConfig { mta_sts: None, dane: None, ..dns.clone() },
+        Routing::Relay { .. } => DnsConfig::default(),
+    };
+    let https = ClientTls::new(TlsPolicy::Verify, false, args.delivery.ca_file(), false)
+        .context("setting up certificate checks for HTTPS")?
+        .config;
+    let config = ReportsConfig { dir: args.dir.clone(), from: args.from.clone(), delivery, dns, https };
+    let results = match tls_reports::send_all(&config) {
+        Ok(r) => r,
+        Err(e @ tls_reports::ReportsError::Send(mailvolley::send::SendError::Log { .. })) => {
+            eprintln!("volley: {e}");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut left = 0;
+    for r in &results {
+        let to = r.to.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
+        let what = match &r.result {
+            Outcome::Sent(how) => format!("sent ({how})"),
+            Outcome::NotWanted => "not wanted (no TLS-RPT record)".to_owned(),
+            Outcome::Failed(why) => {
+                left += 1;
+                format!("not sent: {why}")
+            }
+        };
+        println!("{}  {to}  {what}", r.file);
+    }
+    let reports: std::collections::BTreeSet<&str> = results.iter().map(|r| r.file.as_str()).collect();
+    println!("{} reports, {} deliveries not made (kept for the next run)", reports.len(), left);
+    Ok(if left == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,190 @@
+//! `volley tls-report send DIR` end to end, as a user runs it after `send --tls-report DIR`:
+//! a local DNS server answers the policy domains' `_smtp._tls` records and the MX hosts of
+//! the report addresses; a local HTTPS server (a test certificate, given as `--ca-file`)
+//! takes the POSTed reports; sinks on 127.0.0.x take the mailed ones.
+
+mod common;
+
+use common::campaign::{run, stderr};
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mailvolley::testkit::dns::{DnsStub, Zone};
+use mailvolley::testkit::https::{HttpsStub, response};
+use mailvolley::tls::ServerTls;
+
+const VOLLEY: &str = env!("CARGO_BIN_EXE_volley");
+
+fn gunzip(data: &[u8]) -> String {
+    let mut text = String::new();
+    mail_auth::flate2::read::GzDecoder::new(data).read_to_string(&mut text).unwrap();
+    text
+}
+
+/// A report as `send --tls-report` writes it, for `domain`: its file name and JSON.
+fn report(domain: &str) -> (String, String) {
+    let json = serde_json::json!({
+        "organization-name": "sender.test",
+        "date-range": {"start-datetime": "2026-12-01T00:00:00Z", "end-datetime": "2026-12-01T23:59:59Z"},
+        "contact-info": "postmaster@sender.test",
+        "report-id": format!("1764547200.{domain}@sender.test"),
+        "policies": [{
+            "policy": {"policy-type": "no-policy-found", "policy-domain": domain},
+            "summary": {"total-successful-session-count": 3, "total-failure-session-count": 0}
+        }]
+    });
+    (format!("sender.test!{domain}!1764547200!1764633599.json"), json.to_string())
+}
+
+/// The attachment of a mailed report (base64 between the attachment's headers and the final
+/// boundary), decoded.
+fn attachment(message: &str) -> Vec<u8> {
+    let start = message.find("Content-Disposition: attachment").expect("an attachment");
+    let body = &message[start..];
+    let body = &body[body.find("\r\n\r\n").unwrap() + 4..];
+    let body = &body[..body.find("--volley-tlsrpt--").unwrap()];
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap()
+}
+
+fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    let head = &message[..message.find("\r\n\r\n")?];
+    head.split("\r\n").find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+#[test]
+fn reports_reach_the_addresses_their_domains_name_once_each() {
+    let dir = common::temp_dir("tls-report-send");
+    let reports = dir.join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["rpt.test".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("rpt.pem"), dir.join("rpt.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    // The HTTPS endpoint: 202 for /v1/tlsrpt; /fail answers 500 until told otherwise.
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = Arc::clone(&failing);
+    let https = HttpsStub::start(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerTls::from_files(&cert, &key).unwrap().config,
+        move |head| match head.starts_with("POST /fail") && f.load(Ordering::Relaxed) {
+            true => (response("500 Internal Server Error", None, "", b""), Duration::ZERO),
+            false => (response("202 Accepted", None, "", b""), Duration::ZERO),
+        },
+    )
+    .unwrap();
+    let hp = https.addr().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sinks = common::mx_sinks(&dir, port, vec![(2u8, None)]);
+    let zone = format!(
+        "
+        _smtp._tls.a.test TXT v=TLSRPTv1; rua=mailto:tls@reports.test,https://rpt.test:{hp}/v1/tlsrpt
+        _smtp._tls.c.test TXT v=TLSRPTv1; rua=https://rpt.test:{hp}/fail,mailto:tls@reports.test
+        _smtp._tls.d.test TXT v=TLSRPTv1; rua=mailto:tls@down.test
+        b.test MX 10 mx.b.test
+        reports.test MX 10 mx.reports.test
+        mx.reports.test A 127.0.0.2
+        down.test MX 10 mx.down.test
+        mx.down.test A 127.0.0.4
+        rpt.test A 127.0.0.1
+        "
+    );
+    let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for domain in ["a.test", "b.test", "c.test", "d.test"] {
+        let (name, json) = report(domain);
+        std::fs::write(reports.join(&name), &json).unwrap();
+        files.insert(domain, (name, json));
+    }
+    let send = || {
+        let mut cmd = Command::new(VOLLEY);
+        cmd.args(["tls-report", "send", reports.to_str().unwrap()])
+            .args(["--from", "TLS reports <tls-reports@sender.test>", "--helo", "sender.test"])
+            .args(["--dns-server", &dns.addr().to_string(), "--dns-timeout", "500ms"])
+            .args(["--smtp-port", &port.to_string(), "--ca-file", cert.to_str().unwrap()])
+            .args(["--retry-after", "200ms", "--retry-max", "200ms", "--max-age", "1s"])
+            .args(["--reconnect-backoff", "50ms", "--dane", "off"])
+            .stdin(Stdio::null());
+        run(cmd, Duration::from_secs(60))
+    };
+
+    // First run: c.test's HTTPS address fails, d.test's mail host is down (its report's mail
+    // expires after --max-age: the engine waits ~10 s before trying a refusing host again).
+    let out = send();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", stderr(&out));
+    let sent = reports.join("sent");
+    let (a, b, c, d) = (&files["a.test"].0, &files["b.test"].0, &files["c.test"].0, &files["d.test"].0);
+    assert!(sent.join(a).is_file() && sent.join(b).is_file(), "{stdout}");
+    assert!(reports.join(c).is_file() && reports.join(d).is_file(), "{stdout}");
+    let done = std::fs::read_to_string(sent.join(format!("{a}.done"))).unwrap();
+    assert_eq!(done.lines().count(), 2, "{done}");
+    assert_eq!(
+        std::fs::read_to_string(reports.join(format!("{c}.done"))).unwrap(),
+        "mailto:tls@reports.test\n"
+    );
+    assert!(stdout.contains("not wanted"), "b.test has no record: {stdout}");
+    assert!(stdout.contains("answered 500"), "{stdout}");
+
+    // The POSTs (§5.4): the gzip of the report, as application/tlsrpt+gzip.
+    let heads = https.requests();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[0].starts_with("POST /v1/tlsrpt "), "{heads:?}");
+    assert!(heads[0].to_ascii_lowercase().contains("content-type: application/tlsrpt+gzip"), "{heads:?}");
+    assert!(heads[0].to_ascii_lowercase().contains(&format!("host: rpt.test:{hp}")), "{heads:?}");
+    assert_eq!(gunzip(&https.bodies()[0]), files["a.test"].1);
+
+    // The mail (§5.3): to the rua address, from --from, the report gzipped and attached.
+    let mailed = common::dumped(&dir.join("sink2"));
+    assert_eq!(mailed.len(), 2, "a.test's and c.test's");
+    let mut domains = Vec::new();
+    for (envelope, content) in &mailed {
+        let message = String::from_utf8_lossy(content).into_owned();
+        let domain = header(&message, "TLS-Report-Domain").expect("TLS-Report-Domain").to_owned();
+        let domain = domain.as_str();
+        domains.push(domain.to_owned());
+        assert!(envelope.contains("tls@reports.test"), "{envelope}");
+        assert!(envelope.contains("tls-reports@sender.test"), "{envelope}");
+        assert_eq!(
+            header(&message, "Subject"),
+            Some(format!("Report Domain: {domain} Submitter: sender.test Report-ID: <1764547200.{domain}@sender.test>").as_str()),
+            "{message}"
+        );
+        assert_eq!(header(&message, "TLS-Report-Submitter"), Some("sender.test"), "{message}");
+        assert!(message.contains("multipart/report; report-type=\"tlsrpt\""), "{message}");
+        let name = &files[domain].0;
+        assert!(message.contains(&format!("filename=\"{}.gz\"", name)), "{message}");
+        assert_eq!(gunzip(&attachment(&message)), files[domain].1, "{domain}");
+    }
+    domains.sort();
+    assert_eq!(domains, ["a.test", "c.test"]);
+
+    // Second run, the failures gone: only what is left is sent, nothing twice.
+    failing.store(false, Ordering::Relaxed);
+    let _down = common::mx_sinks(&dir, port, vec![(4u8, None)]);
+    let out = send();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr(&out));
+    for name in [a, b, c, d] {
+        assert!(sent.join(name).is_file(), "{name}: {stdout}");
+        assert!(!reports.join(name).exists(), "{name}");
+    }
+    let heads = https.requests();
+    assert_eq!(heads.len(), 3, "c.test's POST once more, nothing else: {heads:?}");
+    assert!(heads[2].starts_with("POST /fail "), "{heads:?}");
+    assert_eq!(gunzip(&https.bodies()[2]), files["c.test"].1);
+    assert_eq!(common::dumped(&dir.join("sink2")).len(), 2, "c.test's mail is not sent again");
+    let down = common::dumped(&dir.join("sink4"));
+    assert_eq!(down.len(), 1);
+    assert_eq!(gunzip(&attachment(&String::from_utf8_lossy(&down[0].1))), files["d.test"].1);
+    drop(sinks);
+
+    // A third run has nothing to do.
+    let out = send();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(https.requests().len(), 3);
+}
