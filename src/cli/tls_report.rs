@@ -9,15 +9,16 @@ use clap::{Args, Subcommand};
 
 use mailvolley::deliver::Routing;
 use mailvolley::deliver::dns::DnsConfig;
-use mailvolley::send::tls_reports::{self, Outcome, ReportsConfig};
+use mailvolley::deliver::tls_report::outbox::{self, OutboxConfig, Outcome};
+use mailvolley::send::tls_reports::CampaignMailer;
 use mailvolley::tls::{ClientTls, TlsPolicy};
 
 use super::delivery::DeliveryArgs;
 
 /// Exit codes of `volley tls-report send` (also in `--help` and the README).
 pub const EXIT_DOC: &str = "Exit codes: 0 every report reached every address its domain names (or its domain asks \
-for none); 1 some did not, and stay in DIR for the next run; 2 usage error (a bad flag, DIR unreadable); \
-3 the mail's log could not be written.";
+for none); 1 some did not, and stay in DIR for the next run; 2 usage error (a bad flag, DIR unreadable), or no mail could be sent at all \
+(the mail's log could not be written).";
 
 #[derive(Debug, Args)]
 pub struct TlsReportArgs {
@@ -68,15 +69,9 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let https = ClientTls::new(TlsPolicy::Verify, false, args.delivery.ca_file(), false)
         .context("setting up certificate checks for HTTPS")?
         .config;
-    let config = ReportsConfig { dir: args.dir.clone(), from: args.from.clone(), delivery, dns, https };
-    let results = match tls_reports::send_all(&config) {
-        Ok(r) => r,
-        Err(e @ tls_reports::ReportsError::Send(mailvolley::send::SendError::Log { .. })) => {
-            eprintln!("volley: {e}");
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let config = OutboxConfig { dir: args.dir.clone(), dns, https };
+    let mut mailer = CampaignMailer { outbox: args.dir.join("outbox"), from: args.from.clone(), delivery };
+    let results = outbox::send_all(&config, &mut mailer)?;
     let mut left = 0;
     for r in &results {
         let to = r.to.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);

@@ -1,316 +1,95 @@
-//! `volley tls-report send DIR`: delivering the TLS reports `send --tls-report DIR` wrote
-//! (RFC 8460 §5). Each report goes to every address its policy domain's `_smtp._tls` record
-//! names: `https:` ones POSTed here, `mailto:` ones as mail through a campaign of their own
-//! (the report template, one row per report and address), so they are routed, signed,
-//! retried and logged as any campaign is.
-//!
-//! What was sent survives the run: each address a report reached is appended to
-//! `NAME.json.done` beside it, and a report that reached every address (or whose domain asks
-//! for none) moves with it to `DIR/sent/`. A report left in DIR is tried again by the next
-//! run, at the addresses it has not reached.
+//! `volley tls-report send DIR`'s mail: the reports for `mailto:` addresses (see
+//! [`crate::deliver::tls_report::outbox`]) sent as a campaign of their own, one row per report
+//! and address, with the report template: routed, signed, retried and logged as any campaign,
+//! its list and log kept in `DIR/outbox/`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use thiserror::Error;
-
+use super::SendConfig;
 use super::template::MessageSpec;
-use super::{SendConfig, SendError};
 use crate::deliver::DeliveryConfig;
-use crate::deliver::dns::{self, DnsConfig};
 use crate::deliver::log::{Head, Status};
-use crate::deliver::tls_report::mail::{self, ReportMail};
-use crate::deliver::tls_report::rua::{self, Rua};
+use crate::deliver::tls_report::mail;
+use crate::deliver::tls_report::outbox::{Mailer, OutboxError};
 
-/// What `volley tls-report send` is told.
-#[derive(Debug, Clone)]
-pub struct ReportsConfig {
-    /// Where the reports are (`send --tls-report DIR`).
-    pub dir: PathBuf,
+/// Mails reports as campaigns.
+pub struct CampaignMailer {
+    /// Where each campaign's list and log are written.
+    pub outbox: PathBuf,
     /// The reports' From: `addr@domain` or `Name <addr@domain>`.
     pub from: String,
-    /// How the mail goes: as any campaign's.
     pub delivery: DeliveryConfig,
-    /// Where `_smtp._tls` records and the HTTPS hosts' addresses are asked.
-    pub dns: DnsConfig,
-    /// Checks the certificates of HTTPS addresses (Mozilla's roots, or a `--ca-file`).
-    pub https: Arc<rustls::ClientConfig>,
 }
 
-/// One report's fate at one address (or, with `to` empty, the report's own).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sent {
-    /// The report's file name.
-    pub file: String,
-    pub domain: String,
-    pub to: Option<Rua>,
-    pub result: Outcome,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Delivered (the server's answer), now or by an earlier run.
-    Sent(String),
-    /// The domain publishes no TLS-RPT record: it asks for no reports.
-    NotWanted,
-    /// Not this time (why): the report stays for the next run.
-    Failed(String),
-}
-
-#[derive(Debug, Error)]
-pub enum ReportsError {
-    #[error("{path}: {error}")]
-    Io { path: String, error: std::io::Error },
-    #[error("DNS: {0}")]
-    Dns(std::io::Error),
-    #[error("sending the reports by mail: {0}")]
-    Send(#[from] SendError),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportsError + '_ {
-    move |error| ReportsError::Io { path: path.display().to_string(), error }
-}
-
-/// A report file read: its name's parts and its content.
-struct Report {
-    file: String,
-    stem: String,
-    submitter: String,
-    domain: String,
-    report_id: String,
-    json: String,
-    /// The addresses earlier runs reached.
-    done: BTreeSet<String>,
-}
-
-impl Report {
-    fn done_path(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.done", self.file))
-    }
-
-    /// Notes that `to` has it, durably, before anything else happens.
-    fn mark_done(&mut self, dir: &Path, to: &Rua) -> Result<(), ReportsError> {
-        let path = self.done_path(dir);
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-        writeln!(file, "{to}").and_then(|()| file.sync_data()).map_err(io(&path))?;
-        self.done.insert(to.to_string());
-        Ok(())
-    }
-}
-
-/// Reads `path` as a report `send --tls-report` wrote: named `SUBMITTER!DOMAIN!BEGIN!END.json`,
-/// RFC 8460's JSON with a report id.
-fn read_report(dir: &Path, path: &Path) -> Result<Report, String> {
-    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-    let stem = file.strip_suffix(".json").unwrap_or(&file).to_owned();
-    let parts: Vec<&str> = stem.split('!').collect();
-    let [submitter, domain, _, _] = parts.as_slice() else {
-        return Err("not a TLS report's name (SUBMITTER!DOMAIN!BEGIN!END.json)".into());
-    };
-    let json = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("not JSON: {e}"))?;
-    let report_id = value["report-id"].as_str().ok_or("not a TLS report (no report-id)")?.to_owned();
-    let done = match std::fs::read_to_string(dir.join(format!("{file}.done"))) {
-        Ok(text) => text.lines().map(str::to_owned).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-        Err(e) => return Err(format!("{file}.done: {e}")),
-    };
-    Ok(Report {
-        file: file.clone(),
-        stem: stem.clone(),
-        submitter: (*submitter).to_owned(),
-        domain: (*domain).to_owned(),
-        report_id,
-        json,
-        done,
-    })
-}
-
-/// Sends every report in `config.dir` that has not reached all its addresses; what became of
-/// each, by report and address.
-pub fn send_all(config: &ReportsConfig) -> Result<Vec<Sent>, ReportsError> {
-    let dir = &config.dir;
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    names.sort();
-    let mut results = Vec::new();
-    let mut reports = Vec::new();
-    for path in &names {
-        match read_report(dir, path) {
-            Ok(report) => reports.push(report),
-            Err(why) => results.push(Sent {
-                file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                domain: String::new(),
-                to: None,
-                result: Outcome::Failed(why),
-            }),
-        }
-    }
-
-    // Where each domain wants its reports, and the HTTPS ones sent, on a runtime of our own.
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ReportsError::Dns)?;
-    let resolver = dns::build(&config.dns).map_err(ReportsError::Dns)?;
-    let domains: BTreeSet<String> = reports.iter().map(|r| r.domain.clone()).collect();
-    let wanted: BTreeMap<String, Result<Vec<Rua>, String>> = runtime.block_on(async {
-        let mut wanted = BTreeMap::new();
-        for domain in domains {
-            let rua = rua::lookup(&resolver, &domain).await.map_err(|e| e.to_string());
-            wanted.insert(domain, rua);
-        }
-        wanted
-    });
-    let mut by_mail = Vec::new();
-    for (index, report) in reports.iter_mut().enumerate() {
-        let rua = match &wanted[&report.domain] {
-            Ok(rua) => rua,
-            Err(why) => {
-                results.push(sent(report, None, Outcome::Failed(why.clone())));
-                continue;
-            }
+impl Mailer for CampaignMailer {
+    fn mail(&mut self, rows: &[serde_json::Value]) -> Result<Vec<Result<String, String>>, OutboxError> {
+        let outbox = &self.outbox;
+        let io = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |error| OutboxError::Io { path, error }
         };
-        if rua.is_empty() {
-            results.push(sent(report, None, Outcome::NotWanted));
-            continue;
+        std::fs::create_dir_all(outbox).map_err(io(outbox))?;
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let list = outbox.join(format!("reports-{stamp}.jsonl"));
+        let mut text = String::new();
+        for row in rows {
+            text.push_str(&row.to_string());
+            text.push('\n');
         }
-        let gzipped = crate::deliver::tls_report::gzip(&report.json).map_err(io(dir))?;
-        for to in rua {
-            if report.done.contains(&to.to_string()) {
-                results.push(sent(report, Some(to), Outcome::Sent("by an earlier run".into())));
-                continue;
-            }
-            match to {
-                Rua::Https(url) => {
-                    match runtime.block_on(rua::post(&resolver, &config.https, url, gzipped.clone())) {
-                        Ok(status) => {
-                            report.mark_done(dir, to)?;
-                            results.push(sent(report, Some(to), Outcome::Sent(format!("HTTP {status}"))));
-                        }
-                        Err(why) => results.push(sent(report, Some(to), Outcome::Failed(why))),
-                    }
-                }
-                Rua::Mail(address) => {
-                    let mail = ReportMail {
-                        domain: &report.domain,
-                        submitter: &report.submitter,
-                        report_id: &report.report_id,
-                        stem: &report.stem,
-                        gzipped: &gzipped,
-                    };
-                    by_mail.push((index, to.clone(), mail::values(address, &mail)));
-                }
-            }
-        }
-    }
-    drop(resolver);
-    drop(runtime);
-
-    if !by_mail.is_empty() {
-        let rows: Vec<serde_json::Value> = by_mail.iter().map(|(_, _, row)| row.clone()).collect();
-        let finals = mail_all(config, &rows)?;
-        for (line, (index, to, _)) in (1u64..).zip(&by_mail) {
-            let report = &mut reports[*index];
-            match finals.get(&line) {
-                Some((Status::Delivered, why)) => {
-                    report.mark_done(dir, to)?;
-                    results.push(sent(report, Some(to), Outcome::Sent(why.clone())));
-                }
-                Some((_, why)) => results.push(sent(report, Some(to), Outcome::Failed(why.clone()))),
-                None => results.push(sent(report, Some(to), Outcome::Failed("no final record".into()))),
-            }
-        }
-    }
-
-    // Reports that reached every address, or that nobody asked for, are done with.
-    let sent_dir = dir.join("sent");
-    for report in &reports {
-        let complete = match &wanted[&report.domain] {
-            Ok(rua) => rua.iter().all(|to| report.done.contains(&to.to_string())),
-            Err(_) => false,
+        crate::deliver::write_synced(&list, text.as_bytes()).map_err(io(&list))?;
+        let log = outbox.join(format!("log-{stamp}.jsonl"));
+        let campaign = SendConfig {
+            delivery: self.delivery.clone(),
+            recipients: Some(list),
+            queue: None,
+            campaign: None,
+            message: MessageSpec {
+                message: Some(mail::TEMPLATE.to_owned()),
+                from: Some(self.from.clone()),
+                ..MessageSpec::default()
+            },
+            // One address may take several reports.
+            dedupe: false,
+            suppress: Vec::new(),
+            log: log.clone(),
+            resume: false,
+            progress: false,
+            metrics: false,
+            tls_report: None,
         };
-        if complete {
-            std::fs::create_dir_all(&sent_dir).map_err(io(&sent_dir))?;
-            let from = dir.join(&report.file);
-            std::fs::rename(&from, sent_dir.join(&report.file)).map_err(io(&from))?;
-            let done = report.done_path(dir);
-            if done.exists() {
-                std::fs::rename(&done, sent_dir.join(format!("{}.done", report.file))).map_err(io(&done))?;
+        let sending = super::start(campaign).map_err(|e| OutboxError::Mail(e.to_string()))?;
+        while !sending.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let report = sending.finish().map_err(io(&log))?;
+        if let Some(e) = report.books.log_error {
+            return Err(OutboxError::Mail(e));
+        }
+        // Each row's final record, by its line (JSONL: the first row is line 1).
+        let text = std::fs::read_to_string(&log).map_err(io(&log))?;
+        let mut finals = BTreeMap::new();
+        for line in text.lines() {
+            let Some(Head { status: Some(status), id, .. }) = Head::read(line.as_bytes()) else { continue };
+            if status.is_final() {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                let text =
+                    value["reply"].as_str().or_else(|| value["reason"].as_str()).unwrap_or(status.name());
+                let why = match value["code"].as_u64() {
+                    Some(code) => format!("{code} {text}"),
+                    None => text.to_owned(),
+                };
+                finals.insert(id, (status, why));
             }
         }
+        Ok((1..=rows.len() as u64)
+            .map(|line| match finals.remove(&line) {
+                Some((Status::Delivered, how)) => Ok(how),
+                Some((_, why)) => Err(why),
+                None => Err("no final record".into()),
+            })
+            .collect())
     }
-    Ok(results)
-}
-
-fn sent(report: &Report, to: Option<&Rua>, result: Outcome) -> Sent {
-    Sent { file: report.file.clone(), domain: report.domain.clone(), to: to.cloned(), result }
-}
-
-/// Mails `rows` (the report template's values, one row per report and address) as a campaign
-/// whose list and log are kept in `DIR/outbox/`; each row's final status and reason, by its
-/// line.
-fn mail_all(
-    config: &ReportsConfig,
-    rows: &[serde_json::Value],
-) -> Result<BTreeMap<u64, (Status, String)>, ReportsError> {
-    let outbox = config.dir.join("outbox");
-    std::fs::create_dir_all(&outbox).map_err(io(&outbox))?;
-    let stamp =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let list = outbox.join(format!("reports-{stamp}.jsonl"));
-    let mut text = String::new();
-    for row in rows {
-        text.push_str(&row.to_string());
-        text.push('\n');
-    }
-    crate::deliver::write_synced(&list, text.as_bytes()).map_err(io(&list))?;
-    let log = outbox.join(format!("log-{stamp}.jsonl"));
-    let campaign = SendConfig {
-        delivery: config.delivery.clone(),
-        recipients: Some(list),
-        queue: None,
-        campaign: None,
-        message: MessageSpec {
-            message: Some(mail::TEMPLATE.to_owned()),
-            from: Some(config.from.clone()),
-            ..MessageSpec::default()
-        },
-        // One address may take several reports.
-        dedupe: false,
-        suppress: Vec::new(),
-        log: log.clone(),
-        resume: false,
-        progress: false,
-        metrics: false,
-        tls_report: None,
-    };
-    let sending = super::start(campaign)?;
-    while !sending.is_finished() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let report = sending.finish().map_err(io(&log))?;
-    if let Some(e) = report.books.log_error {
-        return Err(ReportsError::Io { path: log.display().to_string(), error: std::io::Error::other(e) });
-    }
-    let text = std::fs::read_to_string(&log).map_err(io(&log))?;
-    let mut finals = BTreeMap::new();
-    for line in text.lines() {
-        let Some(Head { status: Some(status), id, .. }) = Head::read(line.as_bytes()) else { continue };
-        if status.is_final() {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            let text = value["reply"].as_str().or_else(|| value["reason"].as_str()).unwrap_or(status.name());
-            let why = match value["code"].as_u64() {
-                Some(code) => format!("{code} {text}"),
-                None => text.to_owned(),
-            };
-            finals.insert(id, (status, why));
-        }
-    }
-    Ok(finals)
 }

@@ -4,9 +4,11 @@
 //! the session path tells the recorder, a report is made from it. [`run`] keeps a run's
 //! recorder, fed by destinations' watches and the policy fetches, and writes its reports;
 //! [`rua`] finds where a domain wants them and POSTs them over HTTPS; [`mail`] makes one a
-//! message to deliver (`volley tls-report send`, in `send::tls_reports`).
+//! message to deliver; [`outbox`] sends a directory of them (`volley tls-report send`, serve's
+//! daily reports).
 
 pub mod mail;
+pub mod outbox;
 pub mod rua;
 pub mod run;
 
