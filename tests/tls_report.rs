@@ -108,6 +108,7 @@ fn reports_reach_the_addresses_their_domains_name_once_each() {
             .args(["--smtp-port", &port.to_string(), "--ca-file", cert.to_str().unwrap()])
             .args(["--retry-after", "200ms", "--retry-max", "200ms", "--max-age", "1s"])
             .args(["--reconnect-backoff", "50ms", "--dane", "off"])
+            .args(["--dkim", "sender.test:tlsrpt:tests/data/dkim/rsa2048.pem"])
             .stdin(Stdio::null());
         run(cmd, Duration::from_secs(60))
     };
@@ -156,6 +157,9 @@ fn reports_reach_the_addresses_their_domains_name_once_each() {
         );
         assert_eq!(header(&message, "TLS-Report-Submitter"), Some("sender.test"), "{message}");
         assert!(message.contains("multipart/report; report-type=\"tlsrpt\""), "{message}");
+        // Signed (§5.3) with the key given, as any campaign's message.
+        let signature = header(&message, "DKIM-Signature").expect("a DKIM signature");
+        assert!(signature.contains("d=sender.test") && signature.contains("s=tlsrpt"), "{signature}");
         let name = &files[domain].0;
         assert!(message.contains(&format!("filename=\"{}.gz\"", name)), "{message}");
         assert_eq!(gunzip(&attachment(&message)), files[domain].1, "{domain}");
