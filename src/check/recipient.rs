@@ -5,8 +5,7 @@
 //! senders' reports go), and DANE (RFC 7672: each MX host's TLSA records, validated as
 //! delivery validates them).
 
-use mail_auth::common::parse::TxtRecordParser as _;
-use mail_auth::mta_sts::{ReportUri, TlsRpt};
+use crate::deliver::tls_report::rua;
 
 use super::{Lookup, Row, Verdict, dns_failed, row};
 use crate::deliver::dane::HostDane;
@@ -218,34 +217,20 @@ fn check_tls_rpt(domain: &str, dns: &mut dyn Lookup, rows: &mut Vec<Row>) {
         Err(e) => return rows.push(dns_failed(name, &e)),
     };
     let publish = format!("publish a TXT record at {at}: \"v=TLSRPTv1; rua=mailto:tls-reports@{domain}\"");
-    let rpt: Vec<&String> = records.iter().filter(|r| r.trim_start().starts_with("v=TLSRPTv1")).collect();
-    match rpt.as_slice() {
-        [] => rows.push(row(
+    // The record read as volley's own reports read it: exactly one, naming an address they
+    // can be sent to.
+    match rua::parse(domain, &records) {
+        Ok(rua) if rua.is_empty() => rows.push(row(
             name,
             Verdict::Warn,
             "no record: senders cannot tell you when TLS to you fails",
             publish,
         )),
-        [one] => match TlsRpt::parse(one.as_bytes()) {
-            Ok(r) if !r.rua.is_empty() => {
-                let rua: Vec<String> = r
-                    .rua
-                    .iter()
-                    .map(|u| match u {
-                        ReportUri::Mail(m) => format!("mailto:{m}"),
-                        ReportUri::Http(h) => h.clone(),
-                    })
-                    .collect();
-                rows.push(row(name, Verdict::Pass, format!("reports to {}", rua.join(", ")), ""));
-            }
-            _ => rows.push(row(name, Verdict::Fail, format!("the record does not parse: {one:?}"), publish)),
-        },
-        many => rows.push(row(
-            name,
-            Verdict::Fail,
-            format!("{} records (RFC 8460 §3: exactly one): none counts", many.len()),
-            publish,
-        )),
+        Ok(rua) => {
+            let rua: Vec<String> = rua.iter().map(ToString::to_string).collect();
+            rows.push(row(name, Verdict::Pass, format!("reports to {}", rua.join(", ")), ""));
+        }
+        Err(e) => rows.push(row(name, Verdict::Fail, e.to_string(), publish)),
     }
 }
 
