@@ -46,6 +46,7 @@ fn config(sink: std::net::SocketAddr, log: LogFile, first_retry: Duration) -> Se
         webhooks: None,
         status_retention: Some(Duration::from_secs(3600)),
         limits: None,
+        tls_reports: None,
     }
 }
 

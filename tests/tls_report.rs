@@ -192,3 +192,216 @@ fn reports_reach_the_addresses_their_domains_name_once_each() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(https.requests().len(), 3);
 }
+
+/// Submits one message to `rcpt` over SMTP.
+fn submit(smtp: std::net::SocketAddr, rcpt: &str) {
+    let mut c = common::Raw::greeted(smtp);
+    c.ehlo();
+    assert_eq!(c.cmd("MAIL FROM:<app@sender.test>"), 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")), 250);
+    assert_eq!(c.cmd("DATA"), 354);
+    assert_eq!(c.cmd("Subject: hi\r\n\r\nhello\r\n."), 250);
+    let _ = c.cmd("QUIT");
+}
+
+/// The report files in `dir`, sorted.
+fn report_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// serve's periodic reports (a period of 2 s here, a day by default): the period's counts
+/// survive a stop and are reported at the next start once the period has ended; each report
+/// is mailed through the spool (DKIM-signed, delivered to the rua address's MX host) and
+/// POSTed, a POST that fails is tried again, and nothing is sent twice.
+#[test]
+fn serve_reports_each_period_and_keeps_its_counts_across_a_restart() {
+    use common::serve::{Serve, http, wait_until};
+    let dir = common::temp_dir("tls-report-serve");
+    let names = ["rpt.test", "mta-sts.rcpt.test", "mx.rcpt.test"].map(str::to_owned).to_vec();
+    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let tls = || ServerTls::from_files(&cert, &key).unwrap();
+    // The policy of rcpt.test, and the report endpoint, whose first POST fails.
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = Arc::clone(&posts);
+    let https = HttpsStub::start("127.0.0.1:0".parse().unwrap(), tls().config, move |head| {
+        let answer = if head.starts_with("GET /.well-known/mta-sts.txt ") {
+            let policy = b"version: STSv1\r\nmode: enforce\r\nmx: mx.rcpt.test\r\nmax_age: 86400\r\n";
+            response("200 OK", Some("text/plain"), "", policy)
+        } else if head.starts_with("POST /v1/tlsrpt ") && p.fetch_add(1, Ordering::Relaxed) == 0 {
+            response("500 Internal Server Error", None, "", b"")
+        } else if head.starts_with("POST /v1/tlsrpt ") {
+            response("202 Accepted", None, "", b"")
+        } else {
+            response("404 Not Found", None, "", b"")
+        };
+        (answer, Duration::ZERO)
+    })
+    .unwrap();
+    let hp = https.addr().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _sinks = common::mx_sinks(&dir, port, vec![(2u8, Some(tls())), (3, None)]);
+    let zone = format!(
+        "
+        rcpt.test MX 10 mx.rcpt.test
+        mx.rcpt.test A 127.0.0.2
+        mta-sts.rcpt.test A 127.0.0.1
+        _mta-sts.rcpt.test TXT v=STSv1; id=1
+        _smtp._tls.rcpt.test TXT v=TLSRPTv1; rua=mailto:tls@reports.test,https://rpt.test:{hp}/v1/tlsrpt
+        reports.test MX 10 mx.reports.test
+        mx.reports.test A 127.0.0.3
+        rpt.test A 127.0.0.1
+        "
+    );
+    let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
+    let spool = dir.join("spool");
+    let (dns_addr, smtp_port, mta_sts_port) = (dns.addr().to_string(), port.to_string(), hp.to_string());
+    let args = |period: &'static str| -> Vec<String> {
+        let args = [
+            "--dns-server",
+            &dns_addr,
+            "--dns-timeout",
+            "500ms",
+            "--smtp-port",
+            &smtp_port,
+            "--mta-sts-port",
+            &mta_sts_port,
+            "--ca-file",
+            cert.to_str().unwrap(),
+            "--dane",
+            "off",
+            "--helo",
+            "sender.test",
+            "--trusted-networks",
+            "127.0.0.1/32",
+            "--quiet",
+            "--dkim",
+            "sender.test:tlsrpt:tests/data/dkim/rsa2048.pem",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--tls-report-period",
+            period,
+        ];
+        args.map(str::to_owned).to_vec()
+    };
+    let metrics = |serve: &Serve| http(serve.metrics.unwrap(), "GET", "/metrics", &[], "").2;
+    let reports = spool.join("tls-reports");
+    let sent = reports.join("sent");
+
+    // A day's period: one session counted, nothing reported yet; the stop keeps the count.
+    let a = args("1d");
+    let serve = Serve::routed(&spool, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    submit(serve.smtp, "a@rcpt.test");
+    wait_until(Duration::from_secs(20), "delivery to mx.rcpt.test", || {
+        common::dumped(&dir.join("sink2")).len() == 1
+    });
+    let text = metrics(&serve);
+    assert!(text.contains(r#"volley_tls_sessions_total{policy_type="sts",result="success"} 1"#), "{text}");
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(report_files(&reports).is_empty() && report_files(&sent).is_empty());
+    let kept: serde_json::Value = {
+        let store = mailvolley::serve::spool::open(&spool).unwrap();
+        serde_json::from_slice(&store.setting("tls-report-period").unwrap().expect("the period kept"))
+            .unwrap()
+    };
+    let policy = &kept["policies"][0];
+    assert_eq!(policy["policy"]["policy-domain"], "rcpt.test", "{kept}");
+    assert_eq!(policy["successes"], 1, "{kept}");
+    let start = kept["start"].as_u64().unwrap();
+
+    // Started again with 2 s periods, once that period has ended: it is reported at once.
+    let ended_by = std::time::UNIX_EPOCH + Duration::from_secs(start + 3);
+    if let Ok(wait) = ended_by.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+    let b = args("2s");
+    let serve = Serve::routed(&spool, &b.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_until(Duration::from_secs(30), "the kept period's report sent everywhere", || {
+        report_files(&sent).len() == 1
+    });
+    let first = report_files(&sent).remove(0);
+    assert!(first.starts_with(&format!("sender.test!rcpt.test!{start}!")), "{first}");
+    // A session in the new process: its period's report follows.
+    submit(serve.smtp, "b@rcpt.test");
+    wait_until(Duration::from_secs(20), "delivery to mx.rcpt.test", || {
+        common::dumped(&dir.join("sink2")).len() == 2
+    });
+    wait_until(Duration::from_secs(30), "the next period's report sent everywhere", || {
+        report_files(&sent).len() == 2
+    });
+    wait_until(Duration::from_secs(20), "both reports' mail delivered", || {
+        common::dumped(&dir.join("sink3")).len() == 2
+    });
+    let text = metrics(&serve);
+    for line in [
+        "volley_tls_reports_written_total 2",
+        r#"volley_tls_report_deliveries_total{result="sent"} 4"#,
+        r#"volley_tls_report_deliveries_total{result="failed"} 1"#,
+        r#"volley_intake_messages_total{intake="internal"} 2"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+
+    let files: Vec<(String, String)> = report_files(&sent)
+        .into_iter()
+        .map(|name| {
+            let json = std::fs::read_to_string(sent.join(&name)).unwrap();
+            let done = std::fs::read_to_string(sent.join(format!("{name}.done"))).unwrap();
+            assert_eq!(done.lines().count(), 2, "{name}: {done}");
+            (name, json)
+        })
+        .collect();
+    for (name, json) in &files {
+        let report: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(report["organization-name"], "sender.test");
+        assert_eq!(report["contact-info"], "postmaster@sender.test");
+        let p = &report["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "sts", "{name}");
+        assert_eq!(p["policy"]["mx-host"][0], "mx.rcpt.test", "{name}");
+        assert_eq!(
+            p["summary"],
+            serde_json::json!({"total-successful-session-count": 1, "total-failure-session-count": 0}),
+            "{name}"
+        );
+    }
+    // Each POSTed once with success (the first one's failure tried again), each mailed once.
+    let bodies: Vec<Vec<u8>> = (https.requests().into_iter().zip(https.bodies()))
+        .filter(|(head, _)| head.starts_with("POST "))
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(bodies.len(), 3, "{:?}", https.requests());
+    let mut posted: Vec<String> = bodies[1..].iter().map(|b| gunzip(b)).collect();
+    posted.sort();
+    let mut expected: Vec<String> = files.iter().map(|(_, json)| json.clone()).collect();
+    expected.sort();
+    assert_eq!(posted, expected);
+    let mut mailed = Vec::new();
+    for (envelope, content) in common::dumped(&dir.join("sink3")) {
+        let message = String::from_utf8_lossy(&content).into_owned();
+        assert!(
+            envelope.contains("tls@reports.test") && envelope.contains("postmaster@sender.test"),
+            "{envelope}"
+        );
+        assert_eq!(header(&message, "TLS-Report-Domain"), Some("rcpt.test"), "{message}");
+        let signature = header(&message, "DKIM-Signature").expect("a DKIM signature");
+        assert!(signature.contains("d=sender.test") && signature.contains("s=tlsrpt"), "{signature}");
+        mailed.push(gunzip(&attachment(&message)));
+    }
+    mailed.sort();
+    assert_eq!(mailed, expected);
+}

@@ -155,9 +155,13 @@ impl DeliveryArgs {
         &self.helo
     }
 
-    /// The CA file certificates are checked against (`--ca-file`), if one is given.
-    pub fn ca_file(&self) -> Option<&std::path::Path> {
-        self.tls.ca_file.as_deref()
+    /// Certificate checks for the HTTPS hosts TLS reports are POSTed to: Mozilla's roots, or
+    /// `--ca-file`.
+    pub fn https_tls(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let tls =
+            mailvolley::tls::ClientTls::new(TlsPolicy::Verify, false, self.tls.ca_file.as_deref(), false)
+                .context("setting up certificate checks for HTTPS")?;
+        Ok(tls.config)
     }
 
     /// The delivery settings these flags say.

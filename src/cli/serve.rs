@@ -13,10 +13,12 @@ use clap::Args;
 
 use mailvolley::cluster::limiter::LimiterConfig;
 use mailvolley::cluster::limits::FleetLimits;
+use mailvolley::deliver::Routing;
 use mailvolley::deliver::bounce::Classifier;
 use mailvolley::deliver::config::RulesFiles;
 use mailvolley::deliver::dkim::Dkim;
 use mailvolley::deliver::log::LogFile;
+use mailvolley::deliver::tls_report::outbox::{self, OutboxConfig};
 use mailvolley::engine::Reactions;
 use mailvolley::serve::http::{self, HttpConfig};
 use mailvolley::serve::keys::ApiKeys;
@@ -25,6 +27,7 @@ use mailvolley::serve::run::{self, ServeConfig};
 use mailvolley::serve::smtp::SpoolStore;
 use mailvolley::serve::source::ACTIVE_RECIPIENTS;
 use mailvolley::serve::spool;
+use mailvolley::serve::tls_reports::TlsReportConfig;
 use mailvolley::serve::webhook::send::{WebhookConfig, tls_config as webhook_tls};
 use mailvolley::serve::webhook::sign::Secret;
 use mailvolley::serve::webhook::{Webhook, WebhookUrl};
@@ -143,6 +146,21 @@ pub struct ServeArgs {
     /// The Redis password, from a file (never on the command line).
     #[arg(long, value_name = "FILE", requires = "limits")]
     redis_password_file: Option<PathBuf>,
+    /// Send TLS reports (RFC 8460) each day to the domains that ask for them with an
+    /// `_smtp._tls` record: how the TLS sessions to their MX hosts went under their MTA-STS
+    /// or DANE policies. Mailed ones are DKIM-signed with --dkim and delivered from the spool;
+    /// `https:` ones are POSTed. They are kept in SPOOL/tls-reports/ until sent (sent ones in
+    /// its sent/); the day's counts survive a restart.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    tls_reports: bool,
+    /// The TLS reports' From header and envelope sender: 'addr@domain' or 'Name <addr@domain>'
+    /// [default: postmaster@ the --helo name, also the reports' contact].
+    #[arg(long, value_name = "ADDR")]
+    tls_report_from: Option<String>,
+    /// A TLS report period: RFC 8460 asks for a day, which ends at midnight UTC (periods end
+    /// at multiples of it since 1970). Shorter ones are for tests.
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = super::duration)]
+    tls_report_period: Duration,
     /// Threads taking submissions, one runtime each.
     #[arg(long, default_value = "1")]
     intake_threads: NonZeroUsize,
@@ -270,6 +288,29 @@ fn webhook_config(args: &ServeArgs, secret: Option<Secret>) -> anyhow::Result<Op
     Ok(Some(WebhookConfig { webhooks, secret, tls, batch: args.webhook_batch.get() }))
 }
 
+/// serve's TLS report settings, if reports are sent.
+fn tls_report_config(args: &ServeArgs, routing: &Routing) -> anyhow::Result<Option<TlsReportConfig>> {
+    if !args.tls_reports {
+        return Ok(None);
+    }
+    if args.tls_report_period < Duration::from_secs(1) {
+        bail!("--tls-report-period must be a second or more");
+    }
+    let hostname = args.delivery.helo().to_owned();
+    let contact = format!("postmaster@{hostname}");
+    Ok(Some(TlsReportConfig {
+        period: args.tls_report_period,
+        from: args.tls_report_from.clone().unwrap_or_else(|| contact.clone()),
+        organization: hostname,
+        contact,
+        outbox: OutboxConfig {
+            dir: args.spool.join("tls-reports"),
+            dns: outbox::dns_for(routing),
+            https: args.delivery.https_tls()?,
+        },
+    }))
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -311,6 +352,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ])?,
     };
     let dkim = Dkim::load(&delivery.dkim)?.map(Arc::new);
+    let tls_reports = tls_report_config(&args, &delivery.routing)?;
     let shaping = rules_files.shaping()?;
     // Always there, even empty, so that a reload may bring some.
     let reactions = Arc::new(Reactions::new(shaping.reaction_rules()));
@@ -366,6 +408,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             webhooks,
             status_retention: (!args.status_retention.is_zero()).then_some(args.status_retention),
             limits,
+            tls_reports,
         },
         spool,
     )?;

@@ -4,14 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use mailvolley::deliver::Routing;
-use mailvolley::deliver::dns::DnsConfig;
 use mailvolley::deliver::tls_report::outbox::{self, OutboxConfig, Outcome};
 use mailvolley::send::tls_reports::CampaignMailer;
-use mailvolley::tls::{ClientTls, TlsPolicy};
 
 use super::delivery::DeliveryArgs;
 
@@ -60,15 +56,8 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{}: not a directory", args.dir.display());
     }
     let delivery = args.delivery.config()?;
-    // `_smtp._tls` records are asked where MX records are (the system's resolvers with
-    // --relay), on a plain resolver: neither MTA-STS nor DANE applies to them.
-    let dns = match &delivery.routing {
-        Routing::Mx { dns, .. } => DnsConfig { mta_sts: None, dane: None, ..dns.clone() },
-        Routing::Relay { .. } => DnsConfig::default(),
-    };
-    let https = ClientTls::new(TlsPolicy::Verify, false, args.delivery.ca_file(), false)
-        .context("setting up certificate checks for HTTPS")?
-        .config;
+    let dns = outbox::dns_for(&delivery.routing);
+    let https = args.delivery.https_tls()?;
     let config = OutboxConfig { dir: args.dir.clone(), dns, https };
     let mut mailer = CampaignMailer { outbox: args.dir.join("outbox"), from: args.from.clone(), delivery };
     let results = outbox::send_all(&config, &mut mailer)?;

@@ -31,6 +31,7 @@ use crate::deliver::DeliveryConfig;
 pub use crate::deliver::Routing;
 use crate::deliver::ledger::{Books, Control, Ledger, LedgerConfig};
 use crate::deliver::log::{LogFile, Record, Status};
+use crate::deliver::tls_report::metrics::TlsReportCollector;
 use crate::deliver::tls_report::run::{DomainTally, TlsReports};
 use crate::deliver::{dkim, log, rules_file};
 use crate::engine::{self, RetryPolicy};
@@ -389,13 +390,17 @@ impl Sending {
         self.running.snapshot()
     }
 
-    /// The campaign's metrics: the cores', and the delivery log's when counted
-    /// ([`SendConfig::metrics`]).
+    /// The campaign's metrics: the cores', the delivery log's when counted
+    /// ([`SendConfig::metrics`]), and the TLS sessions the TLS reports count (MTA-STS or DANE
+    /// on).
     pub fn metrics(&self) -> Metrics {
         let mut metrics = Metrics::new();
         metrics.register(EngineCollector::new(self.running.progress()));
         if let Some(delivery) = &self.delivery_metrics {
             metrics.register(Arc::clone(delivery));
+        }
+        if let Some(reports) = &self.tls_reports {
+            metrics.register(TlsReportCollector { reports: Arc::clone(reports), counts: None });
         }
         metrics
     }

@@ -20,15 +20,18 @@ use crate::metrics::{AtomicBuckets, Family};
 pub enum Via {
     Smtp = 0,
     Http = 1,
+    /// Mail serve makes itself: TLS reports.
+    Internal = 2,
 }
 
 impl Via {
-    const ALL: [Via; 2] = [Via::Smtp, Via::Http];
+    const ALL: [Via; 3] = [Via::Smtp, Via::Http, Via::Internal];
 
     fn name(self) -> &'static str {
         match self {
             Via::Smtp => "smtp",
             Via::Http => "http",
+            Via::Internal => "internal",
         }
     }
 }
@@ -46,7 +49,7 @@ struct WayIn {
 /// What intake counts.
 #[derive(Debug, Default)]
 pub struct IntakeMeter {
-    ways: [WayIn; 2],
+    ways: [WayIn; 3],
 }
 
 impl IntakeMeter {

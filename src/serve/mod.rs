@@ -6,7 +6,8 @@
 //! `deliver` as `send` does: the spool's job source ([`source`]) and the order of syncs that
 //! keeps the spool and the log in step ([`run`]); a sender hears of recipients that bounced or
 //! expired ([`dsn`]); an operator sees and steers the queue ([`queue`]); applications hear of
-//! every record through signed [`webhook`]s and read a message's [`status`].
+//! every record through signed [`webhook`]s and read a message's [`status`]; the receivers'
+//! domains get daily TLS reports ([`tls_reports`]).
 
 pub mod commit;
 pub mod dsn;
@@ -24,4 +25,5 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub mod templates;
+pub mod tls_reports;
 pub mod webhook;

@@ -27,6 +27,7 @@ use super::source::{SpoolSource, wall_ms_of};
 use super::spool::FromLog;
 use super::spool::{Change, Spool, SpoolError, Status, of_recipient_id};
 use super::status::{StatusReader, entries_of, entry_of};
+use super::tls_reports::{Reporter, SETTING as TLS_SETTING, TlsReportConfig, save as save_tls};
 use super::webhook::send::{Sender, WebhookConfig};
 use super::webhook::{Webhook, WebhookCollector, count_queued, events_of};
 use crate::cluster::limiter::{Limiter, LimiterConfig};
@@ -36,6 +37,8 @@ use crate::deliver::dkim::Dkim;
 use crate::deliver::ledger::{Books, Control, Durable, Flow, Ledger, LedgerConfig, Settled};
 use crate::deliver::log::{Head, LogFile, Status as LogStatus};
 use crate::deliver::route::Routes;
+use crate::deliver::tls_report::metrics::{ReportCounts, TlsReportCollector};
+use crate::deliver::tls_report::run::TlsReports;
 use crate::engine::{self, EngineConfig, Rate, Reactions, RetryPolicy, Schedule};
 use crate::metrics::delivery::{DeliveryMeter, DeliveryMetrics};
 use crate::metrics::{EngineCollector, Metrics};
@@ -79,6 +82,9 @@ pub struct ServeConfig {
     /// Share the connection limits, rates and reactions with the other nodes of a fleet
     /// through Redis (`--limits`); `None`: this node's own.
     pub limits: Option<LimiterConfig>,
+    /// Send the TLS reports the routes record (with MTA-STS or DANE on) at each period's end;
+    /// `None`: they are counted (for metrics) but not sent.
+    pub tls_reports: Option<TlsReportConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -114,6 +120,9 @@ pub struct Serving {
     hooks: Vec<Arc<Webhook>>,
     /// The fleet-wide limits' thread (`--limits`).
     limiter: Option<Limiter>,
+    /// The TLS reports recorded, what became of those sent, and the thread sending them.
+    tls: Option<(Arc<TlsReports>, Arc<ReportCounts>)>,
+    reporter: Option<Reporter>,
 }
 
 /// Starts delivering what `spool` holds, and what is accepted from now on. `log` is the
@@ -135,6 +144,7 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         webhooks,
         status_retention,
         limits,
+        tls_reports,
     } = config;
     // The fleet's limits first: a Redis that cannot be reached, or another node with this
     // one's name, stops the start before anything is taken on.
@@ -162,6 +172,17 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
     let keep_records = !hooks.is_empty() || status_retention.is_some();
     let status =
         status_retention.map(|_| StatusReader { reader: spool.reader(), log: log.path().to_owned() });
+    let tls = routes.tls_reports().map(|r| (r, Arc::new(ReportCounts::default())));
+    // The report period an earlier run kept: taken up, or (ended meanwhile) reported first.
+    let ended = match (&tls, &tls_reports, spool.setting(TLS_SETTING)?) {
+        (Some((reports, _)), Some(config), Some(saved)) => {
+            reports.resume(&saved, config.period).unwrap_or_else(|e| {
+                eprintln!("volley serve: TLS reports: the counts kept in the spool are lost: {e}");
+                None
+            })
+        }
+        _ => None,
+    };
     let dispatch = Dispatch::new(routes, retries_rx, reports_tx);
     let reader = spool.reader();
     let last_id = spool.last_id();
@@ -277,8 +298,23 @@ pub fn start(config: ServeConfig, mut spool: Box<dyn Spool>) -> Result<Serving, 
         },
         None => None,
     };
+    let reporter = match (&tls, tls_reports) {
+        (Some((reports, counts)), Some(config)) => {
+            let (reports, counts) = (Arc::clone(reports), Arc::clone(counts));
+            match Reporter::start(config, reports, counts, intake.clone(), Arc::clone(&committer), ended) {
+                Ok(reporter) => Some(reporter),
+                Err(e) => {
+                    running.abort();
+                    return Err(ServeError::Start(e));
+                }
+            }
+        }
+        _ => None,
+    };
     let queue = QueueHandle::new(orders, reader);
     Ok(Serving {
+        tls,
+        reporter,
         sender,
         status,
         hooks,
@@ -387,6 +423,12 @@ impl Serving {
         if !self.hooks.is_empty() {
             metrics.register(WebhookCollector(self.hooks.clone()));
         }
+        if let Some((reports, counts)) = &self.tls {
+            metrics.register(TlsReportCollector {
+                reports: Arc::clone(reports),
+                counts: Some(Arc::clone(counts)),
+            });
+        }
         metrics.register(ServeCollector {
             intake: Arc::clone(self.intake.meter()),
             flow: Arc::clone(&self.flow),
@@ -440,11 +482,15 @@ impl Serving {
     /// and the spool are synced. What is not final stays in the spool for the next start.
     /// Gives the spool back.
     pub fn stop(self) -> Result<(Books, Box<dyn Spool>), ServeError> {
-        let Serving { committer, intake, running, ledger, control, sender, limiter, .. } = self;
+        let Serving { committer, intake, running, ledger, control, sender, limiter, tls, reporter, .. } =
+            self;
         // What it has not sent stays in the spool for the next start.
         if let Some(sender) = sender {
             sender.stop();
         }
+        // Nothing new is sent from here; a sending under way finishes (its mail is refused
+        // once intake stops, and tried again at the next start).
+        let reporter_ran = reporter.as_ref().map(Reporter::request_stop).is_some();
         intake.stop();
         drop(intake);
         running.halt();
@@ -460,9 +506,18 @@ impl Serving {
         }
         // The log thread is gone, its last changes queued: the writer finishes what is queued
         // and hands the spool back, whoever still holds it (intake that took its last message).
-        let spool = committer
+        if let Some(reporter) = reporter {
+            reporter.stop();
+        }
+        let mut spool = committer
             .stop()
             .ok_or_else(|| ServeError::Stop(std::io::Error::other("the spool writer panicked")))?;
+        // The sessions are over: the day's TLS report counts so far wait for the next start.
+        if let Some((reports, _)) = tls.filter(|_| reporter_ran)
+            && let Err(e) = save_tls(&reports, &mut *spool)
+        {
+            eprintln!("volley serve: TLS reports: keeping the day's counts in the spool: {e}");
+        }
         Ok((books, spool))
     }
 }

@@ -14,6 +14,8 @@ pub struct Serve {
     pub smtp: SocketAddr,
     /// The HTTP API, when it runs.
     pub http: Option<SocketAddr>,
+    /// `--metrics-listen`, when given.
+    pub metrics: Option<SocketAddr>,
     pub lines: mpsc::Receiver<String>,
 }
 
@@ -21,12 +23,21 @@ impl Serve {
     /// Starts `volley serve` on `spool`, delivering to `relay`, with `extra` flags, and waits
     /// for its listener.
     pub fn start(spool: &Path, relay: SocketAddr, extra: &[&str]) -> Serve {
+        let relay = relay.to_string();
+        let mut args = vec!["--relay", &relay];
+        args.extend_from_slice(extra);
+        Serve::routed(spool, &args)
+    }
+
+    /// Starts `volley serve` on `spool` with `args` (its routing among them), and waits for its
+    /// listener.
+    pub fn routed(spool: &Path, args: &[&str]) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
         cmd.args(["serve", "--spool", spool.to_str().unwrap(), "--smtp-listen", "127.0.0.1:0"])
-            .args(["--relay", &relay.to_string(), "--threads", "1"])
+            .args(["--threads", "1"])
             // Retries a second apart, unless the test says otherwise.
-            .args(if extra.contains(&"--retry-after") { &[][..] } else { &["--retry-after", "1s"][..] })
-            .args(extra)
+            .args(if args.contains(&"--retry-after") { &[][..] } else { &["--retry-after", "1s"][..] })
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
@@ -43,11 +54,11 @@ impl Serve {
             let line = line.unwrap_or_else(|_| panic!("volley serve did not start: {:?}", child.try_wait()));
             if let Some(rest) = line.strip_prefix("volley serve: SMTP on ") {
                 let addr = rest.split([',', ' ']).next().unwrap().parse().unwrap();
-                let http = rest
-                    .split("HTTP on ")
-                    .nth(1)
-                    .map(|r| r.split([',', ' ']).next().unwrap().parse().unwrap());
-                return Serve { child: Some(child), smtp: addr, http, lines };
+                let after = |label: &str| {
+                    rest.split(label).nth(1).map(|r| r.split([',', ' ']).next().unwrap().parse().unwrap())
+                };
+                let (http, metrics) = (after("HTTP on "), after("metrics on "));
+                return Serve { child: Some(child), smtp: addr, http, metrics, lines };
             }
         }
     }

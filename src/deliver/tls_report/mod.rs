@@ -5,10 +5,13 @@
 //! recorder, fed by destinations' watches and the policy fetches, and writes its reports;
 //! [`rua`] finds where a domain wants them and POSTs them over HTTPS; [`mail`] makes one a
 //! message to deliver; [`outbox`] sends a directory of them (`volley tls-report send`, serve's
-//! daily reports).
+//! daily reports); [`period`] is one report period's counts, cut at its end, written as files
+//! and kept across restarts; [`metrics`] shows the counts of a whole run.
 
 pub mod mail;
+pub mod metrics;
 pub mod outbox;
+pub mod period;
 pub mod rua;
 pub mod run;
 
@@ -17,10 +20,10 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What failed (RFC 8460 §4.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResultType {
     // Negotiation.
@@ -39,8 +42,41 @@ pub enum ResultType {
     StsWebpkiInvalid,
 }
 
+impl ResultType {
+    pub const ALL: [ResultType; 11] = [
+        ResultType::StarttlsNotSupported,
+        ResultType::CertificateHostMismatch,
+        ResultType::CertificateExpired,
+        ResultType::CertificateNotTrusted,
+        ResultType::ValidationFailure,
+        ResultType::TlsaInvalid,
+        ResultType::DnssecInvalid,
+        ResultType::DaneRequired,
+        ResultType::StsPolicyFetchError,
+        ResultType::StsPolicyInvalid,
+        ResultType::StsWebpkiInvalid,
+    ];
+
+    /// The RFC's name (as the report's JSON spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResultType::StarttlsNotSupported => "starttls-not-supported",
+            ResultType::CertificateHostMismatch => "certificate-host-mismatch",
+            ResultType::CertificateExpired => "certificate-expired",
+            ResultType::CertificateNotTrusted => "certificate-not-trusted",
+            ResultType::ValidationFailure => "validation-failure",
+            ResultType::TlsaInvalid => "tlsa-invalid",
+            ResultType::DnssecInvalid => "dnssec-invalid",
+            ResultType::DaneRequired => "dane-required",
+            ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
+            ResultType::StsPolicyInvalid => "sts-policy-invalid",
+            ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
+        }
+    }
+}
+
 /// Which kind of policy applied (§4.4 `policy-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyType {
     Sts,
@@ -48,22 +84,34 @@ pub enum PolicyType {
     NoPolicyFound,
 }
 
+impl PolicyType {
+    pub const ALL: [PolicyType; 3] = [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyType::Sts => "sts",
+            PolicyType::Tlsa => "tlsa",
+            PolicyType::NoPolicyFound => "no-policy-found",
+        }
+    }
+}
+
 /// The policy a session was held to: its kind, domain, text (the STS policy's lines, or the
 /// TLSA records) and the MX hosts it names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyDetails {
     #[serde(rename = "policy-type")]
     pub kind: PolicyType,
-    #[serde(rename = "policy-string", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "policy-string", default, skip_serializing_if = "Vec::is_empty")]
     pub strings: Vec<String>,
     #[serde(rename = "policy-domain")]
     pub domain: String,
-    #[serde(rename = "mx-host", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "mx-host", default, skip_serializing_if = "Vec::is_empty")]
     pub mx_hosts: Vec<String>,
 }
 
 /// Where one kind of failure happened.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Failure {
     pub result: ResultType,
     pub sending_ip: Option<IpAddr>,
@@ -76,14 +124,14 @@ pub struct Failure {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Tally {
     successes: u64,
     failures: BTreeMap<Failure, u64>,
 }
 
 /// Sessions counted per policy, for one report period.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Recorder {
     policies: BTreeMap<PolicyDetails, Tally>,
 }
@@ -107,6 +155,21 @@ impl Recorder {
     /// A session that failed as `failure` says.
     pub fn failure(&mut self, policy: &PolicyDetails, failure: Failure) {
         *self.tally(policy).failures.entry(failure).or_default() += 1;
+    }
+
+    /// Adds what `other` counted (the same period, counted apart: before a restart).
+    pub fn merge(&mut self, other: Recorder) {
+        for (policy, theirs) in other.policies {
+            let ours = self.policies.entry(policy).or_default();
+            ours.successes += theirs.successes;
+            for (failure, n) in theirs.failures {
+                *ours.failures.entry(failure).or_default() += n;
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
     }
 
     fn tally(&mut self, policy: &PolicyDetails) -> &mut Tally {
@@ -361,22 +424,14 @@ mod tests {
 
     #[test]
     fn every_result_type_has_the_rfcs_name() {
-        let names: Vec<String> = [
-            ResultType::StarttlsNotSupported,
-            ResultType::CertificateHostMismatch,
-            ResultType::CertificateExpired,
-            ResultType::CertificateNotTrusted,
-            ResultType::ValidationFailure,
-            ResultType::TlsaInvalid,
-            ResultType::DnssecInvalid,
-            ResultType::DaneRequired,
-            ResultType::StsPolicyFetchError,
-            ResultType::StsPolicyInvalid,
-            ResultType::StsWebpkiInvalid,
-        ]
-        .iter()
-        .map(|r| serde_json::to_value(r).unwrap().as_str().unwrap().to_owned())
-        .collect();
+        let names: Vec<String> = ResultType::ALL
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap().as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ResultType::ALL.map(ResultType::name));
+        for p in PolicyType::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+        }
         assert_eq!(
             names,
             [

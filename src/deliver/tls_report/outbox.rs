@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use super::mail::{self, ReportMail};
 use super::rua::{self, Rua};
+use crate::deliver::Routing;
 use crate::deliver::dns::{self, DnsConfig};
 
 /// Where the reports are and how their addresses are reached.
@@ -48,6 +49,8 @@ pub struct Sent {
     pub domain: String,
     pub to: Option<Rua>,
     pub result: Outcome,
+    /// Sent by an earlier run (or attempt), not this one.
+    pub earlier: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +72,23 @@ pub enum OutboxError {
     /// The mailer could not mail anything.
     #[error("mailing the reports: {0}")]
     Mail(String),
+}
+
+/// Where `_smtp._tls` records are asked when mail is routed by `routing`: where MX records
+/// are (the system's resolvers with a relay), on a plain resolver, as neither MTA-STS nor DANE
+/// applies to them.
+pub fn dns_for(routing: &Routing) -> DnsConfig {
+    match routing {
+        Routing::Mx { dns, .. } => DnsConfig { mta_sts: None, dane: None, ..dns.clone() },
+        Routing::Relay { .. } => DnsConfig::default(),
+    }
+}
+
+/// Whether `dir` holds a report not yet sent everywhere.
+pub fn has_reports(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "json") && e.path().is_file())
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
@@ -151,6 +171,7 @@ pub fn send_all(config: &OutboxConfig, mailer: &mut dyn Mailer) -> Result<Vec<Se
                 domain: String::new(),
                 to: None,
                 result: Outcome::Failed(why),
+                earlier: false,
             }),
         }
     }
@@ -184,7 +205,8 @@ pub fn send_all(config: &OutboxConfig, mailer: &mut dyn Mailer) -> Result<Vec<Se
         let gzipped = crate::deliver::tls_report::gzip(&report.json).map_err(io(dir))?;
         for to in rua {
             if report.done.contains(&to.to_string()) {
-                results.push(sent(report, Some(to), Outcome::Sent("by an earlier run".into())));
+                let earlier = Outcome::Sent("by an earlier run".into());
+                results.push(Sent { earlier: true, ..sent(report, Some(to), earlier) });
                 continue;
             }
             match to {
@@ -250,5 +272,5 @@ pub fn send_all(config: &OutboxConfig, mailer: &mut dyn Mailer) -> Result<Vec<Se
 }
 
 fn sent(report: &Report, to: Option<&Rua>, result: Outcome) -> Sent {
-    Sent { file: report.file.clone(), domain: report.domain.clone(), to: to.cloned(), result }
+    Sent { file: report.file.clone(), domain: report.domain.clone(), to: to.cloned(), result, earlier: false }
 }

@@ -9,11 +9,13 @@
 //!
 //! The lock is taken once per session, never per message.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use super::{Failure, PolicyDetails, PolicyType, Recorder, ReportHeader, ResultType};
+use super::period::{self, Period};
+use super::{Failure, PolicyDetails, PolicyType, Recorder, ResultType};
 use crate::deliver::mta_sts::{MxPattern, Policy};
 use crate::engine::{TlsObserver, TlsSeen};
 use crate::tls::CertificateProblem;
@@ -22,8 +24,17 @@ use crate::tls::dane::Tlsa;
 /// The run's recorder.
 #[derive(Debug)]
 pub struct TlsReports {
-    recorder: Mutex<Recorder>,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    /// The period under way.
+    recorder: Recorder,
     started: SystemTime,
+    /// Sessions since the process started, by policy type and result (`None`: success), for
+    /// metrics: never cut by a period's end, so they only grow.
+    totals: BTreeMap<(PolicyType, Option<ResultType>), u64>,
 }
 
 /// One policy domain's figures, for the run's report.
@@ -36,12 +47,32 @@ pub struct DomainTally {
 
 impl TlsReports {
     pub fn new() -> Arc<TlsReports> {
-        Arc::new(TlsReports { recorder: Mutex::new(Recorder::default()), started: SystemTime::now() })
+        let current =
+            Current { recorder: Recorder::default(), started: SystemTime::now(), totals: BTreeMap::new() };
+        Arc::new(TlsReports { current: Mutex::new(current) })
     }
 
-    fn recorder(&self) -> MutexGuard<'_, Recorder> {
+    fn current(&self) -> MutexGuard<'_, Current> {
         // Nothing panics while holding it; a poisoned lock still holds whole counts.
-        self.recorder.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn success(&self, policy: &PolicyDetails) {
+        let mut current = self.current();
+        current.recorder.success(policy);
+        *current.totals.entry((policy.kind, None)).or_default() += 1;
+    }
+
+    fn failure(&self, policy: &PolicyDetails, failure: Failure) {
+        let mut current = self.current();
+        *current.totals.entry((policy.kind, Some(failure.result))).or_default() += 1;
+        current.recorder.failure(policy, failure);
+    }
+
+    /// Sessions (and failed policy lookups) since the start, by policy type and result
+    /// (`None`: a success).
+    pub fn totals(&self) -> Vec<(PolicyType, Option<ResultType>, u64)> {
+        self.current().totals.iter().map(|(&(kind, result), &n)| (kind, result, n)).collect()
     }
 
     /// The watch for sessions to `domain`'s MX hosts under its `policy`.
@@ -80,7 +111,7 @@ impl TlsReports {
             detail: None,
             reason: Some(why.to_owned()),
         };
-        self.recorder().failure(&tlsa_details(&host, &[]), failure);
+        self.failure(&tlsa_details(&host, &[]), failure);
     }
 
     /// `domain`'s policy could not be fetched (`why`); `cached`: the policy that holds meanwhile.
@@ -93,12 +124,13 @@ impl TlsReports {
             detail: None,
             reason: Some(why.to_owned()),
         };
-        self.recorder().failure(&details(domain, cached), failure);
+        self.failure(&details(domain, cached), failure);
     }
 
-    /// Each policy domain's sessions (and failed fetches), so far.
+    /// Each policy domain's sessions (and failed fetches), in the period under way.
     pub fn tallies(&self) -> Vec<DomainTally> {
-        let recorder = self.recorder();
+        let current = self.current();
+        let recorder = &current.recorder;
         recorder
             .domains()
             .into_iter()
@@ -109,29 +141,48 @@ impl TlsReports {
             .collect()
     }
 
-    /// Writes each policy domain's report for the run so far into `dir` (made if missing):
-    /// `organization` names the sender, `contact` is where the domain's operators can write.
-    /// Returns the files written.
+    /// Writes each policy domain's report for the period so far into `dir` (see
+    /// [`Period::write`]). Returns the files written.
     pub fn write(&self, dir: &Path, organization: &str, contact: &str) -> std::io::Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir)?;
-        let end = SystemTime::now();
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let recorder = self.recorder();
-        let mut written = Vec::new();
-        for domain in recorder.domains() {
-            let header = ReportHeader {
-                organization: organization.to_owned(),
-                contact: contact.to_owned(),
-                report_id: format!("{}.{domain}@{organization}", secs(self.started)),
-                start: self.started,
-                end,
-            };
-            let Some(json) = recorder.report_json(domain, &header) else { continue };
-            let path = dir.join(format!("{organization}!{domain}!{}!{}.json", secs(self.started), secs(end)));
-            crate::deliver::write_synced(&path, json.as_bytes())?;
-            written.push(path);
+        let period = {
+            let current = self.current();
+            Period { recorder: current.recorder.clone(), start: current.started, end: SystemTime::now() }
+        };
+        period.write(dir, organization, contact)
+    }
+
+    /// Ends the period under way at `end`, which begins the next: its counts.
+    pub fn take(&self, end: SystemTime) -> Period {
+        let mut current = self.current();
+        let recorder = std::mem::take(&mut current.recorder);
+        let start = std::mem::replace(&mut current.started, end);
+        Period { recorder, start, end }
+    }
+
+    /// Counts `period` again in the period under way (its report could not be written).
+    pub fn put_back(&self, period: Period) {
+        let mut current = self.current();
+        current.recorder.merge(period.recorder);
+        current.started = current.started.min(period.start);
+    }
+
+    /// The period under way, to keep across a restart ([`TlsReports::resume`]).
+    pub fn saved(&self) -> Vec<u8> {
+        let current = self.current();
+        period::save(&current.recorder, current.started)
+    }
+
+    /// Takes up a period [`TlsReports::saved`] kept, in periods of `length`: if it is still
+    /// under way, its counts and start become this one's; if it has ended, it is given back
+    /// (ended at its period's end) to be reported.
+    pub fn resume(&self, saved: &[u8], length: Duration) -> Result<Option<Period>, String> {
+        let (recorder, start) = period::load(saved)?;
+        let end = period::end_of(start, length);
+        if end <= SystemTime::now() {
+            return Ok(Some(Period { recorder, start, end }));
         }
-        Ok(written)
+        self.put_back(Period { recorder, start, end });
+        Ok(None)
     }
 }
 
@@ -204,7 +255,7 @@ pub struct PolicyWatch {
 impl TlsObserver for PolicyWatch {
     fn seen(&self, seen: TlsSeen<'_>) {
         let (result, addr, host, reason) = match seen {
-            TlsSeen::Secured { .. } => return self.reports.recorder().success(&self.policy),
+            TlsSeen::Secured { .. } => return self.reports.success(&self.policy),
             TlsSeen::NotOffered { addr, host } => (ResultType::StarttlsNotSupported, addr, host, None),
             TlsSeen::Failed { addr, host, problem, why } => {
                 let result = match problem {
@@ -225,14 +276,16 @@ impl TlsObserver for PolicyWatch {
             detail: None,
             reason,
         };
-        self.reports.recorder().failure(&self.policy, failure);
+        self.reports.failure(&self.policy, failure);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::tls_report::ReportHeader;
     use serde_json::Value;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn a_dane_destination_reports_each_host_with_records_under_its_own_policy() {
@@ -257,7 +310,8 @@ mod tests {
                 DomainTally { domain: "mx3.a.test".into(), successes: 0, failures: 1 },
             ]
         );
-        let recorder = reports.recorder();
+        let current = reports.current();
+        let recorder = &current.recorder;
         let header = ReportHeader {
             organization: "s.test".into(),
             contact: "postmaster@s.test".into(),
@@ -319,5 +373,41 @@ mod tests {
         let b: Value = serde_json::from_slice(&std::fs::read(&files[1]).unwrap()).unwrap();
         assert_eq!(b["policies"][0]["policy"]["policy-type"], "no-policy-found");
         assert_eq!(b["policies"][0]["failure-details"][0]["result-type"], "sts-policy-fetch-error");
+    }
+
+    #[test]
+    fn a_period_ends_whole_and_a_kept_one_is_taken_up_or_reported() {
+        let day = Duration::from_secs(86_400);
+        let reports = TlsReports::new();
+        let policy = Policy::parse(b"version: STSv1\nmode: enforce\nmx: *.a.test\nmax_age: 600\n").unwrap();
+        let watch = reports.watch("a.test", &policy);
+        let addr = "127.0.0.2:25".parse().unwrap();
+        watch.seen(TlsSeen::Secured { addr, host: Some("mx.a.test") });
+        // Kept at a stop, taken up by the next process in the same period: one count of both.
+        let kept = reports.saved();
+        let next = TlsReports::new();
+        next.watch("a.test", &policy).seen(TlsSeen::Secured { addr, host: Some("mx.a.test") });
+        assert!(next.resume(&kept, day).unwrap().is_none());
+        assert_eq!(next.tallies(), [DomainTally { domain: "a.test".into(), successes: 2, failures: 0 }]);
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let first = secs(reports.current().started);
+        assert_eq!(secs(next.current().started), first, "the period began with the first process");
+        // The period's end: its counts go, the next period starts empty at that end.
+        let end = SystemTime::now();
+        let ended = next.take(end);
+        assert_eq!(ended.recorder.counts("a.test"), (2, 0));
+        assert!(next.tallies().is_empty());
+        assert_eq!(next.current().started, end);
+        assert_eq!(next.totals(), [(PolicyType::Sts, None, 1)], "totals count this process's sessions");
+        // Not written: counted again in the period under way.
+        next.put_back(ended);
+        assert_eq!(next.tallies()[0].successes, 2);
+        // Kept in a period that has ended since: given back to be reported, ending at its end.
+        let old = period::save(&reports.current().recorder, UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 5));
+        let late = TlsReports::new();
+        let ended = late.resume(&old, day).unwrap().expect("an ended period");
+        assert_eq!(ended.end, UNIX_EPOCH + Duration::from_secs(86_400 * 4));
+        assert!(late.tallies().is_empty());
+        assert!(late.resume(b"{", day).is_err());
     }
 }
