@@ -330,3 +330,64 @@ fn check_shows_what_a_recipient_domain_asks_of_senders() {
         "{rows:#?}"
     );
 }
+
+/// A policy in use is fetched again in the background once half its max_age has passed, so
+/// it outlives its first max_age even when its host stops serving it (RFC 8461 §10.2: an
+/// attacker who blocks fetches later cannot end it). Without the refresh, the lookup after
+/// the first max_age would find no valid policy and deliver as without one.
+#[test]
+fn a_policy_in_use_is_kept_warm_and_outlives_a_later_blocked_fetch() {
+    use mailvolley::deliver::dns::{Answer, DnsConfig, Resolver, TlsDemand};
+    use mailvolley::deliver::mta_sts::Mode;
+    use mailvolley::deliver::mta_sts::lookup::StsConfig;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    let dir = common::temp_dir("mta-sts-warm");
+    let (ca, tls) = certificate(&dir, "ca", &["mta-sts.warm.test"]);
+    let up = Arc::new(AtomicBool::new(true));
+    let serving = Arc::clone(&up);
+    let https = HttpsStub::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&tls.config), move |_| {
+        let answer = match serving.load(Ordering::Relaxed) {
+            true => {
+                let body = b"version: STSv1\r\nmode: enforce\r\nmx: mx.warm.test\r\nmax_age: 6\r\n";
+                response("200 OK", Some("text/plain"), "", body)
+            }
+            false => response("404 Not Found", Some("text/plain"), "", b"blocked"),
+        };
+        (answer, Duration::ZERO)
+    })
+    .unwrap();
+    let zone = "
+        warm.test MX 10 mx.warm.test
+        mx.warm.test A 127.0.0.2
+        mta-sts.warm.test A 127.0.0.1
+        _mta-sts.warm.test TXT v=STSv1; id=1
+    ";
+    let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
+    let sts = StsConfig::new(Some(&ca), https.addr().port(), None).unwrap();
+    let resolver = Resolver::start(DnsConfig {
+        server: Some(dns.addr()),
+        timeout: Duration::from_millis(500),
+        attempts: 1,
+        mta_sts: Some(sts),
+        ..DnsConfig::default()
+    })
+    .unwrap();
+    let enforced = |resolver: &Resolver| {
+        resolver.ask("warm.test");
+        let (_, answer) = resolver.answer_within(Duration::from_secs(10)).expect("an answer");
+        matches!(answer, Answer::Hosts { tls: TlsDemand::MtaSts(p), .. } if p.mode == Mode::Enforce)
+    };
+    assert!(enforced(&resolver));
+    let first = Instant::now();
+    let gets = || https.requests().iter().filter(|r| r.starts_with("GET ")).count();
+    common::serve::wait_until(Duration::from_secs(8), "the policy fetched again", || gets() == 2);
+    up.store(false, Ordering::Relaxed);
+    // Past the first fetch's max_age (6 s; the store counts whole seconds): the refreshed
+    // policy holds, though its host now answers 404.
+    std::thread::sleep((first + Duration::from_secs(7)).saturating_duration_since(Instant::now()));
+    assert!(enforced(&resolver), "the refreshed policy still holds");
+    drop(resolver);
+    let _ = std::fs::remove_dir_all(&dir);
+}

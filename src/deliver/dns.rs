@@ -180,7 +180,15 @@ impl Resolver {
                         }
                     });
                 }
+                // Policies in use are kept warm beside the lookups, for as long as they run.
+                let refresh = sts.clone().map(|sts| {
+                    let resolver = resolver.clone();
+                    tokio::spawn(async move { sts.refresh_forever(&resolver).await })
+                });
                 while workers.join_next().await.is_some() {}
+                if let Some(refresh) = refresh {
+                    refresh.abort();
+                }
                 if let Some(sts) = &sts {
                     sts.save();
                 }

@@ -4,6 +4,11 @@
 //! holds (so that an attacker who blocks the fetch or the record cannot downgrade delivery to
 //! plaintext). Sans-IO: the caller looks the record up, fetches, and says what it got.
 //!
+//! A policy in use is refreshed before it expires (RFC 8461 §10.2: a policy kept warm by
+//! refetching cannot be ended by an attacker who blocks fetches later): once half its
+//! `max_age` has passed, if a route used it since it was fetched ([`Cache::to_refresh`]). A
+//! policy nothing uses is left to expire.
+//!
 //! Kept in a file (`send --mta-sts-cache FILE`), one JSON object: each domain's policy id,
 //! when it was fetched (Unix seconds) and the policy as text; written whole to a temporary file
 //! that is synced and renamed, so a crash leaves the old file or the new, never half of one.
@@ -16,12 +21,22 @@ use serde::{Deserialize, Serialize};
 use super::Policy;
 
 /// One domain's policy as kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Entry {
     id: String,
     fetched: u64,
     policy: Policy,
+    /// When a route last used it (not kept in the file: a new process has used nothing).
+    used: u64,
 }
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        (&self.id, self.fetched, &self.policy) == (&other.id, other.fetched, &other.policy)
+    }
+}
+
+impl Eq for Entry {}
 
 impl Entry {
     fn valid(&self, now: u64) -> bool {
@@ -67,9 +82,39 @@ impl Cache {
         }
     }
 
-    /// A policy fetched for `domain` under `id` at `now`.
+    /// A policy fetched for `domain` under `id` at `now`, for a route (so in use).
     pub fn fetched(&mut self, domain: &str, id: &str, policy: Policy, now: u64) {
-        self.entries.insert(key(domain), Entry { id: id.to_owned(), fetched: now, policy });
+        self.entries.insert(key(domain), Entry { id: id.to_owned(), fetched: now, policy, used: now });
+    }
+
+    /// A policy fetched again in the background: in use as much as it was.
+    pub fn refreshed(&mut self, domain: &str, id: &str, policy: Policy, now: u64) {
+        let used = self.entries.get(&key(domain)).map_or(0, |e| e.used);
+        self.entries.insert(key(domain), Entry { id: id.to_owned(), fetched: now, policy, used });
+    }
+
+    /// A route to `domain` keeps to its cached policy at `now`.
+    pub fn used(&mut self, domain: &str, now: u64) {
+        if let Some(e) = self.entries.get_mut(&key(domain)) {
+            e.used = now;
+        }
+    }
+
+    /// The domains whose policy is to be fetched again at `now`: still valid, past half its
+    /// `max_age`, and used since it was fetched.
+    pub fn to_refresh(&self, now: u64) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.valid(now) && e.used >= e.fetched && now >= e.fetched + e.policy.max_age / 2)
+            .map(|(domain, _)| domain.clone())
+            .collect()
+    }
+
+    /// How long to wait before looking for policies to refresh: a quarter of the shortest
+    /// `max_age` kept, between a second and ten minutes.
+    pub fn look_again_in(&self) -> u64 {
+        let shortest = self.entries.values().map(|e| e.policy.max_age / 4).min().unwrap_or(600);
+        shortest.clamp(1, 600)
     }
 
     /// Drops what has expired at `now`.
@@ -99,7 +144,7 @@ impl Cache {
             .into_iter()
             .filter_map(|(domain, s)| {
                 let policy = Policy::parse(s.policy.as_bytes()).ok()?;
-                Some((domain, Entry { id: s.id, fetched: s.fetched, policy }))
+                Some((domain, Entry { id: s.id, fetched: s.fetched, policy, used: 0 }))
             })
             .collect();
         Ok(Cache { entries })
@@ -155,6 +200,29 @@ mod tests {
         assert_eq!(cache.decide("a.test", Some("1"), 1100), Decision::Fetch { fallback: None });
         cache.expire(1100);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_policy_in_use_is_refreshed_after_half_its_max_age_and_one_unused_is_not() {
+        let mut cache = Cache::default();
+        cache.fetched("a.test", "1", policy("enforce", 1000), 100);
+        cache.fetched("b.test", "1", policy("enforce", 40), 100);
+        assert_eq!(cache.look_again_in(), 10, "a quarter of the shortest max_age");
+        assert!(cache.to_refresh(599).is_empty());
+        assert_eq!(cache.to_refresh(600), ["a.test"], "b.test has expired");
+        // Refreshed: valid for a new max_age, and not again until a route uses it.
+        cache.refreshed("a.test", "1", policy("enforce", 1000), 600);
+        assert!(cache.to_refresh(1200).is_empty());
+        assert_eq!(cache.decide("a.test", Some("1"), 1500), Decision::Use(policy("enforce", 1000)));
+        cache.used("a.test", 1500);
+        assert_eq!(cache.to_refresh(1500), ["a.test"]);
+        // A policy read from the file has not been used by this process.
+        let mut fresh = Cache::default();
+        fresh.entries.insert("c.test".into(), Entry { used: 0, ..cache.entries["a.test"].clone() });
+        assert!(fresh.to_refresh(1500).is_empty());
+        assert_eq!(Cache::default().look_again_in(), 600);
+        cache.fetched("d.test", "1", policy("enforce", 1), 100);
+        assert_eq!(cache.look_again_in(), 1);
     }
 
     #[test]

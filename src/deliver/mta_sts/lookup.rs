@@ -66,6 +66,9 @@ pub(crate) struct Sts {
     /// When the file was last written, and whether the cache changed since.
     saved: Mutex<(Instant, bool)>,
     reports: Arc<TlsReports>,
+    /// A policy was fetched for a route: the refresher's wait is worked out again (the new
+    /// policy's `max_age` may be shorter than any before).
+    fetched: tokio::sync::Notify,
 }
 
 impl Sts {
@@ -84,6 +87,7 @@ impl Sts {
             file: config.cache_file,
             saved: Mutex::new((Instant::now(), false)),
             reports,
+            fetched: tokio::sync::Notify::new(),
         })
     }
 
@@ -93,32 +97,63 @@ impl Sts {
     /// learn one).
     pub async fn policy(&self, resolver: &TokioResolver, domain: &str) -> Option<Policy> {
         let domain = domain.trim_end_matches('.');
-        let id = match resolver.txt_lookup(format!("_mta-sts.{domain}.").as_str()).await {
-            Ok(txt) => {
-                let records: Vec<String> = txt.iter().map(crate::deliver::dns::txt_text).collect();
-                record_id(&records.iter().map(String::as_str).collect::<Vec<_>>())
-            }
-            Err(_) => None,
-        };
+        let id = record(resolver, domain).await;
         let now = unix_now();
         let decision = self.lock_cache().decide(domain, id.as_deref(), now);
         let policy = match decision {
-            Decision::Use(policy) => Some(policy),
+            Decision::Use(policy) => {
+                self.lock_cache().used(domain, now);
+                Some(policy)
+            }
             Decision::NoPolicy => None,
             Decision::Fetch { fallback } => match (fetch(&self.fetcher, resolver, domain).await, id) {
                 (Ok(policy), Some(id)) => {
                     self.lock_cache().fetched(domain, &id, policy.clone(), now);
                     self.changed();
+                    self.fetched.notify_one();
                     Some(policy)
                 }
                 (Err(why), _) => {
                     self.reports.fetch_failed(domain, fallback.as_ref(), &why);
+                    if fallback.is_some() {
+                        self.lock_cache().used(domain, now);
+                    }
                     fallback
                 }
                 (Ok(_), None) => fallback,
             },
         };
         policy.filter(|p| p.mode != Mode::None)
+    }
+
+    /// Fetches again, in the background, the policies in use that are past half their
+    /// `max_age` ([`Cache::to_refresh`]), then waits for the next to come due; for as long as
+    /// the DNS thread runs. The record is asked first: a new id gets its new policy; a record
+    /// gone, or a fetch that fails, leaves the cached policy to hold until it expires (and it
+    /// is tried again at the next look).
+    pub async fn refresh_forever(&self, resolver: &TokioResolver) {
+        let look = || Instant::now() + Duration::from_secs(self.lock_cache().look_again_in());
+        let mut next = look();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                // Sooner if the new policy asks for it; never later, so that new policies
+                // coming all the time cannot put the refresh off.
+                () = self.fetched.notified() => {
+                    next = next.min(look());
+                    continue;
+                }
+            }
+            next = look();
+            let due = self.lock_cache().to_refresh(unix_now());
+            for domain in due {
+                let Some(id) = record(resolver, &domain).await else { continue };
+                if let Ok(policy) = fetch(&self.fetcher, resolver, &domain).await {
+                    self.lock_cache().refreshed(&domain, &id, policy, unix_now());
+                    self.changed();
+                }
+            }
+        }
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -155,6 +190,13 @@ impl Sts {
             eprintln!("volley: warning: writing the MTA-STS cache {}: {e}", path.display());
         }
     }
+}
+
+/// The policy id `domain`'s `_mta-sts` TXT record names, if it has one.
+async fn record(resolver: &TokioResolver, domain: &str) -> Option<String> {
+    let txt = resolver.txt_lookup(format!("_mta-sts.{domain}.").as_str()).await.ok()?;
+    let records: Vec<String> = txt.iter().map(crate::deliver::dns::txt_text).collect();
+    record_id(&records.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// `domain`'s policy, fetched from each address of `mta-sts.DOMAIN` in turn until one serves
