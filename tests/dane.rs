@@ -190,7 +190,10 @@ fn delivery_keeps_to_each_mx_hosts_tlsa_records() {
             .map(|e| e.unwrap().path())
             .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("sender.test!{host}!")))
             .unwrap_or_else(|| panic!("no report for {host} in {}", reports.display()));
-        let report: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let json = std::fs::read(file).unwrap();
+        let read = common::tls_report_read_by_mail_auth(&json);
+        assert_eq!(read.policies[0].policy.policy_type, mail_auth::report::tlsrpt::PolicyType::Tlsa);
+        let report: Value = serde_json::from_slice(&json).unwrap();
         let policy = &report["policies"][0];
         assert_eq!(policy["policy"]["policy-type"], "tlsa", "{host}: {report}");
         assert_eq!(policy["policy"]["policy-domain"], host, "{report}");

@@ -160,6 +160,9 @@ fn reports_reach_the_addresses_their_domains_name_once_each() {
         // Signed (§5.3) with the key given, as any campaign's message.
         let signature = header(&message, "DKIM-Signature").expect("a DKIM signature");
         assert!(signature.contains("d=sender.test") && signature.contains("s=tlsrpt"), "{signature}");
+        let read =
+            mail_auth::report::tlsrpt::TlsReport::parse_rfc5322(content, 1 << 20).expect("a TLS report mail");
+        assert_eq!(read.report_id, format!("1764547200.{domain}@sender.test"));
         let name = &files[domain].0;
         assert!(message.contains(&format!("filename=\"{}.gz\"", name)), "{message}");
         assert_eq!(gunzip(&attachment(&message)), files[domain].1, "{domain}");
@@ -367,6 +370,9 @@ fn serve_reports_each_period_and_keeps_its_counts_across_a_restart() {
         })
         .collect();
     for (name, json) in &files {
+        let read = common::tls_report_read_by_mail_auth(json.as_bytes());
+        assert_eq!(read.policies.len(), 1, "{name}");
+        assert_eq!(read.policies[0].summary.total_success, 1, "{name}");
         let report: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(report["organization-name"], "sender.test");
         assert_eq!(report["contact-info"], "postmaster@sender.test");
@@ -400,6 +406,10 @@ fn serve_reports_each_period_and_keeps_its_counts_across_a_restart() {
         assert_eq!(header(&message, "TLS-Report-Domain"), Some("rcpt.test"), "{message}");
         let signature = header(&message, "DKIM-Signature").expect("a DKIM signature");
         assert!(signature.contains("d=sender.test") && signature.contains("s=tlsrpt"), "{signature}");
+        // The mail as a report receiver's parser reads it (RFC 8460 §5.3).
+        let read = mail_auth::report::tlsrpt::TlsReport::parse_rfc5322(&content, 1 << 20)
+            .expect("a TLS report mail");
+        assert_eq!(read.policies[0].policy.policy_domain, "rcpt.test");
         mailed.push(gunzip(&attachment(&message)));
     }
     mailed.sort();

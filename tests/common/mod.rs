@@ -185,3 +185,27 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `json` read as a TLS report by Stalwart's parser (mail-auth), an RFC 8460 implementation
+/// not ours: it must read, with a date range, and every policy and result type one the RFC
+/// names (the parser maps an unknown one to `Other`).
+pub fn tls_report_read_by_mail_auth(json: &[u8]) -> mail_auth::report::tlsrpt::TlsReport {
+    use mail_auth::report::tlsrpt::{PolicyType, ResultType, TlsReport};
+    let report = TlsReport::parse_json(json).expect("mail-auth reads the report");
+    assert!(report.date_range.start_datetime.to_timestamp() > 0, "start-datetime: {report:?}");
+    assert!(
+        report.date_range.end_datetime.to_timestamp() >= report.date_range.start_datetime.to_timestamp(),
+        "{report:?}"
+    );
+    assert!(
+        !report.report_id.is_empty() && report.organization_name.is_some() && report.contact_info.is_some()
+    );
+    for policy in &report.policies {
+        assert_ne!(policy.policy.policy_type, PolicyType::Other, "{report:?}");
+        assert!(!policy.policy.policy_domain.is_empty(), "{report:?}");
+        let failed: u32 = policy.failure_details.iter().map(|f| f.failed_session_count).sum();
+        assert_eq!(failed, policy.summary.total_failure, "{report:?}");
+        assert!(policy.failure_details.iter().all(|f| f.result_type != ResultType::Other), "{report:?}");
+    }
+    report
+}
