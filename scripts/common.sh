@@ -41,6 +41,12 @@ ensure_interop_peers() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
     fi
+    # A DNSSEC-signed zone for the MTA-STS and DANE checks: ldns signs it, unbound serves it.
+    if ! command -v unbound >/dev/null || ! command -v ldns-signzone >/dev/null; then
+        echo "installing unbound and ldnsutils"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound ldnsutils >/dev/null
+    fi
     # Debian's dkimpy (and PyNaCl for Ed25519) belong to /usr/bin/python3, not the python3 on PATH.
     if ! /usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null; then
         echo "installing python3-dkim and python3-nacl"

@@ -46,6 +46,14 @@
 #    password, given by file) into Postfix with recipient checks: every row final once across
 #    the three logs, Postfix delivered each valid address once, `volley status` complete with
 #    the merged counts, and the password in no log or report.
+# 11. MTA-STS and DANE against a real DNSSEC signer and DNS server: a root zone signed by
+#    ldns-signzone (ldnsutils), served by unbound (its auth-zone), its key given as
+#    --dnssec-trust-anchor; a policy served over HTTPS by Python's standard library; Postfix as
+#    every MX host, with a certificate from a test CA. `volley check` validates the TLSA record;
+#    `volley send` delivers over checked TLS to the host whose TLSA record matches and to the
+#    MTA-STS enforce domain, never to the host whose TLSA record does not (expired,
+#    tls_required); its TLS reports say so, and `volley tls-report send` POSTs them to each
+#    domain's `_smtp._tls` address, where Python gunzips and checks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +70,9 @@ SERVE_SMTP_PORT=$((PORT + 8))
 SERVE_HTTP_PORT=$((PORT + 9))
 WEBHOOK_PORT=$((PORT + 10))
 REDIS_PORT=$((PORT + 11))
+DNS_PORT=$((PORT + 12))
+STS_PORT=$((PORT + 13))
+MX_PORT=$((PORT + 14))
 
 source scripts/common.sh
 ensure_postfix
@@ -97,6 +108,23 @@ cat >>"$conf/master.cf" <<EOF
   -o smtpd_tls_security_level=encrypt
   -o smtpd_tls_cert_file=$work/cert.pem
   -o smtpd_tls_key_file=$work/key.pem
+  -o smtpd_tls_loglevel=1
+EOF
+# Every MX host of the MTA-STS and DANE checks: STARTTLS with a certificate from a test CA for
+# the hosts' names (and the policy host's, which Python serves with it).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=volley interop CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=mx.dane.test" \
+    -keyout "$work/mx.key" -out "$work/mx.csr" 2>/dev/null
+printf 'subjectAltName=DNS:mx.dane.test,DNS:mx.wrong.test,DNS:mx.sts.test,DNS:mta-sts.sts.test\n' >"$work/mx.ext"
+openssl x509 -req -in "$work/mx.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+    -extfile "$work/mx.ext" -out "$work/mx.pem" 2>/dev/null
+cat >>"$conf/master.cf" <<EOF
+127.0.0.1:$MX_PORT inet n - n - - smtpd
+  -o smtpd_client_connection_count_limit=0
+  -o smtpd_tls_security_level=may
+  -o smtpd_tls_cert_file=$work/mx.pem
+  -o smtpd_tls_key_file=$work/mx.key
   -o smtpd_tls_loglevel=1
 EOF
 cat >"$conf/main.cf" <<EOF
@@ -135,6 +163,7 @@ wait_for() { wait_port "$1" || fail "nothing listening on port $1"; }
 wait_for "$PORT"
 wait_for "$TLS_PORT"
 wait_for "$CHECK_PORT"
+wait_for "$MX_PORT"
 
 echo "== volley bench -> Postfix smtpd (limit 4 connections per client), $MESSAGES messages, 10 connections"
 set +e
@@ -597,3 +626,130 @@ PY
     || fail "the Redis password appeared in a log or a report"
 kill "$redis_pid" 2>/dev/null || true
 echo "interop: volley send --queue through redis-server OK"
+
+echo "== MTA-STS and DANE: a zone signed by ldns-signzone, served by unbound; Postfix as the MX hosts"
+dns="$work/dns"
+mkdir -p "$dns"
+spki() { openssl x509 -in "$1" -noout -pubkey | openssl pkey -pubin -outform DER | openssl dgst -sha256 -hex | awk '{print $NF}'; }
+mx_spki=$(spki "$work/mx.pem")
+ca_spki=$(spki "$work/ca.pem")
+rua="https://mta-sts.sts.test:$STS_PORT/report"
+cat >"$dns/root.zone" <<EOF
+\$ORIGIN .
+\$TTL 300
+. IN SOA ns.root.test. hostmaster.root.test. 1 3600 600 86400 300
+. IN NS ns.root.test.
+ns.root.test. IN A 127.0.0.1
+dane.test. IN MX 10 mx.dane.test.
+mx.dane.test. IN A 127.0.0.1
+_25._tcp.mx.dane.test. IN TLSA 3 1 1 $mx_spki
+_smtp._tls.mx.dane.test. IN TXT "v=TLSRPTv1; rua=$rua"
+wrong.test. IN MX 10 mx.wrong.test.
+mx.wrong.test. IN A 127.0.0.1
+_25._tcp.mx.wrong.test. IN TLSA 3 1 1 $ca_spki
+_smtp._tls.mx.wrong.test. IN TXT "v=TLSRPTv1; rua=$rua"
+sts.test. IN MX 10 mx.sts.test.
+mx.sts.test. IN A 127.0.0.1
+mta-sts.sts.test. IN A 127.0.0.1
+_mta-sts.sts.test. IN TXT "v=STSv1; id=20261204"
+_smtp._tls.sts.test. IN TXT "v=TLSRPTv1; rua=$rua"
+EOF
+(
+    cd "$dns"
+    ksk=$(ldns-keygen -a ECDSAP256SHA256 -k .)
+    zsk=$(ldns-keygen -a ECDSAP256SHA256 .)
+    ldns-signzone -o . root.zone "$zsk" "$ksk"
+    cp "$ksk.key" anchor.key
+) || fail "ldns could not sign the zone"
+# unbound answers for the signed root from its auth-zone (test., RFC 6761's, is otherwise a
+# local zone of its own).
+cat >"$dns/unbound.conf" <<EOF
+server:
+    interface: 127.0.0.1@$DNS_PORT
+    port: $DNS_PORT
+    do-daemonize: no
+    do-ip6: no
+    username: ""
+    chroot: ""
+    directory: "$dns"
+    pidfile: "$dns/unbound.pid"
+    use-syslog: no
+    logfile: "$dns/unbound.log"
+    access-control: 127.0.0.0/8 allow
+    module-config: "iterator"
+    local-zone: "test." nodefault
+auth-zone:
+    name: "."
+    zonefile: "$dns/root.zone.signed"
+    for-downstream: yes
+    for-upstream: no
+    fallback-enabled: no
+remote-control:
+    control-enable: no
+EOF
+unbound -c "$dns/unbound.conf" &
+unbound_pid=$!
+printf 'version: STSv1\r\nmode: enforce\r\nmx: mx.sts.test\r\nmax_age: 86400\r\n' >"$work/sts-policy.txt"
+python3 scripts/peers/tls_policy_server.py "$STS_PORT" "$work/mx.pem" "$work/mx.key" "$work/sts-policy.txt" \
+    "$work/tls-reports-received" 120 >"$work/sts-server.out" 2>&1 &
+sts_pid=$!
+wait_for "$DNS_PORT"
+wait_for "$STS_PORT"
+resolve=(--dns-server "127.0.0.1:$DNS_PORT" --dns-timeout 1s --dnssec-trust-anchor "$dns/anchor.key"
+    --mta-sts-port "$STS_PORT" --ca-file "$work/ca.pem")
+secure=("${resolve[@]}" --smtp-port "$MX_PORT" --helo sender.test)
+"$VOLLEY" check --recipient-domain dane.test "${resolve[@]}" >"$work/check-dane.out" 2>&1 || true
+grep -q "^pass  DANE mx.dane.test" "$work/check-dane.out" \
+    || fail "volley check did not validate the TLSA record: $(cat "$work/check-dane.out")"
+printf 'email\nann@dane.test\nbob@sts.test\ncid@wrong.test\n' >"$work/secure.csv"
+printf 'From: News <news@sender.test>\nSubject: Secure\n\nOver checked TLS only.\n' >"$work/secure-msg.txt"
+sent_before=$(grep -c 'status=sent' "$work/maillog" || true)
+tls_before=$(grep -c 'TLS connection established from' "$work/maillog" || true)
+"$VOLLEY" send --recipients "$work/secure.csv" --message "$work/secure-msg.txt" "${secure[@]}" \
+    --retry-after 300ms --retry-max 300ms --max-age 2s --log "$work/secure.jsonl" \
+    --tls-report "$work/secure-reports" --quiet >"$work/secure.out" 2>&1 \
+    || fail "volley send exited $?: $(tail -n 5 "$work/secure.out")"
+if grep -q "DANE is off" "$work/secure.out"; then fail "DANE was off: $(cat "$work/secure.out")"; fi
+sleep 0.5
+sent=$(( $(grep -c 'status=sent' "$work/maillog" || true) - sent_before ))
+tls=$(( $(grep -c 'TLS connection established from' "$work/maillog" || true) - tls_before ))
+if grep -q 'to=<cid@wrong.test>' "$work/maillog"; then
+    fail "mail for the host whose TLSA record does not match reached it"
+fi
+[[ $sent == 2 ]] || fail "Postfix delivered $sent of the 2 messages DANE and MTA-STS allow"
+[[ $tls -ge 2 ]] || fail "Postfix logged $tls TLS sessions"
+python3 - "$work" <<'PY' || fail "the log or the TLS reports are not what volley saw"
+import glob, json, sys
+work = sys.argv[1]
+finals = {}
+for line in open(f"{work}/secure.jsonl"):
+    r = json.loads(line)
+    if r.get("rcpt") and r["status"] != "deferred":
+        finals[r["rcpt"]] = (r["status"], r.get("category"))
+assert finals["ann@dane.test"][0] == "delivered", finals
+assert finals["bob@sts.test"][0] == "delivered", finals
+assert finals["cid@wrong.test"] == ("expired", "tls_required"), finals
+reports = {}
+for path in glob.glob(f"{work}/secure-reports/sender.test!*.json"):
+    report = json.load(open(path))
+    reports[report["policies"][0]["policy"]["policy-domain"]] = report["policies"][0]
+assert sorted(reports) == ["mx.dane.test", "mx.wrong.test", "sts.test"], sorted(reports)
+assert reports["mx.dane.test"]["policy"]["policy-type"] == "tlsa"
+assert reports["mx.dane.test"]["summary"]["total-successful-session-count"] >= 1
+assert reports["sts.test"]["policy"]["policy-type"] == "sts"
+assert "mode: enforce" in reports["sts.test"]["policy"]["policy-string"]
+assert reports["sts.test"]["summary"]["total-failure-session-count"] == 0
+wrong = reports["mx.wrong.test"]
+assert wrong["summary"]["total-successful-session-count"] == 0
+assert {d["result-type"] for d in wrong["failure-details"]} == {"tlsa-invalid"}, wrong
+print("  ann@dane.test and bob@sts.test delivered over checked TLS, cid@wrong.test expired tls_required;"
+      " reports: mx.dane.test (tlsa) and sts.test (sts) good, mx.wrong.test tlsa-invalid")
+PY
+"$VOLLEY" tls-report send "$work/secure-reports" --from "TLS reports <tls-reports@sender.test>" "${secure[@]}" \
+    >"$work/tls-report-send.out" 2>&1 || fail "volley tls-report send exited $?: $(cat "$work/tls-report-send.out")"
+received=$(find "$work/tls-reports-received" -name '*.json' | wc -l)
+[[ $received == 3 ]] || fail "the HTTPS address took $received reports, not 3: $(cat "$work/sts-server.out")"
+[[ $(find "$work/secure-reports/sent" -name '*.json' | wc -l) == 3 ]] || fail "the sent reports were not moved to sent/"
+echo "  volley tls-report send: 3 reports POSTed, gunzipped and checked by Python"
+kill "$unbound_pid" "$sts_pid" 2>/dev/null || true
+echo "interop: MTA-STS and DANE OK"
