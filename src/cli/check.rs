@@ -92,8 +92,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         timeout: args.dns_timeout,
         mta_sts: Some(sts),
         // Only the recipient-side rows ask: no validating resolver for a sender's check alone.
-        dane: (!args.recipient_domain.is_empty())
-            .then(|| DaneConfig { trust_anchor: args.dnssec_trust_anchor.clone() }),
+        dane: (!args.recipient_domain.is_empty()).then(|| DaneConfig::new(args.dnssec_trust_anchor.clone())),
         ..DnsConfig::default()
     };
     let mut dns = check::dns::Dns::new(&dns_config).context("starting the DNS resolver")?;

@@ -211,7 +211,7 @@ impl DeliveryArgs {
                         .transpose()
                         .context("setting up certificate checks for MTA-STS")?,
                     dane: (self.dane == Switch::On)
-                        .then(|| DaneConfig { trust_anchor: self.dnssec_trust_anchor.clone() }),
+                        .then(|| DaneConfig::new(self.dnssec_trust_anchor.clone())),
                     ..DnsConfig::default()
                 },
                 port: self.smtp_port,

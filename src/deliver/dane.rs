@@ -12,8 +12,9 @@
 //!
 //! DANE is only as good as the resolver's view of the DNSSEC chain: at start the trust
 //! anchor's own zone must validate ([`Dane::probe`]); if it does not (an upstream that strips
-//! signatures), DANE is off for the run, with a warning, as Postfix's `dane` level falls back
-//! when its resolver does not validate.
+//! signatures, or one not up yet), DANE is off, with a warning, as Postfix's `dane` level
+//! falls back when its resolver does not validate; the DNS thread probes again every
+//! [`DaneConfig::probe_again`] and turns DANE on once the zone validates.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,11 +29,22 @@ use super::dns::{DnsConfig, describe, no_records, no_such_domain};
 use crate::tls::dane::Tlsa;
 
 /// How DANE is looked up.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DaneConfig {
     /// DNSKEY records to trust (`NAME [TTL] [IN] DNSKEY FLAGS 3 ALG BASE64`); `None`: the
     /// root zone's keys built into hickory.
     pub trust_anchor: Option<PathBuf>,
+    /// While the resolver's answers do not validate (see [`Dane::probe`]), how long to wait
+    /// before asking again.
+    pub probe_again: std::time::Duration,
+}
+
+impl DaneConfig {
+    /// Validating up to `trust_anchor`'s keys (or the root's), probing again every minute
+    /// while answers do not validate.
+    pub fn new(trust_anchor: Option<PathBuf>) -> DaneConfig {
+        DaneConfig { trust_anchor, probe_again: std::time::Duration::from_secs(60) }
+    }
 }
 
 /// What DNSSEC says of one MX host's TLS.

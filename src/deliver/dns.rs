@@ -128,6 +128,7 @@ impl Resolver {
             _ => None,
         };
         let dane = config.dane.as_ref().map(|dane| Dane::with(&config, dane)).transpose()?;
+        let probe_again = config.dane.as_ref().map_or(Duration::from_secs(60), |d| d.probe_again);
         let thread_reports = reports.clone();
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (answer_tx, answers) = mpsc::channel();
@@ -135,17 +136,36 @@ impl Resolver {
         let thread = std::thread::Builder::new().name("dns".into()).spawn(move || {
             runtime.block_on(async move {
                 // DANE needs answers that validate: if even the trust anchor's zone does not
-                // (a resolver that strips signatures), it is off rather than failing every host.
-                let dane = match dane {
-                    Some(dane) => match dane.probe().await {
-                        Ok(()) => Some(Arc::new(dane)),
-                        Err(why) => {
-                            eprintln!("volley: warning: DANE is off for this run: {why}");
-                            None
+                // (a resolver that strips signatures, or one not answering yet), it is off
+                // rather than failing every host, and is probed again until they do: a
+                // long-running serve must not stay without DANE for a resolver's bad minute.
+                let dane_on: Arc<std::sync::OnceLock<Arc<Dane>>> = Arc::default();
+                let mut probing = None;
+                if let Some(dane) = dane {
+                    match dane.probe().await {
+                        Ok(()) => {
+                            let _ = dane_on.set(Arc::new(dane));
                         }
-                    },
-                    None => None,
-                };
+                        Err(why) => {
+                            eprintln!(
+                                "volley: warning: DANE is off until the resolver's answers validate \
+                                 (asked again every {}): {why}",
+                                humantime::format_duration(probe_again)
+                            );
+                            let on = Arc::clone(&dane_on);
+                            probing = Some(tokio::spawn(async move {
+                                loop {
+                                    tokio::time::sleep(probe_again).await;
+                                    if dane.probe().await.is_ok() {
+                                        eprintln!("volley: DANE is on: the resolver's answers validate now");
+                                        let _ = on.set(Arc::new(dane));
+                                        return;
+                                    }
+                                }
+                            }));
+                        }
+                    }
+                }
                 // `concurrency` workers take names from the channel in turn: requests waiting
                 // are a name each, not a task each (a task per request waiting on a semaphore
                 // was 64 MB for a list's first 50,000 domains).
@@ -154,7 +174,7 @@ impl Resolver {
                 let mut workers = tokio::task::JoinSet::new();
                 for _ in 0..config.concurrency.max(1) {
                     let (resolver, tx, incoming) = (resolver.clone(), answer_tx.clone(), incoming.clone());
-                    let (sts, dane, reports) = (sts.clone(), dane.clone(), thread_reports.clone());
+                    let (sts, dane_on, reports) = (sts.clone(), dane_on.clone(), thread_reports.clone());
                     let mut rng = seed.fork();
                     workers.spawn(async move {
                         loop {
@@ -172,7 +192,7 @@ impl Resolver {
                                 }
                                 None => resolve(&resolver, &domain, &mut rng).await,
                             };
-                            let answer = match &dane {
+                            let answer = match dane_on.get() {
                                 Some(dane) => with_dane(answer, dane, &domain, reports.as_deref()).await,
                                 None => answer,
                             };
@@ -186,8 +206,8 @@ impl Resolver {
                     tokio::spawn(async move { sts.refresh_forever(&resolver).await })
                 });
                 while workers.join_next().await.is_some() {}
-                if let Some(refresh) = refresh {
-                    refresh.abort();
+                for task in [refresh, probing].into_iter().flatten() {
+                    task.abort();
                 }
                 if let Some(sts) = &sts {
                     sts.save();
@@ -521,5 +541,73 @@ mod tests {
 
     fn loopback4(x: u8) -> IpAddr {
         crate::testkit::dns::loopback(x)
+    }
+
+    /// A resolver that does not answer at the start (down, or not validating yet) leaves DANE
+    /// off only until its answers validate: probed again, DANE comes on by itself.
+    #[test]
+    fn dane_comes_on_once_the_resolvers_answers_validate() {
+        use crate::deliver::dane::DaneConfig;
+        use crate::testkit::dns::{DnsStub, Zone};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let zone: Zone = "
+            test SIGNED
+            dane.test MX 10 mx.dane.test
+            mx.dane.test A 127.0.0.2
+            _25._tcp.mx.dane.test TLSA 3 1 1 0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a
+        "
+        .parse()
+        .unwrap();
+        let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+        let anchor = std::env::temp_dir().join(format!("volley-dane-probe-{}.key", std::process::id()));
+        std::fs::write(&anchor, stub.trust_anchor()).unwrap();
+        // A gate in front of the stub: it drops every query until opened.
+        let gate = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gate_addr = gate.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let opened = Arc::clone(&open);
+        let upstream = stub.addr();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, client)) = gate.recv_from(&mut buf) {
+                if !opened.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let forward = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                forward.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                forward.send_to(&buf[..n], upstream).unwrap();
+                let mut answer = [0u8; 4096];
+                if let Ok(m) = forward.recv(&mut answer) {
+                    let _ = gate.send_to(&answer[..m], client);
+                }
+            }
+        });
+        let config = DnsConfig {
+            dane: Some(DaneConfig {
+                trust_anchor: Some(anchor.clone()),
+                probe_again: Duration::from_millis(200),
+            }),
+            ..DnsConfig::for_stub(gate_addr)
+        };
+        let resolver = Resolver::start(config).unwrap();
+        let tlsa_of = |resolver: &Resolver| {
+            resolver.ask("dane.test");
+            match resolver.answer_within(Duration::from_secs(10)).expect("an answer").1 {
+                Answer::Hosts { hosts, .. } => Some(hosts[0].tlsa.is_some()),
+                _ => None,
+            }
+        };
+        assert_eq!(tlsa_of(&resolver), None, "nothing answers yet");
+        open.store(true, Ordering::Relaxed);
+        // The first answers may come before the next probe: without DANE, as at the start.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tlsa_of(&resolver) {
+                Some(true) => break,
+                other => assert!(std::time::Instant::now() < deadline, "DANE did not come on: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_file(&anchor);
     }
 }
