@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use hickory_resolver::TokioResolver;
@@ -173,33 +174,40 @@ impl Dane {
 
     /// What DNSSEC says of `host`'s TLS.
     pub async fn host(&self, host: &str) -> HostDane {
+        self.host_until(host).await.0
+    }
+
+    /// What DNSSEC says of `host`'s TLS, and until when its TLSA records may be kept (their
+    /// TTL; `None` when there are none): a key rollover is seen when they run out, not when
+    /// the domain's MX answer does.
+    pub async fn host_until(&self, host: &str) -> (HostDane, Option<Instant>) {
         let fqdn = format!("{}.", host.trim_end_matches('.'));
         // The addresses first: only a host whose name is signed can have TLSA records that count.
         match self.resolver.lookup_ip(fqdn.as_str()).await {
             Ok(ips) => {
                 let proofs: Vec<Proof> = ips.as_lookup().dnssec_iter().map(|r| r.proof()).collect();
                 if proofs.iter().any(|p| p.is_insecure()) || proofs.is_empty() {
-                    return HostDane::None;
+                    return (HostDane::None, None);
                 }
                 if !proofs.iter().all(Proof::is_secure) {
-                    return HostDane::Failed(format!(
-                        "{host}'s addresses do not validate ({})",
-                        proof_of(&proofs)
-                    ));
+                    let why = format!("{host}'s addresses do not validate ({})", proof_of(&proofs));
+                    return (HostDane::Failed(why), None);
                 }
             }
             // The plain resolver had its addresses: a validated lookup that fails (a timeout,
             // SERVFAIL) may be DNSSEC blocked on the path, so the host is not used (RFC 7672
             // §2.1.1) rather than sent to without DANE.
             Err(e) => {
-                return not_found(&e, host, "addresses").unwrap_or_else(|| {
+                let dane = not_found(&e, host, "addresses").unwrap_or_else(|| {
                     HostDane::Failed(format!("{host}'s addresses, validated: {}", describe(&e)))
                 });
+                return (dane, None);
             }
         }
         let tlsa = format!("_25._tcp.{fqdn}");
         match self.resolver.lookup(tlsa.as_str(), RecordType::TLSA).await {
             Ok(lookup) => {
+                let until = lookup.valid_until();
                 let mut records = Vec::new();
                 let mut proofs = Vec::new();
                 for record in lookup.dnssec_iter() {
@@ -214,15 +222,18 @@ impl Dane {
                     }
                 }
                 if proofs.iter().all(Proof::is_secure) && !records.is_empty() {
-                    HostDane::Tlsa(records)
+                    (HostDane::Tlsa(records), Some(until))
                 } else if records.is_empty() || proofs.iter().any(|p| p.is_insecure()) {
-                    HostDane::None
+                    (HostDane::None, None)
                 } else {
-                    HostDane::Failed(format!("{tlsa} does not validate ({})", proof_of(&proofs)))
+                    (HostDane::Failed(format!("{tlsa} does not validate ({})", proof_of(&proofs))), None)
                 }
             }
-            Err(e) => not_found(&e, host, "TLSA records")
-                .unwrap_or_else(|| HostDane::Failed(format!("{host}'s TLSA records: {}", describe(&e)))),
+            Err(e) => {
+                let dane = not_found(&e, host, "TLSA records")
+                    .unwrap_or_else(|| HostDane::Failed(format!("{host}'s TLSA records: {}", describe(&e))));
+                (dane, None)
+            }
         }
     }
 }

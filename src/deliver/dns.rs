@@ -373,11 +373,14 @@ fn keep_to(answer: Answer, policy: Policy, domain: &str) -> Answer {
 /// `answer`'s hosts with what DANE says of each: their TLSA records, or left out when their
 /// records fail validation (RFC 7672 §2.2.3); none left, no delivery.
 async fn with_dane(answer: Answer, dane: &Dane, domain: &str, reports: Option<&TlsReports>) -> Answer {
-    let Answer::Hosts { hosts, until, tls } = answer else { return answer };
+    let Answer::Hosts { hosts, mut until, tls } = answer else { return answer };
     let mut kept = Vec::with_capacity(hosts.len());
     let mut failures = Vec::new();
     for mut host in hosts {
-        match dane.host(&host.name).await {
+        let (verdict, records_until) = dane.host_until(&host.name).await;
+        // The route is kept no longer than the records it checks certificates against.
+        until = until.min(records_until.unwrap_or(until));
+        match verdict {
             HostDane::None => kept.push(host),
             HostDane::Tlsa(records) => {
                 host.tlsa = Some(records);
@@ -541,6 +544,48 @@ mod tests {
 
     fn loopback4(x: u8) -> IpAddr {
         crate::testkit::dns::loopback(x)
+    }
+
+    /// An answer with TLSA records lasts no longer than they do (a key rollover is seen when
+    /// they run out, not when the MX answer does); one without, as its MX answer.
+    #[test]
+    fn a_dane_answer_lasts_no_longer_than_its_tlsa_records() {
+        use crate::deliver::dane::DaneConfig;
+        use crate::testkit::dns::{DnsStub, Zone};
+        let digest = "0a".repeat(32);
+        let zone: Zone = format!(
+            "
+            test SIGNED
+            short.test MX 10 mx.short.test
+            mx.short.test A 127.0.0.2
+            _25._tcp.mx.short.test TLSA 3 1 1 {digest}
+            _25._tcp.mx.short.test TTL 5
+            plain.test MX 10 mx.plain.test
+            mx.plain.test A 127.0.0.3
+            "
+        )
+        .parse()
+        .unwrap();
+        let stub = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+        let anchor = std::env::temp_dir().join(format!("volley-dane-ttl-{}.key", std::process::id()));
+        std::fs::write(&anchor, stub.trust_anchor()).unwrap();
+        let config = DnsConfig {
+            dane: Some(DaneConfig::new(Some(anchor.clone()))),
+            ..DnsConfig::for_stub(stub.addr())
+        };
+        let resolver = Resolver::start(config).unwrap();
+        let asked = std::time::Instant::now();
+        let mut until = std::collections::HashMap::new();
+        for domain in ["short.test", "plain.test"] {
+            resolver.ask(domain);
+            let (name, answer) = resolver.answer_within(Duration::from_secs(10)).expect("an answer");
+            let Answer::Hosts { hosts, until: at, .. } = answer else { panic!("{name}: {answer:?}") };
+            assert_eq!(hosts[0].tlsa.is_some(), name == "short.test", "{hosts:?}");
+            until.insert(name, at);
+        }
+        assert!(until["short.test"] <= asked + Duration::from_secs(6), "kept past its TLSA records' 5 s");
+        assert!(until["plain.test"] >= asked + Duration::from_secs(200), "kept for its MX answer's 300 s");
+        let _ = std::fs::remove_file(&anchor);
     }
 
     /// A resolver that does not answer at the start (down, or not validating yet) leaves DANE

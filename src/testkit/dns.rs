@@ -13,6 +13,7 @@
 //! broken.test      SERVFAIL
 //! slow.test        DELAY 3000      # answers after 3 s (records as usual)
 //! gone.test        DROP            # never answers
+//! short.test       TTL 5           # its records live 5 s (300 s otherwise)
 //! ```
 //!
 //! And DNSSEC (see [`super::dnssec`]), for resolvers that ask for it (the DO bit):
@@ -59,6 +60,8 @@ struct Entry {
     zone: bool,
     /// Its signatures are made not to verify.
     bogus: bool,
+    /// Its records' TTL, if not [`TTL`].
+    ttl: Option<u32>,
 }
 
 impl Entry {
@@ -125,6 +128,7 @@ impl FromStr for Zone {
                 Some("BOGUS") => entry.bogus = true,
                 Some("SERVFAIL") => entry.servfail = true,
                 Some("DROP") => entry.drop = true,
+                Some("TTL") if fields.len() == 3 => entry.ttl = Some(fields[2].parse().map_err(|_| bad())?),
                 Some("DELAY") if fields.len() == 3 => {
                     entry.delay = Some(Duration::from_millis(fields[2].parse().map_err(|_| bad())?))
                 }
@@ -377,14 +381,15 @@ fn respond(
         RecordType::DS if apex.is_some() => rdata.extend(own_signer.and_then(|s| s.ds().ok())),
         _ => {}
     }
-    let answers: Vec<Record> = rdata.into_iter().map(|r| Record::from_rdata(qname.clone(), TTL, r)).collect();
+    let ttl = entry.and_then(|e| e.ttl).unwrap_or(TTL);
+    let answers: Vec<Record> = rdata.into_iter().map(|r| Record::from_rdata(qname.clone(), ttl, r)).collect();
     let Some(apex) = apex else {
         let code = if entry.is_some() { ResponseCode::NoError } else { ResponseCode::NXDomain };
         return Response { code, answers, authority: Vec::new() };
     };
     let signer = signers.and_then(|s| s.get(apex));
     if !answers.is_empty() {
-        let signature = signer.and_then(|s| s.sign(&answers, TTL, now, entry.is_some_and(|e| e.bogus)));
+        let signature = signer.and_then(|s| s.sign(&answers, ttl, now, entry.is_some_and(|e| e.bogus)));
         let mut answers = answers;
         answers.extend(signature);
         return Response { code: ResponseCode::NoError, answers, authority: Vec::new() };
