@@ -34,7 +34,7 @@ struct Setup {
 }
 
 /// Each domain meets one case; the campaign runs them all at once.
-const CASES: [&str; 8] = [
+const CASES: [&str; 9] = [
     "ee.test",
     "wrong.test",
     "stripped.test",
@@ -43,6 +43,7 @@ const CASES: [&str; 8] = [
     "none.test",
     "plain.test",
     "mix.test",
+    "split.test",
 ];
 
 fn setup(name: &str) -> Setup {
@@ -98,6 +99,13 @@ fn setup(name: &str) -> Setup {
         _25._tcp.mx1.mix.test TLSA 3 1 1 {spki}
         _25._tcp.mx1.mix.test BOGUS
         mx2.mix.test A 127.0.0.3
+        # The preferred host has TLSA records but is down; the other has none and no STARTTLS:
+        # used as without DANE (RFC 7672 §2.2), in plaintext.
+        split.test MX 10 mx1.split.test
+        split.test MX 20 mx2.split.test
+        mx1.split.test A 127.0.0.9
+        _25._tcp.mx1.split.test TLSA 3 1 1 {spki}
+        mx2.split.test A 127.0.0.3
         "
     );
     let dns = DnsStub::start("127.0.0.1:0".parse().unwrap(), zone.parse::<Zone>().unwrap()).unwrap();
@@ -149,13 +157,13 @@ fn delivery_keeps_to_each_mx_hosts_tlsa_records() {
     );
     assert!(!err.contains("DANE is off"), "{err}");
     let f = finals(&all);
-    assert_eq!(f.len(), 16, "one final record per recipient: {f:?}");
+    assert_eq!(f.len(), 18, "one final record per recipient: {f:?}");
 
     for r in by_domain(&f, "ee.test").into_iter().chain(by_domain(&f, "odd.test")) {
         assert_eq!(r["status"], "delivered", "{r}");
         assert!(r["tls"].as_str().is_some_and(|v| v.starts_with("TLSv1")), "over TLS: {r}");
     }
-    for domain in ["none.test", "plain.test", "mix.test"] {
+    for domain in ["none.test", "plain.test", "mix.test", "split.test"] {
         for r in by_domain(&f, domain) {
             assert_eq!(r["status"], "delivered", "{domain}: {r}");
             assert!(r["tls"].is_null(), "{domain}: DANE does not apply, plaintext as before: {r}");
@@ -163,6 +171,9 @@ fn delivery_keeps_to_each_mx_hosts_tlsa_records() {
     }
     for r in by_domain(&f, "mix.test") {
         assert_eq!(r["mx"], "mx2.mix.test", "the host that fails validation is skipped: {r}");
+    }
+    for r in by_domain(&f, "split.test") {
+        assert_eq!(r["mx"], "mx2.split.test", "the host without records, in plaintext: {r}");
     }
     for (domain, why) in
         [("wrong.test", "TLSA"), ("stripped.test", "does not offer STARTTLS"), ("bogus.test", "passes DANE")]
@@ -181,7 +192,7 @@ fn delivery_keeps_to_each_mx_hosts_tlsa_records() {
     for domain in ["wrong.test", "stripped.test", "bogus.test"] {
         assert!(!dumped.iter().any(|e| e.contains(&format!("@{domain}>"))), "{domain}: {dumped:?}");
     }
-    assert_eq!(dumped.len(), 10, "five domains' two recipients each: {dumped:?}");
+    assert_eq!(dumped.len(), 12, "six domains' two recipients each: {dumped:?}");
     // TLS reports (RFC 8460): one per MX host with TLSA records (a DANE policy's domain is
     // the host, its records the policy's strings), none for hosts DANE does not apply to.
     let report = |host: &str| -> Value {
@@ -246,7 +257,7 @@ fn dane_is_off_when_answers_do_not_validate_or_when_asked() {
         &["--dane", "off", "--dnssec-trust-anchor", anchor.to_str().unwrap()],
     );
     assert!(!err.contains("DANE"), "{err}");
-    assert_eq!(finals(&all).values().filter(|r| r["status"] == "delivered").count(), 16);
+    assert_eq!(finals(&all).values().filter(|r| r["status"] == "delivered").count(), 18);
     let asked = setup.dns.questions();
     assert!(!asked[before..].iter().any(|q| q.ends_with(" TLSA") || q.ends_with(" DNSKEY")), "{asked:?}");
 }

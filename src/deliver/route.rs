@@ -342,10 +342,12 @@ impl Routes {
             });
         }
         // MX hosts with TLSA records (DANE, which takes precedence over MTA-STS for them):
-        // every session of the destination requires TLS, each such host's certificate checked
-        // against its own records, the others' as the domain's policy says (MTA-STS enforce:
-        // valid for the host's name; else unauthenticated). One destination per record set.
+        // their sessions require TLS, each host's certificate checked against its own records.
+        // The destination's other hosts: as the domain's MTA-STS policy says (enforce: TLS
+        // required, the certificate valid for the host's name), else as the run's own TLS
+        // policy says (RFC 7672 §2.2: no records, no DANE). One destination per record set.
         let under_sts = tls_watch.is_some();
+        let mut tls_required_of = None;
         let dane: Vec<(&str, &Vec<Tlsa>)> =
             hosts.iter().filter_map(|h| Some((h.name.as_str(), h.tlsa.as_ref()?))).collect();
         if !dane.is_empty() {
@@ -362,15 +364,24 @@ impl Routes {
                 };
                 let records = dane.iter().map(|(h, r)| (h.to_ascii_lowercase(), (*r).clone())).collect();
                 verified_tls = Some(crate::tls::dane::client_config(records, otherwise));
+                if !enforced {
+                    tls_required_of =
+                        Some(dane.iter().map(|(h, _)| Arc::from(h.trim_end_matches('.'))).collect());
+                }
                 // Reported per host with records (its own DANE policy); the others' sessions
                 // under the domain's MTA-STS policy, if it has one.
                 if let Mode::Mx { resolver, .. } = &self.mode
                     && let Some(reports) = resolver.tls_reports()
                 {
-                    let otherwise = tls_watch.take().map(|watch| watch.observer);
+                    // The hosts without records keep the domain's policy's check (testing:
+                    // the certificate checked after the handshake, for the reports).
+                    let (otherwise, check) = match tls_watch.take() {
+                        Some(watch) => (Some(watch.observer), watch.check),
+                        None => (None, None),
+                    };
                     tls_watch = Some(crate::engine::TlsWatch {
                         observer: reports.dane_watch(&dane, otherwise),
-                        check: None,
+                        check,
                     });
                 }
             }
@@ -410,6 +421,7 @@ impl Routes {
             .with_preferences(preferences)
             .with_limits(&shaped.limits, shaped.rule);
         destination.verified_tls = verified_tls;
+        destination.tls_required_of = tls_required_of;
         destination.tls_watch = tls_watch;
         if let Some(old) = self.retired.remove(&key) {
             destination.shaping.carry_over(&old.shaping);

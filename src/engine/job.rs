@@ -33,6 +33,10 @@ pub struct Destination {
     /// against the host's name; a server that does not offer STARTTLS or whose certificate
     /// fails gets nothing, never plaintext.
     pub verified_tls: Option<Arc<rustls::ClientConfig>>,
+    /// When set, `verified_tls` is required only of these hosts (MX hosts with DANE records,
+    /// by name); the destination's other hosts get the run's own TLS policy and
+    /// configuration, as RFC 7672 §2.2 lets hosts without records be used opportunistically.
+    pub tls_required_of: Option<Vec<Arc<str>>>,
     /// Told what became of each session's TLS (a receiver that asks for TLS reports).
     pub tls_watch: Option<super::TlsWatch>,
     /// How this destination's sessions are going, across cores (written per session, never per
@@ -62,6 +66,7 @@ impl Destination {
             max_connections,
             tls_name: None,
             verified_tls: None,
+            tls_required_of: None,
             tls_watch: None,
             health: Health::new(),
             shaping: Shaping::default(),
@@ -112,6 +117,20 @@ impl Destination {
             start = end;
         }
         order
+    }
+
+    /// The configuration the receiver requires of sessions to `addr`, if it requires one
+    /// (see `verified_tls` and `tls_required_of`).
+    pub fn required_tls(&self, addr: SocketAddr) -> Option<&Arc<rustls::ClientConfig>> {
+        let config = self.verified_tls.as_ref()?;
+        match &self.tls_required_of {
+            None => Some(config),
+            Some(hosts) => {
+                let host = self.host_of(addr)?;
+                let host = host.trim_end_matches('.');
+                hosts.iter().any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host)).then_some(config)
+            }
+        }
     }
 
     /// The host name of `addr`, if the destination names its hosts.

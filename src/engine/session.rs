@@ -33,9 +33,10 @@ pub struct End {
     pub shed: bool,
 }
 
-/// The session settings for a new connection to `pool`: whether to ask for STARTTLS follows
-/// the run's TLS policy, and the pool's memory of a failed handshake.
-fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
+/// The session settings for a new connection to `pool` at `addr`: whether to ask for STARTTLS
+/// follows what the receiver requires of that host, else the run's TLS policy and the pool's
+/// memory of a failed handshake.
+fn client_config(core: &Core, pool: &Pool, addr: std::net::SocketAddr) -> ClientConfig {
     let mut config = core.config.client.clone();
     if let Some(n) = pool.destination.limits.messages_per_connection {
         config.max_messages = n;
@@ -43,7 +44,7 @@ fn client_config(core: &Core, pool: &Pool) -> ClientConfig {
     config.starttls = match &core.config.tls {
         // Whatever the run's policy, and whatever the pool's memory of failed handshakes:
         // the receiver requires TLS (see `handshake`).
-        _ if pool.destination.verified_tls.is_some() => StartTls::Required,
+        _ if pool.destination.required_tls(addr).is_some() => StartTls::Required,
         None => StartTls::Off,
         Some(tls) if tls.implicit => StartTls::Off,
         Some(tls) => match tls.policy {
@@ -70,7 +71,7 @@ pub async fn handshake<S>(
 where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
-    let config = match (&pool.destination.verified_tls, &core.config.tls) {
+    let config = match (pool.destination.required_tls(addr), &core.config.tls) {
         (Some(required), _) => required,
         (None, Some(tls)) => &tls.config,
         (None, None) => return Err(SessionError::Tls("TLS is not configured".into())),
@@ -91,7 +92,7 @@ where
     if let Some(tls_watch) = &pool.destination.tls_watch {
         // What a check would say of a certificate the run's own policy did not check.
         let checked = match (&result, &tls_watch.check, conn.tls()) {
-            (Ok(()), Some(check), Some(layer)) if pool.destination.verified_tls.is_none() => {
+            (Ok(()), Some(check), Some(layer)) if pool.destination.required_tls(addr).is_none() => {
                 check.check(layer, &name)
             }
             _ => Ok(()),
@@ -152,7 +153,7 @@ pub async fn run<S>(
 where
     S: AsyncWriteRent + CancelableAsyncReadRent,
 {
-    let mut client: Client<Meta> = Client::new(client_config(core, pool), Instant::now());
+    let mut client: Client<Meta> = Client::new(client_config(core, pool, addr), Instant::now());
     if conn.tls().is_some() {
         client.tls_established(Instant::now());
     }
