@@ -307,6 +307,7 @@ fn tls_report_config(args: &ServeArgs, routing: &Routing) -> anyhow::Result<Opti
             dir: args.spool.join("tls-reports"),
             dns: outbox::dns_for(routing),
             https: args.delivery.https_tls()?,
+            stop: None,
         },
     }))
 }

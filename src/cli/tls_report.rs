@@ -58,7 +58,7 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let delivery = args.delivery.config()?;
     let dns = outbox::dns_for(&delivery.routing);
     let https = args.delivery.https_tls()?;
-    let config = OutboxConfig { dir: args.dir.clone(), dns, https };
+    let config = OutboxConfig { dir: args.dir.clone(), dns, https, stop: None };
     let mut mailer = CampaignMailer { outbox: args.dir.join("outbox"), from: args.from.clone(), delivery };
     let results = outbox::send_all(&config, &mut mailer)?;
     let mut left = 0;

@@ -15,6 +15,7 @@
 //! short between the spool's yes and the outbox's note of it sends nothing twice.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -63,6 +64,8 @@ pub struct TlsReportConfig {
 /// The reports' thread, running.
 pub struct Reporter {
     stop: mpsc::Sender<()>,
+    /// Cuts a sending under way short.
+    stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -97,17 +100,21 @@ impl Reporter {
         .map_err(|e| std::io::Error::other(format!("--tls-report-from: {e}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mailer = SpoolMailer { intake, template, runtime };
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut config = config;
+        config.outbox.stop = Some(Arc::clone(&stopping));
         let work = Work { config, reports, counts, committer, mailer };
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tls-reports".into())
             .spawn(move || work.run(ended, &stopped))?;
-        Ok(Reporter { stop, thread })
+        Ok(Reporter { stop, stopping, thread })
     }
 
-    /// Asks the thread to stop: at once if it waits, else once it has sent what it is
-    /// sending.
+    /// Asks the thread to stop: at once if it waits, else once the request it is making (a
+    /// lookup, a POST) ends; what is left is sent at the next start.
     pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
     }
 

@@ -31,7 +31,19 @@ pub struct OutboxConfig {
     pub dns: DnsConfig,
     /// Checks the certificates of HTTPS addresses (Mozilla's roots, or a `--ca-file`).
     pub https: Arc<rustls::ClientConfig>,
+    /// Set when the sending is to be cut short (the process stops): nothing more is tried,
+    /// and what is left stays for the next run.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+impl OutboxConfig {
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Why what was not tried when stopping stays.
+const STOPPING: &str = "stopping: tried again at the next start";
 
 /// What mails the reports to `mailto:` addresses.
 pub trait Mailer {
@@ -184,6 +196,10 @@ pub fn send_all(config: &OutboxConfig, mailer: &mut dyn Mailer) -> Result<Vec<Se
     let wanted: BTreeMap<String, Result<Vec<Rua>, String>> = runtime.block_on(async {
         let mut wanted = BTreeMap::new();
         for domain in domains {
+            if config.stopping() {
+                wanted.insert(domain, Err(STOPPING.to_owned()));
+                continue;
+            }
             let rua = rua::lookup(&resolver, &domain).await.map_err(|e| e.to_string());
             wanted.insert(domain, rua);
         }
@@ -210,6 +226,9 @@ pub fn send_all(config: &OutboxConfig, mailer: &mut dyn Mailer) -> Result<Vec<Se
                 continue;
             }
             match to {
+                Rua::Https(_) if config.stopping() => {
+                    results.push(sent(report, Some(to), Outcome::Failed(STOPPING.to_owned())))
+                }
                 Rua::Https(url) => {
                     match runtime.block_on(rua::post(&resolver, &config.https, url, gzipped.clone())) {
                         Ok(status) => {
