@@ -414,4 +414,24 @@ fn serve_reports_each_period_and_keeps_its_counts_across_a_restart() {
     }
     mailed.sort();
     assert_eq!(mailed, expected);
+
+    // A stop between the spool's yes to a report's mail and the note of it in NAME.json.done
+    // (the file back in the directory, its notes gone): the next start tries the report again,
+    // and the spool answers its mail with what it admitted the first time (the same report and
+    // address: one idempotency key): nothing is sent twice.
+    let (first_name, _) = &files[0];
+    std::fs::rename(sent.join(first_name), reports.join(first_name)).unwrap();
+    std::fs::remove_file(sent.join(format!("{first_name}.done"))).unwrap();
+    let c = args("1d");
+    let serve = Serve::routed(&spool, &c.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_until(Duration::from_secs(30), "the report sent again", || sent.join(first_name).exists());
+    let (code, said) = serve.terminate();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("spooled by an earlier attempt"), "{said}");
+    let received = common::campaign::records(&spool.join("delivery.jsonl"))
+        .into_iter()
+        .filter(|r| r["status"] == "received" && r["origin"] == "volley:tls-reports")
+        .count();
+    assert_eq!(received, 2, "one report mail per report and address");
+    assert_eq!(common::dumped(&dir.join("sink3")).len(), 2);
 }
