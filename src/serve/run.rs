@@ -488,8 +488,8 @@ impl Serving {
         if let Some(sender) = sender {
             sender.stop();
         }
-        // Nothing new is sent from here; a sending under way finishes (its mail is refused
-        // once intake stops, and tried again at the next start).
+        // No report is sent from here: a sending under way is cut short after its request in
+        // flight (its mail is refused once intake stops); what is left goes at the next start.
         let reporter_ran = reporter.as_ref().map(Reporter::request_stop).is_some();
         intake.stop();
         drop(intake);
