@@ -431,10 +431,9 @@ fn a_full_disk_is_answered_try_later_and_a_restart_delivers_exactly_what_was_acc
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let args = ["--trusted-networks", "127.0.0.1", "--min-free-space", "0", "--log", log.to_str().unwrap()];
     let serve = Serve::start(&spool, dead, &args);
-    let out =
-        bench(serve.smtp, &["--messages", "20000", "--size", "2000", "--connections", "4", "--retries", "0"])
-            .output()
-            .unwrap();
+    let cmd =
+        bench(serve.smtp, &["--messages", "20000", "--size", "2000", "--connections", "4", "--retries", "0"]);
+    let out = run(cmd, Duration::from_secs(120));
     let report = json(&out);
     let acknowledged = report["delivered"].as_u64().unwrap();
     assert!(acknowledged > 1000, "the disk held some: {report}");

@@ -842,7 +842,7 @@ pub async fn run(core: Rc<Core>, queue: Arc<ArrayQueue<Job>>) -> Stats {
             }
             pool.take(job);
             if pool.blocked.get() {
-                core.return_jobs(&pool);
+                core.hand_on_or_unblock(&pool);
             }
             core.staff(&pool);
         }
@@ -1059,8 +1059,30 @@ impl Core {
         let blocked: Vec<Rc<Pool>> =
             self.pools.borrow().values().filter(|p| p.blocked.get() && p.has_pending()).cloned().collect();
         for pool in &blocked {
-            self.return_jobs(pool);
+            self.hand_on_or_unblock(pool);
             self.staff(pool);
+        }
+    }
+
+    /// Whether another core takes the destination's jobs and is not blocked from it: only then
+    /// may a blocked pool hand its jobs on. Otherwise (one core, or every core blocked, as
+    /// when the sessions counted established on the others are dying with their server) the
+    /// router hands them straight back (it offers blocked cores when all are), and they would
+    /// go round between this core and the producer, no pool connecting, for ever.
+    fn others_can_carry(&self, pool: &Pool) -> bool {
+        let d = &pool.destination;
+        let (limit, cores) = (d.max_connections.max(1), self.config.threads);
+        (0..cores)
+            .any(|c| c != self.index && Core::share(limit, cores, c, d.index) > 0 && !d.health.is_blocked(c))
+    }
+
+    /// A job came for a blocked pool: handed on if another core can carry it, else the pool
+    /// is unblocked and tries again itself.
+    fn hand_on_or_unblock(&self, pool: &Pool) {
+        if self.others_can_carry(pool) {
+            self.return_jobs(pool);
+        } else {
+            self.unblock(pool);
         }
     }
 
@@ -1111,7 +1133,7 @@ impl Core {
             AfterFailure::Capped { cap, blocked } => {
                 health.set_cap(cap);
                 self.stats.borrow_mut().cap_refusals += 1;
-                if blocked {
+                if blocked && self.others_can_carry(pool) {
                     // Every session the server allows is on other cores: let them carry our
                     // jobs.
                     pool.blocked.set(true);
@@ -1315,6 +1337,33 @@ mod tests {
         core.retire_idle(pool.idle_since.get().unwrap() + POOL_LINGER);
         assert!(!d.health.is_blocked(0), "the producer routes to this core again");
         assert_eq!(core.retired_peak.get(), 1, "the peak outlives the pool");
+    }
+
+    /// A blocked pool hands its jobs on only while another core can carry them; when none can
+    /// (one core, or all blocked) it is unblocked and keeps them, to connect itself.
+    #[test]
+    fn a_blocked_pool_keeps_its_jobs_when_no_other_core_can_carry_them() {
+        let core = test_core();
+        let threads = core.config.threads;
+        let d = Arc::new(Destination::new(0, "d", vec![], 4 * threads));
+        let pool = core.pool(&d);
+        pool.blocked.set(true);
+        d.health.set_blocked(0, true);
+        for c in 1..threads {
+            d.health.set_blocked(c, true);
+        }
+        pool.take(job_for(&d, 1));
+        core.hand_on_or_unblock(&pool);
+        assert!(pool.has_pending(), "kept, not sent round to the producer");
+        assert!(!pool.blocked.get() && !d.health.is_blocked(0), "unblocked, so it connects");
+        if threads > 1 {
+            // Another core free of the block: the job goes to it.
+            pool.blocked.set(true);
+            d.health.set_blocked(0, true);
+            d.health.set_blocked(1, false);
+            core.hand_on_or_unblock(&pool);
+            assert!(!pool.has_pending(), "handed to the producer for core 1");
+        }
     }
 
     #[test]

@@ -555,7 +555,13 @@ impl<T> Client<T> {
         // A server may say 421 and hang up on an idle session. Anything else, or a 421 while
         // outcomes await a checkpoint, means replies and commands no longer line up.
         if reply.code == 421 && self.phase == Phase::Ready && self.checkpoints.held() == 0 {
-            self.close_cleanly();
+            if self.txns.is_empty() {
+                self.close_cleanly();
+            } else {
+                // Messages handed over whose commands have not gone out (nothing is awaited):
+                // reported as never sent, to be sent again.
+                self.fail(SessionError::ServiceClosing { command: None, reply: reply.to_owned() });
+            }
         } else {
             self.fail(SessionError::Unsolicited(reply.to_owned()));
         }
@@ -579,7 +585,7 @@ impl<T> Client<T> {
             };
         };
         if reply.code == 421 && command != Command::Quit {
-            return Err(SessionError::ServiceClosing { command, reply: reply.to_owned() });
+            return Err(SessionError::ServiceClosing { command: Some(command), reply: reply.to_owned() });
         }
         if command == Command::Ehlo && self.phase == Phase::Ready {
             return self.on_sync_reply(reply);
@@ -694,6 +700,11 @@ impl<T> Client<T> {
         self.phase = Phase::Closed;
         self.expect.clear();
         self.release();
+        // Every path here has no transaction left; should one be, it is reported, never dropped.
+        let closed = SessionError::Closed { command: None };
+        while let Some(t) = self.txns.pop_front() {
+            self.complete(t, Some(&closed));
+        }
         self.events.push_back(Event::Closed(None));
     }
 

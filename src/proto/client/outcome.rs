@@ -19,8 +19,9 @@ pub enum SessionError {
     Greeting(Reply),
     #[error("{command} refused: {reply}")]
     Handshake { command: Command, reply: Reply },
-    #[error("server closing the session after {command}: {reply}")]
-    ServiceClosing { command: Command, reply: Reply },
+    /// A 421: in reply to `command`, or (`None`) unasked, between transactions.
+    #[error("server closing the session{}: {reply}", command.map_or_else(String::new, |c| format!(" after {c}")))]
+    ServiceClosing { command: Option<Command>, reply: Reply },
     #[error("no reply to {command} within {waited:?}")]
     Timeout { command: Command, waited: Duration },
     #[error("malformed reply to {command}: {error}")]

@@ -545,7 +545,7 @@ fn service_closing_mid_pipeline_aborts_everything_unanswered() {
     for c in &p.done[1..] {
         assert!(matches!(
             c.result,
-            TxnResult::Aborted(SessionError::ServiceClosing { command: Command::RcptTo, .. })
+            TxnResult::Aborted(SessionError::ServiceClosing { command: Some(Command::RcptTo), .. })
         ));
     }
     assert!(matches!(p.closed, Some(Some(SessionError::ServiceClosing { .. }))));
@@ -740,6 +740,28 @@ fn service_closing_an_idle_session_is_clean() {
     p.client.handle_input(p.now, b"421 4.4.2 idle timeout\r\n");
     p.collect();
     assert_eq!(p.closed, Some(None));
+}
+
+/// A 421 that comes after messages were handed to the session but before their commands went
+/// out (a server shutting down, in the same read as the session's last reply): the session
+/// closes, and every message is reported, not sent (regression: they were dropped, and a bench
+/// against a dying server waited for them for ever).
+#[test]
+fn service_closing_before_queued_messages_went_out_reports_them() {
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Delivered)]);
+    for (m, id) in msgs(3).into_iter().zip(1u32..) {
+        assert!(p.client.push(m, id).is_ok());
+    }
+    p.client.handle_input(p.now, b"421 4.3.2 Service shutting down, try later\r\n");
+    p.collect();
+    assert!(p.closed.is_some(), "closed");
+    assert_eq!(p.results(), vec![(0, Delivered), (1, Deferred), (2, Deferred), (3, Deferred)]);
+    assert!(
+        p.done[1..].iter().all(|c| matches!(c.result, TxnResult::Aborted(_))),
+        "never sent, so safe to send again"
+    );
 }
 
 #[test]
