@@ -267,7 +267,9 @@ fn open_loop_holds_the_rate() {
 }
 
 fn volley(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_volley")).args(args).output().expect("run volley")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.args(args);
+    common::campaign::run(cmd, Duration::from_secs(120))
 }
 
 #[test]

@@ -118,21 +118,20 @@ fn an_honest_server_shows_no_violation() {
 fn cli_bench_reports_a_protocol_violation_loudly_and_exits_3() {
     let server = Scripted::start(Script::new(MODES[0].1, "554 5.7.1 rejected", Fault::StrayAfterEhlo));
     let target = server.addr.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
-        .args([
-            "bench",
-            "--target",
-            &target,
-            "--messages",
-            "20",
-            "--connections",
-            "2",
-            "--quiet",
-            "--retries",
-            "0",
-        ])
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.args([
+        "bench",
+        "--target",
+        &target,
+        "--messages",
+        "20",
+        "--connections",
+        "2",
+        "--quiet",
+        "--retries",
+        "0",
+    ]);
+    let out = common::campaign::run(cmd, Duration::from_secs(120));
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     assert!(
@@ -149,10 +148,9 @@ fn a_server_capping_connections_gets_every_message_delivered_over_the_rest() {
         c.max_connections = Some(4);
     });
     let target = sink.local_addr().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
-        .args(["bench", "--target", &target, "--messages", "2000", "--connections", "10", "--quiet"])
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.args(["bench", "--target", &target, "--messages", "2000", "--connections", "10", "--quiet"]);
+    let out = common::campaign::run(cmd, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("outcomes    delivered 2000, deferred 0, bounced 0, uncertain 0"), "{stdout}");

@@ -11,12 +11,16 @@ use serde_json::Value;
 pub fn run(mut cmd: Command, limit: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let id = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    // Told when the run ends, so it never kills a later process that got the same pid.
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+        if finished.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+        }
     });
     let out = child.wait_with_output().unwrap();
-    drop(watchdog);
+    let _ = done.send(());
+    let _ = watchdog.join();
     out
 }
 
