@@ -134,6 +134,8 @@ impl Sts {
     pub async fn refresh_forever(&self, resolver: &TokioResolver) {
         let look = || Instant::now() + Duration::from_secs(self.lock_cache().look_again_in());
         let mut next = look();
+        // Domains whose refresh fails, until one succeeds.
+        let mut failing = std::collections::HashSet::new();
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next.into()) => {}
@@ -147,10 +149,26 @@ impl Sts {
             next = look();
             let due = self.lock_cache().to_refresh(unix_now());
             for domain in due {
-                let Some(id) = record(resolver, &domain).await else { continue };
-                if let Ok(policy) = fetch(&self.fetcher, resolver, &domain).await {
-                    self.lock_cache().refreshed(&domain, &id, policy, unix_now());
-                    self.changed();
+                let fetched = match record(resolver, &domain).await {
+                    Some(id) => fetch(&self.fetcher, resolver, &domain).await.map(|policy| (id, policy)),
+                    None => Err(format!("_mta-sts.{domain}: no policy record")),
+                };
+                match fetched {
+                    Ok((id, policy)) => {
+                        failing.remove(&domain);
+                        self.lock_cache().refreshed(&domain, &id, policy, unix_now());
+                        self.changed();
+                    }
+                    // Said once per failing spell: an operator learns the cached policy is not
+                    // being renewed (it holds until it expires), without a line every look.
+                    Err(why) => {
+                        if failing.insert(domain.clone()) {
+                            eprintln!(
+                                "volley: warning: the MTA-STS policy of {domain} could not be fetched again \
+                                 ({why}); the cached one holds until it expires"
+                            );
+                        }
+                    }
                 }
             }
         }
