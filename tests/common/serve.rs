@@ -83,7 +83,7 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        (status.code(), self.lines.try_iter().collect::<Vec<_>>().join("\n"))
+        (status.code(), self.said())
     }
 
     /// Waits (up to 30 s) for it to stop by itself; its exit code and what it said.
@@ -97,7 +97,19 @@ impl Serve {
             assert!(Instant::now() < deadline, "volley serve did not stop by itself within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        (status.code(), self.lines.try_iter().collect::<Vec<_>>().join("\n"))
+        (status.code(), self.said())
+    }
+
+    /// Everything it said, once it has exited: the reader thread forwards its last lines after
+    /// the exit, so they are waited for (until its stderr closes; 10 s at most), not only taken
+    /// if already there.
+    fn said(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            lines.push(line);
+        }
+        lines.join("\n")
     }
 
     /// SIGKILL, checking first that the process is volley itself, not a wrapper.
