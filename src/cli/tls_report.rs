@@ -63,16 +63,10 @@ fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let results = outbox::send_all(&config, &mut mailer)?;
     let mut left = 0;
     for r in &results {
-        let to = r.to.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
-        let what = match &r.result {
-            Outcome::Sent(how) => format!("sent ({how})"),
-            Outcome::NotWanted => "not wanted (no TLS-RPT record)".to_owned(),
-            Outcome::Failed(why) => {
-                left += 1;
-                format!("not sent: {why}")
-            }
-        };
-        println!("{}  {to}  {what}", r.file);
+        if matches!(r.result, Outcome::Failed(_)) {
+            left += 1;
+        }
+        println!("{}  {}  {}", r.file, r.to_text(), r.result);
     }
     let reports: std::collections::BTreeSet<&str> = results.iter().map(|r| r.file.as_str()).collect();
     println!("{} reports, {} deliveries not made (kept for the next run)", reports.len(), left);

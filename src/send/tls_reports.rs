@@ -12,7 +12,7 @@ use super::template::MessageSpec;
 use crate::deliver::DeliveryConfig;
 use crate::deliver::log::{Head, Status};
 use crate::deliver::tls_report::mail;
-use crate::deliver::tls_report::outbox::{Mailer, OutboxError};
+use crate::deliver::tls_report::outbox::{Mailer, OutboxError, io};
 
 /// Mails reports as campaigns.
 pub struct CampaignMailer {
@@ -26,10 +26,6 @@ pub struct CampaignMailer {
 impl Mailer for CampaignMailer {
     fn mail(&mut self, rows: &[serde_json::Value]) -> Result<Vec<Result<String, String>>, OutboxError> {
         let outbox = &self.outbox;
-        let io = |path: &std::path::Path| {
-            let path = path.display().to_string();
-            move |error| OutboxError::Io { path, error }
-        };
         std::fs::create_dir_all(outbox).map_err(io(outbox))?;
         let stamp =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());

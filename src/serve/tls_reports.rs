@@ -201,25 +201,10 @@ impl Work {
                 self.counts.sent(&results);
                 let mut left = false;
                 for r in results.iter().filter(|r| !r.earlier) {
-                    let to = r.to.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
-                    match &r.result {
-                        Outcome::Sent(how) => {
-                            eprintln!("volley serve: TLS report {} to {to}: sent ({how})", r.file)
-                        }
-                        Outcome::NotWanted => {
-                            eprintln!(
-                                "volley serve: TLS report {}: {} publishes no TLS-RPT record",
-                                r.file, r.domain
-                            )
-                        }
-                        Outcome::Failed(why) => {
-                            left = true;
-                            eprintln!(
-                                "volley serve: TLS report {} to {to}: not sent ({why}); tried again later",
-                                r.file
-                            );
-                        }
-                    }
+                    let failed = matches!(r.result, Outcome::Failed(_));
+                    left |= failed;
+                    let again = if failed { "; tried again later" } else { "" };
+                    eprintln!("volley serve: TLS report {} to {}: {}{again}", r.file, r.to_text(), r.result);
                 }
                 left
             }

@@ -65,6 +65,13 @@ pub struct Sent {
     pub earlier: bool,
 }
 
+impl Sent {
+    /// The address, as its record names it (`-`: the report's own fate).
+    pub fn to_text(&self) -> String {
+        self.to.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Sent (how), now or by an earlier run.
@@ -73,6 +80,16 @@ pub enum Outcome {
     NotWanted,
     /// Not this time (why): the report stays for the next run.
     Failed(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Sent(how) => write!(f, "sent ({how})"),
+            Outcome::NotWanted => f.write_str("not wanted (no TLS-RPT record)"),
+            Outcome::Failed(why) => write!(f, "not sent: {why}"),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -96,14 +113,23 @@ pub fn dns_for(routing: &Routing) -> DnsConfig {
     }
 }
 
-/// Whether `dir` holds a report not yet sent everywhere.
-pub fn has_reports(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "json") && e.path().is_file())
-    })
+/// The report files in `dir` (`*.json`; those sent are in its `sent/`), by name.
+fn report_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
+/// Whether `dir` holds a report not yet sent everywhere.
+pub fn has_reports(dir: &Path) -> bool {
+    report_files(dir).is_ok_and(|names| !names.is_empty())
+}
+
+/// An I/O error on `path`, as the outbox says it.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
     move |error| OutboxError::Io { path: path.display().to_string(), error }
 }
 
@@ -167,12 +193,7 @@ fn read_report(dir: &Path, path: &Path) -> Result<Report, String> {
 /// through `mailer`; what became of each, by report and address.
 pub fn send_all(config: &OutboxConfig, mailer: &mut dyn Mailer) -> Result<Vec<Sent>, OutboxError> {
     let dir = &config.dir;
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    names.sort();
+    let names = report_files(dir).map_err(io(dir))?;
     let mut results = Vec::new();
     let mut reports = Vec::new();
     for path in &names {
