@@ -423,6 +423,60 @@ impl engine::JobSource for RoundRobin {
     }
 }
 
+/// Hands out one job per entry of `order`, to the destination it names.
+struct Listed {
+    destinations: Vec<Arc<Destination>>,
+    order: Vec<usize>,
+    content: Content,
+    next: usize,
+}
+
+impl engine::JobSource for Listed {
+    fn next(&mut self, now: Instant) -> engine::Next {
+        let Some(&d) = self.order.get(self.next) else { return engine::Next::Done };
+        self.next += 1;
+        engine::Next::Job(engine::Job {
+            id: self.next as u64,
+            destination: Arc::clone(&self.destinations[d]),
+            message: mailvolley::engine::Payload::Ready(self.content.next_message()),
+            due: now,
+            attempts: 0,
+            last_conn: 0,
+            partial: false,
+        })
+    }
+}
+
+#[test]
+fn a_destination_with_one_message_gets_a_short_session_and_a_busy_one_keeps_its_own() {
+    // 40 destinations of one message each on one sink, and one of 40 messages on another,
+    // interleaved. Each single message goes in a session of its own that pipelines QUIT
+    // behind the content: no checkpoint EHLO, so the sink says 250 four times a session
+    // (EHLO, MAIL, RCPT, BDAT) and 221 once. The busy destination's messages share its one
+    // allowed session.
+    let singles = common::sink(|c| c.threads = 2);
+    let busy = common::sink(|c| {
+        c.threads = 2;
+        c.max_connections = Some(1);
+    });
+    let mut destinations: Vec<Arc<Destination>> = (0..40)
+        .map(|i| Arc::new(Destination::new(i, format!("d{i}"), vec![singles.local_addr()], 2)))
+        .collect();
+    destinations.push(Arc::new(Destination::new(40, "busy", vec![busy.local_addr()], 1)));
+    let order = (0..40).flat_map(|i| [i, 40]).collect();
+    let source = Listed { destinations, order, content: content(300, 1), next: 0 };
+    let running = engine::start(engine_config(), Box::new(source)).unwrap();
+    let report = join_within(running, Duration::from_secs(30));
+    accounted(&report, 80);
+    assert_eq!(report.stats.delivered, 80, "{:?}", report.stats);
+    std::thread::sleep(Duration::from_millis(50));
+    let c = singles.stop().unwrap();
+    assert_eq!((c.connections, c.messages_accepted), (40, 40), "{c:?}");
+    assert_eq!((c.replies[250], c.replies[221]), (160, 40), "no checkpoint EHLO: {c:?}");
+    let c = busy.stop().unwrap();
+    assert_eq!((c.connections, c.connections_refused, c.messages_accepted), (1, 0, 40), "{c:?}");
+}
+
 #[test]
 fn many_destinations_share_a_cores_sessions_and_idle_ones_never_hold_them_all() {
     // 300 destinations at once, each allowed 2 connections, on two cores of 3 sessions each:

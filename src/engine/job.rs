@@ -220,6 +220,11 @@ impl Health {
         self.placed.fetch_add(1, Ordering::Relaxed) % cores.max(1)
     }
 
+    /// Jobs the producer has placed so far (retries and jobs handed back count again).
+    pub fn placed(&self) -> usize {
+        self.placed.load(Ordering::Relaxed)
+    }
+
     /// The next connection's turn (see [`Destination::connect_order`]).
     pub fn next_turn(&self) -> u64 {
         self.turns.fetch_add(1, Ordering::Relaxed)

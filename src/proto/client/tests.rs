@@ -1017,7 +1017,6 @@ fn hold_one_of_two(p: &mut Pair) -> (Instant, Vec<u8>) {
 fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
     let mut c = config();
     c.sync_after = Some(Duration::from_millis(20));
-    c.max_messages = 2;
     let mut p = Pair::new(Server::new(FULL_CAPS), c);
     let (t0, rest) = hold_one_of_two(&mut p);
     assert_eq!(p.client.poll_timeout(), Some(t0 + Duration::from_millis(20)), "not the reply timeout");
@@ -1030,12 +1029,75 @@ fn a_checkpoint_when_the_oldest_held_outcome_has_waited_sync_after() {
     p.server.receive(&t.to_vec());
     p.client.recycle(t);
     assert_ne!(p.client.poll_timeout(), Some(t0 + Duration::from_millis(20)), "one checkpoint at a time");
+    // A QUIT asked for now waits for the checkpoint: it is not pipelined behind it.
+    p.client.close();
+    assert!(p.client.poll_transmit(t0 + Duration::from_millis(21)).is_none());
     p.inbuf.extend_from_slice(&rest);
     p.send(Vec::new());
     assert_eq!(p.results(), vec![(0, Delivered), (1, Delivered)]);
     assert_eq!(p.server.seen.iter().filter(|c| c.starts_with("EHLO")).count(), 2, "{:?}", p.server.seen);
     // The last transaction ended while the checkpoint was awaited: QUIT follows it at once.
     assert_eq!(p.written().last().unwrap(), "QUIT\r\n");
+    assert_eq!(p.closed, Some(None));
+}
+
+#[test]
+fn a_quit_asked_for_goes_with_the_last_content_when_the_server_pipelines() {
+    // BDAT: QUIT follows the chunk, in the group of MAIL and RCPT; DATA: it follows the dot.
+    for (caps, writes, end) in [(FULL_CAPS, 2, "hello\r\nQUIT\r\n"), (PIPE_CAPS, 3, "hello\r\n.\r\nQUIT\r\n")]
+    {
+        let mut c = config();
+        c.max_messages = 1;
+        let mut p = Pair::new(Server::new(caps), c);
+        p.send(msgs(1));
+        assert_eq!(p.results(), vec![(0, Delivered)], "221 and the close are the checkpoint");
+        assert_eq!(p.closed, Some(None));
+        let written = p.written();
+        assert_eq!(written.len(), writes, "{caps:?}: {written:?}");
+        assert!(written.last().unwrap().ends_with(end), "{written:?}");
+        assert_eq!(p.server.seen.iter().filter(|c| c.starts_with("EHLO")).count(), 1, "no checkpoint EHLO");
+    }
+    // Without PIPELINING, QUIT waits for the last reply.
+    let mut c = config();
+    c.max_messages = 1;
+    let mut p = Pair::new(Server::new(""), c);
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Delivered)]);
+    assert_eq!(p.written().last().unwrap(), "QUIT\r\n");
+    // Asked for by the caller, after the push.
+    let mut p = Pair::with(Server::new(FULL_CAPS));
+    p.send(Vec::new());
+    assert!(p.client.push(msgs(1).remove(0), 0).is_ok());
+    p.client.close();
+    p.run(&mut VecDeque::new());
+    assert_eq!(p.results(), vec![(0, Delivered)]);
+    assert!(
+        p.written().last().unwrap().starts_with("MAIL FROM")
+            && p.written().last().unwrap().ends_with("QUIT\r\n")
+    );
+}
+
+#[test]
+fn a_pipelined_quit_proves_nothing_of_replies_that_did_not_come() {
+    let mut c = config();
+    c.max_messages = 1;
+    // The server hangs up after the content: not a clean close, the message's fate unknown.
+    let mut p = Pair::new(Server::new(FULL_CAPS).rule("BDAT", Action::Close), c.clone());
+    p.send(msgs(1));
+    assert_ne!(p.results()[0].1, Delivered);
+    assert!(
+        matches!(p.closed, Some(Some(SessionError::Closed { command: Some(Command::Bdat) }))),
+        "{:?}",
+        p.closed
+    );
+    // One reply too many before the 221: it lands on QUIT, and the outcome is not believed.
+    let mut p = Pair::new(Server::new(FULL_CAPS).rule("BDAT", Action::Then("250 2.0.0 again")), c.clone());
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Disposition::Uncertain)]);
+    // Refused content: reported as refused once the 221 and the close prove it.
+    let mut p = Pair::new(Server::new(FULL_CAPS).rule("BDAT", Action::Reply("554 5.7.1 no")), c);
+    p.send(msgs(1));
+    assert_eq!(p.results(), vec![(0, Bounced)]);
     assert_eq!(p.closed, Some(None));
 }
 
