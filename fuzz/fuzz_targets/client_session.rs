@@ -29,6 +29,10 @@ fuzz_target!(|data: &[u8]| {
     config.pipelining = flags & 8 != 0;
     config.chunking = flags & 16 != 0;
     config.sync_every = usize::from(mode >> 5) + 1;
+    // Sessions that end after one to four messages: their QUIT goes with the last content.
+    if flags >> 5 < 4 {
+        config.max_messages = u64::from(flags >> 5) + 1;
+    }
     let client: Client<u32> = Client::new(config, now);
     let rcpts = vec![Address::new("a@x").unwrap(), Address::new("b@x").unwrap()];
     let envelope = Arc::new(Envelope { sender: Some(Address::new("s@x").unwrap()), recipients: rcpts });
