@@ -46,6 +46,15 @@ const RATE_EVERY: Duration = Duration::from_millis(100);
 /// Chunks read per XREADGROUP or XAUTOCLAIM call (500 rows).
 const READ_BATCH: usize = 500 / entry::CHUNK;
 
+/// How long the worker waits, with nothing done in a round, before the next: from
+/// [`IDLE_WAIT_MIN`], doubling while rounds find nothing, up to [`IDLE_WAIT_MAX`]. Rows being
+/// loaded are read soon after they come (at the fixed 20 ms a campaign's first 100 ms ran at a
+/// quarter of the rate), and an idle node still asks Redis at most 50 times a second. (XREADGROUP's
+/// BLOCK would wake it at once, but Redis ends a block's timeout only at its next tick, up to
+/// 100 ms late: a campaign's end waited for it.)
+const IDLE_WAIT_MIN: Duration = Duration::from_millis(1);
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(20);
+
 /// Rows recorded final per call of the finish script (and chunks acknowledged), and chunks kept
 /// fresh per call of the keep script.
 const ACK_BATCH: usize = 500;
@@ -321,6 +330,7 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         rate_since: now,
         held: Held::default(),
         own_cursor: Some("0".into()),
+        idle_wait: IDLE_WAIT_MIN,
         claim_cursor: "0-0".into(),
         next_keep: now + config.claim_idle / 3,
         next_claim: now,
@@ -372,6 +382,8 @@ struct Worker {
     held: Held,
     /// Reading this node's own pending rows first (a restart under the same name): the next id.
     own_cursor: Option<String>,
+    /// The wait after the next round that does nothing ([`IDLE_WAIT_MIN`]).
+    idle_wait: Duration,
     claim_cursor: String,
     next_keep: Instant,
     next_claim: Instant,
@@ -425,8 +437,11 @@ impl Worker {
                 },
                 None => false,
             };
-            if !busy {
-                let wait = self.down.unwrap_or(Duration::from_millis(20));
+            if busy {
+                self.idle_wait = IDLE_WAIT_MIN;
+            } else {
+                let wait = self.down.unwrap_or(self.idle_wait);
+                self.idle_wait = (self.idle_wait * 2).min(IDLE_WAIT_MAX);
                 match self.acks.recv_timeout(wait) {
                     Ok(wake) => self.woken(wake),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -460,7 +475,9 @@ impl Worker {
     /// Rows this node may hold not yet final now (see [`HOLD_MIN`]).
     fn hold(&mut self) -> usize {
         let elapsed = self.rate_since.elapsed();
-        if elapsed >= RATE_EVERY {
+        // A whole share made final is a measure too: a node starting at 200,000 rows a second
+        // makes its first 2,000 final in ~10 ms, and would otherwise hold 2,000 for 100 ms.
+        if elapsed >= RATE_EVERY || (self.finals_since >= HOLD_MIN && elapsed >= RATE_EVERY / 20) {
             // The last period's rate, or the earlier one fading: a pause between log commits
             // does not shrink the share at once.
             let now = self.finals_since as f64 / elapsed.as_secs_f64();
