@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::campaign::{OutputWithin, SHORT};
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -54,8 +56,7 @@ fn check(zone_text: &str, extra: &[&str]) -> (Output, Vec<Value>) {
         .args(["--dkim", &format!("example.com:ed:{}", key("ed25519.pem"))])
         .args(["--unsubscribe-url", "https://example.com/u/{{ token }}"])
         .args(extra)
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     let rows = serde_json::from_slice(&out.stdout).unwrap_or_default();
     (out, rows)
 }
@@ -110,8 +111,7 @@ fn missing_unsubscribe_headers_fail_bulk_mail_and_the_text_table_shows_fixes() {
     let out = Command::new(VOLLEY)
         .args(["check", "--dns-server", &dns.addr().to_string(), "--from", "news@example.com"])
         .args(["--dkim", &format!("example.com:ed:{}", key("ed25519.pem"))])
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -130,8 +130,7 @@ fn missing_unsubscribe_headers_fail_bulk_mail_and_the_text_table_shows_fixes() {
             "--transactional",
         ])
         .args(["--dkim", &format!("example.com:ed:{}", key("ed25519.pem"))])
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     // A message that carries its own headers: both needed, and `send`'s flag would clash.
     let dir = common::temp_dir("check-own");
@@ -144,8 +143,7 @@ fn missing_unsubscribe_headers_fail_bulk_mail_and_the_text_table_shows_fixes() {
         let out = Command::new(VOLLEY)
             .args(["check", "--dns-server", &dns.addr().to_string(), "--message", msg.to_str().unwrap()])
             .args(["--dkim", &format!("example.com:ed:{}", key("ed25519.pem"))])
-            .output()
-            .unwrap();
+            .output_within(SHORT);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
@@ -156,7 +154,6 @@ fn missing_unsubscribe_headers_fail_bulk_mail_and_the_text_table_shows_fixes() {
     let out = Command::new(VOLLEY)
         .args(["check", "--dns-server", &dns.addr().to_string(), "--from", "news@example.com"])
         .args(["--dkim", &format!("example.com:s:{}", key("ec-p256.pem"))])
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     assert_eq!(out.status.code(), Some(2));
 }

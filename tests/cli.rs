@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::campaign::{OutputWithin, SHORT};
+
 use std::collections::HashSet;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::scripted::{Fault, Script, Scripted};
 
 fn volley(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volley")).args(args).output().expect("run volley")
+    Command::new(env!("CARGO_BIN_EXE_volley")).args(args).output_within(SHORT)
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -85,7 +87,7 @@ fn sigterm_stops_gracefully_with_a_full_report() {
     let started = Instant::now();
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let out = child.wait_with_output().unwrap();
+    let out = common::campaign::wait_within(child, SHORT);
     let (stdout, stderr) = text(&out);
     assert!(started.elapsed() < Duration::from_secs(15), "stopped promptly");
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -265,8 +267,7 @@ fn auth_secrets_come_from_the_environment_or_a_file_and_are_never_shown() {
     let out = Command::new(env!("CARGO_BIN_EXE_volley"))
         .args(base)
         .env("VOLLEY_AUTH_PASSWORD", "env-secret")
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("\"authenticated_sessions\":"), "{stdout}");
@@ -281,8 +282,7 @@ fn auth_secrets_come_from_the_environment_or_a_file_and_are_never_shown() {
     let out = Command::new(env!("CARGO_BIN_EXE_volley"))
         .args(["bench", "--messages", "10", "--quiet", "--auth-user", "bob"])
         .env("VOLLEY_AUTH_PASSWORD", "env-secret")
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("not encrypted"), "{stdout}");
@@ -329,7 +329,7 @@ fn bench_serves_metrics_while_it_runs() {
     assert!(second > first, "{first} then {second}: the counter follows the run");
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let out = child.wait_with_output().unwrap();
+    let out = common::campaign::wait_within(child, SHORT);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

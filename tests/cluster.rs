@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::campaign::{OutputWithin, SHORT};
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -633,7 +635,7 @@ fn three_generators_make_one_load_test_with_merged_histograms() {
         .collect();
     let mut merged_by_last = Vec::new();
     for child in generators {
-        let out = child.wait_with_output().unwrap();
+        let out = common::campaign::wait_within(child, SHORT);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("delivered 1000,"), "a third each: {text}");
@@ -893,8 +895,7 @@ fn serve_nodes_share_their_limits_through_redis() {
         .args(["--relay", &sink.local_addr().to_string(), "--trusted-networks", "127.0.0.1"])
         .args(["--limits", &url, "--node", "sa"])
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("node sa is already working on fleet"), "{}", stderr(&out));
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::campaign::{OutputWithin, SHORT};
+
 use common::campaign::{finals, records, run, stderr};
 
 use std::collections::{BTreeMap, HashMap};
@@ -555,8 +557,7 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
         let out = Command::new(VOLLEY)
             .args(["token", "verify", "--json", token])
             .env(SECRET_ENV, SECRET)
-            .output()
-            .unwrap();
+            .output_within(SHORT);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(verified["campaign"], "spring-1");
@@ -574,11 +575,13 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
     let good = Command::new(VOLLEY)
         .args(["token", "make", "--campaign", "spring-1", "--recipient", "a@b.test"])
         .env(SECRET_ENV, SECRET)
-        .output()
-        .unwrap();
+        .output_within(SHORT);
     let good = String::from_utf8(good.stdout).unwrap();
     let verify_with = |token: &str, secret: &str| {
-        Command::new(VOLLEY).args(["token", "verify", token.trim()]).env(SECRET_ENV, secret).output().unwrap()
+        Command::new(VOLLEY)
+            .args(["token", "verify", token.trim()])
+            .env(SECRET_ENV, secret)
+            .output_within(SHORT)
     };
     let ok = verify_with(&good, SECRET);
     assert_eq!(
@@ -587,8 +590,10 @@ fn dkim_signed_campaigns_verify_and_a_bad_key_sends_nothing() {
     );
     assert_eq!(verify_with(&good, "another secret, sixteen+ bytes").status.code(), Some(1));
     assert_eq!(verify_with(&good.replacen('.', "x.", 1), SECRET).status.code(), Some(1));
-    let no_secret =
-        Command::new(VOLLEY).args(["token", "verify", good.trim()]).env_remove(SECRET_ENV).output().unwrap();
+    let no_secret = Command::new(VOLLEY)
+        .args(["token", "verify", good.trim()])
+        .env_remove(SECRET_ENV)
+        .output_within(SHORT);
     assert_eq!(no_secret.status.code(), Some(2), "{}", stderr(&no_secret));
 
     // The dry run shows the signed message and the records to publish.
@@ -999,7 +1004,7 @@ fn a_second_run_on_a_log_in_use_is_refused_and_so_is_a_file_that_is_no_log() {
         ["--recipients", list.to_str().unwrap(), "--message", msg.to_str().unwrap(), "--connections", "4"];
     let mut cmd = w.send(&args);
     cmd.args(["--log", w.log().to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_to_string(w.log()).unwrap_or_default().matches("\"delivered\"").count() < 20 {
         assert!(Instant::now() < deadline, "the first run made no progress");
@@ -1011,7 +1016,8 @@ fn a_second_run_on_a_log_in_use_is_refused_and_so_is_a_file_that_is_no_log() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let pid = child.id();
     assert!(stderr(&out).contains(&format!("is in use by process {pid}")), "{}", stderr(&out));
-    assert!(child.wait().unwrap().success(), "the first run finishes as if alone");
+    let first = common::campaign::wait_within(child, SHORT);
+    assert!(first.status.success(), "the first run finishes as if alone");
     let all = records(&w.log());
     assert_eq!(all.iter().filter(|r| r["status"] == "run").count(), 1, "the refused run wrote nothing");
     assert_eq!(finals(&all).len(), n);
@@ -1076,7 +1082,7 @@ fn sigterm_stops_gracefully_every_accepted_message_is_logged_and_resume_sends_th
     }
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let out = child.wait_with_output().unwrap();
+    let out = common::campaign::wait_within(child, SHORT);
     assert_eq!(
         out.status.code(),
         Some(1),

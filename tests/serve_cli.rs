@@ -154,7 +154,7 @@ fn kill_9_under_load_then_restart_delivers_every_accepted_message() {
     });
     let killed_at = SystemTime::now();
     serve.kill_9();
-    let out = submitting.wait_with_output().unwrap();
+    let out = common::campaign::wait_within(submitting, Duration::from_secs(60));
     let acknowledged = json(&out)["delivered"].as_u64().unwrap();
     assert!(acknowledged >= 300, "{}", stderr(&out));
     // What the sink received in the second before the kill: the most that can be in flight.

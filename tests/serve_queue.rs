@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::campaign::{OutputWithin, SHORT};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,8 +22,7 @@ fn queue(api: SocketAddr, key_file: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_volley"))
         .args(["queue", "--api", &format!("http://{api}"), "--api-key-file", key_file.to_str().unwrap()])
         .args(args)
-        .output()
-        .unwrap()
+        .output_within(SHORT)
 }
 
 /// `volley queue ... --json`, which must succeed; its answer.

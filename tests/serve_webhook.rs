@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::campaign::{OutputWithin, SHORT};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -124,8 +126,7 @@ fn every_record_reaches_the_webhook_signed_once_it_is_up_across_a_restart_and_a_
         Command::new(env!("CARGO_BIN_EXE_volley"))
             .args(["webhook", "verify", "--secret-file", secret_file.to_str().unwrap(), "--tolerance", "1h"])
             .args(["--signature", &got[0].header("x-volley-signature").unwrap(), body_file.to_str().unwrap()])
-            .output()
-            .unwrap()
+            .output_within(SHORT)
     };
     let out = verify(&dir.join("secret"));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

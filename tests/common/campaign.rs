@@ -8,8 +8,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// Runs `cmd`, killed after `limit` so a hung run fails the test instead of hanging it.
-pub fn run(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+pub fn run(mut cmd: impl std::borrow::BorrowMut<Command>, limit: Duration) -> Output {
+    let child = cmd.borrow_mut().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_within(child, limit)
+}
+
+/// Waits for `child` to end and takes its output, killing it after `limit` so a process that
+/// does not end fails the test instead of hanging it.
+pub fn wait_within(child: std::process::Child, limit: Duration) -> Output {
     let id = child.id();
     let (done, finished) = std::sync::mpsc::channel::<()>();
     // Told when the run ends, so it never kills a later process that got the same pid.
@@ -23,6 +29,21 @@ pub fn run(mut cmd: Command, limit: Duration) -> Output {
     let _ = watchdog.join();
     out
 }
+
+/// `Command::output` bounded in time, for the short commands a test runs (`check`, `token`,
+/// `queue`, help texts): one that hangs is killed after [`SHORT`] instead of hanging the test.
+pub trait OutputWithin {
+    fn output_within(&mut self, limit: Duration) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self, limit: Duration) -> Output {
+        run(self, limit)
+    }
+}
+
+/// Long enough for any short command on a loaded machine.
+pub const SHORT: Duration = Duration::from_secs(60);
 
 pub fn records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
