@@ -167,8 +167,7 @@ where
     let mut idle = None;
     // Ending to give its lease back: finishing what it holds, taking nothing new.
     let mut shed = false;
-    // Jobs this session took from the pool, and whether it ends with them.
-    let mut taken = 0usize;
+    // It carries its destination's only message, and ends with it.
     let mut last = false;
     loop {
         while let Some(event) = client.poll_event() {
@@ -243,7 +242,6 @@ where
                 break;
             }
             let Some(job) = pool.pop_for(id) else { break };
-            taken += 1;
             let (due, first_attempt) = (job.due, job.attempts == 0);
             let meta = Meta::attempt(&job, now);
             let Some(message) = core.compose(job.message, &meta) else { continue };
@@ -269,7 +267,7 @@ where
                 break;
             }
         }
-        if !last && taken == 1 && pool.destination.health.placed() == 1 && !pool.has_pending() {
+        if !last && carried && pool.destination.health.placed() == 1 && !pool.has_pending() {
             // Connections are kept on demand, as Postfix keeps them: the session that carries
             // the only message its destination has had ends with it (its QUIT goes with the
             // content) rather than stay open for work that may never come, with a checkpoint

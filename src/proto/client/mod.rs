@@ -366,7 +366,7 @@ impl<T> Client<T> {
                 rejected: Vec::new(),
                 at: self.output_at,
             }));
-            self.after_completion();
+            self.maybe_quit();
             return Ok(());
         }
         let seq = self.next_seq;
@@ -684,13 +684,6 @@ impl<T> Client<T> {
     /// A checkpoint: every outcome held so far was decided by replies now proven in step.
     fn release(&mut self) {
         self.checkpoints.release(&mut self.events);
-    }
-
-    fn after_completion(&mut self) {
-        if self.started >= self.config.max_messages {
-            self.quit_requested = true;
-        }
-        self.maybe_quit();
     }
 
     /// With PIPELINING, a QUIT asked for while transactions are in flight ends the group that

@@ -97,7 +97,7 @@ impl<T> Client<T> {
             self.refusals += 1;
             self.hold_content |= command == Command::RcptTo;
             if self.refusals >= limit.quit_after {
-                // No new transaction; QUIT once those in flight are done (`after_completion`).
+                // No new transaction; QUIT once those in flight are done (`maybe_quit`).
                 self.quit_requested = true;
             }
         }
@@ -199,7 +199,7 @@ impl<T> Client<T> {
             }
             Some(_) => self.events.push_back(Event::Done(done)),
         }
-        self.after_completion();
+        self.maybe_quit();
     }
 
     pub(super) fn fill_transactions(&mut self) {
