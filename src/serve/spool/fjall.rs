@@ -43,6 +43,20 @@ const LOG_WATERMARK: &[u8] = b"log_watermark";
 const FORMAT: &[u8] = b"format";
 const SCHEDULED_FORMAT: u32 = 2;
 
+/// Every keyspace's options (fjall keeps them with the keyspace: a spool created before keeps
+/// its own).
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE)
+}
+
+/// A keyspace's memtable, not fjall's default of 64 MiB. Serve's keyspaces are written at
+/// once (a message, its recipients, their schedule), so seven of 64 MiB grew the process for
+/// minutes before the first were flushed and their memory reused, and every fresh page the
+/// spool writer touched on the way was a page fault (a third of its time in the first 10 s
+/// under load; docs/BENCHMARKS.md). Most of what goes in is deleted within milliseconds, before
+/// any flush, so a smaller memtable writes little more.
+const MEMTABLE: u64 = 16 << 20;
+
 impl FjallSpool {
     /// Opens (or creates) the spool in `dir`, refusing one another process holds.
     pub fn open(dir: &Path) -> Result<FjallSpool, SpoolError> {
@@ -58,14 +72,14 @@ impl FjallSpool {
         }
         let db = Database::builder(dir.join("store")).open()?;
         let messages = db.keyspace("messages", || {
-            KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+            keyspace_options().with_kv_separation(Some(KvSeparationOptions::default()))
         })?;
-        let recipients = db.keyspace("recipients", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
-        let due = db.keyspace("due", KeyspaceCreateOptions::default)?;
-        let events = db.keyspace("events", KeyspaceCreateOptions::default)?;
-        let status = db.keyspace("status", KeyspaceCreateOptions::default)?;
+        let recipients = db.keyspace("recipients", keyspace_options)?;
+        let meta = db.keyspace("meta", keyspace_options)?;
+        let idempotency = db.keyspace("idempotency", keyspace_options)?;
+        let due = db.keyspace("due", keyspace_options)?;
+        let events = db.keyspace("events", keyspace_options)?;
+        let status = db.keyspace("status", keyspace_options)?;
         let next_id = match meta.get(NEXT_ID)? {
             Some(v) => u64_of(&v).map_err(|error| corrupt("meta", "next_id", error))?,
             None => 1,
