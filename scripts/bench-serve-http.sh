@@ -8,7 +8,8 @@
 #   SERVE_FLAGS="--status-retention 0" scripts/bench-serve-http.sh   # serve with more flags
 #
 # Prints, per case: recipients/s accepted (wrk's 202s), recipients/s delivered (from wrk's start
-# until the log holds every one as delivered), and wrk's request latency. Then, with `volley
+# until the log holds every one as delivered), wrk's request latency, and the CPU serve and its
+# sink spent a recipient (steadier than the rates on a machine whose speed drifts). Then, with `volley
 # bench --rate RATE` submitting over SMTP, the queue time from acceptance (durable, 250 sent)
 # to the sink's 250, p50 and p99, from the delivery log's `queue_ms`.
 set -euo pipefail
@@ -72,11 +73,15 @@ delivered_by() {
 
 for rcpts in 1 100; do
     start "http-$rcpts"
+    serve_cpu=$(cpu_of "$serve_pid")
+    sink_cpu=$(cpu_of "$sink_pid")
     began=$(date +%s.%N)
     summary=$(RCPTS=$rcpts API_KEY=$API_KEY taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d "$DURATION" \
         -s scripts/peers/wrk-messages.lua "http://127.0.0.1:$HTTP_PORT" | grep '^{')
     accepted=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["status_errors"]==0 and s["socket_errors"]==0, s; print(s["requests"]*int(sys.argv[2]))' "$summary" "$rcpts")
     finished=$(delivered_by "$work/http-$rcpts.jsonl" "$accepted")
+    serve_cpu=$(awk -v a="$serve_cpu" -v b="$(cpu_of "$serve_pid")" 'BEGIN { print b - a }')
+    sink_cpu=$(awk -v a="$sink_cpu" -v b="$(cpu_of "$sink_pid")" 'BEGIN { print b - a }')
     python3 -c '
 import json, sys
 s = json.loads(sys.argv[1]); rcpts = int(sys.argv[2]); accepted = int(sys.argv[3])
@@ -85,7 +90,9 @@ secs = s["duration_us"] / 1e6
 reqs, p50, p99 = s["requests"] / secs, s["p50_us"] / 1000, s["p99_us"] / 1000
 print(f"{rcpts:>3} recipients/request: {reqs:,.0f} requests/s, {accepted / secs:,.0f} recipients/s accepted, "
       f"{e2e:,.0f} recipients/s delivered ({accepted:,} in all); request latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-' "$summary" "$rcpts" "$accepted" "$began" "$finished"
+serve_us, sink_us = float(sys.argv[6]) * 1e6 / accepted, float(sys.argv[7]) * 1e6 / accepted
+print(f"    CPU a recipient: serve {serve_us:.1f} us, its sink {sink_us:.1f} us (core 1 for 20,000/s: 50 us)")
+' "$summary" "$rcpts" "$accepted" "$began" "$finished" "$serve_cpu" "$sink_cpu"
     stop "http-$rcpts"
 done
 

@@ -29,7 +29,6 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # CPU seconds (user+sys) a process has used so far.
-cpu_of() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/t}' "/proc/$1/stat"; }
 
 # Runs smtp-source against a port; prints messages/s.
 smtp_source_rate() {

@@ -109,3 +109,6 @@ kill_pids_and_remove_work() {
     wait 2>/dev/null || true
     rm -rf "$work"
 }
+
+# CPU seconds (user + system) process $1 has used so far.
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/t}' "/proc/$1/stat"; }
