@@ -28,8 +28,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# CPU seconds (user+sys) a process has used so far.
-
 # Runs smtp-source against a port; prints messages/s.
 smtp_source_rate() {
     local start end

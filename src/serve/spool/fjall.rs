@@ -53,8 +53,9 @@ fn keyspace_options() -> KeyspaceCreateOptions {
 /// once (a message, its recipients, their schedule), so seven of 64 MiB grew the process for
 /// minutes before the first were flushed and their memory reused, and every fresh page the
 /// spool writer touched on the way was a page fault (a third of its time in the first 10 s
-/// under load; docs/BENCHMARKS.md). Most of what goes in is deleted within milliseconds, before
-/// any flush, so a smaller memtable writes little more.
+/// under load; docs/BENCHMARKS.md). Most of what goes in is deleted within milliseconds; a
+/// smaller memtable flushes more of the rest before its deletion comes (fjall's flush thread
+/// works harder under a burst), for half the memory.
 const MEMTABLE: u64 = 16 << 20;
 
 impl FjallSpool {
