@@ -9,7 +9,9 @@
 # round's rates and the median ratio queue/plain (the issue's goal: at least 0.7), and for the
 # queue runs what Redis did: calls the node made per recipient (a script call counts one, as
 # the node's report counts them), commands Redis executed per recipient (INFO commandstats,
-# the scripts' inner commands included), and Redis's CPU per 100,000 recipients.
+# the scripts' inner commands included), and Redis's CPU per 100,000 recipients. Then volley's
+# own CPU (user + system) in each run and their ratio: this machine's speed drifts within a
+# round, the CPU a run takes much less than its rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
@@ -51,14 +53,16 @@ run() {
         --threads 1 --connections "$CONNECTIONS" --pipeline-depth 32 --messages-per-connection 1000000
         --log "$work/log.jsonl" --quiet --json)
     if [[ $mode == queue ]]; then args+=(--queue "redis://127.0.0.1:$REDIS_PORT/bench$round" --node n1); fi
-    local start end
+    local start end TIMEFORMAT='%U %S'
     start=$(date +%s.%N)
-    taskset -c 0 "$VOLLEY" "${args[@]}" >"$work/out-$mode.json" 2>"$work/err" || { cat "$work/err" >&2; return 1; }
+    { time taskset -c 0 "$VOLLEY" "${args[@]}" >"$work/out-$mode.json" 2>"$work/err"; } 2>"$work/cpu-$mode" ||
+        { cat "$work/err" >&2; return 1; }
     end=$(date +%s.%N)
     awk -v s="$start" -v e="$end" -v n="$N" 'BEGIN { printf "%.0f\n", n / (e - s) }'
 }
 
-printf "%-6s %12s %12s %8s %14s %14s %16s\n" round "plain msg/s" "queue msg/s" ratio "calls/rcpt" "cmds/rcpt" "redis CPU/100k"
+printf "%-6s %12s %12s %8s %14s %14s %16s %10s %10s %10s\n" round "plain msg/s" "queue msg/s" ratio "calls/rcpt" "cmds/rcpt" "redis CPU/100k" \
+    "plain CPU" "queue CPU" "CPU ratio"
 ratios=()
 for round in $(seq "$ROUNDS"); do
     rcli flushall >/dev/null
@@ -76,9 +80,12 @@ for round in $(seq "$ROUNDS"); do
     calls=$(redis_calls)
     ratio=$(awk -v q="$queue" -v p="$plain" 'BEGIN { printf "%.2f", q / p }')
     ratios+=("$ratio")
-    printf "%-6s %12s %12s %8s %14s %14s %16s\n" "$round" "$plain" "$queue" "$ratio" \
+    plain_cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/cpu-plain")
+    queue_cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/cpu-queue")
+    printf "%-6s %12s %12s %8s %14s %14s %16s %10s %10s %10s\n" "$round" "$plain" "$queue" "$ratio" \
         "$(awk -v c="$node_calls" -v n="$N" 'BEGIN { printf "%.4f", c / n }')" \
         "$(awk -v c="$calls" -v n="$N" 'BEGIN { printf "%.3f", c / n }')" \
-        "$(awk -v a="$cpu0" -v b="$cpu1" -v n="$N" 'BEGIN { printf "%.2fs", (b - a) * 100000 / n }')"
+        "$(awk -v a="$cpu0" -v b="$cpu1" -v n="$N" 'BEGIN { printf "%.2fs", (b - a) * 100000 / n }')" \
+        "${plain_cpu}s" "${queue_cpu}s" "$(awk -v p="$plain_cpu" -v q="$queue_cpu" 'BEGIN { printf "%.2f", p / q }')"
 done
 printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "median queue/plain: %s\n", a[int((NR + 1) / 2)] }'
