@@ -198,12 +198,36 @@ struct RecipientIn {
     substitutions: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum Content {
     /// A whole RFC 5322 message (a template).
     Raw(String),
     Built(Built),
+}
+
+/// By the JSON value's type: a string or an object. (Serde's `untagged` does the same by
+/// buffering the value and trying each variant: a tenth of a one-recipient request's handling,
+/// and an error that named neither.)
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole message as a string, or an object of its parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Content, E> {
+                Ok(Content::Raw(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Content, E> {
+                Ok(Content::Raw(s))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Content, A::Error> {
+                Built::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Content::Built)
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -571,8 +595,11 @@ fn spec(request: &Request) -> Result<MessageSpec, ApiError> {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut text = body.to_string();
-    text.push('\n');
+    // Sized for a one-recipient answer, so that it is written without growing.
+    let mut text = Vec::with_capacity(256);
+    // Writing a `Value` into memory cannot fail.
+    let _ = serde_json::to_writer(&mut text, body);
+    text.push(b'\n');
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text).into_response()
 }
 
@@ -583,4 +610,32 @@ fn no_line_break(field: &str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "must not contain CR, LF or NUL (header injection)"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(json: &str) -> Result<Content, String> {
+        serde_json::from_str::<Content>(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn content_is_a_whole_message_or_an_object_of_its_parts() {
+        assert!(
+            matches!(content(r#""From: a@example.com\r\n\r\nhi""#), Ok(Content::Raw(m)) if m.ends_with("\r\n\r\nhi"))
+        );
+        let built = content(r#"{"from": "a@example.com", "subject": "s", "headers": {"X-A": "1"}}"#);
+        assert!(
+            matches!(&built, Ok(Content::Built(b)) if b.from == "a@example.com" && b.headers["X-A"] == "1"),
+            "{built:?}"
+        );
+        // Anything else is named for what it is, and a part's mistake for the part.
+        let number = content("5").unwrap_err();
+        assert!(number.contains("a whole message as a string, or an object of its parts"), "{number}");
+        let unknown = content(r#"{"from": "a@example.com", "subjetc": "s"}"#).unwrap_err();
+        assert!(unknown.contains("unknown field `subjetc`"), "{unknown}");
+        let missing = content(r#"{"subject": "s"}"#).unwrap_err();
+        assert!(missing.contains("missing field `from`"), "{missing}");
+    }
 }
