@@ -275,8 +275,8 @@ enum Go {
 /// ~1 ms, and a sixth of a core at a thousand a second), so a writer that syncs as soon as it
 /// has anything syncs small batches over and over while the rest of the service waits for
 /// the CPU. Lingering while requests still arrive (sleeping [`GAP`] at a time for as long as
-/// each sleep brings more, [`LINGER`] at most) makes the batches as large as the concurrency allows; a lone client
-/// (a last batch with one request of intake's) never waits.
+/// each sleep brings more, [`LINGER`] at most) makes the batches as large as the concurrency
+/// allows; a lone client (a last batch with one request of intake's) never waits.
 #[derive(Debug)]
 struct Gather {
     /// Intake's requests (messages to admit) in the last batch.

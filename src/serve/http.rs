@@ -206,7 +206,7 @@ enum Content {
 }
 
 /// By the JSON value's type: a string or an object. (Serde's `untagged` does the same by
-/// buffering the value and trying each variant: a tenth of a one-recipient request's handling,
+/// buffering the value and trying each variant: a sixth of a one-recipient request's handling,
 /// and an error that named neither.)
 impl<'de> Deserialize<'de> for Content {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
