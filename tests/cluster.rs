@@ -461,83 +461,97 @@ fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
         .unwrap();
     assert_eq!(lost, vec![2], "chunk 2 is b's now; chunk 5 stays a's");
 
-    // finish: rows by kind (status and domain), the counts and text they make if all are new
-    // (the node sums them), then the chunks to acknowledge.
+    // finish: the rows' bits as byte runs of the bitmap, the counts and text the node summed,
+    // then the chunks to acknowledge; all or nothing.
     struct Rows<'a> {
-        lines: &'a [u64],
-        kinds: &'a [u64],
-        pairs: &'a [&'a str],
+        segments: &'a [(u64, &'a [u8])],
         counts: &'a [&'a str],
         text: &'a str,
     }
-    let finish = |con: &mut redis::Connection, node: &str, rows: Rows, acks: &[u64]| -> u64 {
-        mailvolley::cluster::scripts::finish()
-            .key(&keys.rows)
-            .key(&keys.results)
-            .key(&keys.counts)
-            .key(&keys.done)
-            .arg(&["volley", node][..])
-            .arg(rows.lines.len())
-            .arg(rows.pairs.len() / 2)
-            .arg(rows.counts.len() / 2)
-            .arg(rows.lines)
-            .arg(rows.kinds)
-            .arg(rows.pairs)
-            .arg(rows.counts)
-            .arg(rows.text)
-            .arg(acks)
-            .invoke(con)
-            .unwrap()
+    let finish = |con: &mut redis::Connection, node: &str, rows: Rows, acks: &[u64]| -> Vec<u64> {
+        let script = mailvolley::cluster::scripts::finish();
+        let mut call = script.key(&keys.rows);
+        call.key(&keys.results).key(&keys.counts).key(&keys.done);
+        call.arg(&["volley", node][..]).arg(rows.segments.len()).arg(rows.counts.len() / 2);
+        for (at, bytes) in rows.segments {
+            call.arg(*at).arg(*bytes);
+        }
+        call.arg(rows.counts).arg(rows.text).arg(acks).invoke(con).unwrap()
+    };
+    let bitmap =
+        |con: &mut redis::Connection| -> Vec<u8> { redis::cmd("GET").arg(&keys.done).query(con).unwrap() };
+    let counts = |con: &mut redis::Connection| -> HashMap<String, u64> {
+        redis::cmd("HGETALL").arg(&keys.counts).query(con).unwrap()
     };
     let b_rows = Rows {
-        lines: &[2],
-        kinds: &[1],
-        pairs: &["delivered", "x.test"],
+        segments: &[(0, &[0b0010_0000])],
         counts: &["s:delivered", "1", "n:b:delivered", "1", "d:x.test:delivered", "1"],
         text: "2 delivered x.test",
     };
-    assert_eq!(finish(&mut con, "b", b_rows, &[]), 1, "all new: the node's sums are added");
-    // Row 2 is final already: the script sums the two new rows itself (the node's sums, which
-    // count row 2 too, are not used).
+    assert_eq!(finish(&mut con, "b", b_rows, &[]), Vec::<u64>::new(), "all new: recorded");
+    // Row 2 is final already: nothing changes, and the script names it.
     let a_rows = Rows {
-        lines: &[2, 3, 5],
-        kinds: &[1, 2, 1],
-        pairs: &["delivered", "x.test", "rejected", ""],
+        segments: &[(0, &[0b0011_0100])],
         counts: &["s:delivered", "2", "s:rejected", "1", "n:a:delivered", "2", "n:a:rejected", "1"],
         text: "wrong if used",
     };
-    assert_eq!(finish(&mut con, "a", a_rows, &[]), 2, "row 2 counted once");
+    let before = counts(&mut con);
+    assert_eq!(finish(&mut con, "a", a_rows, &[]), vec![2], "row 2 is b's");
+    assert_eq!((bitmap(&mut con), counts(&mut con)), (vec![0b0010_0000], before), "all or nothing");
+    // Without it: rows 3 and 5 in the first byte, 7 and 8 across the bitmap's end, 20 past it.
+    let a_rows = Rows {
+        segments: &[(0, &[0b0001_0101, 0b1000_0000, 0b0000_1000])],
+        counts: &[
+            "d:x.test:delivered",
+            "4",
+            "n:a:delivered",
+            "4",
+            "n:a:rejected",
+            "1",
+            "s:delivered",
+            "4",
+            "s:rejected",
+            "1",
+        ],
+        text: "3 rejected \n5 delivered x.test\n7 delivered x.test\n8 delivered x.test\n20 delivered x.test",
+    };
+    assert_eq!(finish(&mut con, "a", a_rows, &[]), Vec::<u64>::new());
     let pending = |con: &mut redis::Connection| -> u64 {
         let info: (u64, redis::Value, redis::Value, redis::Value) =
             redis::cmd("XPENDING").arg(&keys.rows).arg("volley").query(con).unwrap();
         info.0
     };
     assert_eq!(pending(&mut con), 2, "chunks are acknowledged only when asked");
-    let nothing = Rows { lines: &[], kinds: &[], pairs: &[], counts: &[], text: "" };
-    assert_eq!(finish(&mut con, "a", nothing, &[2, 5]), 0);
+    let nothing = Rows { segments: &[], counts: &[], text: "" };
+    assert_eq!(finish(&mut con, "a", nothing, &[2, 5]), Vec::<u64>::new());
     assert_eq!(pending(&mut con), 0);
-    let bits: Vec<u8> = redis::cmd("GET").arg(&keys.done).query(&mut con).unwrap();
-    assert_eq!(bits, vec![0b0011_0100], "rows 2, 3 and 5 are marked done");
-    let counts: HashMap<String, u64> = redis::cmd("HGETALL").arg(&keys.counts).query(&mut con).unwrap();
+    assert_eq!(
+        bitmap(&mut con),
+        vec![0b0011_0101, 0b1000_0000, 0b0000_1000],
+        "rows 2, 3, 5, 7, 8 and 20 are marked done"
+    );
     let expected: HashMap<String, u64> = [
-        ("s:delivered", 2),
+        ("s:delivered", 5),
         ("s:rejected", 1),
         ("n:b:delivered", 1),
-        ("n:a:delivered", 1),
+        ("n:a:delivered", 4),
         ("n:a:rejected", 1),
-        ("d:x.test:delivered", 2),
+        ("d:x.test:delivered", 5),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    assert_eq!(counts, expected);
+    assert_eq!(counts(&mut con), expected);
     let results: Vec<(String, HashMap<String, String>)> =
         redis::cmd("XRANGE").arg(&keys.results).arg("-").arg("+").query(&mut con).unwrap();
     let records: Vec<&str> = results.iter().map(|(_, f)| f["records"].as_str()).collect();
     assert_eq!(
         records,
-        vec!["2 delivered x.test", "3 rejected \n5 delivered x.test"],
-        "one entry per call that counted"
+        vec![
+            "2 delivered x.test",
+            "3 rejected \n5 delivered x.test\n7 delivered x.test\n8 delivered x.test\n20 delivered x.test"
+        ],
+        "one entry per call that recorded rows"
     );
     let refresh = |con: &mut redis::Connection, token: &str| -> u64 {
         mailvolley::cluster::scripts::refresh().key("lease").arg(token).arg(1000).invoke(con).unwrap()

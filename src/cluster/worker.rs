@@ -103,46 +103,46 @@ impl Final {
     }
 }
 
-/// The finish script's arguments for a batch of final rows (see `finish.lua`): the rows by
-/// kind (status and domain), and the counts and results text they make if every one of them
-/// is new, summed here so the script only adds them.
+/// The finish script's arguments for a batch of final rows (see `finish.lua`): their bits of
+/// the campaign's bitmap, and the counts and results text they make, summed here so the script
+/// only adds them. Each line once: a row twice in a batch is counted once.
 #[derive(Debug, Default, PartialEq)]
 struct FinishArgs {
+    /// The rows' lines, ascending.
     lines: Vec<u64>,
-    kind_of: Vec<usize>,
-    kinds: Vec<(&'static str, String)>,
+    /// Byte offsets into the bitmap, and the bytes to set there.
+    segments: Vec<(u64, Vec<u8>)>,
     counts: Vec<(String, u64)>,
     text: String,
 }
 
+/// A bitmap segment runs over fewer bytes than this of no row's bits rather than start another:
+/// a segment costs the script two calls (a read and a write), a zero byte nearly nothing.
+const SEGMENT_GAP: u64 = 16;
+
 impl FinishArgs {
-    fn of(rows: &[Final], node: &str) -> FinishArgs {
+    fn of<'a>(rows: impl IntoIterator<Item = &'a Final>, node: &str) -> FinishArgs {
         use std::fmt::Write as _;
+        let mut rows: Vec<&Final> = rows.into_iter().collect();
+        rows.sort_unstable_by_key(|f| f.0);
+        rows.dedup_by_key(|f| f.0);
         let mut args = FinishArgs::default();
         // Per row only a lookup and a line of text: the counts are made per kind.
-        let mut kinds: crate::hash::FxMap<(&'static str, std::borrow::Cow<'_, str>), usize> =
+        let mut kinds: crate::hash::FxMap<(&'static str, std::borrow::Cow<'_, str>), u64> =
             Default::default();
-        let mut per_kind: Vec<u64> = Vec::new();
         args.text.reserve(rows.len() * 32);
-        for f in rows {
-            let (status, domain) = (f.1.name(), f.domain());
-            let next = kinds.len() + 1;
-            let kind = *kinds.entry((status, domain)).or_insert_with_key(|(status, domain)| {
-                args.kinds.push((status, domain.to_string()));
-                per_kind.push(0);
-                next
-            });
-            per_kind[kind - 1] += 1;
-            args.lines.push(f.0);
-            args.kind_of.push(kind);
+        for f in &rows {
+            let status = f.1.name();
+            let domain = f.domain();
             if !args.text.is_empty() {
                 args.text.push('\n');
             }
-            let (status, domain) = &args.kinds[kind - 1];
             let _ = write!(args.text, "{} {status} {domain}", f.0);
+            *kinds.entry((status, domain)).or_default() += 1;
+            args.lines.push(f.0);
         }
         let mut counts: crate::hash::FxMap<String, u64> = Default::default();
-        for ((status, domain), n) in args.kinds.iter().zip(&per_kind) {
+        for ((status, domain), n) in kinds {
             *counts.entry(format!("s:{status}")).or_default() += n;
             *counts.entry(format!("n:{node}:{status}")).or_default() += n;
             if !domain.is_empty() {
@@ -151,22 +151,41 @@ impl FinishArgs {
         }
         args.counts = counts.into_iter().collect();
         args.counts.sort();
+        args.segments = segments(&args.lines);
         args
     }
 
-    /// After the group and the node: N, K, C, the lines, their kinds, the kinds, the counts,
-    /// the text.
+    /// After the group and the node: S, C, the segments, the counts, the text.
     fn push(&self, call: &mut redis::ScriptInvocation<'_>) {
-        call.arg(self.lines.len()).arg(self.kinds.len()).arg(self.counts.len());
-        call.arg(&self.lines[..]).arg(&self.kind_of[..]);
-        for (status, domain) in &self.kinds {
-            call.arg(*status).arg(domain);
+        call.arg(self.segments.len()).arg(self.counts.len());
+        for (at, bytes) in &self.segments {
+            call.arg(*at).arg(&bytes[..]);
         }
         for (field, n) in &self.counts {
             call.arg(field).arg(*n);
         }
         call.arg(&self.text);
     }
+}
+
+/// The bitmap's bytes that set the bits of `lines` (ascending, each once): runs of bytes, each
+/// with its offset, bit 0 of the bitmap the first byte's most significant (as Redis numbers them).
+fn segments(lines: &[u64]) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    for &line in lines {
+        let (at, bit) = (line / 8, 0x80u8 >> (line % 8));
+        match out.last_mut() {
+            Some((start, bytes)) if at < *start + bytes.len() as u64 + SEGMENT_GAP => {
+                let i = (at - *start) as usize;
+                if i >= bytes.len() {
+                    bytes.resize(i + 1, 0);
+                }
+                bytes[i] |= bit;
+            }
+            _ => out.push((at, vec![bit])),
+        }
+    }
+    out
 }
 
 /// What the job source reads next from the campaign.
@@ -581,25 +600,31 @@ impl Worker {
         while !self.unacked.is_empty() || self.held.has_done() {
             let take = self.unacked.len().min(ACK_BATCH);
             let chunks = self.held.take_done(ACK_BATCH);
-            let args = FinishArgs::of(&self.unacked[..take], &self.config.node);
-            let mut call = self.finish.key(&self.keys.rows);
-            call.key(&self.keys.results).key(&self.keys.counts).key(&self.keys.done);
-            call.arg(GROUP).arg(&self.config.node);
-            args.push(&mut call);
-            call.arg(&chunks[..]);
-            let counted: redis::RedisResult<u64> = match &mut self.con {
-                Some(con) => call.invoke(con),
-                None => Ok(0),
-            };
-            let counted = match counted {
-                Ok(counted) => counted,
-                Err(e) => {
-                    self.held.unacked(chunks);
-                    return Err(e.into());
+            let mut batch: Vec<&Final> = self.unacked[..take].iter().collect();
+            // All or nothing: rows another node made final first are left out, and the rest
+            // recorded in the next call (each call leaves out at least one more row).
+            let counted = loop {
+                let args = FinishArgs::of(batch.iter().copied(), &self.config.node);
+                let mut call = self.finish.key(&self.keys.rows);
+                call.key(&self.keys.results).key(&self.keys.counts).key(&self.keys.done);
+                call.arg(GROUP).arg(&self.config.node);
+                args.push(&mut call);
+                call.arg(&chunks[..]);
+                let already: redis::RedisResult<Vec<u64>> = match &mut self.con {
+                    Some(con) => call.invoke(con),
+                    None => Ok(Vec::new()),
+                };
+                self.report.commands += 1;
+                match already {
+                    Ok(already) if already.is_empty() => break args.lines.len(),
+                    Ok(already) => batch.retain(|f| !already.contains(&f.0)),
+                    Err(e) => {
+                        self.held.unacked(chunks);
+                        return Err(e.into());
+                    }
                 }
             };
-            self.report.commands += 1;
-            self.report.counted += counted;
+            self.report.counted += counted as u64;
             self.report.acked += take as u64;
             for Final(line, ..) in self.unacked.drain(..take) {
                 self.held.finished(line);
@@ -798,16 +823,16 @@ mod tests {
     fn finish_arguments_sum_the_rows_by_kind() {
         let rcpt = |s: &str| Some(Arc::from(s));
         let rows = [
+            Final(4, Status::Delivered, rcpt("c@x.test")),
             Final(2, Status::Delivered, rcpt("a@X.test")),
             Final(3, Status::Bounced, rcpt("b@x.test")),
-            Final(4, Status::Delivered, rcpt("c@x.test")),
             Final(5, Status::Rejected, None),
+            // The same row twice (it never should be) is counted once.
+            Final(2, Status::Delivered, rcpt("a@X.test")),
         ];
         let args = FinishArgs::of(&rows, "n1");
         assert_eq!(args.lines, vec![2, 3, 4, 5]);
-        assert_eq!(args.kind_of, vec![1, 2, 1, 3]);
-        let kinds: Vec<(&str, &str)> = args.kinds.iter().map(|(s, d)| (*s, d.as_str())).collect();
-        assert_eq!(kinds, vec![("delivered", "x.test"), ("bounced", "x.test"), ("rejected", "")]);
+        assert_eq!(args.segments, vec![(0, vec![0b0011_1100])]);
         let counts: Vec<(&str, u64)> = args.counts.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         assert_eq!(
             counts,
@@ -823,5 +848,20 @@ mod tests {
             ]
         );
         assert_eq!(args.text, "2 delivered x.test\n3 bounced x.test\n4 delivered x.test\n5 rejected ");
+    }
+
+    #[test]
+    fn rows_bits_go_in_runs_of_bytes() {
+        assert_eq!(segments(&[]), vec![]);
+        // Bit 0 is the first byte's most significant, as Redis numbers a bitmap's bits.
+        assert_eq!(segments(&[0, 7, 8, 23]), vec![(0, vec![0x81, 0x80, 0x01])]);
+        // Bytes of no row are run over while the gap is short, else a run starts anew.
+        let near = 8 * SEGMENT_GAP;
+        let far = 8 * (1 + SEGMENT_GAP);
+        let mut within = vec![0x80];
+        within.resize(SEGMENT_GAP as usize, 0);
+        within.push(0x80);
+        assert_eq!(segments(&[0, near]), vec![(0, within)]);
+        assert_eq!(segments(&[0, far, far + 9]), vec![(0, vec![0x80]), (far / 8, vec![0x80, 0x40])]);
     }
 }
