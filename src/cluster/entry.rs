@@ -102,6 +102,8 @@ impl<'a> Cursor<'a> {
 pub fn decode_rows(rows: &[u8], columns: Option<&Arc<[String]>>) -> Result<Vec<Item>, String> {
     let mut c = Cursor(rows);
     let mut out = Vec::with_capacity(CHUNK);
+    // One vector for every row's values: they are copied into the row's `Fields`.
+    let mut values: Vec<&str> = Vec::new();
     while !c.0.is_empty() {
         let line = c.u64()?;
         let kind = c.take(1)?[0];
@@ -115,7 +117,7 @@ pub fn decode_rows(rows: &[u8], columns: Option<&Arc<[String]>>) -> Result<Vec<I
         let vars = match kind {
             CSV => {
                 let n = c.u32()? as usize;
-                let mut values = Vec::with_capacity(n.min(1024));
+                values.clear();
                 for _ in 0..n {
                     values.push(c.str()?);
                 }

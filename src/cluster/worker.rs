@@ -122,26 +122,32 @@ const SEGMENT_GAP: u64 = 16;
 
 impl FinishArgs {
     fn of<'a>(rows: impl IntoIterator<Item = &'a Final>, node: &str) -> FinishArgs {
-        use std::fmt::Write as _;
         let mut rows: Vec<&Final> = rows.into_iter().collect();
         rows.sort_unstable_by_key(|f| f.0);
         rows.dedup_by_key(|f| f.0);
-        let mut args = FinishArgs::default();
-        // Per row only a lookup and a line of text: the counts are made per kind.
+        let mut args = FinishArgs { lines: Vec::with_capacity(rows.len()), ..FinishArgs::default() };
+        // Per row only a lookup and a line of text (no `format!`: it cost more than the rest of
+        // the row): the counts are made per kind.
         let mut kinds: crate::hash::FxMap<(&'static str, std::borrow::Cow<'_, str>), u64> =
-            Default::default();
+            crate::hash::FxMap::with_capacity_and_hasher(256, Default::default());
         args.text.reserve(rows.len() * 32);
+        let mut digits = [0; 20];
         for f in &rows {
             let status = f.1.name();
             let domain = f.domain();
             if !args.text.is_empty() {
                 args.text.push('\n');
             }
-            let _ = write!(args.text, "{} {status} {domain}", f.0);
+            args.text.push_str(crate::proto::command::decimal(f.0, &mut digits));
+            args.text.push(' ');
+            args.text.push_str(status);
+            args.text.push(' ');
+            args.text.push_str(&domain);
             *kinds.entry((status, domain)).or_default() += 1;
             args.lines.push(f.0);
         }
-        let mut counts: crate::hash::FxMap<String, u64> = Default::default();
+        let mut counts: crate::hash::FxMap<String, u64> =
+            crate::hash::FxMap::with_capacity_and_hasher(kinds.len() + 16, Default::default());
         for ((status, domain), n) in kinds {
             *counts.entry(format!("s:{status}")).or_default() += n;
             *counts.entry(format!("n:{node}:{status}")).or_default() += n;
