@@ -34,6 +34,11 @@ use crate::rng::Rng;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Outcomes recorded per reading of the clock.
 const CLOCK_EVERY: usize = 64;
+
+/// The least time between two commits made early because every recipient is final (see
+/// [`Ledger::sync_when_all_final`]): a node starved of rows, every message final as soon as
+/// sent, makes at most 200 a second.
+const SYNC_ALL_FINAL_MIN: Duration = Duration::from_millis(5);
 /// The log thread's wait when it finds nothing to do: short while outcomes come fast, longer
 /// while they trickle (a sender held back by DKIM signing), a quarter of an outcome queue per
 /// wake either way. The engine wakes it at the end, so no run waits this long to finish.
@@ -102,6 +107,9 @@ pub struct Ledger {
     /// The engine's producer, woken when every admitted recipient has its final record: the
     /// source may be done, and the run's end should not wait out the producer's idle poll.
     producer: Option<std::thread::Thread>,
+    /// Commit as soon as every admitted recipient has its final record (see
+    /// [`Ledger::sync_when_all_final`]).
+    sync_when_all_final: bool,
     /// The cores' counters: how many recipients are in a session right now.
     engine: Vec<Arc<Progress>>,
     /// Told what became of recipients once their records are durable (see
@@ -301,6 +309,7 @@ impl Ledger {
             started: Instant::now(),
             progress,
             producer: None,
+            sync_when_all_final: false,
             engine: Vec::new(),
             on_durable: None,
             settled: Vec::new(),
@@ -347,6 +356,17 @@ impl Ledger {
         self
     }
 
+    /// Commits the log as soon as every admitted recipient has its final record, not at the
+    /// next group commit (at most every [`SYNC_ALL_FINAL_MIN`]): for a source whose end waits
+    /// on its last records being durable. A shared campaign's rows are acknowledged only then,
+    /// and its end is known only when all are; waiting for the group commit (up to
+    /// `log::SYNC_EVERY`, 50 ms) made each node's run that much longer, where a run from a file
+    /// ends with its source and commits at once.
+    pub fn sync_when_all_final(mut self) -> Self {
+        self.sync_when_all_final = true;
+        self
+    }
+
     pub fn spawn(self, control: Arc<Control>) -> std::io::Result<JoinHandle<Books>> {
         std::thread::Builder::new().name("log".into()).spawn(move || self.run(&control))
     }
@@ -382,7 +402,7 @@ impl Ledger {
                 self.report(report, &when);
                 got += 1;
             }
-            if self.log_error.is_none() && (self.log.sync_due() || (engine_done && got == 0)) {
+            if self.log_error.is_none() && (self.commit_due() || (engine_done && got == 0)) {
                 match self.log.sync() {
                     Ok(()) => {
                         self.settle();
@@ -417,11 +437,29 @@ impl Ledger {
                 producer.unpark();
             }
             if got == 0 {
-                let wait = pace.next_wait();
-                std::thread::park_timeout(self.log.sync_wait().map_or(wait, |due| wait.min(due)));
+                let mut wait = pace.next_wait();
+                if let Some(due) = self.log.sync_wait() {
+                    wait = wait.min(due);
+                }
+                if self.sync_when_all_final
+                    && let Some(since) = self.log.unsynced_for()
+                    && self.flow.all_final()
+                {
+                    wait = wait.min(SYNC_ALL_FINAL_MIN.saturating_sub(since));
+                }
+                std::thread::park_timeout(wait);
             }
         }
         self.books()
+    }
+
+    /// Whether to commit the log now: the group commit is due, or (see
+    /// [`Ledger::sync_when_all_final`]) every admitted recipient is final.
+    fn commit_due(&self) -> bool {
+        self.log.sync_due()
+            || (self.sync_when_all_final
+                && self.log.unsynced_for().is_some_and(|d| d >= SYNC_ALL_FINAL_MIN)
+                && self.flow.all_final())
     }
 
     /// Now, as a monotonic instant and as wall-clock time.
@@ -779,6 +817,64 @@ mod tests {
     use crate::proto::client::{Envelope, Message};
     use crate::proto::{Address, Body};
     use std::sync::mpsc;
+
+    fn ledger_on(path: &std::path::Path, flow: &Arc<Flow>) -> (Ledger, mpsc::SyncSender<Report>) {
+        let (reports_tx, reports_rx) = mpsc::sync_channel(16);
+        let (retries_tx, _) = mpsc::channel();
+        let ledger = Ledger::new(LedgerConfig {
+            log: LogFile::create(path).unwrap(),
+            outcomes: Vec::new(),
+            events: Arc::new(ArrayQueue::new(1)),
+            reports: reports_rx,
+            retries: retries_tx,
+            flow: Arc::clone(flow),
+            retry: RetryPolicy::Immediate { retries: 0 },
+            classifier: Arc::new(Classifier::load(&[] as &[&str]).unwrap()),
+            progress: false,
+        });
+        (ledger, reports_tx)
+    }
+
+    /// A source whose end waits on its finals being durable (a shared campaign) has them
+    /// committed once every recipient it took is final, not at the next group commit; while
+    /// one is still under way, or without the option, the group commit decides.
+    #[test]
+    fn finals_are_committed_at_once_when_every_recipient_is_final_if_asked() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("volley-ledger-final-{}.jsonl", std::process::id()));
+        let plain_path = dir.join(format!("volley-ledger-plain-{}.jsonl", std::process::id()));
+        for p in [&path, &plain_path] {
+            let _ = std::fs::remove_file(p);
+        }
+        let flow = Arc::new(Flow::default());
+        flow.admitted.store(2, Ordering::Release);
+        let (mut ledger, _tx) = ledger_on(&path, &flow);
+        ledger = ledger.sync_when_all_final();
+        let when = (Instant::now(), SystemTime::now());
+        let unsent =
+            |id| Report::Unsent { id, rcpt: None, why: Unsent::Rejected, reason: "no address".into() };
+        ledger.report(unsent(1), &when);
+        std::thread::sleep(SYNC_ALL_FINAL_MIN);
+        let started = ledger.log.unsynced_for().unwrap();
+        assert!(
+            !ledger.commit_due() || started >= super::super::log::SYNC_EVERY,
+            "one of two is final: not yet"
+        );
+        ledger.report(unsent(2), &when);
+        assert!(flow.all_final());
+        assert!(ledger.commit_due(), "every recipient is final");
+        // Every recipient final, the log not committed: only the option commits now.
+        let (mut plain, _tx) = ledger_on(&plain_path, &flow);
+        plain.report(unsent(3), &when);
+        std::thread::sleep(SYNC_ALL_FINAL_MIN);
+        assert!(
+            !plain.commit_due() || plain.log.unsynced_for().unwrap() >= super::super::log::SYNC_EVERY,
+            "without the option the group commit decides"
+        );
+        for p in [&path, &plain_path] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 
     /// Reports from a source go through the same decision and builder as the engine's
     /// outcomes: a DNS failure is a counted attempt, deferred with a retry handed back while

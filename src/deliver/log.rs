@@ -469,6 +469,11 @@ impl LogFile {
         (self.unsynced > 0).then(|| SYNC_EVERY.saturating_sub(self.last_sync.elapsed()))
     }
 
+    /// How long since the last commit, if records wait for the next.
+    pub fn unsynced_for(&self) -> Option<Duration> {
+        (self.unsynced > 0).then(|| self.last_sync.elapsed())
+    }
+
     /// Makes every record written so far durable. On failure the records that may not be (the
     /// unwritten ones, and if the sync itself failed every one since the last commit) are
     /// handed back, whole lines, and dropped from the log file's care.

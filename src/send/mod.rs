@@ -348,8 +348,9 @@ pub fn start(config: SendConfig) -> Result<Sending, SendError> {
     .wake_when_all_final(running.producer_thread())
     .show_sessions(running.progress());
     if let Some(acks) = acks {
-        // A shared campaign's rows are acknowledged once their final records are durable.
-        ledger = ledger.on_durable(acks.hook());
+        // A shared campaign's rows are acknowledged once their final records are durable, and
+        // its end is known only then.
+        ledger = ledger.on_durable(acks.hook()).sync_when_all_final();
     }
     if let Some(limits) = &limits {
         // And the reactions this node's engine applies are applied by every node.
