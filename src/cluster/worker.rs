@@ -755,18 +755,19 @@ impl Worker {
             }
         }
         let new = chunks.len();
-        let mut items = Vec::new();
+        let n: usize = chunks.iter().map(|c| c.items.len()).sum();
+        self.ahead.fetch_add(n, Ordering::AcqRel);
+        self.unfinished += n;
         for c in chunks {
             let lines = c.items.iter().map(line_of).collect();
             self.held.take(c.first, c.last, lines);
-            items.extend(c.items);
-        }
-        let n = items.len();
-        if n > 0 {
-            self.ahead.fetch_add(n, Ordering::AcqRel);
-            self.unfinished += n;
+            if c.items.is_empty() {
+                continue;
+            }
+            // Each chunk's rows as decoded, not gathered into one vector: that copied every
+            // row once more into a vector of tens of kilobytes a batch, grown as it went.
             // Bounded: the source drains it every turn; a full channel waits for it.
-            let mut fetched = Fetched::Rows(items);
+            let mut fetched = Fetched::Rows(c.items);
             loop {
                 match self.rows.try_send(fetched) {
                     Ok(()) => break,
