@@ -461,58 +461,60 @@ fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
         .unwrap();
     assert_eq!(lost, vec![2], "chunk 2 is b's now; chunk 5 stays a's");
 
-    // finish: the rows' bits as byte runs of the bitmap, the counts and text the node summed,
-    // then the chunks to acknowledge; all or nothing.
+    // finish: the rows' bits as byte runs of the bitmap, the node's counts with these rows
+    // counted and the text it made, then the chunks to acknowledge; all or nothing, and only
+    // for the holder of the node's name.
     struct Rows<'a> {
         segments: &'a [(u64, &'a [u8])],
         counts: &'a [&'a str],
         text: &'a str,
     }
-    let finish = |con: &mut redis::Connection, node: &str, rows: Rows, acks: &[u64]| -> Vec<u64> {
+    for node in ["a", "b"] {
+        let _: () =
+            redis::cmd("SET").arg(keys.node(node)).arg(format!("token-{node}")).query(&mut con).unwrap();
+    }
+    let finish_as = |con: &mut redis::Connection, node: &str, token: &str, rows: Rows, acks: &[u64]| {
         let script = mailvolley::cluster::scripts::finish();
         let mut call = script.key(&keys.rows);
-        call.key(&keys.results).key(&keys.counts).key(&keys.done);
-        call.arg(&["volley", node][..]).arg(rows.segments.len()).arg(rows.counts.len() / 2);
+        call.key(&keys.results).key(keys.counts(node)).key(&keys.done).key(keys.node(node));
+        call.arg(&["volley", node, token][..]).arg(rows.segments.len()).arg(rows.counts.len() / 2);
         for (at, bytes) in rows.segments {
             call.arg(*at).arg(*bytes);
         }
-        call.arg(rows.counts).arg(rows.text).arg(acks).invoke(con).unwrap()
+        call.arg(rows.counts).arg(rows.text).arg(acks).invoke::<Vec<u64>>(con)
+    };
+    let finish = |con: &mut redis::Connection, node: &str, rows: Rows, acks: &[u64]| -> Vec<u64> {
+        finish_as(con, node, &format!("token-{node}"), rows, acks).unwrap()
     };
     let bitmap =
         |con: &mut redis::Connection| -> Vec<u8> { redis::cmd("GET").arg(&keys.done).query(con).unwrap() };
-    let counts = |con: &mut redis::Connection| -> HashMap<String, u64> {
-        redis::cmd("HGETALL").arg(&keys.counts).query(con).unwrap()
+    let counts = |con: &mut redis::Connection, node: &str| -> HashMap<String, u64> {
+        redis::cmd("HGETALL").arg(keys.counts(node)).query(con).unwrap()
     };
     let b_rows = Rows {
         segments: &[(0, &[0b0010_0000])],
-        counts: &["s:delivered", "1", "n:b:delivered", "1", "d:x.test:delivered", "1"],
+        counts: &["s:delivered", "1", "d:x.test:delivered", "1"],
         text: "2 delivered x.test",
     };
     assert_eq!(finish(&mut con, "b", b_rows, &[]), Vec::<u64>::new(), "all new: recorded");
     // Row 2 is final already: nothing changes, and the script names it.
     let a_rows = Rows {
         segments: &[(0, &[0b0011_0100])],
-        counts: &["s:delivered", "2", "s:rejected", "1", "n:a:delivered", "2", "n:a:rejected", "1"],
+        counts: &["s:delivered", "2", "s:rejected", "1"],
         text: "wrong if used",
     };
-    let before = counts(&mut con);
     assert_eq!(finish(&mut con, "a", a_rows, &[]), vec![2], "row 2 is b's");
-    assert_eq!((bitmap(&mut con), counts(&mut con)), (vec![0b0010_0000], before), "all or nothing");
-    // Without it: rows 3 and 5 in the first byte, 7 and 8 across the bitmap's end, 20 past it.
+    assert_eq!((bitmap(&mut con), counts(&mut con, "a").len()), (vec![0b0010_0000], 0), "all or nothing");
+    // A process without the node's lease token writes nothing.
+    let stale = Rows { segments: &[(0, &[0b0001_0000])], counts: &["s:delivered", "9"], text: "3 delivered" };
+    let refused = finish_as(&mut con, "a", "token-of-a-process-that-lost-it", stale, &[]).unwrap_err();
+    assert_eq!(refused.code(), Some("NODETAKEN"), "{refused}");
+    assert_eq!((bitmap(&mut con), counts(&mut con, "a").len()), (vec![0b0010_0000], 0));
+    // Without row 2: rows 3 and 5 in the first byte, 7 and 8 across the bitmap's end, 20 past
+    // it; the counts are whole values, one HSET.
     let a_rows = Rows {
         segments: &[(0, &[0b0001_0101, 0b1000_0000, 0b0000_1000])],
-        counts: &[
-            "d:x.test:delivered",
-            "4",
-            "n:a:delivered",
-            "4",
-            "n:a:rejected",
-            "1",
-            "s:delivered",
-            "4",
-            "s:rejected",
-            "1",
-        ],
+        counts: &["d:x.test:delivered", "4", "s:delivered", "4", "s:rejected", "1"],
         text: "3 rejected \n5 delivered x.test\n7 delivered x.test\n8 delivered x.test\n20 delivered x.test",
     };
     assert_eq!(finish(&mut con, "a", a_rows, &[]), Vec::<u64>::new());
@@ -530,18 +532,14 @@ fn the_scripts_count_each_row_once_and_find_chunks_taken_over() {
         vec![0b0011_0101, 0b1000_0000, 0b0000_1000],
         "rows 2, 3, 5, 7, 8 and 20 are marked done"
     );
-    let expected: HashMap<String, u64> = [
-        ("s:delivered", 5),
-        ("s:rejected", 1),
-        ("n:b:delivered", 1),
-        ("n:a:delivered", 4),
-        ("n:a:rejected", 1),
-        ("d:x.test:delivered", 5),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    assert_eq!(counts(&mut con), expected);
+    let owned = |pairs: &[(&str, u64)]| -> HashMap<String, u64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    assert_eq!(counts(&mut con, "b"), owned(&[("s:delivered", 1), ("d:x.test:delivered", 1)]));
+    assert_eq!(
+        counts(&mut con, "a"),
+        owned(&[("s:delivered", 4), ("s:rejected", 1), ("d:x.test:delivered", 4)])
+    );
     let results: Vec<(String, HashMap<String, String>)> =
         redis::cmd("XRANGE").arg(&keys.results).arg("-").arg("+").query(&mut con).unwrap();
     let records: Vec<&str> = results.iter().map(|(_, f)| f["records"].as_str()).collect();

@@ -121,8 +121,6 @@ pub struct Keys {
     pub rows: String,
     /// Final records, a batch per entry, for the merged view: a stream.
     pub results: String,
-    /// Final rows by status, by domain and status, by node and status: a hash.
-    pub counts: String,
     /// The loader's lock: a string holding the loading node's token, with a time to live.
     pub loader: String,
     /// Every node that has worked on the campaign: a set.
@@ -141,7 +139,6 @@ impl Keys {
             meta: format!("{prefix}meta"),
             rows: format!("{prefix}rows"),
             results: format!("{prefix}results"),
-            counts: format!("{prefix}counts"),
             loader: format!("{prefix}loader"),
             nodes: format!("{prefix}nodes"),
             reactions: format!("{prefix}reactions"),
@@ -154,6 +151,13 @@ impl Keys {
     /// `msg`, `cturn`: rate gates).
     pub fn limit(&self, destination: &str, what: &str) -> String {
         format!("{}limit:{destination}:{what}", self.prefix)
+    }
+
+    /// A node's final rows by status (`s:STATUS`) and by domain and status
+    /// (`d:DOMAIN:STATUS`): a hash only that node writes, whole values at a time (see
+    /// `finish.lua`); the campaign's counts are the sums over its nodes.
+    pub fn counts(&self, node: &str) -> String {
+        format!("{}counts:{node}", self.prefix)
     }
 
     /// A node's lease: held while the node runs, so a second process with its name is refused.
@@ -262,6 +266,16 @@ pub struct NameLease {
 }
 
 impl NameLease {
+    /// The lease's key and this process's token in it: what a script checks before it writes
+    /// what only this node may.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Takes the name of `node`. A lease left by an earlier run of this node (killed) is waited
     /// out: it expires within [`NAME_TTL`]. One that a live node keeps renewing is refused,
     /// which shows within one renewal: its time to live grows instead of running down.
@@ -389,7 +403,7 @@ mod tests {
             &k.meta,
             &k.rows,
             &k.results,
-            &k.counts,
+            &k.counts("n1"),
             &k.loader,
             &k.nodes,
             &k.reactions,

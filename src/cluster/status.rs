@@ -120,7 +120,6 @@ pub fn read(server: &Server) -> Result<CampaignStatus, ClusterError> {
         });
     }
     let group = group_info(&mut con, &keys).map_err(e)?;
-    let counts: BTreeMap<String, u64> = redis::cmd("HGETALL").arg(&keys.counts).query(&mut con).map_err(e)?;
     let names: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.nodes).query(&mut con).map_err(e)?;
     let consumers: Vec<redis::Value> =
         redis::cmd("XINFO").arg("CONSUMERS").arg(&keys.rows).arg(GROUP).query(&mut con).map_err(e)?;
@@ -133,22 +132,25 @@ pub fn read(server: &Server) -> Result<CampaignStatus, ClusterError> {
     };
     for name in names {
         let running: bool = redis::cmd("EXISTS").arg(keys.node(&name)).query(&mut con).map_err(e)?;
-        status.nodes.insert(name, NodeStatus { running, ..NodeStatus::default() });
+        // Each node's counts are its own hash; the campaign's are their sums.
+        let counts: BTreeMap<String, u64> =
+            redis::cmd("HGETALL").arg(keys.counts(&name)).query(&mut con).map_err(e)?;
+        let mut node = NodeStatus { running, ..NodeStatus::default() };
+        for (key, n) in counts {
+            if let Some(s) = key.strip_prefix("s:") {
+                *status.finals.entry(s.to_owned()).or_default() += n;
+                node.finals.insert(s.to_owned(), n);
+            } else if let Some((domain, s)) = key.strip_prefix("d:").and_then(|k| k.rsplit_once(':')) {
+                *status.domains.entry(domain.to_owned()).or_default().entry(s.to_owned()).or_default() += n;
+            }
+        }
+        status.nodes.insert(name, node);
     }
     for consumer in consumers {
         let fields = pairs(consumer);
         if let Some(name) = fields.get("name") {
             let pending = fields.get("pending").and_then(|p| p.parse().ok()).unwrap_or(0);
             status.nodes.entry(name.clone()).or_default().chunks = pending;
-        }
-    }
-    for (key, n) in counts {
-        if let Some(s) = key.strip_prefix("s:") {
-            status.finals.insert(s.to_owned(), n);
-        } else if let Some((domain, s)) = key.strip_prefix("d:").and_then(|k| k.rsplit_once(':')) {
-            status.domains.entry(domain.to_owned()).or_default().insert(s.to_owned(), n);
-        } else if let Some((node, s)) = key.strip_prefix("n:").and_then(|k| k.rsplit_once(':')) {
-            status.nodes.entry(node.to_owned()).or_default().finals.insert(s.to_owned(), n);
         }
     }
     // Rows handed to some node: the `upto` of the last chunk read.

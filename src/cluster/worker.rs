@@ -116,12 +116,15 @@ struct FinishArgs {
     text: String,
 }
 
+/// A node's counts as its hash in Redis holds them (see `finish.lua`).
+type Totals = crate::hash::FxMap<String, u64>;
+
 /// A bitmap segment runs over fewer bytes than this of no row's bits rather than start another:
 /// a segment costs the script two calls (a read and a write), a zero byte nearly nothing.
 const SEGMENT_GAP: u64 = 16;
 
 impl FinishArgs {
-    fn of<'a>(rows: impl IntoIterator<Item = &'a Final>, node: &str) -> FinishArgs {
+    fn of<'a>(rows: impl IntoIterator<Item = &'a Final>) -> FinishArgs {
         let mut rows: Vec<&Final> = rows.into_iter().collect();
         rows.sort_unstable_by_key(|f| f.0);
         rows.dedup_by_key(|f| f.0);
@@ -150,7 +153,6 @@ impl FinishArgs {
             crate::hash::FxMap::with_capacity_and_hasher(kinds.len() + 16, Default::default());
         for ((status, domain), n) in kinds {
             *counts.entry(format!("s:{status}")).or_default() += n;
-            *counts.entry(format!("n:{node}:{status}")).or_default() += n;
             if !domain.is_empty() {
                 *counts.entry(format!("d:{domain}:{status}")).or_default() += n;
             }
@@ -161,16 +163,34 @@ impl FinishArgs {
         args
     }
 
-    /// After the group and the node: S, C, the segments, the counts, the text.
-    fn push(&self, call: &mut redis::ScriptInvocation<'_>) {
+    /// After the group, the node and its token: S, C, the segments, the counts' new values
+    /// (`totals`: the node's counts so far), the text.
+    fn push(&self, call: &mut redis::ScriptInvocation<'_>, totals: &Totals) {
         call.arg(self.segments.len()).arg(self.counts.len());
         for (at, bytes) in &self.segments {
             call.arg(*at).arg(&bytes[..]);
         }
-        for (field, n) in &self.counts {
-            call.arg(field).arg(*n);
+        for (field, value) in self.values(totals) {
+            call.arg(field).arg(value);
         }
         call.arg(&self.text);
+    }
+
+    /// The counts this call changes, and their values with its rows counted.
+    fn values<'a>(&'a self, totals: &'a Totals) -> impl Iterator<Item = (&'a str, u64)> {
+        self.counts.iter().map(|(field, n)| (field.as_str(), totals.get(field).copied().unwrap_or(0) + n))
+    }
+
+    /// The node's counts once the call has recorded these rows.
+    fn add_to(&self, totals: &mut Totals) {
+        for (field, n) in &self.counts {
+            match totals.get_mut(field) {
+                Some(total) => *total += n,
+                None => {
+                    totals.insert(field.clone(), *n);
+                }
+            }
+        }
     }
 }
 
@@ -366,6 +386,7 @@ pub fn start(config: WorkerConfig) -> Result<(QueueRows, Acks, WorkerHandle), Cl
         report: WorkerReport::default(),
         finish: scripts::finish(),
         keep: scripts::keep(),
+        totals: None,
         config,
     };
     let thread = std::thread::Builder::new()
@@ -419,6 +440,9 @@ struct Worker {
     report: WorkerReport,
     finish: redis::Script,
     keep: redis::Script,
+    /// The node's counts as its hash holds them; `None` until read, and again after any
+    /// error (a call whose reply was lost may have recorded its rows).
+    totals: Option<Totals>,
 }
 
 /// What went wrong in a step: Redis (reconnect and go on) or the node (stop).
@@ -527,6 +551,7 @@ impl Worker {
                 );
                 self.con = Some(con);
                 self.down = None;
+                self.totals = None;
                 // The lease and the rows held may have lapsed while away: see to them now.
                 self.next_lease = Instant::now();
                 self.next_keep = Instant::now();
@@ -541,6 +566,7 @@ impl Worker {
 
     fn lost_connection(&mut self, e: &redis::RedisError) {
         self.con = None;
+        self.totals = None;
         if self.down.is_none() {
             eprintln!(
                 "volley send: redis {}: {e}; not taking rows until it is back (delivering what this node holds)",
@@ -553,14 +579,16 @@ impl Worker {
     /// One round: acknowledgements, the lease, keeping rows, reading rows, the end. Whether it
     /// did anything (else the caller waits a little).
     fn step(&mut self, stopping: bool) -> Result<bool, StepError> {
-        let mut busy = self.flush()?;
-        if stopping {
-            return Ok(busy);
-        }
+        // The lease first: after a reconnection it may have lapsed, and the finish script
+        // writes only for the lease's holder.
         let now = Instant::now();
         if now >= self.next_lease {
             self.renew_lease()?;
             self.next_lease = now + super::NAME_RENEW;
+        }
+        let mut busy = self.flush()?;
+        if stopping {
+            return Ok(busy);
         }
         if now >= self.next_keep {
             self.keep_held()?;
@@ -603,6 +631,18 @@ impl Worker {
         if (self.unacked.is_empty() && !self.held.has_done()) || self.con.is_none() {
             return Ok(false);
         }
+        let mut totals = match self.totals.take() {
+            Some(totals) => totals,
+            None => {
+                let key = self.keys.counts(&self.config.node);
+                let read: redis::RedisResult<Totals> = match &mut self.con {
+                    Some(con) => redis::cmd("HGETALL").arg(&key).query(con),
+                    None => return Ok(false),
+                };
+                self.report.commands += 1;
+                read?
+            }
+        };
         while !self.unacked.is_empty() || self.held.has_done() {
             let take = self.unacked.len().min(ACK_BATCH);
             let chunks = self.held.take_done(ACK_BATCH);
@@ -610,11 +650,12 @@ impl Worker {
             // All or nothing: rows another node made final first are left out, and the rest
             // recorded in the next call (each call leaves out at least one more row).
             let counted = loop {
-                let args = FinishArgs::of(batch.iter().copied(), &self.config.node);
+                let args = FinishArgs::of(batch.iter().copied());
                 let mut call = self.finish.key(&self.keys.rows);
-                call.key(&self.keys.results).key(&self.keys.counts).key(&self.keys.done);
-                call.arg(GROUP).arg(&self.config.node);
-                args.push(&mut call);
+                call.key(&self.keys.results).key(self.keys.counts(&self.config.node));
+                call.key(&self.keys.done).key(self.name.key());
+                call.arg(GROUP).arg(&self.config.node).arg(self.name.token());
+                args.push(&mut call, &totals);
                 call.arg(&chunks[..]);
                 let already: redis::RedisResult<Vec<u64>> = match &mut self.con {
                     Some(con) => call.invoke(con),
@@ -622,10 +663,16 @@ impl Worker {
                 };
                 self.report.commands += 1;
                 match already {
-                    Ok(already) if already.is_empty() => break args.lines.len(),
+                    Ok(already) if already.is_empty() => {
+                        args.add_to(&mut totals);
+                        break args.lines.len();
+                    }
                     Ok(already) => batch.retain(|f| !already.contains(&f.0)),
                     Err(e) => {
                         self.held.unacked(chunks);
+                        if e.code() == Some("NODETAKEN") {
+                            return Err(self.node_taken());
+                        }
                         return Err(e.into());
                     }
                 }
@@ -636,6 +683,7 @@ impl Worker {
                 self.held.finished(line);
             }
         }
+        self.totals = Some(totals);
         Ok(true)
     }
 
@@ -646,15 +694,19 @@ impl Worker {
         };
         self.report.commands += 1;
         if !renewed {
-            return Err(StepError::Fatal(
-                ClusterError::NodeTaken {
-                    node: self.config.node.clone(),
-                    campaign: self.config.server.url.campaign.clone(),
-                }
-                .to_string(),
-            ));
+            return Err(self.node_taken());
         }
         Ok(())
+    }
+
+    fn node_taken(&self) -> StepError {
+        StepError::Fatal(
+            ClusterError::NodeTaken {
+                node: self.config.node.clone(),
+                campaign: self.config.server.url.campaign.clone(),
+            }
+            .to_string(),
+        )
     }
 
     /// Resets the idle time of every chunk held; drops those another node has.
@@ -837,7 +889,7 @@ mod tests {
             // The same row twice (it never should be) is counted once.
             Final(2, Status::Delivered, rcpt("a@X.test")),
         ];
-        let args = FinishArgs::of(&rows, "n1");
+        let args = FinishArgs::of(&rows);
         assert_eq!(args.lines, vec![2, 3, 4, 5]);
         assert_eq!(args.segments, vec![(0, vec![0b0011_1100])]);
         let counts: Vec<(&str, u64)> = args.counts.iter().map(|(k, n)| (k.as_str(), *n)).collect();
@@ -846,15 +898,19 @@ mod tests {
             vec![
                 ("d:x.test:bounced", 1),
                 ("d:x.test:delivered", 2),
-                ("n:n1:bounced", 1),
-                ("n:n1:delivered", 2),
-                ("n:n1:rejected", 1),
                 ("s:bounced", 1),
                 ("s:delivered", 2),
                 ("s:rejected", 1),
             ]
         );
         assert_eq!(args.text, "2 delivered x.test\n3 bounced x.test\n4 delivered x.test\n5 rejected ");
+        // The script is sent whole values: the node's counts so far plus this call's.
+        let mut totals: Totals =
+            [("s:delivered".to_owned(), 10), ("s:expired".to_owned(), 1)].into_iter().collect();
+        let values: Vec<(&str, u64)> = args.values(&totals).filter(|(f, _)| f.starts_with("s:")).collect();
+        assert_eq!(values, vec![("s:bounced", 1), ("s:delivered", 12), ("s:rejected", 1)]);
+        args.add_to(&mut totals);
+        assert_eq!((totals["s:delivered"], totals["s:expired"], totals["d:x.test:bounced"]), (12, 1, 1));
     }
 
     #[test]
