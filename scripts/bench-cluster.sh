@@ -11,7 +11,8 @@
 # the node's report counts them), commands Redis executed per recipient (INFO commandstats,
 # the scripts' inner commands included), and Redis's CPU per 100,000 recipients. Then volley's
 # own CPU (user + system) in each run and their ratio: this machine's speed drifts within a
-# round, the CPU a run takes much less than its rate.
+# round, the CPU a run takes much less than its rate. Last, two nodes on one campaign, both on
+# core 0: their summed rate and each one's share.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
@@ -95,3 +96,24 @@ for round in $(seq "$ROUNDS"); do
         "${plain_cpu}s" "${queue_cpu}s" "$(awk -v p="$plain_cpu" -v q="$queue_cpu" 'BEGIN { printf "%.2f", p / q }')"
 done
 printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "median queue/plain: %s\n", a[int((NR + 1) / 2)] }'
+
+# Two nodes on one campaign, both on core 0 (the core this machine has for volley), n1 loading
+# the list and both consuming it: their summed rate, and each one's share. They share the
+# core, so this shows what a second node costs here, not what a second machine adds.
+rcli flushall >/dev/null
+two=(--message "$work/msg.txt" --relay "127.0.0.1:$PORT" --threads 1 --connections "$CONNECTIONS"
+    --pipeline-depth 32 --messages-per-connection 1000000 --quiet --json --queue "redis://127.0.0.1:$REDIS_PORT/two")
+rm -f "$work/log-n1.jsonl" "$work/log-n2.jsonl"
+start=$(date +%s.%N)
+taskset -c 0 "$VOLLEY" send "${two[@]}" --recipients "$work/list.csv" --node n1 --log "$work/log-n1.jsonl" \
+    >/dev/null 2>"$work/err-n1" &
+n1=$!
+taskset -c 0 "$VOLLEY" send "${two[@]}" --node n2 --log "$work/log-n2.jsonl" >/dev/null 2>"$work/err-n2" &
+n2=$!
+wait "$n1" || { cat "$work/err-n1" >&2; exit 1; }
+wait "$n2" || { cat "$work/err-n2" >&2; exit 1; }
+end=$(date +%s.%N)
+d1=$(grep -c '"status":"delivered"' "$work/log-n1.jsonl" || true)
+d2=$(grep -c '"status":"delivered"' "$work/log-n2.jsonl" || true)
+awk -v s="$start" -v e="$end" -v n="$N" -v a="$d1" -v b="$d2" -v q="$queue" 'BEGIN {
+    r = n / (e - s); printf "two nodes on core 0: %.0f msg/s in all (%.2f of the last round'"'"'s one node), delivered n1 %d + n2 %d = %d\n", r, r / q, a, b, a + b }'
