@@ -105,7 +105,7 @@ impl Final {
 
 /// The finish script's arguments for a batch of final rows (see `finish.lua`): their bits of
 /// the campaign's bitmap, and the counts and results text they make, summed here so the script
-/// only adds them. Each line once: a row twice in a batch is counted once.
+/// only writes them. Each line once: a row twice in a batch is counted once.
 #[derive(Debug, Default, PartialEq)]
 struct FinishArgs {
     /// The rows' lines, ascending.
@@ -576,7 +576,7 @@ impl Worker {
         }
     }
 
-    /// One round: acknowledgements, the lease, keeping rows, reading rows, the end. Whether it
+    /// One round: the lease, acknowledgements, keeping rows, reading rows, the end. Whether it
     /// did anything (else the caller waits a little).
     fn step(&mut self, stopping: bool) -> Result<bool, StepError> {
         // The lease first: after a reconnection it may have lapsed, and the finish script
