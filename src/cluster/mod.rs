@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod entry;
+mod finish;
 pub mod held;
 pub mod limiter;
 pub mod limits;
