@@ -857,18 +857,20 @@ mod tests {
         std::thread::sleep(SYNC_ALL_FINAL_MIN);
         let started = ledger.log.unsynced_for().unwrap();
         assert!(
-            !ledger.commit_due() || started >= super::super::log::SYNC_EVERY,
+            !ledger.commit_due() || started >= crate::deliver::log::SYNC_EVERY,
             "one of two is final: not yet"
         );
         ledger.report(unsent(2), &when);
         assert!(flow.all_final());
         assert!(ledger.commit_due(), "every recipient is final");
         // Every recipient final, the log not committed: only the option commits now.
+        flow.admitted.store(3, Ordering::Release);
         let (mut plain, _tx) = ledger_on(&plain_path, &flow);
         plain.report(unsent(3), &when);
+        assert!(flow.all_final());
         std::thread::sleep(SYNC_ALL_FINAL_MIN);
         assert!(
-            !plain.commit_due() || plain.log.unsynced_for().unwrap() >= super::super::log::SYNC_EVERY,
+            !plain.commit_due() || plain.log.unsynced_for().unwrap() >= crate::deliver::log::SYNC_EVERY,
             "without the option the group commit decides"
         );
         for p in [&path, &plain_path] {
