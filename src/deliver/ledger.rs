@@ -438,14 +438,8 @@ impl Ledger {
             }
             if got == 0 {
                 let mut wait = pace.next_wait();
-                if let Some(due) = self.log.sync_wait() {
+                for due in [self.log.sync_wait(), self.early_commit_in()].into_iter().flatten() {
                     wait = wait.min(due);
-                }
-                if self.sync_when_all_final
-                    && let Some(since) = self.log.unsynced_for()
-                    && self.flow.all_final()
-                {
-                    wait = wait.min(SYNC_ALL_FINAL_MIN.saturating_sub(since));
                 }
                 std::thread::park_timeout(wait);
             }
@@ -456,10 +450,14 @@ impl Ledger {
     /// Whether to commit the log now: the group commit is due, or (see
     /// [`Ledger::sync_when_all_final`]) every admitted recipient is final.
     fn commit_due(&self) -> bool {
-        self.log.sync_due()
-            || (self.sync_when_all_final
-                && self.log.unsynced_for().is_some_and(|d| d >= SYNC_ALL_FINAL_MIN)
-                && self.flow.all_final())
+        self.log.sync_due() || self.early_commit_in() == Some(Duration::ZERO)
+    }
+
+    /// How long until the commit [`Ledger::sync_when_all_final`] asks for is due (zero: now),
+    /// if it is asked for, records wait, and every admitted recipient is final.
+    fn early_commit_in(&self) -> Option<Duration> {
+        let since = self.log.unsynced_for().filter(|_| self.sync_when_all_final && self.flow.all_final())?;
+        Some(SYNC_ALL_FINAL_MIN.saturating_sub(since))
     }
 
     /// Now, as a monotonic instant and as wall-clock time.
